@@ -1,0 +1,358 @@
+"""HLS C++ for a kernel: ap_fixed buffers, one function per stage, a word-interface top function.
+
+``generate(kernel, version)`` returns the sources of a Vitis HLS project (``src/<name>.h``,
+``src/<name>.cpp``, ``src/csim_main.cpp``); ``generate_testbench(kernel, vectors)`` returns a C
+testbench replaying golden vectors. The C++ structure lives in ``templates/hls/*.j2``; this
+module checks the kernel and prepares names, expressions and numbers for the templates. The
+generated code computes exactly what ``fx2fpga_runtime.emulator`` does, bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from fx2fpga.errors import Fx2fpgaError
+from fx2fpga_runtime import interface
+from fx2fpga_runtime.fixed import Fixed
+from fx2fpga_runtime.ir import ARITY, OPS, REDUCTION_OPS, Access, Affine, Buffer, Kernel, Stage
+
+MAX_LITERAL_WIDTH = 53  # init values are written as double literals: exact up to 53 bits
+TABLE_RAW_WIDTH = 64  # the table interpolation works on 64-bit raw integers
+COMPARE_OPS = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
+_IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+# Names the generated code declares itself; buffers and loop variables must not take them.
+_RESERVED = {
+    "acc", "cmd", "in_words", "out_words", "offset", "pos", "raw_bits", "tbl_r", "tbl_i", "tbl_t",
+    "tbl_lo", "tbl_hi", "tbl_y", "main", "IN_WORDS", "OUT_WORDS",
+    "auto", "bool", "break", "case", "char", "const", "continue", "default", "do", "double", "else",
+    "enum", "extern", "float", "for", "goto", "if", "int", "long", "register", "return", "short",
+    "signed", "sizeof", "static", "struct", "switch", "typedef", "union", "unsigned", "void",
+    "volatile", "while", "class", "delete", "new", "this", "template", "namespace", "using",
+}
+
+
+class HlsCodegenError(Fx2fpgaError, ValueError):
+    """A kernel the HLS C++ generator cannot print exactly; the message says what to change."""
+
+
+def _env() -> Environment:
+    return Environment(
+        loader=PackageLoader("fx2fpga", "templates"),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+# ----- names and literals --------------------------------------------------------------------------
+
+def type_name(fmt: Fixed) -> str:
+    """The typedef of a format: ``fixed_16_6_t``, ``ufixed_8_0_trn_wrap_t``, ``fixed_8_m2_t``."""
+    kind = "fixed" if fmt.signed else "ufixed"
+    ib = f"m{-fmt.int_bits}" if fmt.int_bits < 0 else str(fmt.int_bits)
+    modes = "" if (fmt.rounding, fmt.overflow) == ("RND", "SAT") else f"_{fmt.rounding}_{fmt.overflow}".lower()
+    return f"{kind}_{fmt.width}_{ib}{modes}_t"
+
+
+def literal(raw: int, fmt: Fixed) -> str:
+    """An exact C++ double literal of the value ``raw / 2**frac_bits`` (shortest round-trip form)."""
+    return repr(math.ldexp(float(raw), -fmt.frac_bits))
+
+
+def _c_name(text: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9_]", "_", text)
+    return name if name[:1].isalpha() else f"s_{name}"
+
+
+# ----- checks ---------------------------------------------------------------------------------------
+
+def _affine_range(a: Affine, extents: dict[str, int]) -> tuple[int, int]:
+    """Smallest and largest value of an index over the loop box (before ``div``/``mod``)."""
+    lo = hi = a.const
+    for var, coeff in a.terms:
+        top = coeff * (extents[var] - 1)
+        lo, hi = lo + min(0, top), hi + max(0, top)
+    return lo, hi
+
+
+def _check_access(acc: Access, buf: Buffer, extents: dict[str, int], where: str) -> None:
+    if len(acc.index) != len(buf.shape):
+        raise HlsCodegenError(f"{where}: {acc.c_expr()} has {len(acc.index)} indices, {buf.name} has shape {buf.shape}")
+    for d, (a, size) in enumerate(zip(acc.index, buf.shape, strict=True)):
+        unknown = [v for v in a.vars() if v not in extents]
+        if unknown:
+            raise HlsCodegenError(f"{where}: {acc.c_expr()} uses {unknown}, which are not loops of the stage")
+        lo, hi = _affine_range(a, extents)
+        if lo < 0 and (a.div != 1 or a.mod):
+            raise HlsCodegenError(
+                f"{where}: index {d} of {acc.c_expr()} can be negative before '/' or '%', where C and Python "
+                "round differently; shift the index by a constant"
+            )
+        lo, hi = lo // a.div, hi // a.div
+        if a.mod and not (0 <= lo and hi < a.mod):
+            lo, hi = 0, a.mod - 1
+        if lo < 0 or hi >= size:
+            raise HlsCodegenError(f"{where}: index {d} of {acc.c_expr()} spans {lo}..{hi}, outside 0..{size - 1}")
+
+
+def _check_stage(st: Stage, kernel: Kernel, where: str) -> None:
+    if st.op not in OPS:
+        raise HlsCodegenError(f"{where}: op {st.op!r} is not one of {', '.join(OPS)}")
+    arity = ARITY[st.op]
+    allowed = (arity, arity + 1) if st.op in ("mac", "sum") else (arity,)
+    if len(st.ins) not in allowed:
+        raise HlsCodegenError(f"{where}: {st.op} takes {' or '.join(map(str, allowed))} inputs, got {len(st.ins)}")
+    extents = {lp.var: lp.extent for lp in st.loops}
+    for var in extents:
+        if not _IDENT.match(var) or var in _RESERVED or var in kernel.buffers:
+            raise HlsCodegenError(f"{where}: loop variable {var!r} is not usable as a C++ name here; rename it")
+    if (st.op in REDUCTION_OPS) != bool(st.reduce):
+        raise HlsCodegenError(f"{where}: {st.op} must {'' if st.op in REDUCTION_OPS else 'not '}have reduce vars")
+    if any(v not in extents for v in st.reduce):
+        raise HlsCodegenError(f"{where}: reduce vars {st.reduce} are not all loops of the stage")
+    if st.reduce and st.acc is None:
+        raise HlsCodegenError(f"{where}: a {st.op} reduction needs an accumulator format (stage.acc)")
+    if st.lanes > 1 and (st.lane_var not in extents or st.lane_var in st.reduce):
+        raise HlsCodegenError(f"{where}: lanes={st.lanes} needs lane_var to be a loop that is not reduced")
+    for acc in (st.out, *st.ins):
+        if acc.buffer not in kernel.buffers:
+            raise HlsCodegenError(f"{where}: unknown buffer {acc.buffer!r}")
+        _check_access(acc, kernel.buffers[acc.buffer], extents, where)
+    for i, acc in enumerate(st.ins):
+        is_init = st.reduce and i == arity
+        if acc.buffer == st.out.buffer and (acc != st.out or (st.reduce and not is_init)):
+            raise HlsCodegenError(
+                f"{where}: reads {acc.c_expr()} while writing {st.out.c_expr()}; a stage may read its output "
+                "buffer only at the same index (in-place update) or as a reduction's init"
+            )
+    if st.op == "table":
+        tbl = kernel.buffers.get(st.attrs.get("table", ""))
+        if tbl is None or tbl.init is None or len(tbl.shape) != 1 or tbl.size < 2:
+            raise HlsCodegenError(f"{where}: table needs attrs['table'] naming a 1-D buffer with init (n+1 >= 2 values)")
+
+
+def _check_buffer(buf: Buffer, name: str, crosses_interface: bool) -> None:
+    if not _IDENT.match(buf.name) or buf.name in _RESERVED or buf.name != name:
+        raise HlsCodegenError(f"buffer name {buf.name!r} is not usable as a C++ name; rename it")
+    if crosses_interface and buf.fmt.width > interface.MAX_PORT_WIDTH:
+        raise HlsCodegenError(
+            f"buffer {buf.name} ({buf.fmt}) crosses the {interface.MAX_PORT_WIDTH}-bit word interface; "
+            f"use a format of at most {interface.MAX_PORT_WIDTH} bits"
+        )
+    if buf.init is not None:
+        if len(buf.init) != buf.size:
+            raise HlsCodegenError(f"buffer {buf.name}: init has {len(buf.init)} values for shape {buf.shape}")
+        if buf.fmt.width > MAX_LITERAL_WIDTH:
+            raise HlsCodegenError(f"buffer {buf.name}: init values wider than {MAX_LITERAL_WIDTH} bits")
+        if buf.init and (min(buf.init) < buf.fmt.raw_min or max(buf.init) > buf.fmt.raw_max):
+            raise HlsCodegenError(f"buffer {buf.name}: init raw values exceed its format {buf.fmt}")
+
+
+# ----- views for the templates ------------------------------------------------------------------------
+
+@dataclass
+class LoopView:
+    """One ``for`` loop: ``label: for (int var = 0; var < bound; var += step)``."""
+
+    label: str
+    var: str
+    bound: int
+    step: int = 1
+    pipeline: bool = False
+    unroll: bool = False
+    bind: str = ""  # lane loops: the stage variable bound to base + lane
+    base: str = ""
+    guard: int = 0  # lane loops whose lanes do not divide the extent: run only while bind < guard
+
+
+@dataclass
+class StageView:
+    func: str
+    stage: Stage
+    kind: str  # "elementwise" | "reduce"
+    out: str
+    out_type: str
+    ins: list[str]
+    loops: list[LoopView] = field(default_factory=list)  # elementwise nest, or the kept loops
+    red_loops: list[LoopView] = field(default_factory=list)
+    lane: LoopView | None = None  # reductions with lanes: the unrolled lane loop
+    acc_type: str = ""
+    init: str = ""  # C expression the accumulator starts from
+    table: dict = field(default_factory=dict)
+
+
+def _zero_vars(acc: Access, names) -> Access:
+    """``acc`` with the loop variables ``names`` replaced by 0 (their first reduction point)."""
+    idx = tuple(Affine(tuple((v, c) for v, c in a.terms if v not in names), a.const, a.div, a.mod) for a in acc.index)
+    return Access(acc.buffer, idx)
+
+
+def _lane_loops(st: Stage, loops) -> tuple[list[LoopView], LoopView | None]:
+    """Stage loops as C loops; with lanes, the lane variable steps by ``lanes`` and gets a lane loop."""
+    views, lane = [], None
+    for lp in loops:
+        if st.lanes > 1 and lp.var == st.lane_var:
+            lanes = min(st.lanes, lp.extent)
+            base = f"{lp.var}_base"
+            views.append(LoopView(f"{lp.var}_loop", base, lp.extent, step=lanes))
+            guard = lp.extent if lp.extent % lanes else 0
+            lane = LoopView(f"{lp.var}_lanes", f"{lp.var}_lane", lanes, unroll=True, bind=lp.var, base=base, guard=guard)
+        else:
+            views.append(LoopView(f"{lp.var}_loop", lp.var, lp.extent))
+    return views, lane
+
+
+def _stage_view(st: Stage, kernel: Kernel, func: str) -> StageView:
+    out_fmt = kernel.buffers[st.out.buffer].fmt
+    if not st.reduce:
+        loops, lane = _lane_loops(st, st.loops)
+        if loops:
+            loops[-1].pipeline = True  # the innermost loop that is not unrolled
+        view = StageView(func, st, "elementwise", st.out.c_expr(), type_name(out_fmt),
+                         [a.c_expr() for a in st.ins], loops + ([lane] if lane else []))
+        if st.op == "table":
+            tbl = kernel.buffers[st.attrs["table"]]
+            n, lo, shift = tbl.size - 1, int(st.attrs["lo"]), int(st.attrs["shift"])
+            view.table = {"buffer": tbl.name, "n": n, "lo": lo, "hi": lo + (n << shift), "shift": shift,
+                          "raw_int_bits": TABLE_RAW_WIDTH - tbl.fmt.frac_bits, "fn": st.attrs.get("fn", "")}
+        return view
+    keep = [lp for lp in st.loops if lp.var not in st.reduce]
+    loops, lane = _lane_loops(st, keep)
+    red = [LoopView(f"{lp.var}_loop", lp.var, lp.extent) for lp in st.loops if lp.var in st.reduce]
+    red[-1].pipeline = True
+    operands = {"mac": 2, "sum": 1, "max": 1}[st.op]
+    ins = [a.c_expr() for a in st.ins[:operands]]
+    if len(st.ins) > operands:
+        init = _zero_vars(st.ins[operands], st.reduce).c_expr()
+    elif st.op == "max":
+        init = literal(st.acc.raw_min, st.acc)
+    else:
+        init = "0"
+    return StageView(func, st, "reduce", _zero_vars(st.out, st.reduce).c_expr(), type_name(out_fmt), ins,
+                     loops, red, lane, type_name(st.acc), init)
+
+
+def _partitions(kernel: Kernel) -> list[dict]:
+    """ARRAY_PARTITION pragmas: cyclic by the lane count on every buffer dim a lane variable indexes."""
+    found: dict[tuple[str, int], int] = {}
+    for st in kernel.stages():
+        if st.lanes <= 1:
+            continue
+        lanes = min(st.lanes, next(lp.extent for lp in st.loops if lp.var == st.lane_var))
+        for acc in (st.out, *st.ins):
+            for d, a in enumerate(acc.index):
+                if st.lane_var in a.vars():
+                    key = (acc.buffer, d + 1)
+                    found[key] = math.lcm(found.get(key, 1), lanes)
+    return [{"buffer": b, "dim": d, "factor": f} for (b, d), f in sorted(found.items()) if f > 1]
+
+
+def _buffer_view(buf: Buffer) -> dict:
+    words = [literal(r, buf.fmt) for r in buf.init] if buf.init is not None else None
+    dims = "".join(f"[{d}]" for d in buf.shape)
+    return {"name": buf.name, "type": type_name(buf.fmt), "fmt": str(buf.fmt), "role": buf.role, "dims": dims,
+            "shape": list(buf.shape), "init": words, "const": buf.role == "const" and words is not None,
+            "source": buf.source, "width": buf.fmt.width, "size": buf.size}
+
+
+def _command_views(kernel: Kernel) -> list[dict]:
+    cmds = []
+    for cmd, code in sorted(interface.commands_of(kernel).items(), key=lambda kv: kv[1]):
+        ins, outs = interface.command_buffers(kernel, cmd)
+        def place(names):
+            pos, out = 0, []
+            for n in names:
+                out.append({"buffer": n, "offset": pos, "size": kernel.buffers[n].size})
+                pos += kernel.buffers[n].size
+            return out
+        cmds.append({"name": cmd, "const": f"CMD_{cmd.upper()}", "code": code, "ins": place(ins), "outs": place(outs),
+                     "in_words": interface.word_count(kernel, ins), "out_words": interface.word_count(kernel, outs),
+                     "program": cmd if cmd in kernel.programs else ""})
+    return cmds
+
+
+def _context(kernel: Kernel, version: str) -> dict:
+    if not _IDENT.match(kernel.name):
+        raise HlsCodegenError(f"kernel name {kernel.name!r} is not a C++ identifier")
+    commands = _command_views(kernel)
+    crossing = {p["buffer"] for c in commands for p in c["ins"] + c["outs"]}
+    for name, buf in kernel.buffers.items():
+        _check_buffer(buf, name, name in crossing)
+    formats = {b.fmt for b in kernel.buffers.values()} | {s.acc for s in kernel.stages() if s.acc is not None}
+    types = [{"name": type_name(f), "cpp": f.cpp(), "fmt": str(f)} for f in sorted(formats)]
+    programs, funcs = [], set()
+    for prog in kernel.programs.values():
+        stages = []
+        for st in prog.stages:
+            where = f"stage {st.name!r} of program {prog.name!r}"
+            _check_stage(st, kernel, where)
+            func = _c_name(f"{prog.name}_{st.name}")
+            while func in funcs or func in kernel.buffers:
+                func += "_"
+            funcs.add(func)
+            stages.append(_stage_view(st, kernel, func))
+        programs.append({"name": prog.name, "func": f"run_{prog.name}", "stages": stages,
+                         "inputs": prog.inputs, "outputs": prog.outputs})
+    unpacked = sorted({p["buffer"] for c in commands for p in c["ins"]}, key=list(kernel.buffers).index)
+    packed = sorted({p["buffer"] for c in commands for p in c["outs"]}, key=list(kernel.buffers).index)
+    in_words, out_words = interface.port_words(kernel)
+    buffers = [_buffer_view(b) for b in kernel.buffers.values()]
+    by_name = {b["name"]: b for b in buffers}
+    return {
+        "banner": f"// Automatically generated by fx2fpga {version} -- do not edit.",
+        "version": version, "name": kernel.name, "guard": f"{kernel.name.upper()}_H",
+        "types": types, "buffers": buffers, "programs": programs, "commands": commands,
+        "in_words": in_words, "out_words": out_words, "partitions": _partitions(kernel),
+        "unpacked": [by_name[n] for n in unpacked], "packed": [by_name[n] for n in packed],
+        "commands_json": [c["name"] for c in commands],
+    }
+
+
+# ----- public API ----------------------------------------------------------------------------------------
+
+def generate(kernel: Kernel, version: str) -> dict[str, str]:
+    """The HLS sources of ``kernel``: relative path -> file text."""
+    ctx = _context(kernel, version)
+    env = _env()
+    return {
+        f"src/{kernel.name}.h": env.get_template("hls/kernel.h.j2").render(ctx),
+        f"src/{kernel.name}.cpp": env.get_template("hls/kernel.cpp.j2").render(ctx),
+        "src/csim_main.cpp": env.get_template("hls/csim_main.cpp.j2").render(ctx),
+    }
+
+
+def generate_testbench(kernel: Kernel, vectors: list[tuple[str, np.ndarray, np.ndarray]],
+                       version: str = "") -> dict[str, str]:
+    """A C testbench (``src/tb_<name>.cpp`` + its data header) replaying ``(command, in, expected out)``."""
+    ctx = _context(kernel, version or _version())
+    codes = {c["name"]: c for c in ctx["commands"]}
+    vecs = []
+    for i, (cmd, words_in, words_out) in enumerate(vectors):
+        if cmd not in codes:
+            raise HlsCodegenError(f"test vector {i}: unknown command {cmd!r}; known: {', '.join(codes)}")
+        win = [int(w) for w in np.asarray(words_in, dtype=np.int64).reshape(-1)]
+        wout = [int(w) for w in np.asarray(words_out, dtype=np.int64).reshape(-1)]
+        if len(win) != codes[cmd]["in_words"] or len(wout) != codes[cmd]["out_words"]:
+            raise HlsCodegenError(
+                f"test vector {i} ({cmd}): {len(win)} in / {len(wout)} out words, the command moves "
+                f"{codes[cmd]['in_words']} / {codes[cmd]['out_words']}"
+            )
+        vecs.append({"index": i, "command": codes[cmd], "ins": win, "outs": wout})
+    ctx = {**ctx, "vectors": vecs, "data_header": f"tb_{kernel.name}_data.h"}
+    env = _env()
+    return {
+        f"src/tb_{kernel.name}.cpp": env.get_template("hls/tb.cpp.j2").render(ctx),
+        f"src/{ctx['data_header']}": env.get_template("hls/tb_data.h.j2").render(ctx),
+    }
+
+
+def _version() -> str:
+    from fx2fpga import __version__
+
+    return __version__

@@ -1,0 +1,55 @@
+"""Errors a user can act on: each names what went wrong, where, and what would work."""
+
+from __future__ import annotations
+
+
+class Fx2fpgaError(Exception):
+    """Base class of every error fx2fpga raises on purpose."""
+
+
+class UnsupportedOpError(Fx2fpgaError):
+    """An operation of the traced graph has no lowering to the kernel IR."""
+
+    def __init__(self, op: str, source: str, supported: list[str], detail: str = ""):
+        self.op, self.source, self.supported = op, source, list(supported)
+        where = f" at {source}" if source else ""
+        why = f": {detail}" if detail else ""
+        super().__init__(
+            f"unsupported operation {op}{where}{why}.\n"
+            f"Supported operations: {', '.join(self.supported)}"
+        )
+
+
+class UnknownTargetError(Fx2fpgaError):
+    def __init__(self, name: str, known: list[str]):
+        self.name, self.known = name, list(known)
+        super().__init__(f"unknown target {name!r}; known targets: {', '.join(self.known)}")
+
+
+class PrecisionError(Fx2fpgaError, ValueError):
+    """A precision string or setting that cannot be turned into fixed-point formats."""
+
+
+class OutputPathError(Fx2fpgaError):
+    """The output folder cannot be written without losing something."""
+
+
+class ModelFileError(Fx2fpgaError):
+    """A model.py given to the command line lacks what it must define."""
+
+
+class ResourceBudgetError(Fx2fpgaError):
+    """A design needs more of a resource than the target has."""
+
+    def __init__(self, resource: str, needed: float, available: float, hint: str = ""):
+        self.resource, self.needed, self.available = resource, needed, available
+        extra = f" {hint}" if hint else ""
+        super().__init__(f"design needs {needed:,.0f} {resource} but the target has {available:,.0f}.{extra}")
+
+
+class ToolNotFoundError(Fx2fpgaError):
+    """An external tool (g++, Vivado, Vitis HLS, ...) is not installed here."""
+
+
+class TraceError(Fx2fpgaError):
+    """PyTorch could not trace the model into a graph."""

@@ -1,0 +1,590 @@
+"""ATen graph -> kernel IR stages, one lowering rule per op (an op not in the table raises).
+
+Views (permute, reshape, expand, slice...) become index maps and cost nothing; nodes whose
+inputs are all compile-time constants are folded with torch; every other node becomes one
+``Stage`` writing a new buffer. Formats are not chosen here: ``Buffer.kind`` says what a
+buffer holds (activation, gradient, weight, bool, integer, const) and ``passes.quantize``
+turns kinds into ``Fixed`` formats.
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.fx
+
+from fx2fpga_runtime.fixed import Fixed
+from fx2fpga_runtime.ir import Access, Affine, Buffer, Kernel, Loop, Program, Stage
+
+from ..errors import UnsupportedOpError
+from . import views as V
+from .views import NotAffine, View
+
+aten = torch.ops.aten
+PLACEHOLDER_FMT = Fixed(16, 6)  # replaced by passes.quantize
+OUT_VARS = ("i", "j", "l", "m", "n", "p")
+RED_VARS = ("k", "r", "s", "t")
+CPP_RESERVED = set(keyword.kwlist) | {"int", "float", "double", "char", "long", "short", "static", "const", "cmd",
+                                      "in_words", "out_words", "acc", "main", "auto", "case", "switch", "default"}
+
+
+@dataclass(frozen=True)
+class Const:
+    """A compile-time constant tensor."""
+
+    value: torch.Tensor
+
+
+Value = View | Const
+
+
+# ----- source locations -------------------------------------------------------------------
+
+_FRAME = re.compile(r'File "([^"]+)", line (\d+), in [^\n]*\n\s*([^\n]*)')
+_LIBRARY_DIRS = (str(Path(torch.__file__).parent), str(Path(__file__).resolve().parents[1]))
+
+
+def user_source(node: torch.fx.Node, with_code: bool = False) -> str:
+    """``model.py:12`` (and the code line) of the user's frame that created ``node``."""
+    for path, line, code in reversed(_FRAME.findall(node.meta.get("stack_trace") or "")):
+        if not path.startswith(_LIBRARY_DIRS):
+            loc = f"{Path(path).name}:{line}"
+            return f"{loc}: {code.strip()}" if with_code else loc
+    return ""
+
+
+def op_name(node: torch.fx.Node) -> str:
+    t = node.target
+    return f"aten.{t.__name__}" if isinstance(t, torch._ops.OpOverload) else str(t)
+
+
+# ----- the kernel being built --------------------------------------------------------------
+
+class KernelBuilder:
+    """Collects buffers and programs from one or more traced graphs."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.buffers: dict[str, Buffer] = {}
+        self.programs: dict[str, Program] = {}
+        self.params: list[str] = []
+        self.param_names: dict[str, str] = {}
+        self.meta: dict = {"num_classes": {}}
+        self._consts: dict[tuple, str] = {}
+
+    def unique(self, base: str) -> str:
+        name = re.sub(r"\W", "_", base)
+        if not re.match(r"[A-Za-z_]", name) or name in CPP_RESERVED or name in OUT_VARS + RED_VARS:
+            name = f"b_{name}"
+        cand, k = name, 1
+        while cand in self.buffers:
+            cand, k = f"{name}_{k}", k + 1
+        return cand
+
+    def add(self, buf: Buffer) -> Buffer:
+        assert buf.name not in self.buffers
+        self.buffers[buf.name] = buf
+        return buf
+
+    def param(self, model_name: str, value: torch.Tensor, kind: str) -> str:
+        """The buffer of a parameter (shared by every program)."""
+        for b, n in self.param_names.items():
+            if n == model_name:
+                return b
+        name = self.unique(model_name.replace(".", "_"))
+        self.add(Buffer(name, tuple(value.shape), PLACEHOLDER_FMT, "param", kind, None, model_name))
+        self.params.append(name)
+        self.param_names[name] = model_name
+        self.meta.setdefault("param_init", {})[name] = value.detach().double().reshape(-1).tolist()
+        return name
+
+    def const(self, value: torch.Tensor, hint: str) -> View:
+        v = value.detach()
+        key = (str(v.dtype), tuple(v.shape), tuple(v.reshape(-1).double().tolist()))
+        if key not in self._consts:
+            name = self.unique(f"k_{hint}")
+            kind = "bool" if v.dtype == torch.bool else "const"
+            buf = self.add(Buffer(name, tuple(v.shape), PLACEHOLDER_FMT, "const", kind, None, hint))
+            self.meta.setdefault("const_values", {})[buf.name] = key[2]
+            self._consts[key] = name
+        return View.identity(self._consts[key], tuple(v.shape))
+
+    def build(self) -> Kernel:
+        return Kernel(self.name, self.buffers, self.programs, self.params, self.param_names, self.meta)
+
+
+# ----- lowering one graph -------------------------------------------------------------------
+
+class GraphLowering:
+    """Lowers one traced graph into one program of the kernel."""
+
+    def __init__(self, kb: KernelBuilder, gm: torch.fx.GraphModule, program: str, prefix: str):
+        self.kb, self.gm, self.program, self.prefix = kb, gm, program, prefix
+        self.values: dict[torch.fx.Node, Value] = {}
+        self.stages: list[Stage] = []
+        self.node: torch.fx.Node | None = None
+        out_node = next(n for n in gm.graph.nodes if n.op == "output")
+        self.outputs = list(out_node.args[0])
+        self.output_roles = gm.meta["fx2fpga_outputs"]
+        self.forward = self._forward_nodes()
+
+    def _forward_nodes(self) -> set:
+        if self.program != "train_step":
+            return set(self.gm.graph.nodes)
+        seen, todo = set(), [self.outputs[0]]
+        while todo:
+            n = todo.pop()
+            if isinstance(n, torch.fx.Node) and n not in seen:
+                seen.add(n)
+                todo.extend(n.all_input_nodes)
+        return seen
+
+    # --- helpers used by the rules ---
+    def kind_of(self, node: torch.fx.Node) -> str:
+        dtype = node.meta["val"].dtype
+        if dtype == torch.bool:
+            return "bool"
+        if not dtype.is_floating_point:
+            return "integer"
+        return "activation" if node in self.forward else "gradient"
+
+    def value(self, arg) -> Value:
+        if isinstance(arg, torch.fx.Node):
+            return self.values[arg]
+        if isinstance(arg, (int, float, bool)):
+            return Const(torch.tensor(arg))
+        raise self.unsupported(f"argument {arg!r} of type {type(arg).__name__}")
+
+    def view(self, val: Value) -> View:
+        if isinstance(val, Const):
+            return self.kb.const(val.value, self.node.name if self.node is not None else "c")
+        return val
+
+    def shape(self, node=None) -> tuple[int, ...]:
+        return tuple(int(s) for s in (node or self.node).meta["val"].shape)
+
+    def temp(self, shape: tuple[int, ...], kind: str, suffix: str = "") -> View:
+        name = self.kb.unique(f"{self.prefix}_{self.node.name}{suffix}")
+        self.kb.add(Buffer(name, shape, PLACEHOLDER_FMT, "temp", kind, None, self.node.name))
+        self.record_range(name, self.node)
+        return View.identity(name, shape)
+
+    def record_range(self, buffer: str, node) -> None:
+        """The largest magnitude profiled for the node's value (``frontend.profile``)."""
+        if "fx2fpga_absmax" in node.meta:
+            self.kb.meta.setdefault("absmax", {})[buffer] = node.meta["fx2fpga_absmax"]
+
+    def unsupported(self, detail: str = "") -> UnsupportedOpError:
+        return UnsupportedOpError(op_name(self.node), user_source(self.node, with_code=True), supported_ops(), detail)
+
+    def emit(self, op: str, out_shape, ins: list[Value], reduce_shape=(), reduce_index=None,
+             out_kind: str | None = None, attrs: dict | None = None, suffix: str = "") -> View:
+        """Add a stage over ``out_shape`` (x ``reduce_shape``) writing a new temp buffer.
+
+        ``ins`` are broadcast to ``out_shape``; for reductions, ``reduce_index(view_index)``
+        maps each input's dims to loop expressions instead.
+        """
+        out_shape = tuple(out_shape)
+        out = self.temp(out_shape, out_kind or self.kind_of(self.node), suffix)
+        ovars = [OUT_VARS[i] if i < len(OUT_VARS) else f"i{i}" for i in range(len(out_shape))]
+        rvars = [RED_VARS[i] if i < len(RED_VARS) else f"k{i}" for i in range(len(reduce_shape))]
+        loops = tuple(Loop(v, n) for v, n in zip(ovars, out_shape, strict=True))
+        loops += tuple(Loop(v, n) for v, n in zip(rvars, reduce_shape, strict=True))
+        extents = {lp.var: lp.extent for lp in loops}
+        out_map = {V.dim_var(i): Affine.var(v) for i, v in enumerate(ovars)}
+        accesses = []
+        for k, val in enumerate(ins):
+            v = self.view(val)
+            if reduce_index is not None:
+                mapping = reduce_index(k, v, ovars, rvars)
+            else:
+                v = V.broadcast_to(v, out_shape)
+                mapping = out_map
+            try:
+                accesses.append(v.access(mapping, extents))
+            except NotAffine:
+                accesses.append(self.materialize(v).access(mapping, extents))
+        stage = Stage(
+            name=out.buffer, op=op, loops=loops, out=out.access(out_map, extents), ins=tuple(accesses),
+            reduce=tuple(rvars), attrs=dict(attrs or {}), source=user_source(self.node),
+            origin=f"{self.node.name} = {op_name(self.node)}",
+        )
+        self.stages.append(stage)
+        return out
+
+    def materialize(self, v: View) -> View:
+        """Copy a view into a contiguous temp buffer."""
+        return self.emit("copy", v.shape, [v], out_kind=self.kb.buffers[v.buffer].kind, suffix="_copy")
+
+    # --- driver ---
+    def run(self) -> Program:
+        for node in self.gm.graph.nodes:
+            self.node = node
+            if node.op == "placeholder":
+                self.values[node] = self.placeholder(node)
+            elif node.op == "call_function":
+                self.values[node] = self.call(node)
+            elif node.op == "output":
+                pass
+            else:
+                raise self.unsupported(f"graph node kind {node.op}")
+        inputs = [self.values[n].buffer for n in self.gm.graph.nodes
+                  if n.op == "placeholder" and n.meta["fx2fpga_role"] in ("input", "target")]
+        outputs = self.bind_outputs()
+        return Program(self.program, inputs, outputs, self.stages)
+
+    def placeholder(self, node) -> Value:
+        role, name = node.meta["fx2fpga_role"], node.meta["fx2fpga_name"]
+        shape = self.shape(node)
+        if role == "param":
+            return View.identity(self.kb.param(name, node.meta["fx2fpga_value"], "weight"), shape)
+        if role == "buffer":
+            raise UnsupportedOpError("model buffer " + name, "", supported_ops(),
+                                     "models with buffers (e.g. BatchNorm running stats) come in a later release")
+        buf_name = self.kb.unique(f"{self.prefix}_{name}")
+        kind = self.kind_of(node)
+        self.kb.add(Buffer(buf_name, shape, PLACEHOLDER_FMT, role, kind, None, name))
+        self.record_range(buf_name, node)
+        classes = _class_count(node) if role == "target" and kind == "integer" else None
+        if classes is not None:  # the runtime checks class indices against it
+            self.kb.meta["num_classes"][buf_name] = classes
+        return View.identity(buf_name, shape)
+
+    def call(self, node) -> Value:
+        args = [a for a in node.args if isinstance(a, torch.fx.Node)]
+        rule = RULES.get(node.target)
+        if node.target in CONSTANT_OPS or (
+            rule is not None and args and all(isinstance(self.values[a], Const) for a in args)
+        ):
+            return self.fold(node)
+        if rule is None:
+            raise self.unsupported()
+        return rule(self, node)
+
+    def fold(self, node) -> Const:
+        def real(a):
+            if isinstance(a, torch.fx.Node):
+                return self.values[a].value
+            if isinstance(a, (list, tuple)):
+                return type(a)(real(x) for x in a)
+            return a
+
+        if node.target in SHAPE_ONLY_OPS:
+            like = node.meta["val"]
+            fill = {aten.zeros_like.default: 0, aten.ones_like.default: 1}.get(node.target)
+            fill = node.args[1] if fill is None else fill
+            return Const(torch.full(tuple(like.shape), fill, dtype=like.dtype))
+        kwargs = {k: real(v) for k, v in node.kwargs.items()}
+        return Const(node.target(*real(tuple(node.args)), **kwargs))
+
+    def bind_outputs(self) -> list[str]:
+        outputs = []
+        for node, role in zip(self.outputs, self.output_roles, strict=True):
+            val = self.values[node]
+            self.node = node
+            if role.startswith("param:"):
+                self.update_param(val, self.kb.param(role[6:], torch.zeros(0), "weight"))
+                continue
+            if role.startswith("buffer:"):
+                raise UnsupportedOpError("model buffer update", "", supported_ops())
+            name = f"{self.prefix}_{role}"
+            v = self.view(val)
+            buf = self.kb.buffers[v.buffer]
+            owned = buf.role == "temp" and v.is_identity() and sum(o is node for o in self.outputs) == 1
+            if not owned:
+                v = self.materialize(v)
+                buf = self.kb.buffers[v.buffer]
+            buf.role = "output"
+            outputs.append(self.rename(buf.name, self.kb.unique(name)))
+        return outputs
+
+    def rename(self, old: str, new: str) -> str:
+        buf = self.kb.buffers.pop(old)
+        buf.name = new
+        self.kb.buffers[new] = buf
+        for st in self.stages:
+            if st.out.buffer == old:
+                st.out = Access(new, st.out.index)
+                st.name = new
+            st.ins = tuple(Access(new, a.index) if a.buffer == old else a for a in st.ins)
+        return new
+
+    def update_param(self, val: Value, param: str) -> None:
+        """Write the new value of a parameter back into its buffer (in place if possible)."""
+        v = self.view(val)
+        producer = next((s for s in reversed(self.stages) if s.out.buffer == v.buffer), None)
+        pos = self.stages.index(producer) if producer is not None else -1
+        read_later = any(param == a.buffer for s in self.stages[pos + 1:] for a in s.ins)
+        other_use = any(v.buffer == a.buffer for s in self.stages for a in s.ins) or sum(
+            isinstance(self.values.get(o), View) and self.values[o].buffer == v.buffer for o in self.outputs) > 1
+        if (producer is not None and not producer.reduce and v.is_identity() and not read_later
+                and not other_use and self.kb.buffers[v.buffer].role == "temp"):
+            del self.kb.buffers[v.buffer]
+            producer.out = Access(param, producer.out.index)
+            producer.name = f"{self.prefix}_update_{param}"
+            return
+        shape = self.kb.buffers[param].shape
+        ovars = OUT_VARS[: len(shape)]
+        loops = tuple(Loop(x, n) for x, n in zip(ovars, shape, strict=True))
+        ext = {lp.var: lp.extent for lp in loops}
+        mapping = {V.dim_var(i): Affine.var(x) for i, x in enumerate(ovars)}
+        self.stages.append(Stage(f"{self.prefix}_update_{param}", "copy", loops,
+                                 View.identity(param, shape).access(mapping, ext), (v.access(mapping, ext),),
+                                 origin=f"update of {self.kb.param_names[param]}"))
+
+
+# ----- the rules -------------------------------------------------------------------------------
+
+def _elementwise(op: str, nargs: int | None = None):
+    def rule(lw: GraphLowering, node) -> View:
+        args = node.args[:nargs] if nargs else node.args
+        return lw.emit(op, lw.shape(), [lw.value(a) for a in args])
+    return rule
+
+
+def _add_sub(op: str):
+    def rule(lw: GraphLowering, node) -> View:
+        a, b = lw.value(node.args[0]), lw.value(node.args[1])
+        alpha = node.kwargs.get("alpha", 1)
+        if alpha != 1:
+            b = Const(b.value * alpha) if isinstance(b, Const) else lw.emit("mul", lw.shape(node.args[1]) if isinstance(
+                node.args[1], torch.fx.Node) else (), [b, Const(torch.tensor(float(alpha)))], suffix="_alpha")
+        return lw.emit(op, lw.shape(), [a, b])
+    return rule
+
+
+def _div(lw: GraphLowering, node) -> View:
+    b = lw.value(node.args[1])
+    if not isinstance(b, Const):
+        raise lw.unsupported("division by a tensor computed on chip (divide by a constant instead)")
+    if node.kwargs.get("rounding_mode") is not None:
+        raise lw.unsupported("div with rounding_mode")
+    return lw.emit("mul", lw.shape(), [lw.value(node.args[0]), Const(1.0 / b.value.double())])
+
+
+def _pow(lw: GraphLowering, node) -> View:
+    if node.args[1] != 2:
+        raise lw.unsupported(f"pow with exponent {node.args[1]} (only 2 is supported)")
+    x = lw.value(node.args[0])
+    return lw.emit("mul", lw.shape(), [x, x])
+
+
+def _table(fn: str):
+    def rule(lw: GraphLowering, node) -> View:
+        return lw.emit("table", lw.shape(), [lw.value(node.args[0])], attrs={"fn": fn})
+    return rule
+
+
+def _reduce_dims(node, nd: int, default_all: bool = True) -> list[int]:
+    dims = node.args[1] if len(node.args) > 1 else None
+    if dims is None or (isinstance(dims, (list, tuple)) and len(dims) == 0 and default_all):
+        return list(range(nd))
+    if isinstance(dims, int):
+        dims = [dims]
+    return sorted(d % nd for d in dims)
+
+
+def _reduction(op: str, scale_mean: bool = False):
+    def rule(lw: GraphLowering, node) -> View:
+        x = lw.view(lw.value(node.args[0]))
+        nd = len(x.shape)
+        dims = _reduce_dims(node, nd)
+        if op == "max" and not dims:
+            dims = list(range(nd))
+        keepdim = bool(node.args[2]) if len(node.args) > 2 else bool(node.kwargs.get("keepdim", False))
+        kept = [d for d in range(nd) if d not in dims]
+        out_shape = tuple(1 if (d in dims) else x.shape[d] for d in range(nd)) if keepdim else tuple(
+            x.shape[d] for d in kept)
+
+        def index(k, v, ovars, rvars):
+            mapping, o, r = {}, 0, 0
+            for d in range(nd):
+                if d in dims:
+                    mapping[V.dim_var(d)] = Affine.var(rvars[r])
+                    r += 1
+                    if keepdim:
+                        o += 1
+                else:
+                    mapping[V.dim_var(d)] = Affine.var(ovars[o])
+                    o += 1
+            return mapping
+
+        red_shape = tuple(x.shape[d] for d in dims)
+        kind = lw.kind_of(node)
+        out = lw.emit(op, out_shape, [x], reduce_shape=red_shape, reduce_index=index, out_kind=kind,
+                      suffix="_sum" if scale_mean else "")
+        if scale_mean:
+            n = 1
+            for s in red_shape:
+                n *= s
+            out = lw.emit("mul", out_shape, [out, Const(torch.tensor(1.0 / n, dtype=torch.float64))])
+        return out
+    return rule
+
+
+def _matmul(with_bias: bool):
+    def rule(lw: GraphLowering, node) -> View:
+        if with_bias:
+            if node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1:
+                raise lw.unsupported("addmm with alpha or beta other than 1")
+            bias, a, b = (lw.value(x) for x in node.args[:3])
+        else:
+            (a, b), bias = (lw.value(x) for x in node.args[:2]), None
+        a, b = lw.view(a), lw.view(b)
+        (m, kdim), (_, n) = a.shape, b.shape
+
+        def index(k, v, ovars, rvars):
+            i, j, r = (Affine.var(x) for x in (ovars[0], ovars[1], rvars[0]))
+            if k == 0:
+                return {"d0": i, "d1": r}
+            if k == 1:
+                return {"d0": r, "d1": j}
+            bv = V.broadcast_to(v, (m, n))  # the bias, broadcast to the output
+            return {f"d{d}": e for d, e in enumerate(_compose_broadcast(v, bv, (i, j)))}
+
+        ins = [a, b] + ([lw.view(bias)] if bias is not None else [])
+        return lw.emit("mac", (m, n), ins, reduce_shape=(kdim,), reduce_index=index)
+    return rule
+
+
+def _compose_broadcast(v: View, bv: View, out_exprs) -> list[Affine]:
+    """Index expressions for the dims of ``v`` when broadcast to the 2-D output."""
+    lead = 2 - len(v.shape)
+    return [Affine(()) if v.shape[d] == 1 else out_exprs[d + lead] for d in range(len(v.shape))]
+
+
+def _view_rule(fn: Callable[[View, torch.fx.Node], View]):
+    def rule(lw: GraphLowering, node) -> Value:
+        val = lw.value(node.args[0])
+        if isinstance(val, Const):
+            return lw.fold(node)
+        try:
+            return fn(val, node)
+        except NotAffine:
+            return fn(lw.materialize(val), node)
+    return rule
+
+
+def _identity(lw: GraphLowering, node) -> Value:
+    return lw.value(node.args[0])
+
+
+def _to_copy(lw: GraphLowering, node) -> Value:
+    return lw.value(node.args[0])
+
+
+def _permute(v, n):
+    return V.permute(v, list(n.args[1]))
+
+
+def _transpose(v, n):
+    nd = len(v.shape)
+    d0, d1 = n.args[1] % nd, n.args[2] % nd
+    dims = list(range(nd))
+    dims[d0], dims[d1] = dims[d1], dims[d0]
+    return V.permute(v, dims)
+
+
+def _t(v, n):
+    return V.permute(v, [1, 0]) if len(v.shape) == 2 else v
+
+
+def _squeeze(v, n):
+    dims = n.args[1] if len(n.args) > 1 else None
+    return V.squeeze(v, [dims] if isinstance(dims, int) else dims)
+
+
+def _slice(v, n):
+    args = list(n.args) + [None] * 5
+    dim = args[1] if args[1] is not None else 0
+    start = args[2] if args[2] is not None else 0
+    end = args[3] if args[3] is not None else v.shape[dim]
+    step = args[4] if args[4] is not None else 1
+    return V.slice_(v, dim, start, min(end, v.shape[dim]), step)
+
+
+RULES: dict = {
+    aten.addmm.default: _matmul(True),
+    aten.mm.default: _matmul(False),
+    aten.relu.default: _elementwise("relu"),
+    aten.neg.default: _elementwise("neg"),
+    aten.add.Tensor: _add_sub("add"),
+    aten.add.Scalar: _add_sub("add"),
+    aten.sub.Tensor: _add_sub("sub"),
+    aten.sub.Scalar: _add_sub("sub"),
+    aten.mul.Tensor: _elementwise("mul", 2),
+    aten.mul.Scalar: _elementwise("mul", 2),
+    aten.div.Tensor: _div,
+    aten.div.Scalar: _div,
+    aten.pow.Tensor_Scalar: _pow,
+    aten.where.self: _elementwise("select", 3),
+    aten.eq.Tensor: _elementwise("eq", 2), aten.eq.Scalar: _elementwise("eq", 2),
+    aten.ne.Tensor: _elementwise("ne", 2), aten.ne.Scalar: _elementwise("ne", 2),
+    aten.lt.Tensor: _elementwise("lt", 2), aten.lt.Scalar: _elementwise("lt", 2),
+    aten.le.Tensor: _elementwise("le", 2), aten.le.Scalar: _elementwise("le", 2),
+    aten.gt.Tensor: _elementwise("gt", 2), aten.gt.Scalar: _elementwise("gt", 2),
+    aten.ge.Tensor: _elementwise("ge", 2), aten.ge.Scalar: _elementwise("ge", 2),
+    aten.exp.default: _table("exp"),
+    aten.log.default: _table("log"),
+    aten.sigmoid.default: _table("sigmoid"),
+    aten.tanh.default: _table("tanh"),
+    aten.sum.dim_IntList: _reduction("sum"),
+    aten.sum.default: _reduction("sum"),
+    aten.mean.dim: _reduction("sum", scale_mean=True),
+    aten.mean.default: _reduction("sum", scale_mean=True),
+    aten.amax.default: _reduction("max"),
+    aten.permute.default: _view_rule(_permute),
+    aten.transpose.int: _view_rule(_transpose),
+    aten.t.default: _view_rule(_t),
+    aten.view.default: _view_rule(lambda v, n: V.reshape(v, list(n.args[1]))),
+    aten.reshape.default: _view_rule(lambda v, n: V.reshape(v, list(n.args[1]))),
+    aten._unsafe_view.default: _view_rule(lambda v, n: V.reshape(v, list(n.args[1]))),
+    aten.expand.default: _view_rule(lambda v, n: V.expand(v, list(n.args[1]))),
+    aten.unsqueeze.default: _view_rule(lambda v, n: V.unsqueeze(v, n.args[1])),
+    aten.squeeze.dim: _view_rule(_squeeze),
+    aten.squeeze.dims: _view_rule(_squeeze),
+    aten.squeeze.default: _view_rule(_squeeze),
+    aten.slice.Tensor: _view_rule(_slice),
+    aten.select.int: _view_rule(lambda v, n: V.select(v, n.args[1], n.args[2])),
+    aten.clone.default: _identity,
+    aten.alias.default: _identity,
+    aten.detach.default: _identity,
+    aten.lift_fresh_copy.default: _identity,
+    aten._to_copy.default: _to_copy,
+}
+
+CONSTANT_OPS = {
+    aten.arange.start_step, aten.arange.default, aten.arange.start, aten.full.default, aten.scalar_tensor.default,
+    aten.zeros.default, aten.ones.default, aten.full_like.default, aten.zeros_like.default, aten.ones_like.default,
+}
+SHAPE_ONLY_OPS = {aten.full_like.default, aten.zeros_like.default, aten.ones_like.default}
+
+
+def supported_ops() -> list[str]:
+    """Names of the ATen ops that lower to the kernel IR."""
+    return sorted({f"aten.{op.__name__}" for op in list(RULES) + list(CONSTANT_OPS)})
+
+
+def run(graphs: list[torch.fx.GraphModule], name: str) -> Kernel:
+    """Lower traced graphs (inference and/or training step) into one kernel."""
+    kb = KernelBuilder(name)
+    for gm in graphs:
+        program = gm.meta["fx2fpga_kind"]
+        prefix = "infer" if program == "infer" else "train"
+        kb.programs[program] = GraphLowering(kb, gm, program, prefix).run()
+    return kb.build()
+
+
+def _class_count(target_node) -> int | None:
+    """C, when integer targets only feed the one-hot ``unsqueeze(y) == arange(C)`` of nll_loss."""
+    for user in target_node.users:
+        for u2 in user.users:
+            if u2.target == aten.eq.Tensor:
+                other = [a for a in u2.args if a is not user][0]
+                return int(other.meta["val"].shape[-1])
+    return None

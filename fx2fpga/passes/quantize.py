@@ -1,0 +1,223 @@
+"""Fixed-point formats for every buffer and accumulator, and the nonlinear function tables.
+
+Formats come from ``Precision``: one default per kind of tensor (weights, activations,
+gradients), accumulators derived from their operands (exact products, wider integer part),
+constants sized to their values, and per-tensor overrides by fx node name, buffer name or
+parameter name.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fx2fpga_runtime.fixed import BOOL, Fixed, FormatError
+from fx2fpga_runtime.interface import MAX_PORT_WIDTH
+from fx2fpga_runtime.ir import Buffer, Kernel, Stage
+
+from ..errors import PrecisionError
+
+MAX_ACC_WIDTH = 62
+TABLE_SEGMENTS = 1024  # at most this many linear segments per function table
+
+
+def _fmt(spec, what: str) -> Fixed:
+    try:
+        return Fixed.parse(spec)
+    except FormatError as e:
+        raise PrecisionError(f"{what}: {e}") from None
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Fixed-point formats by kind of tensor; strings like ``"fixed<16,6>"`` are accepted.
+
+    ``accumulator`` is ``"auto"`` (exact products plus ``accumulator_int_bits`` integer
+    bits) or a format. ``overrides`` maps an fx node name (``"addmm"``), a buffer name
+    (``"train_addmm"``) or a parameter name (``"fc1.weight"``) to a format.
+    """
+
+    weight: Fixed = Fixed(24, 8)
+    activation: Fixed = Fixed(16, 6)
+    gradient: Fixed = Fixed(24, 6)
+    accumulator: Fixed | str = "auto"
+    accumulator_int_bits: int = 16
+    constant_width: int = 18
+    integer_width: int = 16
+    range_margin_bits: int = 1
+    overrides: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_spec(cls, spec) -> Precision:
+        """``None`` (defaults), a format string for all tensors, a dict of fields, or a Precision."""
+        if spec is None:
+            return cls()
+        if isinstance(spec, Precision):
+            return spec
+        if isinstance(spec, (str, Fixed)):
+            f = _fmt(spec, "precision")
+            return cls(weight=f, activation=f, gradient=f)
+        if isinstance(spec, dict):
+            known = set(cls.__dataclass_fields__)
+            unknown = set(spec) - known
+            if unknown:
+                raise PrecisionError(f"unknown precision fields {sorted(unknown)}; known: {sorted(known)}")
+            kw = dict(spec)
+            for k in ("weight", "activation", "gradient"):
+                if k in kw:
+                    kw[k] = _fmt(kw[k], k)
+            if "accumulator" in kw and kw["accumulator"] != "auto":
+                kw["accumulator"] = _fmt(kw["accumulator"], "accumulator")
+            kw["overrides"] = {k: _fmt(v, f"override {k}") for k, v in kw.get("overrides", {}).items()}
+            return cls(**kw)
+        raise PrecisionError(f"precision must be a string like 'fixed<16,6>', a dict or a Precision, got {spec!r}")
+
+    def describe(self) -> dict:
+        return {
+            "weight": str(self.weight), "activation": str(self.activation), "gradient": str(self.gradient),
+            "accumulator": str(self.accumulator), "accumulator_int_bits": self.accumulator_int_bits,
+            "constant_width": self.constant_width, "overrides": {k: str(v) for k, v in sorted(self.overrides.items())},
+        }
+
+
+def run(kernel: Kernel, precision: Precision) -> Kernel:
+    """Set ``fmt`` on every buffer, ``acc`` on every reduction, build function tables."""
+    const_values = kernel.meta.pop("const_values", {})
+    param_init = kernel.meta.pop("param_init", {})
+    absmax = kernel.meta.pop("absmax", {})
+    used = set()
+    for buf in kernel.buffers.values():
+        override = _override(buf, precision, used)
+        buf.fmt = override or _buffer_format(buf, precision, const_values.get(buf.name))
+        if override is None and buf.name in absmax and buf.kind in ("activation", "gradient"):
+            buf.fmt = widen_to_range(buf.fmt, absmax[buf.name], precision.range_margin_bits)
+        if buf.role == "const":
+            buf.init = tuple(int(v) for v in buf.fmt.quantize(const_values[buf.name]))
+        if buf.role == "param":
+            buf.init = tuple(int(v) for v in buf.fmt.quantize(param_init[buf.name]))
+        if buf.role in ("param", "input", "target", "output") and buf.fmt.width > MAX_PORT_WIDTH:
+            raise PrecisionError(f"{buf.name} ({buf.role}) is {buf.fmt}: buffers the host reads or writes "
+                                 f"can be at most {MAX_PORT_WIDTH} bits wide")
+    unused = set(precision.overrides) - used
+    if unused:
+        raise PrecisionError(f"precision overrides name no tensor of the model: {sorted(unused)}; "
+                             f"tensors: {sorted(b.source for b in kernel.buffers.values() if b.source)[:40]}")
+    for prog in kernel.programs.values():
+        for stage in prog.stages:
+            _check_product(stage, kernel)
+            if stage.reduce:
+                stage.acc = _accumulator(stage, kernel, precision)
+            if stage.op == "table":
+                _build_table(stage, kernel)
+    return kernel
+
+
+def _override(buf: Buffer, p: Precision, used: set) -> Fixed | None:
+    for key in (buf.name, buf.source):
+        if key in p.overrides:
+            used.add(key)
+            return p.overrides[key]
+    return None
+
+
+def _buffer_format(buf: Buffer, p: Precision, const_values) -> Fixed:
+    if buf.kind == "bool":
+        return BOOL
+    if buf.role == "const":
+        return _const_format(np.asarray(const_values, dtype=np.float64), p)
+    if buf.kind == "integer":
+        return Fixed(p.integer_width, p.integer_width)
+    return {"weight": p.weight, "activation": p.activation, "gradient": p.gradient}[buf.kind]
+
+
+def widen_to_range(fmt: Fixed, absmax: float, margin_bits: int) -> Fixed:
+    """Add integer bits (keeping the fraction) until ``absmax`` times 2**margin fits."""
+    if absmax <= 0:
+        return fmt
+    needed = math.floor(math.log2(absmax)) + 2 + margin_bits  # sign bit, then the magnitude
+    extra = needed - fmt.int_bits
+    if extra <= 0:
+        return fmt
+    return Fixed(fmt.width + extra, fmt.int_bits + extra, fmt.signed, fmt.rounding, fmt.overflow)
+
+
+def _const_format(values: np.ndarray, p: Precision) -> Fixed:
+    peak = float(np.max(np.abs(values))) if values.size else 0.0
+    int_bits = max(1, math.floor(math.log2(peak)) + 2) if peak > 0 else 1
+    if values.size and np.all(values == np.round(values)):
+        return Fixed(max(2, int_bits), max(2, int_bits))  # an exact integer format
+    return Fixed(max(p.constant_width, int_bits + 2), int_bits)
+
+
+def _check_product(stage: Stage, kernel: Kernel) -> None:
+    if stage.op in ("mul", "mac"):
+        w = sum(kernel.buffers[a.buffer].fmt.width for a in stage.ins[:2])
+        if w > MAX_ACC_WIDTH:
+            raise PrecisionError(f"stage {stage.name}: the product of {w} bits exceeds {MAX_ACC_WIDTH}; "
+                                 f"use narrower formats")
+
+
+def _accumulator(stage: Stage, kernel: Kernel, p: Precision) -> Fixed:
+    fin = [kernel.buffers[a.buffer].fmt for a in stage.ins]
+    out = kernel.buffers[stage.out.buffer].fmt
+    if stage.op == "max":
+        return fin[0].with_modes("TRN", "SAT")
+    if p.accumulator != "auto":
+        return p.accumulator
+    if stage.op == "mac":
+        frac = fin[0].frac_bits + fin[1].frac_bits
+        base_int = fin[0].int_bits + fin[1].int_bits
+    else:
+        frac, base_int = fin[0].frac_bits, fin[0].int_bits
+    n = 1
+    for lp in stage.loops:
+        if lp.var in stage.reduce:
+            n *= lp.extent
+    int_bits = max(p.accumulator_int_bits, out.int_bits + 1, min(base_int, p.accumulator_int_bits) +
+                   math.ceil(math.log2(max(n, 1))))
+    frac = max(0, min(frac, MAX_ACC_WIDTH - int_bits))
+    return Fixed(int_bits + frac, int_bits)
+
+
+# ----- function tables -------------------------------------------------------------------------
+
+def _domain(fn: str, fin: Fixed, fout: Fixed) -> tuple[float, float]:
+    lo, hi = fin.min_value, fin.max_value
+    if fn == "exp":
+        lo = max(lo, math.log(fout.ulp / 2))
+        hi = min(hi, math.log(fout.max_value))
+    elif fn == "log":
+        lo = max(lo, fin.ulp)
+    elif fn in ("sigmoid", "tanh"):
+        lo, hi = max(lo, -16.0), min(hi, 16.0)
+    return lo, hi
+
+
+FUNCTIONS = {
+    "exp": np.exp,
+    "log": np.log,
+    "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
+    "tanh": np.tanh,
+}
+
+
+def _build_table(stage: Stage, kernel: Kernel) -> None:
+    fn = stage.attrs["fn"]
+    fin = kernel.buffers[stage.ins[0].buffer].fmt
+    fout = kernel.buffers[stage.out.buffer].fmt
+    lo, hi = _domain(fn, fin, fout)
+    raw_lo, raw_hi = math.ceil(lo / fin.ulp), math.floor(hi / fin.ulp)
+    if raw_hi <= raw_lo:
+        raw_hi = raw_lo + 1
+    span = raw_hi - raw_lo
+    shift = max(0, math.ceil(math.log2(span / TABLE_SEGMENTS))) if span > TABLE_SEGMENTS else 0
+    n = -(-span // (1 << shift))
+    xs = (raw_lo + (np.arange(n + 1, dtype=np.int64) << shift)) * fin.ulp
+    tfmt = fout.with_modes(overflow="SAT")
+    entries = tfmt.quantize(FUNCTIONS[fn](xs))
+    name = f"{stage.name}_table"
+    kernel.buffers[name] = Buffer(name, (n + 1,), tfmt, "const", "const", tuple(int(v) for v in entries),
+                                  f"{fn} table for {stage.name}")
+    stage.attrs.update({"table": name, "lo": int(raw_lo), "shift": int(shift)})

@@ -1,0 +1,123 @@
+"""Boards as data: one TOML file per target in this package, read into frozen ``Target`` records.
+
+    from fx2fpga.targets import load_target, list_targets
+    load_target("pynq-z1").dsp        # 220
+"""
+
+from __future__ import annotations
+
+import functools
+import tomllib
+from dataclasses import dataclass, fields
+from importlib import resources
+
+from fx2fpga.errors import Fx2fpgaError, UnknownTargetError
+
+TOOLCHAINS = ("vivado", "yosys-nextpnr", "quartus")
+
+
+class TargetFileError(Fx2fpgaError, ValueError):
+    """A target TOML file is malformed: a field is missing, unknown, or of the wrong type or range."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """An FPGA board: its part, fabric clock and resource budget, processor system and toolchain."""
+
+    name: str  # the id users type: "pynq-z1"
+    description: str
+    part: str  # vendor part number: "xc7z020clg400-1"
+    family: str  # fabric family as Yosys names it: "xc7", "xcup", "ecp5"
+    clock_mhz: float  # fabric clock the kernel is built for
+    lut: int
+    ff: int
+    bram36: int  # 36 kb block RAMs (or the equivalent count)
+    dsp: int
+    dsp_kind: str  # "DSP48E1", "DSP48E2", "MULT18X18D", ...
+    ps: str | None  # processor system kind ("zynq7", "zynqmp") or None for a bare FPGA
+    toolchain: str  # one of TOOLCHAINS
+    board_part: str | None = None  # Vivado board-file id, if the board has one
+
+
+_REQUIRED_STR = ("name", "description", "part", "family", "dsp_kind", "toolchain")
+_OPTIONAL_STR = ("ps", "board_part")
+_POSITIVE_INT = ("lut", "ff", "bram36", "dsp")
+
+
+def _parse(source: str, text: str) -> Target:
+    """One target from the text of its TOML file; ``source`` names the file in errors."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise TargetFileError(f"{source}: not valid TOML: {exc}") from exc
+    known = {f.name for f in fields(Target)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise TargetFileError(f"{source}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
+    missing = [k for k in (*_REQUIRED_STR, *_POSITIVE_INT, "clock_mhz") if k not in data]
+    if missing:
+        raise TargetFileError(f"{source}: missing field(s) {', '.join(missing)}")
+    for key in _REQUIRED_STR:
+        if not isinstance(data[key], str) or not data[key].strip():
+            raise TargetFileError(f"{source}: {key} must be a non-empty string, got {data[key]!r}")
+    for key in _OPTIONAL_STR:
+        if key in data and (not isinstance(data[key], str) or not data[key].strip()):
+            raise TargetFileError(f"{source}: {key} must be a non-empty string or left out, got {data[key]!r}")
+    for key in _POSITIVE_INT:
+        value = data[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise TargetFileError(f"{source}: {key} must be a positive integer, got {value!r}")
+    clock = data["clock_mhz"]
+    if isinstance(clock, bool) or not isinstance(clock, int | float) or not 0 < clock < 10_000:
+        raise TargetFileError(f"{source}: clock_mhz must be a number of MHz in (0, 10000), got {clock!r}")
+    if data["toolchain"] not in TOOLCHAINS:
+        raise TargetFileError(f"{source}: toolchain {data['toolchain']!r} is not one of {', '.join(TOOLCHAINS)}")
+    return Target(
+        name=data["name"],
+        description=data["description"],
+        part=data["part"],
+        family=data["family"],
+        clock_mhz=float(clock),
+        lut=data["lut"],
+        ff=data["ff"],
+        bram36=data["bram36"],
+        dsp=data["dsp"],
+        dsp_kind=data["dsp_kind"],
+        ps=data.get("ps"),
+        toolchain=data["toolchain"],
+        board_part=data.get("board_part"),
+    )
+
+
+@functools.cache
+def _registry() -> dict[str, Target]:
+    """Every target shipped in this package, by name (read once)."""
+    targets: dict[str, Target] = {}
+    for entry in resources.files(__name__).iterdir():
+        if not entry.name.endswith(".toml"):
+            continue
+        target = _parse(entry.name, entry.read_text(encoding="utf-8"))
+        stem = entry.name.removesuffix(".toml")
+        if target.name != stem:
+            raise TargetFileError(f"{entry.name}: name {target.name!r} must match the file name {stem!r}")
+        targets[target.name] = target
+    return targets
+
+
+def list_targets() -> list[Target]:
+    """All known targets, sorted by name."""
+    return [t for _, t in sorted(_registry().items())]
+
+
+def load_target(name: str | Target) -> Target:
+    """The target called ``name`` (case-insensitive); raises ``UnknownTargetError`` listing the known ones."""
+    if isinstance(name, Target):
+        return name
+    registry = _registry()
+    key = str(name).strip().lower()
+    if key not in registry:
+        raise UnknownTargetError(str(name), sorted(registry))
+    return registry[key]
+
+
+__all__ = ["TOOLCHAINS", "Target", "TargetFileError", "list_targets", "load_target"]

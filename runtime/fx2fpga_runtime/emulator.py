@@ -1,0 +1,186 @@
+"""Bit-exact numpy execution of a ``Kernel``: the golden model of every backend.
+
+Values are raw ``int64`` integers (see ``fixed.py``); each stage is evaluated over the
+whole loop nest at once with index grids, and reductions follow the sequential
+accumulation order of the generated hardware (see ``ir.py`` for the semantics).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .fixed import Fixed, align, shift_round
+from .ir import Access, Affine, Kernel, Stage
+
+
+class Emulator:
+    """Holds the on-chip memories of one kernel and runs its programs on them."""
+
+    def __init__(self, kernel: Kernel):
+        self.kernel = kernel
+        self.mem: dict[str, np.ndarray] = {}
+        for buf in kernel.buffers.values():
+            if buf.init is not None:
+                self.mem[buf.name] = np.asarray(buf.init, dtype=np.int64).reshape(buf.shape)
+            else:
+                self.mem[buf.name] = np.zeros(buf.shape, dtype=np.int64)
+
+    def write(self, name: str, raw) -> None:
+        """Host -> on-chip buffer (raw integers, the buffer's shape)."""
+        buf = self.kernel.buffers[name]
+        arr = np.asarray(raw, dtype=np.int64).reshape(buf.shape)
+        if arr.size and (arr.min() < buf.fmt.raw_min or arr.max() > buf.fmt.raw_max):
+            raise ValueError(f"raw values for {name} exceed its format {buf.fmt}")
+        self.mem[name] = arr.copy()
+
+    def read(self, name: str) -> np.ndarray:
+        return self.mem[name].copy()
+
+    def run(self, program: str, inputs: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Write ``inputs`` (if given), run every stage of ``program``, return its outputs (raw)."""
+        prog = self.kernel.programs[program]
+        for name, raw in (inputs or {}).items():
+            self.write(name, raw)
+        for stage in prog.stages:
+            run_stage(stage, self.kernel, self.mem)
+        return {name: self.read(name) for name in prog.outputs}
+
+
+# ----- one stage -------------------------------------------------------------------------------
+
+def _grid(stage: Stage) -> dict[str, np.ndarray]:
+    axes = [np.arange(lp.extent, dtype=np.int64) for lp in stage.loops]
+    return dict(zip((lp.var for lp in stage.loops), np.meshgrid(*axes, indexing="ij"), strict=True))
+
+
+def _eval_affine(a: Affine, grid: dict[str, np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    v = np.full(shape, a.const, dtype=np.int64)
+    for var, coeff in a.terms:
+        v = v + coeff * grid[var]
+    if a.div != 1:
+        v = v // a.div
+    if a.mod:
+        v = v % a.mod
+    return v
+
+
+def _load(access: Access, mem, grid, shape) -> np.ndarray:
+    arr = mem[access.buffer]
+    if not access.index:
+        return np.broadcast_to(arr.reshape(()), shape)
+    return arr[tuple(_eval_affine(i, grid, shape) for i in access.index)]
+
+
+def _elementwise(op: str, vals: list[np.ndarray], fmts: list[Fixed], stage: Stage, kernel: Kernel):
+    """Exact result of an elementwise op as (raw, frac_bits)."""
+    fr = [f.frac_bits for f in fmts]
+    if op == "copy":
+        return vals[0], fr[0]
+    if op == "neg":
+        return -vals[0], fr[0]
+    if op == "relu":
+        return np.maximum(vals[0], 0), fr[0]
+    if op == "mul":
+        return vals[0] * vals[1], fr[0] + fr[1]
+    if op in ("add", "sub", "eq", "ne", "lt", "le", "gt", "ge"):
+        f = max(fr[0], fr[1])
+        a, b = align(vals[0], fr[0], f), align(vals[1], fr[1], f)
+        if op == "add":
+            return a + b, f
+        if op == "sub":
+            return a - b, f
+        cmp = {"eq": np.equal, "ne": np.not_equal, "lt": np.less, "le": np.less_equal,
+               "gt": np.greater, "ge": np.greater_equal}[op]
+        return cmp(a, b).astype(np.int64), 0
+    if op == "select":
+        f = max(fr[1], fr[2])
+        return np.where(vals[0] != 0, align(vals[1], fr[1], f), align(vals[2], fr[2], f)), f
+    if op == "table":
+        return _table(vals[0], stage, kernel)
+    raise NotImplementedError(f"emulator: elementwise op {op!r}")
+
+
+def _table(raw: np.ndarray, stage: Stage, kernel: Kernel):
+    tbl_buf = kernel.buffers[stage.attrs["table"]]
+    table = np.asarray(tbl_buf.init, dtype=np.int64)
+    n = table.size - 1
+    lo, shift = int(stage.attrs["lo"]), int(stage.attrs["shift"])
+    r = np.clip(raw, lo, lo + (n << shift)) - lo
+    i = np.minimum(r >> shift, n - 1)
+    t = r - (i << shift)
+    y = table[i] + (((table[i + 1] - table[i]) * t) >> shift)
+    return y, tbl_buf.fmt.frac_bits
+
+
+def _accumulate(terms: np.ndarray, term_frac: int, init: np.ndarray, acc: Fixed) -> np.ndarray:
+    """Sequential ``acc += term`` over the last axis, each step assigned to ``acc``."""
+    fa = acc.frac_bits
+    rounding_free = term_frac <= fa
+    if rounding_free or acc.rounding in ("RND", "TRN"):
+        # acc has no bits below fa, so rounding (acc + t) equals acc + rounding(t) for
+        # the floor-based modes: round every term once, then only overflow is sequential.
+        steps = shift_round(terms, term_frac - fa, acc.rounding) if not rounding_free else align(terms, term_frac, fa)
+        partial = init[..., None] + np.cumsum(steps, axis=-1)
+        if acc.overflow == "WRAP" or partial.size == 0 or (
+            partial.min() >= acc.raw_min and partial.max() <= acc.raw_max
+        ):
+            return acc.overflow_raw(partial[..., -1]) if partial.size else init
+        a = init.copy()
+        for k in range(steps.shape[-1]):
+            a = acc.overflow_raw(a + steps[..., k])
+        return a
+    a = init.copy()
+    for k in range(terms.shape[-1]):
+        a = acc.from_raw(align(a, fa, max(fa, term_frac)) + align(terms[..., k], term_frac, max(fa, term_frac)),
+                         max(fa, term_frac))
+    return a
+
+
+def run_stage(stage: Stage, kernel: Kernel, mem: dict[str, np.ndarray]) -> None:
+    """Execute one stage, updating ``mem`` in place."""
+    shape = tuple(lp.extent for lp in stage.loops)
+    grid = _grid(stage)
+    fmts = [kernel.buffers[a.buffer].fmt for a in stage.ins]
+    vals = [_load(a, mem, grid, shape) for a in stage.ins]
+    out_buf = kernel.buffers[stage.out.buffer]
+
+    if not stage.reduce:
+        raw, frac = _elementwise(stage.op, vals, fmts, stage, kernel)
+        result = out_buf.fmt.from_raw(raw, frac)
+        out_grid = grid
+    else:
+        axes = [i for i, lp in enumerate(stage.loops) if lp.var in stage.reduce]
+        keep = [i for i in range(len(shape)) if i not in axes]
+        order = keep + axes
+        n_red = int(np.prod([shape[i] for i in axes]))
+        out_shape = tuple(shape[i] for i in keep)
+
+        def flat(v: np.ndarray) -> np.ndarray:
+            return np.broadcast_to(v, shape).transpose(order).reshape(out_shape + (n_red,))
+
+        acc = stage.acc
+        out_grid = {k: flat(v)[..., 0] for k, v in grid.items()}
+        if stage.op == "max":
+            v = acc.from_raw(flat(vals[0]), fmts[0].frac_bits)
+            result_acc = np.maximum(np.full(out_shape, acc.raw_min, dtype=np.int64), v.max(axis=-1))
+        else:
+            n_operands = 2 if stage.op == "mac" else 1
+            if len(stage.ins) > n_operands:  # an init value (e.g. the bias of addmm)
+                init = acc.from_raw(flat(vals[n_operands])[..., 0], fmts[n_operands].frac_bits)
+            else:
+                init = np.zeros(out_shape, dtype=np.int64)
+            if stage.op == "mac":
+                terms, tf = flat(vals[0]) * flat(vals[1]), fmts[0].frac_bits + fmts[1].frac_bits
+            elif stage.op == "sum":
+                terms, tf = flat(vals[0]), fmts[0].frac_bits
+            else:
+                raise NotImplementedError(f"emulator: reduction op {stage.op!r}")
+            result_acc = _accumulate(terms, tf, init, acc)
+        result = out_buf.fmt.from_raw(result_acc, acc.frac_bits)
+
+    out_shape_now = result.shape
+    out_index = tuple(_eval_affine(i, out_grid, out_shape_now) for i in stage.out.index)
+    if out_index:
+        mem[stage.out.buffer][out_index] = result
+    else:
+        mem[stage.out.buffer][...] = result.reshape(-1)[-1] if result.size else 0

@@ -1,0 +1,228 @@
+"""The kernel IR: buffers with fixed-point formats and stages that are loop nests.
+
+A ``Kernel`` holds named ``Buffer``s and ``Program``s (``infer``, ``train_step``). A program
+is a list of ``Stage``s run in order. A stage is one loop nest::
+
+    for v0 in range(e0): for v1 in range(e1): ...        # stage.loops, outermost first
+        out[f(v)] = OP(ins[0][g0(v)], ins[1][g1(v)], ...)   # each index an Affine of loop vars
+
+Semantics every backend must reproduce bit for bit (the emulator is the reference):
+
+Elementwise ops (``reduce == ()``): the exact result of the operation on the input values is
+assigned to the output format (its rounding, then its overflow mode), like C++
+``out = a + b`` on ``ap_fixed`` types.
+
+- ``copy(a)``, ``neg(a)``, ``relu(a)`` (``a > 0 ? a : 0``), ``add(a, b)``, ``sub(a, b)``,
+  ``mul(a, b)``, ``select(c, a, b)`` (``c != 0 ? a : b``)
+- ``eq ne lt le gt ge (a, b)``: 1 or 0 in the BOOL format
+- ``table(a)``: piecewise-linear function (``attrs``: ``fn``, ``table`` (a const buffer of
+  n+1 raw entries at the output's frac bits), ``lo`` (raw input), ``shift``): with ``r`` the
+  raw input clipped to ``[lo, lo + (n << shift)]``, ``i = min((r - lo) >> shift, n - 1)``,
+  ``t = r - lo - (i << shift)``, result raw = ``T[i] + (((T[i+1] - T[i]) * t) >> shift)``
+  (arithmetic shift), then the output's overflow mode.
+
+Reduction ops (``reduce`` names loop vars): an accumulator of format ``stage.acc`` starts at
+``init`` (``mac``/``sum``: the optional third/second input, else 0; ``max``: the acc
+format's minimum) and takes the reduction points in lexicographic order of the reduce vars;
+after each step the exact new value is assigned to ``acc`` (C++ ``acc += a * b``); at the
+end ``acc`` is assigned to ``out``.
+
+- ``mac(a, b[, init])``: ``acc += a * b``
+- ``sum(a[, init])``: ``acc += a``
+- ``max(a)``: ``acc = max(acc, a)``
+
+``stage.lanes`` copies of the datapath work on ``lanes`` consecutive values of the
+non-reduced loop ``stage.lane_var`` at once; the results do not depend on it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+
+from .fixed import Fixed
+
+ELEMENTWISE_OPS = (
+    "copy", "neg", "relu", "add", "sub", "mul", "select",
+    "eq", "ne", "lt", "le", "gt", "ge", "table",
+)
+REDUCTION_OPS = ("mac", "sum", "max")
+OPS = ELEMENTWISE_OPS + REDUCTION_OPS
+ARITY = {
+    "copy": 1, "neg": 1, "relu": 1, "table": 1,
+    "add": 2, "sub": 2, "mul": 2, "eq": 2, "ne": 2, "lt": 2, "le": 2, "gt": 2, "ge": 2,
+    "select": 3, "mac": 2, "sum": 1, "max": 1,
+}
+ROLES = ("param", "input", "target", "output", "temp", "const")
+
+
+@dataclass(frozen=True)
+class Affine:
+    """``((sum(coeff * var) + const) // div) % mod`` over loop variables (mod 0: none)."""
+
+    terms: tuple[tuple[str, int], ...] = ()
+    const: int = 0
+    div: int = 1
+    mod: int = 0
+
+    @classmethod
+    def var(cls, name: str, coeff: int = 1) -> Affine:
+        return cls(((name, coeff),))
+
+    def vars(self) -> tuple[str, ...]:
+        return tuple(v for v, _ in self.terms)
+
+    def c_expr(self) -> str:
+        """C expression, e.g. ``2*oh + kh - 1`` (also valid Python)."""
+        parts = []
+        for v, c in self.terms:
+            parts.append(v if c == 1 else f"{c}*{v}")
+        s = " + ".join(parts) if parts else ""
+        if self.const:
+            s = f"{s} {'+' if self.const > 0 else '-'} {abs(self.const)}" if s else str(self.const)
+        s = s or "0"
+        if self.div != 1:
+            s = f"({s}) / {self.div}"
+        if self.mod:
+            s = f"({s}) % {self.mod}"
+        return s
+
+
+@dataclass(frozen=True)
+class Access:
+    """``buffer[index[0]][index[1]]...``; a scalar buffer has an empty index."""
+
+    buffer: str
+    index: tuple[Affine, ...]
+
+    def c_expr(self) -> str:
+        return self.buffer + "".join(f"[{i.c_expr()}]" for i in self.index)
+
+
+@dataclass(frozen=True)
+class Loop:
+    var: str
+    extent: int
+
+
+@dataclass
+class Buffer:
+    """An on-chip array. ``init`` holds the raw values of a ``const`` buffer, row-major."""
+
+    name: str
+    shape: tuple[int, ...]
+    fmt: Fixed
+    role: str = "temp"
+    kind: str = "activation"  # activation | weight | gradient | bool | integer | const
+    init: tuple[int, ...] | None = None
+    source: str = ""
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass
+class Stage:
+    """One loop nest: see the module docstring for what each ``op`` computes."""
+
+    name: str
+    op: str
+    loops: tuple[Loop, ...]
+    out: Access
+    ins: tuple[Access, ...]
+    reduce: tuple[str, ...] = ()
+    acc: Fixed | None = None
+    attrs: dict = field(default_factory=dict)
+    lanes: int = 1
+    lane_var: str | None = None
+    source: str = ""  # the user's model line, "model.py:12"
+    origin: str = ""  # the fx node (and ATen op) the stage came from
+
+    @property
+    def iterations(self) -> int:
+        n = 1
+        for lp in self.loops:
+            n *= lp.extent
+        return n
+
+
+@dataclass
+class Program:
+    """An entry point: host writes ``inputs``, the stages run, host reads ``outputs``."""
+
+    name: str
+    inputs: list[str]
+    outputs: list[str]
+    stages: list[Stage]
+
+
+@dataclass
+class Kernel:
+    name: str
+    buffers: dict[str, Buffer]
+    programs: dict[str, Program]
+    params: list[str]  # parameter buffers in load/read order (the model's parameter order)
+    param_names: dict[str, str] = field(default_factory=dict)  # buffer -> model's dotted name
+    meta: dict = field(default_factory=dict)  # e.g. {"num_classes": {"y": 10}}
+
+    def buffer(self, name: str) -> Buffer:
+        return self.buffers[name]
+
+    def stages(self):
+        for prog in self.programs.values():
+            yield from prog.stages
+
+    # ----- serialization (kernel.json inside a project folder) ---------------------------------
+    def to_json(self) -> str:
+        return json.dumps(_to_plain(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Kernel:
+        d = json.loads(text)
+        buffers = {k: _buffer_from(v) for k, v in d["buffers"].items()}
+        programs = {k: _program_from(v) for k, v in d["programs"].items()}
+        return cls(d["name"], buffers, programs, list(d["params"]), dict(d["param_names"]), dict(d["meta"]))
+
+
+def _to_plain(k: Kernel) -> dict:
+    return asdict(k)
+
+
+def _fixed_from(d: dict | None) -> Fixed | None:
+    return None if d is None else Fixed(**d)
+
+
+def _affine_from(d: dict) -> Affine:
+    return Affine(tuple((v, c) for v, c in d["terms"]), d["const"], d["div"], d["mod"])
+
+
+def _access_from(d: dict) -> Access:
+    return Access(d["buffer"], tuple(_affine_from(i) for i in d["index"]))
+
+
+def _buffer_from(d: dict) -> Buffer:
+    init = None if d["init"] is None else tuple(d["init"])
+    return Buffer(d["name"], tuple(d["shape"]), _fixed_from(d["fmt"]), d["role"], d["kind"], init, d["source"])
+
+
+def _stage_from(d: dict) -> Stage:
+    return Stage(
+        name=d["name"], op=d["op"], loops=tuple(Loop(**lp) for lp in d["loops"]),
+        out=_access_from(d["out"]), ins=tuple(_access_from(a) for a in d["ins"]),
+        reduce=tuple(d["reduce"]), acc=_fixed_from(d["acc"]), attrs=dict(d["attrs"]),
+        lanes=d["lanes"], lane_var=d["lane_var"], source=d["source"], origin=d["origin"],
+    )
+
+
+def _program_from(d: dict) -> Program:
+    return Program(d["name"], list(d["inputs"]), list(d["outputs"]), [_stage_from(s) for s in d["stages"]])
+
+
+__all__ = [
+    "Access", "Affine", "Buffer", "Fixed", "Kernel", "Loop", "Program", "Stage",
+    "OPS", "ELEMENTWISE_OPS", "REDUCTION_OPS", "ARITY", "ROLES", "replace",
+]

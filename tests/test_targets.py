@@ -1,0 +1,91 @@
+"""Targets are data: TOML files read into frozen ``Target`` records."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from fx2fpga.errors import UnknownTargetError
+from fx2fpga.targets import Target, TargetFileError, _parse, list_targets, load_target
+
+
+def test_pynq_z1_numbers():
+    t = load_target("pynq-z1")
+    assert isinstance(t, Target)
+    assert (t.part, t.clock_mhz, t.lut, t.ff, t.bram36, t.dsp) == ("xc7z020clg400-1", 100.0, 53_200, 106_400, 140, 220)
+    assert (t.dsp_kind, t.ps, t.toolchain, t.family) == ("DSP48E1", "zynq7", "vivado", "xc7")
+    assert t.board_part == "www.digilentinc.com:pynq-z1:part0:1.0"
+
+
+def test_pynq_z2_same_chip_other_board():
+    z1, z2 = load_target("pynq-z1"), load_target("pynq-z2")
+    assert z2.board_part == "tul.com.tw:pynq-z2:part0:1.0"
+    assert dataclasses.replace(z2, name=z1.name, description=z1.description, board_part=z1.board_part) == z1
+
+
+def test_list_targets_sorted_and_loadable():
+    targets = list_targets()
+    names = [t.name for t in targets]
+    assert names == sorted(names) and {"pynq-z1", "pynq-z2"} <= set(names)
+    assert all(load_target(n) == t for n, t in zip(names, targets, strict=True))
+    assert load_target("PYNQ-Z1") is load_target("pynq-z1")
+
+
+def test_target_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        load_target("pynq-z1").dsp = 1  # type: ignore[misc]
+
+
+def test_unknown_target_lists_known_ones():
+    with pytest.raises(UnknownTargetError) as info:
+        load_target("zedboard")
+    message = str(info.value)
+    assert "'zedboard'" in message
+    for t in list_targets():
+        assert t.name in message
+    assert info.value.known == [t.name for t in list_targets()]
+
+
+GOOD = """
+name = "x"
+description = "d"
+part = "p"
+family = "xc7"
+clock_mhz = 100
+lut = 1
+ff = 2
+bram36 = 3
+dsp = 4
+dsp_kind = "DSP48E1"
+toolchain = "vivado"
+"""
+
+
+def test_minimal_toml_parses_with_optional_fields_absent():
+    t = _parse("x.toml", GOOD)
+    assert t.clock_mhz == 100.0 and isinstance(t.clock_mhz, float)
+    assert t.ps is None and t.board_part is None
+
+
+@pytest.mark.parametrize(
+    "edit,words",
+    [
+        (lambda s: s.replace('lut = 1', 'lut = "many"'), ["lut", "positive integer"]),
+        (lambda s: s.replace('lut = 1', 'lut = 0'), ["lut", "positive integer"]),
+        (lambda s: s.replace('dsp = 4', 'dsp = true'), ["dsp", "positive integer"]),
+        (lambda s: s.replace('clock_mhz = 100', 'clock_mhz = -5'), ["clock_mhz"]),
+        (lambda s: s.replace('part = "p"\n', ''), ["missing", "part"]),
+        (lambda s: s + 'uram = 4\n', ["unknown field", "uram"]),
+        (lambda s: s.replace('"vivado"', '"quartus-pro-max"'), ["toolchain", "vivado"]),
+        (lambda s: s + 'ps = 7\n', ["ps"]),
+        (lambda s: s.replace('name = "x"', 'name = '), ["not valid TOML"]),
+    ],
+)
+def test_malformed_toml_errors_name_file_and_field(edit, words):
+    with pytest.raises(TargetFileError) as info:
+        _parse("bad.toml", edit(GOOD))
+    message = str(info.value)
+    assert message.startswith("bad.toml: ")
+    for w in words:
+        assert w in message
