@@ -1,3 +1,27 @@
-"""fx2fpga: compile PyTorch models, and their training step, to fixed-point FPGA kernels."""
+"""fx2fpga: compile PyTorch models, and their SGD training step, to fixed-point FPGA kernels.
+
+    design = fx2fpga.compile(model, (x,), target="pynq-z1",
+                             train=fx2fpga.SGD(F.cross_entropy, y, lr=0.1), out_dir="out/mlp")
+    k = design.load("emu")          # or "csim": g++ on the generated HLS C++
+    loss = k.train_step(x, y); logits = k.infer(x)
+"""
 
 __version__ = "0.1.0"
+
+from fx2fpga_runtime import load  # noqa: E402
+from fx2fpga_runtime.fixed import Fixed  # noqa: E402
+
+from .design import Design, compile  # noqa: E402
+from .frontend import SGD, trace  # noqa: E402
+from .passes import PIPELINE  # noqa: E402
+from .passes.quantize import Precision  # noqa: E402
+from .targets import Target, list_targets, load_target  # noqa: E402
+
+
+def targets() -> list[str]:
+    """Names of the boards fx2fpga can compile for."""
+    return [t.name for t in list_targets()]
+
+
+__all__ = ["Design", "Fixed", "PIPELINE", "Precision", "SGD", "Target", "compile", "list_targets", "load",
+           "load_target", "targets", "trace", "__version__"]

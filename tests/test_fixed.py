@@ -31,8 +31,27 @@ APY_OVERFLOW = {"SAT": O.SAT, "WRAP": O.WRAP}
 MODES = list(itertools.product(ROUNDING_MODES, OVERFLOW_MODES))
 
 # (width, int_bits): narrow and wide, int_bits negative, zero, inside and beyond the width
-FORMATS = [(1, 1), (2, 0), (3, 1), (4, -2), (5, 7), (8, 0), (8, 3), (12, 12), (16, 6), (18, 2),
-           (24, 8), (32, 16), (40, -4), (48, 20), (53, 3), (54, 10), (60, 30), (62, 2), (62, 62)]
+FORMATS = [
+    (1, 1),
+    (2, 0),
+    (3, 1),
+    (4, -2),
+    (5, 7),
+    (8, 0),
+    (8, 3),
+    (12, 12),
+    (16, 6),
+    (18, 2),
+    (24, 8),
+    (32, 16),
+    (40, -4),
+    (48, 20),
+    (53, 3),
+    (54, 10),
+    (60, 30),
+    (62, 2),
+    (62, 62),
+]
 INPUT_INT_BITS = 128  # exact apytypes inputs: wide enough for every value drawn below
 INPUT_FRAC_BITS = 200
 
@@ -77,8 +96,21 @@ def random_floats(fmt: Fixed, rng: np.random.Generator, n: int = 3000) -> np.nda
     k = rng.integers(-bound, bound, n, dtype=np.int64)
     grid = np.ldexp(k.astype(np.float64), -(fmt.frac_bits + extra))
     small = rng.uniform(-4, 4, n // 4) * fmt.ulp
-    special = np.array([0.0, -0.0, fmt.max_value, fmt.min_value, fmt.ulp / 2, -fmt.ulp / 2,
-                        1e30, -1e30, 2.0**70 + 2.0**18, -(2.0**70), 3.5 * 2.0**fmt.int_bits])
+    special = np.array(
+        [
+            0.0,
+            -0.0,
+            fmt.max_value,
+            fmt.min_value,
+            fmt.ulp / 2,
+            -fmt.ulp / 2,
+            1e30,
+            -1e30,
+            2.0**70 + 2.0**18,
+            -(2.0**70),
+            3.5 * 2.0**fmt.int_bits,
+        ]
+    )
     return np.concatenate([generic, grid, small, special])
 
 
@@ -109,11 +141,13 @@ def test_requantize_raw_matches_apytypes(width: int, int_bits: int, signed: bool
         src_width = min(62, max(2, width + extra_frac + extra_int))
         src_frac = fmt.frac_bits + extra_frac
         lo, hi = -(1 << (src_width - 1)), 1 << (src_width - 1)
-        raw = np.concatenate([
-            rng.integers(lo, hi, 2000, dtype=np.int64),
-            rng.integers(-64, 64, 200, dtype=np.int64) << np.int64(max(extra_frac - 1, 0)),  # ties near zero
-            np.array([lo, hi - 1, 0, -1, 1], dtype=np.int64),
-        ])
+        raw = np.concatenate(
+            [
+                rng.integers(lo, hi, 2000, dtype=np.int64),
+                rng.integers(-64, 64, 200, dtype=np.int64) << np.int64(max(extra_frac - 1, 0)),  # ties near zero
+                np.array([lo, hi - 1, 0, -1, 1], dtype=np.int64),
+            ]
+        )
         raw = np.clip(raw, lo, hi - 1)
         if extra_frac < 0 and src_width + (-extra_frac) > 62:
             continue
@@ -175,8 +209,18 @@ def test_parse_fields_and_defaults():
 
 @pytest.mark.parametrize(
     "text",
-    ["fixed<16>", "float32", "fixed<0,0>", "fixed<16,6,ROUND,SAT>", "fixed<16,6,RND,CLIP>", "fixed<16,6,rnd>",
-     "fixed<99,6>", "fixed<16,6,SAT,RND>", "", "fixed<16,6,RND,SAT,WRAP>"],
+    [
+        "fixed<16>",
+        "float32",
+        "fixed<0,0>",
+        "fixed<16,6,ROUND,SAT>",
+        "fixed<16,6,RND,CLIP>",
+        "fixed<16,6,rnd>",
+        "fixed<99,6>",
+        "fixed<16,6,SAT,RND>",
+        "",
+        "fixed<16,6,RND,SAT,WRAP>",
+    ],
 )
 def test_parse_malformed_raises_with_hint(text: str):
     with pytest.raises(FormatError) as info:

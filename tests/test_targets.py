@@ -71,15 +71,15 @@ def test_minimal_toml_parses_with_optional_fields_absent():
 @pytest.mark.parametrize(
     "edit,words",
     [
-        (lambda s: s.replace('lut = 1', 'lut = "many"'), ["lut", "positive integer"]),
-        (lambda s: s.replace('lut = 1', 'lut = 0'), ["lut", "positive integer"]),
-        (lambda s: s.replace('dsp = 4', 'dsp = true'), ["dsp", "positive integer"]),
-        (lambda s: s.replace('clock_mhz = 100', 'clock_mhz = -5'), ["clock_mhz"]),
-        (lambda s: s.replace('part = "p"\n', ''), ["missing", "part"]),
-        (lambda s: s + 'uram = 4\n', ["unknown field", "uram"]),
+        (lambda s: s.replace("lut = 1", 'lut = "many"'), ["lut", "positive integer"]),
+        (lambda s: s.replace("lut = 1", "lut = 0"), ["lut", "positive integer"]),
+        (lambda s: s.replace("dsp = 4", "dsp = true"), ["dsp", "positive integer"]),
+        (lambda s: s.replace("clock_mhz = 100", "clock_mhz = -5"), ["clock_mhz"]),
+        (lambda s: s.replace('part = "p"\n', ""), ["missing", "part"]),
+        (lambda s: s + "uram = 4\n", ["unknown field", "uram"]),
         (lambda s: s.replace('"vivado"', '"quartus-pro-max"'), ["toolchain", "vivado"]),
-        (lambda s: s + 'ps = 7\n', ["ps"]),
-        (lambda s: s.replace('name = "x"', 'name = '), ["not valid TOML"]),
+        (lambda s: s + "ps = 7\n", ["ps"]),
+        (lambda s: s.replace('name = "x"', "name = "), ["not valid TOML"]),
     ],
 )
 def test_malformed_toml_errors_name_file_and_field(edit, words):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from jinja2 import Environment, PackageLoader, StrictUndefined
@@ -110,8 +110,8 @@ def _check_stage(st: Stage, kernel: Kernel, where: str) -> None:
         raise HlsCodegenError(f"{where}: {st.op} takes {' or '.join(map(str, allowed))} inputs, got {len(st.ins)}")
     extents = {lp.var: lp.extent for lp in st.loops}
     for var in extents:
-        if not _IDENT.match(var) or var in _RESERVED or var in kernel.buffers:
-            raise HlsCodegenError(f"{where}: loop variable {var!r} is not usable as a C++ name here; rename it")
+        if not _IDENT.match(var):
+            raise HlsCodegenError(f"{where}: loop variable {var!r} is not a C++ identifier; rename it")
     if (st.op in REDUCTION_OPS) != bool(st.reduce):
         raise HlsCodegenError(f"{where}: {st.op} must {'' if st.op in REDUCTION_OPS else 'not '}have reduce vars")
     if any(v not in extents for v in st.reduce):
@@ -138,7 +138,7 @@ def _check_stage(st: Stage, kernel: Kernel, where: str) -> None:
 
 
 def _check_buffer(buf: Buffer, name: str, crosses_interface: bool) -> None:
-    if not _IDENT.match(buf.name) or buf.name in _RESERVED or buf.name != name:
+    if not _IDENT.match(buf.name) or buf.name in _RESERVED or re.match(r"^i\d+$", buf.name) or buf.name != name:
         raise HlsCodegenError(f"buffer name {buf.name!r} is not usable as a C++ name; rename it")
     if crosses_interface and buf.fmt.width > interface.MAX_PORT_WIDTH:
         raise HlsCodegenError(
@@ -181,10 +181,33 @@ class StageView:
     ins: list[str]
     loops: list[LoopView] = field(default_factory=list)  # elementwise nest, or the kept loops
     red_loops: list[LoopView] = field(default_factory=list)
-    lane: LoopView | None = None  # reductions with lanes: the unrolled lane loop
+    lane: LoopView | None = None  # reductions with lanes: the unrolled lane loop (and its copies)
+    lane_init: LoopView | None = None
+    lane_write: LoopView | None = None
     acc_type: str = ""
     init: str = ""  # C expression the accumulator starts from
     table: dict = field(default_factory=dict)
+
+
+def _rename_vars(st: Stage, taken) -> Stage:
+    """``st`` with loop variables renamed where they clash with buffers or generated names."""
+    names = {lp.var for lp in st.loops}
+    new = {}
+    for var in sorted(names):
+        name = var
+        while name in taken or name in _RESERVED or (name != var and name in names) or name.endswith(("_base", "_lane")):
+            name += "_"
+        new[var] = name
+    if all(k == v for k, v in new.items()):
+        return st
+
+    def acc(a: Access) -> Access:
+        return Access(a.buffer, tuple(Affine(tuple((new[v], c) for v, c in i.terms), i.const, i.div, i.mod)
+                                      for i in a.index))
+
+    return replace(st, loops=tuple(replace(lp, var=new[lp.var]) for lp in st.loops), out=acc(st.out),
+                   ins=tuple(acc(a) for a in st.ins), reduce=tuple(new[v] for v in st.reduce),
+                   lane_var=new.get(st.lane_var, st.lane_var))
 
 
 def _zero_vars(acc: Access, names) -> Access:
@@ -234,8 +257,12 @@ def _stage_view(st: Stage, kernel: Kernel, func: str) -> StageView:
         init = literal(st.acc.raw_min, st.acc)
     else:
         init = "0"
-    return StageView(func, st, "reduce", _zero_vars(st.out, st.reduce).c_expr(), type_name(out_fmt), ins,
-                     loops, red, lane, type_name(st.acc), init)
+    view = StageView(func, st, "reduce", _zero_vars(st.out, st.reduce).c_expr(), type_name(out_fmt), ins,
+                     loops, red, lane, acc_type=type_name(st.acc), init=init)
+    if lane:  # loop labels are per function: each copy of the lane loop gets its own
+        view.lane_init = replace(lane, label=f"{lane.label}_init")
+        view.lane_write = replace(lane, label=f"{lane.label}_write")
+    return view
 
 
 def _partitions(kernel: Kernel) -> list[dict]:
@@ -255,9 +282,12 @@ def _partitions(kernel: Kernel) -> list[dict]:
 
 def _buffer_view(buf: Buffer) -> dict:
     words = [literal(r, buf.fmt) for r in buf.init] if buf.init is not None else None
-    dims = "".join(f"[{d}]" for d in buf.shape)
-    return {"name": buf.name, "type": type_name(buf.fmt), "fmt": str(buf.fmt), "role": buf.role, "dims": dims,
-            "shape": list(buf.shape), "init": words, "const": buf.role == "const" and words is not None,
+    loops = [LoopView(f"i{d}_loop", f"i{d}", n) for d, n in enumerate(buf.shape)]
+    if loops:
+        loops[-1].pipeline = True
+    return {"name": buf.name, "type": type_name(buf.fmt), "fmt": str(buf.fmt), "role": buf.role,
+            "dims": "".join(f"[{n}]" for n in buf.shape), "index": "".join(f"[{lp.var}]" for lp in loops),
+            "loops": loops, "shape": list(buf.shape), "init": words, "const": buf.role == "const" and words is not None,
             "source": buf.source, "width": buf.fmt.width, "size": buf.size}
 
 
@@ -287,6 +317,7 @@ def _context(kernel: Kernel, version: str) -> dict:
     formats = {b.fmt for b in kernel.buffers.values()} | {s.acc for s in kernel.stages() if s.acc is not None}
     types = [{"name": type_name(f), "cpp": f.cpp(), "fmt": str(f)} for f in sorted(formats)]
     programs, funcs = [], set()
+    taken = set(kernel.buffers) | {t["name"] for t in types}
     for prog in kernel.programs.values():
         stages = []
         for st in prog.stages:
@@ -296,7 +327,7 @@ def _context(kernel: Kernel, version: str) -> dict:
             while func in funcs or func in kernel.buffers:
                 func += "_"
             funcs.add(func)
-            stages.append(_stage_view(st, kernel, func))
+            stages.append(_stage_view(_rename_vars(st, taken), kernel, func))
         programs.append({"name": prog.name, "func": f"run_{prog.name}", "stages": stages,
                          "inputs": prog.inputs, "outputs": prog.outputs})
     unpacked = sorted({p["buffer"] for c in commands for p in c["ins"]}, key=list(kernel.buffers).index)
@@ -310,7 +341,7 @@ def _context(kernel: Kernel, version: str) -> dict:
         "types": types, "buffers": buffers, "programs": programs, "commands": commands,
         "in_words": in_words, "out_words": out_words, "partitions": _partitions(kernel),
         "unpacked": [by_name[n] for n in unpacked], "packed": [by_name[n] for n in packed],
-        "commands_json": [c["name"] for c in commands],
+        "compare_ops": COMPARE_OPS,
     }
 
 

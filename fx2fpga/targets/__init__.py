@@ -1,7 +1,7 @@
 """Boards as data: one TOML file per target in this package, read into frozen ``Target`` records.
 
-    from fx2fpga.targets import load_target, list_targets
-    load_target("pynq-z1").dsp        # 220
+from fx2fpga.targets import load_target, list_targets
+load_target("pynq-z1").dsp        # 220
 """
 
 from __future__ import annotations

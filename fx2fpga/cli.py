@@ -1,0 +1,141 @@
+"""``fx2fpga compile | sim | build | report | targets``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import runpy
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .errors import Fx2fpgaError, ModelFileError, ToolNotFoundError
+
+
+def _progress(msg: str) -> None:
+    print(f"fx2fpga: {msg}", file=sys.stderr, flush=True)
+
+
+def load_model_file(path: Path, train: bool) -> dict:
+    """Run a model.py and return what it defines (``model``, ``example_inputs``, ...)."""
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such file")
+    ns = runpy.run_path(str(path), run_name="__fx2fpga__")
+    need = ["model", "example_inputs"] + (["loss_fn", "example_targets"] if train else [])
+    missing = [n for n in need if n not in ns]
+    if missing:
+        hint = " (needed for --train)" if train and set(missing) & {"loss_fn", "example_targets"} else ""
+        raise ModelFileError(f"{path} does not define {', '.join(missing)}{hint}; a model file defines "
+                             f"'model' (an nn.Module or function) and 'example_inputs' (a tensor or tuple), "
+                             f"and for --train also 'loss_fn', 'example_targets' and optionally 'lr'")
+    return ns
+
+
+def cmd_compile(args) -> int:
+    import fx2fpga
+
+    path = Path(args.model)
+    ns = load_model_file(path, args.train)
+    train = fx2fpga.SGD(ns["loss_fn"], ns["example_targets"], float(ns.get("lr", 0.1))) if args.train else None
+    out_dir = Path(args.output or f"{path.stem}_{args.target}")
+    t0 = time.perf_counter()
+    _progress(f"compiling {path} for {args.target} ({'training' if train else 'inference'} kernel)")
+    design = fx2fpga.compile(ns["model"], ns["example_inputs"], target=args.target, train=train,
+                             precision=args.precision, lanes=args.lanes, name=args.name or path.stem,
+                             progress=_progress)
+    design.write(out_dir)
+    _progress(f"wrote {out_dir}/ in {time.perf_counter() - t0:.1f} s")
+    print(out_dir)
+    return 0
+
+
+def cmd_sim(args) -> int:
+    from fx2fpga_runtime.testbench import replay
+
+    results = replay(Path(args.project), args.backend, log=_progress)
+    failed = sum(r["mismatches"] for r in results)
+    for r in results:
+        status = "ok" if r["mismatches"] == 0 else f"{r['mismatches']} MISMATCHES"
+        print(f"{r['command']:12s} {r['words']:6d} words  {status}")
+    total = sum(r["words"] for r in results)
+    print(f"{args.backend}: {total - failed} words match, {failed} differ from the emulator's golden vectors")
+    return 1 if failed else 0
+
+
+def cmd_report(args) -> int:
+    report = Path(args.project) / "report.md"
+    if not report.is_file():
+        raise Fx2fpgaError(f"{args.project} has no report.md: is it an fx2fpga project folder?")
+    print(report.read_text())
+    return 0
+
+
+def cmd_build(args) -> int:
+    project = Path(args.project)
+    manifest = json.loads((project / "manifest.json").read_text())
+    missing = [t for t in ("vitis_hls", "vivado") if shutil.which(t) is None]
+    if missing:
+        raise ToolNotFoundError(
+            f"{' and '.join(missing)} not found on PATH: building a bitstream for {manifest['target']['name']} "
+            f"needs AMD Vivado and Vitis HLS (2022.1 or newer). On a machine that has them run, in {project}:\n"
+            f"  vitis_hls -f hls.tcl && vivado -mode batch -source build.tcl\n"
+            f"Everything before that runs here: fx2fpga sim {project} --backend csim")
+    _progress("running Vitis HLS (C simulation, synthesis, IP export)")
+    subprocess.run(["vitis_hls", "-f", "hls.tcl"], cwd=project, check=True)
+    _progress("running Vivado (block design, implementation, bitstream)")
+    subprocess.run(["vivado", "-mode", "batch", "-source", "build.tcl"], cwd=project, check=True)
+    return 0
+
+
+def cmd_targets(args) -> int:
+    from .targets import list_targets
+
+    print(f"{'target':10s} {'part':22s} {'MHz':>5s} {'LUT':>8s} {'FF':>8s} {'BRAM36':>7s} {'DSP':>5s}  toolchain")
+    for t in list_targets():
+        print(f"{t.name:10s} {t.part:22s} {t.clock_mhz:5g} {t.lut:8,d} {t.ff:8,d} {t.bram36:7d} {t.dsp:5d}  "
+              f"{t.toolchain}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fx2fpga", description="Compile PyTorch models and their training step "
+                                "to fixed-point FPGA kernels.")
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("compile", help="compile a model.py into a project folder")
+    c.add_argument("model", help="a Python file defining model and example_inputs (and loss_fn, "
+                   "example_targets, lr for --train)")
+    c.add_argument("--target", default="pynq-z1", help="board (see: fx2fpga targets)")
+    c.add_argument("--train", action="store_true", help="compile the SGD training step too")
+    c.add_argument("-o", "--output", help="output folder (default: <model>_<target>)")
+    c.add_argument("--precision", help="default fixed-point format, e.g. 'fixed<16,6>'")
+    c.add_argument("--lanes", type=int, default=4, help="parallel MAC lanes per matmul stage (default 4)")
+    c.add_argument("--name", help="kernel name (default: the model file's name)")
+    c.set_defaults(func=cmd_compile)
+    s = sub.add_parser("sim", help="replay the testbench vectors of a project on a backend")
+    s.add_argument("project")
+    s.add_argument("--backend", default="emu", choices=["emu", "csim"])
+    s.set_defaults(func=cmd_sim)
+    b = sub.add_parser("build", help="run Vitis HLS and Vivado on a project (needs them installed)")
+    b.add_argument("project")
+    b.set_defaults(func=cmd_build)
+    r = sub.add_parser("report", help="print a project's report")
+    r.add_argument("project")
+    r.set_defaults(func=cmd_report)
+    t = sub.add_parser("targets", help="list the boards")
+    t.set_defaults(func=cmd_targets)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (Fx2fpgaError, FileNotFoundError) as e:
+        print(f"fx2fpga: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

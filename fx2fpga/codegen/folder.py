@@ -1,0 +1,99 @@
+"""The project folder of a design: sources, scripts, driver, manifest and report."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import numpy as np
+
+import fx2fpga_runtime
+from fx2fpga_runtime import interface
+from fx2fpga_runtime.runner import EmuBackend, KernelRunner
+from fx2fpga_runtime.testbench import VECTORS, vectors_text
+
+from .. import __version__, estimate
+from . import hls
+from .hls import _env
+
+REGISTER_MAP = {  # Vitis HLS s_axilite layout of <name>_top(int cmd, int *in_words, int *out_words)
+    "ap_ctrl": 0x00, "gie": 0x04, "ier": 0x08, "isr": 0x0C, "cmd": 0x10, "in_words": 0x18, "out_words": 0x24,
+}
+
+
+def golden_vectors(design) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(command, in_words, out_words) from the emulator on the example inputs."""
+    k = design.kernel
+    runner = KernelRunner(k, EmuBackend(k))
+    vectors = []
+
+    def call(command: str, raw: dict) -> None:
+        ins, _ = interface.command_buffers(k, command)
+        words_in = interface.pack(k, ins, raw)
+        vectors.append((command, words_in, runner.backend.call(command, words_in)))
+
+    call("load_params", {p: np.asarray(k.buffers[p].init).reshape(k.buffers[p].shape) for p in k.params})
+    prog = k.programs["infer"]
+    call("infer", {prog.inputs[0]: k.buffers[prog.inputs[0]].fmt.quantize(design.example["x"])})
+    if "train_step" in k.programs:
+        tp = k.programs["train_step"]
+        raw = {tp.inputs[0]: k.buffers[tp.inputs[0]].fmt.quantize(design.example["x"]),
+               tp.inputs[1]: k.buffers[tp.inputs[1]].fmt.quantize(design.example["y"])}
+        call("train_step", raw)
+        call("read_params", {})
+    return vectors
+
+
+def manifest(design) -> dict:
+    k, t = design.kernel, design.target
+    in_words, out_words = interface.port_words(k)
+    res = estimate.resources(k)
+    return {
+        "version": __version__, "name": k.name, "top": f"{k.name}_top",
+        "target": {"name": t.name, "part": t.part, "clock_mhz": t.clock_mhz},
+        "precision": design.precision.describe(),
+        "commands": interface.commands_of(k),
+        "port_words": {"in": in_words, "out": out_words, "word_bits": 32},
+        "register_map": {n: f"0x{v:02X}" for n, v in REGISTER_MAP.items()},
+        "params": [{"buffer": p, "name": k.param_names[p], "shape": list(k.buffers[p].shape),
+                    "format": str(k.buffers[p].fmt)} for p in k.params],
+        "programs": {p.name: {"inputs": [{"buffer": b, "shape": list(k.buffers[b].shape),
+                                          "format": str(k.buffers[b].fmt)} for b in p.inputs],
+                              "outputs": [{"buffer": b, "shape": list(k.buffers[b].shape),
+                                           "format": str(k.buffers[b].fmt)} for b in p.outputs],
+                              "estimated_cycles": estimate.program_cycles(k, p.name)}
+                     for p in k.programs.values()},
+        "lanes": {s.name: s.lanes for s in k.stages() if s.lanes > 1},
+        "estimated_resources": {"dsp": res.dsp, "bram36": res.bram36, "memory_bits": res.memory_bits},
+    }
+
+
+def _runtime_files() -> dict[str, str]:
+    pkg = resources.files(fx2fpga_runtime)
+    return {f"driver/fx2fpga_runtime/{f.name}": f.read_text() for f in sorted(pkg.iterdir(), key=lambda p: p.name)
+            if f.name.endswith(".py")}
+
+
+def project_files(design) -> dict[str, str]:
+    """Relative path -> text of every file in the project folder."""
+    from .project import manifest_text
+
+    k = design.kernel
+    env = _env()
+    ctx = {"version": __version__, "name": k.name, "target": design.target,
+           "period_ns": f"{1000.0 / design.target.clock_mhz:g}",
+           "programs": [{"name": p.name, "args": ", ".join(p.inputs)} for p in k.programs.values()],
+           "params": ", ".join(k.param_names[p] for p in k.params)}
+    files = {
+        "kernel.json": k.to_json() + "\n",
+        "manifest.json": manifest_text(manifest(design)),
+        "report.md": design.report,
+        "hls.tcl": env.get_template("tcl/hls.tcl.j2").render(ctx),
+        "build.tcl": env.get_template("tcl/build.tcl.j2").render(ctx),
+        "driver/driver.py": env.get_template("driver/driver.py.j2").render(ctx),
+    }
+    vectors = golden_vectors(design)
+    files[VECTORS] = vectors_text(vectors)
+    files.update(hls.generate(k, __version__))
+    files.update(hls.generate_testbench(k, vectors, __version__))
+    files.update(_runtime_files())
+    return dict(sorted(files.items()))

@@ -1,0 +1,47 @@
+"""``report.md``: what was built, in numbers a person can check."""
+
+from __future__ import annotations
+
+from .. import estimate
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return lines
+
+
+def report_text(design) -> str:
+    """The report of a design as Markdown."""
+    k, t = design.kernel, design.target
+    res = estimate.resources(k)
+    out = [f"# {k.name}: fx2fpga report", ""]
+    out += [f"- target: **{t.name}** ({t.part}, {t.clock_mhz:g} MHz)",
+            f"- programs: {', '.join(k.programs)}",
+            f"- parameters: {sum(k.buffers[p].size for p in k.params):,} values in {len(k.params)} on-chip arrays",
+            f"- precision: weights {design.precision.weight}, activations {design.precision.activation}, "
+            f"gradients {design.precision.gradient}, accumulators {design.precision.accumulator}", ""]
+    out += ["## Estimated resources (before synthesis)", ""]
+    out += _table(["resource", "estimate", f"{t.name} budget", "use"], [
+        ["DSP", res.dsp, t.dsp, f"{100 * res.dsp / t.dsp:.1f}%"],
+        ["BRAM36", res.bram36, t.bram36, f"{100 * res.bram36 / t.bram36:.1f}%"],
+    ])
+    out += ["", f"On-chip memory: {res.memory_bits:,} bits in {len(k.buffers)} arrays.", ""]
+    for prog in k.programs.values():
+        cycles = estimate.program_cycles(k, prog.name)
+        us = cycles / t.clock_mhz
+        out += [f"## Program `{prog.name}`: ~{cycles:,} cycles ({us:,.1f} us at {t.clock_mhz:g} MHz)", "",
+                f"Inputs: {', '.join(prog.inputs)}; outputs: {', '.join(prog.outputs)}.", ""]
+        rows = []
+        for s in prog.stages:
+            loops = " x ".join(f"{lp.var}{lp.extent}" for lp in s.loops) or "scalar"
+            rows.append([f"`{s.name}`", s.op, loops, s.lanes, estimate.stage_cycles(s),
+                         str(s.acc) if s.acc else "", s.source or "", s.origin])
+        out += _table(["stage", "op", "loops", "lanes", "cycles", "accumulator", "model line", "from"], rows)
+        out.append("")
+    out += ["## Buffers", ""]
+    rows = [[f"`{b.name}`", "x".join(map(str, b.shape)) or "scalar", b.fmt, b.role, b.kind,
+             f"{b.size * b.fmt.width:,}"] for b in k.buffers.values()]
+    out += _table(["buffer", "shape", "format", "role", "kind", "bits"], rows)
+    out.append("")
+    return "\n".join(out)

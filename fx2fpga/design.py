@@ -1,0 +1,120 @@
+"""``fx2fpga.compile`` and the ``Design`` it returns: something runnable at once."""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import fx2fpga_runtime
+from fx2fpga_runtime.ir import Kernel
+from fx2fpga_runtime.runner import KernelRunner
+
+from .errors import PrecisionError
+from .frontend import SGD, _as_tuple, as_module
+from .passes import CompileContext, run_pipeline
+from .passes.quantize import Precision
+from .targets import Target, load_target
+
+
+class Design:
+    """A compiled kernel: run it (``load``), write its project folder (``write``), read its report."""
+
+    def __init__(self, kernel: Kernel, target: Target, precision: Precision, example: dict, train: SGD | None):
+        self.kernel = kernel
+        self.target = target
+        self.precision = precision
+        self.example = example  # float arrays: "x" and, for training kernels, "y"
+        self.train = train
+        self.out_dir: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.kernel.name
+
+    def files(self) -> dict[str, str]:
+        """Every file of the project folder: relative path -> text."""
+        from .codegen.folder import project_files
+
+        return project_files(self)
+
+    def write(self, out_dir: str | Path) -> Path:
+        """Write the project folder atomically (an existing fx2fpga project there is replaced)."""
+        from .codegen.project import write_project
+
+        self.out_dir = write_project(Path(out_dir), self.files())
+        return self.out_dir
+
+    def load(self, backend: str = "emu") -> KernelRunner:
+        """A runnable kernel: ``emu`` (numpy, bit-exact) or ``csim`` (g++ on the HLS C++).
+
+        The csim backend needs the project folder; without one it is written to a
+        temporary folder first.
+        """
+        if backend != "emu" and self.out_dir is None:
+            self.write(Path(tempfile.mkdtemp(prefix=f"fx2fpga_{self.name}_")) / self.name)
+        return KernelRunner(self.kernel, fx2fpga_runtime.make_backend(self.kernel, backend, self.out_dir))
+
+    @property
+    def report(self) -> str:
+        from .codegen.report import report_text
+
+        return report_text(self)
+
+    def __repr__(self) -> str:
+        progs = ", ".join(self.kernel.programs)
+        return f"<Design {self.name!r} for {self.target.name}: {progs}; {len(list(self.kernel.stages()))} stages>"
+
+
+def _kernel_name(model, name: str | None) -> str:
+    base = name or (type(model).__name__ if not callable(model) or hasattr(model, "forward") else model.__name__)
+    base = re.sub(r"\W", "_", base).lower().strip("_") or "kernel"
+    return base if re.match(r"[a-z]", base) else f"k_{base}"
+
+
+def _example_arrays(example_inputs, train: SGD | None) -> dict[str, np.ndarray]:
+    ex = {"x": _as_tuple(example_inputs)[0].detach().cpu().double().numpy()}
+    if train is not None:
+        ex["y"] = train.example_targets.detach().cpu().numpy()
+    return ex
+
+
+def compile(  # noqa: A001 - the public name the product promises
+    model,
+    example_inputs,
+    target: str | Target = "pynq-z1",
+    train: SGD | None = None,
+    precision=None,
+    lanes: int = 4,
+    out_dir: str | Path | None = None,
+    name: str | None = None,
+    progress=None,
+) -> Design:
+    """Compile ``model`` (an ``nn.Module`` or a function of tensors) for ``target``.
+
+    ``train=fx2fpga.SGD(loss, example_targets, lr)`` makes a training kernel (it infers
+    too). ``precision`` is a format string (``"fixed<16,6>"``), a dict of ``Precision``
+    fields or a ``Precision``. With ``out_dir`` the project folder is written there.
+    ``progress`` (a callable taking a line of text) hears about each pipeline step.
+    """
+    tgt = load_target(target)
+    try:
+        prec = Precision.from_spec(precision)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, PrecisionError):
+            raise
+        raise PrecisionError(str(e)) from e
+    example_inputs = _as_tuple(example_inputs)
+    if not all(isinstance(t, torch.Tensor) for t in example_inputs):
+        raise TypeError("example_inputs must be a tensor or a tuple of tensors")
+    module = as_module(model)
+    kname = _kernel_name(model, name)
+    ctx = CompileContext(module, example_inputs, train, prec, int(lanes), tgt, kname, progress=progress)
+    kernel = run_pipeline(ctx)
+    design = Design(kernel, tgt, prec, _example_arrays(example_inputs, train), train)
+    if out_dir is not None:
+        design.write(out_dir)
+    return design

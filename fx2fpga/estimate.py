@@ -1,0 +1,83 @@
+"""First-order latency and resource estimates from the kernel IR (before any synthesis).
+
+Latency: a stage issues ``iterations / lanes`` loop bodies at one per cycle plus a pipeline
+depth. Resources: one DSP48 per lane multiplier whose operands fit its 25x18 ports (2 or 4
+for wider ones), block RAM from each buffer's bits and partitioning.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from fx2fpga_runtime.ir import Kernel, Stage
+
+PIPELINE_DEPTH = {"mac": 6, "sum": 4, "max": 3, "table": 5}
+BRAM36_BITS = 36 * 1024
+LUTRAM_MAX_BITS = 1024  # smaller arrays go to distributed RAM / registers
+
+
+def stage_cycles(stage: Stage) -> int:
+    """Estimated clock cycles of one run of ``stage``."""
+    return math.ceil(stage.iterations / max(1, stage.lanes)) + PIPELINE_DEPTH.get(stage.op, 2)
+
+
+def program_cycles(kernel: Kernel, program: str) -> int:
+    return sum(stage_cycles(s) for s in kernel.programs[program].stages)
+
+
+def dsp_per_multiplier(width_a: int, width_b: int) -> int:
+    """DSP48E1 slices for one ``width_a x width_b`` signed multiplier (25x18 ports)."""
+    a, b = max(width_a, width_b), min(width_a, width_b)
+    if b <= 1:
+        return 0
+    if a <= 25 and b <= 18:
+        return 1
+    if a <= 42 and b <= 18 or a <= 25 and b <= 35:
+        return 2
+    return 4
+
+
+@dataclass(frozen=True)
+class ResourceEstimate:
+    dsp: int
+    bram36: int
+    memory_bits: int
+
+    def over_budget(self, target) -> list[tuple[str, int, int]]:
+        """(resource, needed, available) for each resource above the target's budget."""
+        over = []
+        if self.dsp > target.dsp:
+            over.append(("DSP", self.dsp, target.dsp))
+        if self.bram36 > target.bram36:
+            over.append(("BRAM36", self.bram36, target.bram36))
+        return over
+
+
+def buffer_banks(kernel: Kernel) -> dict[str, int]:
+    """How many banks each buffer is partitioned into by the lanes of the stages using it."""
+    banks = {name: 1 for name in kernel.buffers}
+    for st in kernel.stages():
+        if st.lanes > 1 and st.lane_var:
+            for acc in (st.out, *st.ins):
+                if any(st.lane_var in ix.vars() for ix in acc.index):
+                    banks[acc.buffer] = max(banks[acc.buffer], st.lanes)
+    return banks
+
+
+def resources(kernel: Kernel) -> ResourceEstimate:
+    dsp = 0
+    for st in kernel.stages():
+        if st.op in ("mac", "mul"):
+            w = [kernel.buffers[a.buffer].fmt.width for a in st.ins[:2]]
+            if all(kernel.buffers[a.buffer].role != "const" for a in st.ins[:2]) or st.op == "mac":
+                dsp += st.lanes * dsp_per_multiplier(*w)
+    banks = buffer_banks(kernel)
+    bram, bits_total = 0, 0
+    for name, buf in kernel.buffers.items():
+        bits = buf.size * buf.fmt.width
+        bits_total += bits
+        per_bank = bits / banks[name]
+        if per_bank > LUTRAM_MAX_BITS:
+            bram += banks[name] * math.ceil(per_bank / BRAM36_BITS)
+    return ResourceEstimate(dsp=dsp, bram36=bram, memory_bits=bits_total)

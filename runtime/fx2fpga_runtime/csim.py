@@ -1,0 +1,144 @@
+"""The ``csim`` backend: the generated HLS C++ compiled with g++ and the ``ap_types`` headers.
+
+The project's ``src/<name>.cpp`` and ``src/csim_main.cpp`` are compiled once into a cache keyed
+by the sha256 of the sources and the compiler command; the binary then runs as one server
+process for the backend's lifetime (its static arrays keep the parameters between calls) and
+speaks the word protocol of ``csim_main.cpp`` on its stdin/stdout. Standard library and numpy
+only: this module also runs on boards without torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import interface
+from .ir import Kernel
+
+CXX_FLAGS = ("-O2", "-std=c++14")
+
+
+def ap_types_dir() -> Path:
+    """The ``ap_types`` headers: ``$FX2FPGA_AP_TYPES``, else the copy inside the hls4ml package."""
+    env = os.environ.get("FX2FPGA_AP_TYPES")
+    if env:
+        path = Path(env)
+        if not (path / "ap_fixed.h").is_file():
+            raise FileNotFoundError(f"FX2FPGA_AP_TYPES={env} has no ap_fixed.h; point it at an ap_types folder")
+        return path
+    spec = importlib.util.find_spec("hls4ml")  # locates the package without importing it
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(root) / "templates" / "vivado" / "ap_types"
+        if (path / "ap_fixed.h").is_file():
+            return path
+    raise FileNotFoundError(
+        "the csim backend needs the Xilinx ap_types headers (ap_fixed.h): install them with "
+        "'pip install hls4ml==1.3.0' or set FX2FPGA_AP_TYPES to a folder that holds ap_fixed.h"
+    )
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FX2FPGA_CACHE") or Path.home() / ".cache" / "fx2fpga")
+
+
+def build(sources: list[Path], headers: list[Path], include_dirs: list[Path]) -> Path:
+    """Compile ``sources`` (which include ``headers``) into one executable, cached; returns its path."""
+    cxx = shutil.which("g++")
+    if cxx is None:
+        raise FileNotFoundError("the csim backend needs g++: install it (Debian/Ubuntu: apt-get install g++)")
+    flags = [*CXX_FLAGS, *(f"-I{d}" for d in include_dirs)]
+    digest = hashlib.sha256("\0".join(flags).encode())
+    for path in [*sources, *headers]:
+        digest.update(b"\0" + path.name.encode() + b"\0" + path.read_bytes())
+    folder = cache_dir() / "csim" / digest.hexdigest()[:32]
+    binary = folder / "csim"
+    if binary.is_file():
+        return binary
+    folder.mkdir(parents=True, exist_ok=True)
+    print("fx2fpga: compiling C simulation (g++ -O2) ...", end=" ", file=sys.stderr, flush=True)
+    start = time.monotonic()
+    fd, tmp = tempfile.mkstemp(prefix=".csim-", dir=folder)
+    os.close(fd)
+    try:
+        proc = subprocess.run([cxx, *flags, *map(str, sources), "-o", tmp], capture_output=True, text=True)
+        if proc.returncode != 0:
+            print("failed", file=sys.stderr)
+            raise RuntimeError(f"g++ could not compile the C simulation:\n{proc.stderr[-4000:]}")
+        os.replace(tmp, binary)  # atomic: a concurrent build never sees a half-written binary
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    print(f"{time.monotonic() - start:.1f} s", file=sys.stderr)
+    return binary
+
+
+class CsimBackend:
+    """The kernel's C++ (``src/`` of a project folder) running as a g++-compiled server process."""
+
+    name = "csim"
+
+    def __init__(self, kernel: Kernel, project_dir: str | Path):
+        self.kernel = kernel
+        src = Path(project_dir) / "src"
+        sources = [src / f"{kernel.name}.cpp", src / "csim_main.cpp"]
+        headers = [src / f"{kernel.name}.h"]
+        missing = [str(s) for s in sources + headers if not s.is_file()]
+        if missing:
+            raise FileNotFoundError(f"the csim backend needs the generated sources {missing}: regenerate the project")
+        self.binary = build(sources, headers, [ap_types_dir(), src])
+        self._stderr = tempfile.TemporaryFile()
+        self._proc = subprocess.Popen([str(self.binary)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=self._stderr)
+
+    def _died(self, what: str) -> RuntimeError:
+        code = self._proc.poll()
+        self._stderr.seek(0)
+        err = self._stderr.read().decode(errors="replace").strip()[-2000:]
+        return RuntimeError(f"csim: the simulation process {what} (exit code {code}){': ' + err if err else ''}")
+
+    def call(self, command: str, in_words: np.ndarray) -> np.ndarray:
+        """Send one command and its input words; returns the output words (int32)."""
+        if self._proc is None:
+            raise RuntimeError("csim: the backend is closed")
+        words = np.ascontiguousarray(in_words, dtype=np.int32).reshape(-1)
+        head = np.array([interface.COMMANDS[command], words.size], dtype=np.int32)
+        try:
+            self._proc.stdin.write(head.tobytes() + words.tobytes())
+            self._proc.stdin.flush()
+        except BrokenPipeError:
+            raise self._died(f"stopped before {command}") from None
+        n = self._proc.stdout.read(4)
+        if len(n) < 4:
+            raise self._died(f"stopped during {command}")
+        n_out = int(np.frombuffer(n, dtype=np.int32)[0])
+        data = self._proc.stdout.read(4 * n_out)
+        if len(data) < 4 * n_out:
+            raise self._died(f"stopped while answering {command}")
+        return np.frombuffer(data, dtype=np.int32).copy()
+
+    def close(self) -> None:
+        """End the simulation process (its on-chip state goes with it)."""
+        if self._proc is None:
+            return
+        try:
+            self._proc.stdin.close()
+            self._proc.wait(timeout=10)
+        except (BrokenPipeError, subprocess.TimeoutExpired):
+            self._proc.kill()
+            self._proc.wait()
+        self._proc.stdout.close()
+        self._stderr.close()
+        self._proc = None
+
+    def __del__(self):
+        if getattr(self, "_proc", None) is not None:
+            self.close()
