@@ -13,6 +13,7 @@ name); the graph module carries ``gm.meta["fx2fpga_outputs"]``, the role of each
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -121,7 +122,9 @@ def trace_inference(model, example_inputs) -> torch.fx.GraphModule:
     module = as_module(model).eval()
     args = _as_tuple(example_inputs)
     try:
-        ep = torch.export.export(module, args).run_decompositions(decomposition_table())
+        with warnings.catch_warnings():  # torch's own deprecation noise, not the user's business
+            warnings.filterwarnings("ignore", message=r".*LeafSpec", category=FutureWarning)
+            ep = torch.export.export(module, args).run_decompositions(decomposition_table())
     except UnsupportedOpError:
         raise
     except Exception as e:  # torch raises many kinds; the user needs the gist

@@ -310,6 +310,10 @@ def _command_views(kernel: Kernel) -> list[dict]:
 def _context(kernel: Kernel, version: str) -> dict:
     if not _IDENT.match(kernel.name):
         raise HlsCodegenError(f"kernel name {kernel.name!r} is not a C++ identifier")
+    for prog in kernel.programs.values():
+        for n in [*prog.inputs, *prog.outputs, *kernel.params]:
+            if n not in kernel.buffers:
+                raise HlsCodegenError(f"program {prog.name!r} or the parameter list names an unknown buffer {n!r}")
     commands = _command_views(kernel)
     crossing = {p["buffer"] for c in commands for p in c["ins"] + c["outs"]}
     for name, buf in kernel.buffers.items():

@@ -1,0 +1,60 @@
+"""Shared fixtures: the digits data and the compiled digits MLP (compiled once per session)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_example(name: str):
+    """Import examples/<name>.py as a module."""
+    spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="session")
+def mlp_example():
+    return load_example("mlp_digits")
+
+
+@pytest.fixture(scope="session")
+def digits_data(mlp_example):
+    return mlp_example.digits()
+
+
+@pytest.fixture(scope="session")
+def mlp_train_design(mlp_example, tmp_path_factory):
+    """The 64-32-10 digits MLP compiled with its SGD step, project folder written."""
+    import fx2fpga
+
+    torch.manual_seed(0)
+    model = mlp_example.DigitsMLP()
+    out = tmp_path_factory.mktemp("mlp") / "mlp"
+    design = fx2fpga.compile(model, mlp_example.example_inputs, target="pynq-z1",
+                             train=fx2fpga.SGD(F.cross_entropy, mlp_example.example_targets, lr=0.1),
+                             out_dir=out)
+    return model, design
+
+
+@pytest.fixture(scope="session")
+def mlp_train_csim(mlp_train_design):
+    """One csim build of the training kernel, shared (tests reset its parameters)."""
+    _, design = mlp_train_design
+    runner = design.load("csim")
+    yield runner
+    runner.close()
+
+
+def float_params(model) -> dict[str, np.ndarray]:
+    return {k: v.detach().double().numpy() for k, v in model.named_parameters()}

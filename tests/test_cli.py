@@ -1,0 +1,65 @@
+"""The command line on the shipped example: compile, byte-identical recompile, sim, report."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fx2fpga.cli import main as cli_main
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "mlp_digits.py"
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_compile_train_is_byte_identical_on_recompile(tmp_path):
+    out = tmp_path / "proj"
+    assert cli_main(["compile", str(EXAMPLE), "--target", "pynq-z1", "--train", "-o", str(out)]) == 0
+    first = _tree(out)
+    for f in ("manifest.json", "report.md", "kernel.json", "hls.tcl", "build.tcl", "driver/driver.py",
+              "src/mlp_digits.cpp", "src/mlp_digits.h", "src/tb_mlp_digits.cpp", "testbench/vectors.json"):
+        assert f in first, f
+    assert b"-- do not edit" in first["src/mlp_digits.cpp"]
+    assert cli_main(["compile", str(EXAMPLE), "--target", "pynq-z1", "--train", "-o", str(out)]) == 0
+    assert _tree(out) == first
+    assert cli_main(["sim", str(out), "--backend", "emu"]) == 0
+    assert cli_main(["report", str(out)]) == 0
+
+
+def test_sim_detects_a_corrupted_golden_vector(tmp_path, capsys):
+    out = tmp_path / "proj"
+    assert cli_main(["compile", str(EXAMPLE), "-o", str(out)]) == 0
+    vec = out / "testbench" / "vectors.json"
+    text = vec.read_text()
+    i = text.index('"out":[', text.index('"command":"infer"')) + len('"out":[')
+    j = text.index(",", i)
+    vec.write_text(text[:i] + str(int(text[i:j]) + 1) + text[j:])
+    assert cli_main(["sim", str(out), "--backend", "emu"]) == 1
+    assert "1 differ" in capsys.readouterr().out
+
+
+def test_targets_command(capsys):
+    assert cli_main(["targets"]) == 0
+    out = capsys.readouterr().out
+    assert "pynq-z1" in out and "xc7z020clg400-1" in out and "53,200" in out
+
+
+def test_build_without_vivado_says_what_to_do(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "proj"
+    assert cli_main(["compile", str(EXAMPLE), "-o", str(out)]) == 0
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert cli_main(["build", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "vitis_hls and vivado not found" in err and "vivado -mode batch -source build.tcl" in err
+
+
+@pytest.mark.slow
+def test_console_script_runs():
+    r = subprocess.run([sys.executable, "-m", "fx2fpga.cli", "targets"], capture_output=True, text=True, check=True)
+    assert "pynq-z2" in r.stdout

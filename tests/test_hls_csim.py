@@ -1,0 +1,350 @@
+"""HLS C++ codegen and the csim backend: g++-compiled C++ must equal the emulator bit for bit.
+
+The kernels are built by hand with the IR classes (no torch): ``zoo`` has one stage or more for
+every op, rounding and overflow mode, lanes that do and do not divide their loop, reductions
+with and without init; ``sgd`` keeps parameters on chip and updates them in place.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+
+from fx2fpga.codegen import hls
+from fx2fpga_runtime import interface
+from fx2fpga_runtime.csim import CXX_FLAGS, CsimBackend, ap_types_dir
+from fx2fpga_runtime.fixed import BOOL, Fixed
+from fx2fpga_runtime.ir import OPS, Access, Affine, Buffer, Kernel, Loop, Program, Stage
+from fx2fpga_runtime.runner import EmuBackend, KernelRunner
+
+VERSION = "0.1.0-test"
+
+
+def acc(buffer: str, *index) -> Access:
+    """``acc("a", "i", "j")`` is ``a[i][j]``; an index may also be an ``Affine``."""
+    return Access(buffer, tuple(Affine.var(i) if isinstance(i, str) else i for i in index))
+
+
+def F(spec: str) -> Fixed:
+    return Fixed.parse(spec)
+
+
+def zoo_kernel() -> Kernel:
+    """Every op of the IR over small formats (so that comparisons hit equal values)."""
+    bufs = [
+        Buffer("a", (4, 8), F("fixed<8,3>"), "input"),
+        Buffer("b", (4, 8), F("ufixed<7,2>"), "input"),
+        Buffer("p", (4, 8), F("fixed<4,2>"), "input"),
+        Buffer("q", (4, 8), F("ufixed<3,1>"), "input"),
+        Buffer("cond", (4, 8), BOOL, "input"),
+        Buffer("u", (8,), F("ufixed<10,4>"), "input"),
+        Buffer("m", (8, 5), F("fixed<8,2>"), "input"),
+        Buffer("bias", (5,), F("fixed<8,4>"), "input"),
+        Buffer("j", (), F("fixed<8,4>"), "input"),  # clashes with the loop variable j: renamed in C++
+        Buffer("tbl", (9,), F("fixed<12,4>"), "const", init=(-2048, -1500, -700, 0, 300, 301, 1200, 2047, 1000)),
+    ]
+    ij = (Loop("i", 4), Loop("j", 8))
+    stages: list[Stage] = []
+
+    def ew(name, op, out_fmt, ins, lanes=1, lane_var=None, out_index=("i", "j"), loops=ij, **kw):
+        bufs.append(Buffer(name, tuple(lp.extent for lp in loops if lp.var in out_index), out_fmt, "output"))
+        stages.append(Stage(name, op, loops, acc(name, *out_index), ins, lanes=lanes, lane_var=lane_var,
+                            origin=f"aten.{op}", source=f"zoo.py:{len(stages) + 1}", **kw))
+
+    A, B, P, Q = (acc(n, "i", "j") for n in "abpq")
+    ew("o_copy", "copy", F("fixed<6,2,TRN,SAT>"), (A,))
+    ew("o_perm", "copy", F("fixed<8,3>"), (acc("a", Affine((("i", 1),), 3, 1, 4), Affine((("j", 1),), 0, 2)),))
+    ew("o_neg", "neg", F("fixed<8,3,RND,WRAP>"), (B,))
+    ew("o_neg_u", "neg", F("ufixed<6,3,RND_CONV,SAT>"), (A,))
+    ew("o_relu", "relu", F("ufixed<5,2,RND_CONV,SAT>"), (A,), lanes=2, lane_var="j")
+    ew("o_relu_w", "relu", F("fixed<5,1,TRN,WRAP>"), (A,))
+    ew("o_add", "add", F("fixed<9,3,RND_ZERO,WRAP>"), (A, B), lanes=3, lane_var="j")
+    ew("o_add_bc", "add", F("fixed<10,4,RND,SAT>"), (A, acc("u", "j")))
+    ew("o_sub", "sub", F("fixed<10,4,TRN_ZERO,SAT>"), (B, A), lanes=4, lane_var="j")
+    ew("o_mul_s", "mul", F("fixed<10,4,RND,SAT>"), (A, acc("j")))
+    for mode in ("RND", "TRN", "RND_ZERO", "RND_CONV", "TRN_ZERO"):
+        ew(f"o_mul_{mode.lower()}", "mul", F(f"fixed<7,2,{mode},SAT>"), (A, B))
+        ew(f"o_mul_{mode.lower()}_w", "mul", F(f"fixed<6,1,{mode},WRAP>"), (A, B))
+    ew("o_mul_u", "mul", F("ufixed<8,3,RND,SAT>"), (A, B), lanes=3, lane_var="i")
+    for op in ("eq", "ne", "lt", "le", "gt", "ge"):
+        ew(f"o_{op}", op, BOOL, (P, Q) if op in ("eq", "lt", "gt") else (Q, P))
+    ew("o_lt_fx", "lt", F("fixed<4,2>"), (A, P))
+    ew("o_sel", "select", F("fixed<7,2,RND,SAT>"), (acc("cond", "i", "j"), A, B), lanes=5, lane_var="j")
+    ew("o_sel_cmp", "select", F("fixed<5,2,TRN,WRAP>"), (acc("o_lt", "i", "j"), P, B))
+    ew("o_tab", "table", F("fixed<8,2,RND,SAT>"), (A,), attrs={"fn": "f", "table": "tbl", "lo": -40, "shift": 3})
+    ew("o_tab_w", "table", F("fixed<7,1,TRN,WRAP>"), (A,), attrs={"fn": "g", "table": "tbl", "lo": -100, "shift": 4},
+       lanes=3, lane_var="j")
+    ew("o_tab_u", "table", F("ufixed<6,2,RND_CONV,SAT>"), (B,), attrs={"table": "tbl", "lo": 5, "shift": 2})
+
+    def red(name, op, out_fmt, acc_fmt, loops, out_index, ins, reduce, lanes=1, lane_var=None):
+        shape = tuple(lp.extent for lp in loops if lp.var in out_index)
+        bufs.append(Buffer(name, shape, out_fmt, "output"))
+        stages.append(Stage(name, op, loops, acc(name, *out_index), ins, reduce=reduce, acc=acc_fmt,
+                            lanes=lanes, lane_var=lane_var, origin=f"aten.{op}"))
+
+    inj = (Loop("i", 4), Loop("n", 5), Loop("j", 8))
+    mac_ins = (acc("a", "i", "j"), acc("m", "j", "n"))
+    red("r_mac_init", "mac", F("fixed<10,4>"), F("fixed<14,6,RND,SAT>"), inj, ("i", "n"),
+        (*mac_ins, acc("bias", "n")), ("j",), lanes=2, lane_var="n")
+    red("r_mac_wrap", "mac", F("fixed<12,4>"), F("fixed<10,4,TRN,WRAP>"), inj, ("i", "n"), mac_ins, ("j",))
+    red("r_mac_conv", "mac", F("fixed<9,3,TRN,WRAP>"), F("fixed<16,6,RND_CONV,SAT>"), inj, ("i", "n"), mac_ins,
+        ("j",), lanes=5, lane_var="n")
+    red("r_mac_zero", "mac", F("fixed<12,4>"), F("fixed<12,5,RND_ZERO,WRAP>"), inj, ("i", "n"),
+        (*mac_ins, acc("bias", "n")), ("j",), lanes=3, lane_var="i")
+    red("r_mac_tz", "mac", F("fixed<12,4>"), F("fixed<11,4,TRN_ZERO,SAT>"), (Loop("j", 8), Loop("n", 5), Loop("i", 4)),
+        ("n", "i"), mac_ins, ("j",))
+    red("r_sum", "sum", F("fixed<8,4>"), F("fixed<8,4,RND,SAT>"), ij, ("i",), (A,), ("j",), lanes=4, lane_var="i")
+    red("r_sum_init", "sum", F("ufixed<10,4>"), F("fixed<9,4,TRN,WRAP>"), (Loop("j", 8), Loop("i", 4)), ("j",),
+        (B, acc("u", "j")), ("i",), lanes=3, lane_var="j")
+    red("r_sum_all", "sum", F("fixed<12,8>"), F("fixed<16,8>"), ij, (), (A,), ("i", "j"))
+    red("r_max", "max", F("fixed<6,2>"), F("fixed<6,2,RND,SAT>"), ij, ("j",), (A,), ("i",), lanes=3, lane_var="j")
+    red("r_max_all", "max", F("ufixed<6,2>"), F("ufixed<6,2>"), ij, (), (B,), ("i", "j"))
+
+    buffers = {buf.name: buf for buf in bufs}
+    inputs = [buf.name for buf in bufs if buf.role == "input"]
+    outputs = [buf.name for buf in bufs if buf.role == "output"]
+    return Kernel("zoo", buffers, {"infer": Program("infer", inputs, outputs, stages)}, params=[])
+
+
+def sgd_kernel() -> Kernel:
+    """A linear layer trained on chip: its parameters are updated in place and persist."""
+    rng = np.random.default_rng(7)
+    w_fmt = F("fixed<16,4>")
+    w_init = rng.integers(w_fmt.raw_min, w_fmt.raw_max + 1, size=12)
+    w_init[:2] = (w_fmt.raw_min, w_fmt.raw_max)
+    bufs = [
+        Buffer("w", (3, 4), w_fmt, "param", "weight", init=tuple(int(v) for v in w_init), source="sgd.py:3"),
+        Buffer("bias", (3,), F("fixed<12,4>"), "param", "weight"),
+        Buffer("x", (4,), F("fixed<10,3>"), "input"),
+        Buffer("t", (3,), F("fixed<10,3>"), "target"),
+        Buffer("lr", (), F("ufixed<8,0>"), "const", "const", init=(26,)),
+        Buffer("y", (3,), F("fixed<14,5>"), "temp"),
+        Buffer("err", (3,), F("fixed<14,5>"), "temp"),
+        Buffer("g", (3, 4), F("fixed<16,4>"), "temp", "gradient"),
+        Buffer("gb", (3,), F("fixed<12,4>"), "temp", "gradient"),
+        Buffer("loss", (), F("fixed<20,8>"), "output"),
+        Buffer("yo", (3,), F("fixed<14,5>"), "output"),
+    ]
+    ok, o = (Loop("o", 3), Loop("k", 4)), (Loop("o", 3),)
+    mac_acc = F("fixed<24,8>")
+    fwd = dict(op="mac", loops=ok, ins=(acc("w", "o", "k"), acc("x", "k"), acc("bias", "o")), reduce=("k",),
+               acc=mac_acc, origin="aten.addmm.default", source="sgd.py:10")
+    train = [
+        Stage("fwd", out=acc("y", "o"), lanes=2, lane_var="o", **fwd),
+        Stage("err", "sub", o, acc("err", "o"), (acc("y", "o"), acc("t", "o"))),
+        Stage("loss", "mac", o, acc("loss"), (acc("err", "o"), acc("err", "o")), reduce=("o",), acc=mac_acc),
+        Stage("grad_w", "mul", ok, acc("g", "o", "k"), (acc("err", "o"), acc("x", "k"))),
+        Stage("scale_w", "mul", ok, acc("g", "o", "k"), (acc("g", "o", "k"), acc("lr"))),  # in place
+        Stage("update_w", "sub", ok, acc("w", "o", "k"), (acc("w", "o", "k"), acc("g", "o", "k")),
+              lanes=2, lane_var="k"),
+        Stage("grad_b", "mul", o, acc("gb", "o"), (acc("err", "o"), acc("lr"))),
+        Stage("update_b", "sub", o, acc("bias", "o"), (acc("bias", "o"), acc("gb", "o")), lanes=3, lane_var="o"),
+    ]
+    programs = {
+        "train_step": Program("train_step", ["x", "t"], ["loss"], train),
+        "infer": Program("infer", ["x"], ["yo"], [Stage("fwd", out=acc("yo", "o"), **fwd)]),
+    }
+    return Kernel("sgd", {b.name: b for b in bufs}, programs, ["w", "bias"], {"w": "fc.weight", "bias": "fc.bias"})
+
+
+def random_raw(kernel: Kernel, names, rng) -> dict[str, np.ndarray]:
+    out = {}
+    for n in names:
+        buf = kernel.buffers[n]
+        out[n] = rng.integers(buf.fmt.raw_min, buf.fmt.raw_max + 1, size=buf.shape)
+    return out
+
+
+def write_files(root, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("FX2FPGA_CACHE", str(tmp_path_factory.getbasetemp() / "fx2fpga-cache"))
+
+
+def run_both(kernel: Kernel, folder, sequence) -> int:
+    """Run (command, raw inputs) pairs on the emulator and the C simulation; assert equal outputs."""
+    write_files(folder, hls.generate(kernel, VERSION))
+    emu = KernelRunner(kernel, EmuBackend(kernel))
+    with KernelRunner(kernel, CsimBackend(kernel, folder)) as sim:
+        checked = 0
+        for step, (command, raw) in enumerate(sequence):
+            want, got = emu.call_raw(command, raw), sim.call_raw(command, raw)
+            assert want.keys() == got.keys()
+            for name in want:
+                bad = np.flatnonzero(want[name].reshape(-1) != got[name].reshape(-1))
+                assert bad.size == 0, (
+                    f"call {step} ({command}) {name}: {bad.size} of {want[name].size} values differ, first at flat "
+                    f"index {bad[0]}: emulator {want[name].reshape(-1)[bad[0]]}, C++ {got[name].reshape(-1)[bad[0]]}"
+                )
+                checked += want[name].size
+    return checked
+
+
+# ----- codegen without a compiler ---------------------------------------------------------------------
+
+def test_zoo_covers_every_op():
+    k = zoo_kernel()
+    assert {s.op for s in k.stages()} == set(OPS)
+    assert {s.acc.overflow for s in k.stages() if s.acc} == {"SAT", "WRAP"}
+    extents = [next(lp.extent for lp in s.loops if lp.var == s.lane_var) for s in k.stages() if s.lanes > 1]
+    lanes = [s.lanes for s in k.stages() if s.lanes > 1]
+    assert any(e % n == 0 for e, n in zip(extents, lanes)) and any(e % n for e, n in zip(extents, lanes))
+    assert {s.acc.rounding for s in k.stages() if s.acc} >= {"RND", "TRN"}
+
+
+def test_generate_is_deterministic_and_bannered():
+    first = hls.generate(zoo_kernel(), VERSION) | hls.generate(sgd_kernel(), VERSION)
+    second = hls.generate(zoo_kernel(), VERSION) | hls.generate(sgd_kernel(), VERSION)
+    assert first == second
+    assert set(first) == {"src/zoo.h", "src/zoo.cpp", "src/sgd.h", "src/sgd.cpp", "src/csim_main.cpp"}
+    for text in first.values():
+        assert text.startswith(f"// Automatically generated by fx2fpga {VERSION} -- do not edit.\n")
+    vectors = [("infer", np.arange(4), np.arange(3))]
+    tb1, tb2 = (hls.generate_testbench(sgd_kernel(), vectors, VERSION) for _ in range(2))
+    assert tb1 == tb2 and all(t.startswith("// Automatically generated by fx2fpga") for t in tb1.values())
+
+
+def test_kernel_cpp_structure():
+    files = hls.generate(sgd_kernel(), VERSION)
+    cpp, header = files["src/sgd.cpp"], files["src/sgd.h"]
+    assert "typedef ap_fixed<16,4,AP_RND,AP_SAT> fixed_16_4_t;" in header
+    assert "void sgd_top(int cmd, const int in_words[IN_WORDS], int out_words[OUT_WORDS]);" in header
+    assert "const int IN_WORDS = 15;" in header and "const int CMD_TRAIN_STEP = 4;" in header
+    assert "static fixed_16_4_t w[3][4] = {" in cpp  # a parameter with init, kept across calls
+    assert "static const ufixed_8_0_t lr = 0.1015625;" in cpp  # raw 26 / 2**8, exact
+    assert "static fixed_12_4_t bias[3];" in cpp
+    for pragma in ("INTERFACE s_axilite port=cmd", "INTERFACE s_axilite port=return",
+                   "INTERFACE m_axi port=in_words offset=slave depth=15",
+                   "INTERFACE m_axi port=out_words offset=slave depth=15",
+                   "ARRAY_PARTITION variable=w cyclic factor=2 dim=2", "PIPELINE II=1", "UNROLL"):
+        assert f"#pragma HLS {pragma}" in cpp
+    assert "origin: aten.addmm.default" in cpp and "source: sgd.py:10" in cpp
+    assert "fixed_24_8_t acc[2];  // one accumulator per lane" in cpp
+    assert "if (o < 3) {" in cpp  # 2 lanes do not divide 3: the last group is guarded
+
+
+def _one_stage(stage: Stage, a: Buffer, z: Buffer) -> Kernel:
+    return Kernel("one", {a.name: a, z.name: z}, {"infer": Program("infer", [a.name], [z.name], [stage])}, [])
+
+
+@pytest.mark.parametrize("case", ["lane_on_reduce", "wide_port", "out_of_bounds", "read_after_write", "bad_name"])
+def test_codegen_rejects_what_it_cannot_print_exactly(case):
+    a = Buffer("a", (4, 4), F("fixed<8,3>"), "input")
+    z = Buffer("z", (4,), F("fixed<8,3>"), "output")
+    st = Stage("s", "sum", (Loop("i", 4), Loop("j", 4)), acc("z", "i"), (acc("a", "i", "j"),), reduce=("j",),
+               acc=F("fixed<12,4>"))
+    if case == "lane_on_reduce":
+        st.lanes, st.lane_var = 2, "j"
+    elif case == "wide_port":
+        z = Buffer("z", (4,), F("fixed<40,8>"), "output")
+    elif case == "out_of_bounds":
+        st.ins = (acc("a", "i", Affine((("j", 1),), 1)),)
+    elif case == "read_after_write":
+        st = Stage("s", "add", (Loop("i", 4),), acc("z", "i"), (acc("z", Affine((("i", 1),), 3, 1, 4)), acc("a", "i", "i")))
+    elif case == "bad_name":
+        z = Buffer("acc", (4,), F("fixed<8,3>"), "output")  # a name the generated code uses itself
+        st.out = acc("acc", "i")
+    kernel = _one_stage(st, a, z)
+    with pytest.raises(hls.HlsCodegenError):
+        hls.generate(kernel, VERSION)
+
+
+def test_missing_ap_types_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("FX2FPGA_AP_TYPES", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="ap_fixed.h"):
+        ap_types_dir()
+
+
+# ----- g++: C simulation against the emulator -----------------------------------------------------------
+
+@pytest.mark.slow
+def test_zoo_csim_equals_emulator(tmp_path):
+    k = zoo_kernel()
+    rng = np.random.default_rng(1)
+    inputs = k.programs["infer"].inputs
+    checked = run_both(k, tmp_path, [("infer", random_raw(k, inputs, rng)) for _ in range(4)])
+    assert checked == 4 * interface.word_count(k, k.programs["infer"].outputs)
+
+
+@pytest.mark.slow
+def test_sgd_params_persist_and_update_in_place(tmp_path):
+    k = sgd_kernel()
+    rng = np.random.default_rng(2)
+
+    def step():
+        return ("train_step", random_raw(k, ["x", "t"], rng))
+
+    sequence = [("read_params", {}), step(), step(), ("read_params", {}), ("infer", random_raw(k, ["x"], rng)),
+                ("load_params", random_raw(k, k.params, rng)), ("read_params", {}), step(), step(), step(),
+                ("read_params", {}), ("infer", random_raw(k, ["x"], rng))]
+    run_both(k, tmp_path, sequence)
+    # the weights did move: training on chip changed them between the two reads
+    emu = KernelRunner(k, EmuBackend(k))
+    before = emu.get_params_raw()["w"]
+    emu.call_raw(*step())
+    assert not np.array_equal(before, emu.get_params_raw()["w"])
+
+
+@pytest.mark.slow
+def test_csim_binary_is_cached_and_reports_a_dead_process(tmp_path, capfd):
+    k = sgd_kernel()
+    write_files(tmp_path, hls.generate(k, VERSION))
+    CsimBackend(k, tmp_path).close()
+    capfd.readouterr()
+    backend = CsimBackend(k, tmp_path)  # same sources: no second compile
+    assert "compiling" not in capfd.readouterr().err
+    with pytest.raises(RuntimeError, match="expected 4"):
+        backend.call("infer", np.zeros(3, dtype=np.int32))  # wrong word count: the server exits
+    backend.close()
+
+
+@pytest.mark.slow
+def test_compile_error_reports_gxx_output(tmp_path):
+    k = sgd_kernel()
+    write_files(tmp_path, hls.generate(k, VERSION))
+    (tmp_path / "src" / "sgd.cpp").write_text('#error "broken on purpose"\n')
+    with pytest.raises(RuntimeError, match="broken on purpose"):
+        CsimBackend(k, tmp_path)
+
+
+@pytest.mark.slow
+def test_testbench_passes_golden_vectors_and_fails_a_corrupted_one(tmp_path):
+    k = sgd_kernel()
+    rng = np.random.default_rng(3)
+    emu = EmuBackend(k)
+    vectors = []
+    for command, raw in [("read_params", {}), ("train_step", random_raw(k, ["x", "t"], rng)),
+                         ("infer", random_raw(k, ["x"], rng)), ("load_params", random_raw(k, k.params, rng)),
+                         ("train_step", random_raw(k, ["x", "t"], rng)), ("read_params", {})]:
+        words = interface.pack(k, interface.command_buffers(k, command)[0], raw)
+        vectors.append((command, words, emu.call(command, words)))
+    n_words = sum(v[2].size for v in vectors)
+    src = tmp_path / "src"
+    write_files(tmp_path, hls.generate(k, VERSION))
+    flags = [*CXX_FLAGS, f"-I{ap_types_dir()}", f"-I{src}"]
+    subprocess.run(["g++", *flags, "-c", str(src / "sgd.cpp"), "-o", str(tmp_path / "sgd.o")], check=True)
+
+    def build_and_run(vecs) -> subprocess.CompletedProcess:
+        write_files(tmp_path, hls.generate_testbench(k, vecs, VERSION))
+        exe = tmp_path / "tb"
+        subprocess.run(["g++", *flags, str(src / "tb_sgd.cpp"), str(tmp_path / "sgd.o"), "-o", str(exe)], check=True)
+        return subprocess.run([str(exe)], capture_output=True, text=True)
+
+    good = build_and_run(vectors)
+    assert good.returncode == 0, good.stdout
+    assert f"{len(vectors)} vectors, {n_words} words passed, 0 failed -- PASS" in good.stdout
+
+    corrupted = [(c, i, o.copy()) for c, i, o in vectors]
+    corrupted[4][2][0] += 1  # the loss of the second training step, off by one LSB
+    bad = build_and_run(corrupted)
+    assert bad.returncode != 0
+    assert "MISMATCH vector 4 (train_step) word 0" in bad.stdout
+    assert f"{n_words - 1} words passed, 1 failed -- FAIL" in bad.stdout
