@@ -6,10 +6,9 @@ import re
 import tempfile
 from pathlib import Path
 
+import fx2fpga_runtime
 import numpy as np
 import torch
-
-import fx2fpga_runtime
 from fx2fpga_runtime.ir import Kernel
 from fx2fpga_runtime.runner import KernelRunner
 

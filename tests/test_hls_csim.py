@@ -11,13 +11,13 @@ import subprocess
 
 import numpy as np
 import pytest
-
-from fx2fpga.codegen import hls
 from fx2fpga_runtime import interface
 from fx2fpga_runtime.csim import CXX_FLAGS, CsimBackend, ap_types_dir
 from fx2fpga_runtime.fixed import BOOL, Fixed
 from fx2fpga_runtime.ir import OPS, Access, Affine, Buffer, Kernel, Loop, Program, Stage
 from fx2fpga_runtime.runner import EmuBackend, KernelRunner
+
+from fx2fpga.codegen import hls
 
 VERSION = "0.1.0-test"
 
@@ -43,7 +43,7 @@ def zoo_kernel() -> Kernel:
         Buffer("m", (8, 5), F("fixed<8,2>"), "input"),
         Buffer("bias", (5,), F("fixed<8,4>"), "input"),
         Buffer("j", (), F("fixed<8,4>"), "input"),  # clashes with the loop variable j: renamed in C++
-        Buffer("tbl", (9,), F("fixed<12,4>"), "const", init=(-2048, -1500, -700, 0, 300, 301, 1200, 2047, 1000)),
+        Buffer("tbl", (9,), F("fixed<12,4>"), "const", init=(-2048, -1500, -700, 0, 300, -301, 1200, 2047, 1000)),
     ]
     ij = (Loop("i", 4), Loop("j", 8))
     stages: list[Stage] = []
@@ -76,6 +76,7 @@ def zoo_kernel() -> Kernel:
     ew("o_tab", "table", F("fixed<8,2,RND,SAT>"), (A,), attrs={"fn": "f", "table": "tbl", "lo": -40, "shift": 3})
     ew("o_tab_w", "table", F("fixed<7,1,TRN,WRAP>"), (A,), attrs={"fn": "g", "table": "tbl", "lo": -100, "shift": 4},
        lanes=3, lane_var="j")
+    ew("o_tab_x", "table", F("fixed<12,4>"), (A,), attrs={"table": "tbl", "lo": -120, "shift": 4})  # table's frac
     ew("o_tab_u", "table", F("ufixed<6,2,RND_CONV,SAT>"), (B,), attrs={"table": "tbl", "lo": 5, "shift": 2})
 
     def red(name, op, out_fmt, acc_fmt, loops, out_index, ins, reduce, lanes=1, lane_var=None):

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from importlib import resources
 
-import numpy as np
-
 import fx2fpga_runtime
+import numpy as np
 from fx2fpga_runtime import interface
 from fx2fpga_runtime.runner import EmuBackend, KernelRunner
 from fx2fpga_runtime.testbench import VECTORS, vectors_text

@@ -14,12 +14,12 @@ import re
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from jinja2 import Environment, PackageLoader, StrictUndefined
-
-from fx2fpga.errors import Fx2fpgaError
 from fx2fpga_runtime import interface
 from fx2fpga_runtime.fixed import Fixed
 from fx2fpga_runtime.ir import ARITY, OPS, REDUCTION_OPS, Access, Affine, Buffer, Kernel, Stage
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from fx2fpga.errors import Fx2fpgaError
 
 MAX_LITERAL_WIDTH = 53  # init values are written as double literals: exact up to 53 bits
 TABLE_RAW_WIDTH = 64  # the table interpolation works on 64-bit raw integers

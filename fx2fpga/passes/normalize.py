@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 import torch.fx
-
 from fx2fpga_runtime.fixed import Fixed
 from fx2fpga_runtime.ir import Access, Affine, Buffer, Kernel, Loop, Program, Stage
 

@@ -12,7 +12,6 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from fx2fpga_runtime.fixed import BOOL, Fixed, FormatError
 from fx2fpga_runtime.interface import MAX_PORT_WIDTH
 from fx2fpga_runtime.ir import Buffer, Kernel, Stage

@@ -61,7 +61,8 @@ class KernelRunner:
             buf = self.kernel.buffers[name]
             a = np.asarray(arr, dtype=np.float64)
             if a.shape != buf.shape:
-                raise ValueError(f"{program}: input {name} must have shape {buf.shape} (compiled for it), got {a.shape}")
+                raise ValueError(f"{program}: input {name} must have shape {buf.shape} (compiled for it), "
+                                 f"got {a.shape}")
             classes = self.kernel.meta.get("num_classes", {}).get(name)
             if classes is not None and a.size and (a.min() < 0 or a.max() >= classes or np.any(a != np.round(a))):
                 raise ValueError(f"{program}: {name} must hold class indices in 0..{classes - 1}")
@@ -94,7 +95,8 @@ class KernelRunner:
     def get_params(self) -> dict[str, np.ndarray]:
         """The parameters on chip, as floats, keyed by the model's parameter names."""
         raw = self.get_params_raw()
-        return {self.kernel.param_names.get(b, b): self.kernel.buffers[b].fmt.to_float(raw[b]) for b in self.kernel.params}
+        names = self.kernel.param_names
+        return {names.get(b, b): self.kernel.buffers[b].fmt.to_float(raw[b]) for b in self.kernel.params}
 
     def set_params(self, params: dict) -> None:
         """Quantize and load parameters (keys: the model's names, e.g. ``fc1.weight``)."""
@@ -106,6 +108,8 @@ class KernelRunner:
         for name, value in params.items():
             b = by_model_name[name]
             buf = self.kernel.buffers[b]
+            if hasattr(value, "detach"):  # a torch tensor, without importing torch
+                value = value.detach().cpu().numpy()
             a = np.asarray(value, dtype=np.float64)
             if a.shape != buf.shape:
                 raise ValueError(f"parameter {name} must have shape {buf.shape}, got {a.shape}")
