@@ -67,7 +67,8 @@ def test_views_are_index_maps_and_exact():
 
 
 def test_constant_folding_leaves_no_stage_for_constants():
-    design = fx2fpga.compile(MLP(), (torch.randn(4, 8),), train=fx2fpga.SGD(F.cross_entropy, torch.tensor([0, 1, 2, 0])))
+    sgd = fx2fpga.SGD(F.cross_entropy, torch.tensor([0, 1, 2, 0]))
+    design = fx2fpga.compile(MLP(), (torch.randn(4, 8),), train=sgd)
     kernel = design.kernel
     consts = [b for b in kernel.buffers.values() if b.role == "const" and not b.name.endswith("_table")]
     assert consts and all(b.init is not None for b in consts)
@@ -78,7 +79,8 @@ def test_constant_folding_leaves_no_stage_for_constants():
 
 
 def test_params_updated_in_place():
-    design = fx2fpga.compile(MLP(), (torch.randn(4, 8),), train=fx2fpga.SGD(F.cross_entropy, torch.tensor([0, 1, 2, 0])))
+    sgd = fx2fpga.SGD(F.cross_entropy, torch.tensor([0, 1, 2, 0]))
+    design = fx2fpga.compile(MLP(), (torch.randn(4, 8),), train=sgd)
     stages = design.kernel.programs["train_step"].stages
     writers = {s.out.buffer for s in stages}
     assert set(design.kernel.params) <= writers

@@ -14,11 +14,11 @@ import types
 import numpy as np
 import torch
 import torch.nn.functional as F
+from fx2fpga_runtime import interface
+from fx2fpga_runtime.runner import EmuBackend, KernelRunner
 from torch import nn
 
 import fx2fpga
-from fx2fpga_runtime import interface
-from fx2fpga_runtime.runner import EmuBackend, KernelRunner
 
 
 class _Buffer(np.ndarray):
