@@ -42,7 +42,9 @@ def zoo_kernel() -> Kernel:
         Buffer("u", (8,), F("ufixed<10,4>"), "input"),
         Buffer("m", (8, 5), F("fixed<8,2>"), "input"),
         Buffer("bias", (5,), F("fixed<8,4>"), "input"),
-        Buffer("j", (), F("fixed<8,4>"), "input"),  # clashes with the loop variable j: renamed in C++
+        Buffer("j", (), F("fixed<8,4>"), "input"),
+        Buffer("wa", (4, 8), F("fixed<30,8>"), "input"),
+        Buffer("wb", (8, 5), F("ufixed<28,6>"), "input"),  # clashes with the loop variable j: renamed in C++
         Buffer("tbl", (9,), F("fixed<12,4>"), "const", init=(-2048, -1500, -700, 0, 300, -301, 1200, 2047, 1000)),
     ]
     ij = (Loop("i", 4), Loop("j", 8))
@@ -57,6 +59,9 @@ def zoo_kernel() -> Kernel:
     ew("o_copy", "copy", F("fixed<6,2,TRN,SAT>"), (A,))
     ew("o_perm", "copy", F("fixed<8,3>"), (acc("a", Affine((("i", 1),), 3, 1, 4), Affine((("j", 1),), 0, 2)),))
     ew("o_neg", "neg", F("fixed<8,3,RND,WRAP>"), (B,))
+    ew("o_neg_w", "neg", F("fixed<8,3,RND,WRAP>"), (A,))  # -min wraps to min
+    ew("o_coarse", "copy", F("fixed<6,8,RND_CONV,SAT>"), (A,))  # int_bits > width: ulp 4
+    ew("o_fine", "mul", F("fixed<8,-1,TRN,WRAP>"), (A, B))  # int_bits < 0: 9 fractional bits
     ew("o_neg_u", "neg", F("ufixed<6,3,RND_CONV,SAT>"), (A,))
     ew("o_relu", "relu", F("ufixed<5,2,RND_CONV,SAT>"), (A,), lanes=2, lane_var="j")
     ew("o_relu_w", "relu", F("fixed<5,1,TRN,WRAP>"), (A,))
@@ -64,6 +69,7 @@ def zoo_kernel() -> Kernel:
     ew("o_add_bc", "add", F("fixed<10,4,RND,SAT>"), (A, acc("u", "j")))
     ew("o_sub", "sub", F("fixed<10,4,TRN_ZERO,SAT>"), (B, A), lanes=4, lane_var="j")
     ew("o_mul_s", "mul", F("fixed<10,4,RND,SAT>"), (A, acc("j")))
+    ew("o_scalar", "mul", F("fixed<6,3,TRN,WRAP>"), (acc("j"), acc("j")), out_index=(), loops=())  # no loops
     for mode in ("RND", "TRN", "RND_ZERO", "RND_CONV", "TRN_ZERO"):
         ew(f"o_mul_{mode.lower()}", "mul", F(f"fixed<7,2,{mode},SAT>"), (A, B))
         ew(f"o_mul_{mode.lower()}_w", "mul", F(f"fixed<6,1,{mode},WRAP>"), (A, B))
@@ -96,6 +102,11 @@ def zoo_kernel() -> Kernel:
         (*mac_ins, acc("bias", "n")), ("j",), lanes=3, lane_var="i")
     red("r_mac_tz", "mac", F("fixed<12,4>"), F("fixed<11,4,TRN_ZERO,SAT>"), (Loop("j", 8), Loop("n", 5), Loop("i", 4)),
         ("n", "i"), mac_ins, ("j",))
+    wide = (acc("wa", "i", "j"), acc("wb", "j", "n"))  # 58-bit products
+    red("r_mac_wide", "mac", F("fixed<32,12>"), F("fixed<60,16,TRN,SAT>"), inj, ("i", "n"), wide, ("j",),
+        lanes=2, lane_var="i")
+    red("r_mac_wide_conv", "mac", F("fixed<32,20,RND_ZERO,WRAP>"), F("fixed<58,18,RND_CONV,WRAP>"), inj, ("i", "n"),
+        wide, ("j",))
     red("r_sum", "sum", F("fixed<8,4>"), F("fixed<8,4,RND,SAT>"), ij, ("i",), (A,), ("j",), lanes=4, lane_var="i")
     red("r_sum_init", "sum", F("ufixed<10,4>"), F("fixed<9,4,TRN,WRAP>"), (Loop("j", 8), Loop("i", 4)), ("j",),
         (B, acc("u", "j")), ("i",), lanes=3, lane_var="j")
@@ -151,10 +162,14 @@ def sgd_kernel() -> Kernel:
 
 
 def random_raw(kernel: Kernel, names, rng) -> dict[str, np.ndarray]:
+    """Uniform raw values over each buffer's whole format, its extremes included."""
     out = {}
     for n in names:
-        buf = kernel.buffers[n]
-        out[n] = rng.integers(buf.fmt.raw_min, buf.fmt.raw_max + 1, size=buf.shape)
+        fmt = kernel.buffers[n].fmt
+        raw = rng.integers(fmt.raw_min, fmt.raw_max + 1, size=kernel.buffers[n].size)
+        if raw.size >= 4:
+            raw[:2] = (fmt.raw_min, fmt.raw_max)
+        out[n] = raw.reshape(kernel.buffers[n].shape)
     return out
 
 
@@ -195,9 +210,9 @@ def test_zoo_covers_every_op():
     k = zoo_kernel()
     assert {s.op for s in k.stages()} == set(OPS)
     assert {s.acc.overflow for s in k.stages() if s.acc} == {"SAT", "WRAP"}
-    extents = [next(lp.extent for lp in s.loops if lp.var == s.lane_var) for s in k.stages() if s.lanes > 1]
-    lanes = [s.lanes for s in k.stages() if s.lanes > 1]
-    assert any(e % n == 0 for e, n in zip(extents, lanes)) and any(e % n for e, n in zip(extents, lanes))
+    remainders = [next(lp.extent for lp in s.loops if lp.var == s.lane_var) % s.lanes
+                  for s in k.stages() if s.lanes > 1]
+    assert 0 in remainders and any(remainders)  # lanes that divide their loop and lanes that do not
     assert {s.acc.rounding for s in k.stages() if s.acc} >= {"RND", "TRN"}
 
 
@@ -249,7 +264,8 @@ def test_codegen_rejects_what_it_cannot_print_exactly(case):
     elif case == "out_of_bounds":
         st.ins = (acc("a", "i", Affine((("j", 1),), 1)),)
     elif case == "read_after_write":
-        st = Stage("s", "add", (Loop("i", 4),), acc("z", "i"), (acc("z", Affine((("i", 1),), 3, 1, 4)), acc("a", "i", "i")))
+        shifted = Affine((("i", 1),), 3, 1, 4)  # (i + 3) % 4: another element than the one written
+        st = Stage("s", "add", (Loop("i", 4),), acc("z", "i"), (acc("z", shifted), acc("a", "i", "i")))
     elif case == "bad_name":
         z = Buffer("acc", (4,), F("fixed<8,3>"), "output")  # a name the generated code uses itself
         st.out = acc("acc", "i")

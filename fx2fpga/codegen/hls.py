@@ -134,7 +134,7 @@ def _check_stage(st: Stage, kernel: Kernel, where: str) -> None:
     if st.op == "table":
         tbl = kernel.buffers.get(st.attrs.get("table", ""))
         if tbl is None or tbl.init is None or len(tbl.shape) != 1 or tbl.size < 2:
-            raise HlsCodegenError(f"{where}: table needs attrs['table'] naming a 1-D buffer with init (n+1 >= 2 values)")
+            raise HlsCodegenError(f"{where}: table needs attrs['table'] naming a 1-D buffer with n+1 >= 2 init values")
 
 
 def _check_buffer(buf: Buffer, name: str, crosses_interface: bool) -> None:
@@ -192,10 +192,15 @@ class StageView:
 def _rename_vars(st: Stage, taken) -> Stage:
     """``st`` with loop variables renamed where they clash with buffers or generated names."""
     names = {lp.var for lp in st.loops}
+
+    def clash(name: str, var: str) -> bool:
+        used = taken | (names - {var})
+        return name in used or name in _RESERVED or f"{name}_base" in used or f"{name}_lane" in used
+
     new = {}
     for var in sorted(names):
         name = var
-        while name in taken or name in _RESERVED or (name != var and name in names) or name.endswith(("_base", "_lane")):
+        while clash(name, var):
             name += "_"
         new[var] = name
     if all(k == v for k, v in new.items()):
@@ -225,7 +230,8 @@ def _lane_loops(st: Stage, loops) -> tuple[list[LoopView], LoopView | None]:
             base = f"{lp.var}_base"
             views.append(LoopView(f"{lp.var}_loop", base, lp.extent, step=lanes))
             guard = lp.extent if lp.extent % lanes else 0
-            lane = LoopView(f"{lp.var}_lanes", f"{lp.var}_lane", lanes, unroll=True, bind=lp.var, base=base, guard=guard)
+            lane = LoopView(f"{lp.var}_lanes", f"{lp.var}_lane", lanes, unroll=True, bind=lp.var, base=base,
+                            guard=guard)
         else:
             views.append(LoopView(f"{lp.var}_loop", lp.var, lp.extent))
     return views, lane
