@@ -12,7 +12,8 @@ import torch
 from fx2fpga_runtime.ir import Kernel
 from fx2fpga_runtime.runner import KernelRunner
 
-from .errors import PrecisionError
+from . import estimate
+from .errors import PrecisionError, ResourceBudgetError
 from .frontend import SGD, _as_tuple, as_module
 from .passes import CompileContext, run_pipeline
 from .passes.quantize import Precision
@@ -113,6 +114,10 @@ def compile(  # noqa: A001 - the public name the product promises
     kname = _kernel_name(model, name)
     ctx = CompileContext(module, example_inputs, train, prec, int(lanes), tgt, kname, progress=progress)
     kernel = run_pipeline(ctx)
+    over = estimate.resources(kernel).over_budget(tgt)
+    if over:
+        raise ResourceBudgetError(tgt.name, over, "Use fewer lanes (lanes=...), narrower formats (precision=...), "
+                                  "a smaller batch, or a larger target (fx2fpga targets).")
     design = Design(kernel, tgt, prec, _example_arrays(example_inputs, train), train)
     if out_dir is not None:
         design.write(out_dir)

@@ -41,10 +41,11 @@ class ModelFileError(Fx2fpgaError):
 class ResourceBudgetError(Fx2fpgaError):
     """A design needs more of a resource than the target has."""
 
-    def __init__(self, resource: str, needed: float, available: float, hint: str = ""):
-        self.resource, self.needed, self.available = resource, needed, available
-        extra = f" {hint}" if hint else ""
-        super().__init__(f"design needs {needed:,.0f} {resource} but the target has {available:,.0f}.{extra}")
+    def __init__(self, target: str, over: list[tuple[str, float, float]], hint: str = ""):
+        self.target, self.over = target, list(over)
+        lines = [f"  {res}: needs {needed:,.0f}, {target} has {available:,.0f}" for res, needed, available in over]
+        extra = f"\n{hint}" if hint else ""
+        super().__init__(f"the design does not fit {target}:\n" + "\n".join(lines) + extra)
 
 
 class ToolNotFoundError(Fx2fpgaError):

@@ -109,3 +109,15 @@ def test_class_targets_out_of_range_are_refused():
     k = d.load("emu")
     with pytest.raises(ValueError, match="class indices in 0..2"):
         k.train_step(torch.randn(2, 4).numpy(), [0, 3])
+
+
+def test_design_over_budget_shows_needed_and_available():
+    from fx2fpga.errors import ResourceBudgetError
+
+    big = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 512))
+    with pytest.raises(ResourceBudgetError) as ei:
+        fx2fpga.compile(big, (torch.randn(64, 512),), lanes=64)
+    msg = str(ei.value)
+    assert "does not fit pynq-z1" in msg and "BRAM36: needs" in msg and "pynq-z1 has 140" in msg
+    needed = dict((r, n) for r, n, _ in ei.value.over)
+    assert needed["BRAM36"] > 140
