@@ -2,7 +2,7 @@
 
 Latency: a stage issues ``iterations / lanes`` loop bodies at one per cycle plus a pipeline
 depth. Resources: one DSP48 per lane multiplier whose operands fit its 25x18 ports (2 or 4
-for wider ones), block RAM from each buffer's bits and partitioning.
+for wider ones), block RAM (in BRAM18 halves) from each buffer's bits and partitioning.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from fx2fpga_runtime.ir import Kernel, Stage
 
 PIPELINE_DEPTH = {"mac": 6, "sum": 4, "max": 3, "table": 5}
-BRAM36_BITS = 36 * 1024
+BRAM18_BITS = 18 * 1024
 LUTRAM_MAX_BITS = 1024  # smaller arrays go to distributed RAM / registers
 
 
@@ -41,7 +41,7 @@ def dsp_per_multiplier(width_a: int, width_b: int) -> int:
 @dataclass(frozen=True)
 class ResourceEstimate:
     dsp: int
-    bram36: int
+    bram36: float  # in BRAM36 units; a bank that fits a BRAM18 counts 0.5
     memory_bits: int
 
     def over_budget(self, target) -> list[tuple[str, int, int]]:
@@ -73,11 +73,11 @@ def resources(kernel: Kernel) -> ResourceEstimate:
             if all(kernel.buffers[a.buffer].role != "const" for a in st.ins[:2]) or st.op == "mac":
                 dsp += st.lanes * dsp_per_multiplier(*w)
     banks = buffer_banks(kernel)
-    bram, bits_total = 0, 0
+    bram18, bits_total = 0, 0
     for name, buf in kernel.buffers.items():
         bits = buf.size * buf.fmt.width
         bits_total += bits
         per_bank = bits / banks[name]
         if per_bank > LUTRAM_MAX_BITS:
-            bram += banks[name] * math.ceil(per_bank / BRAM36_BITS)
-    return ResourceEstimate(dsp=dsp, bram36=bram, memory_bits=bits_total)
+            bram18 += banks[name] * math.ceil(per_bank / BRAM18_BITS)
+    return ResourceEstimate(dsp=dsp, bram36=bram18 / 2, memory_bits=bits_total)

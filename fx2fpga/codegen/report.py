@@ -24,7 +24,7 @@ def report_text(design) -> str:
     out += ["## Estimated resources (before synthesis)", ""]
     out += _table(["resource", "estimate", f"{t.name} budget", "use"], [
         ["DSP", res.dsp, t.dsp, f"{100 * res.dsp / t.dsp:.1f}%"],
-        ["BRAM36", res.bram36, t.bram36, f"{100 * res.bram36 / t.bram36:.1f}%"],
+        ["BRAM36", f"{res.bram36:g}", t.bram36, f"{100 * res.bram36 / t.bram36:.1f}%"],
     ])
     out += ["", f"On-chip memory: {res.memory_bits:,} bits in {len(k.buffers)} arrays.", ""]
     for prog in k.programs.values():
