@@ -99,6 +99,15 @@ def cmd_targets(args) -> int:
     return 0
 
 
+def _lanes(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fx2fpga", description="Compile PyTorch models and their training step "
                                 "to fixed-point FPGA kernels.")
@@ -110,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--train", action="store_true", help="compile the SGD training step too")
     c.add_argument("-o", "--output", help="output folder (default: <model>_<target>)")
     c.add_argument("--precision", help="default fixed-point format, e.g. 'fixed<16,6>'")
-    c.add_argument("--lanes", type=int, default=4, help="parallel MAC lanes per matmul stage (default 4)")
+    c.add_argument("--lanes", type=_lanes, default=4,
+                   help="parallel MAC lanes per matmul stage, or 'auto' to fill the board's budget (default 4)")
     c.add_argument("--name", help="kernel name (default: the model file's name)")
     c.set_defaults(func=cmd_compile)
     s = sub.add_parser("sim", help="replay the testbench vectors of a project on a backend")

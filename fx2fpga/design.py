@@ -88,7 +88,7 @@ def compile(  # noqa: A001 - the public name the product promises
     target: str | Target = "pynq-z1",
     train: SGD | None = None,
     precision=None,
-    lanes: int = 4,
+    lanes: int | str = 4,
     out_dir: str | Path | None = None,
     name: str | None = None,
     progress=None,
@@ -97,7 +97,9 @@ def compile(  # noqa: A001 - the public name the product promises
 
     ``train=fx2fpga.SGD(loss, example_targets, lr)`` makes a training kernel (it infers
     too). ``precision`` is a format string (``"fixed<16,6>"``), a dict of ``Precision``
-    fields or a ``Precision``. With ``out_dir`` the project folder is written there.
+    fields or a ``Precision``. ``lanes`` is the number of parallel MAC units per matmul
+    stage, or ``"auto"`` to fill the target's budget. With ``out_dir`` the project folder is
+    written there.
     ``progress`` (a callable taking a line of text) hears about each pipeline step.
     """
     tgt = load_target(target)
@@ -112,7 +114,7 @@ def compile(  # noqa: A001 - the public name the product promises
         raise TypeError("example_inputs must be a tensor or a tuple of tensors")
     module = as_module(model)
     kname = _kernel_name(model, name)
-    ctx = CompileContext(module, example_inputs, train, prec, int(lanes), tgt, kname, progress=progress)
+    ctx = CompileContext(module, example_inputs, train, prec, lanes, tgt, kname, progress=progress)
     kernel = run_pipeline(ctx)
     over = estimate.resources(kernel).over_budget(tgt)
     if over:

@@ -19,7 +19,7 @@ class CompileContext:
     example_inputs: tuple
     train: Any
     precision: Any
-    lanes: int
+    lanes: int | str
     target: Any
     name: str
     notes: dict = field(default_factory=dict)  # step name -> lines for report.md
@@ -57,7 +57,7 @@ def _quantize(kernel, ctx: CompileContext):
 def _tile(kernel, ctx: CompileContext):
     from . import tile
 
-    return tile.run(kernel, ctx.lanes)
+    return tile.run(kernel, ctx.lanes, ctx.target)
 
 
 PIPELINE: list[Step] = [

@@ -1,15 +1,23 @@
-"""Tiling, first form: how many lanes (parallel datapath copies) each stage gets.
+"""Tiling: how many lanes (parallel datapath copies) each stage gets.
 
 A matmul-like stage (``mac``) gets ``lanes`` copies of its multiply-accumulate unit working
-on consecutive outputs of its innermost non-reduced loop; the lane count is the largest
-divisor of that loop's extent not above the request, so every lane has equal work and the
-arrays partition evenly. Other stages keep one lane. The resource-driven choice of lanes
-under the board's budget is a later pass.
+on consecutive outputs of its innermost non-reduced loop; lane counts divide that loop's
+extent, so every lane has equal work and the arrays partition evenly. Other stages keep one
+lane.
+
+``lanes`` is either a number (the same request for every matmul stage) or ``"auto"``: start
+every matmul stage at one lane and repeatedly widen the stage that takes the most cycles to
+its next lane count, as long as the resource estimate stays within ``AUTO_BUDGET`` of the
+target's DSPs and block RAMs.
 """
 
 from __future__ import annotations
 
 from fx2fpga_runtime.ir import Kernel, Stage
+
+from .. import estimate
+
+AUTO_BUDGET = 0.8  # share of the target's DSP and BRAM the automatic choice may use
 
 
 def lane_count(extent: int, requested: int) -> int:
@@ -17,23 +25,56 @@ def lane_count(extent: int, requested: int) -> int:
     return max(d for d in range(1, min(extent, requested) + 1) if extent % d == 0)
 
 
-def choose_lanes(stage: Stage, requested: int) -> None:
-    if stage.op != "mac" or requested <= 1:
-        return
+def _lane_loop(stage: Stage):
+    if stage.op != "mac":
+        return None
     free = [lp for lp in stage.loops if lp.var not in stage.reduce and lp.extent > 1]
-    if not free:
+    return free[-1] if free else None
+
+
+def choose_lanes(stage: Stage, requested: int) -> None:
+    loop = _lane_loop(stage)
+    if loop is None or requested <= 1:
         return
-    loop = free[-1]
-    stage.lane_var = loop.var
     stage.lanes = lane_count(loop.extent, requested)
-    if stage.lanes == 1:
-        stage.lane_var = None
+    stage.lane_var = loop.var if stage.lanes > 1 else None
 
 
-def run(kernel: Kernel, lanes: int) -> Kernel:
-    """Set ``lanes``/``lane_var`` on every stage (``lanes`` requested per matmul stage)."""
-    if lanes < 1:
-        raise ValueError(f"lanes must be at least 1, got {lanes}")
+def _fits(kernel: Kernel, target) -> bool:
+    res = estimate.resources(kernel)
+    return res.dsp <= AUTO_BUDGET * target.dsp and res.bram36 <= AUTO_BUDGET * target.bram36
+
+
+def auto_lanes(kernel: Kernel, target) -> None:
+    """Greedy: widen the slowest matmul stage while the estimate fits the budget."""
+    stages = [s for s in kernel.stages() if _lane_loop(s) is not None]
+    frozen: set[int] = set()
+    while True:
+        open_stages = [s for s in stages if id(s) not in frozen]
+        if not open_stages:
+            return
+        slowest = max(open_stages, key=estimate.stage_cycles)
+        extent = _lane_loop(slowest).extent
+        wider = [d for d in range(slowest.lanes + 1, extent + 1) if extent % d == 0]
+        if not wider:
+            frozen.add(id(slowest))
+            continue
+        before = (slowest.lanes, slowest.lane_var)
+        slowest.lanes, slowest.lane_var = wider[0], _lane_loop(slowest).var
+        if not _fits(kernel, target):
+            slowest.lanes, slowest.lane_var = before
+            frozen.add(id(slowest))
+
+
+def run(kernel: Kernel, lanes: int | str, target=None) -> Kernel:
+    """Set ``lanes``/``lane_var`` on every stage: a number per matmul stage, or ``"auto"``."""
+    if lanes == "auto":
+        if target is None:
+            raise ValueError("lanes='auto' needs the target's budget")
+        auto_lanes(kernel, target)
+        return kernel
+    if not isinstance(lanes, int) or lanes < 1:
+        raise ValueError(f"lanes must be a positive integer or 'auto', got {lanes!r}")
     for stage in kernel.stages():
         choose_lanes(stage, lanes)
     return kernel
