@@ -26,19 +26,21 @@ RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT / "examples"))
 
 
-def fpga_estimate() -> dict:
+def fpga_estimate(lanes) -> dict:
     import mlp_digits as ex
 
     import fx2fpga
     from fx2fpga import estimate
 
-    design = fx2fpga.compile(ex.model, ex.example_inputs, train=fx2fpga.SGD(ex.loss_fn, ex.example_targets, ex.lr))
+    sgd = fx2fpga.SGD(ex.loss_fn, ex.example_targets, ex.lr)
+    design = fx2fpga.compile(ex.model, ex.example_inputs, train=sgd, lanes=lanes)
     t = design.target
     cycles = estimate.program_cycles(design.kernel, "train_step")
     res = estimate.resources(design.kernel)
     copies = max(1, min(t.dsp // max(res.dsp, 1), math.floor(t.bram36 / max(res.bram36, 0.5))))
     per_kernel = t.clock_mhz * 1e6 / cycles
-    return {"target": t.name, "clock_mhz": t.clock_mhz, "cycles_per_step": cycles, "steps_per_s": per_kernel,
+    return {"lanes": lanes, "target": t.name, "clock_mhz": t.clock_mhz, "cycles_per_step": cycles,
+            "steps_per_s": per_kernel,
             "kernel_dsp": res.dsp, "kernel_bram36": res.bram36, "copies_that_fit": copies,
             "model_steps_per_s": per_kernel * copies, "source": "cycle and resource estimates (fx2fpga.estimate)"}
 
@@ -70,7 +72,7 @@ def torch_cpu(n_models: int, steps: int = 200) -> float:
 
 
 def main() -> None:
-    fpga = fpga_estimate()
+    fpga = {str(lanes): fpga_estimate(lanes) for lanes in (4, "auto")}
     cpu = {n: torch_cpu(n) for n in (1, 8, 64)}
     result = {"model": "digits MLP 64-32-10, batch 16, SGD", "fpga": fpga,
               "torch_cpu_1_thread": {str(n): v for n, v in cpu.items()},
@@ -83,11 +85,14 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"CPU, {n} model{'s' * (n > 1)}" for n in cpu] + ["PYNQ-Z1, 1 kernel (est.)",
-                                                                 f"PYNQ-Z1, {fpga['copies_that_fit']} kernels (est.)"]
-    values = list(cpu.values()) + [fpga["steps_per_s"], fpga["model_steps_per_s"]]
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    ax.barh(labels, values, color=["#4c72b0"] * len(cpu) + ["#dd8452", "#c44e52"])
+    labels = [f"CPU 1 thread, {n} model{'s' * (n > 1)}" for n in cpu]
+    values = list(cpu.values())
+    for lanes, f in fpga.items():
+        labels += [f"PYNQ-Z1 lanes={lanes}, 1 kernel (est.)",
+                   f"PYNQ-Z1 lanes={lanes}, {f['copies_that_fit']} kernel{'s' * (f['copies_that_fit'] > 1)} (est.)"]
+        values += [f["steps_per_s"], f["model_steps_per_s"]]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.barh(labels, values, color=["#4c72b0"] * len(cpu) + ["#dd8452", "#c44e52"] * len(fpga))
     ax.set_xscale("log")
     ax.set_xlabel("model training steps per second (log)")
     ax.set_title("digits MLP, batch 16: training throughput")
