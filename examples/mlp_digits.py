@@ -10,6 +10,7 @@ The module-level names are what ``fx2fpga compile`` reads: ``model``, ``example_
 from __future__ import annotations
 
 import argparse
+import sys
 
 import numpy as np
 import torch
@@ -70,13 +71,19 @@ def accuracy(predict, x, y) -> float:
     return correct / (len(x) // BATCH * BATCH)
 
 
-def main() -> None:
+def train_on_kernel(name: str, model, example_inputs, loss_fn, example_targets, lr: float,
+                    prepare=lambda x: x) -> None:
+    """The examples' command line: compile ``model``, train it on a backend, print accuracy.
+
+    ``prepare`` turns rows of 64 pixels into the model's input layout.
+    """
     import fx2fpga
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=sys.modules["__main__"].__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backend", default="emu", choices=["emu", "csim"])
     ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--out", default="mlp_digits_pynq-z1")
+    ap.add_argument("--out", default=f"{name}_pynq-z1")
     args = ap.parse_args()
 
     x_train, y_train, x_test, y_test = digits()
@@ -85,12 +92,12 @@ def main() -> None:
     print(f"wrote {args.out}/ ({design})")
     with design.load(args.backend) as kernel:
         for step, (xb, yb) in enumerate(batches(x_train, y_train, args.steps), 1):
-            loss = kernel.train_step(xb, yb)
+            loss = kernel.train_step(prepare(xb), yb)
             if step % 50 == 0 or step == 1:
                 print(f"step {step:4d}  loss {loss:.4f}")
-        acc = accuracy(kernel.infer, x_test, y_test)
+        acc = accuracy(lambda xb: kernel.infer(prepare(xb)), x_test, y_test)
     print(f"held-out accuracy after {args.steps} steps on {args.backend}: {100 * acc:.1f}%")
 
 
 if __name__ == "__main__":
-    main()
+    train_on_kernel("mlp_digits", model, example_inputs, loss_fn, example_targets, lr)

@@ -12,7 +12,7 @@ from fx2fpga_runtime import load  # noqa: E402
 from fx2fpga_runtime.fixed import Fixed  # noqa: E402
 
 from .design import Design, compile  # noqa: E402
-from .frontend import SGD, trace  # noqa: E402
+from .frontend import GD, SGD, trace  # noqa: E402
 from .passes import PIPELINE  # noqa: E402
 from .passes.quantize import Precision  # noqa: E402
 from .targets import Target, list_targets, load_target  # noqa: E402
@@ -23,5 +23,5 @@ def targets() -> list[str]:
     return [t.name for t in list_targets()]
 
 
-__all__ = ["Design", "Fixed", "PIPELINE", "Precision", "SGD", "Target", "compile", "list_targets", "load",
+__all__ = ["Design", "Fixed", "GD", "PIPELINE", "Precision", "SGD", "Target", "compile", "list_targets", "load",
            "load_target", "targets", "trace", "__version__"]

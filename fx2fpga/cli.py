@@ -29,7 +29,8 @@ def load_model_file(path: Path, train: bool) -> dict:
         hint = " (needed for --train)" if train and set(missing) & {"loss_fn", "example_targets"} else ""
         raise ModelFileError(f"{path} does not define {', '.join(missing)}{hint}; a model file defines "
                              f"'model' (an nn.Module or function) and 'example_inputs' (a tensor or tuple), "
-                             f"and for --train also 'loss_fn', 'example_targets' and optionally 'lr'")
+                             f"and for --train also 'loss_fn', 'example_targets' and optionally 'lr', 'momentum', "
+                             f"'weight_decay'")
     return ns
 
 
@@ -38,7 +39,8 @@ def cmd_compile(args) -> int:
 
     path = Path(args.model)
     ns = load_model_file(path, args.train)
-    train = fx2fpga.SGD(ns["loss_fn"], ns["example_targets"], float(ns.get("lr", 0.1))) if args.train else None
+    train = fx2fpga.SGD(ns["loss_fn"], ns["example_targets"], float(ns.get("lr", 0.1)), float(ns.get("momentum", 0.0)),
+                        float(ns.get("weight_decay", 0.0))) if args.train else None
     out_dir = Path(args.output or f"{path.stem}_{args.target}")
     t0 = time.perf_counter()
     _progress(f"compiling {path} for {args.target} ({'training' if train else 'inference'} kernel)")
@@ -68,6 +70,10 @@ def cmd_report(args) -> int:
     report = Path(args.project) / "report.md"
     if not report.is_file():
         raise Fx2fpgaError(f"{args.project} has no report.md: is it an fx2fpga project folder?")
+    if not args.no_synth and (Path(args.project) / "rtl" / "files.f").is_file():
+        from .synth import add_to_report
+
+        add_to_report(Path(args.project), log=_progress)
     print(report.read_text())
     return 0
 
@@ -114,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("compile", help="compile a model.py into a project folder")
     c.add_argument("model", help="a Python file defining model and example_inputs (and loss_fn, "
-                   "example_targets, lr for --train)")
+                   "example_targets, lr, momentum, weight_decay for --train)")
     c.add_argument("--target", default="pynq-z1", help="board (see: fx2fpga targets)")
     c.add_argument("--train", action="store_true", help="compile the SGD training step too")
     c.add_argument("-o", "--output", help="output folder (default: <model>_<target>)")
@@ -125,13 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_compile)
     s = sub.add_parser("sim", help="replay the testbench vectors of a project on a backend")
     s.add_argument("project")
-    s.add_argument("--backend", default="emu", choices=["emu", "csim"])
+    s.add_argument("--backend", default="emu", choices=["emu", "csim", "rtl"])
     s.set_defaults(func=cmd_sim)
     b = sub.add_parser("build", help="run Vitis HLS and Vivado on a project (needs them installed)")
     b.add_argument("project")
     b.set_defaults(func=cmd_build)
-    r = sub.add_parser("report", help="print a project's report")
+    r = sub.add_parser("report", help="print a project's report (with Yosys resource counts of its RTL)")
     r.add_argument("project")
+    r.add_argument("--no-synth", action="store_true", help="do not run Yosys on the project's rtl/")
     r.set_defaults(func=cmd_report)
     t = sub.add_parser("targets", help="list the boards")
     t.set_defaults(func=cmd_targets)

@@ -14,7 +14,7 @@ from fx2fpga_runtime.runner import KernelRunner
 
 from . import estimate
 from .errors import PrecisionError, ResourceBudgetError
-from .frontend import SGD, _as_tuple, as_module
+from .frontend import GD, SGD, PointModule, _as_tuple, as_module
 from .passes import CompileContext, run_pipeline
 from .passes.quantize import Precision
 from .targets import Target, load_target
@@ -23,7 +23,8 @@ from .targets import Target, load_target
 class Design:
     """A compiled kernel: run it (``load``), write its project folder (``write``), read its report."""
 
-    def __init__(self, kernel: Kernel, target: Target, precision: Precision, example: dict, train: SGD | None):
+    def __init__(self, kernel: Kernel, target: Target, precision: Precision, example: dict,
+                 train: SGD | GD | None):
         self.kernel = kernel
         self.target = target
         self.precision = precision
@@ -75,9 +76,10 @@ def _kernel_name(model, name: str | None) -> str:
     return base if re.match(r"[a-z]", base) else f"k_{base}"
 
 
-def _example_arrays(example_inputs, train: SGD | None) -> dict[str, np.ndarray]:
-    ex = {"x": _as_tuple(example_inputs)[0].detach().cpu().double().numpy()}
-    if train is not None:
+def _example_arrays(example_inputs, train: SGD | GD | None) -> dict[str, np.ndarray]:
+    inputs = _as_tuple(example_inputs)
+    ex = {"x": inputs[0].detach().cpu().double().numpy()} if inputs else {}  # GD kernels take no inputs
+    if isinstance(train, SGD):
         ex["y"] = train.example_targets.detach().cpu().numpy()
     return ex
 
@@ -86,7 +88,7 @@ def compile(  # noqa: A001 - the public name the product promises
     model,
     example_inputs,
     target: str | Target = "pynq-z1",
-    train: SGD | None = None,
+    train: SGD | GD | None = None,
     precision=None,
     lanes: int | str = 4,
     out_dir: str | Path | None = None,
@@ -96,10 +98,11 @@ def compile(  # noqa: A001 - the public name the product promises
     """Compile ``model`` (an ``nn.Module`` or a function of tensors) for ``target``.
 
     ``train=fx2fpga.SGD(loss, example_targets, lr)`` makes a training kernel (it infers
-    too). ``precision`` is a format string (``"fixed<16,6>"``), a dict of ``Precision``
-    fields or a ``Precision``. ``lanes`` is the number of parallel MAC units per matmul
-    stage, or ``"auto"`` to fill the target's budget. With ``out_dir`` the project folder is
-    written there.
+    too). ``train=fx2fpga.GD(lr)`` with a function ``f(x) -> scalar`` and ``example_inputs=(x0,)``
+    makes a kernel that keeps the point ``x`` on chip and descends ``f``. ``precision`` is a format
+    string (``"fixed<16,6>"``), a dict of ``Precision`` fields or a ``Precision``. ``lanes`` is the
+    number of parallel MAC units per matmul stage, or ``"auto"`` to fill the target's budget. With
+    ``out_dir`` the project folder is written there.
     ``progress`` (a callable taking a line of text) hears about each pipeline step.
     """
     tgt = load_target(target)
@@ -113,6 +116,10 @@ def compile(  # noqa: A001 - the public name the product promises
     if not all(isinstance(t, torch.Tensor) for t in example_inputs):
         raise TypeError("example_inputs must be a tensor or a tuple of tensors")
     module = as_module(model)
+    if isinstance(train, GD):  # the point is the parameter "x"; the programs take no inputs
+        if len(example_inputs) != 1:
+            raise TypeError("GD: example_inputs must be the starting point, a tuple of one tensor (x0,)")
+        module, example_inputs = PointModule(model, example_inputs[0]), ()
     kname = _kernel_name(model, name)
     ctx = CompileContext(module, example_inputs, train, prec, lanes, tgt, kname, progress=progress)
     kernel = run_pipeline(ctx)

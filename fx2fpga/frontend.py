@@ -1,18 +1,20 @@
 """Tracing: a model (or a plain function) -> a torch.fx graph of core ATen ops.
 
 - Inference: ``torch.export.export(...).run_decompositions()``.
-- Training: one pure SGD step ``(params..., buffers..., x, y) -> (loss, new params...,
-  new buffers...)`` traced with ``make_fx(functionalize(step))`` and the core ATen
-  decompositions, so the autograd backward graph and the update are ordinary graph nodes.
+- Training: one pure SGD step ``(params..., buffers..., states..., x, y) -> (loss, new
+  params..., new buffers..., new states...)`` traced with ``make_fx(functionalize(step))``
+  and the core ATen decompositions, so the autograd backward graph and the update are
+  ordinary graph nodes. States are the optimizer's (``momentum:<param name>``).
 
-Every placeholder carries ``node.meta["fx2fpga_role"]`` (``param``, ``buffer``, ``input``,
-``target``) and ``node.meta["fx2fpga_name"]`` (the model's dotted name, or the input's
-name); the graph module carries ``gm.meta["fx2fpga_outputs"]``, the role of each output
-(``output``, ``loss``, ``param:<name>``, ``buffer:<name>``).
+Every placeholder carries ``node.meta["fx2fpga_role"]`` (``param``, ``buffer``, ``state``,
+``input``, ``target``) and ``node.meta["fx2fpga_name"]`` (the model's dotted name, or the
+input's name); the graph module carries ``gm.meta["fx2fpga_outputs"]``, the role of each
+output (``output``, ``loss``, ``param:<name>``, ``buffer:<name>``, ``state:<name>``).
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,14 +40,69 @@ class SGD:
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     example_targets: Any
     lr: float = 0.1
+    momentum: float = 0.0
+    weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
         if not callable(self.loss):
             raise TypeError("SGD(loss=...) must be a callable (output, target) -> scalar, e.g. F.cross_entropy")
         if not isinstance(self.example_targets, torch.Tensor):
             self.example_targets = torch.as_tensor(self.example_targets)
-        if not float(self.lr) > 0:
-            raise ValueError(f"SGD learning rate must be positive, got {self.lr}")
+        _check_optimizer("SGD", self.lr, self.momentum, self.weight_decay)
+
+
+@dataclass
+class GD:
+    """Gradient descent on a function: ``x <- x - lr * df/dx`` (with ``momentum``, as ``SGD``).
+
+    ``fx2fpga.compile(f, (x0,), train=fx2fpga.GD(lr=0.01))`` keeps the point ``x`` on chip as
+    the parameter ``"x"``; ``train_step()`` takes no inputs and returns ``f(x)`` before the
+    step, ``infer()`` returns ``f(x)``.
+    """
+
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_optimizer("GD", self.lr, self.momentum, self.weight_decay)
+
+
+def _check_optimizer(what: str, lr: float, momentum: float, weight_decay: float) -> None:
+    if not float(lr) > 0:
+        raise ValueError(f"{what} learning rate must be positive, got {lr}")
+    if not 0.0 <= float(momentum) < 1.0:
+        raise ValueError(f"{what} momentum must be in [0, 1), got {momentum}")
+    if not float(weight_decay) >= 0.0:
+        raise ValueError(f"{what} weight_decay must be >= 0, got {weight_decay}")
+
+
+def sgd_update(p: torch.Tensor, g: torch.Tensor, v: torch.Tensor | None, lr: float, momentum: float = 0.0,
+               weight_decay: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One ``torch.optim.SGD`` step (dampening 0, no Nesterov) on one tensor: (new p, new velocity).
+
+    ``g += wd * p; v = momentum * v + g; p -= lr * v``. The velocity starts at zero, so the
+    first step gives ``v = g``, as torch's ``buf = clone(g)``.
+    """
+    if weight_decay:
+        g = g + weight_decay * p
+    if momentum:
+        v = momentum * v + g
+        g = v
+    return p - lr * g, v
+
+
+class PointModule(nn.Module):
+    """``f(x)`` as a model without inputs whose parameter ``x`` is the point (for ``GD``)."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor):
+        super().__init__()
+        self.fn = fn
+        x0 = torch.as_tensor(x0).detach().clone()
+        self.x = nn.Parameter(x0 if x0.dtype.is_floating_point else x0.float())
+
+    def forward(self) -> torch.Tensor:
+        return self.fn(self.x)
 
 
 class _FunctionModule(nn.Module):
@@ -105,6 +162,59 @@ def _nll_loss_backward(grad_output, self, target, weight, reduction, ignore_inde
     return torch.where(_one_hot(target, c), g, 0.0)
 
 
+# BatchNorm as plain ops with one rsqrt table (PyTorch's own uses var_mean, or sqrt and a
+# reciprocal in eval mode); the running stats follow PyTorch's update (unbiased variance).
+# The squares, the variance and 1/std are annotated as statistics: ``passes.quantize`` fits
+# their formats to the profiled range (small variances need many fraction bits).
+
+def _statistics():
+    import torch.fx.traceback as fx_traceback
+
+    return fx_traceback.annotate({"fx2fpga_kind": "statistic"})
+
+
+def _bn_shape(x: torch.Tensor) -> list[int]:
+    return [1, -1] + [1] * (x.dim() - 2)
+
+
+def _bn_affine(out, weight, bias, shape):
+    if weight is not None:
+        out = out * weight.reshape(shape)
+    return out + bias.reshape(shape) if bias is not None else out
+
+
+def _batch_norm_functional(input, weight, bias, running_mean, running_var, training, momentum, eps):
+    if not training:
+        out, _, _ = _batch_norm_eval(input, weight, bias, running_mean, running_var, momentum, eps)
+        return out, running_mean.new_zeros(0), running_var.new_zeros(0), running_mean, running_var
+    dims, shape = [0] + list(range(2, input.dim())), _bn_shape(input)
+    n = input.numel() // input.shape[1]
+    mean = input.sum(dims) * (1.0 / n)
+    centered = input - mean.reshape(shape)
+    with _statistics():
+        var = (centered * centered).sum(dims) * (1.0 / n)
+        invstd = torch.rsqrt(var + eps)
+    out = _bn_affine(centered * invstd.reshape(shape), weight, bias, shape)
+    new_mean = running_mean * (1 - momentum) + mean * momentum
+    new_var = running_var * (1 - momentum) + var * (momentum * n / max(n - 1, 1))
+    return out, mean, invstd, new_mean, new_var
+
+
+def _batch_norm_no_stats(input, weight, bias, training, momentum, eps):
+    """BatchNorm without running stats: batch statistics, in training and in eval mode."""
+    zeros = input.new_zeros(input.shape[1])
+    out, mean, invstd, _, _ = _batch_norm_functional(input, weight, bias, zeros, zeros, True, momentum, eps)
+    return out, mean, invstd
+
+
+def _batch_norm_eval(input, weight, bias, running_mean, running_var, momentum, eps):
+    shape = _bn_shape(input)
+    with _statistics():
+        invstd = torch.rsqrt(running_var + eps)
+    out = _bn_affine((input - running_mean.reshape(shape)) * invstd.reshape(shape), weight, bias, shape)
+    return out, input.new_zeros(0), input.new_zeros(0)
+
+
 def decomposition_table() -> dict:
     from torch._decomp import core_aten_decompositions, get_decompositions
 
@@ -112,6 +222,10 @@ def decomposition_table() -> dict:
     table.update(get_decompositions([aten._log_softmax, aten._softmax, aten.mse_loss, aten.mse_loss_backward]))
     table[aten.nll_loss_forward.default] = _nll_loss_forward
     table[aten.nll_loss_backward.default] = _nll_loss_backward
+    table[aten.nll_loss2d_forward.default] = _nll_loss_forward  # (N, C, ...) inputs: refused clearly
+    table[aten._native_batch_norm_legit_functional.default] = _batch_norm_functional
+    table[aten._native_batch_norm_legit_no_training.default] = _batch_norm_eval
+    table[aten._native_batch_norm_legit.no_stats] = _batch_norm_no_stats
     return table
 
 
@@ -160,8 +274,10 @@ def trace_inference(model, example_inputs) -> torch.fx.GraphModule:
 
 # ----- training -------------------------------------------------------------------------
 
-def trace_training(model, example_inputs, train: SGD) -> torch.fx.GraphModule:
-    """The joint graph of one SGD step: (params, buffers, x, y) -> (loss, new params, new buffers)."""
+def trace_training(model, example_inputs, train: SGD | GD) -> torch.fx.GraphModule:
+    """The joint graph of one SGD step: (params, buffers, states, x, y) -> (loss, new params, new
+    buffers, new states). The states are the optimizer's velocities (``momentum:<param>``, with
+    momentum only); ``GD`` takes no x and y and its loss is the model's output."""
     from torch._dispatch.python import enable_python_dispatcher
     from torch.func import functional_call, functionalize, grad_and_value
     from torch.fx.experimental.proxy_tensor import make_fx
@@ -169,31 +285,40 @@ def trace_training(model, example_inputs, train: SGD) -> torch.fx.GraphModule:
 
     module = as_module(model).train()
     args = _as_tuple(example_inputs)
-    if len(args) != 1:
-        raise TraceError(f"training kernels take one input tensor (a batch), got {len(args)}")
+    gd = isinstance(train, GD)
+    if len(args) != (0 if gd else 1):
+        raise TraceError(f"training kernels take one input tensor (a batch), got {len(args)}" if not gd else
+                         "GD kernels take no inputs: compile f with fx2fpga.compile(f, (x0,), train=GD(...))")
     params = {k: v.detach() for k, v in module.named_parameters()}
     if not params:
         raise TraceError("the model has no parameters to train")
     buffers = {k: v.detach() for k, v in module.named_buffers()}
     pnames, bnames = list(params), list(buffers)
-    loss_fn, lr = train.loss, float(train.lr)
+    loss_fn, lr = (None if gd else train.loss), float(train.lr)
+    momentum, weight_decay = float(train.momentum), float(train.weight_decay)
+    states = {f"momentum:{k}": torch.zeros_like(v) for k, v in params.items()} if momentum else {}
+    n_state = len(pnames) + len(bnames)  # where the states start in the step's arguments
 
     def step(*flat):
         ps = dict(zip(pnames, flat[: len(pnames)], strict=True))
-        bs = dict(zip(bnames, flat[len(pnames): len(pnames) + len(bnames)], strict=True))
-        x, y = flat[len(pnames) + len(bnames):]
+        bs = dict(zip(bnames, flat[len(pnames): n_state], strict=True))
+        vs = dict(zip(pnames, flat[n_state: n_state + len(states)], strict=False))  # none without momentum
+        data = flat[n_state + len(states):]  # (x, y), or () for GD
 
-        def loss_of(p):
-            out = functional_call(module, (p, bs), (x,))
-            loss = loss_fn(out, y)
+        def loss_of(p, b):
+            b = {k: v.clone() for k, v in b.items()}  # BatchNorm updates its running stats in place
+            out = functional_call(module, (p, b), tuple(data[:1]))
+            loss = out if loss_fn is None else loss_fn(out, data[1])
             if loss.dim() != 0:
                 raise TraceError(f"the loss function must return a scalar, got shape {tuple(loss.shape)}")
-            return loss
+            return loss, b
 
-        grads, loss = grad_and_value(loss_of)(ps)
-        return (loss, *[ps[k] - lr * grads[k] for k in pnames], *[bs[k] for k in bnames])
+        grads, (loss, new_bs) = grad_and_value(loss_of, has_aux=True)(ps, bs)
+        new = {k: sgd_update(ps[k], grads[k], vs.get(k), lr, momentum, weight_decay) for k in pnames}
+        return (loss, *[new[k][0] for k in pnames], *[new_bs[k] for k in bnames], *[new[k][1] for k in vs])
 
-    flat_inputs = [*params.values(), *buffers.values(), args[0], train.example_targets]
+    targets = [] if gd else [train.example_targets]
+    flat_inputs = [*params.values(), *buffers.values(), *states.values(), *args, *targets]
     try:
         with enable_python_dispatcher(), preserve_node_meta():
             gm = make_fx(
@@ -208,17 +333,24 @@ def trace_training(model, example_inputs, train: SGD) -> torch.fx.GraphModule:
         raise TraceError(f"could not trace the training step: {type(e).__name__}: {e}") from e
 
     roles = [("param", k, params[k]) for k in pnames] + [("buffer", k, buffers[k]) for k in bnames]
-    roles += [("input", "x", None), ("target", "y", None)]
+    roles += [("state", k, v) for k, v in states.items()]
+    roles += [] if gd else [("input", "x", None), ("target", "y", None)]
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     for node, (role, name, value) in zip(placeholders, roles, strict=True):
         node.meta["fx2fpga_role"], node.meta["fx2fpga_name"] = role, name
         if value is not None:
             node.meta["fx2fpga_value"] = value.clone()
     _inherit_stack_traces(gm)
-    gm.meta["fx2fpga_outputs"] = ["loss"] + [f"param:{k}" for k in pnames] + [f"buffer:{k}" for k in bnames]
+    gm.meta["fx2fpga_outputs"] = (["loss"] + [f"param:{k}" for k in pnames] + [f"buffer:{k}" for k in bnames]
+                                  + [f"state:{k}" for k in states])
     gm.meta["fx2fpga_kind"] = "train_step"
     gm.meta["fx2fpga_lr"] = lr
     profile(gm, flat_inputs)
+    if states:  # once more from velocities at their bound g / (1 - momentum) (the step's v is g from 0)
+        with torch.no_grad():
+            new_vs = gm(*flat_inputs)[-len(states):]
+        at_bound = [v / (1.0 - momentum) for v in new_vs]
+        profile(gm, flat_inputs[:n_state] + at_bound + flat_inputs[n_state + len(states):])
     return gm
 
 
@@ -226,7 +358,9 @@ class _RangeRecorder(torch.fx.Interpreter):
     def run_node(self, n):
         result = super().run_node(n)
         if isinstance(result, torch.Tensor) and result.numel() and result.dtype.is_floating_point:
-            n.meta["fx2fpga_absmax"] = float(result.detach().abs().max())
+            # several runs (momentum) keep the widest range
+            n.meta["fx2fpga_absmax"] = max(n.meta.get("fx2fpga_absmax", 0.0), float(result.detach().abs().max()))
+            n.meta["fx2fpga_min"] = min(n.meta.get("fx2fpga_min", math.inf), float(result.detach().min()))
         return result
 
 
@@ -248,8 +382,16 @@ def _inherit_stack_traces(gm: torch.fx.GraphModule) -> None:
             node.meta["stack_trace"] = by_seq[node.meta["seq_nr"]]
 
 
-def trace(model, example_inputs, train: SGD | None = None) -> torch.fx.GraphModule:
-    """Trace ``model`` to a torch.fx graph: inference, or one SGD step when ``train`` is given."""
+def trace(model, example_inputs, train: SGD | GD | None = None) -> torch.fx.GraphModule:
+    """Trace ``model`` to a torch.fx graph: inference, or one SGD step when ``train`` is given.
+
+    With ``GD``, ``model`` is a function ``f(x)`` and ``example_inputs`` the point ``(x0,)``.
+    """
+    if isinstance(train, GD) and not isinstance(model, PointModule):
+        model, example_inputs = PointModule(model, _as_tuple(example_inputs)[0]), ()
+    from .passes.layers import check_modules
+
+    check_modules(as_module(model), training=train is not None)
     if train is None:
         return trace_inference(model, example_inputs)
     return trace_training(model, example_inputs, train)

@@ -14,7 +14,7 @@ import pytest
 from fx2fpga_runtime import interface
 from fx2fpga_runtime.csim import CXX_FLAGS, CsimBackend, ap_types_dir
 from fx2fpga_runtime.fixed import BOOL, Fixed
-from fx2fpga_runtime.ir import OPS, Access, Affine, Buffer, Kernel, Loop, Program, Stage
+from fx2fpga_runtime.ir import OPS, Access, Affine, Buffer, Guard, Kernel, Loop, Program, Stage
 from fx2fpga_runtime.runner import EmuBackend, KernelRunner
 
 from fx2fpga.codegen import hls
@@ -84,6 +84,11 @@ def zoo_kernel() -> Kernel:
        lanes=3, lane_var="j")
     ew("o_tab_x", "table", F("fixed<12,4>"), (A,), attrs={"table": "tbl", "lo": -120, "shift": 4})  # table's frac
     ew("o_tab_u", "table", F("ufixed<6,2,RND_CONV,SAT>"), (B,), attrs={"table": "tbl", "lo": 5, "shift": 2})
+    # guarded reads (padding): a[i-1][j+2] where 1 <= i and j < 6, else 0
+    shifted = (Affine((("i", 1),), -1), Affine((("j", 1),), 2))
+    pad = Access("a", shifted, (Guard(shifted[0], 4), Guard(shifted[1], 8)))
+    ew("o_pad", "add", F("fixed<9,3>"), (pad, B), lanes=3, lane_var="j")
+    ew("o_pad_tab", "table", F("fixed<8,2,RND,SAT>"), (pad,), attrs={"table": "tbl", "lo": -40, "shift": 3})
 
     def red(name, op, out_fmt, acc_fmt, loops, out_index, ins, reduce, lanes=1, lane_var=None):
         shape = tuple(lp.extent for lp in loops if lp.var in out_index)
@@ -113,6 +118,20 @@ def zoo_kernel() -> Kernel:
     red("r_sum_all", "sum", F("fixed<12,8>"), F("fixed<16,8>"), ij, (), (A,), ("i", "j"))
     red("r_max", "max", F("fixed<6,2>"), F("fixed<6,2,RND,SAT>"), ij, ("j",), (A,), ("i",), lanes=3, lane_var="j")
     red("r_max_all", "max", F("ufixed<6,2>"), F("ufixed<6,2>"), ij, (), (B,), ("i", "j"))
+    # argmax: the first maximum (p's 4-bit values tie often); guarded points are skipped
+    red("r_argmax", "argmax", F("fixed<16,16>"), F("fixed<4,2,TRN,SAT>"), ij, ("j",), (P,), ("i",))
+    red("r_argmax_all", "argmax", F("ufixed<8,8>"), F("fixed<3,2,TRN,SAT>"), ij, (), (P,), ("i", "j"))
+    window = Affine((("n", 2), ("j", 1)), -1)  # a pooling window over j, padded by 1
+    pooled = Access("a", (Affine.var("i"), window), (Guard(window, 8),))
+    red("r_max_pad", "max", F("fixed<8,3>"), F("fixed<8,3,TRN,SAT>"), (Loop("i", 4), Loop("n", 4), Loop("j", 3)),
+        ("i", "n"), (pooled,), ("j",))
+    red("r_argmax_pad", "argmax", F("fixed<16,16>"), F("fixed<8,3,TRN,SAT>"),
+        (Loop("i", 4), Loop("n", 4), Loop("j", 3)), ("i", "n"), (pooled,), ("j",))
+    # a transposed (strided) read: a[(i + j - 3) / 2][j] where i + j - 3 is even and in 0..7
+    e = Affine((("i", 1), ("j", 1)), -3)
+    strided = Access("a", (Affine(e.terms, e.const, 2), Affine.var("j")), (Guard(e, 8, 2),))
+    red("r_mac_strided", "mac", F("fixed<12,4>"), F("fixed<20,8>"), inj, ("i", "n"),
+        (strided, acc("m", "j", "n"), acc("bias", "n")), ("j",), lanes=5, lane_var="n")
 
     buffers = {buf.name: buf for buf in bufs}
     inputs = [buf.name for buf in bufs if buf.role == "input"]

@@ -11,7 +11,7 @@ from fx2fpga_runtime.runner import EmuBackend, KernelRunner
 from fx2fpga_runtime.testbench import VECTORS, vectors_text
 
 from .. import __version__, estimate
-from . import hls
+from . import hls, verilog
 from .hls import _env
 
 REGISTER_MAP = {  # Vitis HLS s_axilite layout of <name>_top(int cmd, int *in_words, int *out_words)
@@ -30,14 +30,14 @@ def golden_vectors(design) -> list[tuple[str, np.ndarray, np.ndarray]]:
         words_in = interface.pack(k, ins, raw)
         vectors.append((command, words_in, runner.backend.call(command, words_in)))
 
+    def example(program: str) -> dict:  # inputs x (and target y) in order; none for GD kernels
+        names = k.programs[program].inputs
+        return {b: k.buffers[b].fmt.quantize(design.example[e]) for b, e in zip(names, ("x", "y"), strict=False)}
+
     call("load_params", {p: np.asarray(k.buffers[p].init).reshape(k.buffers[p].shape) for p in k.params})
-    prog = k.programs["infer"]
-    call("infer", {prog.inputs[0]: k.buffers[prog.inputs[0]].fmt.quantize(design.example["x"])})
+    call("infer", example("infer"))
     if "train_step" in k.programs:
-        tp = k.programs["train_step"]
-        raw = {tp.inputs[0]: k.buffers[tp.inputs[0]].fmt.quantize(design.example["x"]),
-               tp.inputs[1]: k.buffers[tp.inputs[1]].fmt.quantize(design.example["y"])}
-        call("train_step", raw)
+        call("train_step", example("train_step"))
         call("read_params", {})
     return vectors
 
@@ -95,4 +95,5 @@ def project_files(design) -> dict[str, str]:
     files.update(hls.generate(k, __version__))
     files.update(hls.generate_testbench(k, vectors, __version__))
     files.update(_runtime_files())
+    files.update(verilog.project_files(k, __version__, design.target.clock_mhz))
     return dict(sorted(files.items()))

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from fx2fpga_runtime import interface
 from fx2fpga_runtime.fixed import Fixed
-from fx2fpga_runtime.ir import ARITY, OPS, REDUCTION_OPS, Access, Affine, Buffer, Kernel, Stage
+from fx2fpga_runtime.ir import ARITY, OPS, REDUCTION_OPS, Access, Affine, Buffer, Guard, Kernel, Stage
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from fx2fpga.errors import Fx2fpgaError
@@ -27,7 +27,7 @@ COMPARE_OPS = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": "
 _IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 # Names the generated code declares itself; buffers and loop variables must not take them.
 _RESERVED = {
-    "acc", "cmd", "in_words", "out_words", "offset", "pos", "raw_bits", "tbl_r", "tbl_i", "tbl_t",
+    "acc", "acc_idx", "cmd", "in_words", "out_words", "offset", "pos", "raw_bits", "tbl_r", "tbl_i", "tbl_t",
     "tbl_lo", "tbl_hi", "tbl_y", "main", "IN_WORDS", "OUT_WORDS",
     "auto", "bool", "break", "case", "char", "const", "continue", "default", "do", "double", "else",
     "enum", "extern", "float", "for", "goto", "if", "int", "long", "register", "return", "short",
@@ -81,13 +81,26 @@ def _affine_range(a: Affine, extents: dict[str, int]) -> tuple[int, int]:
     return lo, hi
 
 
+def _guarded_in_range(a: Affine, size: int, guards: tuple[Guard, ...]) -> bool:
+    """Whether a guard keeps index ``a`` inside ``0..size-1`` (and exact before its ``/``) where it holds."""
+    linear = (sorted(a.terms), a.const)
+    return not a.mod and any((sorted(g.expr.terms), g.expr.const) == linear and g.step % a.div == 0
+                             and (g.bound - 1) // a.div < size for g in guards)
+
+
 def _check_access(acc: Access, buf: Buffer, extents: dict[str, int], where: str) -> None:
     if len(acc.index) != len(buf.shape):
         raise HlsCodegenError(f"{where}: {acc.c_expr()} has {len(acc.index)} indices, {buf.name} has shape {buf.shape}")
+    for g in acc.guard:
+        if g.expr.div != 1 or g.expr.mod or g.step < 1 or any(v not in extents for v in g.expr.vars()):
+            raise HlsCodegenError(f"{where}: guard {g.c_expr()} of {acc.c_expr()} must be a linear expression of "
+                                  "the stage's loops with a step >= 1")
     for d, (a, size) in enumerate(zip(acc.index, buf.shape, strict=True)):
         unknown = [v for v in a.vars() if v not in extents]
         if unknown:
             raise HlsCodegenError(f"{where}: {acc.c_expr()} uses {unknown}, which are not loops of the stage")
+        if _guarded_in_range(a, size, acc.guard):
+            continue
         lo, hi = _affine_range(a, extents)
         if lo < 0 and (a.div != 1 or a.mod):
             raise HlsCodegenError(
@@ -118,6 +131,10 @@ def _check_stage(st: Stage, kernel: Kernel, where: str) -> None:
         raise HlsCodegenError(f"{where}: reduce vars {st.reduce} are not all loops of the stage")
     if st.reduce and st.acc is None:
         raise HlsCodegenError(f"{where}: a {st.op} reduction needs an accumulator format (stage.acc)")
+    if st.op == "argmax" and st.lanes > 1:
+        raise HlsCodegenError(f"{where}: argmax runs on one lane")
+    if st.out.guard or (st.reduce and len(st.ins) > arity and st.ins[arity].guard):
+        raise HlsCodegenError(f"{where}: only the operands of a stage may be guarded, not its output or init")
     if st.lanes > 1 and (st.lane_var not in extents or st.lane_var in st.reduce):
         raise HlsCodegenError(f"{where}: lanes={st.lanes} needs lane_var to be a loop that is not reduced")
     for acc in (st.out, *st.ins):
@@ -186,6 +203,7 @@ class StageView:
     lane_write: LoopView | None = None
     acc_type: str = ""
     init: str = ""  # C expression the accumulator starts from
+    position: str = ""  # argmax: the flat index of the current reduction point
     table: dict = field(default_factory=dict)
 
 
@@ -206,13 +224,33 @@ def _rename_vars(st: Stage, taken) -> Stage:
     if all(k == v for k, v in new.items()):
         return st
 
+    def aff(i: Affine) -> Affine:
+        return Affine(tuple((new[v], c) for v, c in i.terms), i.const, i.div, i.mod)
+
     def acc(a: Access) -> Access:
-        return Access(a.buffer, tuple(Affine(tuple((new[v], c) for v, c in i.terms), i.const, i.div, i.mod)
-                                      for i in a.index))
+        return Access(a.buffer, tuple(aff(i) for i in a.index), tuple(replace(g, expr=aff(g.expr)) for g in a.guard))
 
     return replace(st, loops=tuple(replace(lp, var=new[lp.var]) for lp in st.loops), out=acc(st.out),
                    ins=tuple(acc(a) for a in st.ins), reduce=tuple(new[v] for v in st.reduce),
                    lane_var=new.get(st.lane_var, st.lane_var))
+
+
+def _read(a: Access, kernel: Kernel, fallback: tuple[Fixed, int] | None = None) -> str:
+    """C expression of an operand; a guarded one reads 0 (or the raw ``fallback``) where its guard fails."""
+    if not a.guard:
+        return a.c_expr()
+    fmt, raw = fallback or (kernel.buffers[a.buffer].fmt, 0)
+    t = type_name(fmt)
+    return f"({a.guard_expr()} ? {t}({a.c_expr()}) : {t}({literal(raw, fmt)}))"
+
+
+def _flat_position(st: Stage) -> str:
+    """C expression of the row-major position over the reduce loops (argmax's index)."""
+    expr, stride = [], 1
+    for lp in reversed([lp for lp in st.loops if lp.var in st.reduce]):
+        expr.append(lp.var if stride == 1 else f"{stride}*{lp.var}")
+        stride *= lp.extent
+    return " + ".join(reversed(expr))
 
 
 def _zero_vars(acc: Access, names) -> Access:
@@ -244,7 +282,7 @@ def _stage_view(st: Stage, kernel: Kernel, func: str) -> StageView:
         if loops:
             loops[-1].pipeline = True  # the innermost loop that is not unrolled
         view = StageView(func, st, "elementwise", st.out.c_expr(), type_name(out_fmt),
-                         [a.c_expr() for a in st.ins], loops + ([lane] if lane else []))
+                         [_read(a, kernel) for a in st.ins], loops + ([lane] if lane else []))
         if st.op == "table":
             tbl = kernel.buffers[st.attrs["table"]]
             n, lo, shift = tbl.size - 1, int(st.attrs["lo"]), int(st.attrs["shift"])
@@ -255,16 +293,18 @@ def _stage_view(st: Stage, kernel: Kernel, func: str) -> StageView:
     loops, lane = _lane_loops(st, keep)
     red = [LoopView(f"{lp.var}_loop", lp.var, lp.extent) for lp in st.loops if lp.var in st.reduce]
     red[-1].pipeline = True
-    operands = {"mac": 2, "sum": 1, "max": 1}[st.op]
-    ins = [a.c_expr() for a in st.ins[:operands]]
+    operands = ARITY[st.op]
+    skip = (st.acc, st.acc.raw_min) if st.op in ("max", "argmax") else None  # a guarded-off point is skipped
+    ins = [_read(a, kernel, skip) for a in st.ins[:operands]]
     if len(st.ins) > operands:
         init = _zero_vars(st.ins[operands], st.reduce).c_expr()
-    elif st.op == "max":
+    elif st.op in ("max", "argmax"):
         init = literal(st.acc.raw_min, st.acc)
     else:
         init = "0"
     view = StageView(func, st, "reduce", _zero_vars(st.out, st.reduce).c_expr(), type_name(out_fmt), ins,
-                     loops, red, lane, acc_type=type_name(st.acc), init=init)
+                     loops, red, lane, acc_type=type_name(st.acc), init=init,
+                     position=_flat_position(st) if st.op == "argmax" else "")
     if lane:  # loop labels are per function: each copy of the lane loop gets its own
         view.lane_init = replace(lane, label=f"{lane.label}_init")
         view.lane_write = replace(lane, label=f"{lane.label}_write")
@@ -292,12 +332,17 @@ def _partitions(kernel: Kernel) -> list[dict]:
     return out
 
 
-def _buffer_view(buf: Buffer) -> dict:
+def _buffer_view(buf: Buffer, table: bool = False) -> dict:
+    """A buffer for the templates; a function table is a ROM of raw integers (``ap_int<W>``: g++
+    compiles those far faster than thousands of ``ap_fixed`` built from double literals)."""
     words = [literal(r, buf.fmt) for r in buf.init] if buf.init is not None else None
+    if table and words is not None:
+        words = [str(int(r)) for r in buf.init]
     loops = [LoopView(f"i{d}_loop", f"i{d}", n) for d, n in enumerate(buf.shape)]
     if loops:
         loops[-1].pipeline = True
-    return {"name": buf.name, "type": type_name(buf.fmt), "fmt": str(buf.fmt), "role": buf.role,
+    raw_type = f"ap_{'' if buf.fmt.signed else 'u'}int<{buf.fmt.width}>"
+    return {"name": buf.name, "type": raw_type if table else type_name(buf.fmt), "fmt": str(buf.fmt), "role": buf.role,
             "dims": "".join(f"[{n}]" for n in buf.shape), "index": "".join(f"[{lp.var}]" for lp in loops),
             "loops": loops, "shape": list(buf.shape), "init": words, "const": buf.role == "const" and words is not None,
             "source": buf.source, "width": buf.fmt.width, "size": buf.size}
@@ -351,7 +396,8 @@ def _context(kernel: Kernel, version: str) -> dict:
     unpacked = sorted({p["buffer"] for c in commands for p in c["ins"]}, key=list(kernel.buffers).index)
     packed = sorted({p["buffer"] for c in commands for p in c["outs"]}, key=list(kernel.buffers).index)
     in_words, out_words = interface.port_words(kernel)
-    buffers = [_buffer_view(b) for b in kernel.buffers.values()]
+    tables = {st.attrs["table"] for st in kernel.stages() if st.op == "table"}
+    buffers = [_buffer_view(b, b.name in tables) for b in kernel.buffers.values()]
     by_name = {b["name"]: b for b in buffers}
     return {
         "banner": f"// Automatically generated by fx2fpga {version} -- do not edit.",

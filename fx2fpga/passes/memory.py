@@ -60,7 +60,7 @@ def run(kernel: Kernel) -> Kernel:
     kernel.buffers = buffers
 
     def fix(acc: Access) -> Access:
-        return Access(rename.get(acc.buffer, acc.buffer), acc.index)
+        return Access(rename.get(acc.buffer, acc.buffer), acc.index, acc.guard)
 
     for st in kernel.stages():
         st.out, st.ins = fix(st.out), tuple(fix(a) for a in st.ins)

@@ -10,9 +10,10 @@ turns kinds into ``Fixed`` formats.
 from __future__ import annotations
 
 import keyword
+import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -21,6 +22,7 @@ from fx2fpga_runtime.fixed import Fixed
 from fx2fpga_runtime.ir import Access, Affine, Buffer, Kernel, Loop, Program, Stage
 
 from ..errors import UnsupportedOpError
+from . import layers
 from . import views as V
 from .views import NotAffine, View
 
@@ -150,6 +152,9 @@ class GraphLowering:
             return "bool"
         if not dtype.is_floating_point:
             return "integer"
+        annotated = (node.meta.get("custom") or {}).get("fx2fpga_kind")  # e.g. BatchNorm's statistics
+        if annotated and node in self.forward:
+            return annotated
         return "activation" if node in self.forward else "gradient"
 
     def value(self, arg) -> Value:
@@ -172,6 +177,12 @@ class GraphLowering:
         self.kb.add(Buffer(name, shape, PLACEHOLDER_FMT, "temp", kind, None, self.node.name))
         self.record_range(name, self.node)
         return View.identity(name, shape)
+
+    def record_param_range(self, buffer: str, node) -> None:
+        """Widen the profiled range of a persistent buffer to cover ``node``'s value too."""
+        if "fx2fpga_absmax" in node.meta:
+            absmax = self.kb.meta.setdefault("absmax", {})
+            absmax[buffer] = max(absmax.get(buffer, 0.0), node.meta["fx2fpga_absmax"])
 
     def record_range(self, buffer: str, node) -> None:
         """The largest magnitude profiled for the node's value (``frontend.profile``)."""
@@ -226,6 +237,8 @@ class GraphLowering:
             self.node = node
             if node.op == "placeholder":
                 self.values[node] = self.placeholder(node)
+            elif node.op == "call_function" and not node.users:
+                pass  # dead (an unused output of a decomposition, e.g. BatchNorm's reserve tensor)
             elif node.op == "call_function":
                 self.values[node] = self.call(node)
             elif node.op == "output":
@@ -242,9 +255,15 @@ class GraphLowering:
         shape = self.shape(node)
         if role == "param":
             return View.identity(self.kb.param(name, node.meta["fx2fpga_value"], "weight"), shape)
-        if role == "buffer":
-            raise UnsupportedOpError("model buffer " + name, "", supported_ops(),
-                                     "models with buffers (e.g. BatchNorm running stats) come in a later release")
+        if role == "buffer":  # persists on chip like a parameter (running stats: activation formats)
+            value = node.meta["fx2fpga_value"]
+            buf = self.kb.param(name, value, "activation" if value.dtype.is_floating_point else "integer")
+            self.record_param_range(buf, node)
+            return View.identity(buf, shape)
+        if role == "state":  # optimizer state (momentum:<param>): persists on chip, gradient formats
+            buf = self.kb.param(name, node.meta["fx2fpga_value"], "gradient")
+            self.record_param_range(buf, node)
+            return View.identity(buf, shape)
         buf_name = self.kb.unique(f"{self.prefix}_{name}")
         kind = self.kind_of(node)
         self.kb.add(Buffer(buf_name, shape, PLACEHOLDER_FMT, role, kind, None, name))
@@ -290,7 +309,14 @@ class GraphLowering:
                 self.update_param(val, self.kb.param(role[6:], torch.zeros(0), "weight"))
                 continue
             if role.startswith("buffer:"):
-                raise UnsupportedOpError("model buffer update", "", supported_ops())
+                buf = self.kb.param(role[7:], torch.zeros(0), "activation")
+                if not (isinstance(val, View) and val == View.identity(buf, self.kb.buffers[buf].shape)):
+                    self.record_param_range(buf, node)
+                    self.update_param(val, buf)  # a buffer the step does not change needs no stage
+                continue
+            if role.startswith("state:"):
+                self.update_state(val, self.kb.param(role[6:], torch.zeros(0), "gradient"))
+                continue
             name = f"{self.prefix}_{role}"
             v = self.view(val)
             buf = self.kb.buffers[v.buffer]
@@ -306,11 +332,14 @@ class GraphLowering:
         buf = self.kb.buffers.pop(old)
         buf.name = new
         self.kb.buffers[new] = buf
+        absmax = self.kb.meta.get("absmax", {})
+        if old in absmax:  # the profiled range goes with the buffer
+            absmax[new] = absmax.pop(old)
         for st in self.stages:
             if st.out.buffer == old:
                 st.out = Access(new, st.out.index)
                 st.name = new
-            st.ins = tuple(Access(new, a.index) if a.buffer == old else a for a in st.ins)
+            st.ins = tuple(Access(new, a.index, a.guard) if a.buffer == old else a for a in st.ins)
         return new
 
     def update_param(self, val: Value, param: str) -> None:
@@ -336,6 +365,28 @@ class GraphLowering:
                                  View.identity(param, shape).access(mapping, ext), (v.access(mapping, ext),),
                                  origin=f"update of {self.kb.param_names[param]}"))
 
+    def update_state(self, val: Value, param: str) -> None:
+        """Write an optimizer state's new value (a momentum velocity) into its buffer.
+
+        The velocity is also read after it is computed (``p -= lr * v``): the stage computing it
+        writes the state buffer in place and those later readers read the buffer, so the value
+        has the buffer's (wider) format and needs no copy. Else as ``update_param``.
+        """
+        v = self.view(val)
+        producer = next((s for s in reversed(self.stages) if s.out.buffer == v.buffer), None)
+        if (producer is None or producer.reduce or not v.is_identity() or self.kb.buffers[v.buffer].role != "temp"
+                or sum(isinstance(self.values.get(o), View) and self.values[o].buffer == v.buffer
+                       for o in self.outputs) > 1):
+            return self.update_param(val, param)
+        pos = self.stages.index(producer)
+        if any(a.buffer == param for s in self.stages[pos + 1:] for a in s.ins):  # the old value is read later
+            return self.update_param(val, param)
+        del self.kb.buffers[v.buffer]
+        for st in self.stages[pos:]:
+            st.ins = tuple(replace(a, buffer=param) if a.buffer == v.buffer else a for a in st.ins)
+        producer.out = replace(producer.out, buffer=param)
+        producer.name = f"{self.prefix}_update_{param}"
+
 
 # ----- the rules -------------------------------------------------------------------------------
 
@@ -358,19 +409,79 @@ def _add_sub(op: str):
 
 
 def _div(lw: GraphLowering, node) -> View:
-    b = lw.value(node.args[1])
-    if not isinstance(b, Const):
-        raise lw.unsupported("division by a tensor computed on chip (divide by a constant instead)")
     if node.kwargs.get("rounding_mode") is not None:
         raise lw.unsupported("div with rounding_mode")
+    b = lw.value(node.args[1])
+    if not isinstance(b, Const):  # a tensor computed on chip: times its reciprocal
+        return lw.emit("mul", lw.shape(), [lw.value(node.args[0]), _reciprocal_of(lw, node.args[1])])
     return lw.emit("mul", lw.shape(), [lw.value(node.args[0]), Const(1.0 / b.value.double())])
 
 
-def _pow(lw: GraphLowering, node) -> View:
-    if node.args[1] != 2:
-        raise lw.unsupported(f"pow with exponent {node.args[1]} (only 2 is supported)")
-    x = lw.value(node.args[0])
-    return lw.emit("mul", lw.shape(), [x, x])
+def _reciprocal_of(lw: GraphLowering, arg) -> View:
+    """``1 / b`` for an on-chip tensor ``b``: a table over ``[min / 2, the format's max]``, ``min``
+    the smallest value profiled for ``b``. Divisors must be positive; below ``min / 2`` the
+    table gives ``2 / min``."""
+    low = arg.meta.get("fx2fpga_min") if isinstance(arg, torch.fx.Node) else None
+    if low is None or not low > 0:
+        raise lw.unsupported(f"division by a tensor that is not positive on the example values (min {low}); "
+                             "the reciprocal table covers positive divisors only")
+    out = lw.emit("table", lw.shape(arg), [lw.value(arg)], attrs={"fn": "reciprocal", "x_min": low / 2},
+                  suffix="_recip")
+    lw.kb.meta.setdefault("absmax", {})[out.buffer] = 2.0 / low
+    return out
+
+
+def _reciprocal(lw: GraphLowering, node) -> View:
+    return _reciprocal_of(lw, node.args[0])
+
+
+def _periodic(fn: str):
+    """``sin``/``cos`` with the argument reduced to [-pi, pi] by ops of the IR: ``k = round(x / 2pi)``
+    (assigned to an integer format), ``r = x - 2pi * k``; then a fine table over [-4, 4]."""
+    def rule(lw: GraphLowering, node) -> View:
+        arg, shape = node.args[0], lw.shape()
+        x = lw.value(arg)
+        k = lw.emit("mul", shape, [x, Const(torch.tensor(0.5 / math.pi, dtype=torch.float64))], out_kind="integer",
+                    suffix="_turns")
+        whole = lw.emit("mul", shape, [k, Const(torch.tensor(2 * math.pi, dtype=torch.float64))], suffix="_whole")
+        r = lw.emit("sub", shape, [x, whole], suffix="_reduced")
+        absmax = lw.kb.meta.setdefault("absmax", {})
+        absmax[whole.buffer] = (arg.meta.get("fx2fpga_absmax", 0.0) if isinstance(arg, torch.fx.Node) else 0.0) + 4
+        absmax[r.buffer] = 4.0
+        return lw.emit("table", shape, [r], attrs={"fn": fn})
+    return rule
+
+
+def _pow(lw: GraphLowering, node) -> Value:
+    e = node.args[1]
+    if not (isinstance(e, (int, float)) and float(e) in (1.0, 2.0, 3.0, 4.0)):
+        raise lw.unsupported(f"pow with exponent {e} (exponents 1, 2, 3 and 4 are supported)")
+    x = y = lw.value(node.args[0])
+    for _ in range(int(e) - 1):
+        y = lw.emit("mul", lw.shape(), [y, x])
+    return y
+
+
+def _slice_scatter(lw: GraphLowering, node) -> View:
+    """``base`` with ``src`` written into ``base[start::step]`` along ``dim``: ``select(mask, src', base)``
+    where ``src'`` reads ``src`` at ``((i - start) // step) % len``, an index in range everywhere."""
+    base, src = lw.value(node.args[0]), lw.view(lw.value(node.args[1]))
+    args, shape = list(node.args) + [None] * 4, lw.shape()
+    dim = (args[2] or 0) % len(shape)
+    start, step, n = args[3] or 0, args[5] or 1, src.shape[dim]
+    start = start + shape[dim] if start < 0 else start
+    mask = torch.zeros(shape, dtype=torch.bool)
+    mask[(slice(None),) * dim + (slice(start, start + n * step, step),)] = True
+    ext = {V.dim_var(i): s for i, s in enumerate(shape)}
+    old = {V.dim_var(i): Affine.var(V.dim_var(i)) for i in range(len(shape))}
+    old[V.dim_var(dim)] = Affine(((V.dim_var(dim), 1),), n * step * -(-start // (n * step)) - start, step, n)
+    try:
+        placed = src.remap(shape, old, ext)
+    except NotAffine:
+        placed = lw.materialize(src).remap(shape, old, ext)
+    if isinstance(base, Const) and base.value.numel() and bool((base.value == base.value.reshape(-1)[0]).all()):
+        base = Const(base.value.reshape(-1)[0])  # a constant fill: one scalar, not an array
+    return lw.emit("select", shape, [Const(mask), placed, base])
 
 
 def _table(fn: str):
@@ -421,6 +532,8 @@ def _reduction(op: str, scale_mean: bool = False):
             n = 1
             for s in red_shape:
                 n *= s
+            if "fx2fpga_absmax" in node.meta:  # the sum is up to n times the mean
+                lw.kb.meta.setdefault("absmax", {})[out.buffer] = node.meta["fx2fpga_absmax"] * n
             out = lw.emit("mul", out_shape, [out, Const(torch.tensor(1.0 / n, dtype=torch.float64))])
         return out
     return rule
@@ -532,6 +645,11 @@ RULES: dict = {
     aten.log.default: _table("log"),
     aten.sigmoid.default: _table("sigmoid"),
     aten.tanh.default: _table("tanh"),
+    aten.sin.default: _periodic("sin"),
+    aten.cos.default: _periodic("cos"),
+    aten.reciprocal.default: _reciprocal,
+    aten.slice_scatter.default: _slice_scatter,
+    aten.rsqrt.default: _table("rsqrt"),
     aten.sum.dim_IntList: _reduction("sum"),
     aten.sum.default: _reduction("sum"),
     aten.mean.dim: _reduction("sum", scale_mean=True),
@@ -555,6 +673,7 @@ RULES: dict = {
     aten.detach.default: _identity,
     aten.lift_fresh_copy.default: _identity,
     aten._to_copy.default: _to_copy,
+    **layers.RULES,  # convolution, pooling (passes/layers.py)
 }
 
 CONSTANT_OPS = {
@@ -566,7 +685,8 @@ SHAPE_ONLY_OPS = {aten.full_like.default, aten.zeros_like.default, aten.ones_lik
 
 def supported_ops() -> list[str]:
     """Names of the ATen ops that lower to the kernel IR."""
-    return sorted({f"aten.{op.__name__}" for op in list(RULES) + list(CONSTANT_OPS)})
+    return sorted({f"aten.{op.__name__}" for op in list(RULES) + list(CONSTANT_OPS)
+                   if isinstance(op, torch._ops.OpOverload)})
 
 
 def run(graphs: list[torch.fx.GraphModule], name: str) -> Kernel:

@@ -20,6 +20,7 @@ from ..errors import PrecisionError
 
 MAX_ACC_WIDTH = 62
 TABLE_SEGMENTS = 1024  # at most this many linear segments per function table
+MAX_TABLE_SEGMENTS = 4096  # sin, cos, reciprocal: more where 1024 leave more than half an ulp
 
 
 def _fmt(spec, what: str) -> Fixed:
@@ -92,6 +93,8 @@ def run(kernel: Kernel, precision: Precision) -> Kernel:
         buf.fmt = override or _buffer_format(buf, precision, const_values.get(buf.name))
         if override is None and buf.name in absmax and buf.kind in ("activation", "gradient"):
             buf.fmt = widen_to_range(buf.fmt, absmax[buf.name], precision.range_margin_bits)
+        if override is None and buf.kind == "statistic":
+            buf.fmt = fit_to_range(buf.fmt, absmax.get(buf.name, 0.0), STATISTIC_MARGIN_BITS)
         if buf.role == "const":
             buf.init = tuple(int(v) for v in buf.fmt.quantize(const_values[buf.name]))
         if buf.role == "param":
@@ -128,7 +131,20 @@ def _buffer_format(buf: Buffer, p: Precision, const_values) -> Fixed:
         return _const_format(np.asarray(const_values, dtype=np.float64), p)
     if buf.kind == "integer":
         return Fixed(p.integer_width, p.integer_width)
-    return {"weight": p.weight, "activation": p.activation, "gradient": p.gradient}[buf.kind]
+    return {"weight": p.weight, "activation": p.activation, "gradient": p.gradient,
+            "statistic": p.gradient}[buf.kind]  # statistics: the gradients' width, fitted by ``run``
+
+
+STATISTIC_MARGIN_BITS = 4  # BatchNorm's variance may grow 16x over its profiled value before saturating
+
+
+def fit_to_range(fmt: Fixed, absmax: float, margin_bits: int) -> Fixed:
+    """``fmt``'s width with just enough integer bits for ``absmax`` times 2**margin, the rest
+    fraction (a variance of 0.01 gets many more fraction bits than an activation)."""
+    if absmax <= 0:
+        return fmt
+    int_bits = math.floor(math.log2(absmax)) + 2 + margin_bits
+    return Fixed(fmt.width, int_bits, fmt.signed, fmt.rounding, fmt.overflow)
 
 
 def widen_to_range(fmt: Fixed, absmax: float, margin_bits: int) -> Fixed:
@@ -144,7 +160,8 @@ def widen_to_range(fmt: Fixed, absmax: float, margin_bits: int) -> Fixed:
 
 def _const_format(values: np.ndarray, p: Precision) -> Fixed:
     peak = float(np.max(np.abs(values))) if values.size else 0.0
-    int_bits = max(1, math.floor(math.log2(peak)) + 2) if peak > 0 else 1
+    # small constants (a learning rate of 5e-4) get negative integer bits: full relative precision
+    int_bits = max(-16, math.floor(math.log2(peak)) + 2) if peak > 0 else 1
     if values.size and np.all(values == np.round(values)):
         return Fixed(max(2, int_bits), max(2, int_bits))  # an exact integer format
     return Fixed(max(p.constant_width, int_bits + 2), int_bits)
@@ -161,7 +178,7 @@ def _check_product(stage: Stage, kernel: Kernel) -> None:
 def _accumulator(stage: Stage, kernel: Kernel, p: Precision) -> Fixed:
     fin = [kernel.buffers[a.buffer].fmt for a in stage.ins]
     out = kernel.buffers[stage.out.buffer].fmt
-    if stage.op == "max":
+    if stage.op in ("max", "argmax"):
         return fin[0].with_modes("TRN", "SAT")
     if p.accumulator != "auto":
         return p.accumulator
@@ -187,17 +204,37 @@ def _domain(fn: str, fin: Fixed, fout: Fixed) -> tuple[float, float]:
     if fn == "exp":
         lo = max(lo, math.log(fout.ulp / 2))
         hi = min(hi, math.log(fout.max_value))
-    elif fn == "log":
+    elif fn in ("log", "rsqrt"):
         lo = max(lo, fin.ulp)
     elif fn in ("sigmoid", "tanh"):
         lo, hi = max(lo, -16.0), min(hi, 16.0)
+    elif fn in ("sin", "cos"):  # normalize reduces the argument to [-pi, pi]
+        lo, hi = max(lo, -4.0), min(hi, 4.0)
+    elif fn == "reciprocal":
+        lo = max(lo, fin.ulp)
     return lo, hi
+
+
+def _segments(fn: str, lo: float, hi: float, fout: Fixed) -> int:
+    """How many segments a table gets: ``TABLE_SEGMENTS``, or for sin, cos and reciprocal the
+    fewest (a power of two, at most ``MAX_TABLE_SEGMENTS``) whose interpolation error
+    ``h**2 / 8 * max|f''|`` is at most half an output ulp."""
+    curvature = {"sin": 1.0, "cos": 1.0, "reciprocal": 2.0 / max(lo, 1e-9) ** 3,
+                 "rsqrt": 0.75 / max(lo, 1e-9) ** 2.5}.get(fn)
+    n = TABLE_SEGMENTS
+    while curvature is not None and n < MAX_TABLE_SEGMENTS and ((hi - lo) / n) ** 2 / 8 * curvature > fout.ulp / 2:
+        n *= 2
+    return n
 
 
 FUNCTIONS = {
     "exp": np.exp,
     "log": np.log,
     "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
+    "rsqrt": lambda x: 1.0 / np.sqrt(x),
+    "sin": np.sin,
+    "cos": np.cos,
+    "reciprocal": lambda x: 1.0 / x,
     "tanh": np.tanh,
 }
 
@@ -207,16 +244,20 @@ def _build_table(stage: Stage, kernel: Kernel) -> None:
     fin = kernel.buffers[stage.ins[0].buffer].fmt
     fout = kernel.buffers[stage.out.buffer].fmt
     lo, hi = _domain(fn, fin, fout)
+    lo = max(lo, float(stage.attrs.get("x_min", lo)))  # a lower bound known from profiling (reciprocal)
     raw_lo, raw_hi = math.ceil(lo / fin.ulp), math.floor(hi / fin.ulp)
     if raw_hi <= raw_lo:
         raw_hi = raw_lo + 1
     span = raw_hi - raw_lo
-    shift = max(0, math.ceil(math.log2(span / TABLE_SEGMENTS))) if span > TABLE_SEGMENTS else 0
+    segments = _segments(fn, lo, hi, fout)
+    shift = max(0, math.ceil(math.log2(span / segments))) if span > segments else 0
     n = -(-span // (1 << shift))
     xs = (raw_lo + (np.arange(n + 1, dtype=np.int64) << shift)) * fin.ulp
     tfmt = fout.with_modes(overflow="SAT")
-    entries = tfmt.quantize(FUNCTIONS[fn](xs))
-    name = f"{stage.name}_table"
-    kernel.buffers[name] = Buffer(name, (n + 1,), tfmt, "const", "const", tuple(int(v) for v in entries),
-                                  f"{fn} table for {stage.name}")
+    entries = tuple(int(v) for v in tfmt.quantize(FUNCTIONS[fn](xs)))
+    name = next((b.name for b in kernel.buffers.values() if b.role == "const" and b.fmt == tfmt
+                 and b.source.startswith(f"{fn} table") and b.init == entries), None)  # the same table: shared
+    if name is None:
+        name = f"{stage.name}_table"
+        kernel.buffers[name] = Buffer(name, (n + 1,), tfmt, "const", "const", entries, f"{fn} table for {stage.name}")
     stage.attrs.update({"table": name, "lo": int(raw_lo), "shift": int(shift)})

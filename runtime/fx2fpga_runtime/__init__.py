@@ -13,7 +13,7 @@ from .fixed import Fixed
 from .ir import Kernel
 from .runner import EmuBackend, KernelRunner
 
-BACKENDS = ("emu", "csim", "pynq")
+BACKENDS = ("emu", "csim", "rtl", "pynq")
 __version__ = "0.1.0"
 
 
@@ -32,6 +32,12 @@ def make_backend(kernel: Kernel, backend: str, project_dir: str | Path | None = 
         if project_dir is None:
             raise ValueError("the csim backend needs a project folder: compile with out_dir=... first")
         return CsimBackend(kernel, Path(project_dir))
+    if backend == "rtl":
+        from .rtl import RtlBackend
+
+        if project_dir is None:
+            raise ValueError("the rtl backend needs a project folder: compile with out_dir=... first")
+        return RtlBackend(kernel, Path(project_dir))
     if backend == "pynq":
         from .pynq_backend import PynqBackend
 

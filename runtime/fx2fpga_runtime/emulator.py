@@ -64,11 +64,28 @@ def _eval_affine(a: Affine, grid: dict[str, np.ndarray], shape: tuple[int, ...])
     return v
 
 
+def _guard_mask(access: Access, grid, shape) -> np.ndarray | None:
+    """Where every guard of ``access`` holds (``None``: unguarded)."""
+    if not access.guard:
+        return None
+    mask = np.ones(shape, dtype=bool)
+    for g in access.guard:
+        e = _eval_affine(g.expr, grid, shape)
+        mask &= (e >= 0) & (e < g.bound) & (e % g.step == 0)
+    return mask
+
+
 def _load(access: Access, mem, grid, shape) -> np.ndarray:
+    """The values read; a guarded-off point reads 0 (its index is never used)."""
     arr = mem[access.buffer]
     if not access.index:
         return np.broadcast_to(arr.reshape(()), shape)
-    return arr[tuple(_eval_affine(i, grid, shape) for i in access.index)]
+    index = tuple(_eval_affine(i, grid, shape) for i in access.index)
+    mask = _guard_mask(access, grid, shape)
+    if mask is None:
+        return arr[index]
+    safe = tuple(np.where(mask, i, 0) for i in index)
+    return np.where(mask, arr[safe], 0)
 
 
 def _elementwise(op: str, vals: list[np.ndarray], fmts: list[Fixed], stage: Stage, kernel: Kernel):
@@ -160,8 +177,15 @@ def run_stage(stage: Stage, kernel: Kernel, mem: dict[str, np.ndarray]) -> None:
 
         acc = stage.acc
         out_grid = {k: flat(v)[..., 0] for k, v in grid.items()}
-        if stage.op == "max":
+        if stage.op in ("max", "argmax"):
             v = acc.from_raw(flat(vals[0]), fmts[0].frac_bits)
+            mask = _guard_mask(stage.ins[0], grid, shape)
+            if mask is not None:  # guarded-off points are skipped: they read the acc minimum
+                v = np.where(flat(mask), v, acc.raw_min)
+            if stage.op == "argmax":  # np.argmax takes the first maximum, as the sequential ``>`` does
+                result = out_buf.fmt.from_raw(np.argmax(v, axis=-1) if n_red else np.zeros(out_shape, np.int64), 0)
+                _store(stage, mem, out_grid, result)
+                return
             result_acc = np.maximum(np.full(out_shape, acc.raw_min, dtype=np.int64), v.max(axis=-1))
         else:
             n_operands = 2 if stage.op == "mac" else 1
@@ -178,8 +202,11 @@ def run_stage(stage: Stage, kernel: Kernel, mem: dict[str, np.ndarray]) -> None:
             result_acc = _accumulate(terms, tf, init, acc)
         result = out_buf.fmt.from_raw(result_acc, acc.frac_bits)
 
-    out_shape_now = result.shape
-    out_index = tuple(_eval_affine(i, out_grid, out_shape_now) for i in stage.out.index)
+    _store(stage, mem, out_grid, result)
+
+
+def _store(stage: Stage, mem: dict[str, np.ndarray], out_grid, result: np.ndarray) -> None:
+    out_index = tuple(_eval_affine(i, out_grid, result.shape) for i in stage.out.index)
     if out_index:
         mem[stage.out.buffer][out_index] = result
     else:

@@ -30,6 +30,19 @@ end ``acc`` is assigned to ``out``.
 - ``mac(a, b[, init])``: ``acc += a * b``
 - ``sum(a[, init])``: ``acc += a``
 - ``max(a)``: ``acc = max(acc, a)``
+- ``argmax(a)``: the position of the first maximum. ``acc`` starts at its format's minimum and
+  a position counter ``idx`` at 0; at each point ``p`` (the row-major flat index over the
+  reduce loops, in their order), ``if (acc(a) > acc) {acc = acc(a); idx = p;}``; at the end
+  ``idx`` (an integer) is assigned to ``out``. Ties keep the earlier point, as PyTorch's
+  max-pool indices do.
+
+Guarded reads (padding, strided transposed convolutions): an input ``Access`` may carry
+``guard``, a tuple of ``Guard(expr, bound, step)`` over loop variables, each true when
+``0 <= expr < bound and expr % step == 0`` (``expr`` an ``Affine`` without div/mod). Where
+every guard holds the read is an ordinary one; where one fails the buffer is not read (its
+index need not be in range) and the value read is 0, except in ``max``/``argmax``, where the
+point is skipped (equivalently: it reads the accumulator format's minimum). Outputs and the
+init input of a reduction are never guarded.
 
 ``stage.lanes`` copies of the datapath work on ``lanes`` consecutive values of the
 non-reduced loop ``stage.lane_var`` at once; the results do not depend on it.
@@ -46,12 +59,12 @@ ELEMENTWISE_OPS = (
     "copy", "neg", "relu", "add", "sub", "mul", "select",
     "eq", "ne", "lt", "le", "gt", "ge", "table",
 )
-REDUCTION_OPS = ("mac", "sum", "max")
+REDUCTION_OPS = ("mac", "sum", "max", "argmax")
 OPS = ELEMENTWISE_OPS + REDUCTION_OPS
 ARITY = {
     "copy": 1, "neg": 1, "relu": 1, "table": 1,
     "add": 2, "sub": 2, "mul": 2, "eq": 2, "ne": 2, "lt": 2, "le": 2, "gt": 2, "ge": 2,
-    "select": 3, "mac": 2, "sum": 1, "max": 1,
+    "select": 3, "mac": 2, "sum": 1, "max": 1, "argmax": 1,
 }
 ROLES = ("param", "input", "target", "output", "temp", "const")
 
@@ -74,10 +87,10 @@ class Affine:
 
     def c_expr(self) -> str:
         """C expression, e.g. ``2*oh + kh - 1`` (also valid Python)."""
-        parts = []
+        s = ""
         for v, c in self.terms:
-            parts.append(v if c == 1 else f"{c}*{v}")
-        s = " + ".join(parts) if parts else ""
+            term = v if abs(c) == 1 else f"{abs(c)}*{v}"
+            s = (f"-{term}" if c < 0 else term) if not s else f"{s} {'-' if c < 0 else '+'} {term}"
         if self.const:
             s = f"{s} {'+' if self.const > 0 else '-'} {abs(self.const)}" if s else str(self.const)
         s = s or "0"
@@ -89,14 +102,40 @@ class Affine:
 
 
 @dataclass(frozen=True)
+class Guard:
+    """True where ``0 <= expr < bound and expr % step == 0`` (``expr`` has no div or mod)."""
+
+    expr: Affine
+    bound: int
+    step: int = 1
+
+    def c_expr(self) -> str:
+        """C condition, e.g. ``(h + kh - 1 >= 0 && h + kh - 1 < 8)``; ``&&`` keeps ``%`` off negatives."""
+        e = self.expr.c_expr()
+        cond = f"{e} >= 0 && {e} < {self.bound}"
+        if self.step != 1:
+            cond += f" && ({e}) % {self.step} == 0"
+        return f"({cond})"
+
+
+@dataclass(frozen=True)
 class Access:
-    """``buffer[index[0]][index[1]]...``; a scalar buffer has an empty index."""
+    """``buffer[index[0]][index[1]]...``; a scalar buffer has an empty index.
+
+    ``guard``: conditions under which the read happens; elsewhere it yields 0 (see the module
+    docstring).
+    """
 
     buffer: str
     index: tuple[Affine, ...]
+    guard: tuple[Guard, ...] = ()
 
     def c_expr(self) -> str:
         return self.buffer + "".join(f"[{i.c_expr()}]" for i in self.index)
+
+    def guard_expr(self) -> str:
+        """The C condition of the guard (``""`` when unguarded)."""
+        return " && ".join(g.c_expr() for g in self.guard)
 
 
 @dataclass(frozen=True)
@@ -113,7 +152,7 @@ class Buffer:
     shape: tuple[int, ...]
     fmt: Fixed
     role: str = "temp"
-    kind: str = "activation"  # activation | weight | gradient | bool | integer | const
+    kind: str = "activation"  # activation | weight | gradient | statistic | bool | integer | const
     init: tuple[int, ...] | None = None
     source: str = ""
 
@@ -201,7 +240,8 @@ def _affine_from(d: dict) -> Affine:
 
 
 def _access_from(d: dict) -> Access:
-    return Access(d["buffer"], tuple(_affine_from(i) for i in d["index"]))
+    guard = tuple(Guard(_affine_from(g["expr"]), g["bound"], g["step"]) for g in d.get("guard", ()))
+    return Access(d["buffer"], tuple(_affine_from(i) for i in d["index"]), guard)
 
 
 def _buffer_from(d: dict) -> Buffer:
@@ -223,6 +263,6 @@ def _program_from(d: dict) -> Program:
 
 
 __all__ = [
-    "Access", "Affine", "Buffer", "Fixed", "Kernel", "Loop", "Program", "Stage",
+    "Access", "Affine", "Buffer", "Fixed", "Guard", "Kernel", "Loop", "Program", "Stage",
     "OPS", "ELEMENTWISE_OPS", "REDUCTION_OPS", "ARITY", "ROLES", "replace",
 ]

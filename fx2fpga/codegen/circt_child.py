@@ -1,0 +1,455 @@
+"""Child process of ``controller.py``: build the controller as CIRCT IR, verify it, lower it to SystemVerilog.
+
+Run as ``python circt_child.py`` with the controller spec (JSON, made by ``codegen/verilog.py``)
+on stdin; answers ``{file name: text}`` (JSON) on stdout. Exit code 3: the IR did not verify;
+4: a pass or the bindings failed; killed by a signal: CIRCT crashed. The parent turns each
+into a ``ControllerError``. This file imports only the standard library and ``circt``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+FSM_LOWERING = "builtin.module(convert-fsm-to-sv,canonicalize)"
+LOWERING = "builtin.module(lower-seq-to-sv,canonicalize,hw.module(hw-legalize-modules))"
+LOWERING_OPTIONS = "locationInfoStyle=none,disallowLocalVariables,disallowPackedArrays"
+CMD_BITS = 8
+ICMP = {"eq": 0, "ne": 1}
+
+
+class ControllerError(RuntimeError):
+    """The controller IR is not what CIRCT accepts."""
+
+
+class _Net:
+    """A tiny netlist builder over the circt bindings: constants, arithmetic, muxes, registers."""
+
+    def __init__(self, ir, hw, comb, seq, clk, rst):
+        self.ir, self.hw, self.comb, self.seq = ir, hw, comb, seq
+        self.clk, self.rst = clk, rst
+        self._consts: dict[tuple[int, int], object] = {}
+        self.dropped: list = []  # bits cut off on purpose (truncations, divisions): see `unused_bits`
+
+    def ty(self, width: int):
+        return self.ir.IntegerType.get_signless(width)
+
+    @staticmethod
+    def width(v) -> int:
+        return v.type.width
+
+    def const(self, value: int, width: int):
+        value &= (1 << width) - 1
+        if value >= 1 << (width - 1):
+            value -= 1 << width
+        key = (value, width)
+        if key not in self._consts:
+            self._consts[key] = self.hw.ConstantOp(self.ir.IntegerAttr.get(self.ty(width), value)).result
+        return self._consts[key]
+
+    def resize(self, v, width: int):
+        """Zero-extend or truncate ``v`` to ``width`` bits."""
+        w = self.width(v)
+        if w == width:
+            return v
+        if w > width:
+            return self.extract(v, 0, width)
+        return self.comb.ConcatOp([self.const(0, width - w), v]).result
+
+    def extract(self, v, low: int, width: int, keep_rest: bool = True):
+        """Bits ``low .. low+width-1`` of ``v``; the others are recorded in ``dropped``."""
+        w = self.width(v)
+        if keep_rest:
+            if low:
+                self.dropped.append(self.extract(v, 0, low, False))
+            if low + width < w:
+                self.dropped.append(self.extract(v, low + width, w - low - width, False))
+        return self.comb.ExtractOp(self.ty(width), v, self.ir.IntegerAttr.get(self.ty(32), low)).result
+
+    def add(self, *vs):
+        return vs[0] if len(vs) == 1 else self.comb.AddOp(list(vs)).result
+
+    def sub(self, a, b):
+        return self.comb.SubOp(a, b).result
+
+    def mul(self, a, b):
+        return self.comb.MulOp([a, b]).result
+
+    def divu(self, a, b):
+        return self.comb.DivUOp(a, b).result
+
+    def modu(self, a, b):
+        return self.comb.ModUOp(a, b).result
+
+    def cmp(self, pred: str, a, b):
+        return self.comb.ICmpOp(self.ir.IntegerAttr.get(self.ty(64), ICMP[pred]), a, b).result
+
+    def eq_const(self, v, value: int):
+        return self.cmp("eq", v, self.const(value, self.width(v)))
+
+    def and_(self, *vs):
+        vs = [v for v in vs if v is not True]
+        if not vs:
+            return self.const(1, 1)
+        return vs[0] if len(vs) == 1 else self.comb.AndOp(vs).result
+
+    def or_(self, *vs):
+        if not vs:
+            return self.const(0, 1)
+        return vs[0] if len(vs) == 1 else self.comb.OrOp(list(vs)).result
+
+    def not_(self, v):
+        return self.comb.XorOp([v, self.const(-1, self.width(v))]).result
+
+    def mux(self, c, t, f):
+        return self.comb.MuxOp(c, t, f).result
+
+    def select(self, cases, default):
+        """A priority chain of ``(condition, value)`` over ``default``."""
+        v = default
+        for cond, val in reversed(cases):
+            v = self.mux(cond, val, v)
+        return v
+
+    def wire(self, width: int):
+        """A placeholder value, replaced by ``connect`` (for feedback)."""
+        return self.hw.ConstantOp(self.ir.IntegerAttr.get(self.ty(width), 0))
+
+    @staticmethod
+    def connect(placeholder, value) -> None:
+        placeholder.result.replace_all_uses_with(value)
+        placeholder.operation.erase()
+
+    def reg(self, name: str, width: int, reset: int | None = 0):
+        """A clocked register; returns (its value, a function that sets its next value)."""
+        ph = self.wire(width)
+        kw = {"reset": self.rst, "reset_value": self.const(reset, width)} if reset is not None else {}
+        r = self.seq.CompRegOp(self.ty(width), ph.result, self.clk, name=name, **kw)
+        return r.result, lambda nxt: self.connect(ph, nxt)
+
+    def delayed(self, name: str, v, reset: int | None = 0):
+        q, set_next = self.reg(name, self.width(v), reset)
+        set_next(v)
+        return q
+
+
+def _split(net: _Net, bank, v, w: int, f: int, bw: int):
+    """Index ``v`` (``w`` bits) over ``f`` cyclic banks: (bank * f + v % f, v // f or None when 0)."""
+    if f & (f - 1) == 0:  # a power of two: the low bits choose the bank, the high bits the row
+        k = f.bit_length() - 1
+        bank = net.add(net.mul(bank, net.const(f, bw)), net.resize(net.resize(v, min(k, w)), bw))
+        return bank, (net.extract(v, k, w - k) if w > k else None)
+    bank = net.add(net.mul(bank, net.const(f, bw)), net.resize(net.modu(v, net.const(f, w)), bw))
+    return bank, net.divu(v, net.const(f, w))
+
+
+def _build_fsm(spec, ir, hw, comb, fsm):
+    """The command/phase state machine: inputs (cmd_valid, cmd, done), output the phase code."""
+    pw = spec["phase_bits"]
+    i1, i8, ip = ir.IntegerType.get_signless(1), ir.IntegerType.get_signless(CMD_BITS), ir.IntegerType.get_signless(pw)
+    mach = fsm.MachineOp(spec["fsm"], "IDLE", [("cmd_valid", i1), ("cmd", i8), ("done", i1)], [("phase", ip)])
+    mach.attributes["in_names"] = ir.ArrayAttr.get([ir.StringAttr.get(n) for n in ("cmd_valid", "cmd", "done")])
+    mach.attributes["out_names"] = ir.ArrayAttr.get([ir.StringAttr.get("phase")])
+    block = mach.body.blocks[0]
+    cmd_valid, cmd, done = block.arguments
+    state_of = {ph["id"]: f"P{ph['id']}_{ph['name']}" for ph in spec["phases"]}
+    nxt = {}
+    for c in spec["commands"]:
+        ids = c["phases"]
+        for a, b in zip(ids, ids[1:] + [0], strict=True):
+            nxt[a] = b
+    with ir.InsertionPoint(block):
+        def state(name: str, code: int, transitions):
+            st = fsm.StateOp(name)
+            with ir.InsertionPoint(st.output):
+                fsm.OutputOp([hw.ConstantOp(ir.IntegerAttr.get(ip, code)).result])
+            with ir.InsertionPoint(st.transitions):
+                for to, guard in transitions:
+                    t = fsm.TransitionOp(to)
+                    if guard is not None:
+                        t.set_guard(guard)
+
+        def starts(code: int):
+            def guard():
+                const = hw.ConstantOp(ir.IntegerAttr.get(i8, code)).result
+                hit = comb.ICmpOp(ir.IntegerAttr.get(ir.IntegerType.get_signless(64), 0), cmd, const).result
+                return comb.AndOp([cmd_valid, hit]).result
+            return guard
+
+        state("IDLE", 0, [(state_of[c["phases"][0]], starts(c["code"])) for c in spec["commands"]])
+        for ph in spec["phases"]:
+            to = state_of[nxt[ph["id"]]] if nxt[ph["id"]] else "IDLE"
+            state(state_of[ph["id"]], ph["id"], [(to, lambda: done)])
+    return mach
+
+
+def build(spec: dict):
+    """The controller of ``spec`` as a verified CIRCT module (call inside the child process)."""
+    import circt
+    from circt import ir
+    from circt.dialects import comb, fsm, hw, seq
+
+    ctx = ir.Context()
+    circt.register_dialects(ctx)
+    with ctx, ir.Location.unknown():
+        module = ir.Module.create()
+        module.operation.attributes["circt.loweringOptions"] = ir.StringAttr.get(LOWERING_OPTIONS)
+        i1 = ir.IntegerType.get_signless(1)
+        with ir.InsertionPoint(module.body):
+            _build_fsm(spec, ir, hw, comb, fsm)
+            inputs = [("clk", seq.ClockType.get()), ("rst", i1), ("cmd_valid", i1),
+                      ("cmd", ir.IntegerType.get_signless(CMD_BITS)), ("in_valid", i1)]
+            outputs = [(name, ir.IntegerType.get_signless(w)) for name, w in spec["outputs"]]
+
+            def body(mod):
+                args = dict(zip([n for n, _ in inputs], mod.entry_block.arguments, strict=True))
+                net = _Net(ir, hw, comb, seq, args["clk"], args["rst"])
+                return _body(spec, net, args, fsm, ir)
+
+            hw.HWModuleOp(name=spec["name"], input_ports=inputs, output_ports=outputs, body_builder=body)
+        if not module.operation.verify():
+            raise ControllerError("the controller IR does not verify")
+    return ctx, module
+
+
+def _body(spec: dict, net: _Net, args: dict, fsm, ir) -> dict:
+    phases = {ph["id"]: ph for ph in spec["phases"]}
+    pw, cw, m = spec["phase_bits"], spec["counter_bits"], spec["counters"]
+    out: dict[str, object] = {}
+
+    # the FSM, fed back by `done`
+    done_ph = net.wire(1)
+    inst = fsm.HWInstanceOp(outputs=[net.ty(pw)], inputs=[args["cmd_valid"], args["cmd"], done_ph.result],
+                            sym_name=ir.StringAttr.get("fsm"), machine=ir.FlatSymbolRefAttr.get(spec["fsm"]),
+                            clock=args["clk"], reset=args["rst"])
+    phase = inst.results[0]
+    sel = {p: net.eq_const(phase, p) for p in phases}
+    running = net.not_(net.eq_const(phase, 0))
+
+    # shared counters, drain
+    cnt, set_cnt = zip(*[net.reg(f"c{k}", cw) for k in range(m)], strict=True) if m else ((), ())
+    draining, set_draining = net.reg("draining", 1)
+    dw = max(1, max(ph["write_delay"] for ph in phases.values()).bit_length())
+    dcnt, set_dcnt = net.reg("drain_count", dw)
+    can_issue = net.and_(running, net.not_(draining))
+    unpack_ids = [p for p, ph in phases.items() if ph["kind"] == "unpack"]
+    is_unpack = net.or_(*[sel[p] for p in unpack_ids])
+    issue = net.and_(can_issue, net.or_(net.not_(is_unpack), args["in_valid"])) if unpack_ids else can_issue
+
+    def last(c, count):  # counter value at its last point
+        return net.eq_const(c, count - 1)
+
+    last_all_cases, first_cases, counter_cases = [], [], [[] for _ in range(m)]
+    for p, ph in phases.items():
+        counts = ph["counters"]
+        lasts = [last(cnt[k], counts[k]) for k in range(len(counts))]
+        last_all_cases.append((sel[p], net.and_(*lasts)))
+        if ph["reduce"]:
+            first_cases.append((sel[p], net.and_(*[net.eq_const(cnt[k], 0) for k in ph["reduce"]])))
+        for k in range(len(counts)):
+            if counts[k] == 1:
+                continue  # a loop of one point: the counter stays 0
+            advance = net.and_(issue, *lasts[k + 1:])
+            stepped = net.mux(lasts[k], net.const(0, cw), net.add(cnt[k], net.const(1, cw)))
+            counter_cases[k].append((sel[p], net.mux(advance, stepped, cnt[k])))
+    for k in range(m):
+        set_cnt[k](net.select(counter_cases[k], cnt[k]))
+    last_all = net.and_(issue, net.select(last_all_cases, net.const(0, 1)))
+    no_delay = net.or_(*[sel[p] for p, ph in phases.items() if ph["write_delay"] == 0])
+    drain_init = net.select([(sel[p], net.const(max(0, ph["write_delay"] - 1), dw)) for p, ph in phases.items()],
+                            net.const(0, dw))
+    drained = net.and_(draining, net.eq_const(dcnt, 0))
+    net.connect(done_ph, net.or_(net.and_(last_all, no_delay), drained))
+    set_draining(net.mux(draining, net.not_(net.eq_const(dcnt, 0)), net.and_(last_all, net.not_(no_delay))))
+    set_dcnt(net.mux(draining, net.sub(dcnt, net.const(1, dw)), drain_init))
+
+    # delay line: taps[t] = (issue, phase, counters) t cycles after issue; a delayed counter keeps
+    # only the bits the requests at that tap (or later) need
+    max_tap = spec["max_tap"]
+    need = [[0] * m for _ in range(max_tap + 2)]
+    for port in spec["writes"] + [r for r in spec["reads"] if r.get("sel")]:
+        t = port.get("tap", 1)
+        ph = phases[port["phase"]]
+        used = {k for a in port["index"] for k, _ in a["terms"]} | set(ph["reduce"] if port.get("last_only") else ())
+        for k in used:
+            need[t][k] = max(need[t][k], (ph["counters"][k] - 1).bit_length() or 1)
+    for t in range(max_tap, 0, -1):
+        need[t] = [max(a, b) for a, b in zip(need[t], need[t + 1], strict=True)]
+    taps = {0: (issue, phase, list(cnt))}
+    for t in range(1, max_tap + 1):
+        pi, pp, pc = taps[t - 1]
+        taps[t] = (net.delayed(f"issue_d{t}", pi), net.delayed(f"phase_d{t}", pp),
+                   [net.delayed(f"c{k}_d{t}", net.resize(c, need[t][k]), None) if need[t][k] else None
+                    for k, c in enumerate(pc)])
+    tsel = {}
+
+    def sel_at(p: int, t: int):
+        if t == 0:
+            return sel[p]
+        if (p, t) not in tsel:
+            tsel[p, t] = net.eq_const(taps[t][1], p)
+        return tsel[p, t]
+
+    def locate(port: dict, t: int):
+        """(bank, address) of a request from the counters at tap t, in exact widths (no unused bits)."""
+        mem = spec["memories"][port["memory"]]
+        bw, aw = mem["bank_bits"], mem["addr_bits"]
+        bank, addr = net.const(0, bw), net.const(0, aw)
+        counters = taps[t][2]
+
+        def affine(terms, const, w):
+            vs = [net.resize(counters[k], w) if c == 1 else net.mul(net.resize(counters[k], w), net.const(c, w))
+                  for k, c in terms]
+            return net.add(*vs, net.const(const, w)) if const or not vs else net.add(*vs)
+
+        for a, f, rows, w in zip(port["index"], mem["factors"], mem["bank_shape"], port["dim_bits"], strict=True):
+            rw = max(1, (rows - 1).bit_length())
+            if a["div"] == 1 and not a["mod"] and all(c % f == 0 for _, c in a["terms"]):
+                # aligned (every lane group starts a bank row): a fixed bank, an exact row
+                bank = net.add(net.mul(bank, net.const(f, bw)), net.const(a["const"] % f, bw)) if f > 1 else bank
+                row = affine([(k, c // f) for k, c in a["terms"]], a["const"] // f, rw) if rows > 1 else None
+            elif a["div"] == 1 and a["mod"] and a["mod"] & (a["mod"] - 1) == 0:  # % 2^m: exact in m bits
+                v = affine(a["terms"], a["const"], max(1, a["mod"].bit_length() - 1))
+                w = max(1, a["mod"].bit_length() - 1)
+                if f > 1:
+                    bank, v = _split(net, bank, v, w, f, bw)
+                row = v if rows > 1 else None
+            else:
+                v = affine(a["terms"], a["const"], w)
+                if a["div"] != 1:
+                    v = net.divu(v, net.const(a["div"], w))
+                if a["mod"]:
+                    v = net.modu(v, net.const(a["mod"], w))
+                if f > 1:
+                    bank, v = _split(net, bank, v, w, f, bw)
+                row = v if rows > 1 else None
+            if row is not None:
+                addr = net.add(net.mul(addr, net.const(rows, aw)), net.resize(row, aw))
+        return bank, addr
+
+    # reads: bank addresses at issue, lane selects one cycle later
+    raddr_cases: dict[tuple[str, int], list] = {}
+    for port in spec["reads"]:
+        mem = spec["memories"][port["memory"]]
+        bank, addr = locate(port, 0)
+        for b in port["banks"]:
+            hit = sel[port["phase"]] if len(port["banks"]) == 1 else net.and_(sel[port["phase"]], net.eq_const(bank, b))
+            raddr_cases.setdefault((port["memory"], b), []).append((hit, addr))
+        if port.get("sel"):
+            out[port["sel"]] = locate(port, 1)[0]
+    # writes: at tap write_delay, onto each bank's port
+    we_terms: dict[tuple[str, int], list] = {}
+    wport_cases: dict[tuple[str, int], list] = {}
+    for port in spec["writes"]:
+        t, ph = port["tap"], phases[port["phase"]]
+        bank, addr = locate(port, t)
+        wen = net.and_(taps[t][0], sel_at(port["phase"], t))
+        if port["last_only"]:
+            wen = net.and_(wen, *[last(taps[t][2][k], ph["counters"][k]) for k in ph["reduce"]])
+        for b in port["banks"]:
+            hit = wen if len(port["banks"]) == 1 else net.and_(wen, net.eq_const(bank, b))
+            we_terms.setdefault((port["memory"], b), []).append(hit)
+            wport_cases.setdefault((port["memory"], b), []).append((hit, addr, port["source"][str(b)]))
+    for name, mem in spec["memories"].items():
+        for b in range(mem["banks"]):
+            ports = mem["ports"][b]
+            if ports.get("raddr"):
+                out[ports["raddr"]] = net.select(raddr_cases.get((name, b), []), net.const(0, mem["addr_bits"]))
+            if ports.get("we"):
+                cases = wport_cases.get((name, b), [])
+                out[ports["we"]] = net.or_(*we_terms.get((name, b), []))
+                out[ports["waddr"]] = net.select([(h, a) for h, a, _ in cases], net.const(0, mem["addr_bits"]))
+                if ports.get("wsel"):
+                    sw = ports["wsel_bits"]
+                    out[ports["wsel"]] = net.select([(h, net.const(s, sw)) for h, _, s in cases], net.const(0, sw))
+
+    # datapath and stream control
+    for p, port in spec["go"].items():
+        out[port] = net.and_(issue, sel[int(p)])
+    out["first"] = net.select(first_cases, net.const(1, 1))
+    out["idle"] = net.eq_const(phase, 0)
+    out["in_ready"] = net.and_(can_issue, is_unpack) if unpack_ids else net.const(0, 1)
+    packs = [p for p, ph in phases.items() if ph["kind"] == "pack"]
+    out["out_valid"] = net.and_(taps[1][0], net.or_(*[sel_at(p, 1) for p in packs])) if packs else net.const(0, 1)
+    if spec.get("out_sel_bits"):
+        sw = spec["out_sel_bits"]
+        out["out_sel"] = net.select([(sel_at(p, 1), net.const(i, sw)) for i, p in enumerate(packs)], net.const(0, sw))
+    # every bit the address arithmetic drops on purpose, folded into one output the top leaves
+    # unconnected under an `unused_` name (Verilator's convention): no lint warning, no logic
+    dropped = net.dropped
+    out["unused_bits"] = net.comb.ParityOp(net.comb.ConcatOp(dropped).result).result if dropped else net.const(0, 1)
+    missing = [n for n, _ in spec["outputs"] if n not in out]
+    if missing:
+        raise ControllerError(f"controller outputs without a driver: {missing}")
+    return {n: out[n] for n, _ in spec["outputs"]}
+
+
+def _fill_fsm_default(module, fsm_name: str) -> None:
+    """Give the lowered FSM's empty ``default:`` case the IDLE state's assignments.
+
+    ``convert-fsm-to-sv`` leaves the default branch of the state ``case`` empty (bit patterns
+    that are no state); in an ``always_comb`` that is a latch for Verilator's lint and for
+    synthesis. Cloning the IDLE case there makes every pattern behave as IDLE.
+    """
+    from circt import ir
+
+    for op in module.body.operations:
+        if op.operation.name != "hw.module" or ir.StringAttr(op.attributes["sym_name"]).value != fsm_name:
+            continue
+        body = list(op.regions[0].blocks[0].operations)
+        idle = [o.operands[3] for o in body if o.operation.name == "seq.compreg"
+                and ir.StringAttr(o.attributes["name"]).value == "state_reg"]
+        for inner in body:
+            if inner.operation.name != "sv.alwayscomb":
+                continue
+            for case in inner.regions[0].blocks[0].operations:
+                if case.operation.name != "sv.case" or len(case.regions) < 2 or not idle:
+                    continue
+                first, last = case.regions[0].blocks[0], case.regions[len(case.regions) - 1].blocks[0]
+                if len(list(last.operations)) == 0:
+                    for o in first.operations:
+                        c = o.operation.clone(ip=ir.InsertionPoint(last))
+                        if c.name == "sv.bpassign" and c.operands[1].type == idle[0].type:
+                            c.operands[1] = idle[0]  # the next state: IDLE (its reset value)
+
+
+def lower(ctx, module, fsm_name: str) -> dict[str, str]:
+    """Run the lowering passes and export one SystemVerilog file per module; file name -> text."""
+    import circt
+    from circt.passmanager import PassManager
+
+    with ctx:
+        PassManager.parse(FSM_LOWERING).run(module.operation)
+        _fill_fsm_default(module, fsm_name)
+        if not module.operation.verify():
+            raise ControllerError("the controller IR does not verify after the FSM lowering")
+        PassManager.parse(LOWERING).run(module.operation)
+        with tempfile.TemporaryDirectory() as tmp:
+            circt.export_split_verilog(module, tmp)
+            files = {}
+            for path in sorted(Path(tmp).rglob("*")):
+                if path.is_file() and path.suffix in (".sv", ".v", ".svh"):
+                    files[path.name] = path.read_text()
+    return files
+
+
+def main() -> int:
+    """Child entry: controller spec (JSON) on stdin -> {file: text} (JSON) on stdout."""
+    spec = json.loads(sys.stdin.read())
+    try:
+        ctx, module = build(spec)
+        files = lower(ctx, module, spec["fsm"])
+    except ControllerError as e:
+        print(f"fx2fpga: {e}", file=sys.stderr)
+        return 3
+    except Exception as e:  # an MLIRError from a pass, a binding error: report it, with its type
+        print(f"fx2fpga: {type(e).__name__}: {e}", file=sys.stderr)
+        return 4
+    json.dump(files, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

