@@ -81,7 +81,7 @@ def train_on_kernel(name: str, model, example_inputs, loss_fn, example_targets, 
 
     ap = argparse.ArgumentParser(description=sys.modules["__main__"].__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backend", default="emu", choices=["emu", "csim"])
+    ap.add_argument("--backend", default="emu", choices=["emu", "csim", "rtl"])
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--out", default=f"{name}_pynq-z1")
     args = ap.parse_args()

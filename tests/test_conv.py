@@ -190,22 +190,23 @@ def test_cnn_training_step_csim_equals_emu(cnn, digits_data):
     assert not np.array_equal(design.kernel.buffers["conv1_weight"].init, p_emu["conv1_weight"].reshape(-1))
 
 
-def test_cnn_300_steps_reach_float_accuracy(cnn, digits_data):
+def test_cnn_300_steps_reach_float_accuracy(cnn, digits_data, mlp_example):
     """300 SGD steps in emu: held-out accuracy within 3 points of float training from the same init."""
     ex, model, design = cnn
     x_train, y_train, x_test, y_test = digits_data
-    batches = list(ex.batches(x_train, y_train, 300))
+    batches = list(mlp_example.batches(x_train, y_train, 300))  # the examples' shared data helpers
     emu = design.load("emu")
     emu.set_params(_float_params(model))
     losses = [emu.train_step(ex.images(xb), yb) for xb, yb in batches]
-    acc_emu = ex.accuracy(lambda xb: emu.infer(ex.images(xb)), x_test, y_test)
+    acc_emu = mlp_example.accuracy(lambda xb: emu.infer(ex.images(xb)), x_test, y_test)
     ref = copy.deepcopy(model)
     opt = torch.optim.SGD(ref.parameters(), lr=design.train.lr)
     for xb, yb in batches:
         opt.zero_grad()
         F.cross_entropy(ref(torch.from_numpy(ex.images(xb))), torch.from_numpy(yb)).backward()
         opt.step()
-    acc_float = ex.accuracy(lambda xb: ref(torch.from_numpy(ex.images(xb))).detach().numpy(), x_test, y_test)
+    acc_float = mlp_example.accuracy(lambda xb: ref(torch.from_numpy(ex.images(xb))).detach().numpy(), x_test,
+                                     y_test)
     assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:20])
     assert acc_float > 0.8
     assert abs(acc_emu - acc_float) <= 0.03, (acc_emu, acc_float)
