@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import interface
 from .ir import Kernel
+from .server import WordServer
 
 CXX_FLAGS = ("-O2", "-std=c++14")
 
@@ -95,50 +95,12 @@ class CsimBackend:
         if missing:
             raise FileNotFoundError(f"the csim backend needs the generated sources {missing}: regenerate the project")
         self.binary = build(sources, headers, [ap_types_dir(), src])
-        self._stderr = tempfile.TemporaryFile()
-        self._proc = subprocess.Popen([str(self.binary)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=self._stderr)
-
-    def _died(self, what: str) -> RuntimeError:
-        code = self._proc.poll()
-        self._stderr.seek(0)
-        err = self._stderr.read().decode(errors="replace").strip()[-2000:]
-        return RuntimeError(f"csim: the simulation process {what} (exit code {code}){': ' + err if err else ''}")
+        self._server = WordServer(self.binary, "csim")
 
     def call(self, command: str, in_words: np.ndarray) -> np.ndarray:
         """Send one command and its input words; returns the output words (int32)."""
-        if self._proc is None:
-            raise RuntimeError("csim: the backend is closed")
-        words = np.ascontiguousarray(in_words, dtype=np.int32).reshape(-1)
-        head = np.array([interface.COMMANDS[command], words.size], dtype=np.int32)
-        try:
-            self._proc.stdin.write(head.tobytes() + words.tobytes())
-            self._proc.stdin.flush()
-        except BrokenPipeError:
-            raise self._died(f"stopped before {command}") from None
-        n = self._proc.stdout.read(4)
-        if len(n) < 4:
-            raise self._died(f"stopped during {command}")
-        n_out = int(np.frombuffer(n, dtype=np.int32)[0])
-        data = self._proc.stdout.read(4 * n_out)
-        if len(data) < 4 * n_out:
-            raise self._died(f"stopped while answering {command}")
-        return np.frombuffer(data, dtype=np.int32).copy()
+        return self._server.call(command, in_words)
 
     def close(self) -> None:
         """End the simulation process (its on-chip state goes with it)."""
-        if self._proc is None:
-            return
-        try:
-            self._proc.stdin.close()
-            self._proc.wait(timeout=10)
-        except (BrokenPipeError, subprocess.TimeoutExpired):
-            self._proc.kill()
-            self._proc.wait()
-        self._proc.stdout.close()
-        self._stderr.close()
-        self._proc = None
-
-    def __del__(self):
-        if getattr(self, "_proc", None) is not None:
-            self.close()
+        self._server.close()

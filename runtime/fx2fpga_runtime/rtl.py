@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import interface
 from .csim import cache_dir
 from .ir import Kernel
+from .server import WordServer
 
 # CFG_CXXFLAGS_PCH_I: the PyPI wheel's verilated.mk leaves it empty (it must be -include), which breaks the
 # precompiled header of split (larger) models: "Vtop__pch.h.fast: linker input file not found"
@@ -115,53 +115,15 @@ class RtlBackend:
             raise FileNotFoundError(f"the rtl backend has no Verilog to run in {self.rtl}: {detail}")
         self.binary = build(self.rtl, f"{kernel.name}_top")
         self.last_cycles: int | None = None
-        self._stderr = tempfile.TemporaryFile()
-        self._proc = subprocess.Popen([str(self.binary)], cwd=self.rtl, stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=self._stderr)
-
-    def _died(self, what: str) -> RuntimeError:
-        code = self._proc.poll()
-        self._stderr.seek(0)
-        err = self._stderr.read().decode(errors="replace").strip()[-2000:]
-        return RuntimeError(f"rtl: the simulation process {what} (exit code {code}){': ' + err if err else ''}")
-
-    def _read(self, n_bytes: int, what: str) -> bytes:
-        data = self._proc.stdout.read(n_bytes)
-        if len(data) < n_bytes:
-            raise self._died(what)
-        return data
+        self._server = WordServer(self.binary, "rtl", cwd=self.rtl, trailer_bytes=8)
 
     def call(self, command: str, in_words: np.ndarray) -> np.ndarray:
         """Send one command and its input words; returns the output words (int32), sets ``last_cycles``."""
-        if self._proc is None:
-            raise RuntimeError("rtl: the backend is closed")
-        words = np.ascontiguousarray(in_words, dtype=np.int32).reshape(-1)
-        head = np.array([interface.COMMANDS[command], words.size], dtype=np.int32)
-        try:
-            self._proc.stdin.write(head.tobytes() + words.tobytes())
-            self._proc.stdin.flush()
-        except BrokenPipeError:
-            raise self._died(f"stopped before {command}") from None
-        n_out = int(np.frombuffer(self._read(4, f"stopped during {command}"), dtype=np.int32)[0])
-        out = np.frombuffer(self._read(4 * n_out, f"stopped while answering {command}"), dtype=np.int32).copy()
-        lo, hi = np.frombuffer(self._read(8, f"stopped while answering {command}"), dtype=np.uint32)
+        out = self._server.call(command, in_words)
+        lo, hi = np.frombuffer(self._server.trailer, dtype=np.uint32)
         self.last_cycles = int(lo) | (int(hi) << 32)
         return out
 
     def close(self) -> None:
         """End the simulation process (its on-chip state goes with it)."""
-        if self._proc is None:
-            return
-        try:
-            self._proc.stdin.close()
-            self._proc.wait(timeout=10)
-        except (BrokenPipeError, subprocess.TimeoutExpired):
-            self._proc.kill()
-            self._proc.wait()
-        self._proc.stdout.close()
-        self._stderr.close()
-        self._proc = None
-
-    def __del__(self):
-        if getattr(self, "_proc", None) is not None:
-            self.close()
+        self._server.close()
