@@ -46,7 +46,7 @@ def cmd_compile(args) -> int:
     _progress(f"compiling {path} for {args.target} ({'training' if train else 'inference'} kernel)")
     design = fx2fpga.compile(ns["model"], ns["example_inputs"], target=args.target, train=train,
                              precision=args.precision, lanes=args.lanes, name=args.name or path.stem,
-                             progress=_progress)
+                             progress=_progress, backend=args.backend)
     design.write(out_dir)
     _progress(f"wrote {out_dir}/ in {time.perf_counter() - t0:.1f} s")
     print(out_dir)
@@ -128,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--lanes", type=_lanes, default=4,
                    help="parallel MAC lanes per matmul stage, or 'auto' to fill the board's budget (default 4)")
     c.add_argument("--name", help="kernel name (default: the model file's name)")
+    c.add_argument("--backend", default="both", choices=["hls", "rtl", "both"],
+                   help="what the folder holds: HLS C++ for Vitis (hls), Verilog (rtl), or both (default)")
     c.set_defaults(func=cmd_compile)
     s = sub.add_parser("sim", help="replay the testbench vectors of a project on a backend")
     s.add_argument("project")

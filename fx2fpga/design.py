@@ -19,12 +19,18 @@ from .passes import CompileContext, run_pipeline
 from .passes.quantize import Precision
 from .targets import Target, load_target
 
+OUTPUT_BACKENDS = ("hls", "rtl", "both")
+
 
 class Design:
     """A compiled kernel: run it (``load``), write its project folder (``write``), read its report."""
 
     def __init__(self, kernel: Kernel, target: Target, precision: Precision, example: dict,
-                 train: SGD | GD | None):
+                 train: SGD | GD | None, backend: str = "both"):
+        if backend not in OUTPUT_BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(OUTPUT_BACKENDS)}, got {backend!r}")
+        self.backend = backend  # what the project folder holds: hls (C++), rtl (Verilog) or both
+        self._rtl_cycles: dict | None = None
         self.kernel = kernel
         self.target = target
         self.precision = precision
@@ -55,9 +61,26 @@ class Design:
         The csim backend needs the project folder; without one it is written to a
         temporary folder first.
         """
+        needs = {"csim": "hls", "pynq": "hls", "rtl": "rtl"}.get(backend)
+        if needs is not None and self.backend not in (needs, "both"):
+            raise ValueError(f"the {backend} backend runs the {needs.upper()} output, but this design was compiled "
+                             f"with backend={self.backend!r}: compile with backend={needs!r} or 'both'")
         if backend != "emu" and self.out_dir is None:
             self.write(Path(tempfile.mkdtemp(prefix=f"fx2fpga_{self.name}_")) / self.name)
         return KernelRunner(self.kernel, fx2fpga_runtime.make_backend(self.kernel, backend, self.out_dir))
+
+    def rtl_cycles(self) -> dict[str, int] | None:
+        """Exact cycles of each command in the generated RTL (its schedule); None if it has no RTL."""
+        if self.backend == "hls":
+            return None
+        if self._rtl_cycles is None:
+            from .codegen import verilog
+
+            try:
+                self._rtl_cycles = verilog.call_cycles(self.kernel)
+            except (verilog.RtlCodegenError, verilog.sched.ScheduleError):
+                self._rtl_cycles = {}
+        return self._rtl_cycles or None
 
     @property
     def report(self) -> str:
@@ -94,6 +117,7 @@ def compile(  # noqa: A001 - the public name the product promises
     out_dir: str | Path | None = None,
     name: str | None = None,
     progress=None,
+    backend: str = "both",
 ) -> Design:
     """Compile ``model`` (an ``nn.Module`` or a function of tensors) for ``target``.
 
@@ -104,6 +128,8 @@ def compile(  # noqa: A001 - the public name the product promises
     number of parallel MAC units per matmul stage, or ``"auto"`` to fill the target's budget. With
     ``out_dir`` the project folder is written there.
     ``progress`` (a callable taking a line of text) hears about each pipeline step.
+    ``backend`` says what the project folder holds: ``"hls"`` (C++ for Vitis HLS, the csim and
+    pynq backends), ``"rtl"`` (Verilog, the rtl backend) or ``"both"`` (the default).
     """
     tgt = load_target(target)
     try:
@@ -127,7 +153,9 @@ def compile(  # noqa: A001 - the public name the product promises
     if over:
         raise ResourceBudgetError(tgt.name, over, "Use fewer lanes (lanes=...), narrower formats (precision=...), "
                                   "a smaller batch, or a larger target (fx2fpga targets).")
-    design = Design(kernel, tgt, prec, _example_arrays(example_inputs, train), train)
+    if backend not in OUTPUT_BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(OUTPUT_BACKENDS)}, got {backend!r}")
+    design = Design(kernel, tgt, prec, _example_arrays(example_inputs, train), train, backend)
     if out_dir is not None:
         design.write(out_dir)
     return design

@@ -63,3 +63,27 @@ def test_build_without_vivado_says_what_to_do(tmp_path, capsys, monkeypatch):
 def test_console_script_runs():
     r = subprocess.run([sys.executable, "-m", "fx2fpga.cli", "targets"], capture_output=True, text=True, check=True)
     assert "pynq-z2" in r.stdout
+
+
+def test_backend_option_chooses_the_outputs(tmp_path):
+    import torch
+    from torch import nn
+
+    import fx2fpga
+
+    model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3))
+    x = torch.randn(2, 6)
+    hls_only = fx2fpga.compile(model, (x,), backend="hls", out_dir=tmp_path / "h", name="m")
+    rtl_only = fx2fpga.compile(model, (x,), backend="rtl", out_dir=tmp_path / "r", name="m")
+    h, r = _tree(tmp_path / "h"), _tree(tmp_path / "r")
+    assert "src/m.cpp" in h and "hls.tcl" in h and not any(f.startswith("rtl/") for f in h)
+    assert "rtl/m_top.sv" in r and not any(f.startswith("src/") for f in r) and "build.tcl" not in r
+    with pytest.raises(ValueError, match="backend='hls' or 'both'"):
+        rtl_only.load("csim")
+    with pytest.raises(ValueError, match="backend='rtl' or 'both'"):
+        hls_only.load("rtl")
+    cycles = rtl_only.rtl_cycles()
+    assert hls_only.rtl_cycles() is None and cycles["infer"] > 2 * 6 * 4  # at least the MACs of layer 1
+    assert f"| `infer` | {cycles['infer']:,} |" in (tmp_path / "r" / "report.md").read_text()
+    with pytest.raises(ValueError, match="hls, rtl, both"):
+        fx2fpga.compile(model, (x,), backend="verilog")

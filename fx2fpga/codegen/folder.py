@@ -63,6 +63,8 @@ def manifest(design) -> dict:
                      for p in k.programs.values()},
         "lanes": {s.name: s.lanes for s in k.stages() if s.lanes > 1},
         "estimated_resources": {"dsp": res.dsp, "bram36": res.bram36, "memory_bits": res.memory_bits},
+        "outputs": design.backend,
+        "rtl_cycles": design.rtl_cycles(),
     }
 
 
@@ -86,14 +88,16 @@ def project_files(design) -> dict[str, str]:
         "kernel.json": k.to_json() + "\n",
         "manifest.json": manifest_text(manifest(design)),
         "report.md": design.report,
-        "hls.tcl": env.get_template("tcl/hls.tcl.j2").render(ctx),
-        "build.tcl": env.get_template("tcl/build.tcl.j2").render(ctx),
         "driver/driver.py": env.get_template("driver/driver.py.j2").render(ctx),
     }
     vectors = golden_vectors(design)
     files[VECTORS] = vectors_text(vectors)
-    files.update(hls.generate(k, __version__))
-    files.update(hls.generate_testbench(k, vectors, __version__))
     files.update(_runtime_files())
-    files.update(verilog.project_files(k, __version__, design.target.clock_mhz))
+    if design.backend in ("hls", "both"):
+        files["hls.tcl"] = env.get_template("tcl/hls.tcl.j2").render(ctx)
+        files["build.tcl"] = env.get_template("tcl/build.tcl.j2").render(ctx)
+        files.update(hls.generate(k, __version__))
+        files.update(hls.generate_testbench(k, vectors, __version__))
+    if design.backend in ("rtl", "both"):
+        files.update(verilog.project_files(k, __version__, design.target.clock_mhz))
     return dict(sorted(files.items()))

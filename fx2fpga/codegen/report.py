@@ -39,6 +39,13 @@ def report_text(design) -> str:
                          str(s.acc) if s.acc else "", s.source or "", s.origin])
         out += _table(["stage", "op", "loops", "lanes", "cycles", "accumulator", "model line", "from"], rows)
         out.append("")
+    rtl = design.rtl_cycles()
+    if rtl:
+        out += ["## Cycles in the generated RTL (exact, from its schedule)", ""]
+        rows = [[f"`{c}`", f"{n:,}", f"{n / t.clock_mhz:,.1f}",
+                 f"{estimate.program_cycles(k, c):,}" if c in k.programs else ""] for c, n in rtl.items()]
+        out += _table(["command", "cycles", f"us at {t.clock_mhz:g} MHz", "HLS estimate"], rows)
+        out += ["", "The RTL runs stages one after the other; `rtl/schedule.md` has every phase.", ""]
     out += ["## Buffers", ""]
     rows = [[f"`{b.name}`", "x".join(map(str, b.shape)) or "scalar", b.fmt, b.role, b.kind,
              f"{b.size * b.fmt.width:,}"] for b in k.buffers.values()]
