@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fx2fpga_runtime.csim import cache_dir
+from fx2fpga_runtime.buildcache import cache_dir
 
 from .errors import Fx2fpgaError, ToolNotFoundError
 

@@ -14,13 +14,11 @@ import importlib.util
 import os
 import shutil
 import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
+from .buildcache import cached_binary
 from .ir import Kernel
 from .server import WordServer
 
@@ -46,10 +44,6 @@ def ap_types_dir() -> Path:
     )
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("FX2FPGA_CACHE") or Path.home() / ".cache" / "fx2fpga")
-
-
 def build(sources: list[Path], headers: list[Path], include_dirs: list[Path]) -> Path:
     """Compile ``sources`` (which include ``headers``) into one executable, cached; returns its path."""
     cxx = shutil.which("g++")
@@ -59,26 +53,15 @@ def build(sources: list[Path], headers: list[Path], include_dirs: list[Path]) ->
     digest = hashlib.sha256("\0".join(flags).encode())
     for path in [*sources, *headers]:
         digest.update(b"\0" + path.name.encode() + b"\0" + path.read_bytes())
-    folder = cache_dir() / "csim" / digest.hexdigest()[:32]
-    binary = folder / "csim"
-    if binary.is_file():
-        return binary
-    folder.mkdir(parents=True, exist_ok=True)
-    print("fx2fpga: compiling C simulation (g++ -O2) ...", end=" ", file=sys.stderr, flush=True)
-    start = time.monotonic()
-    fd, tmp = tempfile.mkstemp(prefix=".csim-", dir=folder)
-    os.close(fd)
-    try:
-        proc = subprocess.run([cxx, *flags, *map(str, sources), "-o", tmp], capture_output=True, text=True)
+
+    def compile_into(work: Path) -> Path:
+        proc = subprocess.run([cxx, *flags, *map(str, sources), "-o", str(work / "csim")], capture_output=True,
+                              text=True)
         if proc.returncode != 0:
-            print("failed", file=sys.stderr)
             raise RuntimeError(f"g++ could not compile the C simulation:\n{proc.stderr[-4000:]}")
-        os.replace(tmp, binary)  # atomic: a concurrent build never sees a half-written binary
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    print(f"{time.monotonic() - start:.1f} s", file=sys.stderr)
-    return binary
+        return work / "csim"
+
+    return cached_binary("csim", digest.hexdigest(), "csim", "compiling C simulation (g++ -O2)", compile_into)
 
 
 class CsimBackend:

@@ -19,14 +19,11 @@ import importlib.util
 import os
 import shutil
 import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-from .csim import cache_dir
+from .buildcache import cached_binary
 from .ir import Kernel
 from .server import WordServer
 
@@ -77,28 +74,18 @@ def build(rtl: Path, top: str, jobs: int = 2) -> Path:
     digest = hashlib.sha256("\0".join([*VERILATOR_FLAGS, CXX_FLAGS, top, _verilator_version(exe, env)]).encode())
     for path in files:
         digest.update(b"\0" + str(path.relative_to(rtl)).encode() + b"\0" + path.read_bytes())
-    folder = cache_dir() / "rtl" / digest.hexdigest()[:32]
-    binary = folder / "sim"
-    if binary.is_file():
-        return binary
-    folder.mkdir(parents=True, exist_ok=True)
-    print("fx2fpga: building the RTL simulation (Verilator) ...", end=" ", file=sys.stderr, flush=True)
-    start = time.monotonic()
-    work = Path(tempfile.mkdtemp(prefix=".build-", dir=folder))
-    try:
+
+    def verilate_into(work: Path) -> Path:
         cmd = [exe, *VERILATOR_FLAGS, "-j", str(jobs), "--top-module", top, f"-I{rtl}", "-CFLAGS", CXX_FLAGS,
                "--Mdir", str(work / "obj"), "-o", "sim", *map(str, sources(rtl)), str(rtl / "sim_main.cpp")]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
-            print("failed", file=sys.stderr)
             lines = (proc.stdout + proc.stderr).splitlines()
             errors = [ln for ln in lines if "error" in ln.lower()][:20] or lines[-20:]
             raise RuntimeError("Verilator could not build the RTL simulation:\n" + "\n".join(ln[:500] for ln in errors))
-        os.replace(work / "obj" / "sim", binary)  # atomic: a concurrent build never sees half a binary
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    print(f"{time.monotonic() - start:.1f} s", file=sys.stderr)
-    return binary
+        return work / "obj" / "sim"
+
+    return cached_binary("rtl", digest.hexdigest(), "sim", "building the RTL simulation (Verilator)", verilate_into)
 
 
 class RtlBackend:
