@@ -34,15 +34,19 @@ class PoolNet(nn.Module):
         return self.fc((a + b + c).flatten(1))
 
 
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory, mlp_example, digits_data):
+def _train_on_digit_images(make_model, seed: int, digits_data, folder):
+    """(model, x, y, design): ``make_model()`` seeded, compiled with SGD on 16 digit images."""
     x_train, y_train, _, _ = digits_data
-    torch.manual_seed(5)
-    model = PoolNet()
+    torch.manual_seed(seed)
+    model = make_model()
     x, y = torch.from_numpy(x_train[:16].reshape(-1, 1, 8, 8)), torch.from_numpy(y_train[:16])
-    design = fx2fpga.compile(model, (x,), train=fx2fpga.SGD(F.cross_entropy, y, lr=0.1),
-                             out_dir=tmp_path_factory.mktemp("pool") / "pool")
+    design = fx2fpga.compile(model, (x,), train=fx2fpga.SGD(F.cross_entropy, y, lr=0.1), out_dir=folder)
     return model, x, y, design
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory, digits_data):
+    return _train_on_digit_images(PoolNet, 5, digits_data, tmp_path_factory.mktemp("pool") / "pool")
 
 
 def test_pools_equal_pytorch_on_the_kernels_own_values(pool):
@@ -117,13 +121,7 @@ class MlpBN(nn.Module):
 
 @pytest.fixture(scope="module")
 def resbn(tmp_path_factory, digits_data):
-    x_train, y_train, _, _ = digits_data
-    torch.manual_seed(6)
-    model = ResBN()
-    x, y = torch.from_numpy(x_train[:16].reshape(-1, 1, 8, 8)), torch.from_numpy(y_train[:16])
-    design = fx2fpga.compile(model, (x,), train=fx2fpga.SGD(F.cross_entropy, y, lr=0.1),
-                             out_dir=tmp_path_factory.mktemp("resbn") / "resbn")
-    return model, x, y, design
+    return _train_on_digit_images(ResBN, 6, digits_data, tmp_path_factory.mktemp("resbn") / "resbn")
 
 
 def test_running_stats_are_params_kept_on_chip(resbn):

@@ -556,15 +556,14 @@ def _matmul(with_bias: bool):
                 return {"d0": i, "d1": r}
             if k == 1:
                 return {"d0": r, "d1": j}
-            bv = V.broadcast_to(v, (m, n))  # the bias, broadcast to the output
-            return {f"d{d}": e for d, e in enumerate(_compose_broadcast(v, bv, (i, j)))}
+            return {f"d{d}": e for d, e in enumerate(_compose_broadcast(v, (i, j)))}  # the bias
 
         ins = [a, b] + ([lw.view(bias)] if bias is not None else [])
         return lw.emit("mac", (m, n), ins, reduce_shape=(kdim,), reduce_index=index)
     return rule
 
 
-def _compose_broadcast(v: View, bv: View, out_exprs) -> list[Affine]:
+def _compose_broadcast(v: View, out_exprs) -> list[Affine]:
     """Index expressions for the dims of ``v`` when broadcast to the 2-D output."""
     lead = 2 - len(v.shape)
     return [Affine(()) if v.shape[d] == 1 else out_exprs[d + lead] for d in range(len(v.shape))]
@@ -583,10 +582,7 @@ def _view_rule(fn: Callable[[View, torch.fx.Node], View]):
 
 
 def _identity(lw: GraphLowering, node) -> Value:
-    return lw.value(node.args[0])
-
-
-def _to_copy(lw: GraphLowering, node) -> Value:
+    """Copies and dtype casts are the same value: formats, not dtypes, decide the bits."""
     return lw.value(node.args[0])
 
 
@@ -672,7 +668,7 @@ RULES: dict = {
     aten.alias.default: _identity,
     aten.detach.default: _identity,
     aten.lift_fresh_copy.default: _identity,
-    aten._to_copy.default: _to_copy,
+    aten._to_copy.default: _identity,
     **layers.RULES,  # convolution, pooling (passes/layers.py)
 }
 
