@@ -25,12 +25,14 @@ from fx2fpga_runtime.runner import EmuBackend, KernelRunner
 from torch import nn
 
 import fx2fpga
+from fx2fpga.codegen import verilog
 from fx2fpga.errors import UnsupportedOpError
 from fx2fpga.frontend import trace
 
 from ._error_bounds import GraphBounds, emulator_decisions, flipped_decisions
 from ._replay import graph_args, replay_layers
 from .conftest import load_example
+from .test_rtl import assert_lint_clean
 
 # ----- the IR: guarded reads and argmax, against loops written from the docstring ------------------------
 
@@ -167,13 +169,14 @@ def test_cnn_layers_equal_pytorch_on_the_kernels_own_values(cnn, digits_data):
 
 
 @pytest.mark.slow
-def test_cnn_training_step_csim_equals_emu(cnn, digits_data):
-    """Two training steps and an inference: every output word of csim equals emu."""
+@pytest.mark.parametrize("backend", ["csim", "rtl"])
+def test_cnn_training_step_equals_emu(cnn, digits_data, backend):
+    """Two training steps and an inference: every output word of csim (and of rtl) equals emu."""
     ex, model, design = cnn
     x_train, y_train, x_test, _ = digits_data
     init = _float_params(model)
     emu = design.load("emu")
-    with design.load("csim") as csim:
+    with design.load(backend) as csim:
         for runner in (emu, csim):
             runner.set_params(init)
         for step in range(2):
@@ -181,6 +184,8 @@ def test_cnn_training_step_csim_equals_emu(cnn, digits_data):
             raw = emu._quantize_inputs("train_step", [xb, yb])
             want, got = emu.call_raw("train_step", raw), csim.call_raw("train_step", raw)
             assert np.array_equal(want["train_loss"], got["train_loss"])
+            if backend == "rtl":  # the schedule's latency model is exact
+                assert csim.backend.last_cycles == verilog.call_cycles(design.kernel)["train_step"]
             p_emu, p_csim = emu.get_params_raw(), csim.get_params_raw()
             assert p_emu.keys() == p_csim.keys() and len(p_emu) == 6
             for name in p_emu:
@@ -188,6 +193,8 @@ def test_cnn_training_step_csim_equals_emu(cnn, digits_data):
         xi = emu._quantize_inputs("infer", [ex.images(x_test[:16])])
         assert np.array_equal(emu.call_raw("infer", xi)["infer_output"], csim.call_raw("infer", xi)["infer_output"])
     assert not np.array_equal(design.kernel.buffers["conv1_weight"].init, p_emu["conv1_weight"].reshape(-1))
+    if backend == "rtl":
+        assert_lint_clean(design.out_dir / "rtl", f"{design.kernel.name}_top")
 
 
 def test_cnn_300_steps_reach_float_accuracy(cnn, digits_data, mlp_example):
@@ -313,10 +320,11 @@ def test_conv1d_layers_equal_pytorch_on_the_kernels_own_values(conv1d):
 
 
 @pytest.mark.slow
-def test_conv1d_csim_equals_emu(conv1d):
+@pytest.mark.parametrize("backend", ["csim", "rtl"])
+def test_conv1d_equals_emu(conv1d, backend):
     model, x, y, design = conv1d
     emu = design.load("emu")
-    with design.load("csim") as csim:
+    with design.load(backend) as csim:
         for step in range(2):
             raw = emu._quantize_inputs("train_step", [x.numpy()[:, :, ::-1] if step else x.numpy(), y.numpy()])
             assert np.array_equal(emu.call_raw("train_step", raw)["train_loss"],

@@ -110,12 +110,14 @@ def test_gd_with_momentum_follows_torch_sgd():
     assert f(x).item() < 0.5 * f(x0.double()).item()
 
 
-def test_rastrigin_csim_equals_emu(tmp_path):
-    """sin/cos range reduction and tables, slice-free: 30 steps on csim and emu, bit for bit."""
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["csim", "rtl"])
+def test_rastrigin_equals_emu(tmp_path, backend):
+    """sin/cos range reduction and tables, slice-free: 30 steps on csim (rtl) and emu, bit for bit."""
     f, x0 = fn.rastrigin, fn.start("rastrigin", 10)
     design = fx2fpga.compile(f, (x0,), train=fx2fpga.GD(lr=0.002), precision=fn.PRECISION,
                              out_dir=tmp_path / "rastrigin")
-    emu, csim = design.load("emu"), design.load("csim")
+    emu, csim = design.load("emu"), design.load(backend)
     try:
         for _ in range(30):
             assert emu.train_step() == csim.train_step()
@@ -124,4 +126,4 @@ def test_rastrigin_csim_equals_emu(tmp_path):
         assert emu.infer() == csim.infer()
     finally:
         csim.close()
-    assert cli_main(["sim", str(tmp_path / "rastrigin"), "--backend", "csim"]) == 0  # the golden vectors replay
+    assert cli_main(["sim", str(tmp_path / "rastrigin"), "--backend", backend]) == 0  # the golden vectors replay

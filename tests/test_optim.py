@@ -131,13 +131,15 @@ def test_100_steps_follow_torch_sgd_within_the_derived_bound():
     assert theta_bound.max() < 0.01 < np.abs(ref_theta - start).max()  # the bound is far below the distance moved
 
 
-def test_two_steps_csim_equal_emu(tmp_path):
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["csim", "rtl"])
+def test_two_steps_equal_emu(tmp_path, backend):
     torch.manual_seed(2)
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
     x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
     design = fx2fpga.compile(model, (x,), train=fx2fpga.SGD(F.cross_entropy, y, lr=0.1, momentum=0.9,
                                                             weight_decay=1e-3), out_dir=tmp_path / "mom")
-    emu, csim = design.load("emu"), design.load("csim")
+    emu, csim = design.load("emu"), design.load(backend)
     try:
         for _ in range(2):
             assert emu.train_step(x.numpy(), y.numpy()) == csim.train_step(x.numpy(), y.numpy())

@@ -74,10 +74,11 @@ def test_pools_equal_pytorch_on_the_kernels_own_values(pool):
 
 
 @pytest.mark.slow
-def test_pools_csim_equals_emu(pool):
+@pytest.mark.parametrize("backend", ["csim", "rtl"])
+def test_pools_equal_emu(pool, backend):
     model, x, y, design = pool
     emu = design.load("emu")
-    with design.load("csim") as csim:
+    with design.load(backend) as csim:
         raw = emu._quantize_inputs("train_step", [x.numpy(), y.numpy()])
         assert np.array_equal(emu.call_raw("train_step", raw)["train_loss"],
                               csim.call_raw("train_step", raw)["train_loss"])
@@ -178,12 +179,13 @@ def test_eval_after_training_uses_the_updated_running_stats(resbn):
 
 
 @pytest.mark.slow
-def test_batchnorm_csim_equals_emu(resbn, digits_data):
-    """Inference, two training steps, inference and every parameter and running stat: csim == emu."""
+@pytest.mark.parametrize("backend", ["csim", "rtl"])
+def test_batchnorm_equals_emu(resbn, digits_data, backend):
+    """Inference, two training steps, inference and every parameter and running stat: csim == emu, rtl == emu."""
     model, x, y, design = resbn
     x_train, y_train, _, _ = digits_data
     emu = design.load("emu")
-    with design.load("csim") as csim:
+    with design.load(backend) as csim:
         seq = [("infer", [x.numpy()]), ("train_step", [x.numpy(), y.numpy()]),
                ("train_step", [x_train[16:32].reshape(-1, 1, 8, 8), y_train[16:32]]), ("infer", [x.numpy()])]
         for command, arrays in seq:

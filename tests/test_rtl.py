@@ -8,18 +8,18 @@ supports) and ``sgd`` (parameters kept on chip across calls, updated in place).
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 
 import numpy as np
 import pytest
 from fx2fpga_runtime import interface, read_kernel
-from fx2fpga_runtime.ir import Access, Kernel, Program
+from fx2fpga_runtime.fixed import Fixed
+from fx2fpga_runtime.ir import Access, Affine, Buffer, Kernel, Loop, Program, Stage
 from fx2fpga_runtime.rtl import RtlBackend, sources, verilator_env
 from fx2fpga_runtime.runner import EmuBackend, KernelRunner
 
 from fx2fpga.codegen import controller, verilog
-from fx2fpga.passes import schedule, tile
+from fx2fpga.passes import schedule
 from fx2fpga.targets import load_target
 
 from .conftest import ROOT
@@ -36,25 +36,6 @@ def assert_same(want: dict, got: dict, what: str) -> None:
         bad = np.flatnonzero(w != g)
         assert bad.size == 0, (f"{what} {name}: {bad.size} of {w.size} values differ, first at flat index "
                                f"{bad[0]}: emulator {w[bad[0]]}, rtl {g[bad[0]]}")
-
-
-def rtl_zoo() -> Kernel:
-    """The csim zoo without what the RTL backend does not map yet (argmax, guarded reads), lanes that divide."""
-    k = zoo_kernel()
-    stages = []
-    for st in k.programs["infer"].stages:
-        if st.op == "argmax" or any(a != Access(a.buffer, a.index) for a in st.ins):
-            continue
-        if st.lanes > 1:
-            extent = next(lp.extent for lp in st.loops if lp.var == st.lane_var)
-            st = dataclasses.replace(st, lanes=tile.lane_count(extent, st.lanes))
-            st = dataclasses.replace(st, lane_var=st.lane_var if st.lanes > 1 else None)
-        stages.append(st)
-    outputs = [n for n in k.programs["infer"].outputs if any(s.out.buffer == n for s in stages)]
-    used = {a.buffer for s in stages for a in (s.out, *s.ins)} | {s.attrs["table"] for s in stages if s.op == "table"}
-    buffers = {n: b for n, b in k.buffers.items() if n in used}
-    inputs = [n for n in k.programs["infer"].inputs if n in used]
-    return Kernel("zoo", buffers, {"infer": Program("infer", inputs, outputs, stages)}, params=[])
 
 
 @pytest.fixture(scope="module")
@@ -130,14 +111,18 @@ def test_mlp_cycles_match_the_schedule_model(mlp, digits_data):
             assert schedule.mac_utilization(ph) >= 0.85, (ph.name, schedule.mac_utilization(ph))
 
 
+def assert_lint_clean(rtl_dir, top: str) -> None:
+    """``verilator --lint-only -Wall`` on the generated sources: no warning (and no waiver file)."""
+    exe, env = verilator_env()
+    proc = subprocess.run([exe, "--lint-only", "-Wall", "--top-module", top, f"-I{rtl_dir}",
+                           *map(str, sources(rtl_dir))], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0 and "%Warning" not in proc.stderr, proc.stderr[-3000:]
+
+
 @slow
 def test_mlp_verilator_lint_wall_is_clean(mlp):
     _, design, _ = mlp
-    rtl_dir = design.out_dir / "rtl"
-    exe, env = verilator_env()
-    proc = subprocess.run([exe, "--lint-only", "-Wall", "--top-module", f"{design.kernel.name}_top", f"-I{rtl_dir}",
-                           *map(str, sources(rtl_dir))], capture_output=True, text=True, env=env)
-    assert proc.returncode == 0 and "%Warning" not in proc.stderr, proc.stderr[-3000:]
+    assert_lint_clean(design.out_dir / "rtl", f"{design.kernel.name}_top")
 
 
 @slow
@@ -157,10 +142,16 @@ def test_rtl_files_are_deterministic_and_bannered(mlp):
 
 @slow
 def test_zoo_rtl_equals_emulator(tmp_path):
-    k = rtl_zoo()
+    """Every op, rounding and overflow mode, guarded reads (zeros, skipped max/argmax points) and
+    lane counts that do not divide their loop (a last, partial lane group)."""
+    k = zoo_kernel()
     assert {s.op for s in k.stages()} == set(verilog.RTL_OPS)
+    assert any(a.guard for s in k.stages() for a in s.ins)
+    assert any(s.lanes > 1 and next(lp.extent for lp in s.loops if lp.var == s.lane_var) % s.lanes
+               for s in k.stages())
     assert {s.acc.rounding for s in k.stages() if s.acc} == {"RND", "TRN", "RND_ZERO", "RND_CONV", "TRN_ZERO"}
     write_files(tmp_path, verilog.generate(k, VERSION))
+    assert_lint_clean(tmp_path / "rtl", "zoo_top")
     rng = np.random.default_rng(11)
     emu = KernelRunner(k, EmuBackend(k))
     with KernelRunner(k, RtlBackend(k, tmp_path)) as rtl:
@@ -172,11 +163,7 @@ def test_zoo_rtl_equals_emulator(tmp_path):
 
 @slow
 def test_sgd_rtl_keeps_parameters_on_chip(tmp_path):
-    k = sgd_kernel()
-    for st in k.stages():  # 2 lanes on a loop of 3 do not divide it: the RTL backend needs dividing lanes
-        if st.lanes > 1:
-            extent = next(lp.extent for lp in st.loops if lp.var == st.lane_var)
-            st.lanes = tile.lane_count(extent, st.lanes)
+    k = sgd_kernel()  # fwd: 2 lanes on a loop of 3
     write_files(tmp_path, verilog.generate(k, VERSION))
     rng = np.random.default_rng(2)
     emu = KernelRunner(k, EmuBackend(k))
@@ -194,20 +181,30 @@ def test_sgd_rtl_keeps_parameters_on_chip(tmp_path):
 
 # ----- without Verilator ------------------------------------------------------------------------------------
 
-def test_unsupported_kernels_get_a_readme_not_a_broken_project(tmp_path):
-    k = zoo_kernel()  # has argmax and guarded reads
+def test_unmappable_kernels_get_a_readme_not_a_broken_project(tmp_path):
+    """Two words of one single-port RAM bank in one cycle (``a[i] + a[7 - i]``): no RTL, a reason."""
+    fmt = Fixed.parse("fixed<8,3>")
+    bufs = {"a": Buffer("a", (8,), fmt, "input"), "o": Buffer("o", (8,), fmt, "output")}
+    i = Affine.var("i")
+    mirrored = Access("a", (Affine((("i", -1),), 7),))
+    st = Stage("mirror", "add", (Loop("i", 8),), Access("o", (i,)), (Access("a", (i,)), mirrored))
+    k = Kernel("mirror", bufs, {"infer": Program("infer", ["a"], ["o"], [st])}, params=[])
     files = verilog.project_files(k, VERSION)
     assert list(files) == ["rtl/README.md"]
-    assert verilog.NO_RTL in files["rtl/README.md"]
+    assert verilog.NO_RTL in files["rtl/README.md"] and "different words of one memory bank" in files["rtl/README.md"]
     write_files(tmp_path, files)
-    with pytest.raises(FileNotFoundError, match="argmax|guarded"):
+    with pytest.raises(FileNotFoundError, match="different words of one memory bank"):
         RtlBackend(k, tmp_path)
 
 
-def test_schedule_refuses_lanes_that_do_not_divide():
-    k = sgd_kernel()  # fwd: 2 lanes on a loop of 3
-    with pytest.raises(schedule.ScheduleError, match="do not divide"):
-        schedule.run(k)
+def test_partial_lane_groups_are_guarded():
+    """2 lanes on a loop of 3: two lane groups, the second lane of the last one makes no request."""
+    k = sgd_kernel()
+    fwd = schedule.run(k).commands["train_step"][2]
+    assert fwd.name == "fwd" and fwd.counters[0].count == 2 and fwd.iterations == 2 * 4
+    lane1 = [p for p in fwd.writes if p.lane == 1]
+    assert len(lane1) == 1 and [(g.bound, g.expr.terms, g.expr.const) for g in lane1[0].guard] == [(3, (("c0", 2),), 1)]
+    assert all(not p.guard for p in fwd.writes if p.lane == 0)
 
 
 def test_a_failing_circt_child_is_a_clear_error():

@@ -17,7 +17,7 @@ FSM_LOWERING = "builtin.module(convert-fsm-to-sv,canonicalize)"
 LOWERING = "builtin.module(lower-seq-to-sv,canonicalize,hw.module(hw-legalize-modules))"
 LOWERING_OPTIONS = "locationInfoStyle=none,disallowLocalVariables,disallowPackedArrays"
 CMD_BITS = 8
-ICMP = {"eq": 0, "ne": 1}
+ICMP = {"eq": 0, "ne": 1, "ult": 6}
 
 
 class ControllerError(RuntimeError):
@@ -141,6 +141,8 @@ def _split(net: _Net, bank, v, w: int, f: int, bw: int):
         k = f.bit_length() - 1
         bank = net.add(net.mul(bank, net.const(f, bw)), net.resize(net.resize(v, min(k, w)), bw))
         return bank, (net.extract(v, k, w - k) if w > k else None)
+    if f.bit_length() > w:  # v < 2^w <= f: the bank is v itself, row 0
+        return net.add(net.mul(bank, net.const(f, bw)), net.resize(v, bw)), None
     bank = net.add(net.mul(bank, net.const(f, bw)), net.resize(net.modu(v, net.const(f, w)), bw))
     return bank, net.divu(v, net.const(f, w))
 
@@ -272,7 +274,8 @@ def _body(spec: dict, net: _Net, args: dict, fsm, ir) -> dict:
     for port in spec["writes"] + [r for r in spec["reads"] if r.get("sel")]:
         t = port.get("tap", 1)
         ph = phases[port["phase"]]
-        used = {k for a in port["index"] for k, _ in a["terms"]} | set(ph["reduce"] if port.get("last_only") else ())
+        used = {k for a in port["index"] + port.get("guard", []) for k, _ in a["terms"]}
+        used |= set(ph["reduce"] if port.get("last_only") else ())
         for k in used:
             need[t][k] = max(need[t][k], (ph["counters"][k] - 1).bit_length() or 1)
     for t in range(max_tap, 0, -1):
@@ -292,17 +295,45 @@ def _body(spec: dict, net: _Net, args: dict, fsm, ir) -> dict:
             tsel[p, t] = net.eq_const(taps[t][1], p)
         return tsel[p, t]
 
-    def locate(port: dict, t: int):
-        """(bank, address) of a request from the counters at tap t, in exact widths (no unused bits)."""
-        mem = spec["memories"][port["memory"]]
-        bw, aw = mem["bank_bits"], mem["addr_bits"]
-        bank, addr = net.const(0, bw), net.const(0, aw)
+    def affine_at(t: int):
+        """``affine(terms, const, w)``: sum(c * counter) + const in w bits from the counters at tap t."""
         counters = taps[t][2]
 
         def affine(terms, const, w):
             vs = [net.resize(counters[k], w) if c == 1 else net.mul(net.resize(counters[k], w), net.const(c, w))
                   for k, c in terms]
             return net.add(*vs, net.const(const, w)) if const or not vs else net.add(*vs)
+        return affine
+
+    def guard_ok(port: dict, t: int):
+        """1 where every guard of the request holds (``0 <= e < bound``, ``e % step == 0``), at tap t."""
+        counts = phases[port["phase"]]["counters"]
+        conds = []
+        for g in port.get("guard", []):
+            lo = g["const"] + sum(min(0, c * (counts[k] - 1)) for k, c in g["terms"])
+            hi = g["const"] + sum(max(0, c * (counts[k] - 1)) for k, c in g["terms"])
+            if lo >= 0 and hi < g["bound"] and g["step"] == 1:
+                continue  # holds everywhere
+            # e in two's complement: a negative e reads as a large unsigned number, >= bound
+            w = max(abs(lo).bit_length(), hi.bit_length(), g["bound"].bit_length()) + 1
+            e = affine_at(t)(g["terms"], g["const"], w)
+            conds.append(net.comb.ICmpOp(net.ir.IntegerAttr.get(net.ty(64), ICMP["ult"]), e,
+                                         net.const(g["bound"], w)).result)
+            step = g["step"]
+            if step > 1 and step & (step - 1) == 0:
+                conds.append(net.eq_const(net.extract(e, 0, step.bit_length() - 1, keep_rest=False), 0))
+            elif step > 1:
+                conds.append(net.eq_const(net.modu(e, net.const(step, w)), 0))
+        return net.and_(*conds) if conds else True
+
+    def locate(port: dict, t: int, bank_only: bool = False):
+        """(bank, address) of a request from the counters at tap t, in exact widths (no unused bits).
+
+        ``bank_only``: the address is not built (its truncated bits would count as used)."""
+        mem = spec["memories"][port["memory"]]
+        bw, aw = mem["bank_bits"], mem["addr_bits"]
+        bank, addr = net.const(0, bw), net.const(0, aw)
+        affine = affine_at(t)
 
         for a, f, rows, w in zip(port["index"], mem["factors"], mem["bank_shape"], port["dim_bits"], strict=True):
             rw = max(1, (rows - 1).bit_length())
@@ -315,7 +346,7 @@ def _body(spec: dict, net: _Net, args: dict, fsm, ir) -> dict:
                 w = max(1, a["mod"].bit_length() - 1)
                 if f > 1:
                     bank, v = _split(net, bank, v, w, f, bw)
-                row = v if rows > 1 else None
+                row = (v if v is not None else net.const(0, 1)) if rows > 1 else None
             else:
                 v = affine(a["terms"], a["const"], w)
                 if a["div"] != 1:
@@ -324,9 +355,10 @@ def _body(spec: dict, net: _Net, args: dict, fsm, ir) -> dict:
                     v = net.modu(v, net.const(a["mod"], w))
                 if f > 1:
                     bank, v = _split(net, bank, v, w, f, bw)
-                row = v if rows > 1 else None
-            if row is not None:
-                addr = net.add(net.mul(addr, net.const(rows, aw)), net.resize(row, aw))
+                row = (v if v is not None else net.const(0, 1)) if rows > 1 else None
+            if row is not None and not bank_only:
+                # the row in exactly the bits its rows need: bits above are 0 at every request (dropped)
+                addr = net.add(net.mul(addr, net.const(rows, aw)), net.resize(net.resize(row, rw), aw))
         return bank, addr
 
     # reads: bank addresses at issue, lane selects one cycle later
@@ -334,18 +366,22 @@ def _body(spec: dict, net: _Net, args: dict, fsm, ir) -> dict:
     for port in spec["reads"]:
         mem = spec["memories"][port["memory"]]
         bank, addr = locate(port, 0)
+        ok = guard_ok(port, 0)  # a guarded-off request takes no port
+        if port.get("ok"):
+            out[port["ok"]] = net.delayed(f"{port['ok']}_q", net.and_(ok))  # aligned with the data
         for b in port["banks"]:
-            hit = sel[port["phase"]] if len(port["banks"]) == 1 else net.and_(sel[port["phase"]], net.eq_const(bank, b))
+            hit = net.and_(sel[port["phase"]], ok) if len(port["banks"]) == 1 else \
+                net.and_(sel[port["phase"]], ok, net.eq_const(bank, b))
             raddr_cases.setdefault((port["memory"], b), []).append((hit, addr))
         if port.get("sel"):
-            out[port["sel"]] = locate(port, 1)[0]
+            out[port["sel"]] = locate(port, 1, bank_only=True)[0]
     # writes: at tap write_delay, onto each bank's port
     we_terms: dict[tuple[str, int], list] = {}
     wport_cases: dict[tuple[str, int], list] = {}
     for port in spec["writes"]:
         t, ph = port["tap"], phases[port["phase"]]
         bank, addr = locate(port, t)
-        wen = net.and_(taps[t][0], sel_at(port["phase"], t))
+        wen = net.and_(taps[t][0], sel_at(port["phase"], t), guard_ok(port, t))
         if port["last_only"]:
             wen = net.and_(wen, *[last(taps[t][2][k], ph["counters"][k]) for k in ph["reduce"]])
         for b in port["banks"]:

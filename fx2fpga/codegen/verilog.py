@@ -24,12 +24,12 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import math
 import re
 from dataclasses import dataclass
 
 from fx2fpga_runtime import interface
 from fx2fpga_runtime.fixed import Fixed
-from fx2fpga_runtime.ir import Access
 
 from ..errors import Fx2fpgaError
 from ..passes import schedule as sched
@@ -40,7 +40,7 @@ from .hls import _check_stage, _env
 WORD_BITS = interface.MAX_PORT_WIDTH
 ROUNDING_CODES = ("RND", "TRN", "RND_ZERO", "RND_CONV", "TRN_ZERO")
 COMPARE_OPS = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
-RTL_OPS = ("copy", "neg", "relu", "add", "sub", "mul", "select", "table", "mac", "sum", "max", *COMPARE_OPS)
+RTL_OPS = ("copy", "neg", "relu", "add", "sub", "mul", "select", "table", "mac", "sum", "max", "argmax", *COMPARE_OPS)
 _IDENT = re.compile(r"[^A-Za-z0-9_]")
 
 
@@ -119,7 +119,7 @@ def _iw(fmt: Fixed) -> int:
 
 def _operand(fmt: Fixed, index: int) -> dict:
     return {"name": f"in{index}", "index": index, "width": fmt.width, "signed": fmt.signed, "iw": _iw(fmt),
-            "frac": fmt.frac_bits}
+            "frac": fmt.frac_bits, "guarded": False}
 
 
 def _unit_view(phase: Phase, pid: int, kernel, name: str, cvts: _Cvts) -> dict:
@@ -133,7 +133,7 @@ def _unit_view(phase: Phase, pid: int, kernel, name: str, cvts: _Cvts) -> dict:
     if st.reduce:
         acc = st.acc
         view["kind"] = "reduce"
-        n_ops = {"mac": 2, "sum": 1, "max": 1}[st.op]
+        n_ops = {"mac": 2, "sum": 1, "max": 1, "argmax": 1}[st.op]
         view["n_ops"] = n_ops
         aw, fa = _iw(acc), acc.frac_bits  # the accumulator as a signed number
         view.update(acc_width=acc.width, acc_iw=aw, acc_signed=acc.signed)
@@ -141,11 +141,11 @@ def _unit_view(phase: Phase, pid: int, kernel, name: str, cvts: _Cvts) -> dict:
             tw, tf = ops[0]["iw"] + ops[1]["iw"], ops[0]["frac"] + ops[1]["frac"]
         elif st.op == "sum":
             tw, tf = ops[0]["iw"], ops[0]["frac"]
-        else:
+        else:  # max, argmax: the value is assigned to the accumulator format, then compared
             tw, tf = aw, fa
             view["cvt_term"] = cvts.get(ops[0]["iw"], ops[0]["frac"], acc)
         view["term_width"] = tw
-        if st.op != "max":
+        if st.op not in ("max", "argmax"):
             f = max(fa, tf)
             sw = max(aw + f - fa, tw + f - tf) + 1
             view.update(sum_width=sw, shift_acc=f - fa, shift_term=f - tf, cvt_sum=cvts.get(sw, f, acc))
@@ -153,8 +153,13 @@ def _unit_view(phase: Phase, pid: int, kernel, name: str, cvts: _Cvts) -> dict:
             init = ops[n_ops]
             view["cvt_init"] = cvts.get(init["iw"], init["frac"], acc)
         else:
-            view["init_value"] = _lit(acc.raw_min if st.op == "max" else 0, aw)
-        view["cvt_out"] = cvts.get(aw, fa, out_fmt)
+            view["init_value"] = _lit(acc.raw_min if st.op in ("max", "argmax") else 0, aw)
+        if st.op == "argmax":  # the output is the position, an integer
+            points = math.prod(lp.extent for lp in st.loops if lp.var in st.reduce)
+            view["pos_width"] = bits(points - 1)
+            view["cvt_out"] = cvts.get(view["pos_width"] + 1, 0, out_fmt)
+        else:
+            view["cvt_out"] = cvts.get(aw, fa, out_fmt)
         return view
     if st.op == "table":
         tbl = kernel.buffers[st.attrs["table"]]
@@ -201,6 +206,11 @@ def _unit_view(phase: Phase, pid: int, kernel, name: str, cvts: _Cvts) -> dict:
 
 # ----- the plan: phases, ports, memories, controller spec --------------------------------------------------
 
+def _guard_spec(guards) -> list[dict]:
+    """Guards over counters as plain data for the controller: affine terms, const, bound, step."""
+    return [{**controller.affine_spec(g.expr), "bound": g.bound, "step": g.step} for g in guards]
+
+
 def plan(kernel, name: str) -> dict:
     """Everything the templates and the controller need, from the schedule of ``kernel``."""
     for prog in kernel.programs.values():
@@ -208,10 +218,6 @@ def plan(kernel, name: str) -> dict:
             where = f"stage {st.name!r} of program {prog.name!r}"
             if st.op not in RTL_OPS:
                 raise RtlCodegenError(f"{where}: op {st.op!r} has no RTL datapath yet (RTL ops: {', '.join(RTL_OPS)})")
-            for acc in (st.out, *st.ins):
-                if acc != Access(acc.buffer, acc.index):  # e.g. a guard: reads that may not happen
-                    raise RtlCodegenError(f"{where}: {acc.c_expr()} is a guarded access, not supported by the RTL "
-                                          "backend yet")
             try:
                 _check_stage(st, kernel, where)
             except Fx2fpgaError as e:
@@ -234,6 +240,7 @@ def plan(kernel, name: str) -> dict:
                           "init": m.init is not None or m.read_only}
     units, reads, writes, go, packs, muxes = [], [], [], {}, [], []
     data_of: dict[tuple[int, int, int], str] = {}  # (phase id, operand, lane) -> data expression
+    ok_of: dict[tuple[int, int, int], str] = {}  # (phase id, operand, lane) -> "the guarded read happened"
     for ph in phases:
         i = pid[id(ph)]
         unit = _unit_view(ph, i, kernel, name, cvts) if ph.kind == "stage" else None
@@ -247,8 +254,11 @@ def plan(kernel, name: str) -> dict:
                               "width": mem["width"], "banks": [(b, f"rd_{port.buffer}_{b}") for b in port.banks]})
             else:
                 data_of[i, port.operand, port.lane] = f"rd_{port.buffer}_{port.banks[0]}"
+            ok = f"ok_p{i}_r{r}" if port.guard else None
+            if ok:
+                ok_of[i, port.operand, port.lane] = ok
             reads.append({"phase": i, "memory": port.buffer, "index": [controller.affine_spec(a) for a in port.index],
-                          "banks": list(port.banks), "sel": sel,
+                          "banks": list(port.banks), "sel": sel, "ok": ok, "guard": _guard_spec(port.guard),
                           "dim_bits": list(port.dim_bits)})
         for port in ph.writes:
             mem = mems[port.buffer]
@@ -262,12 +272,18 @@ def plan(kernel, name: str) -> dict:
                 source[str(b)] = len(mem["sources"][b]) - 1
             writes.append({"phase": i, "memory": port.buffer, "index": [controller.affine_spec(a) for a in port.index],
                            "banks": list(port.banks), "tap": port.tap, "last_only": port.last_only,
-                           "source": source, "dim_bits": list(port.dim_bits)})
+                           "source": source, "guard": _guard_spec(port.guard), "dim_bits": list(port.dim_bits)})
         if unit is not None:
             lanes_in = []
             for o in range(len(ph.stage.ins)):
                 lanes_in.append([data_of.get((i, o, lane), data_of.get((i, o, 0))) for lane in range(ph.lanes)])
             unit["inputs"] = lanes_in
+            oks = []
+            for o, operand in enumerate(unit["ops"]):
+                lanes_ok = [ok_of.get((i, o, lane), ok_of.get((i, o, 0))) for lane in range(ph.lanes)]
+                operand["guarded"] = any(lanes_ok)
+                oks.append([x or "1'b1" for x in lanes_ok])
+            unit["oks"] = oks
             if unit["kind"] == "reduce":
                 go[str(i)] = f"go_p{i}"
                 unit["go"] = f"go_p{i}"
@@ -283,6 +299,8 @@ def plan(kernel, name: str) -> dict:
     for r in reads:
         if r["sel"]:
             outputs.append((r["sel"], mems[r["memory"]]["bank_bits"]))
+        if r["ok"]:
+            outputs.append((r["ok"], 1))
     for m in mems.values():
         m["ports"] = []
         for b in range(m["banks"]):

@@ -21,6 +21,10 @@ next phase starts once the last write is done, so phases never overlap:
 (the 1 is the cycle in which the idle FSM accepts the command). These are exact: the Verilator
 model of the generated RTL measures the same numbers.
 
+A guarded read (``ir.Guard``: padding, transposed convolutions) and every lane past the end of a
+loop in its last, partial lane group carry a ``guard`` over the counters: where it fails there is
+no request (no RAM port is taken, the datapath sees 0, or skips the point of a max/argmax).
+
 Buffers whose dims are indexed by a lane variable are split cyclically into banks (the lane
 count, or the least common multiple of the lane counts of the stages using that dim), one RAM
 per bank, so the lanes read and write in the same cycle. Every request of every phase is
@@ -35,7 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from fx2fpga_runtime import interface
-from fx2fpga_runtime.ir import Affine, Kernel, Stage
+from fx2fpga_runtime.ir import Affine, Guard, Kernel, Stage
 
 from ..errors import Fx2fpgaError
 
@@ -68,7 +72,7 @@ class Counter:
 
     @property
     def count(self) -> int:
-        return self.extent // self.step
+        return -(-self.extent // self.step)  # a last, partial lane group when lanes do not divide
 
 
 @dataclass
@@ -134,6 +138,7 @@ class Port:
     lane: int = 0
     operand: int = 0  # reads: which stage input (pack: 0); writes: 0
     last_only: bool = False  # writes of a reduction: only at its last point
+    guard: tuple[Guard, ...] = ()  # over the counters: the request happens only where all hold (ir.Guard)
     banks: tuple[int, ...] = ()  # the banks it can hit (filled by the enumeration)
     dim_bits: tuple[int, ...] = ()  # per index: bits of its largest value before div/mod (enumerated)
 
@@ -205,14 +210,15 @@ def _rebase(a: Affine, slots: dict[str, int], lane_var: str | None, lanes: int, 
     return Affine(tuple(terms), const, a.div, a.mod)
 
 
+def _rebase_guards(guards, slots, lane_var, lanes, lane) -> tuple[Guard, ...]:
+    return tuple(Guard(_rebase(g.expr, slots, lane_var, lanes, lane), g.bound, g.step) for g in guards)
+
+
 def _stage_phase(st: Stage, kernel: Kernel, where: str) -> Phase:
     extents = {lp.var: lp.extent for lp in st.loops}
     lanes = max(1, st.lanes)
-    if lanes > 1:
-        if st.lane_var not in extents or st.lane_var in st.reduce:
-            raise ScheduleError(f"{where}: lanes={lanes} needs lane_var to be a loop that is not reduced")
-        if extents[st.lane_var] % lanes:
-            raise ScheduleError(f"{where}: {lanes} lanes do not divide loop {st.lane_var} ({extents[st.lane_var]})")
+    if lanes > 1 and (st.lane_var not in extents or st.lane_var in st.reduce):
+        raise ScheduleError(f"{where}: lanes={lanes} needs lane_var to be a loop that is not reduced")
     lane_var = st.lane_var if lanes > 1 else None
     order = [lp for lp in st.loops if lp.var not in st.reduce] + [lp for lp in st.loops if lp.var in st.reduce]
     counters = tuple(Counter(lp.var, lp.extent, lanes if lp.var == lane_var else 1) for lp in order)
@@ -223,16 +229,26 @@ def _stage_phase(st: Stage, kernel: Kernel, where: str) -> Phase:
     else:
         delay = REDUCE_DELAY if st.reduce else ELEMENTWISE_DELAY
     phase = Phase(st.name, "stage", counters, delay, reduce=reduce, stage=st, lanes=lanes)
-    operands = {"mac": 2, "sum": 1, "max": 1}.get(st.op, len(st.ins))
+    operands = {"mac": 2, "sum": 1, "max": 1, "argmax": 1}.get(st.op, len(st.ins))
+
+    def lane_guard(lane: int) -> tuple[Guard, ...]:
+        """Lanes past the loop's end in its last, partial group: no request."""
+        if lane_var is None or (lanes * (counters[slots[lane_var]].count - 1) + lane) < extents[lane_var]:
+            return ()
+        return (Guard(Affine(((f"c{slots[lane_var]}", lanes),), lane), extents[lane_var]),)
+
     for o, acc in enumerate(st.ins):
         drop = st.reduce if o >= operands else ()  # a reduction's init is read at its first point
-        varying = lane_var is not None and lane_var in {v for ix in acc.index for v in ix.vars()}
+        varying = lane_var is not None and lane_var in {v for ix in (*acc.index, *(g.expr for g in acc.guard))
+                                                          for v in ix.vars()}
         for lane in range(lanes if varying else 1):
             index = tuple(_rebase(ix, slots, lane_var, lanes, lane, drop) for ix in acc.index)
-            phase.reads.append(Port(acc.buffer, index, 0, lane, o))
+            guard = _rebase_guards(acc.guard, slots, lane_var, lanes, lane) + lane_guard(lane)
+            phase.reads.append(Port(acc.buffer, index, 0, lane, o, guard=guard))
     for lane in range(lanes):
         index = tuple(_rebase(ix, slots, lane_var, lanes, lane, st.reduce) for ix in st.out.index)
-        phase.writes.append(Port(st.out.buffer, index, delay, lane, 0, last_only=bool(st.reduce)))
+        phase.writes.append(Port(st.out.buffer, index, delay, lane, 0, last_only=bool(st.reduce),
+                                 guard=lane_guard(lane)))
     return phase
 
 
@@ -247,7 +263,10 @@ def _transfer_phase(kernel: Kernel, name: str, kind: str) -> Phase:
 
 
 def _bank_factors(kernel: Kernel) -> dict[str, list[int]]:
-    """Cyclic bank count per buffer dim: the lcm of the lane counts of the stages indexing it by lane."""
+    """Cyclic bank count per buffer dim: the lcm of the spans the stages' lanes cover in it.
+
+    Lanes read ``coeff * lane + ...``: a span of ``lanes * |coeff|`` (a strided convolution's
+    input: stride x lanes), so that many banks give every lane its own bank."""
     factors = {name: [1] * len(buf.shape) for name, buf in kernel.buffers.items()}
     for st in kernel.stages():
         if st.lanes <= 1 or st.lane_var is None:
@@ -255,8 +274,10 @@ def _bank_factors(kernel: Kernel) -> dict[str, list[int]]:
         for acc in (st.out, *st.ins):
             for d, ix in enumerate(acc.index):
                 if st.lane_var in ix.vars():
+                    coeff = dict(ix.terms)[st.lane_var]
+                    span = st.lanes * (abs(coeff) if ix.div == 1 and not ix.mod else 1)
                     size = kernel.buffers[acc.buffer].shape[d]
-                    factors[acc.buffer][d] = min(size, math.lcm(factors[acc.buffer][d], st.lanes))
+                    factors[acc.buffer][d] = min(size, math.lcm(factors[acc.buffer][d], span))
     return factors
 
 
@@ -269,11 +290,26 @@ def _grid(phase: Phase) -> list[np.ndarray]:
     return [g.reshape(-1) for g in np.meshgrid(*axes, indexing="ij")]
 
 
-def _eval(a: Affine, grid: list[np.ndarray], n: int) -> tuple[np.ndarray, int]:
-    """Values of an index over the phase's iterations, and the largest value before div/mod."""
+def _affine_values(a: Affine, grid: list[np.ndarray], n: int) -> np.ndarray:
+    """``sum(coeff * c<k>) + const`` over the phase's iterations (before div/mod)."""
     v = np.full(n, a.const, dtype=np.int64)
     for var, coeff in a.terms:
         v = v + coeff * grid[int(var[1:])]
+    return v
+
+
+def guard_mask(guards: tuple[Guard, ...], grid: list[np.ndarray], n: int) -> np.ndarray:
+    """Where every guard holds, over the phase's iterations."""
+    mask = np.ones(n, dtype=bool)
+    for g in guards:
+        e = _affine_values(g.expr, grid, n)
+        mask &= (e >= 0) & (e < g.bound) & (e % g.step == 0)
+    return mask
+
+
+def _eval(a: Affine, grid: list[np.ndarray], n: int, mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """Values of an index where ``mask`` holds, and the largest value before div/mod."""
+    v = _affine_values(a, grid, n)[mask]
     top = int(v.max()) if v.size else 0
     if a.div != 1:
         if v.size and v.min() < 0:
@@ -293,17 +329,21 @@ def _check_ports(phase: Phase, memories: dict[str, Memory], where: str) -> None:
         mem = memories[port.buffer]
         if len(port.index) != len(mem.shape):
             raise ScheduleError(f"{where}: {port.buffer} has shape {mem.shape}, indexed with {len(port.index)} indices")
+        mask = guard_mask(port.guard, grid, n)
         idx, widths = [], []
         for d, a in enumerate(port.index):
-            v, top = _eval(a, grid, n)
+            v, top = _eval(a, grid, n, mask)
             widths.append(bits(top) if a.div != 1 or a.mod else bits(int(v.max()) if v.size else 0))
             if v.size and (v.min() < 0 or v.max() >= mem.shape[d]):
                 raise ScheduleError(f"{where}: index {d} of {port.buffer} spans {v.min()}..{v.max()}, "
                                     f"outside 0..{mem.shape[d] - 1}")
             idx.append(v)
-        bank, addr = mem.locate(idx) if idx else (np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64))
-        located[id(port)] = (bank, addr)
-        port.banks = tuple(int(b) for b in np.unique(bank))
+        m = int(mask.sum())
+        bank, addr = mem.locate(idx) if idx else (np.zeros(m, dtype=np.int64), np.zeros(m, dtype=np.int64))
+        full_bank, full_addr = np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int64)
+        full_bank[mask], full_addr[mask] = bank, addr  # -1: no request at that iteration
+        located[id(port)] = (full_bank, full_addr)
+        port.banks = tuple(int(b) for b in np.unique(bank)) or (0,)  # (0,): a request that never happens
         port.dim_bits = tuple(widths)
     last = np.ones(n, dtype=bool)
     for k in phase.reduce:
@@ -314,7 +354,7 @@ def _check_ports(phase: Phase, memories: dict[str, Memory], where: str) -> None:
                 if p.buffer != q.buffer:
                     continue
                 (b1, a1), (b2, a2) = located[id(p)], located[id(q)]
-                clash = (b1 == b2) & (a1 != a2) if kind == "reads" else (b1 == b2)
+                clash = (b1 == b2) & (b1 >= 0) & ((a1 != a2) if kind == "reads" else True)
                 if kind == "writes" and p.last_only:
                     clash &= last
                 if clash.any():
