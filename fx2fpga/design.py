@@ -61,7 +61,7 @@ class Design:
         The csim backend needs the project folder; without one it is written to a
         temporary folder first.
         """
-        needs = {"csim": "hls", "pynq": "hls", "rtl": "rtl"}.get(backend)
+        needs = {"csim": "hls", "rtl": "rtl"}.get(backend)  # pynq: a bitstream of either (build.tcl, build_rtl.tcl)
         if needs is not None and self.backend not in (needs, "both"):
             raise ValueError(f"the {backend} backend runs the {needs.upper()} output, but this design was compiled "
                              f"with backend={self.backend!r}: compile with backend={needs!r} or 'both'")

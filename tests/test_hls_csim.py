@@ -119,14 +119,15 @@ def zoo_kernel() -> Kernel:
     red("r_max", "max", F("fixed<6,2>"), F("fixed<6,2,RND,SAT>"), ij, ("j",), (A,), ("i",), lanes=3, lane_var="j")
     red("r_max_all", "max", F("ufixed<6,2>"), F("ufixed<6,2>"), ij, (), (B,), ("i", "j"))
     # argmax: the first maximum (p's 4-bit values tie often); guarded points are skipped
-    red("r_argmax", "argmax", F("fixed<16,16>"), F("fixed<4,2,TRN,SAT>"), ij, ("j",), (P,), ("i",))
+    red("r_argmax", "argmax", F("fixed<16,16>"), F("fixed<4,2,TRN,SAT>"), ij, ("j",), (P,), ("i",),
+        lanes=3, lane_var="j")
     red("r_argmax_all", "argmax", F("ufixed<8,8>"), F("fixed<3,2,TRN,SAT>"), ij, (), (P,), ("i", "j"))
     window = Affine((("n", 2), ("j", 1)), -1)  # a pooling window over j, padded by 1
     pooled = Access("a", (Affine.var("i"), window), (Guard(window, 8),))
     red("r_max_pad", "max", F("fixed<8,3>"), F("fixed<8,3,TRN,SAT>"), (Loop("i", 4), Loop("n", 4), Loop("j", 3)),
         ("i", "n"), (pooled,), ("j",))
     red("r_argmax_pad", "argmax", F("fixed<16,16>"), F("fixed<8,3,TRN,SAT>"),
-        (Loop("i", 4), Loop("n", 4), Loop("j", 3)), ("i", "n"), (pooled,), ("j",))
+        (Loop("i", 4), Loop("n", 4), Loop("j", 3)), ("i", "n"), (pooled,), ("j",), lanes=2, lane_var="n")
     # a transposed (strided) read: a[(i + j - 3) / 2][j] where i + j - 3 is even and in 0..7
     e = Affine((("i", 1), ("j", 1)), -3)
     strided = Access("a", (Affine(e.terms, e.const, 2), Affine.var("j")), (Guard(e, 8, 2),))

@@ -222,7 +222,7 @@ def test_mlp_schedule_model_numbers(mlp_train_design):
     s = schedule.run(design.kernel)
     util = {ph.name: schedule.mac_utilization(ph) for ph in s.phases()
             if ph.kind == "stage" and ph.stage.op == "mac" and ph.lanes >= 4}
-    assert len(util) == 5 and min(util.values()) >= 0.99, util
+    assert len(util) >= 5 and min(util.values()) >= 0.99, util
     phases = s.commands["train_step"]
     assert s.call_cycles("train_step") == 1 + sum(p.iterations + p.write_delay for p in phases)
     assert phases[0].name == "unpack_train_x" and phases[0].cycles == 16 * 64

@@ -14,9 +14,7 @@ from .. import __version__, estimate
 from . import hls, verilog
 from .hls import _env
 
-REGISTER_MAP = {  # Vitis HLS s_axilite layout of <name>_top(int cmd, int *in_words, int *out_words)
-    "ap_ctrl": 0x00, "gie": 0x04, "ier": 0x08, "isr": 0x0C, "cmd": 0x10, "in_words": 0x18, "out_words": 0x24,
-}
+REGISTER_MAP = interface.REGISTER_MAP  # one map for the HLS and the RTL kernel (rtl/<name>_axi.v)
 
 
 def golden_vectors(design) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -100,4 +98,10 @@ def project_files(design) -> dict[str, str]:
         files.update(hls.generate_testbench(k, vectors, __version__))
     if design.backend in ("rtl", "both"):
         files.update(verilog.project_files(k, __version__, design.target.clock_mhz))
+        t = design.target
+        if f"rtl/{k.name}_axi.v" in files and t.toolchain == "vivado" and t.ps == "zynq7":
+            sources = files["rtl/files.f"].split()  # and the `include files: the .sv files not listed there
+            headers = [f[4:] for f in files if f.startswith("rtl/") and f.endswith(".sv") and f[4:] not in sources]
+            files["build_rtl.tcl"] = env.get_template("tcl/build_rtl.tcl.j2").render(
+                ctx, sources=sources, headers=headers)
     return dict(sorted(files.items()))

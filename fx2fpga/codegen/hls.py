@@ -131,8 +131,6 @@ def _check_stage(st: Stage, kernel: Kernel, where: str) -> None:
         raise HlsCodegenError(f"{where}: reduce vars {st.reduce} are not all loops of the stage")
     if st.reduce and st.acc is None:
         raise HlsCodegenError(f"{where}: a {st.op} reduction needs an accumulator format (stage.acc)")
-    if st.op == "argmax" and st.lanes > 1:
-        raise HlsCodegenError(f"{where}: argmax runs on one lane")
     if st.out.guard or (st.reduce and len(st.ins) > arity and st.ins[arity].guard):
         raise HlsCodegenError(f"{where}: only the operands of a stage may be guarded, not its output or init")
     if st.lanes > 1 and (st.lane_var not in extents or st.lane_var in st.reduce):

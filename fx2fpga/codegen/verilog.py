@@ -399,6 +399,10 @@ def generate(kernel, version: str, clock_mhz: float = 100.0) -> dict[str, str]:
         name=name, version=version, clock_mhz=clock_mhz, commands=_schedule_rows(p["schedule"]))
     sources = sorted(f[4:] for f in files if f.endswith(".sv") and not f.endswith("fsm_enum_typedefs.sv"))
     files["rtl/files.f"] = "".join(f"{s}\n" for s in sources)
+    from . import axi  # the bus top <name>_axi.v (Verilog: Vivado module references) and its harness sim_axi.cpp
+
+    files.update(axi.generate(kernel, p["schedule"].codes, banner))
+    files["rtl/files.f"] += f"{name}_axi.v\n"  # last: it instantiates {name}_top
     return dict(sorted(files.items()))
 
 

@@ -395,5 +395,9 @@ def run(kernel: Kernel) -> Schedule:
                                 read_only, buf.init)
     for cmd, phases in commands.items():
         for ph in phases:
-            _check_ports(ph, memories, f"{ph.kind} {ph.name!r} of {cmd}")
+            try:
+                _check_ports(ph, memories, f"{ph.kind} {ph.name!r} of {cmd}")
+            except ScheduleError as e:
+                e.stage = ph.stage  # the tile pass narrows a stage whose lanes clash
+                raise
     return Schedule(kernel, memories, commands, codes)

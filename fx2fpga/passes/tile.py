@@ -1,14 +1,18 @@
 """Tiling: how many lanes (parallel datapath copies) each stage gets.
 
-A matmul-like stage (``mac``) gets ``lanes`` copies of its multiply-accumulate unit working
-on consecutive outputs of its innermost non-reduced loop; lane counts divide that loop's
-extent, so every lane has equal work and the arrays partition evenly. Other stages keep one
-lane.
+Every stage with a non-reduced loop (matmuls, elementwise ops, sums, pools) gets ``lanes``
+copies of its datapath working on consecutive outputs of its innermost non-reduced loop;
+lane counts divide that loop's extent, so every lane has equal work and the arrays partition
+evenly.
 
-``lanes`` is either a number (the same request for every matmul stage) or ``"auto"``: start
-every matmul stage at one lane and repeatedly widen the stage that takes the most cycles to
-its next lane count, as long as the resource estimate stays within ``AUTO_BUDGET`` of the
-target's DSPs and block RAMs.
+``lanes`` is either a number (the same request for every stage) or ``"auto"``: start every
+stage at one lane and repeatedly widen the stage that takes the most cycles to its next lane
+count, as long as the resource estimate stays within ``AUTO_BUDGET`` of the target's DSPs and
+block RAMs.
+
+Finally the lanes are checked against the RTL backend's memory banking (``schedule.run``):
+a stage whose lanes would need two different words of one RAM bank in a cycle (e.g. a pooling
+window read by a transposed index) falls back to fewer lanes, so every kernel stays mappable.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 from fx2fpga_runtime.ir import Kernel, Stage
 
 from .. import estimate
+from . import schedule
 
 AUTO_BUDGET = 0.8  # share of the target's DSP and BRAM the automatic choice may use
 
@@ -25,15 +30,17 @@ def lane_count(extent: int, requested: int) -> int:
     return max(d for d in range(1, min(extent, requested) + 1) if extent % d == 0)
 
 
-def _lane_loop(stage: Stage):
-    if stage.op != "mac":
-        return None
+def _lane_loop(stage: Stage, requested: int | None = None):
+    """The non-reduced loop the lanes run over: the one allowing the most lanes (``requested``:
+    at most that many; None: the longest loop), the innermost of equals."""
     free = [lp for lp in stage.loops if lp.var not in stage.reduce and lp.extent > 1]
-    return free[-1] if free else None
+    if not free:
+        return None
+    return max(reversed(free), key=lambda lp: lane_count(lp.extent, requested) if requested else lp.extent)
 
 
 def choose_lanes(stage: Stage, requested: int) -> None:
-    loop = _lane_loop(stage)
+    loop = _lane_loop(stage, requested)
     if loop is None or requested <= 1:
         return
     stage.lanes = lane_count(loop.extent, requested)
@@ -66,15 +73,31 @@ def auto_lanes(kernel: Kernel, target) -> None:
             frozen.add(id(slowest))
 
 
+def keep_banks_mappable(kernel: Kernel) -> None:
+    """Narrow the stages whose lanes would clash in one RAM bank of the RTL schedule."""
+    while True:
+        try:
+            schedule.run(kernel)
+            return
+        except schedule.ScheduleError as e:
+            stage = getattr(e, "stage", None)
+            if stage is None or stage.lanes <= 1:
+                return  # not a lane problem: the RTL generator reports it
+            extent = next(lp.extent for lp in stage.loops if lp.var == stage.lane_var)
+            stage.lanes = lane_count(extent, stage.lanes - 1)
+            stage.lane_var = stage.lane_var if stage.lanes > 1 else None
+
+
 def run(kernel: Kernel, lanes: int | str, target=None) -> Kernel:
-    """Set ``lanes``/``lane_var`` on every stage: a number per matmul stage, or ``"auto"``."""
+    """Set ``lanes``/``lane_var`` on every stage: a number per stage, or ``"auto"``."""
     if lanes == "auto":
         if target is None:
             raise ValueError("lanes='auto' needs the target's budget")
         auto_lanes(kernel, target)
-        return kernel
-    if not isinstance(lanes, int) or lanes < 1:
+    elif not isinstance(lanes, int) or lanes < 1:
         raise ValueError(f"lanes must be a positive integer or 'auto', got {lanes!r}")
-    for stage in kernel.stages():
-        choose_lanes(stage, lanes)
+    else:
+        for stage in kernel.stages():
+            choose_lanes(stage, lanes)
+    keep_banks_mappable(kernel)
     return kernel

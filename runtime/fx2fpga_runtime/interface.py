@@ -22,6 +22,14 @@ from .ir import Kernel
 COMMANDS = {"load_params": 1, "read_params": 2, "infer": 3, "train_step": 4}
 MAX_PORT_WIDTH = 32
 
+# The kernel's AXI4-Lite registers (byte offsets): the Vitis HLS s_axilite layout of ``<name>_top``
+# (``cmd`` and the block-level ``ap_ctrl_hs`` protocol on s_axilite, the two word arrays as m_axi
+# ``offset=slave`` pointers, bundle ``gmem``). The HLS kernel gets it from Vitis HLS, the RTL kernel
+# from ``rtl/<name>_axi.v``; ``manifest.json`` records it and the board driver reads it there.
+REGISTER_MAP = {"ap_ctrl": 0x00, "gie": 0x04, "ier": 0x08, "isr": 0x0C, "cmd": 0x10,
+                "in_words": 0x18, "out_words": 0x24}
+ADDRESS_REGISTERS = ("in_words", "out_words")  # 64-bit byte addresses: low word at the offset, high word at +4
+
 
 def command_buffers(kernel: Kernel, command: str) -> tuple[list[str], list[str]]:
     """The buffers a command reads from ``in_words`` and writes to ``out_words``."""

@@ -1,9 +1,11 @@
 """The board backend: the kernel's IP in a PYNQ overlay, driven over AXI-Lite + DDR buffers.
 
 Needs the ``pynq`` package (on the board) and ``bitstream/<name>.bit`` with its ``.hwh``
-(written by ``build.tcl``). The registers are the Vitis HLS s_axilite layout recorded in
+(written by ``build.tcl`` for the HLS kernel or ``build_rtl.tcl`` for the RTL kernel: both have
+the same registers). The registers are the Vitis HLS s_axilite layout recorded in
 ``manifest.json``: ``ap_ctrl`` (bit 0 start, bit 1 done), ``cmd``, and the 64-bit addresses of
-the ``in_words`` / ``out_words`` buffers.
+the ``in_words`` / ``out_words`` buffers. ``rtl_axi.pynq_module`` runs this driver against the
+RTL kernel in Verilator.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ class PynqBackend:
         bit = Path(bitfile) if bitfile else project_dir / "bitstream" / f"{kernel.name}.bit"
         if not bit.is_file():
             raise FileNotFoundError(f"{bit} not found: build it with 'vivado -mode batch -source build.tcl' "
-                                    f"in {project_dir} and copy the folder to the board")
+                                    f"(HLS kernel) or 'build_rtl.tcl' (RTL kernel) in {project_dir} and copy the "
+                                    "folder to the board")
         self.overlay = pynq.Overlay(str(bit))
         self.ip = getattr(self.overlay, f"{kernel.name}_top_0")
         n_in, n_out = interface.port_words(kernel)

@@ -67,17 +67,19 @@ def sources(rtl: Path) -> list[Path]:
     return [rtl / line.strip() for line in listing.read_text().splitlines() if line.strip()]
 
 
-def build(rtl: Path, top: str, jobs: int = 2) -> Path:
-    """Verilate and compile the design in ``rtl`` with its ``sim_main.cpp``, cached; returns the binary."""
+def build(rtl: Path, top: str, jobs: int = 2, harness: str = "sim_main.cpp") -> Path:
+    """Verilate and compile the design in ``rtl`` (top module ``top``) with the C++ ``harness`` there, cached;
+    returns the binary."""
     exe, env = verilator_env()
     files = sorted(p for p in rtl.rglob("*") if p.is_file() and p.suffix in (".sv", ".v", ".hex", ".cpp", ".f"))
-    digest = hashlib.sha256("\0".join([*VERILATOR_FLAGS, CXX_FLAGS, top, _verilator_version(exe, env)]).encode())
+    key = [*VERILATOR_FLAGS, CXX_FLAGS, top, harness, _verilator_version(exe, env)]
+    digest = hashlib.sha256("\0".join(key).encode())
     for path in files:
         digest.update(b"\0" + str(path.relative_to(rtl)).encode() + b"\0" + path.read_bytes())
 
     def verilate_into(work: Path) -> Path:
         cmd = [exe, *VERILATOR_FLAGS, "-j", str(jobs), "--top-module", top, f"-I{rtl}", "-CFLAGS", CXX_FLAGS,
-               "--Mdir", str(work / "obj"), "-o", "sim", *map(str, sources(rtl)), str(rtl / "sim_main.cpp")]
+               "--Mdir", str(work / "obj"), "-o", "sim", *map(str, sources(rtl)), str(rtl / harness)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             lines = (proc.stdout + proc.stderr).splitlines()
