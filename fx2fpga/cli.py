@@ -79,8 +79,14 @@ def cmd_report(args) -> int:
 
 
 def cmd_build(args) -> int:
+    from .targets import load_target
+
     project = Path(args.project)
+    if not (project / "manifest.json").is_file():
+        raise Fx2fpgaError(f"{project} has no manifest.json: is it an fx2fpga project folder?")
     manifest = json.loads((project / "manifest.json").read_text())
+    if load_target(manifest["target"]["name"]).family == "ecp5":
+        return _build_ecp5(project)
     missing = [t for t in ("vitis_hls", "vivado") if shutil.which(t) is None]
     if missing:
         raise ToolNotFoundError(
@@ -95,13 +101,31 @@ def cmd_build(args) -> int:
     return 0
 
 
+def _build_ecp5(project: Path) -> int:
+    from .ecp5 import build
+
+    t0 = time.perf_counter()
+    result = build(project, log=_progress)
+    _progress(f"wrote {result.bitstream} in {time.perf_counter() - t0:.0f} s"
+              f"{' (cached place and route)' if result.cached else ''}")
+    path = result.report.critical_path or {}
+    if result.timing_met:
+        print(f"{result.bitstream}: Fmax {result.fmax_mhz:.1f} MHz >= {result.clock_mhz:g} MHz, timing met")
+        return 0
+    print(f"{result.bitstream}: Fmax {result.fmax_mhz:.1f} MHz < {result.clock_mhz:g} MHz: TIMING NOT MET "
+          f"(the bitstream may not work at {result.clock_mhz:g} MHz). Critical path {path.get('delay_ns', 0):.1f} "
+          f"ns: {path.get('start')} -> {path.get('end')}; see {project / 'report.md'}")
+    return 1
+
+
 def cmd_targets(args) -> int:
     from .targets import list_targets
 
-    print(f"{'target':10s} {'part':22s} {'MHz':>5s} {'LUT':>8s} {'FF':>8s} {'BRAM36':>7s} {'DSP':>5s}  toolchain")
+    print(f"{'target':10s} {'part':22s} {'MHz':>5s} {'LUT':>8s} {'FF':>8s} {'BRAM36':>7s} {'DSP':>16s}  toolchain")
     for t in list_targets():
-        print(f"{t.name:10s} {t.part:22s} {t.clock_mhz:5g} {t.lut:8,d} {t.ff:8,d} {t.bram36:7d} {t.dsp:5d}  "
-              f"{t.toolchain}")
+        print(f"{t.name:10s} {t.part:22s} {t.clock_mhz:5g} {t.lut:8,d} {t.ff:8,d} {t.bram36:7d} "
+              f"{f'{t.dsp} {t.dsp_kind}':>16s}  {t.toolchain}")
+    print("LUT: 6-input (Xilinx) or 4-input (ECP5); BRAM36: 36 kb block RAMs, or the equivalent in 18 kb blocks")
     return 0
 
 
@@ -126,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", help="output folder (default: <model>_<target>)")
     c.add_argument("--precision", help="default fixed-point format, e.g. 'fixed<16,6>'")
     c.add_argument("--lanes", type=_lanes, default=4,
-                   help="parallel MAC lanes per matmul stage, or 'auto' to fill the board's budget (default 4)")
+                   help="parallel datapath copies per stage, or 'auto' to fill the board's budget (default 4)")
     c.add_argument("--name", help="kernel name (default: the model file's name)")
     c.add_argument("--backend", default="both", choices=["hls", "rtl", "both"],
                    help="what the folder holds: HLS C++ for Vitis (hls), Verilog (rtl), or both (default)")
@@ -135,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("project")
     s.add_argument("--backend", default="emu", choices=["emu", "csim", "rtl"])
     s.set_defaults(func=cmd_sim)
-    b = sub.add_parser("build", help="run Vitis HLS and Vivado on a project (needs them installed)")
+    b = sub.add_parser("build", help="make the bitstream: Vitis HLS and Vivado for Xilinx boards (where installed), "
+                       "Yosys + nextpnr (pip: yowasp) for ECP5 boards")
     b.add_argument("project")
     b.set_defaults(func=cmd_build)
     r = sub.add_parser("report", help="print a project's report (with Yosys resource counts of its RTL)")

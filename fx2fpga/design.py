@@ -125,7 +125,8 @@ def compile(  # noqa: A001 - the public name the product promises
     too). ``train=fx2fpga.GD(lr)`` with a function ``f(x) -> scalar`` and ``example_inputs=(x0,)``
     makes a kernel that keeps the point ``x`` on chip and descends ``f``. ``precision`` is a format
     string (``"fixed<16,6>"``), a dict of ``Precision`` fields or a ``Precision``. ``lanes`` is the
-    number of parallel MAC units per matmul stage, or ``"auto"`` to fill the target's budget. With
+    number of parallel datapath copies per stage (matmuls, elementwise ops, reductions), or
+    ``"auto"`` to widen the slowest stages while the target's budget allows. With
     ``out_dir`` the project folder is written there.
     ``progress`` (a callable taking a line of text) hears about each pipeline step.
     ``backend`` says what the project folder holds: ``"hls"`` (C++ for Vitis HLS, the csim and
@@ -149,7 +150,7 @@ def compile(  # noqa: A001 - the public name the product promises
     kname = _kernel_name(model, name)
     ctx = CompileContext(module, example_inputs, train, prec, lanes, tgt, kname, progress=progress)
     kernel = run_pipeline(ctx)
-    over = estimate.resources(kernel).over_budget(tgt)
+    over = estimate.resources(kernel, tgt).over_budget(tgt)
     if over:
         raise ResourceBudgetError(tgt.name, over, "Use fewer lanes (lanes=...), narrower formats (precision=...), "
                                   "a smaller batch, or a larger target (fx2fpga targets).")

@@ -2,7 +2,8 @@
 
 Latency: a stage issues ``iterations / lanes`` loop bodies at one per cycle plus a pipeline
 depth. Resources: one DSP48 per lane multiplier whose operands fit its 25x18 ports (2 or 4
-for wider ones), block RAM (in BRAM18 halves) from each buffer's bits and partitioning.
+for wider ones; 18x18 pieces for ECP5's MULT18X18D), block RAM (in BRAM18 halves) from each
+buffer's bits and partitioning.
 """
 
 from __future__ import annotations
@@ -26,11 +27,15 @@ def program_cycles(kernel: Kernel, program: str) -> int:
     return sum(stage_cycles(s) for s in kernel.programs[program].stages)
 
 
-def dsp_per_multiplier(width_a: int, width_b: int) -> int:
-    """DSP48E1 slices for one ``width_a x width_b`` signed multiplier (25x18 ports)."""
+def dsp_per_multiplier(width_a: int, width_b: int, kind: str = "DSP48E1") -> int:
+    """DSP blocks for one ``width_a x width_b`` signed multiplier: DSP48E1/E2 slices (25x18 ports) or
+    ECP5 MULT18X18D (18x18; Yosys splits a wider operand into an 18-bit signed top and 17-bit pieces)."""
     a, b = max(width_a, width_b), min(width_a, width_b)
     if b <= 1:
         return 0
+    if kind == "MULT18X18D":
+        pieces = [1 if w <= 18 else 1 + math.ceil((w - 18) / 17) for w in (a, b)]
+        return pieces[0] * pieces[1]
     if a <= 25 and b <= 18:
         return 1
     if a <= 42 and b <= 18 or a <= 25 and b <= 35:
@@ -65,13 +70,15 @@ def buffer_banks(kernel: Kernel) -> dict[str, int]:
     return banks
 
 
-def resources(kernel: Kernel) -> ResourceEstimate:
+def resources(kernel: Kernel, target=None) -> ResourceEstimate:
+    """DSP blocks (of the target's ``dsp_kind``; DSP48E1 without a target) and block RAM of ``kernel``."""
+    kind = getattr(target, "dsp_kind", "DSP48E1")
     dsp = 0
     for st in kernel.stages():
         if st.op in ("mac", "mul"):
             w = [kernel.buffers[a.buffer].fmt.width for a in st.ins[:2]]
             if all(kernel.buffers[a.buffer].role != "const" for a in st.ins[:2]) or st.op == "mac":
-                dsp += st.lanes * dsp_per_multiplier(*w)
+                dsp += st.lanes * dsp_per_multiplier(*w, kind)
     banks = buffer_banks(kernel)
     bram18, bits_total = 0, 0
     for name, buf in kernel.buffers.items():

@@ -43,7 +43,7 @@ def golden_vectors(design) -> list[tuple[str, np.ndarray, np.ndarray]]:
 def manifest(design) -> dict:
     k, t = design.kernel, design.target
     in_words, out_words = interface.port_words(k)
-    res = estimate.resources(k)
+    res = estimate.resources(k, design.target)
     return {
         "version": __version__, "name": k.name, "top": f"{k.name}_top",
         "target": {"name": t.name, "part": t.part, "clock_mhz": t.clock_mhz},
@@ -86,14 +86,16 @@ def project_files(design) -> dict[str, str]:
         "kernel.json": k.to_json() + "\n",
         "manifest.json": manifest_text(manifest(design)),
         "report.md": design.report,
-        "driver/driver.py": env.get_template("driver/driver.py.j2").render(ctx),
     }
+    if design.target.ps:  # the PYNQ driver runs on the board's processor
+        files["driver/driver.py"] = env.get_template("driver/driver.py.j2").render(ctx)
+        files.update(_runtime_files())
     vectors = golden_vectors(design)
     files[VECTORS] = vectors_text(vectors)
-    files.update(_runtime_files())
     if design.backend in ("hls", "both"):
-        files["hls.tcl"] = env.get_template("tcl/hls.tcl.j2").render(ctx)
-        files["build.tcl"] = env.get_template("tcl/build.tcl.j2").render(ctx)
+        if design.target.toolchain == "vivado":  # an ECP5 board builds from rtl/ (fx2fpga build)
+            files["hls.tcl"] = env.get_template("tcl/hls.tcl.j2").render(ctx)
+            files["build.tcl"] = env.get_template("tcl/build.tcl.j2").render(ctx)
         files.update(hls.generate(k, __version__))
         files.update(hls.generate_testbench(k, vectors, __version__))
     if design.backend in ("rtl", "both"):

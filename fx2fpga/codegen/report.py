@@ -14,7 +14,7 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 def report_text(design) -> str:
     """The report of a design as Markdown."""
     k, t = design.kernel, design.target
-    res = estimate.resources(k)
+    res = estimate.resources(k, t)
     out = [f"# {k.name}: fx2fpga report", ""]
     out += [f"- target: **{t.name}** ({t.part}, {t.clock_mhz:g} MHz)",
             f"- programs: {', '.join(k.programs)}",
@@ -23,7 +23,7 @@ def report_text(design) -> str:
             f"gradients {design.precision.gradient}, accumulators {design.precision.accumulator}", ""]
     out += ["## Estimated resources (before synthesis)", ""]
     out += _table(["resource", "estimate", f"{t.name} budget", "use"], [
-        ["DSP", res.dsp, t.dsp, f"{100 * res.dsp / t.dsp:.1f}%"],
+        [f"DSP ({t.dsp_kind})", res.dsp, t.dsp, f"{100 * res.dsp / t.dsp:.1f}%"],
         ["BRAM36", f"{res.bram36:g}", t.bram36, f"{100 * res.bram36 / t.bram36:.1f}%"],
     ])
     out += ["", f"On-chip memory: {res.memory_bits:,} bits in {len(k.buffers)} arrays.", ""]

@@ -64,7 +64,7 @@ PIPELINE: list[Step] = [
     Step("trace", _trace, "torch.export / make_fx: the inference graph and the SGD-step joint graph"),
     Step("normalize", _normalize, "ATen ops -> kernel IR stages (loop nests); views become index maps"),
     Step("quantize", _quantize, "fixed-point formats per buffer and accumulator; function tables"),
-    Step("tile", _tile, "lanes (parallel MAC units) per stage"),
+    Step("tile", _tile, "lanes (parallel datapath copies) per stage"),
 ]
 
 

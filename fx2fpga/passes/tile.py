@@ -48,12 +48,12 @@ def choose_lanes(stage: Stage, requested: int) -> None:
 
 
 def _fits(kernel: Kernel, target) -> bool:
-    res = estimate.resources(kernel)
+    res = estimate.resources(kernel, target)
     return res.dsp <= AUTO_BUDGET * target.dsp and res.bram36 <= AUTO_BUDGET * target.bram36
 
 
 def auto_lanes(kernel: Kernel, target) -> None:
-    """Greedy: widen the slowest matmul stage while the estimate fits the budget."""
+    """Greedy: widen the slowest stage while the estimate fits the budget."""
     stages = [s for s in kernel.stages() if _lane_loop(s) is not None]
     frozen: set[int] = set()
     while True:

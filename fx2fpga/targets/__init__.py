@@ -37,10 +37,12 @@ class Target:
     ps: str | None  # processor system kind ("zynq7", "zynqmp") or None for a bare FPGA
     toolchain: str  # one of TOOLCHAINS
     board_part: str | None = None  # Vivado board-file id, if the board has one
+    board_clock_mhz: float | None = None  # the board oscillator a PLL turns into clock_mhz (bare FPGAs)
+    board_clock_pin: str | None = None  # the package pin of that oscillator
 
 
 _REQUIRED_STR = ("name", "description", "part", "family", "dsp_kind", "toolchain")
-_OPTIONAL_STR = ("ps", "board_part")
+_OPTIONAL_STR = ("ps", "board_part", "board_clock_pin")
 _POSITIVE_INT = ("lut", "ff", "bram36", "dsp")
 
 
@@ -72,6 +74,11 @@ def _parse(source: str, text: str) -> Target:
         raise TargetFileError(f"{source}: clock_mhz must be a number of MHz in (0, 10000), got {clock!r}")
     if data["toolchain"] not in TOOLCHAINS:
         raise TargetFileError(f"{source}: toolchain {data['toolchain']!r} is not one of {', '.join(TOOLCHAINS)}")
+    osc = data.get("board_clock_mhz")
+    if osc is not None and (isinstance(osc, bool) or not isinstance(osc, int | float) or not 0 < osc < 1_000):
+        raise TargetFileError(f"{source}: board_clock_mhz must be a number of MHz in (0, 1000), got {osc!r}")
+    if data["family"] == "ecp5":
+        _check_ecp5(source, data)
     return Target(
         name=data["name"],
         description=data["description"],
@@ -86,7 +93,23 @@ def _parse(source: str, text: str) -> Target:
         ps=data.get("ps"),
         toolchain=data["toolchain"],
         board_part=data.get("board_part"),
+        board_clock_mhz=float(osc) if osc is not None else None,
+        board_clock_pin=data.get("board_clock_pin"),
     )
+
+
+def _check_ecp5(source: str, data: dict) -> None:
+    """An ECP5 board needs a part nextpnr-ecp5 knows and the oscillator its PLL starts from."""
+    from ..ecp5 import nextpnr_device
+
+    try:
+        nextpnr_device(data["part"])
+    except ValueError as exc:
+        raise TargetFileError(f"{source}: {exc}") from None
+    missing = [k for k in ("board_clock_mhz", "board_clock_pin") if k not in data]
+    if missing:
+        raise TargetFileError(f"{source}: an ecp5 board needs {' and '.join(missing)} (the oscillator the PLL "
+                              f"makes clock_mhz from)")
 
 
 @functools.cache
