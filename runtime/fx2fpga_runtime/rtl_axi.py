@@ -19,8 +19,6 @@ stress test), 0 keeps them ideal. Standard library and numpy only.
 from __future__ import annotations
 
 import json
-import subprocess
-import tempfile
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .rtl import build
+from .server import SimProcess
 
 WRITE, READ, POKE, PEEK, TICK, WAIT, STATS = range(1, 8)
 
@@ -43,7 +42,7 @@ class Stats:
     bursts_written: int
 
 
-class AxiSimulation:
+class AxiSimulation(SimProcess):
     """``<name>_axi`` of a project folder in a Verilator process (built once, cached by source hash)."""
 
     def __init__(self, project_dir: str | Path, seed: int = 0, gap: int = 16):
@@ -53,9 +52,7 @@ class AxiSimulation:
         if not (rtl / "sim_axi.cpp").is_file():
             raise FileNotFoundError(f"{rtl} has no sim_axi.cpp: the project has no RTL (see {rtl / 'README.md'})")
         self.binary = build(rtl, f"{self.name}_axi", harness="sim_axi.cpp")
-        self._stderr = tempfile.TemporaryFile()
-        self._proc = subprocess.Popen([str(self.binary), "--seed", str(seed), "--gap", str(gap)], cwd=rtl,
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
+        super().__init__([str(self.binary), "--seed", str(seed), "--gap", str(gap)], "the AXI simulation", rtl)
 
     def _ask(self, words: list[int] | np.ndarray, n_answer: int) -> np.ndarray:
         if self._proc is None:
@@ -64,15 +61,9 @@ class AxiSimulation:
         try:
             self._proc.stdin.write(data)
             self._proc.stdin.flush()
-            answer = self._proc.stdout.read(4 * n_answer)
         except BrokenPipeError:
-            answer = b""
-        if len(answer) < 4 * n_answer:
-            code = self._proc.wait(timeout=10)
-            self._stderr.seek(0)
-            err = self._stderr.read().decode(errors="replace").strip()[-2000:]
-            raise RuntimeError(f"the AXI simulation stopped (exit code {code}){': ' + err if err else ''}")
-        return np.frombuffer(answer, dtype=np.uint32)
+            raise self._died("stopped") from None
+        return np.frombuffer(self._read(4 * n_answer, "stopped"), dtype=np.uint32)
 
     def write(self, offset: int, value: int, strb: int = 0xF) -> None:
         """An AXI4-Lite write of a 32-bit register (``strb``: its byte lanes)."""
@@ -110,24 +101,6 @@ class AxiSimulation:
     def stats(self) -> Stats:
         c_lo, c_hi, *rest = (int(v) for v in self._ask([STATS], 6))
         return Stats(c_lo | c_hi << 32, *rest)
-
-    def close(self) -> None:
-        """End the process (the kernel's on-chip state goes with it)."""
-        if self._proc is None:
-            return
-        try:
-            self._proc.stdin.close()
-            self._proc.wait(timeout=10)
-        except (BrokenPipeError, subprocess.TimeoutExpired):
-            self._proc.kill()
-            self._proc.wait()
-        self._proc.stdout.close()
-        self._stderr.close()
-        self._proc = None
-
-    def __del__(self):
-        if getattr(self, "_proc", None) is not None:
-            self.close()
 
 
 class MMIO:
