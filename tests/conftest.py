@@ -14,6 +14,24 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def assert_backend_equals_emu(design, backend: str, sequence):
+    """Run ``(command, arrays)`` calls on emu and on ``backend`` from the same start: every output
+    word equal, and after each call every parameter word. Returns the emulator runner."""
+    emu = design.load("emu")
+    with design.load(backend) as other:
+        for command, arrays in sequence:
+            raw = emu._quantize_inputs(command, arrays)
+            want, got = emu.call_raw(command, raw), other.call_raw(command, raw)
+            assert want.keys() == got.keys()
+            for name in want:
+                assert np.array_equal(want[name], got[name]), (command, name)
+            p_emu, p_other = emu.get_params_raw(), other.get_params_raw()
+            assert p_emu.keys() == p_other.keys()
+            for name in p_emu:
+                assert np.array_equal(p_emu[name], p_other[name]), (command, name)
+    return emu
+
+
 def load_example(name: str):
     """Import examples/<name>.py as a module."""
     spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")

@@ -31,7 +31,7 @@ from fx2fpga.frontend import trace
 
 from ._error_bounds import GraphBounds, emulator_decisions, flipped_decisions
 from ._replay import graph_args, replay_layers
-from .conftest import load_example
+from .conftest import assert_backend_equals_emu, load_example
 from .test_rtl import assert_lint_clean
 
 # ----- the IR: guarded reads and argmax, against loops written from the docstring ------------------------
@@ -323,17 +323,9 @@ def test_conv1d_layers_equal_pytorch_on_the_kernels_own_values(conv1d):
 @pytest.mark.parametrize("backend", ["csim", "rtl"])
 def test_conv1d_equals_emu(conv1d, backend):
     model, x, y, design = conv1d
-    emu = design.load("emu")
-    with design.load(backend) as csim:
-        for step in range(2):
-            raw = emu._quantize_inputs("train_step", [x.numpy()[:, :, ::-1] if step else x.numpy(), y.numpy()])
-            assert np.array_equal(emu.call_raw("train_step", raw)["train_loss"],
-                                  csim.call_raw("train_step", raw)["train_loss"])
-        p_emu, p_csim = emu.get_params_raw(), csim.get_params_raw()
-        for name in p_emu:
-            assert np.array_equal(p_emu[name], p_csim[name]), name
-        xi = emu._quantize_inputs("infer", [x.numpy()])
-        assert np.array_equal(emu.call_raw("infer", xi)["infer_output"], csim.call_raw("infer", xi)["infer_output"])
+    assert_backend_equals_emu(design, backend, [("train_step", [x.numpy(), y.numpy()]),
+                                                ("train_step", [x.numpy()[:, :, ::-1], y.numpy()]),
+                                                ("infer", [x.numpy()])])
 
 
 # ----- refusals ---------------------------------------------------------------------------------------------

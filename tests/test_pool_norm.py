@@ -15,6 +15,7 @@ from fx2fpga.frontend import trace
 
 from ._error_bounds import GraphBounds
 from ._replay import graph_args, replay_layers
+from .conftest import assert_backend_equals_emu
 from .test_conv import _float_params, check_against_float
 
 # ----- pooling: overlapping, padded, counted without padding, adaptive ----------------------------------------
@@ -77,15 +78,8 @@ def test_pools_equal_pytorch_on_the_kernels_own_values(pool):
 @pytest.mark.parametrize("backend", ["csim", "rtl"])
 def test_pools_equal_emu(pool, backend):
     model, x, y, design = pool
-    emu = design.load("emu")
-    with design.load(backend) as csim:
-        raw = emu._quantize_inputs("train_step", [x.numpy(), y.numpy()])
-        assert np.array_equal(emu.call_raw("train_step", raw)["train_loss"],
-                              csim.call_raw("train_step", raw)["train_loss"])
-        for name, value in emu.get_params_raw().items():
-            assert np.array_equal(value, csim.get_params_raw()[name]), name
-        xi = emu._quantize_inputs("infer", [x.numpy()[::-1].copy()])
-        assert np.array_equal(emu.call_raw("infer", xi)["infer_output"], csim.call_raw("infer", xi)["infer_output"])
+    assert_backend_equals_emu(design, backend, [("train_step", [x.numpy(), y.numpy()]),
+                                                ("infer", [x.numpy()[::-1].copy()])])
 
 
 # ----- BatchNorm with a residual add -----------------------------------------------------------------------
@@ -184,18 +178,9 @@ def test_batchnorm_equals_emu(resbn, digits_data, backend):
     """Inference, two training steps, inference and every parameter and running stat: csim == emu, rtl == emu."""
     model, x, y, design = resbn
     x_train, y_train, _, _ = digits_data
-    emu = design.load("emu")
-    with design.load(backend) as csim:
-        seq = [("infer", [x.numpy()]), ("train_step", [x.numpy(), y.numpy()]),
-               ("train_step", [x_train[16:32].reshape(-1, 1, 8, 8), y_train[16:32]]), ("infer", [x.numpy()])]
-        for command, arrays in seq:
-            raw = emu._quantize_inputs(command, arrays)
-            want, got = emu.call_raw(command, raw), csim.call_raw(command, raw)
-            for name in want:
-                assert np.array_equal(want[name], got[name]), (command, name)
-            p_emu, p_csim = emu.get_params_raw(), csim.get_params_raw()
-            for name in p_emu:
-                assert np.array_equal(p_emu[name], p_csim[name]), (command, name)
+    emu = assert_backend_equals_emu(design, backend, [
+        ("infer", [x.numpy()]), ("train_step", [x.numpy(), y.numpy()]),
+        ("train_step", [x_train[16:32].reshape(-1, 1, 8, 8), y_train[16:32]]), ("infer", [x.numpy()])])
     assert emu.get_params()["bn.num_batches_tracked"] == 2
 
 
