@@ -74,8 +74,14 @@ class _Net:
     def sub(self, a, b):
         return self.comb.SubOp(a, b).result
 
-    def mul(self, a, b):
-        return self.comb.MulOp([a, b]).result
+    def mul_const(self, v, c: int):
+        """``v * c`` in ``v``'s width as shifts and adds (a constant multiply would take a DSP block)."""
+        w = self.width(v)
+        if c < 0:
+            return self.sub(self.const(0, w), self.mul_const(v, -c))
+        terms = [v if i == 0 else self.comb.ConcatOp([self.extract(v, 0, w - i), self.const(0, i)]).result
+                 for i in range(w) if c >> i & 1]
+        return self.add(*terms) if terms else self.const(0, w)
 
     def divu(self, a, b):
         return self.comb.DivUOp(a, b).result
@@ -105,6 +111,12 @@ class _Net:
 
     def mux(self, c, t, f):
         return self.comb.MuxOp(c, t, f).result
+
+    def onehot(self, cases, width: int):
+        """OR over ``(condition, value)`` of the values whose condition holds: at most one holds
+        at a time (or they agree), so this is a multiplexer as a balanced tree, not a chain."""
+        vs = [self.mux(c, v, self.const(0, width)) for c, v in cases]
+        return self.or_(*vs) if vs else self.const(0, width)
 
     def select(self, cases, default):
         """A priority chain of ``(condition, value)`` over ``default``."""
@@ -139,11 +151,11 @@ def _split(net: _Net, bank, v, w: int, f: int, bw: int):
     """Index ``v`` (``w`` bits) over ``f`` cyclic banks: (bank * f + v % f, v // f or None when 0)."""
     if f & (f - 1) == 0:  # a power of two: the low bits choose the bank, the high bits the row
         k = f.bit_length() - 1
-        bank = net.add(net.mul(bank, net.const(f, bw)), net.resize(net.resize(v, min(k, w)), bw))
+        bank = net.add(net.mul_const(bank, f), net.resize(net.resize(v, min(k, w)), bw))
         return bank, (net.extract(v, k, w - k) if w > k else None)
     if f.bit_length() > w:  # v < 2^w <= f: the bank is v itself, row 0
-        return net.add(net.mul(bank, net.const(f, bw)), net.resize(v, bw)), None
-    bank = net.add(net.mul(bank, net.const(f, bw)), net.resize(net.modu(v, net.const(f, w)), bw))
+        return net.add(net.mul_const(bank, f), net.resize(v, bw)), None
+    bank = net.add(net.mul_const(bank, f), net.resize(net.modu(v, net.const(f, w)), bw))
     return bank, net.divu(v, net.const(f, w))
 
 
@@ -217,91 +229,86 @@ def build(spec: dict):
 
 
 def _body(spec: dict, net: _Net, args: dict, fsm, ir) -> dict:
+    """The controller's logic. Timing (cycles after a request's issue, ``spec["taps"]``): the
+    request's bank, address and guard are registered at ``addr``, each bank's port at ``ram``
+    (a one-hot OR over the requests, not a priority chain), the bank select of its data at
+    ``operand - 1``. Every output is a register or one gate from registers."""
     phases = {ph["id"]: ph for ph in spec["phases"]}
     pw, cw, m = spec["phase_bits"], spec["counter_bits"], spec["counters"]
+    tap_addr, tap_ram, tap_operand, tap_out = (spec["taps"][k] for k in ("addr", "ram", "operand", "out"))
     out: dict[str, object] = {}
 
-    # the FSM, fed back by `done`
+    # the FSM, fed back by `done`; `on[p]`: the phase, registered one-hot (valid from its setup cycle on)
     done_ph = net.wire(1)
     inst = fsm.HWInstanceOp(outputs=[net.ty(pw)], inputs=[args["cmd_valid"], args["cmd"], done_ph.result],
                             sym_name=ir.StringAttr.get("fsm"), machine=ir.FlatSymbolRefAttr.get(spec["fsm"]),
                             clock=args["clk"], reset=args["rst"])
     phase = inst.results[0]
-    sel = {p: net.eq_const(phase, p) for p in phases}
-    running = net.not_(net.eq_const(phase, 0))
+    now = {p: net.eq_const(phase, p) for p in phases}
+    on = {p: net.delayed(f"on_p{p}", now[p]) for p in phases}
+    setup = net.not_(net.cmp("eq", phase, net.delayed("phase_q", phase)))  # a phase's first cycle
+    running = net.delayed("running", net.not_(net.eq_const(phase, 0)))
 
-    # shared counters, drain
+    def per_phase(name: str, value_of, width: int):
+        """A register loaded with the phase's constant ``value_of(ph)`` (valid after the setup cycle)."""
+        return net.delayed(name, net.onehot([(now[p], net.const(value_of(ph), width)) for p, ph in phases.items()
+                                             if value_of(ph)], width))
+
+    # shared counters: every phase counts c0 .. c<m-1> up to its limits (0 for loops it lacks)
     cnt, set_cnt = zip(*[net.reg(f"c{k}", cw) for k in range(m)], strict=True) if m else ((), ())
+    limit = [per_phase(f"limit{k}", lambda ph, k=k: ph["counters"][k] - 1 if k < len(ph["counters"]) else 0, cw)
+             for k in range(m)]
     draining, set_draining = net.reg("draining", 1)
     dw = max(1, max(ph["write_delay"] for ph in phases.values()).bit_length())
     dcnt, set_dcnt = net.reg("drain_count", dw)
-    can_issue = net.and_(running, net.not_(draining))
     unpack_ids = [p for p, ph in phases.items() if ph["kind"] == "unpack"]
-    is_unpack = net.or_(*[sel[p] for p in unpack_ids])
+    is_unpack = net.delayed("unpack_q", net.or_(*[now[p] for p in unpack_ids])) if unpack_ids else None
+    can_issue = net.and_(running, net.not_(setup), net.not_(draining))
     issue = net.and_(can_issue, net.or_(net.not_(is_unpack), args["in_valid"])) if unpack_ids else can_issue
-
-    def last(c, count):  # counter value at its last point
-        return net.eq_const(c, count - 1)
-
-    last_all_cases, first_cases, counter_cases = [], [], [[] for _ in range(m)]
-    for p, ph in phases.items():
-        counts = ph["counters"]
-        lasts = [last(cnt[k], counts[k]) for k in range(len(counts))]
-        last_all_cases.append((sel[p], net.and_(*lasts)))
-        if ph["reduce"]:
-            first_cases.append((sel[p], net.and_(*[net.eq_const(cnt[k], 0) for k in ph["reduce"]])))
-        for k in range(len(counts)):
-            if counts[k] == 1:
-                continue  # a loop of one point: the counter stays 0
-            advance = net.and_(issue, *lasts[k + 1:])
-            stepped = net.mux(lasts[k], net.const(0, cw), net.add(cnt[k], net.const(1, cw)))
-            counter_cases[k].append((sel[p], net.mux(advance, stepped, cnt[k])))
+    lasts = [net.cmp("eq", cnt[k], limit[k]) for k in range(m)]
     for k in range(m):
-        set_cnt[k](net.select(counter_cases[k], cnt[k]))
-    last_all = net.and_(issue, net.select(last_all_cases, net.const(0, 1)))
-    no_delay = net.or_(*[sel[p] for p, ph in phases.items() if ph["write_delay"] == 0])
-    drain_init = net.select([(sel[p], net.const(max(0, ph["write_delay"] - 1), dw)) for p, ph in phases.items()],
-                            net.const(0, dw))
+        stepped = net.mux(lasts[k], net.const(0, cw), net.add(cnt[k], net.const(1, cw)))
+        set_cnt[k](net.mux(net.and_(issue, *lasts[k + 1:]), stepped, cnt[k]))
+    last_all = net.and_(issue, *lasts)
+    no_delay = net.delayed("no_delay", net.or_(*[now[p] for p, ph in phases.items() if ph["write_delay"] == 0]))
+    drain_init = per_phase("drain_init", lambda ph: max(0, ph["write_delay"] - 1), dw)
     drained = net.and_(draining, net.eq_const(dcnt, 0))
     net.connect(done_ph, net.or_(net.and_(last_all, no_delay), drained))
     set_draining(net.mux(draining, net.not_(net.eq_const(dcnt, 0)), net.and_(last_all, net.not_(no_delay))))
     set_dcnt(net.mux(draining, net.sub(dcnt, net.const(1, dw)), drain_init))
 
-    # delay line: taps[t] = (issue, phase, counters) t cycles after issue; a delayed counter keeps
-    # only the bits the requests at that tap (or later) need
-    max_tap = spec["max_tap"]
+    # delay line: the issue and the counters t cycles after issue; a delayed counter keeps only the
+    # bits the write requests computed at that tap (or later) need
+    def compute_tap(port: dict) -> int:  # a write's address is computed two registers ahead of its port
+        return port["tap"] - tap_ram
+
+    max_tap = max([tap_out, tap_operand] + [compute_tap(w) for w in spec["writes"]])
     need = [[0] * m for _ in range(max_tap + 2)]
-    for port in spec["writes"] + [r for r in spec["reads"] if r.get("sel")]:
-        t = port.get("tap", 1)
-        ph = phases[port["phase"]]
+    for port in spec["writes"]:
+        t, ph = compute_tap(port), phases[port["phase"]]
         used = {k for a in port["index"] + port.get("guard", []) for k, _ in a["terms"]}
         used |= set(ph["reduce"] if port.get("last_only") else ())
         for k in used:
             need[t][k] = max(need[t][k], (ph["counters"][k] - 1).bit_length() or 1)
     for t in range(max_tap, 0, -1):
         need[t] = [max(a, b) for a, b in zip(need[t], need[t + 1], strict=True)]
-    taps = {0: (issue, phase, list(cnt))}
+    issue_at, counters_at = [issue], [list(cnt)]
     for t in range(1, max_tap + 1):
-        pi, pp, pc = taps[t - 1]
-        taps[t] = (net.delayed(f"issue_d{t}", pi), net.delayed(f"phase_d{t}", pp),
-                   [net.delayed(f"c{k}_d{t}", net.resize(c, need[t][k]), None) if need[t][k] else None
-                    for k, c in enumerate(pc)])
-    tsel = {}
+        issue_at.append(net.delayed(f"issue_d{t}", issue_at[t - 1]))
+        counters_at.append([net.delayed(f"c{k}_d{t}", net.resize(c, need[t][k]), None) if need[t][k] else None
+                            for k, c in enumerate(counters_at[t - 1])])
 
-    def sel_at(p: int, t: int):
-        if t == 0:
-            return sel[p]
-        if (p, t) not in tsel:
-            tsel[p, t] = net.eq_const(taps[t][1], p)
-        return tsel[p, t]
+    def delay(name: str, v, cycles: int, reset: int | None = 0):
+        for t in range(cycles):
+            v = net.delayed(f"{name}_d{t + 1}", v, reset)
+        return v
 
     def affine_at(t: int):
         """``affine(terms, const, w)``: sum(c * counter) + const in w bits from the counters at tap t."""
-        counters = taps[t][2]
+        counters = counters_at[t]
 
         def affine(terms, const, w):
-            vs = [net.resize(counters[k], w) if c == 1 else net.mul(net.resize(counters[k], w), net.const(c, w))
-                  for k, c in terms]
+            vs = [net.mul_const(net.resize(counters[k], w), c) for k, c in terms]
             return net.add(*vs, net.const(const, w)) if const or not vs else net.add(*vs)
         return affine
 
@@ -317,8 +324,7 @@ def _body(spec: dict, net: _Net, args: dict, fsm, ir) -> dict:
             # e in two's complement: a negative e reads as a large unsigned number, >= bound
             w = max(abs(lo).bit_length(), hi.bit_length(), g["bound"].bit_length()) + 1
             e = affine_at(t)(g["terms"], g["const"], w)
-            conds.append(net.comb.ICmpOp(net.ir.IntegerAttr.get(net.ty(64), ICMP["ult"]), e,
-                                         net.const(g["bound"], w)).result)
+            conds.append(net.cmp("ult", e, net.const(g["bound"], w)))
             step = g["step"]
             if step > 1 and step & (step - 1) == 0:
                 conds.append(net.eq_const(net.extract(e, 0, step.bit_length() - 1, keep_rest=False), 0))
@@ -326,10 +332,8 @@ def _body(spec: dict, net: _Net, args: dict, fsm, ir) -> dict:
                 conds.append(net.eq_const(net.modu(e, net.const(step, w)), 0))
         return net.and_(*conds) if conds else True
 
-    def locate(port: dict, t: int, bank_only: bool = False):
-        """(bank, address) of a request from the counters at tap t, in exact widths (no unused bits).
-
-        ``bank_only``: the address is not built (its truncated bits would count as used)."""
+    def locate(port: dict, t: int):
+        """(bank, address) of a request from the counters at tap t, in exact widths (no unused bits)."""
         mem = spec["memories"][port["memory"]]
         bw, aw = mem["bank_bits"], mem["addr_bits"]
         bank, addr = net.const(0, bw), net.const(0, aw)
@@ -339,7 +343,7 @@ def _body(spec: dict, net: _Net, args: dict, fsm, ir) -> dict:
             rw = max(1, (rows - 1).bit_length())
             if a["div"] == 1 and not a["mod"] and all(c % f == 0 for _, c in a["terms"]):
                 # aligned (every lane group starts a bank row): a fixed bank, an exact row
-                bank = net.add(net.mul(bank, net.const(f, bw)), net.const(a["const"] % f, bw)) if f > 1 else bank
+                bank = net.add(net.mul_const(bank, f), net.const(a["const"] % f, bw)) if f > 1 else bank
                 row = affine([(k, c // f) for k, c in a["terms"]], a["const"] // f, rw) if rows > 1 else None
             elif a["div"] == 1 and a["mod"] and a["mod"] & (a["mod"] - 1) == 0:  # % 2^m: exact in m bits
                 v = affine(a["terms"], a["const"], max(1, a["mod"].bit_length() - 1))
@@ -356,62 +360,75 @@ def _body(spec: dict, net: _Net, args: dict, fsm, ir) -> dict:
                 if f > 1:
                     bank, v = _split(net, bank, v, w, f, bw)
                 row = (v if v is not None else net.const(0, 1)) if rows > 1 else None
-            if row is not None and not bank_only:
+            if row is not None:
                 # the row in exactly the bits its rows need: bits above are 0 at every request (dropped)
-                addr = net.add(net.mul(addr, net.const(rows, aw)), net.resize(net.resize(row, rw), aw))
+                addr = net.add(net.mul_const(addr, rows), net.resize(net.resize(row, rw), aw))
         return bank, addr
 
-    # reads: bank addresses at issue, lane selects one cycle later
-    raddr_cases: dict[tuple[str, int], list] = {}
-    for port in spec["reads"]:
-        mem = spec["memories"][port["memory"]]
-        bank, addr = locate(port, 0)
-        ok = guard_ok(port, 0)  # a guarded-off request takes no port
-        if port.get("ok"):
-            out[port["ok"]] = net.delayed(f"{port['ok']}_q", net.and_(ok))  # aligned with the data
-        for b in port["banks"]:
-            hit = net.and_(sel[port["phase"]], ok) if len(port["banks"]) == 1 else \
-                net.and_(sel[port["phase"]], ok, net.eq_const(bank, b))
-            raddr_cases.setdefault((port["memory"], b), []).append((hit, addr))
-        if port.get("sel"):
-            out[port["sel"]] = locate(port, 1, bank_only=True)[0]
-    # writes: at tap write_delay, onto each bank's port
-    we_terms: dict[tuple[str, int], list] = {}
-    wport_cases: dict[tuple[str, int], list] = {}
-    for port in spec["writes"]:
-        t, ph = port["tap"], phases[port["phase"]]
+    def request(name: str, port: dict, t: int, *conds):
+        """The request's registers at tap t + 1: (hit, bank or None, address), from the counters at tap t."""
         bank, addr = locate(port, t)
-        wen = net.and_(taps[t][0], sel_at(port["phase"], t), guard_ok(port, t))
-        if port["last_only"]:
-            wen = net.and_(wen, *[last(taps[t][2][k], ph["counters"][k]) for k in ph["reduce"]])
+        hit = net.delayed(f"{name}_hit", net.and_(issue_at[t], on[port["phase"]], *conds))
+        bank_q = net.delayed(f"{name}_bank", bank, None) if len(port["banks"]) > 1 else None
+        return hit, bank_q, net.delayed(f"{name}_addr", addr, None)
+
+    def bank_hit(hit, bank_q, b: int):
+        return hit if bank_q is None else net.and_(hit, net.eq_const(bank_q, b))
+
+    # reads: request registers at tap 1, bank ports at tap 2, data select at operand - 1, guard at operand
+    raddr_cases: dict[tuple[str, int], list] = {}
+    for r, port in enumerate(spec["reads"]):
+        ok = guard_ok(port, 0)  # a guarded-off request takes no port
+        ok_q = net.delayed(f"rd{r}_ok", net.and_(ok)) if port.get("ok") else None
+        hit, bank_q, addr = request(f"rd{r}", port, 0, ok)
         for b in port["banks"]:
-            hit = wen if len(port["banks"]) == 1 else net.and_(wen, net.eq_const(bank, b))
-            we_terms.setdefault((port["memory"], b), []).append(hit)
-            wport_cases.setdefault((port["memory"], b), []).append((hit, addr, port["source"][str(b)]))
+            raddr_cases.setdefault((port["memory"], b), []).append((bank_hit(hit, bank_q, b), addr))
+        if port.get("ok"):
+            out[port["ok"]] = delay(port["ok"], ok_q, tap_operand - tap_addr)
+        if port.get("sel"):
+            out[port["sel"]] = delay(port["sel"], bank_q, tap_operand - 1 - tap_addr, None)
+    # writes: request registers at tap - 1 (from the counters at tap - 2), bank ports at the tap
+    wport_cases: dict[tuple[str, int], list] = {}
+    for w, port in enumerate(spec["writes"]):
+        t, ph = compute_tap(port), phases[port["phase"]]
+        conds = [guard_ok(port, t)]
+        if port["last_only"]:
+            conds += [net.eq_const(counters_at[t][k], ph["counters"][k] - 1) for k in ph["reduce"]]
+        hit, bank_q, addr = request(f"wr{w}", port, t, *conds)
+        for b in port["banks"]:
+            wport_cases.setdefault((port["memory"], b), []).append(
+                (bank_hit(hit, bank_q, b), addr, port["source"][str(b)]))
     for name, mem in spec["memories"].items():
+        aw = mem["addr_bits"]
         for b in range(mem["banks"]):
             ports = mem["ports"][b]
             if ports.get("raddr"):
-                out[ports["raddr"]] = net.select(raddr_cases.get((name, b), []), net.const(0, mem["addr_bits"]))
+                out[ports["raddr"]] = net.delayed(ports["raddr"] + "_q", net.onehot(raddr_cases.get((name, b), []), aw),
+                                                  None)
             if ports.get("we"):
                 cases = wport_cases.get((name, b), [])
-                out[ports["we"]] = net.or_(*we_terms.get((name, b), []))
-                out[ports["waddr"]] = net.select([(h, a) for h, a, _ in cases], net.const(0, mem["addr_bits"]))
-                if ports.get("wsel"):
+                out[ports["we"]] = net.delayed(ports["we"] + "_q", net.or_(*[h for h, _, _ in cases]))
+                out[ports["waddr"]] = net.delayed(ports["waddr"] + "_q", net.onehot([(h, a) for h, a, _ in cases], aw),
+                                                  None)
+                if ports.get("wsel"):  # the write data's source, one cycle ahead (the top registers the data)
                     sw = ports["wsel_bits"]
-                    out[ports["wsel"]] = net.select([(h, net.const(s, sw)) for h, _, s in cases], net.const(0, sw))
+                    out[ports["wsel"]] = net.onehot([(h, net.const(s, sw)) for h, _, s in cases if s], sw)
 
     # datapath and stream control
     for p, port in spec["go"].items():
-        out[port] = net.and_(issue, sel[int(p)])
-    out["first"] = net.select(first_cases, net.const(1, 1))
+        out[port] = net.delayed(port + "_q", net.and_(issue_at[tap_operand - 1], on[int(p)]))
+    reduce_ids = [p for p, ph in phases.items() if ph["reduce"]]
+    first = net.onehot([(on[p], net.and_(*[net.eq_const(cnt[k], 0) for k in phases[p]["reduce"]]))
+                        for p in reduce_ids], 1) if reduce_ids else net.const(1, 1)
+    out["first"] = delay("first", first, tap_operand)
     out["idle"] = net.eq_const(phase, 0)
     out["in_ready"] = net.and_(can_issue, is_unpack) if unpack_ids else net.const(0, 1)
     packs = [p for p, ph in phases.items() if ph["kind"] == "pack"]
-    out["out_valid"] = net.and_(taps[1][0], net.or_(*[sel_at(p, 1) for p in packs])) if packs else net.const(0, 1)
+    out["out_valid"] = net.delayed("out_valid_q", net.and_(issue_at[tap_out - 1], net.or_(*[on[p] for p in packs]))) \
+        if packs else net.const(0, 1)
     if spec.get("out_sel_bits"):
         sw = spec["out_sel_bits"]
-        out["out_sel"] = net.select([(sel_at(p, 1), net.const(i, sw)) for i, p in enumerate(packs)], net.const(0, sw))
+        out["out_sel"] = net.onehot([(on[p], net.const(i, sw)) for i, p in enumerate(packs) if i], sw)
     # every bit the address arithmetic drops on purpose, folded into one output the top leaves
     # unconnected under an `unused_` name (Verilator's convention): no lint warning, no logic
     dropped = net.dropped

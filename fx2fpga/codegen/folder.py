@@ -99,7 +99,7 @@ def project_files(design) -> dict[str, str]:
         files.update(hls.generate(k, __version__))
         files.update(hls.generate_testbench(k, vectors, __version__))
     if design.backend in ("rtl", "both"):
-        files.update(verilog.project_files(k, __version__, design.target.clock_mhz))
+        files.update(verilog.project_files(k, __version__, design.target.clock_mhz, design.target.dsp_kind))
         t = design.target
         if f"rtl/{k.name}_axi.v" in files and t.toolchain == "vivado" and t.ps == "zynq7":
             sources = files["rtl/files.f"].split()  # and the `include files: the .sv files not listed there

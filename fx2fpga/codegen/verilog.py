@@ -94,7 +94,16 @@ class Cvt:
         qw = xw - sh + 1 if sh > 0 else xw - sh
         osmax = (1 << (ow - 1)) - 1 if self.osigned else (1 << ow) - 1
         osmin = -(1 << (ow - 1)) if self.osigned else 0
+        # out of range, from the bits above the output's (not a comparison: no carry chain)
+        top = f"q[{qw - 1}]"
+        if self.osigned:
+            above = f"q[{qw - 2}:{ow - 1}]"
+            over, under = f"!{top} && (|{above})", f"{top} && !(&{above})"
+        else:
+            over = f"!{top} && (|q[{qw - 2}:{ow}])" if qw - 2 >= ow else "1'b0"
+            under = top
         return {"name": self.name, "iw": self.iw, "xw": xw, "sh": sh, "qw": qw, "ow": ow, "rounding": self.rounding,
+                "over": over, "under": under,
                 "sat": self.sat and not fits, "fits": fits and self.sat, "osigned": self.osigned,
                 "max_q": _lit(osmax, qw), "min_q": _lit(osmin, qw),
                 "max_o": f"{ow}'h{_hex(osmax, ow)}", "min_o": f"{ow}'h{_hex(osmin, ow)}"}
@@ -112,6 +121,33 @@ class _Cvts:
 
 # ----- datapath units ----------------------------------------------------------------------------------------
 
+DSP_PORTS = {"DSP48E1": (25, 18), "DSP48E2": (27, 18), "MULT18X18D": (18, 18)}  # signed operand widths
+
+
+def _pieces(width: int, port: int) -> list[tuple[int, int, bool]]:
+    """A signed ``width``-bit operand as (low bit, bits, signed) pieces that each fit a ``port``-bit
+    signed multiplier input: unsigned ``port - 1``-bit pieces from the bottom, a signed top piece."""
+    if width <= port:
+        return [(0, width, True)]
+    pieces, low = [], 0
+    while width - low > port:
+        pieces.append((low, port - 1, False))
+        low += port - 1
+    return pieces + [(low, width - low, True)]
+
+
+def product_plan(wa: int, wb: int, dsp_kind: str) -> dict:
+    """How the unit templates multiply a signed ``wa``-bit by a ``wb``-bit operand: one registered
+    partial product per pair of pieces that fits the target's DSP block, summed a cycle later
+    (so no path crosses a multiplier and an adder). ``a``/``b``: operand pieces; ``parts``:
+    (a piece, b piece, width, shift)."""
+    big, small = DSP_PORTS.get(dsp_kind, DSP_PORTS["DSP48E1"])
+    ports = (big, small) if wa >= wb else (small, big)
+    pa, pb = _pieces(wa, ports[0]), _pieces(wb, ports[1])
+    parts = [(i, j, (ia + (not sa)) + (jb + (not sb)), la + lb)
+             for i, (la, ia, sa) in enumerate(pa) for j, (lb, jb, sb) in enumerate(pb)]
+    return {"a": pa, "b": pb, "parts": parts, "width": wa + wb}
+
 def _iw(fmt: Fixed) -> int:
     """Width of a format's raw value as a signed number (unsigned formats get a zero sign bit)."""
     return fmt.width + (0 if fmt.signed else 1)
@@ -122,7 +158,7 @@ def _operand(fmt: Fixed, index: int) -> dict:
             "frac": fmt.frac_bits, "guarded": False}
 
 
-def _unit_view(phase: Phase, pid: int, kernel, name: str, cvts: _Cvts) -> dict:
+def _unit_view(phase: Phase, pid: int, kernel, name: str, cvts: _Cvts, dsp_kind: str) -> dict:
     st = phase.stage
     fmts = [kernel.buffers[a.buffer].fmt for a in st.ins]
     out_fmt = kernel.buffers[st.out.buffer].fmt
@@ -132,7 +168,7 @@ def _unit_view(phase: Phase, pid: int, kernel, name: str, cvts: _Cvts) -> dict:
             "origin": st.origin, "source": st.source}
     if st.reduce:
         acc = st.acc
-        view["kind"] = "reduce"
+        view.update(kind="reduce", latency=sched.REDUCE_LATENCY)
         n_ops = {"mac": 2, "sum": 1, "max": 1, "argmax": 1}[st.op]
         view["n_ops"] = n_ops
         aw, fa = _iw(acc), acc.frac_bits  # the accumulator as a signed number
@@ -145,6 +181,8 @@ def _unit_view(phase: Phase, pid: int, kernel, name: str, cvts: _Cvts) -> dict:
             tw, tf = aw, fa
             view["cvt_term"] = cvts.get(ops[0]["iw"], ops[0]["frac"], acc)
         view["term_width"] = tw
+        if st.op == "mac":
+            view["product"] = product_plan(ops[0]["iw"], ops[1]["iw"], dsp_kind)
         if st.op not in ("max", "argmax"):
             f = max(fa, tf)
             sw = max(aw + f - fa, tw + f - tf) + 1
@@ -173,9 +211,10 @@ def _unit_view(phase: Phase, pid: int, kernel, name: str, cvts: _Cvts) -> dict:
         view.update(kind="table", xw=xw, rw=rw, ixw=bits(n), shift=shift, n=n, lo=_lit(lo, xw), hi=_lit(hi, xw),
                     nmax=f"{bits(n)}'d{n - 1}", nval=f"{bits(n)}'d{n}", table_width=tbl.fmt.width,
                     table_signed=tbl.fmt.signed, tw=tw, pw=pw, yw=yw, rom=f"mem/{tbl.name}.hex", depth=n + 1,
-                    table=tbl.name, cvt_out=cvts.get(yw, tbl.fmt.frac_bits, out_fmt))
+                    table=tbl.name, cvt_out=cvts.get(yw, tbl.fmt.frac_bits, out_fmt), latency=sched.TABLE_LATENCY,
+                    product=product_plan(tw + 1, shift + 2, dsp_kind))
         return view
-    view["kind"] = "elementwise"
+    view.update(kind="elementwise", latency=sched.ELEMENTWISE_LATENCY)
     op = st.op
     fr = [o["frac"] for o in ops]
     w = [o["iw"] for o in ops]
@@ -185,6 +224,7 @@ def _unit_view(phase: Phase, pid: int, kernel, name: str, cvts: _Cvts) -> dict:
         rw, frac, shifts = w[0] + 1, fr[0], [0]
     elif op == "mul":
         rw, frac, shifts = w[0] + w[1], fr[0] + fr[1], [0, 0]
+        view["product"] = product_plan(w[0], w[1], dsp_kind)
     elif op in ("add", "sub") or op in COMPARE_OPS:
         f = max(fr)
         shifts = [f - x for x in fr]
@@ -211,7 +251,7 @@ def _guard_spec(guards) -> list[dict]:
     return [{**controller.affine_spec(g.expr), "bound": g.bound, "step": g.step} for g in guards]
 
 
-def plan(kernel, name: str) -> dict:
+def plan(kernel, name: str, dsp_kind: str = "DSP48E1") -> dict:
     """Everything the templates and the controller need, from the schedule of ``kernel``."""
     for prog in kernel.programs.values():
         for st in prog.stages:
@@ -235,7 +275,7 @@ def plan(kernel, name: str) -> dict:
         mems[m.buffer] = {"name": m.buffer, "mem": m, "width": m.width, "signed": m.signed, "banks": m.banks,
                           "depth": m.depth, "addr_bits": m.addr_bits, "bank_bits": m.bank_bits,
                           "read_only": m.read_only, "factors": list(m.factors), "bank_shape": list(m.bank_shape),
-                          "sources": [[] for _ in range(m.banks)], "read_banks": set(),
+                          "sources": [[] for _ in range(m.banks)], "read_banks": set(), "direct_banks": set(),
                           "mem_depth": max(2, m.depth),
                           "init": m.init is not None or m.read_only}
     units, reads, writes, go, packs, muxes = [], [], [], {}, [], []
@@ -243,17 +283,18 @@ def plan(kernel, name: str) -> dict:
     ok_of: dict[tuple[int, int, int], str] = {}  # (phase id, operand, lane) -> "the guarded read happened"
     for ph in phases:
         i = pid[id(ph)]
-        unit = _unit_view(ph, i, kernel, name, cvts) if ph.kind == "stage" else None
+        unit = _unit_view(ph, i, kernel, name, cvts, dsp_kind) if ph.kind == "stage" else None
         for r, port in enumerate(ph.reads):
             mem = mems[port.buffer]
             mem["read_banks"].update(port.banks)
             sel = f"rsel_p{i}_r{r}" if len(port.banks) > 1 else None
-            if sel:  # the bank is known one cycle after issue: a multiplexer picks its data
+            if sel:  # a bank known at run time: a registered multiplexer picks its data
                 data_of[i, port.operand, port.lane] = f"data_p{i}_r{r}"
                 muxes.append({"name": f"data_p{i}_r{r}", "sel": sel, "sel_bits": mem["bank_bits"],
-                              "width": mem["width"], "banks": [(b, f"rd_{port.buffer}_{b}") for b in port.banks]})
-            else:
-                data_of[i, port.operand, port.lane] = f"rd_{port.buffer}_{port.banks[0]}"
+                              "width": mem["width"], "banks": [(b, f"rdq_{port.buffer}_{b}") for b in port.banks]})
+            else:  # one bank: its data's second register, shared by every request of that bank
+                data_of[i, port.operand, port.lane] = f"rdd_{port.buffer}_{port.banks[0]}"
+                mem["direct_banks"].add(port.banks[0])
             ok = f"ok_p{i}_r{r}" if port.guard else None
             if ok:
                 ok_of[i, port.operand, port.lane] = ok
@@ -263,7 +304,7 @@ def plan(kernel, name: str) -> dict:
         for port in ph.writes:
             mem = mems[port.buffer]
             if ph.kind == "unpack":
-                src = "in_data" if mem["width"] == WORD_BITS else f"in_data[{mem['width'] - 1}:0]"
+                src = "in_d1" if mem["width"] == WORD_BITS else f"in_d1[{mem['width'] - 1}:0]"
             else:
                 src = f"p{i}_out_{port.lane}"
             source = {}
@@ -316,7 +357,8 @@ def plan(kernel, name: str) -> dict:
     spec = {
         "name": f"{name}_ctrl", "fsm": f"{name}_fsm", "phase_bits": bits(len(phases)),
         "counters": s.counter_count(), "counter_bits": cw,
-        "max_tap": max([1] + [p.write_delay for p in phases]),
+        "taps": {"addr": sched.ADDR_TAP, "ram": sched.RAM_TAP, "operand": sched.OPERAND_TAP,
+                 "out": sched.PACK_DELAY},
         "commands": [{"code": s.codes[c], "phases": [pid[id(p)] for p in ph]} for c, ph in s.commands.items()],
         "phases": [{"id": pid[id(p)], "name": _ident(p.name), "kind": p.kind,
                     "counters": [c.count for c in p.counters], "reduce": list(p.reduce),
@@ -325,10 +367,11 @@ def plan(kernel, name: str) -> dict:
                      for n, m in mems.items()},
         "reads": reads, "writes": writes, "go": go, "out_sel_bits": out_sel_bits, "outputs": outputs,
     }
-    max_in = max([m["width"] for m in mems.values() if any("in_data" in s_ for s_ in sum(m["sources"], []))] + [0])
+    max_in = max([m["width"] for m in mems.values() if any("in_d1" in s_ for s_ in sum(m["sources"], []))] + [0])
     for m in mems.values():
         read = m.pop("read_banks")
         m["unread_banks"] = [b for b in range(m["banks"]) if b not in read]
+        m["direct_banks"] = sorted(m["direct_banks"])
     return {"schedule": s, "spec": spec, "units": units, "memories": list(mems.values()), "packs": packs,
             "cvts": [c.view() for _, c in sorted(cvts.used.items())], "outputs": outputs,
             "out_sel_bits": out_sel_bits, "max_in_width": max_in,
@@ -364,10 +407,11 @@ def _schedule_rows(s: Schedule) -> list[dict]:
     return rows
 
 
-def generate(kernel, version: str, clock_mhz: float = 100.0) -> dict[str, str]:
-    """The ``rtl/`` files of ``kernel``: relative path -> text (deterministic)."""
+def generate(kernel, version: str, clock_mhz: float = 100.0, dsp_kind: str = "DSP48E1") -> dict[str, str]:
+    """The ``rtl/`` files of ``kernel``: relative path -> text (deterministic). ``dsp_kind``: the
+    target's multiplier block, whose operand widths decide how products are split."""
     name = kernel.name
-    p = plan(kernel, name)
+    p = plan(kernel, name, dsp_kind)
     banner = f"// Automatically generated by fx2fpga {version} -- do not edit."
     env = _env()
     ctx = {"banner": banner, "name": name, "version": version, "word_bits": WORD_BITS, **p}
@@ -406,7 +450,7 @@ def generate(kernel, version: str, clock_mhz: float = 100.0) -> dict[str, str]:
     return dict(sorted(files.items()))
 
 
-def project_files(kernel, version: str, clock_mhz: float = 100.0) -> dict[str, str]:
+def project_files(kernel, version: str, clock_mhz: float = 100.0, dsp_kind: str = "DSP48E1") -> dict[str, str]:
     """The ``rtl/`` files of a project folder, or ``rtl/README.md`` saying why there is no RTL.
 
     The HLS project does not depend on the RTL: a kernel the RTL backend cannot map yet (or a
@@ -417,7 +461,7 @@ def project_files(kernel, version: str, clock_mhz: float = 100.0) -> dict[str, s
         why = "the circt Python package is not installed: pip install 'fx2fpga[rtl]' (or circt) and recompile"
     else:
         try:
-            return generate(kernel, version, clock_mhz)
+            return generate(kernel, version, clock_mhz, dsp_kind)
         except (RtlCodegenError, sched.ScheduleError, controller.ControllerError) as e:
             why = str(e)
         except Exception as e:  # a bug in the RTL generator must not cost the user the HLS project

@@ -12,13 +12,17 @@ Every phase is a loop nest over the controller's shared counters ``c0, c1, ...``
 first). A stage's nest is its kept loops, then its reduced loops (the emulator's accumulation
 order); the lane loop counts its base in steps of ``lanes``. Each memory request of a phase
 is a ``Port``: a buffer, an affine index over the counters, and the cycle offset (``tap``) from
-issue at which it happens. Reads happen at issue (data one cycle later); a phase's writes
+issue at which it happens. Reads are issued at tap 0 (their data reaches the datapath at
+``OPERAND_TAP``); a phase's writes
 happen ``write_delay`` cycles after issue, when the datapath's pipeline delivers them, and the
 next phase starts once the last write is done, so phases never overlap:
 
-    cycles(phase) = iterations + write_delay,    cycles(command) = 1 + sum over its phases
+    cycles(phase) = 1 + iterations + write_delay,    cycles(command) = 1 + sum over its phases
 
-(the 1 is the cycle in which the idle FSM accepts the command). These are exact: the Verilator
+(the phase's 1 is its setup cycle, in which the controller loads the phase's loop limits; the
+command's 1 is the cycle in which the idle FSM accepts the command). Every request is pipelined
+(``ADDR_TAP``, ``RAM_TAP``, ``OPERAND_TAP`` below) so that no register-to-register path holds
+more than one adder, multiplier or RAM access. These are exact: the Verilator
 model of the generated RTL measures the same numbers.
 
 A guarded read (``ir.Guard``: padding, transposed convolutions) and every lane past the end of a
@@ -43,12 +47,22 @@ from fx2fpga_runtime.ir import Affine, Guard, Kernel, Stage
 
 from ..errors import Fx2fpgaError
 
-REDUCE_DELAY = 3  # issue -> RAM data -> term register -> accumulator register -> write
-ELEMENTWISE_DELAY = 3  # issue -> RAM data -> exact result register -> converted result -> write
-TABLE_DELAY = 5  # issue -> data -> (index, t) -> ROM T[i], T[i+1] -> product -> result -> write
-UNPACK_DELAY = 0  # the input word is written in the cycle it arrives
-PACK_DELAY = 1  # the word read at issue leaves on the output stream one cycle later
-
+SETUP_CYCLES = 1  # a phase's first cycle loads its loop limits into the controller; no issue
+# A request's pipeline, in cycles after its issue (every stage ends in a register, so no path
+# crosses more than one adder, multiplier or RAM access: the Fmax of docs/ecp5.md):
+ADDR_TAP = 1  # the request's address, bank and guard
+RAM_TAP = 2  # each bank's read (write) port: the address multiplexed over the requests
+OPERAND_TAP = 5  # RAM data (3) -> its copy in fabric (4) -> the bank select: the unit's operands
+# a datapath unit's latency, from its operands to its registered result (templates/rtl/unit.sv.j2)
+REDUCE_LATENCY = 5  # guard -> partial products -> term -> accumulator -> converted result
+ELEMENTWISE_LATENCY = 4  # guard -> exact result (or partial products) -> exact result -> converted
+TABLE_LATENCY = 9  # guard -> clip -> (index, t) -> ROM -> difference -> partials -> product -> sum -> converted
+WRITE_STAGE = 1  # the write-data multiplexer's register, in step with the write port
+REDUCE_DELAY = OPERAND_TAP + REDUCE_LATENCY + WRITE_STAGE  # issue -> write
+ELEMENTWISE_DELAY = OPERAND_TAP + ELEMENTWISE_LATENCY + WRITE_STAGE
+TABLE_DELAY = OPERAND_TAP + TABLE_LATENCY + WRITE_STAGE
+UNPACK_DELAY = RAM_TAP  # the input word waits for its registered write address
+PACK_DELAY = OPERAND_TAP + 1  # the word read at issue leaves on the output stream (a register)
 
 class ScheduleError(Fx2fpgaError, ValueError):
     """A kernel the RTL scheduler cannot map to hardware; the message says what to change."""
@@ -164,7 +178,7 @@ class Phase:
 
     @property
     def cycles(self) -> int:
-        return self.iterations + self.write_delay
+        return SETUP_CYCLES + self.iterations + self.write_delay
 
 
 @dataclass
