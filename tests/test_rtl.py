@@ -209,7 +209,7 @@ def test_partial_lane_groups_are_guarded():
 
 def test_a_failing_circt_child_is_a_clear_error():
     spec = {"name": "broken_ctrl", "fsm": "broken_fsm", "phase_bits": 1, "counters": 1, "counter_bits": 1,
-            "max_tap": 1, "commands": [{"code": 1, "phases": [1]}], "phases": [], "memories": {}, "reads": [],
+            "taps": {"addr": 1, "ram": 2, "operand": 5, "out": 6}, "commands": [{"code": 1, "phases": [1]}], "phases": [], "memories": {}, "reads": [],
             "writes": [], "go": {}, "out_sel_bits": 0, "outputs": [["idle", 1]]}
     with pytest.raises(controller.ControllerError, match="CIRCT failed on the controller broken_ctrl"):
         controller.run_child(spec)
@@ -224,8 +224,11 @@ def test_mlp_schedule_model_numbers(mlp_train_design):
             if ph.kind == "stage" and ph.stage.op == "mac" and ph.lanes >= 4}
     assert len(util) >= 5 and min(util.values()) >= 0.99, util
     phases = s.commands["train_step"]
-    assert s.call_cycles("train_step") == 1 + sum(p.iterations + p.write_delay for p in phases)
-    assert phases[0].name == "unpack_train_x" and phases[0].cycles == 16 * 64
+    assert s.call_cycles("train_step") == 1 + sum(1 + p.iterations + p.write_delay for p in phases)
+    # one setup cycle, one input word per cycle, two cycles to the registered write port
+    assert phases[0].name == "unpack_train_x" and phases[0].cycles == 1 + 16 * 64 + 2
+    assert {p.stage.op: p.write_delay for p in phases if p.stage is not None and p.stage.op in ("mac", "mul", "table")} \
+        == {"mac": 11, "mul": 10, "table": 15}
     assert interface.word_count(design.kernel, design.kernel.programs["train_step"].inputs) == 16 * 64 + 16
 
 

@@ -292,9 +292,11 @@ def _body(spec: dict, net: _Net, args: dict, fsm, ir) -> dict:
             need[t][k] = max(need[t][k], (ph["counters"][k] - 1).bit_length() or 1)
     for t in range(max_tap, 0, -1):
         need[t] = [max(a, b) for a, b in zip(need[t], need[t + 1], strict=True)]
+    # a phase's setup cycle clears the issues still in flight from the phase before (they are past
+    # its last write, but a later phase's requests at later taps would take them for its own)
     issue_at, counters_at = [issue], [list(cnt)]
     for t in range(1, max_tap + 1):
-        issue_at.append(net.delayed(f"issue_d{t}", issue_at[t - 1]))
+        issue_at.append(net.delayed(f"issue_d{t}", net.mux(setup, net.const(0, 1), issue_at[t - 1])))
         counters_at.append([net.delayed(f"c{k}_d{t}", net.resize(c, need[t][k]), None) if need[t][k] else None
                             for k, c in enumerate(counters_at[t - 1])])
 
