@@ -209,7 +209,8 @@ def test_partial_lane_groups_are_guarded():
 
 def test_a_failing_circt_child_is_a_clear_error():
     spec = {"name": "broken_ctrl", "fsm": "broken_fsm", "phase_bits": 1, "counters": 1, "counter_bits": 1,
-            "taps": {"addr": 1, "ram": 2, "operand": 5, "out": 6}, "commands": [{"code": 1, "phases": [1]}], "phases": [], "memories": {}, "reads": [],
+            "taps": {"addr": 1, "ram": 2, "operand": 5, "out": 6},
+            "commands": [{"code": 1, "phases": [1]}], "phases": [], "memories": {}, "reads": [],
             "writes": [], "go": {}, "out_sel_bits": 0, "outputs": [["idle", 1]]}
     with pytest.raises(controller.ControllerError, match="CIRCT failed on the controller broken_ctrl"):
         controller.run_child(spec)
@@ -227,8 +228,9 @@ def test_mlp_schedule_model_numbers(mlp_train_design):
     assert s.call_cycles("train_step") == 1 + sum(1 + p.iterations + p.write_delay for p in phases)
     # one setup cycle, one input word per cycle, two cycles to the registered write port
     assert phases[0].name == "unpack_train_x" and phases[0].cycles == 1 + 16 * 64 + 2
-    assert {p.stage.op: p.write_delay for p in phases if p.stage is not None and p.stage.op in ("mac", "mul", "table")} \
-        == {"mac": 11, "mul": 10, "table": 15}
+    delays = {p.stage.op: p.write_delay for p in phases if p.stage is not None}
+    assert {op: delays[op] for op in ("mac", "mul", "table", "sum", "relu")} == \
+        {"mac": 12, "mul": 11, "table": 15, "sum": 10, "relu": 9}
     assert interface.word_count(design.kernel, design.kernel.programs["train_step"].inputs) == 16 * 64 + 16
 
 

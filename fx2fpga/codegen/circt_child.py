@@ -419,6 +419,8 @@ def _body(spec: dict, net: _Net, args: dict, fsm, ir) -> dict:
     # datapath and stream control
     for p, port in spec["go"].items():
         out[port] = net.delayed(port + "_q", net.and_(issue_at[tap_operand - 1], on[int(p)]))
+    for p, port in spec.get("act", {}).items():
+        out[port] = on[int(p)]
     reduce_ids = [p for p, ph in phases.items() if ph["reduce"]]
     first = net.onehot([(on[p], net.and_(*[net.eq_const(cnt[k], 0) for k in phases[p]["reduce"]]))
                         for p in reduce_ids], 1) if reduce_ids else net.const(1, 1)

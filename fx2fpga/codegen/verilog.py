@@ -136,6 +136,29 @@ def _pieces(width: int, port: int) -> list[tuple[int, int, bool]]:
     return pieces + [(low, width - low, True)]
 
 
+POOLED_OPS = ("mac", "mul")
+
+
+def multiplier_pool(units: list[dict], dsp_kind: str) -> dict | None:
+    """One shared multiplier per lane for every ``mac`` and ``mul`` unit of the kernel.
+
+    Phases never overlap, so at most one stage multiplies at a time: each pooled unit zeroes its
+    operands while its phase is not running (``act``) and the top ORs them, sign-extended to the
+    widest operands, into the lane's multiplier (split into DSP-sized partial products). The
+    DSP blocks of a kernel are then those of one stage's lanes, not of every stage's."""
+    users = [u for u in units if u["op"] in POOLED_OPS]
+    if not users:
+        return None
+    widths = [(u["ops"][0]["iw"], u["ops"][1]["iw"]) for u in users]
+    wa, wb = max(max(w) for w in widths), max(min(w) for w in widths)
+    pool = {"lanes": max(u["lanes"] for u in users), "wa": wa, "wb": wb, "product": product_plan(wa, wb, dsp_kind),
+            "users": users}
+    for u, (w0, w1) in zip(users, widths, strict=True):
+        u.update(pooled=True, swap=w1 > w0, ma_width=max(w0, w1), mb_width=min(w0, w1), pool=pool,
+                 prod_used=u["term_width"] if u["op"] == "mac" else u["res_width"], act=f"act_{u['inst']}")
+    return pool
+
+
 def product_plan(wa: int, wb: int, dsp_kind: str) -> dict:
     """How the unit templates multiply a signed ``wa``-bit by a ``wb``-bit operand: one registered
     partial product per pair of pieces that fits the target's DSP block, summed a cycle later
@@ -164,11 +187,13 @@ def _unit_view(phase: Phase, pid: int, kernel, name: str, cvts: _Cvts, dsp_kind:
     out_fmt = kernel.buffers[st.out.buffer].fmt
     ops = [_operand(f, i) for i, f in enumerate(fmts)]
     view = {"module": f"{name}_p{pid}_{_ident(st.name)}", "inst": f"p{pid}", "op": st.op, "lanes": phase.lanes,
+            "pooled": False,
             "ops": ops, "out_width": out_fmt.width, "stage": st, "delay": phase.write_delay,
             "origin": st.origin, "source": st.source}
     if st.reduce:
         acc = st.acc
-        view.update(kind="reduce", latency=sched.REDUCE_LATENCY)
+        view.update(kind="reduce", latency=sched.unit_latency(st.op),
+                    term_stage=sched.unit_latency(st.op) - 2)  # the accumulator, then the result
         n_ops = {"mac": 2, "sum": 1, "max": 1, "argmax": 1}[st.op]
         view["n_ops"] = n_ops
         aw, fa = _iw(acc), acc.frac_bits  # the accumulator as a signed number
@@ -181,8 +206,6 @@ def _unit_view(phase: Phase, pid: int, kernel, name: str, cvts: _Cvts, dsp_kind:
             tw, tf = aw, fa
             view["cvt_term"] = cvts.get(ops[0]["iw"], ops[0]["frac"], acc)
         view["term_width"] = tw
-        if st.op == "mac":
-            view["product"] = product_plan(ops[0]["iw"], ops[1]["iw"], dsp_kind)
         if st.op not in ("max", "argmax"):
             f = max(fa, tf)
             sw = max(aw + f - fa, tw + f - tf) + 1
@@ -211,10 +234,10 @@ def _unit_view(phase: Phase, pid: int, kernel, name: str, cvts: _Cvts, dsp_kind:
         view.update(kind="table", xw=xw, rw=rw, ixw=bits(n), shift=shift, n=n, lo=_lit(lo, xw), hi=_lit(hi, xw),
                     nmax=f"{bits(n)}'d{n - 1}", nval=f"{bits(n)}'d{n}", table_width=tbl.fmt.width,
                     table_signed=tbl.fmt.signed, tw=tw, pw=pw, yw=yw, rom=f"mem/{tbl.name}.hex", depth=n + 1,
-                    table=tbl.name, cvt_out=cvts.get(yw, tbl.fmt.frac_bits, out_fmt), latency=sched.TABLE_LATENCY,
-                    product=product_plan(tw + 1, shift + 2, dsp_kind))
+                    table=tbl.name, cvt_out=cvts.get(yw, tbl.fmt.frac_bits, out_fmt),
+                    latency=sched.unit_latency("table"), product=product_plan(tw + 1, shift + 2, dsp_kind))
         return view
-    view.update(kind="elementwise", latency=sched.ELEMENTWISE_LATENCY)
+    view.update(kind="elementwise", latency=sched.unit_latency(st.op))
     op = st.op
     fr = [o["frac"] for o in ops]
     w = [o["iw"] for o in ops]
@@ -224,7 +247,6 @@ def _unit_view(phase: Phase, pid: int, kernel, name: str, cvts: _Cvts, dsp_kind:
         rw, frac, shifts = w[0] + 1, fr[0], [0]
     elif op == "mul":
         rw, frac, shifts = w[0] + w[1], fr[0] + fr[1], [0, 0]
-        view["product"] = product_plan(w[0], w[1], dsp_kind)
     elif op in ("add", "sub") or op in COMPARE_OPS:
         f = max(fr)
         shifts = [f - x for x in fr]
@@ -332,11 +354,13 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1") -> dict:
         if ph.kind == "pack":
             m = mems[ph.buffer]
             packs.append({"index": len(packs), "data": data_of[i, 0, 0], "width": m["width"], "signed": m["signed"]})
+    pool = multiplier_pool(units, dsp_kind)
+    act = {u["inst"][1:]: u["act"] for u in units if u["pooled"]}
     outputs: list[tuple[str, int]] = [("idle", 1), ("in_ready", 1), ("out_valid", 1), ("first", 1), ("unused_bits", 1)]
     out_sel_bits = bits(len(packs) - 1) if len(packs) > 1 else 0
     if out_sel_bits:
         outputs.append(("out_sel", out_sel_bits))
-    outputs += [(p, 1) for p in go.values()]
+    outputs += [(p, 1) for p in go.values()] + [(p, 1) for p in act.values()]
     for r in reads:
         if r["sel"]:
             outputs.append((r["sel"], mems[r["memory"]]["bank_bits"]))
@@ -365,7 +389,7 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1") -> dict:
                     "write_delay": p.write_delay} for p in phases],
         "memories": {n: {k: m[k] for k in ("banks", "addr_bits", "bank_bits", "factors", "bank_shape", "ports")}
                      for n, m in mems.items()},
-        "reads": reads, "writes": writes, "go": go, "out_sel_bits": out_sel_bits, "outputs": outputs,
+        "reads": reads, "writes": writes, "go": go, "act": act, "out_sel_bits": out_sel_bits, "outputs": outputs,
     }
     max_in = max([m["width"] for m in mems.values() if any("in_d1" in s_ for s_ in sum(m["sources"], []))] + [0])
     for m in mems.values():
@@ -375,7 +399,7 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1") -> dict:
     return {"schedule": s, "spec": spec, "units": units, "memories": list(mems.values()), "packs": packs,
             "cvts": [c.view() for _, c in sorted(cvts.used.items())], "outputs": outputs,
             "out_sel_bits": out_sel_bits, "max_in_width": max_in,
-            "has_reduce": any(u["kind"] == "reduce" for u in units), "muxes": muxes}
+            "has_reduce": any(u["kind"] == "reduce" for u in units), "muxes": muxes, "pool": pool}
 
 
 # ----- public API ----------------------------------------------------------------------------------------------

@@ -53,14 +53,29 @@ SETUP_CYCLES = 1  # a phase's first cycle loads its loop limits into the control
 ADDR_TAP = 1  # the request's address, bank and guard
 RAM_TAP = 2  # each bank's read (write) port: the address multiplexed over the requests
 OPERAND_TAP = 5  # RAM data (3) -> its copy in fabric (4) -> the bank select: the unit's operands
-# a datapath unit's latency, from its operands to its registered result (templates/rtl/unit.sv.j2)
-REDUCE_LATENCY = 5  # guard -> partial products -> term -> accumulator -> converted result
-ELEMENTWISE_LATENCY = 4  # guard -> exact result (or partial products) -> exact result -> converted
-TABLE_LATENCY = 9  # guard -> clip -> (index, t) -> ROM -> difference -> partials -> product -> sum -> converted
+# a datapath unit's latency, from its operands to its registered result (templates/rtl/unit.sv.j2);
+# a multiply's operands go to the kernel's shared multiplier of their lane (operands ORed over the
+# stages -> partial products -> product: codegen/verilog.py `multiplier_pool`)
+UNIT_LATENCY = {
+    "mac": 6,  # guarded operands -> shared multiplier (3) -> accumulator -> converted result
+    "sum": 4, "max": 4, "argmax": 4,  # guarded operands -> term -> accumulator -> converted result
+    "mul": 5,  # guarded operands -> shared multiplier (3) -> converted result
+    "table": 9,  # guarded operand -> clip -> (index, t) -> ROM -> difference -> partials -> product -> sum -> converted
+}
+ELEMENTWISE_LATENCY = 3  # every other op: guarded operands -> exact result -> converted result
 WRITE_STAGE = 1  # the write-data multiplexer's register, in step with the write port
-REDUCE_DELAY = OPERAND_TAP + REDUCE_LATENCY + WRITE_STAGE  # issue -> write
-ELEMENTWISE_DELAY = OPERAND_TAP + ELEMENTWISE_LATENCY + WRITE_STAGE
-TABLE_DELAY = OPERAND_TAP + TABLE_LATENCY + WRITE_STAGE
+
+
+def unit_latency(op: str) -> int:
+    """Cycles from a stage's operands to its unit's registered result."""
+    return UNIT_LATENCY.get(op, ELEMENTWISE_LATENCY)
+
+
+def write_delay(op: str) -> int:
+    """Cycles from a stage's issue to its write: the read pipeline, the unit, the write-data register."""
+    return OPERAND_TAP + unit_latency(op) + WRITE_STAGE
+
+
 UNPACK_DELAY = RAM_TAP  # the input word waits for its registered write address
 PACK_DELAY = OPERAND_TAP + 1  # the word read at issue leaves on the output stream (a register)
 
@@ -238,10 +253,7 @@ def _stage_phase(st: Stage, kernel: Kernel, where: str) -> Phase:
     counters = tuple(Counter(lp.var, lp.extent, lanes if lp.var == lane_var else 1) for lp in order)
     slots = {c.var: k for k, c in enumerate(counters)}
     reduce = tuple(slots[v] for v in st.reduce)
-    if st.op == "table":
-        delay = TABLE_DELAY
-    else:
-        delay = REDUCE_DELAY if st.reduce else ELEMENTWISE_DELAY
+    delay = write_delay(st.op)
     phase = Phase(st.name, "stage", counters, delay, reduce=reduce, stage=st, lanes=lanes)
     operands = {"mac": 2, "sum": 1, "max": 1, "argmax": 1}.get(st.op, len(st.ins))
 
