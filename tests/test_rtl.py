@@ -218,12 +218,13 @@ def test_a_failing_circt_child_is_a_clear_error():
 
 @slow
 def test_mlp_schedule_model_numbers(mlp_train_design):
-    """The 64-32-10 MLP's schedule: every 4-lane matmul keeps >= 0.99 of its MAC lanes busy."""
+    """The 64-32-10 MLP's schedule: every 4-lane matmul keeps >= 0.98 of its MAC lanes busy (the
+    13 cycles of setup and pipeline per phase cost fc2 1%: 1,280 issues in 1,293 cycles)."""
     _, design = mlp_train_design
     s = schedule.run(design.kernel)
     util = {ph.name: schedule.mac_utilization(ph) for ph in s.phases()
             if ph.kind == "stage" and ph.stage.op == "mac" and ph.lanes >= 4}
-    assert len(util) >= 5 and min(util.values()) >= 0.99, util
+    assert len(util) >= 5 and min(util.values()) >= 0.98, util
     phases = s.commands["train_step"]
     assert s.call_cycles("train_step") == 1 + sum(1 + p.iterations + p.write_delay for p in phases)
     # one setup cycle, one input word per cycle, two cycles to the registered write port
@@ -252,8 +253,13 @@ def test_report_runs_yosys_and_counts_resources_beside_the_budget(tmp_path, caps
     assert text in capsys.readouterr().out
     res = synthesize(out, "xc7", "mlp_digits_top")  # cached: the same numbers at once
     kernel = read_kernel(out)
-    mac_lanes = sum(s.lanes for s in kernel.programs["train_step"].stages if s.op == "mac")
-    assert mac_lanes >= 8 and res.dsp >= mac_lanes  # a multiplier per MAC lane (24x24-bit products take two)
+    # the mac and mul stages share one multiplier per lane (24x24-bit products: two DSP48E1 each);
+    # the function tables interpolate with their own (one DSP48E1 per lane)
+    p = verilog.plan(kernel, kernel.name, "DSP48E1")
+    pool = p["pool"]
+    assert pool["lanes"] == 4 and len(pool["product"]["parts"]) == 2
+    tables = [u for u in p["units"] if u["kind"] == "table"]
+    assert res.dsp == pool["lanes"] * 2 + sum(u["lanes"] * len(u["product"]["parts"]) for u in tables)
     target = load_target("pynq-z1")
     assert 0 < res.bram36 <= target.bram36 and 0 < res.lut <= target.lut and res.ff > 0
     assert "LDCE" not in res.cells and not any(c.startswith("$") for c in res.cells)  # no latches, all mapped
