@@ -141,7 +141,7 @@ class _Net:
         r = self.seq.CompRegOp(self.ty(width), ph.result, self.clk, name=name, **kw)
         return r.result, lambda nxt: self.connect(ph, nxt)
 
-    def delayed(self, name: str, v, reset: int | None = 0):
+    def delayed(self, name: str, v, reset: int | None = None):
         q, set_next = self.reg(name, self.width(v), reset)
         set_next(v)
         return q
@@ -229,7 +229,10 @@ def build(spec: dict):
 
 
 def _body(spec: dict, net: _Net, args: dict, fsm, ir) -> dict:
-    """The controller's logic. Timing (cycles after a request's issue, ``spec["taps"]``): the
+    """The controller's logic. Only the FSM, the loop counters and the drain counter have a reset:
+    every other register is a pipeline fed by them, and drains while ``rst`` is held (the top
+    stretches it to ``reset_cycles``), so the reset net stays small. Timing (cycles after a
+    request's issue, ``spec["taps"]``): the
     request's bank, address and guard are registered at ``addr``, each bank's port at ``ram``
     (a one-hot OR over the requests, not a priority chain), the bank select of its data at
     ``operand - 1``. Every output is a register or one gate from registers."""
@@ -300,7 +303,7 @@ def _body(spec: dict, net: _Net, args: dict, fsm, ir) -> dict:
         counters_at.append([net.delayed(f"c{k}_d{t}", net.resize(c, need[t][k]), None) if need[t][k] else None
                             for k, c in enumerate(counters_at[t - 1])])
 
-    def delay(name: str, v, cycles: int, reset: int | None = 0):
+    def delay(name: str, v, cycles: int, reset: int | None = None):
         for t in range(cycles):
             v = net.delayed(f"{name}_d{t + 1}", v, reset)
         return v
@@ -425,7 +428,7 @@ def _body(spec: dict, net: _Net, args: dict, fsm, ir) -> dict:
     first = net.onehot([(on[p], net.and_(*[net.eq_const(cnt[k], 0) for k in phases[p]["reduce"]]))
                         for p in reduce_ids], 1) if reduce_ids else net.const(1, 1)
     out["first"] = delay("first", first, tap_operand)
-    out["idle"] = net.eq_const(phase, 0)
+    out["idle"] = net.and_(net.eq_const(phase, 0), net.not_(args["rst"]))
     out["in_ready"] = net.and_(can_issue, is_unpack) if unpack_ids else net.const(0, 1)
     packs = [p for p, ph in phases.items() if ph["kind"] == "pack"]
     out["out_valid"] = net.delayed("out_valid_q", net.and_(issue_at[tap_out - 1], net.or_(*[on[p] for p in packs]))) \

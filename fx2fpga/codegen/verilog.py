@@ -399,7 +399,8 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1") -> dict:
     return {"schedule": s, "spec": spec, "units": units, "memories": list(mems.values()), "packs": packs,
             "cvts": [c.view() for _, c in sorted(cvts.used.items())], "outputs": outputs,
             "out_sel_bits": out_sel_bits, "max_in_width": max_in,
-            "has_reduce": any(u["kind"] == "reduce" for u in units), "muxes": muxes, "pool": pool}
+            "has_reduce": any(u["kind"] == "reduce" for u in units), "muxes": muxes, "pool": pool,
+            "reset_cycles": max([p.write_delay for p in phases] + [sched.PACK_DELAY]) + 4}
 
 
 # ----- public API ----------------------------------------------------------------------------------------------
