@@ -219,7 +219,7 @@ def test_a_failing_circt_child_is_a_clear_error():
 @slow
 def test_mlp_schedule_model_numbers(mlp_train_design):
     """The 64-32-10 MLP's schedule: every 4-lane matmul keeps >= 0.98 of its MAC lanes busy (the
-    13 cycles of setup and pipeline per phase cost fc2 1%: 1,280 issues in 1,293 cycles)."""
+    15 cycles of setup and pipeline per phase cost fc2 1%: 1,280 issues in 1,295 cycles)."""
     _, design = mlp_train_design
     s = schedule.run(design.kernel)
     util = {ph.name: schedule.mac_utilization(ph) for ph in s.phases()
@@ -231,7 +231,7 @@ def test_mlp_schedule_model_numbers(mlp_train_design):
     assert phases[0].name == "unpack_train_x" and phases[0].cycles == 1 + 16 * 64 + 2
     delays = {p.stage.op: p.write_delay for p in phases if p.stage is not None}
     assert {op: delays[op] for op in ("mac", "mul", "table", "sum", "relu")} == \
-        {"mac": 12, "mul": 11, "table": 15, "sum": 10, "relu": 9}
+        {"mac": 14, "mul": 13, "table": 17, "sum": 10, "relu": 9}
     assert interface.word_count(design.kernel, design.kernel.programs["train_step"].inputs) == 16 * 64 + 16
 
 

@@ -57,11 +57,13 @@ OPERAND_TAP = 5  # RAM data (3) -> its copy in fabric (4) -> the bank select: th
 # a multiply's operands go to the kernel's shared multiplier of their lane (operands ORed over the
 # stages -> partial products -> product: codegen/verilog.py `multiplier_pool`)
 UNIT_LATENCY = {
-    "mac": 6,  # guarded operands -> shared multiplier (3) -> accumulator -> converted result
+    "mac": 8,  # guarded operands -> shared multiplier (5) -> accumulator -> converted result
     "sum": 4, "max": 4, "argmax": 4,  # guarded operands -> term -> accumulator -> converted result
-    "mul": 5,  # guarded operands -> shared multiplier (3) -> converted result
-    "table": 9,  # guarded operand -> clip -> (index, t) -> ROM -> difference -> partials -> product -> sum -> converted
+    "mul": 7,  # guarded operands -> shared multiplier (5) -> converted result
+    "table": 11,  # operand -> clip -> (index, t) -> ROM -> difference -> product (4) -> sum -> converted
 }
+# (a multiplier: its operands -> pieces -> DSP block -> copy -> the sum of the partial products:
+# the block has a register of its own on each side, so nothing else shares its paths)
 ELEMENTWISE_LATENCY = 3  # every other op: guarded operands -> exact result -> converted result
 WRITE_STAGE = 1  # the write-data multiplexer's register, in step with the write port
 
