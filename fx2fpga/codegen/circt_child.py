@@ -424,10 +424,10 @@ def _body(spec: dict, net: _Net, args: dict, fsm, ir) -> dict:
         out[port] = net.delayed(port + "_q", net.and_(issue_at[tap_operand - 1], on[int(p)]))
     for p, port in spec.get("act", {}).items():
         out[port] = on[int(p)]
-    reduce_ids = [p for p, ph in phases.items() if ph["reduce"]]
-    first = net.onehot([(on[p], net.and_(*[net.eq_const(cnt[k], 0) for k in phases[p]["reduce"]]))
-                        for p in reduce_ids], 1) if reduce_ids else net.const(1, 1)
-    out["first"] = delay("first", first, tap_operand)
+    # each reduction's own `first` (a shared one would be merged into one register of huge fanout)
+    for p, port in spec.get("first", {}).items():
+        first = net.and_(on[int(p)], *[net.eq_const(cnt[k], 0) for k in phases[int(p)]["reduce"]])
+        out[port] = delay(port, first, tap_operand)
     out["idle"] = net.and_(net.eq_const(phase, 0), net.not_(args["rst"]))
     out["in_ready"] = net.and_(can_issue, is_unpack) if unpack_ids else net.const(0, 1)
     packs = [p for p, ph in phases.items() if ph["kind"] == "pack"]

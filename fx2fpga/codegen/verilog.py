@@ -300,7 +300,7 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1") -> dict:
                           "sources": [[] for _ in range(m.banks)], "read_banks": set(), "direct_banks": set(),
                           "mem_depth": max(2, m.depth),
                           "init": m.init is not None or m.read_only}
-    units, reads, writes, go, packs, muxes = [], [], [], {}, [], []
+    units, reads, writes, go, first, packs, muxes = [], [], [], {}, {}, [], []
     data_of: dict[tuple[int, int, int], str] = {}  # (phase id, operand, lane) -> data expression
     ok_of: dict[tuple[int, int, int], str] = {}  # (phase id, operand, lane) -> "the guarded read happened"
     for ph in phases:
@@ -348,19 +348,19 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1") -> dict:
                 oks.append([x or "1'b1" for x in lanes_ok])
             unit["oks"] = oks
             if unit["kind"] == "reduce":
-                go[str(i)] = f"go_p{i}"
-                unit["go"] = f"go_p{i}"
+                go[str(i)] = unit["go"] = f"go_p{i}"
+                first[str(i)] = unit["first"] = f"first_p{i}"
             units.append(unit)
         if ph.kind == "pack":
             m = mems[ph.buffer]
             packs.append({"index": len(packs), "data": data_of[i, 0, 0], "width": m["width"], "signed": m["signed"]})
     pool = multiplier_pool(units, dsp_kind)
     act = {u["inst"][1:]: u["act"] for u in units if u["pooled"]}
-    outputs: list[tuple[str, int]] = [("idle", 1), ("in_ready", 1), ("out_valid", 1), ("first", 1), ("unused_bits", 1)]
+    outputs: list[tuple[str, int]] = [("idle", 1), ("in_ready", 1), ("out_valid", 1), ("unused_bits", 1)]
     out_sel_bits = bits(len(packs) - 1) if len(packs) > 1 else 0
     if out_sel_bits:
         outputs.append(("out_sel", out_sel_bits))
-    outputs += [(p, 1) for p in go.values()] + [(p, 1) for p in act.values()]
+    outputs += [(p, 1) for p in [*go.values(), *first.values(), *act.values()]]
     for r in reads:
         if r["sel"]:
             outputs.append((r["sel"], mems[r["memory"]]["bank_bits"]))
@@ -389,7 +389,8 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1") -> dict:
                     "write_delay": p.write_delay} for p in phases],
         "memories": {n: {k: m[k] for k in ("banks", "addr_bits", "bank_bits", "factors", "bank_shape", "ports")}
                      for n, m in mems.items()},
-        "reads": reads, "writes": writes, "go": go, "act": act, "out_sel_bits": out_sel_bits, "outputs": outputs,
+        "reads": reads, "writes": writes, "go": go, "first": first, "act": act, "out_sel_bits": out_sel_bits,
+        "outputs": outputs,
     }
     max_in = max([m["width"] for m in mems.values() if any("in_d1" in s_ for s_ in sum(m["sources"], []))] + [0])
     for m in mems.values():
