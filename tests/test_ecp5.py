@@ -238,8 +238,8 @@ def test_build_needs_rtl(tmp_path, capsys):
 @pytest.mark.slow
 @needs_tools
 def test_build_bitstream_of_a_layer(tmp_path, monkeypatch, capsys):
-    """Linear(8, 4) + ReLU inference, 4 lanes: about 30 s of tools (the 8-8-4 training kernel above needs more
-    than 10 minutes of nextpnr: every stage has its own datapath, 129 MULT18X18D). The bitstream, Fmax and
+    """Linear(8, 4) + ReLU inference, 4 lanes: about 30 s of tools (the digits MLP's training kernel needs
+    15-20 minutes: the opt-in test below). The bitstream, Fmax and
     utilization in report.md; a rebuild comes from the cache; ``fx2fpga report`` adds the synth_ecp5 counts
     beside the ulx3s budget and keeps the bitstream section."""
     monkeypatch.setenv("FX2FPGA_CACHE", str(tmp_path / "cache"))  # place and route for real, once

@@ -60,7 +60,7 @@ UNIT_LATENCY = {
     "mac": 8,  # guarded operands -> shared multiplier (5) -> accumulator -> converted result
     "sum": 4, "max": 4, "argmax": 4,  # guarded operands -> term -> accumulator -> converted result
     "mul": 7,  # guarded operands -> shared multiplier (5) -> converted result
-    "table": 11,  # operand -> clip -> (index, t) -> ROM -> difference -> product (4) -> sum -> converted
+    "table": 12,  # operand -> clip -> (index, t) -> ROM -> its copy -> difference -> product (4) -> sum -> converted
 }
 # (a multiplier: its operands -> pieces -> DSP block -> copy -> the sum of the partial products:
 # the block has a register of its own on each side, so nothing else shares its paths)
