@@ -27,6 +27,22 @@ def program_cycles(kernel: Kernel, program: str) -> int:
     return sum(stage_cycles(s) for s in kernel.programs[program].stages)
 
 
+DSP_PORTS = {"DSP48E1": (25, 18), "DSP48E2": (27, 18), "MULT18X18D": (18, 18)}  # signed operand widths
+
+
+def multiplier_pieces(width: int, port: int) -> list[tuple[int, int, bool]]:
+    """A signed ``width``-bit operand as (low bit, bits, signed) pieces that each fit a ``port``-bit
+    signed multiplier input: unsigned ``port - 1``-bit pieces from the bottom, a signed top piece
+    (how Yosys' mul2dsp splits it, and how the RTL's partial products do: codegen/verilog.py)."""
+    if width <= port:
+        return [(0, width, True)]
+    pieces, low = [], 0
+    while width - low > port:
+        pieces.append((low, port - 1, False))
+        low += port - 1
+    return pieces + [(low, width - low, True)]
+
+
 def dsp_per_multiplier(width_a: int, width_b: int, kind: str = "DSP48E1") -> int:
     """DSP blocks for one ``width_a x width_b`` signed multiplier: DSP48E1/E2 slices (25x18 ports) or
     ECP5 MULT18X18D (18x18; Yosys splits a wider operand into an 18-bit signed top and 17-bit pieces)."""
@@ -34,8 +50,7 @@ def dsp_per_multiplier(width_a: int, width_b: int, kind: str = "DSP48E1") -> int
     if b <= 1:
         return 0
     if kind == "MULT18X18D":
-        pieces = [1 if w <= 18 else 1 + math.ceil((w - 18) / 17) for w in (a, b)]
-        return pieces[0] * pieces[1]
+        return len(multiplier_pieces(a, 18)) * len(multiplier_pieces(b, 18))
     if a <= 25 and b <= 18:
         return 1
     if a <= 42 and b <= 18 or a <= 25 and b <= 35:

@@ -118,13 +118,6 @@ class _Net:
         vs = [self.mux(c, v, self.const(0, width)) for c, v in cases]
         return self.or_(*vs) if vs else self.const(0, width)
 
-    def select(self, cases, default):
-        """A priority chain of ``(condition, value)`` over ``default``."""
-        v = default
-        for cond, val in reversed(cases):
-            v = self.mux(cond, val, v)
-        return v
-
     def wire(self, width: int):
         """A placeholder value, replaced by ``connect`` (for feedback)."""
         return self.hw.ConstantOp(self.ir.IntegerAttr.get(self.ty(width), 0))
@@ -232,10 +225,10 @@ def _body(spec: dict, net: _Net, args: dict, fsm, ir) -> dict:
     """The controller's logic. Only the FSM, the loop counters and the drain counter have a reset:
     every other register is a pipeline fed by them, and drains while ``rst`` is held (the top
     stretches it to ``reset_cycles``), so the reset net stays small. Timing (cycles after a
-    request's issue, ``spec["taps"]``): the
-    request's bank, address and guard are registered at ``addr``, each bank's port at ``ram``
-    (a one-hot OR over the requests, not a priority chain), the bank select of its data at
-    ``operand - 1``. Every output is a register or one gate from registers."""
+    request's issue, ``spec["taps"]``): the request's bank, address and guard are registered at
+    ``addr``, each bank's port at ``ram`` (a one-hot OR over the requests, not a priority chain),
+    the bank select of its data at ``operand - 1``. Every output is a register or one gate from
+    registers."""
     phases = {ph["id"]: ph for ph in spec["phases"]}
     pw, cw, m = spec["phase_bits"], spec["counter_bits"], spec["counters"]
     tap_addr, tap_ram, tap_operand, tap_out = (spec["taps"][k] for k in ("addr", "ram", "operand", "out"))
@@ -303,9 +296,9 @@ def _body(spec: dict, net: _Net, args: dict, fsm, ir) -> dict:
         counters_at.append([net.delayed(f"c{k}_d{t}", net.resize(c, need[t][k]), None) if need[t][k] else None
                             for k, c in enumerate(counters_at[t - 1])])
 
-    def delay(name: str, v, cycles: int, reset: int | None = None):
+    def delay(name: str, v, cycles: int):
         for t in range(cycles):
-            v = net.delayed(f"{name}_d{t + 1}", v, reset)
+            v = net.delayed(f"{name}_d{t + 1}", v)
         return v
 
     def affine_at(t: int):
@@ -391,7 +384,7 @@ def _body(spec: dict, net: _Net, args: dict, fsm, ir) -> dict:
         if port.get("ok"):
             out[port["ok"]] = delay(port["ok"], ok_q, tap_operand - tap_addr)
         if port.get("sel"):
-            out[port["sel"]] = delay(port["sel"], bank_q, tap_operand - 1 - tap_addr, None)
+            out[port["sel"]] = delay(port["sel"], bank_q, tap_operand - 1 - tap_addr)
     # writes: request registers at tap - 1 (from the counters at tap - 2), bank ports at the tap
     wport_cases: dict[tuple[str, int], list] = {}
     for w, port in enumerate(spec["writes"]):

@@ -32,6 +32,7 @@ from fx2fpga_runtime import interface
 from fx2fpga_runtime.fixed import Fixed
 
 from ..errors import Fx2fpgaError
+from ..estimate import DSP_PORTS, multiplier_pieces
 from ..passes import schedule as sched
 from ..passes.schedule import Phase, Schedule, bits
 from . import controller
@@ -121,21 +122,6 @@ class _Cvts:
 
 # ----- datapath units ----------------------------------------------------------------------------------------
 
-DSP_PORTS = {"DSP48E1": (25, 18), "DSP48E2": (27, 18), "MULT18X18D": (18, 18)}  # signed operand widths
-
-
-def _pieces(width: int, port: int) -> list[tuple[int, int, bool]]:
-    """A signed ``width``-bit operand as (low bit, bits, signed) pieces that each fit a ``port``-bit
-    signed multiplier input: unsigned ``port - 1``-bit pieces from the bottom, a signed top piece."""
-    if width <= port:
-        return [(0, width, True)]
-    pieces, low = [], 0
-    while width - low > port:
-        pieces.append((low, port - 1, False))
-        low += port - 1
-    return pieces + [(low, width - low, True)]
-
-
 POOLED_OPS = ("mac", "mul")
 
 
@@ -166,7 +152,7 @@ def product_plan(wa: int, wb: int, dsp_kind: str) -> dict:
     (a piece, b piece, width, shift)."""
     big, small = DSP_PORTS.get(dsp_kind, DSP_PORTS["DSP48E1"])
     ports = (big, small) if wa >= wb else (small, big)
-    pa, pb = _pieces(wa, ports[0]), _pieces(wb, ports[1])
+    pa, pb = multiplier_pieces(wa, ports[0]), multiplier_pieces(wb, ports[1])
     parts = [(i, j, (ia + (not sa)) + (jb + (not sb)), la + lb)
              for i, (la, ia, sa) in enumerate(pa) for j, (lb, jb, sb) in enumerate(pb)]
     return {"a": pa, "b": pb, "parts": parts, "width": wa + wb}
@@ -188,7 +174,7 @@ def _unit_view(phase: Phase, pid: int, kernel, name: str, cvts: _Cvts, dsp_kind:
     ops = [_operand(f, i) for i, f in enumerate(fmts)]
     view = {"module": f"{name}_p{pid}_{_ident(st.name)}", "inst": f"p{pid}", "op": st.op, "lanes": phase.lanes,
             "pooled": False,
-            "ops": ops, "out_width": out_fmt.width, "stage": st, "delay": phase.write_delay,
+            "ops": ops, "out_width": out_fmt.width, "stage": st,
             "origin": st.origin, "source": st.source}
     if st.reduce:
         acc = st.acc
@@ -400,7 +386,7 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1") -> dict:
     return {"schedule": s, "spec": spec, "units": units, "memories": list(mems.values()), "packs": packs,
             "cvts": [c.view() for _, c in sorted(cvts.used.items())], "outputs": outputs,
             "out_sel_bits": out_sel_bits, "max_in_width": max_in,
-            "has_reduce": any(u["kind"] == "reduce" for u in units), "muxes": muxes, "pool": pool,
+            "muxes": muxes, "pool": pool,
             "reset_cycles": max([p.write_delay for p in phases] + [sched.PACK_DELAY]) + 4}
 
 

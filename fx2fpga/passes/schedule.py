@@ -66,6 +66,8 @@ UNIT_LATENCY = {
 # the block has a register of its own on each side, so nothing else shares its paths)
 ELEMENTWISE_LATENCY = 3  # every other op: guarded operands -> exact result -> converted result
 WRITE_STAGE = 1  # the write-data multiplexer's register, in step with the write port
+UNPACK_DELAY = RAM_TAP  # the input word waits for its registered write address
+PACK_DELAY = OPERAND_TAP + 1  # the word read at issue leaves on the output stream (a register)
 
 
 def unit_latency(op: str) -> int:
@@ -77,9 +79,6 @@ def write_delay(op: str) -> int:
     """Cycles from a stage's issue to its write: the read pipeline, the unit, the write-data register."""
     return OPERAND_TAP + unit_latency(op) + WRITE_STAGE
 
-
-UNPACK_DELAY = RAM_TAP  # the input word waits for its registered write address
-PACK_DELAY = OPERAND_TAP + 1  # the word read at issue leaves on the output stream (a register)
 
 class ScheduleError(Fx2fpgaError, ValueError):
     """A kernel the RTL scheduler cannot map to hardware; the message says what to change."""
