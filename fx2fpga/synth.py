@@ -44,6 +44,12 @@ class Resources:
         return self.lut_logic + self.lut_ram
 
 
+def primitive_cells(stat: dict) -> dict[str, int]:
+    """The device primitives in Yosys' ``stat -json`` of a whole design: the hierarchical totals,
+    less the instances of our own modules kept as a hierarchy level (``fx2fpga_mult``)."""
+    return {c: n for c, n in stat["design"]["num_cells_by_type"].items() if c not in stat["modules"]}
+
+
 def count(cells: dict[str, int], family: str = "xc7") -> Resources:
     """Resources from Yosys' cell counts of a mapped netlist of ``family``."""
     if family == "ecp5":
@@ -116,7 +122,7 @@ def synthesize(project_dir: str | Path, family: str, top: str, log=None) -> Reso
         tail = (proc.stdout + proc.stderr).strip()[-3000:]
         raise Fx2fpgaError(f"Yosys failed on {rtl} (see reports/yosys.log):\n{tail}")
     stat = json.loads((project / "reports" / "yosys_stat.json").read_text())
-    cells = stat["design"]["num_cells_by_type"]
+    cells = primitive_cells(stat)
     res = count(cells, family)
     text = json.dumps({"sources_sha256": digest.hexdigest(), "flow": flow, "cells": cells,
                        "seconds": round(time.monotonic() - start, 1), **asdict(res)}, indent=1) + "\n"
