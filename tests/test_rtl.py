@@ -179,6 +179,26 @@ def test_sgd_rtl_keeps_parameters_on_chip(tmp_path):
             assert_same(emu.call_raw(command, raw), rtl.call_raw(command, raw), f"call {i} ({command})")
 
 
+@slow
+def test_two_kernels_compile_in_one_project(tmp_path):
+    """Two kernels' RTL in one compilation unit (a Vivado project): the FSM enum file and its
+    include guard are per kernel, and the primitives both use have one text."""
+    ka, kb = zoo_kernel(), sgd_kernel()
+    assert ka.name != kb.name
+    for k in (ka, kb):
+        write_files(tmp_path / k.name, verilog.generate(k, VERSION))
+    dir_a, dir_b = tmp_path / ka.name / "rtl", tmp_path / kb.name / "rtl"
+    assert sorted(p.name for p in dir_a.glob("*enum_typedefs.sv")) == [f"{ka.name}_fsm_enum_typedefs.sv"]
+    mine = {p.name: p for p in sources(dir_a)}
+    theirs = [p for p in sources(dir_b) if p.name not in mine]
+    shared = [p for p in sources(dir_b) if p.name in mine]
+    assert shared and all(p.read_text() == mine[p.name].read_text() for p in shared)
+    exe, env = verilator_env()
+    proc = subprocess.run([exe, "--lint-only", "-Wall", "--top-module", f"{ka.name}_top", f"-I{dir_a}", f"-I{dir_b}",
+                           *map(str, [*mine.values(), *theirs])], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0 and "%Warning" not in proc.stderr, proc.stderr[-3000:]
+
+
 # ----- without Verilator ------------------------------------------------------------------------------------
 
 def test_unmappable_kernels_get_a_readme_not_a_broken_project(tmp_path):

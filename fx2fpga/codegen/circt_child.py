@@ -485,7 +485,20 @@ def lower(ctx, module, fsm_name: str) -> dict[str, str]:
             for path in sorted(Path(tmp).rglob("*")):
                 if path.is_file() and path.suffix in (".sv", ".v", ".svh"):
                     files[path.name] = path.read_text()
-    return files
+    return _scope_typedefs(files, fsm_name)
+
+
+def _scope_typedefs(files: dict[str, str], fsm_name: str) -> dict[str, str]:
+    """CIRCT writes the FSM's state enum to ``fsm_enum_typedefs.sv`` under a fixed include guard:
+    two kernels in one Vivado project would share the file and the guard, and the second kernel's
+    FSM would see no enum. Name both after this kernel's FSM."""
+    old, new = "fsm_enum_typedefs.sv", f"{fsm_name}_enum_typedefs.sv"
+    scoped = {}
+    for fname, text in files.items():
+        text = text.replace(f'`include "{old}"', f'`include "{new}"')
+        text = text.replace("_TYPESCOPE_fsm_enum_typedecls", f"_TYPESCOPE_{fsm_name}_enum_typedecls")
+        scoped[new if fname == old else fname] = text
+    return scoped
 
 
 def main() -> int:

@@ -2,7 +2,7 @@
 
 ``generate(kernel, version)`` returns the ``rtl/`` files of a project folder:
 
-- ``<name>_ctrl.sv``, ``<name>_fsm.sv``, ``fsm_enum_typedefs.sv``: the controller (FSM, shared
+- ``<name>_ctrl.sv``, ``<name>_fsm.sv``, ``<name>_fsm_enum_typedefs.sv``: the controller (FSM, shared
   loop counters, drain, address generators, port multiplexing), built as CIRCT IR in
   ``controller.py`` and lowered by CIRCT;
 - ``<name>_p<id>_<stage>.sv``: one datapath unit per stage (``templates/rtl/unit.sv.j2``):
@@ -180,7 +180,7 @@ def _unit_view(phase: Phase, pid: int, kernel, name: str, cvts: _Cvts, dsp_kind:
         acc = st.acc
         view.update(kind="reduce", latency=sched.unit_latency(st.op),
                     term_stage=sched.unit_latency(st.op) - 2)  # the accumulator, then the result
-        n_ops = {"mac": 2, "sum": 1, "max": 1, "argmax": 1}[st.op]
+        n_ops = sched.streamed_operands(st)
         view["n_ops"] = n_ops
         aw, fa = _iw(acc), acc.frac_bits  # the accumulator as a signed number
         view.update(acc_width=acc.width, acc_iw=aw, acc_signed=acc.signed)
@@ -453,7 +453,7 @@ def generate(kernel, version: str, clock_mhz: float = 100.0, dsp_kind: str = "DS
     files["rtl/sim_main.cpp"] = env.get_template("rtl/sim_main.cpp.j2").render(ctx, commands=cmds)
     files["rtl/schedule.md"] = env.get_template("rtl/schedule.md.j2").render(
         name=name, version=version, clock_mhz=clock_mhz, commands=_schedule_rows(p["schedule"]))
-    sources = sorted(f[4:] for f in files if f.endswith(".sv") and not f.endswith("fsm_enum_typedefs.sv"))
+    sources = sorted(f[4:] for f in files if f.endswith(".sv") and not f.endswith("_enum_typedefs.sv"))
     files["rtl/files.f"] = "".join(f"{s}\n" for s in sources)
     from . import axi  # the bus top <name>_axi.v (Verilog: Vivado module references) and its harness sim_axi.cpp
 

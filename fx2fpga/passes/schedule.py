@@ -244,6 +244,15 @@ def _rebase_guards(guards, slots, lane_var, lanes, lane) -> tuple[Guard, ...]:
     return tuple(Guard(_rebase(g.expr, slots, lane_var, lanes, lane), g.bound, g.step) for g in guards)
 
 
+REDUCE_OPERANDS = {"mac": 2, "sum": 1, "max": 1, "argmax": 1}
+
+
+def streamed_operands(st: Stage) -> int:
+    """How many of a stage's inputs are read at every loop point; a reduction's further input (its
+    initial value) is read once, at the first point of the reduction."""
+    return REDUCE_OPERANDS.get(st.op, len(st.ins))
+
+
 def _stage_phase(st: Stage, kernel: Kernel, where: str) -> Phase:
     extents = {lp.var: lp.extent for lp in st.loops}
     lanes = max(1, st.lanes)
@@ -256,7 +265,7 @@ def _stage_phase(st: Stage, kernel: Kernel, where: str) -> Phase:
     reduce = tuple(slots[v] for v in st.reduce)
     delay = write_delay(st.op)
     phase = Phase(st.name, "stage", counters, delay, reduce=reduce, stage=st, lanes=lanes)
-    operands = {"mac": 2, "sum": 1, "max": 1, "argmax": 1}.get(st.op, len(st.ins))
+    operands = streamed_operands(st)
 
     def lane_guard(lane: int) -> tuple[Guard, ...]:
         """Lanes past the loop's end in its last, partial group: no request."""
