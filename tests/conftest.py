@@ -14,14 +14,21 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def assert_backend_equals_emu(design, backend: str, sequence):
-    """Run ``(command, arrays)`` calls on emu and on ``backend`` from the same start: every output
-    word equal, and after each call every parameter word. Returns the emulator runner."""
+def assert_backend_equals_emu(design, backend: str, sequence, params=None, after_call=None):
+    """Run ``(command, arrays)`` calls on emu and on ``backend`` from the same start (``params``:
+    float parameters set on both first): every output word equal, and after each call every
+    parameter word. ``after_call(command, runner)`` checks the backend's runner right after each
+    call (before the parameters are read back). Returns the emulator runner."""
     emu = design.load("emu")
     with design.load(backend) as other:
+        if params is not None:
+            emu.set_params(params)
+            other.set_params(params)
         for command, arrays in sequence:
             raw = emu._quantize_inputs(command, arrays)
             want, got = emu.call_raw(command, raw), other.call_raw(command, raw)
+            if after_call is not None:
+                after_call(command, other)
             assert want.keys() == got.keys()
             for name in want:
                 assert np.array_equal(want[name], got[name]), (command, name)

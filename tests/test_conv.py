@@ -171,28 +171,22 @@ def test_cnn_layers_equal_pytorch_on_the_kernels_own_values(cnn, digits_data):
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["csim", "rtl"])
 def test_cnn_training_step_equals_emu(cnn, digits_data, backend):
-    """Two training steps and an inference: every output word of csim (and of rtl) equals emu."""
+    """Two training steps and an inference: every output and parameter word of csim (and of rtl)
+    equals emu after each call; rtl takes exactly the schedule model's cycles."""
     ex, model, design = cnn
     x_train, y_train, x_test, _ = digits_data
-    init = _float_params(model)
-    emu = design.load("emu")
-    with design.load(backend) as csim:
-        for runner in (emu, csim):
-            runner.set_params(init)
-        for step in range(2):
-            xb, yb = ex.images(x_train[16 * step:16 * step + 16]), y_train[16 * step:16 * step + 16]
-            raw = emu._quantize_inputs("train_step", [xb, yb])
-            want, got = emu.call_raw("train_step", raw), csim.call_raw("train_step", raw)
-            assert np.array_equal(want["train_loss"], got["train_loss"])
-            if backend == "rtl":  # the schedule's latency model is exact
-                assert csim.backend.last_cycles == verilog.call_cycles(design.kernel)["train_step"]
-            p_emu, p_csim = emu.get_params_raw(), csim.get_params_raw()
-            assert p_emu.keys() == p_csim.keys() and len(p_emu) == 6
-            for name in p_emu:
-                assert np.array_equal(p_emu[name], p_csim[name]), (step, name)
-        xi = emu._quantize_inputs("infer", [ex.images(x_test[:16])])
-        assert np.array_equal(emu.call_raw("infer", xi)["infer_output"], csim.call_raw("infer", xi)["infer_output"])
-    assert not np.array_equal(design.kernel.buffers["conv1_weight"].init, p_emu["conv1_weight"].reshape(-1))
+    model_cycles = verilog.call_cycles(design.kernel)
+
+    def exact_cycles(command, runner):
+        if backend == "rtl":
+            assert runner.backend.last_cycles == model_cycles[command], command
+
+    steps = [("train_step", [ex.images(x_train[16 * s:16 * s + 16]), y_train[16 * s:16 * s + 16]]) for s in range(2)]
+    emu = assert_backend_equals_emu(design, backend, [*steps, ("infer", [ex.images(x_test[:16])])],
+                                    params=_float_params(model), after_call=exact_cycles)
+    after = emu.get_params_raw()
+    assert len(after) == 6
+    assert not np.array_equal(design.kernel.buffers["conv1_weight"].init, after["conv1_weight"].reshape(-1))
     if backend == "rtl":
         assert_lint_clean(design.out_dir / "rtl", f"{design.kernel.name}_top")
 
