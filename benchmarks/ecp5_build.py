@@ -4,7 +4,8 @@ Fmax, utilization, critical path and the time of each tool in benchmarks/results
     python benchmarks/ecp5_build.py [--lanes 4] [--cpus 0,1]
 
 Places and routes for real (a private fx2fpga cache, so no cached result is reused): about
-8 minutes on 2 cores. ``--cpus`` pins the tools to those CPUs (``taskset``), as on CI's 2 cores.
+20 minutes (Yosys 2, nextpnr 16; the YoWASP tools run on one core). ``--cpus`` pins the tools
+to those CPUs (``taskset``), as on CI's 2 cores.
 """
 
 from __future__ import annotations

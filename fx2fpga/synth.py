@@ -46,8 +46,10 @@ class Resources:
 
 def primitive_cells(stat: dict) -> dict[str, int]:
     """The device primitives in Yosys' ``stat -json`` of a whole design: the hierarchical totals,
-    less the instances of our own modules kept as a hierarchy level (``fx2fpga_mult``)."""
-    return {c: n for c, n in stat["design"]["num_cells_by_type"].items() if c not in stat["modules"]}
+    less the instances of our own modules kept as a hierarchy level (``fx2fpga_mult``) and Yosys'
+    own bookkeeping cells (``$scopeinfo``, the names of flattened instances)."""
+    return {c: n for c, n in stat["design"]["num_cells_by_type"].items()
+            if c not in stat["modules"] and c != "$scopeinfo"}
 
 
 def count(cells: dict[str, int], family: str = "xc7") -> Resources:

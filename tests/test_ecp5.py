@@ -24,7 +24,7 @@ import fx2fpga
 from fx2fpga import ecp5, estimate
 from fx2fpga.cli import main as cli_main
 from fx2fpga.errors import ToolNotFoundError
-from fx2fpga.synth import budget_table, count, replace_section
+from fx2fpga.synth import budget_table, count, primitive_cells, replace_section
 from fx2fpga.targets import TargetFileError, _parse, load_target
 
 from .conftest import ROOT
@@ -278,7 +278,7 @@ def test_build_bitstream_of_a_layer(tmp_path, monkeypatch, capsys):
 @pytest.mark.slow
 @needs_tools
 @pytest.mark.skipif(not os.environ.get("FX2FPGA_ECP5_MLP"),
-                    reason="about 33 minutes on 2 cores (benchmarks/ecp5_build.py records it): FX2FPGA_ECP5_MLP=1")
+                    reason="about 20 minutes on one core (benchmarks/ecp5_build.py records it): FX2FPGA_ECP5_MLP=1")
 def test_mlp_bitstream_meets_100_mhz(tmp_path):
     """Issue 4's ECP5 criterion: the digits MLP training kernel, lanes=4, Fmax >= 100 MHz from nextpnr."""
     out = tmp_path / "mlp"
@@ -288,3 +288,13 @@ def test_mlp_bitstream_meets_100_mhz(tmp_path):
     record = json.loads((out / "reports" / "ecp5.json").read_text())
     assert (out / "build" / "mlp_digits.bit").stat().st_size > 0
     assert record["fmax_mhz"] >= 100, record["critical_path"]
+
+
+def test_primitive_cells_drop_our_hierarchy_and_yosys_bookkeeping():
+    """Hierarchical totals less the kept fx2fpga_mult instances and $scopeinfo; an unmapped
+    Yosys cell ($mul) stays, so a test can still see it."""
+    mult = "$paramod$f36d\\fx2fpga_mult"
+    stat = {"modules": {"\\top": {}, mult: {}},
+            "design": {"num_cells_by_type": {"MULT18X18D": 2, "TRELLIS_FF": 288, mult: 2, "$scopeinfo": 5,
+                                             "$mul": 1}}}
+    assert primitive_cells(stat) == {"MULT18X18D": 2, "TRELLIS_FF": 288, "$mul": 1}
