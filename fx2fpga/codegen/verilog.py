@@ -11,6 +11,8 @@
   saturation or wrap: ``fixed.py``'s ``from_raw`` in gates);
 - ``fx2fpga_ram*.sv``/``fx2fpga_rom*.sv``: memories written for block-RAM inference, one per
   buffer bank, initialized from ``mem/*.hex`` (``$readmemh``, paths relative to ``rtl/``);
+- ``fx2fpga_mult.sv``: one DSP-block-sized partial product with its registers, a hierarchy level
+  synthesis keeps (so no two blocks share an operand register);
 - ``<name>_top.sv``: the word-stream top the Verilator harness (``sim_main.cpp``) drives;
 - ``files.f``: the sources in compile order.
 
