@@ -18,11 +18,13 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from fx2fpga_runtime import read_kernel
 from torch import nn
 
 import fx2fpga
 from fx2fpga import ecp5, estimate
 from fx2fpga.cli import main as cli_main
+from fx2fpga.codegen import verilog
 from fx2fpga.errors import ToolNotFoundError
 from fx2fpga.synth import budget_table, count, primitive_cells, replace_section
 from fx2fpga.targets import TargetFileError, _parse, load_target
@@ -245,8 +247,8 @@ def test_build_bitstream_of_a_layer(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FX2FPGA_CACHE", str(tmp_path / "cache"))  # place and route for real, once
     out = tmp_path / "proj"
     torch.manual_seed(0)
-    fx2fpga.compile(nn.Sequential(nn.Linear(8, 4), nn.ReLU()), (torch.rand(2, 8),), target="ulx3s", lanes=4,
-                    backend="rtl", out_dir=out, name="layer")
+    design = fx2fpga.compile(nn.Sequential(nn.Linear(8, 4), nn.ReLU()), (torch.rand(2, 8),), target="ulx3s",
+                             lanes=4, backend="rtl", out_dir=out, name="layer")
     rc = cli_main(["build", str(out)])
     captured = capsys.readouterr()
     record = json.loads((out / "reports" / "ecp5.json").read_text())
@@ -260,7 +262,10 @@ def test_build_bitstream_of_a_layer(tmp_path, monkeypatch, capsys):
     text = (out / "report.md").read_text()
     assert f"**Fmax {fmax:.1f} MHz**" in text
     util = record["utilization"]
-    assert util["MULT18X18D"]["used"] > 0 and util["EHXPLLL"]["used"] == 1
+    # the placed design has exactly the multiplier blocks the RTL instantiates (4 lanes x 2 pieces)
+    assert util["MULT18X18D"]["used"] == verilog.dsp_blocks(design.kernel, "MULT18X18D") == 8
+    assert "| DSP (MULT18X18D) in the generated RTL, exact | 8 | 156 |" in design.report
+    assert util["EHXPLLL"]["used"] == 1
     for bel in ("TRELLIS_COMB", "TRELLIS_FF", "MULT18X18D"):
         assert f"| {ecp5.SHOWN_BELS[bel]} | {util[bel]['used']:,} | {util[bel]['available']:,} |" in text
     assert record["critical_path"]["delay_ns"] > 0 and record["critical_path"]["start"] in text
@@ -288,6 +293,7 @@ def test_mlp_bitstream_meets_100_mhz(tmp_path):
     record = json.loads((out / "reports" / "ecp5.json").read_text())
     assert (out / "build" / "mlp_digits.bit").stat().st_size > 0
     assert record["fmax_mhz"] >= 100, record["critical_path"]
+    assert record["utilization"]["MULT18X18D"]["used"] == verilog.dsp_blocks(read_kernel(out), "MULT18X18D") == 32
 
 
 def test_primitive_cells_drop_our_hierarchy_and_yosys_bookkeeping():

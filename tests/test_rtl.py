@@ -280,6 +280,8 @@ def test_report_runs_yosys_and_counts_resources_beside_the_budget(tmp_path, caps
     assert pool["lanes"] == 4 and len(pool["product"]["parts"]) == 2
     tables = [u for u in p["units"] if u["kind"] == "table"]
     assert res.dsp == pool["lanes"] * 2 + sum(u["lanes"] * len(u["product"]["parts"]) for u in tables)
+    assert res.dsp == verilog.dsp_blocks(kernel, "DSP48E1") == 20
+    assert f"| DSP (DSP48E1) in the generated RTL, exact | {res.dsp} | 220 |" in text
     target = load_target("pynq-z1")
     assert 0 < res.bram36 <= target.bram36 and 0 < res.lut <= target.lut and res.ff > 0
     assert "LDCE" not in res.cells and not any(c.startswith("$") for c in res.cells)  # no latches, all mapped

@@ -486,6 +486,15 @@ def project_files(kernel, version: str, clock_mhz: float = 100.0, dsp_kind: str 
 NO_RTL = "fx2fpga wrote no Verilog for this kernel, so the `rtl` backend cannot run it:"
 
 
+def dsp_blocks(kernel, dsp_kind: str) -> int:
+    """DSP blocks the generated RTL instantiates (its ``fx2fpga_mult``s): the shared multipliers'
+    partial products, one set per lane, and the function tables' interpolation products."""
+    p = plan(kernel, kernel.name, dsp_kind)
+    pool = p["pool"]
+    shared = pool["lanes"] * len(pool["product"]["parts"]) if pool else 0
+    return shared + sum(u["lanes"] * len(u["product"]["parts"]) for u in p["units"] if u["kind"] == "table")
+
+
 def call_cycles(kernel) -> dict[str, int]:
     """Exact clock cycles of each command of ``kernel`` in the generated RTL (the schedule's model)."""
     s = sched.run(kernel)
