@@ -71,16 +71,28 @@ class Design:
 
     def rtl_cycles(self) -> dict[str, int] | None:
         """Exact cycles of each command in the generated RTL (its schedule); None if it has no RTL."""
-        if self.backend == "hls":
-            return None
         if self._rtl_cycles is None:
             from .codegen import verilog
 
-            try:
-                self._rtl_cycles = verilog.call_cycles(self.kernel)
-            except (verilog.RtlCodegenError, verilog.sched.ScheduleError):
-                self._rtl_cycles = {}
+            self._rtl_cycles = self._of_rtl(verilog.call_cycles) or {}
         return self._rtl_cycles or None
+
+    def rtl_dsp_blocks(self) -> int | None:
+        """DSP blocks (the target's kind) the generated RTL instantiates, exactly; None if it has no RTL."""
+        from .codegen import verilog
+
+        return self._of_rtl(lambda kernel: verilog.dsp_blocks(kernel, self.target.dsp_kind))
+
+    def _of_rtl(self, measure):
+        """``measure(kernel)`` of the RTL backend; None without RTL (backend "hls", or a kernel it cannot map)."""
+        if self.backend == "hls":
+            return None
+        from .codegen import verilog
+
+        try:
+            return measure(self.kernel)
+        except (verilog.RtlCodegenError, verilog.sched.ScheduleError):
+            return None
 
     @property
     def report(self) -> str:

@@ -11,15 +11,6 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
     return lines
 
 
-def _rtl_dsp_blocks(design) -> int | None:
-    """DSP blocks of the design's generated RTL; None when it has none."""
-    if not design.rtl_cycles():
-        return None
-    from . import verilog
-
-    return verilog.dsp_blocks(design.kernel, design.target.dsp_kind)
-
-
 def report_text(design) -> str:
     """The report of a design as Markdown."""
     k, t = design.kernel, design.target
@@ -32,7 +23,7 @@ def report_text(design) -> str:
             f"gradients {design.precision.gradient}, accumulators {design.precision.accumulator}", ""]
     out += ["## Estimated resources (before synthesis)", ""]
     rows = [[f"DSP ({t.dsp_kind})", res.dsp, t.dsp, f"{100 * res.dsp / t.dsp:.1f}%"]]
-    rtl_dsp = _rtl_dsp_blocks(design)
+    rtl_dsp = design.rtl_dsp_blocks()
     if rtl_dsp is not None:
         rows.append([f"DSP ({t.dsp_kind}) in the generated RTL, exact", rtl_dsp, t.dsp,
                      f"{100 * rtl_dsp / t.dsp:.1f}%"])
