@@ -39,7 +39,6 @@ def compile_mlp(out: Path):
 def ideal_memory(out: Path, kernel) -> dict:
     """Start-to-interrupt cycles of each command with an ideal memory."""
     from fx2fpga_runtime import interface, rtl_axi
-    from fx2fpga_runtime.pynq_backend import AP_START
 
     regs = interface.REGISTER_MAP
     sim = rtl_axi.AxiSimulation(out, seed=0, gap=0)
@@ -51,11 +50,7 @@ def ideal_memory(out: Path, kernel) -> dict:
         ins, outs = interface.command_buffers(kernel, cmd)
         raw = {b: rng.integers(-100, 100, size=kernel.buffers[b].shape) for b in ins}
         sim.poke(0x3000_0000, interface.pack(kernel, ins, raw))
-        for reg, value in (("cmd", code), ("in_words", 0x3000_0000), ("out_words", 0x3010_0000)):
-            sim.write(regs[reg], value)
-        sim.write(regs["in_words"] + 4, 0)
-        sim.write(regs["out_words"] + 4, 0)
-        sim.write(regs["ap_ctrl"], AP_START)
+        sim.start(code, 0x3000_0000, 0x3010_0000)
         rows[cmd] = {"cycles": sim.wait_irq(), "in_words": interface.word_count(kernel, ins),
                      "out_words": interface.word_count(kernel, outs)}
         sim.write(regs["isr"], 1)

@@ -204,11 +204,7 @@ def test_axi_calls_cost_the_core_cycles_plus_the_output_words(project):
         n_out = interface.word_count(k, outs)
         raw = {b: rng.integers(-100, 100, size=k.buffers[b].shape) for b in ins}
         sim.poke(buf_in, interface.pack(k, ins, raw))
-        for reg, value in (("cmd", code), ("in_words", buf_in), ("out_words", buf_out)):
-            sim.write(REGS[reg], value)
-        sim.write(REGS["in_words"] + 4, 0)
-        sim.write(REGS["out_words"] + 4, 0)
-        sim.write(REGS["ap_ctrl"], AP_START)
+        sim.start(code, buf_in, buf_out)
         cycles = sim.wait_irq(10 * core[cmd] + 10 * n_out + 1000)
         assert core[cmd] <= cycles <= core[cmd] + n_out + 16, (cmd, cycles, core[cmd], n_out)
         assert sim.read(REGS["isr"]) == 1 and sim.read(REGS["ap_ctrl"]) & IRQ_BIT

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import interface
+from .pynq_backend import AP_START
 from .rtl import build
 from .server import SimProcess
 
@@ -86,6 +88,16 @@ class AxiSimulation(SimProcess):
     def peek(self, address: int, n: int) -> np.ndarray:
         """``n`` 32-bit words of the simulated DDR at byte ``address`` (unwritten words read 0xDEADBEEF)."""
         return self._ask([PEEK, address & 0xFFFFFFFF, address >> 32, n], n).copy()
+
+    def start(self, code: int, in_address: int, out_address: int) -> None:
+        """Start command ``code`` on the word buffers at these byte addresses, as the driver does:
+        ``cmd``, each 64-bit address (low word, then high), then ``ap_start``."""
+        regs = interface.REGISTER_MAP
+        self.write(regs["cmd"], code)
+        for reg, address in zip(interface.ADDRESS_REGISTERS, (in_address, out_address), strict=True):
+            self.write(regs[reg], address & 0xFFFFFFFF)
+            self.write(regs[reg] + 4, address >> 32)
+        self.write(regs["ap_ctrl"], AP_START)
 
     def tick(self, cycles: int) -> None:
         """Let ``cycles`` clock cycles pass with the bus idle."""
