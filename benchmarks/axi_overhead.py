@@ -103,7 +103,7 @@ def plot(result: dict, path: Path) -> None:
 
 
 def main() -> None:
-    from fx2fpga.codegen import verilog
+    from fx2fpga.backends.rtl import emit as verilog
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "mlp"

@@ -31,12 +31,12 @@ def fpga_estimate(lanes) -> dict:
     import mlp_digits as ex
 
     import fx2fpga
-    from fx2fpga import estimate
+    from fx2fpga.passes import estimate
 
     sgd = fx2fpga.SGD(ex.loss_fn, ex.example_targets, ex.lr)
     design = fx2fpga.compile(ex.model, ex.example_inputs, train=sgd, lanes=lanes)
     t = design.target
-    from fx2fpga.codegen import verilog
+    from fx2fpga.backends.rtl import emit as verilog
 
     cycles = verilog.call_cycles(design.kernel)["train_step"]
     res = estimate.resources(design.kernel)

@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 from fx2fpga_runtime import load  # noqa: E402
 from fx2fpga_runtime.fixed import Fixed  # noqa: E402
 
-from .design import Design, compile  # noqa: E402
+from .api import Design, compile  # noqa: E402
 from .frontend import GD, SGD, trace  # noqa: E402
 from .passes import PIPELINE  # noqa: E402
 from .passes.quantize import Precision  # noqa: E402

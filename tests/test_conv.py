@@ -25,7 +25,7 @@ from fx2fpga_runtime.runner import EmuBackend, KernelRunner
 from torch import nn
 
 import fx2fpga
-from fx2fpga.codegen import verilog
+from fx2fpga.backends.rtl import emit as verilog
 from fx2fpga.errors import UnsupportedOpError
 from fx2fpga.frontend import trace
 
@@ -99,7 +99,7 @@ def test_guarded_reads_and_argmax_follow_the_ir_semantics():
 def test_hls_prints_guards_and_checks_them():
     from dataclasses import replace
 
-    from fx2fpga.codegen import hls
+    from fx2fpga.backends.hls import emit as hls
 
     k = _guard_kernel()
     cpp = hls.generate(k, "0-test")["src/g.cpp"]

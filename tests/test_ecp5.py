@@ -22,10 +22,11 @@ from fx2fpga_runtime import read_kernel
 from torch import nn
 
 import fx2fpga
-from fx2fpga import ecp5, estimate
+from fx2fpga import ecp5
+from fx2fpga.backends.rtl import emit as verilog
 from fx2fpga.cli import main as cli_main
-from fx2fpga.codegen import verilog
 from fx2fpga.errors import ToolNotFoundError
+from fx2fpga.passes import estimate
 from fx2fpga.synth import budget_table, count, primitive_cells, replace_section
 from fx2fpga.targets import TargetFileError, _parse, load_target
 

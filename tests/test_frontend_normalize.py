@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fx2fpga
-from fx2fpga.passes.normalize import supported_ops
+from fx2fpga.lower import supported_ops
 
 
 class MLP(nn.Module):

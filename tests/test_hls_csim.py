@@ -17,7 +17,7 @@ from fx2fpga_runtime.fixed import BOOL, Fixed
 from fx2fpga_runtime.ir import OPS, Access, Affine, Buffer, Guard, Kernel, Loop, Program, Stage
 from fx2fpga_runtime.runner import EmuBackend, KernelRunner
 
-from fx2fpga.codegen import hls
+from fx2fpga.backends.hls import emit as hls
 
 VERSION = "0.1.0-test"
 

@@ -9,8 +9,7 @@ import torch.nn.functional as F
 from fx2fpga_runtime.runner import EmuBackend, KernelRunner
 
 import fx2fpga
-from fx2fpga import estimate
-from fx2fpga.passes import memory
+from fx2fpga.passes import estimate, memory
 
 
 def test_shared_temps_give_identical_results_and_less_memory(mlp_example, digits_data):

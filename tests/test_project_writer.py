@@ -8,8 +8,8 @@ from unittest import mock
 
 import pytest
 
-from fx2fpga.codegen.project import is_project, manifest_text, write_project
 from fx2fpga.errors import OutputPathError
+from fx2fpga.project.writer import is_project, manifest_text, write_project
 
 FILES: dict[str, str | bytes] = {
     "manifest.json": manifest_text({"name": "mlp", "version": "0.1.0"}),
@@ -102,7 +102,7 @@ def test_failed_swap_restores_the_old_project(tmp_path: Path):
             raise OSError("disk on fire")
         return real_rename(src, dst)
 
-    with mock.patch("fx2fpga.codegen.project.os.rename", side_effect=flaky_rename), pytest.raises(OSError):
+    with mock.patch("fx2fpga.project.writer.os.rename", side_effect=flaky_rename), pytest.raises(OSError):
         write_project(out, FILES)
     assert snapshot(out) == before
     assert siblings(out) == ["proj"]
@@ -116,7 +116,7 @@ def test_file_below_a_file_is_refused(tmp_path: Path):
 
 def test_failed_write_leaves_no_temp_folder(tmp_path: Path):
     out = tmp_path / "proj"
-    with mock.patch("fx2fpga.codegen.project.open", side_effect=OSError("disk full"), create=True):
+    with mock.patch("fx2fpga.project.writer.open", side_effect=OSError("disk full"), create=True):
         with pytest.raises(OSError, match="disk full"):
             write_project(out, FILES)
     assert list(tmp_path.iterdir()) == []

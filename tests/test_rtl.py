@@ -18,7 +18,8 @@ from fx2fpga_runtime.ir import Access, Affine, Buffer, Kernel, Loop, Program, St
 from fx2fpga_runtime.rtl import RtlBackend, sources, verilator_env
 from fx2fpga_runtime.runner import EmuBackend, KernelRunner
 
-from fx2fpga.codegen import controller, verilog
+from fx2fpga.backends.rtl import controller
+from fx2fpga.backends.rtl import emit as verilog
 from fx2fpga.passes import schedule
 from fx2fpga.targets import load_target
 

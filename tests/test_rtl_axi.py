@@ -25,7 +25,7 @@ from fx2fpga_runtime.runner import EmuBackend, KernelRunner
 from torch import nn
 
 import fx2fpga
-from fx2fpga.codegen import verilog
+from fx2fpga.backends.rtl import emit as verilog
 
 slow = pytest.mark.slow  # runs Verilator
 AP_IDLE, AP_READY, IRQ_BIT = 0x4, 0x8, 0x200

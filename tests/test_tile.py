@@ -7,7 +7,7 @@ import pytest
 import torch.nn.functional as F
 
 import fx2fpga
-from fx2fpga import estimate
+from fx2fpga.passes import estimate
 from fx2fpga.passes.tile import AUTO_BUDGET, lane_count
 
 

@@ -42,10 +42,10 @@ def _trace(_, ctx: CompileContext):
     return graphs
 
 
-def _normalize(graphs, ctx: CompileContext):
-    from . import normalize
+def _lower(graphs, ctx: CompileContext):
+    from .. import lower
 
-    return normalize.run(graphs, ctx.name)
+    return lower.run(graphs, ctx.name)
 
 
 def _quantize(kernel, ctx: CompileContext):
@@ -62,7 +62,7 @@ def _tile(kernel, ctx: CompileContext):
 
 PIPELINE: list[Step] = [
     Step("trace", _trace, "torch.export / make_fx: the inference graph and the SGD-step joint graph"),
-    Step("normalize", _normalize, "ATen ops -> kernel IR stages (loop nests); views become index maps"),
+    Step("lower", _lower, "ATen ops -> kernel IR stages (loop nests); views become index maps"),
     Step("quantize", _quantize, "fixed-point formats per buffer and accumulator; function tables"),
     Step("tile", _tile, "lanes (parallel datapath copies) per stage"),
 ]

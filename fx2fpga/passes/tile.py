@@ -19,8 +19,7 @@ from __future__ import annotations
 
 from fx2fpga_runtime.ir import Kernel, Stage
 
-from .. import estimate
-from . import schedule
+from . import estimate, schedule
 
 AUTO_BUDGET = 0.8  # share of the target's DSP and BRAM the automatic choice may use
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .. import estimate
+from ..passes import estimate
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:

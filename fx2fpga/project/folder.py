@@ -10,9 +10,11 @@ from fx2fpga_runtime import interface
 from fx2fpga_runtime.runner import EmuBackend, KernelRunner
 from fx2fpga_runtime.testbench import VECTORS, vectors_text
 
-from .. import __version__, estimate
-from . import hls, verilog
-from .hls import _env
+from .. import __version__
+from ..backends.hls import emit as hls
+from ..backends.hls.emit import _env
+from ..backends.rtl import emit as verilog
+from ..passes import estimate
 
 REGISTER_MAP = interface.REGISTER_MAP  # one map for the HLS and the RTL kernel (rtl/<name>_axi.v)
 
@@ -74,7 +76,7 @@ def _runtime_files() -> dict[str, str]:
 
 def project_files(design) -> dict[str, str]:
     """Relative path -> text of every file in the project folder."""
-    from .project import manifest_text
+    from .writer import manifest_text
 
     k = design.kernel
     env = _env()

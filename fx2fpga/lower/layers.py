@@ -18,9 +18,6 @@ strided convolution by ``(h + pad - kh) % stride == 0`` as well, so no stage eve
   ``mac`` with the constant ``1/count``.
 - ``constant_pad_nd`` with zeros (``F.pad``, ``padding="same"`` with an even kernel): a
   guarded copy; negative pads (its backward) crop.
-
-``check_modules`` refuses, before tracing, settings the graph would hide (``padding_mode``
-other than zeros, BatchNorm's cumulative average).
 """
 
 from __future__ import annotations
@@ -28,17 +25,14 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 import torch
 import torch.fx
 from fx2fpga_runtime.ir import Affine, Guard, Loop, Stage
 
 from . import views as V
+from .graph import GraphLowering, op_name, user_source
 from .views import NotAffine, View
-
-if TYPE_CHECKING:
-    from .normalize import GraphLowering
 
 aten = torch.ops.aten
 OUT_VARS = ("i", "j", "l", "m", "n", "p")
@@ -72,8 +66,6 @@ def _stage(lw: GraphLowering, op: str, out_shape, red_shape, ins: list[tuple[obj
            suffix: str = "", attrs: dict | None = None) -> View:
     """One stage over ``out_shape`` x ``red_shape`` writing a new temp buffer; guarded operands
     are read through identity views (materialized if need be) so that the guard covers the index."""
-    from .normalize import op_name, user_source
-
     out = lw.temp(tuple(out_shape), kind, suffix)
     ovars = list(OUT_VARS[: len(out_shape)])
     rvars = list(RED_VARS[: len(red_shape)])
@@ -380,23 +372,6 @@ def constant_pad_nd(lw: GraphLowering, node) -> View:
         return idx, [(a, x.shape[d], 1) for d, a in enumerate(idx)]
 
     return _stage(lw, "copy", lw.shape(), (), [(x, index)], lw.kind_of(node))
-
-
-def check_modules(model: torch.nn.Module, training: bool) -> None:
-    """Refuse, naming the limit, layer settings whose traced graph would not say what is missing."""
-    from ..errors import UnsupportedOpError
-    from .normalize import supported_ops
-
-    for name, mod in model.named_modules():
-        where = f"module {name!r}" if name else "the model"
-        if isinstance(mod, torch.nn.modules.conv._ConvNd) and mod.padding_mode != "zeros":
-            raise UnsupportedOpError(f"{type(mod).__name__}(padding_mode={mod.padding_mode!r})", where,
-                                     supported_ops(), "only padding_mode='zeros' is supported")
-        if training and isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) and mod.momentum is None \
-                and mod.track_running_stats:
-            raise UnsupportedOpError(f"{type(mod).__name__}(momentum=None)", where, supported_ops(),
-                                     "the cumulative running average divides by the batch count on chip; "
-                                     "give a momentum (e.g. 0.1)")
 
 
 RULES = {

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from fx2fpga_runtime import interface
 
-from .hls import _env
+from ..hls.emit import _env
 
 WORD_BITS = interface.MAX_PORT_WIDTH
 BURST_WORDS = 16  # m_axi_gmem bursts: at most 16 beats (AXI3-compatible, like Vitis HLS' default)

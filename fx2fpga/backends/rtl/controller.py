@@ -30,7 +30,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..errors import Fx2fpgaError
+from ...errors import Fx2fpgaError
 
 CHILD = Path(__file__).with_name("circt_child.py")
 

@@ -1,4 +1,7 @@
-"""ATen graph -> kernel IR stages, one lowering rule per op (an op not in the table raises).
+"""The lowering builder: one traced ATen graph -> one program of kernel IR stages.
+
+The rules, one per ATen op and grouped by op family, live beside this module (``elementwise``,
+``reductions``, ``shapes``, ``layers``); ``lower.RULES`` joins them and an op not in it raises.
 
 Views (permute, reshape, expand, slice...) become index maps and cost nothing; nodes whose
 inputs are all compile-time constants are folded with torch; every other node becomes one
@@ -10,9 +13,7 @@ turns kinds into ``Fixed`` formats.
 from __future__ import annotations
 
 import keyword
-import math
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -22,7 +23,6 @@ from fx2fpga_runtime.fixed import Fixed
 from fx2fpga_runtime.ir import Access, Affine, Buffer, Kernel, Loop, Program, Stage
 
 from ..errors import UnsupportedOpError
-from . import layers
 from . import views as V
 from .views import NotAffine, View
 
@@ -124,8 +124,9 @@ class KernelBuilder:
 class GraphLowering:
     """Lowers one traced graph into one program of the kernel."""
 
-    def __init__(self, kb: KernelBuilder, gm: torch.fx.GraphModule, program: str, prefix: str):
+    def __init__(self, kb: KernelBuilder, gm: torch.fx.GraphModule, program: str, prefix: str, rules: dict):
         self.kb, self.gm, self.program, self.prefix = kb, gm, program, prefix
+        self.rules = rules  # ATen op -> rule(lowering, node)
         self.values: dict[torch.fx.Node, Value] = {}
         self.stages: list[Stage] = []
         self.node: torch.fx.Node | None = None
@@ -190,7 +191,8 @@ class GraphLowering:
             self.kb.meta.setdefault("absmax", {})[buffer] = node.meta["fx2fpga_absmax"]
 
     def unsupported(self, detail: str = "") -> UnsupportedOpError:
-        return UnsupportedOpError(op_name(self.node), user_source(self.node, with_code=True), supported_ops(), detail)
+        return UnsupportedOpError(op_name(self.node), user_source(self.node, with_code=True),
+                                  supported_op_names(self.rules), detail)
 
     def emit(self, op: str, out_shape, ins: list[Value], reduce_shape=(), reduce_index=None,
              out_kind: str | None = None, attrs: dict | None = None, suffix: str = "") -> View:
@@ -275,7 +277,7 @@ class GraphLowering:
 
     def call(self, node) -> Value:
         args = [a for a in node.args if isinstance(a, torch.fx.Node)]
-        rule = RULES.get(node.target)
+        rule = self.rules.get(node.target)
         if node.target in CONSTANT_OPS or (
             rule is not None and args and all(isinstance(self.values[a], Const) for a in args)
         ):
@@ -388,289 +390,7 @@ class GraphLowering:
         producer.name = f"{self.prefix}_update_{param}"
 
 
-# ----- the rules -------------------------------------------------------------------------------
-
-def _elementwise(op: str, nargs: int | None = None):
-    def rule(lw: GraphLowering, node) -> View:
-        args = node.args[:nargs] if nargs else node.args
-        return lw.emit(op, lw.shape(), [lw.value(a) for a in args])
-    return rule
-
-
-def _add_sub(op: str):
-    def rule(lw: GraphLowering, node) -> View:
-        a, b = lw.value(node.args[0]), lw.value(node.args[1])
-        alpha = node.kwargs.get("alpha", 1)
-        if alpha != 1:
-            b = Const(b.value * alpha) if isinstance(b, Const) else lw.emit("mul", lw.shape(node.args[1]) if isinstance(
-                node.args[1], torch.fx.Node) else (), [b, Const(torch.tensor(float(alpha)))], suffix="_alpha")
-        return lw.emit(op, lw.shape(), [a, b])
-    return rule
-
-
-def _div(lw: GraphLowering, node) -> View:
-    if node.kwargs.get("rounding_mode") is not None:
-        raise lw.unsupported("div with rounding_mode")
-    b = lw.value(node.args[1])
-    if not isinstance(b, Const):  # a tensor computed on chip: times its reciprocal
-        return lw.emit("mul", lw.shape(), [lw.value(node.args[0]), _reciprocal_of(lw, node.args[1])])
-    return lw.emit("mul", lw.shape(), [lw.value(node.args[0]), Const(1.0 / b.value.double())])
-
-
-def _reciprocal_of(lw: GraphLowering, arg) -> View:
-    """``1 / b`` for an on-chip tensor ``b``: a table over ``[min / 2, the format's max]``, ``min``
-    the smallest value profiled for ``b``. Divisors must be positive; below ``min / 2`` the
-    table gives ``2 / min``."""
-    low = arg.meta.get("fx2fpga_min") if isinstance(arg, torch.fx.Node) else None
-    if low is None or not low > 0:
-        raise lw.unsupported(f"division by a tensor that is not positive on the example values (min {low}); "
-                             "the reciprocal table covers positive divisors only")
-    out = lw.emit("table", lw.shape(arg), [lw.value(arg)], attrs={"fn": "reciprocal", "x_min": low / 2},
-                  suffix="_recip")
-    lw.kb.meta.setdefault("absmax", {})[out.buffer] = 2.0 / low
-    return out
-
-
-def _reciprocal(lw: GraphLowering, node) -> View:
-    return _reciprocal_of(lw, node.args[0])
-
-
-def _periodic(fn: str):
-    """``sin``/``cos`` with the argument reduced to [-pi, pi] by ops of the IR: ``k = round(x / 2pi)``
-    (assigned to an integer format), ``r = x - 2pi * k``; then a fine table over [-4, 4]."""
-    def rule(lw: GraphLowering, node) -> View:
-        arg, shape = node.args[0], lw.shape()
-        x = lw.value(arg)
-        k = lw.emit("mul", shape, [x, Const(torch.tensor(0.5 / math.pi, dtype=torch.float64))], out_kind="integer",
-                    suffix="_turns")
-        whole = lw.emit("mul", shape, [k, Const(torch.tensor(2 * math.pi, dtype=torch.float64))], suffix="_whole")
-        r = lw.emit("sub", shape, [x, whole], suffix="_reduced")
-        absmax = lw.kb.meta.setdefault("absmax", {})
-        absmax[whole.buffer] = (arg.meta.get("fx2fpga_absmax", 0.0) if isinstance(arg, torch.fx.Node) else 0.0) + 4
-        absmax[r.buffer] = 4.0
-        return lw.emit("table", shape, [r], attrs={"fn": fn})
-    return rule
-
-
-def _pow(lw: GraphLowering, node) -> Value:
-    e = node.args[1]
-    if not (isinstance(e, (int, float)) and float(e) in (1.0, 2.0, 3.0, 4.0)):
-        raise lw.unsupported(f"pow with exponent {e} (exponents 1, 2, 3 and 4 are supported)")
-    x = y = lw.value(node.args[0])
-    for _ in range(int(e) - 1):
-        y = lw.emit("mul", lw.shape(), [y, x])
-    return y
-
-
-def _slice_scatter(lw: GraphLowering, node) -> View:
-    """``base`` with ``src`` written into ``base[start::step]`` along ``dim``: ``select(mask, src', base)``
-    where ``src'`` reads ``src`` at ``((i - start) // step) % len``, an index in range everywhere."""
-    base, src = lw.value(node.args[0]), lw.view(lw.value(node.args[1]))
-    args, shape = list(node.args) + [None] * 4, lw.shape()
-    dim = (args[2] or 0) % len(shape)
-    start, step, n = args[3] or 0, args[5] or 1, src.shape[dim]
-    start = start + shape[dim] if start < 0 else start
-    mask = torch.zeros(shape, dtype=torch.bool)
-    mask[(slice(None),) * dim + (slice(start, start + n * step, step),)] = True
-    ext = {V.dim_var(i): s for i, s in enumerate(shape)}
-    old = {V.dim_var(i): Affine.var(V.dim_var(i)) for i in range(len(shape))}
-    old[V.dim_var(dim)] = Affine(((V.dim_var(dim), 1),), n * step * -(-start // (n * step)) - start, step, n)
-    try:
-        placed = src.remap(shape, old, ext)
-    except NotAffine:
-        placed = lw.materialize(src).remap(shape, old, ext)
-    if isinstance(base, Const) and base.value.numel() and bool((base.value == base.value.reshape(-1)[0]).all()):
-        base = Const(base.value.reshape(-1)[0])  # a constant fill: one scalar, not an array
-    return lw.emit("select", shape, [Const(mask), placed, base])
-
-
-def _table(fn: str):
-    def rule(lw: GraphLowering, node) -> View:
-        return lw.emit("table", lw.shape(), [lw.value(node.args[0])], attrs={"fn": fn})
-    return rule
-
-
-def _reduce_dims(node, nd: int, default_all: bool = True) -> list[int]:
-    dims = node.args[1] if len(node.args) > 1 else None
-    if dims is None or (isinstance(dims, (list, tuple)) and len(dims) == 0 and default_all):
-        return list(range(nd))
-    if isinstance(dims, int):
-        dims = [dims]
-    return sorted(d % nd for d in dims)
-
-
-def _reduction(op: str, scale_mean: bool = False):
-    def rule(lw: GraphLowering, node) -> View:
-        x = lw.view(lw.value(node.args[0]))
-        nd = len(x.shape)
-        dims = _reduce_dims(node, nd)
-        if op == "max" and not dims:
-            dims = list(range(nd))
-        keepdim = bool(node.args[2]) if len(node.args) > 2 else bool(node.kwargs.get("keepdim", False))
-        kept = [d for d in range(nd) if d not in dims]
-        out_shape = tuple(1 if (d in dims) else x.shape[d] for d in range(nd)) if keepdim else tuple(
-            x.shape[d] for d in kept)
-
-        def index(k, v, ovars, rvars):
-            mapping, o, r = {}, 0, 0
-            for d in range(nd):
-                if d in dims:
-                    mapping[V.dim_var(d)] = Affine.var(rvars[r])
-                    r += 1
-                    if keepdim:
-                        o += 1
-                else:
-                    mapping[V.dim_var(d)] = Affine.var(ovars[o])
-                    o += 1
-            return mapping
-
-        red_shape = tuple(x.shape[d] for d in dims)
-        kind = lw.kind_of(node)
-        out = lw.emit(op, out_shape, [x], reduce_shape=red_shape, reduce_index=index, out_kind=kind,
-                      suffix="_sum" if scale_mean else "")
-        if scale_mean:
-            n = 1
-            for s in red_shape:
-                n *= s
-            if "fx2fpga_absmax" in node.meta:  # the sum is up to n times the mean
-                lw.kb.meta.setdefault("absmax", {})[out.buffer] = node.meta["fx2fpga_absmax"] * n
-            out = lw.emit("mul", out_shape, [out, Const(torch.tensor(1.0 / n, dtype=torch.float64))])
-        return out
-    return rule
-
-
-def _matmul(with_bias: bool):
-    def rule(lw: GraphLowering, node) -> View:
-        if with_bias:
-            if node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1:
-                raise lw.unsupported("addmm with alpha or beta other than 1")
-            bias, a, b = (lw.value(x) for x in node.args[:3])
-        else:
-            (a, b), bias = (lw.value(x) for x in node.args[:2]), None
-        a, b = lw.view(a), lw.view(b)
-        (m, kdim), (_, n) = a.shape, b.shape
-
-        def index(k, v, ovars, rvars):
-            i, j, r = (Affine.var(x) for x in (ovars[0], ovars[1], rvars[0]))
-            if k == 0:
-                return {"d0": i, "d1": r}
-            if k == 1:
-                return {"d0": r, "d1": j}
-            return {f"d{d}": e for d, e in enumerate(_compose_broadcast(v, (i, j)))}  # the bias
-
-        ins = [a, b] + ([lw.view(bias)] if bias is not None else [])
-        return lw.emit("mac", (m, n), ins, reduce_shape=(kdim,), reduce_index=index)
-    return rule
-
-
-def _compose_broadcast(v: View, out_exprs) -> list[Affine]:
-    """Index expressions for the dims of ``v`` when broadcast to the 2-D output."""
-    lead = 2 - len(v.shape)
-    return [Affine(()) if v.shape[d] == 1 else out_exprs[d + lead] for d in range(len(v.shape))]
-
-
-def _view_rule(fn: Callable[[View, torch.fx.Node], View]):
-    def rule(lw: GraphLowering, node) -> Value:
-        val = lw.value(node.args[0])
-        if isinstance(val, Const):
-            return lw.fold(node)
-        try:
-            return fn(val, node)
-        except NotAffine:
-            return fn(lw.materialize(val), node)
-    return rule
-
-
-def _identity(lw: GraphLowering, node) -> Value:
-    """Copies and dtype casts are the same value: formats, not dtypes, decide the bits."""
-    return lw.value(node.args[0])
-
-
-def _permute(v, n):
-    return V.permute(v, list(n.args[1]))
-
-
-def _transpose(v, n):
-    nd = len(v.shape)
-    d0, d1 = n.args[1] % nd, n.args[2] % nd
-    dims = list(range(nd))
-    dims[d0], dims[d1] = dims[d1], dims[d0]
-    return V.permute(v, dims)
-
-
-def _t(v, n):
-    return V.permute(v, [1, 0]) if len(v.shape) == 2 else v
-
-
-def _squeeze(v, n):
-    dims = n.args[1] if len(n.args) > 1 else None
-    return V.squeeze(v, [dims] if isinstance(dims, int) else dims)
-
-
-def _slice(v, n):
-    args = list(n.args) + [None] * 5
-    dim = args[1] if args[1] is not None else 0
-    start = args[2] if args[2] is not None else 0
-    end = args[3] if args[3] is not None else v.shape[dim]
-    step = args[4] if args[4] is not None else 1
-    return V.slice_(v, dim, start, min(end, v.shape[dim]), step)
-
-
-RULES: dict = {
-    aten.addmm.default: _matmul(True),
-    aten.mm.default: _matmul(False),
-    aten.relu.default: _elementwise("relu"),
-    aten.neg.default: _elementwise("neg"),
-    aten.add.Tensor: _add_sub("add"),
-    aten.add.Scalar: _add_sub("add"),
-    aten.sub.Tensor: _add_sub("sub"),
-    aten.sub.Scalar: _add_sub("sub"),
-    aten.mul.Tensor: _elementwise("mul", 2),
-    aten.mul.Scalar: _elementwise("mul", 2),
-    aten.div.Tensor: _div,
-    aten.div.Scalar: _div,
-    aten.pow.Tensor_Scalar: _pow,
-    aten.where.self: _elementwise("select", 3),
-    aten.eq.Tensor: _elementwise("eq", 2), aten.eq.Scalar: _elementwise("eq", 2),
-    aten.ne.Tensor: _elementwise("ne", 2), aten.ne.Scalar: _elementwise("ne", 2),
-    aten.lt.Tensor: _elementwise("lt", 2), aten.lt.Scalar: _elementwise("lt", 2),
-    aten.le.Tensor: _elementwise("le", 2), aten.le.Scalar: _elementwise("le", 2),
-    aten.gt.Tensor: _elementwise("gt", 2), aten.gt.Scalar: _elementwise("gt", 2),
-    aten.ge.Tensor: _elementwise("ge", 2), aten.ge.Scalar: _elementwise("ge", 2),
-    aten.exp.default: _table("exp"),
-    aten.log.default: _table("log"),
-    aten.sigmoid.default: _table("sigmoid"),
-    aten.tanh.default: _table("tanh"),
-    aten.sin.default: _periodic("sin"),
-    aten.cos.default: _periodic("cos"),
-    aten.reciprocal.default: _reciprocal,
-    aten.slice_scatter.default: _slice_scatter,
-    aten.rsqrt.default: _table("rsqrt"),
-    aten.sum.dim_IntList: _reduction("sum"),
-    aten.sum.default: _reduction("sum"),
-    aten.mean.dim: _reduction("sum", scale_mean=True),
-    aten.mean.default: _reduction("sum", scale_mean=True),
-    aten.amax.default: _reduction("max"),
-    aten.permute.default: _view_rule(_permute),
-    aten.transpose.int: _view_rule(_transpose),
-    aten.t.default: _view_rule(_t),
-    aten.view.default: _view_rule(lambda v, n: V.reshape(v, list(n.args[1]))),
-    aten.reshape.default: _view_rule(lambda v, n: V.reshape(v, list(n.args[1]))),
-    aten._unsafe_view.default: _view_rule(lambda v, n: V.reshape(v, list(n.args[1]))),
-    aten.expand.default: _view_rule(lambda v, n: V.expand(v, list(n.args[1]))),
-    aten.unsqueeze.default: _view_rule(lambda v, n: V.unsqueeze(v, n.args[1])),
-    aten.squeeze.dim: _view_rule(_squeeze),
-    aten.squeeze.dims: _view_rule(_squeeze),
-    aten.squeeze.default: _view_rule(_squeeze),
-    aten.slice.Tensor: _view_rule(_slice),
-    aten.select.int: _view_rule(lambda v, n: V.select(v, n.args[1], n.args[2])),
-    aten.clone.default: _identity,
-    aten.alias.default: _identity,
-    aten.detach.default: _identity,
-    aten.lift_fresh_copy.default: _identity,
-    aten._to_copy.default: _identity,
-    **layers.RULES,  # convolution, pooling (passes/layers.py)
-}
+# ----- ops folded at compile time -------------------------------------------------------------
 
 CONSTANT_OPS = {
     aten.arange.start_step, aten.arange.default, aten.arange.start, aten.full.default, aten.scalar_tensor.default,
@@ -679,20 +399,10 @@ CONSTANT_OPS = {
 SHAPE_ONLY_OPS = {aten.full_like.default, aten.zeros_like.default, aten.ones_like.default}
 
 
-def supported_ops() -> list[str]:
-    """Names of the ATen ops that lower to the kernel IR."""
-    return sorted({f"aten.{op.__name__}" for op in list(RULES) + list(CONSTANT_OPS)
+def supported_op_names(rules: dict) -> list[str]:
+    """Names of the ATen ops that ``rules`` lower, and of the ops folded at compile time."""
+    return sorted({f"aten.{op.__name__}" for op in list(rules) + list(CONSTANT_OPS)
                    if isinstance(op, torch._ops.OpOverload)})
-
-
-def run(graphs: list[torch.fx.GraphModule], name: str) -> Kernel:
-    """Lower traced graphs (inference and/or training step) into one kernel."""
-    kb = KernelBuilder(name)
-    for gm in graphs:
-        program = gm.meta["fx2fpga_kind"]
-        prefix = "infer" if program == "infer" else "train"
-        kb.programs[program] = GraphLowering(kb, gm, program, prefix).run()
-    return kb.build()
 
 
 def _class_count(target_node) -> int | None:

@@ -33,12 +33,12 @@ from dataclasses import dataclass
 from fx2fpga_runtime import interface
 from fx2fpga_runtime.fixed import Fixed
 
-from ..errors import Fx2fpgaError
-from ..estimate import DSP_PORTS, multiplier_pieces
-from ..passes import schedule as sched
-from ..passes.schedule import Phase, Schedule, bits
+from ...errors import Fx2fpgaError
+from ...passes import schedule as sched
+from ...passes.estimate import DSP_PORTS, multiplier_pieces
+from ...passes.schedule import Phase, Schedule, bits
+from ..hls.emit import _check_stage, _env
 from . import controller
-from .hls import _check_stage, _env
 
 WORD_BITS = interface.MAX_PORT_WIDTH
 ROUNDING_CODES = ("RND", "TRN", "RND_ZERO", "RND_CONV", "TRN_ZERO")

@@ -12,10 +12,9 @@ import torch
 from fx2fpga_runtime.ir import Kernel
 from fx2fpga_runtime.runner import KernelRunner
 
-from . import estimate
 from .errors import PrecisionError, ResourceBudgetError
 from .frontend import GD, SGD, PointModule, _as_tuple, as_module
-from .passes import CompileContext, run_pipeline
+from .passes import CompileContext, estimate, run_pipeline
 from .passes.quantize import Precision
 from .targets import Target, load_target
 
@@ -44,13 +43,13 @@ class Design:
 
     def files(self) -> dict[str, str]:
         """Every file of the project folder: relative path -> text."""
-        from .codegen.folder import project_files
+        from .project.folder import project_files
 
         return project_files(self)
 
     def write(self, out_dir: str | Path) -> Path:
         """Write the project folder atomically (an existing fx2fpga project there is replaced)."""
-        from .codegen.project import write_project
+        from .project.writer import write_project
 
         self.out_dir = write_project(Path(out_dir), self.files())
         return self.out_dir
@@ -72,14 +71,14 @@ class Design:
     def rtl_cycles(self) -> dict[str, int] | None:
         """Exact cycles of each command in the generated RTL (its schedule); None if it has no RTL."""
         if self._rtl_cycles is None:
-            from .codegen import verilog
+            from .backends.rtl import emit as verilog
 
             self._rtl_cycles = self._of_rtl(verilog.call_cycles) or {}
         return self._rtl_cycles or None
 
     def rtl_dsp_blocks(self) -> int | None:
         """DSP blocks (the target's kind) the generated RTL instantiates, exactly; None if it has no RTL."""
-        from .codegen import verilog
+        from .backends.rtl import emit as verilog
 
         return self._of_rtl(lambda kernel: verilog.dsp_blocks(kernel, self.target.dsp_kind))
 
@@ -87,7 +86,7 @@ class Design:
         """``measure(kernel)`` of the RTL backend; None without RTL (backend "hls", or a kernel it cannot map)."""
         if self.backend == "hls":
             return None
-        from .codegen import verilog
+        from .backends.rtl import emit as verilog
 
         try:
             return measure(self.kernel)
@@ -96,7 +95,7 @@ class Design:
 
     @property
     def report(self) -> str:
-        from .codegen.report import report_text
+        from .project.report import report_text
 
         return report_text(self)
 

@@ -1,0 +1,1 @@
+"""The HLS C++ backend: ``emit`` checks a kernel and renders ``templates/hls``."""

@@ -1,0 +1,30 @@
+"""Lowering: traced ATen graphs -> kernel IR stages, by rule tables per op family.
+
+``RULES`` maps each supported ATen op to its rule; an op not in it raises ``UnsupportedOpError``
+naming the op, the model's line and ``supported_ops()``.
+"""
+
+from __future__ import annotations
+
+import torch
+from fx2fpga_runtime.ir import Kernel
+
+from . import elementwise, layers, reductions, shapes
+from .graph import GraphLowering, KernelBuilder, supported_op_names
+
+RULES: dict = {**reductions.RULES, **elementwise.RULES, **shapes.RULES, **layers.RULES}
+
+
+def supported_ops() -> list[str]:
+    """Names of the ATen ops that lower to the kernel IR."""
+    return supported_op_names(RULES)
+
+
+def run(graphs: list[torch.fx.GraphModule], name: str) -> Kernel:
+    """Lower traced graphs (inference and/or training step) into one kernel."""
+    kb = KernelBuilder(name)
+    for gm in graphs:
+        program = gm.meta["fx2fpga_kind"]
+        prefix = "infer" if program == "infer" else "train"
+        kb.programs[program] = GraphLowering(kb, gm, program, prefix, RULES).run()
+    return kb.build()

@@ -1,0 +1,120 @@
+"""Lowering rules of the elementwise op family: arithmetic, comparisons, select and the
+function tables (exp, log, sigmoid, tanh, sin, cos, reciprocal, rsqrt)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.fx
+
+from .graph import Const, GraphLowering, Value, aten
+from .views import View
+
+
+def _elementwise(op: str, nargs: int | None = None):
+    def rule(lw: GraphLowering, node) -> View:
+        args = node.args[:nargs] if nargs else node.args
+        return lw.emit(op, lw.shape(), [lw.value(a) for a in args])
+    return rule
+
+
+def _add_sub(op: str):
+    def rule(lw: GraphLowering, node) -> View:
+        a, b = lw.value(node.args[0]), lw.value(node.args[1])
+        alpha = node.kwargs.get("alpha", 1)
+        if alpha != 1:
+            b = Const(b.value * alpha) if isinstance(b, Const) else lw.emit("mul", lw.shape(node.args[1]) if isinstance(
+                node.args[1], torch.fx.Node) else (), [b, Const(torch.tensor(float(alpha)))], suffix="_alpha")
+        return lw.emit(op, lw.shape(), [a, b])
+    return rule
+
+
+def _div(lw: GraphLowering, node) -> View:
+    if node.kwargs.get("rounding_mode") is not None:
+        raise lw.unsupported("div with rounding_mode")
+    b = lw.value(node.args[1])
+    if not isinstance(b, Const):  # a tensor computed on chip: times its reciprocal
+        return lw.emit("mul", lw.shape(), [lw.value(node.args[0]), _reciprocal_of(lw, node.args[1])])
+    return lw.emit("mul", lw.shape(), [lw.value(node.args[0]), Const(1.0 / b.value.double())])
+
+
+def _reciprocal_of(lw: GraphLowering, arg) -> View:
+    """``1 / b`` for an on-chip tensor ``b``: a table over ``[min / 2, the format's max]``, ``min``
+    the smallest value profiled for ``b``. Divisors must be positive; below ``min / 2`` the
+    table gives ``2 / min``."""
+    low = arg.meta.get("fx2fpga_min") if isinstance(arg, torch.fx.Node) else None
+    if low is None or not low > 0:
+        raise lw.unsupported(f"division by a tensor that is not positive on the example values (min {low}); "
+                             "the reciprocal table covers positive divisors only")
+    out = lw.emit("table", lw.shape(arg), [lw.value(arg)], attrs={"fn": "reciprocal", "x_min": low / 2},
+                  suffix="_recip")
+    lw.kb.meta.setdefault("absmax", {})[out.buffer] = 2.0 / low
+    return out
+
+
+def _reciprocal(lw: GraphLowering, node) -> View:
+    return _reciprocal_of(lw, node.args[0])
+
+
+def _periodic(fn: str):
+    """``sin``/``cos`` with the argument reduced to [-pi, pi] by ops of the IR: ``k = round(x / 2pi)``
+    (assigned to an integer format), ``r = x - 2pi * k``; then a fine table over [-4, 4]."""
+    def rule(lw: GraphLowering, node) -> View:
+        arg, shape = node.args[0], lw.shape()
+        x = lw.value(arg)
+        k = lw.emit("mul", shape, [x, Const(torch.tensor(0.5 / math.pi, dtype=torch.float64))], out_kind="integer",
+                    suffix="_turns")
+        whole = lw.emit("mul", shape, [k, Const(torch.tensor(2 * math.pi, dtype=torch.float64))], suffix="_whole")
+        r = lw.emit("sub", shape, [x, whole], suffix="_reduced")
+        absmax = lw.kb.meta.setdefault("absmax", {})
+        absmax[whole.buffer] = (arg.meta.get("fx2fpga_absmax", 0.0) if isinstance(arg, torch.fx.Node) else 0.0) + 4
+        absmax[r.buffer] = 4.0
+        return lw.emit("table", shape, [r], attrs={"fn": fn})
+    return rule
+
+
+def _pow(lw: GraphLowering, node) -> Value:
+    e = node.args[1]
+    if not (isinstance(e, (int, float)) and float(e) in (1.0, 2.0, 3.0, 4.0)):
+        raise lw.unsupported(f"pow with exponent {e} (exponents 1, 2, 3 and 4 are supported)")
+    x = y = lw.value(node.args[0])
+    for _ in range(int(e) - 1):
+        y = lw.emit("mul", lw.shape(), [y, x])
+    return y
+
+
+def _table(fn: str):
+    def rule(lw: GraphLowering, node) -> View:
+        return lw.emit("table", lw.shape(), [lw.value(node.args[0])], attrs={"fn": fn})
+    return rule
+
+
+RULES = {
+    aten.relu.default: _elementwise("relu"),
+    aten.neg.default: _elementwise("neg"),
+    aten.add.Tensor: _add_sub("add"),
+    aten.add.Scalar: _add_sub("add"),
+    aten.sub.Tensor: _add_sub("sub"),
+    aten.sub.Scalar: _add_sub("sub"),
+    aten.mul.Tensor: _elementwise("mul", 2),
+    aten.mul.Scalar: _elementwise("mul", 2),
+    aten.div.Tensor: _div,
+    aten.div.Scalar: _div,
+    aten.pow.Tensor_Scalar: _pow,
+    aten.where.self: _elementwise("select", 3),
+    aten.eq.Tensor: _elementwise("eq", 2), aten.eq.Scalar: _elementwise("eq", 2),
+    aten.ne.Tensor: _elementwise("ne", 2), aten.ne.Scalar: _elementwise("ne", 2),
+    aten.lt.Tensor: _elementwise("lt", 2), aten.lt.Scalar: _elementwise("lt", 2),
+    aten.le.Tensor: _elementwise("le", 2), aten.le.Scalar: _elementwise("le", 2),
+    aten.gt.Tensor: _elementwise("gt", 2), aten.gt.Scalar: _elementwise("gt", 2),
+    aten.ge.Tensor: _elementwise("ge", 2), aten.ge.Scalar: _elementwise("ge", 2),
+    aten.exp.default: _table("exp"),
+    aten.log.default: _table("log"),
+    aten.sigmoid.default: _table("sigmoid"),
+    aten.tanh.default: _table("tanh"),
+    aten.sin.default: _periodic("sin"),
+    aten.cos.default: _periodic("cos"),
+    aten.reciprocal.default: _reciprocal,
+    aten.rsqrt.default: _table("rsqrt"),
+}
