@@ -1,14 +1,17 @@
-"""First-order error bounds of a kernel program, derived from its formats (a test helper).
+"""Error bounds of fixed-point kernels against exact arithmetic, derived from their formats (test helpers).
 
-``propagate(kernel, program, values)`` runs the stages of a program on float64 values with
-exact arithmetic and carries, for every element of every buffer, a bound on
-``|fixed-point value - exact value|``, where "exact" is the same computation in real
-numbers with the true functions and constants (what PyTorch computes, up to its own float
-rounding):
+Two views of the same question, both reading the op table (``fx2fpga_runtime/ops.py``):
+
+**Stage by stage** (``propagate``): run the stages of a program on float64 values with exact
+arithmetic (each op's ``reference``) and carry, for every element of every buffer, a bound on
+``|fixed-point value - exact value|``, where "exact" is the same computation in real numbers
+with the true functions and constants (what PyTorch computes, up to its own float rounding):
 
 - an assignment to a format adds its rounding error (half an ulp for the RND modes, one ulp
-  for the others) when the exact result has more fraction bits than the format;
-- input errors propagate to first order, plus the product of errors (mul, mac);
+  for the others) when the exact result (the op's ``result_frac``) has more fraction bits than
+  the format;
+- input errors propagate to first order by the op's ``error_rule`` (``ERROR_RULES``), plus the
+  product of errors (mul, mac);
 - a ``table`` adds ``max|f'|`` near the point times the input error, the interpolation error
   ``h**2 / 8 * max|f''|`` near the point, 1.5 ulp of its entries (entries rounded to half an
   ulp, the truncating interpolation shift) and the difference a clipped input makes;
@@ -19,13 +22,30 @@ rounding):
   ``AssertionError``: the bound would not hold there.
 
 Parameters and inputs start with error 0: callers pass values the formats hold exactly.
+
+**Over the traced graph** (``GraphBounds``): every stage assigns its exact result to its
+output format, so the value it stores is off by at most half an ulp of that format; a function
+table by its largest error near the values it meets (measured on the table itself, with the op
+table's evaluation). Inputs and parameters are quantized the same way. To first order, an
+output ``Q_i`` of the traced graph then differs from its float value by at most::
+
+    sum over graph nodes t and their elements j:  |dQ_i / dt_j| * e_t
+
+with ``e_t`` the half ulps (plus table error) of the buffers node ``t`` is stored in. The
+derivatives come from autograd over the same graph run in float64 with a zero perturbation
+added to every node. Discrete decisions (ReLU masks, max-pool argmax) are taken as equal.
 """
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
+import torch
+import torch.fx
 from fx2fpga_runtime.fixed import Fixed
 from fx2fpga_runtime.ir import Access, Kernel, Stage
+from fx2fpga_runtime.ops import OPS_TABLE, exact_frac
 
 # (max|f'|, max|f''|) of each table function over an interval [u, w] (u > 0 where needed)
 DERIVATIVES = {
@@ -95,6 +115,69 @@ def _to_integer(stage: Stage, fmt: Fixed, v: np.ndarray, e: np.ndarray) -> tuple
     return fmt.to_float(fmt.quantize(v)), np.zeros_like(v)
 
 
+def _lipschitz(stage: Stage, a: list, ea: list) -> np.ndarray:
+    """A 1-Lipschitz function of its one operand (copy, neg, relu, sum's and max's terms)."""
+    return ea[0]
+
+
+def _sum_rule(stage: Stage, a: list, ea: list) -> np.ndarray:
+    return ea[0] + ea[1]
+
+
+def _product(stage: Stage, a: list, ea: list) -> np.ndarray:
+    return np.abs(a[0]) * ea[1] + np.abs(a[1]) * ea[0] + ea[0] * ea[1]
+
+
+def _select(stage: Stage, a: list, ea: list) -> np.ndarray:
+    assert np.all(ea[0] == 0), f"{stage.name}: select on an inexact condition"
+    return np.where(a[0] != 0, ea[1], ea[2])
+
+
+def _compare(stage: Stage, a: list, ea: list) -> np.ndarray:
+    close = np.abs(a[0] - a[1]) <= ea[0] + ea[1]
+    assert not np.any(close & ((ea[0] + ea[1]) > 0)), f"{stage.name}: the errors could flip a comparison"
+    return np.zeros(np.broadcast(a[0], a[1]).shape)
+
+
+def _position(stage: Stage, a: list, ea: list) -> np.ndarray:
+    raise AssertionError(f"{stage.name}: argmax positions are not modelled")
+
+
+# How input errors propagate through an op, by its row's ``error_rule`` (a table: ``_table``).
+ERROR_RULES = {"lipschitz": _lipschitz, "sum": _sum_rule, "product": _product, "select": _select,
+               "compare": _compare, "position": _position, "table": None}
+
+
+def _elementwise(stage: Stage, kernel: Kernel, a: list, ea: list, fmts: list[Fixed]) -> tuple:
+    """Exact values, their error bounds and the exact result's frac bits of an elementwise stage."""
+    spec = OPS_TABLE[stage.op]
+    if spec.reads_table:
+        v, e = _table(stage, kernel, a[0], ea[0], fmts[0])
+        return v, e, kernel.buffers[stage.out.buffer].fmt.frac_bits
+    fr = [f.frac_bits for f in fmts]
+    return spec.reference(*a), ERROR_RULES[spec.error_rule](stage, a, ea), exact_frac(spec, fr, stage, kernel)
+
+
+def _reduction(stage: Stage, a: list, ea: list, fmts: list[Fixed], shape: tuple) -> tuple:
+    """Exact values, their error bounds and frac bits of a reduction stage, over its reduce loops."""
+    spec = OPS_TABLE[stage.op]
+    axes = tuple(i for i, lp in enumerate(stage.loops) if lp.var in stage.reduce)
+    first = tuple(0 if i in axes else slice(None) for i in range(len(shape)))
+    fr = [f.frac_bits for f in fmts]
+    k = spec.arity
+    terms, te = spec.reference(*a[:k]), ERROR_RULES[spec.error_rule](stage, a[:k], ea[:k])
+    if spec.accumulate == "max":
+        return np.max(terms, axis=axes), np.max(te, axis=axes), spec.result_frac(fr[:k])
+    assert spec.accumulate == "add", f"{stage.name}: {stage.op} accumulates by {spec.accumulate!r}"
+    acc = stage.acc
+    n_red = int(np.prod([shape[i] for i in axes]))
+    v, e = terms.sum(axis=axes), te.sum(axis=axes) + n_red * rounding(acc, spec.result_frac(fr[:k]))
+    if len(stage.ins) > k:
+        v, e = v + a[k][first], e + ea[k][first] + rounding(acc, fr[k])
+    _check_range(stage, acc, v, e)
+    return v, e, acc.frac_bits
+
+
 def run_stage(stage: Stage, kernel: Kernel, vals: dict, errs: dict) -> None:
     """Exact values and error bounds of one stage, written into ``vals`` and ``errs``."""
     loops = stage.loops
@@ -102,56 +185,18 @@ def run_stage(stage: Stage, kernel: Kernel, vals: dict, errs: dict) -> None:
     grid = dict(zip((lp.var for lp in loops), np.meshgrid(*[np.arange(lp.extent) for lp in loops], indexing="ij"),
                     strict=True))
     fmts = [kernel.buffers[a.buffer].fmt for a in stage.ins]
-    fr = [f.frac_bits for f in fmts]
     a = [_load(acc, vals, grid, shape) for acc in stage.ins]
     ea = [_load(acc, errs, grid, shape) for acc in stage.ins]
     out = kernel.buffers[stage.out.buffer].fmt
-    op = stage.op
     if not stage.reduce:
-        if op in ("copy", "neg", "relu"):
-            v = {"copy": a[0], "neg": -a[0], "relu": np.maximum(a[0], 0)}[op]
-            e, exact = ea[0], fr[0]
-        elif op in ("add", "sub"):
-            v, e, exact = (a[0] + a[1] if op == "add" else a[0] - a[1]), ea[0] + ea[1], max(fr)
-        elif op == "mul":
-            v = a[0] * a[1]
-            e, exact = np.abs(a[0]) * ea[1] + np.abs(a[1]) * ea[0] + ea[0] * ea[1], fr[0] + fr[1]
-        elif op == "select":
-            assert np.all(ea[0] == 0), f"{stage.name}: select on an inexact condition"
-            v, e, exact = np.where(a[0] != 0, a[1], a[2]), np.where(a[0] != 0, ea[1], ea[2]), max(fr[1:])
-        elif op in ("eq", "ne", "lt", "le", "gt", "ge"):
-            close = np.abs(a[0] - a[1]) <= ea[0] + ea[1]
-            assert not np.any(close & ((ea[0] + ea[1]) > 0)), f"{stage.name}: the errors could flip a comparison"
-            cmp = {"eq": np.equal, "ne": np.not_equal, "lt": np.less, "le": np.less_equal, "gt": np.greater,
-                   "ge": np.greater_equal}[op]
-            v, e, exact = cmp(a[0], a[1]).astype(np.float64), np.zeros(shape), 0
-        elif op == "table":
-            (v, e), exact = _table(stage, kernel, a[0], ea[0], fmts[0]), out.frac_bits
-        else:
-            raise NotImplementedError(op)
+        v, e, exact = _elementwise(stage, kernel, a, ea, fmts)
         out_grid = grid
     else:
-        axes = tuple(i for i, lp in enumerate(loops) if lp.var in stage.reduce)
-        first = tuple(0 if i in axes else slice(None) for i in range(len(shape)))
-        n_red = int(np.prod([shape[i] for i in axes]))
-        acc = stage.acc
-        if op == "max":
-            v, e, exact = np.max(a[0], axis=axes), np.max(ea[0], axis=axes), fr[0]
-        else:
-            k = 2 if op == "mac" else 1
-            if op == "mac":
-                terms = a[0] * a[1]
-                te, tf = np.abs(a[0]) * ea[1] + np.abs(a[1]) * ea[0] + ea[0] * ea[1], fr[0] + fr[1]
-            else:
-                terms, te, tf = a[0], ea[0], fr[0]
-            v, e = terms.sum(axis=axes), te.sum(axis=axes) + n_red * rounding(acc, tf)
-            if len(stage.ins) > k:
-                v, e = v + a[k][first], e + ea[k][first] + rounding(acc, fr[k])
-            _check_range(stage, acc, v, e)
-            exact = acc.frac_bits
+        v, e, exact = _reduction(stage, a, ea, fmts, shape)
+        first = tuple(0 if lp.var in stage.reduce else slice(None) for lp in loops)
         out_grid = {var: g[first] for var, g in grid.items()}
     v, e = np.asarray(v, dtype=np.float64), np.asarray(e, dtype=np.float64)
-    if out.frac_bits <= 0 and op != "table":
+    if out.frac_bits <= 0 and not OPS_TABLE[stage.op].reads_table:
         v, e = _to_integer(stage, out, v, e)
     else:
         e = e + rounding(out, exact)
@@ -184,3 +229,159 @@ def propagate(kernel: Kernel, program: str, values: dict[str, np.ndarray]) -> tu
     for stage in kernel.programs[program].stages:
         run_stage(stage, kernel, vals, errs)
     return vals, errs
+
+
+# ----- over the traced graph ----------------------------------------------------------------------
+
+def _table_error(kernel: Kernel, stage, inputs: torch.Tensor) -> float:
+    """Largest |table - f| over the raw inputs within 25% (+8 ulps) of the float inputs met."""
+    fin = kernel.buffers[stage.ins[0].buffer].fmt
+    n = kernel.buffers[stage.attrs["table"]].size - 1
+    t_lo, t_hi = int(stage.attrs["lo"]), int(stage.attrs["lo"]) + (n << int(stage.attrs["shift"]))
+    v = inputs.detach().double().numpy()
+    lo, hi = v.min() - 0.25 * abs(v.min()) - 8 * fin.ulp, v.max() + 0.25 * abs(v.max()) + 8 * fin.ulp
+    raw = np.arange(max(t_lo, int(np.floor(lo / fin.ulp))), min(t_hi, int(np.ceil(hi / fin.ulp))) + 1)
+    assert raw.size, f"{stage.name}: the inputs {v.min()}..{v.max()} lie outside the table"
+    spec = OPS_TABLE[stage.op]
+    y, frac = spec.evaluate([raw], stage, kernel), exact_frac(spec, [fin.frac_bits], stage, kernel)
+    exact = FUNCTIONS[stage.attrs["fn"]](raw * fin.ulp)
+    err = float(np.max(np.abs(np.ldexp(y.astype(np.float64), -frac) - exact)))
+    assert np.isfinite(err), stage.name
+    return err
+
+
+def _node_errors(kernel: Kernel, gm: torch.fx.GraphModule, program: str, values: dict) -> dict[str, float]:
+    """``e_t`` per node name: the half ulps of the float buffers it is stored in, plus table errors."""
+    prefix = "infer_" if program == "infer" else "train_"
+    by_model_name = {v: k for k, v in kernel.param_names.items()}
+    stages = {s.out.buffer: s for s in kernel.programs[program].stages}
+    out_node = next(n for n in gm.graph.nodes if n.op == "output")
+    roles = dict(zip(out_node.args[0], gm.meta["fx2fpga_outputs"], strict=True))
+    err: dict[str, float] = {}
+
+    def half_ulp(name: str) -> float:
+        b = kernel.buffers[name]
+        return b.fmt.ulp / 2 if b.kind in ("activation", "gradient", "weight", "const") else 0.0
+
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            role, name = node.meta["fx2fpga_role"], node.meta["fx2fpga_name"]
+            if role in ("param", "buffer"):
+                err[node.name] = half_ulp(by_model_name[name])
+            elif role == "input":
+                err[node.name] = sum(half_ulp(b.name) for b in kernel.buffers.values()
+                                     if b.role == "input" and b.name.startswith(prefix))
+            continue
+        if node.op != "call_function":
+            continue
+        src = node.args[0].name if node.target is operator.getitem else node.name
+        e = 0.0
+        for b in kernel.buffers.values():
+            if b.source == src and b.name.startswith(prefix) and b.role != "const":
+                e += half_ulp(b.name)
+                st = stages.get(b.name)
+                if st is not None and OPS_TABLE[st.op].reads_table:
+                    e += _table_error(kernel, st, values[node.args[0].name])
+        role = roles.get(node, "")
+        if role.startswith(("param:", "buffer:")):  # updated in place: stored in the parameter's format
+            e += half_ulp(by_model_name[role.split(":", 1)[1]])
+        err[node.name] = e
+    return err
+
+
+class _Perturbed(torch.fx.Interpreter):
+    """Runs the graph in float64, adding ``eps[node]`` to each float node's value; the values
+    of the nodes in ``decisions`` (bool masks, argmax indices) are replaced by the given ones."""
+
+    def __init__(self, gm, eps: dict, decisions: dict):
+        super().__init__(gm)
+        self.eps, self.decisions = eps, decisions
+        self.live: dict[str, torch.Tensor] = {}
+
+    def run_node(self, n):
+        out = super().run_node(n)
+        if n.name in self.decisions:
+            return self.decisions[n.name].to(out.dtype).reshape(out.shape)
+        if isinstance(out, torch.Tensor) and out.is_floating_point():
+            out = out.double()
+            if n.name in self.eps:
+                out = out + self.eps[n.name]
+            self.live[n.name] = out
+        return out
+
+
+class GraphBounds:
+    """The graph in float64 (with the kernel's discrete decisions, if given) and first-order
+    error bounds of any of its values: ``bound(tensor)`` per element."""
+
+    def __init__(self, kernel: Kernel, gm: torch.fx.GraphModule, args: list, decisions: dict | None = None):
+        self.gm = gm
+        args = [a.detach().double() if a.is_floating_point() else a for a in args]
+        with torch.no_grad():
+            probe = _Perturbed(gm, {}, decisions or {})
+            probe.run(*args)
+        err = _node_errors(kernel, gm, gm.meta["fx2fpga_kind"], probe.live)
+        self.eps = {n: torch.zeros_like(probe.live[n], requires_grad=True)
+                    for n, e in err.items() if e > 0 and n in probe.live}
+        self.weights = [err[n] for n in self.eps]
+        run = _Perturbed(gm, self.eps, decisions or {})
+        self.outputs = run.run(*args)
+        self.values = run.live
+
+    def bound(self, t: torch.Tensor, index=None) -> np.ndarray:
+        """Error bound of each element of ``t`` (or of the flat ``index`` elements)."""
+        flat = t.reshape(-1)
+        idx = list(range(flat.numel()) if index is None else index)
+        seeds = torch.zeros(len(idx), flat.numel(), dtype=flat.dtype)
+        seeds[torch.arange(len(idx)), torch.as_tensor(idx, dtype=torch.long)] = 1.0
+        try:  # one batched backward pass for all rows of the Jacobian
+            grads = torch.autograd.grad(flat, list(self.eps.values()), seeds, retain_graph=True, allow_unused=True,
+                                        is_grads_batched=True)
+            rows = [w * g.abs().reshape(len(idx), -1).sum(1) for w, g in zip(self.weights, grads, strict=True)
+                    if g is not None]
+            out = torch.stack(rows).sum(0).numpy() if rows else np.zeros(len(idx))
+        except RuntimeError:  # an op without a batching rule: one row at a time
+            out = []
+            for i in idx:
+                g1 = torch.autograd.grad(flat[i], list(self.eps.values()), retain_graph=True, allow_unused=True)
+                out.append(sum(w * float(g.abs().sum())
+                               for w, g in zip(self.weights, g1, strict=True) if g is not None))
+            out = np.asarray(out)
+        return out if index is not None else out.reshape(t.shape)
+
+
+def emulator_decisions(kernel: Kernel, gm: torch.fx.GraphModule, mem: dict) -> dict[str, torch.Tensor]:
+    """The bool values (ReLU masks, comparisons) the emulator computed, by graph node name."""
+    prefix = "infer_" if gm.meta["fx2fpga_kind"] == "infer" else "train_"
+    out = {}
+    for b in kernel.buffers.values():
+        if b.kind == "bool" and b.name.startswith(prefix) and b.source and b.role == "temp":
+            out[b.source] = torch.from_numpy(mem[b.name].astype(bool))
+    return out
+
+
+def flipped_decisions(kernel: Kernel, gm: torch.fx.GraphModule, args: list, mem: dict) -> list[tuple]:
+    """Each comparison the emulator decided otherwise than float: (node, element, |a - b|, bound of a - b).
+
+    ``a - b`` is the compared difference in float; a flip is explained by the formats when it
+    is within its first-order error bound."""
+    decisions = emulator_decisions(kernel, gm, mem)
+    plain = GraphBounds(kernel, gm, args)
+    flips = []
+    for node in gm.graph.nodes:
+        if node.name not in decisions or node.op != "call_function":
+            continue
+        a, b = node.args[0], node.args[1]
+        va = plain.values.get(a.name) if isinstance(a, torch.fx.Node) else None
+        if va is None:
+            continue
+        vb = plain.values[b.name] if isinstance(b, torch.fx.Node) and b.name in plain.values else torch.tensor(
+            float(b) if not isinstance(b, torch.fx.Node) else 0.0, dtype=torch.float64)
+        diff = (va - vb).expand(node.meta["val"].shape)
+        mine = getattr(torch, node.target._opname)(va.detach(), vb.detach())
+        wrong = np.flatnonzero((mine != decisions[node.name].reshape(mine.shape)).reshape(-1).numpy())
+        if wrong.size:
+            bounds = plain.bound(diff, wrong)
+            for j, bnd in zip(wrong, bounds, strict=True):
+                flips.append((node.name, int(j), abs(float(diff.detach().reshape(-1)[j])), float(bnd)))
+    return flips

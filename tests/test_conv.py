@@ -7,7 +7,7 @@ How each claim is checked:
   (``_replay.py``): every convolution, pooling and backward buffer must equal PyTorch's result
   assigned to its format, bit for bit (the accumulators are exact).
 - *within derived bounds*: the first-order error bound of each output from the formats' half
-  ulps and the tables' errors (``_error_bounds.py``), with the emulator's ReLU decisions; each
+  ulps and the tables' errors (``error_bounds.py``), with the emulator's ReLU decisions; each
   decision taken otherwise than in float lies within its own derived bound of the threshold.
 """
 
@@ -29,9 +29,9 @@ from fx2fpga.backends.rtl import emit as verilog
 from fx2fpga.errors import UnsupportedOpError
 from fx2fpga.frontend import trace
 
-from ._error_bounds import GraphBounds, emulator_decisions, flipped_decisions
 from ._replay import graph_args, replay_layers
 from .conftest import assert_backend_equals_emu, load_example
+from .error_bounds import GraphBounds, emulator_decisions, flipped_decisions
 from .test_rtl import assert_lint_clean
 
 # ----- the IR: guarded reads and argmax, against loops written from the docstring ------------------------

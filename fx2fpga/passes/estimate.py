@@ -12,8 +12,9 @@ import math
 from dataclasses import dataclass
 
 from fx2fpga_runtime.ir import Kernel, Stage
+from fx2fpga_runtime.ops import OPS_TABLE
 
-PIPELINE_DEPTH = {"mac": 6, "sum": 4, "max": 3, "table": 5}
+PIPELINE_DEPTH = {name: spec.estimate_depth for name, spec in OPS_TABLE.items()}  # the op table's
 BRAM18_BITS = 18 * 1024
 LUTRAM_MAX_BITS = 1024  # smaller arrays go to distributed RAM / registers
 
@@ -90,9 +91,10 @@ def resources(kernel: Kernel, target=None) -> ResourceEstimate:
     kind = getattr(target, "dsp_kind", "DSP48E1")
     dsp = 0
     for st in kernel.stages():
-        if st.op in ("mac", "mul"):
+        spec = OPS_TABLE[st.op]
+        if spec.multiplies:  # an elementwise product by a constant: left to LUTs
             w = [kernel.buffers[a.buffer].fmt.width for a in st.ins[:2]]
-            if all(kernel.buffers[a.buffer].role != "const" for a in st.ins[:2]) or st.op == "mac":
+            if all(kernel.buffers[a.buffer].role != "const" for a in st.ins[:2]) or spec.reduction:
                 dsp += st.lanes * dsp_per_multiplier(*w, kind)
     banks = buffer_banks(kernel)
     bram18, bits_total = 0, 0

@@ -15,6 +15,7 @@ import numpy as np
 from fx2fpga_runtime.fixed import BOOL, Fixed, FormatError
 from fx2fpga_runtime.interface import MAX_PORT_WIDTH
 from fx2fpga_runtime.ir import Buffer, Kernel, Stage
+from fx2fpga_runtime.ops import OPS_TABLE
 
 from ..errors import PrecisionError
 
@@ -168,7 +169,7 @@ def _const_format(values: np.ndarray, p: Precision) -> Fixed:
 
 
 def _check_product(stage: Stage, kernel: Kernel) -> None:
-    if stage.op in ("mul", "mac"):
+    if OPS_TABLE[stage.op].multiplies:
         w = sum(kernel.buffers[a.buffer].fmt.width for a in stage.ins[:2])
         if w > MAX_ACC_WIDTH:
             raise PrecisionError(f"stage {stage.name}: the product of {w} bits exceeds {MAX_ACC_WIDTH}; "
@@ -178,7 +179,7 @@ def _check_product(stage: Stage, kernel: Kernel) -> None:
 def _accumulator(stage: Stage, kernel: Kernel, p: Precision) -> Fixed:
     fin = [kernel.buffers[a.buffer].fmt for a in stage.ins]
     out = kernel.buffers[stage.out.buffer].fmt
-    if stage.op in ("max", "argmax"):
+    if OPS_TABLE[stage.op].acc_init == "minimum":  # max, argmax: compared, never summed
         return fin[0].with_modes("TRN", "SAT")
     if p.accumulator != "auto":
         return p.accumulator

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from fx2fpga_runtime import interface
 from fx2fpga_runtime.ir import Affine, Guard, Kernel, Stage
+from fx2fpga_runtime.ops import OPS_TABLE
 
 from ..errors import Fx2fpgaError
 
@@ -53,18 +54,14 @@ SETUP_CYCLES = 1  # a phase's first cycle loads its loop limits into the control
 ADDR_TAP = 1  # the request's address, bank and guard
 RAM_TAP = 2  # each bank's read (write) port: the address multiplexed over the requests
 OPERAND_TAP = 5  # RAM data (3) -> its copy in fabric (4) -> the bank select: the unit's operands
-# a datapath unit's latency, from its operands to its registered result (templates/rtl/unit.sv.j2);
-# a multiply's operands go to the kernel's shared multiplier of their lane (operands ORed over the
-# stages -> partial products -> product: codegen/verilog.py `multiplier_pool`)
-UNIT_LATENCY = {
-    "mac": 8,  # guarded operands -> shared multiplier (5) -> accumulator -> converted result
-    "sum": 4, "max": 4, "argmax": 4,  # guarded operands -> term -> accumulator -> converted result
-    "mul": 7,  # guarded operands -> shared multiplier (5) -> converted result
-    "table": 12,  # operand -> clip -> (index, t) -> ROM -> its copy -> difference -> product (4) -> sum -> converted
-}
-# (a multiplier: its operands -> pieces -> DSP block -> copy -> the sum of the partial products:
-# the block has a register of its own on each side, so nothing else shares its paths)
-ELEMENTWISE_LATENCY = 3  # every other op: guarded operands -> exact result -> converted result
+# a datapath unit's latency, from its operands to its registered result (templates/rtl/unit.sv.j2),
+# is the op table's ``unit_latency`` (fx2fpga_runtime/ops.py): mac 8 (guarded operands -> shared
+# multiplier (5) -> accumulator -> converted result), mul 7, sum/max/argmax 4 (operands -> term ->
+# accumulator -> converted result), table 12 (operand -> clip -> (index, t) -> ROM -> its copy ->
+# difference -> product (4) -> sum -> converted), every other op 3 (operands -> exact result ->
+# converted result). A multiply's operands go to the kernel's shared multiplier of their lane
+# (operands ORed over the stages -> partial products -> product: codegen/verilog.py
+# `multiplier_pool`; the block has a register of its own on each side, so nothing else shares its paths).
 WRITE_STAGE = 1  # the write-data multiplexer's register, in step with the write port
 UNPACK_DELAY = RAM_TAP  # the input word waits for its registered write address
 PACK_DELAY = OPERAND_TAP + 1  # the word read at issue leaves on the output stream (a register)
@@ -72,7 +69,7 @@ PACK_DELAY = OPERAND_TAP + 1  # the word read at issue leaves on the output stre
 
 def unit_latency(op: str) -> int:
     """Cycles from a stage's operands to its unit's registered result."""
-    return UNIT_LATENCY.get(op, ELEMENTWISE_LATENCY)
+    return OPS_TABLE[op].unit_latency
 
 
 def write_delay(op: str) -> int:
@@ -244,13 +241,11 @@ def _rebase_guards(guards, slots, lane_var, lanes, lane) -> tuple[Guard, ...]:
     return tuple(Guard(_rebase(g.expr, slots, lane_var, lanes, lane), g.bound, g.step) for g in guards)
 
 
-REDUCE_OPERANDS = {"mac": 2, "sum": 1, "max": 1, "argmax": 1}
-
-
 def streamed_operands(st: Stage) -> int:
     """How many of a stage's inputs are read at every loop point; a reduction's further input (its
     initial value) is read once, at the first point of the reduction."""
-    return REDUCE_OPERANDS.get(st.op, len(st.ins))
+    spec = OPS_TABLE[st.op]
+    return spec.arity if spec.reduction else len(st.ins)
 
 
 def _stage_phase(st: Stage, kernel: Kernel, where: str) -> Phase:

@@ -11,6 +11,7 @@ import numpy as np
 
 from .fixed import Fixed, align, shift_round
 from .ir import Access, Affine, Kernel, Stage
+from .ops import OPS_TABLE, OpSpec, aligned_operands, exact_frac
 
 
 class Emulator:
@@ -88,45 +89,10 @@ def _load(access: Access, mem, grid, shape) -> np.ndarray:
     return np.where(mask, arr[safe], 0)
 
 
-def _elementwise(op: str, vals: list[np.ndarray], fmts: list[Fixed], stage: Stage, kernel: Kernel):
-    """Exact result of an elementwise op as (raw, frac_bits)."""
+def _elementwise(spec: OpSpec, vals: list[np.ndarray], fmts: list[Fixed], stage: Stage, kernel: Kernel):
+    """Exact result of an elementwise op as (raw, frac_bits): the op table's evaluation."""
     fr = [f.frac_bits for f in fmts]
-    if op == "copy":
-        return vals[0], fr[0]
-    if op == "neg":
-        return -vals[0], fr[0]
-    if op == "relu":
-        return np.maximum(vals[0], 0), fr[0]
-    if op == "mul":
-        return vals[0] * vals[1], fr[0] + fr[1]
-    if op in ("add", "sub", "eq", "ne", "lt", "le", "gt", "ge"):
-        f = max(fr[0], fr[1])
-        a, b = align(vals[0], fr[0], f), align(vals[1], fr[1], f)
-        if op == "add":
-            return a + b, f
-        if op == "sub":
-            return a - b, f
-        cmp = {"eq": np.equal, "ne": np.not_equal, "lt": np.less, "le": np.less_equal,
-               "gt": np.greater, "ge": np.greater_equal}[op]
-        return cmp(a, b).astype(np.int64), 0
-    if op == "select":
-        f = max(fr[1], fr[2])
-        return np.where(vals[0] != 0, align(vals[1], fr[1], f), align(vals[2], fr[2], f)), f
-    if op == "table":
-        return _table(vals[0], stage, kernel)
-    raise NotImplementedError(f"emulator: elementwise op {op!r}")
-
-
-def _table(raw: np.ndarray, stage: Stage, kernel: Kernel):
-    tbl_buf = kernel.buffers[stage.attrs["table"]]
-    table = np.asarray(tbl_buf.init, dtype=np.int64)
-    n = table.size - 1
-    lo, shift = int(stage.attrs["lo"]), int(stage.attrs["shift"])
-    r = np.clip(raw, lo, lo + (n << shift)) - lo
-    i = np.minimum(r >> shift, n - 1)
-    t = r - (i << shift)
-    y = table[i] + (((table[i + 1] - table[i]) * t) >> shift)
-    return y, tbl_buf.fmt.frac_bits
+    return spec.evaluate(aligned_operands(spec, vals, fr), stage, kernel), exact_frac(spec, fr, stage, kernel)
 
 
 def _accumulate(terms: np.ndarray, term_frac: int, init: np.ndarray, acc: Fixed) -> np.ndarray:
@@ -161,8 +127,9 @@ def run_stage(stage: Stage, kernel: Kernel, mem: dict[str, np.ndarray]) -> None:
     vals = [_load(a, mem, grid, shape) for a in stage.ins]
     out_buf = kernel.buffers[stage.out.buffer]
 
+    spec = OPS_TABLE[stage.op]
     if not stage.reduce:
-        raw, frac = _elementwise(stage.op, vals, fmts, stage, kernel)
+        raw, frac = _elementwise(spec, vals, fmts, stage, kernel)
         result = out_buf.fmt.from_raw(raw, frac)
         out_grid = grid
     else:
@@ -177,29 +144,27 @@ def run_stage(stage: Stage, kernel: Kernel, mem: dict[str, np.ndarray]) -> None:
 
         acc = stage.acc
         out_grid = {k: flat(v)[..., 0] for k, v in grid.items()}
-        if stage.op in ("max", "argmax"):
-            v = acc.from_raw(flat(vals[0]), fmts[0].frac_bits)
+        n_operands = spec.arity
+        terms = spec.evaluate([flat(v) for v in vals[:n_operands]], stage, kernel)
+        tf = spec.result_frac([f.frac_bits for f in fmts[:n_operands]])
+        if spec.accumulate in ("max", "argmax"):
+            v = acc.from_raw(terms, tf)
             mask = _guard_mask(stage.ins[0], grid, shape)
             if mask is not None:  # guarded-off points are skipped: they read the acc minimum
                 v = np.where(flat(mask), v, acc.raw_min)
-            if stage.op == "argmax":  # np.argmax takes the first maximum, as the sequential ``>`` does
+            if spec.accumulate == "argmax":  # np.argmax takes the first maximum, as the sequential ``>`` does
                 result = out_buf.fmt.from_raw(np.argmax(v, axis=-1) if n_red else np.zeros(out_shape, np.int64), 0)
                 _store(stage, mem, out_grid, result)
                 return
             result_acc = np.maximum(np.full(out_shape, acc.raw_min, dtype=np.int64), v.max(axis=-1))
-        else:
-            n_operands = 2 if stage.op == "mac" else 1
+        elif spec.accumulate == "add":
             if len(stage.ins) > n_operands:  # an init value (e.g. the bias of addmm)
                 init = acc.from_raw(flat(vals[n_operands])[..., 0], fmts[n_operands].frac_bits)
             else:
                 init = np.zeros(out_shape, dtype=np.int64)
-            if stage.op == "mac":
-                terms, tf = flat(vals[0]) * flat(vals[1]), fmts[0].frac_bits + fmts[1].frac_bits
-            elif stage.op == "sum":
-                terms, tf = flat(vals[0]), fmts[0].frac_bits
-            else:
-                raise NotImplementedError(f"emulator: reduction op {stage.op!r}")
             result_acc = _accumulate(terms, tf, init, acc)
+        else:
+            raise NotImplementedError(f"emulator: reduction op {stage.op!r} accumulates by {spec.accumulate!r}")
         result = out_buf.fmt.from_raw(result_acc, acc.frac_bits)
 
     _store(stage, mem, out_grid, result)

@@ -6,7 +6,8 @@ is a list of ``Stage``s run in order. A stage is one loop nest::
     for v0 in range(e0): for v1 in range(e1): ...        # stage.loops, outermost first
         out[f(v)] = OP(ins[0][g0(v)], ins[1][g1(v)], ...)   # each index an Affine of loop vars
 
-Semantics every backend must reproduce bit for bit (the emulator is the reference):
+Semantics every backend must reproduce bit for bit (the emulator is the reference; each op is
+declared once, with its exact evaluation, in ``ops.OPS_TABLE``):
 
 Elementwise ops (``reduce == ()``): the exact result of the operation on the input values is
 assigned to the output format (its rounding, then its overflow mode), like C++
@@ -54,18 +55,13 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 
 from .fixed import Fixed
+from .ops import OPS_TABLE
 
-ELEMENTWISE_OPS = (
-    "copy", "neg", "relu", "add", "sub", "mul", "select",
-    "eq", "ne", "lt", "le", "gt", "ge", "table",
-)
-REDUCTION_OPS = ("mac", "sum", "max", "argmax")
+# Derived from the op table (ops.py), where each op is declared once.
+ELEMENTWISE_OPS = tuple(name for name, spec in OPS_TABLE.items() if not spec.reduction)
+REDUCTION_OPS = tuple(name for name, spec in OPS_TABLE.items() if spec.reduction)
 OPS = ELEMENTWISE_OPS + REDUCTION_OPS
-ARITY = {
-    "copy": 1, "neg": 1, "relu": 1, "table": 1,
-    "add": 2, "sub": 2, "mul": 2, "eq": 2, "ne": 2, "lt": 2, "le": 2, "gt": 2, "ge": 2,
-    "select": 3, "mac": 2, "sum": 1, "max": 1, "argmax": 1,
-}
+ARITY = {name: spec.arity for name, spec in OPS_TABLE.items()}
 ROLES = ("param", "input", "target", "output", "temp", "const")
 
 

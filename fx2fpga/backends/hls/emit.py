@@ -16,7 +16,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from fx2fpga_runtime import interface
 from fx2fpga_runtime.fixed import Fixed
-from fx2fpga_runtime.ir import ARITY, OPS, REDUCTION_OPS, Access, Affine, Buffer, Guard, Kernel, Stage
+from fx2fpga_runtime.ir import OPS, REDUCTION_OPS, Access, Affine, Buffer, Guard, Kernel, Stage
+from fx2fpga_runtime.ops import OPS_TABLE
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from fx2fpga.errors import Fx2fpgaError
@@ -24,6 +25,39 @@ from fx2fpga.errors import Fx2fpgaError
 MAX_LITERAL_WIDTH = 53  # init values are written as double literals: exact up to 53 bits
 TABLE_RAW_WIDTH = 64  # the table interpolation works on 64-bit raw integers
 COMPARE_OPS = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
+_HLS_TABLE = """\
+// piecewise-linear {fn} on raw values: {n} segments of {segment} from {lo}
+long long tbl_r = raw_bits({a0});
+if (tbl_r < {lo}) tbl_r = {lo};
+if (tbl_r > {hi}) tbl_r = {hi};
+tbl_r = tbl_r - ({lo});
+long long tbl_i = tbl_r >> {shift};
+if (tbl_i > {last}) tbl_i = {last};
+const long long tbl_t = tbl_r - (tbl_i << {shift});
+const long long tbl_lo = raw_bits({buffer}[tbl_i]);
+const long long tbl_hi = raw_bits({buffer}[tbl_i + 1]);
+ap_fixed<64, {raw_int_bits}> tbl_y;  // the raw result, at the table's fractional bits
+tbl_y.range(63, 0) = tbl_lo + (((tbl_hi - tbl_lo) * tbl_t) >> {shift});
+{out} = tbl_y;"""
+# How the C++ spells each op of the table (fx2fpga_runtime/ops.py): an elementwise op, the loop body
+# (``{out}`` the output element, ``{T}`` its type, ``{a0}``... the operands; a table: its parameters);
+# a reduction, one accumulation step (``{acc}``, ``{acc_type}``; argmax: ``{idx}``, ``{position}``).
+# ap_fixed arithmetic computes the exact result; the assignment rounds and saturates like the emulator.
+HLS_SPELLING = {
+    "copy": "{out} = {a0};",
+    "neg": "{out} = -{a0};",
+    "relu": "{out} = ({a0} > 0) ? {T}({a0}) : {T}(0);",
+    "add": "{out} = {a0} + {a1};",
+    "sub": "{out} = {a0} - {a1};",
+    "mul": "{out} = {a0} * {a1};",
+    "select": "{out} = ({a0} != 0) ? {T}({a1}) : {T}({a2});",
+    **{op: f"{{out}} = ({{a0}} {c} {{a1}}) ? {{T}}(1) : {{T}}(0);" for op, c in COMPARE_OPS.items()},
+    "table": _HLS_TABLE,
+    "mac": "{acc} += {a0} * {a1};",
+    "sum": "{acc} += {a0};",
+    "max": "if ({acc_type}({a0}) > {acc}) {acc} = {a0};",
+    "argmax": "if ({acc_type}({a0}) > {acc}) {{\n    {acc} = {a0};\n    {idx} = {position};\n}}",
+}
 _IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 # Names the generated code declares itself; buffers and loop variables must not take them.
 _RESERVED = {
@@ -117,8 +151,9 @@ def _check_access(acc: Access, buf: Buffer, extents: dict[str, int], where: str)
 def _check_stage(st: Stage, kernel: Kernel, where: str) -> None:
     if st.op not in OPS:
         raise HlsCodegenError(f"{where}: op {st.op!r} is not one of {', '.join(OPS)}")
-    arity = ARITY[st.op]
-    allowed = (arity, arity + 1) if st.op in ("mac", "sum") else (arity,)
+    spec = OPS_TABLE[st.op]
+    arity = spec.arity
+    allowed = (arity, arity + 1) if spec.init_input else (arity,)
     if len(st.ins) not in allowed:
         raise HlsCodegenError(f"{where}: {st.op} takes {' or '.join(map(str, allowed))} inputs, got {len(st.ins)}")
     extents = {lp.var: lp.extent for lp in st.loops}
@@ -146,7 +181,7 @@ def _check_stage(st: Stage, kernel: Kernel, where: str) -> None:
                 f"{where}: reads {acc.c_expr()} while writing {st.out.c_expr()}; a stage may read its output "
                 "buffer only at the same index (in-place update) or as a reduction's init"
             )
-    if st.op == "table":
+    if spec.reads_table:
         tbl = kernel.buffers.get(st.attrs.get("table", ""))
         if tbl is None or tbl.init is None or len(tbl.shape) != 1 or tbl.size < 2:
             raise HlsCodegenError(f"{where}: table needs attrs['table'] naming a 1-D buffer with n+1 >= 2 init values")
@@ -202,7 +237,7 @@ class StageView:
     acc_type: str = ""
     init: str = ""  # C expression the accumulator starts from
     position: str = ""  # argmax: the flat index of the current reduction point
-    table: dict = field(default_factory=dict)
+    body: str = ""  # the op's C++ (HLS_SPELLING): an elementwise loop body, or a reduction's step
 
 
 def _rename_vars(st: Stage, taken) -> Stage:
@@ -273,36 +308,50 @@ def _lane_loops(st: Stage, loops) -> tuple[list[LoopView], LoopView | None]:
     return views, lane
 
 
+def _operands(ins: list[str]) -> dict[str, str]:
+    return {f"a{i}": x for i, x in enumerate(ins)}
+
+
+def _table_params(st: Stage, kernel: Kernel) -> dict:
+    """The numbers the table's spelling prints: its ROM, segments and raw range."""
+    tbl = kernel.buffers[st.attrs["table"]]
+    n, lo, shift = tbl.size - 1, int(st.attrs["lo"]), int(st.attrs["shift"])
+    return {"buffer": tbl.name, "n": n, "last": n - 1, "lo": lo, "hi": lo + (n << shift), "shift": shift,
+            "segment": 2 ** shift, "raw_int_bits": TABLE_RAW_WIDTH - tbl.fmt.frac_bits,
+            "fn": st.attrs.get("fn", "") or "table"}
+
+
 def _stage_view(st: Stage, kernel: Kernel, func: str) -> StageView:
     out_fmt = kernel.buffers[st.out.buffer].fmt
+    spec = OPS_TABLE[st.op]
     if not st.reduce:
         loops, lane = _lane_loops(st, st.loops)
         if loops:
             loops[-1].pipeline = True  # the innermost loop that is not unrolled
-        view = StageView(func, st, "elementwise", st.out.c_expr(), type_name(out_fmt),
-                         [_read(a, kernel) for a in st.ins], loops + ([lane] if lane else []))
-        if st.op == "table":
-            tbl = kernel.buffers[st.attrs["table"]]
-            n, lo, shift = tbl.size - 1, int(st.attrs["lo"]), int(st.attrs["shift"])
-            view.table = {"buffer": tbl.name, "n": n, "lo": lo, "hi": lo + (n << shift), "shift": shift,
-                          "raw_int_bits": TABLE_RAW_WIDTH - tbl.fmt.frac_bits, "fn": st.attrs.get("fn", "")}
-        return view
+        ins = [_read(a, kernel) for a in st.ins]
+        params = _table_params(st, kernel) if spec.reads_table else {}
+        body = HLS_SPELLING[st.op].format(out=st.out.c_expr(), T=type_name(out_fmt), **_operands(ins), **params)
+        return StageView(func, st, "elementwise", st.out.c_expr(), type_name(out_fmt), ins,
+                         loops + ([lane] if lane else []), body=body + "\n")
     keep = [lp for lp in st.loops if lp.var not in st.reduce]
     loops, lane = _lane_loops(st, keep)
     red = [LoopView(f"{lp.var}_loop", lp.var, lp.extent) for lp in st.loops if lp.var in st.reduce]
     red[-1].pipeline = True
-    operands = ARITY[st.op]
-    skip = (st.acc, st.acc.raw_min) if st.op in ("max", "argmax") else None  # a guarded-off point is skipped
+    operands = spec.arity
+    skip = (st.acc, st.acc.raw_min) if spec.skips_guarded else None  # a guarded-off point is skipped
     ins = [_read(a, kernel, skip) for a in st.ins[:operands]]
     if len(st.ins) > operands:
         init = _zero_vars(st.ins[operands], st.reduce).c_expr()
-    elif st.op in ("max", "argmax"):
+    elif spec.acc_init == "minimum":
         init = literal(st.acc.raw_min, st.acc)
     else:
         init = "0"
+    position = _flat_position(st) if spec.accumulate == "argmax" else ""
+    acc, idx = (f"acc[{lane.var}]", f"acc_idx[{lane.var}]") if lane else ("acc", "acc_idx")
+    body = HLS_SPELLING[st.op].format(acc=acc, idx=idx, acc_type=type_name(st.acc), position=position,
+                                      **_operands(ins))
     view = StageView(func, st, "reduce", _zero_vars(st.out, st.reduce).c_expr(), type_name(out_fmt), ins,
-                     loops, red, lane, acc_type=type_name(st.acc), init=init,
-                     position=_flat_position(st) if st.op == "argmax" else "")
+                     loops, red, lane, acc_type=type_name(st.acc), init=init, position=position, body=body + "\n")
     if lane:  # loop labels are per function: each copy of the lane loop gets its own
         view.lane_init = replace(lane, label=f"{lane.label}_init")
         view.lane_write = replace(lane, label=f"{lane.label}_write")
@@ -394,7 +443,7 @@ def _context(kernel: Kernel, version: str) -> dict:
     unpacked = sorted({p["buffer"] for c in commands for p in c["ins"]}, key=list(kernel.buffers).index)
     packed = sorted({p["buffer"] for c in commands for p in c["outs"]}, key=list(kernel.buffers).index)
     in_words, out_words = interface.port_words(kernel)
-    tables = {st.attrs["table"] for st in kernel.stages() if st.op == "table"}
+    tables = {st.attrs["table"] for st in kernel.stages() if OPS_TABLE[st.op].reads_table}
     buffers = [_buffer_view(b, b.name in tables) for b in kernel.buffers.values()]
     by_name = {b["name"]: b for b in buffers}
     return {
@@ -404,7 +453,6 @@ def _context(kernel: Kernel, version: str) -> dict:
         "stages": [view for _, view in funcs.values()],
         "in_words": in_words, "out_words": out_words, "partitions": _partitions(kernel),
         "unpacked": [by_name[n] for n in unpacked], "packed": [by_name[n] for n in packed],
-        "compare_ops": COMPARE_OPS,
     }
 
 

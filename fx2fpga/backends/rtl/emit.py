@@ -28,10 +28,12 @@ import importlib.util
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fx2fpga_runtime import interface
 from fx2fpga_runtime.fixed import Fixed
+from fx2fpga_runtime.ops import OPS_TABLE, alignment_shifts, exact_frac
 
 from ...errors import Fx2fpgaError
 from ...passes import schedule as sched
@@ -43,7 +45,45 @@ from . import controller
 WORD_BITS = interface.MAX_PORT_WIDTH
 ROUNDING_CODES = ("RND", "TRN", "RND_ZERO", "RND_CONV", "TRN_ZERO")
 COMPARE_OPS = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
-RTL_OPS = ("copy", "neg", "relu", "add", "sub", "mul", "select", "table", "mac", "sum", "max", "argmax", *COMPARE_OPS)
+
+
+@dataclass(frozen=True)
+class RtlSpelling:
+    """How the datapath (templates/rtl/unit.sv.j2) spells one op of the table (fx2fpga_runtime/ops.py).
+
+    ``width(w, s)``: bits of the exact result of an elementwise op, or of a reduction's term, from the
+    operands' signed widths ``w`` and alignment shifts ``s`` (None: the accumulator's or the table
+    unit's own). ``expr``: one lane's exact result, over ``{a0}``... (the operands as signed numbers),
+    ``{x0}``... (the same cast to ``cast(w, s)`` bits, else the result's, and aligned), ``{w0}``...
+    (their widths), ``{rw}`` (the result's width) and ``{l}`` (the lane); a multiply reads the shared
+    multiplier's product ``prod_{l}``."""
+
+    width: Callable[[list[int], list[int]], int] | None
+    expr: str = ""
+    cast: Callable[[list[int], list[int]], int] | None = None
+
+
+def _aligned_sum_width(w: list[int], s: list[int]) -> int:
+    return max(w[0] + s[0], w[1] + s[1]) + 1
+
+
+RTL_SPELLING = {
+    "copy": RtlSpelling(lambda w, s: w[0], "{a0}"),
+    "neg": RtlSpelling(lambda w, s: w[0] + 1, "-{x0}"),
+    "relu": RtlSpelling(lambda w, s: w[0], "({w0}'sd0 < {a0}) ? {a0} : '0"),
+    "add": RtlSpelling(_aligned_sum_width, "{x0} + {x1}"),
+    "sub": RtlSpelling(_aligned_sum_width, "{x0} - {x1}"),
+    "mul": RtlSpelling(lambda w, s: w[0] + w[1], "{rw}'(prod_{l})"),
+    "select": RtlSpelling(lambda w, s: max(w[1] + s[1], w[2] + s[2]), "({a0} != '0) ? {x1} : {x2}"),
+    **{op: RtlSpelling(lambda w, s: 2, "{{1'b0, {x0} " + c + " {x1}}}", cast=_aligned_sum_width)
+       for op, c in COMPARE_OPS.items()},
+    "table": RtlSpelling(None),  # a unit of its own: clip, two ROM reads, the interpolation
+    "mac": RtlSpelling(lambda w, s: w[0] + w[1]),  # the term: the shared multiplier's product
+    "sum": RtlSpelling(lambda w, s: w[0]),
+    "max": RtlSpelling(None),  # the term: the operand assigned to the accumulator format
+    "argmax": RtlSpelling(None),
+}
+RTL_OPS = tuple(RTL_SPELLING)
 _IDENT = re.compile(r"[^A-Za-z0-9_]")
 
 
@@ -124,7 +164,7 @@ class _Cvts:
 
 # ----- datapath units ----------------------------------------------------------------------------------------
 
-POOLED_OPS = ("mac", "mul")
+POOLED_OPS = tuple(op for op in RTL_OPS if OPS_TABLE[op].multiplies)
 
 
 def multiplier_pool(units: list[dict], dsp_kind: str) -> dict | None:
@@ -174,83 +214,90 @@ def _unit_view(phase: Phase, pid: int, kernel, name: str, cvts: _Cvts, dsp_kind:
     fmts = [kernel.buffers[a.buffer].fmt for a in st.ins]
     out_fmt = kernel.buffers[st.out.buffer].fmt
     ops = [_operand(f, i) for i, f in enumerate(fmts)]
+    spec = OPS_TABLE[st.op]
     view = {"module": f"{name}_p{pid}_{_ident(st.name)}", "inst": f"p{pid}", "op": st.op, "lanes": phase.lanes,
-            "pooled": False,
+            "pooled": False, "skips_guarded": spec.skips_guarded,
             "ops": ops, "out_width": out_fmt.width, "stage": st,
             "origin": st.origin, "source": st.source}
     if st.reduce:
-        acc = st.acc
-        view.update(kind="reduce", latency=sched.unit_latency(st.op),
-                    term_stage=sched.unit_latency(st.op) - 2)  # the accumulator, then the result
-        n_ops = sched.streamed_operands(st)
-        view["n_ops"] = n_ops
-        aw, fa = _iw(acc), acc.frac_bits  # the accumulator as a signed number
-        view.update(acc_width=acc.width, acc_iw=aw, acc_signed=acc.signed)
-        if st.op == "mac":
-            tw, tf = ops[0]["iw"] + ops[1]["iw"], ops[0]["frac"] + ops[1]["frac"]
-        elif st.op == "sum":
-            tw, tf = ops[0]["iw"], ops[0]["frac"]
-        else:  # max, argmax: the value is assigned to the accumulator format, then compared
-            tw, tf = aw, fa
-            view["cvt_term"] = cvts.get(ops[0]["iw"], ops[0]["frac"], acc)
-        view["term_width"] = tw
-        if st.op not in ("max", "argmax"):
-            f = max(fa, tf)
-            sw = max(aw + f - fa, tw + f - tf) + 1
-            view.update(sum_width=sw, shift_acc=f - fa, shift_term=f - tf, cvt_sum=cvts.get(sw, f, acc))
-        if len(st.ins) > n_ops:
-            init = ops[n_ops]
-            view["cvt_init"] = cvts.get(init["iw"], init["frac"], acc)
-        else:
-            view["init_value"] = _lit(acc.raw_min if st.op in ("max", "argmax") else 0, aw)
-        if st.op == "argmax":  # the output is the position, an integer
-            points = math.prod(lp.extent for lp in st.loops if lp.var in st.reduce)
-            view["pos_width"] = bits(points - 1)
-            view["cvt_out"] = cvts.get(view["pos_width"] + 1, 0, out_fmt)
-        else:
-            view["cvt_out"] = cvts.get(aw, fa, out_fmt)
-        return view
-    if st.op == "table":
-        tbl = kernel.buffers[st.attrs["table"]]
-        n, lo, shift = tbl.size - 1, int(st.attrs["lo"]), int(st.attrs["shift"])
-        hi = lo + (n << shift)
-        xw = max(ops[0]["iw"], abs(lo).bit_length() + 1, abs(hi).bit_length() + 1) + 1
-        rw = bits(n << shift)
-        tw = _iw(tbl.fmt)
-        pw = tw + 1 + shift + 2
-        yw = max(tw, pw - shift) + 1
-        view.update(kind="table", xw=xw, rw=rw, ixw=bits(n), shift=shift, n=n, lo=_lit(lo, xw), hi=_lit(hi, xw),
-                    nmax=f"{bits(n)}'d{n - 1}", nval=f"{bits(n)}'d{n}", table_width=tbl.fmt.width,
-                    table_signed=tbl.fmt.signed, tw=tw, pw=pw, yw=yw, rom=f"mem/{tbl.name}.hex", depth=n + 1,
-                    table=tbl.name, cvt_out=cvts.get(yw, tbl.fmt.frac_bits, out_fmt),
-                    latency=sched.unit_latency("table"), product=product_plan(tw + 1, shift + 2, dsp_kind))
-        return view
+        return _reduce_view(view, spec, kernel, cvts)
+    if spec.reads_table:
+        return _table_view(view, kernel, cvts, dsp_kind)
     view.update(kind="elementwise", latency=sched.unit_latency(st.op))
-    op = st.op
+    spelling = RTL_SPELLING[st.op]
     fr = [o["frac"] for o in ops]
     w = [o["iw"] for o in ops]
-    if op in ("copy", "relu"):
-        rw, frac, shifts = w[0], fr[0], [0]
-    elif op == "neg":
-        rw, frac, shifts = w[0] + 1, fr[0], [0]
-    elif op == "mul":
-        rw, frac, shifts = w[0] + w[1], fr[0] + fr[1], [0, 0]
-    elif op in ("add", "sub") or op in COMPARE_OPS:
-        f = max(fr)
-        shifts = [f - x for x in fr]
-        cw = max(w[0] + shifts[0], w[1] + shifts[1]) + 1
-        if op in COMPARE_OPS:
-            rw, frac = 2, 0
-            view.update(cmp_width=cw, cmp=COMPARE_OPS[op])
-        else:
-            rw, frac = cw, f
-    elif op == "select":
-        f = max(fr[1], fr[2])
-        shifts = [0, f - fr[1], f - fr[2]]
-        rw, frac = max(w[1] + shifts[1], w[2] + shifts[2]), f
+    shifts = alignment_shifts(spec, fr)
+    rw = spelling.width(w, shifts)
+    cast = spelling.cast(w, shifts) if spelling.cast else rw
+    exprs = []
+    for lane in range(phase.lanes):
+        names = {f"a{i}": f"a{i}_{lane}" for i in range(len(ops))}
+        xs = {f"x{i}": _shl(f"{cast}'(a{i}_{lane})", k) for i, k in enumerate(shifts)}
+        exprs.append(spelling.expr.format(rw=rw, l=lane, **names, **xs, **{f"w{i}": x for i, x in enumerate(w)}))
+    view.update(res_width=rw, exprs=exprs, cvt_out=cvts.get(rw, exact_frac(spec, fr, st, kernel), out_fmt))
+    return view
+
+
+def _shl(expr: str, k: int) -> str:
+    """``expr`` shifted left by ``k`` bits (templates/rtl/product.j2's ``shl``)."""
+    return f"({expr} <<< {k})" if k else expr
+
+
+def _reduce_view(view: dict, spec, kernel, cvts: _Cvts) -> dict:
+    """A reduction unit: the term, the accumulator (from its init), the converted result."""
+    st, ops = view["stage"], view["ops"]
+    out_fmt = kernel.buffers[st.out.buffer].fmt
+    acc = st.acc
+    view.update(kind="reduce", latency=sched.unit_latency(st.op), accumulate=spec.accumulate,
+                term_stage=sched.unit_latency(st.op) - 2)  # the accumulator, then the result
+    n_ops = sched.streamed_operands(st)
+    view["n_ops"] = n_ops
+    aw, fa = _iw(acc), acc.frac_bits  # the accumulator as a signed number
+    view.update(acc_width=acc.width, acc_iw=aw, acc_signed=acc.signed)
+    width = RTL_SPELLING[st.op].width
+    if width is None:  # max, argmax: the value is assigned to the accumulator format, then compared
+        tw, tf = aw, fa
+        view["cvt_term"] = cvts.get(ops[0]["iw"], ops[0]["frac"], acc)
     else:
-        raise RtlCodegenError(f"stage {st.name}: op {op!r} has no RTL datapath yet")
-    view.update(res_width=rw, shifts=shifts, cvt_out=cvts.get(rw, frac, out_fmt))
+        tw = width([o["iw"] for o in ops[:n_ops]], [0] * n_ops)
+        tf = spec.result_frac([o["frac"] for o in ops[:n_ops]])
+    view["term_width"] = tw
+    if spec.accumulate == "add":
+        f = max(fa, tf)
+        sw = max(aw + f - fa, tw + f - tf) + 1
+        view.update(sum_width=sw, shift_acc=f - fa, shift_term=f - tf, cvt_sum=cvts.get(sw, f, acc))
+    if len(st.ins) > n_ops:
+        init = ops[n_ops]
+        view["cvt_init"] = cvts.get(init["iw"], init["frac"], acc)
+    else:
+        view["init_value"] = _lit(acc.raw_min if spec.acc_init == "minimum" else 0, aw)
+    if spec.accumulate == "argmax":  # the output is the position, an integer
+        points = math.prod(lp.extent for lp in st.loops if lp.var in st.reduce)
+        view["pos_width"] = bits(points - 1)
+        view["cvt_out"] = cvts.get(view["pos_width"] + 1, 0, out_fmt)
+    else:
+        view["cvt_out"] = cvts.get(aw, fa, out_fmt)
+    return view
+
+
+def _table_view(view: dict, kernel, cvts: _Cvts, dsp_kind: str) -> dict:
+    """A function table unit: clip, segment and offset, two ROM reads, the interpolation."""
+    st, ops = view["stage"], view["ops"]
+    out_fmt = kernel.buffers[st.out.buffer].fmt
+    tbl = kernel.buffers[st.attrs["table"]]
+    n, lo, shift = tbl.size - 1, int(st.attrs["lo"]), int(st.attrs["shift"])
+    hi = lo + (n << shift)
+    xw = max(ops[0]["iw"], abs(lo).bit_length() + 1, abs(hi).bit_length() + 1) + 1
+    rw = bits(n << shift)
+    tw = _iw(tbl.fmt)
+    pw = tw + 1 + shift + 2
+    yw = max(tw, pw - shift) + 1
+    view.update(kind="table", xw=xw, rw=rw, ixw=bits(n), shift=shift, n=n, lo=_lit(lo, xw), hi=_lit(hi, xw),
+                nmax=f"{bits(n)}'d{n - 1}", nval=f"{bits(n)}'d{n}", table_width=tbl.fmt.width,
+                table_signed=tbl.fmt.signed, tw=tw, pw=pw, yw=yw, rom=f"mem/{tbl.name}.hex", depth=n + 1,
+                table=tbl.name, cvt_out=cvts.get(yw, tbl.fmt.frac_bits, out_fmt),
+                latency=sched.unit_latency(st.op), product=product_plan(tw + 1, shift + 2, dsp_kind))
     return view
 
 

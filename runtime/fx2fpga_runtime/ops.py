@@ -1,0 +1,149 @@
+"""The IR's ops, each declared once: ``OPS_TABLE`` maps an op's name to its ``OpSpec``.
+
+Everything that handles an op reads its row here: ``ir.py`` (``OPS``, ``ARITY``, ...), the
+emulator (``evaluate``), the HLS and RTL emitters (arity, init input, alignment, result
+format, accumulation, whether it multiplies), the RTL schedule (``unit_latency``), the
+estimate (``estimate_depth``, ``multiplies``) and the tests' error bounds (``reference``,
+``error_rule``). A backend keeps only how it spells an op (``HLS_SPELLING`` in
+``fx2fpga/codegen/hls.py``, ``RTL_SPELLING`` in ``fx2fpga/codegen/verilog.py``);
+``tests/test_op_table.py`` fails when one lacks an op of this table. ``docs/adding-an-op.md``
+walks one op through it.
+
+Values are raw integers (``fixed.py``). An elementwise op's exact result has ``result_frac``
+fraction bits; it is then assigned to the output format (its rounding, then its overflow mode).
+A reduction's ``evaluate`` gives the term of one reduction point (at ``result_frac`` bits),
+which ``accumulate`` folds into the accumulator (see ``ir.py`` for the full semantics).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .fixed import align
+
+Evaluate = Callable[[list[np.ndarray], object, object], np.ndarray]  # (operands, stage, kernel) -> raw
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """One IR op: what it computes and what every backend needs to know about it."""
+
+    name: str
+    arity: int  # operands (a reduction's optional init input not counted)
+    doc: str  # what it computes, in one line
+    evaluate: Evaluate  # exact result (a reduction: its term) on raw operands, those in ``aligned`` aligned
+    reference: Callable[..., np.ndarray] | None  # the same in real numbers (float64); None: a table's function
+    result_frac: Callable[[Sequence[int]], int] | None  # exact result's frac bits from the operands'; None: table's
+    attrs: tuple[str, ...] = ()  # the ``stage.attrs`` it reads (a function table: its ROM buffer, range, ...)
+    aligned: tuple[int, ...] = ()  # operands brought to their largest frac bits before ``evaluate``
+    reduction: bool = False
+    init_input: bool = False  # reductions: an optional further input, the accumulator's initial value
+    accumulate: str = ""  # reductions: "add" (acc += term), "max", "argmax" (the first maximum's position)
+    acc_init: str = ""  # reductions: "zero" (or the init input), "minimum" (the accumulator format's)
+    multiplies: bool = False  # takes the kernel's shared multiplier (the estimate's DSP blocks)
+    unit_latency: int = 3  # RTL: cycles from the operands to the unit's registered result (passes/schedule.py)
+    estimate_depth: int = 2  # the estimate's pipeline depth (estimate.py)
+    error_rule: str = "lipschitz"  # how tests/error_bounds.py propagates input errors (its ERROR_RULES)
+
+    @property
+    def elementwise(self) -> bool:
+        return not self.reduction
+
+    @property
+    def reads_table(self) -> bool:
+        """Reads a const function table (``attrs['table']``) whose frac bits its result has."""
+        return "table" in self.attrs
+
+    @property
+    def skips_guarded(self) -> bool:
+        """A guarded-off point is skipped (reads the accumulator's minimum) rather than read as 0."""
+        return self.acc_init == "minimum"
+
+
+def _max_frac(fr: Sequence[int]) -> int:
+    return max(fr)
+
+
+def _table(v: list[np.ndarray], stage, kernel) -> np.ndarray:
+    """Piecewise-linear interpolation of the raw input in the const table ``attrs['table']``."""
+    table = np.asarray(kernel.buffers[stage.attrs["table"]].init, dtype=np.int64)
+    n = table.size - 1
+    lo, shift = int(stage.attrs["lo"]), int(stage.attrs["shift"])
+    r = np.clip(v[0], lo, lo + (n << shift)) - lo
+    i = np.minimum(r >> shift, n - 1)
+    t = r - (i << shift)
+    return table[i] + (((table[i + 1] - table[i]) * t) >> shift)
+
+
+def _compare(name: str, fn) -> OpSpec:
+    return OpSpec(name, 2, f"1 if a {name} b else 0, in the BOOL format",
+                  lambda v, st, k: fn(v[0], v[1]).astype(np.int64),
+                  lambda a, b: fn(a, b).astype(np.float64), lambda fr: 0, aligned=(0, 1), error_rule="compare")
+
+
+_ROWS = [
+    OpSpec("copy", 1, "a", lambda v, st, k: v[0], lambda a: a, lambda fr: fr[0]),
+    OpSpec("neg", 1, "-a", lambda v, st, k: -v[0], lambda a: -a, lambda fr: fr[0]),
+    OpSpec("relu", 1, "a > 0 ? a : 0", lambda v, st, k: np.maximum(v[0], 0), lambda a: np.maximum(a, 0),
+           lambda fr: fr[0]),
+    OpSpec("add", 2, "a + b", lambda v, st, k: v[0] + v[1], lambda a, b: a + b, _max_frac, aligned=(0, 1),
+           error_rule="sum"),
+    OpSpec("sub", 2, "a - b", lambda v, st, k: v[0] - v[1], lambda a, b: a - b, _max_frac, aligned=(0, 1),
+           error_rule="sum"),
+    OpSpec("mul", 2, "a * b", lambda v, st, k: v[0] * v[1], lambda a, b: a * b, lambda fr: fr[0] + fr[1],
+           multiplies=True, unit_latency=7, error_rule="product"),
+    OpSpec("select", 3, "c != 0 ? a : b", lambda v, st, k: np.where(v[0] != 0, v[1], v[2]),
+           lambda c, a, b: np.where(c != 0, a, b), lambda fr: max(fr[1], fr[2]), aligned=(1, 2),
+           error_rule="select"),
+    _compare("eq", np.equal), _compare("ne", np.not_equal), _compare("lt", np.less),
+    _compare("le", np.less_equal), _compare("gt", np.greater), _compare("ge", np.greater_equal),
+    OpSpec("table", 1, "piecewise-linear function of a (attrs: fn, table, lo, shift; see ir.py)", _table,
+           None, None, attrs=("fn", "table", "lo", "shift"), unit_latency=12, estimate_depth=5, error_rule="table"),
+    OpSpec("mac", 2, "acc += a * b", lambda v, st, k: v[0] * v[1], lambda a, b: a * b, lambda fr: fr[0] + fr[1],
+           reduction=True, init_input=True, accumulate="add", acc_init="zero", multiplies=True, unit_latency=8,
+           estimate_depth=6, error_rule="product"),
+    OpSpec("sum", 1, "acc += a", lambda v, st, k: v[0], lambda a: a, lambda fr: fr[0], reduction=True,
+           init_input=True, accumulate="add", acc_init="zero", unit_latency=4, estimate_depth=4),
+    OpSpec("max", 1, "acc = max(acc, a)", lambda v, st, k: v[0], lambda a: a, lambda fr: fr[0], reduction=True,
+           accumulate="max", acc_init="minimum", unit_latency=4, estimate_depth=3),
+    OpSpec("argmax", 1, "the position of the first maximum", lambda v, st, k: v[0], lambda a: a, lambda fr: fr[0],
+           reduction=True, accumulate="argmax", acc_init="minimum", unit_latency=4, error_rule="position"),
+]
+OPS_TABLE: dict[str, OpSpec] = {spec.name: spec for spec in _ROWS}
+
+
+def op_spec(name: str) -> OpSpec:
+    """The row of op ``name``; a clear error for an op the IR does not have."""
+    try:
+        return OPS_TABLE[name]
+    except KeyError:
+        raise ValueError(f"unknown IR op {name!r}; ops: {', '.join(OPS_TABLE)}") from None
+
+
+def aligned_operands(spec: OpSpec, vals: Sequence[np.ndarray], fracs: Sequence[int]) -> list[np.ndarray]:
+    """The operands as ``evaluate`` takes them: those in ``spec.aligned`` at their largest frac bits."""
+    if not spec.aligned:
+        return list(vals)
+    f = max(fracs[i] for i in spec.aligned)
+    return [align(v, fracs[i], f) if i in spec.aligned else v for i, v in enumerate(vals)]
+
+
+def alignment_shifts(spec: OpSpec, fracs: Sequence[int]) -> list[int]:
+    """Left shifts that align each operand (0 for those ``spec.aligned`` does not name)."""
+    if not spec.aligned:
+        return [0] * len(fracs)
+    f = max(fracs[i] for i in spec.aligned)
+    return [f - fr if i in spec.aligned else 0 for i, fr in enumerate(fracs)]
+
+
+def exact_frac(spec: OpSpec, fracs: Sequence[int], stage, kernel) -> int:
+    """Frac bits of the exact result of ``stage`` (a table's result: its entries' frac bits)."""
+    if spec.reads_table:
+        return kernel.buffers[stage.attrs["table"]].fmt.frac_bits
+    return spec.result_frac(fracs)
+
+
+__all__ = ["OPS_TABLE", "OpSpec", "aligned_operands", "alignment_shifts", "exact_frac", "op_spec"]
