@@ -20,9 +20,9 @@ from fx2fpga_runtime.fixed import Fixed
 from fx2fpga_runtime.ir import Access, Affine, Buffer, Kernel, Loop, Program, Stage
 from fx2fpga_runtime.ops import OPS_TABLE, OpSpec
 
-from fx2fpga import estimate
-from fx2fpga.codegen import hls, verilog
-from fx2fpga.passes import schedule
+from fx2fpga.backends.hls import emit as hls
+from fx2fpga.backends.rtl import emit as verilog
+from fx2fpga.passes import estimate, schedule
 
 from . import error_bounds
 
