@@ -47,8 +47,18 @@ def zoo_kernel() -> Kernel:
         Buffer("wb", (8, 5), F("ufixed<28,6>"), "input"),  # clashes with the loop variable j: renamed in C++
         Buffer("tbl", (9,), F("fixed<12,4>"), "const", init=(-2048, -1500, -700, 0, 300, -301, 1200, 2047, 1000)),
     ]
-    ij = (Loop("i", 4), Loop("j", 8))
     stages: list[Stage] = []
+    _zoo_elementwise(bufs, stages)
+    _zoo_reductions(bufs, stages)
+    buffers = {buf.name: buf for buf in bufs}
+    inputs = [buf.name for buf in bufs if buf.role == "input"]
+    outputs = [buf.name for buf in bufs if buf.role == "output"]
+    return Kernel("zoo", buffers, {"infer": Program("infer", inputs, outputs, stages)}, params=[])
+
+
+def _zoo_elementwise(bufs: list[Buffer], stages: list[Stage]) -> None:
+    """The zoo's elementwise stages (every rounding and overflow mode, comparisons, selects, tables, padding)."""
+    ij = (Loop("i", 4), Loop("j", 8))
 
     def ew(name, op, out_fmt, ins, lanes=1, lane_var=None, out_index=("i", "j"), loops=ij, **kw):
         bufs.append(Buffer(name, tuple(lp.extent for lp in loops if lp.var in out_index), out_fmt, "output"))
@@ -89,6 +99,12 @@ def zoo_kernel() -> Kernel:
     pad = Access("a", shifted, (Guard(shifted[0], 4), Guard(shifted[1], 8)))
     ew("o_pad", "add", F("fixed<9,3>"), (pad, B), lanes=3, lane_var="j")
     ew("o_pad_tab", "table", F("fixed<8,2,RND,SAT>"), (pad,), attrs={"table": "tbl", "lo": -40, "shift": 3})
+
+
+def _zoo_reductions(bufs: list[Buffer], stages: list[Stage]) -> None:
+    """The zoo's reductions (mac, sum, max, argmax; wide, padded and strided reads)."""
+    ij = (Loop("i", 4), Loop("j", 8))
+    A, B, P = (acc(n, "i", "j") for n in "abp")
 
     def red(name, op, out_fmt, acc_fmt, loops, out_index, ins, reduce, lanes=1, lane_var=None):
         shape = tuple(lp.extent for lp in loops if lp.var in out_index)
@@ -133,12 +149,6 @@ def zoo_kernel() -> Kernel:
     strided = Access("a", (Affine(e.terms, e.const, 2), Affine.var("j")), (Guard(e, 8, 2),))
     red("r_mac_strided", "mac", F("fixed<12,4>"), F("fixed<20,8>"), inj, ("i", "n"),
         (strided, acc("m", "j", "n"), acc("bias", "n")), ("j",), lanes=5, lane_var="n")
-
-    buffers = {buf.name: buf for buf in bufs}
-    inputs = [buf.name for buf in bufs if buf.role == "input"]
-    outputs = [buf.name for buf in bufs if buf.role == "output"]
-    return Kernel("zoo", buffers, {"infer": Program("infer", inputs, outputs, stages)}, params=[])
-
 
 def sgd_kernel() -> Kernel:
     """A linear layer trained on chip: its parameters are updated in place and persist."""

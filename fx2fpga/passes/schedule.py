@@ -354,28 +354,39 @@ def _eval(a: Affine, grid: list[np.ndarray], n: int, mask: np.ndarray) -> tuple[
 
 
 def _check_ports(phase: Phase, memories: dict[str, Memory], where: str) -> None:
+    """Check every port's indices against its buffer's shape, set its banks and index widths, and
+    reject two ports of one phase that need different words of one bank in the same cycle."""
     grid, n = _grid(phase), phase.iterations
-    located = {}
-    for port in phase.reads + phase.writes:
-        mem = memories[port.buffer]
-        if len(port.index) != len(mem.shape):
-            raise ScheduleError(f"{where}: {port.buffer} has shape {mem.shape}, indexed with {len(port.index)} indices")
-        mask = guard_mask(port.guard, grid, n)
-        idx, widths = [], []
-        for d, a in enumerate(port.index):
-            v, top = _eval(a, grid, n, mask)
-            widths.append(bits(top) if a.div != 1 or a.mod else bits(int(v.max()) if v.size else 0))
-            if v.size and (v.min() < 0 or v.max() >= mem.shape[d]):
-                raise ScheduleError(f"{where}: index {d} of {port.buffer} spans {v.min()}..{v.max()}, "
-                                    f"outside 0..{mem.shape[d] - 1}")
-            idx.append(v)
-        m = int(mask.sum())
-        bank, addr = mem.locate(idx) if idx else (np.zeros(m, dtype=np.int64), np.zeros(m, dtype=np.int64))
-        full_bank, full_addr = np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int64)
-        full_bank[mask], full_addr[mask] = bank, addr  # -1: no request at that iteration
-        located[id(port)] = (full_bank, full_addr)
-        port.banks = tuple(int(b) for b in np.unique(bank)) or (0,)  # (0,): a request that never happens
-        port.dim_bits = tuple(widths)
+    located = {id(port): _locate_port(port, memories[port.buffer], grid, n, where)
+               for port in phase.reads + phase.writes}
+    _check_bank_clashes(phase, located, grid, n, where)
+
+
+def _locate_port(port: Port, mem: Memory, grid, n: int, where: str):
+    """(bank, address) of ``port`` at each of the ``n`` iterations (-1: no request then); sets
+    ``port.banks`` and ``port.dim_bits``."""
+    if len(port.index) != len(mem.shape):
+        raise ScheduleError(f"{where}: {port.buffer} has shape {mem.shape}, indexed with {len(port.index)} indices")
+    mask = guard_mask(port.guard, grid, n)
+    idx, widths = [], []
+    for d, a in enumerate(port.index):
+        v, top = _eval(a, grid, n, mask)
+        widths.append(bits(top) if a.div != 1 or a.mod else bits(int(v.max()) if v.size else 0))
+        if v.size and (v.min() < 0 or v.max() >= mem.shape[d]):
+            raise ScheduleError(f"{where}: index {d} of {port.buffer} spans {v.min()}..{v.max()}, "
+                                f"outside 0..{mem.shape[d] - 1}")
+        idx.append(v)
+    m = int(mask.sum())
+    bank, addr = mem.locate(idx) if idx else (np.zeros(m, dtype=np.int64), np.zeros(m, dtype=np.int64))
+    full_bank, full_addr = np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int64)
+    full_bank[mask], full_addr[mask] = bank, addr  # -1: no request at that iteration
+    port.banks = tuple(int(b) for b in np.unique(bank)) or (0,)  # (0,): a request that never happens
+    port.dim_bits = tuple(widths)
+    return full_bank, full_addr
+
+
+def _check_bank_clashes(phase: Phase, located: dict, grid, n: int, where: str) -> None:
+    """Raise when two reads (or two writes) of one buffer need different words of one bank in the same cycle."""
     last = np.ones(n, dtype=bool)
     for k in phase.reduce:
         last &= grid[k] == phase.counters[k].count - 1

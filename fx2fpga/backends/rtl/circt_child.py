@@ -221,98 +221,112 @@ def build(spec: dict):
     return ctx, module
 
 
-def _body(spec: dict, net: _Net, args: dict, fsm, ir) -> dict:
-    """The controller's logic. Only the FSM, the loop counters and the drain counter have a reset:
-    every other register is a pipeline fed by them, and drains while ``rst`` is held (the top
-    stretches it to ``reset_cycles``), so the reset net stays small. Timing (cycles after a
-    request's issue, ``spec["taps"]``): the request's bank, address and guard are registered at
-    ``addr``, each bank's port at ``ram`` (a one-hot OR over the requests, not a priority chain),
-    the bank select of its data at ``operand - 1``. Every output is a register or one gate from
-    registers."""
-    phases = {ph["id"]: ph for ph in spec["phases"]}
-    pw, cw, m = spec["phase_bits"], spec["counter_bits"], spec["counters"]
-    tap_addr, tap_ram, tap_operand, tap_out = (spec["taps"][k] for k in ("addr", "ram", "operand", "out"))
-    out: dict[str, object] = {}
+class _Controller:
+    """The controller's logic, built step by step on a ``_Net`` (see ``_body``); each step emits its
+    registers and gates in the order the generated Verilog depends on."""
 
-    # the FSM, fed back by `done`; `on[p]`: the phase, registered one-hot (valid from its setup cycle on)
-    done_ph = net.wire(1)
-    inst = fsm.HWInstanceOp(outputs=[net.ty(pw)], inputs=[args["cmd_valid"], args["cmd"], done_ph.result],
-                            sym_name=ir.StringAttr.get("fsm"), machine=ir.FlatSymbolRefAttr.get(spec["fsm"]),
-                            clock=args["clk"], reset=args["rst"])
-    phase = inst.results[0]
-    now = {p: net.eq_const(phase, p) for p in phases}
-    on = {p: net.delayed(f"on_p{p}", now[p]) for p in phases}
-    setup = net.not_(net.cmp("eq", phase, net.delayed("phase_q", phase)))  # a phase's first cycle
-    running = net.delayed("running", net.not_(net.eq_const(phase, 0)))
+    def __init__(self, spec: dict, net: _Net, args: dict):
+        self.spec, self.net, self.args = spec, net, args
+        self.phases = {ph["id"]: ph for ph in spec["phases"]}
+        self.pw, self.cw, self.m = spec["phase_bits"], spec["counter_bits"], spec["counters"]
+        self.tap_addr, self.tap_ram, self.tap_operand, self.tap_out = (
+            spec["taps"][k] for k in ("addr", "ram", "operand", "out"))
+        self.out: dict[str, object] = {}
 
-    def per_phase(name: str, value_of, width: int):
+    def phase_fsm(self, fsm, ir):
+        """The FSM, fed back by ``done``; ``on[p]``: the phase, registered one-hot (valid from its setup cycle on)."""
+        net, args, spec = self.net, self.args, self.spec
+        self.done_ph = net.wire(1)
+        inst = fsm.HWInstanceOp(outputs=[net.ty(self.pw)], inputs=[args["cmd_valid"], args["cmd"], self.done_ph.result],
+                                sym_name=ir.StringAttr.get("fsm"), machine=ir.FlatSymbolRefAttr.get(spec["fsm"]),
+                                clock=args["clk"], reset=args["rst"])
+        self.phase = phase = inst.results[0]
+        self.now = {p: net.eq_const(phase, p) for p in self.phases}
+        self.on = {p: net.delayed(f"on_p{p}", self.now[p]) for p in self.phases}
+        self.setup = net.not_(net.cmp("eq", phase, net.delayed("phase_q", phase)))  # a phase's first cycle
+        self.running = net.delayed("running", net.not_(net.eq_const(phase, 0)))
+
+    def per_phase(self, name: str, value_of, width: int):
         """A register loaded with the phase's constant ``value_of(ph)`` (valid after the setup cycle)."""
-        return net.delayed(name, net.onehot([(now[p], net.const(value_of(ph), width)) for p, ph in phases.items()
-                                             if value_of(ph)], width))
+        net = self.net
+        return net.delayed(name, net.onehot([(self.now[p], net.const(value_of(ph), width))
+                                             for p, ph in self.phases.items() if value_of(ph)], width))
 
-    # shared counters: every phase counts c0 .. c<m-1> up to its limits (0 for loops it lacks)
-    cnt, set_cnt = zip(*[net.reg(f"c{k}", cw) for k in range(m)], strict=True) if m else ((), ())
-    limit = [per_phase(f"limit{k}", lambda ph, k=k: ph["counters"][k] - 1 if k < len(ph["counters"]) else 0, cw)
-             for k in range(m)]
-    draining, set_draining = net.reg("draining", 1)
-    dw = max(1, max(ph["write_delay"] for ph in phases.values()).bit_length())
-    dcnt, set_dcnt = net.reg("drain_count", dw)
-    unpack_ids = [p for p, ph in phases.items() if ph["kind"] == "unpack"]
-    is_unpack = net.delayed("unpack_q", net.or_(*[now[p] for p in unpack_ids])) if unpack_ids else None
-    can_issue = net.and_(running, net.not_(setup), net.not_(draining))
-    issue = net.and_(can_issue, net.or_(net.not_(is_unpack), args["in_valid"])) if unpack_ids else can_issue
-    lasts = [net.cmp("eq", cnt[k], limit[k]) for k in range(m)]
-    for k in range(m):
-        stepped = net.mux(lasts[k], net.const(0, cw), net.add(cnt[k], net.const(1, cw)))
-        set_cnt[k](net.mux(net.and_(issue, *lasts[k + 1:]), stepped, cnt[k]))
-    last_all = net.and_(issue, *lasts)
-    no_delay = net.delayed("no_delay", net.or_(*[now[p] for p, ph in phases.items() if ph["write_delay"] == 0]))
-    drain_init = per_phase("drain_init", lambda ph: max(0, ph["write_delay"] - 1), dw)
-    drained = net.and_(draining, net.eq_const(dcnt, 0))
-    net.connect(done_ph, net.or_(net.and_(last_all, no_delay), drained))
-    set_draining(net.mux(draining, net.not_(net.eq_const(dcnt, 0)), net.and_(last_all, net.not_(no_delay))))
-    set_dcnt(net.mux(draining, net.sub(dcnt, net.const(1, dw)), drain_init))
+    def counters(self):
+        """Shared counters: every phase counts c0 .. c<m-1> up to its limits (0 for loops it lacks); the
+        issue (stalled by setup, draining and an unpack's missing input) and the drain counter."""
+        net, args, phases, m, cw = self.net, self.args, self.phases, self.m, self.cw
+        self.cnt, set_cnt = zip(*[net.reg(f"c{k}", cw) for k in range(m)], strict=True) if m else ((), ())
+        limit = [self.per_phase(f"limit{k}", lambda ph, k=k: ph["counters"][k] - 1 if k < len(ph["counters"]) else 0,
+                                cw)
+                 for k in range(m)]
+        draining, set_draining = net.reg("draining", 1)
+        dw = max(1, max(ph["write_delay"] for ph in phases.values()).bit_length())
+        dcnt, set_dcnt = net.reg("drain_count", dw)
+        self.unpack_ids = [p for p, ph in phases.items() if ph["kind"] == "unpack"]
+        self.is_unpack = (net.delayed("unpack_q", net.or_(*[self.now[p] for p in self.unpack_ids]))
+                          if self.unpack_ids else None)
+        self.can_issue = can_issue = net.and_(self.running, net.not_(self.setup), net.not_(draining))
+        self.issue = issue = (net.and_(can_issue, net.or_(net.not_(self.is_unpack), args["in_valid"]))
+                              if self.unpack_ids else can_issue)
+        lasts = [net.cmp("eq", self.cnt[k], limit[k]) for k in range(m)]
+        for k in range(m):
+            stepped = net.mux(lasts[k], net.const(0, cw), net.add(self.cnt[k], net.const(1, cw)))
+            set_cnt[k](net.mux(net.and_(issue, *lasts[k + 1:]), stepped, self.cnt[k]))
+        last_all = net.and_(issue, *lasts)
+        no_delay = net.delayed("no_delay", net.or_(*[self.now[p] for p, ph in phases.items()
+                                                     if ph["write_delay"] == 0]))
+        drain_init = self.per_phase("drain_init", lambda ph: max(0, ph["write_delay"] - 1), dw)
+        drained = net.and_(draining, net.eq_const(dcnt, 0))
+        net.connect(self.done_ph, net.or_(net.and_(last_all, no_delay), drained))
+        set_draining(net.mux(draining, net.not_(net.eq_const(dcnt, 0)), net.and_(last_all, net.not_(no_delay))))
+        set_dcnt(net.mux(draining, net.sub(dcnt, net.const(1, dw)), drain_init))
 
-    # delay line: the issue and the counters t cycles after issue; a delayed counter keeps only the
-    # bits the write requests computed at that tap (or later) need
-    def compute_tap(port: dict) -> int:  # a write's address is computed two registers ahead of its port
-        return port["tap"] - tap_ram
+    def compute_tap(self, port: dict) -> int:
+        """A write's address is computed two registers ahead of its port."""
+        return port["tap"] - self.tap_ram
 
-    max_tap = max([tap_out, tap_operand] + [compute_tap(w) for w in spec["writes"]])
-    need = [[0] * m for _ in range(max_tap + 2)]
-    for port in spec["writes"]:
-        t, ph = compute_tap(port), phases[port["phase"]]
-        used = {k for a in port["index"] + port.get("guard", []) for k, _ in a["terms"]}
-        used |= set(ph["reduce"] if port.get("last_only") else ())
-        for k in used:
-            need[t][k] = max(need[t][k], (ph["counters"][k] - 1).bit_length() or 1)
-    for t in range(max_tap, 0, -1):
-        need[t] = [max(a, b) for a, b in zip(need[t], need[t + 1], strict=True)]
-    # a phase's setup cycle clears the issues still in flight from the phase before (they are past
-    # its last write, but a later phase's requests at later taps would take them for its own)
-    issue_at, counters_at = [issue], [list(cnt)]
-    for t in range(1, max_tap + 1):
-        issue_at.append(net.delayed(f"issue_d{t}", net.mux(setup, net.const(0, 1), issue_at[t - 1])))
-        counters_at.append([net.delayed(f"c{k}_d{t}", net.resize(c, need[t][k]), None) if need[t][k] else None
-                            for k, c in enumerate(counters_at[t - 1])])
+    def delay_line(self):
+        """The issue and the counters t cycles after issue; a delayed counter keeps only the bits the
+        write requests computed at that tap (or later) need."""
+        net, spec, phases, m = self.net, self.spec, self.phases, self.m
+        max_tap = max([self.tap_out, self.tap_operand] + [self.compute_tap(w) for w in spec["writes"]])
+        need = [[0] * m for _ in range(max_tap + 2)]
+        for port in spec["writes"]:
+            t, ph = self.compute_tap(port), phases[port["phase"]]
+            used = {k for a in port["index"] + port.get("guard", []) for k, _ in a["terms"]}
+            used |= set(ph["reduce"] if port.get("last_only") else ())
+            for k in used:
+                need[t][k] = max(need[t][k], (ph["counters"][k] - 1).bit_length() or 1)
+        for t in range(max_tap, 0, -1):
+            need[t] = [max(a, b) for a, b in zip(need[t], need[t + 1], strict=True)]
+        # a phase's setup cycle clears the issues still in flight from the phase before (they are past
+        # its last write, but a later phase's requests at later taps would take them for its own)
+        self.issue_at, self.counters_at = [self.issue], [list(self.cnt)]
+        for t in range(1, max_tap + 1):
+            self.issue_at.append(net.delayed(f"issue_d{t}", net.mux(self.setup, net.const(0, 1), self.issue_at[t - 1])))
+            self.counters_at.append([net.delayed(f"c{k}_d{t}", net.resize(c, need[t][k]), None) if need[t][k] else None
+                                     for k, c in enumerate(self.counters_at[t - 1])])
 
-    def delay(name: str, v, cycles: int):
+    def delay(self, name: str, v, cycles: int):
+        """``v`` through ``cycles`` registers named ``<name>_d1 ..``."""
         for t in range(cycles):
-            v = net.delayed(f"{name}_d{t + 1}", v)
+            v = self.net.delayed(f"{name}_d{t + 1}", v)
         return v
 
-    def affine_at(t: int):
+    def affine_at(self, t: int):
         """``affine(terms, const, w)``: sum(c * counter) + const in w bits from the counters at tap t."""
-        counters = counters_at[t]
+        net, counters = self.net, self.counters_at[t]
 
         def affine(terms, const, w):
             vs = [net.mul_const(net.resize(counters[k], w), c) for k, c in terms]
             return net.add(*vs, net.const(const, w)) if const or not vs else net.add(*vs)
         return affine
 
-    def guard_ok(port: dict, t: int):
+    def guard_ok(self, port: dict, t: int):
         """1 where every guard of the request holds (``0 <= e < bound``, ``e % step == 0``), at tap t."""
-        counts = phases[port["phase"]]["counters"]
+        net = self.net
+        counts = self.phases[port["phase"]]["counters"]
         conds = []
         for g in port.get("guard", []):
             lo = g["const"] + sum(min(0, c * (counts[k] - 1)) for k, c in g["terms"])
@@ -321,7 +335,7 @@ def _body(spec: dict, net: _Net, args: dict, fsm, ir) -> dict:
                 continue  # holds everywhere
             # e in two's complement: a negative e reads as a large unsigned number, >= bound
             w = max(abs(lo).bit_length(), hi.bit_length(), g["bound"].bit_length()) + 1
-            e = affine_at(t)(g["terms"], g["const"], w)
+            e = self.affine_at(t)(g["terms"], g["const"], w)
             conds.append(net.cmp("ult", e, net.const(g["bound"], w)))
             step = g["step"]
             if step > 1 and step & (step - 1) == 0:
@@ -330,113 +344,160 @@ def _body(spec: dict, net: _Net, args: dict, fsm, ir) -> dict:
                 conds.append(net.eq_const(net.modu(e, net.const(step, w)), 0))
         return net.and_(*conds) if conds else True
 
-    def locate(port: dict, t: int):
+    def locate(self, port: dict, t: int):
         """(bank, address) of a request from the counters at tap t, in exact widths (no unused bits)."""
-        mem = spec["memories"][port["memory"]]
+        net = self.net
+        mem = self.spec["memories"][port["memory"]]
         bw, aw = mem["bank_bits"], mem["addr_bits"]
         bank, addr = net.const(0, bw), net.const(0, aw)
-        affine = affine_at(t)
-
+        affine = self.affine_at(t)
         for a, f, rows, w in zip(port["index"], mem["factors"], mem["bank_shape"], port["dim_bits"], strict=True):
-            rw = max(1, (rows - 1).bit_length())
-            if a["div"] == 1 and not a["mod"] and all(c % f == 0 for _, c in a["terms"]):
-                # aligned (every lane group starts a bank row): a fixed bank, an exact row
-                bank = net.add(net.mul_const(bank, f), net.const(a["const"] % f, bw)) if f > 1 else bank
-                row = affine([(k, c // f) for k, c in a["terms"]], a["const"] // f, rw) if rows > 1 else None
-            elif a["div"] == 1 and a["mod"] and a["mod"] & (a["mod"] - 1) == 0:  # % 2^m: exact in m bits
-                v = affine(a["terms"], a["const"], max(1, a["mod"].bit_length() - 1))
-                w = max(1, a["mod"].bit_length() - 1)
-                if f > 1:
-                    bank, v = _split(net, bank, v, w, f, bw)
-                row = (v if v is not None else net.const(0, 1)) if rows > 1 else None
-            else:
-                v = affine(a["terms"], a["const"], w)
-                if a["div"] != 1:
-                    v = net.divu(v, net.const(a["div"], w))
-                if a["mod"]:
-                    v = net.modu(v, net.const(a["mod"], w))
-                if f > 1:
-                    bank, v = _split(net, bank, v, w, f, bw)
-                row = (v if v is not None else net.const(0, 1)) if rows > 1 else None
+            bank, row = _index_dim(net, affine, bank, a, f, rows, w, bw)
             if row is not None:
                 # the row in exactly the bits its rows need: bits above are 0 at every request (dropped)
+                rw = max(1, (rows - 1).bit_length())
                 addr = net.add(net.mul_const(addr, rows), net.resize(net.resize(row, rw), aw))
         return bank, addr
 
-    def request(name: str, port: dict, t: int, *conds):
+    def request(self, name: str, port: dict, t: int, *conds):
         """The request's registers at tap t + 1: (hit, bank or None, address), from the counters at tap t."""
-        bank, addr = locate(port, t)
-        hit = net.delayed(f"{name}_hit", net.and_(issue_at[t], on[port["phase"]], *conds))
+        net = self.net
+        bank, addr = self.locate(port, t)
+        hit = net.delayed(f"{name}_hit", net.and_(self.issue_at[t], self.on[port["phase"]], *conds))
         bank_q = net.delayed(f"{name}_bank", bank, None) if len(port["banks"]) > 1 else None
         return hit, bank_q, net.delayed(f"{name}_addr", addr, None)
 
-    def bank_hit(hit, bank_q, b: int):
-        return hit if bank_q is None else net.and_(hit, net.eq_const(bank_q, b))
+    def bank_hit(self, hit, bank_q, b: int):
+        """The request's hit on bank ``b`` (its hit when the port has one bank)."""
+        return hit if bank_q is None else self.net.and_(hit, self.net.eq_const(bank_q, b))
 
-    # reads: request registers at tap 1, bank ports at tap 2, data select at operand - 1, guard at operand
-    raddr_cases: dict[tuple[str, int], list] = {}
-    for r, port in enumerate(spec["reads"]):
-        ok = guard_ok(port, 0)  # a guarded-off request takes no port
-        ok_q = net.delayed(f"rd{r}_ok", net.and_(ok)) if port.get("ok") else None
-        hit, bank_q, addr = request(f"rd{r}", port, 0, ok)
-        for b in port["banks"]:
-            raddr_cases.setdefault((port["memory"], b), []).append((bank_hit(hit, bank_q, b), addr))
-        if port.get("ok"):
-            out[port["ok"]] = delay(port["ok"], ok_q, tap_operand - tap_addr)
-        if port.get("sel"):
-            out[port["sel"]] = delay(port["sel"], bank_q, tap_operand - 1 - tap_addr)
-    # writes: request registers at tap - 1 (from the counters at tap - 2), bank ports at the tap
-    wport_cases: dict[tuple[str, int], list] = {}
-    for w, port in enumerate(spec["writes"]):
-        t, ph = compute_tap(port), phases[port["phase"]]
-        conds = [guard_ok(port, t)]
-        if port["last_only"]:
-            conds += [net.eq_const(counters_at[t][k], ph["counters"][k] - 1) for k in ph["reduce"]]
-        hit, bank_q, addr = request(f"wr{w}", port, t, *conds)
-        for b in port["banks"]:
-            wport_cases.setdefault((port["memory"], b), []).append(
-                (bank_hit(hit, bank_q, b), addr, port["source"][str(b)]))
-    for name, mem in spec["memories"].items():
-        aw = mem["addr_bits"]
-        for b in range(mem["banks"]):
-            ports = mem["ports"][b]
-            if ports.get("raddr"):
-                out[ports["raddr"]] = net.delayed(ports["raddr"] + "_q", net.onehot(raddr_cases.get((name, b), []), aw),
-                                                  None)
-            if ports.get("we"):
-                cases = wport_cases.get((name, b), [])
-                out[ports["we"]] = net.delayed(ports["we"] + "_q", net.or_(*[h for h, _, _ in cases]))
-                out[ports["waddr"]] = net.delayed(ports["waddr"] + "_q", net.onehot([(h, a) for h, a, _ in cases], aw),
-                                                  None)
-                if ports.get("wsel"):  # the write data's source, one cycle ahead (the top registers the data)
-                    sw = ports["wsel_bits"]
-                    out[ports["wsel"]] = net.onehot([(h, net.const(s, sw)) for h, _, s in cases if s], sw)
+    def reads(self) -> dict[tuple[str, int], list]:
+        """Read requests: registers at tap 1, bank ports at tap 2, data select at operand - 1, guard at
+        operand; answers (memory, bank) -> [(hit, address)]."""
+        net, out = self.net, self.out
+        raddr_cases: dict[tuple[str, int], list] = {}
+        for r, port in enumerate(self.spec["reads"]):
+            ok = self.guard_ok(port, 0)  # a guarded-off request takes no port
+            ok_q = net.delayed(f"rd{r}_ok", net.and_(ok)) if port.get("ok") else None
+            hit, bank_q, addr = self.request(f"rd{r}", port, 0, ok)
+            for b in port["banks"]:
+                raddr_cases.setdefault((port["memory"], b), []).append((self.bank_hit(hit, bank_q, b), addr))
+            if port.get("ok"):
+                out[port["ok"]] = self.delay(port["ok"], ok_q, self.tap_operand - self.tap_addr)
+            if port.get("sel"):
+                out[port["sel"]] = self.delay(port["sel"], bank_q, self.tap_operand - 1 - self.tap_addr)
+        return raddr_cases
 
-    # datapath and stream control
-    for p, port in spec["go"].items():
-        out[port] = net.delayed(port + "_q", net.and_(issue_at[tap_operand - 1], on[int(p)]))
-    for p, port in spec.get("act", {}).items():
-        out[port] = on[int(p)]
-    # each reduction's own `first` (a shared one would be merged into one register of huge fanout)
-    for p, port in spec.get("first", {}).items():
-        first = net.and_(on[int(p)], *[net.eq_const(cnt[k], 0) for k in phases[int(p)]["reduce"]])
-        out[port] = delay(port, first, tap_operand)
-    out["idle"] = net.and_(net.eq_const(phase, 0), net.not_(args["rst"]))
-    out["in_ready"] = net.and_(can_issue, is_unpack) if unpack_ids else net.const(0, 1)
-    packs = [p for p, ph in phases.items() if ph["kind"] == "pack"]
-    out["out_valid"] = net.delayed("out_valid_q", net.and_(issue_at[tap_out - 1], net.or_(*[on[p] for p in packs]))) \
-        if packs else net.const(0, 1)
-    if spec.get("out_sel_bits"):
-        sw = spec["out_sel_bits"]
-        out["out_sel"] = net.onehot([(on[p], net.const(i, sw)) for i, p in enumerate(packs) if i], sw)
-    # every bit the address arithmetic drops on purpose, folded into one output the top leaves
-    # unconnected under an `unused_` name (Verilator's convention): no lint warning, no logic
-    dropped = net.dropped
-    out["unused_bits"] = net.comb.ParityOp(net.comb.ConcatOp(dropped).result).result if dropped else net.const(0, 1)
-    missing = [n for n, _ in spec["outputs"] if n not in out]
-    if missing:
-        raise ControllerError(f"controller outputs without a driver: {missing}")
-    return {n: out[n] for n, _ in spec["outputs"]}
+    def writes(self) -> dict[tuple[str, int], list]:
+        """Write requests: registers at tap - 1 (from the counters at tap - 2), bank ports at the tap;
+        answers (memory, bank) -> [(hit, address, data source)]."""
+        net = self.net
+        wport_cases: dict[tuple[str, int], list] = {}
+        for w, port in enumerate(self.spec["writes"]):
+            t, ph = self.compute_tap(port), self.phases[port["phase"]]
+            conds = [self.guard_ok(port, t)]
+            if port["last_only"]:
+                conds += [net.eq_const(self.counters_at[t][k], ph["counters"][k] - 1) for k in ph["reduce"]]
+            hit, bank_q, addr = self.request(f"wr{w}", port, t, *conds)
+            for b in port["banks"]:
+                wport_cases.setdefault((port["memory"], b), []).append(
+                    (self.bank_hit(hit, bank_q, b), addr, port["source"][str(b)]))
+        return wport_cases
+
+    def bank_ports(self, raddr_cases: dict, wport_cases: dict) -> None:
+        """Each bank's read address, write enable, write address and write data select: a registered
+        one-hot OR over the requests of that bank, not a priority chain."""
+        net, out = self.net, self.out
+        for name, mem in self.spec["memories"].items():
+            aw = mem["addr_bits"]
+            for b in range(mem["banks"]):
+                ports = mem["ports"][b]
+                if ports.get("raddr"):
+                    out[ports["raddr"]] = net.delayed(ports["raddr"] + "_q",
+                                                      net.onehot(raddr_cases.get((name, b), []), aw), None)
+                if ports.get("we"):
+                    cases = wport_cases.get((name, b), [])
+                    out[ports["we"]] = net.delayed(ports["we"] + "_q", net.or_(*[h for h, _, _ in cases]))
+                    out[ports["waddr"]] = net.delayed(ports["waddr"] + "_q",
+                                                      net.onehot([(h, a) for h, a, _ in cases], aw), None)
+                    if ports.get("wsel"):  # the write data's source, one cycle ahead (the top registers the data)
+                        sw = ports["wsel_bits"]
+                        out[ports["wsel"]] = net.onehot([(h, net.const(s, sw)) for h, _, s in cases if s], sw)
+
+    def stream_control(self) -> None:
+        """Datapath (go, act, each reduction's first) and stream (idle, in_ready, out_valid, out_sel) outputs."""
+        net, out, spec, on, phases = self.net, self.out, self.spec, self.on, self.phases
+        for p, port in spec["go"].items():
+            out[port] = net.delayed(port + "_q", net.and_(self.issue_at[self.tap_operand - 1], on[int(p)]))
+        for p, port in spec.get("act", {}).items():
+            out[port] = on[int(p)]
+        # each reduction's own `first` (a shared one would be merged into one register of huge fanout)
+        for p, port in spec.get("first", {}).items():
+            first = net.and_(on[int(p)], *[net.eq_const(self.cnt[k], 0) for k in phases[int(p)]["reduce"]])
+            out[port] = self.delay(port, first, self.tap_operand)
+        out["idle"] = net.and_(net.eq_const(self.phase, 0), net.not_(self.args["rst"]))
+        out["in_ready"] = net.and_(self.can_issue, self.is_unpack) if self.unpack_ids else net.const(0, 1)
+        packs = [p for p, ph in phases.items() if ph["kind"] == "pack"]
+        out["out_valid"] = net.delayed("out_valid_q", net.and_(self.issue_at[self.tap_out - 1],
+                                                               net.or_(*[on[p] for p in packs]))) \
+            if packs else net.const(0, 1)
+        if spec.get("out_sel_bits"):
+            sw = spec["out_sel_bits"]
+            out["out_sel"] = net.onehot([(on[p], net.const(i, sw)) for i, p in enumerate(packs) if i], sw)
+
+    def outputs(self) -> dict:
+        """The output values by port name, with ``unused_bits``: every bit the address arithmetic drops on
+        purpose, folded into one output the top leaves unconnected under an ``unused_`` name
+        (Verilator's convention): no lint warning, no logic."""
+        net, out = self.net, self.out
+        dropped = net.dropped
+        out["unused_bits"] = net.comb.ParityOp(net.comb.ConcatOp(dropped).result).result if dropped else net.const(0, 1)
+        missing = [n for n, _ in self.spec["outputs"] if n not in out]
+        if missing:
+            raise ControllerError(f"controller outputs without a driver: {missing}")
+        return {n: out[n] for n, _ in self.spec["outputs"]}
+
+
+def _index_dim(net: _Net, affine, bank, a: dict, f: int, rows: int, w: int, bw: int):
+    """One index dimension ``a`` of a request over ``f`` cyclic banks of ``rows`` rows (``w`` bits
+    wide): (the bank so far, extended by this dimension; the row, or None for a single row)."""
+    rw = max(1, (rows - 1).bit_length())
+    if a["div"] == 1 and not a["mod"] and all(c % f == 0 for _, c in a["terms"]):
+        # aligned (every lane group starts a bank row): a fixed bank, an exact row
+        bank = net.add(net.mul_const(bank, f), net.const(a["const"] % f, bw)) if f > 1 else bank
+        row = affine([(k, c // f) for k, c in a["terms"]], a["const"] // f, rw) if rows > 1 else None
+        return bank, row
+    if a["div"] == 1 and a["mod"] and a["mod"] & (a["mod"] - 1) == 0:  # % 2^m: exact in m bits
+        v = affine(a["terms"], a["const"], max(1, a["mod"].bit_length() - 1))
+        w = max(1, a["mod"].bit_length() - 1)
+    else:
+        v = affine(a["terms"], a["const"], w)
+        if a["div"] != 1:
+            v = net.divu(v, net.const(a["div"], w))
+        if a["mod"]:
+            v = net.modu(v, net.const(a["mod"], w))
+    if f > 1:
+        bank, v = _split(net, bank, v, w, f, bw)
+    return bank, ((v if v is not None else net.const(0, 1)) if rows > 1 else None)
+
+
+def _body(spec: dict, net: _Net, args: dict, fsm, ir) -> dict:
+    """The controller's logic. Only the FSM, the loop counters and the drain counter have a reset:
+    every other register is a pipeline fed by them, and drains while ``rst`` is held (the top
+    stretches it to ``reset_cycles``), so the reset net stays small. Timing (cycles after a
+    request's issue, ``spec["taps"]``): the request's bank, address and guard are registered at
+    ``addr``, each bank's port at ``ram`` (a one-hot OR over the requests, not a priority chain),
+    the bank select of its data at ``operand - 1``. Every output is a register or one gate from
+    registers."""
+    c = _Controller(spec, net, args)
+    c.phase_fsm(fsm, ir)
+    c.counters()
+    c.delay_line()
+    raddr_cases = c.reads()
+    wport_cases = c.writes()
+    c.bank_ports(raddr_cases, wport_cases)
+    c.stream_control()
+    return c.outputs()
 
 
 def _fill_fsm_default(module, fsm_name: str) -> None:
