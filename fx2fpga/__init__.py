@@ -6,8 +6,6 @@
     loss = k.train_step(x, y); logits = k.infer(x)
 """
 
-__version__ = "0.1.0"
-
 from fx2fpga_runtime import load  # noqa: E402
 from fx2fpga_runtime.fixed import Fixed  # noqa: E402
 
@@ -16,6 +14,7 @@ from .frontend import GD, SGD, trace  # noqa: E402
 from .passes import PIPELINE  # noqa: E402
 from .passes.quantize import Precision  # noqa: E402
 from .targets import Target, list_targets, load_target  # noqa: E402
+from .version import __version__  # noqa: E402
 
 
 def targets() -> list[str]:

@@ -10,11 +10,11 @@ from fx2fpga_runtime import interface
 from fx2fpga_runtime.runner import EmuBackend, KernelRunner
 from fx2fpga_runtime.testbench import VECTORS, vectors_text
 
-from .. import __version__
 from ..backends.hls import emit as hls
 from ..backends.hls.emit import _env
 from ..backends.rtl import emit as verilog
 from ..passes import estimate
+from ..version import __version__
 
 REGISTER_MAP = interface.REGISTER_MAP  # one map for the HLS and the RTL kernel (rtl/<name>_axi.v)
 

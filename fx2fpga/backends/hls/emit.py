@@ -21,6 +21,7 @@ from fx2fpga_runtime.ops import OPS_TABLE
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from fx2fpga.errors import Fx2fpgaError
+from fx2fpga.version import __version__
 
 MAX_LITERAL_WIDTH = 53  # init values are written as double literals: exact up to 53 bits
 TABLE_RAW_WIDTH = 64  # the table interpolation works on 64-bit raw integers
@@ -472,7 +473,7 @@ def generate(kernel: Kernel, version: str) -> dict[str, str]:
 def generate_testbench(kernel: Kernel, vectors: list[tuple[str, np.ndarray, np.ndarray]],
                        version: str = "") -> dict[str, str]:
     """A C testbench (``src/tb_<name>.cpp`` + its data header) replaying ``(command, in, expected out)``."""
-    ctx = _context(kernel, version or _version())
+    ctx = _context(kernel, version or __version__)
     codes = {c["name"]: c for c in ctx["commands"]}
     vecs = []
     for i, (cmd, words_in, words_out) in enumerate(vectors):
@@ -493,8 +494,3 @@ def generate_testbench(kernel: Kernel, vectors: list[tuple[str, np.ndarray, np.n
         f"src/{ctx['data_header']}": env.get_template("hls/tb_data.h.j2").render(ctx),
     }
 
-
-def _version() -> str:
-    from fx2fpga import __version__
-
-    return __version__
