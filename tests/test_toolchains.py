@@ -211,3 +211,27 @@ def test_synthesize_needs_rtl(tmp_path):
     (tmp_path / "rtl" / "README.md").write_text("# rtl\n\nThe RTL backend cannot map this kernel yet.\n")
     with pytest.raises(Fx2fpgaError, match="has no RTL to synthesize: The RTL backend cannot map this kernel yet"):
         yosys_flow.synthesize(tmp_path, "xc7", "top")
+
+
+# ----- Vivado -------------------------------------------------------------------------------------------------
+
+def test_vivado_flow_runs_vitis_hls_then_vivado_in_the_project(places, tmp_path):
+    """Fake vitis_hls and vivado (scripts that log their arguments and folder) in the venv: the build runs
+    both, in order, in the project folder; without vivado the error names it and the commands to run."""
+    from fx2fpga.toolchains import vivado
+
+    venv, _, _ = places
+    calls = tmp_path / "calls.txt"
+    for name in ("vitis_hls", "vivado"):
+        exe = venv / name
+        exe.write_text(f'#!/bin/sh\necho "{name} $* in $(pwd)" >> {calls}\n')
+        exe.chmod(0o755)
+    project = tmp_path / "proj"
+    project.mkdir()
+    assert vivado.build(project, "pynq-z1") == 0
+    assert calls.read_text().splitlines() == [f"vitis_hls -f hls.tcl in {project}",
+                                              f"vivado -mode batch -source build.tcl in {project}"]
+    (venv / "vivado").unlink()
+    with pytest.raises(ToolNotFoundError, match=r"^vivado not found on PATH: building a bitstream for pynq-z1 "
+                                                r"needs AMD Vivado and Vitis HLS"):
+        vivado.build(project, "pynq-z1")

@@ -15,6 +15,8 @@ alone, so it may not import ``fx2fpga``. This package re-exports them (raising `
 
 from __future__ import annotations
 
+from importlib import metadata
+
 from fx2fpga_runtime.toolchain import (
     cache_dir,
     cache_entry,
@@ -37,5 +39,13 @@ def require_tool(name: str, install: str = "", **options) -> str:
     return _require_tool(name, install, error=ToolNotFoundError, **options)
 
 
-__all__ = ["ToolNotFoundError", "cache_dir", "cache_entry", "cached_build", "package_dir", "parse_version",
-           "require_tool", "source_digest", "source_files", "tool_env_var", "tool_version"]
+def package_version(distribution: str) -> str:
+    """The installed version of a pip package (``'unknown'`` if it is not installed): part of cache keys."""
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+__all__ = ["ToolNotFoundError", "cache_dir", "cache_entry", "cached_build", "package_dir", "package_version",
+           "parse_version", "require_tool", "source_digest", "source_files", "tool_env_var", "tool_version"]

