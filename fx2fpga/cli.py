@@ -5,13 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import runpy
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from .errors import Fx2fpgaError, ModelFileError, ToolNotFoundError
+from .errors import Fx2fpgaError, ModelFileError
 
 
 def _progress(msg: str) -> None:
@@ -71,7 +69,7 @@ def cmd_report(args) -> int:
     if not report.is_file():
         raise Fx2fpgaError(f"{args.project} has no report.md: is it an fx2fpga project folder?")
     if not args.no_synth and (Path(args.project) / "rtl" / "files.f").is_file():
-        from .synth import add_to_report
+        from .toolchains.yosys import add_to_report
 
         add_to_report(Path(args.project), log=_progress)
     print(report.read_text())
@@ -87,22 +85,13 @@ def cmd_build(args) -> int:
     manifest = json.loads((project / "manifest.json").read_text())
     if load_target(manifest["target"]["name"]).family == "ecp5":
         return _build_ecp5(project)
-    missing = [t for t in ("vitis_hls", "vivado") if shutil.which(t) is None]
-    if missing:
-        raise ToolNotFoundError(
-            f"{' and '.join(missing)} not found on PATH: building a bitstream for {manifest['target']['name']} "
-            f"needs AMD Vivado and Vitis HLS (2022.1 or newer). On a machine that has them run, in {project}:\n"
-            f"  vitis_hls -f hls.tcl && vivado -mode batch -source build.tcl\n"
-            f"Everything before that runs here: fx2fpga sim {project} --backend csim")
-    _progress("running Vitis HLS (C simulation, synthesis, IP export)")
-    subprocess.run(["vitis_hls", "-f", "hls.tcl"], cwd=project, check=True)
-    _progress("running Vivado (block design, implementation, bitstream)")
-    subprocess.run(["vivado", "-mode", "batch", "-source", "build.tcl"], cwd=project, check=True)
-    return 0
+    from .toolchains import vivado
+
+    return vivado.build(project, manifest["target"]["name"], log=_progress)
 
 
 def _build_ecp5(project: Path) -> int:
-    from .ecp5 import build
+    from .toolchains.ecp5 import build
 
     t0 = time.perf_counter()
     result = build(project, log=_progress)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fx2fpga_runtime.toolchain import ToolNotFoundError as _MissingTool
+
 
 class Fx2fpgaError(Exception):
     """Base class of every error fx2fpga raises on purpose."""
@@ -48,8 +50,9 @@ class ResourceBudgetError(Fx2fpgaError):
         super().__init__(f"the design does not fit {target}:\n" + "\n".join(lines) + extra)
 
 
-class ToolNotFoundError(Fx2fpgaError):
-    """An external tool (g++, Vivado, Vitis HLS, ...) is not installed here."""
+class ToolNotFoundError(Fx2fpgaError, _MissingTool):
+    """An external tool (g++, Vivado, Vitis HLS, ...) is not installed here (also the runtime's
+    ``ToolNotFoundError``, a ``FileNotFoundError``)."""
 
 
 class TraceError(Fx2fpgaError):

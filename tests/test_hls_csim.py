@@ -16,6 +16,7 @@ from fx2fpga_runtime.csim import CXX_FLAGS, CsimBackend, ap_types_dir
 from fx2fpga_runtime.fixed import BOOL, Fixed
 from fx2fpga_runtime.ir import OPS, Access, Affine, Buffer, Guard, Kernel, Loop, Program, Stage
 from fx2fpga_runtime.runner import EmuBackend, KernelRunner
+from fx2fpga_runtime.toolchain import require_tool
 
 from fx2fpga.backends.hls import emit as hls
 
@@ -376,13 +377,13 @@ def test_testbench_passes_golden_vectors_and_fails_a_corrupted_one(tmp_path):
     n_words = sum(v[2].size for v in vectors)
     src = tmp_path / "src"
     write_files(tmp_path, hls.generate(k, VERSION))
-    flags = [*CXX_FLAGS, f"-I{ap_types_dir()}", f"-I{src}"]
-    subprocess.run(["g++", *flags, "-c", str(src / "sgd.cpp"), "-o", str(tmp_path / "sgd.o")], check=True)
+    flags, cxx = [*CXX_FLAGS, f"-I{ap_types_dir()}", f"-I{src}"], require_tool("g++")
+    subprocess.run([cxx, *flags, "-c", str(src / "sgd.cpp"), "-o", str(tmp_path / "sgd.o")], check=True)
 
     def build_and_run(vecs) -> subprocess.CompletedProcess:
         write_files(tmp_path, hls.generate_testbench(k, vecs, VERSION))
         exe = tmp_path / "tb"
-        subprocess.run(["g++", *flags, str(src / "tb_sgd.cpp"), str(tmp_path / "sgd.o"), "-o", str(exe)], check=True)
+        subprocess.run([cxx, *flags, str(src / "tb_sgd.cpp"), str(tmp_path / "sgd.o"), "-o", str(exe)], check=True)
         return subprocess.run([str(exe)], capture_output=True, text=True)
 
     good = build_and_run(vectors)

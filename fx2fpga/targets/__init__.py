@@ -7,6 +7,7 @@ load_target("pynq-z1").dsp        # 220
 from __future__ import annotations
 
 import functools
+import re
 import tomllib
 from dataclasses import dataclass, fields
 from importlib import resources
@@ -98,12 +99,36 @@ def _parse(source: str, text: str) -> Target:
     )
 
 
+@dataclass(frozen=True)
+class Ecp5Part:
+    """A Lattice ECP5 ordering code, decoded: ``LFE5U-85F-6BG381C`` is kind U, 85 (k LUTs), speed 6, CABGA381."""
+
+    kind: str  # "U", "UM" or "UM5G"
+    size: int  # 12, 25, 45 or 85
+    speed: int  # 6, 7 or 8
+    package: str  # "CABGA381", "CSFBGA285", ...
+
+
+_ECP5_PART = re.compile(r"^LFE5(U|UM|UM5G)-(12|25|45|85)F-([678])(BG|MG)(\d+)[CI]$")
+_ECP5_PACKAGES = {"BG": "CABGA", "MG": "CSFBGA"}
+
+
+def ecp5_part(part: str) -> Ecp5Part:
+    """Decode an ECP5 ordering code; raises ``ValueError`` naming what a valid one looks like."""
+    m = _ECP5_PART.match(part.strip().upper())
+    if m is None:
+        raise ValueError(f"part {part!r} is not an ECP5 ordering code nextpnr-ecp5 knows "
+                         f"(like LFE5U-85F-6BG381C: LFE5U/LFE5UM/LFE5UM5G, 12/25/45/85F, speed 6-8, BG/MG package)")
+    kind, size, speed, pkg, pins = m.groups()
+    if size == "12" and kind != "U":
+        raise ValueError(f"part {part!r}: there is no {kind} variant of the 12F")
+    return Ecp5Part(kind, int(size), int(speed), f"{_ECP5_PACKAGES[pkg]}{pins}")
+
+
 def _check_ecp5(source: str, data: dict) -> None:
     """An ECP5 board needs a part nextpnr-ecp5 knows and the oscillator its PLL starts from."""
-    from ..ecp5 import nextpnr_device
-
     try:
-        nextpnr_device(data["part"])
+        ecp5_part(data["part"])
     except ValueError as exc:
         raise TargetFileError(f"{source}: {exc}") from None
     missing = [k for k in ("board_clock_mhz", "board_clock_pin") if k not in data]
@@ -143,4 +168,4 @@ def load_target(name: str | Target) -> Target:
     return registry[key]
 
 
-__all__ = ["TOOLCHAINS", "Target", "TargetFileError", "list_targets", "load_target"]
+__all__ = ["TOOLCHAINS", "Ecp5Part", "Target", "TargetFileError", "ecp5_part", "list_targets", "load_target"]

