@@ -283,7 +283,7 @@ def prepare(project_dir: str | Path, log=None) -> Ecp5Flow:
     """Write the board wrapper (``build/<module>.sv``, ``.lpf``, the PLL) and fix the tools' arguments."""
     from jinja2 import Environment, PackageLoader, StrictUndefined
 
-    from .. import __version__
+    from ..version import __version__
 
     project, manifest, target, rtl = _project(project_dir)
     name, top = manifest["name"], manifest.get("top", f"{manifest['name']}_top")
