@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from fx2fpga_runtime.ir import Kernel, Stage
 
+from ..backends.common import buffer_banking
+
 PIPELINE_DEPTH = {"mac": 6, "sum": 4, "max": 3, "table": 5}
 BRAM18_BITS = 18 * 1024
 LUTRAM_MAX_BITS = 1024  # smaller arrays go to distributed RAM / registers
@@ -75,14 +77,9 @@ class ResourceEstimate:
 
 
 def buffer_banks(kernel: Kernel) -> dict[str, int]:
-    """How many banks each buffer is partitioned into by the lanes of the stages using it."""
-    banks = {name: 1 for name in kernel.buffers}
-    for st in kernel.stages():
-        if st.lanes > 1 and st.lane_var:
-            for acc in (st.out, *st.ins):
-                if any(st.lane_var in ix.vars() for ix in acc.index):
-                    banks[acc.buffer] = max(banks[acc.buffer], st.lanes)
-    return banks
+    """How many banks each buffer is split into (``backends.common.buffer_banking``, the rule the
+    HLS pragmas and the RTL memories follow): the product of its dims' cyclic factors."""
+    return {name: spec.banks for name, spec in buffer_banking(kernel).items()}
 
 
 def resources(kernel: Kernel, target=None) -> ResourceEstimate:
