@@ -16,6 +16,8 @@ import torch
 import torch.fx
 from fx2fpga_runtime.ir import Kernel
 
+from fx2fpga.handoffs import graph_info, placeholder
+
 aten = torch.ops.aten
 LAYER_OPS = {
     aten.convolution.default, aten.convolution_backward.default, aten.max_pool2d_with_indices.default,
@@ -65,7 +67,7 @@ class _Replay(torch.fx.Interpreter):
 def replay_layers(kernel: Kernel, gm: torch.fx.GraphModule, args: list, mem: dict) -> _Replay:
     """Run ``gm`` on ``args`` (float, already quantized) with the emulator's values substituted;
     ``.checked`` lists the layer buffers compared, ``.mismatch`` those that differ (in ulps)."""
-    prefix = "infer_" if gm.meta["fx2fpga_kind"] == "infer" else "train_"
+    prefix = graph_info(gm).prefix + "_"
     replay = _Replay(gm, kernel, mem, prefix)
     with torch.no_grad():
         replay.run(*[a.double() if a.is_floating_point() else a for a in args])
@@ -78,17 +80,18 @@ def graph_args(kernel: Kernel, gm: torch.fx.GraphModule, x: torch.Tensor, y: tor
     model's values from the trace), then ``x`` and ``y``; with ``quantized``, as the kernel
     holds them (in their formats)."""
     by_model_name = {v: k for k, v in kernel.param_names.items()}
-    program = kernel.programs[gm.meta["fx2fpga_kind"]]
+    program = kernel.programs[graph_info(gm).program]
     x_fmt = kernel.buffers[program.inputs[0]].fmt
     out = []
     for n in gm.graph.nodes:
         if n.op != "placeholder":
             continue
-        role = n.meta["fx2fpga_role"]
+        ph = placeholder(n)
+        role = ph.role
         if role in ("param", "buffer"):
-            v, fmt = n.meta["fx2fpga_value"], kernel.buffers[by_model_name[n.meta["fx2fpga_name"]]].fmt
+            v, fmt = ph.value, kernel.buffers[by_model_name[ph.name]].fmt
             if params is not None:
-                v = torch.as_tensor(params[n.meta["fx2fpga_name"]]).to(v.dtype).reshape(v.shape)
+                v = torch.as_tensor(params[ph.name]).to(v.dtype).reshape(v.shape)
             out.append(_q(v, fmt) if quantized and v.is_floating_point() else v)
         elif role == "input":
             out.append(_q(x, x_fmt) if quantized else x)

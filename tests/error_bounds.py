@@ -47,6 +47,8 @@ from fx2fpga_runtime.fixed import Fixed
 from fx2fpga_runtime.ir import Access, Kernel, Stage
 from fx2fpga_runtime.ops import OPS_TABLE, exact_frac
 
+from fx2fpga.handoffs import graph_info, placeholder
+
 # (max|f'|, max|f''|) of each table function over an interval [u, w] (u > 0 where needed)
 DERIVATIVES = {
     "exp": lambda u, w: (np.exp(w), np.exp(w)),
@@ -256,7 +258,7 @@ def _node_errors(kernel: Kernel, gm: torch.fx.GraphModule, program: str, values:
     by_model_name = {v: k for k, v in kernel.param_names.items()}
     stages = {s.out.buffer: s for s in kernel.programs[program].stages}
     out_node = next(n for n in gm.graph.nodes if n.op == "output")
-    roles = dict(zip(out_node.args[0], gm.meta["fx2fpga_outputs"], strict=True))
+    roles = dict(zip(out_node.args[0], graph_info(gm).outputs, strict=True))
     err: dict[str, float] = {}
 
     def half_ulp(name: str) -> float:
@@ -265,7 +267,7 @@ def _node_errors(kernel: Kernel, gm: torch.fx.GraphModule, program: str, values:
 
     for node in gm.graph.nodes:
         if node.op == "placeholder":
-            role, name = node.meta["fx2fpga_role"], node.meta["fx2fpga_name"]
+            role, name = placeholder(node).role, placeholder(node).name
             if role in ("param", "buffer"):
                 err[node.name] = half_ulp(by_model_name[name])
             elif role == "input":
@@ -282,9 +284,9 @@ def _node_errors(kernel: Kernel, gm: torch.fx.GraphModule, program: str, values:
                 st = stages.get(b.name)
                 if st is not None and OPS_TABLE[st.op].reads_table:
                     e += _table_error(kernel, st, values[node.args[0].name])
-        role = roles.get(node, "")
-        if role.startswith(("param:", "buffer:")):  # updated in place: stored in the parameter's format
-            e += half_ulp(by_model_name[role.split(":", 1)[1]])
+        role = roles.get(node)
+        if role is not None and role.kind in ("param", "buffer"):  # updated in place: in the parameter's format
+            e += half_ulp(by_model_name[role.name])
         err[node.name] = e
     return err
 
@@ -320,7 +322,7 @@ class GraphBounds:
         with torch.no_grad():
             probe = _Perturbed(gm, {}, decisions or {})
             probe.run(*args)
-        err = _node_errors(kernel, gm, gm.meta["fx2fpga_kind"], probe.live)
+        err = _node_errors(kernel, gm, graph_info(gm).program, probe.live)
         self.eps = {n: torch.zeros_like(probe.live[n], requires_grad=True)
                     for n, e in err.items() if e > 0 and n in probe.live}
         self.weights = [err[n] for n in self.eps]
@@ -352,7 +354,7 @@ class GraphBounds:
 
 def emulator_decisions(kernel: Kernel, gm: torch.fx.GraphModule, mem: dict) -> dict[str, torch.Tensor]:
     """The bool values (ReLU masks, comparisons) the emulator computed, by graph node name."""
-    prefix = "infer_" if gm.meta["fx2fpga_kind"] == "infer" else "train_"
+    prefix = graph_info(gm).prefix + "_"
     out = {}
     for b in kernel.buffers.values():
         if b.kind == "bool" and b.name.startswith(prefix) and b.source and b.role == "temp":

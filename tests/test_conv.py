@@ -28,6 +28,7 @@ import fx2fpga
 from fx2fpga.backends.rtl import emit as verilog
 from fx2fpga.errors import UnsupportedOpError
 from fx2fpga.frontend import trace
+from fx2fpga.handoffs import graph_info
 
 from ._replay import graph_args, replay_layers
 from .conftest import assert_backend_equals_emu, load_example
@@ -259,13 +260,13 @@ def check_against_float(design, model, x, y, train: bool, runner=None) -> dict[s
     Returns the largest error / bound per output."""
     gm = trace(model, (x,), design.train if train else None)
     emu = runner or design.load("emu")
+    roles = graph_info(gm).outputs
     if train:
         loss = emu.train_step(x.numpy(), y.numpy())
         got = emu.get_params()
-        values = [loss if r == "loss" else got[r.split(":", 1)[1]] for r in gm.meta["fx2fpga_outputs"]]
+        values = [loss if r.kind == "loss" else got[r.name] for r in roles]
         torch_loss, torch_state = _torch_step(model, x, y, design.train.lr)
-        torch_values = [torch_loss if r == "loss" else torch_state[r.split(":", 1)[1]].numpy()
-                        for r in gm.meta["fx2fpga_outputs"]]
+        torch_values = [torch_loss if r.kind == "loss" else torch_state[r.name].numpy() for r in roles]
     else:
         values = [emu.infer(x.numpy())]
         torch_values = [copy.deepcopy(model).double().eval()(x.double()).detach().numpy()]
@@ -274,7 +275,7 @@ def check_against_float(design, model, x, y, train: bool, runner=None) -> dict[s
     plain = GraphBounds(design.kernel, gm, args)
     same = GraphBounds(design.kernel, gm, args, emulator_decisions(design.kernel, gm, mem))
     ratios = {}
-    for role, val, ref, want, out in zip(gm.meta["fx2fpga_outputs"], values, same.outputs, torch_values,
+    for role, val, ref, want, out in zip(map(str, roles), values, same.outputs, torch_values,
                                          plain.outputs, strict=True):
         if not out.is_floating_point():
             assert np.array_equal(np.asarray(val), np.asarray(want)), role  # num_batches_tracked

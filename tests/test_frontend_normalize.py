@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fx2fpga
+from fx2fpga.handoffs import OutputRole, graph_info, placeholder
 from fx2fpga.lower import supported_ops
 
 
@@ -22,11 +23,13 @@ class MLP(nn.Module):
 
 def test_trace_training_graph_roles_and_outputs():
     gm = fx2fpga.trace(MLP(), (torch.randn(4, 8),), fx2fpga.SGD(F.cross_entropy, torch.tensor([0, 1, 2, 0])))
-    roles = [(n.meta["fx2fpga_role"], n.meta["fx2fpga_name"]) for n in gm.graph.nodes if n.op == "placeholder"]
+    roles = [(placeholder(n).role, placeholder(n).name) for n in gm.graph.nodes if n.op == "placeholder"]
     assert roles == [("param", "fc1.weight"), ("param", "fc1.bias"), ("param", "fc2.weight"),
                      ("param", "fc2.bias"), ("input", "x"), ("target", "y")]
-    assert gm.meta["fx2fpga_outputs"] == ["loss", "param:fc1.weight", "param:fc1.bias", "param:fc2.weight",
-                                          "param:fc2.bias"]
+    assert graph_info(gm).program == "train_step"
+    assert graph_info(gm).outputs == (OutputRole("loss"), OutputRole("param", "fc1.weight"),
+                                      OutputRole("param", "fc1.bias"), OutputRole("param", "fc2.weight"),
+                                      OutputRole("param", "fc2.bias"))
     ops = {str(n.target) for n in gm.graph.nodes if n.op == "call_function"}
     assert "aten.mm.default" in ops and "aten.nll_loss_forward.default" not in ops
 

@@ -21,6 +21,7 @@ import torch
 
 import fx2fpga
 from fx2fpga.cli import main as cli_main
+from fx2fpga.handoffs import graph_info, placeholder
 
 from .conftest import load_example
 from .error_bounds import propagate
@@ -68,8 +69,8 @@ def test_gd_api_point_value_and_one_step():
     design = fx2fpga.compile(f, (x0,), train=fx2fpga.GD(lr=0.001), precision=fn.PRECISION)
     k = design.kernel
     gm = fx2fpga.trace(f, (x0,), fx2fpga.GD(lr=0.001))
-    assert [n.meta["fx2fpga_role"] for n in gm.graph.nodes if n.op == "placeholder"] == ["param"]
-    assert gm.meta["fx2fpga_outputs"] == ["loss", "param:x"]
+    assert [placeholder(n).role for n in gm.graph.nodes if n.op == "placeholder"] == ["param"]
+    assert [str(r) for r in graph_info(gm).outputs] == ["loss", "param:x"]
     assert k.programs["infer"].inputs == [] and k.programs["train_step"].inputs == []
     assert [k.param_names[b] for b in k.params] == ["x"]
     emu = design.load("emu")

@@ -6,21 +6,22 @@
   and the core ATen decompositions, so the autograd backward graph and the update are
   ordinary graph nodes. States are the optimizer's (``momentum:<param name>``).
 
-Every placeholder carries ``node.meta["fx2fpga_role"]`` (``param``, ``buffer``, ``state``,
-``input``, ``target``) and ``node.meta["fx2fpga_name"]`` (the model's dotted name, or the
-input's name); the graph module carries ``gm.meta["fx2fpga_outputs"]``, the role of each
-output (``output``, ``loss``, ``param:<name>``, ``buffer:<name>``, ``state:<name>``).
+Every node carries a ``handoffs.NodeInfo``: each placeholder its ``Placeholder`` (role ``param``,
+``buffer``, ``state``, ``input`` or ``target``, the model's dotted name or the input's name, the
+initial value), each float node its profiled ``ValueProfile``; the graph module carries a
+``handoffs.GraphInfo``: the program (``infer``, ``train_step``) and each output's ``OutputRole``
+(``output``, ``loss``, or ``param``/``buffer``/``state`` with its name).
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import torch
 import torch.fx
 
 from ..errors import TraceError, UnsupportedOpError
+from ..handoffs import META_KEY, GraphInfo, OutputRole, Placeholder, ValueProfile, node_info, set_node_info
 from .modules import PointModule, _as_tuple, as_module, check_modules
 from .optim import GD, SGD, sgd_update
 
@@ -62,12 +63,22 @@ def _nll_loss_backward(grad_output, self, target, weight, reduction, ignore_inde
 # BatchNorm as plain ops with one rsqrt table (PyTorch's own uses var_mean, or sqrt and a
 # reciprocal in eval mode); the running stats follow PyTorch's update (unbiased variance).
 # The squares, the variance and 1/std are annotated as statistics: ``passes.quantize`` fits
-# their formats to the profiled range (small variances need many fraction bits).
+# their formats to the profiled range (small variances need many fraction bits). The annotation
+# (torch.fx's ``meta["custom"]``) becomes ``NodeInfo.statistic`` right after tracing.
+_STATISTIC = "fx2fpga_statistic"
+
 
 def _statistics():
     import torch.fx.traceback as fx_traceback
 
-    return fx_traceback.annotate({"fx2fpga_kind": "statistic"})
+    return fx_traceback.annotate({_STATISTIC: True})
+
+
+def _mark_statistics(gm: torch.fx.GraphModule) -> None:
+    """``NodeInfo.statistic`` on the nodes traced inside ``_statistics()``."""
+    for node in gm.graph.nodes:
+        if (node.meta.get("custom") or {}).get(_STATISTIC):
+            set_node_info(node, statistic=True)
 
 
 def _bn_shape(x: torch.Tensor) -> list[int]:
@@ -158,14 +169,13 @@ def trace_inference(model, example_inputs) -> torch.fx.GraphModule:
     for node in gm.graph.nodes:
         if node.op == "placeholder":
             role, target = roles[node.name]
-            node.meta["fx2fpga_role"], node.meta["fx2fpga_name"] = role, target
-            if role in ("param", "buffer"):
-                node.meta["fx2fpga_value"] = state[target].detach().clone()
-    gm.meta["fx2fpga_outputs"] = ["output"] * len(sig.output_specs)
-    gm.meta["fx2fpga_kind"] = "infer"
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+            value = state[target].detach().clone() if role in ("param", "buffer") else None
+            set_node_info(node, placeholder=Placeholder(role, target, value))
+    _mark_statistics(gm)
+    gm.meta[META_KEY] = GraphInfo("infer", tuple(OutputRole("output") for _ in sig.output_specs))
+    placeholders = [node_info(n).placeholder for n in gm.graph.nodes if n.op == "placeholder"]
     user_args = iter(args)
-    profile(gm, [n.meta["fx2fpga_value"] if "fx2fpga_value" in n.meta else next(user_args) for n in placeholders])
+    profile(gm, [ph.value if ph.value is not None else next(user_args) for ph in placeholders])
     return gm
 
 
@@ -234,14 +244,12 @@ def trace_training(model, example_inputs, train: SGD | GD) -> torch.fx.GraphModu
     roles += [] if gd else [("input", "x", None), ("target", "y", None)]
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     for node, (role, name, value) in zip(placeholders, roles, strict=True):
-        node.meta["fx2fpga_role"], node.meta["fx2fpga_name"] = role, name
-        if value is not None:
-            node.meta["fx2fpga_value"] = value.clone()
+        set_node_info(node, placeholder=Placeholder(role, name, None if value is None else value.clone()))
+    _mark_statistics(gm)
     _inherit_stack_traces(gm)
-    gm.meta["fx2fpga_outputs"] = (["loss"] + [f"param:{k}" for k in pnames] + [f"buffer:{k}" for k in bnames]
-                                  + [f"state:{k}" for k in states])
-    gm.meta["fx2fpga_kind"] = "train_step"
-    gm.meta["fx2fpga_lr"] = lr
+    outputs = ([OutputRole("loss")] + [OutputRole("param", k) for k in pnames]
+               + [OutputRole("buffer", k) for k in bnames] + [OutputRole("state", k) for k in states])
+    gm.meta[META_KEY] = GraphInfo("train_step", tuple(outputs), lr)
     profile(gm, flat_inputs)
     if states:  # once more from velocities at their bound g / (1 - momentum) (the step's v is g from 0)
         with torch.no_grad():
@@ -255,14 +263,14 @@ class _RangeRecorder(torch.fx.Interpreter):
     def run_node(self, n):
         result = super().run_node(n)
         if isinstance(result, torch.Tensor) and result.numel() and result.dtype.is_floating_point:
-            # several runs (momentum) keep the widest range
-            n.meta["fx2fpga_absmax"] = max(n.meta.get("fx2fpga_absmax", 0.0), float(result.detach().abs().max()))
-            n.meta["fx2fpga_min"] = min(n.meta.get("fx2fpga_min", math.inf), float(result.detach().min()))
+            r = result.detach()  # several runs (momentum) keep the widest range
+            old = node_info(n).profile or ValueProfile()
+            set_node_info(n, profile=old.widened(float(r.min()), float(r.max()), float(r.abs().max())))
         return result
 
 
 def profile(gm: torch.fx.GraphModule, example_args: list) -> None:
-    """Run the graph in float on the example values; record each node's largest magnitude."""
+    """Run the graph in float on the example values; record each node's range (``NodeInfo.profile``)."""
     with torch.no_grad():
         _RangeRecorder(gm).run(*example_args)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from fx2fpga_runtime.ir import Kernel
 
+from ..handoffs import graph_info
 from . import elementwise, layers, reductions, shapes
 from .graph import GraphLowering, KernelBuilder, supported_op_names
 
@@ -24,7 +25,6 @@ def run(graphs: list[torch.fx.GraphModule], name: str) -> Kernel:
     """Lower traced graphs (inference and/or training step) into one kernel."""
     kb = KernelBuilder(name)
     for gm in graphs:
-        program = gm.meta["fx2fpga_kind"]
-        prefix = "infer" if program == "infer" else "train"
-        kb.programs[program] = GraphLowering(kb, gm, program, prefix, RULES).run()
+        info = graph_info(gm)
+        kb.programs[info.program] = GraphLowering(kb, gm, info.program, info.prefix, RULES).run()
     return kb.build()

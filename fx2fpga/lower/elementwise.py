@@ -8,6 +8,7 @@ import math
 import torch
 import torch.fx
 
+from ..handoffs import profile_of
 from .graph import Const, GraphLowering, Value, aten
 from .views import View
 
@@ -43,13 +44,14 @@ def _reciprocal_of(lw: GraphLowering, arg) -> View:
     """``1 / b`` for an on-chip tensor ``b``: a table over ``[min / 2, the format's max]``, ``min``
     the smallest value profiled for ``b``. Divisors must be positive; below ``min / 2`` the
     table gives ``2 / min``."""
-    low = arg.meta.get("fx2fpga_min") if isinstance(arg, torch.fx.Node) else None
+    prof = profile_of(arg)
+    low = prof.min if prof is not None else None
     if low is None or not low > 0:
         raise lw.unsupported(f"division by a tensor that is not positive on the example values (min {low}); "
                              "the reciprocal table covers positive divisors only")
     out = lw.emit("table", lw.shape(arg), [lw.value(arg)], attrs={"fn": "reciprocal", "x_min": low / 2},
                   suffix="_recip")
-    lw.kb.meta.setdefault("absmax", {})[out.buffer] = 2.0 / low
+    lw.kb.facts.absmax[out.buffer] = 2.0 / low
     return out
 
 
@@ -67,8 +69,8 @@ def _periodic(fn: str):
                     suffix="_turns")
         whole = lw.emit("mul", shape, [k, Const(torch.tensor(2 * math.pi, dtype=torch.float64))], suffix="_whole")
         r = lw.emit("sub", shape, [x, whole], suffix="_reduced")
-        absmax = lw.kb.meta.setdefault("absmax", {})
-        absmax[whole.buffer] = (arg.meta.get("fx2fpga_absmax", 0.0) if isinstance(arg, torch.fx.Node) else 0.0) + 4
+        prof, absmax = profile_of(arg), lw.kb.facts.absmax
+        absmax[whole.buffer] = (prof.absmax if prof is not None else 0.0) + 4
         absmax[r.buffer] = 4.0
         return lw.emit("table", shape, [r], attrs={"fn": fn})
     return rule

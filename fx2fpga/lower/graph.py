@@ -23,6 +23,7 @@ from fx2fpga_runtime.fixed import Fixed
 from fx2fpga_runtime.ir import Access, Affine, Buffer, Kernel, Loop, Program, Stage
 
 from ..errors import UnsupportedOpError
+from ..handoffs import LOWERING_KEY, LoweringFacts, OutputRole, graph_info, node_info, placeholder, profile_of
 from . import views as V
 from .views import NotAffine, View
 
@@ -75,7 +76,8 @@ class KernelBuilder:
         self.programs: dict[str, Program] = {}
         self.params: list[str] = []
         self.param_names: dict[str, str] = {}
-        self.meta: dict = {"num_classes": {}}
+        self.meta: dict = {"num_classes": {}}  # serialized in kernel.json (the runtime checks class indices)
+        self.facts = LoweringFacts()  # for passes.quantize
         self._consts: dict[tuple, str] = {}
 
     def unique(self, base: str) -> str:
@@ -101,7 +103,7 @@ class KernelBuilder:
         self.add(Buffer(name, tuple(value.shape), PLACEHOLDER_FMT, "param", kind, None, model_name))
         self.params.append(name)
         self.param_names[name] = model_name
-        self.meta.setdefault("param_init", {})[name] = value.detach().double().reshape(-1).tolist()
+        self.facts.param_init[name] = value.detach().double().reshape(-1).tolist()
         return name
 
     def const(self, value: torch.Tensor, hint: str) -> View:
@@ -111,12 +113,13 @@ class KernelBuilder:
             name = self.unique(f"k_{hint}")
             kind = "bool" if v.dtype == torch.bool else "const"
             buf = self.add(Buffer(name, tuple(v.shape), PLACEHOLDER_FMT, "const", kind, None, hint))
-            self.meta.setdefault("const_values", {})[buf.name] = key[2]
+            self.facts.const_values[buf.name] = key[2]
             self._consts[key] = name
         return View.identity(self._consts[key], tuple(v.shape))
 
     def build(self) -> Kernel:
-        return Kernel(self.name, self.buffers, self.programs, self.params, self.param_names, self.meta)
+        return Kernel(self.name, self.buffers, self.programs, self.params, self.param_names,
+                      {**self.meta, LOWERING_KEY: self.facts})
 
 
 # ----- lowering one graph -------------------------------------------------------------------
@@ -132,7 +135,7 @@ class GraphLowering:
         self.node: torch.fx.Node | None = None
         out_node = next(n for n in gm.graph.nodes if n.op == "output")
         self.outputs = list(out_node.args[0])
-        self.output_roles = gm.meta["fx2fpga_outputs"]
+        self.output_roles: tuple[OutputRole, ...] = graph_info(gm).outputs
         self.forward = self._forward_nodes()
 
     def _forward_nodes(self) -> set:
@@ -153,9 +156,8 @@ class GraphLowering:
             return "bool"
         if not dtype.is_floating_point:
             return "integer"
-        annotated = (node.meta.get("custom") or {}).get("fx2fpga_kind")  # e.g. BatchNorm's statistics
-        if annotated and node in self.forward:
-            return annotated
+        if node_info(node).statistic and node in self.forward:  # BatchNorm's statistics
+            return "statistic"
         return "activation" if node in self.forward else "gradient"
 
     def value(self, arg) -> Value:
@@ -181,14 +183,15 @@ class GraphLowering:
 
     def record_param_range(self, buffer: str, node) -> None:
         """Widen the profiled range of a persistent buffer to cover ``node``'s value too."""
-        if "fx2fpga_absmax" in node.meta:
-            absmax = self.kb.meta.setdefault("absmax", {})
-            absmax[buffer] = max(absmax.get(buffer, 0.0), node.meta["fx2fpga_absmax"])
+        prof = profile_of(node)
+        if prof is not None:
+            self.kb.facts.widen(buffer, prof.absmax)
 
     def record_range(self, buffer: str, node) -> None:
         """The largest magnitude profiled for the node's value (``frontend.profile``)."""
-        if "fx2fpga_absmax" in node.meta:
-            self.kb.meta.setdefault("absmax", {})[buffer] = node.meta["fx2fpga_absmax"]
+        prof = profile_of(node)
+        if prof is not None:
+            self.kb.facts.absmax[buffer] = prof.absmax
 
     def unsupported(self, detail: str = "") -> UnsupportedOpError:
         return UnsupportedOpError(op_name(self.node), user_source(self.node, with_code=True),
@@ -248,22 +251,21 @@ class GraphLowering:
             else:
                 raise self.unsupported(f"graph node kind {node.op}")
         inputs = [self.values[n].buffer for n in self.gm.graph.nodes
-                  if n.op == "placeholder" and n.meta["fx2fpga_role"] in ("input", "target")]
+                  if n.op == "placeholder" and placeholder(n).role in ("input", "target")]
         outputs = self.bind_outputs()
         return Program(self.program, inputs, outputs, self.stages)
 
     def placeholder(self, node) -> Value:
-        role, name = node.meta["fx2fpga_role"], node.meta["fx2fpga_name"]
+        role, name, value = placeholder(node).role, placeholder(node).name, placeholder(node).value
         shape = self.shape(node)
         if role == "param":
-            return View.identity(self.kb.param(name, node.meta["fx2fpga_value"], "weight"), shape)
+            return View.identity(self.kb.param(name, value, "weight"), shape)
         if role == "buffer":  # persists on chip like a parameter (running stats: activation formats)
-            value = node.meta["fx2fpga_value"]
             buf = self.kb.param(name, value, "activation" if value.dtype.is_floating_point else "integer")
             self.record_param_range(buf, node)
             return View.identity(buf, shape)
         if role == "state":  # optimizer state (momentum:<param>): persists on chip, gradient formats
-            buf = self.kb.param(name, node.meta["fx2fpga_value"], "gradient")
+            buf = self.kb.param(name, value, "gradient")
             self.record_param_range(buf, node)
             return View.identity(buf, shape)
         buf_name = self.kb.unique(f"{self.prefix}_{name}")
@@ -307,17 +309,17 @@ class GraphLowering:
         for node, role in zip(self.outputs, self.output_roles, strict=True):
             val = self.values[node]
             self.node = node
-            if role.startswith("param:"):
-                self.update_param(val, self.kb.param(role[6:], torch.zeros(0), "weight"))
+            if role.kind == "param":
+                self.update_param(val, self.kb.param(role.name, torch.zeros(0), "weight"))
                 continue
-            if role.startswith("buffer:"):
-                buf = self.kb.param(role[7:], torch.zeros(0), "activation")
+            if role.kind == "buffer":
+                buf = self.kb.param(role.name, torch.zeros(0), "activation")
                 if not (isinstance(val, View) and val == View.identity(buf, self.kb.buffers[buf].shape)):
                     self.record_param_range(buf, node)
                     self.update_param(val, buf)  # a buffer the step does not change needs no stage
                 continue
-            if role.startswith("state:"):
-                self.update_state(val, self.kb.param(role[6:], torch.zeros(0), "gradient"))
+            if role.kind == "state":
+                self.update_state(val, self.kb.param(role.name, torch.zeros(0), "gradient"))
                 continue
             name = f"{self.prefix}_{role}"
             v = self.view(val)
@@ -334,9 +336,7 @@ class GraphLowering:
         buf = self.kb.buffers.pop(old)
         buf.name = new
         self.kb.buffers[new] = buf
-        absmax = self.kb.meta.get("absmax", {})
-        if old in absmax:  # the profiled range goes with the buffer
-            absmax[new] = absmax.pop(old)
+        self.kb.facts.rename(old, new)  # the profiled range goes with the buffer
         for st in self.stages:
             if st.out.buffer == old:
                 st.out = Access(new, st.out.index)

@@ -30,6 +30,7 @@ import torch
 import torch.fx
 from fx2fpga_runtime.ir import Affine, Guard, Loop, Stage
 
+from ..backends.common import affine_range
 from . import views as V
 from .graph import GraphLowering, op_name, user_source
 from .views import NotAffine, View
@@ -54,8 +55,7 @@ def _guards(conds: list[tuple[Affine, int, int]], extents: dict[str, int]) -> li
     """``Guard(expr, bound, step)`` for each condition that can fail inside the loop box."""
     out = []
     for expr, bound, step in conds:
-        lo = expr.const + sum(min(0, c * (extents[v] - 1)) for v, c in expr.terms)
-        hi = expr.const + sum(max(0, c * (extents[v] - 1)) for v, c in expr.terms)
+        lo, hi = affine_range(expr, extents)
         divisible = step == 1 or all(c % step == 0 for _, c in expr.terms) and expr.const % step == 0
         if not (lo >= 0 and hi < bound and divisible):
             out.append(Guard(expr, bound, step))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from fx2fpga_runtime.ir import Affine
 
+from ..handoffs import profile_of
 from . import views as V
 from .graph import Const, GraphLowering, aten
 from .views import View
@@ -52,8 +53,9 @@ def _reduction(op: str, scale_mean: bool = False):
             n = 1
             for s in red_shape:
                 n *= s
-            if "fx2fpga_absmax" in node.meta:  # the sum is up to n times the mean
-                lw.kb.meta.setdefault("absmax", {})[out.buffer] = node.meta["fx2fpga_absmax"] * n
+            prof = profile_of(node)
+            if prof is not None:  # the sum is up to n times the mean
+                lw.kb.facts.absmax[out.buffer] = prof.absmax * n
             out = lw.emit("mul", out_shape, [out, Const(torch.tensor(1.0 / n, dtype=torch.float64))])
         return out
     return rule

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from fx2fpga_runtime.ir import Access, Affine
 
+from ..backends.common import affine_range
+
 
 def dim_var(i: int) -> str:
     return f"d{i}"
@@ -75,8 +77,7 @@ def simplify(a: Affine, extents: dict[str, int]) -> Affine:
         elif lo_min >= 0 and lo_max < div and const >= 0:
             terms, const, div = high, 0, 1
     if mod and div == 1:
-        vmin = const + sum(min(0, c * (extents[v] - 1)) for v, c in terms)
-        vmax = const + sum(max(0, c * (extents[v] - 1)) for v, c in terms)
+        vmin, vmax = affine_range(Affine(tuple(terms), const), extents)
         if vmin >= 0 and vmax < mod:
             mod = 0
     return Affine(tuple(terms), const, div, mod)

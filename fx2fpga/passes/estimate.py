@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from fx2fpga_runtime.ir import Kernel, Stage
 from fx2fpga_runtime.ops import OPS_TABLE
 
+from ..backends.common import buffer_banking
+
 PIPELINE_DEPTH = {name: spec.estimate_depth for name, spec in OPS_TABLE.items()}  # the op table's
 BRAM18_BITS = 18 * 1024
 LUTRAM_MAX_BITS = 1024  # smaller arrays go to distributed RAM / registers
@@ -76,14 +78,9 @@ class ResourceEstimate:
 
 
 def buffer_banks(kernel: Kernel) -> dict[str, int]:
-    """How many banks each buffer is partitioned into by the lanes of the stages using it."""
-    banks = {name: 1 for name in kernel.buffers}
-    for st in kernel.stages():
-        if st.lanes > 1 and st.lane_var:
-            for acc in (st.out, *st.ins):
-                if any(st.lane_var in ix.vars() for ix in acc.index):
-                    banks[acc.buffer] = max(banks[acc.buffer], st.lanes)
-    return banks
+    """How many banks each buffer is split into (``backends.common.buffer_banking``, the rule the
+    HLS pragmas and the RTL memories follow): the product of its dims' cyclic factors."""
+    return {name: spec.banks for name, spec in buffer_banking(kernel).items()}
 
 
 def resources(kernel: Kernel, target=None) -> ResourceEstimate:

@@ -18,6 +18,7 @@ from fx2fpga_runtime.ir import Buffer, Kernel, Stage
 from fx2fpga_runtime.ops import OPS_TABLE
 
 from ..errors import PrecisionError
+from ..handoffs import lowering_facts
 
 MAX_ACC_WIDTH = 62
 TABLE_SEGMENTS = 1024  # at most this many linear segments per function table
@@ -85,9 +86,8 @@ class Precision:
 
 def run(kernel: Kernel, precision: Precision) -> Kernel:
     """Set ``fmt`` on every buffer, ``acc`` on every reduction, build function tables."""
-    const_values = kernel.meta.pop("const_values", {})
-    param_init = kernel.meta.pop("param_init", {})
-    absmax = kernel.meta.pop("absmax", {})
+    facts = lowering_facts(kernel, pop=True)  # lowering's hand-off: it never reaches kernel.json
+    const_values, param_init, absmax = facts.const_values, facts.param_init, facts.absmax
     used = set()
     for buf in kernel.buffers.values():
         override = _override(buf, precision, used)

@@ -46,6 +46,7 @@ from fx2fpga_runtime import interface
 from fx2fpga_runtime.ir import Affine, Guard, Kernel, Stage
 from fx2fpga_runtime.ops import OPS_TABLE
 
+from ..backends.common import buffer_banking
 from ..errors import Fx2fpgaError
 
 SETUP_CYCLES = 1  # a phase's first cycle loads its loop limits into the controller; no issue
@@ -293,25 +294,6 @@ def _transfer_phase(kernel: Kernel, name: str, kind: str) -> Phase:
     return Phase(f"pack_{name}", kind, counters, PACK_DELAY, reads=[Port(name, index, 0)], buffer=name)
 
 
-def _bank_factors(kernel: Kernel) -> dict[str, list[int]]:
-    """Cyclic bank count per buffer dim: the lcm of the spans the stages' lanes cover in it.
-
-    Lanes read ``coeff * lane + ...``: a span of ``lanes * |coeff|`` (a strided convolution's
-    input: stride x lanes), so that many banks give every lane its own bank."""
-    factors = {name: [1] * len(buf.shape) for name, buf in kernel.buffers.items()}
-    for st in kernel.stages():
-        if st.lanes <= 1 or st.lane_var is None:
-            continue
-        for acc in (st.out, *st.ins):
-            for d, ix in enumerate(acc.index):
-                if st.lane_var in ix.vars():
-                    coeff = dict(ix.terms)[st.lane_var]
-                    span = st.lanes * (abs(coeff) if ix.div == 1 and not ix.mod else 1)
-                    size = kernel.buffers[acc.buffer].shape[d]
-                    factors[acc.buffer][d] = min(size, math.lcm(factors[acc.buffer][d], span))
-    return factors
-
-
 # ----- enumeration: ranges, banks, conflicts ---------------------------------------------------------------
 
 def _grid(phase: Phase) -> list[np.ndarray]:
@@ -412,7 +394,7 @@ def _check_bank_clashes(phase: Phase, located: dict, grid, n: int, where: str) -
 
 def run(kernel: Kernel) -> Schedule:
     """The schedule of every command of ``kernel`` (raises ``ScheduleError`` when it cannot map)."""
-    factors = _bank_factors(kernel)
+    banking = buffer_banking(kernel)  # the one rule the estimate and the HLS pragmas read too
     codes = interface.commands_of(kernel)
     commands: dict[str, list[Phase]] = {}
     for cmd in sorted(codes, key=codes.get):
@@ -433,7 +415,7 @@ def run(kernel: Kernel) -> Schedule:
         read_only = name not in written
         if buf.role == "const" and not read_only:
             raise ScheduleError(f"buffer {name} is a constant but a stage writes it")
-        memories[name] = Memory(name, tuple(buf.shape), buf.fmt.width, buf.fmt.signed, tuple(factors[name]),
+        memories[name] = Memory(name, tuple(buf.shape), buf.fmt.width, buf.fmt.signed, banking[name].factors,
                                 read_only, buf.init)
     for cmd, phases in commands.items():
         for ph in phases:

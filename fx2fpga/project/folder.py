@@ -10,8 +10,8 @@ from fx2fpga_runtime import interface
 from fx2fpga_runtime.runner import EmuBackend, KernelRunner
 from fx2fpga_runtime.testbench import VECTORS, vectors_text
 
+from ..backends.common import template_env
 from ..backends.hls import emit as hls
-from ..backends.hls.emit import _env
 from ..backends.rtl import emit as verilog
 from ..passes import estimate
 from ..version import __version__
@@ -79,7 +79,7 @@ def project_files(design) -> dict[str, str]:
     from .writer import manifest_text
 
     k = design.kernel
-    env = _env()
+    env = template_env()
     ctx = {"version": __version__, "name": k.name, "target": design.target,
            "period_ns": f"{1000.0 / design.target.clock_mhz:g}",
            "programs": [{"name": p.name, "args": ", ".join(p.inputs)} for p in k.programs.values()],

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from fx2fpga_runtime import interface
 from fx2fpga_runtime.fixed import Fixed
-from fx2fpga_runtime.ir import OPS, REDUCTION_OPS, Access, Affine, Buffer, Guard, Kernel, Stage
+from fx2fpga_runtime.ir import Access, Affine, Buffer, Kernel, Stage
 from fx2fpga_runtime.ops import OPS_TABLE
-from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from fx2fpga.errors import Fx2fpgaError
 from fx2fpga.version import __version__
+
+from ..common import C_IDENT, KernelCheckError, buffer_banking, check_stage, command_table, template_env
 
 MAX_LITERAL_WIDTH = 53  # init values are written as double literals: exact up to 53 bits
 TABLE_RAW_WIDTH = 64  # the table interpolation works on 64-bit raw integers
@@ -59,7 +60,6 @@ HLS_SPELLING = {
     "max": "if ({acc_type}({a0}) > {acc}) {acc} = {a0};",
     "argmax": "if ({acc_type}({a0}) > {acc}) {{\n    {acc} = {a0};\n    {idx} = {position};\n}}",
 }
-_IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 # Names the generated code declares itself; buffers and loop variables must not take them.
 _RESERVED = {
     "acc", "acc_idx", "cmd", "in_words", "out_words", "offset", "pos", "raw_bits", "tbl_r", "tbl_i", "tbl_t",
@@ -73,16 +73,6 @@ _RESERVED = {
 
 class HlsCodegenError(Fx2fpgaError, ValueError):
     """A kernel the HLS C++ generator cannot print exactly; the message says what to change."""
-
-
-def _env() -> Environment:
-    return Environment(
-        loader=PackageLoader("fx2fpga", "templates"),
-        undefined=StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
 
 
 # ----- names and literals --------------------------------------------------------------------------
@@ -107,89 +97,8 @@ def _c_name(text: str) -> str:
 
 # ----- checks ---------------------------------------------------------------------------------------
 
-def _affine_range(a: Affine, extents: dict[str, int]) -> tuple[int, int]:
-    """Smallest and largest value of an index over the loop box (before ``div``/``mod``)."""
-    lo = hi = a.const
-    for var, coeff in a.terms:
-        top = coeff * (extents[var] - 1)
-        lo, hi = lo + min(0, top), hi + max(0, top)
-    return lo, hi
-
-
-def _guarded_in_range(a: Affine, size: int, guards: tuple[Guard, ...]) -> bool:
-    """Whether a guard keeps index ``a`` inside ``0..size-1`` (and exact before its ``/``) where it holds."""
-    linear = (sorted(a.terms), a.const)
-    return not a.mod and any((sorted(g.expr.terms), g.expr.const) == linear and g.step % a.div == 0
-                             and (g.bound - 1) // a.div < size for g in guards)
-
-
-def _check_access(acc: Access, buf: Buffer, extents: dict[str, int], where: str) -> None:
-    if len(acc.index) != len(buf.shape):
-        raise HlsCodegenError(f"{where}: {acc.c_expr()} has {len(acc.index)} indices, {buf.name} has shape {buf.shape}")
-    for g in acc.guard:
-        if g.expr.div != 1 or g.expr.mod or g.step < 1 or any(v not in extents for v in g.expr.vars()):
-            raise HlsCodegenError(f"{where}: guard {g.c_expr()} of {acc.c_expr()} must be a linear expression of "
-                                  "the stage's loops with a step >= 1")
-    for d, (a, size) in enumerate(zip(acc.index, buf.shape, strict=True)):
-        unknown = [v for v in a.vars() if v not in extents]
-        if unknown:
-            raise HlsCodegenError(f"{where}: {acc.c_expr()} uses {unknown}, which are not loops of the stage")
-        if _guarded_in_range(a, size, acc.guard):
-            continue
-        lo, hi = _affine_range(a, extents)
-        if lo < 0 and (a.div != 1 or a.mod):
-            raise HlsCodegenError(
-                f"{where}: index {d} of {acc.c_expr()} can be negative before '/' or '%', where C and Python "
-                "round differently; shift the index by a constant"
-            )
-        lo, hi = lo // a.div, hi // a.div
-        if a.mod and not (0 <= lo and hi < a.mod):
-            lo, hi = 0, a.mod - 1
-        if lo < 0 or hi >= size:
-            raise HlsCodegenError(f"{where}: index {d} of {acc.c_expr()} spans {lo}..{hi}, outside 0..{size - 1}")
-
-
-def _check_stage(st: Stage, kernel: Kernel, where: str) -> None:
-    if st.op not in OPS:
-        raise HlsCodegenError(f"{where}: op {st.op!r} is not one of {', '.join(OPS)}")
-    spec = OPS_TABLE[st.op]
-    arity = spec.arity
-    allowed = (arity, arity + 1) if spec.init_input else (arity,)
-    if len(st.ins) not in allowed:
-        raise HlsCodegenError(f"{where}: {st.op} takes {' or '.join(map(str, allowed))} inputs, got {len(st.ins)}")
-    extents = {lp.var: lp.extent for lp in st.loops}
-    for var in extents:
-        if not _IDENT.match(var):
-            raise HlsCodegenError(f"{where}: loop variable {var!r} is not a C++ identifier; rename it")
-    if (st.op in REDUCTION_OPS) != bool(st.reduce):
-        raise HlsCodegenError(f"{where}: {st.op} must {'' if st.op in REDUCTION_OPS else 'not '}have reduce vars")
-    if any(v not in extents for v in st.reduce):
-        raise HlsCodegenError(f"{where}: reduce vars {st.reduce} are not all loops of the stage")
-    if st.reduce and st.acc is None:
-        raise HlsCodegenError(f"{where}: a {st.op} reduction needs an accumulator format (stage.acc)")
-    if st.out.guard or (st.reduce and len(st.ins) > arity and st.ins[arity].guard):
-        raise HlsCodegenError(f"{where}: only the operands of a stage may be guarded, not its output or init")
-    if st.lanes > 1 and (st.lane_var not in extents or st.lane_var in st.reduce):
-        raise HlsCodegenError(f"{where}: lanes={st.lanes} needs lane_var to be a loop that is not reduced")
-    for acc in (st.out, *st.ins):
-        if acc.buffer not in kernel.buffers:
-            raise HlsCodegenError(f"{where}: unknown buffer {acc.buffer!r}")
-        _check_access(acc, kernel.buffers[acc.buffer], extents, where)
-    for i, acc in enumerate(st.ins):
-        is_init = st.reduce and i == arity
-        if acc.buffer == st.out.buffer and (acc != st.out or (st.reduce and not is_init)):
-            raise HlsCodegenError(
-                f"{where}: reads {acc.c_expr()} while writing {st.out.c_expr()}; a stage may read its output "
-                "buffer only at the same index (in-place update) or as a reduction's init"
-            )
-    if spec.reads_table:
-        tbl = kernel.buffers.get(st.attrs.get("table", ""))
-        if tbl is None or tbl.init is None or len(tbl.shape) != 1 or tbl.size < 2:
-            raise HlsCodegenError(f"{where}: table needs attrs['table'] naming a 1-D buffer with n+1 >= 2 init values")
-
-
 def _check_buffer(buf: Buffer, name: str, crosses_interface: bool) -> None:
-    if not _IDENT.match(buf.name) or buf.name in _RESERVED or re.match(r"^i\d+$", buf.name) or buf.name != name:
+    if not C_IDENT.match(buf.name) or buf.name in _RESERVED or re.match(r"^i\d+$", buf.name) or buf.name != name:
         raise HlsCodegenError(f"buffer name {buf.name!r} is not usable as a C++ name; rename it")
     if crosses_interface and buf.fmt.width > interface.MAX_PORT_WIDTH:
         raise HlsCodegenError(
@@ -360,22 +269,12 @@ def _stage_view(st: Stage, kernel: Kernel, func: str) -> StageView:
 
 
 def _partitions(kernel: Kernel) -> list[dict]:
-    """ARRAY_PARTITION pragmas: cyclic by the lane count on every buffer dim a lane variable indexes
-    (the least common multiple where stages with different lane counts share a dim)."""
-    found: dict[tuple[str, int], int] = {}
-    for st in kernel.stages():
-        if st.lanes <= 1:
-            continue
-        lanes = min(st.lanes, next(lp.extent for lp in st.loops if lp.var == st.lane_var))
-        for acc in (st.out, *st.ins):
-            for d, a in enumerate(acc.index):
-                if st.lane_var in a.vars():
-                    key = (acc.buffer, d + 1)
-                    found[key] = math.lcm(found.get(key, 1), lanes)
+    """ARRAY_PARTITION pragmas: cyclic on every buffer dim the banking rule splits
+    (``common.buffer_banking``), complete where each element gets its own bank."""
     out = []
-    for (name, dim), factor in sorted(found.items()):
-        size = kernel.buffers[name].shape[dim - 1]
-        if factor > 1 and size > 1:
+    for name, spec in sorted(buffer_banking(kernel).items()):
+        for dim, factor in spec.partitions():
+            size = spec.shape[dim - 1]
             out.append({"buffer": name, "dim": dim, "factor": factor if factor < size else 0})  # 0: complete
     return out
 
@@ -396,31 +295,15 @@ def _buffer_view(buf: Buffer, table: bool = False) -> dict:
             "source": buf.source, "width": buf.fmt.width, "size": buf.size}
 
 
-def _command_views(kernel: Kernel) -> list[dict]:
-    cmds = []
-    for cmd, code in sorted(interface.commands_of(kernel).items(), key=lambda kv: kv[1]):
-        ins, outs = interface.command_buffers(kernel, cmd)
-        def place(names):
-            pos, out = 0, []
-            for n in names:
-                out.append({"buffer": n, "offset": pos, "size": kernel.buffers[n].size})
-                pos += kernel.buffers[n].size
-            return out
-        cmds.append({"name": cmd, "const": f"CMD_{cmd.upper()}", "code": code, "ins": place(ins), "outs": place(outs),
-                     "in_words": interface.word_count(kernel, ins), "out_words": interface.word_count(kernel, outs),
-                     "program": cmd if cmd in kernel.programs else ""})
-    return cmds
-
-
 def _context(kernel: Kernel, version: str) -> dict:
-    if not _IDENT.match(kernel.name):
+    if not C_IDENT.match(kernel.name):
         raise HlsCodegenError(f"kernel name {kernel.name!r} is not a C++ identifier")
     for prog in kernel.programs.values():
         for n in [*prog.inputs, *prog.outputs, *kernel.params]:
             if n not in kernel.buffers:
                 raise HlsCodegenError(f"program {prog.name!r} or the parameter list names an unknown buffer {n!r}")
-    commands = _command_views(kernel)
-    crossing = {p["buffer"] for c in commands for p in c["ins"] + c["outs"]}
+    commands = command_table(kernel)
+    crossing = {p.buffer for c in commands for p in c.ins + c.outs}
     for name, buf in kernel.buffers.items():
         _check_buffer(buf, name, name in crossing)
     formats = {b.fmt for b in kernel.buffers.values()} | {s.acc for s in kernel.stages() if s.acc is not None}
@@ -430,7 +313,10 @@ def _context(kernel: Kernel, version: str) -> dict:
     for prog in kernel.programs.values():
         views = []
         for st in prog.stages:
-            _check_stage(st, kernel, f"stage {st.name!r} of program {prog.name!r}")
+            try:
+                check_stage(st, kernel, f"stage {st.name!r} of program {prog.name!r}")
+            except KernelCheckError as e:
+                raise HlsCodegenError(str(e)) from None
             func = _c_name(f"stage_{st.name}")
             if func in funcs and funcs[func][0] is not st:  # same name, another stage: prefix the program
                 func = _c_name(f"stage_{prog.name}_{st.name}")
@@ -441,8 +327,8 @@ def _context(kernel: Kernel, version: str) -> dict:
             views.append(funcs[func][1])
         programs.append({"name": prog.name, "func": f"run_{prog.name}", "stages": views,
                          "inputs": prog.inputs, "outputs": prog.outputs})
-    unpacked = sorted({p["buffer"] for c in commands for p in c["ins"]}, key=list(kernel.buffers).index)
-    packed = sorted({p["buffer"] for c in commands for p in c["outs"]}, key=list(kernel.buffers).index)
+    unpacked = sorted({p.buffer for c in commands for p in c.ins}, key=list(kernel.buffers).index)
+    packed = sorted({p.buffer for c in commands for p in c.outs}, key=list(kernel.buffers).index)
     in_words, out_words = interface.port_words(kernel)
     tables = {st.attrs["table"] for st in kernel.stages() if OPS_TABLE[st.op].reads_table}
     buffers = [_buffer_view(b, b.name in tables) for b in kernel.buffers.values()]
@@ -462,7 +348,7 @@ def _context(kernel: Kernel, version: str) -> dict:
 def generate(kernel: Kernel, version: str) -> dict[str, str]:
     """The HLS sources of ``kernel``: relative path -> file text."""
     ctx = _context(kernel, version)
-    env = _env()
+    env = template_env()
     return {
         f"src/{kernel.name}.h": env.get_template("hls/kernel.h.j2").render(ctx),
         f"src/{kernel.name}.cpp": env.get_template("hls/kernel.cpp.j2").render(ctx),
@@ -474,21 +360,21 @@ def generate_testbench(kernel: Kernel, vectors: list[tuple[str, np.ndarray, np.n
                        version: str = "") -> dict[str, str]:
     """A C testbench (``src/tb_<name>.cpp`` + its data header) replaying ``(command, in, expected out)``."""
     ctx = _context(kernel, version or __version__)
-    codes = {c["name"]: c for c in ctx["commands"]}
+    codes = {c.name: c for c in ctx["commands"]}
     vecs = []
     for i, (cmd, words_in, words_out) in enumerate(vectors):
         if cmd not in codes:
             raise HlsCodegenError(f"test vector {i}: unknown command {cmd!r}; known: {', '.join(codes)}")
         win = [int(w) for w in np.asarray(words_in, dtype=np.int64).reshape(-1)]
         wout = [int(w) for w in np.asarray(words_out, dtype=np.int64).reshape(-1)]
-        if len(win) != codes[cmd]["in_words"] or len(wout) != codes[cmd]["out_words"]:
+        if len(win) != codes[cmd].in_words or len(wout) != codes[cmd].out_words:
             raise HlsCodegenError(
                 f"test vector {i} ({cmd}): {len(win)} in / {len(wout)} out words, the command moves "
-                f"{codes[cmd]['in_words']} / {codes[cmd]['out_words']}"
+                f"{codes[cmd].in_words} / {codes[cmd].out_words}"
             )
         vecs.append({"index": i, "command": codes[cmd], "ins": win, "outs": wout})
     ctx = {**ctx, "vectors": vecs, "data_header": f"tb_{kernel.name}_data.h"}
-    env = _env()
+    env = template_env()
     return {
         f"src/tb_{kernel.name}.cpp": env.get_template("hls/tb.cpp.j2").render(ctx),
         f"src/{ctx['data_header']}": env.get_template("hls/tb_data.h.j2").render(ctx),

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from fx2fpga_runtime import interface
 
-from ..hls.emit import _env
+from ..common import command_table, template_env
 
 WORD_BITS = interface.MAX_PORT_WIDTH
 BURST_WORDS = 16  # m_axi_gmem bursts: at most 16 beats (AXI3-compatible, like Vitis HLS' default)
@@ -56,22 +56,12 @@ def _ports(prefix: str, signals: list, aw: int) -> list[dict]:
     return [{"dir": d, "width": aw if w == "AW" else w, "name": f"{prefix}_{s}", "signal": s} for d, w, s in signals]
 
 
-def command_table(kernel, codes: dict[str, int]) -> list[dict]:
-    """Code, name and input/output word counts of each command, by code."""
-    rows = []
-    for cmd, code in sorted(codes.items(), key=lambda kv: kv[1]):
-        ins, outs = interface.command_buffers(kernel, cmd)
-        rows.append({"name": cmd, "code": code, "in_words": interface.word_count(kernel, ins),
-                     "out_words": interface.word_count(kernel, outs)})
-    return rows
-
-
 def generate(kernel, codes: dict[str, int], banner: str) -> dict[str, str]:
     """``rtl/<name>_axi.v`` and ``rtl/sim_axi.cpp`` for ``kernel`` (``codes``: the commands its core runs)."""
     name = kernel.name
     commands = command_table(kernel, codes)
-    most = max([c["in_words"] for c in commands] + [c["out_words"] for c in commands] + [1])
-    out_depth = max([c["out_words"] for c in commands] + [1])
+    most = max([c.in_words for c in commands] + [c.out_words for c in commands] + [1])
+    out_depth = max([c.out_words for c in commands] + [1])
     aw = control_addr_bits()
     regs = [{"name": n, "offset": off, "pointer": n in interface.ADDRESS_REGISTERS}
             for n, off in sorted(interface.REGISTER_MAP.items(), key=lambda kv: kv[1])]
@@ -84,7 +74,7 @@ def generate(kernel, codes: dict[str, int], banner: str) -> dict[str, str]:
         "burst": BURST_WORDS,
         "lite_ports": _ports("s_axi_control", LITE_SIGNALS, aw), "gmem_ports": _ports("m_axi_gmem", GMEM_SIGNALS, aw),
     }
-    env = _env()
+    env = template_env()
     return {
         f"rtl/{name}_axi.v": env.get_template("rtl/axi_top.v.j2").render(ctx),
         "rtl/sim_axi.cpp": env.get_template("rtl/sim_axi.cpp.j2").render(ctx),

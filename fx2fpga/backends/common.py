@@ -1,0 +1,237 @@
+"""What the HLS and RTL backends (and the estimate and the project writer) share, written once.
+
+- ``template_env()``: the Jinja environment of ``fx2fpga/templates``;
+- ``check_stage()``: the checks every stage passes before either backend prints it;
+- ``command_table()``: each command's code and the words it moves through the word interface;
+- ``buffer_banking()``: the one banking rule: how many cyclic banks each buffer dim is split
+  into, read by the estimate, the HLS ``ARRAY_PARTITION`` pragmas and the RTL memories (the
+  pragmas leave out the lanes' stride: ``BankSpec``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from fx2fpga_runtime import interface
+from fx2fpga_runtime.ir import OPS, REDUCTION_OPS, Access, Affine, Buffer, Guard, Kernel, Stage
+from fx2fpga_runtime.ops import OPS_TABLE
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from ..errors import Fx2fpgaError
+
+C_IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")  # loop variables, buffer and kernel names
+
+
+class KernelCheckError(Fx2fpgaError, ValueError):
+    """A stage no backend can print exactly; the message says what to change (each backend
+    re-raises it as its own error)."""
+
+
+def template_env() -> Environment:
+    """The Jinja environment of the templates in ``fx2fpga/templates``."""
+    return Environment(
+        loader=PackageLoader("fx2fpga", "templates"),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+# ----- index ranges ---------------------------------------------------------------------------------------
+
+def affine_range(a: Affine, extents: dict[str, int]) -> tuple[int, int]:
+    """Smallest and largest value of an index over the loop box (before ``div``/``mod``)."""
+    lo = hi = a.const
+    for var, coeff in a.terms:
+        top = coeff * (extents[var] - 1)
+        lo, hi = lo + min(0, top), hi + max(0, top)
+    return lo, hi
+
+
+def guarded_in_range(a: Affine, size: int, guards: tuple[Guard, ...]) -> bool:
+    """Whether a guard keeps index ``a`` inside ``0..size-1`` (and exact before its ``/``) where it holds."""
+    linear = (sorted(a.terms), a.const)
+    return not a.mod and any((sorted(g.expr.terms), g.expr.const) == linear and g.step % a.div == 0
+                             and (g.bound - 1) // a.div < size for g in guards)
+
+
+# ----- stage checks ---------------------------------------------------------------------------------------
+
+def check_access(acc: Access, buf: Buffer, extents: dict[str, int], where: str) -> None:
+    """An access has one in-range index per dim over the stage's loops, and linear guards."""
+    if len(acc.index) != len(buf.shape):
+        raise KernelCheckError(
+            f"{where}: {acc.c_expr()} has {len(acc.index)} indices, {buf.name} has shape {buf.shape}")
+    for g in acc.guard:
+        if g.expr.div != 1 or g.expr.mod or g.step < 1 or any(v not in extents for v in g.expr.vars()):
+            raise KernelCheckError(f"{where}: guard {g.c_expr()} of {acc.c_expr()} must be a linear expression of "
+                                   "the stage's loops with a step >= 1")
+    for d, (a, size) in enumerate(zip(acc.index, buf.shape, strict=True)):
+        unknown = [v for v in a.vars() if v not in extents]
+        if unknown:
+            raise KernelCheckError(f"{where}: {acc.c_expr()} uses {unknown}, which are not loops of the stage")
+        if guarded_in_range(a, size, acc.guard):
+            continue
+        lo, hi = affine_range(a, extents)
+        if lo < 0 and (a.div != 1 or a.mod):
+            raise KernelCheckError(
+                f"{where}: index {d} of {acc.c_expr()} can be negative before '/' or '%', where C and Python "
+                "round differently; shift the index by a constant"
+            )
+        lo, hi = lo // a.div, hi // a.div
+        if a.mod and not (0 <= lo and hi < a.mod):
+            lo, hi = 0, a.mod - 1
+        if lo < 0 or hi >= size:
+            raise KernelCheckError(f"{where}: index {d} of {acc.c_expr()} spans {lo}..{hi}, outside 0..{size - 1}")
+
+
+def check_stage(st: Stage, kernel: Kernel, where: str) -> None:
+    """A stage both backends can print: a known op with its arity, loops, reductions, lanes,
+    in-range accesses and the in-place rules (raises ``KernelCheckError``)."""
+    if st.op not in OPS:
+        raise KernelCheckError(f"{where}: op {st.op!r} is not one of {', '.join(OPS)}")
+    spec = OPS_TABLE[st.op]
+    arity = spec.arity
+    allowed = (arity, arity + 1) if spec.init_input else (arity,)
+    if len(st.ins) not in allowed:
+        raise KernelCheckError(f"{where}: {st.op} takes {' or '.join(map(str, allowed))} inputs, got {len(st.ins)}")
+    extents = {lp.var: lp.extent for lp in st.loops}
+    for var in extents:
+        if not C_IDENT.match(var):
+            raise KernelCheckError(f"{where}: loop variable {var!r} is not a C++ identifier; rename it")
+    if (st.op in REDUCTION_OPS) != bool(st.reduce):
+        raise KernelCheckError(f"{where}: {st.op} must {'' if st.op in REDUCTION_OPS else 'not '}have reduce vars")
+    if any(v not in extents for v in st.reduce):
+        raise KernelCheckError(f"{where}: reduce vars {st.reduce} are not all loops of the stage")
+    if st.reduce and st.acc is None:
+        raise KernelCheckError(f"{where}: a {st.op} reduction needs an accumulator format (stage.acc)")
+    if st.out.guard or (st.reduce and len(st.ins) > arity and st.ins[arity].guard):
+        raise KernelCheckError(f"{where}: only the operands of a stage may be guarded, not its output or init")
+    if st.lanes > 1 and (st.lane_var not in extents or st.lane_var in st.reduce):
+        raise KernelCheckError(f"{where}: lanes={st.lanes} needs lane_var to be a loop that is not reduced")
+    for acc in (st.out, *st.ins):
+        if acc.buffer not in kernel.buffers:
+            raise KernelCheckError(f"{where}: unknown buffer {acc.buffer!r}")
+        check_access(acc, kernel.buffers[acc.buffer], extents, where)
+    _check_in_place(st, arity, where)
+    if spec.reads_table:
+        tbl = kernel.buffers.get(st.attrs.get("table", ""))
+        if tbl is None or tbl.init is None or len(tbl.shape) != 1 or tbl.size < 2:
+            raise KernelCheckError(f"{where}: table needs attrs['table'] naming a 1-D buffer with n+1 >= 2 init values")
+
+
+def _check_in_place(st: Stage, arity: int, where: str) -> None:
+    for i, acc in enumerate(st.ins):
+        is_init = st.reduce and i == arity
+        if acc.buffer == st.out.buffer and (acc != st.out or (st.reduce and not is_init)):
+            raise KernelCheckError(
+                f"{where}: reads {acc.c_expr()} while writing {st.out.c_expr()}; a stage may read its output "
+                "buffer only at the same index (in-place update) or as a reduction's init"
+            )
+
+
+# ----- the command table ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one buffer sits in a command's word array: ``size`` words from ``offset``."""
+
+    buffer: str
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command of the word interface: its code, the buffers it reads from ``in_words`` and
+    writes to ``out_words`` (in order), and the program it runs (``""``: a transfer only)."""
+
+    name: str
+    code: int
+    ins: tuple[Slot, ...]
+    outs: tuple[Slot, ...]
+    program: str
+
+    @property
+    def const(self) -> str:
+        """The C++ constant of its code: ``CMD_INFER``."""
+        return f"CMD_{self.name.upper()}"
+
+    @property
+    def in_words(self) -> int:
+        return sum(s.size for s in self.ins)
+
+    @property
+    def out_words(self) -> int:
+        return sum(s.size for s in self.outs)
+
+
+def _slots(kernel: Kernel, names: list[str]) -> tuple[Slot, ...]:
+    out, pos = [], 0
+    for n in names:
+        out.append(Slot(n, pos, kernel.buffers[n].size))
+        pos += kernel.buffers[n].size
+    return tuple(out)
+
+
+def command_table(kernel: Kernel, codes: dict[str, int] | None = None) -> list[Command]:
+    """The commands of ``kernel`` (``codes``: those its core answers to; default all), by code."""
+    codes = interface.commands_of(kernel) if codes is None else codes
+    rows = []
+    for name, code in sorted(codes.items(), key=lambda kv: kv[1]):
+        ins, outs = interface.command_buffers(kernel, name)
+        rows.append(Command(name, code, _slots(kernel, ins), _slots(kernel, outs),
+                            name if name in kernel.programs else ""))
+    return rows
+
+
+# ----- banking --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BankSpec:
+    """A buffer split cyclically into ``factors[d]`` banks along each dim ``d`` (1: not split;
+    the dim's size: one bank per element), so that the lanes of every stage reach distinct banks.
+    The RTL's RAMs, the HLS ``ARRAY_PARTITION`` pragmas and the estimate all split by ``factors``;
+    strided lanes (a pooling window, a strided convolution's input) need stride x lanes banks."""
+
+    buffer: str
+    shape: tuple[int, ...]
+    factors: tuple[int, ...]
+
+    @property
+    def banks(self) -> int:
+        """The number of banks (RAMs of the RTL; at least the HLS partitions)."""
+        return math.prod(self.factors)
+
+    def partitions(self) -> list[tuple[int, int]]:
+        """``(dim, factor)`` of each dim the HLS pragmas split, dims counted from 1."""
+        return [(d + 1, f) for d, f in enumerate(self.factors) if f > 1]
+
+
+def lane_span(st: Stage, index: Affine) -> int:
+    """How many consecutive values of a lane-indexed dim the stage's lanes cover together: the
+    active lanes (at most the lane loop's extent) times the lane variable's ``|coefficient|``
+    (a strided convolution's input: stride x lanes; 1 under a ``/`` or ``%``)."""
+    lanes = min(st.lanes, next(lp.extent for lp in st.loops if lp.var == st.lane_var))
+    coeff = abs(dict(index.terms)[st.lane_var]) or 1
+    return lanes * (coeff if index.div == 1 and not index.mod else 1)
+
+
+def buffer_banking(kernel: Kernel) -> dict[str, BankSpec]:
+    """The banking of every buffer: along each dim a lane variable indexes, the least common
+    multiple of the spans the stages' lanes cover there (``lane_span``), at most the dim's size."""
+    factors = {name: [1] * len(buf.shape) for name, buf in kernel.buffers.items()}
+    for st in kernel.stages():
+        if st.lanes <= 1 or st.lane_var is None:
+            continue
+        for acc in (st.out, *st.ins):
+            for d, ix in enumerate(acc.index):
+                if st.lane_var in ix.vars():
+                    size = kernel.buffers[acc.buffer].shape[d]
+                    f = factors[acc.buffer]
+                    f[d] = min(size, math.lcm(f[d], lane_span(st, ix)))
+    return {name: BankSpec(name, tuple(buf.shape), tuple(factors[name]))
+            for name, buf in kernel.buffers.items()}
