@@ -185,10 +185,7 @@ def trace_training(model, example_inputs, train: SGD | GD) -> torch.fx.GraphModu
     """The joint graph of one SGD step: (params, buffers, states, x, y) -> (loss, new params, new
     buffers, new states). The states are the optimizer's velocities (``momentum:<param>``, with
     momentum only); ``GD`` takes no x and y and its loss is the model's output."""
-    from torch._dispatch.python import enable_python_dispatcher
-    from torch.func import functional_call, functionalize, grad_and_value
-    from torch.fx.experimental.proxy_tensor import make_fx
-    from torch.fx.traceback import preserve_node_meta
+    from torch.func import functional_call, grad_and_value
 
     module = as_module(model).train()
     args = _as_tuple(example_inputs)
@@ -226,9 +223,27 @@ def trace_training(model, example_inputs, train: SGD | GD) -> torch.fx.GraphModu
 
     targets = [] if gd else [train.example_targets]
     flat_inputs = [*params.values(), *buffers.values(), *states.values(), *args, *targets]
+    gm = _make_fx(step, flat_inputs)
+    _annotate_training_graph(gm, params, buffers, states, gd, lr)
+    profile(gm, flat_inputs)
+    if states:  # once more from velocities at their bound g / (1 - momentum) (the step's v is g from 0)
+        with torch.no_grad():
+            new_vs = gm(*flat_inputs)[-len(states):]
+        at_bound = [v / (1.0 - momentum) for v in new_vs]
+        profile(gm, flat_inputs[:n_state] + at_bound + flat_inputs[n_state + len(states):])
+    return gm
+
+
+def _make_fx(step, flat_inputs: list) -> torch.fx.GraphModule:
+    """``make_fx(functionalize(step))`` with our decompositions; a failure is a ``TraceError``."""
+    from torch._dispatch.python import enable_python_dispatcher
+    from torch.func import functionalize
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.fx.traceback import preserve_node_meta
+
     try:
         with enable_python_dispatcher(), preserve_node_meta():
-            gm = make_fx(
+            return make_fx(
                 functionalize(step, remove="mutations"),
                 decomposition_table=decomposition_table(),
                 tracing_mode="fake",
@@ -239,7 +254,12 @@ def trace_training(model, example_inputs, train: SGD | GD) -> torch.fx.GraphModu
     except Exception as e:
         raise TraceError(f"could not trace the training step: {type(e).__name__}: {e}") from e
 
-    roles = [("param", k, params[k]) for k in pnames] + [("buffer", k, buffers[k]) for k in bnames]
+
+def _annotate_training_graph(gm: torch.fx.GraphModule, params: dict, buffers: dict, states: dict, gd: bool,
+                             lr: float) -> None:
+    """The step's placeholders get their roles (param, buffer, state, input, target) and values;
+    the graph its outputs' roles (loss, new params, buffers and states)."""
+    roles = [("param", k, v) for k, v in params.items()] + [("buffer", k, v) for k, v in buffers.items()]
     roles += [("state", k, v) for k, v in states.items()]
     roles += [] if gd else [("input", "x", None), ("target", "y", None)]
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
@@ -247,16 +267,9 @@ def trace_training(model, example_inputs, train: SGD | GD) -> torch.fx.GraphModu
         set_node_info(node, placeholder=Placeholder(role, name, None if value is None else value.clone()))
     _mark_statistics(gm)
     _inherit_stack_traces(gm)
-    outputs = ([OutputRole("loss")] + [OutputRole("param", k) for k in pnames]
-               + [OutputRole("buffer", k) for k in bnames] + [OutputRole("state", k) for k in states])
+    outputs = ([OutputRole("loss")] + [OutputRole("param", k) for k in params]
+               + [OutputRole("buffer", k) for k in buffers] + [OutputRole("state", k) for k in states])
     gm.meta[META_KEY] = GraphInfo("train_step", tuple(outputs), lr)
-    profile(gm, flat_inputs)
-    if states:  # once more from velocities at their bound g / (1 - momentum) (the step's v is g from 0)
-        with torch.no_grad():
-            new_vs = gm(*flat_inputs)[-len(states):]
-        at_bound = [v / (1.0 - momentum) for v in new_vs]
-        profile(gm, flat_inputs[:n_state] + at_bound + flat_inputs[n_state + len(states):])
-    return gm
 
 
 class _RangeRecorder(torch.fx.Interpreter):
