@@ -277,9 +277,9 @@ def test_report_runs_yosys_and_counts_resources_beside_the_budget(tmp_path, caps
     # the mac and mul stages share one multiplier per lane (24x24-bit products: two DSP48E1 each);
     # the function tables interpolate with their own (one DSP48E1 per lane)
     p = verilog.plan(kernel, kernel.name, "DSP48E1")
-    pool = p["pool"]
+    pool = p.pool
     assert pool["lanes"] == 4 and len(pool["product"]["parts"]) == 2
-    tables = [u for u in p["units"] if u["kind"] == "table"]
+    tables = [u for u in p.units if u["kind"] == "table"]
     assert res.dsp == pool["lanes"] * 2 + sum(u["lanes"] * len(u["product"]["parts"]) for u in tables)
     assert res.dsp == verilog.dsp_blocks(kernel, "DSP48E1") == 20
     assert f"| DSP (DSP48E1) in the generated RTL, exact | {res.dsp} | 220 |" in text
