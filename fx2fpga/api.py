@@ -155,7 +155,7 @@ def compile(  # noqa: A001 - the public name the product promises
     name: str | None = None,
     progress=None,
     outputs: str = "both",
-    share_memory: bool = False,
+    share_memory: bool = True,
     until: str | None = None,
     backend: str | None = None,
 ):
@@ -171,7 +171,9 @@ def compile(  # noqa: A001 - the public name the product promises
     ``progress`` (a callable taking a line of text) hears about each pipeline step.
     ``outputs`` says what the project folder holds: ``"hls"`` (C++ for Vitis HLS, the csim and
     pynq simulators), ``"rtl"`` (Verilog, the rtl simulator) or ``"both"`` (the default).
-    ``share_memory`` lets temporaries with disjoint lifetimes share one on-chip array.
+    ``share_memory`` (default on) lets temporaries of one shape and format with disjoint lifetimes
+    share one on-chip array (``mem<k>``); ``False`` keeps one array per tensor, e.g. to read every
+    intermediate tensor by name from the emulator's memory after a call.
 
     ``until`` names a step of ``fx2fpga.PIPELINE`` to stop after; ``compile`` then returns that
     step's artifact instead of the ``Design``: ``"trace"`` the torch.fx graphs (a list),

@@ -140,3 +140,12 @@ def test_a_kernel_the_rtl_cannot_map_has_no_schedule_and_a_readme(monkeypatch):
     assert [f for f in files if f.startswith("rtl/")] == ["rtl/README.md"]
     assert "different words of one memory bank" in files["rtl/README.md"]
     assert len(calls) == 2  # only here: the RTL emitter checks the ops first, then schedules again to say why
+
+
+def test_share_memory_is_a_step_on_by_default():
+    model, x = _model()
+    sgd = fx2fpga.SGD(F.cross_entropy, torch.tensor([0, 1, 2, 0]), 0.1)
+    shared = fx2fpga.compile(model, (x,), train=sgd, until="share memory")
+    separate = fx2fpga.compile(model, (x,), train=sgd, until="share memory", share_memory=False)
+    assert "memory" not in separate.meta and len(shared.buffers) < len(separate.buffers)
+    assert shared.meta["memory"]["mem0"] == ["infer_addmm", "train_addmm"]  # infer and train_step never overlap

@@ -33,7 +33,7 @@ class CompileContext:
     target: Any
     name: str
     outputs: str = "both"
-    share_memory: bool = False
+    share_memory: bool = True
     example: dict = field(default_factory=dict)  # float arrays "x" (and "y"): the golden vectors' inputs
     out_dir: Path | None = None  # where ``write`` puts the project folder; None: nowhere (yet)
     progress: Callable[[str], None] | None = None
@@ -193,7 +193,7 @@ PIPELINE = Pipeline([
     Step("lower", _lower, "ATen ops -> kernel IR stages (loop nests); views become index maps", "kernel", "Kernel"),
     Step("quantize", _quantize, "fixed-point formats per buffer and accumulator; function tables", "kernel",
          "Kernel"),
-    Step("share memory", _share_memory, "temporaries with disjoint lifetimes share one array (share_memory=)",
+    Step("share memory", _share_memory, "temporaries with disjoint lifetimes share one array (share_memory=False: off)",
          "kernel", "Kernel"),
     Step("tile", _tile, "lanes (parallel datapath copies) per stage, kept RTL-bankable; the resource budget",
          "kernel", "Kernel"),
