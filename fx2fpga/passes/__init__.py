@@ -16,7 +16,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # for the annotations only: the steps import their modules when they run
+    import torch.fx
+    from fx2fpga_runtime.ir import Kernel
+
+    from ..api import Design
+    from ..backends.rtl.emit import RtlPlan
+    from .schedule import Schedule
 
 OUTPUTS = ("hls", "rtl", "both")  # what the project folder holds: HLS C++, Verilog, or both
 
@@ -39,17 +47,17 @@ class CompileContext:
     progress: Callable[[str], None] | None = None
     notes: dict = field(default_factory=dict)  # step name -> lines for report.md
 
-    graphs: list | None = None  # trace: torch.fx graphs (inference, then the training step)
-    kernel: Any = None  # lower ... tile: the kernel IR, refined in place by each step
-    schedule: Any = None  # tile's bank check / schedule: the RTL ``Schedule``; None if the kernel cannot map
+    graphs: list[torch.fx.GraphModule] | None = None  # trace: inference, then the training step
+    kernel: Kernel | None = None  # lower ... tile: the kernel IR, refined by each step
+    schedule: Schedule | None = None  # tile's bank check / schedule; None if the RTL cannot map the kernel
     schedule_error: Exception | None = None  # why there is no schedule
-    rtl_plan: Any = None  # the RTL ``RtlPlan`` (Design.rtl_plan computes it once, from the schedule)
+    rtl_plan: RtlPlan | None = None  # made once, from the schedule (Design.rtl_plan)
     rtl_error: str | None = None  # why there is no RTL plan
     vectors: list | None = None  # golden (command, in words, out words) from the emulator
     hls_files: dict | None = None  # emit HLS: hls/, src/, tb/ and the Vitis scripts ({} without HLS output)
     rtl_files: dict | None = None  # emit RTL: rtl/ and build_rtl.tcl ({} without RTL output)
     files: dict | None = None  # write: every file of the project folder
-    design: Any = None  # write: the ``Design``
+    design: Design | None = None  # write: the ``Design``
     done: list[str] = field(default_factory=list)  # the steps run so far
 
 
