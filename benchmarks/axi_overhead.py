@@ -33,7 +33,7 @@ def compile_mlp(out: Path):
 
     sgd = fx2fpga.SGD(ex.loss_fn, ex.example_targets, ex.lr)
     return fx2fpga.compile(ex.model, ex.example_inputs, target="pynq-z1", train=sgd, lanes=4, out_dir=out,
-                           backend="rtl", progress=lambda line: print(line, flush=True))
+                           outputs="rtl", progress=lambda line: print(line, flush=True))
 
 
 def ideal_memory(out: Path, kernel) -> dict:

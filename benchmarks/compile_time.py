@@ -26,8 +26,8 @@ def time_compile(out: Path) -> float:
     return time.perf_counter() - t0
 
 
-def time_training(backend: str, steps: int) -> tuple[float, float]:
-    """(seconds for `steps` training steps, held-out accuracy) on a backend."""
+def time_training(sim: str, steps: int) -> tuple[float, float]:
+    """(seconds for `steps` training steps, held-out accuracy) on the simulator `sim`."""
     sys.path.insert(0, str(ROOT / "examples"))
     import mlp_digits as ex  # noqa: PLC0415
 
@@ -35,7 +35,7 @@ def time_training(backend: str, steps: int) -> tuple[float, float]:
 
     x_train, y_train, x_test, y_test = ex.digits()
     design = fx2fpga.compile(ex.model, ex.example_inputs, train=fx2fpga.SGD(ex.loss_fn, ex.example_targets, ex.lr))
-    with design.load(backend) as k:
+    with design.load(sim) as k:
         t0 = time.perf_counter()
         for xb, yb in ex.batches(x_train, y_train, steps):
             k.train_step(xb, yb)

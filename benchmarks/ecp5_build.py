@@ -37,7 +37,7 @@ def main() -> None:
         project = Path(tmp) / "mlp"
         t0 = time.perf_counter()
         subprocess.run([*cli, "compile", str(ROOT / "examples" / "mlp_digits.py"), "--train", "--target", "ulx3s",
-                        "--lanes", args.lanes, "--backend", "rtl", "-o", str(project)], check=True, env=env)
+                        "--lanes", args.lanes, "--outputs", "rtl", "-o", str(project)], check=True, env=env)
         compile_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         rc = subprocess.run([*cli, "build", str(project)], env=env).returncode

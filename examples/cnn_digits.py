@@ -1,7 +1,7 @@
 """A LeNet-style CNN on sklearn's 8x8 digits, trained on the FPGA kernel (or its simulation).
 
     fx2fpga compile examples/cnn_digits.py --target pynq-z1 --train     # the project folder
-    python examples/cnn_digits.py [--backend emu|csim] [--steps 300]    # train it here
+    python examples/cnn_digits.py [--sim emu|csim|rtl] [--steps 300]    # train it here
 
 Conv2d 1->4 3x3 pad 1, ReLU, MaxPool 2, Conv2d 4->8 3x3 pad 1, ReLU, MaxPool 2, Flatten,
 Linear 32->10. The module-level names are what ``fx2fpga compile`` reads: ``model``,

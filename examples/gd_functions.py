@@ -1,6 +1,6 @@
 """Gradient descent on Sphere, Rosenbrock and Rastrigin: the fixed-point kernel against float.
 
-    python examples/gd_functions.py [--backend emu|csim] [--steps 200]
+    python examples/gd_functions.py [--sim emu|csim] [--steps 200]
 
 For each function in 2 and 10 dimensions the function is compiled with ``fx2fpga.GD`` (the point
 ``x`` stays on chip) and descended for ``--steps`` steps in fixed point, with the formats of
@@ -44,13 +44,13 @@ def descend_float(f, x0: torch.Tensor, lr: float, steps: int) -> tuple[list[floa
     return values, x.numpy()
 
 
-def descend_fixed(f, x0: torch.Tensor, lr: float, steps: int, precision: dict, backend: str) -> dict:
+def descend_fixed(f, x0: torch.Tensor, lr: float, steps: int, precision: dict, sim: str) -> dict:
     """The same descent on the compiled kernel: ``train_step()`` returns f before each step."""
     t0 = time.perf_counter()
     design = fx2fpga.compile(f, (x0,), train=fx2fpga.GD(lr=lr), precision=precision, name=f.__name__)
     compile_s = time.perf_counter() - t0
     k = design.kernel
-    with design.load(backend) as runner:
+    with design.load(sim) as runner:
         t0 = time.perf_counter()
         values = [runner.train_step() for _ in range(steps)]
         run_s = time.perf_counter() - t0
@@ -91,7 +91,7 @@ def plot(runs: list[dict], path: Path) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--backend", default="emu", choices=["emu", "csim"])
+    ap.add_argument("--sim", default="emu", choices=["emu", "csim"])
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
@@ -100,8 +100,8 @@ def main(argv=None) -> int:
         for dim in DIMS:
             x0, lr = start(name, dim), LEARNING_RATES[name]
             ref, x_float = descend_float(f, x0, lr, args.steps)
-            fx = descend_fixed(f, x0, lr, args.steps, PRECISION, args.backend)
-            fd = descend_fixed(f, x0, lr, args.steps, DEFAULT_PRECISION, args.backend)
+            fx = descend_fixed(f, x0, lr, args.steps, PRECISION, args.sim)
+            fd = descend_fixed(f, x0, lr, args.steps, DEFAULT_PRECISION, args.sim)
             runs.append({
                 "function": name, "dim": dim, "lr": lr, "steps": args.steps, "x0": x0.tolist(),
                 "float": ref, "fixed": fx["values"], "fixed_default": fd["values"],
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
             })
     args.out.mkdir(parents=True, exist_ok=True)
     summary = {
-        "backend": args.backend, "steps": args.steps, "torch": torch.__version__,
+        "sim": args.sim, "steps": args.steps, "torch": torch.__version__,
         "precision": fx2fpga.Precision.from_spec(PRECISION).describe(),
         "precision_default": fx2fpga.Precision.from_spec(DEFAULT_PRECISION).describe(),
         "runs": runs,
@@ -123,7 +123,7 @@ def main(argv=None) -> int:
     plot(runs, args.out / "gd_functions.png")
     head = (f"{'function':10s} {'n':>3s} {'lr':>7s} {'f(x0)':>10s} {'float':>11s} {'fixed':>11s} {'|diff|':>9s} "
             f"{'max|dx|':>9s} {'default':>11s} {'|diff|':>9s} {'run s':>6s}")
-    print(f"{args.steps} GD steps on {args.backend}; fixed formats: {PRECISION}; default: {DEFAULT_PRECISION}")
+    print(f"{args.steps} GD steps on {args.sim}; fixed formats: {PRECISION}; default: {DEFAULT_PRECISION}")
     print(head)
     for r in runs:
         print(f"{r['function']:10s} {r['dim']:3d} {r['lr']:7g} {r['float'][0]:10.4f} {r['final_float']:11.5g} "

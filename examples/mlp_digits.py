@@ -1,7 +1,7 @@
 """A 64-32-10 MLP on sklearn's 8x8 digits, trained on the FPGA kernel (or its simulation).
 
     fx2fpga compile examples/mlp_digits.py --target pynq-z1 --train     # the project folder
-    python examples/mlp_digits.py [--backend emu|csim] [--steps 300]    # train it here
+    python examples/mlp_digits.py [--sim emu|csim|rtl] [--steps 300]    # train it here
 
 The module-level names are what ``fx2fpga compile`` reads: ``model``, ``example_inputs``,
 ``loss_fn``, ``example_targets``, ``lr``.
@@ -73,7 +73,7 @@ def accuracy(predict, x, y) -> float:
 
 def train_on_kernel(name: str, model, example_inputs, loss_fn, example_targets, lr: float,
                     prepare=lambda x: x) -> None:
-    """The examples' command line: compile ``model``, train it on a backend, print accuracy.
+    """The examples' command line: compile ``model``, train it on a simulator, print accuracy.
 
     ``prepare`` turns rows of 64 pixels into the model's input layout.
     """
@@ -81,7 +81,8 @@ def train_on_kernel(name: str, model, example_inputs, loss_fn, example_targets, 
 
     ap = argparse.ArgumentParser(description=sys.modules["__main__"].__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backend", default="emu", choices=["emu", "csim", "rtl"])
+    ap.add_argument("--sim", default="emu", choices=["emu", "csim", "rtl"],
+                    help="what runs the kernel: emu (numpy), csim (g++ on the HLS C++), rtl (Verilator)")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--out", default=f"{name}_pynq-z1")
     args = ap.parse_args()
@@ -90,13 +91,13 @@ def train_on_kernel(name: str, model, example_inputs, loss_fn, example_targets, 
     design = fx2fpga.compile(model, example_inputs, target="pynq-z1",
                              train=fx2fpga.SGD(loss_fn, example_targets, lr=lr), out_dir=args.out)
     print(f"wrote {args.out}/ ({design})")
-    with design.load(args.backend) as kernel:
+    with design.load(args.sim) as kernel:
         for step, (xb, yb) in enumerate(batches(x_train, y_train, args.steps), 1):
             loss = kernel.train_step(prepare(xb), yb)
             if step % 50 == 0 or step == 1:
                 print(f"step {step:4d}  loss {loss:.4f}")
         acc = accuracy(lambda xb: kernel.infer(prepare(xb)), x_test, y_test)
-    print(f"held-out accuracy after {args.steps} steps on {args.backend}: {100 * acc:.1f}%")
+    print(f"held-out accuracy after {args.steps} steps on {args.sim}: {100 * acc:.1f}%")
 
 
 if __name__ == "__main__":

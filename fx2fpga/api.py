@@ -4,38 +4,57 @@ from __future__ import annotations
 
 import re
 import tempfile
+import warnings
 from pathlib import Path
 
 import fx2fpga_runtime
 import numpy as np
 import torch
-from fx2fpga_runtime.ir import Kernel
 from fx2fpga_runtime.runner import KernelRunner
 
-from .errors import PrecisionError, ResourceBudgetError
+from .errors import PrecisionError
 from .frontend import GD, SGD, PointModule, _as_tuple, as_module
-from .passes import CompileContext, estimate, run_pipeline
+from .passes import OUTPUTS, PIPELINE, CompileContext, design_of, folder_files, run_pipeline
 from .passes.quantize import Precision
 from .targets import Target, load_target
 
-OUTPUT_BACKENDS = ("hls", "rtl", "both")
+OUTPUT_BACKENDS = OUTPUTS  # the old name of OUTPUTS (kept one release)
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"{old} is now {new}; the old spelling goes in the next release", DeprecationWarning, stacklevel=3)
 
 
 class Design:
-    """A compiled kernel: run it (``load``), write its project folder (``write``), read its report."""
+    """A compiled kernel: run it (``load``), write its project folder (``write``), read its report.
 
-    def __init__(self, kernel: Kernel, target: Target, precision: Precision, example: dict,
-                 train: SGD | GD | None, backend: str = "both"):
-        if backend not in OUTPUT_BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(OUTPUT_BACKENDS)}, got {backend!r}")
-        self.backend = backend  # what the project folder holds: hls (C++), rtl (Verilog) or both
-        self._rtl_cycles: dict | None = None
-        self.kernel = kernel
-        self.target = target
-        self.precision = precision
-        self.example = example  # float arrays: "x" and, for training kernels, "y"
-        self.train = train
-        self.out_dir: Path | None = None
+    It reads the artifacts the pipeline's steps left on its ``context`` (the kernel, the schedule,
+    the emitted files) and runs the remaining steps when it first needs their results.
+    """
+
+    def __init__(self, context: CompileContext):
+        self.context = context
+
+    kernel = property(lambda self: self.context.kernel, doc="The tiled kernel IR.")
+    target = property(lambda self: self.context.target, doc="The board.")
+    precision = property(lambda self: self.context.precision, doc="The fixed-point formats.")
+    example = property(lambda self: self.context.example, doc='Float arrays "x" and (training) "y".')
+    train = property(lambda self: self.context.train, doc="The SGD/GD step, or None.")
+    outputs = property(lambda self: self.context.outputs,
+                       doc="What the project folder holds: hls (C++), rtl (Verilog) or both.")
+    schedule = property(lambda self: self.context.schedule,
+                        doc="The RTL schedule (computed once, by the pipeline); None if the RTL cannot map.")
+
+    @property
+    def backend(self) -> str:
+        """Deprecated: ``outputs``."""
+        _deprecated("Design.backend", "Design.outputs")
+        return self.outputs
+
+    @property
+    def out_dir(self) -> Path | None:
+        """The folder the project was written to, or None."""
+        return self.context.out_dir if "write" in self.context.done else None
 
     @property
     def name(self) -> str:
@@ -43,55 +62,62 @@ class Design:
 
     def files(self) -> dict[str, str]:
         """Every file of the project folder: relative path -> text."""
-        from .project.folder import project_files
-
-        return project_files(self)
+        return dict(folder_files(self.context))
 
     def write(self, out_dir: str | Path) -> Path:
         """Write the project folder atomically (an existing fx2fpga project there is replaced)."""
-        from .project.writer import write_project
+        self.context.out_dir = Path(out_dir)
+        if "write" in self.context.done:
+            self.context.done.remove("write")
+        run_pipeline(self.context, "write")
+        return self.context.out_dir
 
-        self.out_dir = write_project(Path(out_dir), self.files())
-        return self.out_dir
+    def load(self, sim: str = "emu", *, backend: str | None = None) -> KernelRunner:
+        """A runnable kernel on the simulator ``sim``: ``emu`` (numpy, bit-exact), ``csim`` (g++ on the
+        HLS C++), ``rtl`` (Verilator on the Verilog) or ``pynq`` (the board).
 
-    def load(self, backend: str = "emu") -> KernelRunner:
-        """A runnable kernel: ``emu`` (numpy, bit-exact) or ``csim`` (g++ on the HLS C++).
-
-        The csim backend needs the project folder; without one it is written to a
+        The csim and rtl simulators need the project folder; without one it is written to a
         temporary folder first.
         """
-        needs = {"csim": "hls", "rtl": "rtl"}.get(backend)  # pynq: a bitstream of either (build.tcl, build_rtl.tcl)
-        if needs is not None and self.backend not in (needs, "both"):
-            raise ValueError(f"the {backend} backend runs the {needs.upper()} output, but this design was compiled "
-                             f"with backend={self.backend!r}: compile with backend={needs!r} or 'both'")
-        if backend != "emu" and self.out_dir is None:
+        if backend is not None:
+            _deprecated("load(backend=...)", "load(sim=...)")
+            sim = backend
+        needs = {"csim": "hls", "rtl": "rtl"}.get(sim)  # pynq: a bitstream of either (build.tcl, build_rtl.tcl)
+        if needs is not None and self.outputs not in (needs, "both"):
+            raise ValueError(f"the {sim} simulator runs the {needs.upper()} output, but this design was compiled "
+                             f"with outputs={self.outputs!r}: compile with outputs={needs!r} or 'both'")
+        if sim != "emu" and self.out_dir is None:
             self.write(Path(tempfile.mkdtemp(prefix=f"fx2fpga_{self.name}_")) / self.name)
-        return KernelRunner(self.kernel, fx2fpga_runtime.make_backend(self.kernel, backend, self.out_dir))
+        return KernelRunner(self.kernel, fx2fpga_runtime.make_backend(self.kernel, sim, self.out_dir))
 
     def rtl_cycles(self) -> dict[str, int] | None:
         """Exact cycles of each command in the generated RTL (its schedule); None if it has no RTL."""
-        if self._rtl_cycles is None:
+        s = self.schedule
+        if self.outputs == "hls" or s is None:
+            return None
+        return {c: s.call_cycles(c) for c in s.commands} or None
+
+    def rtl_plan(self):
+        """The RTL generator's ``RtlPlan`` (made once, from the schedule); None without RTL output or
+        for a kernel the RTL cannot map (``context.rtl_error`` says why)."""
+        ctx = self.context
+        if self.outputs == "hls":
+            return None
+        if ctx.rtl_plan is None and ctx.rtl_error is None and ctx.schedule_error is not None:
+            ctx.rtl_error = str(ctx.schedule_error)  # (the emitter's README checks the ops first, then says this)
+        if ctx.rtl_plan is None and ctx.rtl_error is None:
             from .backends.rtl import emit as verilog
 
-            self._rtl_cycles = self._of_rtl(verilog.call_cycles) or {}
-        return self._rtl_cycles or None
+            try:
+                ctx.rtl_plan = verilog.plan(self.kernel, self.name, self.target.dsp_kind, self.schedule)
+            except (verilog.RtlCodegenError, verilog.sched.ScheduleError) as e:
+                ctx.rtl_error = str(e)
+        return ctx.rtl_plan
 
     def rtl_dsp_blocks(self) -> int | None:
         """DSP blocks (the target's kind) the generated RTL instantiates, exactly; None if it has no RTL."""
-        from .backends.rtl import emit as verilog
-
-        return self._of_rtl(lambda kernel: verilog.dsp_blocks(kernel, self.target.dsp_kind))
-
-    def _of_rtl(self, measure):
-        """``measure(kernel)`` of the RTL backend; None without RTL (backend "hls", or a kernel it cannot map)."""
-        if self.backend == "hls":
-            return None
-        from .backends.rtl import emit as verilog
-
-        try:
-            return measure(self.kernel)
-        except (verilog.RtlCodegenError, verilog.sched.ScheduleError):
-            return None
+        p = self.rtl_plan()
+        return None if p is None else p.dsp_blocks
 
     @property
     def report(self) -> str:
@@ -128,9 +154,12 @@ def compile(  # noqa: A001 - the public name the product promises
     out_dir: str | Path | None = None,
     name: str | None = None,
     progress=None,
-    backend: str = "both",
-) -> Design:
-    """Compile ``model`` (an ``nn.Module`` or a function of tensors) for ``target``.
+    outputs: str = "both",
+    share_memory: bool = True,
+    until: str | None = None,
+    backend: str | None = None,
+):
+    """Compile ``model`` (an ``nn.Module`` or a function of tensors) for ``target``: a ``Design``.
 
     ``train=fx2fpga.SGD(loss, example_targets, lr)`` makes a training kernel (it infers
     too). ``train=fx2fpga.GD(lr)`` with a function ``f(x) -> scalar`` and ``example_inputs=(x0,)``
@@ -140,9 +169,37 @@ def compile(  # noqa: A001 - the public name the product promises
     ``"auto"`` to widen the slowest stages while the target's budget allows. With
     ``out_dir`` the project folder is written there.
     ``progress`` (a callable taking a line of text) hears about each pipeline step.
-    ``backend`` says what the project folder holds: ``"hls"`` (C++ for Vitis HLS, the csim and
-    pynq backends), ``"rtl"`` (Verilog, the rtl backend) or ``"both"`` (the default).
+    ``outputs`` says what the project folder holds: ``"hls"`` (C++ for Vitis HLS, the csim and
+    pynq simulators), ``"rtl"`` (Verilog, the rtl simulator) or ``"both"`` (the default).
+    ``share_memory`` (default on) lets temporaries of one shape and format with disjoint lifetimes
+    share one on-chip array (``mem<k>``); ``False`` keeps one array per tensor, e.g. to read every
+    intermediate tensor by name from the emulator's memory after a call.
+
+    ``until`` names a step of ``fx2fpga.PIPELINE`` to stop after; ``compile`` then returns that
+    step's artifact instead of the ``Design``: ``"trace"`` the torch.fx graphs (a list),
+    ``"lower"``/``"quantize"``/``"share memory"``/``"tile"`` the ``Kernel`` (after ``tile`` with its
+    lanes), ``"schedule"`` the RTL ``Schedule`` (None if the RTL cannot map the kernel),
+    ``"emit HLS"``/``"emit RTL"`` those files (path -> text), ``"write"`` the ``Design``.
+    ``backend=`` is the old name of ``outputs=`` (deprecated).
     """
+    if backend is not None:
+        _deprecated("compile(backend=...)", "compile(outputs=...)")
+        outputs = backend
+    if outputs not in OUTPUTS:
+        raise ValueError(f"outputs must be one of {', '.join(OUTPUTS)}, got {outputs!r}")
+    if until is not None:
+        PIPELINE.step(until)  # an unknown step fails before any work
+    ctx = _context(model, example_inputs, target, train, precision, lanes, name, progress)
+    ctx.outputs, ctx.share_memory = outputs, share_memory
+    ctx.out_dir = Path(out_dir) if out_dir is not None else None
+    if until is not None:
+        return run_pipeline(ctx, until)
+    run_pipeline(ctx, "write" if out_dir is not None else "schedule")  # the rest when the folder is needed
+    return design_of(ctx)
+
+
+def _context(model, example_inputs, target, train, precision, lanes, name, progress) -> CompileContext:
+    """The request, checked, as a ``CompileContext``."""
     tgt = load_target(target)
     try:
         prec = Precision.from_spec(precision)
@@ -158,16 +215,5 @@ def compile(  # noqa: A001 - the public name the product promises
         if len(example_inputs) != 1:
             raise TypeError("GD: example_inputs must be the starting point, a tuple of one tensor (x0,)")
         module, example_inputs = PointModule(model, example_inputs[0]), ()
-    kname = _kernel_name(model, name)
-    ctx = CompileContext(module, example_inputs, train, prec, lanes, tgt, kname, progress=progress)
-    kernel = run_pipeline(ctx)
-    over = estimate.resources(kernel, tgt).over_budget(tgt)
-    if over:
-        raise ResourceBudgetError(tgt.name, over, "Use fewer lanes (lanes=...), narrower formats (precision=...), "
-                                  "a smaller batch, or a larger target (fx2fpga targets).")
-    if backend not in OUTPUT_BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(OUTPUT_BACKENDS)}, got {backend!r}")
-    design = Design(kernel, tgt, prec, _example_arrays(example_inputs, train), train, backend)
-    if out_dir is not None:
-        design.write(out_dir)
-    return design
+    return CompileContext(module, example_inputs, train, prec, lanes, tgt, _kernel_name(model, name),
+                          example=_example_arrays(example_inputs, train), progress=progress)

@@ -7,6 +7,7 @@ import json
 import runpy
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from .errors import Fx2fpgaError, ModelFileError
@@ -32,6 +33,16 @@ def load_model_file(path: Path, train: bool) -> dict:
     return ns
 
 
+def _renamed(args, old: str, new: str) -> str:
+    """The value of option ``--new``, or of its deprecated old spelling ``--old`` (with a warning)."""
+    value = getattr(args, old)
+    if value is None:
+        return getattr(args, new)
+    warnings.warn(f"--{old} is now --{new}; --{old} goes in the next release", DeprecationWarning, stacklevel=2)
+    _progress(f"warning: --{old} is deprecated, use --{new}")
+    return value
+
+
 def cmd_compile(args) -> int:
     import fx2fpga
 
@@ -44,7 +55,7 @@ def cmd_compile(args) -> int:
     _progress(f"compiling {path} for {args.target} ({'training' if train else 'inference'} kernel)")
     design = fx2fpga.compile(ns["model"], ns["example_inputs"], target=args.target, train=train,
                              precision=args.precision, lanes=args.lanes, name=args.name or path.stem,
-                             progress=_progress, backend=args.backend)
+                             progress=_progress, outputs=_renamed(args, "backend", "outputs"))
     design.write(out_dir)
     _progress(f"wrote {out_dir}/ in {time.perf_counter() - t0:.1f} s")
     print(out_dir)
@@ -54,13 +65,14 @@ def cmd_compile(args) -> int:
 def cmd_sim(args) -> int:
     from fx2fpga_runtime.testbench import replay
 
-    results = replay(Path(args.project), args.backend, log=_progress)
+    sim = _renamed(args, "backend", "sim")
+    results = replay(Path(args.project), sim, log=_progress)
     failed = sum(r["mismatches"] for r in results)
     for r in results:
         status = "ok" if r["mismatches"] == 0 else f"{r['mismatches']} MISMATCHES"
         print(f"{r['command']:12s} {r['words']:6d} words  {status}")
     total = sum(r["words"] for r in results)
-    print(f"{args.backend}: {total - failed} words match, {failed} differ from the emulator's golden vectors")
+    print(f"{sim}: {total - failed} words match, {failed} differ from the emulator's golden vectors")
     return 1 if failed else 0
 
 
@@ -141,12 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--lanes", type=_lanes, default=4,
                    help="parallel datapath copies per stage, or 'auto' to fill the board's budget (default 4)")
     c.add_argument("--name", help="kernel name (default: the model file's name)")
-    c.add_argument("--backend", default="both", choices=["hls", "rtl", "both"],
+    c.add_argument("--outputs", default="both", choices=["hls", "rtl", "both"],
                    help="what the folder holds: HLS C++ for Vitis (hls), Verilog (rtl), or both (default)")
+    c.add_argument("--backend", choices=["hls", "rtl", "both"], help=argparse.SUPPRESS)  # deprecated: --outputs
     c.set_defaults(func=cmd_compile)
-    s = sub.add_parser("sim", help="replay the testbench vectors of a project on a backend")
+    s = sub.add_parser("sim", help="replay the testbench vectors of a project on a simulator")
     s.add_argument("project")
-    s.add_argument("--backend", default="emu", choices=["emu", "csim", "rtl"])
+    s.add_argument("--sim", default="emu", choices=["emu", "csim", "rtl"],
+                   help="emu (numpy), csim (g++ on the HLS C++) or rtl (Verilator); default emu")
+    s.add_argument("--backend", choices=["emu", "csim", "rtl"], help=argparse.SUPPRESS)  # deprecated: --sim
     s.set_defaults(func=cmd_sim)
     b = sub.add_parser("build", help="make the bitstream: Vitis HLS and Vivado for Xilinx boards (where installed), "
                        "Yosys + nextpnr (pip: yowasp) for ECP5 boards")

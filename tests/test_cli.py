@@ -28,7 +28,7 @@ def test_compile_train_is_byte_identical_on_recompile(tmp_path):
     assert b"-- do not edit" in first["src/mlp_digits.cpp"]
     assert cli_main(["compile", str(EXAMPLE), "--target", "pynq-z1", "--train", "-o", str(out)]) == 0
     assert _tree(out) == first
-    assert cli_main(["sim", str(out), "--backend", "emu"]) == 0
+    assert cli_main(["sim", str(out), "--sim", "emu"]) == 0
     assert cli_main(["report", str(out), "--no-synth"]) == 0  # Yosys on this kernel: tests/test_rtl.py, opt-in
     assert "## Synthesis (Yosys" not in (out / "report.md").read_text()
 
@@ -54,7 +54,7 @@ def test_sim_detects_a_corrupted_golden_vector(tmp_path, capsys):
     i = text.index('"out":[', text.index('"command":"infer"')) + len('"out":[')
     j = text.index(",", i)
     vec.write_text(text[:i] + str(int(text[i:j]) + 1) + text[j:])
-    assert cli_main(["sim", str(out), "--backend", "emu"]) == 1
+    assert cli_main(["sim", str(out), "--sim", "emu"]) == 1
     assert "1 differ" in capsys.readouterr().out
 
 
@@ -79,7 +79,7 @@ def test_console_script_runs():
     assert "pynq-z2" in r.stdout
 
 
-def test_backend_option_chooses_the_outputs(tmp_path):
+def test_outputs_option_chooses_the_folder_contents(tmp_path):
     import torch
     from torch import nn
 
@@ -87,17 +87,17 @@ def test_backend_option_chooses_the_outputs(tmp_path):
 
     model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3))
     x = torch.randn(2, 6)
-    hls_only = fx2fpga.compile(model, (x,), backend="hls", out_dir=tmp_path / "h", name="m")
-    rtl_only = fx2fpga.compile(model, (x,), backend="rtl", out_dir=tmp_path / "r", name="m")
+    hls_only = fx2fpga.compile(model, (x,), outputs="hls", out_dir=tmp_path / "h", name="m")
+    rtl_only = fx2fpga.compile(model, (x,), outputs="rtl", out_dir=tmp_path / "r", name="m")
     h, r = _tree(tmp_path / "h"), _tree(tmp_path / "r")
     assert "src/m.cpp" in h and "hls.tcl" in h and not any(f.startswith("rtl/") for f in h)
     assert "rtl/m_top.sv" in r and not any(f.startswith("src/") for f in r) and "build.tcl" not in r
-    with pytest.raises(ValueError, match="backend='hls' or 'both'"):
+    with pytest.raises(ValueError, match="outputs='hls' or 'both'"):
         rtl_only.load("csim")
-    with pytest.raises(ValueError, match="backend='rtl' or 'both'"):
+    with pytest.raises(ValueError, match="outputs='rtl' or 'both'"):
         hls_only.load("rtl")
     cycles = rtl_only.rtl_cycles()
     assert hls_only.rtl_cycles() is None and cycles["infer"] > 2 * 6 * 4  # at least the MACs of layer 1
     assert f"| `infer` | {cycles['infer']:,} |" in (tmp_path / "r" / "report.md").read_text()
     with pytest.raises(ValueError, match="hls, rtl, both"):
-        fx2fpga.compile(model, (x,), backend="verilog")
+        fx2fpga.compile(model, (x,), outputs="verilog")

@@ -84,7 +84,7 @@ def test_mult18_estimate_matches_what_yosys_maps():
 def test_ulx3s_budget_counts_mult18_blocks(mlp_example):
     torch.manual_seed(0)
     design = fx2fpga.compile(mlp_example.DigitsMLP(), mlp_example.example_inputs, target="ulx3s",
-                             train=fx2fpga.SGD(F.cross_entropy, mlp_example.example_targets, lr=0.1), backend="rtl")
+                             train=fx2fpga.SGD(F.cross_entropy, mlp_example.example_targets, lr=0.1), outputs="rtl")
     ecp, xc7 = estimate.resources(design.kernel, design.target), estimate.resources(design.kernel)
     assert ecp.dsp > xc7.dsp and ecp.bram36 == xc7.bram36
     assert "| DSP (MULT18X18D) |" in design.report and "| 156 |" in design.report
@@ -215,7 +215,7 @@ def _small_model():
 def _compile_small(out):
     model, x, y = _small_model()
     return fx2fpga.compile(model, (x,), target="ulx3s", train=fx2fpga.SGD(F.cross_entropy, y, lr=0.1),
-                           lanes=4, backend="rtl", out_dir=out, name="small")
+                           lanes=4, outputs="rtl", out_dir=out, name="small")
 
 
 def test_missing_tool_names_the_pip_package(monkeypatch, tmp_path):
@@ -237,7 +237,7 @@ def test_build_without_the_tools_says_what_to_install(tmp_path, monkeypatch, cap
 
 def test_build_needs_rtl(tmp_path, capsys):
     model, x, _ = _small_model()
-    fx2fpga.compile(model, (x,), target="ulx3s", backend="hls", out_dir=tmp_path / "hls", name="small")
+    fx2fpga.compile(model, (x,), target="ulx3s", outputs="hls", out_dir=tmp_path / "hls", name="small")
     assert cli_main(["build", str(tmp_path / "hls")]) == 2
     assert "has no RTL to build a bitstream from" in capsys.readouterr().err
 
@@ -255,7 +255,7 @@ def test_build_bitstream_of_a_layer(tmp_path, monkeypatch, capsys):
     out = tmp_path / "proj"
     torch.manual_seed(0)
     design = fx2fpga.compile(nn.Sequential(nn.Linear(8, 4), nn.ReLU()), (torch.rand(2, 8),), target="ulx3s",
-                             lanes=4, backend="rtl", out_dir=out, name="layer")
+                             lanes=4, outputs="rtl", out_dir=out, name="layer")
     rc = cli_main(["build", str(out)])
     captured = capsys.readouterr()
     record = json.loads((out / "reports" / "ecp5.json").read_text())
@@ -295,7 +295,7 @@ def test_mlp_bitstream_meets_100_mhz(tmp_path):
     """Issue 4's ECP5 criterion: the digits MLP training kernel, lanes=4, Fmax >= 100 MHz from nextpnr."""
     out = tmp_path / "mlp"
     assert cli_main(["compile", str(ROOT / "examples" / "mlp_digits.py"), "--train", "--target", "ulx3s",
-                     "--lanes", "4", "--backend", "rtl", "-o", str(out)]) == 0
+                     "--lanes", "4", "--outputs", "rtl", "-o", str(out)]) == 0
     cli_main(["build", str(out)])
     record = json.loads((out / "reports" / "ecp5.json").read_text())
     assert (out / "build" / "mlp_digits.bit").stat().st_size > 0

@@ -127,4 +127,4 @@ def test_rastrigin_equals_emu(tmp_path, backend):
         assert emu.infer() == csim.infer()
     finally:
         csim.close()
-    assert cli_main(["sim", str(tmp_path / "rastrigin"), "--backend", backend]) == 0  # the golden vectors replay
+    assert cli_main(["sim", str(tmp_path / "rastrigin"), "--sim", backend]) == 0  # the golden vectors replay

@@ -14,10 +14,15 @@ from fx2fpga.passes import estimate, memory
 
 def test_shared_temps_give_identical_results_and_less_memory(mlp_example, digits_data):
     x_train, y_train, x_test, _ = digits_data
-    design = fx2fpga.compile(mlp_example.model, mlp_example.example_inputs,
-                             train=fx2fpga.SGD(F.cross_entropy, mlp_example.example_targets, 0.1))
+    sgd = fx2fpga.SGD(F.cross_entropy, mlp_example.example_targets, 0.1)
+    design = fx2fpga.compile(mlp_example.model, mlp_example.example_inputs, train=sgd, share_memory=False)
     separate = copy.deepcopy(design.kernel)
     shared = memory.run(copy.deepcopy(design.kernel))
+    default = fx2fpga.compile(mlp_example.model, mlp_example.example_inputs, train=sgd).kernel  # shares by default
+    assert default.meta["memory"] == shared.meta["memory"] and list(default.buffers) == list(shared.buffers)
+    assert shared.meta["memory"]["mem0"] == ["infer_addmm", "train_addmm"]  # programs never run at once
+    assert all(len(holds) > 1 for holds in shared.meta["memory"].values())  # a tensor alone keeps its name
+    assert "train_log" in shared.buffers
     # no two tensors held by one array are alive at the same stage
     for name, holds in shared.meta["memory"].items():
         for prog in shared.programs.values():

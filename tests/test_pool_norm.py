@@ -41,7 +41,8 @@ def _train_on_digit_images(make_model, seed: int, digits_data, folder):
     torch.manual_seed(seed)
     model = make_model()
     x, y = torch.from_numpy(x_train[:16].reshape(-1, 1, 8, 8)), torch.from_numpy(y_train[:16])
-    design = fx2fpga.compile(model, (x,), train=fx2fpga.SGD(F.cross_entropy, y, lr=0.1), out_dir=folder)
+    design = fx2fpga.compile(model, (x,), train=fx2fpga.SGD(F.cross_entropy, y, lr=0.1), out_dir=folder,
+                             share_memory=False)  # the tests read intermediate tensors by name after a call
     return model, x, y, design
 
 
@@ -189,7 +190,8 @@ def test_batchnorm1d_forward_and_step_within_derived_bounds(digits_data):
     torch.manual_seed(8)
     model = MlpBN()
     x, y = torch.from_numpy(x_train[:32]), torch.from_numpy(y_train[:32])
-    design = fx2fpga.compile(model, (x,), train=fx2fpga.SGD(F.cross_entropy, y, lr=0.2))
+    design = fx2fpga.compile(model, (x,), train=fx2fpga.SGD(F.cross_entropy, y, lr=0.2),
+                             share_memory=False)  # reads intermediate tensors by name
     emu = design.load("emu")
     fwd = check_against_float(design, model, x, y, train=False, runner=emu)
     step = check_against_float(design, model, x, y, train=True, runner=emu)

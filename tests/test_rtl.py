@@ -303,9 +303,9 @@ def test_report_of_the_mlp_training_kernel(tmp_path, capsys):
     DSP48E1 each), the function tables interpolate with their own: 20 DSP48E1, as the RTL instantiates."""
     res, kernel = _report_with_yosys(ROOT / "examples" / "mlp_digits.py", tmp_path / "proj", capsys)
     p = verilog.plan(kernel, kernel.name, "DSP48E1")
-    pool = p["pool"]
+    pool = p.pool
     assert pool["lanes"] == 4 and len(pool["product"]["parts"]) == 2
-    tables = [u for u in p["units"] if u["kind"] == "table"]
+    tables = [u for u in p.units if u["kind"] == "table"]
     assert res.dsp == pool["lanes"] * 2 + sum(u["lanes"] * len(u["product"]["parts"]) for u in tables)
     assert res.dsp == verilog.dsp_blocks(kernel, "DSP48E1") == 20
     assert 0 < res.bram36

@@ -99,9 +99,9 @@ def test_build_rtl_tcl_refers_to_files_that_exist(project):
 
 def test_no_build_rtl_tcl_without_rtl(tmp_path):
     design = fx2fpga.compile(nn.Linear(3, 2), (torch.randn(1, 3),), out_dir=tmp_path / "p", name="lin",
-                             backend="hls")
+                             outputs="hls")
     assert (tmp_path / "p" / "build.tcl").is_file() and not (tmp_path / "p" / "build_rtl.tcl").exists()
-    assert design.backend == "hls"
+    assert design.outputs == "hls"
 
 
 @slow

@@ -4,8 +4,8 @@ A temp buffer lives from the stage that first writes it to the stage that last r
 within one program; programs never run at once and temps carry nothing between calls, so
 temps of different programs may always share. Buffers share only with an identical shape
 and format (the same C++ array type). Assignment is greedy in stage order (interval
-colouring), deterministic. Shared arrays are named ``mem<k>``; ``kernel.meta["memory"]``
-records which tensors each one holds.
+colouring), deterministic. Arrays holding two tensors or more are named ``mem<k>`` (a tensor
+alone keeps its name); ``kernel.meta["memory"]`` records which tensors each shared one holds.
 """
 
 from __future__ import annotations
@@ -39,11 +39,16 @@ def run(kernel: Kernel) -> Kernel:
         slot = next((s for s in slots if s["shape"] == buf.shape and s["fmt"] == buf.fmt
                      and (s["program"] != prog or s["free_after"] < first)), None)
         if slot is None:
-            slot = {"name": f"mem{len(slots)}", "shape": buf.shape, "fmt": buf.fmt, "holds": []}
+            slot = {"shape": buf.shape, "fmt": buf.fmt, "holds": []}
             slots.append(slot)
         slot.update(program=prog, free_after=last)
         slot["holds"].append(buf_name)
-        rename[buf_name] = slot["name"]
+    slots = [s for s in slots if len(s["holds"]) > 1]  # a tensor alone in its array keeps its name
+    for k, slot in enumerate(slots):
+        slot["name"] = f"mem{k}"
+        while slot["name"] in kernel.buffers:  # a model's own name: do not clash with it
+            slot["name"] += "_"
+        rename.update({b: slot["name"] for b in slot["holds"]})
     if not rename:
         return kernel
     shared = {}

@@ -72,23 +72,23 @@ def auto_lanes(kernel: Kernel, target) -> None:
             frozen.add(id(slowest))
 
 
-def keep_banks_mappable(kernel: Kernel) -> None:
-    """Narrow the stages whose lanes would clash in one RAM bank of the RTL schedule."""
+def keep_banks_mappable(kernel: Kernel) -> schedule.Schedule:
+    """Narrow the stages whose lanes would clash in one RAM bank of the RTL schedule; returns the
+    schedule of the lanes kept (raises ``ScheduleError`` when the kernel cannot map for another reason)."""
     while True:
         try:
-            schedule.run(kernel)
-            return
+            return schedule.run(kernel)
         except schedule.ScheduleError as e:
             stage = getattr(e, "stage", None)
             if stage is None or stage.lanes <= 1:
-                return  # not a lane problem: the RTL generator reports it
+                raise  # not a lane problem: the RTL generator reports it
             extent = next(lp.extent for lp in stage.loops if lp.var == stage.lane_var)
             stage.lanes = lane_count(extent, stage.lanes - 1)
             stage.lane_var = stage.lane_var if stage.lanes > 1 else None
 
 
-def run(kernel: Kernel, lanes: int | str, target=None) -> Kernel:
-    """Set ``lanes``/``lane_var`` on every stage: a number per stage, or ``"auto"``."""
+def assign_lanes(kernel: Kernel, lanes: int | str, target=None) -> None:
+    """Set ``lanes``/``lane_var`` on every stage: a number per stage, or ``"auto"`` (not yet bank-checked)."""
     if lanes == "auto":
         if target is None:
             raise ValueError("lanes='auto' needs the target's budget")
@@ -98,5 +98,13 @@ def run(kernel: Kernel, lanes: int | str, target=None) -> Kernel:
     else:
         for stage in kernel.stages():
             choose_lanes(stage, lanes)
-    keep_banks_mappable(kernel)
+
+
+def run(kernel: Kernel, lanes: int | str, target=None) -> Kernel:
+    """Set ``lanes``/``lane_var`` on every stage (a number per stage, or ``"auto"``), kept RTL-bankable."""
+    assign_lanes(kernel, lanes, target)
+    try:
+        keep_banks_mappable(kernel)
+    except schedule.ScheduleError:
+        pass  # not a lane problem: the RTL generator reports it
     return kernel

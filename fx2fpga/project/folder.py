@@ -63,7 +63,7 @@ def manifest(design) -> dict:
                      for p in k.programs.values()},
         "lanes": {s.name: s.lanes for s in k.stages() if s.lanes > 1},
         "estimated_resources": {"dsp": res.dsp, "bram36": res.bram36, "memory_bits": res.memory_bits},
-        "outputs": design.backend,
+        "outputs": design.outputs,
         "rtl_cycles": design.rtl_cycles(),
     }
 
@@ -74,38 +74,61 @@ def _runtime_files() -> dict[str, str]:
             if f.name.endswith(".py")}
 
 
+def _template_vars(design) -> dict:
+    """What the Vitis, Vivado and driver templates read."""
+    k = design.kernel
+    return {"version": __version__, "name": k.name, "target": design.target,
+            "period_ns": f"{1000.0 / design.target.clock_mhz:g}",
+            "programs": [{"name": p.name, "args": ", ".join(p.inputs)} for p in k.programs.values()],
+            "params": ", ".join(k.param_names[p] for p in k.params)}
+
+
+def vectors_of(design) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """The golden vectors of a design, computed once (kept on its compile context)."""
+    ctx = design.context
+    if ctx.vectors is None:
+        ctx.vectors = golden_vectors(design)
+    return ctx.vectors
+
+
+def hls_files(design) -> dict[str, str]:
+    """The HLS output: C++ kernel and testbench, and (Xilinx boards) the Vitis HLS and Vivado scripts."""
+    k, env, files = design.kernel, template_env(), {}
+    if design.target.toolchain == "vivado":  # an ECP5 board builds from rtl/ (fx2fpga build)
+        files["hls.tcl"] = env.get_template("tcl/hls.tcl.j2").render(_template_vars(design))
+        files["build.tcl"] = env.get_template("tcl/build.tcl.j2").render(_template_vars(design))
+    files.update(hls.generate(k, __version__))
+    files.update(hls.generate_testbench(k, vectors_of(design), __version__))
+    return files
+
+
+def rtl_files(design) -> dict[str, str]:
+    """The RTL output: ``rtl/`` (from the design's schedule and RTL plan) and, for Zynq boards, ``build_rtl.tcl``."""
+    k, t = design.kernel, design.target
+    files = verilog.project_files(k, __version__, t.clock_mhz, t.dsp_kind, schedule=design.schedule,
+                                  rtl_plan=design.rtl_plan())
+    if f"rtl/{k.name}_axi.v" in files and t.toolchain == "vivado" and t.ps == "zynq7":
+        sources = files["rtl/files.f"].split()  # and the `include files: the .sv files not listed there
+        headers = [f[4:] for f in files if f.startswith("rtl/") and f.endswith(".sv") and f[4:] not in sources]
+        files["build_rtl.tcl"] = template_env().get_template("tcl/build_rtl.tcl.j2").render(
+            _template_vars(design), sources=sources, headers=headers)
+    return files
+
+
 def project_files(design) -> dict[str, str]:
-    """Relative path -> text of every file in the project folder."""
+    """Relative path -> text of every file in the project folder (the emitted files from the design's context)."""
     from .writer import manifest_text
 
-    k = design.kernel
-    env = template_env()
-    ctx = {"version": __version__, "name": k.name, "target": design.target,
-           "period_ns": f"{1000.0 / design.target.clock_mhz:g}",
-           "programs": [{"name": p.name, "args": ", ".join(p.inputs)} for p in k.programs.values()],
-           "params": ", ".join(k.param_names[p] for p in k.params)}
+    ctx = design.context
     files = {
-        "kernel.json": k.to_json() + "\n",
+        "kernel.json": design.kernel.to_json() + "\n",
         "manifest.json": manifest_text(manifest(design)),
         "report.md": design.report,
     }
     if design.target.ps:  # the PYNQ driver runs on the board's processor
-        files["driver/driver.py"] = env.get_template("driver/driver.py.j2").render(ctx)
+        files["driver/driver.py"] = template_env().get_template("driver/driver.py.j2").render(_template_vars(design))
         files.update(_runtime_files())
-    vectors = golden_vectors(design)
-    files[VECTORS] = vectors_text(vectors)
-    if design.backend in ("hls", "both"):
-        if design.target.toolchain == "vivado":  # an ECP5 board builds from rtl/ (fx2fpga build)
-            files["hls.tcl"] = env.get_template("tcl/hls.tcl.j2").render(ctx)
-            files["build.tcl"] = env.get_template("tcl/build.tcl.j2").render(ctx)
-        files.update(hls.generate(k, __version__))
-        files.update(hls.generate_testbench(k, vectors, __version__))
-    if design.backend in ("rtl", "both"):
-        files.update(verilog.project_files(k, __version__, design.target.clock_mhz, design.target.dsp_kind))
-        t = design.target
-        if f"rtl/{k.name}_axi.v" in files and t.toolchain == "vivado" and t.ps == "zynq7":
-            sources = files["rtl/files.f"].split()  # and the `include files: the .sv files not listed there
-            headers = [f[4:] for f in files if f.startswith("rtl/") and f.endswith(".sv") and f[4:] not in sources]
-            files["build_rtl.tcl"] = env.get_template("tcl/build_rtl.tcl.j2").render(
-                ctx, sources=sources, headers=headers)
+    files[VECTORS] = vectors_text(vectors_of(design))
+    files.update(ctx.hls_files or {})
+    files.update(ctx.rtl_files or {})
     return dict(sorted(files.items()))

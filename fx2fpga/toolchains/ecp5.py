@@ -274,7 +274,7 @@ def _project(project_dir: str | Path):
     rtl = project / "rtl"
     if not (rtl / "files.f").is_file():
         why = (rtl / "README.md").read_text().strip().splitlines()[-1] if (rtl / "README.md").is_file() else \
-            "compile with --backend rtl or both"
+            "compile with --outputs rtl or both"
         raise Fx2fpgaError(f"{project} has no RTL to build a bitstream from: {why}")
     return project, manifest, target, rtl
 

@@ -30,7 +30,7 @@ def find_tools(project: Path, target_name: str) -> dict[str, str]:
             f"{' and '.join(missing)} not found on PATH: building a bitstream for {target_name} "
             f"needs AMD Vivado and Vitis HLS (2022.1 or newer). On a machine that has them run, in {project}:\n"
             f"  vitis_hls -f hls.tcl && vivado -mode batch -source build.tcl\n"
-            f"Everything before that runs here: fx2fpga sim {project} --backend csim")
+            f"Everything before that runs here: fx2fpga sim {project} --sim csim")
     return found
 
 

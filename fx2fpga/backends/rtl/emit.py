@@ -29,7 +29,7 @@ import json
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from fx2fpga_runtime import interface
 from fx2fpga_runtime.fixed import Fixed
@@ -308,8 +308,37 @@ def _guard_spec(guards) -> list[dict]:
     return [{**controller.affine_spec(g.expr), "bound": g.bound, "step": g.step} for g in guards]
 
 
-def plan(kernel, name: str, dsp_kind: str = "DSP48E1") -> dict:
-    """Everything the templates and the controller need, from the schedule of ``kernel``."""
+@dataclass
+class RtlPlan:
+    """Everything the templates and the controller need, from the schedule of a kernel."""
+
+    schedule: Schedule
+    spec: dict  # the controller's specification (controller.py, lowered by CIRCT)
+    units: list[dict]  # one datapath unit per stage phase (templates/rtl/unit.sv.j2)
+    memories: list[dict]  # one per buffer: banks, ports, write sources
+    packs: list[dict]  # the output phases' data
+    cvts: list[dict]  # the fixed-point assignment modules (Cvt.view)
+    outputs: list[tuple[str, int]]  # the controller's output ports: name, width
+    out_sel_bits: int
+    max_in_width: int  # the widest value an input word carries
+    muxes: list[dict]  # registered read multiplexers (a bank known at run time)
+    pool: dict | None  # the shared multipliers (multiplier_pool), None without mac/mul
+    reset_cycles: int
+
+    @property
+    def dsp_blocks(self) -> int:
+        """DSP blocks the generated RTL instantiates (its ``fx2fpga_mult``s): the shared multipliers'
+        partial products, one set per lane, and the function tables' interpolation products."""
+        shared = self.pool["lanes"] * len(self.pool["product"]["parts"]) if self.pool else 0
+        return shared + sum(u["lanes"] * len(u["product"]["parts"]) for u in self.units if u["kind"] == "table")
+
+    def template_vars(self) -> dict:
+        """The fields as template variables (not copied)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None = None) -> RtlPlan:
+    """The ``RtlPlan`` of ``kernel``, from its ``schedule`` (computed here when not given)."""
     for prog in kernel.programs.values():
         for st in prog.stages:
             where = f"stage {st.name!r} of program {prog.name!r}"
@@ -319,7 +348,7 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1") -> dict:
                 check_stage(st, kernel, where)
             except Fx2fpgaError as e:
                 raise RtlCodegenError(str(e)) from None
-    s: Schedule = sched.run(kernel)
+    s: Schedule = schedule if schedule is not None else sched.run(kernel)
     for n in [b for c in s.codes for b in sum(interface.command_buffers(kernel, c), [])]:
         if kernel.buffers[n].fmt.width > WORD_BITS:
             raise RtlCodegenError(f"buffer {n} ({kernel.buffers[n].fmt}) crosses the {WORD_BITS}-bit word interface")
@@ -432,11 +461,10 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1") -> dict:
         read = m.pop("read_banks")
         m["unread_banks"] = [b for b in range(m["banks"]) if b not in read]
         m["direct_banks"] = sorted(m["direct_banks"])
-    return {"schedule": s, "spec": spec, "units": units, "memories": list(mems.values()), "packs": packs,
-            "cvts": [c.view() for _, c in sorted(cvts.used.items())], "outputs": outputs,
-            "out_sel_bits": out_sel_bits, "max_in_width": max_in,
-            "muxes": muxes, "pool": pool,
-            "reset_cycles": max([p.write_delay for p in phases] + [sched.PACK_DELAY]) + 4}
+    return RtlPlan(schedule=s, spec=spec, units=units, memories=list(mems.values()), packs=packs,
+                   cvts=[c.view() for _, c in sorted(cvts.used.items())], outputs=outputs,
+                   out_sel_bits=out_sel_bits, max_in_width=max_in, muxes=muxes, pool=pool,
+                   reset_cycles=max([p.write_delay for p in phases] + [sched.PACK_DELAY]) + 4)
 
 
 # ----- public API ----------------------------------------------------------------------------------------------
@@ -468,47 +496,51 @@ def _schedule_rows(s: Schedule) -> list[dict]:
     return rows
 
 
-def generate(kernel, version: str, clock_mhz: float = 100.0, dsp_kind: str = "DSP48E1") -> dict[str, str]:
+def generate(kernel, version: str, clock_mhz: float = 100.0, dsp_kind: str = "DSP48E1",
+             rtl_plan: RtlPlan | None = None) -> dict[str, str]:
     """The ``rtl/`` files of ``kernel``: relative path -> text (deterministic). ``dsp_kind``: the
-    target's multiplier block, whose operand widths decide how products are split."""
+    target's multiplier block, whose operand widths decide how products are split. ``rtl_plan``:
+    the kernel's plan for that ``dsp_kind`` where already made."""
     name = kernel.name
-    p = plan(kernel, name, dsp_kind)
+    p = rtl_plan if rtl_plan is not None else plan(kernel, name, dsp_kind)
     banner = f"// Automatically generated by fx2fpga {version} -- do not edit."
     env = template_env()
-    ctx = {"banner": banner, "name": name, "version": version, "word_bits": WORD_BITS, **p}
+    ctx = {"banner": banner, "name": name, "version": version, "word_bits": WORD_BITS, **p.template_vars()}
     files: dict[str, str] = {}
-    for path, text in sorted(_controller_files(p["spec"]).items()):
+    for path, text in sorted(_controller_files(p.spec).items()):
         files[f"rtl/{path}"] = f"{banner}\n{text}"
-    for c in p["cvts"]:
+    for c in p.cvts:
         files[f"rtl/{c['name']}.sv"] = env.get_template("rtl/cvt.sv.j2").render(banner=banner, c=c)
     for prim in ("fx2fpga_mult", "fx2fpga_ram", "fx2fpga_ram_init", "fx2fpga_rom", "fx2fpga_rom2"):
         files[f"rtl/{prim}.sv"] = env.get_template(f"rtl/{prim}.sv.j2").render(banner=banner)
-    for u in p["units"]:
+    for u in p.units:
         files[f"rtl/{u['module']}.sv"] = env.get_template("rtl/unit.sv.j2").render(banner=banner, u=u)
         if u["kind"] == "table":
             tbl = kernel.buffers[u["table"]]
             files[f"rtl/{u['rom']}"] = _hex_file(list(tbl.init), tbl.fmt.width)
-    for m in p["memories"]:
+    for m in p.memories:
         if m["init"]:
             for b, values in enumerate(m["mem"].bank_init()):
                 values = values + [0] * (m["mem_depth"] - len(values))
                 files[f"rtl/mem/{m['name']}_{b}.hex"] = _hex_file(values, m["width"])
     files[f"rtl/{name}_top.sv"] = env.get_template("rtl/top.sv.j2").render(ctx)
-    cmds = command_table(kernel, p["schedule"].codes)
+    cmds = command_table(kernel, p.schedule.codes)
     files["rtl/sim_main.cpp"] = env.get_template("rtl/sim_main.cpp.j2").render(ctx, commands=cmds)
     files["rtl/schedule.md"] = env.get_template("rtl/schedule.md.j2").render(
-        name=name, version=version, clock_mhz=clock_mhz, commands=_schedule_rows(p["schedule"]))
+        name=name, version=version, clock_mhz=clock_mhz, commands=_schedule_rows(p.schedule))
     sources = sorted(f[4:] for f in files if f.endswith(".sv") and not f.endswith("_enum_typedefs.sv"))
     files["rtl/files.f"] = "".join(f"{s}\n" for s in sources)
     from . import axi  # the bus top <name>_axi.v (Verilog: Vivado module references) and its harness sim_axi.cpp
 
-    files.update(axi.generate(kernel, p["schedule"].codes, banner))
+    files.update(axi.generate(kernel, p.schedule.codes, banner))
     files["rtl/files.f"] += f"{name}_axi.v\n"  # last: it instantiates {name}_top
     return dict(sorted(files.items()))
 
 
-def project_files(kernel, version: str, clock_mhz: float = 100.0, dsp_kind: str = "DSP48E1") -> dict[str, str]:
+def project_files(kernel, version: str, clock_mhz: float = 100.0, dsp_kind: str = "DSP48E1",
+                  schedule: Schedule | None = None, rtl_plan: RtlPlan | None = None) -> dict[str, str]:
     """The ``rtl/`` files of a project folder, or ``rtl/README.md`` saying why there is no RTL.
+    ``schedule``, ``rtl_plan``: the kernel's, where already made (the pipeline's "schedule" step).
 
     The HLS project does not depend on the RTL: a kernel the RTL backend cannot map yet (or a
     machine without the ``circt`` package) still gets its folder, and ``load("rtl")`` reports
@@ -518,7 +550,9 @@ def project_files(kernel, version: str, clock_mhz: float = 100.0, dsp_kind: str 
         why = "the circt Python package is not installed: pip install 'fx2fpga[rtl]' (or circt) and recompile"
     else:
         try:
-            return generate(kernel, version, clock_mhz, dsp_kind)
+            if rtl_plan is None:
+                rtl_plan = plan(kernel, kernel.name, dsp_kind, schedule)
+            return generate(kernel, version, clock_mhz, dsp_kind, rtl_plan)
         except (RtlCodegenError, sched.ScheduleError, controller.ControllerError) as e:
             why = str(e)
         except Exception as e:  # a bug in the RTL generator must not cost the user the HLS project
@@ -532,10 +566,7 @@ NO_RTL = "fx2fpga wrote no Verilog for this kernel, so the `rtl` backend cannot 
 def dsp_blocks(kernel, dsp_kind: str) -> int:
     """DSP blocks the generated RTL instantiates (its ``fx2fpga_mult``s): the shared multipliers'
     partial products, one set per lane, and the function tables' interpolation products."""
-    p = plan(kernel, kernel.name, dsp_kind)
-    pool = p["pool"]
-    shared = pool["lanes"] * len(pool["product"]["parts"]) if pool else 0
-    return shared + sum(u["lanes"] * len(u["product"]["parts"]) for u in p["units"] if u["kind"] == "table")
+    return plan(kernel, kernel.name, dsp_kind).dsp_blocks
 
 
 def call_cycles(kernel) -> dict[str, int]:
