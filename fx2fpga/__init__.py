@@ -11,8 +11,8 @@ from fx2fpga_runtime.fixed import Fixed  # noqa: E402
 
 from .api import Design, compile  # noqa: E402
 from .frontend import GD, SGD, trace  # noqa: E402
-from .passes import PIPELINE  # noqa: E402
 from .passes.quantize import Precision  # noqa: E402
+from .pipeline import PIPELINE  # noqa: E402
 from .targets import Target, list_targets, load_target  # noqa: E402
 from .version import __version__  # noqa: E402
 

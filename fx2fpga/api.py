@@ -14,8 +14,8 @@ from fx2fpga_runtime.runner import KernelRunner
 
 from .errors import PrecisionError
 from .frontend import GD, SGD, PointModule, _as_tuple, as_module
-from .passes import OUTPUTS, PIPELINE, CompileContext, design_of, folder_files, run_pipeline
 from .passes.quantize import Precision
+from .pipeline import OUTPUTS, PIPELINE, CompileContext, design_of, folder_files, run_pipeline
 from .targets import Target, load_target
 
 OUTPUT_BACKENDS = OUTPUTS  # the old name of OUTPUTS (kept one release)
@@ -192,6 +192,7 @@ def compile(  # noqa: A001 - the public name the product promises
     ctx = _context(model, example_inputs, target, train, precision, lanes, name, progress)
     ctx.outputs, ctx.share_memory = outputs, share_memory
     ctx.out_dir = Path(out_dir) if out_dir is not None else None
+    ctx.design = Design(ctx)
     if until is not None:
         return run_pipeline(ctx, until)
     run_pipeline(ctx, "write" if out_dir is not None else "schedule")  # the rest when the folder is needed

@@ -5,7 +5,8 @@ The checker reads every module with ``ast`` (no import runs): module-level and f
 submodule ``pkg.x`` when there is one, else on ``pkg``; ``import a.b.c`` on the longest of
 ``a.b.c``, ``a.b``, ``a`` that is a module of the checked packages. Importing a submodule is not
 counted as depending on its parent packages' ``__init__`` (every package's ``__init__`` would be
-in a cycle with the submodules it re-exports). A cycle is a strongly connected component of that
+in a cycle with the submodules it re-exports). Imports under ``if TYPE_CHECKING:`` are for
+annotations only and never run, so they do not count. A cycle is a strongly connected component of that
 graph with more than one module, or a module that imports itself.
 """
 
@@ -71,13 +72,26 @@ def _top_level_nodes(tree: ast.Module) -> set[int]:
     return top
 
 
+def _type_checking_nodes(tree: ast.Module) -> set[int]:
+    """ids of the import nodes under ``if TYPE_CHECKING:`` (annotations only: they never run)."""
+    found = set()
+    for node in ast.walk(tree):
+        test = node.test if isinstance(node, ast.If) else None
+        name = test.id if isinstance(test, ast.Name) else test.attr if isinstance(test, ast.Attribute) else ""
+        if name == "TYPE_CHECKING":
+            found |= {id(n) for stmt in node.body for n in ast.walk(stmt) if isinstance(n, ast.Import | ast.ImportFrom)}
+    return found
+
+
 def imports_of(module: str, path: Path, modules: dict[str, Path], external: bool = False) -> list[Import]:
     """Every import in ``path`` (module ``module``) as dependencies on ``modules`` (or, with ``external``,
     also the top-level names of modules from elsewhere)."""
     tree = ast.parse(path.read_text(), filename=str(path))
-    top = _top_level_nodes(tree)
+    top, annotations_only = _top_level_nodes(tree), _type_checking_nodes(tree)
     found = []
     for node in ast.walk(tree):
+        if id(node) in annotations_only:
+            continue
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -242,10 +256,12 @@ def test_the_checker_finds_nothing_in_a_package_without_cycles(tmp_path):
         "pkg/a.py": "import numpy\nfrom .b import g\n\ndef f():\n    from .sub import c\n    return c, g\n",
         "pkg/b.py": "from pkg.sub.c import h\n\ng = h\n",
         "pkg/sub/__init__.py": "from .c import h\n",
-        "pkg/sub/c.py": "import json\n\nh = json\n",
+        "pkg/sub/c.py": ("import json\nfrom typing import TYPE_CHECKING\n\nif TYPE_CHECKING:  # annotations only\n"
+                         "    from ..a import f\n\nh = json\n"),
     })
     graph = import_graph(find_modules({"pkg": tmp_path}))
     assert sorted(graph["pkg.a"]) == ["pkg.b", "pkg.sub.c"] and sorted(graph["pkg"]) == ["pkg.a", "pkg.b"]
+    assert graph["pkg.sub.c"] == {}  # the TYPE_CHECKING import of pkg.a never runs
     assert find_cycles(graph) == []
 
 

@@ -1,0 +1,236 @@
+"""The compiler pipeline (``fx2fpga.PIPELINE``): named steps, run in order, each leaving its artifact
+on the ``CompileContext``.
+
+``print(fx2fpga.PIPELINE)`` lists them; ``fx2fpga.compile(..., until="tile")`` stops after a step and
+returns its artifact (the table in ``PIPELINE`` says which). Later steps, and the ``Design``, read
+the artifacts of earlier ones instead of computing them again: the schedule, for one, is computed
+once per compile and serves the bank check, the RTL, the report and the manifest.
+
+``compile()`` without ``out_dir`` runs the steps through ``schedule``; the emitting steps and
+``write`` run when the project folder is first needed (``design.files()``, ``design.write()``,
+``design.load("csim" | "rtl")``), so a design that only runs on the emulator never pays for them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # for the annotations only: the steps import their modules when they run
+    import torch.fx
+    from fx2fpga_runtime.ir import Kernel
+
+    from .api import Design
+    from .backends.rtl.emit import RtlPlan
+    from .passes.schedule import Schedule
+
+OUTPUTS = ("hls", "rtl", "both")  # what the project folder holds: HLS C++, Verilog, or both
+
+
+@dataclass
+class CompileContext:
+    """The user's request (first block) and every step's artifact (second block, in step order)."""
+
+    model: Any
+    example_inputs: tuple
+    train: Any
+    precision: Any
+    lanes: int | str
+    target: Any
+    name: str
+    outputs: str = "both"
+    share_memory: bool = True
+    example: dict = field(default_factory=dict)  # float arrays "x" (and "y"): the golden vectors' inputs
+    out_dir: Path | None = None  # where ``write`` puts the project folder; None: nowhere (yet)
+    progress: Callable[[str], None] | None = None
+    notes: dict = field(default_factory=dict)  # step name -> lines for report.md
+
+    graphs: list[torch.fx.GraphModule] | None = None  # trace: inference, then the training step
+    kernel: Kernel | None = None  # lower ... tile: the kernel IR, refined by each step
+    schedule: Schedule | None = None  # tile's bank check / schedule; None if the RTL cannot map the kernel
+    schedule_error: Exception | None = None  # why there is no schedule
+    rtl_plan: RtlPlan | None = None  # made once, from the schedule (Design.rtl_plan)
+    rtl_error: str | None = None  # why there is no RTL plan
+    vectors: list | None = None  # golden (command, in words, out words) from the emulator
+    hls_files: dict | None = None  # emit HLS: hls/, src/, tb/ and the Vitis scripts ({} without HLS output)
+    rtl_files: dict | None = None  # emit RTL: rtl/ and build_rtl.tcl ({} without RTL output)
+    files: dict | None = None  # write: every file of the project folder
+    design: Design | None = None  # write: the ``Design``
+    done: list[str] = field(default_factory=list)  # the steps run so far
+
+
+@dataclass(frozen=True)
+class Step:
+    """One pipeline step: ``run(ctx)`` stores ``artifact`` (a ``CompileContext`` field) and returns it."""
+
+    name: str
+    run: Callable[[CompileContext], Any]
+    doc: str
+    artifact: str = ""  # the CompileContext field it leaves, e.g. "kernel"
+    returns: str = ""  # the type of that artifact, for people
+
+
+class Pipeline(list):
+    """The steps in order; ``print`` shows one line per step."""
+
+    def names(self) -> list[str]:
+        return [s.name for s in self]
+
+    def step(self, name: str) -> Step:
+        """The step called ``name`` (case and ``_``/space insensitive); ValueError listing the steps if none."""
+        key = name.strip().lower().replace("_", " ") if isinstance(name, str) else name
+        for s in self:
+            if s.name.lower() == key:
+                return s
+        raise ValueError(f"unknown step {name!r}; the steps are: {', '.join(self.names())}")
+
+    def __str__(self) -> str:
+        width = max(len(s.name) for s in self)
+        ret = max(len(s.returns) for s in self)
+        return "\n".join(f"{i:2d}. {s.name:{width}s} -> {s.returns:{ret}s}  {s.doc}" for i, s in enumerate(self, 1))
+
+    def __repr__(self) -> str:
+        return f"Pipeline([{', '.join(repr(n) for n in self.names())}])\n{self}"
+
+
+def _trace(ctx: CompileContext):
+    from .frontend import trace
+
+    ctx.graphs = [trace(ctx.model, ctx.example_inputs)]
+    if ctx.train is not None:
+        ctx.graphs.append(trace(ctx.model, ctx.example_inputs, ctx.train))
+    return ctx.graphs
+
+
+def _lower(ctx: CompileContext):
+    from . import lower
+
+    ctx.kernel = lower.run(ctx.graphs, ctx.name)
+    return ctx.kernel
+
+
+def _quantize(ctx: CompileContext):
+    from .passes import quantize
+
+    ctx.kernel = quantize.run(ctx.kernel, ctx.precision)
+    return ctx.kernel
+
+
+def _share_memory(ctx: CompileContext):
+    from .passes import memory
+
+    if ctx.share_memory:
+        ctx.kernel = memory.run(ctx.kernel)
+    return ctx.kernel
+
+
+def _tile(ctx: CompileContext):
+    from .errors import ResourceBudgetError
+    from .passes import estimate, schedule, tile
+
+    tile.assign_lanes(ctx.kernel, ctx.lanes, ctx.target)
+    try:  # the bank check schedules the lanes it keeps: that schedule is the "schedule" step's
+        ctx.schedule = tile.keep_banks_mappable(ctx.kernel)
+    except schedule.ScheduleError as e:  # not a lane problem: the RTL emitter reports it
+        ctx.schedule, ctx.schedule_error = None, e
+    over = estimate.resources(ctx.kernel, ctx.target).over_budget(ctx.target)
+    if over:
+        raise ResourceBudgetError(ctx.target.name, over, "Use fewer lanes (lanes=...), narrower formats "
+                                  "(precision=...), a smaller batch, or a larger target (fx2fpga targets).")
+    return ctx.kernel
+
+
+def _schedule(ctx: CompileContext):
+    from .passes import schedule
+
+    if ctx.schedule is None and ctx.schedule_error is None:  # only when tile's bank check did not run
+        try:
+            ctx.schedule = schedule.run(ctx.kernel)
+        except schedule.ScheduleError as e:
+            ctx.schedule_error = e
+    return ctx.schedule
+
+
+def design_of(ctx: CompileContext):
+    """The ``Design`` over ``ctx``: made by ``fx2fpga.compile`` before the steps run (so the pipeline
+    never imports the API that drives it)."""
+    if ctx.design is None:
+        raise ValueError("this CompileContext has no Design: run the pipeline through fx2fpga.compile")
+    return ctx.design
+
+
+def _emit_hls(ctx: CompileContext):
+    from .project import folder
+
+    ctx.hls_files = folder.hls_files(design_of(ctx)) if ctx.outputs in ("hls", "both") else {}
+    return ctx.hls_files
+
+
+def _emit_rtl(ctx: CompileContext):
+    from .project import folder
+
+    ctx.rtl_files = folder.rtl_files(design_of(ctx)) if ctx.outputs in ("rtl", "both") else {}
+    return ctx.rtl_files
+
+
+def folder_files(ctx: CompileContext) -> dict[str, str]:
+    """Every file of the project folder (runs the emitting steps first, once)."""
+    if ctx.files is None:
+        from .project import folder
+
+        run_pipeline(ctx, "emit RTL")
+        ctx.files = folder.project_files(design_of(ctx))
+    return ctx.files
+
+
+def _write(ctx: CompileContext):
+    from .project.writer import write_project
+
+    files = folder_files(ctx)
+    if ctx.out_dir is not None:
+        ctx.out_dir = write_project(Path(ctx.out_dir), files)
+    return design_of(ctx)
+
+
+PIPELINE = Pipeline([
+    Step("trace", _trace, "torch.export / make_fx: the inference graph and the SGD-step joint graph",
+         "graphs", "list[GraphModule]"),
+    Step("lower", _lower, "ATen ops -> kernel IR stages (loop nests); views become index maps", "kernel", "Kernel"),
+    Step("quantize", _quantize, "fixed-point formats per buffer and accumulator; function tables", "kernel",
+         "Kernel"),
+    Step("share memory", _share_memory, "temporaries with disjoint lifetimes share one array (share_memory=False: off)",
+         "kernel", "Kernel"),
+    Step("tile", _tile, "lanes (parallel datapath copies) per stage, kept RTL-bankable; the resource budget",
+         "kernel", "Kernel"),
+    Step("schedule", _schedule, "the RTL schedule: phases, memory banks, exact cycles (None: the RTL cannot map)",
+         "schedule", "Schedule | None"),
+    Step("emit HLS", _emit_hls, "HLS C++, its testbench and the Vitis scripts (outputs hls, both)", "hls_files",
+         "dict[str, str]"),
+    Step("emit RTL", _emit_rtl, "SystemVerilog, CIRCT controller, AXI top (outputs rtl, both)", "rtl_files",
+         "dict[str, str]"),
+    Step("write", _write, "the project folder: sources, vectors, driver, manifest, report (written to out_dir)",
+         "design", "Design"),
+])
+
+
+def step_names() -> list[str]:
+    """The names of the steps, in order."""
+    return PIPELINE.names()
+
+
+def run_pipeline(ctx: CompileContext, until: str | None = None):
+    """Run the steps not run yet, in order, through ``until`` (default: all); returns that step's artifact."""
+    last = PIPELINE.step(until if until is not None else PIPELINE[-1].name)
+    for i, step in enumerate(PIPELINE, 1):
+        if step.name not in ctx.done:
+            t0 = time.perf_counter()
+            step.run(ctx)
+            ctx.done.append(step.name)
+            if ctx.progress is not None:
+                ctx.progress(f"[{i}/{len(PIPELINE)}] {step.name:12s} {time.perf_counter() - t0:5.2f} s  ({step.doc})")
+        if step is last:
+            return getattr(ctx, step.artifact)
+    raise AssertionError("unreachable")
