@@ -339,6 +339,58 @@ class RtlPlan:
 
 def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None = None) -> RtlPlan:
     """The ``RtlPlan`` of ``kernel``, from its ``schedule`` (computed here when not given)."""
+    _check_mappable(kernel)
+    s: Schedule = schedule if schedule is not None else sched.run(kernel)
+    for n in [b for c in s.codes for b in sum(interface.command_buffers(kernel, c), [])]:
+        if kernel.buffers[n].fmt.width > WORD_BITS:
+            raise RtlCodegenError(f"buffer {n} ({kernel.buffers[n].fmt}) crosses the {WORD_BITS}-bit word interface")
+    cvts = _Cvts()
+    phases = s.phases()
+    pid = {id(p): i + 1 for i, p in enumerate(phases)}
+    mems = {m.buffer: _memory_view(m) for m in s.memories.values()}
+    w = _Wiring(mems)
+    for ph in phases:
+        i = pid[id(ph)]
+        unit = _unit_view(ph, i, kernel, name, cvts, dsp_kind) if ph.kind == "stage" else None
+        w.add_reads(ph, i)
+        w.add_writes(ph, i)
+        if unit is not None:
+            w.add_unit(unit, ph, i)
+        if ph.kind == "pack":
+            m = mems[ph.buffer]
+            w.packs.append({"index": len(w.packs), "data": w.data_of[i, 0, 0], "width": m["width"],
+                            "signed": m["signed"]})
+    pool = multiplier_pool(w.units, dsp_kind)
+    act = {u["inst"][1:]: u["act"] for u in w.units if u["pooled"]}
+    out_sel_bits = bits(len(w.packs) - 1) if len(w.packs) > 1 else 0
+    outputs = _controller_outputs(w, act, out_sel_bits)
+    spec = {
+        "name": f"{name}_ctrl", "fsm": f"{name}_fsm", "phase_bits": bits(len(phases)),
+        "counters": s.counter_count(), "counter_bits": s.counter_bits(),
+        "taps": {"addr": sched.ADDR_TAP, "ram": sched.RAM_TAP, "operand": sched.OPERAND_TAP,
+                 "out": sched.PACK_DELAY},
+        "commands": [{"code": s.codes[c], "phases": [pid[id(p)] for p in ph]} for c, ph in s.commands.items()],
+        "phases": [{"id": pid[id(p)], "name": _ident(p.name), "kind": p.kind,
+                    "counters": [c.count for c in p.counters], "reduce": list(p.reduce),
+                    "write_delay": p.write_delay} for p in phases],
+        "memories": {n: {k: m[k] for k in ("banks", "addr_bits", "bank_bits", "factors", "bank_shape", "ports")}
+                     for n, m in mems.items()},
+        "reads": w.reads, "writes": w.writes, "go": w.go, "first": w.first, "act": act,
+        "out_sel_bits": out_sel_bits, "outputs": outputs,
+    }
+    max_in = max([m["width"] for m in mems.values() if any("in_d1" in s_ for s_ in sum(m["sources"], []))] + [0])
+    for m in mems.values():
+        read = m.pop("read_banks")
+        m["unread_banks"] = [b for b in range(m["banks"]) if b not in read]
+        m["direct_banks"] = sorted(m["direct_banks"])
+    return RtlPlan(schedule=s, spec=spec, units=w.units, memories=list(mems.values()), packs=w.packs,
+                   cvts=[c.view() for _, c in sorted(cvts.used.items())], outputs=outputs,
+                   out_sel_bits=out_sel_bits, max_in_width=max_in, muxes=w.muxes, pool=pool,
+                   reset_cycles=max([p.write_delay for p in phases] + [sched.PACK_DELAY]) + 4)
+
+
+def _check_mappable(kernel) -> None:
+    """Every stage is an op the RTL has a datapath for, and passes the backends' common checks."""
     for prog in kernel.programs.values():
         for st in prog.stages:
             where = f"stage {st.name!r} of program {prog.name!r}"
@@ -348,47 +400,55 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
                 check_stage(st, kernel, where)
             except Fx2fpgaError as e:
                 raise RtlCodegenError(str(e)) from None
-    s: Schedule = schedule if schedule is not None else sched.run(kernel)
-    for n in [b for c in s.codes for b in sum(interface.command_buffers(kernel, c), [])]:
-        if kernel.buffers[n].fmt.width > WORD_BITS:
-            raise RtlCodegenError(f"buffer {n} ({kernel.buffers[n].fmt}) crosses the {WORD_BITS}-bit word interface")
-    cvts = _Cvts()
-    phases = s.phases()
-    pid = {id(p): i + 1 for i, p in enumerate(phases)}
-    cw = s.counter_bits()
-    mems = {}
-    for m in s.memories.values():
-        mems[m.buffer] = {"name": m.buffer, "mem": m, "width": m.width, "signed": m.signed, "banks": m.banks,
-                          "depth": m.depth, "addr_bits": m.addr_bits, "bank_bits": m.bank_bits,
-                          "read_only": m.read_only, "factors": list(m.factors), "bank_shape": list(m.bank_shape),
-                          "sources": [[] for _ in range(m.banks)], "read_banks": set(), "direct_banks": set(),
-                          "mem_depth": max(2, m.depth),
-                          "init": m.init is not None or m.read_only}
-    units, reads, writes, go, first, packs, muxes = [], [], [], {}, {}, [], []
-    data_of: dict[tuple[int, int, int], str] = {}  # (phase id, operand, lane) -> data expression
-    ok_of: dict[tuple[int, int, int], str] = {}  # (phase id, operand, lane) -> "the guarded read happened"
-    for ph in phases:
-        i = pid[id(ph)]
-        unit = _unit_view(ph, i, kernel, name, cvts, dsp_kind) if ph.kind == "stage" else None
+
+
+def _memory_view(m) -> dict:
+    """A scheduled memory as the templates and the controller see it (ports and sources filled in later)."""
+    return {"name": m.buffer, "mem": m, "width": m.width, "signed": m.signed, "banks": m.banks,
+            "depth": m.depth, "addr_bits": m.addr_bits, "bank_bits": m.bank_bits,
+            "read_only": m.read_only, "factors": list(m.factors), "bank_shape": list(m.bank_shape),
+            "sources": [[] for _ in range(m.banks)], "read_banks": set(), "direct_banks": set(),
+            "mem_depth": max(2, m.depth),
+            "init": m.init is not None or m.read_only}
+
+
+class _Wiring:
+    """The phases' reads, writes and units, connected: which register carries each operand of each lane."""
+
+    def __init__(self, mems: dict):
+        self.mems = mems
+        self.units, self.reads, self.writes, self.packs, self.muxes = [], [], [], [], []
+        self.go: dict[str, str] = {}
+        self.first: dict[str, str] = {}
+        self.data_of: dict[tuple[int, int, int], str] = {}  # (phase id, operand, lane) -> data expression
+        self.ok_of: dict[tuple[int, int, int], str] = {}  # (phase id, operand, lane) -> "the guarded read happened"
+
+    def add_reads(self, ph, i: int) -> None:
+        """The read requests of phase ``i`` and where their data arrives."""
         for r, port in enumerate(ph.reads):
-            mem = mems[port.buffer]
+            mem = self.mems[port.buffer]
             mem["read_banks"].update(port.banks)
             sel = f"rsel_p{i}_r{r}" if len(port.banks) > 1 else None
             if sel:  # a bank known at run time: a registered multiplexer picks its data
-                data_of[i, port.operand, port.lane] = f"data_p{i}_r{r}"
-                muxes.append({"name": f"data_p{i}_r{r}", "sel": sel, "sel_bits": mem["bank_bits"],
-                              "width": mem["width"], "banks": [(b, f"rdq_{port.buffer}_{b}") for b in port.banks]})
+                self.data_of[i, port.operand, port.lane] = f"data_p{i}_r{r}"
+                self.muxes.append({"name": f"data_p{i}_r{r}", "sel": sel, "sel_bits": mem["bank_bits"],
+                                   "width": mem["width"],
+                                   "banks": [(b, f"rdq_{port.buffer}_{b}") for b in port.banks]})
             else:  # one bank: its data's second register, shared by every request of that bank
-                data_of[i, port.operand, port.lane] = f"rdd_{port.buffer}_{port.banks[0]}"
+                self.data_of[i, port.operand, port.lane] = f"rdd_{port.buffer}_{port.banks[0]}"
                 mem["direct_banks"].add(port.banks[0])
             ok = f"ok_p{i}_r{r}" if port.guard else None
             if ok:
-                ok_of[i, port.operand, port.lane] = ok
-            reads.append({"phase": i, "memory": port.buffer, "index": [controller.affine_spec(a) for a in port.index],
-                          "banks": list(port.banks), "sel": sel, "ok": ok, "guard": _guard_spec(port.guard),
-                          "dim_bits": list(port.dim_bits)})
+                self.ok_of[i, port.operand, port.lane] = ok
+            self.reads.append({"phase": i, "memory": port.buffer,
+                               "index": [controller.affine_spec(a) for a in port.index],
+                               "banks": list(port.banks), "sel": sel, "ok": ok, "guard": _guard_spec(port.guard),
+                               "dim_bits": list(port.dim_bits)})
+
+    def add_writes(self, ph, i: int) -> None:
+        """The write requests of phase ``i``, each bank's data sources numbered."""
         for port in ph.writes:
-            mem = mems[port.buffer]
+            mem = self.mems[port.buffer]
             if ph.kind == "unpack":
                 src = "in_d1" if mem["width"] == WORD_BITS else f"in_d1[{mem['width'] - 1}:0]"
             else:
@@ -397,40 +457,39 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
             for b in port.banks:
                 mem["sources"][b].append(src)
                 source[str(b)] = len(mem["sources"][b]) - 1
-            writes.append({"phase": i, "memory": port.buffer, "index": [controller.affine_spec(a) for a in port.index],
-                           "banks": list(port.banks), "tap": port.tap, "last_only": port.last_only,
-                           "source": source, "guard": _guard_spec(port.guard), "dim_bits": list(port.dim_bits)})
-        if unit is not None:
-            lanes_in = []
-            for o in range(len(ph.stage.ins)):
-                lanes_in.append([data_of.get((i, o, lane), data_of.get((i, o, 0))) for lane in range(ph.lanes)])
-            unit["inputs"] = lanes_in
-            oks = []
-            for o, operand in enumerate(unit["ops"]):
-                lanes_ok = [ok_of.get((i, o, lane), ok_of.get((i, o, 0))) for lane in range(ph.lanes)]
-                operand["guarded"] = any(lanes_ok)
-                oks.append([x or "1'b1" for x in lanes_ok])
-            unit["oks"] = oks
-            if unit["kind"] == "reduce":
-                go[str(i)] = unit["go"] = f"go_p{i}"
-                first[str(i)] = unit["first"] = f"first_p{i}"
-            units.append(unit)
-        if ph.kind == "pack":
-            m = mems[ph.buffer]
-            packs.append({"index": len(packs), "data": data_of[i, 0, 0], "width": m["width"], "signed": m["signed"]})
-    pool = multiplier_pool(units, dsp_kind)
-    act = {u["inst"][1:]: u["act"] for u in units if u["pooled"]}
+            self.writes.append({"phase": i, "memory": port.buffer,
+                                "index": [controller.affine_spec(a) for a in port.index],
+                                "banks": list(port.banks), "tap": port.tap, "last_only": port.last_only,
+                                "source": source, "guard": _guard_spec(port.guard), "dim_bits": list(port.dim_bits)})
+
+    def add_unit(self, unit: dict, ph, i: int) -> None:
+        """Phase ``i``'s datapath unit, its operands' data and guard signals per lane."""
+        unit["inputs"] = [[self.data_of.get((i, o, lane), self.data_of.get((i, o, 0))) for lane in range(ph.lanes)]
+                          for o in range(len(ph.stage.ins))]
+        oks = []
+        for o, operand in enumerate(unit["ops"]):
+            lanes_ok = [self.ok_of.get((i, o, lane), self.ok_of.get((i, o, 0))) for lane in range(ph.lanes)]
+            operand["guarded"] = any(lanes_ok)
+            oks.append([x or "1'b1" for x in lanes_ok])
+        unit["oks"] = oks
+        if unit["kind"] == "reduce":
+            self.go[str(i)] = unit["go"] = f"go_p{i}"
+            self.first[str(i)] = unit["first"] = f"first_p{i}"
+        self.units.append(unit)
+
+
+def _controller_outputs(w: _Wiring, act: dict, out_sel_bits: int) -> list[tuple[str, int]]:
+    """The controller's output ports (name, width); fills in each memory bank's port names."""
     outputs: list[tuple[str, int]] = [("idle", 1), ("in_ready", 1), ("out_valid", 1), ("unused_bits", 1)]
-    out_sel_bits = bits(len(packs) - 1) if len(packs) > 1 else 0
     if out_sel_bits:
         outputs.append(("out_sel", out_sel_bits))
-    outputs += [(p, 1) for p in [*go.values(), *first.values(), *act.values()]]
-    for r in reads:
+    outputs += [(p, 1) for p in [*w.go.values(), *w.first.values(), *act.values()]]
+    for r in w.reads:
         if r["sel"]:
-            outputs.append((r["sel"], mems[r["memory"]]["bank_bits"]))
+            outputs.append((r["sel"], w.mems[r["memory"]]["bank_bits"]))
         if r["ok"]:
             outputs.append((r["ok"], 1))
-    for m in mems.values():
+    for m in w.mems.values():
         m["ports"] = []
         for b in range(m["banks"]):
             ports = {"raddr": f"raddr_{m['name']}_{b}"}
@@ -442,29 +501,7 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
                     ports.update(wsel=f"wsel_{m['name']}_{b}", wsel_bits=bits(len(m["sources"][b]) - 1))
                     outputs.append((ports["wsel"], ports["wsel_bits"]))
             m["ports"].append(ports)
-    spec = {
-        "name": f"{name}_ctrl", "fsm": f"{name}_fsm", "phase_bits": bits(len(phases)),
-        "counters": s.counter_count(), "counter_bits": cw,
-        "taps": {"addr": sched.ADDR_TAP, "ram": sched.RAM_TAP, "operand": sched.OPERAND_TAP,
-                 "out": sched.PACK_DELAY},
-        "commands": [{"code": s.codes[c], "phases": [pid[id(p)] for p in ph]} for c, ph in s.commands.items()],
-        "phases": [{"id": pid[id(p)], "name": _ident(p.name), "kind": p.kind,
-                    "counters": [c.count for c in p.counters], "reduce": list(p.reduce),
-                    "write_delay": p.write_delay} for p in phases],
-        "memories": {n: {k: m[k] for k in ("banks", "addr_bits", "bank_bits", "factors", "bank_shape", "ports")}
-                     for n, m in mems.items()},
-        "reads": reads, "writes": writes, "go": go, "first": first, "act": act, "out_sel_bits": out_sel_bits,
-        "outputs": outputs,
-    }
-    max_in = max([m["width"] for m in mems.values() if any("in_d1" in s_ for s_ in sum(m["sources"], []))] + [0])
-    for m in mems.values():
-        read = m.pop("read_banks")
-        m["unread_banks"] = [b for b in range(m["banks"]) if b not in read]
-        m["direct_banks"] = sorted(m["direct_banks"])
-    return RtlPlan(schedule=s, spec=spec, units=units, memories=list(mems.values()), packs=packs,
-                   cvts=[c.view() for _, c in sorted(cvts.used.items())], outputs=outputs,
-                   out_sel_bits=out_sel_bits, max_in_width=max_in, muxes=muxes, pool=pool,
-                   reset_cycles=max([p.write_delay for p in phases] + [sched.PACK_DELAY]) + 4)
+    return outputs
 
 
 # ----- public API ----------------------------------------------------------------------------------------------
