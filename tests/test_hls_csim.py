@@ -76,6 +76,9 @@ def _zoo_elementwise(bufs: list[Buffer], stages: list[Stage]) -> None:
     ew("o_neg_u", "neg", F("ufixed<6,3,RND_CONV,SAT>"), (A,))
     ew("o_relu", "relu", F("ufixed<5,2,RND_CONV,SAT>"), (A,), lanes=2, lane_var="j")
     ew("o_relu_w", "relu", F("fixed<5,1,TRN,WRAP>"), (A,))
+    ew("o_abs", "abs", F("fixed<8,3>"), (A,), lanes=3, lane_var="j")  # |min| saturates to max
+    ew("o_abs_w", "abs", F("fixed<8,3,RND,WRAP>"), (A,))  # |min| wraps to min
+    ew("o_abs_u", "abs", F("ufixed<6,2,TRN,SAT>"), (B,))
     ew("o_add", "add", F("fixed<9,3,RND_ZERO,WRAP>"), (A, B), lanes=3, lane_var="j")
     ew("o_add_bc", "add", F("fixed<10,4,RND,SAT>"), (A, acc("u", "j")))
     ew("o_sub", "sub", F("fixed<10,4,TRN_ZERO,SAT>"), (B, A), lanes=4, lane_var="j")
@@ -99,6 +102,7 @@ def _zoo_elementwise(bufs: list[Buffer], stages: list[Stage]) -> None:
     shifted = (Affine((("i", 1),), -1), Affine((("j", 1),), 2))
     pad = Access("a", shifted, (Guard(shifted[0], 4), Guard(shifted[1], 8)))
     ew("o_pad", "add", F("fixed<9,3>"), (pad, B), lanes=3, lane_var="j")
+    ew("o_pad_abs", "abs", F("fixed<7,2,RND_CONV,SAT>"), (pad,))
     ew("o_pad_tab", "table", F("fixed<8,2,RND,SAT>"), (pad,), attrs={"table": "tbl", "lo": -40, "shift": 3})
 
 

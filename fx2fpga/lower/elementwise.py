@@ -95,6 +95,7 @@ def _table(fn: str):
 RULES = {
     aten.relu.default: _elementwise("relu"),
     aten.neg.default: _elementwise("neg"),
+    aten.abs.default: _elementwise("abs"),
     aten.add.Tensor: _add_sub("add"),
     aten.add.Scalar: _add_sub("add"),
     aten.sub.Tensor: _add_sub("sub"),

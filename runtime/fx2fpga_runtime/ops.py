@@ -89,6 +89,7 @@ _ROWS = [
     OpSpec("neg", 1, "-a", lambda v, st, k: -v[0], lambda a: -a, lambda fr: fr[0]),
     OpSpec("relu", 1, "a > 0 ? a : 0", lambda v, st, k: np.maximum(v[0], 0), lambda a: np.maximum(a, 0),
            lambda fr: fr[0]),
+    OpSpec("abs", 1, "|a|", lambda v, st, k: np.abs(v[0]), np.abs, lambda fr: fr[0]),
     OpSpec("add", 2, "a + b", lambda v, st, k: v[0] + v[1], lambda a, b: a + b, _max_frac, aligned=(0, 1),
            error_rule="sum"),
     OpSpec("sub", 2, "a - b", lambda v, st, k: v[0] - v[1], lambda a, b: a - b, _max_frac, aligned=(0, 1),

@@ -49,6 +49,7 @@ HLS_SPELLING = {
     "copy": "{out} = {a0};",
     "neg": "{out} = -{a0};",
     "relu": "{out} = ({a0} > 0) ? {T}({a0}) : {T}(0);",
+    "abs": "{out} = ({a0} < 0) ? {T}(-{a0}) : {T}({a0});",
     "add": "{out} = {a0} + {a1};",
     "sub": "{out} = {a0} - {a1};",
     "mul": "{out} = {a0} * {a1};",

@@ -71,6 +71,7 @@ RTL_SPELLING = {
     "copy": RtlSpelling(lambda w, s: w[0], "{a0}"),
     "neg": RtlSpelling(lambda w, s: w[0] + 1, "-{x0}"),
     "relu": RtlSpelling(lambda w, s: w[0], "({w0}'sd0 < {a0}) ? {a0} : '0"),
+    "abs": RtlSpelling(lambda w, s: w[0] + 1, "({a0} < {w0}'sd0) ? -{x0} : {x0}"),
     "add": RtlSpelling(_aligned_sum_width, "{x0} + {x1}"),
     "sub": RtlSpelling(_aligned_sum_width, "{x0} - {x1}"),
     "mul": RtlSpelling(lambda w, s: w[0] + w[1], "{rw}'(prod_{l})"),
