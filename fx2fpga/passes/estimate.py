@@ -36,7 +36,7 @@ DSP_PORTS = {"DSP48E1": (25, 18), "DSP48E2": (27, 18), "MULT18X18D": (18, 18)}  
 def multiplier_pieces(width: int, port: int) -> list[tuple[int, int, bool]]:
     """A signed ``width``-bit operand as (low bit, bits, signed) pieces that each fit a ``port``-bit
     signed multiplier input: unsigned ``port - 1``-bit pieces from the bottom, a signed top piece
-    (how Yosys' mul2dsp splits it, and how the RTL's partial products do: codegen/verilog.py)."""
+    (how Yosys' mul2dsp splits it, and how the RTL's partial products do: backends/rtl/emit.py)."""
     if width <= port:
         return [(0, width, True)]
     pieces, low = [], 0

@@ -61,7 +61,7 @@ OPERAND_TAP = 5  # RAM data (3) -> its copy in fabric (4) -> the bank select: th
 # accumulator -> converted result), table 12 (operand -> clip -> (index, t) -> ROM -> its copy ->
 # difference -> product (4) -> sum -> converted), every other op 3 (operands -> exact result ->
 # converted result). A multiply's operands go to the kernel's shared multiplier of their lane
-# (operands ORed over the stages -> partial products -> product: codegen/verilog.py
+# (operands ORed over the stages -> partial products -> product: backends/rtl/emit.py
 # `multiplier_pool`; the block has a register of its own on each side, so nothing else shares its paths).
 WRITE_STAGE = 1  # the write-data multiplexer's register, in step with the write port
 UNPACK_DELAY = RAM_TAP  # the input word waits for its registered write address

@@ -1,6 +1,6 @@
 """Child process of ``controller.py``: build the controller as CIRCT IR, verify it, lower it to SystemVerilog.
 
-Run as ``python circt_child.py`` with the controller spec (JSON, made by ``codegen/verilog.py``)
+Run as ``python circt_child.py`` with the controller spec (JSON, made by ``backends/rtl/emit.py``)
 on stdin; answers ``{file name: text}`` (JSON) on stdout. Exit code 3: the IR did not verify;
 4: a pass or the bindings failed; killed by a signal: CIRCT crashed. The parent turns each
 into a ``ControllerError``. This file imports only the standard library and ``circt``.

@@ -13,7 +13,7 @@ The controller of a kernel (``<name>_ctrl``) is everything that decides *when* a
   the RAM bank and the address inside it, multiplexed onto each bank's read and write ports,
   plus the selects that route bank data to the datapath lanes and lane results to the banks.
 
-``codegen/verilog.py`` makes the controller's spec (plain data from the schedule); this module
+``backends/rtl/emit.py`` makes the controller's spec (plain data from the schedule); this module
 runs ``circt_child.py`` on it in a child process. The child (a standalone script: it imports
 neither fx2fpga nor torch, so it starts in well under a second) builds the IR with the
 ``circt`` Python bindings, verifies it, runs ``convert-fsm-to-sv, canonicalize`` (then fills
