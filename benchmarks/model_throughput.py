@@ -1,7 +1,7 @@
 """Model throughput: SGD steps per second of the digits MLP (batch 16), one model and many.
 
 - fx2fpga on the PYNQ-Z1: the RTL kernel's exact cycles per step (the schedule's latency model,
-  which the Verilator simulation of the generated Verilog measures to the cycle: tests/test_rtl.py)
+  which the Verilator simulation of the generated Verilog measures to the cycle: tests/feature/test_rtl.py)
   and the HLS estimate, at the target clock, and how many copies of the kernel fit the board by
   the resource estimate (replicated kernels train independent models).
 - PyTorch on this machine's CPU: one model, and N models at once with torch.func.vmap.

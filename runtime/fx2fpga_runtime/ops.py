@@ -6,7 +6,7 @@ format, accumulation, whether it multiplies), the RTL schedule (``unit_latency``
 estimate (``estimate_depth``, ``multiplies``) and the tests' error bounds (``reference``,
 ``error_rule``). A backend keeps only how it spells an op (``HLS_SPELLING`` in
 ``fx2fpga/backends/hls/emit.py``, ``RTL_SPELLING`` in ``fx2fpga/backends/rtl/emit.py``);
-``tests/test_op_table.py`` fails when one lacks an op of this table. ``docs/adding-an-op.md``
+``tests/unit/test_op_table.py`` fails when one lacks an op of this table. ``docs/adding-an-op.md``
 walks one op through it.
 
 Values are raw integers (``fixed.py``). An elementwise op's exact result has ``result_frac``

@@ -23,8 +23,8 @@ import fx2fpga
 from fx2fpga.cli import main as cli_main
 from fx2fpga.handoffs import graph_info, placeholder
 
-from .conftest import load_example
-from .error_bounds import propagate
+from ..conftest import load_example
+from ..error_bounds import propagate
 
 STEPS, X_TOL = 200, 1e-4
 fn = load_example("functions")

@@ -13,9 +13,9 @@ from torch import nn
 import fx2fpga
 from fx2fpga.frontend import trace
 
-from ._replay import graph_args, replay_layers
-from .conftest import assert_backend_equals_emu
-from .error_bounds import GraphBounds
+from .._replay import graph_args, replay_layers
+from ..conftest import assert_backend_equals_emu
+from ..error_bounds import GraphBounds
 from .test_conv import _float_params, check_against_float
 
 # ----- pooling: overlapping, padded, counted without padding, adaptive ----------------------------------------

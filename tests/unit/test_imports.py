@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = {"fx2fpga": ROOT, "fx2fpga_runtime": ROOT / "runtime"}  # package -> the folder that holds it
 
 

@@ -12,7 +12,7 @@ from fx2fpga_runtime.fixed import Fixed
 
 import fx2fpga
 
-from .conftest import float_params
+from ..conftest import float_params
 
 pytestmark = pytest.mark.slow
 

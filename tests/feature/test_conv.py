@@ -30,9 +30,9 @@ from fx2fpga.errors import UnsupportedOpError
 from fx2fpga.frontend import trace
 from fx2fpga.handoffs import graph_info
 
-from ._replay import graph_args, replay_layers
-from .conftest import assert_backend_equals_emu, load_example
-from .error_bounds import GraphBounds, emulator_decisions, flipped_decisions
+from .._replay import graph_args, replay_layers
+from ..conftest import assert_backend_equals_emu, load_example
+from ..error_bounds import GraphBounds, emulator_decisions, flipped_decisions
 from .test_rtl import assert_lint_clean
 
 # ----- the IR: guarded reads and argmax, against loops written from the docstring ------------------------

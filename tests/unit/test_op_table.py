@@ -24,7 +24,7 @@ from fx2fpga.backends.hls import emit as hls
 from fx2fpga.backends.rtl import emit as verilog
 from fx2fpga.passes import estimate, schedule
 
-from . import error_bounds
+from .. import error_bounds
 
 
 def missing(table: dict[str, OpSpec]) -> list[str]:
