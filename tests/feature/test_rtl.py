@@ -287,9 +287,9 @@ def test_report_runs_yosys_and_counts_resources_beside_the_budget(tmp_path, caps
     # the mac stage's multipliers are the shared pool (one per lane; 16x16-bit products: one DSP48E1 each);
     # the sigmoid table interpolates with its own (one per lane)
     p = verilog.plan(kernel, kernel.name, "DSP48E1")
-    pool = p["pool"]
+    pool = p.pool
     assert pool["lanes"] == 4 and len(pool["product"]["parts"]) == 1
-    tables = [u for u in p["units"] if u["kind"] == "table"]
+    tables = [u for u in p.units if u["kind"] == "table"]
     assert [(u["lanes"], len(u["product"]["parts"])) for u in tables] == [(4, 1)]
     assert res.dsp == verilog.dsp_blocks(kernel, "DSP48E1") == 4 + 4
 

@@ -108,7 +108,7 @@ def test_each_op_runs_through_every_backend(name):
     cpp = hls.generate(k, "0")[f"src/{k.name}.cpp"]
     assert "stage_s() {" in cpp
     plan = verilog.plan(k, k.name)
-    assert [u["op"] for u in plan["units"]] == [name]
+    assert [u["op"] for u in plan.units] == [name]
     spec = OPS_TABLE[name]
     if spec.reads_table or spec.accumulate == "argmax":
         return
