@@ -80,6 +80,9 @@ def cmd_report(args) -> int:
     report = Path(args.project) / "report.md"
     if not report.is_file():
         raise Fx2fpgaError(f"{args.project} has no report.md: is it an fx2fpga project folder?")
+    from .project import roofline
+
+    roofline.add_to_report(Path(args.project))
     if not args.no_synth and (Path(args.project) / "rtl" / "files.f").is_file():
         from .toolchains.yosys import add_to_report
 
@@ -167,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "Yosys + nextpnr (pip: yowasp) for ECP5 boards")
     b.add_argument("project")
     b.set_defaults(func=cmd_build)
-    r = sub.add_parser("report", help="print a project's report (with Yosys resource counts of its RTL)")
+    r = sub.add_parser("report", help="print a project's report, with its roofline (reports/roofline.png) and "
+                                      "Yosys resource counts of its RTL")
     r.add_argument("project")
     r.add_argument("--no-synth", action="store_true", help="do not run Yosys on the project's rtl/")
     r.set_defaults(func=cmd_report)

@@ -40,10 +40,12 @@ class Target:
     board_part: str | None = None  # Vivado board-file id, if the board has one
     board_clock_mhz: float | None = None  # the board oscillator a PLL turns into clock_mhz (bare FPGAs)
     board_clock_pin: str | None = None  # the package pin of that oscillator
+    bus_mbytes_per_s: float | None = None  # host <-> fabric bandwidth the kernel's data crosses (measured)
+    bus_source: str | None = None  # where that figure comes from
 
 
 _REQUIRED_STR = ("name", "description", "part", "family", "dsp_kind", "toolchain")
-_OPTIONAL_STR = ("ps", "board_part", "board_clock_pin")
+_OPTIONAL_STR = ("ps", "board_part", "board_clock_pin", "bus_source")
 _POSITIVE_INT = ("lut", "ff", "bram36", "dsp")
 
 
@@ -78,6 +80,9 @@ def _parse(source: str, text: str) -> Target:
     osc = data.get("board_clock_mhz")
     if osc is not None and (isinstance(osc, bool) or not isinstance(osc, int | float) or not 0 < osc < 1_000):
         raise TargetFileError(f"{source}: board_clock_mhz must be a number of MHz in (0, 1000), got {osc!r}")
+    bus = data.get("bus_mbytes_per_s")
+    if bus is not None and (isinstance(bus, bool) or not isinstance(bus, int | float) or not 0 < bus < 1e6):
+        raise TargetFileError(f"{source}: bus_mbytes_per_s must be a positive number of MB/s, got {bus!r}")
     if data["family"] == "ecp5":
         _check_ecp5(source, data)
     return Target(
@@ -96,6 +101,8 @@ def _parse(source: str, text: str) -> Target:
         board_part=data.get("board_part"),
         board_clock_mhz=float(osc) if osc is not None else None,
         board_clock_pin=data.get("board_clock_pin"),
+        bus_mbytes_per_s=float(bus) if bus is not None else None,
+        bus_source=data.get("bus_source"),
     )
 
 
