@@ -1,18 +1,25 @@
-"""Model throughput: SGD steps per second of the digits MLP (batch 16), one model and many.
+"""Model throughput: digits MLPs (64-32-10, batch 16, SGD) trained per second, FPGA against PyTorch.
 
-- fx2fpga on the PYNQ-Z1: the RTL kernel's exact cycles per step (the schedule's latency model,
-  which the Verilator simulation of the generated Verilog measures to the cycle: tests/feature/test_rtl.py)
-  and the HLS estimate, at the target clock, and how many copies of the kernel fit the board by
-  the resource estimate (replicated kernels train independent models).
-- PyTorch on this machine's CPU: one model, and N models at once with torch.func.vmap.
+- fx2fpga on the PYNQ-Z1 at 100 MHz: per training step, the RTL kernel's exact cycles (the schedule's
+  model, which Verilator measures to the cycle: tests/feature/test_rtl.py) plus the batch's bus
+  transfer (its bytes in and out at the target's measured AXI DMA rate, ``bus_mbytes_per_s``). One
+  model at lanes 4 and ``lanes="auto"``, and N models in one kernel when ``compile`` takes a list.
+  MAC-lane utilization: useful multiplies / (multiplier lanes x cycles), per multiplying stage and
+  over the whole step.
+- PyTorch on this machine's CPU, in the same run: an eager loop over N models and ``torch.func.vmap``
+  over N models, at 1 thread and at all threads.
+- A GPU figure from ``torch_baseline_gpu.json`` (``benchmarks/torch_baseline.py`` on a lent GPU
+  machine: not the same run, so compare its ratios with care).
 
-    python benchmarks/model_throughput.py      -> benchmarks/results/model_throughput.{json,png}
+    python benchmarks/model_throughput.py [--models 1,8,30]  -> benchmarks/results/model_throughput.{json,png}
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -26,83 +33,174 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT / "examples"))
 
+import mlp_digits as ex  # noqa: E402
 
-def fpga_estimate(lanes) -> dict:
-    import mlp_digits as ex
+
+def _mlps(n: int) -> list:
+    models = []
+    for seed in range(n):
+        torch.manual_seed(seed)
+        models.append(ex.DigitsMLP())
+    return models
+
+
+def mac_utilization(design) -> dict:
+    """Useful multiplies / (multiplier lanes x cycles), per multiplying stage and over the training step."""
+    from fx2fpga_runtime.ops import OPS_TABLE
+
+    phases = design.schedule.commands["train_step"]
+    pool = design.rtl_plan().pool
+    lanes = pool["lanes"] if pool else 1
+    stages = {}
+    for p in phases:
+        if p.kind == "stage" and OPS_TABLE[p.stage.op].multiplies:
+            stages[p.stage.name] = round(p.stage.iterations / (p.lanes * p.cycles), 3)
+    macs = sum(p.stage.iterations for p in phases if p.kind == "stage" and OPS_TABLE[p.stage.op].multiplies)
+    return {"multiplier_lanes": lanes, "step": round(macs / (lanes * design.rtl_cycles()["train_step"]), 3),
+            "stages": stages}
+
+
+def fpga(n_models: int, lanes) -> dict | None:
+    """One kernel training ``n_models`` MLPs at once: cycles, bus time, model-steps/s at the target clock."""
+    from fx2fpga_runtime import interface
 
     import fx2fpga
-    from fx2fpga.passes import estimate
+    from fx2fpga.errors import Fx2fpgaError
 
+    models = _mlps(n_models)
     sgd = fx2fpga.SGD(ex.loss_fn, ex.example_targets, ex.lr)
-    design = fx2fpga.compile(ex.model, ex.example_inputs, train=sgd, lanes=lanes)
+    try:
+        design = fx2fpga.compile(models if n_models > 1 else models[0], ex.example_inputs, train=sgd, lanes=lanes)
+    except (TypeError, ValueError, Fx2fpgaError) as e:
+        print(f"fpga {n_models} models, lanes {lanes}: not compiled ({type(e).__name__}: {e})", flush=True)
+        return None
     t = design.target
-    from fx2fpga.backends.rtl import emit as verilog
-
-    cycles = verilog.call_cycles(design.kernel)["train_step"]
-    res = estimate.resources(design.kernel)
-    copies = max(1, min(t.dsp // max(res.dsp, 1), math.floor(t.bram36 / max(res.bram36, 0.5))))
-    per_kernel = t.clock_mhz * 1e6 / cycles
-    return {"lanes": lanes, "target": t.name, "clock_mhz": t.clock_mhz, "cycles_per_step": cycles,
-            "hls_estimate_cycles_per_step": estimate.program_cycles(design.kernel, "train_step"),
-            "steps_per_s": per_kernel,
-            "kernel_dsp": res.dsp, "kernel_bram36": res.bram36, "copies_that_fit": copies,
-            "model_steps_per_s": per_kernel * copies,
-            "source": "RTL cycles (exact, = Verilator) at the target clock; copies from the resource estimate"}
+    cycles = design.rtl_cycles()["train_step"]
+    ins, outs = interface.command_buffers(design.kernel, "train_step")
+    bus_bytes = 4 * (interface.word_count(design.kernel, ins) + interface.word_count(design.kernel, outs))
+    bus_cycles = math.ceil(bus_bytes / (t.bus_mbytes_per_s * 1e6) * t.clock_mhz * 1e6)
+    step_s = (cycles + bus_cycles) / (t.clock_mhz * 1e6)
+    return {"models": n_models, "lanes": lanes, "target": t.name, "clock_mhz": t.clock_mhz,
+            "cycles_per_step": cycles, "bus_bytes_per_step": bus_bytes, "bus_cycles_per_step": bus_cycles,
+            "model_steps_per_s": n_models / step_s, "dsp_blocks": design.rtl_dsp_blocks(),
+            "mac_utilization": mac_utilization(design),
+            "source": f"exact RTL cycles + bus bytes at {t.bus_mbytes_per_s:g} MB/s ({t.bus_source})"}
 
 
-def torch_cpu(n_models: int, steps: int = 200) -> float:
-    """Model-steps per second for n_models MLPs trained at once (vmap) on this CPU."""
-    import mlp_digits as ex
+def _torch_data(n: int):
+    x = torch.rand(n, 16, 64)
+    y = torch.randint(0, 10, (n, 16))
+    return x, y
 
-    torch.set_num_threads(1)
-    models = [ex.DigitsMLP() for _ in range(n_models)]
-    params, buffers = stack_module_state(models)
+
+def torch_eager(n_models: int, threads: int, seconds: float = 1.0) -> float:
+    """Model-steps/s of a Python loop of torch.optim.SGD steps over ``n_models`` models."""
+    torch.set_num_threads(threads)
+    models = _mlps(n_models)
+    opts = [torch.optim.SGD(m.parameters(), lr=ex.lr) for m in models]
+    x, y = _torch_data(n_models)
+
+    def step():
+        for i, (m, o) in enumerate(zip(models, opts, strict=True)):
+            o.zero_grad()
+            F.cross_entropy(m(x[i]), y[i]).backward()
+            o.step()
+
+    return n_models * _steps_per_s(step, seconds)
+
+
+def torch_vmap(n_models: int, threads: int, seconds: float = 1.0) -> float:
+    """Model-steps/s of ``n_models`` models trained at once with ``torch.func.vmap``."""
+    torch.set_num_threads(threads)
+    params, buffers = stack_module_state(_mlps(n_models))
     base = ex.DigitsMLP().to("meta")
-    x = torch.randn(n_models, 16, 64)
-    y = torch.randint(0, 10, (n_models, 16))
+    x, y = _torch_data(n_models)
 
     def loss(p, b, xb, yb):
         return F.cross_entropy(functional_call(base, (p, b), (xb,)), yb)
 
     g = vmap(grad(loss))
-    with torch.no_grad():
-        for _ in range(5):
-            gr = g(params, buffers, x, y)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            gr = g(params, buffers, x, y)
-            params = {k: v - 0.1 * gr[k] for k, v in params.items()}
-        dt = time.perf_counter() - t0
-    return n_models * steps / dt
+    state = {"p": params}
+
+    def step():
+        with torch.no_grad():
+            gr = g(state["p"], buffers, x, y)
+            state["p"] = {k: v - ex.lr * gr[k] for k, v in state["p"].items()}
+
+    return n_models * _steps_per_s(step, seconds)
 
 
-def main() -> None:
-    fpga = {str(lanes): fpga_estimate(lanes) for lanes in (4, "auto")}
-    cpu = {n: torch_cpu(n) for n in (1, 8, 64)}
-    result = {"model": "digits MLP 64-32-10, batch 16, SGD", "fpga": fpga,
-              "torch_cpu_1_thread": {str(n): v for n, v in cpu.items()},
-              "machine": {"python": platform.python_version(), "cpu": platform.machine()},
-              "gpu": "not measured: no GPU was lent to this session"}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "model_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
+def _steps_per_s(step, seconds: float) -> float:
+    for _ in range(3):
+        step()
+    t0, n = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        step()
+        n += 1
+    return n / (time.perf_counter() - t0)
+
+
+def gpu_rows() -> dict | None:
+    """The stored GPU baseline (vmap over N MLPs), if one was measured."""
+    path = RESULTS / "torch_baseline_gpu.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    return {"gpu": data.get("gpu"), "date": data.get("date"), "torch": data.get("torch"),
+            "vmap_model_steps_per_s": {str(r["n_models"]): r["model_steps_per_s"] for r in data["cuda"]["mlp"]}}
+
+
+def plot(result: dict, png: Path) -> None:
+    """Bars: model-steps/s of every configuration (log scale)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"CPU 1 thread, {n} model{'s' * (n > 1)}" for n in cpu]
-    values = list(cpu.values())
-    for lanes, f in fpga.items():
-        labels += [f"PYNQ-Z1 lanes={lanes}, 1 kernel (RTL cycles)",
-                   f"PYNQ-Z1 lanes={lanes}, {f['copies_that_fit']} kernel{'s' * (f['copies_that_fit'] > 1)} (est. fit)"]
-        values += [f["steps_per_s"], f["model_steps_per_s"]]
-    fig, ax = plt.subplots(figsize=(8, 4))
-    ax.barh(labels, values, color=["#4c72b0"] * len(cpu) + ["#dd8452", "#c44e52"] * len(fpga))
+    labels, values, colors = [], [], []
+    for f in result["fpga"]:
+        labels.append(f"PYNQ-Z1: {f['models']} model{'s' * (f['models'] > 1)} in one kernel, lanes={f['lanes']}")
+        values.append(f["model_steps_per_s"])
+        colors.append("#c44e52")
+    for kind, color in (("eager", "#8172b2"), ("vmap", "#4c72b0")):
+        for row in result["torch_cpu"][kind]:
+            labels.append(f"CPU {kind}, {row['threads']} thread{'s' * (row['threads'] > 1)}, {row['models']} models")
+            values.append(row["model_steps_per_s"])
+            colors.append(color)
+    gpu = result.get("torch_gpu")
+    if gpu:
+        n = max(gpu["vmap_model_steps_per_s"], key=lambda k: int(k))
+        labels.append(f"{gpu['gpu']} vmap, {n} models (stored run {gpu['date']})")
+        values.append(gpu["vmap_model_steps_per_s"][n])
+        colors.append("#55a868")
+    fig, ax = plt.subplots(figsize=(9, 0.35 * len(labels) + 1.5))
+    ax.barh(labels, values, color=colors)
     ax.set_xscale("log")
     ax.set_xlabel("model training steps per second (log)")
-    ax.set_title("digits MLP, batch 16: training throughput")
+    ax.set_title("digits MLP 64-32-10, batch 16: training throughput")
     fig.tight_layout()
-    fig.savefig(RESULTS / "model_throughput.png", dpi=120)
+    fig.savefig(png, dpi=120)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="1,8,30", help="model counts (FPGA kernels and PyTorch)")
+    a = ap.parse_args()
+    counts = [int(n) for n in a.models.split(",")]
+    threads = sorted({1, os.cpu_count() or 1})
+    fpga_rows = [r for r in [fpga(1, 4)] + [fpga(n, "auto") for n in counts] if r is not None]
+    cpu = {"eager": [], "vmap": []}
+    for n in counts:
+        for th in threads:
+            cpu["eager"].append({"models": n, "threads": th, "model_steps_per_s": torch_eager(n, th)})
+            cpu["vmap"].append({"models": n, "threads": th, "model_steps_per_s": torch_vmap(n, th)})
+    result = {"model": "digits MLP 64-32-10, batch 16, SGD", "fpga": fpga_rows, "torch_cpu": cpu,
+              "torch_gpu": gpu_rows(), "machine": {"python": platform.python_version(), "torch": torch.__version__,
+                                                   "cpu_threads": os.cpu_count()},
+              "date": time.strftime("%Y-%m-%d")}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "model_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, RESULTS / "model_throughput.png")
     print(json.dumps(result, indent=2))
 
 
