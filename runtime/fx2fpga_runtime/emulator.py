@@ -1,11 +1,14 @@
 """Bit-exact numpy execution of a ``Kernel``: the golden model of every backend.
 
 Values are raw ``int64`` integers (see ``fixed.py``); each stage is evaluated over the
-whole loop nest at once with index grids, and reductions follow the sequential
-accumulation order of the generated hardware (see ``ir.py`` for the semantics).
+whole loop nest at once with index arrays (``StagePlan``, computed once per stage and kept by
+the ``Emulator``), and reductions follow the sequential accumulation order of the generated
+hardware (see ``ir.py`` for the semantics).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,6 +28,7 @@ class Emulator:
                 self.mem[buf.name] = np.asarray(buf.init, dtype=np.int64).reshape(buf.shape)
             else:
                 self.mem[buf.name] = np.zeros(buf.shape, dtype=np.int64)
+        self._plans: dict[int, StagePlan] = {}  # id(stage) -> its index arrays
 
     def write(self, name: str, raw) -> None:
         """Host -> on-chip buffer (raw integers, the buffer's shape)."""
@@ -43,16 +47,14 @@ class Emulator:
         for name, raw in (inputs or {}).items():
             self.write(name, raw)
         for stage in prog.stages:
-            run_stage(stage, self.kernel, self.mem)
+            plan = self._plans.get(id(stage))
+            if plan is None:
+                plan = self._plans[id(stage)] = StagePlan.of(stage, self.kernel)
+            run_stage(stage, self.kernel, self.mem, plan)
         return {name: self.read(name) for name in prog.outputs}
 
 
-# ----- one stage -------------------------------------------------------------------------------
-
-def _grid(stage: Stage) -> dict[str, np.ndarray]:
-    axes = [np.arange(lp.extent, dtype=np.int64) for lp in stage.loops]
-    return dict(zip((lp.var for lp in stage.loops), np.meshgrid(*axes, indexing="ij"), strict=True))
-
+# ----- the index arrays of one stage, computed once ---------------------------------------------
 
 def _eval_affine(a: Affine, grid: dict[str, np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
     v = np.full(shape, a.const, dtype=np.int64)
@@ -76,17 +78,67 @@ def _guard_mask(access: Access, grid, shape) -> np.ndarray | None:
     return mask
 
 
-def _load(access: Access, mem, grid, shape) -> np.ndarray:
-    """The values read; a guarded-off point reads 0 (its index is never used)."""
-    arr = mem[access.buffer]
+@dataclass(frozen=True)
+class Read:
+    """One operand's reads over a stage's layout: flat positions in its buffer (``None``: a scalar
+    buffer) and where its guards hold (``None``: unguarded; a guarded-off position is 0, never used)."""
+
+    buffer: str
+    flat: np.ndarray | None
+    mask: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """The index arrays of one stage, computed once per kernel (they depend on the loops, not the data).
+
+    Values are laid out as the loop nest (elementwise stages) or as the kept loops followed by one
+    axis over the reduction points in their sequential order (reductions): ``layout``."""
+
+    layout: tuple[int, ...]
+    reads: tuple[Read, ...]
+    out_flat: np.ndarray | None  # flat positions written in the output buffer (None: a scalar buffer)
+    out_shape: tuple[int, ...]
+    n_red: int  # reduction points per output (1 for elementwise stages)
+
+    @classmethod
+    def of(cls, stage: Stage, kernel: Kernel) -> StagePlan:
+        """The plan of ``stage``: a grid over its loops in layout order, each access evaluated on it."""
+        shape = tuple(lp.extent for lp in stage.loops)
+        axes = [i for i, lp in enumerate(stage.loops) if lp.var in stage.reduce]
+        keep = [i for i in range(len(shape)) if i not in axes]
+        out_shape = tuple(shape[i] for i in keep)
+        n_red = int(np.prod([shape[i] for i in axes])) if axes else 1
+        layout = out_shape + (n_red,) if stage.reduce else shape
+        order = keep + axes if stage.reduce else list(range(len(shape)))
+        mesh = np.meshgrid(*[np.arange(shape[i], dtype=np.int64) for i in order], indexing="ij")
+        grid = {stage.loops[i].var: m.reshape(layout) for i, m in zip(order, mesh, strict=True)}
+        reads = tuple(_read(a, kernel.buffers[a.buffer].shape, grid, layout) for a in stage.ins)
+        out_grid = {k: v[..., 0] for k, v in grid.items()} if stage.reduce else grid
+        out_flat = None
+        if stage.out.index:
+            index = tuple(_eval_affine(i, out_grid, out_shape if stage.reduce else shape) for i in stage.out.index)
+            out_flat = np.ravel_multi_index(index, kernel.buffers[stage.out.buffer].shape, mode="wrap")
+        return cls(layout, reads, out_flat, out_shape, n_red)
+
+
+def _read(access: Access, buf_shape: tuple[int, ...], grid, layout) -> Read:
     if not access.index:
-        return np.broadcast_to(arr.reshape(()), shape)
-    index = tuple(_eval_affine(i, grid, shape) for i in access.index)
-    mask = _guard_mask(access, grid, shape)
-    if mask is None:
-        return arr[index]
-    safe = tuple(np.where(mask, i, 0) for i in index)
-    return np.where(mask, arr[safe], 0)
+        return Read(access.buffer, None, None)
+    index = [_eval_affine(i, grid, layout) for i in access.index]
+    mask = _guard_mask(access, grid, layout)
+    if mask is not None:
+        index = [np.where(mask, i, 0) for i in index]
+    return Read(access.buffer, np.ravel_multi_index(index, buf_shape, mode="wrap"), mask)
+
+
+def _load(read: Read, mem, layout) -> np.ndarray:
+    """The values read; a guarded-off point reads 0."""
+    arr = mem[read.buffer]
+    if read.flat is None:
+        return np.broadcast_to(arr.reshape(()), layout)
+    vals = np.take(arr, read.flat)
+    return vals if read.mask is None else np.where(read.mask, vals, 0)
 
 
 def _elementwise(spec: OpSpec, vals: list[np.ndarray], fmts: list[Fixed], stage: Stage, kernel: Kernel):
@@ -119,60 +171,46 @@ def _accumulate(terms: np.ndarray, term_frac: int, init: np.ndarray, acc: Fixed)
     return a
 
 
-def run_stage(stage: Stage, kernel: Kernel, mem: dict[str, np.ndarray]) -> None:
-    """Execute one stage, updating ``mem`` in place."""
-    shape = tuple(lp.extent for lp in stage.loops)
-    grid = _grid(stage)
+def run_stage(stage: Stage, kernel: Kernel, mem: dict[str, np.ndarray], plan: StagePlan | None = None) -> None:
+    """Execute one stage, updating ``mem`` in place (``plan``: its index arrays, when already made)."""
+    plan = plan or StagePlan.of(stage, kernel)
     fmts = [kernel.buffers[a.buffer].fmt for a in stage.ins]
-    vals = [_load(a, mem, grid, shape) for a in stage.ins]
+    vals = [_load(r, mem, plan.layout) for r in plan.reads]
     out_buf = kernel.buffers[stage.out.buffer]
-
     spec = OPS_TABLE[stage.op]
     if not stage.reduce:
         raw, frac = _elementwise(spec, vals, fmts, stage, kernel)
-        result = out_buf.fmt.from_raw(raw, frac)
-        out_grid = grid
-    else:
-        axes = [i for i, lp in enumerate(stage.loops) if lp.var in stage.reduce]
-        keep = [i for i in range(len(shape)) if i not in axes]
-        order = keep + axes
-        n_red = int(np.prod([shape[i] for i in axes]))
-        out_shape = tuple(shape[i] for i in keep)
-
-        def flat(v: np.ndarray) -> np.ndarray:
-            return np.broadcast_to(v, shape).transpose(order).reshape(out_shape + (n_red,))
-
-        acc = stage.acc
-        out_grid = {k: flat(v)[..., 0] for k, v in grid.items()}
-        n_operands = spec.arity
-        terms = spec.evaluate([flat(v) for v in vals[:n_operands]], stage, kernel)
-        tf = spec.result_frac([f.frac_bits for f in fmts[:n_operands]])
-        if spec.accumulate in ("max", "argmax"):
-            v = acc.from_raw(terms, tf)
-            mask = _guard_mask(stage.ins[0], grid, shape)
-            if mask is not None:  # guarded-off points are skipped: they read the acc minimum
-                v = np.where(flat(mask), v, acc.raw_min)
-            if spec.accumulate == "argmax":  # np.argmax takes the first maximum, as the sequential ``>`` does
-                result = out_buf.fmt.from_raw(np.argmax(v, axis=-1) if n_red else np.zeros(out_shape, np.int64), 0)
-                _store(stage, mem, out_grid, result)
-                return
-            result_acc = np.maximum(np.full(out_shape, acc.raw_min, dtype=np.int64), v.max(axis=-1))
-        elif spec.accumulate == "add":
-            if len(stage.ins) > n_operands:  # an init value (e.g. the bias of addmm)
-                init = acc.from_raw(flat(vals[n_operands])[..., 0], fmts[n_operands].frac_bits)
-            else:
-                init = np.zeros(out_shape, dtype=np.int64)
-            result_acc = _accumulate(terms, tf, init, acc)
+        _store(stage, mem, plan, out_buf.fmt.from_raw(raw, frac))
+        return
+    acc, n_operands = stage.acc, spec.arity
+    terms = spec.evaluate(vals[:n_operands], stage, kernel)
+    tf = spec.result_frac([f.frac_bits for f in fmts[:n_operands]])
+    if spec.accumulate in ("max", "argmax"):
+        v = acc.from_raw(np.broadcast_to(terms, plan.layout), tf)
+        mask = plan.reads[0].mask
+        if mask is not None:  # guarded-off points are skipped: they read the acc minimum
+            v = np.where(mask, v, acc.raw_min)
+        if spec.accumulate == "argmax":  # np.argmax takes the first maximum, as the sequential ``>`` does
+            idx = np.argmax(v, axis=-1) if plan.n_red else np.zeros(plan.out_shape, np.int64)
+            _store(stage, mem, plan, out_buf.fmt.from_raw(idx, 0))
+            return
+        result_acc = np.maximum(np.full(plan.out_shape, acc.raw_min, dtype=np.int64), v.max(axis=-1))
+    elif spec.accumulate == "add":
+        if len(stage.ins) > n_operands:  # an init value (e.g. the bias of addmm)
+            init = acc.from_raw(np.broadcast_to(vals[n_operands], plan.layout)[..., 0], fmts[n_operands].frac_bits)
         else:
-            raise NotImplementedError(f"emulator: reduction op {stage.op!r} accumulates by {spec.accumulate!r}")
-        result = out_buf.fmt.from_raw(result_acc, acc.frac_bits)
-
-    _store(stage, mem, out_grid, result)
-
-
-def _store(stage: Stage, mem: dict[str, np.ndarray], out_grid, result: np.ndarray) -> None:
-    out_index = tuple(_eval_affine(i, out_grid, result.shape) for i in stage.out.index)
-    if out_index:
-        mem[stage.out.buffer][out_index] = result
+            init = np.zeros(plan.out_shape, dtype=np.int64)
+        result_acc = _accumulate(np.broadcast_to(terms, plan.layout), tf, init, acc)
     else:
-        mem[stage.out.buffer][...] = result.reshape(-1)[-1] if result.size else 0
+        raise NotImplementedError(f"emulator: reduction op {stage.op!r} accumulates by {spec.accumulate!r}")
+    _store(stage, mem, plan, out_buf.fmt.from_raw(result_acc, acc.frac_bits))
+
+
+def _store(stage: Stage, mem: dict[str, np.ndarray], plan: StagePlan, result: np.ndarray) -> None:
+    out = mem[stage.out.buffer]
+    if not out.flags.c_contiguous:  # written in place through a flat view
+        out = mem[stage.out.buffer] = np.ascontiguousarray(out)
+    if plan.out_flat is not None:
+        out.reshape(-1)[plan.out_flat] = np.broadcast_to(result, plan.out_flat.shape)
+    else:
+        out[...] = result.reshape(-1)[-1] if result.size else 0
