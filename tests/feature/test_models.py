@@ -195,3 +195,11 @@ def test_cli_compiles_a_models_file_and_replays_it(tmp_path, capsys):
     k = fx2fpga.load(out, "emu")
     assert k.train_step(np.zeros((4, 8)), np.array([0, 1, 2, 0])).shape == (3,)
     assert k.infer(np.zeros((4, 8))).shape == (3, 4, 3)
+
+
+def test_cli_refuses_models_that_is_not_a_list(tmp_path, capsys):
+    src = tmp_path / "bad.py"
+    src.write_text("import torch\nfrom torch import nn\nmodels = nn.Linear(4, 2)\n"
+                   "example_inputs = (torch.randn(2, 4),)\n")
+    assert cli_main(["compile", str(src), "-o", str(tmp_path / "o")]) == 2
+    assert "'models' must be a list of models, got Linear" in capsys.readouterr().err
