@@ -131,6 +131,9 @@ class Design:
 
 
 def _kernel_name(model, name: str | None) -> str:
+    if isinstance(model, list) and name is None:  # a list of models: "digitsmlp_x4", or "models_x2" when mixed
+        names = {_kernel_name(m, None) for m in model}
+        return f"{names.pop() if len(names) == 1 else 'models'}_x{len(model)}"
     base = name or (type(model).__name__ if not callable(model) or hasattr(model, "forward") else model.__name__)
     base = re.sub(r"\W", "_", base).lower().strip("_") or "kernel"
     return base if re.match(r"[a-z]", base) else f"k_{base}"
@@ -160,6 +163,12 @@ def compile(  # noqa: A001 - the public name the product promises
     backend: str | None = None,
 ):
     """Compile ``model`` (an ``nn.Module`` or a function of tensors) for ``target``: a ``Design``.
+
+    ``model`` may be a list of models: one kernel that runs them one after another on the same
+    inputs (each batch crosses the bus once), each computing what it computes compiled alone.
+    Its runner's ``train_step`` returns one loss per model, ``infer`` one output per model (an
+    array ``(N, batch, ...)``), ``get_params``/``set_params`` a list of one dict per model; with
+    ``SGD(lr=[...])`` (also ``momentum``, ``weight_decay``) each model has its own value.
 
     ``train=fx2fpga.SGD(loss, example_targets, lr)`` makes a training kernel (it infers
     too). ``train=fx2fpga.GD(lr)`` with a function ``f(x) -> scalar`` and ``example_inputs=(x0,)``
@@ -211,6 +220,13 @@ def _context(model, example_inputs, target, train, precision, lanes, name, progr
     example_inputs = _as_tuple(example_inputs)
     if not all(isinstance(t, torch.Tensor) for t in example_inputs):
         raise TypeError("example_inputs must be a tensor or a tuple of tensors")
+    if isinstance(model, (list, tuple)):
+        modules, trains = _model_list(model, train)
+        return CompileContext(modules, example_inputs, train, prec, lanes, tgt, _kernel_name(list(model), name),
+                              example=_example_arrays(example_inputs, train), progress=progress, trains=trains)
+    if isinstance(train, SGD) and train.per_model:
+        raise ValueError("SGD: a list of hyper-parameter values (one per model) needs a list of models; "
+                         "one model takes one value")
     module = as_module(model)
     if isinstance(train, GD):  # the point is the parameter "x"; the programs take no inputs
         if len(example_inputs) != 1:
@@ -218,3 +234,14 @@ def _context(model, example_inputs, target, train, precision, lanes, name, progr
         module, example_inputs = PointModule(model, example_inputs[0]), ()
     return CompileContext(module, example_inputs, train, prec, lanes, tgt, _kernel_name(model, name),
                           example=_example_arrays(example_inputs, train), progress=progress)
+
+
+def _model_list(models, train) -> tuple[list, list | None]:
+    """The modules of a list of models and each one's ``SGD`` (None: an inference kernel)."""
+    models = list(models)
+    if not models:
+        raise ValueError("compile([]): the list of models is empty; give at least one model")
+    if isinstance(train, GD):
+        raise TypeError("a list of models trains with train=fx2fpga.SGD(...); GD descends one function")
+    modules = [as_module(m) for m in models]
+    return modules, (train.for_models(len(modules)) if train is not None else None)

@@ -18,19 +18,29 @@ def _progress(msg: str) -> None:
 
 
 def load_model_file(path: Path, train: bool) -> dict:
-    """Run a model.py and return what it defines (``model``, ``example_inputs``, ...)."""
+    """Run a model.py and return what it defines (``model`` or ``models``, ``example_inputs``, ...)."""
     if not path.is_file():
         raise ModelFileError(f"{path}: no such file")
     ns = runpy.run_path(str(path), run_name="__fx2fpga__")
-    need = ["model", "example_inputs"] + (["loss_fn", "example_targets"] if train else [])
+    need = ["model" if "models" not in ns else "models", "example_inputs"]
+    need += ["loss_fn", "example_targets"] if train else []
     missing = [n for n in need if n not in ns]
     if missing:
         hint = " (needed for --train)" if train and set(missing) & {"loss_fn", "example_targets"} else ""
         raise ModelFileError(f"{path} does not define {', '.join(missing)}{hint}; a model file defines "
-                             f"'model' (an nn.Module or function) and 'example_inputs' (a tensor or tuple), "
-                             f"and for --train also 'loss_fn', 'example_targets' and optionally 'lr', 'momentum', "
-                             f"'weight_decay'")
+                             f"'model' (an nn.Module or function) or 'models' (a list of them: one kernel), "
+                             f"'example_inputs' (a tensor or tuple), and for --train also 'loss_fn', "
+                             f"'example_targets' and optionally 'lr', 'momentum', 'weight_decay' (with 'models': "
+                             f"one value, or a list with one per model)")
+    if "models" in ns and not isinstance(ns["models"], (list, tuple)):
+        raise ModelFileError(f"{path}: 'models' must be a list of models, got {type(ns['models']).__name__}")
     return ns
+
+
+def _setting(ns: dict, key: str, default: float):
+    """A hyper-parameter of a model file: one number, or (a list of models) a list of numbers."""
+    value = ns.get(key, default)
+    return [float(v) for v in value] if isinstance(value, (list, tuple)) else float(value)
 
 
 def _renamed(args, old: str, new: str) -> str:
@@ -48,12 +58,14 @@ def cmd_compile(args) -> int:
 
     path = Path(args.model)
     ns = load_model_file(path, args.train)
-    train = fx2fpga.SGD(ns["loss_fn"], ns["example_targets"], float(ns.get("lr", 0.1)), float(ns.get("momentum", 0.0)),
-                        float(ns.get("weight_decay", 0.0))) if args.train else None
+    train = fx2fpga.SGD(ns["loss_fn"], ns["example_targets"], _setting(ns, "lr", 0.1), _setting(ns, "momentum", 0.0),
+                        _setting(ns, "weight_decay", 0.0)) if args.train else None
     out_dir = Path(args.output or f"{path.stem}_{args.target}")
     t0 = time.perf_counter()
-    _progress(f"compiling {path} for {args.target} ({'training' if train else 'inference'} kernel)")
-    design = fx2fpga.compile(ns["model"], ns["example_inputs"], target=args.target, train=train,
+    model = list(ns["models"]) if "models" in ns else ns["model"]
+    what = f"{len(model)} models in one " if isinstance(model, list) else ""
+    _progress(f"compiling {path} for {args.target} ({what}{'training' if train else 'inference'} kernel)")
+    design = fx2fpga.compile(model, ns["example_inputs"], target=args.target, train=train,
                              precision=args.precision, lanes=args.lanes, name=args.name or path.stem,
                              progress=_progress, outputs=_renamed(args, "backend", "outputs"))
     design.write(out_dir)
@@ -147,8 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 "to fixed-point FPGA kernels.")
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("compile", help="compile a model.py into a project folder")
-    c.add_argument("model", help="a Python file defining model and example_inputs (and loss_fn, "
-                   "example_targets, lr, momentum, weight_decay for --train)")
+    c.add_argument("model", help="a Python file defining model (or models, a list of models: one kernel that "
+                   "trains them all on each batch) and example_inputs (and loss_fn, example_targets, lr, momentum, "
+                   "weight_decay for --train; with models, each of lr, momentum, weight_decay may be a list with "
+                   "one value per model)")
     c.add_argument("--target", default="pynq-z1", help="board (see: fx2fpga targets)")
     c.add_argument("--train", action="store_true", help="compile the SGD training step too")
     c.add_argument("-o", "--output", help="output folder (default: <model>_<target>)")

@@ -32,7 +32,11 @@ OUTPUTS = ("hls", "rtl", "both")  # what the project folder holds: HLS C++, Veri
 
 @dataclass
 class CompileContext:
-    """The user's request (first block) and every step's artifact (second block, in step order)."""
+    """The user's request (first block) and every step's artifact (second block, in step order).
+
+    A list of models compiled into one kernel: ``model`` is the list of modules, ``trains`` each
+    one's ``SGD`` (None for inference), ``graphs`` one list of graphs per model.
+    """
 
     model: Any
     example_inputs: tuple
@@ -47,8 +51,9 @@ class CompileContext:
     out_dir: Path | None = None  # where ``write`` puts the project folder; None: nowhere (yet)
     progress: Callable[[str], None] | None = None
     notes: dict = field(default_factory=dict)  # step name -> lines for report.md
+    trains: list | None = None  # a list of models: each one's SGD (None: one model, or inference)
 
-    graphs: list[torch.fx.GraphModule] | None = None  # trace: inference, then the training step
+    graphs: list | None = None  # trace: inference, then the training step (a list of models: one list per model)
     kernel: Kernel | None = None  # lower ... tile: the kernel IR, refined by each step
     schedule: Schedule | None = None  # tile's bank check / schedule; None if the RTL cannot map the kernel
     schedule_error: Exception | None = None  # why there is no schedule
@@ -60,6 +65,11 @@ class CompileContext:
     files: dict | None = None  # write: every file of the project folder
     design: Design | None = None  # write: the ``Design``
     done: list[str] = field(default_factory=list)  # the steps run so far
+
+    @property
+    def many_models(self) -> bool:
+        """Whether a list of models is compiled into one kernel."""
+        return isinstance(self.model, list)
 
 
 @dataclass(frozen=True)
@@ -96,19 +106,33 @@ class Pipeline(list):
         return f"Pipeline([{', '.join(repr(n) for n in self.names())}])\n{self}"
 
 
-def _trace(ctx: CompileContext):
+def _trace_one(model, example_inputs, train) -> list[torch.fx.GraphModule]:
     from .frontend import trace
 
-    ctx.graphs = [trace(ctx.model, ctx.example_inputs)]
-    if ctx.train is not None:
-        ctx.graphs.append(trace(ctx.model, ctx.example_inputs, ctx.train))
+    graphs = [trace(model, example_inputs)]
+    if train is not None:
+        graphs.append(trace(model, example_inputs, train))
+    return graphs
+
+
+def _trace(ctx: CompileContext):
+    if ctx.many_models:
+        trains = ctx.trains or [None] * len(ctx.model)
+        ctx.graphs = [_trace_one(m, ctx.example_inputs, t) for m, t in zip(ctx.model, trains, strict=True)]
+    else:
+        ctx.graphs = _trace_one(ctx.model, ctx.example_inputs, ctx.train)
     return ctx.graphs
 
 
 def _lower(ctx: CompileContext):
     from . import lower
 
-    ctx.kernel = lower.run(ctx.graphs, ctx.name)
+    if ctx.many_models:  # each model lowered alone, then merged into one kernel (lower/models.py)
+        trains = ctx.trains or [None] * len(ctx.model)
+        ctx.kernel = lower.run_models(ctx.graphs, ctx.name, [lower.describe_model(m, t) for m, t in
+                                                            zip(ctx.model, trains, strict=True)])
+    else:
+        ctx.kernel = lower.run(ctx.graphs, ctx.name)
     return ctx.kernel
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -14,21 +14,62 @@ class SGD:
     """Train with plain SGD: ``p <- p - lr * dloss/dp`` after each step, on chip.
 
     ``loss(output, target) -> scalar tensor``; ``example_targets`` fixes the target shape
-    and dtype (integer class indices for cross-entropy, floats for MSE).
+    and dtype (integer class indices for cross-entropy, floats for MSE). Compiling a list of
+    models, ``lr``, ``momentum`` and ``weight_decay`` may each be a list with one value per
+    model (a hyper-parameter sweep in one kernel); one value is every model's.
     """
 
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     example_targets: Any
-    lr: float = 0.1
-    momentum: float = 0.0
-    weight_decay: float = 0.0
+    lr: float | list[float] = 0.1
+    momentum: float | list[float] = 0.0
+    weight_decay: float | list[float] = 0.0
 
     def __post_init__(self) -> None:
         if not callable(self.loss):
             raise TypeError("SGD(loss=...) must be a callable (output, target) -> scalar, e.g. F.cross_entropy")
         if not isinstance(self.example_targets, torch.Tensor):
             self.example_targets = torch.as_tensor(self.example_targets)
-        _check_optimizer("SGD", self.lr, self.momentum, self.weight_decay)
+        values = {k: _values(k, getattr(self, k)) for k in HYPER_PARAMETERS}
+        lengths = {len(v) for v in values.values() if isinstance(v, list)}
+        if len(lengths) > 1:
+            raise ValueError(f"SGD: the lists of {', '.join(k for k, v in values.items() if isinstance(v, list))} "
+                             f"have different lengths ({', '.join(str(n) for n in sorted(lengths))}): "
+                             f"give one value per model in each")
+        for k, v in values.items():
+            setattr(self, k, v)
+        for lr, m, wd in zip(*(v if isinstance(v, list) else [v] * max(lengths, default=1)
+                               for v in values.values()), strict=True):
+            _check_optimizer("SGD", lr, m, wd)
+
+    @property
+    def per_model(self) -> bool:
+        """Whether a hyper-parameter is a list (one value per model)."""
+        return any(isinstance(getattr(self, k), list) for k in HYPER_PARAMETERS)
+
+    def for_models(self, n: int) -> list[SGD]:
+        """One ``SGD`` per model of a list of ``n``, each with one value per hyper-parameter."""
+        for k in HYPER_PARAMETERS:
+            v = getattr(self, k)
+            if isinstance(v, list) and len(v) != n:
+                raise ValueError(f"SGD({k}=[...]) has {len(v)} values for {n} models: give one value for every "
+                                 f"model, or a list of {n}")
+        return [replace(self, **{k: v[i] if isinstance(v, list) else v
+                                 for k in HYPER_PARAMETERS for v in [getattr(self, k)]}) for i in range(n)]
+
+
+HYPER_PARAMETERS = ("lr", "momentum", "weight_decay")  # SGD's per-model settings
+
+
+def _values(name: str, value) -> float | list[float]:
+    """One hyper-parameter: a float, or a list of floats (one per model)."""
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ValueError(f"SGD({name}=[]): give one value, or one value per model")
+        return [float(v) for v in value]
+    if hasattr(value, "tolist") and getattr(value, "ndim", 0) == 1:  # a numpy array or tensor of values
+        return _values(name, value.tolist())
+    return float(value)
 
 
 @dataclass

@@ -12,6 +12,7 @@ from fx2fpga_runtime.ir import Kernel
 from ..handoffs import graph_info
 from . import elementwise, layers, reductions, shapes
 from .graph import GraphLowering, KernelBuilder, supported_op_names
+from .models import ModelEntry, describe_model, merge
 
 RULES: dict = {**reductions.RULES, **elementwise.RULES, **shapes.RULES, **layers.RULES}
 
@@ -28,3 +29,11 @@ def run(graphs: list[torch.fx.GraphModule], name: str) -> Kernel:
         info = graph_info(gm)
         kb.programs[info.program] = GraphLowering(kb, gm, info.program, info.prefix, RULES).run()
     return kb.build()
+
+
+def run_models(graphs: list[list[torch.fx.GraphModule]], name: str, entries: list[ModelEntry]) -> Kernel:
+    """Lower each model's graphs alone, then merge them into one kernel (``lower/models.py``)."""
+    return merge([run(g, f"{name}_m{i}") for i, g in enumerate(graphs)], name, entries)
+
+
+__all__ = ["RULES", "describe_model", "run", "run_models", "supported_ops"]

@@ -46,7 +46,8 @@ def manifest(design) -> dict:
     k, t = design.kernel, design.target
     in_words, out_words = interface.port_words(k)
     res = estimate.resources(k, design.target)
-    return {
+    models = {"models": k.meta["models"]} if k.meta.get("models") else {}  # a kernel of many models
+    return {**models,
         "version": __version__, "name": k.name, "top": f"{k.name}_top",
         "target": {"name": t.name, "part": t.part, "clock_mhz": t.clock_mhz},
         "precision": design.precision.describe(),
@@ -80,7 +81,15 @@ def _template_vars(design) -> dict:
     return {"version": __version__, "name": k.name, "target": design.target,
             "period_ns": f"{1000.0 / design.target.clock_mhz:g}",
             "programs": [{"name": p.name, "args": ", ".join(p.inputs)} for p in k.programs.values()],
-            "params": ", ".join(k.param_names[p] for p in k.params)}
+            "params": _param_list(k), "models": len(k.meta.get("models") or [])}
+
+
+def _param_list(k) -> str:
+    """The parameters the driver's docstring lists (per model for a kernel of many models)."""
+    models = k.meta.get("models")
+    if not models:
+        return ", ".join(k.param_names[p] for p in k.params)
+    return "; ".join(f"model {i}: " + ", ".join(k.param_names[p] for p in m["params"]) for i, m in enumerate(models))
 
 
 def vectors_of(design) -> list[tuple[str, np.ndarray, np.ndarray]]:

@@ -11,6 +11,29 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
     return lines
 
 
+def _models_section(k) -> list[str]:
+    """A kernel of many models: each model, the inputs they share, and formats unified across them."""
+    models = k.meta.get("models")
+    if not models:
+        return []
+    out = [f"## Models: {len(models)} in one kernel", "",
+           "Each program runs the models one after another, on the same inputs (they cross the bus once). "
+           "Every buffer and stage of model i is prefixed `m<i>_`.", ""]
+    rows = [[i, f"`{m['prefix']}`", m["model"], f"{m['values']:,}", _setting(m["lr"]), _setting(m["momentum"]),
+             _setting(m["weight_decay"]), ", ".join(f"`{b}`" for bs in m["outputs"].values() for b in bs)]
+            for i, m in enumerate(models)]
+    out += _table(["model", "prefix", "class", "parameter values", "lr", "momentum", "weight decay", "outputs"], rows)
+    shared = sorted({b for p in k.programs.values() for b in p.inputs})
+    out += ["", f"Shared inputs: {', '.join(f'`{b}` ({k.buffers[b].fmt})' for b in shared) or 'none'}.",
+            f"Formats unified across models: {'; '.join(k.meta.get('models_unified') or []) or 'none'} "
+            "(each model's buffers have the formats it gets compiled alone).", ""]
+    return out
+
+
+def _setting(value) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
 def report_text(design) -> str:
     """The report of a design as Markdown."""
     k, t = design.kernel, design.target
@@ -21,6 +44,7 @@ def report_text(design) -> str:
             f"- parameters: {sum(k.buffers[p].size for p in k.params):,} values in {len(k.params)} on-chip arrays",
             f"- precision: weights {design.precision.weight}, activations {design.precision.activation}, "
             f"gradients {design.precision.gradient}, accumulators {design.precision.accumulator}", ""]
+    out += _models_section(k)
     out += ["## Estimated resources (before synthesis)", ""]
     rows = [[f"DSP ({t.dsp_kind})", res.dsp, t.dsp, f"{100 * res.dsp / t.dsp:.1f}%"]]
     rtl_dsp = design.rtl_dsp_blocks()

@@ -72,19 +72,46 @@ class KernelRunner:
     def _to_float(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {n: self.kernel.buffers[n].fmt.to_float(v) for n, v in raw.items()}
 
-    # ----- float level ----------------------------------------------------------------------
-    def infer(self, *inputs) -> np.ndarray | tuple[np.ndarray, ...]:
-        """Run the inference program; returns the output array (a tuple if several)."""
-        out = self._to_float(self.call_raw("infer", self._quantize_inputs("infer", inputs)))
-        vals = [out[n] for n in self.kernel.programs["infer"].outputs]
-        return vals[0] if len(vals) == 1 else tuple(vals)
+    # ----- many models in one kernel ------------------------------------------------------------
+    @property
+    def models(self) -> list[dict] | None:
+        """The models of a kernel compiled from a list of models (``kernel.meta["models"]``), else None."""
+        return self.kernel.meta.get("models")
 
-    def train_step(self, *inputs) -> float:
-        """One training step on chip (forward, backward, update); returns the loss."""
+    def _per_model(self, program: str) -> list[list[str]]:
+        """The output buffers of ``program``, grouped by model (one group for a one-model kernel)."""
+        if self.models is None:
+            return [list(self.kernel.programs[program].outputs)]
+        return [list(m["outputs"][program]) for m in self.models]
+
+    def _param_groups(self) -> list[list[str]]:
+        """The parameter buffers, grouped by model (one group for a one-model kernel)."""
+        return [list(self.kernel.params)] if self.models is None else [list(m["params"]) for m in self.models]
+
+    # ----- float level ----------------------------------------------------------------------
+    def infer(self, *inputs) -> np.ndarray | tuple[np.ndarray, ...] | list:
+        """Run the inference program; returns the output array (a tuple if several).
+
+        A kernel of N models returns an array ``(N, batch, ...)`` when every model has one output
+        of one shape, else a list of N outputs (each an array, or a tuple if several).
+        """
+        out = self._to_float(self.call_raw("infer", self._quantize_inputs("infer", inputs)))
+        per_model = [[out[n] for n in names] for names in self._per_model("infer")]
+        vals = [v[0] if len(v) == 1 else tuple(v) for v in per_model]
+        if self.models is None:
+            return vals[0]
+        if all(isinstance(v, np.ndarray) for v in vals) and len({v.shape for v in vals}) == 1:
+            return np.stack(vals)
+        return vals
+
+    def train_step(self, *inputs) -> float | np.ndarray:
+        """One training step on chip (forward, backward, update); returns the loss (a kernel of N
+        models: an array of the N losses)."""
         if "train_step" not in self.kernel.programs:
             raise RuntimeError("this kernel was compiled for inference only: pass train=fx2fpga.SGD(...) to compile")
         out = self._to_float(self.call_raw("train_step", self._quantize_inputs("train_step", inputs)))
-        return float(out[self.kernel.programs["train_step"].outputs[0]].reshape(()))
+        losses = [float(out[names[0]].reshape(())) for names in self._per_model("train_step")]
+        return losses[0] if self.models is None else np.array(losses)
 
     def get_params_raw(self) -> dict[str, np.ndarray]:
         return self.call_raw("read_params", {})
@@ -92,19 +119,36 @@ class KernelRunner:
     def set_params_raw(self, raw: dict[str, np.ndarray]) -> None:
         self.call_raw("load_params", raw)
 
-    def get_params(self) -> dict[str, np.ndarray]:
-        """The parameters on chip, as floats, keyed by the model's parameter names."""
+    def get_params(self) -> dict[str, np.ndarray] | list[dict[str, np.ndarray]]:
+        """The parameters on chip, as floats, keyed by the model's parameter names (a kernel of N
+        models: a list of N such dicts, in model order)."""
         raw = self.get_params_raw()
         names = self.kernel.param_names
-        return {names.get(b, b): self.kernel.buffers[b].fmt.to_float(raw[b]) for b in self.kernel.params}
+        groups = [{names.get(b, b): self.kernel.buffers[b].fmt.to_float(raw[b]) for b in group}
+                  for group in self._param_groups()]
+        return groups[0] if self.models is None else groups
 
-    def set_params(self, params: dict) -> None:
-        """Quantize and load parameters (keys: the model's names, e.g. ``fc1.weight``)."""
-        by_model_name = {self.kernel.param_names.get(b, b): b for b in self.kernel.params}
+    def set_params(self, params: dict | list[dict]) -> None:
+        """Quantize and load parameters (keys: the model's names, e.g. ``fc1.weight``; a kernel of
+        N models takes a list of N such dicts, in model order)."""
+        groups = self._param_groups()
+        if self.models is None:
+            params = [params]
+        elif not isinstance(params, (list, tuple)) or len(params) != len(groups):
+            got = f"{len(params)} dicts" if isinstance(params, (list, tuple)) else type(params).__name__
+            raise ValueError(f"this kernel holds {len(groups)} models: set_params takes a list of {len(groups)} "
+                             f"dicts (one per model, in model order), got {got}")
+        current = self.get_params_raw()
+        for i, (group, values) in enumerate(zip(groups, params, strict=True)):
+            self._quantize_params(group, values, current, "" if self.models is None else f"model {i}: ")
+        self.set_params_raw(current)
+
+    def _quantize_params(self, group: list[str], params: dict, raw: dict[str, np.ndarray], where: str) -> None:
+        """Quantize ``params`` (keyed by the model's names) into ``raw`` (keyed by buffer)."""
+        by_model_name = {self.kernel.param_names.get(b, b): b for b in group}
         unknown = set(params) - set(by_model_name)
         if unknown:
-            raise KeyError(f"unknown parameters {sorted(unknown)}; this kernel has {sorted(by_model_name)}")
-        current = self.get_params_raw()
+            raise KeyError(f"{where}unknown parameters {sorted(unknown)}; this kernel has {sorted(by_model_name)}")
         for name, value in params.items():
             b = by_model_name[name]
             buf = self.kernel.buffers[b]
@@ -112,9 +156,8 @@ class KernelRunner:
                 value = value.detach().cpu().numpy()
             a = np.asarray(value, dtype=np.float64)
             if a.shape != buf.shape:
-                raise ValueError(f"parameter {name} must have shape {buf.shape}, got {a.shape}")
-            current[b] = buf.fmt.quantize(a)
-        self.set_params_raw(current)
+                raise ValueError(f"{where}parameter {name} must have shape {buf.shape}, got {a.shape}")
+            raw[b] = buf.fmt.quantize(a)
 
     def close(self) -> None:
         self.backend.close()

@@ -1,0 +1,205 @@
+"""A list of models is one kernel: each model computes, bit for bit, what it computes compiled alone;
+every simulator equals the emulator; the runtime's per-model API; the command line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fx2fpga
+from fx2fpga.cli import main as cli_main
+
+from ..conftest import assert_backend_equals_emu
+
+LRS = [0.05, 0.1, 0.2, 0.3]
+
+
+def _mlps(ex, hidden: int = 32, seeds=range(4)) -> list[nn.Module]:
+    models = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        models.append(ex.DigitsMLP(hidden))
+    return models
+
+
+def _sgd(ex, **settings):
+    return fx2fpga.SGD(F.cross_entropy, ex.example_targets, **settings)
+
+
+def _train_alone(ex, model, batches, **settings) -> tuple[list[float], dict]:
+    """The model compiled alone with its own settings, trained on ``batches`` in emu: (losses, params)."""
+    k = fx2fpga.compile(model, ex.example_inputs, train=_sgd(ex, **settings)).load("emu")
+    return [k.train_step(x, y) for x, y in batches], k.get_params()
+
+
+@pytest.fixture(scope="module")
+def batches(mlp_example, digits_data):
+    x_train, y_train, _, _ = digits_data
+    return list(mlp_example.batches(x_train, y_train, 20))
+
+
+@pytest.fixture(scope="module")
+def four_mlps(mlp_example):
+    """4 digits MLPs (seeds 0..3, lrs 0.05..0.3) in one kernel."""
+    return fx2fpga.compile(_mlps(mlp_example), mlp_example.example_inputs, train=_sgd(mlp_example, lr=LRS))
+
+
+def test_four_mlps_train_bit_for_bit_as_each_alone(mlp_example, four_mlps, batches):
+    k = four_mlps.load("emu")
+    losses = np.array([k.train_step(x, y) for x, y in batches])
+    assert losses.shape == (20, 4)
+    params = k.get_params()
+    assert isinstance(params, list) and len(params) == 4
+    for i, model in enumerate(_mlps(mlp_example)):
+        alone_losses, alone_params = _train_alone(mlp_example, model, batches, lr=LRS[i])
+        assert np.array_equal(losses[:, i], np.array(alone_losses)), i
+        assert list(params[i]) == list(model.state_dict()) == list(alone_params)
+        for name in alone_params:
+            assert np.array_equal(params[i][name], alone_params[name]), (i, name)
+    assert len({float(losses[-1, i]) for i in range(4)}) == 4  # four different trajectories
+    assert (losses[-5:].mean(0) < losses[:5].mean(0)).all()  # and each one learns
+
+
+def test_formats_are_those_of_each_model_alone(mlp_example):
+    """Every buffer of model i has the format it has compiled alone; the shared inputs too."""
+    models, sgd = _mlps(mlp_example, seeds=(0, 1)), _sgd(mlp_example, lr=[0.05, 0.3], momentum=[0.0, 0.9])
+    merged = fx2fpga.compile(models, mlp_example.example_inputs, train=sgd, until="quantize")
+    assert merged.meta["models_unified"] == []
+    shared = {"infer_x", "train_x", "train_y"}
+    assert shared == {b for p in merged.programs.values() for b in p.inputs}
+    for i, (model, one) in enumerate(zip(models, sgd.for_models(2), strict=True)):
+        alone = fx2fpga.compile(model, mlp_example.example_inputs, train=one, until="quantize")
+        mine = {n.removeprefix(f"m{i}_"): b for n, b in merged.buffers.items() if n.startswith(f"m{i}_")}
+        tables = {n for n in alone.buffers if n.endswith("_table")}  # identical tables are shared (model 0's)
+        assert set(mine) | shared | tables == set(alone.buffers)
+        for name, buf in alone.buffers.items():
+            got = merged.buffers[name] if name in shared else mine.get(name) or merged.buffers[f"m0_{name}"]
+            assert (got.fmt, got.init) == (buf.fmt, buf.init), (i, name)
+    assert len(merged.params) == 4 + 2 * 4  # model 1 keeps momentum velocities
+
+
+def test_kernel_meta_lists_the_models(four_mlps):
+    k = four_mlps.kernel
+    models = json.loads(k.to_json())["meta"]["models"]
+    assert [m["prefix"] for m in models] == ["m0_", "m1_", "m2_", "m3_"]
+    assert [m["lr"] for m in models] == LRS
+    assert models[2]["params"] == ["m2_fc1_weight", "m2_fc1_bias", "m2_fc2_weight", "m2_fc2_bias"]
+    assert models[3]["outputs"] == {"infer": ["m3_infer_output"], "train_step": ["m3_train_loss"]}
+    assert k.programs["train_step"].inputs == ["train_x", "train_y"]
+    assert k.programs["train_step"].outputs == [f"m{i}_train_loss" for i in range(4)]
+    report = four_mlps.report
+    assert "## Models: 4 in one kernel" in report
+    assert "| 3 | `m3_` | DigitsMLP | 2,410 | 0.3 | 0 | 0 |" in report
+    assert "Formats unified across models: none" in report
+
+
+def test_infer_shape_and_param_api(mlp_example, four_mlps, batches):
+    k = four_mlps.load("emu")
+    x = batches[0][0]
+    out = k.infer(x)
+    assert out.shape == (4, 16, 10)
+    alone = fx2fpga.compile(_mlps(mlp_example)[2], mlp_example.example_inputs).load("emu")
+    assert np.array_equal(out[2], alone.infer(x))
+    params = k.get_params()
+    params[1] = params[0]  # model 1 takes model 0's weights
+    k.set_params(params)
+    assert np.array_equal(k.infer(x)[1], out[0])
+    with pytest.raises(ValueError, match="holds 4 models: set_params takes a list of 4 dicts"):
+        k.set_params(params[:3])
+    with pytest.raises(ValueError, match="got dict"):
+        k.set_params(params[0])
+    with pytest.raises(KeyError, match="model 2: unknown parameters"):
+        k.set_params([{}, {}, {"fc9.weight": 0}, {}])
+
+
+def test_api_errors(mlp_example):
+    ex = mlp_example
+    with pytest.raises(ValueError, match=r"SGD\(lr=\[...\]\) has 3 values for 4 models"):
+        fx2fpga.compile(_mlps(ex), ex.example_inputs, train=_sgd(ex, lr=[0.1, 0.2, 0.3]))
+    with pytest.raises(ValueError, match="the list of models is empty"):
+        fx2fpga.compile([], ex.example_inputs, train=_sgd(ex))
+    with pytest.raises(ValueError, match="needs a list of models"):
+        fx2fpga.compile(_mlps(ex)[0], ex.example_inputs, train=_sgd(ex, lr=[0.1, 0.2]))
+    with pytest.raises(ValueError, match="different lengths"):
+        _sgd(ex, lr=[0.1, 0.2], momentum=[0.0, 0.5, 0.9])
+    with pytest.raises(ValueError, match="learning rate must be positive"):
+        _sgd(ex, lr=[0.1, -0.2])
+    with pytest.raises(TypeError, match="trains with train=fx2fpga.SGD"):
+        fx2fpga.compile(_mlps(ex), ex.example_inputs, train=fx2fpga.GD(0.1))
+
+
+def test_mixed_architectures_train_as_alone(mlp_example, batches):
+    """A linear model, a 64-32-10 MLP and a 64-16-10 MLP with momentum in one kernel."""
+    torch.manual_seed(7)
+    models = [nn.Linear(64, 10), *_mlps(mlp_example, 32, seeds=(1,)), *_mlps(mlp_example, 16, seeds=(2,))]
+    settings = [{"lr": 0.2, "momentum": 0.0}, {"lr": 0.1, "momentum": 0.0}, {"lr": 0.05, "momentum": 0.9}]
+    design = fx2fpga.compile(models, mlp_example.example_inputs, train=_sgd(mlp_example, lr=[0.2, 0.1, 0.05],
+                                                                            momentum=[0.0, 0.0, 0.9]))
+    assert design.name == "models_x3"
+    assert design.kernel.programs["infer"].inputs == ["infer_input"]  # nn.Linear's argument name, shared
+    k = design.load("emu")
+    losses = np.array([k.train_step(x, y) for x, y in batches[:5]])
+    params = k.get_params()
+    assert [sorted(p) for p in params] == [sorted(m.state_dict()) for m in models[:2]] + [
+        sorted([*models[2].state_dict(), *(f"momentum:{n}" for n in models[2].state_dict())])]
+    for i, model in enumerate(models):
+        alone_losses, alone_params = _train_alone(mlp_example, model, batches[:5], **settings[i])
+        assert np.array_equal(losses[:, i], np.array(alone_losses)), i
+        for name in alone_params:
+            assert np.array_equal(params[i][name], alone_params[name]), (i, name)
+    assert isinstance(k.infer(batches[0][0]), np.ndarray)  # one output shape: (3, 16, 10)
+
+
+@pytest.fixture(scope="module")
+def small_mlps(mlp_example, tmp_path_factory):
+    """4 MLPs 64-8-10 in one kernel, project folder written (for csim and rtl)."""
+    out = tmp_path_factory.mktemp("models") / "mlps_x4"
+    return fx2fpga.compile(_mlps(mlp_example, 8), mlp_example.example_inputs, train=_sgd(mlp_example, lr=LRS),
+                           out_dir=out)
+
+
+@pytest.mark.parametrize("sim", ["csim", "rtl"])
+def test_simulators_equal_emu(small_mlps, batches, sim):
+    (x0, y0), (x1, y1) = batches[:2]
+    seq = [("infer", (x0,)), ("train_step", (x0, y0)), ("train_step", (x1, y1)), ("infer", (x1,))]
+    emu = assert_backend_equals_emu(small_mlps, sim, seq)
+    assert emu.get_params()[0]["fc1.weight"].shape == (8, 64)
+
+
+def test_cli_compiles_a_models_file_and_replays_it(tmp_path, capsys):
+    src = tmp_path / "sweep.py"
+    src.write_text(
+        "import torch, torch.nn.functional as F\n"
+        "from torch import nn\n"
+        "torch.manual_seed(0)\n"
+        "models = [nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3)) for _ in range(3)]\n"
+        "example_inputs = (torch.randn(4, 8),)\n"
+        "loss_fn = F.cross_entropy\n"
+        "example_targets = torch.tensor([0, 1, 2, 0])\n"
+        "lr = [0.1, 0.2, 0.4]\n")
+    out = tmp_path / "proj"
+    assert cli_main(["compile", str(src), "--train", "-o", str(out)]) == 0
+    kernel = json.loads((out / "kernel.json").read_text())
+    assert [m["lr"] for m in kernel["meta"]["models"]] == [0.1, 0.2, 0.4]
+    assert [m["model"] for m in json.loads((out / "manifest.json").read_text())["models"]] == ["Sequential"] * 3
+    assert "## Models: 3 in one kernel" in (out / "report.md").read_text()
+    assert "model 2: 0.weight, 0.bias, 2.weight, 2.bias" in (out / "driver" / "driver.py").read_text()
+    capsys.readouterr()
+    assert cli_main(["sim", str(out), "--sim", "emu"]) == 0
+    assert "0 differ" in capsys.readouterr().out
+    k = fx2fpga.load(out, "emu")
+    assert k.train_step(np.zeros((4, 8)), np.array([0, 1, 2, 0])).shape == (3,)
+    assert k.infer(np.zeros((4, 8))).shape == (3, 4, 3)
+
+
+def test_cli_refuses_models_that_is_not_a_list(tmp_path, capsys):
+    src = tmp_path / "bad.py"
+    src.write_text("import torch\nfrom torch import nn\nmodels = nn.Linear(4, 2)\n"
+                   "example_inputs = (torch.randn(2, 4),)\n")
+    assert cli_main(["compile", str(src), "-o", str(tmp_path / "o")]) == 2
+    assert "'models' must be a list of models, got Linear" in capsys.readouterr().err
