@@ -96,9 +96,10 @@ def cmd_report(args) -> int:
 
     roofline.add_to_report(Path(args.project))
     if not args.no_synth and (Path(args.project) / "rtl" / "files.f").is_file():
+        from .project.report import rtl_model_resources
         from .toolchains.yosys import add_to_report
 
-        add_to_report(Path(args.project), log=_progress)
+        add_to_report(Path(args.project), log=_progress, model=rtl_model_resources(Path(args.project)))
     print(report.read_text())
     return 0
 

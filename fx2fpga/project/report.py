@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..passes import estimate
 
 
@@ -82,3 +84,27 @@ def report_text(design) -> str:
     out += _table(["buffer", "shape", "format", "role", "kind", "bits"], rows)
     out.append("")
     return "\n".join(out)
+
+
+def rtl_model_resources(project_dir: Path):
+    """The calibrated RTL resource model's prediction for a project folder's kernel (``kernel.json``,
+    planned again for its target), or None where it does not apply (not an xc7 target, no RTL plan)."""
+    import json
+
+    import fx2fpga_runtime
+
+    from ..backends.rtl import emit as verilog
+    from ..errors import Fx2fpgaError
+    from ..passes import resources
+    from ..targets import load_target
+
+    manifest = json.loads((project_dir / "manifest.json").read_text())
+    target = load_target(manifest["target"]["name"])
+    if target.family != "xc7":
+        return None
+    kernel = fx2fpga_runtime.read_kernel(project_dir)
+    try:
+        plan = verilog.plan(kernel, kernel.name, target.dsp_kind)
+    except Fx2fpgaError:  # the RTL cannot map the kernel (its README says why)
+        return None
+    return resources.rtl_resources(plan, target)

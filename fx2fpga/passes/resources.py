@@ -1,0 +1,266 @@
+"""The RTL resource model: LUT, FF, DSP and BRAM36 of the generated Verilog, calibrated against Yosys.
+
+``rtl_resources(plan_or_design, target)`` predicts what Yosys ``synth_xilinx`` counts for a kernel's
+RTL from its ``RtlPlan`` (``backends/rtl/emit.py``) alone, in milliseconds instead of minutes:
+
+- **DSP** is exact: ``RtlPlan.dsp_blocks`` (the shared multipliers' partial products per lane, plus the
+  function tables' interpolation products) is what the RTL instantiates.
+- **BRAM36** follows Yosys' memory mapping (``memory_libmap`` with the xc7 libraries) bank by bank:
+  ``bank_mapping`` says whether a bank of ``depth x width`` becomes distributed RAM (LUT-RAM), block RAM
+  (RAMB18/RAMB36, whichever is cheaper) or, for a small ROM, logic.
+- **LUT** and **FF** are a linear model over features of the plan (``rtl_features``): per unit kind the
+  datapath's adder, fixed-point conversion and multiplexer bits times lanes, the multiplier pool's operand
+  multiplexing, the memories' registers and write-source multiplexers, the controller's counters and
+  address generators, LUT-RAM LUTs, table ROM bits. The coefficients are data:
+  ``fx2fpga/targets/xc7_rtl_costs.json``, fitted by non-negative least squares to Yosys counts of a set of
+  calibration designs (``benchmarks/calibrate_resources.py``, which also states the fit's errors).
+
+The model says nothing about timing and is calibrated for 7-series targets (``synth_xilinx -family xc7``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources as pkg_resources
+
+from ..errors import Fx2fpgaError
+from . import schedule as sched
+
+COSTS_FILE = "xc7_rtl_costs.json"
+LUT_FEATURES = ("const", "adder_bits", "cvt_bits", "select_bits", "ctrl_bits", "lutram_luts", "rom_bits")
+FF_FEATURES = ("const", "unit_reg_bits", "mem_reg_bits", "pool_reg_bits", "ctrl_bits")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Predicted resources of the generated RTL: LUTs (logic and LUT-RAM), flip-flops, DSP blocks, BRAM36."""
+
+    lut: int
+    ff: int
+    dsp: int
+    bram36: float
+
+    def over_budget(self, target) -> list[tuple[str, float, int]]:
+        """(resource, needed, available) for each resource above the target's budget."""
+        have = {"LUT": target.lut, "FF": target.ff, "DSP": target.dsp, "BRAM36": target.bram36}
+        need = {"LUT": self.lut, "FF": self.ff, "DSP": self.dsp, "BRAM36": self.bram36}
+        return [(k, need[k], have[k]) for k in have if need[k] > have[k]]
+
+
+@dataclass(frozen=True)
+class BankMapping:
+    """How Yosys maps one RAM/ROM bank: ``kind`` is ``lutram``, ``bram`` or ``logic``; ``luts``: LUT-RAM
+    LUTs (RAM32M/RAM64M: 4 LUTs each); ``bram36``: RAMB36 plus half of each RAMB18."""
+
+    kind: str
+    luts: int = 0
+    bram36: float = 0.0
+
+
+def _bram_width(depth: int, full: int) -> int:
+    """The widest port of a block RAM of ``full`` bits (18 or 36 kb, with the SDP mode's doubled width) that
+    holds ``depth`` words: 36 bits for 512 words of a RAMB18, 18 for 1024, 9 for 2048, ..."""
+    words = 512  # at the widest (simple dual-port) port: 512 words of 36 (RAMB18) or 72 (RAMB36) bits
+    width = 36 * full // (18 * 1024)
+    while depth > words and width > 1:
+        words, width = words * 2, {72: 36, 36: 18, 18: 9, 9: 4, 4: 2, 2: 1}[width]
+    return width if depth <= words else 0
+
+
+def bram36_for(depth: int, width: int) -> float:
+    """BRAM36 of one ``depth x width`` bank in block RAM: RAMB18s (0.5 each) or RAMB36s, the cheaper."""
+    w18, w36 = _bram_width(depth, 18 * 1024), _bram_width(depth, 36 * 1024)
+    n18 = math.ceil(width / w18) if w18 else math.inf
+    n36 = math.ceil(width / w36) * math.ceil(depth / (32 * 1024)) if w36 else math.inf
+    return min(0.5 * n18, float(n36))
+
+
+def lutram_prims(depth: int, width: int) -> tuple[int, int]:
+    """(primitives, depth replicas) of the cheaper simple dual-port LUT-RAM for ``depth x width``: RAM32M
+    (32 x 6) or RAM64M (64 x 3), 4 LUTs each."""
+    return min((math.ceil(depth / 32) * math.ceil(width / 6), math.ceil(depth / 32)),
+               (math.ceil(depth / 64) * math.ceil(width / 3), math.ceil(depth / 64)))
+
+
+def lutram_luts(depth: int, width: int) -> int:
+    """LUTs of a ``depth x width`` simple dual-port LUT-RAM (``lutram_prims``, 4 LUTs each)."""
+    return 4 * lutram_prims(depth, width)[0]
+
+
+def bank_mapping(depth: int, width: int, read_only: bool) -> BankMapping:
+    """Where Yosys puts one memory bank (``fx2fpga_ram``/``fx2fpga_rom``): the cheapest by ``memory_libmap``'s
+    costs (xc7 libraries): logic 1 per bit (1/16 per ROM bit), a LUT-RAM primitive 8 (plus, as fitted to the
+    calibration designs' mappings, half the width per extra depth replica for the read multiplexer: 128 x 24
+    and 144 x 16 go to block RAM, 80 x 24 and 128 x 16 to LUT-RAM), a RAMB18 129, a RAMB36 257. LUT-RAM
+    holds no ROM."""
+    depth = max(2, depth)
+    bram = bram36_for(depth, width)
+    options = []  # (cost, mapping): the first of equal costs wins (an 8 x 1 RAM: LUT-RAM, not logic)
+    if not read_only:
+        prims, replicas = lutram_prims(depth, width)
+        options.append((8 * prims + (replicas - 1) * width / 2, BankMapping("lutram", luts=4 * prims)))
+    options += [(depth * width / (16 if read_only else 1), BankMapping("logic")),
+                (258 * bram, BankMapping("bram", bram36=bram))]
+    return min(options, key=lambda o: o[0])[1]
+
+
+def table_mapping(depth: int, width: int) -> BankMapping:
+    """Where Yosys puts a function table's ROM (``fx2fpga_rom2``: two reads a cycle): one RAMB18 in true
+    dual-port mode when it fits one (up to 1024 x 18 bits), else logic (the calibration designs: 711 x 16 in
+    block RAM; 1025 x 16 and 534 x 24 in logic)."""
+    if depth <= 1024 and width <= 18:
+        return BankMapping("bram", bram36=0.5)
+    return BankMapping("logic")
+
+
+# ----- features of a plan -------------------------------------------------------------------------------------
+
+def _unit_adder_bits(u: dict) -> int:
+    """One lane's adder/comparator bits: the accumulator's sum or compare, an elementwise op's result, a
+    table's clip and interpolation."""
+    if u["kind"] == "reduce":
+        return u.get("sum_width", 2 * u["acc_iw"])  # max/argmax: a compare and a select
+    if u["kind"] == "table":
+        return 2 * u["xw"] + u["rw"] + u["yw"]
+    if u["op"] in ("add", "sub", "neg", "abs", "eq", "ne", "lt", "le", "gt", "ge"):
+        return u["res_width"]
+    return 0
+
+
+def _unit_cvt_bits(u: dict) -> int:
+    """One lane's fixed-point conversion outputs (rounding and saturation logic)."""
+    if u["kind"] == "reduce":
+        return u["acc_width"] * (("cvt_sum" in u) + ("cvt_init" in u) + ("cvt_term" in u)) + u["out_width"]
+    return u["out_width"]
+
+
+def _unit_reg_bits(u: dict) -> int:
+    """One lane's pipeline registers: the operands, the term, the accumulator, the aligned initial value, the
+    result; a table unit's clip, segment, ROM data and products."""
+    ops = sum(o["iw"] for o in u["ops"])
+    if u["kind"] == "reduce":
+        n = u["term_stage"]
+        init = u["acc_width"] * (n - 1) if "cvt_init" in u else 0
+        term = 0 if u["pooled"] else u["term_width"]
+        return ops + term + u["acc_width"] + init + u["out_width"] + u.get("pos_width", 0) * 2
+    if u["kind"] == "table":
+        return ops + u["xw"] + u["rw"] + 2 * u["tw"] + u["pw"] + u["yw"] + u["out_width"] + u["latency"] * 4
+    return ops + u["res_width"] + u["out_width"]
+
+
+def _memory_features(p) -> dict[str, float]:
+    """Registers, write-source and read multiplexers, LUT-RAM LUTs and block RAM of the plan's memories."""
+    f = dict.fromkeys(("mem_reg_bits", "select_bits", "lutram_luts", "rom_bits", "bram36"), 0.0)
+    for m in p.memories:
+        read = m["banks"] - len(m["unread_banks"])
+        f["mem_reg_bits"] += m["width"] * (read + len(m["direct_banks"]))
+        mapping = bank_mapping(m["depth"], m["width"], m["read_only"])
+        f["lutram_luts"] += m["banks"] * mapping.luts
+        f["bram36"] += m["banks"] * mapping.bram36
+        if mapping.kind == "logic" and m["read_only"]:
+            f["rom_bits"] += m["banks"] * max(2, m["depth"]) * m["width"]
+        elif mapping.kind == "logic":  # a tiny RAM in flip-flops
+            f["mem_reg_bits"] += m["banks"] * max(2, m["depth"]) * m["width"]
+        if mapping.kind == "lutram":
+            f["mem_reg_bits"] += m["banks"] * m["width"]  # the read register LUT-RAM does not have
+        if not m["read_only"]:
+            f["mem_reg_bits"] += m["banks"] * m["width"]  # the registered write data
+            f["select_bits"] += sum(m["width"] * (len(s) - 1) for s in m["sources"])
+    for x in p.muxes:
+        f["mem_reg_bits"] += x["width"]
+        f["select_bits"] += x["width"] * (len(x["banks"]) - 1)
+    return f
+
+
+def _pool_features(p) -> dict[str, float]:
+    """The shared multipliers: operand ORs over the pooled units, the partial products' sum, their registers."""
+    pool = p.pool
+    if pool is None:
+        return {"pool_select_bits": 0.0, "pool_adder_bits": 0.0, "pool_reg_bits": 0.0}
+    prod = pool["product"]
+    users = sum(u["lanes"] * (u["ma_width"] + u["mb_width"]) for u in pool["users"])
+    parts = sum(w for _, _, w, _ in prod["parts"])
+    return {"pool_select_bits": float(users + pool["lanes"] * (pool["wa"] + pool["wb"]) * (len(pool["users"]) - 1)),
+            "pool_adder_bits": float(pool["lanes"] * prod["width"] * (len(prod["parts"]) - 1)),
+            "pool_reg_bits": float(pool["lanes"] * (pool["wa"] + pool["wb"] + parts + prod["width"]))}
+
+
+def _ctrl_bits(p) -> float:
+    """The controller: loop counters, and each bank port's registered address (the address generators)."""
+    s = p.schedule
+    ports = sum(m["banks"] * (1 if m["read_only"] else 2) * m["addr_bits"] for m in p.memories)
+    requests = sum(sum(d for d in r["dim_bits"]) for r in p.spec["reads"] + p.spec["writes"])
+    return float(s.counter_count() * s.counter_bits() + ports + requests + len(s.phases()) * sched.bits(
+        len(s.phases())))
+
+
+def rtl_features(p) -> dict[str, float]:
+    """The resource model's features of an ``RtlPlan`` (each a count of bits or LUTs; see the module doc)."""
+    f = dict.fromkeys(("adder_bits", "cvt_bits", "unit_reg_bits", "table_rom_bits", "table_bram36"), 0.0)
+    f["const"] = 1.0
+    for u in p.units:
+        lanes = u["lanes"]
+        f["adder_bits"] += lanes * _unit_adder_bits(u)
+        f["cvt_bits"] += lanes * _unit_cvt_bits(u)
+        f["unit_reg_bits"] += lanes * _unit_reg_bits(u)
+        if u["kind"] == "table":
+            rom = table_mapping(u["depth"], u["table_width"])
+            f["table_bram36"] += lanes * rom.bram36
+            if rom.kind == "logic":
+                f["table_rom_bits"] += lanes * u["depth"] * u["table_width"] * 2  # two reads: two copies
+            f["adder_bits"] += lanes * u["product"]["width"] * (len(u["product"]["parts"]) - 1)
+    sel = sum(u["lanes"] * u["res_width"] for u in p.units if u["op"] in ("relu", "select"))
+    mem = _memory_features(p)
+    pool = _pool_features(p)
+    f["adder_bits"] += pool["pool_adder_bits"]
+    f["select_bits"] = sel + mem["select_bits"] + pool["pool_select_bits"]
+    f["mem_reg_bits"] = mem["mem_reg_bits"]
+    f["pool_reg_bits"] = pool["pool_reg_bits"]
+    f["ctrl_bits"] = _ctrl_bits(p)
+    f["lutram_luts"] = mem["lutram_luts"]
+    f["rom_bits"] = mem["rom_bits"] + f.pop("table_rom_bits")
+    f["bram36"] = mem["bram36"] + f.pop("table_bram36")
+    f["dsp"] = float(p.dsp_blocks)
+    return f
+
+
+# ----- the calibrated model -----------------------------------------------------------------------------------
+
+@cache
+def load_costs(name: str = COSTS_FILE) -> dict:
+    """The calibrated coefficients (``fx2fpga/targets/<name>``): {"lut": {feature: cost}, "ff": {...}, ...}."""
+    try:
+        text = pkg_resources.files("fx2fpga.targets").joinpath(name).read_text()
+    except FileNotFoundError:
+        raise Fx2fpgaError(f"no RTL cost file {name} in fx2fpga/targets: run benchmarks/calibrate_resources.py") \
+            from None
+    return json.loads(text)
+
+
+def predict(features: dict[str, float], costs: dict) -> Resources:
+    """Resources from a plan's features and a cost table (``load_costs()``)."""
+    lut = sum(c * features[k] for k, c in costs["lut"].items())
+    ff = sum(c * features[k] for k, c in costs["ff"].items())
+    return Resources(lut=round(lut), ff=round(ff), dsp=int(features["dsp"]), bram36=features["bram36"])
+
+
+def _plan_of(plan_or_design):
+    """The ``RtlPlan`` of a plan or of a ``Design`` (the backend imports this package, not the reverse)."""
+    if hasattr(plan_or_design, "rtl_plan"):
+        p = plan_or_design.rtl_plan()
+        if p is None:
+            raise Fx2fpgaError(f"{plan_or_design.name} has no RTL plan: the RTL cannot map it")
+        return p
+    return plan_or_design
+
+
+def rtl_resources(plan_or_design, target=None) -> Resources:
+    """Predicted Yosys ``synth_xilinx`` resources of the RTL of an ``RtlPlan`` or a ``Design`` (``target``:
+    its family must be xc7, the family the cost file is calibrated for; None: xc7)."""
+    family = getattr(target, "family", "xc7")
+    if family != "xc7":
+        raise Fx2fpgaError(f"the RTL resource model is calibrated for xc7 targets only, not {family}")
+    return predict(rtl_features(_plan_of(plan_or_design)), load_costs())

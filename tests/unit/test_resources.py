@@ -1,0 +1,104 @@
+"""The RTL resource model (fx2fpga/passes/resources.py): its bank mapping, its features of a hand-checked
+kernel, and its prediction against the Yosys counts the calibration stored (benchmarks/results/
+resource_model.json), without running Yosys."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from fx2fpga.passes import resources
+from fx2fpga.targets import load_target
+
+ROOT = Path(__file__).resolve().parents[2]
+MEASURED = json.loads((ROOT / "benchmarks" / "results" / "resource_model.json").read_text())
+
+
+def _calibration_script():
+    spec = importlib.util.spec_from_file_location("calibrate_resources", ROOT / "benchmarks" / "calibrate_resources.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, mod)  # its dataclasses look their module up
+    spec.loader.exec_module(sys.modules[spec.name])
+    return sys.modules[spec.name]
+
+
+@pytest.fixture(scope="module")
+def linear_plan():
+    """The calibration design linear16x8_relu_l1 (Linear(16, 8) + ReLU, batch 4, one lane), planned."""
+    import fx2fpga
+
+    cal = _calibration_script()
+    d = next(x for x in cal.DESIGNS if x.name == "linear16x8_relu_l1")
+    model, inputs, train = d.make()
+    design = fx2fpga.compile(model, inputs, target=cal.TARGET, train=train, lanes=d.lanes, outputs="rtl",
+                             name=d.name)
+    return design.rtl_plan()
+
+
+def test_bank_mapping_follows_yosys_rules():
+    """LUT-RAM up to 64 words (RAM32M: 32 x 6, RAM64M: 64 x 3, 4 LUTs each), block RAM deeper, the cheaper of
+    RAMB18s and RAMB36s; small ROMs stay logic."""
+    assert resources.bank_mapping(64, 16, False) == resources.BankMapping("lutram", luts=4 * 6)
+    assert resources.bank_mapping(32, 16, False) == resources.BankMapping("lutram", luts=4 * 3)
+    assert resources.bank_mapping(1, 24, False) == resources.BankMapping("lutram", luts=4 * 4)  # depth 2
+    assert resources.bank_mapping(128, 24, False) == resources.BankMapping("bram", bram36=0.5)
+    assert resources.bram36_for(512, 36) == 0.5  # one RAMB18 in SDP mode: 512 x 36
+    assert resources.bram36_for(1024, 36) == 1.0  # two RAMB18s or one RAMB36
+    assert resources.bram36_for(2048, 16) == 1.0  # 2048 x 9 per RAMB18: two
+    assert resources.bram36_for(4096, 16) == 2.0  # 4096 x 9 per RAMB36: two
+    assert resources.bank_mapping(4, 3, True).kind == "logic"
+    assert resources.bank_mapping(1024, 16, True) == resources.BankMapping("bram", bram36=0.5)
+    assert resources.table_mapping(711, 16).bram36 == 0.5 and resources.table_mapping(1025, 16).kind == "logic"
+
+
+def test_features_of_a_hand_checked_kernel(linear_plan):
+    """Linear(16, 8) + ReLU at one lane: a mac and a relu unit, five one-bank memories; the 128 x 24-bit weight
+    bank in one RAMB18, the others LUT-RAM: bias 8 x 24 (4 RAM32M), input 64 x 16 (6 RAM64M), the matmul's
+    and the output's 32 x 16 (3 RAM32M each): 4 x (4 + 6 + 3 + 3) = 64 LUTs."""
+    p = linear_plan
+    assert [(u["op"], u["lanes"]) for u in p.units] == [("mac", 1), ("relu", 1)]
+    assert sorted((m["name"], m["banks"], m["depth"], m["width"]) for m in p.memories) == [
+        ("b_0_bias", 1, 8, 24), ("b_0_weight", 1, 128, 24), ("infer_addmm", 1, 32, 16),
+        ("infer_input", 1, 64, 16), ("infer_output", 1, 32, 16)]
+    f = resources.rtl_features(p)
+    assert f["lutram_luts"] == 64 and f["bram36"] == 0.5 and f["rom_bits"] == 0
+    assert f["dsp"] == p.dsp_blocks == 1
+    assert set(resources.LUT_FEATURES) | set(resources.FF_FEATURES) <= set(f)
+
+
+def test_prediction_within_the_stated_error_of_the_measured_counts(linear_plan):
+    """The cost file loads, and its prediction for a calibration design is within the fit's stated maximum
+    error of the Yosys counts the calibration measured (and exact for DSP and BRAM)."""
+    costs = resources.load_costs()
+    assert costs["designs"] == [r["name"] for r in MEASURED["designs"]] and costs["yosys"] == MEASURED["yosys"]
+    row = next(r for r in MEASURED["designs"] if r["name"] == "linear16x8_relu_l1")
+    assert resources.rtl_features(linear_plan) == pytest.approx(row["features"])
+    pred = resources.rtl_resources(linear_plan, load_target("pynq-z1"))
+    assert (pred.lut, pred.ff, pred.dsp, pred.bram36) == tuple(row["model"][k] for k in ("lut", "ff", "dsp", "bram36"))
+    for res in ("lut", "ff"):
+        err = abs(getattr(pred, res) - row["yosys"][res]) / row["yosys"][res]
+        assert err <= costs["errors"][res]["fit"]["max"] + 1e-4
+    assert pred.dsp == row["yosys"]["dsp"] and pred.bram36 == row["yosys"]["bram36"]
+
+
+def test_dsp_is_exact_and_the_stated_errors_are_the_measured_ones():
+    """Every calibration design: the model's DSP count is RtlPlan.dsp_blocks and equals Yosys'; the errors in the
+    cost file are recomputed from the stored rows (so the docs' numbers are the data's)."""
+    for r in MEASURED["designs"]:
+        assert r["model"]["dsp"] == r["dsp_blocks"] == r["yosys"]["dsp"], r["name"]
+    costs = resources.load_costs()
+    for res in ("lut", "ff"):
+        rel = [abs(r["model"][res] - r["yosys"][res]) / r["yosys"][res] for r in MEASURED["designs"]]
+        assert max(rel) == pytest.approx(costs["errors"][res]["fit"]["max"], abs=1e-4)
+        loo = [abs(r["leave_one_out"][res] - r["yosys"][res]) / r["yosys"][res] for r in MEASURED["designs"]]
+        assert math.fsum(loo) / len(loo) == pytest.approx(costs["errors"][res]["leave_one_out"]["mean"], abs=1e-4)
+
+
+def test_other_families_are_refused():
+    with pytest.raises(Exception, match="xc7"):
+        resources.rtl_resources(None, load_target("ulx3s"))
