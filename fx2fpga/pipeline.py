@@ -14,6 +14,7 @@ once per compile and serves the bank check, the RTL, the report and the manifest
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,9 +196,15 @@ def _emit_hls(ctx: CompileContext):
 
 def _emit_rtl(ctx: CompileContext):
     from .project import folder
+    from .project.report import rtl_dsp_over_budget
 
-    ctx.rtl_files = folder.rtl_files(design_of(ctx)) if ctx.outputs in ("rtl", "both") else {}
+    design = design_of(ctx)
+    ctx.rtl_files = folder.rtl_files(design) if ctx.outputs in ("rtl", "both") else {}
+    over = rtl_dsp_over_budget(design)
+    if ctx.rtl_files and over:
+        warnings.warn(over, stacklevel=2)
     return ctx.rtl_files
+
 
 
 def folder_files(ctx: CompileContext) -> dict[str, str]:

@@ -55,6 +55,9 @@ def report_text(design) -> str:
                      f"{100 * rtl_dsp / t.dsp:.1f}%"])
     rows.append(["BRAM36", f"{res.bram36:g}", t.bram36, f"{100 * res.bram36 / t.bram36:.1f}%"])
     out += _table(["resource", "estimate", f"{t.name} budget", "use"], rows)
+    over = rtl_dsp_over_budget(design)
+    if over:
+        out += ["", f"**Over budget:** {over}"]
     if rtl_dsp is not None:
         out += ["", "The estimate counts a multiplier per stage and lane (the HLS kernel); the RTL shares one "
                 "per lane between all multiplying stages (phases never overlap), plus the function tables' own."]
@@ -108,3 +111,15 @@ def rtl_model_resources(project_dir: Path):
     except Fx2fpgaError:  # the RTL cannot map the kernel (its README says why)
         return None
     return resources.rtl_resources(plan, target)
+
+
+def rtl_dsp_over_budget(design) -> str:
+    """What to tell the user when the generated RTL needs more DSP blocks than the target has ("" if it fits).
+
+    The tile step's budget check reads the HLS-style estimate; the RTL's count is exact (``RtlPlan``)."""
+    dsp = design.rtl_dsp_blocks()
+    t = design.target
+    if dsp is None or dsp <= t.dsp:
+        return ""
+    return (f"the generated RTL instantiates {dsp} {t.dsp_kind} blocks, {t.name} has {t.dsp}: it will not fit. "
+            "Compile with fewer lanes (lanes=...) or narrower formats (precision=...).")

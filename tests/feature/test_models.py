@@ -203,3 +203,16 @@ def test_cli_refuses_models_that_is_not_a_list(tmp_path, capsys):
                    "example_inputs = (torch.randn(2, 4),)\n")
     assert cli_main(["compile", str(src), "-o", str(tmp_path / "o")]) == 2
     assert "'models' must be a list of models, got Linear" in capsys.readouterr().err
+
+
+def test_rtl_over_the_dsp_budget_is_reported(mlp_example):
+    """lanes="auto" spends the HLS-style estimate's budget, which is not the RTL's: four digits MLPs get an RTL
+    with more DSP48E1 than the pynq-z1 has. The exact count says so, in a warning and in report.md."""
+    design = fx2fpga.compile(_mlps(mlp_example), mlp_example.example_inputs, train=_sgd(mlp_example), lanes="auto")
+    dsp = design.rtl_dsp_blocks()
+    assert dsp > 220  # 320 when measured
+    with pytest.warns(UserWarning, match=f"instantiates {dsp} DSP48E1 blocks, pynq-z1 has 220"):
+        design.files()
+    assert f"**Over budget:** the generated RTL instantiates {dsp} DSP48E1" in design.report
+    alone = fx2fpga.compile(mlp_example.DigitsMLP(), mlp_example.example_inputs, train=_sgd(mlp_example), lanes=4)
+    assert alone.rtl_dsp_blocks() <= 220 and "Over budget" not in alone.report
