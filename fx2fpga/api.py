@@ -157,7 +157,7 @@ def compile(  # noqa: A001 - the public name the product promises
     out_dir: str | Path | None = None,
     name: str | None = None,
     progress=None,
-    outputs: str = "both",
+    outputs: str | None = None,
     share_memory: bool = True,
     until: str | None = None,
     backend: str | None = None,
@@ -179,7 +179,8 @@ def compile(  # noqa: A001 - the public name the product promises
     ``out_dir`` the project folder is written there.
     ``progress`` (a callable taking a line of text) hears about each pipeline step.
     ``outputs`` says what the project folder holds: ``"hls"`` (C++ for Vitis HLS, the csim and
-    pynq simulators), ``"rtl"`` (Verilog, the rtl simulator) or ``"both"`` (the default).
+    pynq simulators), ``"rtl"`` (Verilog, the rtl simulator) or ``"both"``; by default ``"both"`` for a
+    target that Vitis HLS builds (Xilinx boards) and ``"rtl"`` for the others (ECP5: Yosys + nextpnr).
     ``share_memory`` (default on) lets temporaries of one shape and format with disjoint lifetimes
     share one on-chip array (``mem<k>``); ``False`` keeps one array per tensor, e.g. to read every
     intermediate tensor by name from the emulator's memory after a call.
@@ -194,18 +195,25 @@ def compile(  # noqa: A001 - the public name the product promises
     if backend is not None:
         _deprecated("compile(backend=...)", "compile(outputs=...)")
         outputs = backend
-    if outputs not in OUTPUTS:
+    if outputs is not None and outputs not in OUTPUTS:
         raise ValueError(f"outputs must be one of {', '.join(OUTPUTS)}, got {outputs!r}")
     if until is not None:
         PIPELINE.step(until)  # an unknown step fails before any work
     ctx = _context(model, example_inputs, target, train, precision, lanes, name, progress)
-    ctx.outputs, ctx.share_memory = outputs, share_memory
+    ctx.outputs = outputs or default_outputs(ctx.target)
+    ctx.share_memory = share_memory
     ctx.out_dir = Path(out_dir) if out_dir is not None else None
     ctx.design = Design(ctx)
     if until is not None:
         return run_pipeline(ctx, until)
     run_pipeline(ctx, "write" if out_dir is not None else "schedule")  # the rest when the folder is needed
     return design_of(ctx)
+
+
+def default_outputs(target) -> str:
+    """What a project folder holds unless asked: HLS and RTL where Vitis HLS builds the target (vivado
+    toolchain), RTL alone elsewhere (an ECP5 board: no vendor HLS to run the C++)."""
+    return "both" if target.toolchain == "vivado" else "rtl"
 
 
 def _context(model, example_inputs, target, train, precision, lanes, name, progress) -> CompileContext:

@@ -171,8 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--lanes", type=_lanes, default=4,
                    help="parallel datapath copies per stage, or 'auto' to fill the board's budget (default 4)")
     c.add_argument("--name", help="kernel name (default: the model file's name)")
-    c.add_argument("--outputs", default="both", choices=["hls", "rtl", "both"],
-                   help="what the folder holds: HLS C++ for Vitis (hls), Verilog (rtl), or both (default)")
+    c.add_argument("--outputs", choices=["hls", "rtl", "both"],
+                   help="what the folder holds: HLS C++ for Vitis (hls), Verilog (rtl), or both (default: both for "
+                        "Xilinx boards, rtl for ECP5)")
     c.add_argument("--backend", choices=["hls", "rtl", "both"], help=argparse.SUPPRESS)  # deprecated: --outputs
     c.set_defaults(func=cmd_compile)
     s = sub.add_parser("sim", help="replay the testbench vectors of a project on a simulator")

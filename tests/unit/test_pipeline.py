@@ -149,3 +149,14 @@ def test_share_memory_is_a_step_on_by_default():
     separate = fx2fpga.compile(model, (x,), train=sgd, until="share memory", share_memory=False)
     assert "memory" not in separate.meta and len(shared.buffers) < len(separate.buffers)
     assert shared.meta["memory"]["mem0"] == ["infer_addmm", "train_addmm"]  # infer and train_step never overlap
+
+
+def test_outputs_default_to_what_the_target_builds():
+    """A Xilinx board gets HLS C++ and RTL; an ECP5 board (no vendor HLS to build the C++) RTL alone."""
+    model, x = nn.Sequential(nn.Linear(6, 4), nn.ReLU()), torch.randn(2, 6)
+    zynq = fx2fpga.compile(model, (x,), target="pynq-z1", name="m")
+    ecp5 = fx2fpga.compile(model, (x,), target="ulx3s", name="m")
+    assert zynq.outputs == "both" and ecp5.outputs == "rtl"
+    assert "src/m.cpp" in zynq.files() and "rtl/m_top.sv" in zynq.files()
+    assert not any(f.startswith("src/") for f in ecp5.files()) and "rtl/m_top.sv" in ecp5.files()
+    assert fx2fpga.compile(model, (x,), target="ulx3s", name="m", outputs="both").outputs == "both"
