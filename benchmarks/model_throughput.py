@@ -83,6 +83,7 @@ def fpga(n_models: int, lanes) -> dict | None:
     return {"models": n_models, "lanes": lanes, "target": t.name, "clock_mhz": t.clock_mhz,
             "cycles_per_step": cycles, "bus_bytes_per_step": bus_bytes, "bus_cycles_per_step": bus_cycles,
             "model_steps_per_s": n_models / step_s, "dsp_blocks": design.rtl_dsp_blocks(),
+            "fits_dsp_budget": design.rtl_dsp_blocks() <= t.dsp,
             "mac_utilization": mac_utilization(design),
             "source": f"exact RTL cycles + bus bytes at {t.bus_mbytes_per_s:g} MB/s ({t.bus_source})"}
 
@@ -159,7 +160,8 @@ def plot(result: dict, png: Path) -> None:
 
     labels, values, colors = [], [], []
     for f in result["fpga"]:
-        labels.append(f"PYNQ-Z1: {f['models']} model{'s' * (f['models'] > 1)} in one kernel, lanes={f['lanes']}")
+        over = "" if f["fits_dsp_budget"] else f" (RTL: {f['dsp_blocks']} DSPs, over budget)"
+        labels.append(f"PYNQ-Z1: {f['models']} model{'s' * (f['models'] > 1)} in one kernel, lanes={f['lanes']}{over}")
         values.append(f["model_steps_per_s"])
         colors.append("#c44e52")
     for kind, color in (("eager", "#8172b2"), ("vmap", "#4c72b0")):
