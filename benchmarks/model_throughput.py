@@ -44,8 +44,9 @@ def _mlps(n: int) -> list:
     return models
 
 
-def mac_utilization(design) -> dict:
-    """Useful multiplies / (multiplier lanes x cycles), per multiplying stage and over the training step."""
+def mac_utilization(design, macs: int) -> dict:
+    """Useful multiplies (``macs`` per step) / (multiplier lanes x cycles), per multiplying stage and over the
+    training step."""
     from fx2fpga_runtime.ops import OPS_TABLE
 
     phases = design.schedule.commands["train_step"]
@@ -55,17 +56,15 @@ def mac_utilization(design) -> dict:
     for p in phases:
         if p.kind == "stage" and OPS_TABLE[p.stage.op].multiplies:
             stages[p.stage.name] = round(p.stage.iterations / (p.lanes * p.cycles), 3)
-    macs = sum(p.stage.iterations for p in phases if p.kind == "stage" and OPS_TABLE[p.stage.op].multiplies)
     return {"multiplier_lanes": lanes, "step": round(macs / (lanes * design.rtl_cycles()["train_step"]), 3),
             "stages": stages}
 
 
 def fpga(n_models: int, lanes) -> dict | None:
     """One kernel training ``n_models`` MLPs at once: cycles, bus time, model-steps/s at the target clock."""
-    from fx2fpga_runtime import interface
-
     import fx2fpga
     from fx2fpga.errors import Fx2fpgaError
+    from fx2fpga.project import roofline
 
     models = _mlps(n_models)
     sgd = fx2fpga.SGD(ex.loss_fn, ex.example_targets, ex.lr)
@@ -75,16 +74,16 @@ def fpga(n_models: int, lanes) -> dict | None:
         print(f"fpga {n_models} models, lanes {lanes}: not compiled ({type(e).__name__}: {e})", flush=True)
         return None
     t = design.target
-    cycles = design.rtl_cycles()["train_step"]
-    ins, outs = interface.command_buffers(design.kernel, "train_step")
-    bus_bytes = 4 * (interface.word_count(design.kernel, ins) + interface.word_count(design.kernel, outs))
+    points = roofline.program_points(design.kernel, design.rtl_cycles(), t.clock_mhz)
+    point = next(p for p in points if p.program == "train_step")
+    cycles, bus_bytes = point.cycles, point.bus_bytes
     bus_cycles = math.ceil(bus_bytes / (t.bus_mbytes_per_s * 1e6) * t.clock_mhz * 1e6)
     step_s = (cycles + bus_cycles) / (t.clock_mhz * 1e6)
     return {"models": n_models, "lanes": lanes, "target": t.name, "clock_mhz": t.clock_mhz,
             "cycles_per_step": cycles, "bus_bytes_per_step": bus_bytes, "bus_cycles_per_step": bus_cycles,
             "model_steps_per_s": n_models / step_s, "dsp_blocks": design.rtl_dsp_blocks(),
             "fits_dsp_budget": design.rtl_dsp_blocks() <= t.dsp,
-            "mac_utilization": mac_utilization(design),
+            "mac_utilization": mac_utilization(design, point.macs),
             "source": f"exact RTL cycles + bus bytes at {t.bus_mbytes_per_s:g} MB/s ({t.bus_source})"}
 
 

@@ -35,19 +35,14 @@ FF_FEATURES = ("const", "unit_reg_bits", "mem_reg_bits", "pool_reg_bits", "ctrl_
 
 
 @dataclass(frozen=True)
-class Resources:
-    """Predicted resources of the generated RTL: LUTs (logic and LUT-RAM), flip-flops, DSP blocks, BRAM36."""
+class PredictedResources:
+    """Predicted resources of the generated RTL (Yosys' measured ones: ``toolchains.yosys.Resources``): LUTs
+    (logic and LUT-RAM), flip-flops, DSP blocks, BRAM36."""
 
     lut: int
     ff: int
     dsp: int
     bram36: float
-
-    def over_budget(self, target) -> list[tuple[str, float, int]]:
-        """(resource, needed, available) for each resource above the target's budget."""
-        have = {"LUT": target.lut, "FF": target.ff, "DSP": target.dsp, "BRAM36": target.bram36}
-        need = {"LUT": self.lut, "FF": self.ff, "DSP": self.dsp, "BRAM36": self.bram36}
-        return [(k, need[k], have[k]) for k in have if need[k] > have[k]]
 
 
 @dataclass(frozen=True)
@@ -240,11 +235,11 @@ def load_costs(name: str = COSTS_FILE) -> dict:
     return json.loads(text)
 
 
-def predict(features: dict[str, float], costs: dict) -> Resources:
+def predict(features: dict[str, float], costs: dict) -> PredictedResources:
     """Resources from a plan's features and a cost table (``load_costs()``)."""
     lut = sum(c * features[k] for k, c in costs["lut"].items())
     ff = sum(c * features[k] for k, c in costs["ff"].items())
-    return Resources(lut=round(lut), ff=round(ff), dsp=int(features["dsp"]), bram36=features["bram36"])
+    return PredictedResources(lut=round(lut), ff=round(ff), dsp=int(features["dsp"]), bram36=features["bram36"])
 
 
 def _plan_of(plan_or_design):
@@ -257,7 +252,7 @@ def _plan_of(plan_or_design):
     return plan_or_design
 
 
-def rtl_resources(plan_or_design, target=None) -> Resources:
+def rtl_resources(plan_or_design, target=None) -> PredictedResources:
     """Predicted Yosys ``synth_xilinx`` resources of the RTL of an ``RtlPlan`` or a ``Design`` (``target``:
     its family must be xc7, the family the cost file is calibrated for; None: xc7)."""
     family = getattr(target, "family", "xc7")

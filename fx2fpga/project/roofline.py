@@ -19,7 +19,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fx2fpga_runtime import interface
+from fx2fpga_runtime import interface, read_kernel
 from fx2fpga_runtime.ir import Kernel
 from fx2fpga_runtime.ops import OPS_TABLE
 
@@ -75,6 +75,11 @@ def _onchip_bytes(kernel: Kernel, program: str) -> int:
     return bits // 8
 
 
+def program_macs(kernel: Kernel, program: str) -> int:
+    """Multiply-accumulates of one call: every point of every stage whose op multiplies."""
+    return sum(st.iterations for st in kernel.programs[program].stages if OPS_TABLE[st.op].multiplies)
+
+
 def program_points(kernel: Kernel, rtl_cycles: dict[str, int], clock_mhz: float) -> list[ProgramPoint]:
     """Each program with RTL cycles as a point: its work, its traffic and its achieved MAC/s."""
     points = []
@@ -82,7 +87,7 @@ def program_points(kernel: Kernel, rtl_cycles: dict[str, int], clock_mhz: float)
         cycles = rtl_cycles.get(name)
         if not cycles:
             continue
-        macs = sum(st.iterations for st in kernel.programs[name].stages if OPS_TABLE[st.op].multiplies)
+        macs = program_macs(kernel, name)
         ins, outs = interface.command_buffers(kernel, name)
         words = interface.word_count(kernel, ins) + interface.word_count(kernel, outs)
         points.append(ProgramPoint(name, macs, 4 * words, _onchip_bytes(kernel, name), cycles,
@@ -158,7 +163,7 @@ def add_to_report(project_dir: Path) -> list[ProgramPoint]:
     from ..toolchains.yosys import replace_section
 
     manifest = json.loads((project_dir / "manifest.json").read_text())
-    kernel = Kernel.from_json((project_dir / "kernel.json").read_text())
+    kernel = read_kernel(project_dir)
     target = load_target(manifest["target"]["name"])
     roofs = target_roofs(target)
     points = program_points(kernel, manifest.get("rtl_cycles") or {}, target.clock_mhz)
