@@ -95,7 +95,7 @@ class Design:
         s = self.schedule
         if self.outputs == "hls" or s is None:
             return None
-        return {c: s.call_cycles(c) for c in s.commands} or None
+        return s.cycles() or None
 
     def rtl_plan(self):
         """The RTL generator's ``RtlPlan`` (made once, from the schedule); None without RTL output or

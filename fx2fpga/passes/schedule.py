@@ -211,6 +211,10 @@ class Schedule:
         """Clock cycles of one call, from the cycle the command is accepted until idle again."""
         return 1 + sum(p.cycles for p in self.commands[command])
 
+    def cycles(self) -> dict[str, int]:
+        """Clock cycles of one call of each command (``call_cycles``)."""
+        return {c: self.call_cycles(c) for c in self.commands}
+
     def counter_count(self) -> int:
         return max([len(p.counters) for p in self.phases()] + [1])
 

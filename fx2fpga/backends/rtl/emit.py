@@ -609,5 +609,4 @@ def dsp_blocks(kernel, dsp_kind: str) -> int:
 
 def call_cycles(kernel) -> dict[str, int]:
     """Exact clock cycles of each command of ``kernel`` in the generated RTL (the schedule's model)."""
-    s = sched.run(kernel)
-    return {c: s.call_cycles(c) for c in s.commands}
+    return sched.run(kernel).cycles()
