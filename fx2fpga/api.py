@@ -161,11 +161,18 @@ def compile(  # noqa: A001 - the public name the product promises
     share_memory: bool = True,
     until: str | None = None,
     backend: str | None = None,
+    stack_models: bool = True,
+    model_lanes: int | str = "auto",
 ):
     """Compile ``model`` (an ``nn.Module`` or a function of tensors) for ``target``: a ``Design``.
 
-    ``model`` may be a list of models: one kernel that runs them one after another on the same
-    inputs (each batch crosses the bus once), each computing what it computes compiled alone.
+    ``model`` may be a list of models: one kernel that trains (or runs) them all on the same
+    inputs (each batch crosses the bus once). Models of one architecture are stacked on a model
+    axis, one datapath for all (``stack_models=False``: one after another, as a list of different
+    architectures always runs); ``model_lanes`` is how many of them the datapath computes at once
+    (``"auto"``: as many as the target's budget allows). Each model computes what it computes
+    compiled alone with the kernel's formats (one per buffer: ``report.md`` lists those unified
+    across models).
     Its runner's ``train_step`` returns one loss per model, ``infer`` one output per model (an
     array ``(N, batch, ...)``), ``get_params``/``set_params`` a list of one dict per model; with
     ``SGD(lr=[...])`` (also ``momentum``, ``weight_decay``) each model has its own value.
@@ -202,6 +209,7 @@ def compile(  # noqa: A001 - the public name the product promises
     ctx = _context(model, example_inputs, target, train, precision, lanes, name, progress)
     ctx.outputs = outputs or default_outputs(ctx.target)
     ctx.share_memory = share_memory
+    ctx.stack_models, ctx.model_lanes = stack_models, model_lanes
     ctx.out_dir = Path(out_dir) if out_dir is not None else None
     ctx.design = Design(ctx)
     if until is not None:

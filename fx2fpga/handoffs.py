@@ -134,6 +134,8 @@ def graph_info(gm: torch.fx.GraphModule) -> GraphInfo:
 
 # ----- lowering -> quantize ----------------------------------------------------------------------------
 
+UNIFIED_KEY = "models_unified"  # kernel.meta: formats (and class counts) unified across the models of a kernel
+
 @dataclass
 class LoweringFacts:
     """Per buffer values lowering found and ``passes.quantize`` needs: the largest magnitude
@@ -143,6 +145,7 @@ class LoweringFacts:
     absmax: dict[str, float] = field(default_factory=dict)
     param_init: dict[str, list[float]] = field(default_factory=dict)
     const_values: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    per_model: list[LoweringFacts] = field(default_factory=list)  # a stacked kernel's: each model's own facts
 
     def widen(self, buffer: str, absmax: float) -> None:
         """Make ``buffer``'s range cover ``absmax`` too."""

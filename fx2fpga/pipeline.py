@@ -53,9 +53,12 @@ class CompileContext:
     progress: Callable[[str], None] | None = None
     notes: dict = field(default_factory=dict)  # step name -> lines for report.md
     trains: list | None = None  # a list of models: each one's SGD (None: one model, or inference)
+    stack_models: bool = True  # models of one architecture on a model axis (lower/model_axis.py)
+    model_lanes: int | str = "auto"  # models computed at once on that axis (a number, or "auto")
 
     graphs: list | None = None  # trace: inference, then the training step (a list of models: one list per model)
     kernel: Kernel | None = None  # lower ... tile: the kernel IR, refined by each step
+    exploration: Any = None  # tile, when it explored: every design point (passes/explore.py)
     schedule: Schedule | None = None  # tile's bank check / schedule; None if the RTL cannot map the kernel
     schedule_error: Exception | None = None  # why there is no schedule
     rtl_plan: RtlPlan | None = None  # made once, from the schedule (Design.rtl_plan)
@@ -131,7 +134,8 @@ def _lower(ctx: CompileContext):
     if ctx.many_models:  # each model lowered alone, then merged into one kernel (lower/models.py)
         trains = ctx.trains or [None] * len(ctx.model)
         ctx.kernel = lower.run_models(ctx.graphs, ctx.name, [lower.describe_model(m, t) for m, t in
-                                                            zip(ctx.model, trains, strict=True)])
+                                                            zip(ctx.model, trains, strict=True)],
+                                      stack_models=ctx.stack_models)
     else:
         ctx.kernel = lower.run(ctx.graphs, ctx.name)
     return ctx.kernel
@@ -156,7 +160,9 @@ def _tile(ctx: CompileContext):
     from .errors import ResourceBudgetError
     from .passes import estimate, schedule, tile
 
-    tile.assign_lanes(ctx.kernel, ctx.lanes, ctx.target)
+    if _explores(ctx):
+        return _tile_by_exploring(ctx)
+    tile.assign_lanes(ctx.kernel, ctx.lanes, ctx.target, 1 if ctx.model_lanes == "auto" else ctx.model_lanes)
     try:  # the bank check schedules the lanes it keeps: that schedule is the "schedule" step's
         ctx.schedule = tile.keep_banks_mappable(ctx.kernel)
     except schedule.ScheduleError as e:  # not a lane problem: the RTL emitter reports it
@@ -165,6 +171,38 @@ def _tile(ctx: CompileContext):
     if over:
         raise ResourceBudgetError(ctx.target.name, over, "Use fewer lanes (lanes=...), narrower formats "
                                   "(precision=...), a smaller batch, or a larger target (fx2fpga targets).")
+    return ctx.kernel
+
+
+def _explores(ctx: CompileContext) -> bool:
+    """Whether the tile step explores design points on the calibrated RTL model (``passes/explore.py``):
+    ``lanes="auto"`` or, on a kernel stacked on a model axis, ``model_lanes="auto"``; for a target whose
+    RTL the model is calibrated for (xc7) and a folder with RTL."""
+    from .passes import tile
+
+    wants = ctx.lanes == "auto" or (ctx.model_lanes == "auto" and tile.model_count(ctx.kernel) > 1)
+    return wants and ctx.target.family == "xc7" and ctx.outputs != "hls"
+
+
+def _tile_by_exploring(ctx: CompileContext):
+    from .errors import ResourceBudgetError
+    from .passes import explore
+
+    result, kernel, sched = explore.explore(ctx.kernel, ctx.target, ctx.lanes, ctx.model_lanes, ctx.name,
+                                            ctx.progress)
+    ctx.exploration = result
+    if kernel is None:
+        if not result.points:
+            raise ResourceBudgetError(ctx.target.name, [], "No lane choice maps to the RTL.")
+        least = min(result.points, key=lambda p: p.usage)
+        t = ctx.target
+        needs = (("LUT", least.lut, t.lut), ("FF", least.ff, t.ff), ("DSP", least.dsp, t.dsp),
+                 ("BRAM36", least.bram36, t.bram36))
+        over = [(r, need, have) for r, need, have in needs if need > explore.AUTO_BUDGET * have]
+        raise ResourceBudgetError(ctx.target.name, over, f"No design point fits {explore.AUTO_BUDGET:.0%} of the "
+                                  f"budget (the smallest, {least.label} lanes, is shown). Use narrower formats "
+                                  "(precision=...), a smaller batch, fewer models, or a larger target.")
+    ctx.kernel, ctx.schedule = kernel, sched
     return ctx.kernel
 
 

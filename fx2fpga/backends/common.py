@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 
 from fx2fpga_runtime import interface
-from fx2fpga_runtime.ir import OPS, REDUCTION_OPS, Access, Affine, Buffer, Guard, Kernel, Stage
+from fx2fpga_runtime.ir import MODEL_VAR, OPS, REDUCTION_OPS, Access, Affine, Buffer, Guard, Kernel, Stage
 from fx2fpga_runtime.ops import OPS_TABLE
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
@@ -110,8 +110,11 @@ def check_stage(st: Stage, kernel: Kernel, where: str) -> None:
         raise KernelCheckError(f"{where}: a {st.op} reduction needs an accumulator format (stage.acc)")
     if st.out.guard or (st.reduce and len(st.ins) > arity and st.ins[arity].guard):
         raise KernelCheckError(f"{where}: only the operands of a stage may be guarded, not its output or init")
-    if st.lanes > 1 and (st.lane_var not in extents or st.lane_var in st.reduce):
-        raise KernelCheckError(f"{where}: lanes={st.lanes} needs lane_var to be a loop that is not reduced")
+    if st.lanes > 1 and (st.lane_var not in extents or st.lane_var in st.reduce or st.lane_var == MODEL_VAR):
+        raise KernelCheckError(f"{where}: lanes={st.lanes} needs lane_var to be a loop that is not reduced "
+                               f"(nor the model loop {MODEL_VAR})")
+    if st.model_lanes > 1 and MODEL_VAR not in extents:
+        raise KernelCheckError(f"{where}: model_lanes={st.model_lanes} needs the model loop {MODEL_VAR}")
     for acc in (st.out, *st.ins):
         if acc.buffer not in kernel.buffers:
             raise KernelCheckError(f"{where}: unknown buffer {acc.buffer!r}")
@@ -211,27 +214,28 @@ class BankSpec:
         return [(d + 1, f) for d, f in enumerate(self.factors) if f > 1]
 
 
-def lane_span(st: Stage, index: Affine) -> int:
-    """How many consecutive values of a lane-indexed dim the stage's lanes cover together: the
-    active lanes (at most the lane loop's extent) times the lane variable's ``|coefficient|``
-    (a strided convolution's input: stride x lanes; 1 under a ``/`` or ``%``)."""
-    lanes = min(st.lanes, next(lp.extent for lp in st.loops if lp.var == st.lane_var))
-    coeff = abs(dict(index.terms)[st.lane_var]) or 1
+def lane_span(st: Stage, index: Affine, var: str | None = None, lanes: int | None = None) -> int:
+    """How many consecutive values of a lane-indexed dim the stage's lanes over ``var`` (default: its
+    ``lane_var``, ``lanes``) cover together: the active lanes (at most the loop's extent) times the
+    variable's ``|coefficient|`` (a strided convolution's input: stride x lanes; 1 under a ``/`` or ``%``)."""
+    var, lanes = (st.lane_var, st.lanes) if var is None else (var, lanes)
+    lanes = min(lanes, next(lp.extent for lp in st.loops if lp.var == var))
+    coeff = abs(dict(index.terms)[var]) or 1
     return lanes * (coeff if index.div == 1 and not index.mod else 1)
 
 
 def buffer_banking(kernel: Kernel) -> dict[str, BankSpec]:
-    """The banking of every buffer: along each dim a lane variable indexes, the least common
-    multiple of the spans the stages' lanes cover there (``lane_span``), at most the dim's size."""
+    """The banking of every buffer: along each dim a lane variable indexes (the model loop's included),
+    the least common multiple of the spans the stages' lanes cover there (``lane_span``), at most the
+    dim's size."""
     factors = {name: [1] * len(buf.shape) for name, buf in kernel.buffers.items()}
     for st in kernel.stages():
-        if st.lanes <= 1 or st.lane_var is None:
-            continue
-        for acc in (st.out, *st.ins):
-            for d, ix in enumerate(acc.index):
-                if st.lane_var in ix.vars():
-                    size = kernel.buffers[acc.buffer].shape[d]
-                    f = factors[acc.buffer]
-                    f[d] = min(size, math.lcm(f[d], lane_span(st, ix)))
+        for var, lanes in st.lane_loops():
+            for acc in (st.out, *st.ins):
+                for d, ix in enumerate(acc.index):
+                    if var in ix.vars():
+                        size = kernel.buffers[acc.buffer].shape[d]
+                        f = factors[acc.buffer]
+                        f[d] = min(size, math.lcm(f[d], lane_span(st, ix, var, lanes)))
     return {name: BankSpec(name, tuple(buf.shape), tuple(factors[name]))
             for name, buf in kernel.buffers.items()}

@@ -12,6 +12,7 @@ from fx2fpga_runtime.ir import Kernel
 from ..handoffs import graph_info
 from . import elementwise, layers, reductions, shapes
 from .graph import GraphLowering, KernelBuilder, supported_op_names
+from .model_axis import stack, stackable
 from .models import ModelEntry, describe_model, merge
 
 RULES: dict = {**reductions.RULES, **elementwise.RULES, **shapes.RULES, **layers.RULES}
@@ -31,9 +32,15 @@ def run(graphs: list[torch.fx.GraphModule], name: str) -> Kernel:
     return kb.build()
 
 
-def run_models(graphs: list[list[torch.fx.GraphModule]], name: str, entries: list[ModelEntry]) -> Kernel:
-    """Lower each model's graphs alone, then merge them into one kernel (``lower/models.py``)."""
-    return merge([run(g, f"{name}_m{i}") for i, g in enumerate(graphs)], name, entries)
+def run_models(graphs: list[list[torch.fx.GraphModule]], name: str, entries: list[ModelEntry],
+               stack_models: bool = True) -> Kernel:
+    """Lower each model's graphs alone, then join them into one kernel: stacked on a model axis
+    when they share one architecture and ``stack_models`` (``lower/model_axis.py``), else merged
+    to run one after another (``lower/models.py``)."""
+    kernels = [run(g, f"{name}_m{i}") for i, g in enumerate(graphs)]
+    if stack_models and stackable(kernels):
+        return stack(kernels, name, entries)
+    return merge(kernels, name, entries)
 
 
 __all__ = ["RULES", "describe_model", "run", "run_models", "supported_ops"]

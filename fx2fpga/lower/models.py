@@ -19,10 +19,9 @@ from dataclasses import asdict, dataclass, field, replace
 from fx2fpga_runtime.ir import Access, Kernel, Program, Stage
 
 from ..errors import Fx2fpgaError
-from ..handoffs import LOWERING_KEY, LoweringFacts, lowering_facts
+from ..handoffs import LOWERING_KEY, UNIFIED_KEY, LoweringFacts, lowering_facts
 
 MODELS_KEY = "models"  # kernel.meta key: one ModelEntry (as a dict) per model
-UNIFIED_KEY = "models_unified"  # kernel.meta key: shared inputs whose range or class count differed, and how
 
 
 class ModelMergeError(Fx2fpgaError):
@@ -41,6 +40,7 @@ class ModelEntry:
     lr: float | None = None  # its SGD settings (None: inference)
     momentum: float | None = None
     weight_decay: float | None = None
+    index: int | None = None  # its row on the model axis of a stacked kernel (None: the buffers are its own)
 
 
 def describe_model(module, train) -> ModelEntry:

@@ -18,7 +18,7 @@ from fx2fpga_runtime.ir import Buffer, Kernel, Stage
 from fx2fpga_runtime.ops import OPS_TABLE
 
 from ..errors import PrecisionError
-from ..handoffs import lowering_facts
+from ..handoffs import UNIFIED_KEY, lowering_facts
 
 MAX_ACC_WIDTH = 62
 TABLE_SEGMENTS = 1024  # at most this many linear segments per function table
@@ -91,11 +91,9 @@ def run(kernel: Kernel, precision: Precision) -> Kernel:
     used = set()
     for buf in kernel.buffers.values():
         override = _override(buf, precision, used)
-        buf.fmt = override or _buffer_format(buf, precision, const_values.get(buf.name))
-        if override is None and buf.name in absmax and buf.kind in ("activation", "gradient"):
-            buf.fmt = widen_to_range(buf.fmt, absmax[buf.name], precision.range_margin_bits)
-        if override is None and buf.kind == "statistic":
-            buf.fmt = fit_to_range(buf.fmt, absmax.get(buf.name, 0.0), STATISTIC_MARGIN_BITS)
+        buf.fmt = override or _decide_format(buf, precision, const_values.get(buf.name), absmax.get(buf.name))
+        if override is None and facts.per_model:
+            _note_unified(kernel, buf, precision, facts.per_model)
         if buf.role == "const":
             buf.init = tuple(int(v) for v in buf.fmt.quantize(const_values[buf.name]))
         if buf.role == "param":
@@ -115,6 +113,41 @@ def run(kernel: Kernel, precision: Precision) -> Kernel:
             if stage.op == "table":
                 _build_table(stage, kernel)
     return kernel
+
+
+def _decide_format(buf: Buffer, p: Precision, const_values, absmax: float | None) -> Fixed:
+    """A buffer's format from its kind (or constant values), widened to its profiled range."""
+    fmt = _buffer_format(buf, p, const_values)
+    if absmax is not None and buf.kind in ("activation", "gradient"):
+        fmt = widen_to_range(fmt, absmax, p.range_margin_bits)
+    if buf.kind == "statistic":
+        fmt = fit_to_range(fmt, absmax or 0.0, STATISTIC_MARGIN_BITS)
+    return fmt
+
+
+def _note_unified(kernel: Kernel, buf: Buffer, p: Precision, per_model: list) -> None:
+    """On a kernel stacked on a model axis, a buffer whose models would each get a different format
+    alone (their ranges or constants differ) has the one that holds them all: say so for the report."""
+    alone = [_decide_format(buf, p, f.const_values.get(buf.name), f.absmax.get(buf.name)) for f in per_model]
+    if len(set(alone)) == 1:
+        return
+    groups: dict[Fixed, list[int]] = {}
+    for i, fmt in enumerate(alone):
+        groups.setdefault(fmt, []).append(i)
+    what = "; ".join(f"model{'s' if len(ms) > 1 else ''} {_ranges(ms)}: {fmt}" for fmt, ms in groups.items())
+    why = "its constant differs between the models" if buf.role == "const" else "the models' profiled ranges differ"
+    kernel.meta.setdefault(UNIFIED_KEY, []).append(
+        f"{buf.name}: {buf.fmt} for all ({why}; alone: {what})")
+
+
+def _ranges(ids: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2, 5"``."""
+    out, start = [], ids[0]
+    for a, b in zip(ids, [*ids[1:], None], strict=True):
+        if b != a + 1:
+            out.append(str(a) if a == start else f"{start}-{a}")
+            start = b
+    return ", ".join(out)
 
 
 def _override(buf: Buffer, p: Precision, used: set) -> Fixed | None:

@@ -38,6 +38,7 @@ different words of the same bank; a kernel that would need that is refused with 
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -169,6 +170,7 @@ class Port:
     guard: tuple[Guard, ...] = ()  # over the counters: the request happens only where all hold (ir.Guard)
     banks: tuple[int, ...] = ()  # the banks it can hit (filled by the enumeration)
     dim_bits: tuple[int, ...] = ()  # per index: bits of its largest value before div/mod (enumerated)
+    served: tuple[int, ...] = (0,)  # reads: the lanes whose operand this request's data is
 
 
 @dataclass
@@ -229,21 +231,22 @@ def mac_utilization(phase: Phase) -> float:
 
 # ----- building the phases ----------------------------------------------------------------------------
 
-def _rebase(a: Affine, slots: dict[str, int], lane_var: str | None, lanes: int, lane: int, drop=()) -> Affine:
-    """``a`` over counters: each loop variable becomes ``c<k>``; the lane variable ``lanes*c<k> + lane``."""
+def _rebase(a: Affine, slots: dict[str, int], steps: dict[str, int], offsets: dict[str, int], drop=()) -> Affine:
+    """``a`` over counters: each loop variable becomes ``c<k>``; a lane variable ``lanes*c<k> + lane``
+    (``steps``: lanes per lane variable, ``offsets``: this lane's offset on each)."""
     terms, const = [], a.const
     for var, coeff in a.terms:
         if var in drop:
             continue
-        if var == lane_var:
-            const += coeff * lane
-            coeff *= lanes
+        if var in steps:
+            const += coeff * offsets[var]
+            coeff *= steps[var]
         terms.append((f"c{slots[var]}", coeff))
     return Affine(tuple(terms), const, a.div, a.mod)
 
 
-def _rebase_guards(guards, slots, lane_var, lanes, lane) -> tuple[Guard, ...]:
-    return tuple(Guard(_rebase(g.expr, slots, lane_var, lanes, lane), g.bound, g.step) for g in guards)
+def _rebase_guards(guards, slots, steps, offsets) -> tuple[Guard, ...]:
+    return tuple(Guard(_rebase(g.expr, slots, steps, offsets), g.bound, g.step) for g in guards)
 
 
 def streamed_operands(st: Stage) -> int:
@@ -255,36 +258,48 @@ def streamed_operands(st: Stage) -> int:
 
 def _stage_phase(st: Stage, kernel: Kernel, where: str) -> Phase:
     extents = {lp.var: lp.extent for lp in st.loops}
-    lanes = max(1, st.lanes)
-    if lanes > 1 and (st.lane_var not in extents or st.lane_var in st.reduce):
-        raise ScheduleError(f"{where}: lanes={lanes} needs lane_var to be a loop that is not reduced")
-    lane_var = st.lane_var if lanes > 1 else None
+    if st.lanes > 1 and (st.lane_var not in extents or st.lane_var in st.reduce):
+        raise ScheduleError(f"{where}: lanes={st.lanes} needs lane_var to be a loop that is not reduced")
+    steps = dict(st.lane_loops())  # lane variable -> its lanes (the model loop first)
+    # lane L of the phase is one offset per lane variable, row-major: (model lane, lane) -> m * lanes + l
+    lane_offsets = [dict(zip(steps, combo, strict=True)) for combo in itertools.product(*map(range, steps.values()))]
+    lanes = len(lane_offsets)
     order = [lp for lp in st.loops if lp.var not in st.reduce] + [lp for lp in st.loops if lp.var in st.reduce]
-    counters = tuple(Counter(lp.var, lp.extent, lanes if lp.var == lane_var else 1) for lp in order)
+    counters = tuple(Counter(lp.var, lp.extent, steps.get(lp.var, 1)) for lp in order)
     slots = {c.var: k for k, c in enumerate(counters)}
     reduce = tuple(slots[v] for v in st.reduce)
     delay = write_delay(st.op)
     phase = Phase(st.name, "stage", counters, delay, reduce=reduce, stage=st, lanes=lanes)
     operands = streamed_operands(st)
 
-    def lane_guard(lane: int) -> tuple[Guard, ...]:
-        """Lanes past the loop's end in its last, partial group: no request."""
-        if lane_var is None or (lanes * (counters[slots[lane_var]].count - 1) + lane) < extents[lane_var]:
-            return ()
-        return (Guard(Affine(((f"c{slots[lane_var]}", lanes),), lane), extents[lane_var]),)
+    def lane_guard(offsets: dict[str, int]) -> tuple[Guard, ...]:
+        """Lanes past a lane loop's end in its last, partial group: no request."""
+        out = []
+        for var, n in steps.items():
+            k = slots[var]
+            if n * (counters[k].count - 1) + offsets[var] >= extents[var]:
+                out.append(Guard(Affine(((f"c{k}", n),), offsets[var]), extents[var]))
+        return tuple(out)
 
     for o, acc in enumerate(st.ins):
         drop = st.reduce if o >= operands else ()  # a reduction's init is read at its first point
-        varying = lane_var is not None and lane_var in {v for ix in (*acc.index, *(g.expr for g in acc.guard))
-                                                          for v in ix.vars()}
-        for lane in range(lanes if varying else 1):
-            index = tuple(_rebase(ix, slots, lane_var, lanes, lane, drop) for ix in acc.index)
-            guard = _rebase_guards(acc.guard, slots, lane_var, lanes, lane) + lane_guard(lane)
-            phase.reads.append(Port(acc.buffer, index, 0, lane, o, guard=guard))
-    for lane in range(lanes):
-        index = tuple(_rebase(ix, slots, lane_var, lanes, lane, st.reduce) for ix in st.out.index)
+        used = {v for ix in (*acc.index, *(g.expr for g in acc.guard)) for v in ix.vars()}
+        varying = [v for v in steps if v in used]  # a lane variable the read depends on: one request per lane
+        ports: dict[tuple, Port] = {}
+        for lane, offsets in enumerate(lane_offsets):
+            key = tuple(offsets[v] for v in varying)
+            if key in ports:
+                ports[key].served += (lane,)  # the same word as an earlier lane's request: its data, shared
+                continue
+            mine = {v: (offsets[v] if v in varying else 0) for v in steps}
+            index = tuple(_rebase(ix, slots, steps, mine, drop) for ix in acc.index)
+            guard = _rebase_guards(acc.guard, slots, steps, mine) + lane_guard(mine)
+            ports[key] = Port(acc.buffer, index, 0, lane, o, guard=guard, served=(lane,))
+        phase.reads += ports.values()
+    for lane, offsets in enumerate(lane_offsets):
+        index = tuple(_rebase(ix, slots, steps, offsets, st.reduce) for ix in st.out.index)
         phase.writes.append(Port(st.out.buffer, index, delay, lane, 0, last_only=bool(st.reduce),
-                                 guard=lane_guard(lane)))
+                                 guard=lane_guard(offsets), served=(lane,)))
     return phase
 
 

@@ -17,7 +17,7 @@ window read by a transposed index) falls back to fewer lanes, so every kernel st
 
 from __future__ import annotations
 
-from fx2fpga_runtime.ir import Kernel, Stage
+from fx2fpga_runtime.ir import MODEL_VAR, Kernel, Stage
 
 from . import estimate, schedule
 
@@ -32,7 +32,7 @@ def lane_count(extent: int, requested: int) -> int:
 def _lane_loop(stage: Stage, requested: int | None = None):
     """The non-reduced loop the lanes run over: the one allowing the most lanes (``requested``:
     at most that many; None: the longest loop), the innermost of equals."""
-    free = [lp for lp in stage.loops if lp.var not in stage.reduce and lp.extent > 1]
+    free = [lp for lp in stage.loops if lp.var not in stage.reduce and lp.extent > 1 and lp.var != MODEL_VAR]
     if not free:
         return None
     return max(reversed(free), key=lambda lp: lane_count(lp.extent, requested) if requested else lp.extent)
@@ -87,8 +87,25 @@ def keep_banks_mappable(kernel: Kernel) -> schedule.Schedule:
             stage.lane_var = stage.lane_var if stage.lanes > 1 else None
 
 
-def assign_lanes(kernel: Kernel, lanes: int | str, target=None) -> None:
-    """Set ``lanes``/``lane_var`` on every stage: a number per stage, or ``"auto"`` (not yet bank-checked)."""
+def model_count(kernel: Kernel) -> int:
+    """The models on the model axis of a stacked kernel (``lower/model_axis.py``); 1 for any other kernel."""
+    loops = [lp.extent for st in kernel.stages() for lp in st.loops if lp.var == MODEL_VAR]
+    return max(loops, default=1)
+
+
+def assign_model_lanes(kernel: Kernel, model_lanes: int) -> None:
+    """Run every stage of a stacked kernel on ``model_lanes`` models at once (a divisor of the model count)."""
+    if not isinstance(model_lanes, int) or model_lanes < 1:
+        raise ValueError(f"model_lanes must be a positive integer or 'auto', got {model_lanes!r}")
+    n = model_count(kernel)
+    for stage in kernel.stages():
+        stage.model_lanes = lane_count(n, model_lanes) if any(lp.var == MODEL_VAR for lp in stage.loops) else 1
+
+
+def assign_lanes(kernel: Kernel, lanes: int | str, target=None, model_lanes: int | str = 1) -> None:
+    """Set ``lanes``/``lane_var`` on every stage: a number per stage, or ``"auto"`` (not yet bank-checked);
+    on a stacked kernel also ``model_lanes`` (``"auto"``: every model at once)."""
+    assign_model_lanes(kernel, model_count(kernel) if model_lanes == "auto" else model_lanes)
     if lanes == "auto":
         if target is None:
             raise ValueError("lanes='auto' needs the target's budget")

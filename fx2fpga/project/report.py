@@ -18,18 +18,61 @@ def _models_section(k) -> list[str]:
     models = k.meta.get("models")
     if not models:
         return []
-    out = [f"## Models: {len(models)} in one kernel", "",
-           "Each program runs the models one after another, on the same inputs (they cross the bus once). "
-           "Every buffer and stage of model i is prefixed `m<i>_`.", ""]
-    rows = [[i, f"`{m['prefix']}`", m["model"], f"{m['values']:,}", _setting(m["lr"]), _setting(m["momentum"]),
-             _setting(m["weight_decay"]), ", ".join(f"`{b}`" for bs in m["outputs"].values() for b in bs)]
+    stacked = models[0].get("index") is not None
+    if stacked:
+        side = max(s.model_lanes for s in k.stages())
+        how = (f"The models share one architecture, so they share one datapath: every buffer of a model has a "
+               f"leading model axis (model i is row i) and every stage loops over `mdl`, {side} model"
+               f"{'s' if side > 1 else ''} at once (`model_lanes`), on the same inputs (they cross the bus once).")
+        formats = "one format per buffer serves every model; buffers whose models would differ alone"
+    else:
+        how = ("Each program runs the models one after another, on the same inputs (they cross the bus once). "
+               "Every buffer and stage of model i is prefixed `m<i>_`.")
+        formats = "each model's buffers have the formats it gets compiled alone; shared inputs unified"
+    out = [f"## Models: {len(models)} in one kernel", "", how, ""]
+    rows = [[i, f"row {m['index']}" if stacked else f"`{m['prefix']}`", m["model"], f"{m['values']:,}",
+             _setting(m["lr"]), _setting(m["momentum"]), _setting(m["weight_decay"]),
+             ", ".join(f"`{b}`" for bs in m["outputs"].values() for b in bs)]
             for i, m in enumerate(models)]
-    out += _table(["model", "prefix", "class", "parameter values", "lr", "momentum", "weight decay", "outputs"], rows)
+    out += _table(["model", "buffers" if stacked else "prefix", "class", "parameter values", "lr", "momentum",
+                   "weight decay", "outputs"], rows)
     shared = sorted({b for p in k.programs.values() for b in p.inputs})
     out += ["", f"Shared inputs: {', '.join(f'`{b}` ({k.buffers[b].fmt})' for b in shared) or 'none'}.",
             f"Formats unified across models: {'; '.join(k.meta.get('models_unified') or []) or 'none'} "
-            "(each model's buffers have the formats it gets compiled alone).", ""]
+            f"({formats}).", ""]
     return out
+
+
+def _exploration_section(design) -> list[str]:
+    """The design points the tile step weighed (``passes/explore.py``), when it explored."""
+    result = getattr(design.context, "exploration", None)
+    if result is None or not result.points:
+        return []
+    t = design.target
+    out = ["## Design points", "",
+           f"`lanes`/`model_lanes` chosen on exact RTL cycles and the RTL resource model calibrated against Yosys: "
+           f"the fastest point within {result.budget:.0%} of every resource of {t.name}. Model-steps/s count one "
+           f"call of the main program plus its bus transfer at {t.clock_mhz:g} MHz.", ""]
+    rows = [[f"{p.model_lanes} x {p.lanes}", f"{p.cycles:,}", f"{p.bus_cycles:,}", f"{p.model_steps_per_s:,.0f}",
+             f"{p.lut:,}", f"{p.ff:,}", p.dsp, f"{p.bram36:g}", f"{p.usage:.0%}",
+             "**chosen**" if p.chosen else ("front" if p.pareto else "")] for p in result.points]
+    out += _table(["model lanes x lanes", "cycles", "bus cycles", "model-steps/s", "LUT", "FF", "DSP", "BRAM36",
+                   "of budget", ""], rows)
+    return out + [""]
+
+
+def _calibrated_rows(design) -> list[list]:
+    """The generated RTL's LUT, FF and BRAM36 by the calibrated resource model (xc7 targets with RTL only)."""
+    t = design.target
+    plan = design.rtl_plan() if t.family == "xc7" else None
+    if plan is None:
+        return []
+    from ..passes import resources
+
+    r = resources.rtl_resources(plan, t)
+    return [[f"{name} in the generated RTL, calibrated model", f"{need:,}" if isinstance(need, int) else f"{need:g}",
+             have, f"{100 * need / have:.1f}%"]
+            for name, need, have in (("LUT", r.lut, t.lut), ("FF", r.ff, t.ff), ("BRAM36", r.bram36, t.bram36))]
 
 
 def _setting(value) -> str:
@@ -47,6 +90,7 @@ def report_text(design) -> str:
             f"- precision: weights {design.precision.weight}, activations {design.precision.activation}, "
             f"gradients {design.precision.gradient}, accumulators {design.precision.accumulator}", ""]
     out += _models_section(k)
+    out += _exploration_section(design)
     out += ["## Estimated resources (before synthesis)", ""]
     rows = [[f"DSP ({t.dsp_kind})", res.dsp, t.dsp, f"{100 * res.dsp / t.dsp:.1f}%"]]
     rtl_dsp = design.rtl_dsp_blocks()
@@ -54,6 +98,7 @@ def report_text(design) -> str:
         rows.append([f"DSP ({t.dsp_kind}) in the generated RTL, exact", rtl_dsp, t.dsp,
                      f"{100 * rtl_dsp / t.dsp:.1f}%"])
     rows.append(["BRAM36", f"{res.bram36:g}", t.bram36, f"{100 * res.bram36 / t.bram36:.1f}%"])
+    rows += _calibrated_rows(design)
     out += _table(["resource", "estimate", f"{t.name} budget", "use"], rows)
     over = rtl_dsp_over_budget(design)
     if over:

@@ -47,6 +47,11 @@ init input of a reduction are never guarded.
 
 ``stage.lanes`` copies of the datapath work on ``lanes`` consecutive values of the
 non-reduced loop ``stage.lane_var`` at once; the results do not depend on it.
+
+A kernel of models stacked on a model axis (``fx2fpga/lower/model_axis.py``) gives every
+per-model buffer a leading dim of size N and every stage an outermost loop ``MODEL_VAR`` over
+the models; ``stage.model_lanes`` copies of the stage's lanes work on that many models at once
+(each model's rows in banks of their own), so a stage has ``model_lanes * lanes`` lanes in all.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ REDUCTION_OPS = tuple(name for name, spec in OPS_TABLE.items() if spec.reduction
 OPS = ELEMENTWISE_OPS + REDUCTION_OPS
 ARITY = {name: spec.arity for name, spec in OPS_TABLE.items()}
 ROLES = ("param", "input", "target", "output", "temp", "const")
+MODEL_VAR = "mdl"  # the loop over the models of a kernel stacked on a model axis
 
 
 @dataclass(frozen=True)
@@ -176,6 +182,22 @@ class Stage:
     lane_var: str | None = None
     source: str = ""  # the user's model line, "model.py:12"
     origin: str = ""  # the fx node (and ATen op) the stage came from
+    model_lanes: int = 1  # lanes over the model loop MODEL_VAR (a kernel stacked on a model axis)
+
+    def lane_loops(self) -> tuple[tuple[str, int], ...]:
+        """``(loop variable, lanes)`` of each loop the stage's lanes run over, outermost first:
+        the model loop (``model_lanes``), then ``lane_var``; lane ``(m, l)`` is lane ``m * lanes + l``."""
+        out = []
+        if self.model_lanes > 1:
+            out.append((MODEL_VAR, self.model_lanes))
+        if self.lanes > 1 and self.lane_var is not None:
+            out.append((self.lane_var, self.lanes))
+        return tuple(out)
+
+    @property
+    def total_lanes(self) -> int:
+        """All the stage's lanes: ``model_lanes * lanes``."""
+        return max(1, self.model_lanes) * max(1, self.lanes)
 
     @property
     def iterations(self) -> int:
@@ -224,7 +246,12 @@ class Kernel:
 
 
 def _to_plain(k: Kernel) -> dict:
-    return asdict(k)
+    d = asdict(k)
+    for prog in d["programs"].values():
+        for st in prog["stages"]:
+            if st["model_lanes"] == 1:
+                del st["model_lanes"]  # one model at a time: the kernel.json of a one-model kernel is unchanged
+    return d
 
 
 def _fixed_from(d: dict | None) -> Fixed | None:
@@ -251,6 +278,7 @@ def _stage_from(d: dict) -> Stage:
         out=_access_from(d["out"]), ins=tuple(_access_from(a) for a in d["ins"]),
         reduce=tuple(d["reduce"]), acc=_fixed_from(d["acc"]), attrs=dict(d["attrs"]),
         lanes=d["lanes"], lane_var=d["lane_var"], source=d["source"], origin=d["origin"],
+        model_lanes=d.get("model_lanes", 1),
     )
 
 
@@ -260,5 +288,5 @@ def _program_from(d: dict) -> Program:
 
 __all__ = [
     "Access", "Affine", "Buffer", "Fixed", "Guard", "Kernel", "Loop", "Program", "Stage",
-    "OPS", "ELEMENTWISE_OPS", "REDUCTION_OPS", "ARITY", "ROLES", "replace",
+    "MODEL_VAR", "OPS", "ELEMENTWISE_OPS", "REDUCTION_OPS", "ARITY", "ROLES", "replace",
 ]

@@ -84,6 +84,12 @@ class KernelRunner:
             return [list(self.kernel.programs[program].outputs)]
         return [list(m["outputs"][program]) for m in self.models]
 
+    def _row(self, value: np.ndarray, model: int) -> np.ndarray:
+        """Model ``model``'s part of a buffer's value: its row on the model axis of a stacked kernel
+        (``lower/model_axis.py``), else the whole buffer (the model's own)."""
+        index = None if self.models is None else self.models[model].get("index")
+        return value if index is None else value[index]
+
     def _param_groups(self) -> list[list[str]]:
         """The parameter buffers, grouped by model (one group for a one-model kernel)."""
         return [list(self.kernel.params)] if self.models is None else [list(m["params"]) for m in self.models]
@@ -96,7 +102,7 @@ class KernelRunner:
         of one shape, else a list of N outputs (each an array, or a tuple if several).
         """
         out = self._to_float(self.call_raw("infer", self._quantize_inputs("infer", inputs)))
-        per_model = [[out[n] for n in names] for names in self._per_model("infer")]
+        per_model = [[self._row(out[n], i) for n in names] for i, names in enumerate(self._per_model("infer"))]
         vals = [v[0] if len(v) == 1 else tuple(v) for v in per_model]
         if self.models is None:
             return vals[0]
@@ -110,7 +116,8 @@ class KernelRunner:
         if "train_step" not in self.kernel.programs:
             raise RuntimeError("this kernel was compiled for inference only: pass train=fx2fpga.SGD(...) to compile")
         out = self._to_float(self.call_raw("train_step", self._quantize_inputs("train_step", inputs)))
-        losses = [float(out[names[0]].reshape(())) for names in self._per_model("train_step")]
+        groups = self._per_model("train_step")
+        losses = [float(self._row(out[names[0]], i).reshape(())) for i, names in enumerate(groups)]
         return losses[0] if self.models is None else np.array(losses)
 
     def get_params_raw(self) -> dict[str, np.ndarray]:
@@ -124,8 +131,8 @@ class KernelRunner:
         models: a list of N such dicts, in model order)."""
         raw = self.get_params_raw()
         names = self.kernel.param_names
-        groups = [{names.get(b, b): self.kernel.buffers[b].fmt.to_float(raw[b]) for b in group}
-                  for group in self._param_groups()]
+        groups = [{names.get(b, b): self._row(self.kernel.buffers[b].fmt.to_float(raw[b]), i) for b in group}
+                  for i, group in enumerate(self._param_groups())]
         return groups[0] if self.models is None else groups
 
     def set_params(self, params: dict | list[dict]) -> None:
@@ -140,11 +147,13 @@ class KernelRunner:
                              f"dicts (one per model, in model order), got {got}")
         current = self.get_params_raw()
         for i, (group, values) in enumerate(zip(groups, params, strict=True)):
-            self._quantize_params(group, values, current, "" if self.models is None else f"model {i}: ")
+            self._quantize_params(group, values, current, i)
         self.set_params_raw(current)
 
-    def _quantize_params(self, group: list[str], params: dict, raw: dict[str, np.ndarray], where: str) -> None:
-        """Quantize ``params`` (keyed by the model's names) into ``raw`` (keyed by buffer)."""
+    def _quantize_params(self, group: list[str], params: dict, raw: dict[str, np.ndarray], model: int) -> None:
+        """Quantize model ``model``'s ``params`` (keyed by its names) into ``raw`` (keyed by buffer)."""
+        where = "" if self.models is None else f"model {model}: "
+        index = None if self.models is None else self.models[model].get("index")
         by_model_name = {self.kernel.param_names.get(b, b): b for b in group}
         unknown = set(params) - set(by_model_name)
         if unknown:
@@ -155,9 +164,14 @@ class KernelRunner:
             if hasattr(value, "detach"):  # a torch tensor, without importing torch
                 value = value.detach().cpu().numpy()
             a = np.asarray(value, dtype=np.float64)
-            if a.shape != buf.shape:
-                raise ValueError(f"{where}parameter {name} must have shape {buf.shape}, got {a.shape}")
-            raw[b] = buf.fmt.quantize(a)
+            shape = buf.shape if index is None else buf.shape[1:]
+            if a.shape != shape:
+                raise ValueError(f"{where}parameter {name} must have shape {shape}, got {a.shape}")
+            if index is None:
+                raw[b] = buf.fmt.quantize(a)
+            else:
+                raw[b] = raw[b].copy()
+                raw[b][index] = buf.fmt.quantize(a)
 
     def close(self) -> None:
         self.backend.close()

@@ -431,20 +431,26 @@ class _Wiring:
             mem["read_banks"].update(port.banks)
             sel = f"rsel_p{i}_r{r}" if len(port.banks) > 1 else None
             if sel:  # a bank known at run time: a registered multiplexer picks its data
-                self.data_of[i, port.operand, port.lane] = f"data_p{i}_r{r}"
+                self._serve(self.data_of, i, port, f"data_p{i}_r{r}")
                 self.muxes.append({"name": f"data_p{i}_r{r}", "sel": sel, "sel_bits": mem["bank_bits"],
                                    "width": mem["width"],
                                    "banks": [(b, f"rdq_{port.buffer}_{b}") for b in port.banks]})
             else:  # one bank: its data's second register, shared by every request of that bank
-                self.data_of[i, port.operand, port.lane] = f"rdd_{port.buffer}_{port.banks[0]}"
+                self._serve(self.data_of, i, port, f"rdd_{port.buffer}_{port.banks[0]}")
                 mem["direct_banks"].add(port.banks[0])
             ok = f"ok_p{i}_r{r}" if port.guard else None
             if ok:
-                self.ok_of[i, port.operand, port.lane] = ok
+                self._serve(self.ok_of, i, port, ok)
             self.reads.append({"phase": i, "memory": port.buffer,
                                "index": [controller.affine_spec(a) for a in port.index],
                                "banks": list(port.banks), "sel": sel, "ok": ok, "guard": _guard_spec(port.guard),
                                "dim_bits": list(port.dim_bits)})
+
+    @staticmethod
+    def _serve(table: dict, i: int, port, signal: str) -> None:
+        """``signal`` is operand ``port.operand`` of every lane the read request serves."""
+        for lane in port.served:
+            table[i, port.operand, lane] = signal
 
     def add_writes(self, ph, i: int) -> None:
         """The write requests of phase ``i``, each bank's data sources numbered."""

@@ -1,0 +1,156 @@
+"""Design-space exploration: lanes and models side by side, chosen under the target's real budget.
+
+A design point is a lane request for every stage (``lanes``) and, on a kernel stacked on a model
+axis, how many models each stage computes at once (``model_lanes``). Each point is scheduled
+(exact RTL cycles, ``passes/schedule.py``) and planned (``backends/rtl/emit.py``), and its LUT, FF,
+DSP and BRAM36 come from the RTL resource model calibrated against Yosys (``passes/resources.py``),
+not from the HLS-style multiplier-per-stage estimate (the RTL shares its multipliers).
+
+Its speed is model throughput: models trained (or run) per second, one call of the kernel's main
+program (``train_step``, else ``infer``) costing its exact RTL cycles plus the bus transfer of its
+words at the target's measured bus rate (``bus_mbytes_per_s``).
+
+``lanes="auto"`` keeps the fastest point whose every resource is within ``AUTO_BUDGET`` of the
+target's (a margin for the model's error; docs/rtl.md, "Resource model"); ``fx2fpga explore``
+writes every point, the Pareto front (resources against model-steps/s) and the chosen one as
+JSON and a PNG.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+
+from fx2fpga_runtime import interface
+from fx2fpga_runtime.ir import Kernel
+
+from . import resources, schedule, tile
+
+AUTO_BUDGET = 0.8  # share of each of the target's resources the chosen point may use
+LANE_REQUESTS = (1, 2, 4, 8, 16, 32)  # the per-stage lane requests tried
+
+
+@dataclass
+class DesignPoint:
+    """One point of the design space: its knobs, exact cycles, predicted resources and throughput."""
+
+    model_lanes: int
+    lanes: int
+    models: int
+    program: str  # the program whose calls count as model steps
+    cycles: int  # exact RTL cycles of one call of ``program``
+    bus_cycles: int  # its words over the bus, at the target's bus rate, in clock cycles
+    lut: int
+    ff: int
+    dsp: int
+    bram36: float
+    model_steps_per_s: float
+    usage: float  # the largest share of any of the target's resources it uses
+    fits: bool  # every resource within AUTO_BUDGET of the target's
+    pareto: bool = False  # no other point is as fast with as little of every resource
+    chosen: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.model_lanes}x{self.lanes}"
+
+
+@dataclass
+class Exploration:
+    """Every point evaluated, and the one chosen (None when none fits)."""
+
+    target: str
+    clock_mhz: float
+    budget: float
+    points: list[DesignPoint] = field(default_factory=list)
+
+    @property
+    def chosen(self) -> DesignPoint | None:
+        return next((p for p in self.points if p.chosen), None)
+
+    def to_dict(self) -> dict:
+        return {"target": self.target, "clock_mhz": self.clock_mhz, "budget": self.budget,
+                "chosen": self.chosen.label if self.chosen else None,
+                "points": [asdict(p) for p in self.points]}
+
+
+def main_program(kernel: Kernel) -> str:
+    """The program whose calls are model steps: ``train_step`` in a training kernel, else ``infer``."""
+    return "train_step" if "train_step" in kernel.programs else next(iter(kernel.programs))
+
+
+def bus_cycles(kernel: Kernel, program: str, target) -> int:
+    """Clock cycles of one call's words (in and out, 4 bytes each) at the target's bus rate (0 without one)."""
+    rate = getattr(target, "bus_mbytes_per_s", None)
+    if not rate:
+        return 0
+    ins, outs = interface.command_buffers(kernel, program)
+    words = interface.word_count(kernel, ins) + interface.word_count(kernel, outs)
+    return math.ceil(4 * words / (rate * 1e6) * target.clock_mhz * 1e6)
+
+
+def candidates(kernel: Kernel, lanes, model_lanes) -> list[tuple[int, int]]:
+    """``(model_lanes, lanes)`` pairs to try: the given ones, or every divisor of the model count and
+    every lane request up to the longest loop for ``"auto"``."""
+    n = tile.model_count(kernel)
+    widest = max((lp.extent for st in kernel.stages() for lp in st.loops), default=1)
+    mls = [d for d in range(1, n + 1) if n % d == 0] if model_lanes == "auto" else [model_lanes]
+    ls = [r for r in LANE_REQUESTS if r <= widest] if lanes == "auto" else [lanes]
+    return [(m, ln) for m in mls for ln in ls]
+
+
+def evaluate(kernel: Kernel, target, model_lanes: int, lanes: int, name: str = "kernel"):
+    """The point ``(model_lanes, lanes)`` of ``kernel`` (not changed): ``(DesignPoint, tiled kernel, schedule)``;
+    ``(None, None, None)`` when the RTL cannot map it."""
+    from ..backends.rtl import emit as verilog  # (the backend imports the passes, not the reverse, at load)
+
+    k = copy.deepcopy(kernel)
+    tile.assign_lanes(k, lanes, target, model_lanes)
+    try:
+        sched = tile.keep_banks_mappable(k)
+        plan = verilog.plan(k, name, target.dsp_kind, sched)
+    except (schedule.ScheduleError, verilog.RtlCodegenError):
+        return None, None, None
+    res = resources.rtl_resources(plan, target)
+    program = main_program(k)
+    cycles, bus = sched.call_cycles(program), bus_cycles(k, program, target)
+    n = tile.model_count(k)
+    usage = max(res.lut / target.lut, res.ff / target.ff, res.dsp / target.dsp, res.bram36 / target.bram36)
+    point = DesignPoint(model_lanes, lanes, n, program, cycles, bus, res.lut, res.ff, res.dsp, res.bram36,
+                        n * target.clock_mhz * 1e6 / (cycles + bus), usage, usage <= AUTO_BUDGET)
+    return point, k, sched
+
+
+def explore(kernel: Kernel, target, lanes="auto", model_lanes="auto", name: str = "kernel", progress=None):
+    """Evaluate every candidate point; mark the Pareto front and the fastest point that fits.
+    Returns ``(Exploration, tiled kernel of the chosen point, its schedule)`` (None, None without one)."""
+    result = Exploration(target.name, target.clock_mhz, AUTO_BUDGET)
+    best = (None, None, None)
+    todo = candidates(kernel, lanes, model_lanes)
+    for i, (m, ln) in enumerate(todo):
+        point, k, sched = evaluate(kernel, target, m, ln, name)
+        if progress:
+            progress(f"explore {i + 1}/{len(todo)}: {m} model lanes x {ln} lanes"
+                     + (f": {point.model_steps_per_s:,.0f} model-steps/s, {point.usage:.0%} of the budget"
+                        if point else ": does not map"))
+        if point is None:
+            continue
+        result.points.append(point)
+        if point.fits and (best[0] is None or point.model_steps_per_s > best[0].model_steps_per_s):
+            best = (point, k, sched)
+    _mark_pareto(result.points)
+    if best[0] is not None:
+        best[0].chosen = True
+    return result, best[1], best[2]
+
+
+def _mark_pareto(points: list[DesignPoint]) -> None:
+    """A point is on the front when no other is at least as fast while using at most as much of every resource
+    (and better in one)."""
+    def keys(p):
+        return (-p.model_steps_per_s, p.lut, p.ff, p.dsp, p.bram36)
+
+    for p in points:
+        p.pareto = not any(all(a <= b for a, b in zip(keys(q), keys(p), strict=True)) and keys(q) != keys(p)
+                           for q in points)

@@ -1,0 +1,73 @@
+"""passes/explore.py: design points on exact cycles and the calibrated RTL model; "auto" keeps the fastest
+that fits; the Pareto front."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fx2fpga
+from fx2fpga.passes import explore, resources
+
+
+@pytest.fixture(scope="module")
+def auto_mlp(mlp_example):
+    sgd = fx2fpga.SGD(F.cross_entropy, mlp_example.example_targets, 0.1)
+    return fx2fpga.compile(mlp_example.model, mlp_example.example_inputs, train=sgd, lanes="auto")
+
+
+def test_auto_keeps_the_fastest_point_that_fits(auto_mlp):
+    result = auto_mlp.context.exploration
+    chosen = result.chosen
+    assert [p.lanes for p in result.points] == [1, 2, 4, 8, 16, 32]
+    assert chosen.fits and chosen.usage <= explore.AUTO_BUDGET
+    assert all(not p.fits for p in result.points if p.model_steps_per_s > chosen.model_steps_per_s)
+    assert sum(p.chosen for p in result.points) == 1
+    # the point is what the design is: its exact cycles and its predicted resources
+    assert auto_mlp.rtl_cycles()["train_step"] == chosen.cycles
+    pred = resources.rtl_resources(auto_mlp, auto_mlp.target)
+    assert (pred.lut, pred.ff, pred.dsp, pred.bram36) == (chosen.lut, chosen.ff, chosen.dsp, chosen.bram36)
+    t = auto_mlp.target
+    steps = t.clock_mhz * 1e6 / (chosen.cycles + chosen.bus_cycles)
+    assert chosen.model_steps_per_s == pytest.approx(steps)
+    # the bus: the batch (16 x 64 inputs, 16 targets) in and the loss out, one 32-bit word each, at 399 MB/s
+    assert chosen.bus_cycles == np.ceil(4 * (16 * 64 + 16 + 1) / 399e6 * 100e6)
+
+
+def test_pareto_front(auto_mlp):
+    points = auto_mlp.context.exploration.points
+    front = [p for p in points if p.pareto]
+    assert front and all(p in front for p in points if p.chosen)
+    for p in points:
+        dominated = any(q.model_steps_per_s >= p.model_steps_per_s and q.lut <= p.lut and q.ff <= p.ff
+                        and q.dsp <= p.dsp and q.bram36 <= p.bram36 and q is not p and
+                        (q.model_steps_per_s, q.lut, q.ff, q.dsp, q.bram36) !=
+                        (p.model_steps_per_s, p.lut, p.ff, p.dsp, p.bram36) for q in points)
+        assert p.pareto == (not dominated)
+
+
+def test_models_side_by_side_are_explored(mlp_example):
+    """4 MLPs stacked on a model axis at lanes 2: 1, 2 or 4 models at once, each point's cycles exact."""
+    models = []
+    for seed in range(4):
+        torch.manual_seed(seed)
+        models.append(mlp_example.DigitsMLP(8))
+    d = fx2fpga.compile(models, mlp_example.example_inputs, lanes=2,
+                        train=fx2fpga.SGD(F.cross_entropy, mlp_example.example_targets, 0.1))
+    points = d.context.exploration.points
+    assert [(p.model_lanes, p.lanes) for p in points] == [(1, 2), (2, 2), (4, 2)]
+    cycles = [p.cycles for p in points]
+    assert cycles[0] > 1.9 * cycles[1] > 3.6 * cycles[2] / 2  # models side by side: nearly linear
+    assert [p.dsp for p in points] == sorted(p.dsp for p in points)
+    # 8 lanes of every stage (4 models x 2) are over 80% of the LUTs, 4 (2 x 2) are not
+    assert d.context.exploration.chosen.model_lanes == 2 and not points[2].fits and points[1].fits
+    assert {s.model_lanes for s in d.kernel.stages()} == {2}
+
+
+def test_nothing_fits_is_a_budget_error(mlp_example):
+    sgd = fx2fpga.SGD(F.cross_entropy, mlp_example.example_targets, 0.1)
+    big = torch.nn.Sequential(torch.nn.Linear(64, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 10))
+    with pytest.raises(fx2fpga.errors.ResourceBudgetError, match="No design point fits 80% of the budget"):
+        fx2fpga.compile(big, mlp_example.example_inputs, train=sgd, lanes="auto")
