@@ -9,7 +9,7 @@
 from fx2fpga_runtime import load  # noqa: E402
 from fx2fpga_runtime.fixed import Fixed  # noqa: E402
 
-from .api import Design, compile  # noqa: E402
+from .api import Design, compile, explore  # noqa: E402
 from .frontend import GD, SGD, trace  # noqa: E402
 from .passes.quantize import Precision  # noqa: E402
 from .pipeline import PIPELINE  # noqa: E402
@@ -22,5 +22,5 @@ def targets() -> list[str]:
     return [t.name for t in list_targets()]
 
 
-__all__ = ["Design", "Fixed", "GD", "PIPELINE", "Precision", "SGD", "Target", "compile", "list_targets", "load",
-           "load_target", "targets", "trace", "__version__"]
+__all__ = ["Design", "Fixed", "GD", "PIPELINE", "Precision", "SGD", "Target", "compile", "explore", "list_targets",
+           "load", "load_target", "targets", "trace", "__version__"]

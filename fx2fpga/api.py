@@ -218,6 +218,29 @@ def compile(  # noqa: A001 - the public name the product promises
     return design_of(ctx)
 
 
+def explore(model, example_inputs, target: str | Target = "pynq-z1", train: SGD | GD | None = None,
+            precision=None, lanes: int | str = "auto", model_lanes: int | str = "auto",
+            out_dir: str | Path | None = None, name: str | None = None, progress=None):
+    """The design points of ``model`` (a model or a list, as ``compile`` takes) on ``target``: every lane
+    request (and, for models stacked on a model axis, every number of models side by side) with its
+    exact RTL cycles, calibrated LUT/FF/DSP/BRAM36 and model-steps/s, the Pareto front and the point
+    ``lanes="auto"`` chooses (``passes/explore.py``). ``out_dir``: write ``explore.json`` and ``explore.png``
+    there. Returns the ``Exploration``."""
+    from .passes import explore as explore_pass
+    from .project import exploration
+
+    ctx = _context(model, example_inputs, target, train, precision, lanes, name, progress)
+    if ctx.target.family != "xc7":
+        raise ValueError(f"explore needs the RTL resource model, calibrated for xc7 targets; {ctx.target.name} is "
+                         f"{ctx.target.family}")
+    ctx.outputs = "rtl"
+    kernel = run_pipeline(ctx, "share memory")
+    result, _, _ = explore_pass.explore(kernel, ctx.target, lanes, model_lanes, ctx.name, progress)
+    if out_dir is not None:
+        exploration.write(result, out_dir, f"{ctx.name} on {ctx.target.name} at {ctx.target.clock_mhz:g} MHz")
+    return result
+
+
 def default_outputs(target) -> str:
     """What a project folder holds unless asked: HLS and RTL where Vitis HLS builds the target (vivado
     toolchain), RTL alone elsewhere (an ECP5 board: no vendor HLS to run the C++)."""

@@ -1,4 +1,4 @@
-"""``fx2fpga compile | sim | build | report | targets``."""
+"""``fx2fpga compile | explore | sim | build | report | targets``."""
 
 from __future__ import annotations
 
@@ -53,24 +53,57 @@ def _renamed(args, old: str, new: str) -> str:
     return value
 
 
+def _model_and_train(path: Path, train: bool):
+    """What a model file defines: (its namespace, the model or list of models, its SGD or None)."""
+    import fx2fpga
+
+    ns = load_model_file(path, train)
+    sgd = fx2fpga.SGD(ns["loss_fn"], ns["example_targets"], _setting(ns, "lr", 0.1), _setting(ns, "momentum", 0.0),
+                      _setting(ns, "weight_decay", 0.0)) if train else None
+    return ns, (list(ns["models"]) if "models" in ns else ns["model"]), sgd
+
+
 def cmd_compile(args) -> int:
     import fx2fpga
 
     path = Path(args.model)
-    ns = load_model_file(path, args.train)
-    train = fx2fpga.SGD(ns["loss_fn"], ns["example_targets"], _setting(ns, "lr", 0.1), _setting(ns, "momentum", 0.0),
-                        _setting(ns, "weight_decay", 0.0)) if args.train else None
+    ns, model, train = _model_and_train(path, args.train)
     out_dir = Path(args.output or f"{path.stem}_{args.target}")
     t0 = time.perf_counter()
-    model = list(ns["models"]) if "models" in ns else ns["model"]
     what = f"{len(model)} models in one " if isinstance(model, list) else ""
     _progress(f"compiling {path} for {args.target} ({what}{'training' if train else 'inference'} kernel)")
     design = fx2fpga.compile(model, ns["example_inputs"], target=args.target, train=train,
                              precision=args.precision, lanes=args.lanes, name=args.name or path.stem,
-                             progress=_progress, outputs=_renamed(args, "backend", "outputs"))
+                             progress=_progress, outputs=_renamed(args, "backend", "outputs"),
+                             model_lanes=args.model_lanes)
     design.write(out_dir)
     _progress(f"wrote {out_dir}/ in {time.perf_counter() - t0:.1f} s")
     print(out_dir)
+    return 0
+
+
+def cmd_explore(args) -> int:
+    import fx2fpga
+
+    path = Path(args.model)
+    ns, model, train = _model_and_train(path, args.train)
+    out_dir = Path(args.output or f"{path.stem}_{args.target}_explore")
+    result = fx2fpga.explore(model, ns["example_inputs"], target=args.target, train=train, precision=args.precision,
+                             lanes=args.lanes, model_lanes=args.model_lanes, out_dir=out_dir, name=path.stem,
+                             progress=_progress)
+    print(f"{'model lanes x lanes':>19s} {'cycles':>9s} {'bus':>6s} {'model-steps/s':>14s} {'LUT':>8s} {'FF':>8s} "
+          f"{'DSP':>5s} {'BRAM36':>7s} {'budget':>7s}")
+    for p in result.points:
+        mark = " chosen" if p.chosen else (" front" if p.pareto else "")
+        print(f"{p.label:>19s} {p.cycles:9,d} {p.bus_cycles:6,d} {p.model_steps_per_s:14,.0f} {p.lut:8,d} {p.ff:8,d} "
+              f"{p.dsp:5d} {p.bram36:7g} {p.usage:7.0%}{mark}")
+    if result.skipped:
+        skipped = ", ".join(f"{m}x{ln}" for m, ln in result.skipped)
+        print(f"not evaluated (more lanes than a point over 100% of the LUTs, FFs or DSPs): {skipped}")
+    print(f"wrote {out_dir}/explore.json" + (" and explore.png" if (out_dir / "explore.png").is_file() else ""))
+    if result.chosen is None:
+        print(f"no point fits {result.budget:.0%} of {result.target}'s budget")
+        return 1
     return 0
 
 
@@ -170,12 +203,24 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--precision", help="default fixed-point format, e.g. 'fixed<16,6>'")
     c.add_argument("--lanes", type=_lanes, default=4,
                    help="parallel datapath copies per stage, or 'auto' to fill the board's budget (default 4)")
+    c.add_argument("--model-lanes", type=_lanes, default="auto",
+                   help="models of one architecture computed at once (a list of models), or 'auto' (default)")
     c.add_argument("--name", help="kernel name (default: the model file's name)")
     c.add_argument("--outputs", choices=["hls", "rtl", "both"],
                    help="what the folder holds: HLS C++ for Vitis (hls), Verilog (rtl), or both (default: both for "
                         "Xilinx boards, rtl for ECP5)")
     c.add_argument("--backend", choices=["hls", "rtl", "both"], help=argparse.SUPPRESS)  # deprecated: --outputs
     c.set_defaults(func=cmd_compile)
+    e = sub.add_parser("explore", help="weigh lane choices (and models side by side) on exact RTL cycles and the "
+                       "calibrated resource model: writes the Pareto front as explore.json and explore.png")
+    e.add_argument("model", help="a Python file defining model or models (as for compile)")
+    e.add_argument("--target", default="pynq-z1", help="board (an xc7 one: the resource model's family)")
+    e.add_argument("--train", action="store_true", help="explore the training kernel")
+    e.add_argument("-o", "--output", help="folder for explore.json/png (default: <model>_<target>_explore)")
+    e.add_argument("--precision", help="default fixed-point format, e.g. 'fixed<16,6>'")
+    e.add_argument("--lanes", type=_lanes, default="auto", help="lanes per stage to try: a number, or 'auto' (all)")
+    e.add_argument("--model-lanes", type=_lanes, default="auto", help="models at once: a number, or 'auto' (all)")
+    e.set_defaults(func=cmd_explore)
     s = sub.add_parser("sim", help="replay the testbench vectors of a project on a simulator")
     s.add_argument("project")
     s.add_argument("--sim", default="emu", choices=["emu", "csim", "rtl"],

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 from fx2fpga_runtime import interface
 from fx2fpga_runtime.ir import Kernel
 
-from . import resources, schedule, tile
+from . import allocate, resources, schedule, tile
 
 AUTO_BUDGET = 0.8  # share of each of the target's resources the chosen point may use
 LANE_REQUESTS = (1, 2, 4, 8, 16, 32)  # the per-stage lane requests tried
@@ -48,11 +48,16 @@ class DesignPoint:
     model_steps_per_s: float
     usage: float  # the largest share of any of the target's resources it uses
     fits: bool  # every resource within AUTO_BUDGET of the target's
-    pareto: bool = False  # no other point is as fast with as little of every resource
+    allocation: str = ""  # "" for a uniform lane request; "per stage, <budget>" for passes/allocate.py
+    pareto: bool = False  # no other point is as fast with as small a share of the budget
     chosen: bool = False
+
+    plan: object = field(default=None, repr=False, compare=False)  # its RtlPlan (not in the JSON)
 
     @property
     def label(self) -> str:
+        if self.allocation:
+            return f"{self.allocation.replace('per stage, ', 'per-stage@')}"
         return f"{self.model_lanes}x{self.lanes}"
 
 
@@ -64,6 +69,8 @@ class Exploration:
     clock_mhz: float
     budget: float
     points: list[DesignPoint] = field(default_factory=list)
+    skipped: list[tuple[int, int]] = field(default_factory=list)  # not evaluated: more lanes than one over 100%
+    # of the LUTs, FFs or DSPs (each grows with lanes)
 
     @property
     def chosen(self) -> DesignPoint | None:
@@ -72,7 +79,9 @@ class Exploration:
     def to_dict(self) -> dict:
         return {"target": self.target, "clock_mhz": self.clock_mhz, "budget": self.budget,
                 "chosen": self.chosen.label if self.chosen else None,
-                "points": [asdict(p) for p in self.points]}
+                "points": [{f.name: getattr(p, f.name) for f in fields(p) if f.name != "plan"} | {"label": p.label}
+                           for p in self.points],
+                "skipped": [f"{m}x{ln}" for m, ln in self.skipped]}
 
 
 def main_program(kernel: Kernel) -> str:
@@ -101,12 +110,17 @@ def candidates(kernel: Kernel, lanes, model_lanes) -> list[tuple[int, int]]:
 
 
 def evaluate(kernel: Kernel, target, model_lanes: int, lanes: int, name: str = "kernel"):
-    """The point ``(model_lanes, lanes)`` of ``kernel`` (not changed): ``(DesignPoint, tiled kernel, schedule)``;
-    ``(None, None, None)`` when the RTL cannot map it."""
-    from ..backends.rtl import emit as verilog  # (the backend imports the passes, not the reverse, at load)
-
+    """The uniform point ``(model_lanes, lanes)`` of ``kernel`` (not changed): ``(DesignPoint, tiled kernel,
+    schedule)``; ``(None, None, None)`` when the RTL cannot map it."""
     k = copy.deepcopy(kernel)
     tile.assign_lanes(k, lanes, target, model_lanes)
+    return measure(k, target, name, model_lanes, lanes)
+
+
+def measure(k: Kernel, target, name: str, model_lanes: int, lanes: int, allocation: str = ""):
+    """Schedule, plan and predict the tiled kernel ``k``: ``(DesignPoint, k, schedule)`` or Nones."""
+    from ..backends.rtl import emit as verilog  # (the backend imports the passes, not the reverse, at load)
+
     try:
         sched = tile.keep_banks_mappable(k)
         plan = verilog.plan(k, name, target.dsp_kind, sched)
@@ -118,8 +132,37 @@ def evaluate(kernel: Kernel, target, model_lanes: int, lanes: int, name: str = "
     n = tile.model_count(k)
     usage = max(res.lut / target.lut, res.ff / target.ff, res.dsp / target.dsp, res.bram36 / target.bram36)
     point = DesignPoint(model_lanes, lanes, n, program, cycles, bus, res.lut, res.ff, res.dsp, res.bram36,
-                        n * target.clock_mhz * 1e6 / (cycles + bus), usage, usage <= AUTO_BUDGET)
+                        n * target.clock_mhz * 1e6 / (cycles + bus), usage, usage <= AUTO_BUDGET, allocation=allocation)
+    point.plan = plan
     return point, k, sched
+
+
+PER_STAGE_BUDGETS = (0.2, 0.4, 0.6, AUTO_BUDGET)  # the budgets the per-stage allocation is run for
+
+
+def per_stage_points(kernel: Kernel, target, name: str):
+    """The greedy per-stage allocation (``passes/allocate.py``) at each of ``PER_STAGE_BUDGETS``, each checked
+    by a full plan (and redone with a smaller budget while over it): ``[(DesignPoint, kernel, schedule)]``."""
+    one = copy.deepcopy(kernel)
+    tile.assign_lanes(one, 1, target, 1)
+    base, _, _ = measure(one, target, name, 1, 1)
+    if base is None:
+        return []
+    program, out = main_program(kernel), []
+    for share in PER_STAGE_BUDGETS:
+        aim = share
+        for _ in range(4):
+            k = copy.deepcopy(kernel)
+            allocate.apply(k, allocate.allocate(k, target, base.plan, aim, program), program)
+            most = max(st.total_lanes for st in k.programs[program].stages)
+            got = measure(k, target, name, max(st.model_lanes for st in k.stages()), most,
+                          allocation=f"per stage, {share:.0%}")
+            if got[0] is None or got[0].usage <= share:
+                break
+            aim *= share / got[0].usage  # the full plan is larger than the per-lane sums: aim lower
+        if got[0] is not None:
+            out.append(got)
+    return out
 
 
 def explore(kernel: Kernel, target, lanes="auto", model_lanes="auto", name: str = "kernel", progress=None):
@@ -128,7 +171,11 @@ def explore(kernel: Kernel, target, lanes="auto", model_lanes="auto", name: str 
     result = Exploration(target.name, target.clock_mhz, AUTO_BUDGET)
     best = (None, None, None)
     todo = candidates(kernel, lanes, model_lanes)
+    too_big: list[tuple[int, int]] = []  # over the LUT, FF or DSP: every point with more of both lanes is too
     for i, (m, ln) in enumerate(todo):
+        if any(m >= m0 and ln >= l0 for m0, l0 in too_big):
+            result.skipped.append((m, ln))
+            continue
         point, k, sched = evaluate(kernel, target, m, ln, name)
         if progress:
             progress(f"explore {i + 1}/{len(todo)}: {m} model lanes x {ln} lanes"
@@ -137,8 +184,17 @@ def explore(kernel: Kernel, target, lanes="auto", model_lanes="auto", name: str 
         if point is None:
             continue
         result.points.append(point)
+        if max(point.lut / target.lut, point.ff / target.ff, point.dsp / target.dsp) > 1.0:
+            too_big.append((m, ln))  # (not for block RAM: more banks may move small ones into LUT-RAM)
         if point.fits and (best[0] is None or point.model_steps_per_s > best[0].model_steps_per_s):
             best = (point, k, sched)
+    if lanes == "auto":
+        if progress:
+            progress("explore: lanes per stage (greedy on the calibrated model)")
+        for point, k, sched in per_stage_points(kernel, target, name):
+            result.points.append(point)
+            if point.fits and (best[0] is None or point.model_steps_per_s > best[0].model_steps_per_s):
+                best = (point, k, sched)
     _mark_pareto(result.points)
     if best[0] is not None:
         best[0].chosen = True
@@ -146,11 +202,8 @@ def explore(kernel: Kernel, target, lanes="auto", model_lanes="auto", name: str 
 
 
 def _mark_pareto(points: list[DesignPoint]) -> None:
-    """A point is on the front when no other is at least as fast while using at most as much of every resource
-    (and better in one)."""
-    def keys(p):
-        return (-p.model_steps_per_s, p.lut, p.ff, p.dsp, p.bram36)
-
+    """A point is on the front when no other is at least as fast with at most its share of the budget (the
+    largest share of any resource), and better in one of the two."""
     for p in points:
-        p.pareto = not any(all(a <= b for a, b in zip(keys(q), keys(p), strict=True)) and keys(q) != keys(p)
-                           for q in points)
+        p.pareto = not any(q.model_steps_per_s >= p.model_steps_per_s and q.usage <= p.usage
+                           and (q.model_steps_per_s, q.usage) != (p.model_steps_per_s, p.usage) for q in points)

@@ -70,6 +70,9 @@ def bram36_for(depth: int, width: int) -> float:
     w18, w36 = _bram_width(depth, 18 * 1024), _bram_width(depth, 36 * 1024)
     n18 = math.ceil(width / w18) if w18 else math.inf
     n36 = math.ceil(width / w36) * math.ceil(depth / (32 * 1024)) if w36 else math.inf
+    if not (w18 or w36):  # deeper than one block RAM holds: blocks side by side and stacked in depth
+        return float(min(math.ceil(width / w) * math.ceil(depth / words)  # a RAMB36's (width, words) shapes
+                         for w, words in ((1, 32768), (2, 16384), (4, 8192), (9, 4096), (18, 2048), (36, 1024))))
     return min(0.5 * n18, float(n36))
 
 

@@ -21,7 +21,13 @@ def auto_mlp(mlp_example):
 def test_auto_keeps_the_fastest_point_that_fits(auto_mlp):
     result = auto_mlp.context.exploration
     chosen = result.chosen
-    assert [p.lanes for p in result.points] == [1, 2, 4, 8, 16, 32]
+    uniform = [p for p in result.points if not p.allocation]
+    assert [p.lanes for p in uniform] == [1, 2, 4, 8, 16]  # 16 is over 100% of the LUTs: 32 is not evaluated
+    assert result.skipped == [(1, 32)]
+    per_stage = [p for p in result.points if p.allocation]
+    assert [p.label for p in per_stage] == ["per-stage@20%", "per-stage@40%", "per-stage@60%", "per-stage@80%"]
+    # lanes where the cycles are: per stage beats every uniform request that fits, by at least 2x here
+    assert chosen.allocation and chosen.model_steps_per_s > 2 * max(p.model_steps_per_s for p in uniform if p.fits)
     assert chosen.fits and chosen.usage <= explore.AUTO_BUDGET
     assert all(not p.fits for p in result.points if p.model_steps_per_s > chosen.model_steps_per_s)
     assert sum(p.chosen for p in result.points) == 1
@@ -41,11 +47,10 @@ def test_pareto_front(auto_mlp):
     front = [p for p in points if p.pareto]
     assert front and all(p in front for p in points if p.chosen)
     for p in points:
-        dominated = any(q.model_steps_per_s >= p.model_steps_per_s and q.lut <= p.lut and q.ff <= p.ff
-                        and q.dsp <= p.dsp and q.bram36 <= p.bram36 and q is not p and
-                        (q.model_steps_per_s, q.lut, q.ff, q.dsp, q.bram36) !=
-                        (p.model_steps_per_s, p.lut, p.ff, p.dsp, p.bram36) for q in points)
+        dominated = any(q.model_steps_per_s >= p.model_steps_per_s and q.usage <= p.usage and
+                        (q.model_steps_per_s, q.usage) != (p.model_steps_per_s, p.usage) for q in points)
         assert p.pareto == (not dominated)
+    assert [p.label for p in front if not p.allocation] == ["1x1", "1x16"]  # the others: per stage does better
 
 
 def test_models_side_by_side_are_explored(mlp_example):
@@ -57,6 +62,7 @@ def test_models_side_by_side_are_explored(mlp_example):
     d = fx2fpga.compile(models, mlp_example.example_inputs, lanes=2,
                         train=fx2fpga.SGD(F.cross_entropy, mlp_example.example_targets, 0.1))
     points = d.context.exploration.points
+    assert not any(p.allocation for p in points)  # a number of lanes: no per-stage allocation
     assert [(p.model_lanes, p.lanes) for p in points] == [(1, 2), (2, 2), (4, 2)]
     cycles = [p.cycles for p in points]
     assert cycles[0] > 1.9 * cycles[1] > 3.6 * cycles[2] / 2  # models side by side: nearly linear

@@ -102,3 +102,13 @@ def test_dsp_is_exact_and_the_stated_errors_are_the_measured_ones():
 def test_other_families_are_refused():
     with pytest.raises(Exception, match="xc7"):
         resources.rtl_resources(None, load_target("ulx3s"))
+
+
+def test_a_bank_deeper_than_one_block_ram_is_block_rams_in_depth():
+    """30 MLPs' first-layer weights in one bank: 61,440 x 24 bits is 45 RAMB36 of 4096 x 9 (3 wide, 15 deep),
+    not LUT-RAM (the cheapest mapping of a bank no single block RAM holds)."""
+    from fx2fpga.passes.resources import bank_mapping, bram36_for
+
+    assert bram36_for(61440, 24) == 45.0
+    assert bank_mapping(61440, 24, read_only=False) == resources.BankMapping("bram", bram36=45.0)
+    assert bram36_for(32768, 1) == 1.0 and bram36_for(32769, 1) == 2.0

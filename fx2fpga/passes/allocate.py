@@ -1,0 +1,159 @@
+"""Lanes per stage under a resource budget: a greedy allocation on per-lane costs from the RTL model.
+
+Uniform lane requests give every stage the same lanes, though a training step's cycles sit in a few
+stages (the matmuls and the weight update) while a lane of any stage costs about the same logic. This
+pass starts every stage at one lane (one model at a time) and repeatedly widens the stage that saves
+the most cycles of the kernel's main program per unit of the budget it spends, to its next lane count
+over models (``model_lanes``) or over its lane loop (``lanes``), while the predicted total stays
+within the budget:
+
+- a stage's cycles are the schedule's exact phase formula (``passes/schedule.py``);
+- a lane's cost is its datapath unit's LUT/FF/DSP/BRAM per lane from the calibrated RTL model
+  (``passes/resources.py``), read off the plan of the one-lane kernel, plus its memory requests'
+  address and data registers; a multiplying stage wider than the shared multiplier pool also pays
+  for the pool's new lanes.
+
+The result is checked by a full plan in ``passes/explore.py`` (memories, banks and the controller
+grow too): over the budget, the allocation is redone with a proportionally smaller budget.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from fx2fpga_runtime.ir import MODEL_VAR, Kernel, Stage
+from fx2fpga_runtime.ops import OPS_TABLE
+
+from . import resources, schedule, tile
+
+RESOURCES = ("lut", "ff", "dsp", "bram36")
+
+
+@dataclass
+class LaneCost:
+    """What one more lane of a stage adds: LUT, FF, DSP, BRAM36 (its unit's lane and its requests)."""
+
+    lut: float
+    ff: float
+    dsp: float
+    bram36: float
+
+
+def stage_cycles(st: Stage, model_lanes: int, lanes: int, lane_var: str | None) -> int:
+    """Exact cycles of the stage's phase at those lanes: setup, one issue per lane group, the drain."""
+    n = 1
+    for lp in st.loops:
+        step = model_lanes if lp.var == MODEL_VAR else (lanes if lp.var == lane_var else 1)
+        n *= -(-lp.extent // step)
+    return schedule.SETUP_CYCLES + n + schedule.write_delay(st.op)
+
+
+def lane_costs(plan, costs: dict) -> dict[str, LaneCost]:
+    """Per stage name, the cost of one lane of its unit, from a plan's units (``resources`` features)."""
+    lut, ff = costs["lut"], costs["ff"]
+    out = {}
+    for u in plan.units:
+        adder = resources._unit_adder_bits(u)
+        dsp, bram = 0.0, 0.0
+        if u["kind"] == "table":
+            adder += u["product"]["width"] * (len(u["product"]["parts"]) - 1)
+            dsp = len(u["product"]["parts"])
+            bram = resources.table_mapping(u["depth"], u["table_width"]).bram36
+        reg = resources._unit_reg_bits(u)
+        ports = [r for r in plan.spec["reads"] + plan.spec["writes"] if r["phase"] == int(u["inst"][1:])]
+        addr_bits = sum(sum(p["dim_bits"]) for p in ports)
+        data_bits = sum(o["width"] for o in u["ops"]) + u["out_width"]
+        out[u["stage"].name] = LaneCost(
+            lut=adder * lut["adder_bits"] + addr_bits * lut["ctrl_bits"],
+            ff=reg * ff["unit_reg_bits"] + data_bits * ff["mem_reg_bits"],
+            dsp=dsp, bram36=bram)
+    return out
+
+
+def pool_lane_cost(plan, costs: dict) -> LaneCost:
+    """One more lane of the shared multiplier pool: its DSP blocks, partial products' sum and registers."""
+    pool = plan.pool
+    if pool is None:
+        return LaneCost(0, 0, 0, 0)
+    prod = pool["product"]
+    parts = sum(w for _, _, w, _ in prod["parts"])
+    return LaneCost(lut=costs["lut"]["adder_bits"] * prod["width"] * (len(prod["parts"]) - 1),
+                    ff=costs["ff"]["pool_reg_bits"] * (pool["wa"] + pool["wb"] + parts + prod["width"]),
+                    dsp=len(prod["parts"]), bram36=0.0)
+
+
+def _options(st: Stage, models: int) -> list[tuple[int, int]]:
+    """The stage's (model lanes, lanes) choices, fewest lanes in all first."""
+    loop = tile._lane_loop(st)
+    mls = [d for d in range(1, models + 1) if models % d == 0] if any(lp.var == MODEL_VAR for lp in st.loops) else [1]
+    ls = [d for d in range(1, loop.extent + 1) if loop.extent % d == 0] if loop is not None else [1]
+    return sorted({(m, ln) for m in mls for ln in ls}, key=lambda o: (o[0] * o[1], -o[0]))
+
+
+def allocate(kernel: Kernel, target, plan_1x1, budget: float, main: str) -> dict[str, tuple[int, int]]:
+    """(model lanes, lanes) per stage name: the greedy allocation within ``budget`` (a share of every
+    resource of ``target``), starting from the one-lane kernel whose plan is ``plan_1x1``."""
+    costs = resources.load_costs()
+    base = resources.rtl_resources(plan_1x1, target)
+    used = {"lut": base.lut, "ff": base.ff, "dsp": base.dsp, "bram36": base.bram36}
+    limit = {r: budget * getattr(target, r) for r in RESOURCES}
+    per_lane, pool = lane_costs(plan_1x1, costs), pool_lane_cost(plan_1x1, costs)
+    pool_lanes = 1
+    stages = {st.name: st for st in kernel.programs[main].stages}
+    models = tile.model_count(kernel)
+    options = {n: _options(st, models) for n, st in stages.items()}
+    choice = {n: 0 for n in stages}  # index into options
+    frozen: set[str] = set()
+    while True:
+        best, best_gain = None, 0.0
+        for n, st in stages.items():
+            if n in frozen or choice[n] + 1 >= len(options[n]):
+                continue
+            gain, delta = _move(st, options[n], choice[n], per_lane[n], pool, pool_lanes, target)
+            if gain > 0 and (best is None or gain > best_gain):
+                best, best_gain, best_delta = n, gain, delta
+        if best is None:
+            break
+        new = {r: used[r] + best_delta[r] for r in RESOURCES}
+        if any(new[r] > limit[r] for r in RESOURCES):
+            frozen.add(best)  # its next choice does not fit; cheaper moves of others may
+            continue
+        used = new
+        choice[best] = _next(options[best], choice[best])
+        if OPS_TABLE[stages[best].op].multiplies:
+            m, ln = options[best][choice[best]]
+            pool_lanes = max(pool_lanes, m * ln)
+    return {n: options[n][choice[n]] for n in stages}
+
+
+def _next(opts: list[tuple[int, int]], i: int) -> int:
+    """The next choice with more lanes in all (several share a total: the one with more model lanes)."""
+    total = opts[i][0] * opts[i][1]
+    return next((j for j in range(i + 1, len(opts)) if opts[j][0] * opts[j][1] > total), len(opts) - 1)
+
+
+def _move(st: Stage, opts, i: int, cost: LaneCost, pool: LaneCost, pool_lanes: int, target):
+    """(cycles saved per share of the budget spent, resources added) of widening ``st`` to its next choice."""
+    j = _next(opts, i)
+    loop = tile._lane_loop(st)
+    var = loop.var if loop is not None else None
+    (m0, l0), (m1, l1) = opts[i], opts[j]
+    saved = stage_cycles(st, m0, l0, var) - stage_cycles(st, m1, l1, var)
+    extra = m1 * l1 - m0 * l0
+    delta = {r: extra * getattr(cost, r) for r in RESOURCES}
+    if OPS_TABLE[st.op].multiplies and m1 * l1 > pool_lanes:
+        grow = m1 * l1 - pool_lanes
+        delta = {r: delta[r] + grow * getattr(pool, r) for r in RESOURCES}
+    spent = max(delta[r] / getattr(target, r) for r in RESOURCES)
+    return (saved / spent if spent > 0 else math.inf), delta
+
+
+def apply(kernel: Kernel, lanes_of: dict[str, tuple[int, int]], program: str) -> None:
+    """Set each stage of ``program`` to its (model lanes, lanes); other programs' stages get one lane."""
+    for prog in kernel.programs.values():
+        for st in prog.stages:
+            m, ln = lanes_of.get(st.name, (1, 1)) if prog.name == program else (1, 1)
+            loop = tile._lane_loop(st)
+            st.model_lanes = m
+            st.lanes, st.lane_var = (ln, loop.var) if ln > 1 and loop is not None else (1, None)

@@ -1,0 +1,61 @@
+"""The design space a compile explored, for people: ``explore.json`` and ``explore.png``.
+
+The plot puts each design point (``passes/explore.py``) at its share of the target's budget (the
+largest of LUT, FF, DSP and BRAM36, by the calibrated RTL model) against its model-steps per second;
+the Pareto front is joined by a line, the budget limit is a vertical line and the chosen point is
+ringed: the "save resources at the cost of throughput" trade-off in one picture.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def write(result, out_dir: str | Path, title: str) -> list[Path]:
+    """Write ``explore.json`` (and ``explore.png`` when matplotlib is installed) into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "explore.json"]
+    paths[0].write_text(json.dumps(result.to_dict(), indent=1) + "\n")
+    if plot(result, title, out / "explore.png"):
+        paths.append(out / "explore.png")
+    return paths
+
+
+def plot(result, title: str, png: Path) -> bool:
+    """Draw the design points and their Pareto front to ``png``; False when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    pts = result.points
+    ax.scatter([100 * p.usage for p in pts], [p.model_steps_per_s for p in pts], c=["#4c72b0" if p.fits else "#999999"
+                                                                                    for p in pts], s=18, zorder=2)
+    front = sorted((p for p in pts if p.pareto), key=lambda p: p.usage)
+    ax.plot([100 * p.usage for p in front], [p.model_steps_per_s for p in front], "-", color="#4c72b0", lw=1,
+            label="Pareto front", zorder=1)
+    for p in pts:
+        ax.annotate(p.label, (100 * p.usage, p.model_steps_per_s), fontsize=6, xytext=(3, 3),
+                    textcoords="offset points")
+    chosen = result.chosen
+    if chosen is not None:
+        ax.scatter([100 * chosen.usage], [chosen.model_steps_per_s], s=120, facecolors="none", edgecolors="#c44e52",
+                   lw=1.5, label=f"chosen: {chosen.label} ({chosen.model_steps_per_s:,.0f}/s)", zorder=3)
+    ax.axvline(100 * result.budget, color="k", ls="--", lw=1, label=f"budget ({result.budget:.0%})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"share of {result.target}'s budget, largest of LUT/FF/DSP/BRAM36 (%)")
+    ax.set_ylabel("model-steps per second (RTL cycles + bus)")
+    ax.set_title(title + "\n(labels: model lanes x lanes; grey: over the budget)", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return True
