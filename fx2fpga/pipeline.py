@@ -178,9 +178,9 @@ def _explores(ctx: CompileContext) -> bool:
     """Whether the tile step explores design points on the calibrated RTL model (``passes/explore.py``):
     ``lanes="auto"`` or, on a kernel stacked on a model axis, ``model_lanes="auto"``; for a target whose
     RTL the model is calibrated for (xc7) and a folder with RTL."""
-    from .passes import tile
+    from .passes import model_groups
 
-    wants = ctx.lanes == "auto" or (ctx.model_lanes == "auto" and tile.model_count(ctx.kernel) > 1)
+    wants = ctx.lanes == "auto" or (ctx.model_lanes == "auto" and model_groups.model_count(ctx.kernel) > 1)
     return wants and ctx.target.family == "xc7" and ctx.outputs != "hls"
 
 

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 
 from fx2fpga_runtime import interface
-from fx2fpga_runtime.ir import MODEL_VAR, OPS, REDUCTION_OPS, Access, Affine, Buffer, Guard, Kernel, Stage
+from fx2fpga_runtime.ir import GROUP_VAR, MODEL_VAR, OPS, REDUCTION_OPS, Access, Affine, Buffer, Guard, Kernel, Stage
 from fx2fpga_runtime.ops import OPS_TABLE
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
@@ -88,9 +88,10 @@ def check_access(acc: Access, buf: Buffer, extents: dict[str, int], where: str) 
             raise KernelCheckError(f"{where}: index {d} of {acc.c_expr()} spans {lo}..{hi}, outside 0..{size - 1}")
 
 
-def check_stage(st: Stage, kernel: Kernel, where: str) -> None:
+def check_stage(st: Stage, kernel: Kernel, where: str, groups: int = 1) -> None:
     """A stage both backends can print: a known op with its arity, loops, reductions, lanes,
-    in-range accesses and the in-place rules (raises ``KernelCheckError``)."""
+    in-range accesses (``GROUP_VAR`` in ``0..groups-1``: its program's model groups) and the in-place
+    rules (raises ``KernelCheckError``)."""
     if st.op not in OPS:
         raise KernelCheckError(f"{where}: op {st.op!r} is not one of {', '.join(OPS)}")
     spec = OPS_TABLE[st.op]
@@ -118,7 +119,7 @@ def check_stage(st: Stage, kernel: Kernel, where: str) -> None:
     for acc in (st.out, *st.ins):
         if acc.buffer not in kernel.buffers:
             raise KernelCheckError(f"{where}: unknown buffer {acc.buffer!r}")
-        check_access(acc, kernel.buffers[acc.buffer], extents, where)
+        check_access(acc, kernel.buffers[acc.buffer], {**extents, GROUP_VAR: groups}, where)
     _check_in_place(st, arity, where)
     if spec.reads_table:
         tbl = kernel.buffers.get(st.attrs.get("table", ""))

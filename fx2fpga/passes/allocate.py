@@ -83,10 +83,11 @@ def pool_lane_cost(plan, costs: dict) -> LaneCost:
                     dsp=len(prod["parts"]), bram36=0.0)
 
 
-def _options(st: Stage, models: int) -> list[tuple[int, int]]:
-    """The stage's (model lanes, lanes) choices, fewest lanes in all first."""
+def _options(st: Stage) -> list[tuple[int, int]]:
+    """The stage's (model lanes, lanes) choices, fewest lanes in all first (model lanes: divisors of its group)."""
     loop = tile._lane_loop(st)
-    mls = [d for d in range(1, models + 1) if models % d == 0] if any(lp.var == MODEL_VAR for lp in st.loops) else [1]
+    models = next((lp.extent for lp in st.loops if lp.var == MODEL_VAR), 1)
+    mls = [d for d in range(1, models + 1) if models % d == 0]
     ls = [d for d in range(1, loop.extent + 1) if loop.extent % d == 0] if loop is not None else [1]
     return sorted({(m, ln) for m in mls for ln in ls}, key=lambda o: (o[0] * o[1], -o[0]))
 
@@ -101,8 +102,7 @@ def allocate(kernel: Kernel, target, plan_1x1, budget: float, main: str) -> dict
     per_lane, pool = lane_costs(plan_1x1, costs), pool_lane_cost(plan_1x1, costs)
     pool_lanes = 1
     stages = {st.name: st for st in kernel.programs[main].stages}
-    models = tile.model_count(kernel)
-    options = {n: _options(st, models) for n, st in stages.items()}
+    options = {n: _options(st) for n, st in stages.items()}
     choice = {n: 0 for n in stages}  # index into options
     frozen: set[str] = set()
     while True:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, fields
 from fx2fpga_runtime import interface
 from fx2fpga_runtime.ir import Kernel
 
-from . import allocate, resources, schedule, tile
+from . import allocate, model_groups, resources, schedule, tile
 
 AUTO_BUDGET = 0.8  # share of each of the target's resources the chosen point may use
 LANE_REQUESTS = (1, 2, 4, 8, 16, 32)  # the per-stage lane requests tried
@@ -57,7 +57,7 @@ class DesignPoint:
     @property
     def label(self) -> str:
         if self.allocation:
-            return f"{self.allocation.replace('per stage, ', 'per-stage@')}"
+            return self.allocation.replace("per stage, ", "per-stage@").replace(", groups of ", "/g")
         return f"{self.model_lanes}x{self.lanes}"
 
 
@@ -102,7 +102,7 @@ def bus_cycles(kernel: Kernel, program: str, target) -> int:
 def candidates(kernel: Kernel, lanes, model_lanes) -> list[tuple[int, int]]:
     """``(model_lanes, lanes)`` pairs to try: the given ones, or every divisor of the model count and
     every lane request up to the longest loop for ``"auto"``."""
-    n = tile.model_count(kernel)
+    n = model_groups.model_count(kernel)
     widest = max((lp.extent for st in kernel.stages() for lp in st.loops), default=1)
     mls = [d for d in range(1, n + 1) if n % d == 0] if model_lanes == "auto" else [model_lanes]
     ls = [r for r in LANE_REQUESTS if r <= widest] if lanes == "auto" else [lanes]
@@ -129,7 +129,7 @@ def measure(k: Kernel, target, name: str, model_lanes: int, lanes: int, allocati
     res = resources.rtl_resources(plan, target)
     program = main_program(k)
     cycles, bus = sched.call_cycles(program), bus_cycles(k, program, target)
-    n = tile.model_count(k)
+    n = model_groups.model_count(k)
     usage = max(res.lut / target.lut, res.ff / target.ff, res.dsp / target.dsp, res.bram36 / target.bram36)
     point = DesignPoint(model_lanes, lanes, n, program, cycles, bus, res.lut, res.ff, res.dsp, res.bram36,
                         n * target.clock_mhz * 1e6 / (cycles + bus), usage, usage <= AUTO_BUDGET, allocation=allocation)
@@ -137,31 +137,52 @@ def measure(k: Kernel, target, name: str, model_lanes: int, lanes: int, allocati
     return point, k, sched
 
 
-PER_STAGE_BUDGETS = (0.2, 0.4, 0.6, AUTO_BUDGET)  # the budgets the per-stage allocation is run for
+PER_STAGE_BUDGETS = (0.2, 0.4, 0.6)  # further budgets the per-stage allocation is run for (besides AUTO_BUDGET)
 
 
-def per_stage_points(kernel: Kernel, target, name: str):
-    """The greedy per-stage allocation (``passes/allocate.py``) at each of ``PER_STAGE_BUDGETS``, each checked
-    by a full plan (and redone with a smaller budget while over it): ``[(DesignPoint, kernel, schedule)]``."""
+def per_stage_point(kernel: Kernel, target, name: str, size: int, share: float):
+    """The greedy per-stage allocation (``passes/allocate.py``) of ``kernel`` in groups of ``size`` models
+    within ``share`` of the budget, checked by a full plan (and redone with a smaller budget while over it):
+    ``(DesignPoint, kernel, schedule)``, or Nones."""
     one = copy.deepcopy(kernel)
-    tile.assign_lanes(one, 1, target, 1)
+    tile.assign_lanes(one, 1, target, size)
+    for st in one.stages():
+        st.model_lanes = 1
     base, _, _ = measure(one, target, name, 1, 1)
     if base is None:
-        return []
-    program, out = main_program(kernel), []
-    for share in PER_STAGE_BUDGETS:
-        aim = share
-        for _ in range(4):
-            k = copy.deepcopy(kernel)
-            allocate.apply(k, allocate.allocate(k, target, base.plan, aim, program), program)
-            most = max(st.total_lanes for st in k.programs[program].stages)
-            got = measure(k, target, name, max(st.model_lanes for st in k.stages()), most,
-                          allocation=f"per stage, {share:.0%}")
-            if got[0] is None or got[0].usage <= share:
-                break
-            aim *= share / got[0].usage  # the full plan is larger than the per-lane sums: aim lower
+        return None, None, None
+    program, aim, got = main_program(kernel), share, (None, None, None)
+    for _ in range(4):
+        k = copy.deepcopy(one)
+        allocate.apply(k, allocate.allocate(k, target, base.plan, aim, program), program)
+        most = max(st.total_lanes for st in k.programs[program].stages)
+        got = measure(k, target, name, max(st.model_lanes for st in k.stages()), most,
+                      allocation=f"per stage, {share:.0%}" + (f", groups of {size}" if size > 1 else ""))
+        if got[0] is None or got[0].usage <= share:
+            break
+        aim *= share / got[0].usage  # the full plan is larger than the per-lane sums: aim lower
+    return got
+
+
+def per_stage_points(kernel: Kernel, target, name: str, progress=None):
+    """Per-stage allocations at ``AUTO_BUDGET`` for each group size (a divisor of the model count), then at
+    ``PER_STAGE_BUDGETS`` for the best group size: ``[(DesignPoint, kernel, schedule)]``."""
+    n = model_groups.model_count(kernel)
+    out = []
+    for size in [d for d in range(1, n + 1) if n % d == 0]:
+        if progress:
+            progress(f"explore: lanes per stage, groups of {size} model{'s' if size > 1 else ''}")
+        got = per_stage_point(kernel, target, name, size, AUTO_BUDGET)
         if got[0] is not None:
             out.append(got)
+    fitting = [g for g in out if g[0].fits]
+    if fitting:
+        best = max(fitting, key=lambda g: g[0].model_steps_per_s)
+        size = model_groups.group_size(best[1])
+        for share in PER_STAGE_BUDGETS:
+            got = per_stage_point(kernel, target, name, size, share)
+            if got[0] is not None:
+                out.append(got)
     return out
 
 
@@ -191,7 +212,7 @@ def explore(kernel: Kernel, target, lanes="auto", model_lanes="auto", name: str 
     if lanes == "auto":
         if progress:
             progress("explore: lanes per stage (greedy on the calibrated model)")
-        for point, k, sched in per_stage_points(kernel, target, name):
+        for point, k, sched in per_stage_points(kernel, target, name, progress):
             result.points.append(point)
             if point.fits and (best[0] is None or point.model_steps_per_s > best[0].model_steps_per_s):
                 best = (point, k, sched)

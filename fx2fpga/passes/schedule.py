@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from fx2fpga_runtime import interface
-from fx2fpga_runtime.ir import Affine, Guard, Kernel, Stage
+from fx2fpga_runtime.ir import GROUP_VAR, Affine, Guard, Kernel, Stage
 from fx2fpga_runtime.ops import OPS_TABLE
 
 from ..backends.common import buffer_banking
@@ -187,6 +187,8 @@ class Phase:
     stage: Stage | None = None
     buffer: str | None = None  # unpack / pack: the buffer moved
     lanes: int = 1
+    groups: int = 1  # model groups: the phase runs once per group, the group counter c<group_counter> fixed
+    group_counter: int | None = None
 
     @property
     def iterations(self) -> int:
@@ -210,8 +212,9 @@ class Schedule:
         return [p for phases in self.commands.values() for p in phases]
 
     def call_cycles(self, command: str) -> int:
-        """Clock cycles of one call, from the cycle the command is accepted until idle again."""
-        return 1 + sum(p.cycles for p in self.commands[command])
+        """Clock cycles of one call, from the cycle the command is accepted until idle again (a program of
+        model groups runs its stage phases once per group)."""
+        return 1 + sum(p.cycles * p.groups for p in self.commands[command])
 
     def cycles(self) -> dict[str, int]:
         """Clock cycles of one call of each command (``call_cycles``)."""
@@ -233,7 +236,8 @@ def mac_utilization(phase: Phase) -> float:
 
 def _rebase(a: Affine, slots: dict[str, int], steps: dict[str, int], offsets: dict[str, int], drop=()) -> Affine:
     """``a`` over counters: each loop variable becomes ``c<k>``; a lane variable ``lanes*c<k> + lane``
-    (``steps``: lanes per lane variable, ``offsets``: this lane's offset on each)."""
+    (``steps``: lanes per lane variable, ``offsets``: this lane's offset on each); ``GROUP_VAR`` the group
+    counter (``slots[GROUP_VAR]``)."""
     terms, const = [], a.const
     for var, coeff in a.terms:
         if var in drop:
@@ -256,7 +260,7 @@ def streamed_operands(st: Stage) -> int:
     return spec.arity if spec.reduction else len(st.ins)
 
 
-def _stage_phase(st: Stage, kernel: Kernel, where: str) -> Phase:
+def _stage_phase(st: Stage, kernel: Kernel, where: str, groups: int = 1, group_counter: int = 0) -> Phase:
     extents = {lp.var: lp.extent for lp in st.loops}
     if st.lanes > 1 and (st.lane_var not in extents or st.lane_var in st.reduce):
         raise ScheduleError(f"{where}: lanes={st.lanes} needs lane_var to be a loop that is not reduced")
@@ -268,8 +272,10 @@ def _stage_phase(st: Stage, kernel: Kernel, where: str) -> Phase:
     counters = tuple(Counter(lp.var, lp.extent, steps.get(lp.var, 1)) for lp in order)
     slots = {c.var: k for k, c in enumerate(counters)}
     reduce = tuple(slots[v] for v in st.reduce)
+    slots[GROUP_VAR] = group_counter
     delay = write_delay(st.op)
-    phase = Phase(st.name, "stage", counters, delay, reduce=reduce, stage=st, lanes=lanes)
+    phase = Phase(st.name, "stage", counters, delay, reduce=reduce, stage=st, lanes=lanes, groups=groups,
+                  group_counter=group_counter if groups > 1 else None)
     operands = streamed_operands(st)
 
     def lane_guard(offsets: dict[str, int]) -> tuple[Guard, ...]:
@@ -316,7 +322,11 @@ def _transfer_phase(kernel: Kernel, name: str, kind: str) -> Phase:
 # ----- enumeration: ranges, banks, conflicts ---------------------------------------------------------------
 
 def _grid(phase: Phase) -> list[np.ndarray]:
+    """The counters' values at every issue of the phase (of every group: the group counter at its index)."""
     axes = [np.arange(c.count, dtype=np.int64) for c in phase.counters]
+    if phase.group_counter is not None:
+        axes += [np.zeros(1, dtype=np.int64)] * (phase.group_counter - len(axes))
+        axes.append(np.arange(phase.groups, dtype=np.int64))
     if not axes:
         return []
     return [g.reshape(-1) for g in np.meshgrid(*axes, indexing="ij")]
@@ -357,7 +367,8 @@ def _eval(a: Affine, grid: list[np.ndarray], n: int, mask: np.ndarray) -> tuple[
 def _check_ports(phase: Phase, memories: dict[str, Memory], where: str) -> None:
     """Check every port's indices against its buffer's shape, set its banks and index widths, and
     reject two ports of one phase that need different words of one bank in the same cycle."""
-    grid, n = _grid(phase), phase.iterations
+    grid = _grid(phase)
+    n = len(grid[0]) if grid else phase.iterations
     located = {id(port): _locate_port(port, memories[port.buffer], grid, n, where)
                for port in phase.reads + phase.writes}
     _check_bank_clashes(phase, located, grid, n, where)
@@ -415,13 +426,17 @@ def run(kernel: Kernel) -> Schedule:
     """The schedule of every command of ``kernel`` (raises ``ScheduleError`` when it cannot map)."""
     banking = buffer_banking(kernel)  # the one rule the estimate and the HLS pragmas read too
     codes = interface.commands_of(kernel)
+    # the group counter (model groups) follows the shared counters: as many as the longest loop nest
+    group_counter = max([len(st.loops) for st in kernel.stages()] + [len(b.shape) for b in kernel.buffers.values()]
+                        + [1])
     commands: dict[str, list[Phase]] = {}
     for cmd in sorted(codes, key=codes.get):
         ins, outs = interface.command_buffers(kernel, cmd)
         phases = [_transfer_phase(kernel, b, "unpack") for b in ins]
         if cmd in kernel.programs:
-            for st in kernel.programs[cmd].stages:
-                phases.append(_stage_phase(st, kernel, f"stage {st.name!r} of {cmd}"))
+            prog = kernel.programs[cmd]
+            for st in prog.stages:
+                phases.append(_stage_phase(st, kernel, f"stage {st.name!r} of {cmd}", prog.groups, group_counter))
         phases += [_transfer_phase(kernel, b, "pack") for b in outs]
         commands[cmd] = phases or [Phase("nop", "nop", (), 0)]
     used = {p.buffer for ph in commands.values() for ph_ in ph for p in ph_.reads + ph_.writes}

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from fx2fpga_runtime.ir import MODEL_VAR, Kernel, Stage
 
-from . import estimate, schedule
+from . import estimate, model_groups, schedule
 
 AUTO_BUDGET = 0.8  # share of the target's DSP and BRAM the automatic choice may use
 
@@ -87,25 +87,21 @@ def keep_banks_mappable(kernel: Kernel) -> schedule.Schedule:
             stage.lane_var = stage.lane_var if stage.lanes > 1 else None
 
 
-def model_count(kernel: Kernel) -> int:
-    """The models on the model axis of a stacked kernel (``lower/model_axis.py``); 1 for any other kernel."""
-    loops = [lp.extent for st in kernel.stages() for lp in st.loops if lp.var == MODEL_VAR]
-    return max(loops, default=1)
-
-
 def assign_model_lanes(kernel: Kernel, model_lanes: int) -> None:
-    """Run every stage of a stacked kernel on ``model_lanes`` models at once (a divisor of the model count)."""
+    """Run a stacked kernel's models in groups of ``model_lanes`` (a divisor of the model count; rounded down
+    to one), the models of a group side by side in every stage (``passes/model_groups.py``)."""
     if not isinstance(model_lanes, int) or model_lanes < 1:
         raise ValueError(f"model_lanes must be a positive integer or 'auto', got {model_lanes!r}")
-    n = model_count(kernel)
+    size = lane_count(model_groups.model_count(kernel), model_lanes)
+    model_groups.regroup(kernel, size)
     for stage in kernel.stages():
-        stage.model_lanes = lane_count(n, model_lanes) if any(lp.var == MODEL_VAR for lp in stage.loops) else 1
+        stage.model_lanes = size if any(lp.var == MODEL_VAR for lp in stage.loops) else 1
 
 
 def assign_lanes(kernel: Kernel, lanes: int | str, target=None, model_lanes: int | str = 1) -> None:
     """Set ``lanes``/``lane_var`` on every stage: a number per stage, or ``"auto"`` (not yet bank-checked);
     on a stacked kernel also ``model_lanes`` (``"auto"``: every model at once)."""
-    assign_model_lanes(kernel, model_count(kernel) if model_lanes == "auto" else model_lanes)
+    assign_model_lanes(kernel, model_groups.model_count(kernel) if model_lanes == "auto" else model_lanes)
     if lanes == "auto":
         if target is None:
             raise ValueError("lanes='auto' needs the target's budget")

@@ -68,16 +68,18 @@ def target_roofs(target) -> Roofs:
 def _onchip_bytes(kernel: Kernel, program: str) -> int:
     """Bytes every stage of ``program`` reads (each operand at each point) and writes (each result)."""
     bits = 0
-    for st in kernel.programs[program].stages:
+    prog = kernel.programs[program]
+    for st in prog.stages:
         reduced = math.prod(lp.extent for lp in st.loops if lp.var in st.reduce)
         bits += st.iterations * sum(kernel.buffers[a.buffer].fmt.width for a in st.ins)
         bits += st.iterations // max(1, reduced) * kernel.buffers[st.out.buffer].fmt.width
-    return bits // 8
+    return prog.groups * bits // 8
 
 
 def program_macs(kernel: Kernel, program: str) -> int:
-    """Multiply-accumulates of one call: every point of every stage whose op multiplies."""
-    return sum(st.iterations for st in kernel.programs[program].stages if OPS_TABLE[st.op].multiplies)
+    """Multiply-accumulates of one call: every point of every stage whose op multiplies (once per model group)."""
+    prog = kernel.programs[program]
+    return prog.groups * sum(st.iterations for st in prog.stages if OPS_TABLE[st.op].multiplies)
 
 
 def program_points(kernel: Kernel, rtl_cycles: dict[str, int], clock_mhz: float) -> list[ProgramPoint]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .fixed import Fixed, align, shift_round
-from .ir import Access, Affine, Kernel, Stage
+from .ir import GROUP_VAR, Access, Affine, Kernel, Stage
 from .ops import OPS_TABLE, OpSpec, aligned_operands, exact_frac
 
 
@@ -28,7 +28,7 @@ class Emulator:
                 self.mem[buf.name] = np.asarray(buf.init, dtype=np.int64).reshape(buf.shape)
             else:
                 self.mem[buf.name] = np.zeros(buf.shape, dtype=np.int64)
-        self._plans: dict[int, StagePlan] = {}  # id(stage) -> its index arrays
+        self._plans: dict[tuple[int, int], StagePlan] = {}  # (id(stage), group) -> its index arrays
 
     def write(self, name: str, raw) -> None:
         """Host -> on-chip buffer (raw integers, the buffer's shape)."""
@@ -46,11 +46,12 @@ class Emulator:
         prog = self.kernel.programs[program]
         for name, raw in (inputs or {}).items():
             self.write(name, raw)
-        for stage in prog.stages:
-            plan = self._plans.get(id(stage))
-            if plan is None:
-                plan = self._plans[id(stage)] = StagePlan.of(stage, self.kernel)
-            run_stage(stage, self.kernel, self.mem, plan)
+        for group in range(prog.groups):  # (model groups: the stages once per group, GROUP_VAR = group)
+            for stage in prog.stages:
+                plan = self._plans.get((id(stage), group))
+                if plan is None:
+                    plan = self._plans[id(stage), group] = StagePlan.of(stage, self.kernel, group)
+                run_stage(stage, self.kernel, self.mem, plan)
         return {name: self.read(name) for name in prog.outputs}
 
 
@@ -102,8 +103,9 @@ class StagePlan:
     n_red: int  # reduction points per output (1 for elementwise stages)
 
     @classmethod
-    def of(cls, stage: Stage, kernel: Kernel) -> StagePlan:
-        """The plan of ``stage``: a grid over its loops in layout order, each access evaluated on it."""
+    def of(cls, stage: Stage, kernel: Kernel, group: int = 0) -> StagePlan:
+        """The plan of ``stage``: a grid over its loops in layout order, each access evaluated on it
+        (``GROUP_VAR`` = ``group``: the group of models it runs for)."""
         shape = tuple(lp.extent for lp in stage.loops)
         axes = [i for i, lp in enumerate(stage.loops) if lp.var in stage.reduce]
         keep = [i for i in range(len(shape)) if i not in axes]
@@ -113,6 +115,7 @@ class StagePlan:
         order = keep + axes if stage.reduce else list(range(len(shape)))
         mesh = np.meshgrid(*[np.arange(shape[i], dtype=np.int64) for i in order], indexing="ij")
         grid = {stage.loops[i].var: m.reshape(layout) for i, m in zip(order, mesh, strict=True)}
+        grid[GROUP_VAR] = np.full(layout, group, dtype=np.int64)
         reads = tuple(_read(a, kernel.buffers[a.buffer].shape, grid, layout) for a in stage.ins)
         out_grid = {k: v[..., 0] for k, v in grid.items()} if stage.reduce else grid
         out_flat = None

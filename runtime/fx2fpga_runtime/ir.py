@@ -52,6 +52,12 @@ A kernel of models stacked on a model axis (``fx2fpga/lower/model_axis.py``) giv
 per-model buffer a leading dim of size N and every stage an outermost loop ``MODEL_VAR`` over
 the models; ``stage.model_lanes`` copies of the stage's lanes work on that many models at once
 (each model's rows in banks of their own), so a stage has ``model_lanes * lanes`` lanes in all.
+
+Model groups (``program.groups > 1``, ``fx2fpga/passes/model_groups.py``): the program runs its
+stages ``groups`` times, for the groups of models one after another, with ``GROUP_VAR`` (an index
+variable every access may use) bound to 0, 1, ... in turn; the stages' model loop then covers one
+group, so temporaries hold one group's rows while parameters and outputs keep every model's
+(indexed ``GROUP_VAR * group size + MODEL_VAR``).
 """
 
 from __future__ import annotations
@@ -69,6 +75,7 @@ OPS = ELEMENTWISE_OPS + REDUCTION_OPS
 ARITY = {name: spec.arity for name, spec in OPS_TABLE.items()}
 ROLES = ("param", "input", "target", "output", "temp", "const")
 MODEL_VAR = "mdl"  # the loop over the models of a kernel stacked on a model axis
+GROUP_VAR = "grp"  # the group of models a program's stages run for (Program.groups)
 
 
 @dataclass(frozen=True)
@@ -215,6 +222,7 @@ class Program:
     inputs: list[str]
     outputs: list[str]
     stages: list[Stage]
+    groups: int = 1  # the stages run this many times, GROUP_VAR = 0, 1, ... (model groups)
 
 
 @dataclass
@@ -248,6 +256,8 @@ class Kernel:
 def _to_plain(k: Kernel) -> dict:
     d = asdict(k)
     for prog in d["programs"].values():
+        if prog["groups"] == 1:
+            del prog["groups"]  # (a kernel without model groups: kernel.json unchanged)
         for st in prog["stages"]:
             if st["model_lanes"] == 1:
                 del st["model_lanes"]  # one model at a time: the kernel.json of a one-model kernel is unchanged
@@ -283,10 +293,11 @@ def _stage_from(d: dict) -> Stage:
 
 
 def _program_from(d: dict) -> Program:
-    return Program(d["name"], list(d["inputs"]), list(d["outputs"]), [_stage_from(s) for s in d["stages"]])
+    return Program(d["name"], list(d["inputs"]), list(d["outputs"]), [_stage_from(s) for s in d["stages"]],
+                   d.get("groups", 1))
 
 
 __all__ = [
     "Access", "Affine", "Buffer", "Fixed", "Guard", "Kernel", "Loop", "Program", "Stage",
-    "MODEL_VAR", "OPS", "ELEMENTWISE_OPS", "REDUCTION_OPS", "ARITY", "ROLES", "replace",
+    "GROUP_VAR", "MODEL_VAR", "OPS", "ELEMENTWISE_OPS", "REDUCTION_OPS", "ARITY", "ROLES", "replace",
 ]

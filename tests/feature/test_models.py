@@ -119,7 +119,8 @@ def test_kernel_meta_lists_the_models(four_mlps):
     assert k.buffers["fc1_weight"].shape == (4, 32, 64) and k.buffers["train_loss"].shape == (4,)
     assert k.programs["train_step"].inputs == ["train_x", "train_y"]
     assert k.buffers["train_x"].shape == (16, 64)  # the batch: one buffer for every model
-    assert all(s.loops[0].var == "mdl" and s.loops[0].extent == 4 for s in k.stages())
+    assert all(s.loops[0].var == "mdl" and s.loops[0].extent * prog.groups == 4
+               for prog in k.programs.values() for s in prog.stages)  # the models, in groups
     report = four_mlps.report
     assert "## Models: 4 in one kernel" in report
     assert "| 3 | row 3 | DigitsMLP | 2,410 | 0.3 | 0 | 0 |" in report
@@ -247,3 +248,53 @@ def test_rtl_over_the_dsp_budget_is_reported(mlp_example):
     assert f"**Over budget:** the generated RTL instantiates {dsp} DSP48E1" in design.report
     alone = fx2fpga.compile(mlp_example.DigitsMLP(), mlp_example.example_inputs, train=_sgd(mlp_example), lanes=4)
     assert alone.rtl_dsp_blocks() <= 220 and "Over budget" not in alone.report
+
+
+@pytest.fixture(scope="module")
+def grouped_mlps(mlp_example, tmp_path_factory):
+    """4 MLPs 64-8-10 in groups of 2 (2 models side by side, 2 lanes each), project folder written."""
+    out = tmp_path_factory.mktemp("groups") / "mlps_g2"
+    return fx2fpga.compile(_mlps(mlp_example, 8), mlp_example.example_inputs, train=_sgd(mlp_example, lr=LRS),
+                           model_lanes=2, lanes=2, out_dir=out)
+
+
+def test_model_groups_keep_one_group_of_temporaries(mlp_example, grouped_mlps, batches):
+    """Each program runs its stages once per group; temporaries hold one group, parameters every model; the
+    results are those of all four at once."""
+    k = grouped_mlps.kernel
+    assert {p.groups for p in k.programs.values()} == {2}
+    assert k.buffers["fc1_weight"].shape == (4, 8, 64) and k.buffers["train_loss"].shape == (4,)
+    temps = [b for b in k.buffers.values() if b.role == "temp" and b.shape and b.shape[0] in (2, 4)]
+    assert temps and all(b.shape[0] == 2 for b in temps)
+    at_once = fx2fpga.compile(_mlps(mlp_example, 8), mlp_example.example_inputs, train=_sgd(mlp_example, lr=LRS),
+                              model_lanes=4, lanes=2)
+    a, b = grouped_mlps.load("emu"), at_once.load("emu")
+    for x, y in batches[:3]:
+        assert np.array_equal(a.train_step(x, y), b.train_step(x, y))
+    assert np.array_equal(a.infer(batches[0][0]), b.infer(batches[0][0]))
+    cycles = grouped_mlps.rtl_cycles()["train_step"]
+    assert cycles > 1.9 * at_once.rtl_cycles()["train_step"] / 2  # two passes of half the lanes: about the same
+    assert "for (grp = 0; grp < 2; grp++)" in grouped_mlps.files()["src/" + k.name + ".cpp"]
+
+
+@pytest.mark.parametrize("sim", ["csim", "rtl"])
+def test_model_groups_simulators_equal_emu(grouped_mlps, batches, sim):
+    (x0, y0), (x1, y1) = batches[:2]
+    seq = [("infer", (x0,)), ("train_step", (x0, y0)), ("train_step", (x1, y1)), ("infer", (x1,))]
+    assert_backend_equals_emu(grouped_mlps, sim, seq)
+
+
+def test_model_groups_of_a_one_stage_program_in_rtl(tmp_path):
+    """Four linear models one at a time: the program's only stage phase loops back to itself per group; the
+    Verilator cycles equal the schedule's."""
+    torch.manual_seed(0)
+    models = [nn.Linear(8, 3) for _ in range(4)]
+    x = torch.randn(2, 8)
+    d = fx2fpga.compile(models, (x,), model_lanes=1, lanes=1, out_dir=tmp_path / "lin")
+    assert d.kernel.programs["infer"].groups == 4 and len(d.kernel.programs["infer"].stages) == 1
+    emu, rtl = d.load("emu"), d.load("rtl")
+    xs = np.random.default_rng(0).normal(size=(2, 8))
+    assert np.array_equal(emu.infer(xs), rtl.infer(xs))
+    assert rtl.backend.last_cycles == d.rtl_cycles()["infer"]
+    want = np.stack([m(torch.from_numpy(xs).float()).detach().numpy() for m in models])
+    assert np.abs(emu.infer(xs) - want).max() < 2e-3

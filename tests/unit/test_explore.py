@@ -25,7 +25,7 @@ def test_auto_keeps_the_fastest_point_that_fits(auto_mlp):
     assert [p.lanes for p in uniform] == [1, 2, 4, 8, 16]  # 16 is over 100% of the LUTs: 32 is not evaluated
     assert result.skipped == [(1, 32)]
     per_stage = [p for p in result.points if p.allocation]
-    assert [p.label for p in per_stage] == ["per-stage@20%", "per-stage@40%", "per-stage@60%", "per-stage@80%"]
+    assert [p.label for p in per_stage] == ["per-stage@80%", "per-stage@20%", "per-stage@40%", "per-stage@60%"]
     # lanes where the cycles are: per stage beats every uniform request that fits, by at least 2x here
     assert chosen.allocation and chosen.model_steps_per_s > 2 * max(p.model_steps_per_s for p in uniform if p.fits)
     assert chosen.fits and chosen.usage <= explore.AUTO_BUDGET

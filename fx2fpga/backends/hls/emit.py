@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from fx2fpga_runtime import interface
 from fx2fpga_runtime.fixed import Fixed
-from fx2fpga_runtime.ir import Access, Affine, Buffer, Kernel, Stage
+from fx2fpga_runtime.ir import GROUP_VAR, MODEL_VAR, Access, Affine, Buffer, Kernel, Stage
 from fx2fpga_runtime.ops import OPS_TABLE
 
 from fx2fpga.errors import Fx2fpgaError
@@ -310,12 +310,12 @@ def _context(kernel: Kernel, version: str) -> dict:
     formats = {b.fmt for b in kernel.buffers.values()} | {s.acc for s in kernel.stages() if s.acc is not None}
     types = [{"name": type_name(f), "cpp": f.cpp(), "fmt": str(f)} for f in sorted(formats)]
     programs, funcs = [], {}  # funcs: C function name -> (the IR stage, its view)
-    taken = set(kernel.buffers) | {t["name"] for t in types}
+    taken = set(kernel.buffers) | {t["name"] for t in types} | {GROUP_VAR}
     for prog in kernel.programs.values():
         views = []
         for st in prog.stages:
             try:
-                check_stage(st, kernel, f"stage {st.name!r} of program {prog.name!r}")
+                check_stage(st, kernel, f"stage {st.name!r} of program {prog.name!r}", prog.groups)
             except KernelCheckError as e:
                 raise HlsCodegenError(str(e)) from None
             func = _c_name(f"stage_{st.name}")
@@ -326,8 +326,9 @@ def _context(kernel: Kernel, version: str) -> dict:
             if func not in funcs:
                 funcs[func] = (st, _stage_view(_rename_vars(st, taken), kernel, func))
             views.append(funcs[func][1])
+        size = next((lp.extent for st in prog.stages for lp in st.loops if lp.var == MODEL_VAR), 1)
         programs.append({"name": prog.name, "func": f"run_{prog.name}", "stages": views,
-                         "inputs": prog.inputs, "outputs": prog.outputs})
+                         "inputs": prog.inputs, "outputs": prog.outputs, "groups": prog.groups, "group_size": size})
     unpacked = sorted({p.buffer for c in commands for p in c.ins}, key=list(kernel.buffers).index)
     packed = sorted({p.buffer for c in commands for p in c.outs}, key=list(kernel.buffers).index)
     in_words, out_words = interface.port_words(kernel)

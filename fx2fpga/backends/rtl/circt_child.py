@@ -156,11 +156,16 @@ def _build_fsm(spec, ir, hw, comb, fsm):
     """The command/phase state machine: inputs (cmd_valid, cmd, done), output the phase code."""
     pw = spec["phase_bits"]
     i1, i8, ip = ir.IntegerType.get_signless(1), ir.IntegerType.get_signless(CMD_BITS), ir.IntegerType.get_signless(pw)
-    mach = fsm.MachineOp(spec["fsm"], "IDLE", [("cmd_valid", i1), ("cmd", i8), ("done", i1)], [("phase", ip)])
-    mach.attributes["in_names"] = ir.ArrayAttr.get([ir.StringAttr.get(n) for n in ("cmd_valid", "cmd", "done")])
+    grouped = any(c.get("repeat") for c in spec["commands"])
+    names = ("cmd_valid", "cmd", "done") + (("again",) if grouped else ())
+    mach = fsm.MachineOp(spec["fsm"], "IDLE", [("cmd_valid", i1), ("cmd", i8), ("done", i1)]
+                         + ([("again", i1)] if grouped else []), [("phase", ip)])
+    mach.attributes["in_names"] = ir.ArrayAttr.get([ir.StringAttr.get(n) for n in names])
     mach.attributes["out_names"] = ir.ArrayAttr.get([ir.StringAttr.get("phase")])
     block = mach.body.blocks[0]
-    cmd_valid, cmd, done = block.arguments
+    cmd_valid, cmd, done = block.arguments[:3]
+    again = block.arguments[3] if grouped else None
+    back = {c["repeat"]["last"]: c["repeat"]["first"] for c in spec["commands"] if c.get("repeat")}
     state_of = {ph["id"]: f"P{ph['id']}_{ph['name']}" for ph in spec["phases"]}
     nxt = {}
     for c in spec["commands"]:
@@ -188,7 +193,10 @@ def _build_fsm(spec, ir, hw, comb, fsm):
         state("IDLE", 0, [(state_of[c["phases"][0]], starts(c["code"])) for c in spec["commands"]])
         for ph in spec["phases"]:
             to = state_of[nxt[ph["id"]]] if nxt[ph["id"]] else "IDLE"
-            state(state_of[ph["id"]], ph["id"], [(to, lambda: done)])
+            loop = []  # the last stage phase of a program of model groups: back to its first for the next group
+            if ph["id"] in back:
+                loop = [(state_of[back[ph["id"]]], lambda: comb.AndOp([done, again]).result)]
+            state(state_of[ph["id"]], ph["id"], loop + [(to, lambda: done)])
     return mach
 
 
@@ -232,18 +240,25 @@ class _Controller:
         self.tap_addr, self.tap_ram, self.tap_operand, self.tap_out = (
             spec["taps"][k] for k in ("addr", "ram", "operand", "out"))
         self.out: dict[str, object] = {}
+        self.repeats = [c["repeat"] for c in spec["commands"] if c.get("repeat")]
+        self.gc = spec.get("group_counter")  # the group counter's index among the counters (model groups)
 
     def phase_fsm(self, fsm, ir):
         """The FSM, fed back by ``done``; ``on[p]``: the phase, registered one-hot (valid from its setup cycle on)."""
         net, args, spec = self.net, self.args, self.spec
         self.done_ph = net.wire(1)
-        inst = fsm.HWInstanceOp(outputs=[net.ty(self.pw)], inputs=[args["cmd_valid"], args["cmd"], self.done_ph.result],
+        self.again = net.wire(1) if self.repeats else None
+        fsm_inputs = [args["cmd_valid"], args["cmd"], self.done_ph.result] + ([self.again.result] if self.again else [])
+        inst = fsm.HWInstanceOp(outputs=[net.ty(self.pw)], inputs=fsm_inputs,
                                 sym_name=ir.StringAttr.get("fsm"), machine=ir.FlatSymbolRefAttr.get(spec["fsm"]),
                                 clock=args["clk"], reset=args["rst"])
         self.phase = phase = inst.results[0]
         self.now = {p: net.eq_const(phase, p) for p in self.phases}
         self.on = {p: net.delayed(f"on_p{p}", self.now[p]) for p in self.phases}
         self.setup = net.not_(net.cmp("eq", phase, net.delayed("phase_q", phase)))  # a phase's first cycle
+        if self.again is not None:  # (or the first of the next group's pass, which may be the same phase)
+            self.looped = net.wire(1)
+            self.setup = net.or_(self.setup, net.delayed("looped_q", self.looped.result))
         self.running = net.delayed("running", net.not_(net.eq_const(phase, 0)))
 
     def per_phase(self, name: str, value_of, width: int):
@@ -278,9 +293,29 @@ class _Controller:
                                                      if ph["write_delay"] == 0]))
         drain_init = self.per_phase("drain_init", lambda ph: max(0, ph["write_delay"] - 1), dw)
         drained = net.and_(draining, net.eq_const(dcnt, 0))
-        net.connect(self.done_ph, net.or_(net.and_(last_all, no_delay), drained))
+        self.done = net.or_(net.and_(last_all, no_delay), drained)  # the phase's last cycle
+        net.connect(self.done_ph, self.done)
         set_draining(net.mux(draining, net.not_(net.eq_const(dcnt, 0)), net.and_(last_all, net.not_(no_delay))))
         set_dcnt(net.mux(draining, net.sub(dcnt, net.const(1, dw)), drain_init))
+        self.group_counter()
+
+    def group_counter(self):
+        """Model groups: the group counter ``cgrp`` (0 in IDLE) counts the passes over a program's stage phases;
+        ``again`` (to the FSM) sends its last stage phase back to its first until the last group."""
+        if not self.repeats:
+            self.cgrp = None
+            return
+        net = self.net
+        gw = max(1, max(r["count"] - 1 for r in self.repeats).bit_length())
+        cg, set_cg = net.reg("cgrp", gw)
+        more = [net.and_(self.now[r["last"]], net.not_(net.eq_const(cg, r["count"] - 1))) for r in self.repeats]
+        again = net.or_(*more)
+        net.connect(self.again, again)
+        net.connect(self.looped, net.and_(self.done, again))
+        ends = net.and_(self.done, net.or_(*[self.now[r["last"]] for r in self.repeats]))
+        step = net.mux(again, net.add(cg, net.const(1, gw)), net.const(0, gw))
+        set_cg(net.mux(ends, step, net.mux(net.eq_const(self.phase, 0), net.const(0, gw), cg)))
+        self.cgrp = cg
 
     def compute_tap(self, port: dict) -> int:
         """A write's address is computed two registers ahead of its port."""
@@ -291,7 +326,7 @@ class _Controller:
         write requests computed at that tap (or later) need."""
         net, spec, phases, m = self.net, self.spec, self.phases, self.m
         max_tap = max([self.tap_out, self.tap_operand] + [self.compute_tap(w) for w in spec["writes"]])
-        need = [[0] * m for _ in range(max_tap + 2)]
+        need = [[0] * max(m, (self.gc or 0) + 1) for _ in range(max_tap + 2)]
         for port in spec["writes"]:
             t, ph = self.compute_tap(port), phases[port["phase"]]
             used = {k for a in port["index"] + port.get("guard", []) for k, _ in a["terms"]}
@@ -307,6 +342,9 @@ class _Controller:
             self.issue_at.append(net.delayed(f"issue_d{t}", net.mux(self.setup, net.const(0, 1), self.issue_at[t - 1])))
             self.counters_at.append([net.delayed(f"c{k}_d{t}", net.resize(c, need[t][k]), None) if need[t][k] else None
                                      for k, c in enumerate(self.counters_at[t - 1])])
+        if self.cgrp is not None:  # the group counter changes only between phases: the same at every tap
+            for at in self.counters_at:
+                at += [None] * (self.gc - len(at)) + [self.cgrp]
 
     def delay(self, name: str, v, cycles: int):
         """``v`` through ``cycles`` registers named ``<name>_d1 ..``."""

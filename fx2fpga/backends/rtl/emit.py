@@ -370,10 +370,12 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
         "counters": s.counter_count(), "counter_bits": s.counter_bits(),
         "taps": {"addr": sched.ADDR_TAP, "ram": sched.RAM_TAP, "operand": sched.OPERAND_TAP,
                  "out": sched.PACK_DELAY},
-        "commands": [{"code": s.codes[c], "phases": [pid[id(p)] for p in ph]} for c, ph in s.commands.items()],
+        "commands": [{"code": s.codes[c], "phases": [pid[id(p)] for p in ph], "repeat": _repeat(ph, pid)}
+                     for c, ph in s.commands.items()],
         "phases": [{"id": pid[id(p)], "name": _ident(p.name), "kind": p.kind,
-                    "counters": [c.count for c in p.counters], "reduce": list(p.reduce),
+                    "counters": _phase_counts(p), "reduce": list(p.reduce),
                     "write_delay": p.write_delay} for p in phases],
+        "group_counter": next((p.group_counter for p in phases if p.group_counter is not None), None),
         "memories": {n: {k: m[k] for k in ("banks", "addr_bits", "bank_bits", "factors", "bank_shape", "ports")}
                      for n, m in mems.items()},
         "reads": w.reads, "writes": w.writes, "go": w.go, "first": w.first, "act": act,
@@ -390,6 +392,23 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
                    reset_cycles=max([p.write_delay for p in phases] + [sched.PACK_DELAY]) + 4)
 
 
+def _repeat(phases, pid: dict) -> dict | None:
+    """A command whose program runs in model groups: its first and last stage phases and the group count."""
+    grouped = [p for p in phases if p.group_counter is not None]
+    if not grouped:
+        return None
+    return {"first": pid[id(grouped[0])], "last": pid[id(grouped[-1])], "count": grouped[0].groups}
+
+
+def _phase_counts(p) -> list[int]:
+    """A phase's counter counts; a phase of model groups also the group counter's (at its index: the counters
+    between count 1, loops the phase does not have)."""
+    counts = [c.count for c in p.counters]
+    if p.group_counter is not None:
+        counts += [1] * (p.group_counter - len(counts)) + [p.groups]
+    return counts
+
+
 def _check_mappable(kernel) -> None:
     """Every stage is an op the RTL has a datapath for, and passes the backends' common checks."""
     for prog in kernel.programs.values():
@@ -398,7 +417,7 @@ def _check_mappable(kernel) -> None:
             if st.op not in RTL_OPS:
                 raise RtlCodegenError(f"{where}: op {st.op!r} has no RTL datapath yet (RTL ops: {', '.join(RTL_OPS)})")
             try:
-                check_stage(st, kernel, where)
+                check_stage(st, kernel, where, prog.groups)
             except Fx2fpgaError as e:
                 raise RtlCodegenError(str(e)) from None
 
