@@ -3,7 +3,9 @@
 - fx2fpga on the PYNQ-Z1 at 100 MHz: per training step, the RTL kernel's exact cycles (the schedule's
   model, which Verilator measures to the cycle: tests/feature/test_rtl.py) plus the batch's bus
   transfer (its bytes in and out at the target's measured AXI DMA rate, ``bus_mbytes_per_s``). One
-  model at lanes 4 and ``lanes="auto"``, and N models in one kernel when ``compile`` takes a list.
+  model at lanes 4, and N models in one kernel at ``lanes="auto"`` (the explorer's choice on the
+  calibrated RTL resource model: models of one architecture on a model axis, in groups, lanes per
+  stage; ``passes/explore.py``); also N digits CNNs (``--cnns``).
   MAC-lane utilization: useful multiplies / (multiplier lanes x cycles), per multiplying stage and
   over the whole step.
 - PyTorch on this machine's CPU, in the same run: an eager loop over N models and ``torch.func.vmap``
@@ -11,7 +13,8 @@
 - A GPU figure from ``torch_baseline_gpu.json`` (``benchmarks/torch_baseline.py`` on a lent GPU
   machine: not the same run, so compare its ratios with care).
 
-    python benchmarks/model_throughput.py [--models 1,8,30]  -> benchmarks/results/model_throughput.{json,png}
+    python benchmarks/model_throughput.py [--models 1,8,30] [--cnns 30]
+        -> benchmarks/results/model_throughput.{json,png}
 """
 
 from __future__ import annotations
@@ -60,31 +63,56 @@ def mac_utilization(design, macs: int) -> dict:
             "stages": stages}
 
 
-def fpga(n_models: int, lanes) -> dict | None:
-    """One kernel training ``n_models`` MLPs at once: cycles, bus time, model-steps/s at the target clock."""
+def fpga(n_models: int, lanes, model: str = "mlp") -> dict | None:
+    """One kernel training ``n_models`` MLPs (or CNNs) at once: cycles, bus time, model-steps/s at the target
+    clock, and the explorer's chosen point."""
     import fx2fpga
     from fx2fpga.errors import Fx2fpgaError
     from fx2fpga.project import roofline
 
-    models = _mlps(n_models)
-    sgd = fx2fpga.SGD(ex.loss_fn, ex.example_targets, ex.lr)
+    models, mod = _models(n_models, model)
+    sgd = fx2fpga.SGD(mod.loss_fn, mod.example_targets, mod.lr)
+    t0 = time.perf_counter()
     try:
-        design = fx2fpga.compile(models if n_models > 1 else models[0], ex.example_inputs, train=sgd, lanes=lanes)
+        design = fx2fpga.compile(models if n_models > 1 else models[0], mod.example_inputs, train=sgd, lanes=lanes,
+                                 progress=lambda m: print(f"  {m}", flush=True) if "explore" in m else None)
     except (TypeError, ValueError, Fx2fpgaError) as e:
-        print(f"fpga {n_models} models, lanes {lanes}: not compiled ({type(e).__name__}: {e})", flush=True)
-        return None
+        print(f"fpga {n_models} {model}s, lanes {lanes}: not compiled ({type(e).__name__}: {e})", flush=True)
+        return {"model": model, "models": n_models, "lanes": lanes, "error": f"{type(e).__name__}: {e}"}
+    seconds = time.perf_counter() - t0
     t = design.target
     points = roofline.program_points(design.kernel, design.rtl_cycles(), t.clock_mhz)
     point = next(p for p in points if p.program == "train_step")
     cycles, bus_bytes = point.cycles, point.bus_bytes
     bus_cycles = math.ceil(bus_bytes / (t.bus_mbytes_per_s * 1e6) * t.clock_mhz * 1e6)
     step_s = (cycles + bus_cycles) / (t.clock_mhz * 1e6)
-    return {"models": n_models, "lanes": lanes, "target": t.name, "clock_mhz": t.clock_mhz,
+    chosen = design.context.exploration.chosen if design.context.exploration else None
+    from fx2fpga.passes import resources
+
+    pred = resources.rtl_resources(design, t)
+    return {"model": model, "models": n_models, "lanes": lanes, "target": t.name, "clock_mhz": t.clock_mhz,
+            "chosen": chosen.label if chosen else None,
+            "groups": design.kernel.programs["train_step"].groups, "compile_seconds": round(seconds, 1),
             "cycles_per_step": cycles, "bus_bytes_per_step": bus_bytes, "bus_cycles_per_step": bus_cycles,
             "model_steps_per_s": n_models / step_s, "dsp_blocks": design.rtl_dsp_blocks(),
-            "fits_dsp_budget": design.rtl_dsp_blocks() <= t.dsp,
+            "predicted": {"lut": pred.lut, "ff": pred.ff, "dsp": pred.dsp, "bram36": pred.bram36},
+            "fits_budget": pred.lut <= t.lut and pred.ff <= t.ff and pred.dsp <= t.dsp and pred.bram36 <= t.bram36,
             "mac_utilization": mac_utilization(design, point.macs),
-            "source": f"exact RTL cycles + bus bytes at {t.bus_mbytes_per_s:g} MB/s ({t.bus_source})"}
+            "source": f"exact RTL cycles + bus bytes at {t.bus_mbytes_per_s:g} MB/s ({t.bus_source}); resources: "
+                      "the calibrated RTL model"}
+
+
+def _models(n: int, model: str):
+    """``n`` seeded MLPs or CNNs and their example module."""
+    if model == "mlp":
+        return _mlps(n), ex
+    import cnn_digits as cx
+
+    models = []
+    for seed in range(n):
+        torch.manual_seed(seed)
+        models.append(cx.DigitsCNN())
+    return models, cx
 
 
 def _torch_data(n: int):
@@ -159,10 +187,13 @@ def plot(result: dict, png: Path) -> None:
 
     labels, values, colors = [], [], []
     for f in result["fpga"]:
-        over = "" if f["fits_dsp_budget"] else f" (RTL: {f['dsp_blocks']} DSPs, over budget)"
-        labels.append(f"PYNQ-Z1: {f['models']} model{'s' * (f['models'] > 1)} in one kernel, lanes={f['lanes']}{over}")
+        if "error" in f:
+            continue
+        how = f"lanes {f['lanes']}" if f["chosen"] is None else f"auto: {f['chosen']}"
+        what = "MLP" if f["model"] == "mlp" else "CNN"
+        labels.append(f"PYNQ-Z1: {f['models']} {what}{'s' * (f['models'] > 1)}, {how}")
         values.append(f["model_steps_per_s"])
-        colors.append("#c44e52")
+        colors.append("#c44e52" if f["model"] == "mlp" else "#dd8452")
     for kind, color in (("eager", "#8172b2"), ("vmap", "#4c72b0")):
         for row in result["torch_cpu"][kind]:
             labels.append(f"CPU {kind}, {row['threads']} thread{'s' * (row['threads'] > 1)}, {row['models']} models")
@@ -185,11 +216,13 @@ def plot(result: dict, png: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="1,8,30", help="model counts (FPGA kernels and PyTorch)")
+    ap.add_argument("--models", default="1,8,30", help="MLP counts (FPGA kernels and PyTorch)")
+    ap.add_argument("--cnns", default="30", help="digits CNN counts (FPGA kernels; '' for none)")
     a = ap.parse_args()
     counts = [int(n) for n in a.models.split(",")]
     threads = sorted({1, os.cpu_count() or 1})
-    fpga_rows = [r for r in [fpga(1, 4)] + [fpga(n, "auto") for n in counts] if r is not None]
+    fpga_rows = [fpga(1, 4)] + [fpga(n, "auto") for n in counts]
+    fpga_rows += [fpga(int(n), "auto", "cnn") for n in a.cnns.split(",") if n]
     cpu = {"eager": [], "vmap": []}
     for n in counts:
         for th in threads:

@@ -25,9 +25,11 @@ from dataclasses import dataclass
 from fx2fpga_runtime.ir import MODEL_VAR, Kernel, Stage
 from fx2fpga_runtime.ops import OPS_TABLE
 
+from ..backends.common import buffer_banking
 from . import resources, schedule, tile
 
 RESOURCES = ("lut", "ff", "dsp", "bram36")
+ALTERNATIVES = 4  # further choices of a stage tried when its next one does not fit
 
 
 @dataclass
@@ -92,9 +94,30 @@ def _options(st: Stage) -> list[tuple[int, int]]:
     return sorted({(m, ln) for m in mls for ln in ls}, key=lambda o: (o[0] * o[1], -o[0]))
 
 
+def memory_cost(kernel: Kernel, costs: dict) -> dict[str, float]:
+    """LUT, FF and BRAM36 of the kernel's memories as banked by its current lanes (``buffer_banking``): each
+    bank where Yosys maps it (``resources.bank_mapping``), its read and write-data registers."""
+    out = dict.fromkeys(RESOURCES, 0.0)
+    written = {st.out.buffer for st in kernel.stages()}
+    used = {a.buffer for st in kernel.stages() for a in (st.out, *st.ins)} | set(kernel.params)
+    used |= {b for p in kernel.programs.values() for b in (*p.inputs, *p.outputs)}
+    tables = {st.attrs["table"] for st in kernel.stages() if "table" in st.attrs}  # (ROMs of the table units)
+    for name, spec in buffer_banking(kernel).items():
+        if name not in used or name in tables:
+            continue
+        buf = kernel.buffers[name]
+        depth = math.prod(-(-s_ // f) for s_, f in zip(buf.shape, spec.factors, strict=True))
+        m = resources.bank_mapping(depth, buf.fmt.width, read_only=name not in written and buf.role == "const")
+        out["bram36"] += spec.banks * m.bram36
+        out["lut"] += spec.banks * m.luts * costs["lut"]["lutram_luts"]
+        out["ff"] += spec.banks * buf.fmt.width * 2 * costs["ff"]["mem_reg_bits"]
+    return out
+
+
 def allocate(kernel: Kernel, target, plan_1x1, budget: float, main: str) -> dict[str, tuple[int, int]]:
     """(model lanes, lanes) per stage name: the greedy allocation within ``budget`` (a share of every
-    resource of ``target``), starting from the one-lane kernel whose plan is ``plan_1x1``."""
+    resource of ``target``), starting from the one-lane kernel whose plan is ``plan_1x1`` (``kernel`` is
+    left with the lanes chosen)."""
     costs = resources.load_costs()
     base = resources.rtl_resources(plan_1x1, target)
     used = {"lut": base.lut, "ff": base.ff, "dsp": base.dsp, "bram36": base.bram36}
@@ -104,23 +127,37 @@ def allocate(kernel: Kernel, target, plan_1x1, budget: float, main: str) -> dict
     stages = {st.name: st for st in kernel.programs[main].stages}
     options = {n: _options(st) for n, st in stages.items()}
     choice = {n: 0 for n in stages}  # index into options
+    memory = memory_cost(kernel, costs)
     frozen: set[str] = set()
+    def fits(delta):
+        return all(used[r] + delta[r] <= limit[r] for r in RESOURCES)
+
     while True:
         best, best_gain = None, 0.0
         for n, st in stages.items():
             if n in frozen or choice[n] + 1 >= len(options[n]):
                 continue
-            gain, delta = _move(st, options[n], choice[n], per_lane[n], pool, pool_lanes, target)
+            j = _next(options[n], choice[n])
+            gain, delta, mem = _move(kernel, st, options[n], choice[n], j, per_lane[n], pool, pool_lanes, target,
+                                     memory, costs)
             if gain > 0 and (best is None or gain > best_gain):
-                best, best_gain, best_delta = n, gain, delta
+                best, best_gain, best_move = n, gain, (j, delta, mem)
         if best is None:
             break
-        new = {r: used[r] + best_delta[r] for r in RESOURCES}
-        if any(new[r] > limit[r] for r in RESOURCES):
-            frozen.add(best)  # its next choice does not fit; cheaper moves of others may
-            continue
-        used = new
-        choice[best] = _next(options[best], choice[best])
+        j, delta, mem = best_move
+        if not fits(delta):  # the next choice does not fit: a few further ones may (other banks), else freeze
+            alternatives = [_move(kernel, stages[best], options[best], choice[best], k, per_lane[best], pool,
+                                  pool_lanes, target, memory, costs) + (k,)
+                            for k in range(j + 1, min(len(options[best]), j + 1 + ALTERNATIVES))]
+            ok = [a for a in alternatives if a[0] > 0 and fits(a[1])]
+            if not ok:
+                frozen.add(best)
+                continue
+            _, delta, mem, j = max(ok, key=lambda a: a[0])
+        used = {r: used[r] + delta[r] for r in RESOURCES}
+        memory = mem
+        choice[best] = j
+        _set(stages[best], *options[best][choice[best]])
         if OPS_TABLE[stages[best].op].multiplies:
             m, ln = options[best][choice[best]]
             pool_lanes = max(pool_lanes, m * ln)
@@ -133,9 +170,10 @@ def _next(opts: list[tuple[int, int]], i: int) -> int:
     return next((j for j in range(i + 1, len(opts)) if opts[j][0] * opts[j][1] > total), len(opts) - 1)
 
 
-def _move(st: Stage, opts, i: int, cost: LaneCost, pool: LaneCost, pool_lanes: int, target):
-    """(cycles saved per share of the budget spent, resources added) of widening ``st`` to its next choice."""
-    j = _next(opts, i)
+def _move(kernel, st: Stage, opts, i: int, j: int, cost: LaneCost, pool: LaneCost, pool_lanes: int, target, memory,
+          costs):
+    """(cycles saved per share of the budget spent, resources added, the memories' cost after) of moving ``st``
+    from choice ``i`` to ``j`` (its memories re-banked: tried on the stage, then undone)."""
     loop = tile._lane_loop(st)
     var = loop.var if loop is not None else None
     (m0, l0), (m1, l1) = opts[i], opts[j]
@@ -145,15 +183,23 @@ def _move(st: Stage, opts, i: int, cost: LaneCost, pool: LaneCost, pool_lanes: i
     if OPS_TABLE[st.op].multiplies and m1 * l1 > pool_lanes:
         grow = m1 * l1 - pool_lanes
         delta = {r: delta[r] + grow * getattr(pool, r) for r in RESOURCES}
-    spent = max(delta[r] / getattr(target, r) for r in RESOURCES)
-    return (saved / spent if spent > 0 else math.inf), delta
+    _set(st, m1, l1)
+    mem = memory_cost(kernel, costs)
+    _set(st, m0, l0)
+    delta = {r: delta[r] + mem[r] - memory[r] for r in RESOURCES}
+    spent = max(max(0.0, delta[r]) / getattr(target, r) for r in RESOURCES)
+    return (saved / spent if spent > 0 else math.inf), delta, mem
+
+
+def _set(st: Stage, model_lanes: int, lanes: int) -> None:
+    """Give ``st`` that many model lanes and lanes over its lane loop."""
+    loop = tile._lane_loop(st)
+    st.model_lanes = model_lanes
+    st.lanes, st.lane_var = (lanes, loop.var) if lanes > 1 and loop is not None else (1, None)
 
 
 def apply(kernel: Kernel, lanes_of: dict[str, tuple[int, int]], program: str) -> None:
     """Set each stage of ``program`` to its (model lanes, lanes); other programs' stages get one lane."""
     for prog in kernel.programs.values():
         for st in prog.stages:
-            m, ln = lanes_of.get(st.name, (1, 1)) if prog.name == program else (1, 1)
-            loop = tile._lane_loop(st)
-            st.model_lanes = m
-            st.lanes, st.lane_var = (ln, loop.var) if ln > 1 and loop is not None else (1, None)
+            _set(st, *(lanes_of.get(st.name, (1, 1)) if prog.name == program else (1, 1)))

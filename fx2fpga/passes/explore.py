@@ -181,7 +181,7 @@ def per_stage_points(kernel: Kernel, target, name: str, progress=None):
         size = model_groups.group_size(best[1])
         for share in PER_STAGE_BUDGETS:
             got = per_stage_point(kernel, target, name, size, share)
-            if got[0] is not None:
+            if got[0] is not None and got[0].usage <= share:  # (one lane everywhere may already use more)
                 out.append(got)
     return out
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from . import plots
+
 
 def write(result, out_dir: str | Path, title: str) -> list[Path]:
     """Write ``explore.json`` (and ``explore.png`` when matplotlib is installed) into ``out_dir``."""
@@ -25,13 +27,9 @@ def write(result, out_dir: str | Path, title: str) -> list[Path]:
 
 def plot(result, title: str, png: Path) -> bool:
     """Draw the design points and their Pareto front to ``png``; False when matplotlib is not installed."""
-    try:
-        import matplotlib
-    except ImportError:
+    plt = plots.pyplot()
+    if plt is None:
         return False
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(7, 4.5))
     pts = result.points
     ax.scatter([100 * p.usage for p in pts], [p.model_steps_per_s for p in pts], c=["#4c72b0" if p.fits else "#999999"
@@ -47,15 +45,8 @@ def plot(result, title: str, png: Path) -> bool:
         ax.scatter([100 * chosen.usage], [chosen.model_steps_per_s], s=120, facecolors="none", edgecolors="#c44e52",
                    lw=1.5, label=f"chosen: {chosen.label} ({chosen.model_steps_per_s:,.0f}/s)", zorder=3)
     ax.axvline(100 * result.budget, color="k", ls="--", lw=1, label=f"budget ({result.budget:.0%})")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel(f"share of {result.target}'s budget, largest of LUT/FF/DSP/BRAM36 (%)")
-    ax.set_ylabel("model-steps per second (RTL cycles + bus)")
-    ax.set_title(title + "\n(labels: model lanes x lanes; grey: over the budget)", fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=120)
+    done = plots.save_log_log(fig, ax, png, f"share of {result.target}'s budget, largest of LUT/FF/DSP/BRAM36 (%)",
+                              "model-steps per second (RTL cycles + bus)",
+                              title + "\n(labels: model lanes x lanes; grey: over the budget)", title_size=9)
     plt.close(fig)
-    return True
+    return done

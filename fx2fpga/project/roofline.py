@@ -23,6 +23,8 @@ from fx2fpga_runtime import interface, read_kernel
 from fx2fpga_runtime.ir import Kernel
 from fx2fpga_runtime.ops import OPS_TABLE
 
+from . import plots
+
 BRAM36_PORT_BITS = 72  # two ports of 36 bits per BRAM36 (true dual port), every cycle
 
 
@@ -125,13 +127,9 @@ def _bound(p: ProgramPoint, roofs: Roofs) -> str:
 
 def plot(points: list[ProgramPoint], roofs: Roofs, title: str, png: Path) -> bool:
     """Draw the roofline (log-log) to ``png``; False when matplotlib is not installed."""
-    try:
-        import matplotlib
-    except ImportError:
+    plt = plots.pyplot()
+    if plt is None:
         return False
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     xs = [v for p in points for v in (p.bus_intensity, p.onchip_intensity) if math.isfinite(v) and v > 0]
     lo, hi = min(xs + [0.01]) / 4, max(xs + [100.0]) * 4
     grid = [lo * (hi / lo) ** (i / 200) for i in range(201)]
@@ -145,18 +143,9 @@ def plot(points: list[ProgramPoint], roofs: Roofs, title: str, png: Path) -> boo
         ax.plot([p.bus_intensity], [p.mac_per_s], "o", color=color, label=f"{p.program} (bus bytes)")
         ax.plot([p.onchip_intensity], [p.mac_per_s], "s", color=color, fillstyle="none",
                 label=f"{p.program} (on-chip bytes)")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("operational intensity (MAC per byte)")
-    ax.set_ylabel("MAC per second")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=120)
+    done = plots.save_log_log(fig, ax, png, "operational intensity (MAC per byte)", "MAC per second", title)
     plt.close(fig)
-    return True
+    return done
 
 
 def add_to_report(project_dir: Path) -> list[ProgramPoint]:

@@ -298,3 +298,31 @@ def test_model_groups_of_a_one_stage_program_in_rtl(tmp_path):
     assert rtl.backend.last_cycles == d.rtl_cycles()["infer"]
     want = np.stack([m(torch.from_numpy(xs).float()).detach().numpy() for m in models])
     assert np.abs(emu.infer(xs) - want).max() < 2e-3
+
+
+@pytest.fixture(scope="module")
+def auto_mlps(mlp_example, tmp_path_factory):
+    """6 MLPs 64-8-10 at lanes="auto": lanes per stage, models side by side in groups (the explorer's choice)."""
+    out = tmp_path_factory.mktemp("auto") / "mlps_auto"
+    models = []
+    for seed in range(6):
+        torch.manual_seed(seed)
+        models.append(mlp_example.DigitsMLP(8))
+    return fx2fpga.compile(models, mlp_example.example_inputs, train=_sgd(mlp_example, lr=0.1), lanes="auto",
+                           out_dir=out)
+
+
+def test_auto_lanes_per_stage_in_rtl_equal_emu(auto_mlps, batches):
+    """Stages with different lanes and model lanes in one group loop: Verilator equals the emulator word for word
+    and its cycles equal the schedule's."""
+    chosen = auto_mlps.context.exploration.chosen
+    stages = auto_mlps.kernel.programs["train_step"].stages
+    assert chosen.allocation.startswith("per stage")
+    assert len({(s.model_lanes, s.lanes) for s in stages}) > 2  # lanes per stage, not one request for all
+    assert any(s.model_lanes > 1 for s in stages)
+    (x0, y0), (x1, y1) = batches[:2]
+    seq = [("train_step", (x0, y0)), ("train_step", (x1, y1)), ("infer", (x1,))]
+    assert_backend_equals_emu(auto_mlps, "rtl", seq,
+                              after_call=lambda cmd, k: k.backend.last_cycles == auto_mlps.rtl_cycles()[cmd] or
+                              pytest.fail(f"{cmd}: {k.backend.last_cycles} cycles, schedule "
+                                          f"{auto_mlps.rtl_cycles()[cmd]}"))
