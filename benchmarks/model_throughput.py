@@ -86,7 +86,13 @@ def fpga(n_models: int, lanes, model: str = "mlp") -> dict | None:
     cycles, bus_bytes = point.cycles, point.bus_bytes
     bus_cycles = math.ceil(bus_bytes / (t.bus_mbytes_per_s * 1e6) * t.clock_mhz * 1e6)
     step_s = (cycles + bus_cycles) / (t.clock_mhz * 1e6)
-    chosen = design.context.exploration.chosen if design.context.exploration else None
+    exploration = design.context.exploration
+    chosen = exploration.chosen if exploration else None
+    if exploration is not None:  # the design points behind the choice: explore_<n>_<model>s.{json,png}
+        from fx2fpga.project import exploration as explore_files
+
+        explore_files.write(exploration, RESULTS, f"{n_models} digits {model.upper()}s on {t.name} at "
+                            f"{t.clock_mhz:g} MHz", stem=f"explore_{n_models}_{model}s")
     from fx2fpga.passes import resources
 
     pred = resources.rtl_resources(design, t)

@@ -27,7 +27,9 @@ def stage_cycles(stage: Stage) -> int:
 
 
 def program_cycles(kernel: Kernel, program: str) -> int:
-    return sum(stage_cycles(s) for s in kernel.programs[program].stages)
+    """Estimated clock cycles of one call of ``program`` (its stages once per model group)."""
+    prog = kernel.programs[program]
+    return prog.groups * sum(stage_cycles(s) for s in prog.stages)
 
 
 DSP_PORTS = {"DSP48E1": (25, 18), "DSP48E2": (27, 18), "MULT18X18D": (18, 18)}  # signed operand widths

@@ -14,14 +14,14 @@ from pathlib import Path
 from . import plots
 
 
-def write(result, out_dir: str | Path, title: str) -> list[Path]:
-    """Write ``explore.json`` (and ``explore.png`` when matplotlib is installed) into ``out_dir``."""
+def write(result, out_dir: str | Path, title: str, stem: str = "explore") -> list[Path]:
+    """Write ``<stem>.json`` (and ``<stem>.png`` when matplotlib is installed) into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "explore.json"]
+    paths = [out / f"{stem}.json"]
     paths[0].write_text(json.dumps(result.to_dict(), indent=1) + "\n")
-    if plot(result, title, out / "explore.png"):
-        paths.append(out / "explore.png")
+    if plot(result, title, out / f"{stem}.png"):
+        paths.append(out / f"{stem}.png")
     return paths
 
 

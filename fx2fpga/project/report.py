@@ -21,9 +21,13 @@ def _models_section(k) -> list[str]:
     stacked = models[0].get("index") is not None
     if stacked:
         side = max(s.model_lanes for s in k.stages())
+        groups = max(p.groups for p in k.programs.values())
+        size = len(models) // groups
         how = (f"The models share one architecture, so they share one datapath: every buffer of a model has a "
-               f"leading model axis (model i is row i) and every stage loops over `mdl`, {side} model"
-               f"{'s' if side > 1 else ''} at once (`model_lanes`), on the same inputs (they cross the bus once).")
+               f"leading model axis (model i is row i) and every stage loops over `mdl`, on the same inputs (they "
+               f"cross the bus once). The programs run in {groups} group{'s' if groups > 1 else ''} of {size} "
+               f"model{'s' if size > 1 else ''} (temporaries hold one group), up to {side} side by side in a stage "
+               f"(`model_lanes`).")
         formats = "one format per buffer serves every model; buffers whose models would differ alone"
     else:
         how = ("Each program runs the models one after another, on the same inputs (they cross the bus once). "
@@ -53,11 +57,11 @@ def _exploration_section(design) -> list[str]:
            f"`lanes`/`model_lanes` chosen on exact RTL cycles and the RTL resource model calibrated against Yosys: "
            f"the fastest point within {result.budget:.0%} of every resource of {t.name}. Model-steps/s count one "
            f"call of the main program plus its bus transfer at {t.clock_mhz:g} MHz.", ""]
-    rows = [[f"{p.model_lanes} x {p.lanes}", f"{p.cycles:,}", f"{p.bus_cycles:,}", f"{p.model_steps_per_s:,.0f}",
+    rows = [[p.label, f"{p.cycles:,}", f"{p.bus_cycles:,}", f"{p.model_steps_per_s:,.0f}",
              f"{p.lut:,}", f"{p.ff:,}", p.dsp, f"{p.bram36:g}", f"{p.usage:.0%}",
              "**chosen**" if p.chosen else ("front" if p.pareto else "")] for p in result.points]
-    out += _table(["model lanes x lanes", "cycles", "bus cycles", "model-steps/s", "LUT", "FF", "DSP", "BRAM36",
-                   "of budget", ""], rows)
+    out += _table(["point (model lanes x lanes, or per stage)", "cycles", "bus cycles", "model-steps/s", "LUT", "FF",
+                   "DSP", "BRAM36", "of budget", ""], rows)
     return out + [""]
 
 

@@ -126,6 +126,8 @@ def test_kernel_meta_lists_the_models(four_mlps):
     assert "| 3 | row 3 | DigitsMLP | 2,410 | 0.3 | 0 | 0 |" in report
     assert "Formats unified across models: k_mul_3: fixed<18,0> for all" in report
     assert "## Design points" in report
+    groups = k.programs["train_step"].groups
+    assert f"The programs run in {groups} group" in report
 
 
 def test_infer_shape_and_param_api(mlp_example, four_mlps, batches):
