@@ -15,6 +15,7 @@ import fx2fpga
 from fx2fpga.cli import main as cli_main
 
 from ..conftest import assert_backend_equals_emu
+from .test_rtl import assert_lint_clean
 
 LRS = [0.05, 0.1, 0.2, 0.3]
 
@@ -328,3 +329,13 @@ def test_auto_lanes_per_stage_in_rtl_equal_emu(auto_mlps, batches):
                               after_call=lambda cmd, k: k.backend.last_cycles == auto_mlps.rtl_cycles()[cmd] or
                               pytest.fail(f"{cmd}: {k.backend.last_cycles} cycles, schedule "
                                           f"{auto_mlps.rtl_cycles()[cmd]}"))
+
+
+def test_grouped_and_per_stage_rtl_is_lint_clean(grouped_mlps, auto_mlps):
+    """The group counter, the FSM's loop and lanes over models: ``verilator --lint-only -Wall`` stays clean;
+    recompiling writes the same bytes."""
+    for d in (grouped_mlps, auto_mlps):
+        assert_lint_clean(d.out_dir / "rtl", f"{d.kernel.name}_top")
+    again = fx2fpga.compile(grouped_mlps.context.model, grouped_mlps.context.example_inputs,
+                            train=grouped_mlps.context.train, model_lanes=2, lanes=2)
+    assert again.files() == grouped_mlps.files()
