@@ -149,7 +149,7 @@ def per_stage_point(kernel: Kernel, target, name: str, size: int, share: float):
     for st in one.stages():
         st.model_lanes = 1
     base, _, _ = measure(one, target, name, 1, 1)
-    if base is None:
+    if base is None or base.usage > share:  # one lane everywhere is already over: nothing to allocate
         return None, None, None
     program, aim, got = main_program(kernel), share, (None, None, None)
     for _ in range(4):
@@ -181,7 +181,7 @@ def per_stage_points(kernel: Kernel, target, name: str, progress=None):
         size = model_groups.group_size(best[1])
         for share in PER_STAGE_BUDGETS:
             got = per_stage_point(kernel, target, name, size, share)
-            if got[0] is not None and got[0].usage <= share:  # (one lane everywhere may already use more)
+            if got[0] is not None:
                 out.append(got)
     return out
 
