@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import sys
@@ -83,8 +82,10 @@ def fpga(n_models: int, lanes, model: str = "mlp") -> dict | None:
     t = design.target
     points = roofline.program_points(design.kernel, design.rtl_cycles(), t.clock_mhz)
     point = next(p for p in points if p.program == "train_step")
+    from fx2fpga.passes import explore
+
     cycles, bus_bytes = point.cycles, point.bus_bytes
-    bus_cycles = math.ceil(bus_bytes / (t.bus_mbytes_per_s * 1e6) * t.clock_mhz * 1e6)
+    bus_cycles = explore.bus_cycles(design.kernel, "train_step", t)
     step_s = (cycles + bus_cycles) / (t.clock_mhz * 1e6)
     exploration = design.context.exploration
     chosen = exploration.chosen if exploration else None

@@ -195,10 +195,8 @@ def _tile_by_exploring(ctx: CompileContext):
         if not result.points:
             raise ResourceBudgetError(ctx.target.name, [], "No lane choice maps to the RTL.")
         least = min(result.points, key=lambda p: p.usage)
-        t = ctx.target
-        needs = (("LUT", least.lut, t.lut), ("FF", least.ff, t.ff), ("DSP", least.dsp, t.dsp),
-                 ("BRAM36", least.bram36, t.bram36))
-        over = [(r, need, have) for r, need, have in needs if need > explore.AUTO_BUDGET * have]
+        t, shares = ctx.target, least.resources.shares(ctx.target)
+        over = [(r.upper(), getattr(least, r), getattr(t, r)) for r in shares if shares[r] > explore.AUTO_BUDGET]
         raise ResourceBudgetError(ctx.target.name, over, f"No design point fits {explore.AUTO_BUDGET:.0%} of the "
                                   f"budget (the smallest, {least.label} lanes, is shown). Use narrower formats "
                                   "(precision=...), a smaller batch, fewer models, or a larger target.")

@@ -89,8 +89,8 @@ def _options(st: Stage) -> list[tuple[int, int]]:
     """The stage's (model lanes, lanes) choices, fewest lanes in all first (model lanes: divisors of its group)."""
     loop = tile._lane_loop(st)
     models = next((lp.extent for lp in st.loops if lp.var == MODEL_VAR), 1)
-    mls = [d for d in range(1, models + 1) if models % d == 0]
-    ls = [d for d in range(1, loop.extent + 1) if loop.extent % d == 0] if loop is not None else [1]
+    mls = tile.divisors(models)
+    ls = tile.divisors(loop.extent) if loop is not None else [1]
     return sorted({(m, ln) for m in mls for ln in ls}, key=lambda o: (o[0] * o[1], -o[0]))
 
 
@@ -115,9 +115,9 @@ def memory_cost(kernel: Kernel, costs: dict) -> dict[str, float]:
 
 
 def allocate(kernel: Kernel, target, plan_1x1, budget: float, main: str) -> dict[str, tuple[int, int]]:
-    """(model lanes, lanes) per stage name: the greedy allocation within ``budget`` (a share of every
-    resource of ``target``), starting from the one-lane kernel whose plan is ``plan_1x1`` (``kernel`` is
-    left with the lanes chosen)."""
+    """Give the stages of program ``main`` of the one-lane ``kernel`` (whose plan is ``plan_1x1``) their lanes:
+    the greedy allocation within ``budget`` (a share of every resource of ``target``); the other programs' stages
+    keep one lane. Returns (model lanes, lanes) per stage name."""
     costs = resources.load_costs()
     base = resources.rtl_resources(plan_1x1, target)
     used = {"lut": base.lut, "ff": base.ff, "dsp": base.dsp, "bram36": base.bram36}
@@ -197,9 +197,3 @@ def _set(st: Stage, model_lanes: int, lanes: int) -> None:
     st.model_lanes = model_lanes
     st.lanes, st.lane_var = (lanes, loop.var) if lanes > 1 and loop is not None else (1, None)
 
-
-def apply(kernel: Kernel, lanes_of: dict[str, tuple[int, int]], program: str) -> None:
-    """Set each stage of ``program`` to its (model lanes, lanes); other programs' stages get one lane."""
-    for prog in kernel.programs.values():
-        for st in prog.stages:
-            _set(st, *(lanes_of.get(st.name, (1, 1)) if prog.name == program else (1, 1)))

@@ -55,6 +55,11 @@ class DesignPoint:
     plan: object = field(default=None, repr=False, compare=False)  # its RtlPlan (not in the JSON)
 
     @property
+    def resources(self) -> resources.PredictedResources:
+        """Its predicted LUT, FF, DSP and BRAM36."""
+        return resources.PredictedResources(self.lut, self.ff, self.dsp, self.bram36)
+
+    @property
     def label(self) -> str:
         if self.allocation:
             return self.allocation.replace("per stage, ", "per-stage@").replace(", groups of ", "/g")
@@ -104,7 +109,7 @@ def candidates(kernel: Kernel, lanes, model_lanes) -> list[tuple[int, int]]:
     every lane request up to the longest loop for ``"auto"``."""
     n = model_groups.model_count(kernel)
     widest = max((lp.extent for st in kernel.stages() for lp in st.loops), default=1)
-    mls = [d for d in range(1, n + 1) if n % d == 0] if model_lanes == "auto" else [model_lanes]
+    mls = tile.divisors(n) if model_lanes == "auto" else [model_lanes]
     ls = [r for r in LANE_REQUESTS if r <= widest] if lanes == "auto" else [lanes]
     return [(m, ln) for m in mls for ln in ls]
 
@@ -130,7 +135,7 @@ def measure(k: Kernel, target, name: str, model_lanes: int, lanes: int, allocati
     program = main_program(k)
     cycles, bus = sched.call_cycles(program), bus_cycles(k, program, target)
     n = model_groups.model_count(k)
-    usage = max(res.lut / target.lut, res.ff / target.ff, res.dsp / target.dsp, res.bram36 / target.bram36)
+    usage = max(res.shares(target).values())
     point = DesignPoint(model_lanes, lanes, n, program, cycles, bus, res.lut, res.ff, res.dsp, res.bram36,
                         n * target.clock_mhz * 1e6 / (cycles + bus), usage, usage <= AUTO_BUDGET, allocation=allocation)
     point.plan = plan
@@ -154,7 +159,7 @@ def per_stage_point(kernel: Kernel, target, name: str, size: int, share: float):
     program, aim, got = main_program(kernel), share, (None, None, None)
     for _ in range(4):
         k = copy.deepcopy(one)
-        allocate.apply(k, allocate.allocate(k, target, base.plan, aim, program), program)
+        allocate.allocate(k, target, base.plan, aim, program)  # (the kernel keeps the lanes it chose)
         most = max(st.total_lanes for st in k.programs[program].stages)
         got = measure(k, target, name, max(st.model_lanes for st in k.stages()), most,
                       allocation=f"per stage, {share:.0%}" + (f", groups of {size}" if size > 1 else ""))
@@ -169,7 +174,7 @@ def per_stage_points(kernel: Kernel, target, name: str, progress=None):
     ``PER_STAGE_BUDGETS`` for the best group size: ``[(DesignPoint, kernel, schedule)]``."""
     n = model_groups.model_count(kernel)
     out = []
-    for size in [d for d in range(1, n + 1) if n % d == 0]:
+    for size in tile.divisors(n):
         if progress:
             progress(f"explore: lanes per stage, groups of {size} model{'s' if size > 1 else ''}")
         got = per_stage_point(kernel, target, name, size, AUTO_BUDGET)
@@ -205,7 +210,8 @@ def explore(kernel: Kernel, target, lanes="auto", model_lanes="auto", name: str 
         if point is None:
             continue
         result.points.append(point)
-        if max(point.lut / target.lut, point.ff / target.ff, point.dsp / target.dsp) > 1.0:
+        shares = point.resources.shares(target)
+        if max(shares["lut"], shares["ff"], shares["dsp"]) > 1.0:
             too_big.append((m, ln))  # (not for block RAM: more banks may move small ones into LUT-RAM)
         if point.fits and (best[0] is None or point.model_steps_per_s > best[0].model_steps_per_s):
             best = (point, k, sched)

@@ -44,6 +44,10 @@ class PredictedResources:
     dsp: int
     bram36: float
 
+    def shares(self, target) -> dict[str, float]:
+        """The share of each of ``target``'s resources it uses."""
+        return {r: getattr(self, r) / getattr(target, r) for r in ("lut", "ff", "dsp", "bram36")}
+
 
 @dataclass(frozen=True)
 class BankMapping:

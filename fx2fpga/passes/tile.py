@@ -24,6 +24,11 @@ from . import estimate, model_groups, schedule
 AUTO_BUDGET = 0.8  # share of the target's DSP and BRAM the automatic choice may use
 
 
+def divisors(n: int) -> list[int]:
+    """The divisors of ``n``, ascending: the lane counts that split a loop of ``n`` evenly."""
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
 def lane_count(extent: int, requested: int) -> int:
     """The largest divisor of ``extent`` that is at most ``requested``."""
     return max(d for d in range(1, min(extent, requested) + 1) if extent % d == 0)
@@ -61,7 +66,7 @@ def auto_lanes(kernel: Kernel, target) -> None:
             return
         slowest = max(open_stages, key=estimate.stage_cycles)
         extent = _lane_loop(slowest).extent
-        wider = [d for d in range(slowest.lanes + 1, extent + 1) if extent % d == 0]
+        wider = [d for d in divisors(extent) if d > slowest.lanes]
         if not wider:
             frozen.add(id(slowest))
             continue

@@ -84,10 +84,14 @@ class KernelRunner:
             return [list(self.kernel.programs[program].outputs)]
         return [list(m["outputs"][program]) for m in self.models]
 
+    def _index(self, model: int) -> int | None:
+        """Model ``model``'s row on the model axis of a stacked kernel (``lower/model_axis.py``); None when its
+        buffers are its own."""
+        return None if self.models is None else self.models[model].get("index")
+
     def _row(self, value: np.ndarray, model: int) -> np.ndarray:
-        """Model ``model``'s part of a buffer's value: its row on the model axis of a stacked kernel
-        (``lower/model_axis.py``), else the whole buffer (the model's own)."""
-        index = None if self.models is None else self.models[model].get("index")
+        """Model ``model``'s part of a buffer's value: its row, or the whole buffer (the model's own)."""
+        index = self._index(model)
         return value if index is None else value[index]
 
     def _param_groups(self) -> list[list[str]]:
@@ -153,7 +157,7 @@ class KernelRunner:
     def _quantize_params(self, group: list[str], params: dict, raw: dict[str, np.ndarray], model: int) -> None:
         """Quantize model ``model``'s ``params`` (keyed by its names) into ``raw`` (keyed by buffer)."""
         where = "" if self.models is None else f"model {model}: "
-        index = None if self.models is None else self.models[model].get("index")
+        index = self._index(model)
         by_model_name = {self.kernel.param_names.get(b, b): b for b in group}
         unknown = set(params) - set(by_model_name)
         if unknown:
