@@ -121,6 +121,7 @@ DESIGNS = [
     CalibrationDesign("mlp64_32_10_infer_l2", _mlp((64, 32, 10), 16, False), 2,
                       "MLP 64-32-10 (the digits MLP's shape), inference, batch 16"),
     CalibrationDesign("mlp32_16_10_train_l2", _mlp((32, 16, 10), 8, True), 2, "MLP 32-16-10, SGD training, batch 8"),
+    CalibrationDesign("mlp32_16_10_train_l4", _mlp((32, 16, 10), 8, True), 4, "MLP 32-16-10, SGD training, batch 8"),
     CalibrationDesign("cnn_infer_l1", _cnn(False), 1, "Conv2d(1, 2, 3, pad 1) 6x6, ReLU, max-pool 2, Linear(18, 4), "
                       "inference, batch 2"),
     CalibrationDesign("cnn_train_l2", _cnn(True), 2, "Conv2d(1, 2, 3, pad 1) 6x6, ReLU, max-pool 2, Linear(18, 4), "

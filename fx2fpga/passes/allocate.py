@@ -11,7 +11,8 @@ within the budget:
 - a lane's cost is its datapath unit's LUT/FF/DSP/BRAM per lane from the calibrated RTL model
   (``passes/resources.py``), read off the plan of the one-lane kernel, plus its memory requests'
   address and data registers; a multiplying stage wider than the shared multiplier pool also pays
-  for the pool's new lanes.
+  for the pool's new lanes, and a stage of the MAC engine (``emit.mac_engine``) wider than the
+  engine for the engine's.
 
 The result is checked by a full plan in ``passes/explore.py`` (memories, banks and the controller
 grow too): over the budget, the allocation is redone with a proportionally smaller budget.
@@ -73,6 +74,37 @@ def lane_costs(plan, costs: dict) -> dict[str, LaneCost]:
     return out
 
 
+@dataclass
+class SharedLanes:
+    """Lanes several stages share (the multiplier pool, the MAC engine): a stage wider than ``lanes`` pays
+    ``cost`` for each new one."""
+
+    cost: LaneCost
+    stages: frozenset[str]
+    lanes: int = 1
+
+    def growth(self, st: Stage, total: int) -> int:
+        """The new shared lanes ``st`` at ``total`` lanes needs."""
+        return max(0, total - self.lanes) if st.name in self.stages else 0
+
+
+def engine_lane_cost(plan, costs: dict) -> LaneCost:
+    """One more lane of the MAC engine (``resources.engine_features`` of the plan's engine, per lane)."""
+    if plan.engine is None:
+        return LaneCost(0, 0, 0, 0)
+    f = resources.engine_features(plan.engine)
+    lanes = plan.engine["lanes"]
+    lut = sum(costs["lut"].get(k, 0.0) * f[k] for k in ("adder_bits", "cvt_bits", "select_bits")) / lanes
+    return LaneCost(lut=lut, ff=costs["ff"].get("unit_reg_bits", 0.0) * f["unit_reg_bits"] / lanes, dsp=0, bram36=0)
+
+
+def shared_lanes(plan, costs: dict, stages) -> list[SharedLanes]:
+    """The multiplier pool (every multiplying stage) and the MAC engine (its users) of a one-lane plan."""
+    multiplying = frozenset(st.name for st in stages if OPS_TABLE[st.op].multiplies)
+    users = frozenset(u["stage"].name for u in plan.engine["users"]) if plan.engine else frozenset()
+    return [SharedLanes(pool_lane_cost(plan, costs), multiplying), SharedLanes(engine_lane_cost(plan, costs), users)]
+
+
 def pool_lane_cost(plan, costs: dict) -> LaneCost:
     """One more lane of the shared multiplier pool: its DSP blocks, partial products' sum and registers."""
     pool = plan.pool
@@ -122,9 +154,9 @@ def allocate(kernel: Kernel, target, plan_1x1, budget: float, main: str) -> dict
     base = resources.rtl_resources(plan_1x1, target)
     used = {"lut": base.lut, "ff": base.ff, "dsp": base.dsp, "bram36": base.bram36}
     limit = {r: budget * getattr(target, r) for r in RESOURCES}
-    per_lane, pool = lane_costs(plan_1x1, costs), pool_lane_cost(plan_1x1, costs)
-    pool_lanes = 1
+    per_lane = lane_costs(plan_1x1, costs)
     stages = {st.name: st for st in kernel.programs[main].stages}
+    shared = shared_lanes(plan_1x1, costs, stages.values())
     options = {n: _options(st) for n, st in stages.items()}
     choice = {n: 0 for n in stages}  # index into options
     memory = memory_cost(kernel, costs)
@@ -138,16 +170,16 @@ def allocate(kernel: Kernel, target, plan_1x1, budget: float, main: str) -> dict
             if n in frozen or choice[n] + 1 >= len(options[n]):
                 continue
             j = _next(options[n], choice[n])
-            gain, delta, mem = _move(kernel, st, options[n], choice[n], j, per_lane[n], pool, pool_lanes, target,
-                                     memory, costs)
+            gain, delta, mem = _move(kernel, st, options[n], choice[n], j, per_lane[n], shared, target, memory,
+                                     costs)
             if gain > 0 and (best is None or gain > best_gain):
                 best, best_gain, best_move = n, gain, (j, delta, mem)
         if best is None:
             break
         j, delta, mem = best_move
         if not fits(delta):  # the next choice does not fit: a few further ones may (other banks), else freeze
-            alternatives = [_move(kernel, stages[best], options[best], choice[best], k, per_lane[best], pool,
-                                  pool_lanes, target, memory, costs) + (k,)
+            alternatives = [_move(kernel, stages[best], options[best], choice[best], k, per_lane[best], shared,
+                                  target, memory, costs) + (k,)
                             for k in range(j + 1, min(len(options[best]), j + 1 + ALTERNATIVES))]
             ok = [a for a in alternatives if a[0] > 0 and fits(a[1])]
             if not ok:
@@ -158,9 +190,9 @@ def allocate(kernel: Kernel, target, plan_1x1, budget: float, main: str) -> dict
         memory = mem
         choice[best] = j
         _set(stages[best], *options[best][choice[best]])
-        if OPS_TABLE[stages[best].op].multiplies:
-            m, ln = options[best][choice[best]]
-            pool_lanes = max(pool_lanes, m * ln)
+        m, ln = options[best][choice[best]]
+        for sh in shared:
+            sh.lanes += sh.growth(stages[best], m * ln)
     return {n: options[n][choice[n]] for n in stages}
 
 
@@ -170,7 +202,7 @@ def _next(opts: list[tuple[int, int]], i: int) -> int:
     return next((j for j in range(i + 1, len(opts)) if opts[j][0] * opts[j][1] > total), len(opts) - 1)
 
 
-def _move(kernel, st: Stage, opts, i: int, j: int, cost: LaneCost, pool: LaneCost, pool_lanes: int, target, memory,
+def _move(kernel, st: Stage, opts, i: int, j: int, cost: LaneCost, shared: list[SharedLanes], target, memory,
           costs):
     """(cycles saved per share of the budget spent, resources added, the memories' cost after) of moving ``st``
     from choice ``i`` to ``j`` (its memories re-banked: tried on the stage, then undone)."""
@@ -180,9 +212,8 @@ def _move(kernel, st: Stage, opts, i: int, j: int, cost: LaneCost, pool: LaneCos
     saved = stage_cycles(st, m0, l0, var) - stage_cycles(st, m1, l1, var)
     extra = m1 * l1 - m0 * l0
     delta = {r: extra * getattr(cost, r) for r in RESOURCES}
-    if OPS_TABLE[st.op].multiplies and m1 * l1 > pool_lanes:
-        grow = m1 * l1 - pool_lanes
-        delta = {r: delta[r] + grow * getattr(pool, r) for r in RESOURCES}
+    for sh in shared:
+        delta = {r: delta[r] + sh.growth(st, m1 * l1) * getattr(sh.cost, r) for r in RESOURCES}
     _set(st, m1, l1)
     mem = memory_cost(kernel, costs)
     _set(st, m0, l0)

@@ -123,6 +123,8 @@ def table_mapping(depth: int, width: int) -> BankMapping:
 def _unit_adder_bits(u: dict) -> int:
     """One lane's adder/comparator bits: the accumulator's sum or compare, an elementwise op's result, a
     table's clip and interpolation."""
+    if u["engine"]:  # the MAC engine accumulates (engine_features)
+        return 0
     if u["kind"] == "reduce":
         return u.get("sum_width", 2 * u["acc_iw"])  # max/argmax: a compare and a select
     if u["kind"] == "table":
@@ -134,6 +136,8 @@ def _unit_adder_bits(u: dict) -> int:
 
 def _unit_cvt_bits(u: dict) -> int:
     """One lane's fixed-point conversion outputs (rounding and saturation logic)."""
+    if u["engine"]:  # only the initial value's: the engine converts the result
+        return u["acc_width"] * ("cvt_init" in u)
     if u["kind"] == "reduce":
         return u["acc_width"] * (("cvt_sum" in u) + ("cvt_init" in u) + ("cvt_term" in u)) + u["out_width"]
     return u["out_width"]
@@ -143,6 +147,8 @@ def _unit_reg_bits(u: dict) -> int:
     """One lane's pipeline registers: the operands, the term, the accumulator, the aligned initial value, the
     result; a table unit's clip, segment, ROM data and products."""
     ops = sum(o["iw"] for o in u["ops"])
+    if u["engine"]:  # the operands only: the engine holds the initial value's delay, the sum and the result
+        return ops
     if u["kind"] == "reduce":
         n = u["term_stage"]
         init = u["acc_width"] * (n - 1) if "cvt_init" in u else 0
@@ -190,6 +196,19 @@ def _pool_features(p) -> dict[str, float]:
             "pool_reg_bits": float(pool["lanes"] * (pool["wa"] + pool["wb"] + parts + prod["width"]))}
 
 
+def engine_features(engine: dict | None) -> dict[str, float]:
+    """The MAC engine (``emit.mac_engine``) per lane: its accumulator's adder, the initial values' OR and
+    delay, the output conversions and their registers."""
+    if engine is None:
+        return {"adder_bits": 0.0, "cvt_bits": 0.0, "unit_reg_bits": 0.0, "select_bits": 0.0}
+    lanes, width, n = engine["lanes"], engine["width"], engine["term_stage"]
+    outs = sum(o["lanes"] * o["ow"] for o in engine["outs"])
+    inits = [u for u in engine["users"] if "cvt_init" in u]
+    return {"adder_bits": float(lanes * width), "cvt_bits": float(outs),
+            "unit_reg_bits": float(lanes * (width + (width * (n - 1) if inits else 0)) + outs),
+            "select_bits": float(sum(u["lanes"] for u in inits[1:]) * width)}
+
+
 def _ctrl_bits(p) -> float:
     """The controller: loop counters, and each bank port's registered address (the address generators)."""
     s = p.schedule
@@ -217,8 +236,11 @@ def rtl_features(p) -> dict[str, float]:
     sel = sum(u["lanes"] * u["res_width"] for u in p.units if u["op"] in ("relu", "select"))
     mem = _memory_features(p)
     pool = _pool_features(p)
-    f["adder_bits"] += pool["pool_adder_bits"]
-    f["select_bits"] = sel + mem["select_bits"] + pool["pool_select_bits"]
+    engine = engine_features(p.engine)
+    f["adder_bits"] += pool["pool_adder_bits"] + engine["adder_bits"]
+    f["cvt_bits"] += engine["cvt_bits"]
+    f["unit_reg_bits"] += engine["unit_reg_bits"]
+    f["select_bits"] = sel + mem["select_bits"] + pool["pool_select_bits"] + engine["select_bits"]
     f["mem_reg_bits"] = mem["mem_reg_bits"]
     f["pool_reg_bits"] = pool["pool_reg_bits"]
     f["ctrl_bits"] = _ctrl_bits(p)

@@ -24,7 +24,7 @@ from fx2fpga.backends.rtl import emit as verilog
 from fx2fpga.passes import schedule
 from fx2fpga.targets import load_target
 
-from ..conftest import ROOT
+from ..conftest import ROOT, assert_backend_equals_emu
 from .test_hls_csim import random_raw, sgd_kernel, write_files, zoo_kernel
 
 VERSION = "0.1.0-test"
@@ -217,6 +217,53 @@ def test_unmappable_kernels_get_a_readme_not_a_broken_project(tmp_path):
     write_files(tmp_path, files)
     with pytest.raises(FileNotFoundError, match="different words of one memory bank"):
         RtlBackend(k, tmp_path)
+
+
+def test_exact_macs_share_one_mac_engine(mlp):
+    """The digits MLP's 7 multiply-accumulates (forward, backward, inference) never overflow their accumulators:
+    one engine accumulates for all of them at the widest format, with one output conversion per distinct one,
+    and their units keep no adder."""
+    from fx2fpga.passes import resources
+
+    _, design, _ = mlp
+    p = design.rtl_plan()
+    macs = [u for u in p.units if u["op"] == "mac"]
+    assert len(macs) == 7 and all(u["engine"] for u in macs)
+    assert p.engine["users"] == macs and p.engine["lanes"] == max(u["lanes"] for u in macs)
+    assert p.engine["width"] == max(u["stage"].acc.width for u in macs) == 52  # grad x weight over 10 points
+    assert len(p.engine["outs"]) == 3  # to activations (16 bits, 16 fraction bits dropped), to gradients (2 shifts)
+    assert all(resources._unit_adder_bits(u) == 0 for u in macs)
+    top = (design.out_dir / "rtl" / "digitsmlp_top.sv").read_text()
+    assert top.count("digitsmlp_mac_engine eng (") == 1
+
+
+@slow
+def test_a_mac_that_may_overflow_keeps_its_own_accumulator(tmp_path):
+    """fc1's weights wide enough that fc1's accumulator could saturate: its forward stays out of the engine (its
+    saturation after every step is not the engine's), the other multiply-accumulates share it, and the RTL still
+    equals the emulator bit for bit over training steps whose sums do saturate."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    import fx2fpga
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    x, y = torch.randn(4, 16) * 8, torch.tensor([0, 1, 2, 3])
+    design = fx2fpga.compile(model, (x,), target="pynq-z1", train=fx2fpga.SGD(F.cross_entropy, y, lr=0.1),
+                             precision={"overrides": {"0.weight": "fixed<24,16>"}}, out_dir=tmp_path / "p")
+    p = design.rtl_plan()
+    private = sorted(u["stage"].name for u in p.units if u["op"] == "mac" and not u["engine"])
+    assert private == ["infer_addmm", "train_addmm"]
+    assert len(p.engine["users"]) == 5
+    w = np.random.default_rng(1).uniform(-30000, 30000, (8, 16)).astype(np.float32)
+    params = {"0.weight": w}
+    acc = next(u["stage"].acc for u in p.units if u["stage"].name == "train_addmm")
+    xq = np.clip(x.numpy() * 4, -32, 32)  # the activation format's range
+    assert np.abs(np.cumsum(xq[:, None, :] * w[None], axis=-1)).max() > acc.max_value  # it saturates
+    assert_backend_equals_emu(design, "rtl", [("train_step", (x.numpy() * 4, y.numpy()))] * 2
+                              + [("infer", (x.numpy(),))], params=params)
 
 
 def test_partial_lane_groups_are_guarded():

@@ -188,6 +188,41 @@ def multiplier_pool(units: list[dict], dsp_kind: str) -> dict | None:
     return pool
 
 
+def mac_engine(units: list[dict], name: str, pool: dict | None, cvts: _Cvts) -> dict | None:
+    """One accumulator per lane for every exact multiply-accumulate unit of the kernel (the MAC engine).
+
+    Phases never overlap, so at most one stage accumulates at a time. A ``mac`` unit whose accumulator never
+    rounds or overflows (``exact``) gives its accumulation to the engine: its value at its own fraction bits
+    is the same number in the engine's wider register, so the sums, and the result converted to the stage's
+    output format, are bit for bit those of the stage's own accumulator. Each such unit keeps its operand
+    registers (to the shared multiplier) and converts its initial value (the bias); the engine ORs those
+    (0 while a phase is not running), accumulates the shared multiplier's product, and converts the result
+    once per distinct output conversion. None with fewer than two such units: nothing to share."""
+    users = [u for u in units if u["op"] == "mac" and u["exact"]]
+    if len(users) < 2 or pool is None:
+        return None
+    width = max(u["acc_width"] for u in users)
+    outs: dict[str, dict] = {}
+    for u in users:
+        cvt = cvts.get(width, u["acc_frac"], u["out_fmt"])
+        out = outs.setdefault(cvt, {"index": len(outs), "cvt": cvt, "ow": u["out_width"], "lanes": 0})
+        out["lanes"] = max(out["lanes"], u["lanes"])
+        u.update(engine=True, engine_out=out["index"], engine_width=width)
+    return {"module": f"{name}_mac_engine", "lanes": max(u["lanes"] for u in users), "width": width,
+            "term_stage": users[0]["term_stage"], "prod_width": pool["product"]["width"],
+            "has_init": any("cvt_init" in u for u in users), "outs": list(outs.values()), "users": users}
+
+
+def _used_cvts(units: list[dict], engine: dict | None, cvts: _Cvts) -> list[dict]:
+    """The conversion modules the units and the engine instantiate (an engine user's own accumulator and
+    result conversions are not generated)."""
+    names = {c["cvt"] for c in engine["outs"]} if engine else set()
+    for u in units:
+        keys = ("cvt_init",) if u.get("engine") else ("cvt_init", "cvt_term", "cvt_sum", "cvt_out")
+        names |= {u[k] for k in keys if k in u}
+    return [c.view() for n, c in sorted(cvts.used.items()) if n in names]
+
+
 def product_plan(wa: int, wb: int, dsp_kind: str) -> dict:
     """How the unit templates multiply a signed ``wa``-bit by a ``wb``-bit operand: one registered
     partial product per pair of pieces that fits the target's DSP block, summed a cycle later
@@ -217,7 +252,7 @@ def _unit_view(phase: Phase, pid: int, kernel, name: str, cvts: _Cvts, dsp_kind:
     ops = [_operand(f, i) for i, f in enumerate(fmts)]
     spec = OPS_TABLE[st.op]
     view = {"module": f"{name}_p{pid}_{_ident(st.name)}", "inst": f"p{pid}", "op": st.op, "lanes": phase.lanes,
-            "pooled": False, "skips_guarded": spec.skips_guarded,
+            "pooled": False, "engine": False, "skips_guarded": spec.skips_guarded,
             "ops": ops, "out_width": out_fmt.width, "stage": st,
             "origin": st.origin, "source": st.source}
     if st.reduce:
@@ -279,7 +314,31 @@ def _reduce_view(view: dict, spec, kernel, cvts: _Cvts) -> dict:
         view["cvt_out"] = cvts.get(view["pos_width"] + 1, 0, out_fmt)
     else:
         view["cvt_out"] = cvts.get(aw, fa, out_fmt)
+    view.update(out_fmt=out_fmt, acc_frac=fa,
+                exact=st.op == "mac" and _never_rounds_or_overflows(view, st))
     return view
+
+
+def _raw_magnitude(operand: dict) -> int:
+    """The largest magnitude of an operand's raw value."""
+    return 1 << (operand["width"] - 1) if operand["signed"] else (1 << operand["width"]) - 1
+
+
+def _never_rounds_or_overflows(view: dict, st) -> bool:
+    """Whether a multiply-accumulate's accumulator is exact whatever the operands: its sums need no rounding
+    (term and accumulator at the same fraction bits) and the largest initial value plus the reduction's points
+    times the largest product fits its (signed) format, so its saturation never acts."""
+    acc = st.acc
+    if not acc.signed or view["shift_acc"] or view["shift_term"]:
+        return False
+    ops = view["ops"]
+    points = math.prod(lp.extent for lp in st.loops if lp.var in st.reduce)
+    bound = points * _raw_magnitude(ops[0]) * _raw_magnitude(ops[1])
+    if "cvt_init" in view:
+        init = ops[view["n_ops"]]
+        shift = acc.frac_bits - init["frac"]
+        bound += _raw_magnitude(init) << shift if shift >= 0 else (_raw_magnitude(init) >> -shift) + 1
+    return bound <= acc.raw_max
 
 
 def _table_view(view: dict, kernel, cvts: _Cvts, dsp_kind: str) -> dict:
@@ -324,6 +383,7 @@ class RtlPlan:
     max_in_width: int  # the widest value an input word carries
     muxes: list[dict]  # registered read multiplexers (a bank known at run time)
     pool: dict | None  # the shared multipliers (multiplier_pool), None without mac/mul
+    engine: dict | None  # the shared accumulators of the exact mac units (mac_engine), None without two
     reset_cycles: int
 
     @property
@@ -362,6 +422,7 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
             w.packs.append({"index": len(w.packs), "data": w.data_of[i, 0, 0], "width": m["width"],
                             "signed": m["signed"]})
     pool = multiplier_pool(w.units, dsp_kind)
+    engine = mac_engine(w.units, name, pool, cvts)
     act = {u["inst"][1:]: u["act"] for u in w.units if u["pooled"]}
     out_sel_bits = bits(len(w.packs) - 1) if len(w.packs) > 1 else 0
     outputs = _controller_outputs(w, act, out_sel_bits)
@@ -387,8 +448,8 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
         m["unread_banks"] = [b for b in range(m["banks"]) if b not in read]
         m["direct_banks"] = sorted(m["direct_banks"])
     return RtlPlan(schedule=s, spec=spec, units=w.units, memories=list(mems.values()), packs=w.packs,
-                   cvts=[c.view() for _, c in sorted(cvts.used.items())], outputs=outputs,
-                   out_sel_bits=out_sel_bits, max_in_width=max_in, muxes=w.muxes, pool=pool,
+                   cvts=_used_cvts(w.units, engine, cvts), outputs=outputs,
+                   out_sel_bits=out_sel_bits, max_in_width=max_in, muxes=w.muxes, pool=pool, engine=engine,
                    reset_cycles=max([p.write_delay for p in phases] + [sched.PACK_DELAY]) + 4)
 
 
@@ -576,6 +637,9 @@ def generate(kernel, version: str, clock_mhz: float = 100.0, dsp_kind: str = "DS
         files[f"rtl/{c['name']}.sv"] = env.get_template("rtl/cvt.sv.j2").render(banner=banner, c=c)
     for prim in ("fx2fpga_mult", "fx2fpga_ram", "fx2fpga_ram_init", "fx2fpga_rom", "fx2fpga_rom2"):
         files[f"rtl/{prim}.sv"] = env.get_template(f"rtl/{prim}.sv.j2").render(banner=banner)
+    if p.engine:
+        files[f"rtl/{p.engine['module']}.sv"] = env.get_template("rtl/engine.sv.j2").render(banner=banner,
+                                                                                            e=p.engine)
     for u in p.units:
         files[f"rtl/{u['module']}.sv"] = env.get_template("rtl/unit.sv.j2").render(banner=banner, u=u)
         if u["kind"] == "table":
