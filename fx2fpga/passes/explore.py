@@ -49,6 +49,9 @@ class DesignPoint:
     usage: float  # the largest share of any of the target's resources it uses
     fits: bool  # every resource within AUTO_BUDGET of the target's
     allocation: str = ""  # "" for a uniform lane request; "per stage, <budget>" for passes/allocate.py
+    group_size: int = 1  # models per group (the program runs once per group)
+    stage_lanes: dict = field(default_factory=dict)  # per-stage points: stage -> [model lanes, lanes] of the main
+    # program's stages with more than one (compile(lanes=stage_lanes, model_lanes=group_size) makes the point)
     pareto: bool = False  # no other point is as fast with as small a share of the budget
     chosen: bool = False
 
@@ -136,13 +139,18 @@ def measure(k: Kernel, target, name: str, model_lanes: int, lanes: int, allocati
     cycles, bus = sched.call_cycles(program), bus_cycles(k, program, target)
     n = model_groups.model_count(k)
     usage = max(res.shares(target).values())
+    stage_lanes = {st.name: [st.model_lanes, st.lanes] for st in k.programs[program].stages
+                   if st.total_lanes > 1} if allocation else {}
     point = DesignPoint(model_lanes, lanes, n, program, cycles, bus, res.lut, res.ff, res.dsp, res.bram36,
-                        n * target.clock_mhz * 1e6 / (cycles + bus), usage, usage <= AUTO_BUDGET, allocation=allocation)
+                        n * target.clock_mhz * 1e6 / (cycles + bus), usage, usage <= AUTO_BUDGET, allocation=allocation,
+                        group_size=model_groups.group_size(k), stage_lanes=stage_lanes)
     point.plan = plan
     return point, k, sched
 
 
 PER_STAGE_BUDGETS = (0.2, 0.4, 0.6)  # further budgets the per-stage allocation is run for (besides AUTO_BUDGET)
+PLAN_RETRIES = 6  # allocations redone with a smaller budget while the full plan is over the share
+RETRY_MARGIN = 0.98  # ... each aiming that much below the proportional budget (the greedy lands close to its aim)
 
 
 def per_stage_point(kernel: Kernel, target, name: str, size: int, share: float):
@@ -157,7 +165,7 @@ def per_stage_point(kernel: Kernel, target, name: str, size: int, share: float):
     if base is None or base.usage > share:  # one lane everywhere is already over: nothing to allocate
         return None, None, None
     program, aim, got = main_program(kernel), share, (None, None, None)
-    for _ in range(4):
+    for _ in range(PLAN_RETRIES):
         k = copy.deepcopy(one)
         allocate.allocate(k, target, base.plan, aim, program)  # (the kernel keeps the lanes it chose)
         most = max(st.total_lanes for st in k.programs[program].stages)
@@ -165,7 +173,7 @@ def per_stage_point(kernel: Kernel, target, name: str, size: int, share: float):
                       allocation=f"per stage, {share:.0%}" + (f", groups of {size}" if size > 1 else ""))
         if got[0] is None or got[0].usage <= share:
             break
-        aim *= share / got[0].usage  # the full plan is larger than the per-lane sums: aim lower
+        aim *= share / got[0].usage * RETRY_MARGIN  # the full plan is larger than the per-lane sums: aim lower
     return got
 
 

@@ -103,9 +103,39 @@ def assign_model_lanes(kernel: Kernel, model_lanes: int) -> None:
         stage.model_lanes = size if any(lp.var == MODEL_VAR for lp in stage.loops) else 1
 
 
-def assign_lanes(kernel: Kernel, lanes: int | str, target=None, model_lanes: int | str = 1) -> None:
-    """Set ``lanes``/``lane_var`` on every stage: a number per stage, or ``"auto"`` (not yet bank-checked);
-    on a stacked kernel also ``model_lanes`` (``"auto"``: every model at once)."""
+def set_stage_lanes(stage: Stage, model_lanes: int, lanes: int) -> None:
+    """Give ``stage`` that many model lanes and lanes over its lane loop (its longest free loop)."""
+    loop = _lane_loop(stage)
+    stage.model_lanes = model_lanes
+    stage.lanes, stage.lane_var = (lanes, loop.var) if lanes > 1 and loop is not None else (1, None)
+
+
+def assign_stage_lanes(kernel: Kernel, lanes: dict, group_size: int) -> None:
+    """Per-stage lanes, as a design point of the explorer records them (``DesignPoint.stage_lanes``): the models
+    in groups of ``group_size``, and stage name -> ``[model lanes, lanes]`` (a stage not named: one lane)."""
+    assign_model_lanes(kernel, group_size)
+    stages = {st.name: st for st in kernel.stages()}
+    unknown = sorted(set(lanes) - set(stages))
+    if unknown:
+        raise ValueError(f"lanes names stages the kernel does not have: {', '.join(unknown)} (its stages: "
+                         f"{', '.join(stages)})")
+    size = model_groups.group_size(kernel)
+    for name, st in stages.items():
+        m, ln = lanes.get(name, (1, 1))
+        loop = _lane_loop(st)
+        extent = loop.extent if loop is not None else 1
+        if m < 1 or size % m or ln < 1 or extent % ln:
+            raise ValueError(f"stage {name}: [{m}, {ln}] lanes do not divide its {size} models of a group and its "
+                             f"lane loop of {extent}")
+        set_stage_lanes(st, m, ln)
+
+
+def assign_lanes(kernel: Kernel, lanes: int | str | dict, target=None, model_lanes: int | str = 1) -> None:
+    """Set ``lanes``/``lane_var`` on every stage: a number per stage, ``"auto"`` (not yet bank-checked) or a
+    dict of per-stage lanes (``assign_stage_lanes``, groups of ``model_lanes``); on a stacked kernel also
+    ``model_lanes`` (``"auto"``: every model at once)."""
+    if isinstance(lanes, dict):
+        return assign_stage_lanes(kernel, lanes, 1 if model_lanes == "auto" else model_lanes)
     assign_model_lanes(kernel, model_groups.model_count(kernel) if model_lanes == "auto" else model_lanes)
     if lanes == "auto":
         if target is None:

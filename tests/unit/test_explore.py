@@ -42,6 +42,25 @@ def test_auto_keeps_the_fastest_point_that_fits(auto_mlp):
     assert chosen.bus_cycles == np.ceil(4 * (16 * 64 + 16 + 1) / 399e6 * 100e6)
 
 
+def test_a_per_stage_point_compiles_again_from_its_stage_lanes(auto_mlp, mlp_example):
+    """The chosen point's lanes per stage (explore.json's ``stage_lanes``) given back to compile: the same design
+    (cycles, predicted resources); a stage the kernel lacks, or lanes that do not divide its loop, is an error."""
+    chosen = auto_mlp.context.exploration.chosen
+    assert chosen.stage_lanes and max(ln for _, ln in chosen.stage_lanes.values()) == chosen.lanes
+    sgd = fx2fpga.SGD(F.cross_entropy, mlp_example.example_targets, 0.1)
+    again = fx2fpga.compile(mlp_example.model, mlp_example.example_inputs, train=sgd, lanes=chosen.stage_lanes,
+                            model_lanes=chosen.group_size)
+    assert again.context.exploration is None
+    assert again.rtl_cycles()["train_step"] == chosen.cycles
+    assert resources.rtl_resources(again, again.target) == chosen.resources
+    with pytest.raises(ValueError, match="train_nope"):
+        fx2fpga.compile(mlp_example.model, mlp_example.example_inputs, train=sgd, lanes={"train_nope": [1, 2]},
+                        until="tile")
+    with pytest.raises(ValueError, match="train_addmm: \\[1, 3\\] lanes do not divide"):
+        fx2fpga.compile(mlp_example.model, mlp_example.example_inputs, train=sgd, lanes={"train_addmm": [1, 3]},
+                        until="tile")
+
+
 def test_pareto_front(auto_mlp):
     points = auto_mlp.context.exploration.points
     front = [p for p in points if p.pareto]

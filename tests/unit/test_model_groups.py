@@ -48,7 +48,7 @@ def test_stage_cycles_are_the_schedules(stacked):
     for st in k.programs["train_step"].stages:
         loop = tile._lane_loop(st)
         ln = 2 if loop is not None and loop.extent % 2 == 0 else 1
-        allocate._set(st, 3 if st.loops[0].var == MODEL_VAR else 1, ln)
+        tile.set_stage_lanes(st, 3 if st.loops[0].var == MODEL_VAR else 1, ln)
     sched = schedule.run(k)
     for ph in sched.commands["train_step"]:
         if ph.stage is not None:
