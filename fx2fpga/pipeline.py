@@ -148,6 +148,13 @@ def _quantize(ctx: CompileContext):
     return ctx.kernel
 
 
+def _fuse(ctx: CompileContext):
+    from .passes import fuse
+
+    ctx.kernel = fuse.run(ctx.kernel)
+    return ctx.kernel
+
+
 def _share_memory(ctx: CompileContext):
     from .passes import memory
 
@@ -295,6 +302,8 @@ PIPELINE = Pipeline([
          "graphs", "list[GraphModule]"),
     Step("lower", _lower, "ATen ops -> kernel IR stages (loop nests); views become index maps", "kernel", "Kernel"),
     Step("quantize", _quantize, "fixed-point formats per buffer and accumulator; function tables", "kernel",
+         "Kernel"),
+    Step("fuse", _fuse, "each weight update p - lr * g as one stage (msub), without the lr * g temporary", "kernel",
          "Kernel"),
     Step("share memory", _share_memory, "temporaries with disjoint lifetimes share one array (share_memory=False: off)",
          "kernel", "Kernel"),

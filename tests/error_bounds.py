@@ -45,7 +45,7 @@ import torch
 import torch.fx
 from fx2fpga_runtime.fixed import Fixed
 from fx2fpga_runtime.ir import Access, Kernel, Stage
-from fx2fpga_runtime.ops import OPS_TABLE, exact_frac
+from fx2fpga_runtime.ops import OPS_TABLE, exact_frac, mid_format
 
 from fx2fpga.handoffs import graph_info, placeholder
 
@@ -117,36 +117,44 @@ def _to_integer(stage: Stage, fmt: Fixed, v: np.ndarray, e: np.ndarray) -> tuple
     return fmt.to_float(fmt.quantize(v)), np.zeros_like(v)
 
 
-def _lipschitz(stage: Stage, a: list, ea: list) -> np.ndarray:
+def _lipschitz(stage: Stage, a: list, ea: list, fmts: list[Fixed]) -> np.ndarray:
     """A 1-Lipschitz function of its one operand (copy, neg, relu, sum's and max's terms)."""
     return ea[0]
 
 
-def _sum_rule(stage: Stage, a: list, ea: list) -> np.ndarray:
+def _sum_rule(stage: Stage, a: list, ea: list, fmts: list[Fixed]) -> np.ndarray:
     return ea[0] + ea[1]
 
 
-def _product(stage: Stage, a: list, ea: list) -> np.ndarray:
+def _product(stage: Stage, a: list, ea: list, fmts: list[Fixed]) -> np.ndarray:
     return np.abs(a[0]) * ea[1] + np.abs(a[1]) * ea[0] + ea[0] * ea[1]
 
 
-def _select(stage: Stage, a: list, ea: list) -> np.ndarray:
+def _msub(stage: Stage, a: list, ea: list, fmts: list[Fixed]) -> np.ndarray:
+    """a - [b * c]: a's error, the product's, and the product's assignment to the mid format (in its range)."""
+    mid = mid_format(stage)
+    e = _product(stage, a[1:], ea[1:], fmts[1:])
+    _check_range(stage, mid, np.asarray(a[1] * a[2], dtype=np.float64), e)
+    return ea[0] + e + rounding(mid, fmts[1].frac_bits + fmts[2].frac_bits)
+
+
+def _select(stage: Stage, a: list, ea: list, fmts: list[Fixed]) -> np.ndarray:
     assert np.all(ea[0] == 0), f"{stage.name}: select on an inexact condition"
     return np.where(a[0] != 0, ea[1], ea[2])
 
 
-def _compare(stage: Stage, a: list, ea: list) -> np.ndarray:
+def _compare(stage: Stage, a: list, ea: list, fmts: list[Fixed]) -> np.ndarray:
     close = np.abs(a[0] - a[1]) <= ea[0] + ea[1]
     assert not np.any(close & ((ea[0] + ea[1]) > 0)), f"{stage.name}: the errors could flip a comparison"
     return np.zeros(np.broadcast(a[0], a[1]).shape)
 
 
-def _position(stage: Stage, a: list, ea: list) -> np.ndarray:
+def _position(stage: Stage, a: list, ea: list, fmts: list[Fixed]) -> np.ndarray:
     raise AssertionError(f"{stage.name}: argmax positions are not modelled")
 
 
 # How input errors propagate through an op, by its row's ``error_rule`` (a table: ``_table``).
-ERROR_RULES = {"lipschitz": _lipschitz, "sum": _sum_rule, "product": _product, "select": _select,
+ERROR_RULES = {"lipschitz": _lipschitz, "sum": _sum_rule, "product": _product, "msub": _msub, "select": _select,
                "compare": _compare, "position": _position, "table": None}
 
 
@@ -157,7 +165,7 @@ def _elementwise(stage: Stage, kernel: Kernel, a: list, ea: list, fmts: list[Fix
         v, e = _table(stage, kernel, a[0], ea[0], fmts[0])
         return v, e, kernel.buffers[stage.out.buffer].fmt.frac_bits
     fr = [f.frac_bits for f in fmts]
-    return spec.reference(*a), ERROR_RULES[spec.error_rule](stage, a, ea), exact_frac(spec, fr, stage, kernel)
+    return spec.reference(*a), ERROR_RULES[spec.error_rule](stage, a, ea, fmts), exact_frac(spec, fr, stage, kernel)
 
 
 def _reduction(stage: Stage, a: list, ea: list, fmts: list[Fixed], shape: tuple) -> tuple:
@@ -167,7 +175,7 @@ def _reduction(stage: Stage, a: list, ea: list, fmts: list[Fixed], shape: tuple)
     first = tuple(0 if i in axes else slice(None) for i in range(len(shape)))
     fr = [f.frac_bits for f in fmts]
     k = spec.arity
-    terms, te = spec.reference(*a[:k]), ERROR_RULES[spec.error_rule](stage, a[:k], ea[:k])
+    terms, te = spec.reference(*a[:k]), ERROR_RULES[spec.error_rule](stage, a[:k], ea[:k], fmts[:k])
     if spec.accumulate == "max":
         return np.max(terms, axis=axes), np.max(te, axis=axes), spec.result_frac(fr[:k])
     assert spec.accumulate == "add", f"{stage.name}: {stage.op} accumulates by {spec.accumulate!r}"

@@ -92,8 +92,9 @@ def resources(kernel: Kernel, target=None) -> ResourceEstimate:
     for st in kernel.stages():
         spec = OPS_TABLE[st.op]
         if spec.multiplies:  # an elementwise product by a constant: left to LUTs
-            w = [kernel.buffers[a.buffer].fmt.width for a in st.ins[:2]]
-            if all(kernel.buffers[a.buffer].role != "const" for a in st.ins[:2]) or spec.reduction:
+            factors = [st.ins[i] for i in spec.multiplied]
+            w = [kernel.buffers[a.buffer].fmt.width for a in factors]
+            if all(kernel.buffers[a.buffer].role != "const" for a in factors) or spec.reduction:
                 dsp += st.lanes * dsp_per_multiplier(*w, kind)
     banks = buffer_banks(kernel)
     bram18, bits_total = 0, 0

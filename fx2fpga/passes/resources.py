@@ -129,7 +129,7 @@ def _unit_adder_bits(u: dict) -> int:
         return u.get("sum_width", 2 * u["acc_iw"])  # max/argmax: a compare and a select
     if u["kind"] == "table":
         return 2 * u["xw"] + u["rw"] + u["yw"]
-    if u["op"] in ("add", "sub", "neg", "abs", "eq", "ne", "lt", "le", "gt", "ge"):
+    if u["op"] in ("add", "sub", "msub", "neg", "abs", "eq", "ne", "lt", "le", "gt", "ge"):
         return u["res_width"]
     return 0
 
@@ -140,7 +140,7 @@ def _unit_cvt_bits(u: dict) -> int:
         return u["acc_width"] * ("cvt_init" in u)
     if u["kind"] == "reduce":
         return u["acc_width"] * (("cvt_sum" in u) + ("cvt_init" in u) + ("cvt_term" in u)) + u["out_width"]
-    return u["out_width"]
+    return u["out_width"] + u.get("mid_width", 0)
 
 
 def _unit_reg_bits(u: dict) -> int:
@@ -156,6 +156,8 @@ def _unit_reg_bits(u: dict) -> int:
         return ops + term + u["acc_width"] + init + u["out_width"] + u.get("pos_width", 0) * 2
     if u["kind"] == "table":
         return ops + u["xw"] + u["rw"] + 2 * u["tw"] + u["pw"] + u["yw"] + u["out_width"] + u["latency"] * 4
+    if u["kind"] == "msub":  # also the first operand's delay to meet the product, and the product's assignment
+        return ops + 6 * u["ops"][0]["iw"] + u["mid_width"] + u["res_width"] + u["out_width"]
     return ops + u["res_width"] + u["out_width"]
 
 

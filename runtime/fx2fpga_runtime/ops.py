@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .fixed import align
+from .fixed import Fixed, align
 
 Evaluate = Callable[[list[np.ndarray], object, object], np.ndarray]  # (operands, stage, kernel) -> raw
 
@@ -47,6 +47,9 @@ class OpSpec:
     unit_latency: int = 3  # RTL: cycles from the operands to the unit's registered result (passes/schedule.py)
     estimate_depth: int = 2  # the estimate's pipeline depth (estimate.py)
     error_rule: str = "lipschitz"  # how tests/error_bounds.py propagates input errors (its ERROR_RULES)
+    stage_frac: Callable[[Sequence[int], object], int] | None = None  # result frac bits where the stage's attrs
+    # decide them too: (operands' frac bits, stage) -> frac bits (``exact_frac`` prefers it to ``result_frac``)
+    multiplied: tuple[int, int] = (0, 1)  # the operands the shared multiplier takes (ops that multiply)
 
     @property
     def elementwise(self) -> bool:
@@ -78,6 +81,20 @@ def _table(v: list[np.ndarray], stage, kernel) -> np.ndarray:
     return table[i] + (((table[i + 1] - table[i]) * t) >> shift)
 
 
+def mid_format(stage) -> Fixed:
+    """The format ``msub`` assigns its product to before subtracting (``attrs['mid']``)."""
+    return Fixed.parse(stage.attrs["mid"])
+
+
+def _msub(v: list[np.ndarray], stage, kernel) -> np.ndarray:
+    """a - [b * c]: the product assigned to the stage's ``mid`` format, then subtracted exactly."""
+    fr = [kernel.buffers[a.buffer].fmt.frac_bits for a in stage.ins]
+    mid = mid_format(stage)
+    t = mid.from_raw(v[1] * v[2], fr[1] + fr[2])
+    f = max(fr[0], mid.frac_bits)
+    return align(v[0], fr[0], f) - align(t, mid.frac_bits, f)
+
+
 def _compare(name: str, fn) -> OpSpec:
     return OpSpec(name, 2, f"1 if a {name} b else 0, in the BOOL format",
                   lambda v, st, k: fn(v[0], v[1]).astype(np.int64),
@@ -103,6 +120,10 @@ _ROWS = [
     _compare("le", np.less_equal), _compare("gt", np.greater), _compare("ge", np.greater_equal),
     OpSpec("table", 1, "piecewise-linear function of a (attrs: fn, table, lo, shift; see ir.py)", _table,
            None, None, attrs=("fn", "table", "lo", "shift"), unit_latency=12, estimate_depth=5, error_rule="table"),
+    OpSpec("msub", 3, "a - [b * c] (the product assigned to attrs['mid'] first: a fused weight update p - [lr * g])",
+           _msub, lambda a, b, c: a - b * c, None, attrs=("mid",), multiplies=True, unit_latency=9,
+           estimate_depth=4, error_rule="msub", multiplied=(1, 2),
+           stage_frac=lambda fr, st: max(fr[0], mid_format(st).frac_bits)),
     OpSpec("mac", 2, "acc += a * b", lambda v, st, k: v[0] * v[1], lambda a, b: a * b, lambda fr: fr[0] + fr[1],
            reduction=True, init_input=True, accumulate="add", acc_init="zero", multiplies=True, unit_latency=8,
            estimate_depth=6, error_rule="product"),
@@ -144,7 +165,9 @@ def exact_frac(spec: OpSpec, fracs: Sequence[int], stage, kernel) -> int:
     """Frac bits of the exact result of ``stage`` (a table's result: its entries' frac bits)."""
     if spec.reads_table:
         return kernel.buffers[stage.attrs["table"]].fmt.frac_bits
+    if spec.stage_frac is not None:
+        return spec.stage_frac(fracs, stage)
     return spec.result_frac(fracs)
 
 
-__all__ = ["OPS_TABLE", "OpSpec", "aligned_operands", "alignment_shifts", "exact_frac", "op_spec"]
+__all__ = ["OPS_TABLE", "OpSpec", "aligned_operands", "alignment_shifts", "exact_frac", "mid_format", "op_spec"]

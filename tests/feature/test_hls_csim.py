@@ -88,6 +88,10 @@ def _zoo_elementwise(bufs: list[Buffer], stages: list[Stage]) -> None:
         ew(f"o_mul_{mode.lower()}", "mul", F(f"fixed<7,2,{mode},SAT>"), (A, B))
         ew(f"o_mul_{mode.lower()}_w", "mul", F(f"fixed<6,1,{mode},WRAP>"), (A, B))
     ew("o_mul_u", "mul", F("ufixed<8,3,RND,SAT>"), (A, B), lanes=3, lane_var="i")
+    # the fused update a - [b * c]: the product rounds (and saturates, or wraps) to mid, then the exact difference
+    ew("o_msub", "msub", F("fixed<9,4,RND,SAT>"), (A, B, acc("j")), attrs={"mid": "fixed<6,2,RND_CONV,SAT>"},
+       lanes=2, lane_var="j")
+    ew("o_msub_w", "msub", F("fixed<7,3,TRN,WRAP>"), (P, A, B), attrs={"mid": "ufixed<5,1,TRN_ZERO,WRAP>"})
     for op in ("eq", "ne", "lt", "le", "gt", "ge"):
         ew(f"o_{op}", op, BOOL, (P, Q) if op in ("eq", "lt", "gt") else (Q, P))
     ew("o_lt_fx", "lt", F("fixed<4,2>"), (A, P))

@@ -69,7 +69,8 @@ def test_pareto_front(auto_mlp):
         dominated = any(q.model_steps_per_s >= p.model_steps_per_s and q.usage <= p.usage and
                         (q.model_steps_per_s, q.usage) != (p.model_steps_per_s, p.usage) for q in points)
         assert p.pareto == (not dominated)
-    assert [p.label for p in front if not p.allocation] == ["1x1", "1x16"]  # the others: per stage does better
+    # per stage does better than the others (1x4 stays: a hair below per stage at 40%)
+    assert [p.label for p in front if not p.allocation] == ["1x1", "1x4", "1x16"]
 
 
 def test_models_side_by_side_are_explored(mlp_example):

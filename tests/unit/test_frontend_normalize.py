@@ -89,4 +89,5 @@ def test_params_updated_in_place():
     assert set(design.kernel.params) <= writers
     assert not [s for s in stages if s.origin.startswith("update of")]  # no fallback copy stages
     updates = [s for s in stages if s.out.buffer in design.kernel.params]
-    assert all(s.op == "sub" and s.ins[0].buffer == s.out.buffer for s in updates)
+    assert all(s.op in ("sub", "msub") and s.ins[0].buffer == s.out.buffer for s in updates)
+    assert [s.op for s in updates] == ["msub"] * len(updates)  # p - lr * g, fused (passes/fuse.py)

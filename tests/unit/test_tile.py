@@ -27,8 +27,8 @@ def test_auto_lanes_on_an_ecp5_fill_the_estimate_and_keep_results(mlp_example, d
     target = auto.target
     res = estimate.resources(auto.kernel, target)
     assert res.dsp <= AUTO_BUDGET * target.dsp and res.bram36 <= AUTO_BUDGET * target.bram36
-    assert res.dsp > estimate.resources(fixed.kernel, target).dsp
-    assert estimate.program_cycles(auto.kernel, "train_step") < 0.6 * estimate.program_cycles(fixed.kernel,
+    assert res.dsp > 0.75 * AUTO_BUDGET * target.dsp  # it widened until the estimate was nearly full
+    assert estimate.program_cycles(auto.kernel, "train_step") < 0.8 * estimate.program_cycles(fixed.kernel,
                                                                                                "train_step")
     for s in auto.kernel.stages():
         if s.lanes > 1:

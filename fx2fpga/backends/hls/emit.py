@@ -17,7 +17,7 @@ import numpy as np
 from fx2fpga_runtime import interface
 from fx2fpga_runtime.fixed import Fixed
 from fx2fpga_runtime.ir import GROUP_VAR, MODEL_VAR, Access, Affine, Buffer, Kernel, Stage
-from fx2fpga_runtime.ops import OPS_TABLE
+from fx2fpga_runtime.ops import OPS_TABLE, mid_format
 
 from fx2fpga.errors import Fx2fpgaError
 from fx2fpga.version import __version__
@@ -53,6 +53,7 @@ HLS_SPELLING = {
     "add": "{out} = {a0} + {a1};",
     "sub": "{out} = {a0} - {a1};",
     "mul": "{out} = {a0} * {a1};",
+    "msub": "{out} = {a0} - {M}({a1} * {a2});",
     "select": "{out} = ({a0} != 0) ? {T}({a1}) : {T}({a2});",
     **{op: f"{{out}} = ({{a0}} {c} {{a1}}) ? {{T}}(1) : {{T}}(0);" for op, c in COMPARE_OPS.items()},
     "table": _HLS_TABLE,
@@ -241,6 +242,8 @@ def _stage_view(st: Stage, kernel: Kernel, func: str) -> StageView:
             loops[-1].pipeline = True  # the innermost loop that is not unrolled
         ins = [_read(a, kernel) for a in st.ins]
         params = _table_params(st, kernel) if spec.reads_table else {}
+        if "mid" in spec.attrs:
+            params["M"] = type_name(mid_format(st))
         body = HLS_SPELLING[st.op].format(out=st.out.c_expr(), T=type_name(out_fmt), **_operands(ins), **params)
         return StageView(func, st, "elementwise", st.out.c_expr(), type_name(out_fmt), ins,
                          loops + ([lane] if lane else []), body=body + "\n")
@@ -308,6 +311,7 @@ def _context(kernel: Kernel, version: str) -> dict:
     for name, buf in kernel.buffers.items():
         _check_buffer(buf, name, name in crossing)
     formats = {b.fmt for b in kernel.buffers.values()} | {s.acc for s in kernel.stages() if s.acc is not None}
+    formats |= {mid_format(s) for s in kernel.stages() if "mid" in s.attrs}
     types = [{"name": type_name(f), "cpp": f.cpp(), "fmt": str(f)} for f in sorted(formats)]
     programs, funcs = [], {}  # funcs: C function name -> (the IR stage, its view)
     taken = set(kernel.buffers) | {t["name"] for t in types} | {GROUP_VAR}

@@ -33,7 +33,7 @@ from dataclasses import dataclass, fields
 
 from fx2fpga_runtime import interface
 from fx2fpga_runtime.fixed import Fixed
-from fx2fpga_runtime.ops import OPS_TABLE, alignment_shifts, exact_frac
+from fx2fpga_runtime.ops import OPS_TABLE, alignment_shifts, exact_frac, mid_format
 
 from ...errors import Fx2fpgaError
 from ...passes import schedule as sched
@@ -79,6 +79,7 @@ RTL_SPELLING = {
     **{op: RtlSpelling(lambda w, s: 2, "{{1'b0, {x0} " + c + " {x1}}}", cast=_aligned_sum_width)
        for op, c in COMPARE_OPS.items()},
     "table": RtlSpelling(None),  # a unit of its own: clip, two ROM reads, the interpolation
+    "msub": RtlSpelling(None),  # a unit of its own: the shared multiplier, the mid format, the subtraction
     "mac": RtlSpelling(lambda w, s: w[0] + w[1]),  # the term: the shared multiplier's product
     "sum": RtlSpelling(lambda w, s: w[0]),
     "max": RtlSpelling(None),  # the term: the operand assigned to the accumulator format
@@ -178,13 +179,16 @@ def multiplier_pool(units: list[dict], dsp_kind: str) -> dict | None:
     users = [u for u in units if u["op"] in POOLED_OPS]
     if not users:
         return None
-    widths = [(u["ops"][0]["iw"], u["ops"][1]["iw"]) for u in users]
+    pairs = [OPS_TABLE[u["op"]].multiplied for u in users]
+    widths = [(u["ops"][i]["iw"], u["ops"][j]["iw"]) for u, (i, j) in zip(users, pairs, strict=True)]
     wa, wb = max(max(w) for w in widths), max(min(w) for w in widths)
     pool = {"lanes": max(u["lanes"] for u in users), "wa": wa, "wb": wb, "product": product_plan(wa, wb, dsp_kind),
             "users": users}
-    for u, (w0, w1) in zip(users, widths, strict=True):
-        u.update(pooled=True, swap=w1 > w0, ma_width=max(w0, w1), mb_width=min(w0, w1), pool=pool,
-                 prod_used=u["term_width"] if u["op"] == "mac" else u["res_width"], act=f"act_{u['inst']}")
+    for u, (i, j), (w0, w1) in zip(users, pairs, widths, strict=True):
+        wide, narrow = (j, i) if w1 > w0 else (i, j)
+        u.update(pooled=True, ma=f"a{wide}", mb=f"a{narrow}", ma_width=max(w0, w1), mb_width=min(w0, w1), pool=pool,
+                 prod_used=w0 + w1 if u["op"] == "msub" else (u["term_width"] if u["op"] == "mac" else u["res_width"]),
+                 act=f"act_{u['inst']}")
     return pool
 
 
@@ -218,7 +222,7 @@ def _used_cvts(units: list[dict], engine: dict | None, cvts: _Cvts) -> list[dict
     result conversions are not generated)."""
     names = {c["cvt"] for c in engine["outs"]} if engine else set()
     for u in units:
-        keys = ("cvt_init",) if u.get("engine") else ("cvt_init", "cvt_term", "cvt_sum", "cvt_out")
+        keys = ("cvt_init",) if u.get("engine") else ("cvt_init", "cvt_term", "cvt_sum", "cvt_out", "cvt_mid")
         names |= {u[k] for k in keys if k in u}
     return [c.view() for n, c in sorted(cvts.used.items()) if n in names]
 
@@ -259,6 +263,8 @@ def _unit_view(phase: Phase, pid: int, kernel, name: str, cvts: _Cvts, dsp_kind:
         return _reduce_view(view, spec, kernel, cvts)
     if spec.reads_table:
         return _table_view(view, kernel, cvts, dsp_kind)
+    if st.op == "msub":
+        return _msub_view(view, kernel, cvts)
     view.update(kind="elementwise", latency=sched.unit_latency(st.op))
     spelling = RTL_SPELLING[st.op]
     fr = [o["frac"] for o in ops]
@@ -272,6 +278,23 @@ def _unit_view(phase: Phase, pid: int, kernel, name: str, cvts: _Cvts, dsp_kind:
         xs = {f"x{i}": _shl(f"{cast}'(a{i}_{lane})", k) for i, k in enumerate(shifts)}
         exprs.append(spelling.expr.format(rw=rw, l=lane, **names, **xs, **{f"w{i}": x for i, x in enumerate(w)}))
     view.update(res_width=rw, exprs=exprs, cvt_out=cvts.get(rw, exact_frac(spec, fr, st, kernel), out_fmt))
+    return view
+
+
+def _msub_view(view: dict, kernel, cvts: _Cvts) -> dict:
+    """A fused update ``a - [b * c]``: the shared multiplier's product assigned to the mid format (stage 7),
+    ``a`` (delayed to meet it) minus it, exact (8), converted (9)."""
+    st, ops = view["stage"], view["ops"]
+    mid = mid_format(st)
+    mid_iw = _iw(mid)
+    f = max(ops[0]["frac"], mid.frac_bits)
+    sa, sm = f - ops[0]["frac"], f - mid.frac_bits
+    rw = max(ops[0]["iw"] + sa, mid_iw + sm) + 1
+    out_fmt = kernel.buffers[st.out.buffer].fmt
+    view.update(kind="msub", latency=sched.unit_latency(st.op), mid=str(mid), mid_width=mid.width,
+                mid_signed=mid.signed, prod_width=ops[1]["iw"] + ops[2]["iw"], shift_a=sa, shift_mid=sm, res_width=rw,
+                cvt_mid=cvts.get(ops[1]["iw"] + ops[2]["iw"], ops[1]["frac"] + ops[2]["frac"], mid),
+                cvt_out=cvts.get(rw, f, out_fmt))
     return view
 
 
