@@ -214,9 +214,7 @@ def _over_rtl_budget(ctx: CompileContext) -> list[tuple[str, float, float]]:
         ctx.rtl_plan = verilog.plan(ctx.kernel, ctx.name, ctx.target.dsp_kind, ctx.schedule)
     except verilog.RtlCodegenError:
         return []  # the RTL step reports it
-    res = resources.rtl_resources(ctx.rtl_plan, ctx.target)
-    return [(r.upper(), getattr(res, r), getattr(ctx.target, r)) for r, share in res.shares(ctx.target).items()
-            if share > 1]
+    return resources.rtl_resources(ctx.rtl_plan, ctx.target).over_budget(ctx.target)
 
 
 def _tile_by_exploring(ctx: CompileContext):
@@ -230,8 +228,7 @@ def _tile_by_exploring(ctx: CompileContext):
         if not result.points:
             raise ResourceBudgetError(ctx.target.name, [], "No lane choice maps to the RTL.")
         least = min(result.points, key=lambda p: p.usage)
-        t, shares = ctx.target, least.resources.shares(ctx.target)
-        over = [(r.upper(), getattr(least, r), getattr(t, r)) for r in shares if shares[r] > explore.AUTO_BUDGET]
+        over = least.resources.over_budget(ctx.target, explore.AUTO_BUDGET)
         raise ResourceBudgetError(ctx.target.name, over, f"No design point fits {explore.AUTO_BUDGET:.0%} of the "
                                   f"budget (the smallest, {least.label} lanes, is shown). Use narrower formats "
                                   "(precision=...), a smaller batch, fewer models, or a larger target.")
@@ -303,8 +300,8 @@ PIPELINE = Pipeline([
     Step("lower", _lower, "ATen ops -> kernel IR stages (loop nests); views become index maps", "kernel", "Kernel"),
     Step("quantize", _quantize, "fixed-point formats per buffer and accumulator; function tables", "kernel",
          "Kernel"),
-    Step("fuse", _fuse, "each weight update p - lr * g as one stage (msub), without the lr * g temporary", "kernel",
-         "Kernel"),
+    Step("fuse", _fuse, "a product subtracted as one stage (msub): SGD's p - lr * g, without the lr * g temporary",
+         "kernel", "Kernel"),
     Step("share memory", _share_memory, "temporaries with disjoint lifetimes share one array (share_memory=False: off)",
          "kernel", "Kernel"),
     Step("tile", _tile, "lanes (parallel datapath copies) per stage, kept RTL-bankable; the resource budget",

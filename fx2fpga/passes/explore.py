@@ -158,9 +158,7 @@ def per_stage_point(kernel: Kernel, target, name: str, size: int, share: float):
     within ``share`` of the budget, checked by a full plan (and redone with a smaller budget while over it):
     ``(DesignPoint, kernel, schedule)``, or Nones."""
     one = copy.deepcopy(kernel)
-    tile.assign_lanes(one, 1, target, size)
-    for st in one.stages():
-        st.model_lanes = 1
+    tile.assign_stage_lanes(one, {}, size)  # groups of ``size``, one lane everywhere
     base, _, _ = measure(one, target, name, 1, 1)
     if base is None or base.usage > share:  # one lane everywhere is already over: nothing to allocate
         return None, None, None

@@ -48,6 +48,12 @@ class PredictedResources:
         """The share of each of ``target``'s resources it uses."""
         return {r: getattr(self, r) / getattr(target, r) for r in ("lut", "ff", "dsp", "bram36")}
 
+    def over_budget(self, target, share: float = 1.0) -> list[tuple[str, float, float]]:
+        """(resource, needed, available) for each resource above ``share`` of the target's (as
+        ``estimate.ResourceEstimate.over_budget``)."""
+        return [(r.upper(), getattr(self, r), getattr(target, r)) for r, used in self.shares(target).items()
+                if used > share]
+
 
 @dataclass(frozen=True)
 class BankMapping:

@@ -187,8 +187,7 @@ def multiplier_pool(units: list[dict], dsp_kind: str) -> dict | None:
     for u, (i, j), (w0, w1) in zip(users, pairs, widths, strict=True):
         wide, narrow = (j, i) if w1 > w0 else (i, j)
         u.update(pooled=True, ma=f"a{wide}", mb=f"a{narrow}", ma_width=max(w0, w1), mb_width=min(w0, w1), pool=pool,
-                 prod_used=w0 + w1 if u["op"] == "msub" else (u["term_width"] if u["op"] == "mac" else u["res_width"]),
-                 act=f"act_{u['inst']}")
+                 prod_used=w0 + w1, act=f"act_{u['inst']}")  # the product's bits (a mac's term, a mul's result)
     return pool
 
 
@@ -292,7 +291,7 @@ def _msub_view(view: dict, kernel, cvts: _Cvts) -> dict:
     rw = max(ops[0]["iw"] + sa, mid_iw + sm) + 1
     out_fmt = kernel.buffers[st.out.buffer].fmt
     view.update(kind="msub", latency=sched.unit_latency(st.op), mid=str(mid), mid_width=mid.width,
-                mid_signed=mid.signed, prod_width=ops[1]["iw"] + ops[2]["iw"], shift_a=sa, shift_mid=sm, res_width=rw,
+                mid_signed=mid.signed, shift_a=sa, shift_mid=sm, res_width=rw,
                 cvt_mid=cvts.get(ops[1]["iw"] + ops[2]["iw"], ops[1]["frac"] + ops[2]["frac"], mid),
                 cvt_out=cvts.get(rw, f, out_fmt))
     return view
