@@ -295,7 +295,7 @@ def _write(ctx: CompileContext):
 
 
 PIPELINE = Pipeline([
-    Step("trace", _trace, "torch.export / make_fx: the inference graph and the SGD-step joint graph",
+    Step("trace", _trace, "make_fx: the inference graph and the SGD-step joint graph",
          "graphs", "list[GraphModule]"),
     Step("lower", _lower, "ATen ops -> kernel IR stages (loop nests); views become index maps", "kernel", "Kernel"),
     Step("quantize", _quantize, "fixed-point formats per buffer and accumulator; function tables", "kernel",

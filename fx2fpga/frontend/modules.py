@@ -40,7 +40,7 @@ class PointModule(nn.Module):
 
 
 class _FunctionModule(nn.Module):
-    """Wraps a plain function of tensors so torch.export can take it."""
+    """Wraps a plain function of tensors as a module, so it traces as a model does."""
 
     def __init__(self, fn: Callable):
         super().__init__()

@@ -1,6 +1,7 @@
 """Tracing: a model (or a plain function) -> a torch.fx graph of core ATen ops.
 
-- Inference: ``torch.export.export(...).run_decompositions()``.
+- Inference: ``(params..., buffers..., inputs...) -> outputs`` of the module in eval mode, traced
+  with ``make_fx(functionalize(forward))`` and the same decompositions.
 - Training: one pure SGD step ``(params..., buffers..., states..., x, y) -> (loss, new
   params..., new buffers..., new states...)`` traced with ``make_fx(functionalize(step))``
   and the core ATen decompositions, so the autograd backward graph and the update are
@@ -14,8 +15,6 @@ initial value), each float node its profiled ``ValueProfile``; the graph module 
 """
 
 from __future__ import annotations
-
-import warnings
 
 import torch
 import torch.fx
@@ -140,43 +139,44 @@ def decomposition_table() -> dict:
 # ----- inference --------------------------------------------------------------------------
 
 def trace_inference(model, example_inputs) -> torch.fx.GraphModule:
-    """The inference graph of ``model`` on ``example_inputs`` (core ATen ops)."""
+    """The inference graph of ``model`` on ``example_inputs`` (core ATen ops): ``(params..., buffers...,
+    inputs...) -> outputs`` of the module in eval mode, traced with ``make_fx(functionalize(...))`` as the
+    training step is (``torch.export`` would cost a second and a half of ``torch._dynamo`` import per process)."""
+    from torch.func import functional_call
+
     module = as_module(model).eval()
     args = _as_tuple(example_inputs)
-    try:
-        with warnings.catch_warnings():  # torch's own deprecation noise, not the user's business
-            warnings.filterwarnings("ignore", message=r".*LeafSpec", category=FutureWarning)
-            ep = torch.export.export(module, args).run_decompositions(decomposition_table())
-    except UnsupportedOpError:
-        raise
-    except Exception as e:  # torch raises many kinds; the user needs the gist
-        raise TraceError(f"torch.export could not trace the model: {type(e).__name__}: {e}") from e
-    gm = ep.graph_module
-    sig = ep.graph_signature
-    roles = {}
-    for spec in sig.input_specs:
-        kind = spec.kind.name
-        name = spec.arg.name
-        if kind == "PARAMETER":
-            roles[name] = ("param", spec.target)
-        elif kind == "BUFFER":
-            roles[name] = ("buffer", spec.target)
-        elif kind == "USER_INPUT":
-            roles[name] = ("input", name)
-        else:
-            raise TraceError(f"unsupported graph input kind {kind} for {name}")
-    state = dict(ep.state_dict)
-    for node in gm.graph.nodes:
-        if node.op == "placeholder":
-            role, target = roles[node.name]
-            value = state[target].detach().clone() if role in ("param", "buffer") else None
-            set_node_info(node, placeholder=Placeholder(role, target, value))
+    params = {k: v.detach() for k, v in module.named_parameters()}
+    buffers = {k: v.detach() for k, v in module.named_buffers()}
+    n_state = len(params) + len(buffers)
+
+    def forward(*flat):
+        state = dict(zip([*params, *buffers], flat[:n_state], strict=True))
+        out = functional_call(module, state, tuple(flat[n_state:]))
+        return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+    flat_inputs = [*params.values(), *buffers.values(), *args]
+    gm = _make_fx(forward, flat_inputs, "the model")
+    roles = [("param", k, v) for k, v in params.items()] + [("buffer", k, v) for k, v in buffers.items()]
+    roles += [("input", name, None) for name in _input_names(module, len(args))]
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for node, (role, name, value) in zip(placeholders, roles, strict=True):
+        set_node_info(node, placeholder=Placeholder(role, name, None if value is None else value.clone()))
     _mark_statistics(gm)
-    gm.meta[META_KEY] = GraphInfo("infer", tuple(OutputRole("output") for _ in sig.output_specs))
-    placeholders = [node_info(n).placeholder for n in gm.graph.nodes if n.op == "placeholder"]
-    user_args = iter(args)
-    profile(gm, [ph.value if ph.value is not None else next(user_args) for ph in placeholders])
+    _inherit_stack_traces(gm)
+    n_out = len(next(n for n in gm.graph.nodes if n.op == "output").args[0])
+    gm.meta[META_KEY] = GraphInfo("infer", tuple(OutputRole("output") for _ in range(n_out)))
+    profile(gm, flat_inputs)
     return gm
+
+
+def _input_names(module: torch.nn.Module, n: int) -> list[str]:
+    """The names of ``module.forward``'s first ``n`` arguments (``x``; ``input`` for ``nn.Sequential``)."""
+    import inspect
+
+    names = [p.name for p in inspect.signature(module.forward).parameters.values()
+             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return names[:n] + [f"input{i}" for i in range(len(names), n)]
 
 
 # ----- training -------------------------------------------------------------------------
@@ -234,7 +234,7 @@ def trace_training(model, example_inputs, train: SGD | GD) -> torch.fx.GraphModu
     return gm
 
 
-def _make_fx(step, flat_inputs: list) -> torch.fx.GraphModule:
+def _make_fx(step, flat_inputs: list, what: str = "the training step") -> torch.fx.GraphModule:
     """``make_fx(functionalize(step))`` with our decompositions; a failure is a ``TraceError``."""
     from torch._dispatch.python import enable_python_dispatcher
     from torch.func import functionalize
@@ -252,7 +252,7 @@ def _make_fx(step, flat_inputs: list) -> torch.fx.GraphModule:
     except (UnsupportedOpError, TraceError):
         raise
     except Exception as e:
-        raise TraceError(f"could not trace the training step: {type(e).__name__}: {e}") from e
+        raise TraceError(f"could not trace {what}: {type(e).__name__}: {e}") from e
 
 
 def _annotate_training_graph(gm: torch.fx.GraphModule, params: dict, buffers: dict, states: dict, gd: bool,
