@@ -3,7 +3,9 @@
 Values are raw ``int64`` integers (see ``fixed.py``); each stage is evaluated over the
 whole loop nest at once with index arrays (``StagePlan``, computed once per stage and kept by
 the ``Emulator``), and reductions follow the sequential accumulation order of the generated
-hardware (see ``ir.py`` for the semantics).
+hardware (see ``ir.py`` for the semantics). ``run_stage`` is the reference; the ``Emulator``
+runs each stage through its compiled fast path (``emu_compile.py``, bit-exact with the
+reference) where it has one, and through ``run_stage`` elsewhere.
 """
 
 from __future__ import annotations
@@ -12,16 +14,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .emu_compile import compile_stage
 from .fixed import Fixed, align, shift_round
 from .ir import GROUP_VAR, Access, Affine, Kernel, Stage
 from .ops import OPS_TABLE, OpSpec, aligned_operands, exact_frac
 
 
 class Emulator:
-    """Holds the on-chip memories of one kernel and runs its programs on them."""
+    """Holds the on-chip memories of one kernel and runs its programs on them (``fast=False``: every
+    stage through the reference ``run_stage``)."""
 
-    def __init__(self, kernel: Kernel):
+    def __init__(self, kernel: Kernel, fast: bool = True):
         self.kernel = kernel
+        self.fast = fast
         self.mem: dict[str, np.ndarray] = {}
         for buf in kernel.buffers.values():
             if buf.init is not None:
@@ -29,6 +34,7 @@ class Emulator:
             else:
                 self.mem[buf.name] = np.zeros(buf.shape, dtype=np.int64)
         self._plans: dict[tuple[int, int], StagePlan] = {}  # (id(stage), group) -> its index arrays
+        self._compiled: dict[str, list] = {}  # program -> per group, per stage: its fast run(mem) or None
 
     def write(self, name: str, raw) -> None:
         """Host -> on-chip buffer (raw integers, the buffer's shape)."""
@@ -36,7 +42,11 @@ class Emulator:
         arr = np.asarray(raw, dtype=np.int64).reshape(buf.shape)
         if arr.size and (arr.min() < buf.fmt.raw_min or arr.max() > buf.fmt.raw_max):
             raise ValueError(f"raw values for {name} exceed its format {buf.fmt}")
-        self.mem[name] = arr.copy()
+        mem = self.mem[name]
+        if mem.flags.c_contiguous and mem.flags.writeable:
+            mem[...] = arr  # in place: the compiled stages keep their views of this array
+        else:
+            self.mem[name] = arr.copy()
 
     def read(self, name: str) -> np.ndarray:
         return self.mem[name].copy()
@@ -46,12 +56,21 @@ class Emulator:
         prog = self.kernel.programs[program]
         for name, raw in (inputs or {}).items():
             self.write(name, raw)
-        for group in range(prog.groups):  # (model groups: the stages once per group, GROUP_VAR = group)
-            for stage in prog.stages:
+        compiled = self._compiled.get(program)
+        if compiled is None:
+            compiled = self._compiled[program] = [
+                [compile_stage(stage, self.kernel, group) if self.fast else None for stage in prog.stages]
+                for group in range(prog.groups)]
+        mem = self.mem
+        for group, fns in enumerate(compiled):  # (model groups: the stages once per group, GROUP_VAR = group)
+            for stage, fn in zip(prog.stages, fns, strict=True):
+                if fn is not None:
+                    fn(mem)
+                    continue
                 plan = self._plans.get((id(stage), group))
                 if plan is None:
                     plan = self._plans[id(stage), group] = StagePlan.of(stage, self.kernel, group)
-                run_stage(stage, self.kernel, self.mem, plan)
+                run_stage(stage, self.kernel, mem, plan)
         return {name: self.read(name) for name in prog.outputs}
 
 

@@ -23,9 +23,10 @@ def _random_raw(fmt: Fixed, shape, rng) -> np.ndarray:
     return rng.integers(fmt.raw_min, fmt.raw_max + 1, size=shape, dtype=np.int64)
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "reference"])
 @pytest.mark.parametrize("acc_fmt", ["fixed<20,6>", "fixed<14,4,TRN,SAT>", "fixed<14,4,RND,WRAP>",
                                      "fixed<12,5,RND_CONV,SAT>", "fixed<12,5,TRN_ZERO,WRAP>"])
-def test_mac_accumulates_like_ap_fixed(acc_fmt):
+def test_mac_accumulates_like_ap_fixed(acc_fmt, fast):
     """acc += a*b, each step assigned to the accumulator format (saturating or wrapping)."""
     rng = np.random.default_rng(1)
     fa, fb, fo, facc = Fixed(10, 4), Fixed(9, 3), Fixed(10, 5, rounding="TRN"), Fixed.parse(acc_fmt)
@@ -34,7 +35,7 @@ def test_mac_accumulates_like_ap_fixed(acc_fmt):
     bufs = [Buffer("a", (m, k), fa), Buffer("b", (k, n), fb), Buffer("o", (m, n), fo, "output")]
     st = Stage("s", "mac", (Loop("i", m), Loop("j", n), Loop("k", k)), Access("o", (_v("i"), _v("j"))),
                (Access("a", (_v("i"), _v("k"))), Access("b", (_v("k"), _v("j")))), reduce=("k",), acc=facc)
-    emu = Emulator(_kernel(st, bufs))
+    emu = Emulator(_kernel(st, bufs), fast=fast)
     emu.write("a", a)
     emu.write("b", b)
     got = emu.run("infer")["o"]
@@ -54,15 +55,16 @@ def test_mac_accumulates_like_ap_fixed(acc_fmt):
         assert saturated or facc.overflow == "WRAP"  # the narrow accumulators really overflow
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "reference"])
 @pytest.mark.parametrize("op", ["add", "sub", "mul"])
 @pytest.mark.parametrize("out_fmt", ["fixed<8,3>", "fixed<8,3,TRN,WRAP>", "ufixed<7,2,RND_ZERO,SAT>"])
-def test_elementwise_assigns_exact_results(op, out_fmt):
+def test_elementwise_assigns_exact_results(op, out_fmt, fast):
     rng = np.random.default_rng(2)
     fa, fb, fo = Fixed(12, 4), Fixed(10, 6), Fixed.parse(out_fmt)
     a, b = _random_raw(fa, (64,), rng), _random_raw(fb, (64,), rng)
     bufs = [Buffer("a", (64,), fa), Buffer("b", (64,), fb), Buffer("o", (64,), fo, "output")]
     st = Stage("s", op, (Loop("i", 64),), Access("o", (_v("i"),)), (Access("a", (_v("i"),)), Access("b", (_v("i"),))))
-    emu = Emulator(_kernel(st, bufs))
+    emu = Emulator(_kernel(st, bufs), fast=fast)
     emu.write("a", a)
     emu.write("b", b)
     got = emu.run("infer")["o"]
