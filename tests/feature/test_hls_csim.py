@@ -11,12 +11,12 @@ import subprocess
 
 import numpy as np
 import pytest
-from fx2fpga_runtime import interface
+from fx2fpga_runtime import csim, interface
 from fx2fpga_runtime.csim import CXX_FLAGS, CsimBackend, ap_types_dir
 from fx2fpga_runtime.fixed import BOOL, Fixed
 from fx2fpga_runtime.ir import OPS, Access, Affine, Buffer, Guard, Kernel, Loop, Program, Stage
 from fx2fpga_runtime.runner import EmuBackend, KernelRunner
-from fx2fpga_runtime.toolchain import require_tool
+from fx2fpga_runtime.toolchain import cache_dir, require_tool
 
 from fx2fpga.backends.hls import emit as hls
 
@@ -369,6 +369,57 @@ def test_compile_error_reports_gxx_output(tmp_path):
     (tmp_path / "src" / "sgd.cpp").write_text('#error "broken on purpose"\n')
     with pytest.raises(RuntimeError, match="broken on purpose"):
         CsimBackend(k, tmp_path)
+
+
+def _sgd_equals_emulator(folder) -> None:
+    """Build the sgd kernel's C simulation in ``folder`` and check a training step against the emulator."""
+    k = sgd_kernel()
+    rng = np.random.default_rng(5)
+    assert run_both(k, folder, [("train_step", random_raw(k, ["x", "t"], rng)), ("read_params", {})]) > 0
+
+
+def _precompiled_headers() -> list:
+    """The ``.gch`` files of the csim cache, after the background builds are done."""
+    csim.wait_for_background_builds()
+    return sorted((cache_dir() / "csim-pch").glob("*/*.gch"))
+
+
+@pytest.mark.slow
+def test_precompiled_header_is_made_once_and_reused_by_other_kernels(tmp_path, monkeypatch):
+    monkeypatch.setenv("FX2FPGA_CACHE", str(tmp_path / "cache"))
+    _sgd_equals_emulator(tmp_path / "first")  # no precompiled header yet: the build starts making it
+    [gch] = _precompiled_headers()
+    made = gch.stat()
+    assert made.st_size > 1_000_000
+    k = zoo_kernel()  # another kernel: a new binary, the same headers
+    run_both(k, tmp_path / "zoo", [("infer", random_raw(k, k.programs["infer"].inputs, np.random.default_rng(2)))])
+    assert _precompiled_headers() == [gch]
+    again = gch.stat()
+    assert (again.st_ino, again.st_mtime_ns) == (made.st_ino, made.st_mtime_ns)
+    assert len(list((cache_dir() / "csim").iterdir())) == 2
+    write_files(tmp_path / "broken", hls.generate(sgd_kernel(), VERSION))
+    (tmp_path / "broken" / "src" / "sgd.cpp").write_text('#include "sgd.h"\n#error "broken on purpose"\n')
+    with pytest.raises(RuntimeError, match="broken on purpose"):  # g++'s message, with the header in use
+        CsimBackend(sgd_kernel(), tmp_path / "broken")
+    assert _precompiled_headers() == [gch] and gch.stat().st_ino == made.st_ino
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["truncated", "not a pch"])
+def test_a_damaged_precompiled_header_is_rebuilt(tmp_path, monkeypatch, damage):
+    monkeypatch.setenv("FX2FPGA_CACHE", str(tmp_path / "cache"))
+    _sgd_equals_emulator(tmp_path / "first")
+    [gch] = _precompiled_headers()
+    good = gch.read_bytes()
+    gch.write_bytes(good[:100_000] if damage == "truncated" else b"garbage\n")  # g++: fatal error / warning
+    k = zoo_kernel()
+    checked = run_both(k, tmp_path / "zoo", [("infer", random_raw(k, k.programs["infer"].inputs,
+                                                                    np.random.default_rng(4)))])
+    assert checked == interface.word_count(k, k.programs["infer"].outputs)
+    assert _precompiled_headers() == [gch]
+    with gch.open("rb") as f:  # made again (it holds the temporary folder's name: not byte for byte the same)
+        assert f.read(4) == good[:4] == b"gpch"
+    assert gch.stat().st_size > 1_000_000
 
 
 @pytest.mark.slow
