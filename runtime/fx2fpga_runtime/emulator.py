@@ -34,14 +34,21 @@ class Emulator:
             else:
                 self.mem[buf.name] = np.zeros(buf.shape, dtype=np.int64)
         self._plans: dict[tuple[int, int], StagePlan] = {}  # (id(stage), group) -> its index arrays
-        self._compiled: dict[str, list] = {}  # program -> per group, per stage: its fast run(mem) or None
+        self._compiled: dict[str, list] = {}  # program -> its stages' run(mem) in order (``_stage_fns``)
 
     def write(self, name: str, raw) -> None:
         """Host -> on-chip buffer (raw integers, the buffer's shape)."""
-        buf = self.kernel.buffers[name]
-        arr = np.asarray(raw, dtype=np.int64).reshape(buf.shape)
-        if arr.size and (arr.min() < buf.fmt.raw_min or arr.max() > buf.fmt.raw_max):
-            raise ValueError(f"raw values for {name} exceed its format {buf.fmt}")
+        arr = np.asarray(raw, dtype=np.int64).reshape(self.kernel.buffers[name].shape)
+        self._check_range(name, arr)
+        self._put(name, arr)
+
+    def _check_range(self, name: str, arr: np.ndarray) -> None:
+        fmt = self.kernel.buffers[name].fmt
+        if arr.size and (np.minimum.reduce(arr, axis=None) < fmt.raw_min
+                         or np.maximum.reduce(arr, axis=None) > fmt.raw_max):
+            raise ValueError(f"raw values for {name} exceed its format {fmt}")
+
+    def _put(self, name: str, arr: np.ndarray) -> None:
         mem = self.mem[name]
         if mem.flags.c_contiguous and mem.flags.writeable:
             mem[...] = arr  # in place: the compiled stages keep their views of this array
@@ -53,25 +60,52 @@ class Emulator:
 
     def run(self, program: str, inputs: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Write ``inputs`` (if given), run every stage of ``program``, return its outputs (raw)."""
-        prog = self.kernel.programs[program]
         for name, raw in (inputs or {}).items():
             self.write(name, raw)
-        compiled = self._compiled.get(program)
-        if compiled is None:
-            compiled = self._compiled[program] = [
-                [compile_stage(stage, self.kernel, group) if self.fast else None for stage in prog.stages]
-                for group in range(prog.groups)]
         mem = self.mem
-        for group, fns in enumerate(compiled):  # (model groups: the stages once per group, GROUP_VAR = group)
-            for stage, fn in zip(prog.stages, fns, strict=True):
-                if fn is not None:
-                    fn(mem)
-                    continue
-                plan = self._plans.get((id(stage), group))
-                if plan is None:
-                    plan = self._plans[id(stage), group] = StagePlan.of(stage, self.kernel, group)
-                run_stage(stage, self.kernel, mem, plan)
-        return {name: self.read(name) for name in prog.outputs}
+        for fn in self._stage_fns(program):
+            fn(mem)
+        return {name: self.read(name) for name in self.kernel.programs[program].outputs}
+
+    def run_steps(self, program: str, inputs: dict[str, np.ndarray], steps: int) -> dict[str, np.ndarray]:
+        """Run ``program`` ``steps`` times, step ``i`` on row ``i`` of every input (raw, shape ``(steps,
+        *buffer shape)``); returns its outputs of every step, stacked the same way (raw). The same as
+        ``steps`` calls of ``run``, with the inputs' ranges checked once, up front."""
+        buffers = self.kernel.buffers
+        rows = {}
+        for name, raw in inputs.items():
+            rows[name] = np.asarray(raw, dtype=np.int64).reshape((steps, *buffers[name].shape))
+            self._check_range(name, rows[name])
+        outs = {n: np.empty((steps, *buffers[n].shape), dtype=np.int64) for n in self.kernel.programs[program].outputs}
+        fns, mem = self._stage_fns(program), self.mem
+        for i in range(steps):
+            for name, arr in rows.items():
+                self._put(name, arr[i])
+            for fn in fns:
+                fn(mem)
+            for name, out in outs.items():
+                out[i] = mem[name]
+        return outs
+
+    def _stage_fns(self, program: str) -> list:
+        """Every stage of ``program`` as a ``run(mem)``, in order, made once: the stages once per group of
+        models (``GROUP_VAR`` = group), each its compiled fast path or else the reference ``run_stage``."""
+        fns = self._compiled.get(program)
+        if fns is None:
+            prog = self.kernel.programs[program]
+            fns = self._compiled[program] = [
+                (compile_stage(stage, self.kernel, group) if self.fast else None) or self._reference(stage, group)
+                for group in range(prog.groups) for stage in prog.stages]
+        return fns
+
+    def _reference(self, stage: Stage, group: int):
+        """``run_stage`` on ``stage`` for ``group``, its index arrays made at its first run."""
+        def run(mem):
+            plan = self._plans.get((id(stage), group))
+            if plan is None:
+                plan = self._plans[id(stage), group] = StagePlan.of(stage, self.kernel, group)
+            run_stage(stage, self.kernel, mem, plan)
+        return run
 
 
 # ----- the index arrays of one stage, computed once ---------------------------------------------

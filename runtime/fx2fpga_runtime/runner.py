@@ -2,7 +2,9 @@
 
 A backend has one method, ``call(command, in_words) -> out_words`` (see ``interface.py``),
 so the emulator, the C simulation, the Verilator model and the board all sit behind the
-same float API.
+same float API. A backend may also take raw buffers directly, without the words: ``call_raw(command,
+raw_inputs) -> raw_outputs`` and ``call_steps(command, raw_inputs, steps)`` (the emulator has both;
+the runner uses them where they exist).
 """
 
 from __future__ import annotations
@@ -11,7 +13,16 @@ import numpy as np
 
 from . import interface
 from .emulator import Emulator
+from .fixed import quantizer
 from .ir import Kernel
+
+
+def _class_indices(values: np.ndarray, classes: int) -> bool:
+    """Whether every value is a whole number in ``0..classes - 1`` (NaN is not)."""
+    if not values.size:
+        return True
+    lo, hi = np.minimum.reduce(values, axis=None), np.maximum.reduce(values, axis=None)
+    return bool(0 <= lo and hi < classes) and not np.not_equal(np.floor(values), values).any()
 
 
 class EmuBackend:
@@ -31,6 +42,21 @@ class EmuBackend:
             self.emulator.run(command)
         return interface.pack(self.kernel, outs, {n: self.emulator.read(n) for n in outs})
 
+    def call_raw(self, command: str, raw_inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``call`` without the round trip through 32-bit words: raw buffers in, raw buffers out."""
+        ins, outs = interface.command_buffers(self.kernel, command)
+        for name in ins:
+            self.emulator.write(name, raw_inputs[name])
+        if command in self.kernel.programs:
+            return self.emulator.run(command)  # (its outputs are ``outs``)
+        return {n: self.emulator.read(n) for n in outs}
+
+    def call_steps(self, command: str, raw_inputs: dict[str, np.ndarray], steps: int) -> dict[str, np.ndarray]:
+        """``call_raw`` ``steps`` times on a program, step ``i`` on row ``i`` of every input; the outputs
+        stacked the same way (``Emulator.run_steps``)."""
+        ins, _ = interface.command_buffers(self.kernel, command)
+        return self.emulator.run_steps(command, {n: raw_inputs[n] for n in ins}, steps)
+
     def close(self) -> None:
         pass
 
@@ -45,6 +71,9 @@ class KernelRunner:
     # ----- raw level ------------------------------------------------------------------------
     def call_raw(self, command: str, raw_inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run a command on raw integer buffers; returns raw outputs."""
+        direct = getattr(self.backend, "call_raw", None)
+        if direct is not None:
+            return direct(command, raw_inputs)
         ins, outs = interface.command_buffers(self.kernel, command)
         words = self.backend.call(command, interface.pack(self.kernel, ins, raw_inputs))
         expected = interface.word_count(self.kernel, outs)
@@ -52,21 +81,27 @@ class KernelRunner:
             raise RuntimeError(f"{self.backend.name}: {command} returned {len(words)} words, expected {expected}")
         return interface.unpack(self.kernel, outs, words)
 
-    def _quantize_inputs(self, program: str, arrays) -> dict[str, np.ndarray]:
+    def _quantize_inputs(self, program: str, arrays, steps: int | None = None) -> dict[str, np.ndarray]:
+        """The inputs of ``program`` as raw integers, checked against the shapes it was compiled for
+        (``steps``: each array holds ``steps`` of them, stacked on a leading axis, for ``train_steps``)."""
         prog = self.kernel.programs[program]
+        what = program if steps is None else "train_steps"
         if len(arrays) != len(prog.inputs):
-            raise ValueError(f"{program} takes {len(prog.inputs)} arrays ({', '.join(prog.inputs)}), got {len(arrays)}")
+            raise ValueError(f"{what} takes {len(prog.inputs)} arrays ({', '.join(prog.inputs)}), got {len(arrays)}")
         raw = {}
         for name, arr in zip(prog.inputs, arrays, strict=True):
             buf = self.kernel.buffers[name]
             a = np.asarray(arr, dtype=np.float64)
-            if a.shape != buf.shape:
+            if steps is None and a.shape != buf.shape:
                 raise ValueError(f"{program}: input {name} must have shape {buf.shape} (compiled for it), "
                                  f"got {a.shape}")
+            if steps is not None and a.shape != (steps, *buf.shape):
+                raise ValueError(f"train_steps: input {name} must have shape {(steps, *buf.shape)} (steps, then the "
+                                 f"shape {buf.shape} compiled for it), got {a.shape}")
             classes = self.kernel.meta.get("num_classes", {}).get(name)
-            if classes is not None and a.size and (a.min() < 0 or a.max() >= classes or np.any(a != np.round(a))):
-                raise ValueError(f"{program}: {name} must hold class indices in 0..{classes - 1}")
-            raw[name] = buf.fmt.quantize(a)
+            if classes is not None and not _class_indices(a, classes):
+                raise ValueError(f"{what}: {name} must hold class indices in 0..{classes - 1}")
+            raw[name] = quantizer(buf.fmt)(a)
         return raw
 
     def _to_float(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -117,12 +152,52 @@ class KernelRunner:
     def train_step(self, *inputs) -> float | np.ndarray:
         """One training step on chip (forward, backward, update); returns the loss (a kernel of N
         models: an array of the N losses)."""
-        if "train_step" not in self.kernel.programs:
-            raise RuntimeError("this kernel was compiled for inference only: pass train=fx2fpga.SGD(...) to compile")
+        self._require_training()
         out = self._to_float(self.call_raw("train_step", self._quantize_inputs("train_step", inputs)))
         groups = self._per_model("train_step")
         losses = [float(self._row(out[names[0]], i).reshape(())) for i, names in enumerate(groups)]
         return losses[0] if self.models is None else np.array(losses)
+
+    def train_steps(self, *inputs, steps: int | None = None) -> np.ndarray:
+        """Many training steps in one call: each input holds one ``train_step`` input per step, stacked
+        on a leading axis (shape ``(steps, *its train_step shape)``); returns the losses, shape ``(steps,)``
+        (a kernel of N models: ``(steps, N)``), the same as calling ``train_step`` on each step in turn.
+        ``steps`` is needed only when ``train_step`` takes no inputs."""
+        self._require_training()
+        prog = self.kernel.programs["train_step"]
+        steps = self._steps_of(inputs, steps)
+        raw = self._quantize_inputs("train_step", inputs, steps=steps)
+        many = getattr(self.backend, "call_steps", None)
+        if many is not None:
+            out = many("train_step", raw, steps)
+        else:
+            per_step = [self.call_raw("train_step", {n: v[i] for n, v in raw.items()}) for i in range(steps)]
+            out = {n: np.array([o[n] for o in per_step], dtype=np.int64).reshape((steps, *self.kernel.buffers[n].shape))
+                   for n in prog.outputs}
+        out = self._to_float(out)
+        groups = self._per_model("train_step")
+        losses = [(out[names[0]] if self._index(i) is None else out[names[0]][:, self._index(i)]).reshape(steps)
+                  for i, names in enumerate(groups)]
+        return losses[0] if self.models is None else np.stack(losses, axis=-1).reshape(steps, len(groups))
+
+    def _steps_of(self, inputs, steps: int | None) -> int:
+        """How many steps ``train_steps`` runs: ``steps``, else the length of its inputs' leading axis."""
+        if steps is None:
+            if not inputs:
+                raise ValueError("train_steps: this kernel's train_step takes no inputs: pass steps=N")
+            shape = np.shape(inputs[0])
+            if not shape:
+                names = self.kernel.programs["train_step"].inputs
+                raise ValueError(f"train_steps: input {names[0] if names else 0} must have a leading axis of steps "
+                                 "(one train_step input per step), got a scalar")
+            steps = shape[0]
+        if int(steps) != steps or steps < 0:
+            raise ValueError(f"train_steps: steps must be a whole number >= 0, got {steps}")
+        return int(steps)
+
+    def _require_training(self) -> None:
+        if "train_step" not in self.kernel.programs:
+            raise RuntimeError("this kernel was compiled for inference only: pass train=fx2fpga.SGD(...) to compile")
 
     def get_params_raw(self) -> dict[str, np.ndarray]:
         return self.call_raw("read_params", {})
