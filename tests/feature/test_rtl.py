@@ -16,7 +16,7 @@ import pytest
 from fx2fpga_runtime import interface, read_kernel
 from fx2fpga_runtime.fixed import Fixed
 from fx2fpga_runtime.ir import Access, Affine, Buffer, Kernel, Loop, Program, Stage
-from fx2fpga_runtime.rtl import RtlBackend, sources, verilator_env
+from fx2fpga_runtime.rtl import RUNTIME_KIND, RtlBackend, build, sources, verilator_env
 from fx2fpga_runtime.runner import EmuBackend, KernelRunner
 
 from fx2fpga.backends.rtl import controller
@@ -199,6 +199,57 @@ def test_two_kernels_compile_in_one_project(tmp_path):
     proc = subprocess.run([exe, "--lint-only", "-Wall", "--top-module", f"{ka.name}_top", f"-I{dir_a}", f"-I{dir_b}",
                            *map(str, [*mine.values(), *theirs])], capture_output=True, text=True, env=env)
     assert proc.returncode == 0 and "%Warning" not in proc.stderr, proc.stderr[-3000:]
+
+
+TINY_COUNTER = """module tiny (input logic clk, input logic rst, input logic [7:0] step, output logic [15:0] count);
+  always_ff @(posedge clk) count <= rst ? 16'd{start} : count + 16'(step);
+endmodule
+"""
+TINY_HARNESS = """#include <cstdio>
+#include "Vtiny.h"
+#include "verilated.h"
+int main() {
+    Vtiny top;
+    top.step = 3;
+    for (int i = 0; i < 6; i++) {
+        top.rst = i == 0;
+        top.clk = 0;
+        top.eval();
+        top.clk = 1;
+        top.eval();
+    }
+    printf("%d\\n", (int)top.count);
+    return 0;
+}
+"""
+
+
+@slow
+def test_verilators_runtime_objects_are_compiled_once_per_cache(tmp_path, monkeypatch):
+    """Three designs built into an empty cache: the first compiles Verilator's runtime objects into
+    ``<cache>/rtl-runtime``, the second links that copy (and counts right), a damaged copy breaks the third's link."""
+    monkeypatch.setenv("FX2FPGA_CACHE", str(tmp_path / "cache"))
+
+    def counter(start: int):
+        rtl = tmp_path / f"tiny{start}" / "rtl"
+        rtl.mkdir(parents=True)
+        (rtl / "tiny.sv").write_text(TINY_COUNTER.format(start=start))
+        (rtl / "files.f").write_text("tiny.sv\n")
+        (rtl / "sim_main.cpp").write_text(TINY_HARNESS)
+        return build(rtl, "tiny")
+
+    def runs(binary) -> str:
+        return subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout
+
+    assert runs(counter(0)) == "15\n"
+    entries = list((tmp_path / "cache" / RUNTIME_KIND).iterdir())
+    assert len(entries) == 1 and "verilated.o" in [o.name for o in entries[0].glob("*.o")]
+    assert runs(counter(100)) == "115\n"
+    assert list((tmp_path / "cache" / RUNTIME_KIND).iterdir()) == entries
+    for obj in entries[0].glob("*.o"):
+        obj.write_bytes(b"not an object file")
+    with pytest.raises(RuntimeError, match="did not compile"):
+        counter(200)
 
 
 # ----- without Verilator ------------------------------------------------------------------------------------
