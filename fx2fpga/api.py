@@ -183,8 +183,9 @@ def compile(  # noqa: A001 - the public name the product promises
     string (``"fixed<16,6>"``), a dict of ``Precision`` fields or a ``Precision``. ``lanes`` is the
     number of parallel datapath copies per stage (matmuls, elementwise ops, reductions), or
     ``"auto"`` to widen the slowest stages while the target's budget allows, or a dict of lanes per
-    stage, stage name -> ``[model lanes, lanes]``, as a design point of ``fx2fpga explore`` records it
-    (``stage_lanes``, with ``model_lanes=`` its ``group_size``). With
+    stage, stage name -> ``[model lanes, lanes]`` or ``[model lanes, lanes, lane loop]`` (the
+    variable of the loop the lanes run over; by default the stage's longest), as a design point of
+    ``fx2fpga explore`` records it (``stage_lanes``, with ``model_lanes=`` its ``group_size``). With
     ``out_dir`` the project folder is written there.
     ``progress`` (a callable taking a line of text) hears about each pipeline step.
     ``outputs`` says what the project folder holds: ``"hls"`` (C++ for Vitis HLS, the csim and

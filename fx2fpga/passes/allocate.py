@@ -117,13 +117,16 @@ def pool_lane_cost(plan, costs: dict) -> LaneCost:
                     dsp=len(prod["parts"]), bram36=0.0)
 
 
-def _options(st: Stage) -> list[tuple[int, int]]:
-    """The stage's (model lanes, lanes) choices, fewest lanes in all first (model lanes: divisors of its group)."""
-    loop = tile._lane_loop(st)
+Option = tuple[int, int, str | None]  # (model lanes, lanes, the loop the lanes run over: None for one lane)
+
+
+def _options(st: Stage) -> list[Option]:
+    """The stage's choices, fewest lanes in all first (model lanes: divisors of its group; lanes: divisors of any
+    of its free loops, so that a stage may run its lanes over the dim its buffers are banked by already)."""
     models = next((lp.extent for lp in st.loops if lp.var == MODEL_VAR), 1)
-    mls = tile.divisors(models)
-    ls = tile.divisors(loop.extent) if loop is not None else [1]
-    return sorted({(m, ln) for m in mls for ln in ls}, key=lambda o: (o[0] * o[1], -o[0]))
+    lanes = {(1, None)} | {(ln, lp.var) for lp in tile.free_loops(st) for ln in tile.divisors(lp.extent) if ln > 1}
+    return sorted({(m, ln, var) for m in tile.divisors(models) for ln, var in lanes},
+                  key=lambda o: (o[0] * o[1], -o[0], o[2] or ""))
 
 
 def memory_cost(kernel: Kernel, costs: dict) -> dict[str, float]:
@@ -146,10 +149,10 @@ def memory_cost(kernel: Kernel, costs: dict) -> dict[str, float]:
     return out
 
 
-def allocate(kernel: Kernel, target, plan_1x1, budget: float, main: str) -> dict[str, tuple[int, int]]:
+def allocate(kernel: Kernel, target, plan_1x1, budget: float, main: str) -> dict[str, Option]:
     """Give the stages of program ``main`` of the one-lane ``kernel`` (whose plan is ``plan_1x1``) their lanes:
     the greedy allocation within ``budget`` (a share of every resource of ``target``); the other programs' stages
-    keep one lane. Returns (model lanes, lanes) per stage name."""
+    keep one lane. Returns (model lanes, lanes, lane loop) per stage name."""
     costs = resources.load_costs()
     base = resources.rtl_resources(plan_1x1, target)
     used = {"lut": base.lut, "ff": base.ff, "dsp": base.dsp, "bram36": base.bram36}
@@ -161,65 +164,65 @@ def allocate(kernel: Kernel, target, plan_1x1, budget: float, main: str) -> dict
     choice = {n: 0 for n in stages}  # index into options
     memory = memory_cost(kernel, costs)
     frozen: set[str] = set()
+
     def fits(delta):
         return all(used[r] + delta[r] <= limit[r] for r in RESOURCES)
 
+    def moves(n, js):
+        """(gain, resources added, memories after, choice) of moving stage ``n`` to each choice of ``js``."""
+        return [_move(kernel, stages[n], options[n][choice[n]], options[n][j], per_lane[n], shared, target, memory,
+                      costs) + (j,) for j in js]
+
     while True:
-        best, best_gain = None, 0.0
-        for n, st in stages.items():
+        best = None
+        for n in stages:
             if n in frozen or choice[n] + 1 >= len(options[n]):
                 continue
-            j = _next(options[n], choice[n])
-            gain, delta, mem = _move(kernel, st, options[n], choice[n], j, per_lane[n], shared, target, memory,
-                                     costs)
-            if gain > 0 and (best is None or gain > best_gain):
-                best, best_gain, best_move = n, gain, (j, delta, mem)
+            for move in moves(n, _next(options[n], choice[n])):
+                if move[0] > 0 and (best is None or move[0] > best[1][0]):
+                    best = (n, move)
         if best is None:
             break
-        j, delta, mem = best_move
-        if not fits(delta):  # the next choice does not fit: a few further ones may (other banks), else freeze
-            alternatives = [_move(kernel, stages[best], options[best], choice[best], k, per_lane[best], shared,
-                                  target, memory, costs) + (k,)
-                            for k in range(j + 1, min(len(options[best]), j + 1 + ALTERNATIVES))]
-            ok = [a for a in alternatives if a[0] > 0 and fits(a[1])]
+        n, (_, delta, mem, j) = best
+        if not fits(delta):  # the best next choice does not fit: another, or a few further ones may (other
+            nxt = _next(options[n], choice[n])  # banks), else freeze
+            further = list(range(nxt[-1] + 1, len(options[n])))[:ALTERNATIVES]
+            ok = [a for a in moves(n, [k for k in nxt if k != j] + further) if a[0] > 0 and fits(a[1])]
             if not ok:
-                frozen.add(best)
+                frozen.add(n)
                 continue
             _, delta, mem, j = max(ok, key=lambda a: a[0])
         used = {r: used[r] + delta[r] for r in RESOURCES}
         memory = mem
-        choice[best] = j
-        tile.set_stage_lanes(stages[best], *options[best][choice[best]])
-        m, ln = options[best][choice[best]]
+        choice[n] = j
+        m, ln, var = options[n][j]
+        tile.set_stage_lanes(stages[n], m, ln, var)
         for sh in shared:
-            sh.lanes += sh.growth(stages[best], m * ln)
+            sh.lanes += sh.growth(stages[n], m * ln)
     return {n: options[n][choice[n]] for n in stages}
 
 
-def _next(opts: list[tuple[int, int]], i: int) -> int:
-    """The next choice with more lanes in all (several share a total: the one with more model lanes)."""
+def _next(opts: list[Option], i: int) -> list[int]:
+    """The choices with the next larger number of lanes in all (several share a total: models side by side, or
+    lanes over another loop)."""
     total = opts[i][0] * opts[i][1]
-    return next((j for j in range(i + 1, len(opts)) if opts[j][0] * opts[j][1] > total), len(opts) - 1)
+    larger = [j for j in range(i + 1, len(opts)) if opts[j][0] * opts[j][1] > total]
+    return [j for j in larger if opts[j][0] * opts[j][1] == opts[larger[0]][0] * opts[larger[0]][1]] if larger else []
 
 
-def _move(kernel, st: Stage, opts, i: int, j: int, cost: LaneCost, shared: list[SharedLanes], target, memory,
+def _move(kernel, st: Stage, now: Option, to: Option, cost: LaneCost, shared: list[SharedLanes], target, memory,
           costs):
     """(cycles saved per share of the budget spent, resources added, the memories' cost after) of moving ``st``
-    from choice ``i`` to ``j`` (its memories re-banked: tried on the stage, then undone)."""
-    loop = tile._lane_loop(st)
-    var = loop.var if loop is not None else None
-    (m0, l0), (m1, l1) = opts[i], opts[j]
-    saved = stage_cycles(st, m0, l0, var) - stage_cycles(st, m1, l1, var)
+    from choice ``now`` to ``to`` (its memories re-banked: tried on the stage, then undone)."""
+    (m0, l0, v0), (m1, l1, v1) = now, to
+    saved = stage_cycles(st, m0, l0, v0) - stage_cycles(st, m1, l1, v1)
     extra = m1 * l1 - m0 * l0
     delta = {r: extra * getattr(cost, r) for r in RESOURCES}
     for sh in shared:
         delta = {r: delta[r] + sh.growth(st, m1 * l1) * getattr(sh.cost, r) for r in RESOURCES}
-    tile.set_stage_lanes(st, m1, l1)
+    tile.set_stage_lanes(st, m1, l1, v1)
     mem = memory_cost(kernel, costs)
-    tile.set_stage_lanes(st, m0, l0)
+    tile.set_stage_lanes(st, m0, l0, v0)
     delta = {r: delta[r] + mem[r] - memory[r] for r in RESOURCES}
     spent = max(max(0.0, delta[r]) / getattr(target, r) for r in RESOURCES)
     return (saved / spent if spent > 0 else math.inf), delta, mem
-
-
-

@@ -50,8 +50,9 @@ class DesignPoint:
     fits: bool  # every resource within AUTO_BUDGET of the target's
     allocation: str = ""  # "" for a uniform lane request; "per stage, <budget>" for passes/allocate.py
     group_size: int = 1  # models per group (the program runs once per group)
-    stage_lanes: dict = field(default_factory=dict)  # per-stage points: stage -> [model lanes, lanes] of the main
-    # program's stages with more than one (compile(lanes=stage_lanes, model_lanes=group_size) makes the point)
+    stage_lanes: dict = field(default_factory=dict)  # per-stage points: stage -> [model lanes, lanes, lane loop]
+    # of the main program's stages with more than one lane (the loop only with lanes > 1;
+    # compile(lanes=stage_lanes, model_lanes=group_size) makes the point)
     pareto: bool = False  # no other point is as fast with as small a share of the budget
     chosen: bool = False
 
@@ -139,8 +140,8 @@ def measure(k: Kernel, target, name: str, model_lanes: int, lanes: int, allocati
     cycles, bus = sched.call_cycles(program), bus_cycles(k, program, target)
     n = model_groups.model_count(k)
     usage = max(res.shares(target).values())
-    stage_lanes = {st.name: [st.model_lanes, st.lanes] for st in k.programs[program].stages
-                   if st.total_lanes > 1} if allocation else {}
+    stage_lanes = {st.name: [st.model_lanes, st.lanes] + ([st.lane_var] if st.lanes > 1 else [])
+                   for st in k.programs[program].stages if st.total_lanes > 1} if allocation else {}
     point = DesignPoint(model_lanes, lanes, n, program, cycles, bus, res.lut, res.ff, res.dsp, res.bram36,
                         n * target.clock_mhz * 1e6 / (cycles + bus), usage, usage <= AUTO_BUDGET, allocation=allocation,
                         group_size=model_groups.group_size(k), stage_lanes=stage_lanes)

@@ -34,10 +34,15 @@ def lane_count(extent: int, requested: int) -> int:
     return max(d for d in range(1, min(extent, requested) + 1) if extent % d == 0)
 
 
+def free_loops(stage: Stage) -> list:
+    """The loops lanes may run over: not reduced, longer than one, not the model loop (outermost first)."""
+    return [lp for lp in stage.loops if lp.var not in stage.reduce and lp.extent > 1 and lp.var != MODEL_VAR]
+
+
 def _lane_loop(stage: Stage, requested: int | None = None):
-    """The non-reduced loop the lanes run over: the one allowing the most lanes (``requested``:
+    """The non-reduced loop the lanes run over by default: the one allowing the most lanes (``requested``:
     at most that many; None: the longest loop), the innermost of equals."""
-    free = [lp for lp in stage.loops if lp.var not in stage.reduce and lp.extent > 1 and lp.var != MODEL_VAR]
+    free = free_loops(stage)
     if not free:
         return None
     return max(reversed(free), key=lambda lp: lane_count(lp.extent, requested) if requested else lp.extent)
@@ -103,16 +108,26 @@ def assign_model_lanes(kernel: Kernel, model_lanes: int) -> None:
         stage.model_lanes = size if any(lp.var == MODEL_VAR for lp in stage.loops) else 1
 
 
-def set_stage_lanes(stage: Stage, model_lanes: int, lanes: int) -> None:
-    """Give ``stage`` that many model lanes and lanes over its lane loop (its longest free loop)."""
-    loop = _lane_loop(stage)
+def set_stage_lanes(stage: Stage, model_lanes: int, lanes: int, lane_var: str | None = None) -> None:
+    """Give ``stage`` that many model lanes and lanes over its loop ``lane_var`` (None: its longest free loop)."""
+    loop = _lane_loop(stage) if lane_var is None else _named_lane_loop(stage, lane_var)
     stage.model_lanes = model_lanes
     stage.lanes, stage.lane_var = (lanes, loop.var) if lanes > 1 and loop is not None else (1, None)
 
 
+def _named_lane_loop(stage: Stage, var: str):
+    """The loop ``var`` of ``stage``, which lanes may run over (else a ``ValueError`` naming those that may)."""
+    loop = next((lp for lp in free_loops(stage) if lp.var == var), None)
+    if loop is None:
+        free = ", ".join(lp.var for lp in free_loops(stage)) or "none"
+        raise ValueError(f"stage {stage.name}: lanes cannot run over {var!r} (its loops that may: {free})")
+    return loop
+
+
 def assign_stage_lanes(kernel: Kernel, lanes: dict, group_size: int) -> None:
     """Per-stage lanes, as a design point of the explorer records them (``DesignPoint.stage_lanes``): the models
-    in groups of ``group_size``, and stage name -> ``[model lanes, lanes]`` (a stage not named: one lane)."""
+    in groups of ``group_size``, and stage name -> ``[model lanes, lanes]`` or ``[model lanes, lanes, lane loop]``
+    (the loop's variable; without it the stage's longest free loop). A stage not named gets one lane."""
     assign_model_lanes(kernel, group_size)
     stages = {st.name: st for st in kernel.stages()}
     unknown = sorted(set(lanes) - set(stages))
@@ -121,13 +136,14 @@ def assign_stage_lanes(kernel: Kernel, lanes: dict, group_size: int) -> None:
                          f"{', '.join(stages)})")
     size = model_groups.group_size(kernel)
     for name, st in stages.items():
-        m, ln = lanes.get(name, (1, 1))
-        loop = _lane_loop(st)
+        m, ln, *var = lanes.get(name, (1, 1))
+        var = var[0] if var else None
+        loop = _lane_loop(st) if var is None else _named_lane_loop(st, var)
         extent = loop.extent if loop is not None else 1
         if m < 1 or size % m or ln < 1 or extent % ln:
-            raise ValueError(f"stage {name}: [{m}, {ln}] lanes do not divide its {size} models of a group and its "
-                             f"lane loop of {extent}")
-        set_stage_lanes(st, m, ln)
+            raise ValueError(f"stage {name}: {list(lanes.get(name))} lanes do not divide its {size} models of a "
+                             f"group and its lane loop of {extent}")
+        set_stage_lanes(st, m, ln, var)
 
 
 def assign_lanes(kernel: Kernel, lanes: int | str | dict, target=None, model_lanes: int | str = 1) -> None:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import fx2fpga
-from fx2fpga.passes import explore, resources
+from fx2fpga.passes import explore, resources, tile
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_a_per_stage_point_compiles_again_from_its_stage_lanes(auto_mlp, mlp_exa
     """The chosen point's lanes per stage (explore.json's ``stage_lanes``) given back to compile: the same design
     (cycles, predicted resources); a stage the kernel lacks, or lanes that do not divide its loop, is an error."""
     chosen = auto_mlp.context.exploration.chosen
-    assert chosen.stage_lanes and max(ln for _, ln in chosen.stage_lanes.values()) == chosen.lanes
+    assert chosen.stage_lanes and max(v[1] for v in chosen.stage_lanes.values()) == chosen.lanes
     sgd = fx2fpga.SGD(F.cross_entropy, mlp_example.example_targets, 0.1)
     again = fx2fpga.compile(mlp_example.model, mlp_example.example_inputs, train=sgd, lanes=chosen.stage_lanes,
                             model_lanes=chosen.group_size)
@@ -59,6 +59,27 @@ def test_a_per_stage_point_compiles_again_from_its_stage_lanes(auto_mlp, mlp_exa
     with pytest.raises(ValueError, match="train_addmm: \\[1, 3\\] lanes do not divide"):
         fx2fpga.compile(mlp_example.model, mlp_example.example_inputs, train=sgd, lanes={"train_addmm": [1, 3]},
                         until="tile")
+
+
+def test_lanes_may_run_over_any_free_loop(auto_mlp, mlp_example):
+    """The allocation picks each stage's lane loop, not only its longest: the digits MLP's weight update runs its
+    lanes over the weight's rows (32), as the backward product writing its gradient does, so both bank the
+    gradient alike; a point names the loop and compile takes it back; a loop lanes cannot use is a clear error."""
+    chosen = auto_mlp.context.exploration.chosen
+    stages = {st.name: st for st in auto_mlp.kernel.programs["train_step"].stages}
+    not_longest = {n for n, v in chosen.stage_lanes.items() if len(v) == 3 and v[2] != tile._lane_loop(stages[n]).var}
+    assert "train_update_fc1_weight" in not_longest
+    assert chosen.stage_lanes["train_update_fc1_weight"][2] == chosen.stage_lanes["train_mm_2"][2] == "i"
+    assert all(stages[n].lane_var == v[2] for n, v in chosen.stage_lanes.items() if len(v) == 3)
+    sgd = fx2fpga.SGD(F.cross_entropy, mlp_example.example_targets, 0.1)
+    k = fx2fpga.compile(mlp_example.model, mlp_example.example_inputs, train=sgd, until="tile",
+                        lanes={"train_update_fc1_weight": [1, 8, "i"], "train_mm_2": [1, 4]})
+    st = {s.name: s for s in k.stages()}
+    assert (st["train_update_fc1_weight"].lanes, st["train_update_fc1_weight"].lane_var) == (8, "i")
+    assert (st["train_mm_2"].lanes, st["train_mm_2"].lane_var) == (4, "j")  # by default the longest loop (64)
+    with pytest.raises(ValueError, match="train_mm_2: lanes cannot run over 'k' \\(its loops that may: i, j\\)"):
+        fx2fpga.compile(mlp_example.model, mlp_example.example_inputs, train=sgd, until="tile",
+                        lanes={"train_mm_2": [1, 4, "k"]})
 
 
 def test_pareto_front(auto_mlp):
