@@ -41,6 +41,7 @@ Raw = np.ndarray
 StageFn = Callable[[dict[str, np.ndarray]], None]
 
 _EXACT_FLOAT = 1 << 53  # integers of smaller magnitude add exactly in float64, in any order
+SMALL_REDUCTION = 16  # a max over at most this many points: one np.maximum per point
 
 
 # ----- loop space: the loops a stage's values range over ---------------------------------------------
@@ -483,6 +484,23 @@ def _max_reduction(stage: Stage, kernel: Kernel, r: _Reduction) -> StageFn:
     if stage.op == "max":
         out_assign, _ = assigner(out_fmt, acc.frac_bits, (acc.raw_min, acc.raw_max))
         red_axes = tuple(r.red)
+        if op.mask is None and 1 < r.points <= SMALL_REDUCTION:
+            # a few points (pooling windows): np.maximum over one slice per point beats a reduction over short
+            # strided axes; the assignment to the accumulator, when monotone (rounding, saturation: not a wrap),
+            # may come after the maximum
+            picks = [tuple(p[r.red.index(ax)] if ax in r.red else slice(None) for ax in range(len(r.space.vars)))
+                     for p in np.ndindex(*(r.space.extents[i] for i in r.red))]
+            kept_shape = tuple(op.shape[i] for i in keep)
+            before, after = (to_acc, None) if acc.overflow == "WRAP" else (None, to_acc)
+
+            def run_small_max(mem):
+                v = op.load(mem) if before is None else before(op.load(mem))
+                best = v[picks[0]]
+                for pick in picks[1:]:
+                    best = np.maximum(best, v[pick])
+                best = best if after is None else after(best)
+                target.store(mem, out_assign(np.maximum(best, floor).reshape(kept_shape)))
+            return run_small_max
 
         def run_max(mem):  # every value is at least the accumulator's minimum, its initial value
             v = to_acc(op.load(mem))
@@ -524,6 +542,8 @@ def _add_reduction(stage: Stage, kernel: Kernel, group: int, r: _Reduction) -> S
             target.store(mem, out_assign(load_init(mem) + (p << s if s else p)))
         return run_mac
     op = r.ops[0]
+    if op.mask is not None and op.shape == r.space.extents:
+        return _sparse_sum(op, r, target, load_init, out_assign, s, as_float=max(map(abs, sums)) < _EXACT_FLOAT)
     own = tuple(i for i in r.red if op.shape[i] != 1)
     times = int(np.prod([r.space.extents[i] for i in r.red if op.shape[i] == 1], dtype=np.int64))
     kept_shape = tuple(op.shape[i] for i in r.keep)
@@ -535,6 +555,31 @@ def _add_reduction(stage: Stage, kernel: Kernel, group: int, r: _Reduction) -> S
             t = t * times
         target.store(mem, out_assign(load_init(mem) + (t << s if s else t)))
     return run_sum
+
+
+def _sparse_sum(op: Operand, r: _Reduction, target: Target, load_init, out_assign, s, as_float: bool) -> StageFn:
+    """An exact ``sum`` of a guarded operand (pooling's backward: a quarter of the window points pass): only the
+    points whose guards hold are read, each added to its output; a plain scatter when no two share an output,
+    else ``np.bincount`` (float64: exact below 2**53, else int64 ``np.add.at``)."""
+    kept_pos = np.ravel_multi_index(np.indices(r.space.extents)[r.keep], r.kept.extents)
+    valid = op.mask.reshape(-1)
+    flat, out = op.flat.reshape(-1)[valid], kept_pos.reshape(-1)[valid]
+    n_out = int(np.prod(r.kept.extents, dtype=np.int64))
+    scatter = np.unique(out).size == out.size
+
+    def run_sparse_sum(mem):
+        vals = mem[op.buffer].reshape(-1).take(flat)
+        if scatter:
+            t = np.zeros(n_out, dtype=np.int64)
+            t[out] = vals
+        elif as_float:
+            t = np.bincount(out, weights=vals, minlength=n_out).astype(np.int64)
+        else:
+            t = np.zeros(n_out, dtype=np.int64)
+            np.add.at(t, out, vals)
+        t = t.reshape(r.kept.extents)
+        target.store(mem, out_assign(load_init(mem) + (t << s if s else t)))
+    return run_sparse_sum
 
 
 def _reduction(stage: Stage, kernel: Kernel, group: int) -> StageFn:

@@ -134,6 +134,26 @@ def test_sum_and_max_stages(fa, facc, fo, init, op, seed):
     _run_one(stage, bufs, seed)
 
 
+@_SETTINGS
+@given(fa=fixed_formats(), facc=fixed_formats(max_width=30), fo=fixed_formats(), stride=st.sampled_from((1, 2)),
+       op=st.sampled_from(("sum", "max")), seed=st.integers(0, 2**16))
+def test_guarded_window_reductions(fa, facc, fo, stride, op, seed):
+    """Window reductions as pooling's backward writes them: o[j][h] sums a[j][(h - k) / stride][k] over k where
+    h - k is in range and a multiple of ``stride`` (stride 2: one point per output, a scatter; stride 1: up to
+    two, added); and 2-point maxima, as its forward takes them."""
+    rows, win = 3, 2
+    expr = Affine((("h", 1), ("k", -1)))
+    read = Access("a", (_v("j"), Affine((("h", 1), ("k", -1)), 0, stride), _v("k")), (Guard(expr, rows * stride,
+                                                                                         stride),))
+    if op == "max":
+        read = Access("a", (_v("j"), Affine((("h", 1),), 0, 1), _v("k")))  # (no guard: a plain 2-point window)
+    h = rows * stride if op == "sum" else rows
+    bufs = [Buffer("a", (4, rows, win), fa, "input"), Buffer("o", (4, h), fo, "output")]
+    stage = Stage("s", op, (Loop("j", 4), Loop("h", h), Loop("k", win)), Access("o", (_v("j"), _v("h"))), (read,),
+                  reduce=("k",), acc=facc)
+    _run_one(stage, bufs, seed)
+
+
 _ELEMENTWISE = ("copy", "neg", "relu", "abs", "add", "sub", "mul", "select", "eq", "lt", "ge", "msub")
 
 
