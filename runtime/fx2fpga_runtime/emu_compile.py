@@ -73,17 +73,6 @@ def _bind_group(a: Affine, group: int) -> Affine:
     return Affine(terms, const, a.div, a.mod)
 
 
-def _eval(a: Affine, grid: dict[str, np.ndarray], rank: int) -> np.ndarray:
-    v = np.full((1,) * rank, a.const, dtype=np.int64)
-    for var, coeff in a.terms:
-        v = v + coeff * grid[var]
-    if a.div != 1:
-        v = v // a.div
-    if a.mod:
-        v = v % a.mod
-    return v
-
-
 def _affine_range(a: Affine, space: Space) -> tuple[int, int]:
     """Smallest and largest value of a plain affine (no div, mod) over the space."""
     ext = dict(zip(space.vars, space.extents, strict=True))
@@ -145,11 +134,11 @@ class Operand:
             self.offset, self.strides = _strided(index, buf_shape, space)
             return
         grid = space.grid(used)
-        pos = [np.broadcast_to(_eval(i, grid, self.rank), self.shape) for i in index]
+        pos = [np.broadcast_to(i.evaluate(grid, (1,) * self.rank), self.shape) for i in index]
         if guard:
             mask = np.ones(self.shape, dtype=bool)
             for expr, bound, step in guard:
-                e = _eval(expr, grid, self.rank)
+                e = expr.evaluate(grid, (1,) * self.rank)
                 mask &= (e >= 0) & (e < bound) & (e % step == 0)
             pos = [np.where(mask, p, 0) for p in pos]
             self.mask = mask
@@ -187,7 +176,7 @@ class Target:
             raise _Unsupported(f"{access.buffer}: variables {used - set(space.vars)} are not loops here")
         grid = space.grid(used)
         rank = len(space.vars)
-        pos = [np.broadcast_to(_eval(i, grid, rank), space.extents) for i in index]
+        pos = [np.broadcast_to(i.evaluate(grid, (1,) * rank), space.extents) for i in index]
         self.flat = np.ravel_multi_index(pos, buf_shape, mode="wrap")
         injective = np.unique(self.flat).size == self.flat.size
         self.view_of = _strided(index, buf_shape, space) if _in_range(index, buf_shape, space) and injective else None

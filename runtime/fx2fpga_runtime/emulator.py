@@ -16,7 +16,7 @@ import numpy as np
 
 from .emu_compile import compile_stage
 from .fixed import Fixed, align, shift_round
-from .ir import GROUP_VAR, Access, Affine, Kernel, Stage
+from .ir import GROUP_VAR, Access, Kernel, Stage
 from .ops import OPS_TABLE, OpSpec, aligned_operands, exact_frac
 
 
@@ -110,24 +110,13 @@ class Emulator:
 
 # ----- the index arrays of one stage, computed once ---------------------------------------------
 
-def _eval_affine(a: Affine, grid: dict[str, np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
-    v = np.full(shape, a.const, dtype=np.int64)
-    for var, coeff in a.terms:
-        v = v + coeff * grid[var]
-    if a.div != 1:
-        v = v // a.div
-    if a.mod:
-        v = v % a.mod
-    return v
-
-
 def _guard_mask(access: Access, grid, shape) -> np.ndarray | None:
     """Where every guard of ``access`` holds (``None``: unguarded)."""
     if not access.guard:
         return None
     mask = np.ones(shape, dtype=bool)
     for g in access.guard:
-        e = _eval_affine(g.expr, grid, shape)
+        e = g.expr.evaluate(grid, shape)
         mask &= (e >= 0) & (e < g.bound) & (e % g.step == 0)
     return mask
 
@@ -173,7 +162,7 @@ class StagePlan:
         out_grid = {k: v[..., 0] for k, v in grid.items()} if stage.reduce else grid
         out_flat = None
         if stage.out.index:
-            index = tuple(_eval_affine(i, out_grid, out_shape if stage.reduce else shape) for i in stage.out.index)
+            index = tuple(i.evaluate(out_grid, out_shape if stage.reduce else shape) for i in stage.out.index)
             out_flat = np.ravel_multi_index(index, kernel.buffers[stage.out.buffer].shape, mode="wrap")
         return cls(layout, reads, out_flat, out_shape, n_red)
 
@@ -181,7 +170,7 @@ class StagePlan:
 def _read(access: Access, buf_shape: tuple[int, ...], grid, layout) -> Read:
     if not access.index:
         return Read(access.buffer, None, None)
-    index = [_eval_affine(i, grid, layout) for i in access.index]
+    index = [i.evaluate(grid, layout) for i in access.index]
     mask = _guard_mask(access, grid, layout)
     if mask is not None:
         index = [np.where(mask, i, 0) for i in index]

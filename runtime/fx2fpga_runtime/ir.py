@@ -65,6 +65,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, replace
 
+import numpy as np
+
 from .fixed import Fixed
 from .ops import OPS_TABLE
 
@@ -93,6 +95,18 @@ class Affine:
 
     def vars(self) -> tuple[str, ...]:
         return tuple(v for v, _ in self.terms)
+
+    def evaluate(self, grid: dict, shape: tuple[int, ...]):
+        """Its values (int64) where each variable takes the values of ``grid[var]``, an integer array
+        broadcastable to ``shape`` (the emulator's index arrays)."""
+        v = np.full(shape, self.const, dtype=np.int64)
+        for var, coeff in self.terms:
+            v = v + coeff * grid[var]
+        if self.div != 1:
+            v = v // self.div
+        if self.mod:
+            v = v % self.mod
+        return v
 
     def c_expr(self) -> str:
         """C expression, e.g. ``2*oh + kh - 1`` (also valid Python)."""
