@@ -127,13 +127,17 @@ class Fixed:
         x = np.asarray(values, dtype=np.float64)
         if not np.all(np.isfinite(x)):
             raise FormatError(f"cannot quantize non-finite values to {self}")
-        scaled = np.ldexp(x, self.frac_bits)  # exact: a power-of-two scale
-        rounded = _round_float(scaled, self.rounding)  # exact integers, possibly beyond int64
-        if self.overflow == "SAT":
-            rounded = np.clip(rounded, -(2.0**62), 2.0**62)  # beyond every raw range, inside int64
-        else:
-            rounded = np.fmod(rounded, 2.0**self.width)  # exact; same value modulo 2**width
-        return self.overflow_raw(rounded.astype(np.int64))
+        # exact: a power-of-two scale. A finite value it takes past float64 becomes inf: saturated by the clip
+        # below, or under WRAP a multiple of 2**900 and more, 0 modulo 2**width, which the NaN that fmod gives
+        # becomes (int64's minimum, then the wrap): no warning, the result is right
+        with np.errstate(over="ignore", invalid="ignore"):
+            scaled = np.ldexp(x, self.frac_bits)
+            rounded = _round_float(scaled, self.rounding)  # exact integers, possibly beyond int64
+            if self.overflow == "SAT":
+                rounded = np.clip(rounded, -(2.0**62), 2.0**62)  # beyond every raw range, inside int64
+            else:
+                rounded = np.fmod(rounded, 2.0**self.width)  # exact; same value modulo 2**width
+            return self.overflow_raw(rounded.astype(np.int64))
 
     def to_float(self, raw) -> np.ndarray:
         """Raw integers -> their exact values as float64."""
