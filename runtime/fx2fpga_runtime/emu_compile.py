@@ -251,7 +251,9 @@ def assigner(fmt: Fixed, frac: int, iv: Interval) -> tuple[Callable[[Raw], Raw],
         return (lambda v: np.minimum(np.maximum(v, lo), hi)), bounds
 
     def sat(v):
-        r = scale(v)  # a new array
+        r = scale(v)  # a new array, or a numpy scalar where the stage has no loops
+        if not isinstance(r, np.ndarray):
+            return np.minimum(np.maximum(r, lo), hi)
         return np.minimum(np.maximum(r, lo, out=r), hi, out=r)
     return sat, bounds
 

@@ -214,3 +214,16 @@ def _mac(acc: str) -> tuple[Stage, Kernel]:
 def test_mac_takes_the_matrix_product_only_when_exact(acc, fast):
     stage, kernel = _mac(acc)
     assert (compile_stage(stage, kernel) is not None) == fast
+
+
+@_SETTINGS
+@given(op=st.sampled_from(_ELEMENTWISE), fmts=st.lists(fixed_formats(), min_size=3, max_size=3),
+       fo=fixed_formats(), fmid=fixed_formats(), seed=st.integers(0, 2**16))
+def test_stages_without_loops(op, fmts, fo, fmid, seed):
+    """A stage of scalars (no loops: a loss times a constant): its values are 0-d, not arrays, on the way."""
+    names = ["x", "y", "z"]
+    bufs = [Buffer(nm, (), f, "input") for nm, f in zip(names, fmts, strict=True)] + [Buffer("o", (), fo, "output")]
+    arity = 3 if op in ("select", "msub") else 2 if op in ("add", "sub", "mul", "eq", "lt", "ge") else 1
+    stage = Stage("s", op, (), Access("o", ()), tuple(Access(nm, ()) for nm in names[:arity]),
+                  attrs={"mid": str(fmid)} if op == "msub" else {})
+    _run_one(stage, bufs, seed)
