@@ -159,6 +159,8 @@ DESIGNS = [
            "choice: up to 16)"),
     _point("digits_mlps30_train", "mlps30_train_stages", "30 digits MLPs stacked, SGD training, groups of 2, lanes "
            "per stage (the explorer's choice: up to 2 x 8)"),
+    _point("digits_mlps30_train_loops", "mlps30_train_loops", "30 digits MLPs stacked, SGD training, groups of 2, "
+           "lanes per stage over the loops the explorer chose (up to 2 x 8; the weight update over the rows)"),
 ]
 
 
