@@ -106,14 +106,14 @@ def shared_lanes(plan, costs: dict, stages) -> list[SharedLanes]:
 
 
 def pool_lane_cost(plan, costs: dict) -> LaneCost:
-    """One more lane of the shared multiplier pool: its DSP blocks, partial products' sum and registers."""
+    """One more lane of the shared multiplier pool: its DSP blocks and registers (the partial products' sum is in
+    the DSP blocks' cascade: ``resources._pool_features``)."""
     pool = plan.pool
     if pool is None:
         return LaneCost(0, 0, 0, 0)
     prod = pool["product"]
     parts = sum(w for _, _, w, _ in prod["parts"])
-    return LaneCost(lut=costs["lut"]["adder_bits"] * prod["width"] * (len(prod["parts"]) - 1),
-                    ff=costs["ff"]["pool_reg_bits"] * (pool["wa"] + pool["wb"] + parts + prod["width"]),
+    return LaneCost(lut=0.0, ff=costs["ff"]["pool_reg_bits"] * (pool["wa"] + pool["wb"] + parts + prod["width"]),
                     dsp=len(prod["parts"]), bram36=0.0)
 
 

@@ -192,14 +192,20 @@ def _memory_features(p) -> dict[str, float]:
 
 
 def _pool_features(p) -> dict[str, float]:
-    """The shared multipliers: operand ORs over the pooled units, the partial products' sum, their registers."""
+    """The shared multipliers: the operand ORs (``pool_select_bits``: on each lane, the operand bits of every pooled
+    unit wide enough to reach it but the first, which is a wire; a lane one stage alone uses needs no OR), their
+    registers. The partial products' sum (``pool_adder_bits``) costs no LUTs: Yosys builds it into the DSP blocks'
+    cascade (a separate feature for it was fitted to 0), so it is reported but not counted."""
     pool = p.pool
     if pool is None:
         return {"pool_select_bits": 0.0, "pool_adder_bits": 0.0, "pool_reg_bits": 0.0}
     prod = pool["product"]
-    users = sum(u["lanes"] * (u["ma_width"] + u["mb_width"]) for u in pool["users"])
     parts = sum(w for _, _, w, _ in prod["parts"])
-    return {"pool_select_bits": float(users + pool["lanes"] * (pool["wa"] + pool["wb"]) * (len(pool["users"]) - 1)),
+    ored = 0
+    for lane in range(pool["lanes"]):
+        reaching = [u["ma_width"] + u["mb_width"] for u in pool["users"] if u["lanes"] > lane]
+        ored += sum(reaching[1:])
+    return {"pool_select_bits": float(ored),
             "pool_adder_bits": float(pool["lanes"] * prod["width"] * (len(prod["parts"]) - 1)),
             "pool_reg_bits": float(pool["lanes"] * (pool["wa"] + pool["wb"] + parts + prod["width"]))}
 
@@ -245,7 +251,7 @@ def rtl_features(p) -> dict[str, float]:
     mem = _memory_features(p)
     pool = _pool_features(p)
     engine = engine_features(p.engine)
-    f["adder_bits"] += pool["pool_adder_bits"] + engine["adder_bits"]
+    f["adder_bits"] += engine["adder_bits"]
     f["cvt_bits"] += engine["cvt_bits"]
     f["unit_reg_bits"] += engine["unit_reg_bits"]
     f["select_bits"] = sel + mem["select_bits"] + pool["pool_select_bits"] + engine["select_bits"]
