@@ -156,24 +156,35 @@ RETRY_MARGIN = 0.98  # ... each aiming that much below the proportional budget (
 
 def per_stage_point(kernel: Kernel, target, name: str, size: int, share: float):
     """The greedy per-stage allocation (``passes/allocate.py``) of ``kernel`` in groups of ``size`` models
-    within ``share`` of the budget, checked by a full plan (and redone with a smaller budget while over it):
-    ``(DesignPoint, kernel, schedule)``, or Nones."""
+    within ``share`` of the budget, checked by a full plan: while over, redone with a proportionally smaller
+    budget; once one fits, the budget is bisected between the largest that fits and the smallest that does not
+    (the full plan grows faster than the per-lane sums, and not smoothly). ``(DesignPoint, kernel, schedule)``
+    of the fastest allocation that fits (else the last one tried), or Nones."""
     one = copy.deepcopy(kernel)
     tile.assign_stage_lanes(one, {}, size)  # groups of ``size``, one lane everywhere
     base, _, _ = measure(one, target, name, 1, 1)
     if base is None or base.usage > share:  # one lane everywhere is already over: nothing to allocate
         return None, None, None
-    program, aim, got = main_program(kernel), share, (None, None, None)
+    program, aim, got, best = main_program(kernel), share, (None, None, None), None
+    fits, over = 0.0, None  # the largest aim whose plan fits, the smallest whose plan is over
     for _ in range(PLAN_RETRIES):
         k = copy.deepcopy(one)
         allocate.allocate(k, target, base.plan, aim, program)  # (the kernel keeps the lanes it chose)
         most = max(st.total_lanes for st in k.programs[program].stages)
         got = measure(k, target, name, max(st.model_lanes for st in k.stages()), most,
                       allocation=f"per stage, {share:.0%}" + (f", groups of {size}" if size > 1 else ""))
-        if got[0] is None or got[0].usage <= share:
+        if got[0] is None:
             break
-        aim *= share / got[0].usage * RETRY_MARGIN  # the full plan is larger than the per-lane sums: aim lower
-    return got
+        if got[0].usage <= share:
+            if best is None or got[0].model_steps_per_s > best[0].model_steps_per_s:
+                best = got
+            if over is None:  # the first aim fits: nothing larger was refused
+                break
+            fits = aim
+        else:
+            over = aim
+        aim = (fits + over) / 2 if fits else aim * share / got[0].usage * RETRY_MARGIN
+    return best or got
 
 
 def per_stage_points(kernel: Kernel, target, name: str, progress=None):

@@ -90,10 +90,10 @@ def test_pareto_front(auto_mlp):
         dominated = any(q.model_steps_per_s >= p.model_steps_per_s and q.usage <= p.usage and
                         (q.model_steps_per_s, q.usage) != (p.model_steps_per_s, p.usage) for q in points)
         assert p.pareto == (not dominated)
-    # the smallest point and the fastest (over the budget) are on it whatever the costs; per stage beats most
-    # of the uniform points between them
+    # the smallest point and the fastest are on it whatever the costs; per stage beats most of the uniform points
     uniform = [p.label for p in front if not p.allocation]
-    assert uniform[0] == "1x1" and uniform[-1] == "1x16" and len(uniform) <= 3
+    assert uniform[0] == "1x1" and len(uniform) <= 3
+    assert max(points, key=lambda p: p.model_steps_per_s) in front
 
 
 def test_models_side_by_side_are_explored(mlp_example):
