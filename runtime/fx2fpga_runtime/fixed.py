@@ -200,7 +200,8 @@ def quantizer(fmt: Fixed) -> Callable[[np.ndarray], np.ndarray]:
         x = np.asarray(values, dtype=np.float64)
         if not x.size:
             return fmt.quantize(x)
-        scaled = np.ldexp(x, f)  # exact, as in ``quantize``
+        with np.errstate(over="ignore"):  # a value scaled past float64 is inf: ``quantize`` takes it below
+            scaled = np.ldexp(x, f)  # exact, as in ``quantize``
         smin, smax = np.minimum.reduce(scaled, axis=None), np.maximum.reduce(scaled, axis=None)
         if not (-_FAST_SCALED < smin and smax < _FAST_SCALED):  # (NaN compares false)
             return fmt.quantize(x)
