@@ -110,13 +110,16 @@ def assign_model_lanes(kernel: Kernel, model_lanes: int) -> None:
 
 def set_stage_lanes(stage: Stage, model_lanes: int, lanes: int, lane_var: str | None = None) -> None:
     """Give ``stage`` that many model lanes and lanes over its loop ``lane_var`` (None: its longest free loop)."""
-    loop = _lane_loop(stage) if lane_var is None else _named_lane_loop(stage, lane_var)
+    loop = _lane_loop_named(stage, lane_var)
     stage.model_lanes = model_lanes
     stage.lanes, stage.lane_var = (lanes, loop.var) if lanes > 1 and loop is not None else (1, None)
 
 
-def _named_lane_loop(stage: Stage, var: str):
-    """The loop ``var`` of ``stage``, which lanes may run over (else a ``ValueError`` naming those that may)."""
+def _lane_loop_named(stage: Stage, var: str | None):
+    """The loop ``var`` of ``stage``, which lanes may run over (else a ``ValueError`` naming those that may);
+    ``var`` None: the default, its longest free loop (``_lane_loop``)."""
+    if var is None:
+        return _lane_loop(stage)
     loop = next((lp for lp in free_loops(stage) if lp.var == var), None)
     if loop is None:
         free = ", ".join(lp.var for lp in free_loops(stage)) or "none"
@@ -138,7 +141,7 @@ def assign_stage_lanes(kernel: Kernel, lanes: dict, group_size: int) -> None:
     for name, st in stages.items():
         m, ln, *var = lanes.get(name, (1, 1))
         var = var[0] if var else None
-        loop = _lane_loop(st) if var is None else _named_lane_loop(st, var)
+        loop = _lane_loop_named(st, var)
         extent = loop.extent if loop is not None else 1
         if m < 1 or size % m or ln < 1 or extent % ln:
             raise ValueError(f"stage {name}: {list(lanes.get(name))} lanes do not divide its {size} models of a "

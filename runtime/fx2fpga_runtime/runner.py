@@ -35,12 +35,9 @@ class EmuBackend:
         self.emulator = Emulator(kernel)
 
     def call(self, command: str, in_words: np.ndarray) -> np.ndarray:
+        """``call_raw`` behind the word interface: the words unpacked into raw buffers, the outputs packed."""
         ins, outs = interface.command_buffers(self.kernel, command)
-        for name, raw in interface.unpack(self.kernel, ins, in_words).items():
-            self.emulator.write(name, raw)
-        if command in self.kernel.programs:
-            self.emulator.run(command)
-        return interface.pack(self.kernel, outs, {n: self.emulator.read(n) for n in outs})
+        return interface.pack(self.kernel, outs, self.call_raw(command, interface.unpack(self.kernel, ins, in_words)))
 
     def call_raw(self, command: str, raw_inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """``call`` without the round trip through 32-bit words: raw buffers in, raw buffers out."""
