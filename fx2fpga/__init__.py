@@ -1,5 +1,8 @@
 """fx2fpga: compile PyTorch models, and their SGD training step, to fixed-point FPGA kernels.
 
+    fpga = fx2fpga.FPGAModule(fx2fpga.compile(model, (x,), train=fx2fpga.SGD(F.cross_entropy, y, lr=0.1)))
+    history = fx2fpga.fit(fpga, loader, epochs=3); trained = fpga.to_torch()
+
     design = fx2fpga.compile(model, (x,), target="pynq-z1",
                              train=fx2fpga.SGD(F.cross_entropy, y, lr=0.1), out_dir="out/mlp")
     k = design.load("emu")          # or "csim": g++ on the generated HLS C++
@@ -10,7 +13,9 @@ from fx2fpga_runtime import load  # noqa: E402
 from fx2fpga_runtime.fixed import Fixed  # noqa: E402
 
 from .api import Design, compile, explore  # noqa: E402
+from .fit import fit  # noqa: E402
 from .frontend import GD, SGD, trace  # noqa: E402
+from .module import FPGAModule  # noqa: E402
 from .passes.quantize import Precision  # noqa: E402
 from .pipeline import PIPELINE  # noqa: E402
 from .targets import Target, list_targets, load_target  # noqa: E402
@@ -22,5 +27,5 @@ def targets() -> list[str]:
     return [t.name for t in list_targets()]
 
 
-__all__ = ["Design", "Fixed", "GD", "PIPELINE", "Precision", "SGD", "Target", "compile", "explore", "list_targets",
-           "load", "load_target", "targets", "trace", "__version__"]
+__all__ = ["Design", "FPGAModule", "Fixed", "GD", "PIPELINE", "Precision", "SGD", "Target", "compile", "explore",
+           "fit", "list_targets", "load", "load_target", "targets", "trace", "__version__"]

@@ -13,7 +13,7 @@ class UnsupportedOpError(Fx2fpgaError):
     """An operation of the traced graph has no lowering to the kernel IR."""
 
     def __init__(self, op: str, source: str, supported: list[str], detail: str = ""):
-        self.op, self.source, self.supported = op, source, list(supported)
+        self.op, self.source, self.supported, self.detail = op, source, list(supported), detail
         where = f" at {source}" if source else ""
         why = f": {detail}" if detail else ""
         super().__init__(

@@ -1,0 +1,83 @@
+"""``fx2fpga.fit``: the training loop over a ``torch.utils.data.DataLoader``, with a progress bar.
+
+    history = fx2fpga.fit(fpga_module_or_kernel, loader, epochs=5)
+    history["epoch_loss"]   # mean loss of each epoch (N models: one column per model)
+
+Each batch of the loader is one ``train_step`` on chip. The kernel trains on batches of exactly the
+size it was compiled for: a shorter batch (the last one of an epoch, unless ``drop_last=True``) is
+skipped and counted in ``history["skipped"]``, with one warning.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+
+def fit(model, loader, epochs: int = 1, progress: bool = True) -> dict:
+    """Train ``model`` (an ``FPGAModule`` or a runner from ``design.load``) on every batch of ``loader``
+    for ``epochs`` epochs; returns the history: ``loss`` (each step's loss; N models: an array of N),
+    ``epoch_loss`` (each epoch's mean), ``steps``, ``skipped`` (short batches not trained on),
+    ``seconds`` and ``steps_per_s``. ``progress`` shows a tqdm bar with the loss and steps/s."""
+    if epochs < 1 or int(epochs) != epochs:
+        raise ValueError(f"fit: epochs must be a whole number >= 1, got {epochs}")
+    batch = _compiled_batch(model)
+    history = {"loss": [], "epoch_loss": [], "steps": 0, "skipped": 0}
+    start = time.perf_counter()
+    total = _batches_per_epoch(loader)
+    bar = tqdm(total=None if total is None else total * epochs, disable=not progress, unit="step",
+               desc="fit", dynamic_ncols=True)
+    try:
+        for epoch in range(int(epochs)):
+            losses = []
+            for inputs in loader:
+                inputs = inputs if isinstance(inputs, (list, tuple)) else (inputs,)
+                if batch is not None and len(inputs[0]) != batch:
+                    history["skipped"] += 1
+                    bar.update()
+                    continue
+                loss = np.asarray(_train_step(model, inputs), dtype=np.float64)
+                losses.append(loss)
+                history["steps"] += 1
+                bar.update()
+                bar.set_postfix(epoch=epoch + 1, loss=f"{float(np.mean(loss)):.4f}", refresh=False,
+                                steps_per_s=f"{history['steps'] / (time.perf_counter() - start):.1f}")
+            history["loss"].extend(losses)
+            history["epoch_loss"].append(np.mean(losses, axis=0) if losses else np.nan)
+    finally:
+        bar.close()
+    if history["skipped"]:
+        warnings.warn(f"fit: skipped {history['skipped']} batch(es) shorter than the compiled batch of {batch} "
+                      "(use DataLoader(..., drop_last=True) to drop them yourself)", stacklevel=2)
+    history["seconds"] = time.perf_counter() - start
+    history["steps_per_s"] = history["steps"] / history["seconds"] if history["seconds"] > 0 else float("nan")
+    return history
+
+
+def _compiled_batch(model) -> int | None:
+    """The batch size the training kernel was compiled for (None: its step takes no inputs)."""
+    runner = getattr(model, "kernel", None)
+    kernel = getattr(runner, "kernel", runner)  # FPGAModule -> runner -> Kernel; runner -> Kernel
+    program = kernel.programs.get("train_step")
+    if program is None:
+        raise RuntimeError("fit: this kernel was compiled for inference only: pass train=fx2fpga.SGD(...) to compile")
+    shapes = [kernel.buffers[n].shape for n in program.inputs]
+    return shapes[0][0] if shapes and shapes[0] else None
+
+
+def _train_step(model, inputs):
+    """One step: an ``FPGAModule`` takes tensors, a runner numpy arrays."""
+    if isinstance(model, torch.nn.Module):
+        return model.train_step(*inputs).numpy()
+    return model.train_step(*[x.numpy() if isinstance(x, torch.Tensor) else x for x in inputs])
+
+
+def _batches_per_epoch(loader) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:  # an iterable loader without a length
+        return None
