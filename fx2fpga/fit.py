@@ -18,21 +18,27 @@ import torch
 from tqdm.auto import tqdm
 
 
-def fit(model, loader, epochs: int = 1, progress: bool = True) -> dict:
+def fit(model, loader, epochs: int = 1, progress: bool = True, lr_schedule=None) -> dict:
     """Train ``model`` (an ``FPGAModule`` or a runner from ``design.load``) on every batch of ``loader``
     for ``epochs`` epochs; returns the history: ``loss`` (each step's loss; N models: an array of N),
-    ``epoch_loss`` (each epoch's mean), ``steps``, ``skipped`` (short batches not trained on),
-    ``seconds`` and ``steps_per_s``. ``progress`` shows a tqdm bar with the loss and steps/s."""
+    ``epoch_loss`` (each epoch's mean), ``lr`` (each epoch's learning rate, as the register held it),
+    ``steps``, ``skipped`` (short batches not trained on), ``seconds`` and ``steps_per_s``.
+    ``progress`` shows a tqdm bar with the loss and steps/s. ``lr_schedule(epoch) -> lr`` (epochs count
+    from 0) sets the learning rate register before each epoch, as a ``torch.optim.lr_scheduler`` stepped
+    once per epoch would: ``lambda e: 0.1 * 0.5 ** (e // 2)`` is ``StepLR(step_size=2, gamma=0.5)``."""
     if epochs < 1 or int(epochs) != epochs:
         raise ValueError(f"fit: epochs must be a whole number >= 1, got {epochs}")
     batch = _compiled_batch(model)
-    history = {"loss": [], "epoch_loss": [], "steps": 0, "skipped": 0}
+    history = {"loss": [], "epoch_loss": [], "lr": [], "steps": 0, "skipped": 0}
     start = time.perf_counter()
     total = _batches_per_epoch(loader)
     bar = tqdm(total=None if total is None else total * epochs, disable=not progress, unit="step",
                desc="fit", dynamic_ncols=True)
     try:
         for epoch in range(int(epochs)):
+            if lr_schedule is not None:
+                model.set_lr(lr_schedule(epoch))
+            history["lr"].append(model.get_lr())
             losses = []
             for inputs in loader:
                 inputs = inputs if isinstance(inputs, (list, tuple)) else (inputs,)

@@ -25,9 +25,10 @@ META_KEY = "fx2fpga"  # node.meta / gm.meta key of NodeInfo / GraphInfo
 LOWERING_KEY = "fx2fpga_lowering"  # kernel.meta key of LoweringFacts, until quantize takes it
 
 ProgramKind = Literal["infer", "train_step"]
-PlaceholderRole = Literal["param", "buffer", "state", "input", "target"]
+PlaceholderRole = Literal["param", "buffer", "state", "hyper", "input", "target"]  # hyper: the lr register
 OutputKind = Literal["output", "loss", "param", "buffer", "state"]
 PROGRAM_PREFIX = {"infer": "infer", "train_step": "train"}  # buffer-name prefix of each program
+LR_REACH_BITS = 2  # the learning rate register holds up to 4-8x the compiled rate, and the update is profiled at 4x
 
 
 # ----- front end -> lowering ---------------------------------------------------------------------------

@@ -91,11 +91,14 @@ class FPGAModule(nn.Module):
 
     # ----- parameters ---------------------------------------------------------------------------
     def _chip_state(self) -> dict[str, np.ndarray]:
-        """The parameters on chip as floats, under their state_dict keys."""
+        """The model's parameters and buffers on chip as floats, under their state_dict keys (not the
+        optimizer's velocities, ``momentum:<name>``, which ``design.load(sim).get_params()`` shows)."""
         params = self.kernel.get_params()
+        groups = [params] if self.num_models == 1 else params
+        state = [{k: v for k, v in p.items() if ":" not in k} for p in groups]
         if self.num_models == 1:
-            return dict(params)
-        return {f"{i}.{k}": v for i, p in enumerate(params) for k, v in p.items()}
+            return state[0]
+        return {f"{i}.{k}": v for i, p in enumerate(state) for k, v in p.items()}
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         for key, value in self._chip_state().items():
@@ -127,6 +130,14 @@ class FPGAModule(nn.Module):
             per_model[int(index)][name] = value
         self.kernel.set_params(per_model)
 
+    def get_lr(self) -> float | np.ndarray:
+        """The learning rate register (N models: an array of N)."""
+        return self.kernel.get_lr()
+
+    def set_lr(self, lr) -> None:
+        """Write the learning rate register (N models: one value or a list of N): no recompile."""
+        self.kernel.set_lr(lr)
+
     def to_torch(self) -> nn.Module:
         """A float copy of the original model (N models: an ``nn.ModuleList``) holding the on-chip
         parameters; what the kernel does not hold (e.g. BatchNorm's batch counter) keeps the original's value."""
@@ -138,7 +149,7 @@ class FPGAModule(nn.Module):
         params = self.kernel.get_params()
         for m, p in zip(copies, params if isinstance(params, list) else [params], strict=True):
             state = m.state_dict()
-            for key, value in p.items():
+            for key, value in ((k, v) for k, v in p.items() if ":" not in k):
                 state[key] = torch.as_tensor(value, dtype=state[key].dtype).reshape(state[key].shape)
             m.load_state_dict(state)
         return copies[0] if len(copies) == 1 and not isinstance(original, list) else nn.ModuleList(copies)

@@ -76,8 +76,8 @@ def replay_layers(kernel: Kernel, gm: torch.fx.GraphModule, args: list, mem: dic
 
 def graph_args(kernel: Kernel, gm: torch.fx.GraphModule, x: torch.Tensor, y: torch.Tensor | None = None,
                quantized: bool = True, params: dict | None = None) -> list:
-    """The placeholders' values: parameters and buffers (``params`` by model name, else the
-    model's values from the trace), then ``x`` and ``y``; with ``quantized``, as the kernel
+    """The placeholders' values: parameters, buffers and the learning rate (``params`` by model name, else
+    the model's values from the trace), then ``x`` and ``y``; with ``quantized``, as the kernel
     holds them (in their formats)."""
     by_model_name = {v: k for k, v in kernel.param_names.items()}
     program = kernel.programs[graph_info(gm).program]
@@ -88,9 +88,9 @@ def graph_args(kernel: Kernel, gm: torch.fx.GraphModule, x: torch.Tensor, y: tor
             continue
         ph = placeholder(n)
         role = ph.role
-        if role in ("param", "buffer"):
+        if role in ("param", "buffer", "hyper"):  # hyper: the learning rate register
             v, fmt = ph.value, kernel.buffers[by_model_name[ph.name]].fmt
-            if params is not None:
+            if params is not None and ph.name in params:
                 v = torch.as_tensor(params[ph.name]).to(v.dtype).reshape(v.shape)
             out.append(_q(v, fmt) if quantized and v.is_floating_point() else v)
         elif role == "input":

@@ -271,12 +271,12 @@ def _node_errors(kernel: Kernel, gm: torch.fx.GraphModule, program: str, values:
 
     def half_ulp(name: str) -> float:
         b = kernel.buffers[name]
-        return b.fmt.ulp / 2 if b.kind in ("activation", "gradient", "weight", "const") else 0.0
+        return b.fmt.ulp / 2 if b.kind in ("activation", "gradient", "weight", "const", "hyper") else 0.0
 
     for node in gm.graph.nodes:
         if node.op == "placeholder":
             role, name = placeholder(node).role, placeholder(node).name
-            if role in ("param", "buffer"):
+            if role in ("param", "buffer", "hyper"):  # hyper: the learning rate register, rounded too
                 err[node.name] = half_ulp(by_model_name[name])
             elif role == "input":
                 err[node.name] = sum(half_ulp(b.name) for b in kernel.buffers.values()

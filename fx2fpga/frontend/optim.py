@@ -110,4 +110,4 @@ def sgd_update(p: torch.Tensor, g: torch.Tensor, v: torch.Tensor | None, lr: flo
     if momentum:
         v = momentum * v + g
         g = v
-    return p - lr * g, v
+    return p - g * lr, v  # g * lr: the product's operands in the order of a float lr's (g.mul(lr))

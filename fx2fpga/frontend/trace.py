@@ -2,10 +2,12 @@
 
 - Inference: ``(params..., buffers..., inputs...) -> outputs`` of the module in eval mode, traced
   with ``make_fx(functionalize(forward))`` and the same decompositions.
-- Training: one pure SGD step ``(params..., buffers..., states..., x, y) -> (loss, new
+- Training: one pure SGD step ``(params..., buffers..., states..., lr, x, y) -> (loss, new
   params..., new buffers..., new states...)`` traced with ``make_fx(functionalize(step))``
   and the core ATen decompositions, so the autograd backward graph and the update are
-  ordinary graph nodes. States are the optimizer's (``momentum:<param name>``).
+  ordinary graph nodes. States are the optimizer's (``momentum:<param name>``); the learning
+  rate is an input of the step (role ``hyper``), so it becomes a register on chip that the
+  host writes (``set_lr``) instead of a constant.
 
 Every node carries a ``handoffs.NodeInfo``: each placeholder its ``Placeholder`` (role ``param``,
 ``buffer``, ``state``, ``input`` or ``target``, the model's dotted name or the input's name, the
@@ -18,9 +20,19 @@ from __future__ import annotations
 
 import torch
 import torch.fx
+from fx2fpga_runtime.ir import LR_PARAM
 
 from ..errors import TraceError, UnsupportedOpError
-from ..handoffs import META_KEY, GraphInfo, OutputRole, Placeholder, ValueProfile, node_info, set_node_info
+from ..handoffs import (
+    LR_REACH_BITS,
+    META_KEY,
+    GraphInfo,
+    OutputRole,
+    Placeholder,
+    ValueProfile,
+    node_info,
+    set_node_info,
+)
 from .modules import PointModule, _as_tuple, as_module, check_modules
 from .optim import GD, SGD, sgd_update
 
@@ -181,10 +193,12 @@ def _input_names(module: torch.nn.Module, n: int) -> list[str]:
 
 # ----- training -------------------------------------------------------------------------
 
+
 def trace_training(model, example_inputs, train: SGD | GD) -> torch.fx.GraphModule:
-    """The joint graph of one SGD step: (params, buffers, states, x, y) -> (loss, new params, new
+    """The joint graph of one SGD step: (params, buffers, states, lr, x, y) -> (loss, new params, new
     buffers, new states). The states are the optimizer's velocities (``momentum:<param>``, with
-    momentum only); ``GD`` takes no x and y and its loss is the model's output."""
+    momentum only); ``lr`` is a 0-d input (the learning rate register); ``GD`` takes no x and y and
+    its loss is the model's output."""
     from torch.func import functional_call, grad_and_value
 
     module = as_module(model).train()
@@ -201,13 +215,15 @@ def trace_training(model, example_inputs, train: SGD | GD) -> torch.fx.GraphModu
     loss_fn, lr = (None if gd else train.loss), float(train.lr)
     momentum, weight_decay = float(train.momentum), float(train.weight_decay)
     states = {f"momentum:{k}": torch.zeros_like(v) for k, v in params.items()} if momentum else {}
+    hypers = {LR_PARAM: torch.tensor(lr, dtype=torch.get_default_dtype())}
     n_state = len(pnames) + len(bnames)  # where the states start in the step's arguments
 
     def step(*flat):
         ps = dict(zip(pnames, flat[: len(pnames)], strict=True))
         bs = dict(zip(bnames, flat[len(pnames): n_state], strict=True))
         vs = dict(zip(pnames, flat[n_state: n_state + len(states)], strict=False))  # none without momentum
-        data = flat[n_state + len(states):]  # (x, y), or () for GD
+        rate = flat[n_state + len(states)]
+        data = flat[n_state + len(states) + len(hypers):]  # (x, y), or () for GD
 
         def loss_of(p, b):
             b = {k: v.clone() for k, v in b.items()}  # BatchNorm updates its running stats in place
@@ -218,19 +234,23 @@ def trace_training(model, example_inputs, train: SGD | GD) -> torch.fx.GraphModu
             return loss, b
 
         grads, (loss, new_bs) = grad_and_value(loss_of, has_aux=True)(ps, bs)
-        new = {k: sgd_update(ps[k], grads[k], vs.get(k), lr, momentum, weight_decay) for k in pnames}
+        new = {k: sgd_update(ps[k], grads[k], vs.get(k), rate, momentum, weight_decay) for k in pnames}
         return (loss, *[new[k][0] for k in pnames], *[new_bs[k] for k in bnames], *[new[k][1] for k in vs])
 
     targets = [] if gd else [train.example_targets]
-    flat_inputs = [*params.values(), *buffers.values(), *states.values(), *args, *targets]
+    flat_inputs = [*params.values(), *buffers.values(), *states.values(), *hypers.values(), *args, *targets]
     gm = _make_fx(step, flat_inputs)
-    _annotate_training_graph(gm, params, buffers, states, gd, lr)
+    _annotate_training_graph(gm, params, buffers, states, hypers, gd, lr)
     profile(gm, flat_inputs)
     if states:  # once more from velocities at their bound g / (1 - momentum) (the step's v is g from 0)
         with torch.no_grad():
             new_vs = gm(*flat_inputs)[-len(states):]
         at_bound = [v / (1.0 - momentum) for v in new_vs]
-        profile(gm, flat_inputs[:n_state] + at_bound + flat_inputs[n_state + len(states):])
+        flat_inputs = flat_inputs[:n_state] + at_bound + flat_inputs[n_state + len(states):]
+        profile(gm, flat_inputs)
+    at_reach = list(flat_inputs)  # and at the largest learning rate set_lr may write: its update must fit too
+    at_reach[n_state + len(states)] = hypers[LR_PARAM] * 2 ** LR_REACH_BITS
+    profile(gm, at_reach)
     return gm
 
 
@@ -255,12 +275,12 @@ def _make_fx(step, flat_inputs: list, what: str = "the training step") -> torch.
         raise TraceError(f"could not trace {what}: {type(e).__name__}: {e}") from e
 
 
-def _annotate_training_graph(gm: torch.fx.GraphModule, params: dict, buffers: dict, states: dict, gd: bool,
-                             lr: float) -> None:
-    """The step's placeholders get their roles (param, buffer, state, input, target) and values;
+def _annotate_training_graph(gm: torch.fx.GraphModule, params: dict, buffers: dict, states: dict, hypers: dict,
+                             gd: bool, lr: float) -> None:
+    """The step's placeholders get their roles (param, buffer, state, hyper, input, target) and values;
     the graph its outputs' roles (loss, new params, buffers and states)."""
     roles = [("param", k, v) for k, v in params.items()] + [("buffer", k, v) for k, v in buffers.items()]
-    roles += [("state", k, v) for k, v in states.items()]
+    roles += [("state", k, v) for k, v in states.items()] + [("hyper", k, v) for k, v in hypers.items()]
     roles += [] if gd else [("input", "x", None), ("target", "y", None)]
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     for node, (role, name, value) in zip(placeholders, roles, strict=True):

@@ -268,6 +268,8 @@ class GraphLowering:
             buf = self.kb.param(name, value, "gradient")
             self.record_param_range(buf, node)
             return View.identity(buf, shape)
+        if role == "hyper":  # the learning rate: a register the host writes, read by the update
+            return View.identity(self.kb.param(name, value, "hyper"), shape)
         buf_name = self.kb.unique(f"{self.prefix}_{name}")
         kind = self.kind_of(node)
         self.kb.add(Buffer(buf_name, shape, PLACEHOLDER_FMT, role, kind, None, name))
@@ -302,7 +304,10 @@ class GraphLowering:
             fill = node.args[1] if fill is None else fill
             return Const(torch.full(tuple(like.shape), fill, dtype=like.dtype))
         kwargs = {k: real(v) for k, v in node.kwargs.items()}
-        return Const(node.target(*real(tuple(node.args)), **kwargs))
+        result = node.target(*real(tuple(node.args)), **kwargs)
+        if isinstance(result, (tuple, list)):  # several outputs (split): one Const each, read by getitem
+            return tuple(Const(t) for t in result)
+        return Const(result)
 
     def bind_outputs(self) -> list[str]:
         outputs = []
@@ -340,7 +345,7 @@ class GraphLowering:
         for st in self.stages:
             if st.out.buffer == old:
                 st.out = Access(new, st.out.index)
-                st.name = new
+                st.name = new + st.name[len(old):] if st.name.startswith(old) else new  # keeps a cat's _part<k>
             st.ins = tuple(Access(new, a.index, a.guard) if a.buffer == old else a for a in st.ins)
         return new
 
@@ -353,7 +358,7 @@ class GraphLowering:
         other_use = any(v.buffer == a.buffer for s in self.stages for a in s.ins) or sum(
             isinstance(self.values.get(o), View) and self.values[o].buffer == v.buffer for o in self.outputs) > 1
         if (producer is not None and not producer.reduce and v.is_identity() and not read_later
-                and not other_use and self.kb.buffers[v.buffer].role == "temp"):
+                and not other_use and self.kb.buffers[v.buffer].role == "temp" and self.writers(v.buffer) == 1):
             del self.kb.buffers[v.buffer]
             producer.out = Access(param, producer.out.index)
             producer.name = f"{self.prefix}_update_{param}"
@@ -367,6 +372,10 @@ class GraphLowering:
                                  View.identity(param, shape).access(mapping, ext), (v.access(mapping, ext),),
                                  origin=f"update of {self.kb.param_names[param]}"))
 
+    def writers(self, buffer: str) -> int:
+        """How many stages write ``buffer`` (a cat's output: one per input)."""
+        return sum(st.out.buffer == buffer for st in self.stages)
+
     def update_state(self, val: Value, param: str) -> None:
         """Write an optimizer state's new value (a momentum velocity) into its buffer.
 
@@ -377,6 +386,7 @@ class GraphLowering:
         v = self.view(val)
         producer = next((s for s in reversed(self.stages) if s.out.buffer == v.buffer), None)
         if (producer is None or producer.reduce or not v.is_identity() or self.kb.buffers[v.buffer].role != "temp"
+                or self.writers(v.buffer) > 1
                 or sum(isinstance(self.values.get(o), View) and self.values[o].buffer == v.buffer
                        for o in self.outputs) > 1):
             return self.update_param(val, param)

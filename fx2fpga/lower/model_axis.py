@@ -76,7 +76,7 @@ def stack(kernels: list[Kernel], name: str, entries: list[ModelEntry]) -> Kernel
     for i, (k, entry) in enumerate(zip(kernels, entries, strict=True)):
         entry.prefix, entry.index, entry.params = "", i, list(first.params)
         entry.outputs = {p: list(prog.outputs) for p, prog in first.programs.items()}
-        entry.values = sum(k.buffers[b].size for b in k.params)
+        entry.values = sum(k.buffers[b].size for b in k.params if k.buffers[b].kind != "hyper")  # not the lr
     stacked.meta[MODELS_KEY] = [asdict(e) for e in entries]
     stacked.meta[UNIFIED_KEY] = []  # filled by passes.quantize
     stacked.meta[LOWERING_KEY] = merged

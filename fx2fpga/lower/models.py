@@ -69,7 +69,7 @@ def merge(kernels: list[Kernel], name: str, entries: list[ModelEntry]) -> Kernel
         merged.param_names.update({names[b]: n for b, n in k.param_names.items()})
         entry.prefix, entry.params = prefix, [names[b] for b in k.params]
         entry.outputs = {p: [names[b] for b in prog.outputs] for p, prog in k.programs.items()}
-        entry.values = sum(k.buffers[b].size for b in k.params)
+        entry.values = sum(k.buffers[b].size for b in k.params if k.buffers[b].kind != "hyper")  # not the lr
     merged.meta[MODELS_KEY] = [asdict(e) for e in entries]
     merged.meta[UNIFIED_KEY] = unified
     merged.meta[LOWERING_KEY] = facts

@@ -18,7 +18,7 @@ from fx2fpga_runtime.ir import Buffer, Kernel, Stage
 from fx2fpga_runtime.ops import OPS_TABLE
 
 from ..errors import PrecisionError
-from ..handoffs import UNIFIED_KEY, lowering_facts
+from ..handoffs import LR_REACH_BITS, UNIFIED_KEY, lowering_facts
 
 MAX_ACC_WIDTH = 62
 TABLE_SEGMENTS = 1024  # at most this many linear segments per function table
@@ -91,7 +91,7 @@ def run(kernel: Kernel, precision: Precision) -> Kernel:
     used = set()
     for buf in kernel.buffers.values():
         override = _override(buf, precision, used)
-        buf.fmt = override or _decide_format(buf, precision, const_values.get(buf.name), absmax.get(buf.name))
+        buf.fmt = override or _decide_format(buf, precision, _values(buf, facts), absmax.get(buf.name))
         if override is None and facts.per_model:
             _note_unified(kernel, buf, precision, facts.per_model)
         if buf.role == "const":
@@ -128,14 +128,15 @@ def _decide_format(buf: Buffer, p: Precision, const_values, absmax: float | None
 def _note_unified(kernel: Kernel, buf: Buffer, p: Precision, per_model: list) -> None:
     """On a kernel stacked on a model axis, a buffer whose models would each get a different format
     alone (their ranges or constants differ) has the one that holds them all: say so for the report."""
-    alone = [_decide_format(buf, p, f.const_values.get(buf.name), f.absmax.get(buf.name)) for f in per_model]
+    alone = [_decide_format(buf, p, _values(buf, f), f.absmax.get(buf.name)) for f in per_model]
     if len(set(alone)) == 1:
         return
     groups: dict[Fixed, list[int]] = {}
     for i, fmt in enumerate(alone):
         groups.setdefault(fmt, []).append(i)
     what = "; ".join(f"model{'s' if len(ms) > 1 else ''} {_ranges(ms)}: {fmt}" for fmt, ms in groups.items())
-    why = "its constant differs between the models" if buf.role == "const" else "the models' profiled ranges differ"
+    why = {"const": "its constant differs between the models", "hyper": "the models' learning rates differ"}.get(
+        buf.role if buf.role == "const" else buf.kind, "the models' profiled ranges differ")
     kernel.meta.setdefault(UNIFIED_KEY, []).append(
         f"{buf.name}: {buf.fmt} for all ({why}; alone: {what})")
 
@@ -148,6 +149,11 @@ def _ranges(ids: list[int]) -> str:
             out.append(str(a) if a == start else f"{start}-{a}")
             start = b
     return ", ".join(out)
+
+
+def _values(buf: Buffer, facts) -> list | None:
+    """The values that decide a buffer's format: a constant's, or the learning rate register's initial value."""
+    return facts.param_init.get(buf.name) if buf.kind == "hyper" else facts.const_values.get(buf.name)
 
 
 def _override(buf: Buffer, p: Precision, used: set) -> Fixed | None:
@@ -163,6 +169,9 @@ def _buffer_format(buf: Buffer, p: Precision, const_values) -> Fixed:
         return BOOL
     if buf.role == "const":
         return _const_format(np.asarray(const_values, dtype=np.float64), p)
+    if buf.kind == "hyper":  # the learning rate register: a constant's format with LR_REACH_BITS more range
+        fmt = _const_format(np.asarray(const_values, dtype=np.float64), p, exact_integers=False)
+        return Fixed(fmt.width, fmt.int_bits + LR_REACH_BITS, fmt.signed, fmt.rounding, fmt.overflow)
     if buf.kind == "integer":
         return Fixed(p.integer_width, p.integer_width)
     return {"weight": p.weight, "activation": p.activation, "gradient": p.gradient,
@@ -192,11 +201,11 @@ def widen_to_range(fmt: Fixed, absmax: float, margin_bits: int) -> Fixed:
     return Fixed(fmt.width + extra, fmt.int_bits + extra, fmt.signed, fmt.rounding, fmt.overflow)
 
 
-def _const_format(values: np.ndarray, p: Precision) -> Fixed:
+def _const_format(values: np.ndarray, p: Precision, exact_integers: bool = True) -> Fixed:
     peak = float(np.max(np.abs(values))) if values.size else 0.0
     # small constants (a learning rate of 5e-4) get negative integer bits: full relative precision
     int_bits = max(-16, math.floor(math.log2(peak)) + 2) if peak > 0 else 1
-    if values.size and np.all(values == np.round(values)):
+    if exact_integers and values.size and np.all(values == np.round(values)):
         return Fixed(max(2, int_bits), max(2, int_bits))  # an exact integer format
     return Fixed(max(p.constant_width, int_bits + 2), int_bits)
 

@@ -78,6 +78,7 @@ ARITY = {name: spec.arity for name, spec in OPS_TABLE.items()}
 ROLES = ("param", "input", "target", "output", "temp", "const")
 MODEL_VAR = "mdl"  # the loop over the models of a kernel stacked on a model axis
 GROUP_VAR = "grp"  # the group of models a program's stages run for (Program.groups)
+LR_PARAM = "lr"  # the learning rate register among a training kernel's parameters (KernelRunner.set_lr)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import numpy as np
 from . import interface
 from .emulator import Emulator
 from .fixed import quantizer
-from .ir import Kernel
+from .ir import LR_PARAM, Kernel
 
 
 def _class_indices(values: np.ndarray, classes: int) -> bool:
@@ -204,10 +204,12 @@ class KernelRunner:
 
     def get_params(self) -> dict[str, np.ndarray] | list[dict[str, np.ndarray]]:
         """The parameters on chip, as floats, keyed by the model's parameter names (a kernel of N
-        models: a list of N such dicts, in model order)."""
+        models: a list of N such dicts, in model order); the optimizer's velocities too
+        (``momentum:<name>``), not the learning rate (``get_lr``)."""
         raw = self.get_params_raw()
         names = self.kernel.param_names
-        groups = [{names.get(b, b): self._row(self.kernel.buffers[b].fmt.to_float(raw[b]), i) for b in group}
+        groups = [{names.get(b, b): self._row(self.kernel.buffers[b].fmt.to_float(raw[b]), i) for b in group
+                   if names.get(b) != LR_PARAM}
                   for i, group in enumerate(self._param_groups())]
         return groups[0] if self.models is None else groups
 
@@ -225,6 +227,48 @@ class KernelRunner:
         for i, (group, values) in enumerate(zip(groups, params, strict=True)):
             self._quantize_params(group, values, current, i)
         self.set_params_raw(current)
+
+    # ----- the learning rate register ------------------------------------------------------
+    def get_lr(self) -> float | np.ndarray:
+        """The learning rate on chip (a kernel of N models: an array of N), as the register holds it."""
+        raw = self.get_params_raw()
+        values = [float(self._row(self.kernel.buffers[b].fmt.to_float(raw[b]), i))
+                  for i, b in enumerate(self._lr_buffers())]
+        return values[0] if self.models is None else np.array(values)
+
+    def _lr_buffers(self) -> list[str]:
+        """Each model's learning rate register."""
+        self._require_training()
+        found = [[b for b in group if self.kernel.param_names.get(b) == LR_PARAM] for group in self._param_groups()]
+        if not all(found):
+            raise RuntimeError("this kernel has no learning rate register (compiled before it existed): recompile")
+        return [b[0] for b in found]
+
+    def set_lr(self, lr) -> None:
+        """Write the learning rate register: the next training steps use ``lr``, without a recompile (a
+        kernel of N models: one value for all, or a list of N). The register's range reaches 4-8x the
+        compiled learning rate (compile with a rate near the largest a schedule reaches); a rate outside
+        it, or one it would round to zero, is an error."""
+        groups, registers = self._param_groups(), self._lr_buffers()
+        values = np.asarray(lr, dtype=np.float64).reshape(-1)
+        if values.size == 1:
+            values = np.repeat(values, len(groups))
+        if np.ndim(lr) > 1 or len(values) != len(groups):
+            raise ValueError(f"set_lr takes one value{f' or a list of {len(groups)}' if self.models else ''}, got {lr}")
+        raw = self.get_params_raw()
+        for i, (group, register, value) in enumerate(zip(groups, registers, values, strict=True)):
+            self._check_lr(register, value, i)
+            self._quantize_params(group, {LR_PARAM: value}, raw, i)
+        self.set_params_raw(raw)
+
+    def _check_lr(self, register: str, value: float, model: int) -> None:
+        """A learning rate the register holds: positive, within its format's range, not rounded to 0."""
+        fmt = self.kernel.buffers[register].fmt
+        where = "" if self.models is None else f"model {model}: "
+        if not value > 0 or value > fmt.max_value or fmt.quantize(np.array(value)) == 0:
+            raise ValueError(f"{where}learning rate {value} is outside its register's range {fmt}: "
+                             f"({fmt.ulp:g}, {fmt.max_value:g}]; compile with a learning rate near the largest "
+                             f"one you will set")
 
     def _quantize_params(self, group: list[str], params: dict, raw: dict[str, np.ndarray], model: int) -> None:
         """Quantize model ``model``'s ``params`` (keyed by its names) into ``raw`` (keyed by buffer)."""

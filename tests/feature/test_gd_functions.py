@@ -69,10 +69,10 @@ def test_gd_api_point_value_and_one_step():
     design = fx2fpga.compile(f, (x0,), train=fx2fpga.GD(lr=0.001), precision=fn.PRECISION)
     k = design.kernel
     gm = fx2fpga.trace(f, (x0,), fx2fpga.GD(lr=0.001))
-    assert [placeholder(n).role for n in gm.graph.nodes if n.op == "placeholder"] == ["param"]
+    assert [placeholder(n).role for n in gm.graph.nodes if n.op == "placeholder"] == ["param", "hyper"]
     assert [str(r) for r in graph_info(gm).outputs] == ["loss", "param:x"]
     assert k.programs["infer"].inputs == [] and k.programs["train_step"].inputs == []
-    assert [k.param_names[b] for b in k.params] == ["x"]
+    assert [k.param_names[b] for b in k.params] == ["x", "lr"]  # the point and the learning rate register
     emu = design.load("emu")
     assert np.array_equal(emu.get_params()["x"], x0.numpy())
     value = float(emu.infer())

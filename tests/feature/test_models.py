@@ -94,18 +94,18 @@ def test_stacked_formats_unify_only_what_differs(mlp_example):
     here the learning rate (0.05 .. 0.3: its format has one more integer bit per doubling)."""
     models, sgd = _mlps(mlp_example), _sgd(mlp_example, lr=LRS)
     stacked = fx2fpga.compile(models, mlp_example.example_inputs, train=sgd, until="quantize")
-    assert [u.split(":")[0] for u in stacked.meta["models_unified"]] == ["k_mul_3"]
-    assert "fixed<18,0> for all (its constant differs between the models; alone: model 0: fixed<18,-3>; " \
-           "model 1: fixed<18,-2>; model 2: fixed<18,-1>; model 3: fixed<18,0>)" in stacked.meta["models_unified"][0]
-    lr = stacked.buffers["k_mul_3"]
+    assert [u.split(":")[0] for u in stacked.meta["models_unified"]] == ["lr"]  # the learning rate register
+    assert "fixed<18,2> for all (the models' learning rates differ; alone: model 0: fixed<18,-1>; " \
+           "model 1: fixed<18,0>; model 2: fixed<18,1>; model 3: fixed<18,2>)" in stacked.meta["models_unified"][0]
+    lr = stacked.buffers["lr"]
     assert lr.shape == (4,)
     assert np.abs(lr.fmt.to_float(np.array(lr.init)) - LRS).max() <= 2.0 ** -lr.fmt.frac_bits / 2  # each model's
     for i, one in enumerate(sgd.for_models(4)):
         alone = fx2fpga.compile(models[i], mlp_example.example_inputs, train=one, until="quantize")
         for name, buf in alone.buffers.items():
-            if name != "k_mul_3":
+            if name != "lr":
                 assert stacked.buffers[name].fmt == buf.fmt, (i, name)
-            if buf.role == "param":  # model i's initial weights are row i
+            if buf.role == "param" and name != "lr":  # model i's initial weights are row i
                 rows = np.array(stacked.buffers[name].init).reshape(stacked.buffers[name].shape)
                 assert np.array_equal(rows[i].reshape(-1), np.array(buf.init)), (i, name)
 
@@ -115,7 +115,7 @@ def test_kernel_meta_lists_the_models(four_mlps):
     models = json.loads(k.to_json())["meta"]["models"]
     assert [(m["prefix"], m["index"]) for m in models] == [("", i) for i in range(4)]
     assert [m["lr"] for m in models] == LRS
-    assert models[2]["params"] == ["fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias"]
+    assert models[2]["params"] == ["fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias", "lr"]
     assert models[3]["outputs"] == {"infer": ["infer_output"], "train_step": ["train_loss"]}
     assert k.buffers["fc1_weight"].shape == (4, 32, 64) and k.buffers["train_loss"].shape == (4,)
     assert k.programs["train_step"].inputs == ["train_x", "train_y"]
@@ -125,7 +125,7 @@ def test_kernel_meta_lists_the_models(four_mlps):
     report = four_mlps.report
     assert "## Models: 4 in one kernel" in report
     assert "| 3 | row 3 | DigitsMLP | 2,410 | 0.3 | 0 | 0 |" in report
-    assert "Formats unified across models: k_mul_3: fixed<18,0> for all" in report
+    assert "Formats unified across models: lr: fixed<18,2> for all" in report
     assert "## Design points" in report
     groups = k.programs["train_step"].groups
     assert f"The programs run in {groups} group" in report

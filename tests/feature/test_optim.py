@@ -37,20 +37,20 @@ def test_velocities_are_persistent_parameters_updated_in_place():
     model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
     x, y = torch.randn(8, 4), torch.randn(8, 2)
     plain = fx2fpga.compile(model, (x,), train=fx2fpga.SGD(F.mse_loss, y, lr=0.1, weight_decay=0.01))
-    assert sorted(plain.kernel.param_names.values()) == ["0.bias", "0.weight", "2.bias", "2.weight"]
+    assert sorted(plain.kernel.param_names.values()) == ["0.bias", "0.weight", "2.bias", "2.weight", "lr"]
     design = fx2fpga.compile(model, (x,), train=fx2fpga.SGD(F.mse_loss, y, lr=0.1, momentum=0.9))
     k = design.kernel
     names = [k.param_names[b] for b in k.params]
     assert names == ["0.weight", "0.bias", "2.weight", "2.bias",
-                     "momentum:0.weight", "momentum:0.bias", "momentum:2.weight", "momentum:2.bias"]
-    for b in k.params[4:]:
+                     "momentum:0.weight", "momentum:0.bias", "momentum:2.weight", "momentum:2.bias", "lr"]
+    for b in k.params[4:8]:
         buf = k.buffers[b]
         assert buf.role == "param" and buf.kind == "gradient" and set(buf.init) == {0}
         writers = [s for s in k.programs["train_step"].stages if s.out.buffer == b]
         assert len(writers) == 1 and writers[0].op == "add"  # v = m*v + g written in place, no copy stage
     runner = design.load("emu")
     params = runner.get_params()
-    assert set(params) == set(names) and not params["momentum:2.bias"].any()
+    assert set(params) == set(names) - {"lr"} and not params["momentum:2.bias"].any()  # lr: get_lr()
     runner.set_params({"momentum:2.bias": np.array([0.5, -0.25])})
     assert np.array_equal(runner.get_params()["momentum:2.bias"], [0.5, -0.25])
     runner.set_params({"momentum:2.bias": np.zeros(2)})

@@ -34,7 +34,7 @@ def _mlp():
 
 
 def test_momentum_training_graph_roles():
-    """Placeholders: params, then the velocities (states, zero), then x and y; outputs: the loss,
+    """Placeholders: params, then the velocities (states, zero), the learning rate, then x and y; outputs: the loss,
     the new params, then the new velocities, each a typed role naming its tensor."""
     model, x, y = _mlp(), torch.randn(5, 3), torch.randn(5, 2)
     gm = fx2fpga.trace(model, (x,), fx2fpga.SGD(F.mse_loss, y, lr=0.05, momentum=0.9))
@@ -48,9 +48,10 @@ def test_momentum_training_graph_roles():
     phs = [placeholder(n) for n in gm.graph.nodes if n.op == "placeholder"]
     assert [(p.role, p.name) for p in phs] == ([("param", n) for n in names]
                                                + [("state", f"momentum:{n}") for n in names]
-                                               + [("input", "x"), ("target", "y")])
+                                               + [("hyper", "lr"), ("input", "x"), ("target", "y")])
     assert torch.equal(phs[0].value, model[0].weight.detach())
-    assert all(not p.value.any() for p in phs[4:8]) and phs[8].value is None and phs[9].value is None
+    assert all(not p.value.any() for p in phs[4:8]) and phs[9].value is None and phs[10].value is None
+    assert abs(float(phs[8].value) - 0.05) < 1e-8  # the learning rate register's initial value (a float32)
 
 
 def test_inference_graph_info_and_buffer_outputs():

@@ -27,8 +27,8 @@ def test_merge_prefixes_everything_but_the_shared_inputs():
     stages = [s.name for s in k.programs["train_step"].stages]
     first_m1 = next(i for i, s in enumerate(stages) if s.startswith("m1_"))
     assert all(s.startswith("m0_") for s in stages[:first_m1]) and all(s.startswith("m1_") for s in stages[first_m1:])
-    assert k.params == ["m0_weight", "m0_bias", "m1_b_0_weight", "m1_b_0_bias", "m1_b_2_weight",
-                        "m1_b_2_bias"]  # (lowering names a buffer "b_<name>" when it starts with a digit)
+    assert k.params == ["m0_weight", "m0_bias", "m0_lr", "m1_b_0_weight", "m1_b_0_bias", "m1_b_2_weight",
+                        "m1_b_2_bias", "m1_lr"]  # (lowering names a buffer "b_<name>" when it starts with a digit)
     assert k.param_names["m1_b_2_bias"] == "2.bias"
     facts = lowering_facts(k)
     assert set(facts.param_init) == set(k.params)
