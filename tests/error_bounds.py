@@ -232,7 +232,8 @@ def propagate(kernel: Kernel, program: str, values: dict[str, np.ndarray]) -> tu
             errs[b.name] = np.zeros(b.shape)
         elif b.init is not None:
             vals[b.name] = b.fmt.to_float(np.asarray(b.init, dtype=np.int64)).reshape(b.shape)
-            const_error = b.fmt.ulp / 2 if b.role == "const" and b.fmt.frac_bits > 0 else 0.0
+            rounded = b.role == "const" or b.kind == "hyper"  # a constant, the learning rate: rounded floats
+            const_error = b.fmt.ulp / 2 if rounded and b.fmt.frac_bits > 0 else 0.0
             errs[b.name] = np.full(b.shape, const_error)
         else:
             vals[b.name], errs[b.name] = np.zeros(b.shape), np.zeros(b.shape)

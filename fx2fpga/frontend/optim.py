@@ -11,7 +11,8 @@ import torch
 
 @dataclass
 class SGD:
-    """Train with plain SGD: ``p <- p - lr * dloss/dp`` after each step, on chip.
+    """Train with SGD: ``p <- p - lr * dloss/dp`` after each step, on chip (with ``momentum``, ``weight_decay``
+    and ``nesterov`` as ``torch.optim.SGD``, dampening 0).
 
     ``loss(output, target) -> scalar tensor``; ``example_targets`` fixes the target shape
     and dtype (integer class indices for cross-entropy, floats for MSE). Compiling a list of
@@ -24,8 +25,12 @@ class SGD:
     lr: float | list[float] = 0.1
     momentum: float | list[float] = 0.0
     weight_decay: float | list[float] = 0.0
+    nesterov: bool = False  # torch.optim.SGD(nesterov=True): the step along g + momentum * v
 
     def __post_init__(self) -> None:
+        if self.nesterov and not (self.momentum if not isinstance(self.momentum, (list, tuple)) else
+                                  all(m > 0 for m in self.momentum)):
+            raise ValueError("SGD(nesterov=True) needs a momentum > 0 (as torch.optim.SGD)")
         if not callable(self.loss):
             raise TypeError("SGD(loss=...) must be a callable (output, target) -> scalar, e.g. F.cross_entropy")
         if not isinstance(self.example_targets, torch.Tensor):
@@ -99,15 +104,15 @@ def _check_optimizer(what: str, lr: float, momentum: float, weight_decay: float)
 
 
 def sgd_update(p: torch.Tensor, g: torch.Tensor, v: torch.Tensor | None, lr: float, momentum: float = 0.0,
-               weight_decay: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One ``torch.optim.SGD`` step (dampening 0, no Nesterov) on one tensor: (new p, new velocity).
+               weight_decay: float = 0.0, nesterov: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One ``torch.optim.SGD`` step (dampening 0) on one tensor: (new p, new velocity).
 
-    ``g += wd * p; v = momentum * v + g; p -= lr * v``. The velocity starts at zero, so the
-    first step gives ``v = g``, as torch's ``buf = clone(g)``.
+    ``g += wd * p; v = momentum * v + g; p -= lr * v`` (Nesterov: ``p -= lr * (g + momentum * v)``).
+    The velocity starts at zero, so the first step gives ``v = g``, as torch's ``buf = clone(g)``.
     """
     if weight_decay:
         g = g + weight_decay * p
     if momentum:
         v = momentum * v + g
-        g = v
+        g = g + momentum * v if nesterov else v
     return p - g * lr, v  # g * lr: the product's operands in the order of a float lr's (g.mul(lr))

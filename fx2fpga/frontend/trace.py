@@ -214,6 +214,7 @@ def trace_training(model, example_inputs, train: SGD | GD) -> torch.fx.GraphModu
     pnames, bnames = list(params), list(buffers)
     loss_fn, lr = (None if gd else train.loss), float(train.lr)
     momentum, weight_decay = float(train.momentum), float(train.weight_decay)
+    nesterov = bool(getattr(train, "nesterov", False))
     states = {f"momentum:{k}": torch.zeros_like(v) for k, v in params.items()} if momentum else {}
     hypers = {LR_PARAM: torch.tensor(lr, dtype=torch.get_default_dtype())}
     n_state = len(pnames) + len(bnames)  # where the states start in the step's arguments
@@ -234,7 +235,7 @@ def trace_training(model, example_inputs, train: SGD | GD) -> torch.fx.GraphModu
             return loss, b
 
         grads, (loss, new_bs) = grad_and_value(loss_of, has_aux=True)(ps, bs)
-        new = {k: sgd_update(ps[k], grads[k], vs.get(k), rate, momentum, weight_decay) for k in pnames}
+        new = {k: sgd_update(ps[k], grads[k], vs.get(k), rate, momentum, weight_decay, nesterov) for k in pnames}
         return (loss, *[new[k][0] for k in pnames], *[new_bs[k] for k in bnames], *[new[k][1] for k in vs])
 
     targets = [] if gd else [train.example_targets]

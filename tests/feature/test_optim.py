@@ -30,6 +30,8 @@ def test_options_are_checked():
             fx2fpga.SGD(F.mse_loss, torch.zeros(2, 1), **{"lr": 0.1, **bad})
     with pytest.raises(ValueError):
         fx2fpga.GD(lr=-0.1)
+    with pytest.raises(ValueError, match="nesterov=True.*momentum > 0"):
+        fx2fpga.SGD(F.mse_loss, torch.zeros(2, 1), lr=0.1, nesterov=True)
 
 
 def test_velocities_are_persistent_parameters_updated_in_place():
@@ -61,15 +63,19 @@ def test_velocities_are_persistent_parameters_updated_in_place():
         assert np.abs(runner.get_params()[f"momentum:{name}"] - p.grad.numpy()).max() < 2e-3, name
 
 
-def _iteration_matrix(xt: np.ndarray, n_out: int) -> np.ndarray:
-    """The exact map (theta, v) -> (theta', v') of one output row of linear MSE regression with SGD."""
+def _iteration_matrix(xt: np.ndarray, n_out: int, nesterov: bool = False) -> np.ndarray:
+    """The exact map (theta, v) -> (theta', v') of one output row of linear MSE regression with SGD
+    (g = H theta + c, v' = m v + g; theta' = theta - lr v', or with Nesterov theta - lr (g + m v'))."""
     n, d = xt.shape
     h = 2.0 / (n * n_out) * xt.T @ xt + WD * np.eye(d)
     eye = np.eye(d)
+    if nesterov:
+        return np.block([[eye - LR * (1 + MOMENTUM) * h, -LR * MOMENTUM**2 * eye], [h, MOMENTUM * eye]])
     return np.block([[eye - LR * h, -LR * MOMENTUM * eye], [h, MOMENTUM * eye]])
 
 
-def test_100_steps_follow_torch_sgd_within_the_derived_bound():
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_100_steps_follow_torch_sgd_within_the_derived_bound(nesterov):
     """Linear regression, full batch, 100 steps with momentum and weight decay.
 
     The error e_t = emu - exact obeys e_{t+1} = A e_t + d_t: A is the exact (linear) map of one
@@ -86,12 +92,12 @@ def test_100_steps_follow_torch_sgd_within_the_derived_bound():
         for p in model.parameters():
             p.copy_(on_grid(p, Fixed(24, 8)))
     design = fx2fpga.compile(model, (x,), train=fx2fpga.SGD(F.mse_loss, y, lr=LR, momentum=MOMENTUM,
-                                                            weight_decay=WD))
+                                                            weight_decay=WD, nesterov=nesterov))
     k = design.kernel
     step = k.programs["train_step"]
     emu = design.load("emu")
     ref = copy.deepcopy(model).double()
-    opt = torch.optim.SGD(ref.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD)
+    opt = torch.optim.SGD(ref.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD, nesterov=nesterov)
     by_name = {k.param_names[b]: b for b in k.params}
     local = {b: np.zeros(k.buffers[b].shape) for b in k.params}
     losses = []
@@ -109,7 +115,7 @@ def test_100_steps_follow_torch_sgd_within_the_derived_bound():
     assert losses[-1] < 0.2 * losses[0]
 
     xt = np.hstack([x.double().numpy(), np.ones((32, 1))])
-    a = _iteration_matrix(xt, 2)
+    a = _iteration_matrix(xt, 2, nesterov)
     acc, power = np.zeros_like(a), np.eye(len(a))
     for _ in range(100):
         acc += np.abs(power)
