@@ -33,6 +33,7 @@ from ..handoffs import (
     node_info,
     set_node_info,
 )
+from . import embedding
 from .modules import PointModule, _as_tuple, as_module, check_modules
 from .optim import GD, SGD, sgd_update
 
@@ -145,6 +146,7 @@ def decomposition_table() -> dict:
     table[aten._native_batch_norm_legit_functional.default] = _batch_norm_functional
     table[aten._native_batch_norm_legit_no_training.default] = _batch_norm_eval
     table[aten._native_batch_norm_legit.no_stats] = _batch_norm_no_stats
+    table.update(embedding.DECOMPOSITIONS)  # a one-hot matrix product
     return table
 
 
