@@ -1,14 +1,18 @@
-"""Lowering rules for convolutions and pooling: loop nests whose reads are affine and guarded.
+"""Lowering rules for convolutions, pooling and batched matrix products: loop nests whose reads are affine and guarded.
 
 Every rule here builds its stages with ``_stage``, which takes each operand's index as
 ``Affine``s of the stage's loop variables plus ``Guard``s (``ir.py``): a padded read is
 guarded by ``0 <= h*stride + kh - pad < H``; the transposed (input-gradient) reads of a
 strided convolution by ``(h + pad - kh) % stride == 0`` as well, so no stage ever scatters.
 
-- ``convolution`` (1-D and 2-D, stride, zero padding, bias): one ``mac`` stage, the bias its init.
+- ``convolution`` (1-D and 2-D, stride, zero padding, bias, groups): one ``mac`` stage, the bias its init.
 - ``convolution_backward``: input gradient (a ``mac`` over output channels and kernel offsets
   with guarded, divided reads of the output gradient), weight gradient (a ``mac`` over batch
   and output positions), bias gradient (a ``sum``).
+- Grouped and depthwise convolutions (``groups > 1``): the same stages with the channel loop split
+  into (group, channel in group) loops, so that the other tensor's channel ``group * C + c`` is
+  affine (``_Groups``); their buffers have both dims and are viewed with one channel dim again.
+- ``bmm`` (``torch.bmm``, ``@`` on 3-d and, through views, higher tensors): one ``mac`` over ``k``.
 - ``max_pool2d_with_indices``: a ``max`` stage; when the indices are used, an ``argmax`` stage
   whose values are positions *inside the window* (``r * KW + s``, the first maximum as in
   PyTorch), which only the backward reads.
@@ -131,15 +135,14 @@ def _ints(v, n: int, default: int | None = None) -> list[int]:
 
 
 def _conv_args(lw: GraphLowering, nd: int, stride, padding, dilation, transposed, output_padding, groups):
+    """(stride, padding, groups) of a convolution, refusing what does not lower."""
     if nd not in (1, 2):
         raise lw.unsupported(f"{nd}-d convolution (Conv1d and Conv2d only)")
     if any(d != 1 for d in _ints(dilation, nd, 1)):
         raise lw.unsupported(f"convolution with dilation {list(dilation)} (only dilation 1)")
     if transposed or any(_ints(output_padding, nd, 0)):
         raise lw.unsupported("transposed convolution (ConvTranspose) is not supported")
-    if groups != 1:
-        raise lw.unsupported(f"convolution with groups={groups} (only groups=1)")
-    return _ints(stride, nd, 1), _ints(padding, nd, 0)
+    return _ints(stride, nd, 1), _ints(padding, nd, 0), int(groups)
 
 
 def _pool_args(lw: GraphLowering, kernel, stride, padding, dilation=1, ceil_mode=False):
@@ -165,59 +168,133 @@ def _transposed(h: str, r: str, pad: int) -> Affine:
     return Affine(((h, 1), (r, -1)), pad)
 
 
+class _Groups:
+    """The channels of a grouped convolution (``groups > 1``) as loops ``(group, channel in group)``.
+
+    A channel ``c`` of a tensor with ``per`` channels per group is ``group * per + c_in_group``: an
+    affine read of loops ``(grp, c)``, where ``grp = c // per`` would not be. A stage over such a
+    channel dim has both loops and writes a buffer with both dims; ``merged`` views it with one
+    channel dim again. With ``groups == 1`` there is no group loop: the stages are those of an
+    ungrouped convolution."""
+
+    def __init__(self, groups: int):
+        self.groups = groups
+
+    def split(self, shape, dim: int) -> tuple[int, ...]:
+        """``shape`` with its channel dim ``dim`` split into ``(groups, per group)``."""
+        shape = tuple(shape)
+        if self.groups == 1:
+            return shape
+        return (*shape[:dim], self.groups, shape[dim] // self.groups, *shape[dim + 1:])
+
+    def loops(self, o: list[str], dim: int) -> tuple[str | None, str, list[str]]:
+        """(group loop or None, channel loop, the other loops in order) of loops over ``split``."""
+        if self.groups == 1:
+            return None, o[dim], o[:dim] + o[dim + 1:]
+        return o[dim], o[dim + 1], o[:dim] + o[dim + 2:]
+
+    @staticmethod
+    def channel(group: str | None, c: str, per: int) -> Affine:
+        """Channel ``group * per + c`` (``c`` when ungrouped)."""
+        return _var(c) if group is None else Affine(((group, per), (c, 1)))
+
+    def merged(self, out: View, dim: int) -> View:
+        """The stage's output over ``split`` loops, viewed with one channel dim ``dim`` again."""
+        if self.groups == 1:
+            return out
+        per = out.shape[dim + 1]
+        shape = (*out.shape[:dim], self.groups * per, *out.shape[dim + 2:])
+        c = V.dim_var(dim)
+        index = [_var(V.dim_var(d)) for d in range(dim)]
+        index += [Affine(((c, 1),), 0, per), Affine(((c, 1),), 0, 1, per)]
+        index += [_var(V.dim_var(d - 1)) for d in range(dim + 2, len(out.shape))]
+        return View(out.buffer, shape, tuple(index))
+
+
 def convolution(lw: GraphLowering, node) -> View:
-    """``out[n,o,*h] = bias[o] + sum_{c,*k} x[n,c,*(h*s+k-p)] * w[o,c,*k]`` (reads outside are 0)."""
+    """``out[n,o,*h] = bias[o] + sum_{c,*k} x[n,g*C+c,*(h*s+k-p)] * w[o,c,*k]`` (reads outside are 0),
+    ``g`` the group of output channel ``o`` and ``C`` the input channels per group."""
     x, w, bias = (lw.view(lw.value(a)) if a is not None else None for a in node.args[:3])
     nd = len(x.shape) - 2
-    stride, pad = _conv_args(lw, nd, *node.args[3:9])
+    stride, pad, groups = _conv_args(lw, nd, *node.args[3:9])
+    grouped = _Groups(groups)
     out_shape = lw.shape()
-    size = x.shape[2:]
+    size, in_per, out_per = x.shape[2:], w.shape[1], out_shape[1] // groups
 
     def x_index(o, r):
-        win = [_window(o[2 + d], r[1 + d], stride[d], pad[d]) for d in range(nd)]
-        return [_var(o[0]), _var(r[0]), *win], [(a, size[d], 1) for d, a in enumerate(win)]
+        grp, _, (n, *h) = grouped.loops(o, 1)
+        win = [_window(h[d], r[1 + d], stride[d], pad[d]) for d in range(nd)]
+        return [_var(n), grouped.channel(grp, r[0], in_per), *win], [(a, size[d], 1) for d, a in enumerate(win)]
 
-    ins = [(x, x_index), (w, lambda o, r: ([_var(o[1]), _var(r[0]), *(_var(v) for v in r[1:])], []))]
+    def out_channel(o):
+        grp, oc, _ = grouped.loops(o, 1)
+        return grouped.channel(grp, oc, out_per)
+
+    ins = [(x, x_index), (w, lambda o, r: ([out_channel(o), _var(r[0]), *(_var(v) for v in r[1:])], []))]
     if bias is not None:
-        ins.append((bias, lambda o, r: ([_var(o[1])], [])))
-    return _stage(lw, "mac", out_shape, (w.shape[1], *w.shape[2:]), ins, lw.kind_of(node))
+        ins.append((bias, lambda o, r: ([out_channel(o)], [])))
+    out = _stage(lw, "mac", grouped.split(out_shape, 1), (in_per, *w.shape[2:]), ins, lw.kind_of(node))
+    return grouped.merged(out, 1)
 
 
 def convolution_backward(lw: GraphLowering, node) -> tuple:
     """(input gradient, weight gradient, bias gradient) of a convolution, as ``output_mask`` asks."""
     gy, x, w = (lw.view(lw.value(a)) for a in node.args[:3])
     nd = len(x.shape) - 2
-    stride, pad = _conv_args(lw, nd, *node.args[4:10])
+    stride, pad, groups = _conv_args(lw, nd, *node.args[4:10])
+    grouped = _Groups(groups)
     mask = list(node.args[10])
     out_size, size, ksize = gy.shape[2:], x.shape[2:], w.shape[2:]
+    in_per, out_per = w.shape[1], w.shape[0] // groups
     results: list[View | None] = [None, None, None]
     if mask[0] and _user(node, 0) is not None:
         kind, user = _output_of(lw, node, 0)
 
         def gy_index(o, r):
-            e = [_transposed(o[2 + d], r[1 + d], pad[d]) for d in range(nd)]
+            grp, _, (n, *h) = grouped.loops(o, 1)
+            e = [_transposed(h[d], r[1 + d], pad[d]) for d in range(nd)]
             idx = [Affine(a.terms, a.const, stride[d]) for d, a in enumerate(e)]
-            return [_var(o[0]), _var(r[0]), *idx], [(a, out_size[d] * stride[d], stride[d]) for d, a in enumerate(e)]
+            guards = [(a, out_size[d] * stride[d], stride[d]) for d, a in enumerate(e)]
+            return [_var(n), grouped.channel(grp, r[0], out_per), *idx], guards
 
-        w_index = lambda o, r: ([_var(r[0]), _var(o[1]), *(_var(v) for v in r[1:])], [])  # noqa: E731
-        gx = _stage(lw, "mac", x.shape, (w.shape[0], *ksize), [(gy, gy_index), (w, w_index)], kind, "_dx")
-        results[0] = _record(lw, gx, user)
+        def w_index(o, r):
+            grp, ic, _ = grouped.loops(o, 1)
+            return [grouped.channel(grp, r[0], out_per), _var(ic), *(_var(v) for v in r[1:])], []
+
+        gx = _stage(lw, "mac", grouped.split(x.shape, 1), (out_per, *ksize), [(gy, gy_index), (w, w_index)], kind,
+                    "_dx")
+        results[0] = _record(lw, grouped.merged(gx, 1), user)
     if mask[1] and _user(node, 1) is not None:
         kind, user = _output_of(lw, node, 1)
 
         def x_index(o, r):
-            win = [_window(r[1 + d], o[2 + d], stride[d], pad[d]) for d in range(nd)]
-            return [_var(r[0]), _var(o[1]), *win], [(a, size[d], 1) for d, a in enumerate(win)]
+            grp, _, (ic, *k) = grouped.loops(o, 0)
+            win = [_window(r[1 + d], k[d], stride[d], pad[d]) for d in range(nd)]
+            return [_var(r[0]), grouped.channel(grp, ic, in_per), *win], [(a, size[d], 1) for d, a in enumerate(win)]
 
-        gy_index = lambda o, r: ([_var(r[0]), _var(o[0]), *(_var(v) for v in r[1:])], [])  # noqa: E731
-        gw = _stage(lw, "mac", w.shape, (gy.shape[0], *out_size), [(gy, gy_index), (x, x_index)], kind, "_dw")
-        results[1] = _record(lw, gw, user)
+        def gy_index(o, r):
+            grp, oc, _ = grouped.loops(o, 0)
+            return [_var(r[0]), grouped.channel(grp, oc, out_per), *(_var(v) for v in r[1:])], []
+
+        gw = _stage(lw, "mac", grouped.split(w.shape, 0), (gy.shape[0], *out_size), [(gy, gy_index), (x, x_index)],
+                    kind, "_dw")
+        results[1] = _record(lw, grouped.merged(gw, 0), user)
     if mask[2] and _user(node, 2) is not None:
         kind, user = _output_of(lw, node, 2)
         gb_index = lambda o, r: ([_var(r[0]), _var(o[0]), *(_var(v) for v in r[1:])], [])  # noqa: E731
         gb = _stage(lw, "sum", (gy.shape[1],), (gy.shape[0], *out_size), [(gy, gb_index)], kind, "_db")
         results[2] = _record(lw, gb, user)
     return tuple(results)
+
+
+# ----- batched matrix product -------------------------------------------------------------------------
+
+def bmm(lw: GraphLowering, node) -> View:
+    """``out[b,i,j] = sum_k a[b,i,k] * c[b,k,j]`` (``torch.bmm``, ``@`` on 3-d tensors): one ``mac``."""
+    a, c = (lw.view(lw.value(x)) for x in node.args[:2])
+    a_index = lambda o, r: ([_var(o[0]), _var(o[1]), _var(r[0])], [])  # noqa: E731
+    c_index = lambda o, r: ([_var(o[0]), _var(r[0]), _var(o[2])], [])  # noqa: E731
+    return _stage(lw, "mac", lw.shape(), (a.shape[2],), [(a, a_index), (c, c_index)], lw.kind_of(node))
 
 
 # ----- pooling ----------------------------------------------------------------------------------------
@@ -379,6 +456,7 @@ RULES = {
     aten.constant_pad_nd.default: constant_pad_nd,
     aten.convolution.default: convolution,
     aten.convolution_backward.default: convolution_backward,
+    aten.bmm.default: bmm,
     aten.max_pool2d_with_indices.default: max_pool2d_with_indices,
     aten.max_pool2d_with_indices_backward.default: max_pool2d_with_indices_backward,
     aten.avg_pool2d.default: avg_pool2d,

@@ -341,7 +341,6 @@ class _Net(nn.Module):
 
 @pytest.mark.parametrize("layer, shape, detail", [
     (nn.Conv2d(1, 2, 3, dilation=2), (2, 1, 8, 8), "dilation"),
-    (nn.Conv2d(2, 2, 3, groups=2), (2, 2, 8, 8), "groups=2"),
     (nn.Conv3d(1, 2, 3), (2, 1, 4, 4, 4), "Conv1d and Conv2d only"),
     (nn.ConvTranspose2d(1, 2, 3), (2, 1, 4, 4), "transposed convolution"),
     (nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect"), (2, 1, 8, 8), "padding_mode='zeros'"),
