@@ -38,7 +38,7 @@ class Design:
     kernel = property(lambda self: self.context.kernel, doc="The tiled kernel IR.")
     target = property(lambda self: self.context.target, doc="The board.")
     precision = property(lambda self: self.context.precision, doc="The fixed-point formats.")
-    example = property(lambda self: self.context.example, doc='Float arrays "x" and (training) "y".')
+    example = property(lambda self: self.context.example, doc='Float arrays "x" (the first input), "inputs" (all) and (training) "y".')
     train = property(lambda self: self.context.train, doc="The SGD/GD step, or None.")
     outputs = property(lambda self: self.context.outputs,
                        doc="What the project folder holds: hls (C++), rtl (Verilog) or both.")
@@ -140,8 +140,8 @@ def _kernel_name(model, name: str | None) -> str:
 
 
 def _example_arrays(example_inputs, train: SGD | GD | None) -> dict[str, np.ndarray]:
-    inputs = _as_tuple(example_inputs)
-    ex = {"x": inputs[0].detach().cpu().double().numpy()} if inputs else {}  # GD kernels take no inputs
+    inputs = [t.detach().cpu().double().numpy() for t in _as_tuple(example_inputs)]
+    ex = {"x": inputs[0], "inputs": inputs} if inputs else {}  # GD kernels take no inputs
     if isinstance(train, SGD):
         ex["y"] = train.example_targets.detach().cpu().numpy()
     return ex

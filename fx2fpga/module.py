@@ -55,24 +55,27 @@ class FPGAModule(nn.Module):
         return 1 if models is None else len(models)
 
     # ----- running ------------------------------------------------------------------------------
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """Inference on any number of rows: the rows go through the kernel one compiled batch at a
-        time, the last one padded with zeros and its padding dropped from the result. A kernel of N
-        models returns ``(N, rows, ...)``."""
+        time, the last one padded with zeros and its padding dropped from the result (a tuple for a
+        model with several outputs). A kernel of N models returns ``(N, rows, ...)``."""
         arrays = [_numpy(x) for x in inputs]
         if self._batch is None:
-            return _tensor(self.kernel.infer(*arrays))
+            out = self.kernel.infer(*arrays)
+            return tuple(_tensor(o) for o in out) if isinstance(out, tuple) else _tensor(out)
         rows = _rows(arrays, self._batch)
-        pieces = []
+        pieces = []  # per call: a tuple of the outputs' rows
         for start in range(0, rows, self._batch):
-            chunk = [_padded(a[start:start + self._batch], self._batch) for a in arrays]
-            out = self.kernel.infer(*chunk)
-            if not isinstance(out, np.ndarray):
-                raise TypeError("FPGAModule.forward needs a kernel with one output (of one shape for every model); "
-                                "use design.load(sim).infer for the others")
+            out = self.kernel.infer(*[_padded(a[start:start + self._batch], self._batch) for a in arrays])
+            if isinstance(out, list):
+                raise TypeError("FPGAModule.forward needs the models' outputs to have one shape; "
+                                "use design.load(sim).infer for models whose outputs differ")
             take = min(self._batch, rows - start)
-            pieces.append(out[:, :take] if self.num_models > 1 else out[:take])
-        return _tensor(np.concatenate(pieces, axis=1 if self.num_models > 1 else 0))
+            pieces.append(tuple(o[:, :take] if self.num_models > 1 else o[:take]
+                                for o in (out if isinstance(out, tuple) else (out,))))
+        axis = 1 if self.num_models > 1 else 0
+        outs = tuple(_tensor(np.concatenate(parts, axis=axis)) for parts in zip(*pieces, strict=True))
+        return outs if len(outs) > 1 else outs[0]
 
     def train_step(self, *inputs: torch.Tensor) -> torch.Tensor:
         """One training step on chip; the loss as a 0-d tensor (N models: a tensor of N losses).

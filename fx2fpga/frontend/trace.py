@@ -206,9 +206,10 @@ def trace_training(model, example_inputs, train: SGD | GD) -> torch.fx.GraphModu
     module = as_module(model).train()
     args = _as_tuple(example_inputs)
     gd = isinstance(train, GD)
-    if len(args) != (0 if gd else 1):
-        raise TraceError(f"training kernels take one input tensor (a batch), got {len(args)}" if not gd else
-                         "GD kernels take no inputs: compile f with fx2fpga.compile(f, (x0,), train=GD(...))")
+    if gd and args:
+        raise TraceError("GD kernels take no inputs: compile f with fx2fpga.compile(f, (x0,), train=GD(...))")
+    if not gd and not args:
+        raise TraceError("training kernels take at least one input tensor (a batch)")
     params = {k: v.detach() for k, v in module.named_parameters()}
     if not params:
         raise TraceError("the model has no parameters to train")
@@ -230,8 +231,8 @@ def trace_training(model, example_inputs, train: SGD | GD) -> torch.fx.GraphModu
 
         def loss_of(p, b):
             b = {k: v.clone() for k, v in b.items()}  # BatchNorm updates its running stats in place
-            out = functional_call(module, (p, b), tuple(data[:1]))
-            loss = out if loss_fn is None else loss_fn(out, data[1])
+            out = functional_call(module, (p, b), tuple(data[:len(args)]))
+            loss = out if loss_fn is None else loss_fn(out, data[len(args)])  # out: a tuple for several outputs
             if loss.dim() != 0:
                 raise TraceError(f"the loss function must return a scalar, got shape {tuple(loss.shape)}")
             return loss, b
@@ -243,7 +244,7 @@ def trace_training(model, example_inputs, train: SGD | GD) -> torch.fx.GraphModu
     targets = [] if gd else [train.example_targets]
     flat_inputs = [*params.values(), *buffers.values(), *states.values(), *hypers.values(), *args, *targets]
     gm = _make_fx(step, flat_inputs)
-    _annotate_training_graph(gm, params, buffers, states, hypers, gd, lr)
+    _annotate_training_graph(gm, params, buffers, states, hypers, [] if gd else _input_names(module, len(args)), lr)
     profile(gm, flat_inputs)
     if states:  # once more from velocities at their bound g / (1 - momentum) (the step's v is g from 0)
         with torch.no_grad():
@@ -279,12 +280,14 @@ def _make_fx(step, flat_inputs: list, what: str = "the training step") -> torch.
 
 
 def _annotate_training_graph(gm: torch.fx.GraphModule, params: dict, buffers: dict, states: dict, hypers: dict,
-                             gd: bool, lr: float) -> None:
+                             inputs: list[str], lr: float) -> None:
     """The step's placeholders get their roles (param, buffer, state, hyper, input, target) and values;
-    the graph its outputs' roles (loss, new params, buffers and states)."""
+    the graph its outputs' roles (loss, new params, buffers and states). ``inputs``: the model's input
+    names (none for GD, whose step takes no data)."""
     roles = [("param", k, v) for k, v in params.items()] + [("buffer", k, v) for k, v in buffers.items()]
     roles += [("state", k, v) for k, v in states.items()] + [("hyper", k, v) for k, v in hypers.items()]
-    roles += [] if gd else [("input", "x", None), ("target", "y", None)]
+    roles += [("input", "x" if len(inputs) == 1 else name, None) for name in inputs]
+    roles += [("target", "y", None)] if inputs else []
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     for node, (role, name, value) in zip(placeholders, roles, strict=True):
         set_node_info(node, placeholder=Placeholder(role, name, None if value is None else value.clone()))

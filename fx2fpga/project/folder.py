@@ -30,9 +30,11 @@ def golden_vectors(design) -> list[tuple[str, np.ndarray, np.ndarray]]:
         words_in = interface.pack(k, ins, raw)
         vectors.append((command, words_in, runner.backend.call(command, words_in)))
 
-    def example(program: str) -> dict:  # inputs x (and target y) in order; none for GD kernels
+    def example(program: str) -> dict:  # the model's inputs (and target y) in order; none for GD kernels
+        target = [design.example["y"]] if program == "train_step" and "y" in design.example else []
+        values = [*design.example.get("inputs", []), *target]
         names = k.programs[program].inputs
-        return {b: k.buffers[b].fmt.quantize(design.example[e]) for b, e in zip(names, ("x", "y"), strict=False)}
+        return {b: k.buffers[b].fmt.quantize(v) for b, v in zip(names, values, strict=True)}
 
     call("load_params", {p: np.asarray(k.buffers[p].init).reshape(k.buffers[p].shape) for p in k.params})
     call("infer", example("infer"))
