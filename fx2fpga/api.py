@@ -38,7 +38,8 @@ class Design:
     kernel = property(lambda self: self.context.kernel, doc="The tiled kernel IR.")
     target = property(lambda self: self.context.target, doc="The board.")
     precision = property(lambda self: self.context.precision, doc="The fixed-point formats.")
-    example = property(lambda self: self.context.example, doc='Float arrays "x" (the first input), "inputs" (all) and (training) "y".')
+    example = property(lambda self: self.context.example,
+                       doc='Float arrays "x" (the first input), "inputs" (all) and (training) "y".')
     train = property(lambda self: self.context.train, doc="The SGD/GD step, or None.")
     outputs = property(lambda self: self.context.outputs,
                        doc="What the project folder holds: hls (C++), rtl (Verilog) or both.")
