@@ -131,7 +131,8 @@ def synthesize(project_dir: str | Path, family: str, top: str, log=None) -> Reso
     saved = json.loads(cache.read_text()) if cache.is_file() else {}
     if saved.get("sources_sha256") != digest:
         entry = cached_build("yosys", digest, ["yosys.json"],
-                             lambda into: _run(yosys, project, files, family, top, flow, digest, into, log))
+                             lambda into: _run(yosys, project, files, family, top, flow, digest, into, log),
+                             what=f"synthesizing {project.name}/rtl with {yosys.version.split(' (')[0]}")
         cache.parent.mkdir(exist_ok=True)
         cache.write_text((entry / "yosys.json").read_text())
         saved = json.loads(cache.read_text())

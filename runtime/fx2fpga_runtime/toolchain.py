@@ -26,8 +26,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -157,23 +159,49 @@ def cached_build(kind: str, digest: str, names: Sequence[str], build: Callable[[
     if all((folder / n).is_file() for n in names):
         return folder
     folder.mkdir(parents=True, exist_ok=True)
-    if what:
-        print(f"fx2fpga: {what} ...", end=" ", file=sys.stderr, flush=True)
-    start = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix=".build-", dir=folder))
     try:
-        build(work)
-        for n in names:
-            os.replace(work / n, folder / n)
-    except BaseException:
-        if what:
-            print("failed", file=sys.stderr)
-        raise
+        with elapsed_line(what):
+            build(work)
+            for n in names:
+                os.replace(work / n, folder / n)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if what:
-        print(f"{time.monotonic() - start:.1f} s", file=sys.stderr)
     return folder
+
+
+@contextmanager
+def elapsed_line(what: str | None, stream=None, tick: float = 1.0) -> Iterator[None]:
+    """``fx2fpga: <what> ... 12.3 s`` on stderr around a long step (a tool run): on a terminal the seconds
+    count up in place while it runs, so a minutes-long Yosys run is not silent; elsewhere (logs) the line
+    is printed once, then its time, or ``failed``. Nothing when ``what`` is None."""
+    if not what:
+        yield
+        return
+    stream = stream or sys.stderr
+    start, done = time.monotonic(), threading.Event()
+    live = hasattr(stream, "isatty") and stream.isatty()
+    print(f"fx2fpga: {what} ...", end=" ", file=stream, flush=True)
+
+    def count_up() -> None:
+        while not done.wait(tick):
+            print(f"\rfx2fpga: {what} ... {time.monotonic() - start:.0f} s", end=" ", file=stream, flush=True)
+
+    def stop(result: str) -> None:
+        done.set()
+        if ticker is not None:
+            ticker.join()
+        print(f"\rfx2fpga: {what} ... {result}" if live else result, file=stream, flush=True)
+
+    ticker = threading.Thread(target=count_up, daemon=True) if live else None
+    if ticker is not None:
+        ticker.start()
+    try:
+        yield
+    except BaseException:
+        stop("failed")
+        raise
+    stop(f"{time.monotonic() - start:.1f} s")
 
 
 def cached_binary(kind: str, digest: str, name: str, what: str, build: Callable[[Path], Path]) -> Path:

@@ -6,13 +6,17 @@ The tools here are real executables written to tmp_path (shell scripts that prin
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from fx2fpga_runtime import toolchain as runtime_toolchain
+from fx2fpga_runtime.toolchain import elapsed_line
 
 import fx2fpga.toolchains as toolchains
 from fx2fpga.errors import Fx2fpgaError, ToolNotFoundError
@@ -239,3 +243,25 @@ def test_vivado_flow_runs_vitis_hls_then_vivado_in_the_project(places, tmp_path)
     with pytest.raises(ToolNotFoundError, match=r"^vivado not found on PATH: building a bitstream for pynq-z1 "
                                                 r"needs AMD Vivado and Vitis HLS"):
         vivado.build(project, "pynq-z1")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_elapsed_line_counts_up_on_a_terminal_and_prints_once_in_a_log():
+    term = _Terminal()
+    with elapsed_line("building", term, tick=0.01):
+        time.sleep(0.1)
+    lines = term.getvalue().split("\r")
+    assert lines[0] == "fx2fpga: building ... " and len(lines) >= 4  # the start, some ticks, the end
+    assert all(re.fullmatch(r"fx2fpga: building \.\.\. \d+ s ", t) for t in lines[1:-1])
+    assert re.fullmatch(r"fx2fpga: building \.\.\. 0\.\d s\n", lines[-1])
+    log = io.StringIO()
+    with elapsed_line("building", log, tick=0.01):
+        time.sleep(0.05)
+    assert re.fullmatch(r"fx2fpga: building \.\.\. 0\.\d s\n", log.getvalue())  # no ticks in a log file
+    with pytest.raises(RuntimeError), elapsed_line("building", log):
+        raise RuntimeError("the tool failed")
+    assert log.getvalue().endswith("fx2fpga: building ... failed\n")
