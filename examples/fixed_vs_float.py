@@ -42,7 +42,10 @@ def schedule(epoch: int) -> float:
 def _data(example):
     x_train, y_train, x_test, y_test = mlp_digits.digits()
     shape = example.example_inputs[0].shape[1:]
-    as_input = (lambda x: torch.from_numpy(x.reshape(-1, *shape)))
+
+    def as_input(x):
+        return torch.from_numpy(x.reshape(-1, *shape))
+
     train = TensorDataset(as_input(x_train), torch.from_numpy(y_train))
     return train, as_input(x_test), torch.from_numpy(y_test)
 
