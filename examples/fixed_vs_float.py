@@ -5,7 +5,7 @@
 
 Both start from the same weights and see the same batches in the same order. The kernel side is the
 PyTorch path of fx2fpga: ``FPGAModule`` over the compiled design, ``fx2fpga.fit`` over a ``DataLoader``
-(with a StepLR-like schedule on the learning rate register), ``forward`` on the held-out set. The float
+(the learning rate register set to a StepLR schedule each epoch), ``forward`` on the held-out set. The float
 side is ``torch.optim.SGD`` with ``StepLR``. The plot shows the loss of each epoch and the held-out
 accuracy after it, for both.
 """
@@ -59,7 +59,8 @@ def on_fpga(example, epochs: int, sim: str) -> dict:
                         generator=torch.Generator().manual_seed(0))
     history = {"loss": [], "accuracy": []}
     for epoch in range(epochs):
-        h = fx2fpga.fit(fpga, loader, epochs=1, progress=False, lr_schedule=lambda _: schedule(epoch))
+        fpga.set_lr(schedule(epoch))
+        h = fx2fpga.fit(fpga, loader, epochs=1, progress=False)
         history["loss"].append(float(h["epoch_loss"][0]))
         history["accuracy"].append(float((fpga(x_test).argmax(1) == y_test).float().mean()))
     fpga.close()
@@ -108,7 +109,8 @@ def plot(results: dict, path: Path) -> None:
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(f"digits: fixed-point kernel (fx2fpga fit) vs float (torch), SGD lr {LR}, StepLR({STEP_SIZE}, {GAMMA})")
+    fig.suptitle(f"digits: fixed-point kernel (fx2fpga fit) vs float (torch), SGD lr {LR}, "
+                 f"StepLR({STEP_SIZE}, {GAMMA})")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
