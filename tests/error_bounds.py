@@ -218,6 +218,13 @@ def run_stage(stage: Stage, kernel: Kernel, vals: dict, errs: dict) -> None:
         vals[stage.out.buffer][...], errs[stage.out.buffer][...] = v, e
 
 
+def model_params(kernel: Kernel, model) -> dict[str, np.ndarray]:
+    """``model``'s parameters in float64 keyed by the kernel's buffers, as ``propagate`` takes them (the
+    learning rate register keeps its ``init``)."""
+    return {b: model.get_parameter(kernel.param_names[b]).detach().double().numpy() for b in kernel.params
+            if kernel.buffers[b].kind != "hyper"}
+
+
 def propagate(kernel: Kernel, program: str, values: dict[str, np.ndarray]) -> tuple[dict, dict]:
     """Exact values and error bounds of every buffer after ``program`` runs.
 

@@ -17,7 +17,7 @@ import fx2fpga
 from fx2fpga.errors import UnsupportedOpError
 
 from ..conftest import assert_backend_equals_emu
-from ..error_bounds import propagate
+from ..error_bounds import model_params, propagate
 from .test_nonlinear import on_grid
 
 
@@ -46,17 +46,11 @@ def tokens(tmp_path_factory):
     return model, idx, y, design
 
 
-def _params(design, model) -> dict:
-    k = design.kernel
-    return {b: model.get_parameter(k.param_names[b]).detach().double().numpy() for b in k.params
-            if k.param_names[b] != "lr"}
-
-
 def test_embedding_inference_is_within_the_bound_of_float(tokens):
     model, idx, _, design = tokens
     k = design.kernel
     infer = k.programs["infer"]
-    _, err = propagate(k, "infer", {**_params(design, model), infer.inputs[0]: idx.numpy()})
+    _, err = propagate(k, "infer", {**model_params(design.kernel, model), infer.inputs[0]: idx.numpy()})
     got = design.load("emu").infer(idx.numpy())
     want = copy.deepcopy(model).double()(idx).detach().numpy()
     bound = err[infer.outputs[0]]
@@ -67,7 +61,7 @@ def test_one_step_trains_the_rows_it_read_within_the_bound_and_never_the_padding
     model, idx, y, design = tokens
     k = design.kernel
     step = k.programs["train_step"]
-    feed = {**_params(design, model), step.inputs[0]: idx.numpy(), step.inputs[1]: y.numpy()}
+    feed = {**model_params(design.kernel, model), step.inputs[0]: idx.numpy(), step.inputs[1]: y.numpy()}
     _, err = propagate(k, "train_step", feed)
     emu = design.load("emu")
     emu.train_step(idx.numpy(), y.numpy())

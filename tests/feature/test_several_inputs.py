@@ -16,7 +16,7 @@ from torch import nn
 import fx2fpga
 
 from ..conftest import assert_backend_equals_emu
-from ..error_bounds import propagate
+from ..error_bounds import model_params, propagate
 from .test_nonlinear import on_grid
 
 
@@ -52,12 +52,6 @@ def two_way(tmp_path_factory):
     return model, x, z, y, design
 
 
-def _params(design, model) -> dict:
-    k = design.kernel
-    return {b: model.get_parameter(k.param_names[b]).detach().double().numpy() for b in k.params
-            if k.param_names[b] != "lr"}
-
-
 def test_programs_take_every_input_and_give_every_output(two_way):
     *_, design = two_way
     k = design.kernel
@@ -69,7 +63,7 @@ def test_inference_is_within_the_bound_of_float(two_way):
     model, x, z, _, design = two_way
     k = design.kernel
     infer = k.programs["infer"]
-    _, err = propagate(k, "infer", {**_params(design, model), "infer_x": x.numpy(), "infer_z": z.numpy()})
+    _, err = propagate(k, "infer", {**model_params(design.kernel, model), "infer_x": x.numpy(), "infer_z": z.numpy()})
     logits, h = design.load("emu").infer(x.numpy(), z.numpy())
     want_logits, want_h = (t.detach().numpy() for t in copy.deepcopy(model).double()(x.double(), z.double()))
     assert np.all(np.abs(logits - want_logits) <= err[infer.outputs[0]] + 1e-12)
@@ -79,7 +73,7 @@ def test_inference_is_within_the_bound_of_float(two_way):
 def test_one_step_is_within_the_bound_of_torchs(two_way):
     model, x, z, y, design = two_way
     k = design.kernel
-    feed = {**_params(design, model), "train_x": x.numpy(), "train_z": z.numpy(), "train_y": y.numpy()}
+    feed = {**model_params(design.kernel, model), "train_x": x.numpy(), "train_z": z.numpy(), "train_y": y.numpy()}
     _, err = propagate(k, "train_step", feed)
     emu = design.load("emu")
     loss = emu.train_step(x.numpy(), z.numpy(), y.numpy())
