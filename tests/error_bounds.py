@@ -38,6 +38,7 @@ added to every node. Discrete decisions (ReLU masks, max-pool argmax) are taken 
 
 from __future__ import annotations
 
+import math
 import operator
 
 import numpy as np
@@ -57,12 +58,15 @@ DERIVATIVES = {
     "rsqrt": lambda u, w: (0.5 * u**-1.5, 0.75 * u**-2.5),
     "sigmoid": lambda u, w: (0.25 + 0 * u, 0.0963 + 0 * u),
     "tanh": lambda u, w: (1.0 + 0 * u, 0.7699 + 0 * u),
+    "erf": lambda u, w: (1.1284 + 0 * u, 0.9679 + 0 * u),  # 2 / sqrt(pi); 4 / sqrt(2 pi e) at 1 / sqrt(2)
+    "sqrt": lambda u, w: (0.5 * u**-0.5, 0.25 * u**-1.5),
     "sin": lambda u, w: (1.0 + 0 * u, 1.0 + 0 * u),
     "cos": lambda u, w: (1.0 + 0 * u, 1.0 + 0 * u),
 }
 FUNCTIONS = {
     "exp": np.exp, "log": np.log, "reciprocal": lambda x: 1 / x, "rsqrt": lambda x: 1 / np.sqrt(x),
     "sigmoid": lambda x: 1 / (1 + np.exp(-x)), "tanh": np.tanh, "sin": np.sin, "cos": np.cos,
+    "erf": np.vectorize(math.erf, otypes=[float]), "sqrt": np.sqrt,
 }
 
 
@@ -268,6 +272,13 @@ def _table_error(kernel: Kernel, stage, inputs: torch.Tensor) -> float:
     return err
 
 
+def _table_argument(kernel: Kernel, stage, node: torch.fx.Node) -> torch.fx.Node:
+    """The argument of ``node`` the table ``stage`` reads: the first, or the one whose buffer it reads
+    (``a / b`` on chip reads ``b`` in its reciprocal table)."""
+    source = kernel.buffers[stage.ins[0].buffer].source
+    return next((a for a in node.args if isinstance(a, torch.fx.Node) and a.name == source), node.args[0])
+
+
 def _node_errors(kernel: Kernel, gm: torch.fx.GraphModule, program: str, values: dict) -> dict[str, float]:
     """``e_t`` per node name: the half ulps of the float buffers it is stored in, plus table errors."""
     prefix = "infer_" if program == "infer" else "train_"
@@ -299,7 +310,7 @@ def _node_errors(kernel: Kernel, gm: torch.fx.GraphModule, program: str, values:
                 e += half_ulp(b.name)
                 st = stages.get(b.name)
                 if st is not None and OPS_TABLE[st.op].reads_table:
-                    e += _table_error(kernel, st, values[node.args[0].name])
+                    e += _table_error(kernel, st, values[_table_argument(kernel, st, node).name])
         role = roles.get(node)
         if role is not None and role.kind in ("param", "buffer"):  # updated in place: in the parameter's format
             e += half_ulp(by_model_name[role.name])

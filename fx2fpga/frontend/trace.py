@@ -135,6 +135,72 @@ def _batch_norm_eval(input, weight, bias, running_mean, running_var, momentum, e
     return out, input.new_zeros(0), input.new_zeros(0)
 
 
+# ----- activations and LayerNorm ---------------------------------------------------------------
+# Where PyTorch's own decompositions use ops we do not lower (isnan and bitwise_or in clamp,
+# expm1 in elu, prims.maximum, empty_permuted in SiLU's backward, var_mean in layer_norm), the
+# same function in ops we have: compares, where, mul, exp and the rsqrt table.
+
+def _clamp(x, min=None, max=None):
+    """clamp and hardtanh: two selects (bounds are Python numbers or tensors)."""
+    if min is not None:
+        x = torch.where(x < min, min, x)
+    if max is not None:
+        x = torch.where(x > max, max, x)
+    return x
+
+
+def _hardtanh_backward(grad_output, x, min_val, max_val):
+    return torch.where(x <= min_val, 0.0, torch.where(x >= max_val, 0.0, grad_output))
+
+
+def _elu(x, alpha=1.0, scale=1.0, input_scale=1.0):
+    return torch.where(x > 0, x * scale, (torch.exp(x * input_scale) - 1) * (alpha * scale))
+
+
+def _empty_like(x, *, dtype=None, layout=None, device=None, pin_memory=None, memory_format=None):
+    """An uninitialized tensor (SiLU's backward fills one with ones): zeros, folded at compile time,
+    where PyTorch's decomposition makes an ``empty_permuted`` we do not lower."""
+    return torch.zeros_like(x, dtype=dtype)
+
+
+def _maximum(a, b):
+    return torch.where(a > b, a, b)
+
+
+def _minimum(a, b):
+    return torch.where(a < b, a, b)
+
+
+def _layer_norm(input, normalized_shape, weight, bias, eps):
+    """LayerNorm as plain ops with one rsqrt table, as BatchNorm: (out, mean, 1/std), the statistics
+    keeping the normalized dims (size 1), as ``native_layer_norm`` returns them."""
+    dims = list(range(input.dim() - len(normalized_shape), input.dim()))
+    n = 1
+    for d in normalized_shape:
+        n *= d
+    mean = input.sum(dims, keepdim=True) * (1.0 / n)
+    centered = input - mean
+    with _statistics():
+        var = (centered * centered).sum(dims, keepdim=True) * (1.0 / n)
+        invstd = torch.rsqrt(var + eps)
+    out = centered * invstd
+    if weight is not None:
+        out = out * weight
+    return (out + bias if bias is not None else out), mean, invstd
+
+
+def _activation_decompositions() -> dict:
+    from torch._decomp import get_decompositions
+
+    table = get_decompositions([aten.leaky_relu, aten.leaky_relu_backward, aten.elu_backward, aten.gelu,
+                                aten.gelu_backward, aten.native_layer_norm_backward])
+    table.update({aten.clamp.default: _clamp, aten.clamp.Tensor: _clamp, aten.hardtanh.default: _clamp,
+                  aten.hardtanh_backward.default: _hardtanh_backward, aten.elu.default: _elu,
+                  aten.empty_like.default: _empty_like, aten.maximum.default: _maximum,
+                  aten.minimum.default: _minimum, aten.native_layer_norm.default: _layer_norm})
+    return table
+
+
 def decomposition_table() -> dict:
     from torch._decomp import core_aten_decompositions, get_decompositions
 
@@ -147,6 +213,7 @@ def decomposition_table() -> dict:
     table[aten._native_batch_norm_legit_no_training.default] = _batch_norm_eval
     table[aten._native_batch_norm_legit.no_stats] = _batch_norm_no_stats
     table.update(embedding.DECOMPOSITIONS)  # a one-hot matrix product
+    table.update(_activation_decompositions())
     return table
 
 

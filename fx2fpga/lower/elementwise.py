@@ -1,5 +1,5 @@
 """Lowering rules of the elementwise op family: arithmetic, comparisons, select and the
-function tables (exp, log, sigmoid, tanh, sin, cos, reciprocal, rsqrt)."""
+function tables (exp, log, sigmoid, tanh, erf, sin, cos, reciprocal, rsqrt, sqrt)."""
 
 from __future__ import annotations
 
@@ -86,6 +86,28 @@ def _pow(lw: GraphLowering, node) -> Value:
     return y
 
 
+def _sqrt(lw: GraphLowering, node) -> View:
+    """``sqrt`` table over ``[min / 2, the format's max]``, ``min`` the smallest value profiled for
+    the argument when it is positive (below it the table gives ``sqrt(min / 2)``); else over
+    ``[0, max]``, where the first segment's interpolation is coarse (``sqrt(h) / 4``)."""
+    prof = profile_of(node.args[0])
+    low = prof.min if prof is not None else None
+    attrs = {"fn": "sqrt", "x_min": low / 2} if low is not None and low > 0 else {"fn": "sqrt"}
+    return lw.emit("table", lw.shape(), [lw.value(node.args[0])], attrs=attrs)
+
+
+def _logical(op: str):
+    """``a and b`` (``a ? b : 0``) or ``a or b`` (``a ? 1 : b``) of two bool tensors: the masks of
+    clamp's and hardsigmoid's backward."""
+    def rule(lw: GraphLowering, node) -> View:
+        if any(isinstance(a, torch.fx.Node) and a.meta["val"].dtype != torch.bool for a in node.args[:2]):
+            raise lw.unsupported(f"{op} of integer tensors (bool tensors are supported)")
+        a, b = lw.value(node.args[0]), lw.value(node.args[1])
+        ins = [a, b, Const(torch.tensor(False))] if op == "and" else [a, Const(torch.tensor(True)), b]
+        return lw.emit("select", lw.shape(), ins)
+    return rule
+
+
 def _table(fn: str):
     def rule(lw: GraphLowering, node) -> View:
         return lw.emit("table", lw.shape(), [lw.value(node.args[0])], attrs={"fn": fn})
@@ -116,8 +138,12 @@ RULES = {
     aten.log.default: _table("log"),
     aten.sigmoid.default: _table("sigmoid"),
     aten.tanh.default: _table("tanh"),
+    aten.erf.default: _table("erf"),
     aten.sin.default: _periodic("sin"),
     aten.cos.default: _periodic("cos"),
     aten.reciprocal.default: _reciprocal,
     aten.rsqrt.default: _table("rsqrt"),
+    aten.sqrt.default: _sqrt,
+    aten.logical_and.default: _logical("and"), aten.bitwise_and.Tensor: _logical("and"),
+    aten.logical_or.default: _logical("or"), aten.bitwise_or.Tensor: _logical("or"),
 }

@@ -251,6 +251,10 @@ def _domain(fn: str, fin: Fixed, fout: Fixed) -> tuple[float, float]:
         lo = max(lo, fin.ulp)
     elif fn in ("sigmoid", "tanh"):
         lo, hi = max(lo, -16.0), min(hi, 16.0)
+    elif fn == "erf":  # |1 - erf(5)| < 2e-12
+        lo, hi = max(lo, -5.0), min(hi, 5.0)
+    elif fn == "sqrt":
+        lo = max(lo, 0.0)
     elif fn in ("sin", "cos"):  # normalize reduces the argument to [-pi, pi]
         lo, hi = max(lo, -4.0), min(hi, 4.0)
     elif fn == "reciprocal":
@@ -263,7 +267,7 @@ def _segments(fn: str, lo: float, hi: float, fout: Fixed) -> int:
     fewest (a power of two, at most ``MAX_TABLE_SEGMENTS``) whose interpolation error
     ``h**2 / 8 * max|f''|`` is at most half an output ulp."""
     curvature = {"sin": 1.0, "cos": 1.0, "reciprocal": 2.0 / max(lo, 1e-9) ** 3,
-                 "rsqrt": 0.75 / max(lo, 1e-9) ** 2.5}.get(fn)
+                 "rsqrt": 0.75 / max(lo, 1e-9) ** 2.5, "sqrt": 0.25 / max(lo, 1e-9) ** 1.5}.get(fn)
     n = TABLE_SEGMENTS
     while curvature is not None and n < MAX_TABLE_SEGMENTS and ((hi - lo) / n) ** 2 / 8 * curvature > fout.ulp / 2:
         n *= 2
@@ -279,6 +283,8 @@ FUNCTIONS = {
     "cos": np.cos,
     "reciprocal": lambda x: 1.0 / x,
     "tanh": np.tanh,
+    "erf": np.vectorize(math.erf, otypes=[float]),
+    "sqrt": np.sqrt,
 }
 
 

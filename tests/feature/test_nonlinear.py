@@ -17,7 +17,7 @@ from torch import nn
 import fx2fpga
 from fx2fpga.errors import TraceError, UnsupportedOpError
 
-from ..error_bounds import propagate
+from ..error_bounds import model_params, propagate
 
 ACTIVATIONS = {
     "sigmoid": torch.sigmoid,
@@ -78,7 +78,7 @@ def test_forward_and_one_training_step_within_derived_bounds(name):
     design = fx2fpga.compile(model, (x,), train=fx2fpga.SGD(loss_fn, y, lr=lr))
     k = design.kernel
     ref = copy.deepcopy(model).double()
-    params = {b: ref.get_parameter(k.param_names[b]).detach().numpy() for b in k.params}
+    params = model_params(k, ref)
     emu = design.load("emu")
 
     infer = k.programs["infer"]
@@ -96,7 +96,7 @@ def test_forward_and_one_training_step_within_derived_bounds(name):
     ref_loss.backward()
     assert abs(loss - ref_loss.item()) <= err[step.outputs[0]] + 1e-12
     new = emu.get_params()
-    for b in k.params:
+    for b in params:
         p = ref.get_parameter(k.param_names[b])
         expected = (p - lr * p.grad).detach().numpy()
         assert np.all(np.abs(new[k.param_names[b]] - expected) <= err[b] + 1e-12), k.param_names[b]
