@@ -9,6 +9,11 @@ strided convolution by ``(h + pad - kh) % stride == 0`` as well, so no stage eve
 - ``convolution_backward``: input gradient (a ``mac`` over output channels and kernel offsets
   with guarded, divided reads of the output gradient), weight gradient (a ``mac`` over batch
   and output positions), bias gradient (a ``sum``).
+- Transposed convolutions (``ConvTranspose1d/2d``: ``convolution`` with ``transposed=True``, also
+  ``output_padding``) swap the roles: the forward is the stage of a convolution's input gradient
+  (``_transposed_conv``), the input gradient an ordinary convolution of the output gradient
+  (``_correlation``), the weight gradient the same correlation with input and output gradient swapped
+  (``_weight_gradient``).
 - Grouped and depthwise convolutions (``groups > 1``): the same stages with the channel loop split
   into (group, channel in group) loops, so that the other tensor's channel ``group * C + c`` is
   affine (``_Groups``); their buffers have both dims and are viewed with one channel dim again.
@@ -20,6 +25,9 @@ strided convolution by ``(h + pad - kh) % stride == 0`` as well, so no stage eve
   ``select`` of the output gradient, then a guarded ``sum`` over the windows that hold each input.
 - ``avg_pool2d`` (and ``_adaptive_avg_pool2d`` when the sizes divide) and their backward: one
   ``mac`` with the constant ``1/count``.
+- ``index`` / ``index_put`` with the constant indices of a nearest upsampling by integer factors
+  (``nn.Upsample(scale_factor=k)``, which PyTorch's own decomposition traces to them): the view
+  ``x[..., h // k, ...]`` (no stage), and for the backward a ``sum`` over each ``k x k`` block.
 - ``constant_pad_nd`` with zeros (``F.pad``, ``padding="same"`` with an even kernel): a
   guarded copy; negative pads (its backward) crop.
 """
@@ -36,7 +44,7 @@ from fx2fpga_runtime.ir import Affine, Guard, Loop, Stage
 
 from ..backends.common import affine_range
 from . import views as V
-from .graph import GraphLowering, op_name, user_source
+from .graph import Const, GraphLowering, op_name, user_source
 from .views import NotAffine, View
 
 aten = torch.ops.aten
@@ -135,14 +143,13 @@ def _ints(v, n: int, default: int | None = None) -> list[int]:
 
 
 def _conv_args(lw: GraphLowering, nd: int, stride, padding, dilation, transposed, output_padding, groups):
-    """(stride, padding, groups) of a convolution, refusing what does not lower."""
+    """(stride, padding, groups, transposed) of a convolution, refusing what does not lower. A transposed
+    convolution's ``output_padding`` only lengthens its output (the traced shape says by how much)."""
     if nd not in (1, 2):
-        raise lw.unsupported(f"{nd}-d convolution (Conv1d and Conv2d only)")
+        raise lw.unsupported(f"{nd}-d convolution (Conv1d and Conv2d only, and ConvTranspose1d and ConvTranspose2d)")
     if any(d != 1 for d in _ints(dilation, nd, 1)):
         raise lw.unsupported(f"convolution with dilation {list(dilation)} (only dilation 1)")
-    if transposed or any(_ints(output_padding, nd, 0)):
-        raise lw.unsupported("transposed convolution (ConvTranspose) is not supported")
-    return _ints(stride, nd, 1), _ints(padding, nd, 0), int(groups)
+    return _ints(stride, nd, 1), _ints(padding, nd, 0), int(groups), bool(transposed)
 
 
 def _pool_args(lw: GraphLowering, kernel, stride, padding, dilation=1, ceil_mode=False):
@@ -211,14 +218,13 @@ class _Groups:
         return View(out.buffer, shape, tuple(index))
 
 
-def convolution(lw: GraphLowering, node) -> View:
-    """``out[n,o,*h] = bias[o] + sum_{c,*k} x[n,g*C+c,*(h*s+k-p)] * w[o,c,*k]`` (reads outside are 0),
-    ``g`` the group of output channel ``o`` and ``C`` the input channels per group."""
-    x, w, bias = (lw.view(lw.value(a)) if a is not None else None for a in node.args[:3])
+def _correlation(lw: GraphLowering, x: View, w: View, bias: View | None, out_shape, groups: int, stride, pad,
+                 kind: str, suffix: str = "") -> View:
+    """``out[n,o,*h] = bias[o] + sum_{c,*k} x[n,g*C+c,*(h*s+k-p)] * w[g*O+o,c,*k]`` (reads outside ``x`` are 0),
+    ``g`` the group of output channel ``o``, ``C`` = ``w.shape[1]`` the channels of ``x`` per group and ``O`` those
+    of ``out``: one ``mac`` stage. A convolution's forward, and the input gradient of a transposed convolution."""
     nd = len(x.shape) - 2
-    stride, pad, groups = _conv_args(lw, nd, *node.args[3:9])
     grouped = _Groups(groups)
-    out_shape = lw.shape()
     size, in_per, out_per = x.shape[2:], w.shape[1], out_shape[1] // groups
 
     def x_index(o, r):
@@ -233,56 +239,92 @@ def convolution(lw: GraphLowering, node) -> View:
     ins = [(x, x_index), (w, lambda o, r: ([out_channel(o), _var(r[0]), *(_var(v) for v in r[1:])], []))]
     if bias is not None:
         ins.append((bias, lambda o, r: ([out_channel(o)], [])))
-    out = _stage(lw, "mac", grouped.split(out_shape, 1), (in_per, *w.shape[2:]), ins, lw.kind_of(node))
+    out = _stage(lw, "mac", grouped.split(out_shape, 1), (in_per, *w.shape[2:]), ins, kind, suffix)
     return grouped.merged(out, 1)
 
 
-def convolution_backward(lw: GraphLowering, node) -> tuple:
-    """(input gradient, weight gradient, bias gradient) of a convolution, as ``output_mask`` asks."""
-    gy, x, w = (lw.view(lw.value(a)) for a in node.args[:3])
-    nd = len(x.shape) - 2
-    stride, pad, groups = _conv_args(lw, nd, *node.args[4:10])
+def _transposed_conv(lw: GraphLowering, y: View, w: View, bias: View | None, out_shape, groups: int, stride, pad,
+                     kind: str, suffix: str = "") -> View:
+    """``out[n,c,*h] = bias[c] + sum_{o,*k} y[n,g*O+o,*((h+p-k)/s)] * w[g*O+o,c,*k]``, read only where ``h+p-k`` is
+    a multiple of ``s`` inside ``y`` (guarded, so no stage scatters), ``O`` = ``w.shape[0] / groups`` the channels
+    of ``y`` per group: one ``mac`` stage. A convolution's input gradient, and a transposed convolution's forward."""
+    nd = len(y.shape) - 2
     grouped = _Groups(groups)
+    y_size, y_per, out_per = y.shape[2:], w.shape[0] // groups, out_shape[1] // groups
+
+    def y_index(o, r):
+        grp, _, (n, *h) = grouped.loops(o, 1)
+        e = [_transposed(h[d], r[1 + d], pad[d]) for d in range(nd)]
+        idx = [Affine(a.terms, a.const, stride[d]) for d, a in enumerate(e)]
+        guards = [(a, y_size[d] * stride[d], stride[d]) for d, a in enumerate(e)]
+        return [_var(n), grouped.channel(grp, r[0], y_per), *idx], guards
+
+    def w_index(o, r):
+        grp, c, _ = grouped.loops(o, 1)
+        return [grouped.channel(grp, r[0], y_per), _var(c), *(_var(v) for v in r[1:])], []
+
+    def bias_index(o, r):
+        grp, c, _ = grouped.loops(o, 1)
+        return [grouped.channel(grp, c, out_per)], []
+
+    ins = [(y, y_index), (w, w_index)] + ([(bias, bias_index)] if bias is not None else [])
+    out = _stage(lw, "mac", grouped.split(out_shape, 1), (y_per, *w.shape[2:]), ins, kind, suffix)
+    return grouped.merged(out, 1)
+
+
+def _weight_gradient(lw: GraphLowering, a: View, b: View, w_shape, groups: int, stride, pad, kind: str,
+                     suffix: str) -> View:
+    """``gw[o,c,*k] = sum_{n,*h} a[n,g*O+o,*h] * b[n,g*C+c,*(h*s+k-p)]`` (reads outside ``b`` are 0), ``O`` and
+    ``C`` the channels of ``a`` and ``b`` per group: one ``mac`` over the batch and ``a``'s positions. The weight
+    gradient of a convolution (``a`` its output gradient, ``b`` its input) and of a transposed convolution
+    (``a`` its input, ``b`` its output gradient)."""
+    nd = len(a.shape) - 2
+    grouped = _Groups(groups)
+    size, a_per, b_per = b.shape[2:], w_shape[0] // groups, w_shape[1]
+
+    def b_index(o, r):
+        grp, _, (c, *k) = grouped.loops(o, 0)
+        win = [_window(r[1 + d], k[d], stride[d], pad[d]) for d in range(nd)]
+        return [_var(r[0]), grouped.channel(grp, c, b_per), *win], [(e, size[d], 1) for d, e in enumerate(win)]
+
+    def a_index(o, r):
+        grp, oc, _ = grouped.loops(o, 0)
+        return [_var(r[0]), grouped.channel(grp, oc, a_per), *(_var(v) for v in r[1:])], []
+
+    gw = _stage(lw, "mac", grouped.split(w_shape, 0), (a.shape[0], *a.shape[2:]), [(a, a_index), (b, b_index)],
+                kind, suffix)
+    return grouped.merged(gw, 0)
+
+
+def convolution(lw: GraphLowering, node) -> View:
+    """A convolution (``_correlation``) or a transposed convolution (``_transposed_conv``), the bias the init of
+    its ``mac``."""
+    x, w, bias = (lw.view(lw.value(a)) if a is not None else None for a in node.args[:3])
+    stride, pad, groups, transposed = _conv_args(lw, len(x.shape) - 2, *node.args[3:9])
+    build = _transposed_conv if transposed else _correlation
+    return build(lw, x, w, bias, lw.shape(), groups, stride, pad, lw.kind_of(node))
+
+
+def convolution_backward(lw: GraphLowering, node) -> tuple:
+    """(input gradient, weight gradient, bias gradient) of a convolution, as ``output_mask`` asks. A transposed
+    convolution's swap roles: its input gradient is an ordinary convolution of the output gradient, its weight
+    gradient correlates the output gradient's windows with the input."""
+    gy, x, w = (lw.view(lw.value(a)) for a in node.args[:3])
+    stride, pad, groups, transposed = _conv_args(lw, len(x.shape) - 2, *node.args[4:10])
     mask = list(node.args[10])
-    out_size, size, ksize = gy.shape[2:], x.shape[2:], w.shape[2:]
-    in_per, out_per = w.shape[1], w.shape[0] // groups
     results: list[View | None] = [None, None, None]
     if mask[0] and _user(node, 0) is not None:
         kind, user = _output_of(lw, node, 0)
-
-        def gy_index(o, r):
-            grp, _, (n, *h) = grouped.loops(o, 1)
-            e = [_transposed(h[d], r[1 + d], pad[d]) for d in range(nd)]
-            idx = [Affine(a.terms, a.const, stride[d]) for d, a in enumerate(e)]
-            guards = [(a, out_size[d] * stride[d], stride[d]) for d, a in enumerate(e)]
-            return [_var(n), grouped.channel(grp, r[0], out_per), *idx], guards
-
-        def w_index(o, r):
-            grp, ic, _ = grouped.loops(o, 1)
-            return [grouped.channel(grp, r[0], out_per), _var(ic), *(_var(v) for v in r[1:])], []
-
-        gx = _stage(lw, "mac", grouped.split(x.shape, 1), (out_per, *ksize), [(gy, gy_index), (w, w_index)], kind,
-                    "_dx")
-        results[0] = _record(lw, grouped.merged(gx, 1), user)
+        input_gradient = _correlation if transposed else _transposed_conv
+        results[0] = _record(lw, input_gradient(lw, gy, w, None, x.shape, groups, stride, pad, kind, "_dx"), user)
     if mask[1] and _user(node, 1) is not None:
         kind, user = _output_of(lw, node, 1)
-
-        def x_index(o, r):
-            grp, _, (ic, *k) = grouped.loops(o, 0)
-            win = [_window(r[1 + d], k[d], stride[d], pad[d]) for d in range(nd)]
-            return [_var(r[0]), grouped.channel(grp, ic, in_per), *win], [(a, size[d], 1) for d, a in enumerate(win)]
-
-        def gy_index(o, r):
-            grp, oc, _ = grouped.loops(o, 0)
-            return [_var(r[0]), grouped.channel(grp, oc, out_per), *(_var(v) for v in r[1:])], []
-
-        gw = _stage(lw, "mac", grouped.split(w.shape, 0), (gy.shape[0], *out_size), [(gy, gy_index), (x, x_index)],
-                    kind, "_dw")
-        results[1] = _record(lw, grouped.merged(gw, 0), user)
+        a, b = (x, gy) if transposed else (gy, x)
+        results[1] = _record(lw, _weight_gradient(lw, a, b, w.shape, groups, stride, pad, kind, "_dw"), user)
     if mask[2] and _user(node, 2) is not None:
         kind, user = _output_of(lw, node, 2)
         gb_index = lambda o, r: ([_var(r[0]), _var(o[0]), *(_var(v) for v in r[1:])], [])  # noqa: E731
-        gb = _stage(lw, "sum", (gy.shape[1],), (gy.shape[0], *out_size), [(gy, gb_index)], kind, "_db")
+        gb = _stage(lw, "sum", (gy.shape[1],), (gy.shape[0], *gy.shape[2:]), [(gy, gb_index)], kind, "_db")
         results[2] = _record(lw, gb, user)
     return tuple(results)
 
@@ -451,12 +493,85 @@ def constant_pad_nd(lw: GraphLowering, node) -> View:
     return _stage(lw, "copy", lw.shape(), (), [(x, index)], lw.kind_of(node))
 
 
+# ----- nearest upsampling -----------------------------------------------------------------------------
+
+_NEAREST_ONLY = "only the constant indices of nn.Upsample / F.interpolate(mode='nearest') with integer scale factors"
+
+
+def _nearest_scales(lw: GraphLowering, shape, indices: list) -> dict[int, int]:
+    """``{dim: s}`` when ``x[indices]`` (``x`` of ``shape``) reads ``x[..., o // s, ...]`` along each indexed
+    dim: PyTorch's nearest upsampling by integer factors, whose indices are constants (``arange``s folded at
+    compile time). Any other indexing is refused."""
+    dims = [d for d, t in enumerate(indices) if t is not None]
+    if not dims or dims != list(range(dims[0], dims[0] + len(dims))) or not all(
+            isinstance(indices[d], Const) and indices[d].value.dtype in (torch.int64, torch.int32) for d in dims):
+        raise lw.unsupported(f"indexing with tensor indices ({_NEAREST_ONLY})")
+    lines = torch.broadcast_tensors(*(indices[d].value for d in dims))
+    if lines[0].dim() != len(dims):
+        raise lw.unsupported(f"indices of shape {list(lines[0].shape)} ({_NEAREST_ONLY})")
+    scales = {}
+    for axis, (d, t) in enumerate(zip(dims, lines, strict=True)):
+        n = t.shape[axis]
+        s = n // shape[d]
+        nearest = (torch.arange(n) // max(s, 1))[:, None]
+        if s < 1 or n != s * shape[d] or not bool((t.movedim(axis, 0).reshape(n, -1) == nearest).all()):
+            raise lw.unsupported(f"indices reading {n} positions from dim {d} of size {shape[d]} that are not a "
+                                 f"nearest upsampling by an integer factor ({_NEAREST_ONLY})")
+        scales[d] = s
+    return scales
+
+
+def _index_args(lw: GraphLowering, node) -> list:
+    return [None if t is None else lw.value(t) for t in node.args[1]]
+
+
+def upsample_nearest(lw: GraphLowering, node) -> View:
+    """``aten.index`` with the indices of a nearest upsampling by integer factors ``s`` (what PyTorch traces
+    ``nn.Upsample(scale_factor=s)`` to): the view ``x[..., h // s, ...]``, no stage."""
+    x = lw.view(lw.value(node.args[0]))
+    scales = _nearest_scales(lw, x.shape, _index_args(lw, node))
+    shape = lw.shape()
+    old = {V.dim_var(d): Affine(((V.dim_var(d), 1),), 0, scales.get(d, 1)) for d in range(len(shape))}
+    extents = {V.dim_var(d): n for d, n in enumerate(shape)}
+    try:
+        return x.remap(shape, old, extents)
+    except NotAffine:
+        return lw.materialize(x).remap(shape, old, extents)
+
+
+def upsample_nearest_backward(lw: GraphLowering, node) -> View:
+    """``index_put(zeros, indices, g, accumulate=True)`` with a nearest upsampling's indices (its gradient):
+    ``out[..., h, ...] = sum_{a < s} g[..., h*s + a, ...]``, one ``sum`` stage over the copies of each input."""
+    base, g = lw.value(node.args[0]), lw.view(lw.value(node.args[2]))
+    accumulate = node.args[3] if len(node.args) > 3 else node.kwargs.get("accumulate", False)
+    if not (accumulate and isinstance(base, Const) and not bool(base.value.any())):
+        raise lw.unsupported(f"index_put other than a nearest upsampling's gradient, accumulated into zeros "
+                             f"({_NEAREST_ONLY})")
+    shape = lw.shape()
+    scales = _nearest_scales(lw, shape, _index_args(lw, node))
+    dims = sorted(scales)
+    if g.shape != tuple(n * scales.get(d, 1) for d, n in enumerate(shape)):
+        raise lw.unsupported(f"index_put of values of shape {list(g.shape)} ({_NEAREST_ONLY})")
+
+    def g_index(o, r):
+        idx = [_var(v) for v in o]
+        for k, d in enumerate(dims):
+            idx[d] = Affine(((o[d], scales[d]), (r[k], 1)))
+        return idx, []
+
+    return _stage(lw, "sum", shape, [scales[d] for d in dims], [(g, g_index)], lw.kind_of(node))
+
+
 RULES = {
     operator.getitem: getitem,
     aten.constant_pad_nd.default: constant_pad_nd,
     aten.convolution.default: convolution,
     aten.convolution_backward.default: convolution_backward,
     aten.bmm.default: bmm,
+    aten.index.Tensor: upsample_nearest,
+    aten._unsafe_index.Tensor: upsample_nearest,
+    aten.index_put.default: upsample_nearest_backward,
+    aten._unsafe_index_put.default: upsample_nearest_backward,
     aten.max_pool2d_with_indices.default: max_pool2d_with_indices,
     aten.max_pool2d_with_indices_backward.default: max_pool2d_with_indices_backward,
     aten.avg_pool2d.default: avg_pool2d,
