@@ -154,7 +154,7 @@ def compile(  # noqa: A001 - the public name the product promises
     target: str | Target = "pynq-z1",
     train: SGD | GD | None = None,
     precision=None,
-    lanes: int | str | dict = 4,
+    lanes: int | str | dict | None = None,
     out_dir: str | Path | None = None,
     name: str | None = None,
     progress=None,
@@ -182,7 +182,8 @@ def compile(  # noqa: A001 - the public name the product promises
     too). ``train=fx2fpga.GD(lr)`` with a function ``f(x) -> scalar`` and ``example_inputs=(x0,)``
     makes a kernel that keeps the point ``x`` on chip and descends ``f``. ``precision`` is a format
     string (``"fixed<16,6>"``), a dict of ``Precision`` fields or a ``Precision``. ``lanes`` is the
-    number of parallel datapath copies per stage (matmuls, elementwise ops, reductions), or
+    number of parallel datapath copies per stage (matmuls, elementwise ops, reductions; by default 4,
+    or 2 or 1 where the target's budget needs it, as ``report.md`` says), or
     ``"auto"`` to widen the slowest stages while the target's budget allows, or a dict of lanes per
     stage, stage name -> ``[model lanes, lanes]`` or ``[model lanes, lanes, lane loop]`` (the
     variable of the loop the lanes run over; by default the stage's longest), as a design point of

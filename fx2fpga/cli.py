@@ -201,8 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--train", action="store_true", help="compile the SGD training step too")
     c.add_argument("-o", "--output", help="output folder (default: <model>_<target>)")
     c.add_argument("--precision", help="default fixed-point format, e.g. 'fixed<16,6>'")
-    c.add_argument("--lanes", type=_lanes, default=4,
-                   help="parallel datapath copies per stage, or 'auto' to fill the board's budget (default 4)")
+    c.add_argument("--lanes", type=_lanes, default=None,
+                   help="parallel datapath copies per stage, or 'auto' to fill the board's budget (default 4, or 2 "
+                        "or 1 where the budget needs it)")
     c.add_argument("--model-lanes", type=_lanes, default="auto",
                    help="models of one architecture computed at once (a list of models), or 'auto' (default)")
     c.add_argument("--name", help="kernel name (default: the model file's name)")

@@ -165,7 +165,7 @@ def _share_memory(ctx: CompileContext):
 
 def _tile(ctx: CompileContext):
     from .errors import ResourceBudgetError
-    from .passes import estimate, model_groups, schedule, tile
+    from .passes import model_groups
 
     if _explores(ctx):
         return _tile_by_exploring(ctx)
@@ -173,19 +173,39 @@ def _tile(ctx: CompileContext):
     if per_stage and ctx.model_lanes == "auto" and model_groups.model_count(ctx.kernel) > 1:
         raise ValueError("lanes given per stage take the models' group size as a number: model_lanes=<size> (the "
                          "design point's group_size)")
-    tile.assign_lanes(ctx.kernel, ctx.lanes, ctx.target, 1 if ctx.model_lanes == "auto" else ctx.model_lanes)
-    try:  # the bank check schedules the lanes it keeps: that schedule is the "schedule" step's
-        ctx.schedule = tile.keep_banks_mappable(ctx.kernel)
-    except schedule.ScheduleError as e:  # not a lane problem: the RTL emitter reports it
-        ctx.schedule, ctx.schedule_error = None, e
-    if per_stage and _rtl_model_applies(ctx) and ctx.schedule is not None:  # a design point of the explorer
-        over = _over_rtl_budget(ctx)
-    else:
-        over = estimate.resources(ctx.kernel, ctx.target).over_budget(ctx.target)
+    tries = DEFAULT_LANES if ctx.lanes is None else [ctx.lanes]
+    for lanes in tries:  # the default: the first of DEFAULT_LANES within the target's budget
+        over = _assign_lanes(ctx, lanes)
+        if not over:
+            break
     if over:
         raise ResourceBudgetError(ctx.target.name, over, "Use fewer lanes (lanes=...), narrower formats "
                                   "(precision=...), a smaller batch, or a larger target (fx2fpga targets).")
+    if ctx.lanes is None and lanes != tries[0]:
+        ctx.notes.setdefault("tile", []).append(
+            f"lanes: {lanes} per stage (the default {tries[0]} is over the {ctx.target.name}'s budget by the HLS "
+            f"estimate)")
     return ctx.kernel
+
+
+DEFAULT_LANES = (4, 2, 1)  # compile(lanes=None): 4 lanes per stage, or the most of these that fits the budget
+
+
+def _assign_lanes(ctx: CompileContext, lanes) -> list:
+    """Give the kernel's stages ``lanes`` (kept RTL-bankable; the schedule of the bank check is the "schedule"
+    step's); what is over the target's budget, by the calibrated RTL model for a design point of the explorer
+    (lanes per stage), else by the HLS estimate."""
+    from .passes import estimate, schedule, tile
+
+    tile.assign_lanes(ctx.kernel, lanes, ctx.target, 1 if ctx.model_lanes == "auto" else ctx.model_lanes)
+    ctx.schedule, ctx.schedule_error = None, None
+    try:
+        ctx.schedule = tile.keep_banks_mappable(ctx.kernel)
+    except schedule.ScheduleError as e:  # not a lane problem: the RTL emitter reports it
+        ctx.schedule_error = e
+    if isinstance(lanes, dict) and _rtl_model_applies(ctx) and ctx.schedule is not None:
+        return _over_rtl_budget(ctx)
+    return estimate.resources(ctx.kernel, ctx.target).over_budget(ctx.target)
 
 
 def _explores(ctx: CompileContext) -> bool:
@@ -221,7 +241,8 @@ def _tile_by_exploring(ctx: CompileContext):
     from .errors import ResourceBudgetError
     from .passes import explore
 
-    result, kernel, sched = explore.explore(ctx.kernel, ctx.target, ctx.lanes, ctx.model_lanes, ctx.name,
+    lanes = DEFAULT_LANES[0] if ctx.lanes is None else ctx.lanes  # models side by side explored at 4 lanes
+    result, kernel, sched = explore.explore(ctx.kernel, ctx.target, lanes, ctx.model_lanes, ctx.name,
                                             ctx.progress)
     ctx.exploration = result
     if kernel is None:

@@ -93,6 +93,9 @@ def report_text(design) -> str:
             f"- parameters: {sum(k.buffers[p].size for p in k.params):,} values in {len(k.params)} on-chip arrays",
             f"- precision: weights {design.precision.weight}, activations {design.precision.activation}, "
             f"gradients {design.precision.gradient}, accumulators {design.precision.accumulator}", ""]
+    for step, lines in design.context.notes.items():  # what a pipeline step decided for the user
+        out += [f"- {step}: {line}" for line in lines]
+    out += [""] if design.context.notes else []
     out += _models_section(k)
     out += _exploration_section(design)
     out += ["## Estimated resources (before synthesis)", ""]

@@ -1,6 +1,6 @@
 """A small self-attention block trains on chip: embedding, LayerNorm, attention (softmax of q k^T, times v), a
-LayerNorm and a residual MLP, mean pooling and a linear head, 300 SGD steps in emu next to float training from the same start and batches;
-csim and rtl equal emu word for word."""
+LayerNorm and a residual MLP, mean pooling and a linear head, 300 SGD steps in emu next to float training from
+the same start and batches; csim and rtl equal emu word for word. The default lanes fall back to what fits."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fx2fpga
+import fx2fpga.errors
 
 from ..conftest import assert_backend_equals_emu
 
@@ -89,3 +90,15 @@ def test_attention_kernel_equals_emu_word_for_word(attention, backend):
     (a, ya), (b, yb) = batch(rng), batch(rng)
     assert_backend_equals_emu(design, backend, [("infer", [a]), ("train_step", [a, ya]), ("train_step", [b, yb]),
                                                 ("infer", [b])])
+
+
+def test_default_lanes_fall_back_to_the_most_that_fit_and_say_so():
+    torch.manual_seed(0)
+    model = AttentionBlock()
+    idx, y = batch(np.random.default_rng(0))
+    sgd = fx2fpga.SGD(F.cross_entropy, torch.from_numpy(y), lr=0.1)
+    with pytest.raises(fx2fpga.errors.ResourceBudgetError, match="DSP: needs 374, pynq-z1 has 220"):
+        fx2fpga.compile(model, (torch.from_numpy(idx),), train=sgd, lanes=4, outputs="hls")
+    design = fx2fpga.compile(model, (torch.from_numpy(idx),), train=sgd, outputs="hls")  # lanes by default
+    assert max(st.lanes for st in design.kernel.stages()) == 2
+    assert "lanes: 2 per stage (the default 4 is over the pynq-z1's budget" in design.report
