@@ -372,7 +372,7 @@ class _Controller:
             if lo >= 0 and hi < g["bound"] and g["step"] == 1:
                 continue  # holds everywhere
             # e in two's complement: a negative e reads as a large unsigned number, >= bound
-            w = max(abs(lo).bit_length(), hi.bit_length(), g["bound"].bit_length()) + 1
+            w = max(abs(lo).bit_length(), hi.bit_length(), g["bound"].bit_length(), g["step"].bit_length()) + 1
             e = self.affine_at(t)(g["terms"], g["const"], w)
             conds.append(net.cmp("ult", e, net.const(g["bound"], w)))
             step = g["step"]
@@ -509,6 +509,9 @@ def _index_dim(net: _Net, affine, bank, a: dict, f: int, rows: int, w: int, bw: 
         v = affine(a["terms"], a["const"], max(1, a["mod"].bit_length() - 1))
         w = max(1, a["mod"].bit_length() - 1)
     else:
+        # wide enough for the divisor and modulus too: a constant truncated to the index's width would
+        # divide by 0 (or take % of the wrong number), e.g. lane 1's (4*c + 1) / 2, whose largest value is 1
+        w = max(w, a["div"].bit_length(), a["mod"].bit_length())
         v = affine(a["terms"], a["const"], w)
         if a["div"] != 1:
             v = net.divu(v, net.const(a["div"], w))
