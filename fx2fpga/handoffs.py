@@ -56,6 +56,9 @@ class Placeholder:
     value: torch.Tensor | None = None
 
 
+ADAM_STATES = ("exp_avg:", "sqrt_exp_avg_sq:", "adam:")  # Adam's on-chip state (adam:beta1_power...): "moment"
+
+
 @dataclass
 class NodeInfo:
     """What the front end knows about one fx node."""
@@ -63,6 +66,9 @@ class NodeInfo:
     placeholder: Placeholder | None = None
     profile: ValueProfile | None = None  # None: not profiled (not a float tensor)
     statistic: bool = False  # BatchNorm's squares, variance, 1/std: formats fit to the profiled range
+    moment: bool = False  # Adam's moments and bias corrections: wide formats fit to the profiled range
+    scale: bool = False  # Adam's step sizes: the gradients' width, fit to the profiled range
+    normalized: bool = False  # Adam's divisions and square roots: the IR's div / div_sqrt, not tables
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ import torch
 import torch.fx
 from fx2fpga_runtime.fixed import Fixed
 from fx2fpga_runtime.ir import Access, Kernel, Stage
-from fx2fpga_runtime.ops import OPS_TABLE, exact_frac, mid_format
+from fx2fpga_runtime.ops import NORM_INDEX_BITS, OPS_TABLE, exact_frac, mid_format
 
 from fx2fpga.handoffs import graph_info, placeholder
 
@@ -157,9 +157,29 @@ def _position(stage: Stage, a: list, ea: list, fmts: list[Fixed]) -> np.ndarray:
     raise AssertionError(f"{stage.name}: argmax positions are not modelled")
 
 
+def _normalized(stage: Stage, a: list, ea: list, fmts: list[Fixed]) -> np.ndarray:
+    """``div`` (a / b) and ``div_sqrt`` (a / sqrt(b)), b > 0: first-order propagation, the ROM's relative error
+    (``normalized_error``) and the truncating shift (one ulp of the exact result)."""
+    root = 2 if stage.op == "div_sqrt" else 1
+    b = np.maximum(a[1] - ea[1], fmts[1].ulp)  # the divisor's smallest value within its error
+    assert np.all(a[1] - ea[1] > 0), f"{stage.name}: a divisor may be 0 or negative within its error"
+    y = np.abs(a[0]) / b ** (1.0 / root)
+    q = int(stage.attrs["q"])
+    frac = fmts[0].frac_bits + q + 1 - (fmts[1].frac_bits + root - 1) // root
+    return ea[0] / b ** (1.0 / root) + y * ea[1] / (root * b) + normalized_error(root, q) * y + 2.0**-frac
+
+
+def normalized_error(root: int, q: int) -> float:
+    """The largest relative error of ``div`` / ``div_sqrt`` before the shift: the divisor truncated to its
+    ``NORM_INDEX_BITS`` leading bits (``(1 + 2**(root - T)) ** (1 / root) - 1``) and the ROM's rounding."""
+    t = NORM_INDEX_BITS
+    return (1 + 2.0 ** (root - t)) ** (1.0 / root) - 1 + 2.0 ** -(q + 1) * 1.01
+
+
 # How input errors propagate through an op, by its row's ``error_rule`` (a table: ``_table``).
 ERROR_RULES = {"lipschitz": _lipschitz, "sum": _sum_rule, "product": _product, "msub": _msub, "select": _select,
-               "compare": _compare, "position": _position, "table": None}
+               "compare": _compare, "position": _position, "table": None,
+               "normalized": _normalized}
 
 
 def _elementwise(stage: Stage, kernel: Kernel, a: list, ea: list, fmts: list[Fixed]) -> tuple:
@@ -272,6 +292,42 @@ def _table_error(kernel: Kernel, stage, inputs: torch.Tensor) -> float:
     return err
 
 
+def _constant_error(kernel: Kernel, node: torch.fx.Node, src: str, values: dict) -> float:
+    """A number in the graph (``x * 0.9``, ``x + 1e-8``, ``x / 3``) is a constant buffer rounded to its format:
+    its error times the node's sensitivity to it (``|x|`` for a product, 1 for a sum)."""
+    scalars = [a for a in node.args if isinstance(a, (int, float)) and not isinstance(a, bool)]
+    if len(scalars) != 1 or node.name not in values or node.target not in _CONSTANT_SENSITIVITY:
+        return 0.0
+    exact = float(scalars[0])
+    if node.target in (torch.ops.aten.div.Tensor, torch.ops.aten.div.Scalar):
+        exact = 1.0 / exact
+    for b in kernel.buffers.values():
+        if b.role != "const" or b.source != src or b.size != 1 or b.kind == "bool":
+            continue
+        err = abs(float(b.fmt.to_float(np.asarray(b.init)).reshape(-1)[0]) - exact)
+        if err <= b.fmt.ulp:  # this number's buffer (the other programs' nodes may have the same name)
+            if _CONSTANT_SENSITIVITY[node.target] == "sum":
+                return err
+            return float(values[node.name].abs().max()) * err / abs(exact) if exact else 0.0
+    return 0.0
+
+
+_CONSTANT_SENSITIVITY = {torch.ops.aten.mul.Tensor: "product", torch.ops.aten.mul.Scalar: "product",
+                         torch.ops.aten.div.Tensor: "product", torch.ops.aten.div.Scalar: "product",
+                         torch.ops.aten.add.Tensor: "sum", torch.ops.aten.add.Scalar: "sum",
+                         torch.ops.aten.sub.Tensor: "sum", torch.ops.aten.sub.Scalar: "sum",
+                         torch.ops.aten.rsub.Scalar: "sum"}
+
+
+def _normalized_node_error(kernel: Kernel, stage, value: torch.Tensor) -> float:
+    """``div`` / ``div_sqrt``: the ROM's relative error of the largest value met (a quarter more), and the
+    truncating shift's ulp of the exact result."""
+    root = 2 if stage.op == "div_sqrt" else 1
+    fr = [kernel.buffers[a.buffer].fmt.frac_bits for a in stage.ins]
+    frac = exact_frac(OPS_TABLE[stage.op], fr, stage, kernel)
+    return normalized_error(root, int(stage.attrs["q"])) * 1.25 * float(value.abs().max()) + 2.0**-frac
+
+
 def _table_argument(kernel: Kernel, stage, node: torch.fx.Node) -> torch.fx.Node:
     """The argument of ``node`` the table ``stage`` reads: the first, or the one whose buffer it reads
     (``a / b`` on chip reads ``b`` in its reciprocal table)."""
@@ -290,7 +346,8 @@ def _node_errors(kernel: Kernel, gm: torch.fx.GraphModule, program: str, values:
 
     def half_ulp(name: str) -> float:
         b = kernel.buffers[name]
-        return b.fmt.ulp / 2 if b.kind in ("activation", "gradient", "weight", "const", "hyper") else 0.0
+        return b.fmt.ulp / 2 if b.kind in ("activation", "gradient", "weight", "const", "hyper", "moment",
+                                           "scale") else 0.0
 
     for node in gm.graph.nodes:
         if node.op == "placeholder":
@@ -311,9 +368,15 @@ def _node_errors(kernel: Kernel, gm: torch.fx.GraphModule, program: str, values:
                 st = stages.get(b.name)
                 if st is not None and OPS_TABLE[st.op].reads_table:
                     e += _table_error(kernel, st, values[_table_argument(kernel, st, node).name])
+                if st is not None and st.op in ("div", "div_sqrt") and node.name in values:
+                    e += _normalized_node_error(kernel, st, values[node.name])
+        e += _constant_error(kernel, node, src, values)
         role = roles.get(node)
-        if role is not None and role.kind in ("param", "buffer"):  # updated in place: in the parameter's format
+        if role is not None and role.kind in ("param", "buffer", "state"):  # updated in place: in the state's format
             e += half_ulp(by_model_name[role.name])
+            st = stages.get(by_model_name[role.name])  # the stage that writes it, when it writes it directly
+            if st is not None and st.op in ("div", "div_sqrt") and node.name in values:
+                e += _normalized_node_error(kernel, st, values[node.name])
         err[node.name] = e
     return err
 

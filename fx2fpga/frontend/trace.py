@@ -35,7 +35,8 @@ from ..handoffs import (
 )
 from . import embedding
 from .modules import PointModule, _as_tuple, as_module, check_modules
-from .optim import GD, SGD, sgd_update
+from .optim import (ADAM_KIND, ADAM_NORMALIZED, GD, SGD, Adam, adam_states, adam_states_at_bound, adam_update,
+                    sgd_update)
 
 aten = torch.ops.aten
 
@@ -91,6 +92,16 @@ def _mark_statistics(gm: torch.fx.GraphModule) -> None:
     for node in gm.graph.nodes:
         if (node.meta.get("custom") or {}).get(_STATISTIC):
             set_node_info(node, statistic=True)
+
+
+def _mark_optimizer(gm: torch.fx.GraphModule) -> None:
+    """``NodeInfo.moment``, ``scale`` and ``normalized`` on the nodes of Adam's update (``optim._tagged``)."""
+    for node in gm.graph.nodes:
+        custom = node.meta.get("custom") or {}
+        if ADAM_KIND in custom:
+            kind = custom[ADAM_KIND]
+            set_node_info(node, moment=kind == "moment", scale=kind == "scale",
+                          normalized=bool(custom.get(ADAM_NORMALIZED)))
 
 
 def _bn_shape(x: torch.Tensor) -> list[int]:
@@ -244,6 +255,7 @@ def trace_inference(model, example_inputs) -> torch.fx.GraphModule:
     for node, (role, name, value) in zip(placeholders, roles, strict=True):
         set_node_info(node, placeholder=Placeholder(role, name, None if value is None else value.clone()))
     _mark_statistics(gm)
+    _mark_optimizer(gm)
     _inherit_stack_traces(gm)
     n_out = len(next(n for n in gm.graph.nodes if n.op == "output").args[0])
     gm.meta[META_KEY] = GraphInfo("infer", tuple(OutputRole("output") for _ in range(n_out)))
@@ -285,7 +297,11 @@ def trace_training(model, example_inputs, train: SGD | GD) -> torch.fx.GraphModu
     loss_fn, lr = (None if gd else train.loss), float(train.lr)
     momentum, weight_decay = float(train.momentum), float(train.weight_decay)
     nesterov = bool(getattr(train, "nesterov", False))
-    states = {f"momentum:{k}": torch.zeros_like(v) for k, v in params.items()} if momentum else {}
+    adam = isinstance(train, Adam)
+    if adam:
+        states = adam_states(params)
+    else:
+        states = {f"momentum:{k}": torch.zeros_like(v) for k, v in params.items()} if momentum else {}
     hypers = {LR_PARAM: torch.tensor(lr, dtype=torch.get_default_dtype())}
     n_state = len(pnames) + len(bnames)  # where the states start in the step's arguments
 
@@ -305,6 +321,10 @@ def trace_training(model, example_inputs, train: SGD | GD) -> torch.fx.GraphModu
             return loss, b
 
         grads, (loss, new_bs) = grad_and_value(loss_of, has_aux=True)(ps, bs)
+        if adam:
+            new_ps, new_states = adam_update(ps, grads, dict(zip(states, flat[n_state: n_state + len(states)],
+                                                                  strict=True)), rate, train)
+            return (loss, *[new_ps[k] for k in pnames], *[new_bs[k] for k in bnames], *new_states.values())
         new = {k: sgd_update(ps[k], grads[k], vs.get(k), rate, momentum, weight_decay, nesterov) for k in pnames}
         return (loss, *[new[k][0] for k in pnames], *[new_bs[k] for k in bnames], *[new[k][1] for k in vs])
 
@@ -316,7 +336,10 @@ def trace_training(model, example_inputs, train: SGD | GD) -> torch.fx.GraphModu
     if states:  # once more from velocities at their bound g / (1 - momentum) (the step's v is g from 0)
         with torch.no_grad():
             new_vs = gm(*flat_inputs)[-len(states):]
-        at_bound = [v / (1.0 - momentum) for v in new_vs]
+        if adam:  # Adam's moments at their bounds, and a long run's bias corrections
+            at_bound = list(adam_states_at_bound(states, dict(zip(states, new_vs, strict=True)), train.betas).values())
+        else:
+            at_bound = [v / (1.0 - momentum) for v in new_vs]
         flat_inputs = flat_inputs[:n_state] + at_bound + flat_inputs[n_state + len(states):]
         profile(gm, flat_inputs)
     at_reach = list(flat_inputs)  # and at the largest learning rate set_lr may write: its update must fit too
@@ -359,6 +382,7 @@ def _annotate_training_graph(gm: torch.fx.GraphModule, params: dict, buffers: di
     for node, (role, name, value) in zip(placeholders, roles, strict=True):
         set_node_info(node, placeholder=Placeholder(role, name, None if value is None else value.clone()))
     _mark_statistics(gm)
+    _mark_optimizer(gm)
     _inherit_stack_traces(gm)
     outputs = ([OutputRole("loss")] + [OutputRole("param", k) for k in params]
                + [OutputRole("buffer", k) for k in buffers] + [OutputRole("state", k) for k in states])

@@ -8,7 +8,7 @@ import math
 import torch
 import torch.fx
 
-from ..handoffs import profile_of
+from ..handoffs import node_info, profile_of
 from .graph import Const, GraphLowering, Value, aten
 from .views import View
 
@@ -35,6 +35,8 @@ def _div(lw: GraphLowering, node) -> View:
     if node.kwargs.get("rounding_mode") is not None:
         raise lw.unsupported("div with rounding_mode")
     b = lw.value(node.args[1])
+    if node_info(node).normalized and not isinstance(b, Const):  # Adam's: the IR's div, exact over any range
+        return lw.emit("div", lw.shape(), [lw.value(node.args[0]), b])
     if not isinstance(b, Const):  # a tensor computed on chip: times its reciprocal
         return lw.emit("mul", lw.shape(), [lw.value(node.args[0]), _reciprocal_of(lw, node.args[1])])
     return lw.emit("mul", lw.shape(), [lw.value(node.args[0]), Const(1.0 / b.value.double())])
@@ -89,7 +91,11 @@ def _pow(lw: GraphLowering, node) -> Value:
 def _sqrt(lw: GraphLowering, node) -> View:
     """``sqrt`` table over ``[min / 2, the format's max]``, ``min`` the smallest value profiled for
     the argument when it is positive (below it the table gives ``sqrt(min / 2)``); else over
-    ``[0, max]``, where the first segment's interpolation is coarse (``sqrt(h) / 4``)."""
+    ``[0, max]``, where the first segment's interpolation is coarse (``sqrt(h) / 4``). Adam's square
+    roots are ``x / sqrt(x)`` by the IR's ``div_sqrt``, to the same relative precision over any range."""
+    if node_info(node).normalized:
+        x = lw.value(node.args[0])
+        return lw.emit("div_sqrt", lw.shape(), [x, x])
     prof = profile_of(node.args[0])
     low = prof.min if prof is not None else None
     attrs = {"fn": "sqrt", "x_min": low / 2} if low is not None and low > 0 else {"fn": "sqrt"}

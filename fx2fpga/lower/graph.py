@@ -23,7 +23,8 @@ from fx2fpga_runtime.fixed import Fixed
 from fx2fpga_runtime.ir import Access, Affine, Buffer, Kernel, Loop, Program, Stage
 
 from ..errors import UnsupportedOpError
-from ..handoffs import LOWERING_KEY, LoweringFacts, OutputRole, graph_info, node_info, placeholder, profile_of
+from ..handoffs import (ADAM_STATES, LOWERING_KEY, LoweringFacts, OutputRole, graph_info, node_info, placeholder,
+                        profile_of)
 from . import views as V
 from .views import NotAffine, View
 
@@ -156,7 +157,10 @@ class GraphLowering:
             return "bool"
         if not dtype.is_floating_point:
             return "integer"
-        if node_info(node).statistic and node in self.forward:  # BatchNorm's statistics
+        info = node_info(node)
+        if info.moment or info.scale:  # Adam's moments and bias corrections, its step sizes
+            return "moment" if info.moment else "scale"
+        if info.statistic and node in self.forward:  # BatchNorm's statistics
             return "statistic"
         return "activation" if node in self.forward else "gradient"
 
@@ -264,8 +268,8 @@ class GraphLowering:
             buf = self.kb.param(name, value, "activation" if value.dtype.is_floating_point else "integer")
             self.record_param_range(buf, node)
             return View.identity(buf, shape)
-        if role == "state":  # optimizer state (momentum:<param>): persists on chip, gradient formats
-            buf = self.kb.param(name, value, "gradient")
+        if role == "state":  # optimizer state (momentum:<param>): persists on chip, gradient formats (Adam's: wide)
+            buf = self.kb.param(name, value, "moment" if name.startswith(ADAM_STATES) else "gradient")
             self.record_param_range(buf, node)
             return View.identity(buf, shape)
         if role == "hyper":  # the learning rate: a register the host writes, read by the update

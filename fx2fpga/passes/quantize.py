@@ -15,7 +15,7 @@ import numpy as np
 from fx2fpga_runtime.fixed import BOOL, Fixed, FormatError
 from fx2fpga_runtime.interface import MAX_PORT_WIDTH
 from fx2fpga_runtime.ir import Buffer, Kernel, Stage
-from fx2fpga_runtime.ops import OPS_TABLE
+from fx2fpga_runtime.ops import NORM_INDEX_BITS, OPS_TABLE, norm_rom_values
 
 from ..errors import PrecisionError
 from ..handoffs import LR_REACH_BITS, UNIFIED_KEY, lowering_facts
@@ -112,6 +112,8 @@ def run(kernel: Kernel, precision: Precision) -> Kernel:
                 stage.acc = _accumulator(stage, kernel, precision)
             if stage.op == "table":
                 _build_table(stage, kernel)
+            if stage.op in NORMALIZED_ROOTS:
+                _build_normalized_rom(stage, kernel)
     return kernel
 
 
@@ -120,8 +122,11 @@ def _decide_format(buf: Buffer, p: Precision, const_values, absmax: float | None
     fmt = _buffer_format(buf, p, const_values)
     if absmax is not None and buf.kind in ("activation", "gradient"):
         fmt = widen_to_range(fmt, absmax, p.range_margin_bits)
-    if buf.kind == "statistic":
+    if buf.kind in ("statistic", "scale"):
         fmt = fit_to_range(fmt, absmax or 0.0, STATISTIC_MARGIN_BITS)
+    if buf.kind == "moment":
+        fmt = fit_to_range(fmt, absmax or 0.0, STATISTIC_MARGIN_BITS)
+        fmt = Fixed(fmt.width, max(fmt.int_bits, MOMENT_WIDTH - MOMENT_MAX_FRAC))
     return fmt
 
 
@@ -174,11 +179,21 @@ def _buffer_format(buf: Buffer, p: Precision, const_values) -> Fixed:
         return Fixed(fmt.width, fmt.int_bits + LR_REACH_BITS, fmt.signed, fmt.rounding, fmt.overflow)
     if buf.kind == "integer":
         return Fixed(p.integer_width, p.integer_width)
-    return {"weight": p.weight, "activation": p.activation, "gradient": p.gradient,
-            "statistic": p.gradient}[buf.kind]  # statistics: the gradients' width, fitted by ``run``
+    if buf.kind == "moment":  # fitted to the range by ``run``
+        width = MOMENT_STATE_WIDTH if buf.role == "param" else MOMENT_WIDTH
+        return Fixed(width, width)
+    return {"weight": p.weight, "activation": p.activation, "gradient": p.gradient, "statistic": p.gradient,
+            "scale": p.gradient}[buf.kind]  # statistics and scales: the gradients' width, fitted by ``run``
 
 
 STATISTIC_MARGIN_BITS = 4  # BatchNorm's variance may grow 16x over its profiled value before saturating
+# Adam's moments, square roots and bias corrections: wide on chip, so that squares of small gradients keep
+# their precision (44 bits: times an 18-bit constant, within MAX_ACC_WIDTH); the states the host reads, at
+# most its word (30 bits: a state times itself within MAX_ACC_WIDTH); at most MOMENT_MAX_FRAC frac bits, so
+# that aligned sums stay within 64 bits
+MOMENT_WIDTH = 44
+MOMENT_STATE_WIDTH = 30
+MOMENT_MAX_FRAC = 52
 
 
 def fit_to_range(fmt: Fixed, absmax: float, margin_bits: int) -> Fixed:
@@ -310,3 +325,33 @@ def _build_table(stage: Stage, kernel: Kernel) -> None:
         name = f"{stage.name}_table"
         kernel.buffers[name] = Buffer(name, (n + 1,), tfmt, "const", "const", entries, f"{fn} table for {stage.name}")
     stage.attrs.update({"table": name, "lo": int(raw_lo), "shift": int(shift)})
+
+
+# ----- div and div_sqrt: the ROM of normalized divisors --------------------------------------------
+
+NORMALIZED_ROOTS = {"div": 1, "div_sqrt": 2}
+NORMALIZED_GUARD_BITS = 2  # the exact result's frac bits beyond the output's: its truncating shift stays below them
+MAX_ROM_FRAC = 32  # ROM entries of at most 34 bits (more gains nothing over the divisor's 12-bit truncation)
+
+
+def _build_normalized_rom(stage: Stage, kernel: Kernel) -> None:
+    """``attrs['q']`` (the ROM's frac bits) and ``attrs['rom']`` (shared by the stages of one root and q).
+
+    ``q`` gives the exact result ``NORMALIZED_GUARD_BITS`` more frac bits than the output where the
+    product ``a * rom`` (``a``'s width + q + 2 bits) fits 63 bits, else fewer (its truncating shift then
+    errs by up to one ulp of the exact result); and at least ``NORM_INDEX_BITS + 2``, so the ROM's rounding
+    stays below the divisor's truncation."""
+    root = NORMALIZED_ROOTS[stage.op]
+    fa, fb = (kernel.buffers[a.buffer].fmt for a in stage.ins)
+    fout = kernel.buffers[stage.out.buffer].fmt
+    wanted = fout.frac_bits + NORMALIZED_GUARD_BITS - fa.frac_bits - 1 + -(-fb.frac_bits // root)
+    q = max(NORM_INDEX_BITS + 2, min(wanted, 61 - fa.width, MAX_ROM_FRAC))
+    if fa.width + q + 2 > 63:
+        raise PrecisionError(f"stage {stage.name} ({stage.op}): the dividend {fa} times its ROM's {q + 2}-bit "
+                             f"entries exceeds 63 bits; use a dividend of at most {61 - NORM_INDEX_BITS - 2} bits")
+    name = f"{stage.op}_rom_q{q}"
+    if name not in kernel.buffers:
+        entries = tuple(int(v) for v in norm_rom_values(root, q))
+        kernel.buffers[name] = Buffer(name, (len(entries),), Fixed(q + 2, q + 2, signed=False), "const", "const",
+                                      entries, f"{stage.op} ROM, {NORM_INDEX_BITS} index bits, q={q}")
+    stage.attrs.update({"rom": name, "q": int(q)})

@@ -81,6 +81,50 @@ def _table(v: list[np.ndarray], stage, kernel) -> np.ndarray:
     return table[i] + (((table[i + 1] - table[i]) * t) >> shift)
 
 
+NORM_INDEX_BITS = 12  # div, div_sqrt: the divisor's leading bits that index the ROM
+
+
+def bit_length(x: np.ndarray) -> np.ndarray:
+    """The number of bits of each non-negative int64 (0 for 0): exact, unlike ``log2`` of a float."""
+    n = np.zeros(np.shape(x), dtype=np.int64)
+    for k in range(63):
+        n += (x >> k) != 0
+    return n
+
+
+def norm_rom_values(root: int, q: int) -> np.ndarray:
+    """The ROM of ``div`` (root 1) or ``div_sqrt`` (root 2): ``round(2**q * (2**T / m) ** (1 / root))`` for
+    each normalized divisor ``m`` in ``[2**(T - root), 2**T)``, ``T = NORM_INDEX_BITS``; in ``(2**q, 2**(q+1)]``."""
+    t = NORM_INDEX_BITS
+    m = np.arange(1 << (t - root), 1 << t, dtype=np.float64)
+    return np.floor(np.ldexp((2.0**t / m) ** (1.0 / root), q) + 0.5).astype(np.int64)
+
+
+def _normalized_division(root: int) -> Evaluate:
+    """``a / b`` (root 1) or ``a / sqrt(b)`` (root 2) on raw values (``ir.py`` gives the steps):
+
+    a divisor ``<= 0`` reads as one ulp; for a square root, one of odd frac bits is shifted left once;
+    ``e``, the fewest with ``b < 2**(root * e)``; ``m``, the ``NORM_INDEX_BITS`` leading bits of ``b`` (zeros
+    appended where it has fewer), reads the ROM ``attrs['rom']``; the result is ``(a * rom[m]) >> (e - 1)``
+    at ``div_norm_frac`` fraction bits."""
+    t = NORM_INDEX_BITS
+
+    def evaluate(v: list[np.ndarray], stage, kernel) -> np.ndarray:
+        fb = kernel.buffers[stage.ins[1].buffer].fmt.frac_bits
+        b = np.maximum(v[1], 1) << (fb % root)
+        e = (bit_length(b) + root - 1) // root
+        s = root * e
+        m = np.where(s <= t, b << np.maximum(t - s, 0), b >> np.maximum(s - t, 0))
+        rom = np.asarray(kernel.buffers[stage.attrs["rom"]].init, dtype=np.int64)
+        return (v[0] * rom[m - (1 << (t - root))]) >> (e - 1)
+    return evaluate
+
+
+def div_norm_frac(root: int):
+    """Frac bits of the exact result of ``div`` / ``div_sqrt``: ``fa + q + 1 - ceil(fb / root)``."""
+    return lambda fracs, stage: fracs[0] + int(stage.attrs["q"]) + 1 - (fracs[1] + root - 1) // root
+
+
 def mid_format(stage) -> Fixed:
     """The format ``msub`` assigns its product to before subtracting (``attrs['mid']``)."""
     return Fixed.parse(stage.attrs["mid"])
@@ -124,6 +168,12 @@ _ROWS = [
            _msub, lambda a, b, c: a - b * c, None, attrs=("mid",), multiplies=True, unit_latency=9,
            estimate_depth=4, error_rule="msub", multiplied=(1, 2),
            stage_frac=lambda fr, st: max(fr[0], mid_format(st).frac_bits)),
+    OpSpec("div", 2, "a / b, the divisor normalized to its leading bits, which read a ROM (attrs: rom, q)",
+           _normalized_division(1), lambda a, b: a / b, None, attrs=("rom", "q"), unit_latency=12,
+           estimate_depth=5, error_rule="normalized", stage_frac=div_norm_frac(1)),
+    OpSpec("div_sqrt", 2, "a / sqrt(b), the divisor normalized as div's (attrs: rom, q)",
+           _normalized_division(2), lambda a, b: a / np.sqrt(b), None, attrs=("rom", "q"), unit_latency=12,
+           estimate_depth=5, error_rule="normalized", stage_frac=div_norm_frac(2)),
     OpSpec("mac", 2, "acc += a * b", lambda v, st, k: v[0] * v[1], lambda a, b: a * b, lambda fr: fr[0] + fr[1],
            reduction=True, init_input=True, accumulate="add", acc_init="zero", multiplies=True, unit_latency=8,
            estimate_depth=6, error_rule="product"),
@@ -170,4 +220,4 @@ def exact_frac(spec: OpSpec, fracs: Sequence[int], stage, kernel) -> int:
     return spec.result_frac(fracs)
 
 
-__all__ = ["OPS_TABLE", "OpSpec", "aligned_operands", "alignment_shifts", "exact_frac", "mid_format", "op_spec"]
+__all__ = ["NORM_INDEX_BITS", "OPS_TABLE", "OpSpec", "div_norm_frac", "norm_rom_values", "aligned_operands", "alignment_shifts", "exact_frac", "mid_format", "op_spec"]

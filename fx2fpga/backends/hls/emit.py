@@ -17,7 +17,7 @@ import numpy as np
 from fx2fpga_runtime import interface
 from fx2fpga_runtime.fixed import Fixed
 from fx2fpga_runtime.ir import GROUP_VAR, MODEL_VAR, Access, Affine, Buffer, Kernel, Stage
-from fx2fpga_runtime.ops import OPS_TABLE, mid_format
+from fx2fpga_runtime.ops import NORM_INDEX_BITS, OPS_TABLE, exact_frac, mid_format
 
 from fx2fpga.errors import Fx2fpgaError
 from fx2fpga.version import __version__
@@ -41,6 +41,22 @@ const long long tbl_hi = raw_bits({buffer}[tbl_i + 1]);
 ap_fixed<64, {raw_int_bits}> tbl_y;  // the raw result, at the table's fractional bits
 tbl_y.range(63, 0) = tbl_lo + (((tbl_hi - tbl_lo) * tbl_t) >> {shift});
 {out} = tbl_y;"""
+_HLS_NORMALIZED = """\
+// a / {what}: the divisor normalized to its {t} leading bits, which read the ROM {rom}
+long long nd_b = raw_bits({a1});
+if (nd_b < 1) nd_b = 1;
+nd_b = nd_b << {odd};
+int nd_n = 0;
+for (int nd_k = 0; nd_k < 63; nd_k++) {{
+    if ((nd_b >> nd_k) != 0) nd_n = nd_k + 1;
+}}
+const int nd_e = (nd_n + {root} - 1) / {root};
+const int nd_s = {root} * nd_e;
+const long long nd_m = (nd_s <= {t}) ? (nd_b << ({t} - nd_s)) : (nd_b >> (nd_s - {t}));
+const long long nd_p = (raw_bits({a0}) * raw_bits({rom}[nd_m - {m0}])) >> (nd_e - 1);
+ap_fixed<64, {raw_int_bits}> nd_y;  // the raw result, at {frac} fractional bits
+nd_y.range(63, 0) = nd_p;
+{out} = nd_y;"""
 # How the C++ spells each op of the table (fx2fpga_runtime/ops.py): an elementwise op, the loop body
 # (``{out}`` the output element, ``{T}`` its type, ``{a0}``... the operands; a table: its parameters);
 # a reduction, one accumulation step (``{acc}``, ``{acc_type}``; argmax: ``{idx}``, ``{position}``).
@@ -57,6 +73,8 @@ HLS_SPELLING = {
     "select": "{out} = ({a0} != 0) ? {T}({a1}) : {T}({a2});",
     **{op: f"{{out}} = ({{a0}} {c} {{a1}}) ? {{T}}(1) : {{T}}(0);" for op, c in COMPARE_OPS.items()},
     "table": _HLS_TABLE,
+    "div": _HLS_NORMALIZED,
+    "div_sqrt": _HLS_NORMALIZED,
     "mac": "{acc} += {a0} * {a1};",
     "sum": "{acc} += {a0};",
     "max": "if ({acc_type}({a0}) > {acc}) {acc} = {a0};",
@@ -65,7 +83,7 @@ HLS_SPELLING = {
 # Names the generated code declares itself; buffers and loop variables must not take them.
 _RESERVED = {
     "acc", "acc_idx", "cmd", "in_words", "out_words", "offset", "pos", "raw_bits", "tbl_r", "tbl_i", "tbl_t",
-    "tbl_lo", "tbl_hi", "tbl_y", "main", "IN_WORDS", "OUT_WORDS",
+    "tbl_lo", "tbl_hi", "tbl_y", "nd_b", "nd_n", "nd_k", "nd_e", "nd_s", "nd_m", "nd_p", "nd_y", "main", "IN_WORDS", "OUT_WORDS",
     "auto", "bool", "break", "case", "char", "const", "continue", "default", "do", "double", "else",
     "enum", "extern", "float", "for", "goto", "if", "int", "long", "register", "return", "short",
     "signed", "sizeof", "static", "struct", "switch", "typedef", "union", "unsigned", "void",
@@ -233,6 +251,15 @@ def _table_params(st: Stage, kernel: Kernel) -> dict:
             "fn": st.attrs.get("fn", "") or "table"}
 
 
+def _normalized_params(st: Stage, kernel: Kernel) -> dict:
+    """The numbers ``div``'s and ``div_sqrt``'s spelling prints (``ops._normalized_division`` is the model)."""
+    root = 2 if st.op == "div_sqrt" else 1
+    fr = [kernel.buffers[a.buffer].fmt.frac_bits for a in st.ins]
+    frac = exact_frac(OPS_TABLE[st.op], fr, st, kernel)
+    return {"what": "sqrt(b)" if root == 2 else "b", "t": NORM_INDEX_BITS, "rom": st.attrs["rom"], "root": root,
+            "odd": fr[1] % root, "m0": 1 << (NORM_INDEX_BITS - root), "frac": frac, "raw_int_bits": 64 - frac}
+
+
 def _stage_view(st: Stage, kernel: Kernel, func: str) -> StageView:
     out_fmt = kernel.buffers[st.out.buffer].fmt
     spec = OPS_TABLE[st.op]
@@ -242,6 +269,8 @@ def _stage_view(st: Stage, kernel: Kernel, func: str) -> StageView:
             loops[-1].pipeline = True  # the innermost loop that is not unrolled
         ins = [_read(a, kernel) for a in st.ins]
         params = _table_params(st, kernel) if spec.reads_table else {}
+        if "rom" in spec.attrs:
+            params = _normalized_params(st, kernel)
         if "mid" in spec.attrs:
             params["M"] = type_name(mid_format(st))
         body = HLS_SPELLING[st.op].format(out=st.out.c_expr(), T=type_name(out_fmt), **_operands(ins), **params)
