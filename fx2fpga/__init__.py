@@ -27,5 +27,5 @@ def targets() -> list[str]:
     return [t.name for t in list_targets()]
 
 
-__all__ = ["Adam", "AdamW", "Design", "FPGAModule", "Fixed", "GD", "PIPELINE", "Precision", "SGD", "Target", "compile", "explore",
-           "fit", "list_targets", "load", "load_target", "targets", "trace", "__version__"]
+__all__ = ["Adam", "AdamW", "Design", "FPGAModule", "Fixed", "GD", "PIPELINE", "Precision", "SGD", "Target", "compile",
+           "explore", "fit", "list_targets", "load", "load_target", "targets", "trace", "__version__"]

@@ -162,6 +162,36 @@ def sgd_update(p: torch.Tensor, g: torch.Tensor, v: torch.Tensor | None, lr: flo
     return p - g * lr, v  # g * lr: the product's operands in the order of a float lr's (g.mul(lr))
 
 
+def optimizer_states(train: SGD | GD, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The optimizer's on-chip state before the first step: SGD's velocities (``momentum:<param>``, with
+    momentum only), or Adam's moments and powers."""
+    if isinstance(train, Adam):
+        return adam_states(params)
+    return {f"momentum:{k}": torch.zeros_like(v) for k, v in params.items()} if float(train.momentum) else {}
+
+
+def optimizer_update(train: SGD | GD, params: dict, grads: dict, states: dict, lr: torch.Tensor) -> tuple[dict, dict]:
+    """One step of ``train``'s optimizer on every parameter: (new params, new states)."""
+    if isinstance(train, Adam):
+        return adam_update(params, grads, states, lr, train)
+    momentum, weight_decay = float(train.momentum), float(train.weight_decay)
+    nesterov = bool(getattr(train, "nesterov", False))
+    new_params, new_states = {}, {}
+    for k, p in params.items():
+        new_params[k], v = sgd_update(p, grads[k], states.get(f"momentum:{k}"), lr, momentum, weight_decay, nesterov)
+        if f"momentum:{k}" in states:
+            new_states[f"momentum:{k}"] = v
+    return new_params, new_states
+
+
+def states_at_bound(train: SGD | GD, new: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The states a long run reaches, from the first step's (``new``), for profiling the formats: SGD's
+    velocities at ``g / (1 - momentum)`` (the step's v is g, from 0); Adam's in ``adam_states_at_bound``."""
+    if isinstance(train, Adam):
+        return adam_states_at_bound(new, new, train.betas)
+    return {k: v / (1.0 - float(train.momentum)) for k, v in new.items()}
+
+
 # ----- Adam ------------------------------------------------------------------------------------------
 
 ADAM_KIND, ADAM_NORMALIZED = "fx2fpga_adam_kind", "fx2fpga_normalized"  # node annotations (trace.py reads them)

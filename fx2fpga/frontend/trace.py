@@ -35,8 +35,7 @@ from ..handoffs import (
 )
 from . import embedding
 from .modules import PointModule, _as_tuple, as_module, check_modules
-from .optim import (ADAM_KIND, ADAM_NORMALIZED, GD, SGD, Adam, adam_states, adam_states_at_bound, adam_update,
-                    sgd_update)
+from .optim import ADAM_KIND, ADAM_NORMALIZED, GD, SGD, optimizer_states, optimizer_update, states_at_bound
 
 aten = torch.ops.aten
 
@@ -276,10 +275,10 @@ def _input_names(module: torch.nn.Module, n: int) -> list[str]:
 
 
 def trace_training(model, example_inputs, train: SGD | GD) -> torch.fx.GraphModule:
-    """The joint graph of one SGD step: (params, buffers, states, lr, x, y) -> (loss, new params, new
-    buffers, new states). The states are the optimizer's velocities (``momentum:<param>``, with
-    momentum only); ``lr`` is a 0-d input (the learning rate register); ``GD`` takes no x and y and
-    its loss is the model's output."""
+    """The joint graph of one training step: (params, buffers, states, lr, x, y) -> (loss, new params, new
+    buffers, new states). The states are the optimizer's (``optim.optimizer_states``: SGD's velocities
+    ``momentum:<param>``, with momentum only; Adam's moments and powers); ``lr`` is a 0-d input (the
+    learning rate register); ``GD`` takes no x and y and its loss is the model's output."""
     from torch.func import functional_call, grad_and_value
 
     module = as_module(model).train()
@@ -295,20 +294,14 @@ def trace_training(model, example_inputs, train: SGD | GD) -> torch.fx.GraphModu
     buffers = {k: v.detach() for k, v in module.named_buffers()}
     pnames, bnames = list(params), list(buffers)
     loss_fn, lr = (None if gd else train.loss), float(train.lr)
-    momentum, weight_decay = float(train.momentum), float(train.weight_decay)
-    nesterov = bool(getattr(train, "nesterov", False))
-    adam = isinstance(train, Adam)
-    if adam:
-        states = adam_states(params)
-    else:
-        states = {f"momentum:{k}": torch.zeros_like(v) for k, v in params.items()} if momentum else {}
+    states = optimizer_states(train, params)
     hypers = {LR_PARAM: torch.tensor(lr, dtype=torch.get_default_dtype())}
     n_state = len(pnames) + len(bnames)  # where the states start in the step's arguments
 
     def step(*flat):
         ps = dict(zip(pnames, flat[: len(pnames)], strict=True))
         bs = dict(zip(bnames, flat[len(pnames): n_state], strict=True))
-        vs = dict(zip(pnames, flat[n_state: n_state + len(states)], strict=False))  # none without momentum
+        vs = dict(zip(states, flat[n_state: n_state + len(states)], strict=True))
         rate = flat[n_state + len(states)]
         data = flat[n_state + len(states) + len(hypers):]  # (x, y), or () for GD
 
@@ -321,25 +314,18 @@ def trace_training(model, example_inputs, train: SGD | GD) -> torch.fx.GraphModu
             return loss, b
 
         grads, (loss, new_bs) = grad_and_value(loss_of, has_aux=True)(ps, bs)
-        if adam:
-            new_ps, new_states = adam_update(ps, grads, dict(zip(states, flat[n_state: n_state + len(states)],
-                                                                  strict=True)), rate, train)
-            return (loss, *[new_ps[k] for k in pnames], *[new_bs[k] for k in bnames], *new_states.values())
-        new = {k: sgd_update(ps[k], grads[k], vs.get(k), rate, momentum, weight_decay, nesterov) for k in pnames}
-        return (loss, *[new[k][0] for k in pnames], *[new_bs[k] for k in bnames], *[new[k][1] for k in vs])
+        new_ps, new_states = optimizer_update(train, ps, grads, vs, rate)
+        return (loss, *[new_ps[k] for k in pnames], *[new_bs[k] for k in bnames], *[new_states[k] for k in states])
 
     targets = [] if gd else [train.example_targets]
     flat_inputs = [*params.values(), *buffers.values(), *states.values(), *hypers.values(), *args, *targets]
     gm = _make_fx(step, flat_inputs)
     _annotate_training_graph(gm, params, buffers, states, hypers, [] if gd else _input_names(module, len(args)), lr)
     profile(gm, flat_inputs)
-    if states:  # once more from velocities at their bound g / (1 - momentum) (the step's v is g from 0)
+    if states:  # once more from the states a long run reaches (velocities at g / (1 - momentum), ...)
         with torch.no_grad():
             new_vs = gm(*flat_inputs)[-len(states):]
-        if adam:  # Adam's moments at their bounds, and a long run's bias corrections
-            at_bound = list(adam_states_at_bound(states, dict(zip(states, new_vs, strict=True)), train.betas).values())
-        else:
-            at_bound = [v / (1.0 - momentum) for v in new_vs]
+        at_bound = list(states_at_bound(train, dict(zip(states, new_vs, strict=True))).values())
         flat_inputs = flat_inputs[:n_state] + at_bound + flat_inputs[n_state + len(states):]
         profile(gm, flat_inputs)
     at_reach = list(flat_inputs)  # and at the largest learning rate set_lr may write: its update must fit too

@@ -23,8 +23,16 @@ from fx2fpga_runtime.fixed import Fixed
 from fx2fpga_runtime.ir import Access, Affine, Buffer, Kernel, Loop, Program, Stage
 
 from ..errors import UnsupportedOpError
-from ..handoffs import (ADAM_STATES, LOWERING_KEY, LoweringFacts, OutputRole, graph_info, node_info, placeholder,
-                        profile_of)
+from ..handoffs import (
+    ADAM_STATES,
+    LOWERING_KEY,
+    LoweringFacts,
+    OutputRole,
+    graph_info,
+    node_info,
+    placeholder,
+    profile_of,
+)
 from . import views as V
 from .views import NotAffine, View
 

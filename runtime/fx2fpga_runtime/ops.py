@@ -220,4 +220,5 @@ def exact_frac(spec: OpSpec, fracs: Sequence[int], stage, kernel) -> int:
     return spec.result_frac(fracs)
 
 
-__all__ = ["NORM_INDEX_BITS", "OPS_TABLE", "OpSpec", "div_norm_frac", "norm_rom_values", "aligned_operands", "alignment_shifts", "exact_frac", "mid_format", "op_spec"]
+__all__ = ["NORM_INDEX_BITS", "OPS_TABLE", "OpSpec", "aligned_operands", "alignment_shifts", "div_norm_frac",
+           "exact_frac", "mid_format", "norm_rom_values", "op_spec"]

@@ -83,7 +83,8 @@ HLS_SPELLING = {
 # Names the generated code declares itself; buffers and loop variables must not take them.
 _RESERVED = {
     "acc", "acc_idx", "cmd", "in_words", "out_words", "offset", "pos", "raw_bits", "tbl_r", "tbl_i", "tbl_t",
-    "tbl_lo", "tbl_hi", "tbl_y", "nd_b", "nd_n", "nd_k", "nd_e", "nd_s", "nd_m", "nd_p", "nd_y", "main", "IN_WORDS", "OUT_WORDS",
+    "tbl_lo", "tbl_hi", "tbl_y", "nd_b", "nd_n", "nd_k", "nd_e", "nd_s", "nd_m", "nd_p", "nd_y", "main",
+    "IN_WORDS", "OUT_WORDS",
     "auto", "bool", "break", "case", "char", "const", "continue", "default", "do", "double", "else",
     "enum", "extern", "float", "for", "goto", "if", "int", "long", "register", "return", "short",
     "signed", "sizeof", "static", "struct", "switch", "typedef", "union", "unsigned", "void",
