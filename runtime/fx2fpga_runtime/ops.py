@@ -85,11 +85,24 @@ NORM_INDEX_BITS = 12  # div, div_sqrt: the divisor's leading bits that index the
 
 
 def bit_length(x: np.ndarray) -> np.ndarray:
-    """The number of bits of each non-negative int64 (0 for 0): exact, unlike ``log2`` of a float."""
-    n = np.zeros(np.shape(x), dtype=np.int64)
-    for k in range(63):
-        n += (x >> k) != 0
+    """The number of bits of each non-negative int64 (0 for 0): exact, unlike ``log2`` of a float (whose
+    rounding to 53 bits the two corrections undo)."""
+    x = np.asarray(x, dtype=np.int64)
+    n = np.frexp(x.astype(np.float64))[1].astype(np.int64)
+    n -= (n > 0) & ((x >> np.maximum(n - 1, 0)) == 0)  # rounded up to the next power of two
+    n += (x >> np.minimum(n, 63)) != 0
     return n
+
+
+_ROMS: dict[int, tuple[tuple, np.ndarray]] = {}  # id of a ROM's init tuple -> (the tuple, its array)
+
+
+def _rom_array(init: tuple) -> np.ndarray:
+    """A ROM's entries as an int64 array, made once per init tuple."""
+    hit = _ROMS.get(id(init))
+    if hit is None or hit[0] is not init:
+        hit = _ROMS[id(init)] = (init, np.asarray(init, dtype=np.int64))
+    return hit[1]
 
 
 def norm_rom_values(root: int, q: int) -> np.ndarray:
@@ -115,7 +128,7 @@ def _normalized_division(root: int) -> Evaluate:
         e = (bit_length(b) + root - 1) // root
         s = root * e
         m = np.where(s <= t, b << np.maximum(t - s, 0), b >> np.maximum(s - t, 0))
-        rom = np.asarray(kernel.buffers[stage.attrs["rom"]].init, dtype=np.int64)
+        rom = _rom_array(kernel.buffers[stage.attrs["rom"]].init)
         return (v[0] * rom[m - (1 << (t - root))]) >> (e - 1)
     return evaluate
 
