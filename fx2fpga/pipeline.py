@@ -184,7 +184,7 @@ def _tile(ctx: CompileContext):
     if ctx.lanes is None and lanes != tries[0]:
         ctx.notes.setdefault("tile", []).append(
             f"lanes: {lanes} per stage (the default {tries[0]} is over the {ctx.target.name}'s budget by the HLS "
-            f"estimate)")
+            f"estimate or the calibrated RTL model)")
     return ctx.kernel
 
 
@@ -194,7 +194,8 @@ DEFAULT_LANES = (4, 2, 1)  # compile(lanes=None): 4 lanes per stage, or the most
 def _assign_lanes(ctx: CompileContext, lanes) -> list:
     """Give the kernel's stages ``lanes`` (kept RTL-bankable; the schedule of the bank check is the "schedule"
     step's); what is over the target's budget, by the calibrated RTL model for a design point of the explorer
-    (lanes per stage), else by the HLS estimate."""
+    (lanes per stage), by the HLS estimate and the RTL model for the default (``lanes=None``: the first of
+    ``DEFAULT_LANES`` that fits both), else by the HLS estimate."""
     from .passes import estimate, schedule, tile
 
     tile.assign_lanes(ctx.kernel, lanes, ctx.target, 1 if ctx.model_lanes == "auto" else ctx.model_lanes)
@@ -203,9 +204,11 @@ def _assign_lanes(ctx: CompileContext, lanes) -> list:
         ctx.schedule = tile.keep_banks_mappable(ctx.kernel)
     except schedule.ScheduleError as e:  # not a lane problem: the RTL emitter reports it
         ctx.schedule_error = e
-    if isinstance(lanes, dict) and _rtl_model_applies(ctx) and ctx.schedule is not None:
-        return _over_rtl_budget(ctx)
-    return estimate.resources(ctx.kernel, ctx.target).over_budget(ctx.target)
+    over = estimate.resources(ctx.kernel, ctx.target).over_budget(ctx.target)
+    if (isinstance(lanes, dict) or ctx.lanes is None) and _rtl_model_applies(ctx) and ctx.schedule is not None:
+        rtl = _over_rtl_budget(ctx)  # the RTL must fit too: its LUTs, which the HLS estimate does not count
+        return rtl if isinstance(lanes, dict) else rtl + [o for o in over if o[0] not in {r[0] for r in rtl}]
+    return over
 
 
 def _explores(ctx: CompileContext) -> bool:

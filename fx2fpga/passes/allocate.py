@@ -59,10 +59,11 @@ def lane_costs(plan, costs: dict) -> dict[str, LaneCost]:
     for u in plan.units:
         adder = resources._unit_adder_bits(u)
         dsp, bram = 0.0, 0.0
-        if u["kind"] == "table":
+        rom = resources.unit_rom(u)
+        if rom is not None:  # a table's or a division's ROM and product
             adder += u["product"]["width"] * (len(u["product"]["parts"]) - 1)
             dsp = len(u["product"]["parts"])
-            bram = resources.table_mapping(u["depth"], u["table_width"]).bram36
+            bram = rom[0].bram36
         reg = resources._unit_reg_bits(u)
         ports = [r for r in plan.spec["reads"] + plan.spec["writes"] if r["phase"] == int(u["inst"][1:])]
         addr_bits = sum(sum(p["dim_bits"]) for p in ports)
@@ -136,7 +137,7 @@ def memory_cost(kernel: Kernel, costs: dict) -> dict[str, float]:
     written = {st.out.buffer for st in kernel.stages()}
     used = {a.buffer for st in kernel.stages() for a in (st.out, *st.ins)} | set(kernel.params)
     used |= {b for p in kernel.programs.values() for b in (*p.inputs, *p.outputs)}
-    tables = {st.attrs["table"] for st in kernel.stages() if "table" in st.attrs}  # (ROMs of the table units)
+    tables = {st.attrs[k] for st in kernel.stages() for k in ("table", "rom") if k in st.attrs}  # the units' ROMs
     for name, spec in buffer_banking(kernel).items():
         if name not in used or name in tables:
             continue

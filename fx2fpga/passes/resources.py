@@ -4,7 +4,7 @@
 RTL from its ``RtlPlan`` (``backends/rtl/emit.py``) alone, in milliseconds instead of minutes:
 
 - **DSP** is exact: ``RtlPlan.dsp_blocks`` (the shared multipliers' partial products per lane, plus the
-  function tables' interpolation products) is what the RTL instantiates.
+  function tables' interpolation products and the divisions' products) is what the RTL instantiates.
 - **BRAM36** follows Yosys' memory mapping (``memory_libmap`` with the xc7 libraries) bank by bank:
   ``bank_mapping`` says whether a bank of ``depth x width`` becomes distributed RAM (LUT-RAM), block RAM
   (RAMB18/RAMB36, whichever is cheaper) or, for a small ROM, logic.
@@ -124,6 +124,16 @@ def table_mapping(depth: int, width: int) -> BankMapping:
     return BankMapping("logic")
 
 
+def unit_rom(u: dict) -> tuple[BankMapping, int] | None:
+    """One lane's ROM: a table unit's (``fx2fpga_rom2``, two reads: two copies in logic) or a division unit's
+    (``fx2fpga_rom``, one read); where Yosys puts it and its bits in logic. None: a unit without one."""
+    if u["kind"] == "table":
+        return table_mapping(u["depth"], u["table_width"]), u["depth"] * u["table_width"] * 2
+    if u["kind"] == "normalized":
+        return bank_mapping(u["depth"], u["rom_width"], read_only=True), u["depth"] * u["rom_width"]
+    return None
+
+
 # ----- features of a plan -------------------------------------------------------------------------------------
 
 def _unit_adder_bits(u: dict) -> int:
@@ -135,6 +145,8 @@ def _unit_adder_bits(u: dict) -> int:
         return u.get("sum_width", 2 * u["acc_iw"])  # max/argmax: a compare and a select
     if u["kind"] == "table":
         return 2 * u["xw"] + u["rw"] + u["yw"]
+    if u["kind"] == "normalized":  # max(b, 1), the leading one, the ROM address
+        return 2 * u["bw"] + u["t"]
     if u["op"] in ("add", "sub", "msub", "neg", "abs", "eq", "ne", "lt", "le", "gt", "ge"):
         return u["res_width"]
     return 0
@@ -162,9 +174,18 @@ def _unit_reg_bits(u: dict) -> int:
         return ops + term + u["acc_width"] + init + u["out_width"] + u.get("pos_width", 0) * 2
     if u["kind"] == "table":
         return ops + u["xw"] + u["rw"] + 2 * u["tw"] + u["pw"] + u["yw"] + u["out_width"] + u["latency"] * 4
+    if u["kind"] == "normalized":  # the divisor (2), the shifts (3-10), m, the ROM data, the dividend's delay,
+        # the product, the shifted product
+        return (ops + 2 * u["bw"] + u["sw"] + 8 * u["ew"] + u["t"] + u["rom_width"] + 5 * u["ops"][0]["iw"]
+                + 2 * u["pw"] + u["out_width"])
     if u["kind"] == "msub":  # also the first operand's delay to meet the product, and the product's assignment
         return ops + 6 * u["ops"][0]["iw"] + u["mid_width"] + u["res_width"] + u["out_width"]
     return ops + u["res_width"] + u["out_width"]
+
+
+def _shifter_bits(u: dict) -> int:
+    """A division unit's two variable shifts as multiplexers: the divisor's normalization, the product's shift."""
+    return u["t"] * u["sw"] + u["pw"] * u["ew"]
 
 
 def _memory_features(p) -> dict[str, float]:
@@ -241,13 +262,14 @@ def rtl_features(p) -> dict[str, float]:
         f["adder_bits"] += lanes * _unit_adder_bits(u)
         f["cvt_bits"] += lanes * _unit_cvt_bits(u)
         f["unit_reg_bits"] += lanes * _unit_reg_bits(u)
-        if u["kind"] == "table":
-            rom = table_mapping(u["depth"], u["table_width"])
-            f["table_bram36"] += lanes * rom.bram36
-            if rom.kind == "logic":
-                f["table_rom_bits"] += lanes * u["depth"] * u["table_width"] * 2  # two reads: two copies
+        rom = unit_rom(u)
+        if rom is not None:  # a table's or a division's ROM and product
+            f["table_bram36"] += lanes * rom[0].bram36
+            if rom[0].kind == "logic":
+                f["table_rom_bits"] += lanes * rom[1]
             f["adder_bits"] += lanes * u["product"]["width"] * (len(u["product"]["parts"]) - 1)
     sel = sum(u["lanes"] * u["res_width"] for u in p.units if u["op"] in ("relu", "select"))
+    sel += sum(u["lanes"] * _shifter_bits(u) for u in p.units if u["kind"] == "normalized")
     mem = _memory_features(p)
     pool = _pool_features(p)
     engine = engine_features(p.engine)

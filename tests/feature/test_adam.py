@@ -154,7 +154,7 @@ def test_the_loss_follows_torch_over_100_steps(compiled):
         loss = F.cross_entropy(ref(x), y)
         loss.backward()
         opt.step()
-        theirs.append(float(loss))
+        theirs.append(loss.item())
     ours, theirs = np.array(ours), np.array(theirs)
     assert theirs[-20:].mean() < 0.7 * theirs[:5].mean()  # it trains
     assert abs(ours[-20:].mean() - theirs[-20:].mean()) <= 0.05 * theirs[-20:].mean(), (ours[-20:], theirs[-20:])

@@ -15,6 +15,7 @@ from fx2fpga_runtime import csim, interface
 from fx2fpga_runtime.csim import CXX_FLAGS, CsimBackend, ap_types_dir
 from fx2fpga_runtime.fixed import BOOL, Fixed
 from fx2fpga_runtime.ir import OPS, Access, Affine, Buffer, Guard, Kernel, Loop, Program, Stage
+from fx2fpga_runtime.ops import norm_rom_values
 from fx2fpga_runtime.runner import EmuBackend, KernelRunner
 from fx2fpga_runtime.toolchain import cache_dir, require_tool
 
@@ -108,6 +109,33 @@ def _zoo_elementwise(bufs: list[Buffer], stages: list[Stage]) -> None:
     ew("o_pad", "add", F("fixed<9,3>"), (pad, B), lanes=3, lane_var="j")
     ew("o_pad_abs", "abs", F("fixed<7,2,RND_CONV,SAT>"), (pad,))
     ew("o_pad_tab", "table", F("fixed<8,2,RND,SAT>"), (pad,), attrs={"table": "tbl", "lo": -40, "shift": 3})
+    _zoo_divisions(ew, bufs)
+
+
+def _zoo_rom(bufs: list[Buffer], op: str, q: int) -> dict:
+    """The attrs of a ``div``/``div_sqrt`` stage whose ROM has ``q`` frac bits (quantize builds them in real kernels;
+    here by hand, one const buffer per op and q)."""
+    name = f"rom_{op}_q{q}"
+    if all(buf.name != name for buf in bufs):
+        entries = tuple(int(v) for v in norm_rom_values(2 if op == "div_sqrt" else 1, q))
+        bufs.append(Buffer(name, (len(entries),), Fixed(q + 2, q + 2, signed=False), "const", "const", init=entries))
+    return {"rom": name, "q": q}
+
+
+def _zoo_divisions(ew, bufs: list[Buffer]) -> None:
+    """a / b and a / sqrt(b): odd (b, 5) and even (p, 2; wb, 22) divisor frac bits, divisors 0 and negative (read as
+    one ulp), negative dividends, saturating and wrapping outputs, a product wider than one DSP block (wa: 30 bits)."""
+    A, B, P = (acc(n, "i", "j") for n in "abp")
+    wa, wb = acc("wa", "i", "j"), acc("wb", "j", "i")
+    ew("o_div", "div", F("fixed<10,5,RND,SAT>"), (A, B), attrs=_zoo_rom(bufs, "div", 16))
+    ew("o_div_w", "div", F("fixed<8,3,TRN,WRAP>"), (B, P), attrs=_zoo_rom(bufs, "div", 16), lanes=3, lane_var="j")
+    ew("o_div_wide", "div", F("fixed<32,12,RND_ZERO,SAT>"), (wa, wb), loops=(Loop("i", 4), Loop("j", 4)),
+       attrs=_zoo_rom(bufs, "div", 30))
+    ew("o_dsqrt", "div_sqrt", F("fixed<12,6,RND_CONV,SAT>"), (A, B), attrs=_zoo_rom(bufs, "div_sqrt", 16))
+    ew("o_dsqrt_w", "div_sqrt", F("fixed<7,2,TRN_ZERO,WRAP>"), (A, P), attrs=_zoo_rom(bufs, "div_sqrt", 14),
+       lanes=2, lane_var="j")
+    ew("o_dsqrt_wide", "div_sqrt", F("ufixed<24,8,RND,SAT>"), (wa, wb), loops=(Loop("i", 4), Loop("j", 4)),
+       attrs=_zoo_rom(bufs, "div_sqrt", 31))
 
 
 def _zoo_reductions(bufs: list[Buffer], stages: list[Stage]) -> None:
@@ -387,6 +415,7 @@ def _precompiled_headers() -> list:
 @pytest.mark.slow
 def test_precompiled_header_is_made_once_and_reused_by_other_kernels(tmp_path, monkeypatch):
     monkeypatch.setenv("FX2FPGA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FX2FPGA_CSIM_HEADERS", "ap_types")  # the vendor's headers are precompiled
     _sgd_equals_emulator(tmp_path / "first")  # no precompiled header yet: the build starts making it
     [gch] = _precompiled_headers()
     made = gch.stat()
@@ -408,6 +437,7 @@ def test_precompiled_header_is_made_once_and_reused_by_other_kernels(tmp_path, m
 @pytest.mark.parametrize("damage", ["truncated", "not a pch"])
 def test_a_damaged_precompiled_header_is_rebuilt(tmp_path, monkeypatch, damage):
     monkeypatch.setenv("FX2FPGA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FX2FPGA_CSIM_HEADERS", "ap_types")  # the vendor's headers are precompiled
     _sgd_equals_emulator(tmp_path / "first")
     [gch] = _precompiled_headers()
     good = gch.read_bytes()

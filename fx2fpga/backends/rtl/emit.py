@@ -33,7 +33,7 @@ from dataclasses import dataclass, fields
 
 from fx2fpga_runtime import interface
 from fx2fpga_runtime.fixed import Fixed
-from fx2fpga_runtime.ops import OPS_TABLE, alignment_shifts, exact_frac, mid_format
+from fx2fpga_runtime.ops import NORM_INDEX_BITS, OPS_TABLE, alignment_shifts, exact_frac, mid_format
 
 from ...errors import Fx2fpgaError
 from ...passes import schedule as sched
@@ -80,6 +80,8 @@ RTL_SPELLING = {
        for op, c in COMPARE_OPS.items()},
     "table": RtlSpelling(None),  # a unit of its own: clip, two ROM reads, the interpolation
     "msub": RtlSpelling(None),  # a unit of its own: the shared multiplier, the mid format, the subtraction
+    "div": RtlSpelling(None),  # a unit of its own: leading one, normalize, ROM read, product, shift
+    "div_sqrt": RtlSpelling(None),  # the same unit, its ROM of 1 / sqrt
     "mac": RtlSpelling(lambda w, s: w[0] + w[1]),  # the term: the shared multiplier's product
     "sum": RtlSpelling(lambda w, s: w[0]),
     "max": RtlSpelling(None),  # the term: the operand assigned to the accumulator format
@@ -264,6 +266,8 @@ def _unit_view(phase: Phase, pid: int, kernel, name: str, cvts: _Cvts, dsp_kind:
         return _table_view(view, kernel, cvts, dsp_kind)
     if st.op == "msub":
         return _msub_view(view, kernel, cvts)
+    if st.op in NORMALIZED_ROOTS:
+        return _normalized_view(view, kernel, cvts, dsp_kind)
     view.update(kind="elementwise", latency=sched.unit_latency(st.op))
     spelling = RTL_SPELLING[st.op]
     fr = [o["frac"] for o in ops]
@@ -383,6 +387,35 @@ def _table_view(view: dict, kernel, cvts: _Cvts, dsp_kind: str) -> dict:
     return view
 
 
+NORMALIZED_ROOTS = {"div": 1, "div_sqrt": 2}  # ops.py's _normalized_division: the root of the divisor
+
+
+def _normalized_view(view: dict, kernel, cvts: _Cvts, dsp_kind: str) -> dict:
+    """A ``div``/``div_sqrt`` unit (``ops._normalized_division``): the divisor's leading one, its ``T`` leading
+    bits (the ROM address), the ROM entry times the dividend, shifted right by ``e - 1``, converted."""
+    st, ops = view["stage"], view["ops"]
+    out_fmt = kernel.buffers[st.out.buffer].fmt
+    root, t = NORMALIZED_ROOTS[st.op], NORM_INDEX_BITS
+    depth = (1 << t) - (1 << (t - root))
+    rom = kernel.buffers.get(st.attrs.get("rom", ""))
+    if rom is None or rom.init is None or rom.size != depth or rom.fmt.signed or "q" not in st.attrs:
+        raise RtlCodegenError(f"stage {st.name!r}: {st.op} needs attrs['q'] and attrs['rom'] naming an unsigned "
+                              f"const buffer of {depth} init values (ops.norm_rom_values)")
+    odd = ops[1]["frac"] % root
+    bw = max(ops[1]["iw"] - 1, 1) + odd  # the divisor, made positive (max(b, 1)) and shifted
+    emax = -(-bw // root)  # the largest e: ceil(bit length / root)
+    ew = bits(emax)
+    sw = bits(root * emax)
+    yw = _iw(rom.fmt)  # the ROM entry as a signed multiplier operand
+    pw = ops[0]["iw"] + yw
+    frac = exact_frac(OPS_TABLE[st.op], [o["frac"] for o in ops], st, kernel)
+    view.update(kind="normalized", latency=sched.unit_latency(st.op), root=root, t=t, odd=odd, bw=bw, ew=ew, sw=sw,
+                rom=f"mem/{rom.name}.hex", rom_buffer=rom.name, rom_width=rom.fmt.width, depth=depth,
+                aw=bits(depth - 1), m0=1 << (t - root), yw=yw, pw=pw, res_width=pw,
+                product=product_plan(ops[0]["iw"], yw, dsp_kind), cvt_out=cvts.get(pw, frac, out_fmt))
+    return view
+
+
 # ----- the plan: phases, ports, memories, controller spec --------------------------------------------------
 
 def _guard_spec(guards) -> list[dict]:
@@ -411,9 +444,11 @@ class RtlPlan:
     @property
     def dsp_blocks(self) -> int:
         """DSP blocks the generated RTL instantiates (its ``fx2fpga_mult``s): the shared multipliers'
-        partial products, one set per lane, and the function tables' interpolation products."""
+        partial products, one set per lane, the function tables' interpolation products and the
+        divisions' products."""
         shared = self.pool["lanes"] * len(self.pool["product"]["parts"]) if self.pool else 0
-        return shared + sum(u["lanes"] * len(u["product"]["parts"]) for u in self.units if u["kind"] == "table")
+        return shared + sum(u["lanes"] * len(u["product"]["parts"]) for u in self.units
+                            if u["kind"] in ("table", "normalized"))
 
     def template_vars(self) -> dict:
         """The fields as template variables (not copied)."""
@@ -664,8 +699,8 @@ def generate(kernel, version: str, clock_mhz: float = 100.0, dsp_kind: str = "DS
                                                                                             e=p.engine)
     for u in p.units:
         files[f"rtl/{u['module']}.sv"] = env.get_template("rtl/unit.sv.j2").render(banner=banner, u=u)
-        if u["kind"] == "table":
-            tbl = kernel.buffers[u["table"]]
+        if u["kind"] in ("table", "normalized"):
+            tbl = kernel.buffers[u["table"] if u["kind"] == "table" else u["rom_buffer"]]
             files[f"rtl/{u['rom']}"] = _hex_file(list(tbl.init), tbl.fmt.width)
     for m in p.memories:
         if m["init"]:
@@ -714,7 +749,8 @@ NO_RTL = "fx2fpga wrote no Verilog for this kernel, so the `rtl` backend cannot 
 
 def dsp_blocks(kernel, dsp_kind: str) -> int:
     """DSP blocks the generated RTL instantiates (its ``fx2fpga_mult``s): the shared multipliers'
-    partial products, one set per lane, and the function tables' interpolation products."""
+    partial products, one set per lane, the function tables' interpolation products and the divisions'
+    products."""
     return plan(kernel, kernel.name, dsp_kind).dsp_blocks
 
 
