@@ -96,6 +96,9 @@ def resources(kernel: Kernel, target=None) -> ResourceEstimate:
             w = [kernel.buffers[a.buffer].fmt.width for a in factors]
             if all(kernel.buffers[a.buffer].role != "const" for a in factors) or spec.reduction:
                 dsp += st.lanes * dsp_per_multiplier(*w, kind)
+        elif "rom" in st.attrs:  # div, div_sqrt: the dividend times the ROM's entry, in each lane
+            w = [kernel.buffers[st.ins[0].buffer].fmt.width, kernel.buffers[st.attrs["rom"]].fmt.width]
+            dsp += st.lanes * dsp_per_multiplier(*w, kind)
     banks = buffer_banks(kernel)
     bram18, bits_total = 0, 0
     for name, buf in kernel.buffers.items():
