@@ -83,10 +83,16 @@ class Adam(SGD):
     lr: float | list[float] = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    amsgrad: bool = False  # torch's options that the kernel does not have: refused clearly
+    maximize: bool = False
     decoupled: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         name = type(self).__name__
+        for option in ("amsgrad", "maximize"):
+            if getattr(self, option):
+                raise ValueError(f"{name}({option}=True) is not supported on chip: Adam and AdamW train with "
+                                 f"bias-corrected moments only (torch.optim's defaults)")
         if (self.momentum if not isinstance(self.momentum, (list, tuple)) else any(self.momentum)) or self.nesterov:
             raise ValueError(f"{name} takes betas=(beta1, beta2), not momentum or nesterov (those are SGD's)")
         b1, b2 = (float(b) for b in self.betas)

@@ -181,7 +181,8 @@ def test_adam_states_are_the_optimizers_not_the_models(compiled):
 
 @pytest.mark.parametrize("bad, match", [
     ({"momentum": 0.9}, "betas"), ({"betas": (0.9, 1.0)}, r"betas must be in \[0, 1\)"), ({"eps": -1.0}, "eps"),
-    ({"lr": 0.0}, "learning rate must be positive")])
+    ({"lr": 0.0}, "learning rate must be positive"), ({"amsgrad": True}, "amsgrad=True"),
+    ({"maximize": True}, "not supported on chip")])
 def test_bad_adam_settings_are_refused(bad, match):
     with pytest.raises(ValueError, match=match):
         fx2fpga.Adam(F.cross_entropy, torch.zeros(4, dtype=torch.long), **bad)
