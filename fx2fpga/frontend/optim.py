@@ -27,6 +27,7 @@ class SGD:
     momentum: float | list[float] = 0.0
     weight_decay: float | list[float] = 0.0
     nesterov: bool = False  # torch.optim.SGD(nesterov=True): the step along g + momentum * v
+    dropout_seed: int = 0  # seeds the on-chip generator of nn.Dropout's masks (frontend/dropout.py)
 
     def __post_init__(self) -> None:
         if self.nesterov and not (self.momentum if not isinstance(self.momentum, (list, tuple)) else

@@ -33,7 +33,7 @@ from ..handoffs import (
     node_info,
     set_node_info,
 )
-from . import embedding
+from . import dropout, embedding
 from .modules import PointModule, _as_tuple, as_module, check_modules
 from .optim import ADAM_KIND, ADAM_NORMALIZED, GD, SGD, optimizer_states, optimizer_update, states_at_bound
 
@@ -223,6 +223,7 @@ def decomposition_table() -> dict:
     table[aten._native_batch_norm_legit_no_training.default] = _batch_norm_eval
     table[aten._native_batch_norm_legit.no_stats] = _batch_norm_no_stats
     table.update(embedding.DECOMPOSITIONS)  # a one-hot matrix product
+    table.update(dropout.DECOMPOSITIONS)  # random ops in a forward: refused (nn.Dropout draws on chip)
     table.update(_activation_decompositions())
     return table
 
@@ -411,6 +412,9 @@ def trace(model, example_inputs, train: SGD | GD | None = None) -> torch.fx.Grap
     if isinstance(train, GD) and not isinstance(model, PointModule):
         model, example_inputs = PointModule(model, _as_tuple(example_inputs)[0]), ()
     check_modules(as_module(model), training=train is not None)
-    if train is None:
-        return trace_inference(model, example_inputs)
-    return trace_training(model, example_inputs, train)
+    if train is not None:  # nn.Dropout -> OnChipDropout, in a copy of the model (frontend/dropout.py)
+        model = dropout.with_on_chip_dropout(as_module(model), _as_tuple(example_inputs),
+                                             getattr(train, "dropout_seed", 0))
+    gm = trace_inference(model, example_inputs) if train is None else trace_training(model, example_inputs, train)
+    dropout.rename_states(gm, as_module(model))  # its generator's states: dropout:<module path>
+    return gm

@@ -38,6 +38,8 @@ from .views import NotAffine, View
 
 aten = torch.ops.aten
 PLACEHOLDER_FMT = Fixed(16, 6)  # replaced by passes.quantize
+RANDOM_ANNOTATION = "fx2fpga_random"  # meta["custom"] of the dropout generator's ops (frontend/dropout.py)
+RANDOM_STATE_PREFIX = "dropout:"  # the generator's state buffers, dropout:<module path>: kind "random"
 OUT_VARS = ("i", "j", "l", "m", "n", "p")
 RED_VARS = ("k", "r", "s", "t")
 CPP_RESERVED = set(keyword.kwlist) | {"int", "float", "double", "char", "long", "short", "static", "const", "cmd",
@@ -163,6 +165,8 @@ class GraphLowering:
         dtype = node.meta["val"].dtype
         if dtype == torch.bool:
             return "bool"
+        if (node.meta.get("custom") or {}).get(RANDOM_ANNOTATION):  # the dropout generator's LCG step
+            return "random"
         if not dtype.is_floating_point:
             return "integer"
         info = node_info(node)
@@ -273,7 +277,9 @@ class GraphLowering:
         if role == "param":
             return View.identity(self.kb.param(name, value, "weight"), shape)
         if role == "buffer":  # persists on chip like a parameter (running stats: activation formats)
-            buf = self.kb.param(name, value, "activation" if value.dtype.is_floating_point else "integer")
+            kind = "random" if name.startswith(RANDOM_STATE_PREFIX) else (
+                "activation" if value.dtype.is_floating_point else "integer")
+            buf = self.kb.param(name, value, kind)
             self.record_param_range(buf, node)
             return View.identity(buf, shape)
         if role == "state":  # optimizer state (momentum:<param>): persists on chip, gradient formats (Adam's: wide)

@@ -21,6 +21,7 @@ from ..errors import PrecisionError
 from ..handoffs import LR_REACH_BITS, UNIFIED_KEY, lowering_facts
 
 MAX_ACC_WIDTH = 62
+RANDOM_FORMAT = Fixed(32, 32, True, "TRN", "WRAP")  # frontend/dropout.py's LCG state, two's complement
 TABLE_SEGMENTS = 1024  # at most this many linear segments per function table
 MAX_TABLE_SEGMENTS = 4096  # sin, cos, reciprocal: more where 1024 leave more than half an ulp
 
@@ -179,6 +180,8 @@ def _buffer_format(buf: Buffer, p: Precision, const_values) -> Fixed:
         return Fixed(fmt.width, fmt.int_bits + LR_REACH_BITS, fmt.signed, fmt.rounding, fmt.overflow)
     if buf.kind == "integer":
         return Fixed(p.integer_width, p.integer_width)
+    if buf.kind == "random":  # the dropout generator's state: its wrap-around is the LCG's modulo 2**32
+        return RANDOM_FORMAT
     if buf.kind == "moment":  # fitted to the range by ``run``
         width = MOMENT_STATE_WIDTH if buf.role == "param" else MOMENT_WIDTH
         return Fixed(width, width)
@@ -318,7 +321,9 @@ def _build_table(stage: Stage, kernel: Kernel) -> None:
     n = -(-span // (1 << shift))
     xs = (raw_lo + (np.arange(n + 1, dtype=np.int64) << shift)) * fin.ulp
     tfmt = fout.with_modes(overflow="SAT")
-    entries = tuple(int(v) for v in tfmt.quantize(FUNCTIONS[fn](xs)))
+    with np.errstate(over="ignore"):  # an input ulp past the domain (fixed<6,16>: 1024) overflows exp: saturate
+        values = np.clip(FUNCTIONS[fn](xs), tfmt.min_value, tfmt.max_value)
+    entries = tuple(int(v) for v in tfmt.quantize(values))
     name = next((b.name for b in kernel.buffers.values() if b.role == "const" and b.fmt == tfmt
                  and b.source.startswith(f"{fn} table") and b.init == entries), None)  # the same table: shared
     if name is None:
