@@ -1,0 +1,2 @@
+// fx2fpga csim: the fast stand-in for Xilinx's ap_fixed.h (see fastfixed.h; never part of an HLS project).
+#include "fastfixed.h"
