@@ -13,7 +13,8 @@ from fx2fpga_runtime import load  # noqa: E402
 from fx2fpga_runtime.fixed import Fixed  # noqa: E402
 
 from .api import Design, compile, explore  # noqa: E402
-from .fit import fit  # noqa: E402
+from .errors import QuantizationWarning  # noqa: E402
+from .fit import SaturationWarning, fit  # noqa: E402
 from .frontend import GD, SGD, Adam, AdamW, trace  # noqa: E402
 from .module import FPGAModule  # noqa: E402
 from .passes.quantize import Precision  # noqa: E402
@@ -27,5 +28,6 @@ def targets() -> list[str]:
     return [t.name for t in list_targets()]
 
 
-__all__ = ["Adam", "AdamW", "Design", "FPGAModule", "Fixed", "GD", "PIPELINE", "Precision", "SGD", "Target", "compile",
-           "explore", "fit", "list_targets", "load", "load_target", "targets", "trace", "__version__"]
+__all__ = ["Adam", "AdamW", "Design", "FPGAModule", "Fixed", "GD", "PIPELINE", "Precision", "QuantizationWarning",
+           "SGD", "SaturationWarning", "Target", "compile", "explore", "fit", "list_targets", "load", "load_target",
+           "targets", "trace", "__version__"]

@@ -14,6 +14,7 @@ from fx2fpga_runtime.runner import KernelRunner
 
 from .errors import PrecisionError
 from .frontend import GD, SGD, PointModule, _as_tuple, as_module
+from .frontend.trace import check_example_inputs
 from .passes.quantize import Precision
 from .pipeline import OUTPUTS, PIPELINE, CompileContext, design_of, folder_files, run_pipeline
 from .targets import Target, load_target
@@ -43,6 +44,9 @@ class Design:
     train = property(lambda self: self.context.train, doc="The SGD/GD step, or None.")
     outputs = property(lambda self: self.context.outputs,
                        doc="What the project folder holds: hls (C++), rtl (Verilog) or both.")
+    quantization = property(lambda self: self.context.quantization,
+                            doc="Each float tensor on the example data against its format, worst SQNR first: "
+                                "a list of passes.quant_report.TensorQuantization.")
     schedule = property(lambda self: self.context.schedule,
                         doc="The RTL schedule (computed once, by the pipeline); None if the RTL cannot map.")
 
@@ -164,6 +168,7 @@ def compile(  # noqa: A001 - the public name the product promises
     backend: str | None = None,
     stack_models: bool = True,
     model_lanes: int | str = "auto",
+    saturation_counters: bool = False,
 ):
     """Compile ``model`` (an ``nn.Module`` or a function of tensors) for ``target``: a ``Design``.
 
@@ -196,6 +201,9 @@ def compile(  # noqa: A001 - the public name the product promises
     ``share_memory`` (default on) lets temporaries of one shape and format with disjoint lifetimes
     share one on-chip array (``mem<k>``); ``False`` keeps one array per tensor, e.g. to read every
     intermediate tensor by name from the emulator's memory after a call.
+    ``saturation_counters`` (default off) puts saturation counters in the generated HLS C++ (the ``csim``
+    simulator and the board read them with ``runner.saturation()``); the emulator always counts
+    (docs/saturation.md).
 
     ``until`` names a step of ``fx2fpga.PIPELINE`` to stop after; ``compile`` then returns that
     step's artifact instead of the ``Design``: ``"trace"`` the torch.fx graphs (a list),
@@ -214,6 +222,7 @@ def compile(  # noqa: A001 - the public name the product promises
     ctx = _context(model, example_inputs, target, train, precision, lanes, name, progress)
     ctx.outputs = outputs or default_outputs(ctx.target)
     ctx.share_memory = share_memory
+    ctx.saturation_counters = saturation_counters
     ctx.stack_models, ctx.model_lanes = stack_models, model_lanes
     ctx.out_dir = Path(out_dir) if out_dir is not None else None
     ctx.design = Design(ctx)
@@ -264,14 +273,17 @@ def _context(model, example_inputs, target, train, precision, lanes, name, progr
     example_inputs = _as_tuple(example_inputs)
     if not all(isinstance(t, torch.Tensor) for t in example_inputs):
         raise TypeError("example_inputs must be a tensor or a tuple of tensors")
+    targets = train.example_targets if isinstance(train, SGD) else None
     if isinstance(model, (list, tuple)):
         modules, trains = _model_list(model, train)
+        check_example_inputs(modules, example_inputs, targets)
         return CompileContext(modules, example_inputs, train, prec, lanes, tgt, _kernel_name(list(model), name),
                               example=_example_arrays(example_inputs, train), progress=progress, trains=trains)
     if isinstance(train, SGD) and train.per_model:
         raise ValueError("SGD: a list of hyper-parameter values (one per model) needs a list of models; "
                          "one model takes one value")
     module = as_module(model)
+    check_example_inputs([module], example_inputs, targets)
     if isinstance(train, GD):  # the point is the parameter "x"; the programs take no inputs
         if len(example_inputs) != 1:
             raise TypeError("GD: example_inputs must be the starting point, a tuple of one tensor (x0,)")

@@ -7,6 +7,7 @@ import json
 import runpy
 import sys
 import time
+import traceback
 import warnings
 from pathlib import Path
 
@@ -21,7 +22,7 @@ def load_model_file(path: Path, train: bool) -> dict:
     """Run a model.py and return what it defines (``model`` or ``models``, ``example_inputs``, ...)."""
     if not path.is_file():
         raise ModelFileError(f"{path}: no such file")
-    ns = runpy.run_path(str(path), run_name="__fx2fpga__")
+    ns = _run_model_file(path)
     need = ["model" if "models" not in ns else "models", "example_inputs"]
     need += ["loss_fn", "example_targets"] if train else []
     missing = [n for n in need if n not in ns]
@@ -35,6 +36,20 @@ def load_model_file(path: Path, train: bool) -> dict:
     if "models" in ns and not isinstance(ns["models"], (list, tuple)):
         raise ModelFileError(f"{path}: 'models' must be a list of models, got {type(ns['models']).__name__}")
     return ns
+
+
+def _run_model_file(path: Path) -> dict:
+    """The namespace of running ``path``; an exception it raises becomes a ``ModelFileError`` naming the file,
+    its line and the exception (no traceback dump)."""
+    try:
+        return runpy.run_path(str(path), run_name="__fx2fpga__")
+    except Exception as e:
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if Path(f.filename).resolve() == path.resolve()]
+        where = f"{path}:{frames[-1].lineno}: {(frames[-1].line or '').strip()}" if frames else str(path)
+        if isinstance(e, SyntaxError) and e.lineno:
+            where = f"{path}:{e.lineno}: {(e.text or '').strip()}"
+        raise ModelFileError(f"{where}: running the model file raised {type(e).__name__}: {e}\n"
+                             f"fix the file (python {path} shows the whole traceback)") from e
 
 
 def _setting(ns: dict, key: str, default: float):
@@ -111,14 +126,25 @@ def cmd_sim(args) -> int:
     from fx2fpga_runtime.testbench import replay
 
     sim = _renamed(args, "backend", "sim")
-    results = replay(Path(args.project), sim, log=_progress)
+    counts: dict = {}
+    results = replay(Path(args.project), sim, log=_progress, saturation=counts)
     failed = sum(r["mismatches"] for r in results)
     for r in results:
         status = "ok" if r["mismatches"] == 0 else f"{r['mismatches']} MISMATCHES"
         print(f"{r['command']:12s} {r['words']:6d} words  {status}")
     total = sum(r["words"] for r in results)
     print(f"{sim}: {total - failed} words match, {failed} differ from the emulator's golden vectors")
+    _print_saturation(counts)
     return 1 if failed else 0
+
+
+def _print_saturation(counts: dict) -> None:
+    """The buffers whose assignments saturated (or wrapped) during the replay, with their counts."""
+    hit = {b: n for b, n in counts.items() if n}
+    for b, n in hit.items():
+        print(f"saturated {b:24s} {n:8d} times")
+    if counts and not hit:
+        print("no value saturated")
 
 
 def cmd_report(args) -> int:

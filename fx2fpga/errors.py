@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+from fx2fpga_runtime.errors import (  # noqa: F401 - the runtime's errors, importable from here too
+    KernelBackendError,
+    KernelCapabilityError,
+    KernelClosedError,
+    KernelError,
+    KernelInputError,
+    KernelParamError,
+)
 from fx2fpga_runtime.toolchain import ToolNotFoundError as _MissingTool
 
 
@@ -32,6 +40,11 @@ class PrecisionError(Fx2fpgaError, ValueError):
     """A precision string or setting that cannot be turned into fixed-point formats."""
 
 
+class QuantizationWarning(UserWarning):
+    """A format zeroes all or most of a tensor's values on the example data, or saturates more than 1% of
+    them (``passes/quant_report.py``); the warning names the tensors."""
+
+
 class OutputPathError(Fx2fpgaError):
     """The output folder cannot be written without losing something."""
 
@@ -57,3 +70,8 @@ class ToolNotFoundError(Fx2fpgaError, _MissingTool):
 
 class TraceError(Fx2fpgaError):
     """PyTorch could not trace the model into a graph."""
+
+
+class ExampleInputError(Fx2fpgaError, ValueError):
+    """An example input or target the compiler cannot size formats or a batch from: NaN or Inf, an empty
+    batch, an integer tensor where the model computes on floats, a class index out of range."""

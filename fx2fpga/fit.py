@@ -5,7 +5,9 @@
 
 Each batch of the loader is one ``train_step`` on chip. The kernel trains on batches of exactly the
 size it was compiled for: a shorter batch (the last one of an epoch, unless ``drop_last=True``) is
-skipped and counted in ``history["skipped"]``, with one warning.
+skipped and counted in ``history["skipped"]``, with one warning. When the loss or a gradient saturated
+(or wrapped) during the run, one ``SaturationWarning`` names those buffers and their counts (the
+emulator always counts; csim with ``compile(..., saturation_counters=True)``; docs/saturation.md).
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ import warnings
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+
+class SaturationWarning(UserWarning):
+    """The loss or a gradient saturated (or wrapped) on chip: its format's range is too small for it."""
 
 
 def fit(model, loader, epochs: int = 1, progress: bool = True, lr_schedule=None) -> dict:
@@ -29,6 +35,8 @@ def fit(model, loader, epochs: int = 1, progress: bool = True, lr_schedule=None)
     if epochs < 1 or int(epochs) != epochs:
         raise ValueError(f"fit: epochs must be a whole number >= 1, got {epochs}")
     batch = _compiled_batch(model)
+    runner = model.kernel if isinstance(model, torch.nn.Module) else model
+    counting = _start_counting(runner)
     history = {"loss": [], "epoch_loss": [], "lr": [], "steps": 0, "skipped": 0}
     start = time.perf_counter()
     total = _batches_per_epoch(loader)
@@ -56,12 +64,43 @@ def fit(model, loader, epochs: int = 1, progress: bool = True, lr_schedule=None)
             history["epoch_loss"].append(np.mean(losses, axis=0) if losses else np.nan)
     finally:
         bar.close()
+    if counting:
+        _warn_saturation(runner)
     if history["skipped"]:
         warnings.warn(f"fit: skipped {history['skipped']} batch(es) shorter than the compiled batch of {batch} "
                       "(use DataLoader(..., drop_last=True) to drop them yourself)", stacklevel=2)
     history["seconds"] = time.perf_counter() - start
     history["steps_per_s"] = history["steps"] / history["seconds"] if history["seconds"] > 0 else float("nan")
     return history
+
+
+def _start_counting(runner) -> bool:
+    """Reset the runner's saturation counts; False where it has none (a simulator compiled without them)."""
+    try:
+        runner.saturation()
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+def watched_buffers(kernel) -> list[str]:
+    """The buffers ``fit`` warns about: the training step's loss outputs and its gradients."""
+    program = kernel.programs["train_step"]
+    models = kernel.meta.get("models")
+    losses = [program.outputs[0]] if models is None else [m["outputs"]["train_step"][0] for m in models]
+    written = dict.fromkeys(st.out.buffer for st in program.stages)
+    return losses + [b for b in written if kernel.buffers[b].kind == "gradient" and b not in losses]
+
+
+def _warn_saturation(runner) -> None:
+    """One ``SaturationWarning`` naming the loss and gradient buffers that saturated since the counts' reset."""
+    counts = runner.saturation()
+    hit = {b: counts[b] for b in watched_buffers(runner.kernel) if counts.get(b)}
+    if hit:
+        listed = ", ".join(f"{b} ({n:,} times)" for b, n in sorted(hit.items()))
+        warnings.warn(f"fit: values saturated (or wrapped) in {listed}; widen their formats with "
+                      "precision={'overrides': {buffer: 'fixed<W,I>'}} (runner.saturation() counts every buffer)",
+                      SaturationWarning, stacklevel=3)
 
 
 def _compiled_batch(model) -> int | None:

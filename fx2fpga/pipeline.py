@@ -55,9 +55,11 @@ class CompileContext:
     trains: list | None = None  # a list of models: each one's SGD (None: one model, or inference)
     stack_models: bool = True  # models of one architecture on a model axis (lower/model_axis.py)
     model_lanes: int | str = "auto"  # models computed at once on that axis (a number, or "auto")
+    saturation_counters: bool = False  # the generated C++ counts saturations (docs/saturation.md)
 
     graphs: list | None = None  # trace: inference, then the training step (a list of models: one list per model)
     kernel: Kernel | None = None  # lower ... tile: the kernel IR, refined by each step
+    quantization: list | None = None  # quantize: each tensor's SQNR on the example data (passes/quant_report.py)
     exploration: Any = None  # tile, when it explored: every design point (passes/explore.py)
     schedule: Schedule | None = None  # tile's bank check / schedule; None if the RTL cannot map the kernel
     schedule_error: Exception | None = None  # why there is no schedule
@@ -142,9 +144,11 @@ def _lower(ctx: CompileContext):
 
 
 def _quantize(ctx: CompileContext):
-    from .passes import quantize
+    from .passes import quant_report, quantize
 
     ctx.kernel = quantize.run(ctx.kernel, ctx.precision)
+    ctx.quantization = quant_report.run(ctx.graphs, ctx.kernel, ctx.example)
+    quant_report.warn(ctx.quantization, stacklevel=4)  # the user's compile(): _quantize, run_pipeline, compile
     return ctx.kernel
 
 
@@ -160,6 +164,8 @@ def _share_memory(ctx: CompileContext):
 
     if ctx.share_memory:
         ctx.kernel = memory.run(ctx.kernel)
+    if ctx.saturation_counters:
+        ctx.kernel.meta["saturation_counters"] = True
     return ctx.kernel
 
 
@@ -322,8 +328,8 @@ PIPELINE = Pipeline([
     Step("trace", _trace, "make_fx: the inference graph and the SGD-step joint graph",
          "graphs", "list[GraphModule]"),
     Step("lower", _lower, "ATen ops -> kernel IR stages (loop nests); views become index maps", "kernel", "Kernel"),
-    Step("quantize", _quantize, "fixed-point formats per buffer and accumulator; function tables", "kernel",
-         "Kernel"),
+    Step("quantize", _quantize, "fixed-point formats per buffer and accumulator; function tables; SQNR per tensor",
+         "kernel", "Kernel"),
     Step("fuse", _fuse, "a product subtracted as one stage (msub): SGD's p - lr * g, without the lr * g temporary",
          "kernel", "Kernel"),
     Step("share memory", _share_memory, "temporaries with disjoint lifetimes share one array (share_memory=False: off)",

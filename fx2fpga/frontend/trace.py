@@ -18,11 +18,17 @@ initial value), each float node its profiled ``ValueProfile``; the graph module 
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import sysconfig
+import traceback
+from pathlib import Path
+
 import torch
 import torch.fx
 from fx2fpga_runtime.ir import LR_PARAM
 
-from ..errors import TraceError, UnsupportedOpError
+from ..errors import ExampleInputError, TraceError, UnsupportedOpError
 from ..handoffs import (
     LR_REACH_BITS,
     META_KEY,
@@ -33,6 +39,7 @@ from ..handoffs import (
     node_info,
     set_node_info,
 )
+from ..lower.graph import _LIBRARY_DIRS, _class_count
 from . import dropout, embedding
 from .modules import PointModule, _as_tuple, as_module, check_modules
 from .optim import ADAM_KIND, ADAM_NORMALIZED, GD, SGD, optimizer_states, optimizer_update, states_at_bound
@@ -343,7 +350,7 @@ def _make_fx(step, flat_inputs: list, what: str = "the training step") -> torch.
     from torch.fx.traceback import preserve_node_meta
 
     try:
-        with enable_python_dispatcher(), preserve_node_meta():
+        with enable_python_dispatcher(), preserve_node_meta(), _quiet_fake_tensors():
             return make_fx(
                 functionalize(step, remove="mutations"),
                 decomposition_table=decomposition_table(),
@@ -353,7 +360,107 @@ def _make_fx(step, flat_inputs: list, what: str = "the training step") -> torch.
     except (UnsupportedOpError, TraceError):
         raise
     except Exception as e:
-        raise TraceError(f"could not trace {what}: {type(e).__name__}: {e}") from e
+        where = _user_frame(e)
+        at = f" at {where}" if where else ""
+        if _data_dependent(e):
+            raise TraceError(f"could not trace {what}: its control flow depends on the values of a tensor{at} "
+                             "(an if or while on a tensor, .item(), bool(tensor)); a kernel runs one fixed graph "
+                             "for every input: compute both branches and select with torch.where(cond, a, b)"
+                             ) from None
+        raise TraceError(f"could not trace {what}{at}: {type(e).__name__}: {_first_lines(e)}") from e
+
+
+@contextlib.contextmanager
+def _quiet_fake_tensors():
+    """Silence the traceback torch's fake tensors log when a kernel fails while tracing (the failure becomes
+    our ``TraceError``)."""
+    log = logging.getLogger("torch._subclasses.fake_tensor")
+    before, log.disabled = log.disabled, True
+    try:
+        yield
+    finally:
+        log.disabled = before
+
+
+def _data_dependent(e: Exception) -> bool:
+    """Whether tracing failed on a value the fake tensors do not have (control flow on tensor data)."""
+    from torch._subclasses.fake_tensor import DataDependentOutputException
+    from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
+
+    return isinstance(e, (GuardOnDataDependentSymNode, DataDependentOutputException))
+
+
+_NOT_USER = (*_LIBRARY_DIRS, sysconfig.get_paths()["stdlib"], "<")
+
+
+def _user_frame(e: BaseException) -> str:
+    """``model.py:12: code`` of the innermost frame of ``e``'s traceback outside torch, fx2fpga and the
+    standard library (the user's line being traced); "" if none."""
+    for frame in reversed(traceback.extract_tb(e.__traceback__)):
+        if not frame.filename.startswith(_NOT_USER):
+            return f"{Path(frame.filename).name}:{frame.lineno}: {(frame.line or '').strip()}"
+    return ""
+
+
+def _first_lines(e: Exception, n: int = 3) -> str:
+    """The first lines of ``e``'s message (torch appends pages of debugging advice)."""
+    return "\n".join(str(e).strip().splitlines()[:n])
+
+
+# ----- the example inputs ------------------------------------------------------------------------
+
+def check_example_inputs(modules: list[torch.nn.Module], example_inputs: tuple, targets=None) -> None:
+    """An ``ExampleInputError`` for example inputs (or targets) the compiler cannot take: NaN or Inf, an
+    empty batch, integers where no ``nn.Embedding`` takes them as indices."""
+    embeds = all(_takes_indices(module) for module in modules)
+    for i, t in enumerate(example_inputs):
+        what = f"example input {i} (shape {tuple(t.shape)}, {t.dtype})"
+        _check_example_values(t, what)
+        if t.dtype.is_complex or (not t.dtype.is_floating_point and not embeds):
+            raise ExampleInputError(f"{what} is not a float tensor: the model computes on floats (fixed point on "
+                                    "chip): pass x.float(); integer inputs are for nn.Embedding's indices only")
+    if targets is not None:
+        _check_example_values(targets, f"the example targets (shape {tuple(targets.shape)}, {targets.dtype})")
+
+
+def _takes_indices(module: torch.nn.Module) -> bool:
+    """Whether ``module`` looks up embeddings (integer inputs as indices): it holds an ``nn.Embedding``, or a
+    torch.fx graph (``torch.compile``'s) that calls an embedding."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.Embedding):
+            return True
+        if isinstance(m, torch.fx.GraphModule) and any("embedding" in str(n.target) for n in m.graph.nodes):
+            return True
+    return False
+
+
+def _check_example_values(t: torch.Tensor, what: str) -> None:
+    """No NaN or Inf (they have no fixed-point format) and at least one row (the batch is compiled in)."""
+    if t.dim() > 0 and t.numel() == 0:
+        raise ExampleInputError(f"empty batch in {what}: the kernel is compiled for the example's batch size: give "
+                                "a batch of at least one row")
+    if t.dtype.is_floating_point:
+        bad = ~torch.isfinite(t.detach())
+        if bad.any():
+            first = tuple(int(i) for i in bad.nonzero()[0])
+            raise ExampleInputError(f"NaN or Inf in {what}: {int(bad.sum())} value(s), the first "
+                                    f"{t.detach()[first].item()} at index {first}; the formats are sized from the "
+                                    "example's values: give finite ones (e.g. torch.nan_to_num)")
+
+
+def check_class_targets(gm: torch.fx.GraphModule, targets: torch.Tensor) -> None:
+    """An ``ExampleInputError`` for integer example targets that are not class indices ``0..C-1`` of the
+    classification loss (C: the width of its input)."""
+    for node in gm.graph.nodes:
+        ph = node_info(node).placeholder if node.op == "placeholder" else None
+        if ph is None or ph.role != "target" or targets.dtype.is_floating_point:
+            continue
+        classes = _class_count(node)
+        bad = ((targets < 0) | (targets >= classes)) if classes is not None else torch.zeros(0, dtype=torch.bool)
+        if bad.any():
+            first = tuple(int(i) for i in bad.nonzero()[0])
+            raise ExampleInputError(f"the example targets hold class index {int(targets[first])} at index {first}; the "
+                                    f"loss takes {classes} classes: give indices in 0..{classes - 1}")
 
 
 def _annotate_training_graph(gm: torch.fx.GraphModule, params: dict, buffers: dict, states: dict, hypers: dict,
@@ -388,8 +495,12 @@ class _RangeRecorder(torch.fx.Interpreter):
 
 def profile(gm: torch.fx.GraphModule, example_args: list) -> None:
     """Run the graph in float on the example values; record each node's range (``NodeInfo.profile``)."""
-    with torch.no_grad():
-        _RangeRecorder(gm).run(*example_args)
+    try:
+        with torch.no_grad():
+            _RangeRecorder(gm).run(*example_args)
+    except Exception as e:
+        raise TraceError(f"could not run the traced graph on the example inputs: {type(e).__name__}: "
+                         f"{_first_lines(e, 8)}") from e
 
 
 def _inherit_stack_traces(gm: torch.fx.GraphModule) -> None:
@@ -416,5 +527,7 @@ def trace(model, example_inputs, train: SGD | GD | None = None) -> torch.fx.Grap
         model = dropout.with_on_chip_dropout(as_module(model), _as_tuple(example_inputs),
                                              getattr(train, "dropout_seed", 0))
     gm = trace_inference(model, example_inputs) if train is None else trace_training(model, example_inputs, train)
+    if isinstance(train, SGD):
+        check_class_targets(gm, train.example_targets)
     dropout.rename_states(gm, as_module(model))  # its generator's states: dropout:<module path>
     return gm

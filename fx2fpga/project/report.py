@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..passes import estimate
+from ..passes.quant_report import report_lines
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
@@ -83,6 +84,27 @@ def _setting(value) -> str:
     return "-" if value is None else f"{value:g}"
 
 
+COUNTER_BITS = 32  # one saturation counter (docs/saturation.md)
+COUNTER_LUT = 40  # predicted LUTs of one 32-bit saturating counter: 32 in its carry chain, 8 to detect its top
+
+
+def _saturation_section(k) -> list[str]:
+    """The saturation counters of a kernel compiled with them, and their predicted cost (none: no section)."""
+    from fx2fpga_runtime import saturation
+
+    if not saturation.hardware_counters(k):
+        return []
+    names = saturation.counter_buffers(k)
+    out = ["## Saturation counters", "",
+           f"{len(names)} counters of {COUNTER_BITS} bits in the HLS C++ (read and reset by the command "
+           f"`{saturation.COMMAND}`, docs/saturation.md); the other buffers a stage writes cannot overflow.",
+           f"Predicted cost (counted, not synthesized): {COUNTER_BITS * len(names):,} FF and about "
+           f"{COUNTER_LUT * len(names):,} LUT for the counters, plus one range check per counted lane. "
+           "The RTL does not generate them yet.", ""]
+    out += _table(["counter", "buffer", "format"], [[i, f"`{n}`", k.buffers[n].fmt] for i, n in enumerate(names)])
+    return out + [""]
+
+
 def report_text(design) -> str:
     """The report of a design as Markdown."""
     k, t = design.kernel, design.target
@@ -96,8 +118,10 @@ def report_text(design) -> str:
     for step, lines in design.context.notes.items():  # what a pipeline step decided for the user
         out += [f"- {step}: {line}" for line in lines]
     out += [""] if design.context.notes else []
+    out += report_lines(design.quantization or [])
     out += _models_section(k)
     out += _exploration_section(design)
+    out += _saturation_section(k)
     out += ["## Estimated resources (before synthesis)", ""]
     rows = [[f"DSP ({t.dsp_kind})", res.dsp, t.dsp, f"{100 * res.dsp / t.dsp:.1f}%"]]
     rtl_dsp = design.rtl_dsp_blocks()

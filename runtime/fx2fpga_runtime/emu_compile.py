@@ -39,6 +39,7 @@ from .ops import OPS_TABLE, alignment_shifts, exact_frac, mid_format
 Interval = tuple[int, int] | None  # raw bounds [lo, hi] of values (None: unknown)
 Raw = np.ndarray
 StageFn = Callable[[dict[str, np.ndarray]], None]
+Tally = Callable[[int], None]  # hears how many assignments to a stage's output overflowed (saturation counters)
 
 _EXACT_FLOAT = 1 << 53  # integers of smaller magnitude add exactly in float64, in any order
 SMALL_REDUCTION = 16  # a max over at most this many points: one np.maximum per point
@@ -229,8 +230,11 @@ def _rounder(shift: int, mode: str, iv: Interval) -> Callable[[Raw], Raw]:
     return lambda v: shift_round(v, shift, mode)
 
 
-def assigner(fmt: Fixed, frac: int, iv: Interval) -> tuple[Callable[[Raw], Raw], tuple[int, int]]:
-    """``fmt.from_raw(raw, frac)`` specialized for values within ``iv``; also the result's bounds."""
+def assigner(fmt: Fixed, frac: int, iv: Interval,
+             count: Callable[[Raw], None] | None = None) -> tuple[Callable[[Raw], Raw], tuple[int, int]]:
+    """``fmt.from_raw(raw, frac)`` specialized for values within ``iv``; also the result's bounds.
+    ``count`` (where ``iv`` does not keep the rounded values inside the format) hears the rounded values
+    before their overflow is handled: a saturation counter (``Counter``)."""
     shift = frac - fmt.frac_bits
     rounded = _round_interval(iv, shift, fmt.rounding)
     lo, hi = fmt.raw_min, fmt.raw_max
@@ -244,6 +248,15 @@ def assigner(fmt: Fixed, frac: int, iv: Interval) -> tuple[Callable[[Raw], Raw],
         scale = None
     if fits:
         return (scale or (lambda v: v)), rounded
+    bounds = (lo, hi) if rounded is None or fmt.overflow == "WRAP" else (max(lo, rounded[0]), min(hi, rounded[1]))
+    if count is not None:
+        def counted(v):  # the rounding; where some value is outside the format, the count and the overflow mode
+            r = scale(v) if scale else v
+            if np.minimum.reduce(r, axis=None) >= lo and np.maximum.reduce(r, axis=None) <= hi:
+                return r
+            count(r)
+            return fmt.overflow_raw(r)
+        return counted, bounds
     if fmt.overflow == "WRAP":
         return (lambda v: fmt.overflow_raw(scale(v) if scale else v)), (lo, hi)
     bounds = (lo, hi) if rounded is None else (max(lo, rounded[0]), min(hi, rounded[1]))
@@ -256,6 +269,20 @@ def assigner(fmt: Fixed, frac: int, iv: Interval) -> tuple[Callable[[Raw], Raw],
             return np.minimum(np.maximum(r, lo), hi)
         return np.minimum(np.maximum(r, lo, out=r), hi, out=r)
     return sat, bounds
+
+
+def overflow_counter(fmt: Fixed, points: int, tally: Tally | None) -> Callable[[Raw], None] | None:
+    """``count(rounded)`` for ``assigner``: tells ``tally`` how many of a stage's ``points`` assignments to ``fmt``
+    have a rounded value outside its range (``rounded`` broadcasts to the points: each value stands for
+    ``points / rounded.size`` assignments). None without a tally."""
+    if tally is None:
+        return None
+    lo, hi = fmt.raw_min, fmt.raw_max
+
+    def count(rounded) -> None:
+        r = np.asarray(rounded)
+        tally((int(np.count_nonzero(r < lo)) + int(np.count_nonzero(r > hi))) * (points // max(r.size, 1)))
+    return count
 
 
 # ----- static bounds of an elementwise op's exact result ---------------------------------------------
@@ -330,11 +357,10 @@ def _msub_eval(stage: Stage, kernel: Kernel, ivs: list[tuple[int, int]]):
     return run, (a[0] - t[1], a[1] - t[0])
 
 
-def _elementwise(stage: Stage, kernel: Kernel, group: int) -> StageFn:
-    space = Space(tuple(lp.var for lp in stage.loops), tuple(lp.extent for lp in stage.loops))
+def _elementwise_result(stage: Stage, kernel: Kernel) -> tuple[Callable[[list[Raw]], Raw], Interval, list]:
+    """The exact result of an elementwise stage on its aligned operands, its raw bounds, and the operands'
+    alignment shifts."""
     spec = OPS_TABLE[stage.op]
-    ops = [Operand(a, kernel, space, group) for a in stage.ins]
-    target = Target(stage.out, kernel, space, group)
     fmts = [kernel.buffers[a.buffer].fmt for a in stage.ins]
     fr = [f.frac_bits for f in fmts]
     shifts = [np.int64(s) for s in alignment_shifts(spec, fr)]
@@ -347,7 +373,19 @@ def _elementwise(stage: Stage, kernel: Kernel, group: int) -> StageFn:
     else:
         fn = spec.evaluate
         evaluate, iv = (lambda v: fn(v, stage, kernel)), _bounds(stage.op, ivs, stage, kernel)
-    assign, _ = assigner(kernel.buffers[stage.out.buffer].fmt, exact_frac(spec, fr, stage, kernel), iv)
+    return evaluate, iv, shifts
+
+
+def _elementwise(stage: Stage, kernel: Kernel, group: int, tally: Tally | None = None) -> StageFn:
+    space = Space(tuple(lp.var for lp in stage.loops), tuple(lp.extent for lp in stage.loops))
+    spec = OPS_TABLE[stage.op]
+    ops = [Operand(a, kernel, space, group) for a in stage.ins]
+    target = Target(stage.out, kernel, space, group)
+    fr = [kernel.buffers[a.buffer].fmt.frac_bits for a in stage.ins]
+    evaluate, iv, shifts = _elementwise_result(stage, kernel)
+    out_fmt = kernel.buffers[stage.out.buffer].fmt
+    assign, _ = assigner(out_fmt, exact_frac(spec, fr, stage, kernel), iv,
+                         overflow_counter(out_fmt, stage.iterations, tally))
     loads = [(op.load, s) if s else (op.load, None) for op, s in zip(ops, shifts, strict=True)]
 
     def run(mem):
@@ -466,14 +504,15 @@ class _Reduction:
                    spec.result_frac([f.frac_bits for f in fmts]), points, Target(out, kernel, kept, group))
 
 
-def _max_reduction(stage: Stage, kernel: Kernel, r: _Reduction) -> StageFn:
+def _max_reduction(stage: Stage, kernel: Kernel, r: _Reduction, tally: Tally | None = None) -> StageFn:
     """``max``/``argmax``: every value assigned to the accumulator, guarded-off points at its minimum."""
     acc = stage.acc
     to_acc, _ = assigner(acc, r.term_frac, _operand_interval(r.fmts[0], False))
     op, floor, target, keep = r.ops[0], acc.raw_min, r.target, r.keep
     out_fmt = kernel.buffers[stage.out.buffer].fmt
+    count = overflow_counter(out_fmt, int(np.prod(r.kept.extents, dtype=np.int64)), tally)
     if stage.op == "max":
-        out_assign, _ = assigner(out_fmt, acc.frac_bits, (acc.raw_min, acc.raw_max))
+        out_assign, _ = assigner(out_fmt, acc.frac_bits, (acc.raw_min, acc.raw_max), count)
         red_axes = tuple(r.red)
         if op.mask is None and 1 < r.points <= SMALL_REDUCTION:
             # a few points (pooling windows): np.maximum over one slice per point beats a reduction over short
@@ -500,7 +539,7 @@ def _max_reduction(stage: Stage, kernel: Kernel, r: _Reduction) -> StageFn:
             target.store(mem, out_assign(v.max(axis=red_axes).reshape(tuple(v.shape[i] for i in keep))))
         return run_max
     shape, perm, flat_shape = r.space.extents, keep + r.red, r.kept.extents + (r.points,)
-    idx_assign, _ = assigner(out_fmt, 0, (0, r.points - 1))
+    idx_assign, _ = assigner(out_fmt, 0, (0, r.points - 1), count)
 
     def run_argmax(mem):  # np.argmax takes the first maximum, as the sequential ``>`` does
         v = to_acc(op.load(mem))
@@ -511,7 +550,7 @@ def _max_reduction(stage: Stage, kernel: Kernel, r: _Reduction) -> StageFn:
     return run_argmax
 
 
-def _add_reduction(stage: Stage, kernel: Kernel, group: int, r: _Reduction) -> StageFn:
+def _add_reduction(stage: Stage, kernel: Kernel, group: int, r: _Reduction, tally: Tally | None = None) -> StageFn:
     """``mac``/``sum`` when the accumulation is exact: one matrix product or one ``np.sum``."""
     acc = stage.acc
     load_init, init_iv = _init_loader(stage, kernel, r.space, group, len(r.ops))
@@ -521,7 +560,9 @@ def _add_reduction(stage: Stage, kernel: Kernel, group: int, r: _Reduction) -> S
     if sums is None:
         raise _Unsupported("the accumulation rounds or may overflow")
     s = np.int64(acc.frac_bits - r.term_frac)
-    out_assign, _ = assigner(kernel.buffers[stage.out.buffer].fmt, acc.frac_bits, sums)
+    out_fmt = kernel.buffers[stage.out.buffer].fmt
+    out_assign, _ = assigner(out_fmt, acc.frac_bits, sums,
+                             overflow_counter(out_fmt, int(np.prod(r.kept.extents, dtype=np.int64)), tally))
     target = r.target
     if stage.op == "mac":
         bound = max(abs(term_iv[0]), abs(term_iv[1])) * r.points
@@ -573,25 +614,53 @@ def _sparse_sum(op: Operand, r: _Reduction, target: Target, load_init, out_assig
     return run_sparse_sum
 
 
-def _reduction(stage: Stage, kernel: Kernel, group: int) -> StageFn:
+def _reduction(stage: Stage, kernel: Kernel, group: int, tally: Tally | None = None) -> StageFn:
     accumulate = OPS_TABLE[stage.op].accumulate
     r = _Reduction.of(stage, kernel, group)
     if accumulate in ("max", "argmax"):
-        return _max_reduction(stage, kernel, r)
+        return _max_reduction(stage, kernel, r, tally)
     if accumulate == "add" and stage.op in ("mac", "sum"):
-        return _add_reduction(stage, kernel, group, r)
+        return _add_reduction(stage, kernel, group, r, tally)
     raise _Unsupported(f"reduction {stage.op!r}")
 
 
-def compile_stage(stage: Stage, kernel: Kernel, group: int = 0) -> StageFn | None:
+def compile_stage(stage: Stage, kernel: Kernel, group: int = 0, tally: Tally | None = None) -> StageFn | None:
     """``run(mem)``: ``stage`` (``GROUP_VAR`` = ``group``) specialized once, bit-exact with
-    ``emulator.run_stage``; ``None`` where it has no fast path (see the module docstring)."""
+    ``emulator.run_stage``; ``None`` where it has no fast path (see the module docstring). ``tally(n)`` hears
+    the number of assignments to the output that overflowed in each run, where one can."""
     if any(lp.extent == 0 for lp in stage.loops):
         return None
     try:
-        return _reduction(stage, kernel, group) if stage.reduce else _elementwise(stage, kernel, group)
+        if stage.reduce:
+            return _reduction(stage, kernel, group, tally)
+        return _elementwise(stage, kernel, group, tally)
     except _Unsupported:
         return None
 
 
-__all__ = ["Operand", "Space", "Target", "assigner", "compile_stage"]
+# ----- where an assignment to a stage's output can overflow (saturation counters) -------------------------------
+
+def output_interval(stage: Stage, kernel: Kernel) -> tuple[Interval, int]:
+    """Raw bounds (None: unknown) and frac bits of the exact value a stage assigns to its output buffer: an
+    elementwise op's exact result, a reduction's accumulator (``argmax``: the position)."""
+    if not stage.reduce:
+        spec = OPS_TABLE[stage.op]
+        fr = [kernel.buffers[a.buffer].fmt.frac_bits for a in stage.ins]
+        return _elementwise_result(stage, kernel)[1], exact_frac(spec, fr, stage, kernel)
+    if OPS_TABLE[stage.op].accumulate == "argmax":
+        points = int(np.prod([lp.extent for lp in stage.loops if lp.var in stage.reduce], dtype=np.int64))
+        return (0, max(points - 1, 0)), 0
+    return (stage.acc.raw_min, stage.acc.raw_max), stage.acc.frac_bits
+
+
+def can_overflow(stage: Stage, kernel: Kernel) -> bool:
+    """Whether some assignment of ``stage`` to its output format may have a rounded value outside the format's
+    range (False: the operands' formats rule it out)."""
+    fmt = kernel.buffers[stage.out.buffer].fmt
+    iv, frac = output_interval(stage, kernel)
+    rounded = _round_interval(iv, frac - fmt.frac_bits, fmt.rounding)
+    return rounded is None or rounded[0] < fmt.raw_min or rounded[1] > fmt.raw_max
+
+
+__all__ = ["Operand", "Space", "Target", "assigner", "can_overflow", "compile_stage", "output_interval",
+           "overflow_counter"]

@@ -6,6 +6,9 @@ the ``Emulator``), and reductions follow the sequential accumulation order of th
 hardware (see ``ir.py`` for the semantics). ``run_stage`` is the reference; the ``Emulator``
 runs each stage through its compiled fast path (``emu_compile.py``, bit-exact with the
 reference) where it has one, and through ``run_stage`` elsewhere.
+
+Both count, per output buffer, the assignments whose rounded value lies outside the output's
+format (saturation counters: ``Emulator.read_saturation``; ``ir.py`` defines the events).
 """
 
 from __future__ import annotations
@@ -35,6 +38,22 @@ class Emulator:
                 self.mem[buf.name] = np.zeros(buf.shape, dtype=np.int64)
         self._plans: dict[tuple[int, int], StagePlan] = {}  # (id(stage), group) -> its index arrays
         self._compiled: dict[str, list] = {}  # program -> its stages' run(mem) in order (``_stage_fns``)
+        self.saturation = {st.out.buffer: 0 for st in kernel.stages()}  # overflowed assignments since the last read
+
+    def read_saturation(self) -> dict[str, int]:
+        """The overflowed assignments to each buffer a stage writes since the last read (exact counts), and
+        reset them."""
+        counts = dict(self.saturation)
+        self.saturation.update(dict.fromkeys(counts, 0))
+        return counts
+
+    def _tally(self, buffer: str):
+        """``tally(n)``: ``n`` more overflowed assignments to ``buffer``."""
+        counts = self.saturation
+
+        def tally(n: int) -> None:
+            counts[buffer] += n
+        return tally
 
     def write(self, name: str, raw) -> None:
         """Host -> on-chip buffer (raw integers, the buffer's shape)."""
@@ -94,17 +113,19 @@ class Emulator:
         if fns is None:
             prog = self.kernel.programs[program]
             fns = self._compiled[program] = [
-                (compile_stage(stage, self.kernel, group) if self.fast else None) or self._reference(stage, group)
-                for group in range(prog.groups) for stage in prog.stages]
+                (compile_stage(stage, self.kernel, group, self._tally(stage.out.buffer)) if self.fast else None)
+                or self._reference(stage, group) for group in range(prog.groups) for stage in prog.stages]
         return fns
 
     def _reference(self, stage: Stage, group: int):
         """``run_stage`` on ``stage`` for ``group``, its index arrays made at its first run."""
+        tally = self._tally(stage.out.buffer)
+
         def run(mem):
             plan = self._plans.get((id(stage), group))
             if plan is None:
                 plan = self._plans[id(stage), group] = StagePlan.of(stage, self.kernel, group)
-            run_stage(stage, self.kernel, mem, plan)
+            run_stage(stage, self.kernel, mem, plan, tally)
         return run
 
 
@@ -216,8 +237,22 @@ def _accumulate(terms: np.ndarray, term_frac: int, init: np.ndarray, acc: Fixed)
     return a
 
 
-def run_stage(stage: Stage, kernel: Kernel, mem: dict[str, np.ndarray], plan: StagePlan | None = None) -> None:
-    """Execute one stage, updating ``mem`` in place (``plan``: its index arrays, when already made)."""
+def _assign(fmt: Fixed, raw: np.ndarray, frac: int, points: tuple[int, ...], tally) -> np.ndarray:
+    """``fmt.from_raw(raw, frac)``, telling ``tally`` how many of the assignments (``raw`` broadcast to the
+    shape ``points``) have a rounded value outside ``fmt``'s range (they saturate or wrap)."""
+    rounded = shift_round(raw, frac - fmt.frac_bits, fmt.rounding)
+    if tally is not None:
+        full = np.broadcast_to(rounded, points)
+        outside = int(np.count_nonzero(full < fmt.raw_min)) + int(np.count_nonzero(full > fmt.raw_max))
+        if outside:
+            tally(outside)
+    return fmt.overflow_raw(rounded)
+
+
+def run_stage(stage: Stage, kernel: Kernel, mem: dict[str, np.ndarray], plan: StagePlan | None = None,
+              tally=None) -> None:
+    """Execute one stage, updating ``mem`` in place (``plan``: its index arrays, when already made;
+    ``tally(n)``: hears how many assignments to the output overflowed)."""
     plan = plan or StagePlan.of(stage, kernel)
     fmts = [kernel.buffers[a.buffer].fmt for a in stage.ins]
     vals = [_load(r, mem, plan.layout) for r in plan.reads]
@@ -225,7 +260,7 @@ def run_stage(stage: Stage, kernel: Kernel, mem: dict[str, np.ndarray], plan: St
     spec = OPS_TABLE[stage.op]
     if not stage.reduce:
         raw, frac = _elementwise(spec, vals, fmts, stage, kernel)
-        _store(stage, mem, plan, out_buf.fmt.from_raw(raw, frac))
+        _store(stage, mem, plan, _assign(out_buf.fmt, raw, frac, plan.layout, tally))
         return
     acc, n_operands = stage.acc, spec.arity
     terms = spec.evaluate(vals[:n_operands], stage, kernel)
@@ -237,7 +272,7 @@ def run_stage(stage: Stage, kernel: Kernel, mem: dict[str, np.ndarray], plan: St
             v = np.where(mask, v, acc.raw_min)
         if spec.accumulate == "argmax":  # np.argmax takes the first maximum, as the sequential ``>`` does
             idx = np.argmax(v, axis=-1) if plan.n_red else np.zeros(plan.out_shape, np.int64)
-            _store(stage, mem, plan, out_buf.fmt.from_raw(idx, 0))
+            _store(stage, mem, plan, _assign(out_buf.fmt, idx, 0, plan.out_shape, tally))
             return
         result_acc = np.maximum(np.full(plan.out_shape, acc.raw_min, dtype=np.int64), v.max(axis=-1))
     elif spec.accumulate == "add":
@@ -248,7 +283,7 @@ def run_stage(stage: Stage, kernel: Kernel, mem: dict[str, np.ndarray], plan: St
         result_acc = _accumulate(np.broadcast_to(terms, plan.layout), tf, init, acc)
     else:
         raise NotImplementedError(f"emulator: reduction op {stage.op!r} accumulates by {spec.accumulate!r}")
-    _store(stage, mem, plan, out_buf.fmt.from_raw(result_acc, acc.frac_bits))
+    _store(stage, mem, plan, _assign(out_buf.fmt, result_acc, acc.frac_bits, plan.out_shape, tally))
 
 
 def _store(stage: Stage, mem: dict[str, np.ndarray], plan: StagePlan, result: np.ndarray) -> None:

@@ -19,7 +19,8 @@ import numpy as np
 
 from .ir import Kernel
 
-COMMANDS = {"load_params": 1, "read_params": 2, "infer": 3, "train_step": 4}
+COMMANDS = {"load_params": 1, "read_params": 2, "infer": 3, "train_step": 4,
+            "read_saturation": 5}  # read_saturation: only kernels compiled with saturation counters (saturation.py)
 MAX_PORT_WIDTH = 32
 
 # The kernel's AXI4-Lite registers (byte offsets): the Vitis HLS s_axilite layout of ``<name>_top``

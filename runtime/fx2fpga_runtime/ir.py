@@ -37,6 +37,14 @@ end ``acc`` is assigned to ``out``.
   ``idx`` (an integer) is assigned to ``out``. Ties keep the earlier point, as PyTorch's
   max-pool indices do.
 
+Saturation events (counted per output buffer by every backend: ``saturation.py``, docs/saturation.md):
+one assignment to a stage's output (an elementwise stage: one per loop point, every point of the nest,
+even where several write the same element; a reduction: its final ``out = acc``, one per point of the
+kept loops; argmax: ``out = idx``) whose value, rounded to the output's fraction bits with its rounding
+mode, lies outside the output format's range (SAT: it is clipped; WRAP: it wraps). Assignments inside an
+op are not events: a reduction's ``acc`` after each step, msub's product assigned to ``mid``, an operand
+cast to a function table's range.
+
 Guarded reads (padding, strided transposed convolutions): an input ``Access`` may carry
 ``guard``, a tuple of ``Guard(expr, bound, step)`` over loop variables, each true when
 ``0 <= expr < bound and expr % step == 0`` (``expr`` an ``Affine`` without div/mod). Where

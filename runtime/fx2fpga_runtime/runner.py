@@ -13,8 +13,44 @@ import numpy as np
 
 from . import interface
 from .emulator import Emulator
+from .errors import (
+    KernelBackendError,
+    KernelCapabilityError,
+    KernelClosedError,
+    KernelInputError,
+    KernelParamError,
+)
 from .fixed import quantizer
 from .ir import LR_PARAM, Kernel
+
+
+def _real_array(value, what: str, name: str) -> np.ndarray:
+    """``value`` (an array, a list or a torch tensor) as float64, refusing what is not real numbers."""
+    if hasattr(value, "detach"):  # a torch tensor, without importing torch
+        value = value.detach().cpu().numpy()
+    a = np.asarray(value)
+    if a.dtype.kind not in "biuf":
+        raise KernelInputError(f"{what}: input {name} must hold real numbers (a float array; integers for indices "
+                               f"and class targets), got dtype {a.dtype}")
+    return a.astype(np.float64, copy=False)
+
+
+def _check_finite(values: np.ndarray, what: str, label: str) -> None:
+    """A ``KernelInputError`` naming the first NaN or Inf of ``values`` (fixed point has neither); ``label``
+    says which array (``input x``, ``parameter fc.weight``)."""
+    bad = ~np.isfinite(values)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise KernelInputError(f"{what}: {label} holds {int(bad.sum())} NaN or Inf value(s), the first "
+                               f"{values[first]} at index {first}; fixed-point numbers have neither: replace them "
+                               f"(e.g. np.nan_to_num) before the call")
+
+
+def _out_of_range(values: np.ndarray, classes: int) -> str:
+    """The first value that is not a class index in ``0..classes - 1``, and where it is."""
+    bad = ~((values >= 0) & (values < classes) & (np.floor(values) == values))
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    return f"{values[first]:g} at index {first}"
 
 
 def _class_indices(values: np.ndarray, classes: int) -> bool:
@@ -54,6 +90,10 @@ class EmuBackend:
         ins, _ = interface.command_buffers(self.kernel, command)
         return self.emulator.run_steps(command, {n: raw_inputs[n] for n in ins}, steps)
 
+    def read_saturation(self) -> dict[str, int]:
+        """The emulator's exact saturation counts since the last read, reset (``saturation.py``)."""
+        return self.emulator.read_saturation()
+
     def close(self) -> None:
         pass
 
@@ -64,10 +104,20 @@ class KernelRunner:
     def __init__(self, kernel: Kernel, backend):
         self.kernel = kernel
         self.backend = backend
+        self.closed = False
+
+    def _require_open(self) -> None:
+        """A ``KernelClosedError`` once ``close`` ran (the backend's simulator or board is gone)."""
+        if self.closed:
+            sim = getattr(self.backend, "name", "the backend")
+            raise KernelClosedError(f"this {sim} kernel of {self.kernel.name} is closed (by close() or the end of "
+                                    f"its with block): call it inside the with block, or load it again "
+                                    f"(design.load({sim!r}))")
 
     # ----- raw level ------------------------------------------------------------------------
     def call_raw(self, command: str, raw_inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run a command on raw integer buffers; returns raw outputs."""
+        self._require_open()
         direct = getattr(self.backend, "call_raw", None)
         if direct is not None:
             return direct(command, raw_inputs)
@@ -75,7 +125,8 @@ class KernelRunner:
         words = self.backend.call(command, interface.pack(self.kernel, ins, raw_inputs))
         expected = interface.word_count(self.kernel, outs)
         if len(words) != expected:
-            raise RuntimeError(f"{self.backend.name}: {command} returned {len(words)} words, expected {expected}")
+            raise KernelBackendError(f"{self.backend.name}: {command} returned {len(words)} words, "
+                                     f"expected {expected}")
         return interface.unpack(self.kernel, outs, words)
 
     def _quantize_inputs(self, program: str, arrays, steps: int | None = None) -> dict[str, np.ndarray]:
@@ -84,20 +135,26 @@ class KernelRunner:
         prog = self.kernel.programs[program]
         what = program if steps is None else "train_steps"
         if len(arrays) != len(prog.inputs):
-            raise ValueError(f"{what} takes {len(prog.inputs)} arrays ({', '.join(prog.inputs)}), got {len(arrays)}")
+            raise KernelInputError(f"{what} takes {len(prog.inputs)} arrays ({', '.join(prog.inputs)}), "
+                                   f"got {len(arrays)}")
         raw = {}
         for name, arr in zip(prog.inputs, arrays, strict=True):
             buf = self.kernel.buffers[name]
-            a = np.asarray(arr, dtype=np.float64)
+            a = _real_array(arr, what, name)
             if steps is None and a.shape != buf.shape:
-                raise ValueError(f"{program}: input {name} must have shape {buf.shape} (compiled for it), "
-                                 f"got {a.shape}")
+                raise KernelInputError(f"{program}: input {name} must have shape {buf.shape} (compiled for it), "
+                                       f"got {a.shape}")
             if steps is not None and a.shape != (steps, *buf.shape):
-                raise ValueError(f"train_steps: input {name} must have shape {(steps, *buf.shape)} (steps, then the "
-                                 f"shape {buf.shape} compiled for it), got {a.shape}")
+                raise KernelInputError(f"train_steps: input {name} must have shape {(steps, *buf.shape)} (steps, "
+                                       f"then the shape {buf.shape} compiled for it), got {a.shape}")
             classes = self.kernel.meta.get("num_classes", {}).get(name)
             if classes is not None and not _class_indices(a, classes):
-                raise ValueError(f"{what}: {name} must hold class indices in 0..{classes - 1}")
+                raise KernelInputError(f"{what}: {name} must hold class indices in 0..{classes - 1} (the kernel "
+                                       f"was compiled for {classes} classes), got {_out_of_range(a, classes)}")
+            _check_finite(a, what, f"input {name}")
+            if buf.kind == "integer" and np.not_equal(np.floor(a), a).any():
+                raise KernelInputError(f"{what}: input {name} holds integers (indices), got fractions such as "
+                                       f"{a[np.not_equal(np.floor(a), a)].flat[0]}: pass whole numbers")
             raw[name] = quantizer(buf.fmt)(a)
         return raw
 
@@ -160,6 +217,7 @@ class KernelRunner:
         on a leading axis (shape ``(steps, *its train_step shape)``); returns the losses, shape ``(steps,)``
         (a kernel of N models: ``(steps, N)``), the same as calling ``train_step`` on each step in turn.
         ``steps`` is needed only when ``train_step`` takes no inputs."""
+        self._require_open()
         self._require_training()
         prog = self.kernel.programs["train_step"]
         steps = self._steps_of(inputs, steps)
@@ -181,20 +239,21 @@ class KernelRunner:
         """How many steps ``train_steps`` runs: ``steps``, else the length of its inputs' leading axis."""
         if steps is None:
             if not inputs:
-                raise ValueError("train_steps: this kernel's train_step takes no inputs: pass steps=N")
+                raise KernelInputError("train_steps: this kernel's train_step takes no inputs: pass steps=N")
             shape = np.shape(inputs[0])
             if not shape:
                 names = self.kernel.programs["train_step"].inputs
-                raise ValueError(f"train_steps: input {names[0] if names else 0} must have a leading axis of steps "
-                                 "(one train_step input per step), got a scalar")
+                raise KernelInputError(f"train_steps: input {names[0] if names else 0} must have a leading axis "
+                                       "of steps (one train_step input per step), got a scalar")
             steps = shape[0]
         if int(steps) != steps or steps < 0:
-            raise ValueError(f"train_steps: steps must be a whole number >= 0, got {steps}")
+            raise KernelInputError(f"train_steps: steps must be a whole number >= 0, got {steps}")
         return int(steps)
 
     def _require_training(self) -> None:
         if "train_step" not in self.kernel.programs:
-            raise RuntimeError("this kernel was compiled for inference only: pass train=fx2fpga.SGD(...) to compile")
+            raise KernelCapabilityError("this kernel was compiled for inference only: pass "
+                                        "train=fx2fpga.SGD(...) to compile")
 
     def get_params_raw(self) -> dict[str, np.ndarray]:
         return self.call_raw("read_params", {})
@@ -213,16 +272,22 @@ class KernelRunner:
                   for i, group in enumerate(self._param_groups())]
         return groups[0] if self.models is None else groups
 
-    def set_params(self, params: dict | list[dict]) -> None:
+    def set_params(self, params: dict | list[dict], *, partial: bool = False) -> None:
         """Quantize and load parameters (keys: the model's names, e.g. ``fc1.weight``; a kernel of
-        N models takes a list of N such dicts, in model order)."""
+        N models takes a list of N such dicts, in model order).
+
+        Every parameter of the model must be named unless ``partial=True`` (then the ones not named
+        keep their values on chip); buffers (BatchNorm's running stats), the optimizer's states
+        (``momentum:<name>``) and dropout's generator states may be left out: they keep theirs. A name
+        the kernel does not have is an error (``KernelParamError``, a ``KeyError``)."""
         groups = self._param_groups()
         if self.models is None:
             params = [params]
         elif not isinstance(params, (list, tuple)) or len(params) != len(groups):
             got = f"{len(params)} dicts" if isinstance(params, (list, tuple)) else type(params).__name__
-            raise ValueError(f"this kernel holds {len(groups)} models: set_params takes a list of {len(groups)} "
-                             f"dicts (one per model, in model order), got {got}")
+            raise KernelInputError(f"this kernel holds {len(groups)} models: set_params takes a list of "
+                                   f"{len(groups)} dicts (one per model, in model order), got {got}")
+        self._check_param_names(groups, params, partial)
         current = self.get_params_raw()
         for i, (group, values) in enumerate(zip(groups, params, strict=True)):
             self._quantize_params(group, values, current, i)
@@ -241,7 +306,8 @@ class KernelRunner:
         self._require_training()
         found = [[b for b in group if self.kernel.param_names.get(b) == LR_PARAM] for group in self._param_groups()]
         if not all(found):
-            raise RuntimeError("this kernel has no learning rate register (compiled before it existed): recompile")
+            raise KernelCapabilityError("this kernel has no learning rate register (compiled before it existed): "
+                                        "recompile")
         return [b[0] for b in found]
 
     def set_lr(self, lr) -> None:
@@ -254,7 +320,8 @@ class KernelRunner:
         if values.size == 1:
             values = np.repeat(values, len(groups))
         if np.ndim(lr) > 1 or len(values) != len(groups):
-            raise ValueError(f"set_lr takes one value{f' or a list of {len(groups)}' if self.models else ''}, got {lr}")
+            raise KernelInputError(f"set_lr takes one value{f' or a list of {len(groups)}' if self.models else ''}, "
+                                   f"got {lr}")
         raw = self.get_params_raw()
         for i, (group, register, value) in enumerate(zip(groups, registers, values, strict=True)):
             self._check_lr(register, value, i)
@@ -266,18 +333,35 @@ class KernelRunner:
         fmt = self.kernel.buffers[register].fmt
         where = "" if self.models is None else f"model {model}: "
         if not value > 0 or value > fmt.max_value or fmt.quantize(np.array(value)) == 0:
-            raise ValueError(f"{where}learning rate {value} is outside its register's range {fmt}: "
-                             f"({fmt.ulp:g}, {fmt.max_value:g}]; compile with a learning rate near the largest "
-                             f"one you will set")
+            raise KernelInputError(f"{where}learning rate {value} is outside its register's range {fmt}: "
+                                   f"({fmt.ulp:g}, {fmt.max_value:g}]; compile with a learning rate near the "
+                                   f"largest one you will set")
+
+    def _check_param_names(self, groups: list[list[str]], params: list[dict], partial: bool) -> None:
+        """Every name known (in any model: checked first), and, unless ``partial``, every parameter of the
+        model named (``kind`` weight: buffers and states may be left out)."""
+        names = self.kernel.param_names
+        where = (lambda i: "") if self.models is None else (lambda i: f"model {i}: ")
+        for i, (group, values) in enumerate(zip(groups, params, strict=True)):
+            known = {names.get(b, b) for b in group}
+            unknown = set(values) - known
+            if unknown:
+                raise KernelParamError(f"{where(i)}unknown parameters {sorted(unknown)}; this kernel has "
+                                       f"{sorted(known - {LR_PARAM})}")
+        if partial:
+            return
+        for i, (group, values) in enumerate(zip(groups, params, strict=True)):
+            missing = [names.get(b, b) for b in group if self.kernel.buffers[b].kind == "weight"
+                       and names.get(b, b) not in values]
+            if missing:
+                raise KernelParamError(f"{where(i)}set_params is missing parameters {missing}: name every parameter "
+                                       f"of the model, or pass partial=True to keep the ones not named")
 
     def _quantize_params(self, group: list[str], params: dict, raw: dict[str, np.ndarray], model: int) -> None:
         """Quantize model ``model``'s ``params`` (keyed by its names) into ``raw`` (keyed by buffer)."""
         where = "" if self.models is None else f"model {model}: "
         index = self._index(model)
         by_model_name = {self.kernel.param_names.get(b, b): b for b in group}
-        unknown = set(params) - set(by_model_name)
-        if unknown:
-            raise KeyError(f"{where}unknown parameters {sorted(unknown)}; this kernel has {sorted(by_model_name)}")
         for name, value in params.items():
             b = by_model_name[name]
             buf = self.kernel.buffers[b]
@@ -286,15 +370,27 @@ class KernelRunner:
             a = np.asarray(value, dtype=np.float64)
             shape = buf.shape if index is None else buf.shape[1:]
             if a.shape != shape:
-                raise ValueError(f"{where}parameter {name} must have shape {shape}, got {a.shape}")
+                raise KernelInputError(f"{where}parameter {name} must have shape {shape}, got {a.shape}")
+            _check_finite(a, "set_params", f"{where}parameter {name}")
             if index is None:
                 raw[b] = buf.fmt.quantize(a)
             else:
                 raw[b] = raw[b].copy()
                 raw[b][index] = buf.fmt.quantize(a)
 
+    def saturation(self) -> dict[str, int]:
+        """How many assignments to each buffer saturated (or wrapped) since the last call: {buffer: count}
+        (every buffer a stage writes; docs/saturation.md)."""
+        from . import saturation
+
+        self._require_open()
+        return saturation.read(self.kernel, self.backend)
+
     def close(self) -> None:
-        self.backend.close()
+        """Stop the backend (its simulator process, the board); later calls raise ``KernelClosedError``."""
+        if not self.closed:
+            self.closed = True
+            self.backend.close()
 
     def __enter__(self):
         return self

@@ -16,8 +16,9 @@ def vectors_text(vectors: list[tuple[str, np.ndarray, np.ndarray]]) -> str:
     return json.dumps(rows, separators=(",", ":")) + "\n"
 
 
-def replay(project_dir: Path, backend: str, log=None) -> list[dict]:
-    """Run the project's golden vectors on ``backend``; per command, the words that differ."""
+def replay(project_dir: Path, backend: str, log=None, saturation: dict | None = None) -> list[dict]:
+    """Run the project's golden vectors on ``backend``; per command, the words that differ. ``saturation``
+    (a dict) receives the saturation counts of the replay where the backend has counters."""
     from . import make_backend, read_kernel
 
     kernel = read_kernel(project_dir)
@@ -33,6 +34,18 @@ def replay(project_dir: Path, backend: str, log=None) -> list[dict]:
             results.append({"command": row["command"], "words": len(want), "mismatches": bad})
             if log and bad:
                 log(f"{row['command']}: {bad} of {len(want)} words differ")
+        if saturation is not None:
+            _read_saturation(kernel, be, saturation)
     finally:
         be.close()
     return results
+
+
+def _read_saturation(kernel, backend, into: dict) -> None:
+    """The backend's saturation counts into ``into``, where it has counters."""
+    from . import saturation
+
+    try:
+        into.update(saturation.read(kernel, backend))
+    except RuntimeError:
+        pass

@@ -14,7 +14,8 @@ import re
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from fx2fpga_runtime import interface
+from fx2fpga_runtime import interface, saturation
+from fx2fpga_runtime.emu_compile import output_interval
 from fx2fpga_runtime.fixed import Fixed
 from fx2fpga_runtime.ir import GROUP_VAR, MODEL_VAR, Access, Affine, Buffer, Kernel, Stage
 from fx2fpga_runtime.ops import NORM_INDEX_BITS, OPS_TABLE, exact_frac, mid_format
@@ -84,6 +85,7 @@ HLS_SPELLING = {
 _RESERVED = {
     "acc", "acc_idx", "cmd", "in_words", "out_words", "offset", "pos", "raw_bits", "tbl_r", "tbl_i", "tbl_t",
     "tbl_lo", "tbl_hi", "tbl_y", "nd_b", "nd_n", "nd_k", "nd_e", "nd_s", "nd_m", "nd_p", "nd_y", "main",
+    "sat_t", "sat_v", "sat_count", "sat_check", "read_saturation",
     "IN_WORDS", "OUT_WORDS",
     "auto", "bool", "break", "case", "char", "const", "continue", "default", "do", "double", "else",
     "enum", "extern", "float", "for", "goto", "if", "int", "long", "register", "return", "short",
@@ -169,6 +171,7 @@ class StageView:
     init: str = ""  # C expression the accumulator starts from
     position: str = ""  # argmax: the flat index of the current reduction point
     body: str = ""  # the op's C++ (HLS_SPELLING): an elementwise loop body, or a reduction's step
+    sat: dict | None = None  # its saturation counter (``_saturation_check``), when it has one
 
 
 def _rename_vars(st: Stage, taken) -> Stage:
@@ -261,7 +264,36 @@ def _normalized_params(st: Stage, kernel: Kernel) -> dict:
             "odd": fr[1] % root, "m0": 1 << (NORM_INDEX_BITS - root), "frac": frac, "raw_int_bits": 64 - frac}
 
 
-def _stage_view(st: Stage, kernel: Kernel, func: str) -> StageView:
+# ----- saturation counters (docs/saturation.md) ----------------------------------------------------------
+
+def _signed_bits(v: int) -> int:
+    """Bits of the smallest two's-complement integer holding ``v``."""
+    return (v if v >= 0 else -v - 1).bit_length() + 1
+
+
+def _saturation_check(st: Stage, kernel: Kernel, counter: int) -> dict:
+    """The counter of a stage's output: the check type ``sat_t`` (the output's fraction bits and rounding, wide
+    enough that the rounded value assigned to the output never wraps in it), the output's raw range, the index."""
+    fmt = kernel.buffers[st.out.buffer].fmt
+    iv, frac = output_interval(st, kernel)
+    lo, hi = iv if iv is not None else (-(1 << 63), (1 << 63) - 1)  # div: a 64-bit raw result
+    shift = frac - fmt.frac_bits
+    lo, hi = (lo >> shift, (hi >> shift) + 1) if shift > 0 else (lo << -shift, hi << -shift)
+    width = max(_signed_bits(v) for v in (lo, hi, fmt.raw_min, fmt.raw_max))
+    if width > TABLE_RAW_WIDTH:
+        raise HlsCodegenError(f"stage {st.name}: its saturation counter would check {width}-bit values (at most "
+                              f"{TABLE_RAW_WIDTH}); compile without saturation_counters")
+    return {"type": f"ap_fixed<{width},{width - fmt.frac_bits},AP_{fmt.rounding},AP_WRAP>",
+            "lo": f"{fmt.raw_min}LL", "hi": f"{fmt.raw_max}LL", "k": counter}
+
+
+def _counted_body(body: str, out: str, sat: dict) -> str:
+    """An elementwise body that assigns ``sat_v`` (``sat_t``), counts it, then assigns it to ``out``."""
+    return (f"sat_t sat_v;\n{body}\nsat_check(sat_v, {sat['lo']}, {sat['hi']}, {sat['k']});\n"
+            f"{out} = sat_v;")
+
+
+def _stage_view(st: Stage, kernel: Kernel, func: str, counter: int | None = None) -> StageView:
     out_fmt = kernel.buffers[st.out.buffer].fmt
     spec = OPS_TABLE[st.op]
     if not st.reduce:
@@ -274,9 +306,14 @@ def _stage_view(st: Stage, kernel: Kernel, func: str) -> StageView:
             params = _normalized_params(st, kernel)
         if "mid" in spec.attrs:
             params["M"] = type_name(mid_format(st))
-        body = HLS_SPELLING[st.op].format(out=st.out.c_expr(), T=type_name(out_fmt), **_operands(ins), **params)
+        sat = None if counter is None else _saturation_check(st, kernel, counter)
+        if sat is None:
+            body = HLS_SPELLING[st.op].format(out=st.out.c_expr(), T=type_name(out_fmt), **_operands(ins), **params)
+        else:
+            body = _counted_body(HLS_SPELLING[st.op].format(out="sat_v", T="sat_t", **_operands(ins), **params),
+                                 st.out.c_expr(), sat)
         return StageView(func, st, "elementwise", st.out.c_expr(), type_name(out_fmt), ins,
-                         loops + ([lane] if lane else []), body=body + "\n")
+                         loops + ([lane] if lane else []), body=body + "\n", sat=sat)
     keep = [lp for lp in st.loops if lp.var not in st.reduce]
     loops, lane = _lane_loops(st, keep)
     red = [LoopView(f"{lp.var}_loop", lp.var, lp.extent) for lp in st.loops if lp.var in st.reduce]
@@ -295,7 +332,8 @@ def _stage_view(st: Stage, kernel: Kernel, func: str) -> StageView:
     body = HLS_SPELLING[st.op].format(acc=acc, idx=idx, acc_type=type_name(st.acc), position=position,
                                       **_operands(ins))
     view = StageView(func, st, "reduce", _zero_vars(st.out, st.reduce).c_expr(), type_name(out_fmt), ins,
-                     loops, red, lane, acc_type=type_name(st.acc), init=init, position=position, body=body + "\n")
+                     loops, red, lane, acc_type=type_name(st.acc), init=init, position=position, body=body + "\n",
+                     sat=None if counter is None else _saturation_check(st, kernel, counter))
     if lane:  # loop labels are per function: each copy of the lane loop gets its own
         view.lane_init = replace(lane, label=f"{lane.label}_init")
         view.lane_write = replace(lane, label=f"{lane.label}_write")
@@ -343,6 +381,7 @@ def _context(kernel: Kernel, version: str) -> dict:
     formats = {b.fmt for b in kernel.buffers.values()} | {s.acc for s in kernel.stages() if s.acc is not None}
     formats |= {mid_format(s) for s in kernel.stages() if "mid" in s.attrs}
     types = [{"name": type_name(f), "cpp": f.cpp(), "fmt": str(f)} for f in sorted(formats)]
+    counters = _counters(kernel)
     programs, funcs = [], {}  # funcs: C function name -> (the IR stage, its view)
     taken = set(kernel.buffers) | {t["name"] for t in types} | {GROUP_VAR}
     for prog in kernel.programs.values():
@@ -358,7 +397,7 @@ def _context(kernel: Kernel, version: str) -> dict:
             while func in taken or (func in funcs and funcs[func][0] is not st):
                 func += "_"
             if func not in funcs:
-                funcs[func] = (st, _stage_view(_rename_vars(st, taken), kernel, func))
+                funcs[func] = (st, _stage_view(_rename_vars(st, taken), kernel, func, counters.get(st.out.buffer)))
             views.append(funcs[func][1])
         size = next((lp.extent for st in prog.stages for lp in st.loops if lp.var == MODEL_VAR), 1)
         programs.append({"name": prog.name, "func": f"run_{prog.name}", "stages": views,
@@ -366,6 +405,9 @@ def _context(kernel: Kernel, version: str) -> dict:
     unpacked = sorted({p.buffer for c in commands for p in c.ins}, key=list(kernel.buffers).index)
     packed = sorted({p.buffer for c in commands for p in c.outs}, key=list(kernel.buffers).index)
     in_words, out_words = interface.port_words(kernel)
+    sat = _saturation_command(kernel, counters)
+    if sat:
+        out_words = max(out_words, sat["out_words"])
     tables = {st.attrs["table"] for st in kernel.stages() if OPS_TABLE[st.op].reads_table}
     buffers = [_buffer_view(b, b.name in tables) for b in kernel.buffers.values()]
     by_name = {b["name"]: b for b in buffers}
@@ -376,7 +418,23 @@ def _context(kernel: Kernel, version: str) -> dict:
         "stages": [view for _, view in funcs.values()],
         "in_words": in_words, "out_words": out_words, "partitions": _partitions(kernel),
         "unpacked": [by_name[n] for n in unpacked], "packed": [by_name[n] for n in packed],
+        "saturation": sat,
     }
+
+
+def _counters(kernel: Kernel) -> dict[str, int]:
+    """Each counted buffer's counter index (``saturation.counter_buffers``); none without the counters."""
+    if not saturation.hardware_counters(kernel):
+        return {}
+    return {name: k for k, name in enumerate(saturation.counter_buffers(kernel))}
+
+
+def _saturation_command(kernel: Kernel, counters: dict[str, int]) -> dict | None:
+    """The ``read_saturation`` command for the templates (None without the counters)."""
+    if not saturation.hardware_counters(kernel):
+        return None
+    return {"const": f"CMD_{saturation.COMMAND.upper()}", "code": interface.COMMANDS[saturation.COMMAND],
+            "out_words": len(counters), "size": max(len(counters), 1), "buffers": list(counters)}
 
 
 # ----- public API ----------------------------------------------------------------------------------------

@@ -1,0 +1,177 @@
+"""Saturation counters (docs/saturation.md): a kernel driven into saturation on purpose (narrow formats by
+precision overrides, large inputs) counts the same events in the emulator's fast path, its reference, a numpy
+recount and the generated C++ (csim); the digits MLP with in-range data counts none; a read resets; ``fit``
+warns when a gradient saturates."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from fx2fpga_runtime.emulator import Emulator
+from fx2fpga_runtime.saturation import counter_buffers
+from fx2fpga_runtime.testbench import replay
+from torch import nn
+
+import fx2fpga
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:tests.feature.test_saturation")  # the narrow formats
+
+# infer_addmm: fixed<8,2> (range [-2, 2)), RND, SAT; infer_relu: fixed<6,1> (range [-1, 1)), TRN, WRAP
+NARROW = {"overrides": {"infer_addmm": "fixed<8,2>", "infer_relu": "fixed<6,1,TRN,WRAP>"}}
+
+
+class Net(nn.Module):
+    """Linear(4, 6) -> relu -> Linear(6, 3)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def _inputs() -> torch.Tensor:
+    torch.manual_seed(0)
+    return torch.randn(8, 4) * 8  # far outside fixed<8,2> after the first layer
+
+
+@pytest.fixture(scope="module")
+def narrow(tmp_path_factory):
+    """The saturating design, with counters in its C++ (one project folder for the module)."""
+    torch.manual_seed(0)
+    model, x = Net(), _inputs()
+    design = fx2fpga.compile(model, (x,), precision=NARROW, share_memory=False, outputs="hls",
+                             saturation_counters=True, out_dir=tmp_path_factory.mktemp("sat") / "net")
+    return model, x, design
+
+
+def _recount(design, x: np.ndarray) -> dict[str, int]:
+    """The events of ``infer`` counted with numpy from the formats: the first layer's exact result rounded (RND)
+    to fixed<8,2>, the relu of the stored (saturated) result truncated to fixed<6,1>."""
+    k = design.kernel
+    emu = design.load("emu")
+    params = emu.get_params_raw()
+    w_name, b_name = (next(b for b in k.params if k.param_names[b] == n) for n in ("fc1.weight", "fc1.bias"))
+    xin = k.buffers[k.programs["infer"].inputs[0]].fmt
+    fw, fb = k.buffers[w_name].fmt, k.buffers[b_name].fmt
+    exact = (xin.quantize(x).astype(np.float64) * 2.0 ** -xin.frac_bits) @ (params[w_name] * 2.0 ** -fw.frac_bits).T
+    exact = exact + params[b_name] * 2.0 ** -fb.frac_bits  # exact in float64: a few dozen bits
+    h = np.floor(exact * 2**6 + 0.5)  # fixed<8,2>: 6 fraction bits, RND
+    first = int(np.count_nonzero((h < -128) | (h > 127)))
+    stored = np.clip(h, -128, 127) * 2.0**-6
+    r = np.floor(np.maximum(stored, 0) * 2**5)  # fixed<6,1>: 5 fraction bits, TRN
+    second = int(np.count_nonzero((r < -32) | (r > 31)))
+    return {"infer_addmm": first, "infer_relu": second}
+
+
+def test_emulator_counts_equal_a_numpy_recount_and_the_reference(narrow):
+    _, x, design = narrow
+    k = design.kernel
+    emu = design.load("emu")
+    emu.infer(x.numpy())
+    counts = emu.saturation()
+    want = _recount(design, x.numpy())
+    assert want["infer_addmm"] > 0 and want["infer_relu"] > 0  # driven into saturation, both modes
+    assert {b: counts[b] for b in want} == want
+    assert set(counts) == {st.out.buffer for st in k.stages()}
+    reference = Emulator(k, fast=False)
+    for name, raw in emu.get_params_raw().items():
+        reference.write(name, raw)
+    inp = k.programs["infer"].inputs[0]
+    reference.run("infer", {inp: k.buffers[inp].fmt.quantize(x.numpy())})
+    assert reference.read_saturation() == counts
+
+
+def test_a_read_resets_and_counts_add_up_over_calls(narrow):
+    _, x, design = narrow
+    emu = design.load("emu")
+    emu.infer(x.numpy())
+    once = emu.saturation()
+    assert any(once.values())
+    assert not any(emu.saturation().values())
+    emu.infer(x.numpy())
+    emu.infer(x.numpy())
+    assert emu.saturation() == {b: 2 * n for b, n in once.items()}
+
+
+def test_counters_only_where_overflow_can_happen(narrow):
+    _, _, design = narrow
+    k = design.kernel
+    assert counter_buffers(k) == ["infer_addmm", "infer_relu", "infer_output"]  # fc2's sum may leave fixed<16,6>
+
+
+def test_digits_mlp_with_in_range_data_counts_nothing(mlp_train_design, digits_data):
+    _, design = mlp_train_design
+    x, y = digits_data[0], digits_data[1]
+    emu = design.load("emu")
+    batch = design.kernel.buffers[design.kernel.programs["train_step"].inputs[0]].shape[0]
+    for i in range(4):
+        emu.train_step(x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch])
+    emu.infer(x[:batch])
+    counts = emu.saturation()
+    assert counts and not any(counts.values()), {b: n for b, n in counts.items() if n}
+
+
+def test_fit_warns_once_naming_the_saturated_gradient():
+    torch.manual_seed(1)
+    model, x, y = Net(), torch.randn(8, 4) * 4, torch.randint(0, 3, (8,))
+    narrow_grad = {"overrides": {"train_mm": "fixed<4,-5>"}}  # fc2's weight gradient: range [-1/64, 1/64)
+    design = fx2fpga.compile(model, (x,), train=fx2fpga.SGD(F.cross_entropy, y, lr=0.1), precision=narrow_grad,
+                             share_memory=False)
+    runner = design.load("emu")
+    loader = [(x, y)] * 3
+    with pytest.warns(fx2fpga.SaturationWarning, match="train_mm") as caught:
+        fx2fpga.fit(runner, loader, epochs=2, progress=False)
+    assert len([w for w in caught if issubclass(w.category, fx2fpga.SaturationWarning)]) == 1
+    wide = fx2fpga.compile(model, (x,), train=fx2fpga.SGD(F.cross_entropy, y, lr=0.1)).load("emu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fx2fpga.SaturationWarning)
+        fx2fpga.fit(wide, loader, epochs=1, progress=False)
+
+
+def test_counters_off_generates_no_counter_code(narrow):
+    _, x, _ = narrow
+    torch.manual_seed(0)
+    model = Net()
+    off = fx2fpga.compile(model, (x,), precision=NARROW, share_memory=False, outputs="hls").files()
+    on = fx2fpga.compile(model, (x,), precision=NARROW, share_memory=False, outputs="hls",
+                         saturation_counters=True).files()
+    assert not any("sat_" in text for text in off.values())
+    assert "sat_check" in on["src/net.cpp"] and "CMD_READ_SATURATION = 5" in on["src/net.h"]
+    assert on["src/net.cpp"] != off["src/net.cpp"]
+
+
+@pytest.mark.slow
+def test_csim_counts_equal_the_emulator(narrow):
+    _, x, design = narrow
+    emu = design.load("emu")
+    with design.load("csim") as csim:
+        for scale in (1.0, 0.25):
+            xs = (x * scale).numpy()
+            assert np.array_equal(emu.infer(xs), csim.infer(xs))
+            want, got = emu.saturation(), csim.saturation()
+            assert got == want
+        assert want["infer_addmm"] > 0
+        assert not any(csim.saturation().values())  # read and reset
+
+
+@pytest.mark.slow
+def test_replay_reports_the_same_counts_on_emu_and_csim(narrow):
+    _, _, design = narrow
+    emu_counts, csim_counts = {}, {}
+    replay(design.out_dir, "emu", saturation=emu_counts)
+    replay(design.out_dir, "csim", saturation=csim_counts)
+    assert emu_counts == csim_counts and emu_counts["infer_addmm"] > 0
+
+
+@pytest.mark.slow
+def test_csim_without_counters_says_how_to_get_them(tmp_path):
+    torch.manual_seed(0)
+    design = fx2fpga.compile(Net(), (_inputs(),), precision=NARROW, outputs="hls", out_dir=tmp_path / "off")
+    with design.load("csim") as csim, pytest.raises(RuntimeError, match="saturation_counters=True"):
+        csim.saturation()
