@@ -477,3 +477,27 @@ def flipped_decisions(kernel: Kernel, gm: torch.fx.GraphModule, args: list, mem:
             for j, bnd in zip(wrong, bounds, strict=True):
                 flips.append((node.name, int(j), abs(float(diff.detach().reshape(-1)[j])), float(bnd)))
     return flips
+
+
+def outputs_within_bounds(kernel: Kernel, gm: torch.fx.GraphModule, args: list, mem: dict, roles, values: list,
+                          wanted: list) -> dict[str, float]:
+    """Check a kernel's outputs (``values``, one per output role of ``gm``) against float: the traced graph in
+    float64 equals ``wanted`` (PyTorch's own, within float64 noise); with the emulator's decisions (``mem``),
+    each output is within its derived first-order bound; each decision taken otherwise than in float is within
+    its bound of the threshold. Outputs that are not floats (counters, generator states) must equal
+    ``wanted``. Returns the largest error / bound per output role."""
+    plain = GraphBounds(kernel, gm, args)
+    same = GraphBounds(kernel, gm, args, emulator_decisions(kernel, gm, mem))
+    ratios = {}
+    for role, val, ref, want, out in zip(map(str, roles), values, same.outputs, wanted, plain.outputs, strict=True):
+        if not out.is_floating_point():
+            assert np.array_equal(np.asarray(val), np.asarray(want)), role
+            continue
+        assert np.abs(out.detach().numpy() - want).max() <= 1e-9 * (1 + np.abs(want).max()), role
+        bound = same.bound(ref)
+        err = np.abs(np.asarray(val, dtype=np.float64) - ref.detach().numpy())
+        assert np.all(err <= bound), (role, err.max(), bound[err > bound])
+        ratios[role] = float((err / bound).max())
+    for node, j, dist, bnd in flipped_decisions(kernel, gm, args, mem):
+        assert dist <= bnd, (node, j, dist, bnd)
+    return ratios

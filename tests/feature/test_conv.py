@@ -32,7 +32,7 @@ from fx2fpga.handoffs import graph_info
 
 from .._replay import graph_args, replay_layers
 from ..conftest import assert_backend_equals_emu, load_example
-from ..error_bounds import GraphBounds, emulator_decisions, flipped_decisions
+from ..error_bounds import outputs_within_bounds
 from .test_rtl import assert_lint_clean
 
 # ----- the IR: guarded reads and argmax, against loops written from the docstring ------------------------
@@ -275,22 +275,7 @@ def check_against_float(design, model, x, y, train: bool, runner=None) -> dict[s
         torch_values = [copy.deepcopy(model).double().eval()(x.double()).detach().numpy()]
     args = graph_args(design.kernel, gm, x, y, quantized=False)
     mem = emu.backend.emulator.mem
-    plain = GraphBounds(design.kernel, gm, args)
-    same = GraphBounds(design.kernel, gm, args, emulator_decisions(design.kernel, gm, mem))
-    ratios = {}
-    for role, val, ref, want, out in zip(map(str, roles), values, same.outputs, torch_values,
-                                         plain.outputs, strict=True):
-        if not out.is_floating_point():
-            assert np.array_equal(np.asarray(val), np.asarray(want)), role  # num_batches_tracked
-            continue
-        assert np.abs(out.detach().numpy() - want).max() <= 1e-9 * (1 + np.abs(want).max()), role
-        bound = same.bound(ref)
-        err = np.abs(np.asarray(val, dtype=np.float64) - ref.detach().numpy())
-        assert np.all(err <= bound), (role, err.max(), bound[err > bound])
-        ratios[role] = float((err / bound).max())
-    for node, j, dist, bound in flipped_decisions(design.kernel, gm, args, mem):
-        assert dist <= bound, (node, j, dist, bound)
-    return ratios
+    return outputs_within_bounds(design.kernel, gm, args, mem, roles, values, torch_values)
 
 
 def test_conv1d_forward_and_step_within_derived_bounds(conv1d):

@@ -35,7 +35,7 @@ from fx2fpga.handoffs import graph_info, placeholder
 
 from .._replay import graph_args
 from ..conftest import assert_backend_equals_emu
-from ..error_bounds import GraphBounds, emulator_decisions, flipped_decisions
+from ..error_bounds import outputs_within_bounds
 from .test_conv import _float_params, check_against_float
 
 P = 0.25
@@ -147,21 +147,7 @@ def check_step_against_float(design, reference, x, y, runner) -> dict[str, float
     wanted = [torch_loss if r.kind == "loss" else torch_state[r.name].numpy() for r in roles]
     args = graph_args(design.kernel, gm, x, y, quantized=False)
     mem = runner.backend.emulator.mem
-    plain = GraphBounds(design.kernel, gm, args)
-    same = GraphBounds(design.kernel, gm, args, emulator_decisions(design.kernel, gm, mem))
-    ratios = {}
-    for role, val, ref, want, out in zip(map(str, roles), values, same.outputs, wanted, plain.outputs, strict=True):
-        if not out.is_floating_point():  # the generator's state
-            assert np.array_equal(np.asarray(val), np.asarray(want)), role
-            continue
-        assert np.abs(out.detach().numpy() - want).max() <= 1e-9 * (1 + np.abs(want).max()), role
-        bound = same.bound(ref)
-        err = np.abs(np.asarray(val, dtype=np.float64) - ref.detach().numpy())
-        assert np.all(err <= bound), (role, err.max(), bound[err > bound])
-        ratios[role] = float((err / bound).max())
-    for node, j, dist, bound in flipped_decisions(design.kernel, gm, args, mem):
-        assert dist <= bound, (node, j, dist, bound)
-    return ratios
+    return outputs_within_bounds(design.kernel, gm, args, mem, roles, values, wanted)
 
 
 def test_step_and_inference_within_derived_bounds(mlp):
