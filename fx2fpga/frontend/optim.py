@@ -195,7 +195,7 @@ def states_at_bound(train: SGD | GD, new: dict[str, torch.Tensor]) -> dict[str, 
     """The states a long run reaches, from the first step's (``new``), for profiling the formats: SGD's
     velocities at ``g / (1 - momentum)`` (the step's v is g, from 0); Adam's in ``adam_states_at_bound``."""
     if isinstance(train, Adam):
-        return adam_states_at_bound(new, new, train.betas)
+        return adam_states_at_bound(new, train.betas)
     return {k: v / (1.0 - float(train.momentum)) for k, v in new.items()}
 
 
@@ -219,17 +219,13 @@ def adam_states(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {**states, "adam:beta1_power": one, "adam:beta2_power": one.clone()}
 
 
-def adam_states_at_bound(states: dict[str, torch.Tensor], new: dict[str, torch.Tensor],
-                         betas: tuple[float, float]) -> dict[str, torch.Tensor]:
+def adam_states_at_bound(new: dict[str, torch.Tensor], betas: tuple[float, float]) -> dict[str, torch.Tensor]:
     """The states a long run reaches, for profiling: the moments at ``m / (1 - beta1)`` and
-    ``sqrt(v / (1 - beta2))`` of the first step's (the gradient and its magnitude), ``beta ** step`` at 0."""
-    out = {}
-    for k, v in new.items():
-        if k.startswith("adam:"):
-            out[k] = torch.zeros_like(v)
-        else:
-            out[k] = v / (1.0 - betas[0]) if k.startswith("exp_avg:") else v / (1.0 - betas[1]) ** 0.5
-    return {k: out[k] for k in states}
+    ``sqrt(v / (1 - beta2))`` of the first step's (``new``: the gradient and its magnitude), ``beta ** step``
+    at 0."""
+    return {k: torch.zeros_like(v) if k.startswith("adam:")
+            else v / (1.0 - betas[0]) if k.startswith("exp_avg:") else v / (1.0 - betas[1]) ** 0.5
+            for k, v in new.items()}
 
 
 def adam_update(params: dict, grads: dict, states: dict, lr: torch.Tensor, opt: Adam) -> tuple[dict, dict]:
