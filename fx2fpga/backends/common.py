@@ -111,11 +111,7 @@ def check_stage(st: Stage, kernel: Kernel, where: str, groups: int = 1) -> None:
         raise KernelCheckError(f"{where}: a {st.op} reduction needs an accumulator format (stage.acc)")
     if st.out.guard or (st.reduce and len(st.ins) > arity and st.ins[arity].guard):
         raise KernelCheckError(f"{where}: only the operands of a stage may be guarded, not its output or init")
-    if st.lanes > 1 and (st.lane_var not in extents or st.lane_var in st.reduce or st.lane_var == MODEL_VAR):
-        raise KernelCheckError(f"{where}: lanes={st.lanes} needs lane_var to be a loop that is not reduced "
-                               f"(nor the model loop {MODEL_VAR})")
-    if st.model_lanes > 1 and MODEL_VAR not in extents:
-        raise KernelCheckError(f"{where}: model_lanes={st.model_lanes} needs the model loop {MODEL_VAR}")
+    _check_lanes(st, extents, where)
     for acc in (st.out, *st.ins):
         if acc.buffer not in kernel.buffers:
             raise KernelCheckError(f"{where}: unknown buffer {acc.buffer!r}")
@@ -125,6 +121,18 @@ def check_stage(st: Stage, kernel: Kernel, where: str, groups: int = 1) -> None:
         tbl = kernel.buffers.get(st.attrs.get("table", ""))
         if tbl is None or tbl.init is None or len(tbl.shape) != 1 or tbl.size < 2:
             raise KernelCheckError(f"{where}: table needs attrs['table'] naming a 1-D buffer with n+1 >= 2 init values")
+
+
+def _check_lanes(st: Stage, extents: dict[str, int], where: str) -> None:
+    if st.lanes > 1 and (st.lane_var not in extents or st.lane_var in st.reduce or st.lane_var == MODEL_VAR):
+        raise KernelCheckError(f"{where}: lanes={st.lanes} needs lane_var to be a loop that is not reduced "
+                               f"(nor the model loop {MODEL_VAR})")
+    if st.outer_lanes > 1 and (st.outer_lane_var not in extents or st.outer_lane_var in st.reduce
+                               or st.outer_lane_var in (MODEL_VAR, st.lane_var) or st.lanes < 2):
+        raise KernelCheckError(f"{where}: outer_lanes={st.outer_lanes} needs outer_lane_var to be a loop that is not "
+                               f"reduced, not the model loop and not lane_var, beside lanes over lane_var")
+    if st.model_lanes > 1 and MODEL_VAR not in extents:
+        raise KernelCheckError(f"{where}: model_lanes={st.model_lanes} needs the model loop {MODEL_VAR}")
 
 
 def _check_in_place(st: Stage, arity: int, where: str) -> None:

@@ -43,12 +43,13 @@ class LaneCost:
     bram36: float
 
 
-def stage_cycles(st: Stage, model_lanes: int, lanes: int, lane_var: str | None) -> int:
+def stage_cycles(st: Stage, model_lanes: int, lanes: int, lane_var: str | None, outer_lanes: int = 1,
+                 outer_lane_var: str | None = None) -> int:
     """Exact cycles of the stage's phase at those lanes: setup, one issue per lane group, the drain."""
+    steps = {MODEL_VAR: model_lanes, lane_var: lanes, outer_lane_var: outer_lanes}
     n = 1
     for lp in st.loops:
-        step = model_lanes if lp.var == MODEL_VAR else (lanes if lp.var == lane_var else 1)
-        n *= -(-lp.extent // step)
+        n *= -(-lp.extent // steps.get(lp.var, 1))
     return schedule.SETUP_CYCLES + n + schedule.write_delay(st.op)
 
 
@@ -118,16 +119,40 @@ def pool_lane_cost(plan, costs: dict) -> LaneCost:
                     dsp=len(prod["parts"]), bram36=0.0)
 
 
-Option = tuple[int, int, str | None]  # (model lanes, lanes, the loop the lanes run over: None for one lane)
+# (model lanes, lanes, the loop the lanes run over: None for one lane, outer lanes, their loop: None for one)
+Option = tuple[int, int, str | None, int, str | None]
+
+
+def total(option: Option) -> int:
+    """All the lanes of a choice."""
+    return option[0] * option[1] * option[3]
 
 
 def _options(st: Stage) -> list[Option]:
     """The stage's choices, fewest lanes in all first (model lanes: divisors of its group; lanes: divisors of any
-    of its free loops, so that a stage may run its lanes over the dim its buffers are banked by already)."""
+    of its free loops, so that a stage may run its lanes over the dim its buffers are banked by already; on a
+    multiplying stage also lanes over two of its free loops, where no dim of its accesses uses both)."""
     models = next((lp.extent for lp in st.loops if lp.var == MODEL_VAR), 1)
-    lanes = {(1, None)} | {(ln, lp.var) for lp in tile.free_loops(st) for ln in tile.divisors(lp.extent) if ln > 1}
-    return sorted({(m, ln, var) for m in tile.divisors(models) for ln, var in lanes},
-                  key=lambda o: (o[0] * o[1], -o[0], o[2] or ""))
+    free = tile.free_loops(st)
+    lanes = {(1, None, 1, None)} | {(ln, lp.var, 1, None) for lp in free for ln in tile.divisors(lp.extent) if ln > 1}
+    if OPS_TABLE[st.op].multiplies:
+        for i, outer in enumerate(free):
+            for inner in free[i + 1:]:
+                if _separable(st, outer.var, inner.var):
+                    lanes |= {(ln, inner.var, on, outer.var) for ln in tile.divisors(inner.extent)[1:]
+                              for on in tile.divisors(outer.extent)[1:]}
+    return sorted({(m, ln, var, on, ovar) for m in tile.divisors(models) for ln, var, on, ovar in lanes},
+                  key=lambda o: (total(o), -o[0], -o[1], o[2] or "", o[4] or ""))
+
+
+def _separable(st: Stage, a: str, b: str) -> bool:
+    """No index of the stage's accesses (guards included) uses both loop variables: lanes over both reach
+    banks of separate dims."""
+    for acc in (st.out, *st.ins):
+        for ix in (*acc.index, *(g.expr for g in acc.guard)):
+            if {a, b} <= set(ix.vars()):
+                return False
+    return True
 
 
 def memory_cost(kernel: Kernel, costs: dict) -> dict[str, float]:
@@ -153,7 +178,7 @@ def memory_cost(kernel: Kernel, costs: dict) -> dict[str, float]:
 def allocate(kernel: Kernel, target, plan_1x1, budget: float, main: str) -> dict[str, Option]:
     """Give the stages of program ``main`` of the one-lane ``kernel`` (whose plan is ``plan_1x1``) their lanes:
     the greedy allocation within ``budget`` (a share of every resource of ``target``); the other programs' stages
-    keep one lane. Returns (model lanes, lanes, lane loop) per stage name."""
+    keep one lane. Returns the ``Option`` chosen per stage name."""
     costs = resources.load_costs()
     base = resources.rtl_resources(plan_1x1, target)
     used = {"lut": base.lut, "ff": base.ff, "dsp": base.dsp, "bram36": base.bram36}
@@ -196,34 +221,32 @@ def allocate(kernel: Kernel, target, plan_1x1, budget: float, main: str) -> dict
         used = {r: used[r] + delta[r] for r in RESOURCES}
         memory = mem
         choice[n] = j
-        m, ln, var = options[n][j]
-        tile.set_stage_lanes(stages[n], m, ln, var)
+        tile.set_stage_lanes(stages[n], *options[n][j])
         for sh in shared:
-            sh.lanes += sh.growth(stages[n], m * ln)
+            sh.lanes += sh.growth(stages[n], total(options[n][j]))
     return {n: options[n][choice[n]] for n in stages}
 
 
 def _next(opts: list[Option], i: int) -> list[int]:
     """The choices with the next larger number of lanes in all (several share a total: models side by side, or
     lanes over another loop)."""
-    total = opts[i][0] * opts[i][1]
-    larger = [j for j in range(i + 1, len(opts)) if opts[j][0] * opts[j][1] > total]
-    return [j for j in larger if opts[j][0] * opts[j][1] == opts[larger[0]][0] * opts[larger[0]][1]] if larger else []
+    now = total(opts[i])
+    larger = [j for j in range(i + 1, len(opts)) if total(opts[j]) > now]
+    return [j for j in larger if total(opts[j]) == total(opts[larger[0]])] if larger else []
 
 
 def _move(kernel, st: Stage, now: Option, to: Option, cost: LaneCost, shared: list[SharedLanes], target, memory,
           costs):
     """(cycles saved per share of the budget spent, resources added, the memories' cost after) of moving ``st``
     from choice ``now`` to ``to`` (its memories re-banked: tried on the stage, then undone)."""
-    (m0, l0, v0), (m1, l1, v1) = now, to
-    saved = stage_cycles(st, m0, l0, v0) - stage_cycles(st, m1, l1, v1)
-    extra = m1 * l1 - m0 * l0
+    saved = stage_cycles(st, *now) - stage_cycles(st, *to)
+    extra = total(to) - total(now)
     delta = {r: extra * getattr(cost, r) for r in RESOURCES}
     for sh in shared:
-        delta = {r: delta[r] + sh.growth(st, m1 * l1) * getattr(sh.cost, r) for r in RESOURCES}
-    tile.set_stage_lanes(st, m1, l1, v1)
+        delta = {r: delta[r] + sh.growth(st, total(to)) * getattr(sh.cost, r) for r in RESOURCES}
+    tile.set_stage_lanes(st, *to)
     mem = memory_cost(kernel, costs)
-    tile.set_stage_lanes(st, m0, l0, v0)
+    tile.set_stage_lanes(st, *now)
     delta = {r: delta[r] + mem[r] - memory[r] for r in RESOURCES}
     spent = max(max(0.0, delta[r]) / getattr(target, r) for r in RESOURCES)
     return (saved / spent if spent > 0 else math.inf), delta, mem

@@ -264,8 +264,11 @@ def _stage_phase(st: Stage, kernel: Kernel, where: str, groups: int = 1, group_c
     extents = {lp.var: lp.extent for lp in st.loops}
     if st.lanes > 1 and (st.lane_var not in extents or st.lane_var in st.reduce):
         raise ScheduleError(f"{where}: lanes={st.lanes} needs lane_var to be a loop that is not reduced")
+    if st.outer_lanes > 1 and (st.outer_lane_var not in extents or st.outer_lane_var in st.reduce):
+        raise ScheduleError(f"{where}: outer_lanes={st.outer_lanes} needs outer_lane_var to be a loop that is not "
+                            f"reduced")
     steps = dict(st.lane_loops())  # lane variable -> its lanes (the model loop first)
-    # lane L of the phase is one offset per lane variable, row-major: (model lane, lane) -> m * lanes + l
+    # lane L of the phase is one offset per lane variable, row-major: (model lane, outer lane, lane) -> L
     lane_offsets = [dict(zip(steps, combo, strict=True)) for combo in itertools.product(*map(range, steps.values()))]
     lanes = len(lane_offsets)
     order = [lp for lp in st.loops if lp.var not in st.reduce] + [lp for lp in st.loops if lp.var in st.reduce]

@@ -92,6 +92,9 @@ def keep_banks_mappable(kernel: Kernel) -> schedule.Schedule:
             stage = getattr(e, "stage", None)
             if stage is None or stage.lanes <= 1:
                 raise  # not a lane problem: the RTL generator reports it
+            if stage.outer_lanes > 1:  # lanes in two dims: back to one dim first
+                stage.outer_lanes, stage.outer_lane_var = 1, None
+                continue
             extent = next(lp.extent for lp in stage.loops if lp.var == stage.lane_var)
             stage.lanes = lane_count(extent, stage.lanes - 1)
             stage.lane_var = stage.lane_var if stage.lanes > 1 else None
@@ -108,11 +111,19 @@ def assign_model_lanes(kernel: Kernel, model_lanes: int) -> None:
         stage.model_lanes = size if any(lp.var == MODEL_VAR for lp in stage.loops) else 1
 
 
-def set_stage_lanes(stage: Stage, model_lanes: int, lanes: int, lane_var: str | None = None) -> None:
-    """Give ``stage`` that many model lanes and lanes over its loop ``lane_var`` (None: its longest free loop)."""
+def set_stage_lanes(stage: Stage, model_lanes: int, lanes: int, lane_var: str | None = None, outer_lanes: int = 1,
+                    outer_lane_var: str | None = None) -> None:
+    """Give ``stage`` that many model lanes, lanes over its loop ``lane_var`` (None: its longest free loop) and,
+    beside those, ``outer_lanes`` over a second loop ``outer_lane_var``."""
     loop = _lane_loop_named(stage, lane_var)
     stage.model_lanes = model_lanes
     stage.lanes, stage.lane_var = (lanes, loop.var) if lanes > 1 and loop is not None else (1, None)
+    stage.outer_lanes, stage.outer_lane_var = 1, None
+    if outer_lanes > 1 and stage.lanes > 1:
+        outer = _lane_loop_named(stage, outer_lane_var)
+        if outer.var == stage.lane_var:
+            raise ValueError(f"stage {stage.name}: its outer lanes need a loop other than {stage.lane_var!r}")
+        stage.outer_lanes, stage.outer_lane_var = outer_lanes, outer.var
 
 
 def _lane_loop_named(stage: Stage, var: str | None):
@@ -129,8 +140,9 @@ def _lane_loop_named(stage: Stage, var: str | None):
 
 def assign_stage_lanes(kernel: Kernel, lanes: dict, group_size: int) -> None:
     """Per-stage lanes, as a design point of the explorer records them (``DesignPoint.stage_lanes``): the models
-    in groups of ``group_size``, and stage name -> ``[model lanes, lanes]`` or ``[model lanes, lanes, lane loop]``
-    (the loop's variable; without it the stage's longest free loop). A stage not named gets one lane."""
+    in groups of ``group_size``, and stage name -> ``[model lanes, lanes]``, ``[model lanes, lanes, lane loop]``
+    (the loop's variable; without it the stage's longest free loop) or ``[model lanes, lanes, lane loop, outer
+    lanes, outer loop]`` (lanes in two loops). A stage not named gets one lane."""
     assign_model_lanes(kernel, group_size)
     stages = {st.name: st for st in kernel.stages()}
     unknown = sorted(set(lanes) - set(stages))
@@ -139,14 +151,15 @@ def assign_stage_lanes(kernel: Kernel, lanes: dict, group_size: int) -> None:
                          f"{', '.join(stages)})")
     size = model_groups.group_size(kernel)
     for name, st in stages.items():
-        m, ln, *var = lanes.get(name, (1, 1))
-        var = var[0] if var else None
+        m, ln, *rest = lanes.get(name, (1, 1))
+        var, outer, outer_var = (list(rest) + [None, 1, None][len(rest):])[:3]
         loop = _lane_loop_named(st, var)
         extent = loop.extent if loop is not None else 1
-        if m < 1 or size % m or ln < 1 or extent % ln:
+        outer_extent = _lane_loop_named(st, outer_var).extent if outer > 1 else 1
+        if m < 1 or size % m or ln < 1 or extent % ln or outer < 1 or outer_extent % outer:
             raise ValueError(f"stage {name}: {list(lanes.get(name))} lanes do not divide its {size} models of a "
-                             f"group and its lane loop of {extent}")
-        set_stage_lanes(st, m, ln, var)
+                             f"group and its lane loops of {extent}" + (f" and {outer_extent}" if outer > 1 else ""))
+        set_stage_lanes(st, m, ln, var, outer, outer_var)
 
 
 def assign_lanes(kernel: Kernel, lanes: int | str | dict, target=None, model_lanes: int | str = 1) -> None:

@@ -65,6 +65,8 @@ def manifest(design) -> dict:
                               "estimated_cycles": estimate.program_cycles(k, p.name)}
                      for p in k.programs.values()},
         "lanes": {s.name: s.lanes for s in k.stages() if s.lanes > 1},
+        **({"outer_lanes": {s.name: [s.outer_lanes, s.outer_lane_var] for s in k.stages() if s.outer_lanes > 1}}
+           if any(s.outer_lanes > 1 for s in k.stages()) else {}),
         "estimated_resources": {"dsp": res.dsp, "bram36": res.bram36, "memory_bits": res.memory_bits},
         "outputs": design.outputs,
         "rtl_cycles": design.rtl_cycles(),

@@ -146,7 +146,8 @@ def report_text(design) -> str:
         rows = []
         for s in prog.stages:
             loops = " x ".join(f"{lp.var}{lp.extent}" for lp in s.loops) or "scalar"
-            rows.append([f"`{s.name}`", s.op, loops, s.lanes, estimate.stage_cycles(s),
+            lanes = f"{s.outer_lanes} ({s.outer_lane_var}) x {s.lanes} ({s.lane_var})" if s.outer_lanes > 1 else s.lanes
+            rows.append([f"`{s.name}`", s.op, loops, lanes, estimate.stage_cycles(s),
                          str(s.acc) if s.acc else "", s.source or "", s.origin])
         out += _table(["stage", "op", "loops", "lanes", "cycles", "accumulator", "model line", "from"], rows)
         out.append("")

@@ -54,7 +54,10 @@ point is skipped (equivalently: it reads the accumulator format's minimum). Outp
 init input of a reduction are never guarded.
 
 ``stage.lanes`` copies of the datapath work on ``lanes`` consecutive values of the
-non-reduced loop ``stage.lane_var`` at once; the results do not depend on it.
+non-reduced loop ``stage.lane_var`` at once; the results do not depend on it. A stage may run
+lanes over a second non-reduced loop too (``outer_lanes`` over ``outer_lane_var``: a matmul's
+batch rows and output columns at once, each weight read serving every row's lane), so it has
+``outer_lanes * lanes`` lanes; lane ``(o, l)`` is lane ``o * lanes + l``.
 
 A kernel of models stacked on a model axis (``fx2fpga/lower/model_axis.py``) gives every
 per-model buffer a leading dim of size N and every stage an outermost loop ``MODEL_VAR`` over
@@ -213,21 +216,26 @@ class Stage:
     source: str = ""  # the user's model line, "model.py:12"
     origin: str = ""  # the fx node (and ATen op) the stage came from
     model_lanes: int = 1  # lanes over the model loop MODEL_VAR (a kernel stacked on a model axis)
+    outer_lanes: int = 1  # lanes over a second loop, outer_lane_var (lanes in two dims of one model)
+    outer_lane_var: str | None = None
 
     def lane_loops(self) -> tuple[tuple[str, int], ...]:
-        """``(loop variable, lanes)`` of each loop the stage's lanes run over, outermost first:
-        the model loop (``model_lanes``), then ``lane_var``; lane ``(m, l)`` is lane ``m * lanes + l``."""
+        """``(loop variable, lanes)`` of each loop the stage's lanes run over, outermost first: the model
+        loop (``model_lanes``), ``outer_lane_var``, then ``lane_var``; lane ``(m, o, l)`` is lane
+        ``(m * outer_lanes + o) * lanes + l``."""
         out = []
         if self.model_lanes > 1:
             out.append((MODEL_VAR, self.model_lanes))
+        if self.outer_lanes > 1 and self.outer_lane_var is not None:
+            out.append((self.outer_lane_var, self.outer_lanes))
         if self.lanes > 1 and self.lane_var is not None:
             out.append((self.lane_var, self.lanes))
         return tuple(out)
 
     @property
     def total_lanes(self) -> int:
-        """All the stage's lanes: ``model_lanes * lanes``."""
-        return max(1, self.model_lanes) * max(1, self.lanes)
+        """All the stage's lanes: ``model_lanes * outer_lanes * lanes``."""
+        return max(1, self.model_lanes) * max(1, self.outer_lanes) * max(1, self.lanes)
 
     @property
     def iterations(self) -> int:
@@ -284,6 +292,8 @@ def _to_plain(k: Kernel) -> dict:
         for st in prog["stages"]:
             if st["model_lanes"] == 1:
                 del st["model_lanes"]  # one model at a time: the kernel.json of a one-model kernel is unchanged
+            if st["outer_lanes"] == 1:
+                del st["outer_lanes"], st["outer_lane_var"]  # lanes in one dim: kernel.json unchanged
     return d
 
 
@@ -311,7 +321,8 @@ def _stage_from(d: dict) -> Stage:
         out=_access_from(d["out"]), ins=tuple(_access_from(a) for a in d["ins"]),
         reduce=tuple(d["reduce"]), acc=_fixed_from(d["acc"]), attrs=dict(d["attrs"]),
         lanes=d["lanes"], lane_var=d["lane_var"], source=d["source"], origin=d["origin"],
-        model_lanes=d.get("model_lanes", 1),
+        model_lanes=d.get("model_lanes", 1), outer_lanes=d.get("outer_lanes", 1),
+        outer_lane_var=d.get("outer_lane_var"),
     )
 
 

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fx2fpga_runtime import ops as fx2fpga_ops
 
 import fx2fpga
-from fx2fpga.passes import explore, resources, tile
+from fx2fpga.passes import allocate, explore, resources, tile
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +81,22 @@ def test_lanes_may_run_over_any_free_loop(auto_mlp, mlp_example):
     with pytest.raises(ValueError, match="train_mm_2: lanes cannot run over 'k' \\(its loops that may: i, j\\)"):
         fx2fpga.compile(mlp_example.model, mlp_example.example_inputs, train=sgd, until="tile",
                         lanes={"train_mm_2": [1, 4, "k"]})
+
+
+def test_matmuls_take_lanes_in_two_loops(auto_mlp):
+    """The allocation may give a multiplying stage lanes over two of its loops (batch rows and output columns):
+    the point records both, the stage has them, and its phase takes the cycles the allocation counted."""
+    chosen = auto_mlp.context.exploration.chosen
+    two = {n: v for n, v in chosen.stage_lanes.items() if len(v) == 5}
+    assert two, chosen.stage_lanes
+    stages = {st.name: st for st in auto_mlp.kernel.programs["train_step"].stages}
+    phases = {p.name: p for p in auto_mlp.context.schedule.commands["train_step"]}
+    for name, (m, ln, var, outer, outer_var) in two.items():
+        st = stages[name]
+        assert fx2fpga_ops.OPS_TABLE[st.op].multiplies
+        assert (st.lanes, st.lane_var, st.outer_lanes, st.outer_lane_var) == (ln, var, outer, outer_var)
+        assert var != outer_var and phases[name].lanes == m * ln * outer
+        assert phases[name].cycles == allocate.stage_cycles(st, m, ln, var, outer, outer_var)
 
 
 def test_pareto_front(auto_mlp):
