@@ -233,18 +233,20 @@ def lane_span(st: Stage, index: Affine, var: str | None = None, lanes: int | Non
     return lanes * (coeff if index.div == 1 and not index.mod else 1)
 
 
-def buffer_banking(kernel: Kernel) -> dict[str, BankSpec]:
-    """The banking of every buffer: along each dim a lane variable indexes (the model loop's included),
-    the least common multiple of the spans the stages' lanes cover there (``lane_span``), at most the
-    dim's size."""
-    factors = {name: [1] * len(buf.shape) for name, buf in kernel.buffers.items()}
+def buffer_banking(kernel: Kernel, names=None) -> dict[str, BankSpec]:
+    """The banking of every buffer (or of those ``names``): along each dim a lane variable indexes (the model
+    loop's included), the least common multiple of the spans the stages' lanes cover there (``lane_span``), at
+    most the dim's size."""
+    names = kernel.buffers if names is None else names
+    factors = {name: [1] * len(kernel.buffers[name].shape) for name in names}
     for st in kernel.stages():
         for var, lanes in st.lane_loops():
             for acc in (st.out, *st.ins):
+                if acc.buffer not in factors:
+                    continue
                 for d, ix in enumerate(acc.index):
                     if var in ix.vars():
                         size = kernel.buffers[acc.buffer].shape[d]
                         f = factors[acc.buffer]
                         f[d] = min(size, math.lcm(f[d], lane_span(st, ix, var, lanes)))
-    return {name: BankSpec(name, tuple(buf.shape), tuple(factors[name]))
-            for name, buf in kernel.buffers.items()}
+    return {name: BankSpec(name, tuple(kernel.buffers[name].shape), tuple(factors[name])) for name in names}

@@ -155,24 +155,97 @@ def _separable(st: Stage, a: str, b: str) -> bool:
     return True
 
 
-def memory_cost(kernel: Kernel, costs: dict) -> dict[str, float]:
-    """LUT, FF and BRAM36 of the kernel's memories as banked by its current lanes (``buffer_banking``): each
-    bank where Yosys maps it (``resources.bank_mapping``), its read and write-data registers."""
-    out = dict.fromkeys(RESOURCES, 0.0)
-    written = {st.out.buffer for st in kernel.stages()}
-    used = {a.buffer for st in kernel.stages() for a in (st.out, *st.ins)} | set(kernel.params)
-    used |= {b for p in kernel.programs.values() for b in (*p.inputs, *p.outputs)}
-    tables = {st.attrs[k] for st in kernel.stages() for k in ("table", "rom") if k in st.attrs}  # the units' ROMs
-    for name, spec in buffer_banking(kernel).items():
-        if name not in used or name in tables:
+def _banks_reached(st: Stage, acc, factors: tuple[int, ...]) -> int:
+    """How many banks one lane's request of ``acc`` may reach over the stage's loop counters (1: a bank fixed by
+    the lane, wired; more: a multiplexer the RTL registers). Per banked dim, the index modulo the dim's banks
+    takes ``banks / gcd(banks, each counter's step)`` values (a lane variable's counter steps by its lanes; the
+    group counter by its coefficient); an index under ``/`` or ``%`` may reach every bank of its dim. The
+    schedule's enumeration (``schedule._locate_port``) is exact; this is its estimate for the allocation."""
+    steps = dict(st.lane_loops())
+    extents = {lp.var: lp.extent for lp in st.loops}
+    n = 1
+    for f, ix in zip(factors, acc.index, strict=True):
+        if f == 1:
             continue
-        buf = kernel.buffers[name]
-        depth = math.prod(-(-s_ // f) for s_, f in zip(buf.shape, spec.factors, strict=True))
-        m = resources.bank_mapping(depth, buf.fmt.width, read_only=name not in written and buf.role == "const")
-        out["bram36"] += spec.banks * m.bram36
-        out["lut"] += spec.banks * m.luts * costs["lut"]["lutram_luts"]
-        out["ff"] += spec.banks * buf.fmt.width * 2 * costs["ff"]["mem_reg_bits"]
-    return out
+        if ix.div != 1 or ix.mod:
+            n *= f
+            continue
+        g = f
+        for var, coeff in ix.terms:
+            step = steps.get(var, 1)
+            if var in extents and -(-extents[var] // step) == 1:
+                continue  # one lane group: the counter is 0
+            g = math.gcd(g, coeff * step)
+        n *= f // g
+    return n
+
+
+def _ports(st: Stage, acc) -> int:
+    """Read or write requests of ``acc`` per issue: one per combination of the lane variables it uses."""
+    used = {v for ix in acc.index for v in ix.vars()}
+    return math.prod(n for var, n in st.lane_loops() if var in used)
+
+
+class MemoryCost:
+    """LUT, FF and BRAM36 of the kernel's memories as banked by its current lanes (``buffer_banking``), buffer by
+    buffer: each bank where Yosys maps it (``resources.bank_mapping``), its read and write-data registers, and
+    the multiplexers between banks and lanes: a read request whose bank is known only at run time gets a
+    registered multiplexer over the banks it reaches (``_banks_reached``), a bank written by several requests
+    (the host's words included) a multiplexer over them (``rtl.emit``'s ``muxes`` and write ``sources``).
+    ``after(stage)`` costs the buffers a stage touches again, so a move of one stage is priced without the
+    whole kernel."""
+
+    def __init__(self, kernel: Kernel, costs: dict):
+        self.kernel, self.costs = kernel, costs
+        self.accesses: dict[str, list] = {}  # buffer -> (stage, access, is a write)
+        for st in kernel.stages():
+            self.accesses.setdefault(st.out.buffer, []).append((st, st.out, True))
+            for acc in st.ins:
+                self.accesses.setdefault(acc.buffer, []).append((st, acc, False))
+        self.written = {st.out.buffer for st in kernel.stages()}
+        self.from_host = {b for p in kernel.programs.values() for b in p.inputs} | set(kernel.params)
+        used = set(self.accesses) | self.from_host | {b for p in kernel.programs.values() for b in p.outputs}
+        tables = {st.attrs[k] for st in kernel.stages() for k in ("table", "rom") if k in st.attrs}  # units' ROMs
+        self.names = sorted(used - tables)
+        self.per_buffer = self._costs(self.names)
+
+    def total(self) -> dict[str, float]:
+        """The memories' resources in all."""
+        return {r: sum(c[r] for c in self.per_buffer.values()) for r in RESOURCES}
+
+    def after(self, st: Stage) -> dict[str, dict[str, float]]:
+        """The costs of the buffers ``st`` touches, at the lanes it has now."""
+        return self._costs(sorted({a.buffer for a in (st.out, *st.ins)} & set(self.per_buffer)))
+
+    def _costs(self, names: list[str]) -> dict[str, dict[str, float]]:
+        lut, ff = self.costs["lut"], self.costs["ff"]
+        out = {}
+        for name, spec in buffer_banking(self.kernel, names).items():
+            buf = self.kernel.buffers[name]
+            depth = math.prod(-(-s_ // f) for s_, f in zip(buf.shape, spec.factors, strict=True))
+            m = resources.bank_mapping(depth, buf.fmt.width, read_only=name not in self.written and buf.role == "const")
+            select, regs = self._mux_bits(name, spec)
+            out[name] = {"bram36": spec.banks * m.bram36,
+                         "lut": spec.banks * m.luts * lut["lutram_luts"] + select * lut["select_bits"],
+                         "ff": (spec.banks * buf.fmt.width * 2 + regs) * ff["mem_reg_bits"], "dsp": 0.0}
+        return out
+
+    def _mux_bits(self, name: str, spec) -> tuple[float, float]:
+        width = self.kernel.buffers[name].fmt.width
+        select, regs, writers = 0.0, 0.0, spec.banks if name in self.from_host else 0
+        for st, acc, write in self.accesses.get(name, ()):
+            reached = _banks_reached(st, acc, spec.factors)
+            if write:
+                writers += _ports(st, acc) * reached
+            elif reached > 1:
+                select += _ports(st, acc) * width * (reached - 1)
+                regs += _ports(st, acc) * width
+        return select + width * max(0, writers - spec.banks), regs
+
+
+def memory_cost(kernel: Kernel, costs: dict) -> dict[str, float]:
+    """LUT, FF and BRAM36 of the kernel's memories as banked by its current lanes (``MemoryCost``)."""
+    return MemoryCost(kernel, costs).total()
 
 
 def allocate(kernel: Kernel, target, plan_1x1, budget: float, main: str) -> dict[str, Option]:
@@ -188,7 +261,7 @@ def allocate(kernel: Kernel, target, plan_1x1, budget: float, main: str) -> dict
     shared = shared_lanes(plan_1x1, costs, stages.values())
     options = {n: _options(st) for n, st in stages.items()}
     choice = {n: 0 for n in stages}  # index into options
-    memory = memory_cost(kernel, costs)
+    memory = MemoryCost(kernel, costs)
     frozen: set[str] = set()
 
     def fits(delta):
@@ -219,7 +292,7 @@ def allocate(kernel: Kernel, target, plan_1x1, budget: float, main: str) -> dict
                 continue
             _, delta, mem, j = max(ok, key=lambda a: a[0])
         used = {r: used[r] + delta[r] for r in RESOURCES}
-        memory = mem
+        memory.per_buffer.update(mem)
         choice[n] = j
         tile.set_stage_lanes(stages[n], *options[n][j])
         for sh in shared:
@@ -235,18 +308,18 @@ def _next(opts: list[Option], i: int) -> list[int]:
     return [j for j in larger if total(opts[j]) == total(opts[larger[0]])] if larger else []
 
 
-def _move(kernel, st: Stage, now: Option, to: Option, cost: LaneCost, shared: list[SharedLanes], target, memory,
-          costs):
-    """(cycles saved per share of the budget spent, resources added, the memories' cost after) of moving ``st``
-    from choice ``now`` to ``to`` (its memories re-banked: tried on the stage, then undone)."""
+def _move(kernel, st: Stage, now: Option, to: Option, cost: LaneCost, shared: list[SharedLanes], target,
+          memory: MemoryCost, costs):
+    """(cycles saved per share of the budget spent, resources added, the costs of the buffers it touches after)
+    of moving ``st`` from choice ``now`` to ``to`` (its memories re-banked: tried on the stage, then undone)."""
     saved = stage_cycles(st, *now) - stage_cycles(st, *to)
     extra = total(to) - total(now)
     delta = {r: extra * getattr(cost, r) for r in RESOURCES}
     for sh in shared:
         delta = {r: delta[r] + sh.growth(st, total(to)) * getattr(sh.cost, r) for r in RESOURCES}
     tile.set_stage_lanes(st, *to)
-    mem = memory_cost(kernel, costs)
+    mem = memory.after(st)
     tile.set_stage_lanes(st, *now)
-    delta = {r: delta[r] + mem[r] - memory[r] for r in RESOURCES}
+    delta = {r: delta[r] + sum(c[r] - memory.per_buffer[b][r] for b, c in mem.items()) for r in RESOURCES}
     spent = max(max(0.0, delta[r]) / getattr(target, r) for r in RESOURCES)
     return (saved / spent if spent > 0 else math.inf), delta, mem

@@ -47,7 +47,9 @@ def test_a_per_stage_point_compiles_again_from_its_stage_lanes(auto_mlp, mlp_exa
     """The chosen point's lanes per stage (explore.json's ``stage_lanes``) given back to compile: the same design
     (cycles, predicted resources); a stage the kernel lacks, or lanes that do not divide its loop, is an error."""
     chosen = auto_mlp.context.exploration.chosen
-    assert chosen.stage_lanes and max(v[1] for v in chosen.stage_lanes.values()) == chosen.lanes
+    # the most lanes of any stage, in all (model lanes x lanes x outer lanes)
+    assert chosen.stage_lanes and max(v[0] * v[1] * (v[3] if len(v) == 5 else 1)
+                                      for v in chosen.stage_lanes.values()) == chosen.lanes
     sgd = fx2fpga.SGD(F.cross_entropy, mlp_example.example_targets, 0.1)
     again = fx2fpga.compile(mlp_example.model, mlp_example.example_inputs, train=sgd, lanes=chosen.stage_lanes,
                             model_lanes=chosen.group_size)
@@ -70,7 +72,8 @@ def test_lanes_may_run_over_any_free_loop(auto_mlp, mlp_example):
     stages = {st.name: st for st in auto_mlp.kernel.programs["train_step"].stages}
     not_longest = {n for n, v in chosen.stage_lanes.items() if len(v) == 3 and v[2] != tile._lane_loop(stages[n]).var}
     assert "train_update_fc1_weight" in not_longest
-    assert chosen.stage_lanes["train_update_fc1_weight"][2] == chosen.stage_lanes["train_mm_2"][2] == "i"
+    mm_2 = chosen.stage_lanes["train_mm_2"]
+    assert chosen.stage_lanes["train_update_fc1_weight"][2] == "i" and "i" in mm_2[2::2]  # both lane over the rows
     assert all(stages[n].lane_var == v[2] for n, v in chosen.stage_lanes.items() if len(v) == 3)
     sgd = fx2fpga.SGD(F.cross_entropy, mlp_example.example_targets, 0.1)
     k = fx2fpga.compile(mlp_example.model, mlp_example.example_inputs, train=sgd, until="tile",
