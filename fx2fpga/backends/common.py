@@ -184,8 +184,9 @@ class Command:
 def _slots(kernel: Kernel, names: list[str]) -> tuple[Slot, ...]:
     out, pos = [], 0
     for n in names:
-        out.append(Slot(n, pos, kernel.buffers[n].size))
-        pos += kernel.buffers[n].size
+        words = interface.buffer_words(kernel, n)
+        out.append(Slot(n, pos, words))
+        pos += words
     return tuple(out)
 
 

@@ -312,13 +312,36 @@ def _stage_phase(st: Stage, kernel: Kernel, where: str, groups: int = 1, group_c
     return phase
 
 
+def word_packing(kernel: Kernel, banking: dict) -> dict[str, list[int]]:
+    """``{buffer: [dim, values per word]}``: each program input that several values fit in one interface word
+    and one of whose dims is split into banks takes that many values per word along that dim (as many as fit,
+    dividing the dim and its banks: they land in different banks, one cycle per word; see
+    ``interface.py``). The dim allowing the most, the outermost of equals."""
+    out = {}
+    for name in sorted({b for p in kernel.programs.values() for b in p.inputs} - set(kernel.params)):
+        buf = kernel.buffers[name]
+        fit = interface.MAX_PORT_WIDTH // buf.fmt.width
+        best = [0, 1]
+        for d, (n, banks) in enumerate(zip(buf.shape, banking[name].factors, strict=True)):
+            per_word = max(k for k in range(1, fit + 1) if banks % k == 0 and n % k == 0) if fit else 1
+            if per_word > best[1]:
+                best = [d, per_word]
+        if best[1] > 1:
+            out[name] = best
+    return out
+
+
 def _transfer_phase(kernel: Kernel, name: str, kind: str) -> Phase:
     buf = kernel.buffers[name]
+    if kind == "unpack":
+        dim, per_word = interface.word_packing(kernel).get(name, (0, 1))
+        counters = tuple(Counter(f"d{d}", n, per_word if d == dim else 1) for d, n in enumerate(buf.shape))
+        writes = [Port(name, tuple(Affine(((f"c{d}", per_word),), lane) if d == dim else Affine.var(f"c{d}")
+                                   for d in range(len(buf.shape))), UNPACK_DELAY, lane)
+                  for lane in range(per_word)]  # lane l: field l of the word
+        return Phase(f"unpack_{name}", kind, counters, UNPACK_DELAY, writes=writes, buffer=name, lanes=per_word)
     counters = tuple(Counter(f"d{d}", n) for d, n in enumerate(buf.shape))
     index = tuple(Affine.var(f"c{d}") for d in range(len(buf.shape)))
-    if kind == "unpack":
-        return Phase(f"unpack_{name}", kind, counters, UNPACK_DELAY, writes=[Port(name, index, UNPACK_DELAY)],
-                     buffer=name)
     return Phase(f"pack_{name}", kind, counters, PACK_DELAY, reads=[Port(name, index, 0)], buffer=name)
 
 
@@ -428,6 +451,10 @@ def _check_bank_clashes(phase: Phase, located: dict, grid, n: int, where: str) -
 def run(kernel: Kernel) -> Schedule:
     """The schedule of every command of ``kernel`` (raises ``ScheduleError`` when it cannot map)."""
     banking = buffer_banking(kernel)  # the one rule the estimate and the HLS pragmas read too
+    kernel.meta.pop("word_packing", None)
+    packing = word_packing(kernel, banking)
+    if packing:  # (a kernel without: kernel.json unchanged)
+        kernel.meta["word_packing"] = packing
     codes = interface.commands_of(kernel)
     # the group counter (model groups) follows the shared counters: as many as the longest loop nest
     group_counter = max([len(st.loops) for st in kernel.stages()] + [len(b.shape) for b in kernel.buffers.values()]

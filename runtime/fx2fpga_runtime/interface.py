@@ -5,7 +5,13 @@ The kernel's top function takes a command code and two arrays of 32-bit words::
     void <name>_top(int cmd, const int in_words[IN_WORDS], int out_words[OUT_WORDS]);
 
 Each raw fixed-point value travels as one sign-extended (or zero-extended, for unsigned
-formats) 32-bit word, buffers row-major, one after the other:
+formats) 32-bit word, buffers row-major, one after the other, except where the kernel packs a
+buffer (``kernel.meta["word_packing"]``, ``{buffer: [dim, values per word]}``, chosen by the
+schedule: a program input of at most 16 bits whose dim ``dim`` is split into banks): then one
+word carries that many consecutive values along ``dim``, value ``l`` in bits ``l*w ..
+(l+1)*w - 1`` (``w`` its width, each field two's complement), the words in row-major order of
+the buffer with ``dim`` counted in steps of that many. The kernel writes them into as many banks
+in one cycle, and the bus carries half (or a quarter) of the bytes.
 
 - ``load_params``: in = every parameter buffer in ``kernel.params`` order; out = nothing
 - ``read_params``: in = nothing; out = every parameter buffer in ``kernel.params`` order
@@ -47,8 +53,20 @@ def commands_of(kernel: Kernel) -> dict[str, int]:
     return {c: code for c, code in COMMANDS.items() if c in ("load_params", "read_params") or c in kernel.programs}
 
 
+def word_packing(kernel: Kernel) -> dict[str, tuple[int, int]]:
+    """``{buffer: (dim, values per word)}`` of the buffers the kernel takes packed (see the module doc)."""
+    return {name: (int(d), int(n)) for name, (d, n) in kernel.meta.get("word_packing", {}).items()}
+
+
+def buffer_words(kernel: Kernel, name: str) -> int:
+    """The words buffer ``name`` takes on the interface."""
+    per_word = word_packing(kernel).get(name, (0, 1))[1]
+    return kernel.buffers[name].size // per_word
+
+
 def word_count(kernel: Kernel, names: list[str]) -> int:
-    return sum(kernel.buffers[n].size for n in names)
+    """The words those buffers take, one after the other."""
+    return sum(buffer_words(kernel, n) for n in names)
 
 
 def port_words(kernel: Kernel) -> tuple[int, int]:
@@ -58,22 +76,48 @@ def port_words(kernel: Kernel) -> tuple[int, int]:
     return max(ins + [1]), max(outs + [1])
 
 
+def _fields_last(shape: tuple[int, ...], dim: int, per_word: int) -> tuple[tuple[int, ...], int]:
+    """The shape that splits ``dim`` into (words, fields), and the axis of the fields."""
+    return (*shape[:dim], shape[dim] // per_word, per_word, *shape[dim + 1:]), dim + 1
+
+
 def pack(kernel: Kernel, names: list[str], raw: dict[str, np.ndarray]) -> np.ndarray:
     """Raw buffer values -> int32 words."""
-    parts = [np.asarray(raw[n], dtype=np.int64).reshape(-1) for n in names]
+    packing = word_packing(kernel)
+    parts = []
+    for n in names:
+        values = np.asarray(raw[n], dtype=np.int64)
+        if n in packing:
+            buf = kernel.buffers[n]
+            dim, per_word = packing[n]
+            split, axis = _fields_last(buf.shape, dim, per_word)
+            fields = np.moveaxis(values.reshape(split) & ((1 << buf.fmt.width) - 1), axis, -1)
+            values = (fields << (buf.fmt.width * np.arange(per_word, dtype=np.int64))).sum(axis=-1)
+        parts.append(values.reshape(-1))
     words = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-    return words.astype(np.int32)  # unsigned 32-bit formats wrap here; unpack masks them back
+    return words.astype(np.int32)  # unsigned 32-bit formats and packed words wrap here; unpack masks them back
 
 
 def unpack(kernel: Kernel, names: list[str], words: np.ndarray) -> dict[str, np.ndarray]:
     """int32 words -> raw buffer values (sign- or zero-extended by each buffer's format)."""
+    packing = word_packing(kernel)
     out, pos = {}, 0
     w = np.asarray(words, dtype=np.int64)
     for n in names:
         buf = kernel.buffers[n]
-        chunk = w[pos:pos + buf.size]
-        pos += buf.size
-        if not buf.fmt.signed:
+        count = buffer_words(kernel, n)
+        chunk = w[pos:pos + count]
+        pos += count
+        if n in packing:
+            dim, per_word = packing[n]
+            split, axis = _fields_last(buf.shape, dim, per_word)
+            shifts = buf.fmt.width * np.arange(per_word, dtype=np.int64)
+            fields = ((chunk & 0xFFFFFFFF)[:, None] >> shifts) & ((1 << buf.fmt.width) - 1)
+            grid = (*split[:axis], *split[axis + 1:], per_word)
+            chunk = np.moveaxis(fields.reshape(grid), -1, axis).reshape(-1)
+            if buf.fmt.signed:
+                chunk = chunk - ((chunk >> (buf.fmt.width - 1)) << buf.fmt.width)
+        elif not buf.fmt.signed:
             chunk = chunk & ((1 << buf.fmt.width) - 1)
         out[n] = chunk.reshape(buf.shape)
     return out

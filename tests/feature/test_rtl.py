@@ -348,12 +348,14 @@ def test_mlp_schedule_model_numbers(mlp_train_design):
     assert len(util) >= 5 and min(util.values()) >= 0.98, util
     phases = s.commands["train_step"]
     assert s.call_cycles("train_step") == 1 + sum(1 + p.iterations + p.write_delay for p in phases)
-    # one setup cycle, one input word per cycle, two cycles to the registered write port
-    assert phases[0].name == "unpack_train_x" and phases[0].cycles == 1 + 16 * 64 + 2
+    # one setup cycle, one input word per cycle (two 16-bit inputs in each: the lanes bank x's columns and the
+    # targets), two cycles to the registered write port
+    assert design.kernel.meta["word_packing"] == {"train_x": [1, 2], "train_y": [0, 2]}
+    assert phases[0].name == "unpack_train_x" and phases[0].cycles == 1 + 16 * 64 // 2 + 2 and phases[0].lanes == 2
     delays = {p.stage.op: p.write_delay for p in phases if p.stage is not None}
     assert {op: delays[op] for op in ("mac", "mul", "table", "sum", "relu")} == \
         {"mac": 14, "mul": 13, "table": 18, "sum": 10, "relu": 9}
-    assert interface.word_count(design.kernel, design.kernel.programs["train_step"].inputs) == 16 * 64 + 16
+    assert interface.word_count(design.kernel, design.kernel.programs["train_step"].inputs) == (16 * 64 + 16) // 2
 
 
 def _report_with_yosys(model_file, out, capsys):

@@ -39,8 +39,10 @@ def test_auto_keeps_the_fastest_point_that_fits(auto_mlp):
     t = auto_mlp.target
     steps = t.clock_mhz * 1e6 / (chosen.cycles + chosen.bus_cycles)
     assert chosen.model_steps_per_s == pytest.approx(steps)
-    # the bus: the batch (16 x 64 inputs, 16 targets) in and the loss out, one 32-bit word each, at 399 MB/s
-    assert chosen.bus_cycles == np.ceil(4 * (16 * 64 + 16 + 1) / 399e6 * 100e6)
+    # the bus: the batch (16 x 64 inputs of 16 bits, two in each 32-bit word: their dim 0 is banked; 16 targets,
+    # a word each) in and the loss out, at 399 MB/s
+    assert auto_mlp.kernel.meta["word_packing"] == {"train_x": [0, 2]}
+    assert chosen.bus_cycles == np.ceil(4 * (16 * 64 // 2 + 16 + 1) / 399e6 * 100e6)
 
 
 def test_a_per_stage_point_compiles_again_from_its_stage_lanes(auto_mlp, mlp_example):

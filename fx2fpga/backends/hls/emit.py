@@ -83,7 +83,7 @@ HLS_SPELLING = {
 }
 # Names the generated code declares itself; buffers and loop variables must not take them.
 _RESERVED = {
-    "acc", "acc_idx", "cmd", "in_words", "out_words", "offset", "pos", "raw_bits", "tbl_r", "tbl_i", "tbl_t",
+    "acc", "acc_idx", "cmd", "in_words", "in_word", "out_words", "offset", "pos", "raw_bits", "tbl_r", "tbl_i", "tbl_t",
     "tbl_lo", "tbl_hi", "tbl_y", "nd_b", "nd_n", "nd_k", "nd_e", "nd_s", "nd_m", "nd_p", "nd_y", "main",
     "sat_t", "sat_v", "sat_count", "sat_check", "read_saturation",
     "IN_WORDS", "OUT_WORDS",
@@ -367,6 +367,20 @@ def _buffer_view(buf: Buffer, table: bool = False) -> dict:
             "source": buf.source, "width": buf.fmt.width, "size": buf.size}
 
 
+def _unpack_view(kernel: Kernel, view: dict) -> dict:
+    """A buffer the host sends, as its unpack function reads it: one word per loop body, which carries the
+    values ``fields`` (``interface.py``'s word packing: along ``dim``, ``per_word`` values of ``width`` bits)."""
+    dim, per_word = interface.word_packing(kernel).get(view["name"], (0, 1))
+    if per_word == 1:
+        return view
+    loops = [replace(lp, step=per_word) if d == dim else lp for d, lp in enumerate(view["loops"])]
+    width = view["width"]
+    fields = [{"index": "".join(f"[{lp.var} + {lane}]" if d == dim and lane else f"[{lp.var}]"
+                                for d, lp in enumerate(loops)),
+               "lo": lane * width, "mask": hex((1 << width) - 1)} for lane in range(per_word)]
+    return {**view, "loops": loops, "fields": fields, "words": view["size"] // per_word}
+
+
 def _context(kernel: Kernel, version: str) -> dict:
     if not C_IDENT.match(kernel.name):
         raise HlsCodegenError(f"kernel name {kernel.name!r} is not a C++ identifier")
@@ -417,7 +431,7 @@ def _context(kernel: Kernel, version: str) -> dict:
         "types": types, "buffers": buffers, "programs": programs, "commands": commands,
         "stages": [view for _, view in funcs.values()],
         "in_words": in_words, "out_words": out_words, "partitions": _partitions(kernel),
-        "unpacked": [by_name[n] for n in unpacked], "packed": [by_name[n] for n in packed],
+        "unpacked": [_unpack_view(kernel, by_name[n]) for n in unpacked], "packed": [by_name[n] for n in packed],
         "saturation": sat,
     }
 

@@ -499,7 +499,7 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
         "reads": w.reads, "writes": w.writes, "go": w.go, "first": w.first, "act": act,
         "out_sel_bits": out_sel_bits, "outputs": outputs,
     }
-    max_in = max([m["width"] for m in mems.values() if any("in_d1" in s_ for s_ in sum(m["sources"], []))] + [0])
+    max_in = w.in_bits
     for m in mems.values():
         read = m.pop("read_banks")
         m["unread_banks"] = [b for b in range(m["banks"]) if b not in read]
@@ -556,6 +556,7 @@ class _Wiring:
     def __init__(self, mems: dict):
         self.mems = mems
         self.units, self.reads, self.writes, self.packs, self.muxes = [], [], [], [], []
+        self.in_bits = 0  # the input word's bits any unpack phase writes
         self.go: dict[str, str] = {}
         self.first: dict[str, str] = {}
         self.data_of: dict[tuple[int, int, int], str] = {}  # (phase id, operand, lane) -> data expression
@@ -593,8 +594,10 @@ class _Wiring:
         """The write requests of phase ``i``, each bank's data sources numbered."""
         for port in ph.writes:
             mem = self.mems[port.buffer]
-            if ph.kind == "unpack":
-                src = "in_d1" if mem["width"] == WORD_BITS else f"in_d1[{mem['width'] - 1}:0]"
+            if ph.kind == "unpack":  # lane l: field l of the input word (interface.py's word packing)
+                lo, hi = port.lane * mem["width"], (port.lane + 1) * mem["width"]
+                src = "in_d1" if hi - lo == WORD_BITS else f"in_d1[{hi - 1}:{lo}]"
+                self.in_bits = max(self.in_bits, hi)
             else:
                 src = f"p{i}_out_{port.lane}"
             source = {}
