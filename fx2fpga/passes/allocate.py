@@ -131,7 +131,8 @@ def total(option: Option) -> int:
 def _options(st: Stage) -> list[Option]:
     """The stage's choices, fewest lanes in all first (model lanes: divisors of its group; lanes: divisors of any
     of its free loops, so that a stage may run its lanes over the dim its buffers are banked by already; on a
-    multiplying stage also lanes over two of its free loops, where no dim of its accesses uses both)."""
+    multiplying stage also lanes over two of its free loops, where no dim of its accesses uses both, when it has
+    no lanes over models: those are a second dim already)."""
     models = next((lp.extent for lp in st.loops if lp.var == MODEL_VAR), 1)
     free = tile.free_loops(st)
     lanes = {(1, None, 1, None)} | {(ln, lp.var, 1, None) for lp in free for ln in tile.divisors(lp.extent) if ln > 1}
@@ -141,8 +142,9 @@ def _options(st: Stage) -> list[Option]:
                 if _separable(st, outer.var, inner.var):
                     lanes |= {(ln, inner.var, on, outer.var) for ln in tile.divisors(inner.extent)[1:]
                               for on in tile.divisors(outer.extent)[1:]}
-    return sorted({(m, ln, var, on, ovar) for m in tile.divisors(models) for ln, var, on, ovar in lanes},
-                  key=lambda o: (total(o), -o[0], -o[1], o[2] or "", o[4] or ""))
+    return sorted({(m, ln, var, on, ovar) for m in tile.divisors(models) for ln, var, on, ovar in lanes
+                   if m == 1 or on == 1},  # lanes over models are a second dim already
+                  key=lambda o: (total(o), -o[0], o[2] or "", -o[1], o[4] or ""))
 
 
 def _separable(st: Stage, a: str, b: str) -> bool:
@@ -193,10 +195,10 @@ class MemoryCost:
     registered multiplexer over the banks it reaches (``_banks_reached``), a bank written by several requests
     (the host's words included) a multiplexer over them (``rtl.emit``'s ``muxes`` and write ``sources``).
     ``after(stage)`` costs the buffers a stage touches again, so a move of one stage is priced without the
-    whole kernel."""
+    whole kernel. ``muxes=False`` leaves the multiplexers out (the explorer runs the greedy both ways)."""
 
-    def __init__(self, kernel: Kernel, costs: dict):
-        self.kernel, self.costs = kernel, costs
+    def __init__(self, kernel: Kernel, costs: dict, muxes: bool = True):
+        self.kernel, self.costs, self.muxes = kernel, costs, muxes
         self.accesses: dict[str, list] = {}  # buffer -> (stage, access, is a write)
         for st in kernel.stages():
             self.accesses.setdefault(st.out.buffer, []).append((st, st.out, True))
@@ -224,7 +226,7 @@ class MemoryCost:
             buf = self.kernel.buffers[name]
             depth = math.prod(-(-s_ // f) for s_, f in zip(buf.shape, spec.factors, strict=True))
             m = resources.bank_mapping(depth, buf.fmt.width, read_only=name not in self.written and buf.role == "const")
-            select, regs = self._mux_bits(name, spec)
+            select, regs = self._mux_bits(name, spec) if self.muxes else (0.0, 0.0)
             out[name] = {"bram36": spec.banks * m.bram36,
                          "lut": spec.banks * m.luts * lut["lutram_luts"] + select * lut["select_bits"],
                          "ff": (spec.banks * buf.fmt.width * 2 + regs) * ff["mem_reg_bits"], "dsp": 0.0}
@@ -248,10 +250,12 @@ def memory_cost(kernel: Kernel, costs: dict) -> dict[str, float]:
     return MemoryCost(kernel, costs).total()
 
 
-def allocate(kernel: Kernel, target, plan_1x1, budget: float, main: str) -> dict[str, Option]:
+def allocate(kernel: Kernel, target, plan_1x1, budget: float, main: str, price_muxes: bool = True
+             ) -> dict[str, Option]:
     """Give the stages of program ``main`` of the one-lane ``kernel`` (whose plan is ``plan_1x1``) their lanes:
     the greedy allocation within ``budget`` (a share of every resource of ``target``); the other programs' stages
-    keep one lane. Returns the ``Option`` chosen per stage name."""
+    keep one lane; ``price_muxes``: count the multiplexers between banks and lanes in each move (``MemoryCost``).
+    Returns the ``Option`` chosen per stage name."""
     costs = resources.load_costs()
     base = resources.rtl_resources(plan_1x1, target)
     used = {"lut": base.lut, "ff": base.ff, "dsp": base.dsp, "bram36": base.bram36}
@@ -261,7 +265,7 @@ def allocate(kernel: Kernel, target, plan_1x1, budget: float, main: str) -> dict
     shared = shared_lanes(plan_1x1, costs, stages.values())
     options = {n: _options(st) for n, st in stages.items()}
     choice = {n: 0 for n in stages}  # index into options
-    memory = MemoryCost(kernel, costs)
+    memory = MemoryCost(kernel, costs, price_muxes)
     frozen: set[str] = set()
 
     def fits(delta):

@@ -159,18 +159,27 @@ def per_stage_point(kernel: Kernel, target, name: str, size: int, share: float):
     """The greedy per-stage allocation (``passes/allocate.py``) of ``kernel`` in groups of ``size`` models
     within ``share`` of the budget, checked by a full plan: while over, redone with a proportionally smaller
     budget; once one fits, the budget is bisected between the largest that fits and the smallest that does not
-    (the full plan grows faster than the per-lane sums, and not smoothly). ``(DesignPoint, kernel, schedule)``
-    of the fastest allocation that fits (else the last one tried), or Nones."""
+    (the full plan grows faster than the per-lane sums, and not smoothly). The greedy runs twice, with the
+    multiplexers between banks and lanes priced in each move and without (its choices differ, and neither is
+    always faster). ``(DesignPoint, kernel, schedule)`` of the fastest allocation that fits (else the last one
+    tried), or Nones."""
     one = copy.deepcopy(kernel)
     tile.assign_stage_lanes(one, {}, size)  # groups of ``size``, one lane everywhere
     base, _, _ = measure(one, target, name, 1, 1)
     if base is None or base.usage > share:  # one lane everywhere is already over: nothing to allocate
         return None, None, None
-    program, aim, got, best = main_program(kernel), share, (None, None, None), None
+    got = [_allocated_point(one, base, target, name, size, share, priced) for priced in (True, False)]
+    fitting = [g for g in got if g[0] is not None and g[0].usage <= share]
+    return max(fitting, key=lambda g: g[0].model_steps_per_s) if fitting else got[-1]
+
+
+def _allocated_point(one: Kernel, base, target, name: str, size: int, share: float, price_muxes: bool):
+    """``per_stage_point``'s allocation with or without the multiplexers priced."""
+    program, aim, got, best = main_program(one), share, (None, None, None), None
     fits, over = 0.0, None  # the largest aim whose plan fits, the smallest whose plan is over
     for _ in range(PLAN_RETRIES):
         k = copy.deepcopy(one)
-        allocate.allocate(k, target, base.plan, aim, program)  # (the kernel keeps the lanes it chose)
+        allocate.allocate(k, target, base.plan, aim, program, price_muxes)  # (the kernel keeps the lanes it chose)
         most = max(st.total_lanes for st in k.programs[program].stages)
         got = measure(k, target, name, max(st.model_lanes for st in k.stages()), most,
                       allocation=f"per stage, {share:.0%}" + (f", groups of {size}" if size > 1 else ""))
