@@ -1,7 +1,10 @@
 """The csim backend's own ``fastfixed`` headers (runtime/fx2fpga_runtime/fastfixed/) against the emulator
 and against Xilinx's ``ap_types``, word for word.
 
-- the IR zoo (every op, rounding and overflow mode) built with both header sets: equal words, equal emu;
+- the IR zoo (every op, rounding and overflow mode) built with both header sets: equal words, equal emu. By
+  default without its ``div``/``div_sqrt`` stages: their ROM tables (13,000 entries) take g++ about 100 s with
+  the vendor headers; ``FX2FPGA_VENDOR_ZOO=1`` builds the whole zoo (the AdamW kernel of test_adam.py runs
+  ``div``/``div_sqrt`` ROMs on the vendor headers in the default suite);
 - a kernel of random formats and ops per hypothesis example (fastfixed only): equal to the emulator;
 - random wide formats (up to 62 bits, exact intermediates past 64 bits) in one C++ program on fastfixed:
   every result as an exact model in Python integers gives it (the emulator's raw values are int64);
@@ -11,6 +14,7 @@ and against Xilinx's ``ap_types``, word for word.
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import numpy as np
@@ -18,7 +22,7 @@ import pytest
 from fx2fpga_runtime import csim, interface
 from fx2fpga_runtime.csim import CXX_FLAGS, CsimBackend, choose_headers, fastfixed_dir, fastfixed_limit
 from fx2fpga_runtime.fixed import ROUNDING_MODES, Fixed
-from fx2fpga_runtime.ir import Access, Affine, Buffer, Kernel, Loop, Program, Stage
+from fx2fpga_runtime.ir import OPS, Access, Affine, Buffer, Kernel, Loop, Program, Stage
 from fx2fpga_runtime.runner import EmuBackend, KernelRunner
 from fx2fpga_runtime.toolchain import cache_dir, require_tool
 from hypothesis import HealthCheck, given, settings
@@ -39,10 +43,30 @@ def _words(kernel: Kernel, command: str, raw: dict) -> np.ndarray:
     return interface.pack(kernel, interface.command_buffers(kernel, command)[0], raw)
 
 
+WHOLE_ZOO = bool(os.environ.get("FX2FPGA_VENDOR_ZOO"))  # the division ROMs too: about 100 s more of g++
+
+
+def without_rom_stages(kernel: Kernel) -> Kernel:
+    """``kernel`` less its stages that read a ROM (``div``, ``div_sqrt``), their outputs and the ROMs."""
+    [(command, program)] = kernel.programs.items()
+    dropped = [s for s in program.stages if "rom" in s.attrs]
+    gone = {s.out.buffer for s in dropped} | {s.attrs["rom"] for s in dropped}
+    assert dropped and not any(a.buffer in gone for s in program.stages if s not in dropped for a in s.ins)
+    stages = [s for s in program.stages if s not in dropped]
+    outputs = [name for name in program.outputs if name not in gone]
+    buffers = {name: buf for name, buf in kernel.buffers.items() if name not in gone}
+    return Kernel(kernel.name, buffers, {command: Program(command, program.inputs, outputs, stages)}, kernel.params)
+
+
+def vendor_zoo() -> Kernel:
+    """The zoo the vendor headers build: whole with ``FX2FPGA_VENDOR_ZOO=1``, else without its ROM stages."""
+    return zoo_kernel() if WHOLE_ZOO else without_rom_stages(zoo_kernel())
+
+
 @pytest.fixture(scope="module")
 def zoo_backends(tmp_path_factory):
-    """The zoo's C simulation built once with each header set."""
-    k = zoo_kernel()
+    """The zoo's C simulation built once with each header set (``vendor_zoo``)."""
+    k = vendor_zoo()
     folder = tmp_path_factory.mktemp("zoo")
     write_files(folder, hls.generate(k, VERSION))
     with pytest.MonkeyPatch.context() as mp:
@@ -57,6 +81,8 @@ def zoo_backends(tmp_path_factory):
 def test_zoo_words_equal_with_both_header_sets(zoo_backends):
     k, _, backends = zoo_backends
     assert {h: b.headers for h, b in backends.items()} == {"fastfixed": "fastfixed", "ap_types": "ap_types"}
+    others = {s.op for s in zoo_kernel().stages()} - {"div", "div_sqrt"}
+    assert {s.op for s in k.stages()} == (set(OPS) if WHOLE_ZOO else others)
     emu = EmuBackend(k)
     rng = np.random.default_rng(11)
     n_out = interface.word_count(k, k.programs["infer"].outputs)

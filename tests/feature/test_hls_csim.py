@@ -407,6 +407,16 @@ def _sgd_equals_emulator(folder) -> None:
     assert run_both(k, folder, [("train_step", random_raw(k, ["x", "t"], rng)), ("read_params", {})]) > 0
 
 
+def small_kernel() -> Kernel:
+    """One rounding, saturating product a * b: a second kernel besides ``sgd_kernel`` that compiles in seconds
+    with the vendor headers (the zoo's ROM tables take g++ about 100 s there)."""
+    bufs = [Buffer("a", (4, 4), F("fixed<8,3>"), "input"), Buffer("b", (4, 4), F("ufixed<7,2>"), "input"),
+            Buffer("z", (4, 4), F("fixed<9,3,RND,SAT>"), "output")]
+    a_ij, b_ij = acc("a", "i", "j"), acc("b", "i", "j")
+    stage = Stage("z", "mul", (Loop("i", 4), Loop("j", 4)), acc("z", "i", "j"), (a_ij, b_ij))
+    return Kernel("small", {b.name: b for b in bufs}, {"infer": Program("infer", ["a", "b"], ["z"], [stage])}, [])
+
+
 def _precompiled_headers() -> list:
     """The ``.gch`` files of the csim cache, after the background builds are done."""
     csim.wait_for_background_builds()
@@ -421,8 +431,8 @@ def test_precompiled_header_is_made_once_and_reused_by_other_kernels(tmp_path, m
     [gch] = _precompiled_headers()
     made = gch.stat()
     assert made.st_size > 1_000_000
-    k = zoo_kernel()  # another kernel: a new binary, the same headers
-    run_both(k, tmp_path / "zoo", [("infer", random_raw(k, k.programs["infer"].inputs, np.random.default_rng(2)))])
+    k = small_kernel()  # another kernel: a new binary, the same headers
+    run_both(k, tmp_path / "small", [("infer", random_raw(k, k.programs["infer"].inputs, np.random.default_rng(2)))])
     assert _precompiled_headers() == [gch]
     again = gch.stat()
     assert (again.st_ino, again.st_mtime_ns) == (made.st_ino, made.st_mtime_ns)
@@ -437,18 +447,18 @@ def test_precompiled_header_is_made_once_and_reused_by_other_kernels(tmp_path, m
 @pytest.mark.slow
 def test_a_damaged_precompiled_header_is_rebuilt(tmp_path, monkeypatch):
     """Truncated (g++: a fatal error), then not a header at all (g++: a warning): each time the next build
-    makes it again. One cache for both damages: the second rebuilds the zoo binary after removing it."""
+    makes it again. One cache for both damages: the second rebuilds the small kernel's binary after removing it."""
     monkeypatch.setenv("FX2FPGA_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("FX2FPGA_CSIM_HEADERS", "ap_types")  # the vendor's headers are precompiled
     _sgd_equals_emulator(tmp_path / "first")
     [gch] = _precompiled_headers()
     good = gch.read_bytes()
-    k = zoo_kernel()
+    k = small_kernel()
     for i, damage in enumerate([good[:100_000], b"garbage\n"]):
-        shutil.rmtree(cache_dir() / "csim", ignore_errors=True)  # the zoo's binary: built again, with the header
+        shutil.rmtree(cache_dir() / "csim", ignore_errors=True)  # the kernel's binary: built again, with the header
         gch.write_bytes(damage)
-        checked = run_both(k, tmp_path / f"zoo{i}", [("infer", random_raw(k, k.programs["infer"].inputs,
-                                                                           np.random.default_rng(4)))])
+        checked = run_both(k, tmp_path / f"small{i}", [("infer", random_raw(k, k.programs["infer"].inputs,
+                                                                             np.random.default_rng(4)))])
         assert checked == interface.word_count(k, k.programs["infer"].outputs)
         assert _precompiled_headers() == [gch]
         with gch.open("rb") as f:  # made again (it holds the temporary folder's name: not byte for byte the same)
