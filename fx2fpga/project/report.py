@@ -86,6 +86,8 @@ def _setting(value) -> str:
 
 COUNTER_BITS = 32  # one saturation counter (docs/saturation.md)
 COUNTER_LUT = 40  # predicted LUTs of one 32-bit saturating counter: 32 in its carry chain, 8 to detect its top
+# the RTL's counter also shifts towards counter 0 when read_saturation streams it out and resets: one more LUT a bit
+RTL_COUNTER_LUT = COUNTER_LUT + COUNTER_BITS
 
 
 def _saturation_section(k) -> list[str]:
@@ -96,11 +98,14 @@ def _saturation_section(k) -> list[str]:
         return []
     names = saturation.counter_buffers(k)
     out = ["## Saturation counters", "",
-           f"{len(names)} counters of {COUNTER_BITS} bits in the HLS C++ (read and reset by the command "
-           f"`{saturation.COMMAND}`, docs/saturation.md); the other buffers a stage writes cannot overflow.",
+           f"{len(names)} counters of {COUNTER_BITS} bits in the HLS C++ and the RTL (read and reset by the "
+           f"command `{saturation.COMMAND}`, docs/saturation.md); the other buffers a stage writes cannot overflow.",
            f"Predicted cost (counted, not synthesized): {COUNTER_BITS * len(names):,} FF and about "
-           f"{COUNTER_LUT * len(names):,} LUT for the counters, plus one range check per counted lane. "
-           "The RTL does not generate them yet.", ""]
+           f"{COUNTER_LUT * len(names):,} LUT for the counters in the HLS kernel, "
+           f"{COUNTER_BITS * len(names):,} FF and about {RTL_COUNTER_LUT * len(names):,} LUT in the RTL (its "
+           "counters also shift out when read), plus one range check per counted lane; the RTL adds one FF per "
+           "counted lane (its flag, registered with the result) and per bank of a counted buffer (the written "
+           "value's flag).", ""]
     out += _table(["counter", "buffer", "format"], [[i, f"`{n}`", k.buffers[n].fmt] for i, n in enumerate(names)])
     return out + [""]
 

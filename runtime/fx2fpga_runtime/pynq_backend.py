@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import interface
+from . import interface, saturation
 from .ir import Kernel
 
 AP_START, AP_DONE = 0x1, 0x2
@@ -45,6 +45,7 @@ class PynqBackend:
         self.overlay = pynq.Overlay(str(bit))
         self.ip = getattr(self.overlay, f"{kernel.name}_top_0")
         n_in, n_out = interface.port_words(kernel)
+        n_out = max(n_out, len(saturation.counter_buffers(kernel)) if saturation.hardware_counters(kernel) else 0)
         self.in_buf = pynq.allocate(shape=(n_in,), dtype=np.int32)
         self.out_buf = pynq.allocate(shape=(n_out,), dtype=np.int32)
 
@@ -52,12 +53,17 @@ class PynqBackend:
         self.ip.write(self.regs[reg], address & 0xFFFFFFFF)
         self.ip.write(self.regs[reg] + 4, (address >> 32) & 0xFFFFFFFF)
 
+    def _out_words(self, command: str) -> int:
+        """The words ``command`` writes to ``out_words`` (``read_saturation``: one per counter)."""
+        if command == saturation.COMMAND:
+            return len(saturation.counter_buffers(self.kernel))
+        return interface.word_count(self.kernel, interface.command_buffers(self.kernel, command)[1])
+
     def call(self, command: str, in_words: np.ndarray) -> np.ndarray:
-        ins, outs = interface.command_buffers(self.kernel, command)
-        n_out = interface.word_count(self.kernel, outs)
+        n_out = self._out_words(command)
         self.in_buf[: len(in_words)] = in_words
         self.in_buf.flush()
-        self.ip.write(self.regs["cmd"], self.codes[command])
+        self.ip.write(self.regs["cmd"], self.codes.get(command, interface.COMMANDS[command]))
         self._write_address("in_words", self.in_buf.physical_address)
         self._write_address("out_words", self.out_buf.physical_address)
         self.ip.write(self.regs["ap_ctrl"], AP_START)

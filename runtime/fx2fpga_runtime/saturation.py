@@ -18,7 +18,8 @@ from .ir import Kernel
 
 COMMAND = "read_saturation"  # its code: interface.COMMANDS
 COUNTER_MAX = (1 << 32) - 1  # a hardware counter stops here
-SIMULATORS_WITH_COUNTERS = ("csim",)  # the backends whose generated code has the counters
+# the backends whose generated code has the counters (pynq: the HLS or the RTL kernel on the board)
+SIMULATORS_WITH_COUNTERS = ("csim", "rtl", "pynq")
 
 
 def counted_buffers(kernel: Kernel) -> list[str]:

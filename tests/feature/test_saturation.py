@@ -5,6 +5,7 @@ warns when a gradient saturates."""
 
 from __future__ import annotations
 
+import subprocess
 import warnings
 
 import numpy as np
@@ -175,3 +176,109 @@ def test_csim_without_counters_says_how_to_get_them(tmp_path):
     design = fx2fpga.compile(Net(), (_inputs(),), precision=NARROW, outputs="hls", out_dir=tmp_path / "off")
     with design.load("csim") as csim, pytest.raises(RuntimeError, match="saturation_counters=True"):
         csim.saturation()
+
+
+# ----- RTL (Verilator) and the same RTL behind the AXI wrapper (pynq driver) ----------------------------------
+
+class ConvNet(nn.Module):
+    """Conv2d(1, 3, 3, padding=1) (guarded reads) -> relu -> Linear(48, 6) (6 outputs on 4 lanes: a partial
+    lane group) -> relu -> Linear(6, 3)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc1, self.fc2 = nn.Conv2d(1, 3, 3, padding=1), nn.Linear(48, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(torch.relu(self.conv(x)).flatten(1))))
+
+
+# a saturating reduction with guarded reads (SAT), a wrapping elementwise stage, a saturating weight gradient
+CONV_NARROW = {"overrides": {"infer_convolution": "fixed<8,2>", "infer_relu": "fixed<6,1,TRN,WRAP>",
+                             "train_convolution": "fixed<8,2>", "train_relu": "fixed<6,1,TRN,WRAP>",
+                             "train_mm": "fixed<4,-5>"}}
+
+
+@pytest.fixture(scope="module")
+def conv_rtl(tmp_path_factory):
+    """The saturating conv training design with counters in its C++ and RTL, its emulator and its Verilator run."""
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 1, 4, 4) * 6, torch.randint(0, 3, (4,))
+    design = fx2fpga.compile(ConvNet(), (x,), train=fx2fpga.SGD(F.cross_entropy, y, lr=0.1), precision=CONV_NARROW,
+                             share_memory=False, lanes=4, saturation_counters=True,
+                             out_dir=tmp_path_factory.mktemp("sat") / "conv")
+    with design.load("rtl") as rtl:
+        yield x, y, design, rtl
+
+
+@pytest.mark.slow
+def test_rtl_counts_equal_the_emulator_and_keep_the_schedule(conv_rtl):
+    x, y, design, rtl = conv_rtl
+    emu = design.load("emu")
+    emu.set_params_raw(rtl.get_params_raw())
+    cycles = design.rtl_cycles()
+    seen = set()
+    for scale in (1.0, 2.0):
+        xs, ys = (x * scale).numpy(), y.numpy()
+        assert emu.train_step(xs, ys) == rtl.train_step(xs, ys)
+        assert rtl.backend.last_cycles == cycles["train_step"]
+        want, got = emu.saturation(), rtl.saturation()
+        assert got == want
+        seen |= {b for b, n in want.items() if n}
+        assert np.array_equal(emu.infer(xs), rtl.infer(xs))
+        assert rtl.backend.last_cycles == cycles["infer"]
+        want, got = emu.saturation(), rtl.saturation()
+        assert got == want
+        seen |= {b for b, n in want.items() if n}
+    # a reduction with guarded reads (SAT), an elementwise stage (WRAP), a weight gradient (a reduction, 4 lanes)
+    assert {"infer_convolution", "infer_relu", "train_convolution", "train_relu", "train_mm"} <= seen
+    assert not any(rtl.saturation().values())  # read and reset
+
+
+@pytest.mark.slow
+def test_rtl_with_counters_is_lint_clean(conv_rtl):
+    from fx2fpga_runtime.rtl import sources, verilator_env
+
+    _, _, design, _ = conv_rtl
+    rtl_dir = design.out_dir / "rtl"
+    exe, env = verilator_env()
+    for top, flags in ((f"{design.kernel.name}_top", []), (f"{design.kernel.name}_axi", ["+1364-2005ext+v"])):
+        proc = subprocess.run([exe, "--lint-only", "-Wall", *flags, "--top-module", top, f"-I{rtl_dir}",
+                               *map(str, sources(rtl_dir))], capture_output=True, text=True, env=env)
+        assert proc.returncode == 0 and "%Warning" not in proc.stderr, proc.stderr[-3000:]
+
+
+def test_rtl_without_counters_has_no_counter_logic():
+    torch.manual_seed(0)
+    model, x = Net(), _inputs()
+    off = fx2fpga.compile(model, (x,), precision=NARROW, share_memory=False).files()
+    on = fx2fpga.compile(model, (x,), precision=NARROW, share_memory=False, saturation_counters=True).files()
+    rtl_off = {p: t for p, t in off.items() if p.startswith("rtl/")}
+    assert rtl_off and not any(w in t for t in rtl_off.values() for w in ("ovf", "sat_", "read_saturation"))
+    assert "sat_count_0" in on["rtl/net_top.sv"] and "case 5:  // read_saturation" in on["rtl/sim_main.cpp"]
+    # the conversions without the flag, the primitives, the memory images and the controller are the same files
+    changed = ("_top.sv", "_mac_engine.sv", ".cpp", "_axi.v", "files.f")  # and the units, <name>_p<id>_<stage>.sv
+    shared = [p for p in rtl_off if "_p" not in p.rsplit("/", 1)[-1] and not p.endswith(changed)]
+    assert shared and all(on[p] == rtl_off[p] for p in shared if p in on)
+
+
+@pytest.mark.slow
+def test_pynq_driver_reads_the_rtl_counters_over_axi(tmp_path, monkeypatch):
+    import sys
+
+    from fx2fpga_runtime import rtl_axi
+    from fx2fpga_runtime.pynq_backend import PynqBackend
+    from fx2fpga_runtime.runner import KernelRunner
+
+    torch.manual_seed(0)
+    model, x = Net(), _inputs()
+    design = fx2fpga.compile(model, (x,), precision=NARROW, share_memory=False, saturation_counters=True,
+                             out_dir=tmp_path / "net")
+    monkeypatch.setitem(sys.modules, "pynq", rtl_axi.pynq_module(design.out_dir, seed=1))
+    (tmp_path / "stand-in.bit").write_bytes(b"")
+    emu, k = design.load("emu"), design.kernel
+    with KernelRunner(k, PynqBackend(k, design.out_dir, bitfile=tmp_path / "stand-in.bit")) as board:
+        board.set_params_raw(emu.get_params_raw())
+        assert np.array_equal(emu.infer(x.numpy()), board.infer(x.numpy()))
+        want = emu.saturation()
+        assert board.saturation() == want and want["infer_addmm"] > 0 and want["infer_relu"] > 0
+        assert not any(board.saturation().values())

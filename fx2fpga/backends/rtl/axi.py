@@ -17,7 +17,9 @@ It is a Verilog-2005 file, not SystemVerilog: Vivado's block-design module refer
 
 from __future__ import annotations
 
-from fx2fpga_runtime import interface
+from dataclasses import dataclass
+
+from fx2fpga_runtime import interface, saturation
 
 from ..common import command_table, template_env
 
@@ -52,6 +54,24 @@ def control_addr_bits(registers: dict[str, int] | None = None) -> int:
     return (end - 1).bit_length()
 
 
+@dataclass(frozen=True)
+class WordCommand:
+    """A command that moves no buffer, as the templates see it: ``read_saturation``."""
+
+    name: str
+    code: int
+    in_words: int
+    out_words: int
+
+
+def saturation_command(kernel) -> list[WordCommand]:
+    """``read_saturation`` of a kernel compiled with saturation counters (one word per counter), else none."""
+    if not saturation.hardware_counters(kernel):
+        return []
+    return [WordCommand(saturation.COMMAND, interface.COMMANDS[saturation.COMMAND], 0,
+                        len(saturation.counter_buffers(kernel)))]
+
+
 def _ports(prefix: str, signals: list, aw: int) -> list[dict]:
     return [{"dir": d, "width": aw if w == "AW" else w, "name": f"{prefix}_{s}", "signal": s} for d, w, s in signals]
 
@@ -59,7 +79,7 @@ def _ports(prefix: str, signals: list, aw: int) -> list[dict]:
 def generate(kernel, codes: dict[str, int], banner: str) -> dict[str, str]:
     """``rtl/<name>_axi.v`` and ``rtl/sim_axi.cpp`` for ``kernel`` (``codes``: the commands its core runs)."""
     name = kernel.name
-    commands = command_table(kernel, codes)
+    commands = [*command_table(kernel, codes), *saturation_command(kernel)]
     most = max([c.in_words for c in commands] + [c.out_words for c in commands] + [1])
     out_depth = max([c.out_words for c in commands] + [1])
     aw = control_addr_bits()

@@ -31,7 +31,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
-from fx2fpga_runtime import interface
+from fx2fpga_runtime import interface, saturation
+from fx2fpga_runtime.emu_compile import can_overflow
 from fx2fpga_runtime.fixed import Fixed
 from fx2fpga_runtime.ops import NORM_INDEX_BITS, OPS_TABLE, alignment_shifts, exact_frac, mid_format
 
@@ -121,12 +122,14 @@ class Cvt:
     osigned: bool
     rounding: str
     sat: bool
+    flag: bool = False  # an output `ovf`: the rounded value is outside the output's range (a saturation event)
 
     @property
     def name(self) -> str:
         sh = f"r{self.shift}" if self.shift >= 0 else f"l{-self.shift}"
         kind = "s" if self.osigned else "u"
-        return f"fx2fpga_cvt_{self.iw}_{sh}_{kind}{self.ow}_{self.rounding.lower()}_{'sat' if self.sat else 'wrap'}"
+        mode = ("sat" if self.sat else "wrap") + ("_ovf" if self.flag else "")
+        return f"fx2fpga_cvt_{self.iw}_{sh}_{kind}{self.ow}_{self.rounding.lower()}_{mode}"
 
     def view(self) -> dict:
         sh, ow = self.shift, self.ow
@@ -150,18 +153,31 @@ class Cvt:
             over = f"!{top} && (|q[{qw - 2}:{ow}])" if qw - 2 >= ow else "1'b0"
             under = top
         return {"name": self.name, "iw": self.iw, "xw": xw, "sh": sh, "qw": qw, "ow": ow, "rounding": self.rounding,
-                "over": over, "under": under,
+                "over": over, "under": under, "flag": self.flag, "ovf": self._out_of_range(qw),
                 "sat": self.sat and not fits, "fits": fits and self.sat, "osigned": self.osigned,
                 "max_q": _lit(osmax, qw), "min_q": _lit(osmin, qw),
                 "max_o": f"{ow}'h{_hex(osmax, ow)}", "min_o": f"{ow}'h{_hex(osmin, ow)}"}
+
+
+    def _out_of_range(self, qw: int) -> str:
+        """The saturation event of docs/saturation.md: ``q`` (the rounded value, exact in ``qw`` bits) is outside
+        the output's range, whatever the overflow mode: its bits above the output's are not all copies of the
+        output's sign bit (signed), or not all 0 (unsigned)."""
+        low = self.ow - 1 if self.osigned else self.ow
+        if qw <= low + (1 if self.osigned else 0):
+            return "1'b0"  # q has no bits above the output's: it always fits
+        above = f"q[{qw - 1}:{low}]"
+        return f"(|{above}) && !(&{above})" if self.osigned else f"|{above}"
 
 
 class _Cvts:
     def __init__(self):
         self.used: dict[str, Cvt] = {}
 
-    def get(self, iw: int, in_frac: int, fmt: Fixed) -> str:
-        c = Cvt(iw, in_frac - fmt.frac_bits, fmt.width, fmt.signed, fmt.rounding, fmt.overflow == "SAT")
+    def get(self, iw: int, in_frac: int, fmt: Fixed, flag: bool = False) -> str:
+        """The name of the conversion module of a ``iw``-bit value at ``in_frac`` fraction bits to ``fmt``
+        (``flag``: with the saturation event output ``ovf``)."""
+        c = Cvt(iw, in_frac - fmt.frac_bits, fmt.width, fmt.signed, fmt.rounding, fmt.overflow == "SAT", flag)
         self.used[c.name] = c
         return c.name
 
@@ -209,8 +225,9 @@ def mac_engine(units: list[dict], name: str, pool: dict | None, cvts: _Cvts) -> 
     width = max(u["acc_width"] for u in users)
     outs: dict[str, dict] = {}
     for u in users:
-        cvt = cvts.get(width, u["acc_frac"], u["out_fmt"])
-        out = outs.setdefault(cvt, {"index": len(outs), "cvt": cvt, "ow": u["out_width"], "lanes": 0})
+        cvt = cvts.get(width, u["acc_frac"], u["out_fmt"], u["counted"])
+        out = outs.setdefault(cvt, {"index": len(outs), "cvt": cvt, "ow": u["out_width"], "lanes": 0,
+                                    "flag": u["counted"]})
         out["lanes"] = max(out["lanes"], u["lanes"])
         u.update(engine=True, engine_out=out["index"], engine_width=width)
     return {"module": f"{name}_mac_engine", "lanes": max(u["lanes"] for u in users), "width": width,
@@ -250,14 +267,16 @@ def _operand(fmt: Fixed, index: int) -> dict:
             "frac": fmt.frac_bits, "guarded": False}
 
 
-def _unit_view(phase: Phase, pid: int, kernel, name: str, cvts: _Cvts, dsp_kind: str) -> dict:
+def _unit_view(phase: Phase, pid: int, kernel, name: str, cvts: _Cvts, dsp_kind: str, counted: bool = False) -> dict:
+    """The datapath unit of a stage phase for unit.sv.j2 (``counted``: its output conversion flags saturation
+    events, ``ovf_*``)."""
     st = phase.stage
     fmts = [kernel.buffers[a.buffer].fmt for a in st.ins]
     out_fmt = kernel.buffers[st.out.buffer].fmt
     ops = [_operand(f, i) for i, f in enumerate(fmts)]
     spec = OPS_TABLE[st.op]
     view = {"module": f"{name}_p{pid}_{_ident(st.name)}", "inst": f"p{pid}", "op": st.op, "lanes": phase.lanes,
-            "pooled": False, "engine": False, "skips_guarded": spec.skips_guarded,
+            "pooled": False, "engine": False, "skips_guarded": spec.skips_guarded, "counted": counted,
             "ops": ops, "out_width": out_fmt.width, "stage": st,
             "origin": st.origin, "source": st.source}
     if st.reduce:
@@ -280,7 +299,7 @@ def _unit_view(phase: Phase, pid: int, kernel, name: str, cvts: _Cvts, dsp_kind:
         names = {f"a{i}": f"a{i}_{lane}" for i in range(len(ops))}
         xs = {f"x{i}": _shl(f"{cast}'(a{i}_{lane})", k) for i, k in enumerate(shifts)}
         exprs.append(spelling.expr.format(rw=rw, l=lane, **names, **xs, **{f"w{i}": x for i, x in enumerate(w)}))
-    view.update(res_width=rw, exprs=exprs, cvt_out=cvts.get(rw, exact_frac(spec, fr, st, kernel), out_fmt))
+    view.update(res_width=rw, exprs=exprs, cvt_out=cvts.get(rw, exact_frac(spec, fr, st, kernel), out_fmt, counted))
     return view
 
 
@@ -297,7 +316,7 @@ def _msub_view(view: dict, kernel, cvts: _Cvts) -> dict:
     view.update(kind="msub", latency=sched.unit_latency(st.op), mid=str(mid), mid_width=mid.width,
                 mid_signed=mid.signed, shift_a=sa, shift_mid=sm, res_width=rw,
                 cvt_mid=cvts.get(ops[1]["iw"] + ops[2]["iw"], ops[1]["frac"] + ops[2]["frac"], mid),
-                cvt_out=cvts.get(rw, f, out_fmt))
+                cvt_out=cvts.get(rw, f, out_fmt, view["counted"]))
     return view
 
 
@@ -337,9 +356,9 @@ def _reduce_view(view: dict, spec, kernel, cvts: _Cvts) -> dict:
     if spec.accumulate == "argmax":  # the output is the position, an integer
         points = math.prod(lp.extent for lp in st.loops if lp.var in st.reduce)
         view["pos_width"] = bits(points - 1)
-        view["cvt_out"] = cvts.get(view["pos_width"] + 1, 0, out_fmt)
+        view["cvt_out"] = cvts.get(view["pos_width"] + 1, 0, out_fmt, view["counted"])
     else:
-        view["cvt_out"] = cvts.get(aw, fa, out_fmt)
+        view["cvt_out"] = cvts.get(aw, fa, out_fmt, view["counted"])
     view.update(out_fmt=out_fmt, acc_frac=fa,
                 exact=st.op == "mac" and _never_rounds_or_overflows(view, st))
     return view
@@ -382,7 +401,7 @@ def _table_view(view: dict, kernel, cvts: _Cvts, dsp_kind: str) -> dict:
     view.update(kind="table", xw=xw, rw=rw, ixw=bits(n), shift=shift, n=n, lo=_lit(lo, xw), hi=_lit(hi, xw),
                 nmax=f"{bits(n)}'d{n - 1}", nval=f"{bits(n)}'d{n}", table_width=tbl.fmt.width,
                 table_signed=tbl.fmt.signed, tw=tw, pw=pw, yw=yw, rom=f"mem/{tbl.name}.hex", depth=n + 1,
-                table=tbl.name, cvt_out=cvts.get(yw, tbl.fmt.frac_bits, out_fmt),
+                table=tbl.name, cvt_out=cvts.get(yw, tbl.fmt.frac_bits, out_fmt, view["counted"]),
                 latency=sched.unit_latency(st.op), product=product_plan(tw + 1, shift + 2, dsp_kind))
     return view
 
@@ -412,7 +431,7 @@ def _normalized_view(view: dict, kernel, cvts: _Cvts, dsp_kind: str) -> dict:
     view.update(kind="normalized", latency=sched.unit_latency(st.op), root=root, t=t, odd=odd, bw=bw, ew=ew, sw=sw,
                 rom=f"mem/{rom.name}.hex", rom_buffer=rom.name, rom_width=rom.fmt.width, depth=depth,
                 aw=bits(depth - 1), m0=1 << (t - root), yw=yw, pw=pw, res_width=pw,
-                product=product_plan(ops[0]["iw"], yw, dsp_kind), cvt_out=cvts.get(pw, frac, out_fmt))
+                product=product_plan(ops[0]["iw"], yw, dsp_kind), cvt_out=cvts.get(pw, frac, out_fmt, view["counted"]))
     return view
 
 
@@ -440,6 +459,7 @@ class RtlPlan:
     pool: dict | None  # the shared multipliers (multiplier_pool), None without mac/mul
     engine: dict | None  # the shared accumulators of the exact mac units (mac_engine), None without two
     reset_cycles: int
+    sat: dict | None = None  # the saturation counters (saturation_view), None without them
 
     @property
     def dsp_blocks(self) -> int:
@@ -463,15 +483,17 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
         if kernel.buffers[n].fmt.width > WORD_BITS:
             raise RtlCodegenError(f"buffer {n} ({kernel.buffers[n].fmt}) crosses the {WORD_BITS}-bit word interface")
     cvts = _Cvts()
+    counting = saturation.hardware_counters(kernel)
     phases = s.phases()
     pid = {id(p): i + 1 for i, p in enumerate(phases)}
     mems = {m.buffer: _memory_view(m) for m in s.memories.values()}
     w = _Wiring(mems)
     for ph in phases:
         i = pid[id(ph)]
-        unit = _unit_view(ph, i, kernel, name, cvts, dsp_kind) if ph.kind == "stage" else None
+        counted = counting and ph.kind == "stage" and can_overflow(ph.stage, kernel)
+        unit = _unit_view(ph, i, kernel, name, cvts, dsp_kind, counted) if ph.kind == "stage" else None
         w.add_reads(ph, i)
-        w.add_writes(ph, i)
+        w.add_writes(ph, i, counted)
         if unit is not None:
             w.add_unit(unit, ph, i)
         if ph.kind == "pack":
@@ -507,7 +529,25 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
     return RtlPlan(schedule=s, spec=spec, units=w.units, memories=list(mems.values()), packs=w.packs,
                    cvts=_used_cvts(w.units, engine, cvts), outputs=outputs,
                    out_sel_bits=out_sel_bits, max_in_width=max_in, muxes=w.muxes, pool=pool, engine=engine,
-                   reset_cycles=max([p.write_delay for p in phases] + [sched.PACK_DELAY]) + 4)
+                   reset_cycles=max([p.write_delay for p in phases] + [sched.PACK_DELAY]) + 4,
+                   sat=saturation_view(kernel, mems) if counting else None)
+
+
+def saturation_view(kernel, mems: dict) -> dict:
+    """The saturation counters in the top (docs/saturation.md): one per ``saturation.counter_buffers`` buffer,
+    in that order, each adding the events of the writes to its memory's banks (``we`` and the written lane's
+    ``ovf``); ``read_saturation`` (``code``) streams them out and zeroes them."""
+    counters = []
+    for k, buffer in enumerate(saturation.counter_buffers(kernel)):
+        m = mems.get(buffer)
+        if m is None or m["read_only"]:
+            raise RtlCodegenError(f"buffer {buffer}: its saturation counter needs it in a written memory; "
+                                  "compile without saturation_counters")
+        counters.append({"index": k, "buffer": buffer, "banks": m["banks"], "ew": m["banks"].bit_length(),
+                         "we": [pt["we"] for pt in m["ports"]]})
+    return {"code": interface.COMMANDS[saturation.COMMAND], "command": saturation.COMMAND, "counters": counters,
+            "memories": [c["buffer"] for c in counters], "bits": saturation.COUNTER_MAX.bit_length(),
+            "left_bits": bits(len(counters))}
 
 
 def _repeat(phases, pid: dict) -> dict | None:
@@ -545,7 +585,8 @@ def _memory_view(m) -> dict:
     return {"name": m.buffer, "mem": m, "width": m.width, "signed": m.signed, "banks": m.banks,
             "depth": m.depth, "addr_bits": m.addr_bits, "bank_bits": m.bank_bits,
             "read_only": m.read_only, "factors": list(m.factors), "bank_shape": list(m.bank_shape),
-            "sources": [[] for _ in range(m.banks)], "read_banks": set(), "direct_banks": set(),
+            "sources": [[] for _ in range(m.banks)], "ovf_sources": [[] for _ in range(m.banks)],
+            "read_banks": set(), "direct_banks": set(),
             "mem_depth": max(2, m.depth),
             "init": m.init is not None or m.read_only}
 
@@ -590,8 +631,9 @@ class _Wiring:
         for lane in port.served:
             table[i, port.operand, lane] = signal
 
-    def add_writes(self, ph, i: int) -> None:
-        """The write requests of phase ``i``, each bank's data sources numbered."""
+    def add_writes(self, ph, i: int, counted: bool = False) -> None:
+        """The write requests of phase ``i``, each bank's data sources numbered (``counted``: with the lanes'
+        saturation event flags ``p<i>_ovf_<lane>``, else ``1'b0``, in ``ovf_sources``)."""
         for port in ph.writes:
             mem = self.mems[port.buffer]
             if ph.kind == "unpack":  # lane l: field l of the input word (interface.py's word packing)
@@ -600,9 +642,11 @@ class _Wiring:
                 self.in_bits = max(self.in_bits, hi)
             else:
                 src = f"p{i}_out_{port.lane}"
+            ovf = f"p{i}_ovf_{port.lane}" if counted else "1'b0"
             source = {}
             for b in port.banks:
                 mem["sources"][b].append(src)
+                mem["ovf_sources"][b].append(ovf)
                 source[str(b)] = len(mem["sources"][b]) - 1
             self.writes.append({"phase": i, "memory": port.buffer,
                                 "index": [controller.affine_spec(a) for a in port.index],
