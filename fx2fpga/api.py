@@ -169,6 +169,7 @@ def compile(  # noqa: A001 - the public name the product promises
     stack_models: bool = True,
     model_lanes: int | str = "auto",
     saturation_counters: bool = False,
+    fold_updates: bool = True,
 ):
     """Compile ``model`` (an ``nn.Module`` or a function of tensors) for ``target``: a ``Design``.
 
@@ -204,6 +205,9 @@ def compile(  # noqa: A001 - the public name the product promises
     ``saturation_counters`` (default off) puts saturation counters in the generated HLS C++ (the ``csim``
     simulator and the board read them with ``runner.saturation()``); the emulator always counts
     (docs/saturation.md).
+    ``fold_updates`` (default on) folds plain SGD's update into the reduction that computes the gradient,
+    ``p + sum(-lr * a) * b``, with no weight-sized gradient buffer (``lower/update_fold.py``); ``False`` keeps
+    the gradient and a separate ``p - lr * g`` stage per parameter.
 
     ``until`` names a step of ``fx2fpga.PIPELINE`` to stop after; ``compile`` then returns that
     step's artifact instead of the ``Design``: ``"trace"`` the torch.fx graphs (a list),
@@ -223,6 +227,7 @@ def compile(  # noqa: A001 - the public name the product promises
     ctx.outputs = outputs or default_outputs(ctx.target)
     ctx.share_memory = share_memory
     ctx.saturation_counters = saturation_counters
+    ctx.fold_updates = fold_updates
     ctx.stack_models, ctx.model_lanes = stack_models, model_lanes
     ctx.out_dir = Path(out_dir) if out_dir is not None else None
     ctx.design = Design(ctx)

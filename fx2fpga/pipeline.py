@@ -56,6 +56,7 @@ class CompileContext:
     stack_models: bool = True  # models of one architecture on a model axis (lower/model_axis.py)
     model_lanes: int | str = "auto"  # models computed at once on that axis (a number, or "auto")
     saturation_counters: bool = False  # the generated C++ counts saturations (docs/saturation.md)
+    fold_updates: bool = True  # plain SGD's update folded into the gradient's reduction (lower/update_fold.py)
 
     graphs: list | None = None  # trace: inference, then the training step (a list of models: one list per model)
     kernel: Kernel | None = None  # lower ... tile: the kernel IR, refined by each step
@@ -137,17 +138,19 @@ def _lower(ctx: CompileContext):
         trains = ctx.trains or [None] * len(ctx.model)
         ctx.kernel = lower.run_models(ctx.graphs, ctx.name, [lower.describe_model(m, t) for m, t in
                                                             zip(ctx.model, trains, strict=True)],
-                                      stack_models=ctx.stack_models)
+                                      stack_models=ctx.stack_models, fold_updates=ctx.fold_updates)
     else:
-        ctx.kernel = lower.run(ctx.graphs, ctx.name)
+        ctx.kernel = lower.run(ctx.graphs, ctx.name, ctx.fold_updates)
     return ctx.kernel
 
 
 def _quantize(ctx: CompileContext):
+    from .handoffs import LR_SCALED_KEY
     from .passes import quant_report, quantize
 
     ctx.kernel = quantize.run(ctx.kernel, ctx.precision)
     ctx.quantization = quant_report.run(ctx.graphs, ctx.kernel, ctx.example)
+    ctx.kernel.meta.pop(LR_SCALED_KEY, None)  # (the report's hand-off: it never reaches kernel.json)
     quant_report.warn(ctx.quantization, stacklevel=4)  # the user's compile(): _quantize, run_pipeline, compile
     return ctx.kernel
 
@@ -327,7 +330,8 @@ def _write(ctx: CompileContext):
 PIPELINE = Pipeline([
     Step("trace", _trace, "make_fx: the inference graph and the SGD-step joint graph",
          "graphs", "list[GraphModule]"),
-    Step("lower", _lower, "ATen ops -> kernel IR stages (loop nests); views become index maps", "kernel", "Kernel"),
+    Step("lower", _lower, "ATen ops -> kernel IR stages (loop nests); views become index maps; plain SGD's update "
+         "folded into the gradient's reduction (fold_updates=False: off)", "kernel", "Kernel"),
     Step("quantize", _quantize, "fixed-point formats per buffer and accumulator; function tables; SQNR per tensor",
          "kernel", "Kernel"),
     Step("fuse", _fuse, "a product subtracted as one stage (msub): SGD's p - lr * g, without the lr * g temporary",

@@ -29,7 +29,7 @@ from fx2fpga_runtime.fixed import Fixed
 from fx2fpga_runtime.ir import Kernel
 
 from ..errors import QuantizationWarning
-from ..handoffs import graph_info, placeholder
+from ..handoffs import LR_SCALED_KEY, graph_info, placeholder
 
 FLOAT_KINDS = ("weight", "activation", "gradient", "statistic", "scale", "moment", "hyper")
 MOST_ZEROED = 0.5  # a format that zeroes more than this share of a tensor's nonzero values draws the warning
@@ -135,6 +135,7 @@ class _Tensor:
     gm: torch.fx.GraphModule
     node: str
     value: np.ndarray
+    scale: float = 1.0  # a buffer the compiler derives (lower/update_fold.py): ``scale`` times the node's value
 
 
 def run(graphs: list, kernel: Kernel, example: dict) -> list[TensorQuantization]:
@@ -167,6 +168,19 @@ def _tensors(graphs: list, kernel: Kernel, example: dict) -> list[_Tensor]:
                 if key not in seen:
                     seen.add(key)
                     out.append(_Tensor(where[node], gm, node, value))
+    return out + _lr_scaled(out, kernel)
+
+
+def _lr_scaled(tensors: list[_Tensor], kernel: Kernel) -> list[_Tensor]:
+    """The folded SGD update's operands scaled by the learning rate (``LR_SCALED_KEY``): their tensors, from
+    the tensor each scales and the model's learning rate."""
+    out = []
+    for buffer, (source, sign, _) in kernel.meta.get(LR_SCALED_KEY, {}).items():
+        for t in tensors:
+            if t.buffer == source and buffer in kernel.buffers:
+                lr = next(float(placeholder(n).value) for n in t.gm.graph.nodes
+                          if n.op == "placeholder" and placeholder(n).role == "hyper")
+                out.append(_Tensor(buffer, t.gm, t.node, sign * lr * t.value, sign * lr))
     return out
 
 
@@ -176,8 +190,10 @@ def _rows(tensors: list[_Tensor], kernel: Kernel, exact: dict | None) -> list[Te
     names: dict[str, str] = {}
     for t in tensors:
         fmt = kernel.buffers[t.buffer].fmt
-        sums.setdefault(t.buffer, _Sums()).add(t.value, fmt, None if exact is None else exact[id(t.gm), t.node])
-        names.setdefault(t.buffer, _tensor_name(t.gm, t.node))
+        sums.setdefault(t.buffer, _Sums()).add(t.value, fmt, None if exact is None else
+                                               t.scale * exact[id(t.gm), t.node])
+        name = _tensor_name(t.gm, t.node)
+        names.setdefault(t.buffer, name if t.scale == 1.0 else f"{'-' if t.scale < 0 else ''}lr * {name}")
     return [s.result(b, names[b], kernel.buffers[b].fmt, kernel.buffers[b].role) for b, s in sums.items()]
 
 

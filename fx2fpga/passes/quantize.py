@@ -18,7 +18,7 @@ from fx2fpga_runtime.ir import Buffer, Kernel, Stage
 from fx2fpga_runtime.ops import NORM_INDEX_BITS, OPS_TABLE, norm_rom_values
 
 from ..errors import PrecisionError
-from ..handoffs import LR_REACH_BITS, UNIFIED_KEY, lowering_facts
+from ..handoffs import LR_REACH_BITS, LR_SCALED_KEY, UNIFIED_KEY, lowering_facts
 
 MAX_ACC_WIDTH = 62
 RANDOM_FORMAT = Fixed(32, 32, True, "TRN", "WRAP")  # frontend/dropout.py's LCG state, two's complement
@@ -90,10 +90,11 @@ def run(kernel: Kernel, precision: Precision) -> Kernel:
     facts = lowering_facts(kernel, pop=True)  # lowering's hand-off: it never reaches kernel.json
     const_values, param_init, absmax = facts.const_values, facts.param_init, facts.absmax
     used = set()
+    scaled = kernel.meta.get(LR_SCALED_KEY, {})
     for buf in kernel.buffers.values():
         override = _override(buf, precision, used)
         buf.fmt = override or _decide_format(buf, precision, _values(buf, facts), absmax.get(buf.name))
-        if override is None and facts.per_model:
+        if override is None and facts.per_model and buf.name not in scaled:
             _note_unified(kernel, buf, precision, facts.per_model)
         if buf.role == "const":
             buf.init = tuple(int(v) for v in buf.fmt.quantize(const_values[buf.name]))
@@ -102,6 +103,7 @@ def run(kernel: Kernel, precision: Precision) -> Kernel:
         if buf.role in ("param", "input", "target", "output") and buf.fmt.width > MAX_PORT_WIDTH:
             raise PrecisionError(f"{buf.name} ({buf.role}) is {buf.fmt}: buffers the host reads or writes "
                                  f"can be at most {MAX_PORT_WIDTH} bits wide")
+    _hold_lr_scaled(kernel, precision, used)
     unused = set(precision.overrides) - used
     if unused:
         raise PrecisionError(f"precision overrides name no tensor of the model: {sorted(unused)}; "
@@ -116,6 +118,22 @@ def run(kernel: Kernel, precision: Precision) -> Kernel:
             if stage.op in NORMALIZED_ROOTS:
                 _build_normalized_rom(stage, kernel)
     return kernel
+
+
+def _hold_lr_scaled(kernel: Kernel, p: Precision, used: set) -> None:
+    """The folded SGD update's operands scaled by the learning rate (``lower/update_fold.py``) hold every value
+    their source's format and the learning rate register can make: the source's width, its integer bits plus
+    the register's (the gradient may grow far beyond its value on the example data, as it may in its own
+    buffer). Overrides by name win."""
+    for name, (source, _, lr_buffer) in kernel.meta.get(LR_SCALED_KEY, {}).items():
+        buf = kernel.buffers[name]
+        if _override(buf, p, used) is not None:
+            continue
+        src, lr = kernel.buffers[source].fmt, kernel.buffers[lr_buffer].fmt
+        buf.fmt = Fixed(src.width, src.int_bits + lr.int_bits - 1, True, src.rounding, src.overflow)
+        if any(u.startswith(f"{lr_buffer}:") for u in kernel.meta.get(UNIFIED_KEY, [])):
+            kernel.meta[UNIFIED_KEY].append(f"{name}: {buf.fmt} for all ({source} times the learning rate register, "
+                                            f"whose format is unified)")
 
 
 def _decide_format(buf: Buffer, p: Precision, const_values, absmax: float | None) -> Fixed:
@@ -254,6 +272,11 @@ def _accumulator(stage: Stage, kernel: Kernel, p: Precision) -> Fixed:
             n *= lp.extent
     int_bits = max(p.accumulator_int_bits, out.int_bits + 1, min(base_int, p.accumulator_int_bits) +
                    math.ceil(math.log2(max(n, 1))))
+    arity = OPS_TABLE[stage.op].arity
+    if len(fin) > arity:  # the initial value (a bias, a folded update's parameter) adds its range to the terms'
+        term_bits = min(base_int, p.accumulator_int_bits) - (2 if stage.op == "mac" else 1)  # |term| < 2**term_bits
+        peak = n * 2.0 ** term_bits + 2.0 ** (fin[arity].int_bits - 1)
+        int_bits = max(int_bits, math.ceil(math.log2(peak)) + 1)
     frac = max(0, min(frac, MAX_ACC_WIDTH - int_bits))
     return Fixed(int_bits + frac, int_bits)
 

@@ -146,7 +146,7 @@ def test_cnn_layers_equal_pytorch_on_the_kernels_own_values(cnn, digits_data):
     float64 result on the same inputs, assigned to its format -- bit for bit."""
     ex, model, shared = cnn
     # the replay reads every intermediate tensor by name after a call: a design whose temporaries keep their arrays
-    design = fx2fpga.compile(model, ex.example_inputs, train=shared.train, share_memory=False)
+    design = fx2fpga.compile(model, ex.example_inputs, train=shared.train, share_memory=False, fold_updates=False)
     x_train, y_train, _, _ = digits_data
     x, y = torch.from_numpy(ex.images(x_train[32:48])), torch.from_numpy(y_train[32:48])
     for train in (None, design.train):
@@ -239,7 +239,7 @@ def conv1d(tmp_path_factory):
     x, y = torch.rand(16, 2, 16, generator=gen) * 2 - 1, torch.randint(0, 3, (16,), generator=gen)
     design = fx2fpga.compile(model, (x,), train=fx2fpga.SGD(F.cross_entropy, y, lr=0.1),
                              out_dir=tmp_path_factory.mktemp("conv1d") / "conv1d",
-                             share_memory=False)  # the tests read intermediate tensors by name after a call
+                             share_memory=False, fold_updates=False)  # the tests read every tensor by name
     return model, x, y, design
 
 

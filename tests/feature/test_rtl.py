@@ -272,7 +272,8 @@ def test_unmappable_kernels_get_a_readme_not_a_broken_project(tmp_path):
 
 
 def test_exact_macs_share_one_mac_engine(mlp):
-    """The digits MLP's 7 multiply-accumulates (forward, backward, inference) never overflow their accumulators:
+    """The digits MLP's 7 multiply-accumulates (forward, backward with the folded weight updates, inference) never
+    overflow their accumulators:
     one engine accumulates for all of them at the widest format, with one output conversion per distinct one,
     and their units keep no adder."""
     from fx2fpga.passes import resources
@@ -283,7 +284,8 @@ def test_exact_macs_share_one_mac_engine(mlp):
     assert len(macs) == 7 and all(u["engine"] for u in macs)
     assert p.engine["users"] == macs and p.engine["lanes"] == max(u["lanes"] for u in macs)
     assert p.engine["width"] == max(u["stage"].acc.width for u in macs) == 52  # grad x weight over 10 points
-    assert len(p.engine["outs"]) == 3  # to activations (16 bits, 16 fraction bits dropped), to gradients (2 shifts)
+    assert len(p.engine["outs"]) == 3  # to activations (16 bits, 16 fraction bits dropped), to the gradient, to
+    # the weights (24 bits, 13 dropped: the folded SGD updates, lower/update_fold.py)
     assert all(resources._unit_adder_bits(u) == 0 for u in macs)
     top = (design.out_dir / "rtl" / "digitsmlp_top.sv").read_text()
     assert top.count("digitsmlp_mac_engine eng (") == 1

@@ -92,7 +92,7 @@ def _compile(model_cls, seed: int, out_dir=None, shape=(4, 1, 8, 8)):
     x = _images(seed, shape)
     y = x if model(x).shape == x.shape else _images(seed + 1, tuple(model(x).shape))
     design = fx2fpga.compile(model, (x,), train=fx2fpga.SGD(F.mse_loss, y, lr=LR), out_dir=out_dir,
-                             share_memory=False)  # the tests read intermediate tensors by name after a call
+                             share_memory=False, fold_updates=False)  # the tests read every tensor by name
     return model, x, y, design
 
 
