@@ -169,8 +169,9 @@ def compile_design(d: CalibrationDesign, out: Path):
     import fx2fpga
 
     model, inputs, train = d.make()
+    # fold_updates=False: the designs as calibrated (their lanes name the unfolded update stages, train_mm_2, ...)
     return fx2fpga.compile(model, inputs, target=TARGET, train=train, lanes=d.lanes, model_lanes=d.model_lanes,
-                           out_dir=out, outputs="rtl", name=d.name)
+                           out_dir=out, outputs="rtl", name=d.name, fold_updates=False)
 
 
 def synthesize_all(designs, work: Path, log=print) -> dict:

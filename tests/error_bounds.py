@@ -449,6 +449,9 @@ def emulator_decisions(kernel: Kernel, gm: torch.fx.GraphModule, mem: dict) -> d
     for b in kernel.buffers.values():
         if b.kind == "bool" and b.name.startswith(prefix) and b.source and b.role == "temp":
             out[b.source] = torch.from_numpy(mem[b.name].astype(bool))
+    for dropped, twin in kernel.meta.get("aliases", {}).items():  # a repeated comparison: its twin's buffer
+        if dropped.startswith(prefix) and twin in kernel.buffers and kernel.buffers[twin].kind == "bool":
+            out[dropped[len(prefix):]] = torch.from_numpy(mem[twin].astype(bool))
     return out
 
 

@@ -10,7 +10,7 @@ import torch
 from fx2fpga_runtime.ir import Kernel
 
 from ..handoffs import graph_info
-from . import elementwise, layers, reductions, shapes, update_fold
+from . import cse, elementwise, layers, reductions, shapes, update_fold
 from .graph import GraphLowering, KernelBuilder, supported_op_names
 from .model_axis import stack, stackable
 from .models import ModelEntry, describe_model, merge
@@ -24,13 +24,13 @@ def supported_ops() -> list[str]:
 
 
 def run(graphs: list[torch.fx.GraphModule], name: str, fold_updates: bool = True) -> Kernel:
-    """Lower traced graphs (inference and/or training step) into one kernel (``fold_updates``: plain SGD's
-    update folded into its gradient's reduction, ``update_fold.py``)."""
+    """Lower traced graphs (inference and/or training step) into one kernel, without repeated stages
+    (``cse.py``); ``fold_updates``: plain SGD's update folded into its gradient's reduction (``update_fold.py``)."""
     kb = KernelBuilder(name)
     for gm in graphs:
         info = graph_info(gm)
         kb.programs[info.program] = GraphLowering(kb, gm, info.program, info.prefix, RULES).run()
-    kernel = kb.build()
+    kernel = cse.run(kb.build())
     return update_fold.run(kernel) if fold_updates else kernel
 
 

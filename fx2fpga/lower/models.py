@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from fx2fpga_runtime.ir import Access, Kernel, Program, Stage
 
 from ..errors import Fx2fpgaError
-from ..handoffs import LOWERING_KEY, LR_SCALED_KEY, UNIFIED_KEY, LoweringFacts, lowering_facts
+from ..handoffs import ALIASES_KEY, LOWERING_KEY, LR_SCALED_KEY, UNIFIED_KEY, LoweringFacts, lowering_facts
 
 MODELS_KEY = "models"  # kernel.meta key: one ModelEntry (as a dict) per model
 
@@ -65,6 +65,8 @@ def merge(kernels: list[Kernel], name: str, entries: list[ModelEntry]) -> Kernel
         _add_model(merged, k, names, shared, prefix)
         unified += _merge_facts(facts, lowering_facts(k), names, shared, merged.meta["num_classes"],
                                 k.meta.get("num_classes", {}), i)
+        for b, twin in k.meta.get(ALIASES_KEY, {}).items():
+            merged.meta.setdefault(ALIASES_KEY, {})[f"{prefix}{b}"] = names[twin]
         for b, (source, sign, lr) in k.meta.get(LR_SCALED_KEY, {}).items():
             merged.meta.setdefault(LR_SCALED_KEY, {})[names[b]] = [names[source], sign, names[lr]]
         merged.params += [names[b] for b in k.params]

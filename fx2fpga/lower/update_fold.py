@@ -14,9 +14,11 @@ once (to a format fit to its profiled range, ``kind="scale"``), then the exact s
 weight's format, instead of the gradient and ``lr * g`` each being rounded. Every backend computes the
 folded stages, so they stay equal bit for bit.
 
-It applies where ``g`` and ``t`` are read by nothing else and ``t``'s other factor is the learning rate
-register: momentum, weight decay, Nesterov and Adam keep the gradient (they read it again) and are left as
-they are. It runs on each model's kernel right after lowering (``lower.run``), before formats are chosen.
+It applies where ``g`` and ``t`` are read by nothing else, ``t``'s other factor is the learning rate
+register and ``a`` is no larger than a parameter it serves (``_scaled_operands``: not a convolution's output
+gradient, far larger than its weights). Momentum, weight decay, Nesterov and Adam keep the gradient (they read
+it again) and are left as they are. It runs on each model's kernel right after lowering (``lower.run``),
+before formats are chosen.
 """
 
 from __future__ import annotations
@@ -160,8 +162,12 @@ def _apply(kernel: Kernel, prog: Program, folds: list[_Fold], facts) -> None:
 
 
 def _scaled_operands(kernel: Kernel, folds: list[_Fold], facts) -> dict[str, int]:
-    """Which operand of each reduction is scaled by ``-lr``: one with a profiled range, preferring one that
-    several folds read (a layer's output gradient serves its weight and its bias), then the smaller."""
+    """Which operand of each reduction is scaled by ``-lr`` (None: the update stays unfolded). An operand with a
+    profiled range, preferring one that several folds read (a layer's output gradient serves its weight and its
+    bias), then the smaller; and only where scaling it is a pass over no more values than the update's: the
+    operand is no larger than some parameter whose update it folds (a linear layer's output gradient, 16 x 32,
+    against its weight, 32 x 64), never a convolution's output gradient (16 x 4 x 8 x 8 against 4 x 1 x 3 x 3
+    weights), whose update stays one pass over the weights."""
     uses: dict[str, int] = {}
     for f in folds:
         for a in f.grad.ins:
@@ -173,7 +179,11 @@ def _scaled_operands(kernel: Kernel, folds: list[_Fold], facts) -> dict[str, int
         if options:
             chosen[f.grad.name] = max(options, key=lambda i: (uses[f.grad.ins[i].buffer],
                                                                -kernel.buffers[f.grad.ins[i].buffer].size))
-    return chosen
+    worth = {f.grad.ins[chosen[f.grad.name]].buffer for f in folds if f.grad.name in chosen
+             and kernel.buffers[f.grad.ins[chosen[f.grad.name]].buffer].size
+             <= kernel.buffers[f.update.out.buffer].size}
+    return {name: i for name, i in chosen.items() for f in folds
+            if f.grad.name == name and f.grad.ins[i].buffer in worth}
 
 
 def _scale_stages(kernel: Kernel, prog: Program, name: str, f: _Fold, facts) -> tuple[str, list[Stage]]:

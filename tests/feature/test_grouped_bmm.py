@@ -197,13 +197,14 @@ class SeparableDigitsCNN(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
-CHECKPOINTS = (200, 225, 250, 275, 300)  # held-out accuracy is averaged over these steps
+CHECKPOINTS = range(150, 301, 10)  # held-out accuracy is averaged over these steps
 
 
 def test_separable_cnn_300_steps_reach_float_accuracy(digits_data, mlp_example):
-    """300 SGD steps in emu: held-out accuracy, averaged over the last checkpoints, within 6 points of float
-    training from the same init. This small net's accuracy at any one step is chaotic: in float, weights moved by
-    1e-6 change the accuracy after 275 steps from 83% to 65-72% (measured); the 5-checkpoint mean moves ~5 points."""
+    """300 SGD steps in emu: held-out accuracy, averaged over 16 checkpoints from step 150, within 4 points of
+    float training from the same init, and the training loss of the last 100 steps within 15% of float's. This
+    small net's accuracy at any one step is chaotic: in float, weights moved by 1e-6 change the accuracy after 275
+    steps from 83% to 65-72% (measured); the 16-checkpoint mean: float 72.5%, emu 70.4% (measured)."""
     ex = load_example("cnn_digits")
     torch.manual_seed(1)  # this small net trains to > 80% in 300 steps from some inits only (float as well)
     model = SeparableDigitsCNN()
@@ -219,14 +220,17 @@ def test_separable_cnn_300_steps_reach_float_accuracy(digits_data, mlp_example):
             acc_emu.append(mlp_example.accuracy(lambda xb: emu.infer(ex.images(xb)), x_test, y_test))
     ref = copy.deepcopy(model)
     opt = torch.optim.SGD(ref.parameters(), lr=ex.lr)
-    acc_float = []
+    acc_float, losses_float = [], []
     for step, (xb, yb) in enumerate(batches, 1):
         opt.zero_grad()
-        F.cross_entropy(ref(torch.from_numpy(ex.images(xb))), torch.from_numpy(yb)).backward()
+        loss = F.cross_entropy(ref(torch.from_numpy(ex.images(xb))), torch.from_numpy(yb))
+        loss.backward()
         opt.step()
+        losses_float.append(loss.item())
         if step in CHECKPOINTS:
             acc_float.append(mlp_example.accuracy(lambda xb: ref(torch.from_numpy(ex.images(xb))).detach().numpy(),
                                                   x_test, y_test))
     assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:20])
-    assert np.mean(acc_float) > 0.8
-    assert abs(np.mean(acc_emu) - np.mean(acc_float)) <= 0.06, (acc_emu, acc_float)
+    assert np.mean(acc_float) > 0.7
+    assert abs(np.mean(acc_emu) - np.mean(acc_float)) <= 0.04, (acc_emu, acc_float)
+    assert np.mean(losses[-100:]) <= 1.15 * np.mean(losses_float[-100:]), (np.mean(losses[-100:]), losses_float[-100:])
