@@ -153,6 +153,7 @@ def measure(k: Kernel, target, name: str, model_lanes: int, lanes: int, allocati
 PER_STAGE_BUDGETS = (0.2, 0.4, 0.6)  # further budgets the per-stage allocation is run for (besides AUTO_BUDGET)
 PLAN_RETRIES = 6  # allocations redone with a smaller budget while the full plan is over the share
 RETRY_MARGIN = 0.98  # ... each aiming that much below the proportional budget (the greedy lands close to its aim)
+AIMS_BELOW = (0.985, 0.97, 0.955)  # after the bisection: the largest fitting aim times these, tried too
 
 
 def per_stage_point(kernel: Kernel, target, name: str, size: int, share: float):
@@ -174,26 +175,38 @@ def per_stage_point(kernel: Kernel, target, name: str, size: int, share: float):
 
 
 def _allocated_point(one: Kernel, base, target, name: str, size: int, share: float, price_muxes: bool):
-    """``per_stage_point``'s allocation with or without the multiplexers priced."""
+    """``per_stage_point``'s allocation with or without the multiplexers priced: the budget it aims at bisected
+    against the full plan, then a few aims below the largest that fits (``AIMS_BELOW``: the greedy's outcome is
+    erratic in its aim); the fastest that fits is kept."""
     program, aim, got, best = main_program(one), share, (None, None, None), None
     fits, over = 0.0, None  # the largest aim whose plan fits, the smallest whose plan is over
-    for _ in range(PLAN_RETRIES):
+    label = f"per stage, {share:.0%}" + (f", groups of {size}" if size > 1 else "")
+
+    def run(aim):
         k = copy.deepcopy(one)
         allocate.allocate(k, target, base.plan, aim, program, price_muxes)  # (the kernel keeps the lanes it chose)
         most = max(st.total_lanes for st in k.programs[program].stages)
-        got = measure(k, target, name, max(st.model_lanes for st in k.stages()), most,
-                      allocation=f"per stage, {share:.0%}" + (f", groups of {size}" if size > 1 else ""))
+        return measure(k, target, name, max(st.model_lanes for st in k.stages()), most, allocation=label)
+
+    def faster(got, best):
+        return got[0] is not None and got[0].usage <= share and (
+            best is None or got[0].model_steps_per_s > best[0].model_steps_per_s)
+
+    for _ in range(PLAN_RETRIES):
+        got = run(aim)
         if got[0] is None:
             break
         if got[0].usage <= share:
-            if best is None or got[0].model_steps_per_s > best[0].model_steps_per_s:
-                best = got
+            best = got if faster(got, best) else best
             if over is None:  # the first aim fits: nothing larger was refused
                 break
             fits = aim
         else:
             over = aim
         aim = (fits + over) / 2 if fits else aim * share / got[0].usage * RETRY_MARGIN
+    for below in AIMS_BELOW if fits else ():
+        again = run(fits * below)
+        best = again if faster(again, best) else best
     return best or got
 
 
