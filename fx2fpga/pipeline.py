@@ -330,8 +330,9 @@ def _write(ctx: CompileContext):
 PIPELINE = Pipeline([
     Step("trace", _trace, "make_fx: the inference graph and the SGD-step joint graph",
          "graphs", "list[GraphModule]"),
-    Step("lower", _lower, "ATen ops -> kernel IR stages (loop nests); views become index maps; plain SGD's update "
-         "folded into the gradient's reduction (fold_updates=False: off)", "kernel", "Kernel"),
+    Step("lower", _lower, "ATen ops -> kernel IR stages (loop nests); views become index maps; repeated stages "
+         "dropped; plain SGD's update folded into the gradient's reduction (fold_updates=False: off)",
+         "kernel", "Kernel"),
     Step("quantize", _quantize, "fixed-point formats per buffer and accumulator; function tables; SQNR per tensor",
          "kernel", "Kernel"),
     Step("fuse", _fuse, "a product subtracted as one stage (msub): SGD's p - lr * g, without the lr * g temporary",

@@ -43,18 +43,16 @@ def _run_program(kernel: Kernel, prog: Program, kept: set, facts) -> None:
             st = replace(st, ins=tuple(replace(a, buffer=renamed.get(a.buffer, a.buffer)) for a in st.ins))
         out = st.out.buffer
         seen = {k: s for k, s in seen.items() if out not in {s.out.buffer, *(a.buffer for a in s.ins)}}
-        candidate = (kernel.buffers[out].role == "temp" and out not in kept
-                     and out not in {a.buffer for a in st.ins})
-        key = _signature(st, kernel) if candidate else None
-        twin = seen.get(key) if candidate else None
-        if twin is not None:
+        stages.append(st)
+        if kernel.buffers[out].role != "temp" or out in kept or out in {a.buffer for a in st.ins}:
+            continue
+        key = _signature(st, kernel)
+        twin = seen.setdefault(key, st)
+        if twin is not st:
+            stages.pop()
             renamed[out] = twin.out.buffer
             kernel.meta.setdefault(ALIASES_KEY, {})[out] = twin.out.buffer
             if facts is not None and out in facts.absmax:
                 facts.widen(twin.out.buffer, facts.absmax.pop(out))
             del kernel.buffers[out]
-            continue
-        if candidate:
-            seen[key] = st
-        stages.append(st)
     prog.stages = stages

@@ -10,8 +10,9 @@ alike, so the scaling costs a pass over the batch's gradients instead of two ove
 weight-sized gradient buffers disappear (on a kernel of many models they are most of the block RAM).
 
 The fixed-point result differs from the unfolded update's in its roundings: the scaled operand is rounded
-once (to a format fit to its profiled range, ``kind="scale"``), then the exact sum is rounded once into the
-weight's format, instead of the gradient and ``lr * g`` each being rounded. Every backend computes the
+once (to a format that holds its source's range times the learning rate register's,
+``quantize._hold_lr_scaled``), then the exact sum is rounded once into the weight's format, instead of the
+gradient and ``lr * g`` each being rounded. Every backend computes the
 folded stages, so they stay equal bit for bit.
 
 It applies where ``g`` and ``t`` are read by nothing else, ``t``'s other factor is the learning rate
@@ -26,8 +27,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from fx2fpga_runtime.ir import Access, Affine, Buffer, Kernel, Loop, Program, Stage
+from fx2fpga_runtime.ops import OPS_TABLE
 
-from ..handoffs import LOWERING_KEY, LR_REACH_BITS, LR_SCALED_KEY
+from ..handoffs import LOWERING_KEY, LR_SCALED_KEY
+from .views import substitute
 
 FOLDED_OPS = ("mac", "sum")  # the gradient's reductions the update folds into
 
@@ -80,7 +83,7 @@ def _folds(kernel: Kernel, prog: Program) -> list[_Fold]:
         if len(hyper) != 1 or len(grads) != 1 or grads[0].guard:
             continue
         r = producer.get(grads[0].buffer)
-        if (r is None or r.op not in FOLDED_OPS or not r.reduce or len(r.ins) != _arity(r)
+        if (r is None or r.op not in FOLDED_OPS or not r.reduce or len(r.ins) != OPS_TABLE[r.op].arity
                 or reads.get(r.out.buffer) != 1 or r.out.buffer in kept or r.out.guard):
             continue
         subst = _substitution(grads[0].index, r, u)
@@ -88,10 +91,6 @@ def _folds(kernel: Kernel, prog: Program) -> list[_Fold]:
             continue
         out.append(_Fold(r, m, u, hyper[0], subst))
     return out
-
-
-def _arity(st: Stage) -> int:
-    return 2 if st.op == "mac" else 1
 
 
 def _single_var(a: Affine) -> str | None:
@@ -123,11 +122,6 @@ def _substitution(read: tuple[Affine, ...], r: Stage, u: Stage) -> dict | None:
     return subst
 
 
-def _renamed(a: Access, subst: dict) -> Access:
-    return replace(a, index=tuple(Affine(tuple((subst[v], c) for v, c in i.terms), i.const, i.div, i.mod)
-                                  for i in a.index))
-
-
 def _apply(kernel: Kernel, prog: Program, folds: list[_Fold], facts) -> None:
     operand = _scaled_operands(kernel, folds, facts)
     scaled: dict[tuple[str, str], str] = {}  # (operand buffer, lr buffer) -> its scaled copy
@@ -141,8 +135,10 @@ def _apply(kernel: Kernel, prog: Program, folds: list[_Fold], facts) -> None:
         key = (a.buffer, f.lr.buffer)
         new = []
         if key not in scaled:
-            scaled[key], new = _scale_stages(kernel, prog, a.buffer, f, facts)
-        p = _renamed(f.update.out, f.subst)
+            scaled[key], new = _scale_stages(kernel, prog, a.buffer, f.lr, facts)
+        extents = {lp.var: lp.extent for lp in f.grad.loops}
+        p = replace(f.update.out, index=tuple(substitute(i, {v: Affine.var(w) for v, w in f.subst.items()}, extents)
+                                              for i in f.update.out.index))
         ins = list(f.grad.ins)
         ins[i] = replace(a, buffer=scaled[key])
         new.append(replace(f.grad, name=f.update.name, out=p, ins=(*ins, p),
@@ -179,29 +175,24 @@ def _scaled_operands(kernel: Kernel, folds: list[_Fold], facts) -> dict[str, int
         if options:
             chosen[f.grad.name] = max(options, key=lambda i: (uses[f.grad.ins[i].buffer],
                                                                -kernel.buffers[f.grad.ins[i].buffer].size))
-    worth = {f.grad.ins[chosen[f.grad.name]].buffer for f in folds if f.grad.name in chosen
-             and kernel.buffers[f.grad.ins[chosen[f.grad.name]].buffer].size
-             <= kernel.buffers[f.update.out.buffer].size}
-    return {name: i for name, i in chosen.items() for f in folds
-            if f.grad.name == name and f.grad.ins[i].buffer in worth}
+    grads = {f.grad.name: f for f in folds}
+    worth = {grads[n].grad.ins[i].buffer for n, i in chosen.items()
+             if kernel.buffers[grads[n].grad.ins[i].buffer].size <= kernel.buffers[grads[n].update.out.buffer].size}
+    return {n: i for n, i in chosen.items() if grads[n].grad.ins[i].buffer in worth}
 
 
-def _scale_stages(kernel: Kernel, prog: Program, name: str, f: _Fold, facts) -> tuple[str, list[Stage]]:
+def _scale_stages(kernel: Kernel, prog: Program, name: str, lr: Access, facts) -> tuple[str, list[Stage]]:
     """``s = 0 - a * lr`` over all of buffer ``name`` (two stages, fused into one ``msub`` after
     quantization): ``(s, [stages])``."""
     buf = kernel.buffers[name]
     loops = tuple(Loop(f"d{d}", n) for d, n in enumerate(buf.shape))
     whole = Access(name, tuple(Affine.var(lp.var) for lp in loops))
-    lr_values = facts.param_init.get(f.lr.buffer) or [0.0]
-    reach = max(abs(v) for v in lr_values) * 2 ** LR_REACH_BITS  # the update is profiled at that rate too
-    absmax = facts.absmax[name] * reach
     product, scaled = _unique(kernel, f"{prog.name}_lr_{name}"), _unique(kernel, f"{prog.name}_neg_lr_{name}")
     for b, sign in ((product, 1), (scaled, -1)):
         kernel.buffers[b] = Buffer(b, buf.shape, buf.fmt, "temp", "scale", None, "")
-        facts.absmax[b] = absmax
-        kernel.meta.setdefault(LR_SCALED_KEY, {})[b] = [name, sign, f.lr.buffer]
+        kernel.meta.setdefault(LR_SCALED_KEY, {})[b] = [name, sign, lr.buffer]
     zero = _zero(kernel, facts)
-    lr = replace(f.lr, index=())  # a kernel of one model: the learning rate is a scalar
+    lr = replace(lr, index=())  # a kernel of one model: the learning rate is a scalar
     origin = f"the SGD step's -lr * {name}"
     return scaled, [
         Stage(f"{prog.name}_lr_{name}", "mul", loops, replace(whole, buffer=product), (whole, lr), origin=origin),
