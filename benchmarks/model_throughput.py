@@ -1,8 +1,11 @@
 """Model throughput: digits MLPs (64-32-10, batch 16, SGD) trained per second, FPGA against PyTorch.
 
 - fx2fpga on the PYNQ-Z1 at 100 MHz: per training step, the RTL kernel's exact cycles (the schedule's
-  model, which Verilator measures to the cycle: tests/feature/test_rtl.py) plus the batch's bus
-  transfer (its bytes in and out at the target's measured AXI DMA rate, ``bus_mbytes_per_s``). One
+  model, which Verilator measures to the cycle: tests/feature/test_rtl.py) plus what the bus adds to them
+  through the AXI wrapper (``explore.bus_cycles``: the core's unpack phases take the batch's words as the bus
+  delivers them, so only a slower bus waits, at the target's measured AXI DMA rate ``bus_mbytes_per_s``; the
+  loss words' write-back and the wrapper's start and finish, measured in its Verilator harness:
+  tests/feature/test_rtl_axi.py). One
   model at lanes 4, and N models in one kernel at ``lanes="auto"`` (the explorer's choice on the
   calibrated RTL resource model: models of one architecture on a model axis, in groups, lanes per
   stage; ``passes/explore.py``); also N digits CNNs (``--cnns``).
@@ -105,7 +108,8 @@ def fpga(n_models: int, lanes, model: str = "mlp") -> dict | None:
             "predicted": {"lut": pred.lut, "ff": pred.ff, "dsp": pred.dsp, "bram36": pred.bram36},
             "fits_budget": pred.lut <= t.lut and pred.ff <= t.ff and pred.dsp <= t.dsp and pred.bram36 <= t.bram36,
             "mac_utilization": mac_utilization(design, point.macs),
-            "source": f"exact RTL cycles + bus bytes at {t.bus_mbytes_per_s:g} MB/s ({t.bus_source}); resources: "
+            "source": f"exact RTL cycles + what the AXI wrapper adds (input words at {t.bus_mbytes_per_s:g} MB/s "
+                      f"({t.bus_source}) as the core takes them, output write-back, start and finish); resources: "
                       "the calibrated RTL model"}
 
 

@@ -7,8 +7,9 @@ DSP and BRAM36 come from the RTL resource model calibrated against Yosys (``pass
 not from the HLS-style multiplier-per-stage estimate (the RTL shares its multipliers).
 
 Its speed is model throughput: models trained (or run) per second, one call of the kernel's main
-program (``train_step``, else ``infer``) costing its exact RTL cycles plus the bus transfer of its
-words at the target's measured bus rate (``bus_mbytes_per_s``).
+program (``train_step``, else ``infer``) costing its exact RTL cycles plus what the bus adds to them
+(``bus_cycles``: the output words' write-back, the AXI wrapper's start and finish, and any wait for input
+words where the target's measured bus rate, ``bus_mbytes_per_s``, is below a word per cycle).
 
 ``lanes="auto"`` keeps the fastest point whose every resource is within ``AUTO_BUDGET`` of the
 target's (a margin for the model's error; docs/rtl.md, "Resource model"); ``fx2fpga explore``
@@ -40,7 +41,7 @@ class DesignPoint:
     models: int
     program: str  # the program whose calls count as model steps
     cycles: int  # exact RTL cycles of one call of ``program``
-    bus_cycles: int  # its words over the bus, at the target's bus rate, in clock cycles
+    bus_cycles: int  # what the bus adds to a call beyond its exact cycles (bus_cycles)
     lut: int
     ff: int
     dsp: int
@@ -98,14 +99,26 @@ def main_program(kernel: Kernel) -> str:
     return "train_step" if "train_step" in kernel.programs else next(iter(kernel.programs))
 
 
+# Cycles from the ``ap_start`` write to the interrupt beyond the core's own and its output words, at most:
+# the AXI wrapper's start and its last write response (benchmarks/results/axi_overhead.json, ideal memory:
+# load_params +4, infer +8 and train_step +8 beyond their output words; docs/rtl.md "AXI-Lite register file").
+AXI_CALL_CYCLES = 9
+
+
 def bus_cycles(kernel: Kernel, program: str, target) -> int:
-    """Clock cycles of one call's words (in and out, 4 bytes each) at the target's bus rate (0 without one)."""
+    """Clock cycles the bus adds to one call of ``program`` beyond the core's exact cycles (0 without a bus).
+
+    Through ``<name>_axi`` the core's unpack phases take the input words as the bus delivers them (one per
+    cycle), so the bus adds only what it cannot hide: the wait where it delivers the input words slower than
+    one per cycle (the target's ``bus_mbytes_per_s``), the write-back of the output words after the core (one
+    per cycle) and the wrapper's start and finish (``AXI_CALL_CYCLES``)."""
     rate = getattr(target, "bus_mbytes_per_s", None)
     if not rate:
         return 0
     ins, outs = interface.command_buffers(kernel, program)
-    words = interface.word_count(kernel, ins) + interface.word_count(kernel, outs)
-    return math.ceil(4 * words / (rate * 1e6) * target.clock_mhz * 1e6)
+    in_words, out_words = interface.word_count(kernel, ins), interface.word_count(kernel, outs)
+    delivery = math.ceil(4 * in_words / (rate * 1e6) * target.clock_mhz * 1e6)
+    return max(0, delivery - in_words) + out_words + AXI_CALL_CYCLES
 
 
 def candidates(kernel: Kernel, lanes, model_lanes) -> list[tuple[int, int]]:

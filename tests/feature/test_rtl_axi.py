@@ -26,6 +26,7 @@ from torch import nn
 
 import fx2fpga
 from fx2fpga.backends.rtl import emit as verilog
+from fx2fpga.passes import explore
 
 slow = pytest.mark.slow  # runs Verilator
 AP_IDLE, AP_READY, IRQ_BIT = 0x4, 0x8, 0x200
@@ -191,7 +192,8 @@ def test_axi_registers_behave_as_the_hls_kernels(project):
 
 @slow
 def test_axi_calls_cost_the_core_cycles_plus_the_output_words(project):
-    """Start to interrupt, ideal memory: the core's exact cycles plus about one cycle per output word."""
+    """Start to interrupt, ideal memory: the core's exact cycles plus one cycle per output word plus at most
+    ``explore.AXI_CALL_CYCLES``: what the explorer and the throughput benchmark add to the core's cycles."""
     out, design = project
     k = design.kernel
     sim = rtl_axi.AxiSimulation(out, seed=0, gap=0)
@@ -207,7 +209,7 @@ def test_axi_calls_cost_the_core_cycles_plus_the_output_words(project):
         sim.poke(buf_in, interface.pack(k, ins, raw))
         sim.start(code, buf_in, buf_out)
         cycles = sim.wait_irq(10 * core[cmd] + 10 * n_out + 1000)
-        assert core[cmd] <= cycles <= core[cmd] + n_out + 16, (cmd, cycles, core[cmd], n_out)
+        assert core[cmd] + n_out <= cycles <= core[cmd] + n_out + explore.AXI_CALL_CYCLES, (cmd, cycles, n_out)
         assert sim.read(REGS["isr"]) == 1 and sim.read(REGS["ap_ctrl"]) & IRQ_BIT
         sim.write(REGS["isr"], 1)  # toggle on write: clears it, and the interrupt falls
         assert sim.read(REGS["isr"]) == 0 and not sim.read(REGS["ap_ctrl"]) & IRQ_BIT
