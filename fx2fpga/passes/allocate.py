@@ -253,9 +253,17 @@ def memory_cost(kernel: Kernel, costs: dict) -> dict[str, float]:
 def allocate(kernel: Kernel, target, plan_1x1, budget: float, main: str, price_muxes: bool = True
              ) -> dict[str, Option]:
     """Give the stages of program ``main`` of the one-lane ``kernel`` (whose plan is ``plan_1x1``) their lanes:
-    the greedy allocation within ``budget`` (a share of every resource of ``target``); the other programs' stages
-    keep one lane; ``price_muxes``: count the multiplexers between banks and lanes in each move (``MemoryCost``).
-    Returns the ``Option`` chosen per stage name."""
+    the greedy allocation within ``budget`` (a share of every resource of ``target``), then trades of lanes
+    between stages (``_Allocation.trade_lanes``); the other programs' stages keep one lane; ``price_muxes``: count
+    the multiplexers between banks and lanes in each move (``MemoryCost``). Returns the ``Option`` chosen per
+    stage name."""
+    state = greedy(kernel, target, plan_1x1, budget, main, price_muxes)
+    state.trade_lanes()
+    return {n: state.options[n][state.choice[n]] for n in state.stages}
+
+
+def greedy(kernel: Kernel, target, plan_1x1, budget: float, main: str, price_muxes: bool = True) -> _Allocation:
+    """The greedy part of ``allocate``: the stages of ``kernel`` get its lanes; the state it ends in."""
     costs = resources.load_costs()
     base = resources.rtl_resources(plan_1x1, target)
     used = {"lut": base.lut, "ff": base.ff, "dsp": base.dsp, "bram36": base.bram36}
@@ -301,7 +309,93 @@ def allocate(kernel: Kernel, target, plan_1x1, budget: float, main: str, price_m
         tile.set_stage_lanes(stages[n], *options[n][j])
         for sh in shared:
             sh.lanes += sh.growth(stages[n], total(options[n][j]))
-    return {n: options[n][choice[n]] for n in stages}
+    return _Allocation(kernel, target, stages, options, choice, per_lane, shared, memory, costs, used, limit)
+
+
+SWAP_ROUNDS = 40  # trades of lanes between two stages tried after the greedy, at most
+
+
+@dataclass
+class _Allocation:
+    """The greedy's outcome, for the trades after it: ``choice`` (index into ``options``) per stage, the predicted
+    resources ``used`` against ``limit``, the memories' costs and the shared lanes as the greedy left them."""
+
+    kernel: Kernel
+    target: object
+    stages: dict[str, Stage]
+    options: dict[str, list[Option]]
+    choice: dict[str, int]
+    per_lane: dict[str, LaneCost]
+    shared: list[SharedLanes]
+    memory: MemoryCost
+    costs: dict
+    used: dict[str, float]
+    limit: dict[str, float]
+
+    def trade_lanes(self) -> None:
+        """Take lanes from one stage and give them to another where that saves cycles and fits. The greedy
+        widens the best stage per budget share at each step and stops at the first move nothing fits, so where
+        it lands depends on its path (docs/architecture.md); a trade undoes one of its earlier moves for a
+        move it could not afford. Each round takes the trade that saves the most cycles; the shared
+        multiplier pool and MAC engine keep their lanes (a narrower stage frees only its own)."""
+        for _ in range(SWAP_ROUNDS):
+            best = self.best_trade()
+            if best is None or not self._apply_pair(best[1], best[2]):
+                return
+
+    def best_trade(self) -> tuple | None:
+        """(cycles saved, the narrower stage's move, the wider one's) of the trade that saves the most and fits,
+        each move one step of its stage's choices; None when none does."""
+        best = None
+        downs = [d for n in self.stages for d in self._moves(n, _previous(self.options[n], self.choice[n]))]
+        ups = [u for n in self.stages for u in self._moves(n, self._larger(n))]
+        for d in downs:
+            for u in ups:
+                net = -(u[1] + d[1])  # cycles: the up move's change is negative, the down move's positive
+                if u[0] == d[0] or net <= 0 or (best is not None and net <= best[0]):
+                    continue
+                if all(self.used[r] + d[2][r] + u[2][r] <= self.limit[r] for r in RESOURCES):
+                    best = (net, d, u)
+        return best
+
+    def _larger(self, n: str) -> list[int]:
+        """The stage's next choices, and a few beyond (``ALTERNATIVES``)."""
+        nxt = _next(self.options[n], self.choice[n])
+        return nxt + list(range(nxt[-1] + 1, len(self.options[n])))[:ALTERNATIVES] if nxt else []
+
+    def _moves(self, n: str, js: list[int]) -> list[tuple]:
+        """(stage, cycles changed, resources added, memories after, choice) of each choice ``js`` of stage ``n``."""
+        st, now = self.stages[n], self.options[n][self.choice[n]]
+        out = []
+        for j in js:
+            to = self.options[n][j]
+            _, delta, mem = _move(self.kernel, st, now, to, self.per_lane[n], self.shared, self.target,
+                                  self.memory, self.costs)
+            out.append((n, stage_cycles(st, *to) - stage_cycles(st, *now), delta, mem, j))
+        return out
+
+    def _apply(self, move: tuple) -> None:
+        n, _, delta, mem, j = move
+        self.used = {r: self.used[r] + delta[r] for r in RESOURCES}
+        self.memory.per_buffer.update(mem)
+        self.choice[n] = j
+        tile.set_stage_lanes(self.stages[n], *self.options[n][j])
+        for sh in self.shared:
+            sh.lanes += sh.growth(self.stages[n], total(self.options[n][j]))
+
+    def _apply_pair(self, down: tuple, up: tuple) -> bool:
+        """Make the trade: the narrower stage first, then the wider one priced again on the memories as they
+        are then (two stages may share a buffer); undone when it no longer fits or saves nothing."""
+        before = (dict(self.used), dict(self.memory.per_buffer), self.choice[down[0]])
+        self._apply(down)
+        (again,) = self._moves(up[0], [up[4]])
+        if again[1] + down[1] < 0 and all(self.used[r] + again[2][r] <= self.limit[r] for r in RESOURCES):
+            self._apply(again)
+            return True
+        self.used, self.memory.per_buffer = before[0], before[1]
+        self.choice[down[0]] = before[2]
+        tile.set_stage_lanes(self.stages[down[0]], *self.options[down[0]][before[2]])
+        return False
 
 
 def _next(opts: list[Option], i: int) -> list[int]:
@@ -310,6 +404,13 @@ def _next(opts: list[Option], i: int) -> list[int]:
     now = total(opts[i])
     larger = [j for j in range(i + 1, len(opts)) if total(opts[j]) > now]
     return [j for j in larger if total(opts[j]) == total(opts[larger[0]])] if larger else []
+
+
+def _previous(opts: list[Option], i: int) -> list[int]:
+    """The choices with the next smaller number of lanes in all (any loop)."""
+    now = total(opts[i])
+    smaller = [j for j in range(i) if total(opts[j]) < now]
+    return [j for j in smaller if total(opts[j]) == total(opts[smaller[-1]])] if smaller else []
 
 
 def _move(kernel, st: Stage, now: Option, to: Option, cost: LaneCost, shared: list[SharedLanes], target,

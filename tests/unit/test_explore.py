@@ -146,3 +146,32 @@ def test_nothing_fits_is_a_budget_error(mlp_example):
     big = torch.nn.Sequential(torch.nn.Linear(64, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 10))
     with pytest.raises(fx2fpga.errors.ResourceBudgetError, match="No design point fits 80% of the budget"):
         fx2fpga.compile(big, mlp_example.example_inputs, train=sgd, lanes="auto")
+
+
+def test_trades_of_lanes_after_the_greedy(mlp_example):
+    """At 25% of the budget (multiplexers unpriced) the digits MLP's greedy allocation ends where a trade of lanes
+    between two stages saves cycles within the budget (1,792 here: the fc1 weight update's lanes for the lr
+    scaling's); ``allocate`` makes such trades until none is left, and every one saves."""
+    import copy
+
+    sgd = fx2fpga.SGD(F.cross_entropy, mlp_example.example_targets, 0.1)
+    design = fx2fpga.compile(mlp_example.model, mlp_example.example_inputs, train=sgd, lanes=1, outputs="rtl")
+    target = design.target
+    one = copy.deepcopy(design.kernel)
+    base, _, _ = explore.measure(one, target, "k", 1, 1)
+
+    def cycles(state):
+        return sum(allocate.stage_cycles(st, *state.options[n][state.choice[n]]) for n, st in state.stages.items())
+
+    state = allocate.greedy(copy.deepcopy(one), target, base.plan, 0.25, "train_step", price_muxes=False)
+    trade = state.best_trade()
+    assert trade is not None and trade[0] > 0
+    before = cycles(state)
+    state.trade_lanes()
+    assert state.best_trade() is None
+    assert cycles(state) <= before - trade[0]
+    assert all(state.used[r] <= state.limit[r] for r in allocate.RESOURCES)
+    # allocate is the greedy and the trades: its choices are the traded state's
+    k = copy.deepcopy(one)
+    assert allocate.allocate(k, target, base.plan, 0.25, "train_step", price_muxes=False) == {
+        n: state.options[n][state.choice[n]] for n in state.stages}
