@@ -115,13 +115,25 @@ def bank_mapping(depth: int, width: int, read_only: bool) -> BankMapping:
     return min(options, key=lambda o: o[0])[1]
 
 
+TABLE_BRAM36_MAX = 1.0  # a function table at most this big in block RAM goes there (rom_style "block")
+
+
+def table_bram36(depth: int, width: int) -> float:
+    """BRAM36 of a function table read twice a cycle (``fx2fpga_rom2``): true dual-port mode, whose widest
+    shapes are a RAMB18's 1K x 18 (2K x 9, ...) and a RAMB36's 1K x 36 (2K x 18, 4K x 9, ...)."""
+    shapes18 = ((1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1))
+    shapes36 = ((1024, 36), (2048, 18), (4096, 9), (8192, 4), (16384, 2), (32768, 1))
+    n18 = min((math.ceil(width / w) for words, w in shapes18 if depth <= words), default=math.inf)
+    n36 = min((math.ceil(width / w) for words, w in shapes36 if depth <= words), default=math.inf)
+    return min(0.5 * n18, float(n36))
+
+
 def table_mapping(depth: int, width: int) -> BankMapping:
-    """Where Yosys puts a function table's ROM (``fx2fpga_rom2``: two reads a cycle): one RAMB18 in true
-    dual-port mode when it fits one (up to 1024 x 18 bits), else logic (the calibration designs: 711 x 16 in
-    block RAM; 1025 x 16 and 534 x 24 in logic)."""
-    if depth <= 1024 and width <= 18:
-        return BankMapping("bram", bram36=0.5)
-    return BankMapping("logic")
+    """Where a function table's ROM goes (``fx2fpga_rom2``: two reads a cycle): block RAM when it takes at most
+    ``TABLE_BRAM36_MAX`` (the RTL asks for it, ``rom_style = "block"``: Yosys put a 1025 x 16 and a 534 x 24 table
+    in 488 and 454 LUTs per lane without it, one RAMB36 each with it), else logic, Yosys' own choice."""
+    bram = table_bram36(depth, width)
+    return BankMapping("bram", bram36=bram) if bram <= TABLE_BRAM36_MAX else BankMapping("logic")
 
 
 def unit_rom(u: dict) -> tuple[BankMapping, int] | None:

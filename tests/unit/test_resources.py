@@ -53,7 +53,11 @@ def test_bank_mapping_follows_yosys_rules():
     assert resources.bram36_for(4096, 16) == 2.0  # 4096 x 9 per RAMB36: two
     assert resources.bank_mapping(4, 3, True).kind == "logic"
     assert resources.bank_mapping(1024, 16, True) == resources.BankMapping("bram", bram36=0.5)
-    assert resources.table_mapping(711, 16).bram36 == 0.5 and resources.table_mapping(1025, 16).kind == "logic"
+    # function tables (two reads a cycle: true dual-port shapes) in block RAM up to one BRAM36, else logic
+    assert resources.table_mapping(711, 16).bram36 == 0.5  # a RAMB18 as 1K x 18
+    assert resources.table_mapping(1025, 16).bram36 == 1.0  # a RAMB36 as 2K x 18
+    assert resources.table_mapping(534, 24).bram36 == 1.0  # a RAMB36 as 1K x 36
+    assert resources.table_mapping(4097, 16).kind == "logic"  # 8K x 4: four RAMB36s
 
 
 def test_features_of_a_hand_checked_kernel(linear_plan):

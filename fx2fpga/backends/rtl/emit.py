@@ -37,6 +37,7 @@ from fx2fpga_runtime.fixed import Fixed
 from fx2fpga_runtime.ops import NORM_INDEX_BITS, OPS_TABLE, alignment_shifts, exact_frac, mid_format
 
 from ...errors import Fx2fpgaError
+from ...passes import resources
 from ...passes import schedule as sched
 from ...passes.estimate import DSP_PORTS, multiplier_pieces
 from ...passes.schedule import Phase, Schedule, bits
@@ -403,6 +404,8 @@ def _table_view(view: dict, kernel, cvts: _Cvts, dsp_kind: str) -> dict:
                 table_signed=tbl.fmt.signed, tw=tw, pw=pw, yw=yw, rom=f"mem/{tbl.name}.hex", depth=n + 1,
                 table=tbl.name, cvt_out=cvts.get(yw, tbl.fmt.frac_bits, out_fmt, view["counted"]),
                 latency=sched.unit_latency(st.op), product=product_plan(tw + 1, shift + 2, dsp_kind))
+    # in block RAM on the xc7 where small enough (the resource model's rule); the ECP5 keeps Yosys' choice
+    view["rom_block"] = dsp_kind == "DSP48E1" and resources.table_mapping(n + 1, tbl.fmt.width).kind == "bram"
     return view
 
 
