@@ -1,0 +1,172 @@
+"""Formats that hold their range: values whose range follows from their inputs' formats.
+
+Profiling (``quantize._decide_format``) sizes an activation or gradient to the range it took on the
+example data, plus ``Precision.range_margin_bits``. Some values have a range that follows from the
+formats of their inputs, whatever the data: a sum over ``n`` points of values in ``[lo, hi]`` lies in
+``[n lo, n hi]``, a mean in ``[lo, hi]``, a difference of a prediction and a target in the difference of
+their ranges. For those this pass derives the range by interval arithmetic over the lowered stages, in
+program order, from the operands' representable ranges (each buffer holds only values of its format:
+an assignment saturates or wraps into it), and widens the format (integer bits added, the fraction
+kept) to hold it:
+
+- **the loss** and every value that only the loss reads (``loss_cone``: an MSE loss's difference, square,
+  sum and mean) always get their derived range, capped at ``LOSS_MAX_WIDTH`` bits (the fraction gives
+  way first), so that the example values are never the only thing that keeps the loss from saturating;
+- **sums, means and counts** elsewhere (``sum`` reductions, and a sum scaled by a constant) get it where
+  it costs at most ``DERIVED_MAX_EXTRA_BITS`` integer bits more than the profiled format;
+- a float **target** holds at least what the values it is compared with hold (``hold_targets``): example
+  targets of zeros say nothing of the real targets' range, and a target beyond its prediction's format
+  is one the kernel cannot predict anyway.
+
+Everything else keeps its profiled format. Overridden buffers keep the user's format. ``run`` returns
+one note per format it changed, or left short of its derived range, for the report.
+"""
+
+from __future__ import annotations
+
+from fx2fpga_runtime.emu_compile import output_interval, sum_interval
+from fx2fpga_runtime.fixed import Fixed
+from fx2fpga_runtime.ir import Kernel, Stage
+from fx2fpga_runtime.ops import OPS_TABLE
+
+from ..handoffs import LR_SCALED_KEY
+from ..lower.models import MODELS_KEY
+
+DERIVED_MAX_EXTRA_BITS = 4  # a sum, mean or count outside the loss gets its derived range for at most this many bits
+LOSS_MAX_WIDTH = 31  # the loss's values at most this wide: a product of two stays within quantize.MAX_ACC_WIDTH
+SUMS = ("sum",)  # reductions whose range follows from their operands' (a mac's also follows, but from weights)
+INTERVAL_OPS = ("copy", "neg", "relu", "abs", "add", "sub", "mul", "select")  # bounded by emu_compile._bounds
+WIDENED_KINDS = ("activation", "gradient", "integer")
+
+
+def run(kernel: Kernel, fixed: set[str]) -> list[str]:
+    """Widen the targets, the loss's values, and the sums, means and counts whose derived range costs a few
+    bits (module docstring); ``fixed`` names buffers whose format is the user's. Returns notes for the report."""
+    notes = hold_targets(kernel, fixed)
+    cone = loss_cone(kernel)
+    sums: set[str] = set()
+    for stage in kernel.stages():
+        out = kernel.buffers[stage.out.buffer]
+        if stage.op in SUMS:
+            sums.add(out.name)
+        if not _widenable(out.name, kernel, fixed):
+            continue
+        if stage.name in cone:
+            notes += _hold(stage, kernel, None, "the loss")
+        elif stage.op in SUMS or _is_mean(stage, kernel, sums):
+            notes += _hold(stage, kernel, DERIVED_MAX_EXTRA_BITS, "a sum" if stage.op in SUMS else "a mean")
+    return notes
+
+
+def loss_buffers(kernel: Kernel) -> list[str]:
+    """The training step's loss output of each model (none without a training step)."""
+    program = kernel.programs.get("train_step")
+    if program is None or not program.outputs:
+        return []
+    models = kernel.meta.get(MODELS_KEY)
+    return [program.outputs[0]] if models is None else [m["outputs"]["train_step"][0] for m in models]
+
+
+def loss_cone(kernel: Kernel) -> set[str]:
+    """The stages that compute only the loss: its own, and back from it every stage whose output is read by
+    cone stages alone (an MSE loss: the mean, the sum, the square, the difference; not the prediction, which
+    the backward pass reads too)."""
+    program = kernel.programs.get("train_step")
+    if program is None:
+        return set()
+    writers: dict[str, list[Stage]] = {}
+    readers: dict[str, set[str]] = {}
+    for stage in program.stages:
+        writers.setdefault(stage.out.buffer, []).append(stage)
+        for a in stage.ins:
+            readers.setdefault(a.buffer, set()).add(stage.name)
+    cone: set[str] = set()
+    todo, seen = [b for b in loss_buffers(kernel) if b in writers], set()
+    while todo:
+        buffer = todo.pop()
+        if buffer in seen:
+            continue
+        seen.add(buffer)
+        cone.update(s.name for s in writers[buffer])
+        for stage in writers[buffer]:  # an input joins once every stage that reads it is in the cone
+            todo += [a.buffer for a in stage.ins if a.buffer in writers and readers[a.buffer] <= cone]
+    return cone
+
+
+def hold_targets(kernel: Kernel, fixed: set[str]) -> list[str]:
+    """A float target's format gets at least the integer bits of every value an elementwise stage compares
+    it with (an MSE target: the prediction's). Example targets of zeros would otherwise leave it at the
+    default activation format, whatever the prediction's range."""
+    notes = []
+    for name, buf in kernel.buffers.items():
+        if buf.role != "target" or buf.kind != "activation" or name in fixed:
+            continue
+        partners = [kernel.buffers[a.buffer] for s in kernel.stages() if not s.reduce
+                    and any(a.buffer == name for a in s.ins) for a in s.ins if a.buffer != name]
+        need = max((p.fmt.int_bits for p in partners if p.kind == buf.kind and p.role != "const"), default=0)
+        if need > buf.fmt.int_bits:
+            notes.append(f"{name}: {_widened(buf.fmt, need)} (was {buf.fmt}: it holds what it is compared with)")
+            buf.fmt = _widened(buf.fmt, need)
+    return notes
+
+
+def derived_int_bits(stage: Stage, kernel: Kernel, frac_bits: int) -> int | None:
+    """The fewest integer bits of a signed format with ``frac_bits`` fraction bits that holds every value
+    ``stage`` can assign from operands within their formats, after rounding (None: not derived for its op)."""
+    if stage.reduce and stage.op in ("sum", "mac"):
+        (lo, hi), frac = sum_interval(stage, kernel)
+    elif not stage.reduce and stage.op in INTERVAL_OPS:
+        iv, frac = output_interval(stage, kernel)
+        if iv is None:
+            return None
+        lo, hi = iv
+    else:
+        return None
+    shift = frac - frac_bits  # rounded to frac_bits: between the floor and the ceiling of the exact value
+    if shift > 0:
+        lo, hi = lo >> shift, -((-hi) >> shift)
+    else:
+        lo, hi = lo << -shift, hi << -shift
+    width = max(hi.bit_length(), max(-lo - 1, 0).bit_length()) + 1  # two's complement: -2**(w-1) .. 2**(w-1)-1
+    return width - frac_bits
+
+
+def _hold(stage: Stage, kernel: Kernel, max_extra: int | None, what: str) -> list[str]:
+    """Widen ``stage``'s output to its derived range where that costs at most ``max_extra`` integer bits (None:
+    any, within ``LOSS_MAX_WIDTH``); a note for each change, or for a derived range left out."""
+    buf = kernel.buffers[stage.out.buffer]
+    need = derived_int_bits(stage, kernel, buf.fmt.frac_bits)
+    if need is None or need <= buf.fmt.int_bits:
+        return []
+    extra = need - buf.fmt.int_bits
+    if max_extra is not None and extra > max_extra:
+        return [f"{buf.name}: {buf.fmt} kept ({what}; its derived range needs {extra} more integer bits, "
+                f"more than {max_extra})"]
+    fmt = _widened(buf.fmt, need)
+    if max_extra is None and fmt.width > LOSS_MAX_WIDTH:
+        fmt = Fixed(LOSS_MAX_WIDTH, min(need, LOSS_MAX_WIDTH), True, fmt.rounding, fmt.overflow)
+    note = f"{buf.name}: {fmt} (was {buf.fmt}; {what}: its derived range needs {need} integer bits)"
+    buf.fmt = fmt
+    return [note]
+
+
+def _widened(fmt: Fixed, int_bits: int) -> Fixed:
+    """``fmt`` with ``int_bits`` integer bits and its fraction kept."""
+    extra = int_bits - fmt.int_bits
+    return Fixed(fmt.width + extra, int_bits, fmt.signed, fmt.rounding, fmt.overflow)
+
+
+def _widenable(name: str, kernel: Kernel, fixed: set[str]) -> bool:
+    """Whether a stage's output buffer may get a derived range: a signed activation, gradient or integer
+    temporary or output, not the user's format and not a folded update's scaled operand."""
+    buf = kernel.buffers[name]
+    return (buf.role in ("temp", "output") and buf.kind in WIDENED_KINDS and buf.fmt.signed
+            and name not in fixed and name not in kernel.meta.get(LR_SCALED_KEY, {}))
+
+
+def _is_mean(stage: Stage, kernel: Kernel, sums: set[str]) -> bool:
+    """A sum scaled by a constant (a mean: the sum times 1/n)."""
+    if stage.reduce or stage.op != "mul" or OPS_TABLE[stage.op].arity != len(stage.ins):
+        return False
+    names = [a.buffer for a in stage.ins]
+    return any(n in sums for n in names) and any(kernel.buffers[n].role == "const" for n in names)
