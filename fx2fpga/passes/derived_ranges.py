@@ -10,15 +10,22 @@ an assignment saturates or wraps into it), and widens the format (integer bits a
 kept) to hold it:
 
 - **the loss** and every value that only the loss reads (``loss_cone``: an MSE loss's difference, square,
-  sum and mean) always get their derived range, capped at ``LOSS_MAX_WIDTH`` bits (the fraction gives
+  sum and mean) always get their derived range, capped at ``DERIVED_MAX_WIDTH`` bits (the fraction gives
   way first), so that the example values are never the only thing that keeps the loss from saturating;
-- **sums, means and counts** elsewhere (``sum`` reductions, and a sum scaled by a constant) get it where
-  it costs at most ``DERIVED_MAX_EXTRA_BITS`` integer bits more than the profiled format;
+- **sums, means and counts** of the forward pass elsewhere (``sum`` reductions into an activation or integer
+  buffer, and such a sum scaled by a constant) get it where it costs at most ``DERIVED_MAX_EXTRA_BITS``
+  integer bits more than the profiled format. Gradients keep their profiled formats: their derived range
+  (a bias gradient: the batch size times its operand's range) is a worst case far beyond what training
+  reaches, it would widen the weight-sized buffers and the update's multipliers, and ``fit`` warns when a
+  gradient saturates;
 - a float **target** holds at least what the values it is compared with hold (``hold_targets``): example
   targets of zeros say nothing of the real targets' range, and a target beyond its prediction's format
   is one the kernel cannot predict anyway.
 
-Everything else keeps its profiled format. Overridden buffers keep the user's format. ``run`` returns
+Everything else keeps its profiled format, as do the user's formats (overrides) and a function table's input
+(its table spreads the same segments over its format's range: a wider input would make it coarser; the
+softmax's sum of exponentials is one). A sum or mean whose widened format would be wider than
+``DERIVED_MAX_WIDTH`` keeps its profiled one. ``run`` returns
 one note per format it changed, or left short of its derived range, for the report.
 """
 
@@ -33,10 +40,12 @@ from ..handoffs import LR_SCALED_KEY
 from ..lower.models import MODELS_KEY
 
 DERIVED_MAX_EXTRA_BITS = 4  # a sum, mean or count outside the loss gets its derived range for at most this many bits
-LOSS_MAX_WIDTH = 31  # the loss's values at most this wide: a product of two stays within quantize.MAX_ACC_WIDTH
+DERIVED_MAX_WIDTH = 31  # widened formats at most this wide (or their profiled width): a product of two stays
+# within quantize.MAX_ACC_WIDTH, and a loss within the host's port
 SUMS = ("sum",)  # reductions whose range follows from their operands' (a mac's also follows, but from weights)
 INTERVAL_OPS = ("copy", "neg", "relu", "abs", "add", "sub", "mul", "select")  # bounded by emu_compile._bounds
-WIDENED_KINDS = ("activation", "gradient", "integer")
+LOSS_KINDS = ("activation", "gradient", "integer")  # the loss's values widened (all forward values in practice)
+FORWARD_KINDS = ("activation", "integer")  # sums, means and counts widened elsewhere
 
 
 def run(kernel: Kernel, fixed: set[str]) -> list[str]:
@@ -49,11 +58,9 @@ def run(kernel: Kernel, fixed: set[str]) -> list[str]:
         out = kernel.buffers[stage.out.buffer]
         if stage.op in SUMS:
             sums.add(out.name)
-        if not _widenable(out.name, kernel, fixed):
-            continue
-        if stage.name in cone:
+        if stage.name in cone and _widenable(out.name, kernel, fixed, LOSS_KINDS):
             notes += _hold(stage, kernel, None, "the loss")
-        elif stage.op in SUMS or _is_mean(stage, kernel, sums):
+        elif (stage.op in SUMS or _is_mean(stage, kernel, sums)) and _widenable(out.name, kernel, fixed, FORWARD_KINDS):
             notes += _hold(stage, kernel, DERIVED_MAX_EXTRA_BITS, "a sum" if stage.op in SUMS else "a mean")
     return notes
 
@@ -132,8 +139,9 @@ def derived_int_bits(stage: Stage, kernel: Kernel, frac_bits: int) -> int | None
 
 
 def _hold(stage: Stage, kernel: Kernel, max_extra: int | None, what: str) -> list[str]:
-    """Widen ``stage``'s output to its derived range where that costs at most ``max_extra`` integer bits (None:
-    any, within ``LOSS_MAX_WIDTH``); a note for each change, or for a derived range left out."""
+    """Widen ``stage``'s output to its derived range where that costs at most ``max_extra`` integer bits and
+    ``DERIVED_MAX_WIDTH`` bits (None: any number, the fraction giving way to the width); a note for each change,
+    or for a derived range left out."""
     buf = kernel.buffers[stage.out.buffer]
     need = derived_int_bits(stage, kernel, buf.fmt.frac_bits)
     if need is None or need <= buf.fmt.int_bits:
@@ -142,9 +150,11 @@ def _hold(stage: Stage, kernel: Kernel, max_extra: int | None, what: str) -> lis
     if max_extra is not None and extra > max_extra:
         return [f"{buf.name}: {buf.fmt} kept ({what}; its derived range needs {extra} more integer bits, "
                 f"more than {max_extra})"]
-    fmt = _widened(buf.fmt, need)
-    if max_extra is None and fmt.width > LOSS_MAX_WIDTH:
-        fmt = Fixed(LOSS_MAX_WIDTH, min(need, LOSS_MAX_WIDTH), True, fmt.rounding, fmt.overflow)
+    fmt, cap = _widened(buf.fmt, need), max(DERIVED_MAX_WIDTH, buf.fmt.width)
+    if fmt.width > cap and max_extra is not None:
+        return [f"{buf.name}: {buf.fmt} kept ({what}; its derived range would make it {fmt}, wider than {cap} bits)"]
+    if fmt.width > cap:
+        fmt = Fixed(cap, min(need, cap), True, fmt.rounding, fmt.overflow)
     note = f"{buf.name}: {fmt} (was {buf.fmt}; {what}: its derived range needs {need} integer bits)"
     buf.fmt = fmt
     return [note]
@@ -156,12 +166,13 @@ def _widened(fmt: Fixed, int_bits: int) -> Fixed:
     return Fixed(fmt.width + extra, int_bits, fmt.signed, fmt.rounding, fmt.overflow)
 
 
-def _widenable(name: str, kernel: Kernel, fixed: set[str]) -> bool:
-    """Whether a stage's output buffer may get a derived range: a signed activation, gradient or integer
-    temporary or output, not the user's format and not a folded update's scaled operand."""
+def _widenable(name: str, kernel: Kernel, fixed: set[str], kinds: tuple[str, ...]) -> bool:
+    """Whether a stage's output buffer may get a derived range: a signed temporary or output of one of
+    ``kinds``, not the user's format, not a folded update's scaled operand, not a function table's input."""
     buf = kernel.buffers[name]
-    return (buf.role in ("temp", "output") and buf.kind in WIDENED_KINDS and buf.fmt.signed
-            and name not in fixed and name not in kernel.meta.get(LR_SCALED_KEY, {}))
+    return (buf.role in ("temp", "output") and buf.kind in kinds and buf.fmt.signed
+            and name not in fixed and name not in kernel.meta.get(LR_SCALED_KEY, {})
+            and not any(s.op == "table" and s.ins[0].buffer == name for s in kernel.stages()))
 
 
 def _is_mean(stage: Stage, kernel: Kernel, sums: set[str]) -> bool:
