@@ -22,11 +22,11 @@ kept) to hold it:
   targets of zeros say nothing of the real targets' range, and a target beyond its prediction's format
   is one the kernel cannot predict anyway.
 
-Everything else keeps its profiled format, as do the user's formats (overrides) and a function table's input
-(its table spreads the same segments over its format's range: a wider input would make it coarser; the
-softmax's sum of exponentials is one). A sum or mean whose widened format would be wider than
-``DERIVED_MAX_WIDTH`` keeps its profiled one. ``run`` returns
-one note per format it changed, or left short of its derived range, for the report.
+Everything else keeps its profiled format, as do the user's formats (overrides), a folded update's scaled
+operand (``quantize._hold_lr_scaled``) and a function table's input (the table spreads its segments over its
+input format's range: a wider input would make it coarser; the softmax's sum of exponentials is one). A sum
+or mean whose widened format would be wider than ``DERIVED_MAX_WIDTH`` keeps its profiled one. ``run``
+returns one note per format it changed, or left short of its derived range, for the report.
 """
 
 from __future__ import annotations
@@ -52,15 +52,17 @@ def run(kernel: Kernel, fixed: set[str]) -> list[str]:
     """Widen the targets, the loss's values, and the sums, means and counts whose derived range costs a few
     bits (module docstring); ``fixed`` names buffers whose format is the user's. Returns notes for the report."""
     notes = hold_targets(kernel, fixed)
-    cone = loss_cone(kernel)
+    cone, kept = loss_cone(kernel), _kept(kernel, fixed)
     sums: set[str] = set()
     for stage in kernel.stages():
         out = kernel.buffers[stage.out.buffer]
         if stage.op in SUMS:
             sums.add(out.name)
-        if stage.name in cone and _widenable(out.name, kernel, fixed, LOSS_KINDS):
+        if out.name in kept or out.role not in ("temp", "output") or not out.fmt.signed:
+            continue
+        if stage.name in cone and out.kind in LOSS_KINDS:
             notes += _hold(stage, kernel, None, "the loss")
-        elif (stage.op in SUMS or _is_mean(stage, kernel, sums)) and _widenable(out.name, kernel, fixed, FORWARD_KINDS):
+        elif (stage.op in SUMS or _is_mean(stage, kernel, sums)) and out.kind in FORWARD_KINDS:
             notes += _hold(stage, kernel, DERIVED_MAX_EXTRA_BITS, "a sum" if stage.op in SUMS else "a mean")
     return notes
 
@@ -155,7 +157,8 @@ def _hold(stage: Stage, kernel: Kernel, max_extra: int | None, what: str) -> lis
         return [f"{buf.name}: {buf.fmt} kept ({what}; its derived range would make it {fmt}, wider than {cap} bits)"]
     if fmt.width > cap:
         fmt = Fixed(cap, min(need, cap), True, fmt.rounding, fmt.overflow)
-    note = f"{buf.name}: {fmt} (was {buf.fmt}; {what}: its derived range needs {need} integer bits)"
+    short = f", more than {cap} bits hold: it may saturate" if need > fmt.int_bits else ""
+    note = f"{buf.name}: {fmt} (was {buf.fmt}; {what}: its derived range needs {need} integer bits{short})"
     buf.fmt = fmt
     return [note]
 
@@ -166,13 +169,11 @@ def _widened(fmt: Fixed, int_bits: int) -> Fixed:
     return Fixed(fmt.width + extra, int_bits, fmt.signed, fmt.rounding, fmt.overflow)
 
 
-def _widenable(name: str, kernel: Kernel, fixed: set[str], kinds: tuple[str, ...]) -> bool:
-    """Whether a stage's output buffer may get a derived range: a signed temporary or output of one of
-    ``kinds``, not the user's format, not a folded update's scaled operand, not a function table's input."""
-    buf = kernel.buffers[name]
-    return (buf.role in ("temp", "output") and buf.kind in kinds and buf.fmt.signed
-            and name not in fixed and name not in kernel.meta.get(LR_SCALED_KEY, {})
-            and not any(s.op == "table" and s.ins[0].buffer == name for s in kernel.stages()))
+def _kept(kernel: Kernel, fixed: set[str]) -> set[str]:
+    """The buffers that keep their format whatever their derived range: the user's (``fixed``), a folded
+    update's scaled operands, and the inputs of function tables."""
+    tables = {s.ins[0].buffer for s in kernel.stages() if s.op == "table"}
+    return set(fixed) | set(kernel.meta.get(LR_SCALED_KEY, {})) | tables
 
 
 def _is_mean(stage: Stage, kernel: Kernel, sums: set[str]) -> bool:
