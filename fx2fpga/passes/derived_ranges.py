@@ -10,8 +10,10 @@ an assignment saturates or wraps into it), and widens the format (integer bits a
 kept) to hold it:
 
 - **the loss** and every value that only the loss reads (``loss_cone``: an MSE loss's difference, square,
-  sum and mean) always get their derived range, capped at ``DERIVED_MAX_WIDTH`` bits (the fraction gives
-  way first), so that the example values are never the only thing that keeps the loss from saturating;
+  sum and mean) always get their derived range, so that the example values are never the only thing that
+  keeps the loss from saturating; up to ``DERIVED_MAX_WIDTH`` bits: where the derived range needs more (a
+  loss of a function of wide parameters), the format keeps its fraction and gets the integer bits the cap
+  leaves, and its note says that it may saturate;
 - **sums, means and counts** of the forward pass elsewhere (``sum`` reductions into an activation or integer
   buffer, and such a sum scaled by a constant) get it where it costs at most ``DERIVED_MAX_EXTRA_BITS``
   integer bits more than the profiled format. Gradients keep their profiled formats: their derived range
@@ -142,8 +144,8 @@ def derived_int_bits(stage: Stage, kernel: Kernel, frac_bits: int) -> int | None
 
 def _hold(stage: Stage, kernel: Kernel, max_extra: int | None, what: str) -> list[str]:
     """Widen ``stage``'s output to its derived range where that costs at most ``max_extra`` integer bits and
-    ``DERIVED_MAX_WIDTH`` bits (None: any number, the fraction giving way to the width); a note for each change,
-    or for a derived range left out."""
+    ``DERIVED_MAX_WIDTH`` bits (None: any number, up to the width the cap allows beside the fraction); a note
+    for each change, or for a derived range left out."""
     buf = kernel.buffers[stage.out.buffer]
     need = derived_int_bits(stage, kernel, buf.fmt.frac_bits)
     if need is None or need <= buf.fmt.int_bits:
@@ -155,8 +157,8 @@ def _hold(stage: Stage, kernel: Kernel, max_extra: int | None, what: str) -> lis
     fmt, cap = _widened(buf.fmt, need), max(DERIVED_MAX_WIDTH, buf.fmt.width)
     if fmt.width > cap and max_extra is not None:
         return [f"{buf.name}: {buf.fmt} kept ({what}; its derived range would make it {fmt}, wider than {cap} bits)"]
-    if fmt.width > cap:
-        fmt = Fixed(cap, min(need, cap), True, fmt.rounding, fmt.overflow)
+    if fmt.width > cap:  # the loss keeps its fraction (its precision) and gets the integer bits the cap leaves
+        fmt = _widened(buf.fmt, max(buf.fmt.int_bits, cap - buf.fmt.frac_bits))
     short = f", more than {cap} bits hold: it may saturate" if need > fmt.int_bits else ""
     note = f"{buf.name}: {fmt} (was {buf.fmt}; {what}: its derived range needs {need} integer bits{short})"
     buf.fmt = fmt
