@@ -159,7 +159,8 @@ def _hold(stage: Stage, kernel: Kernel, max_extra: int | None, what: str) -> lis
         return [f"{buf.name}: {buf.fmt} kept ({what}; its derived range would make it {fmt}, wider than {cap} bits)"]
     if fmt.width > cap:  # the loss keeps its fraction (its precision) and gets the integer bits the cap leaves
         fmt = _widened(buf.fmt, max(buf.fmt.int_bits, cap - buf.fmt.frac_bits))
-    short = f", more than {cap} bits hold: it may saturate" if need > fmt.int_bits else ""
+    short = (f"; beside its {fmt.frac_bits} fraction bits, {cap} bits hold {fmt.int_bits}: it may saturate"
+             if need > fmt.int_bits else "")
     note = f"{buf.name}: {fmt} (was {buf.fmt}; {what}: its derived range needs {need} integer bits{short})"
     buf.fmt = fmt
     return [note]
