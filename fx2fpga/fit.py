@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .passes.derived_ranges import loss_buffers
+
 
 class SaturationWarning(UserWarning):
     """The loss or a gradient saturated (or wrapped) on chip: its format's range is too small for it."""
@@ -86,8 +88,7 @@ def _start_counting(runner) -> bool:
 def watched_buffers(kernel) -> list[str]:
     """The buffers ``fit`` warns about: the training step's loss outputs and its gradients."""
     program = kernel.programs["train_step"]
-    models = kernel.meta.get("models")
-    losses = [program.outputs[0]] if models is None else [m["outputs"]["train_step"][0] for m in models]
+    losses = loss_buffers(kernel)
     written = dict.fromkeys(st.out.buffer for st in program.stages)
     return losses + [b for b in written if kernel.buffers[b].kind == "gradient" and b not in losses]
 

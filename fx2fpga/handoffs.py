@@ -144,6 +144,8 @@ def graph_info(gm: torch.fx.GraphModule) -> GraphInfo:
 ALIASES_KEY = "aliases"  # kernel.meta: a buffer lower/cse.py dropped -> the buffer that holds its values
 LR_SCALED_KEY = "lr_scaled"  # kernel.meta: buffer -> [the buffer it scales by the learning rate, sign, lr buffer]
 # (lower/update_fold.py; passes/quant_report.py measures them)
+DERIVED_KEY = "derived_ranges"  # kernel.meta: formats widened to (or kept short of) their derived range
+# (passes/derived_ranges.py; the report lists them)
 UNIFIED_KEY = "models_unified"  # kernel.meta: formats (and class counts) unified across the models of a kernel
 
 @dataclass

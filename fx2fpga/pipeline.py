@@ -145,10 +145,13 @@ def _lower(ctx: CompileContext):
 
 
 def _quantize(ctx: CompileContext):
-    from .handoffs import LR_SCALED_KEY
+    from .handoffs import DERIVED_KEY, LR_SCALED_KEY
     from .passes import quant_report, quantize
 
     ctx.kernel = quantize.run(ctx.kernel, ctx.precision)
+    derived = ctx.kernel.meta.pop(DERIVED_KEY, [])  # formats that hold their derived range: for the report only
+    if derived:
+        ctx.notes["quantize"] = [f"derived range (docs/quantization.md): {line}" for line in derived]
     ctx.quantization = quant_report.run(ctx.graphs, ctx.kernel, ctx.example)
     ctx.kernel.meta.pop(LR_SCALED_KEY, None)  # (the report's hand-off: it never reaches kernel.json)
     quant_report.warn(ctx.quantization, stacklevel=4)  # the user's compile(): _quantize, run_pipeline, compile

@@ -18,7 +18,8 @@ from fx2fpga_runtime.ir import Buffer, Kernel, Stage
 from fx2fpga_runtime.ops import NORM_INDEX_BITS, OPS_TABLE, norm_rom_values
 
 from ..errors import PrecisionError
-from ..handoffs import LR_REACH_BITS, LR_SCALED_KEY, UNIFIED_KEY, lowering_facts
+from ..handoffs import DERIVED_KEY, LR_REACH_BITS, LR_SCALED_KEY, UNIFIED_KEY, lowering_facts
+from . import derived_ranges
 
 MAX_ACC_WIDTH = 62
 RANDOM_FORMAT = Fixed(32, 32, True, "TRN", "WRAP")  # frontend/dropout.py's LCG state, two's complement
@@ -103,6 +104,10 @@ def run(kernel: Kernel, precision: Precision) -> Kernel:
         if buf.role in ("param", "input", "target", "output") and buf.fmt.width > MAX_PORT_WIDTH:
             raise PrecisionError(f"{buf.name} ({buf.role}) is {buf.fmt}: buffers the host reads or writes "
                                  f"can be at most {MAX_PORT_WIDTH} bits wide")
+    fixed = {b.name for b in kernel.buffers.values() if _override(b, precision, set()) is not None}
+    notes = derived_ranges.run(kernel, fixed)
+    if notes:
+        kernel.meta[DERIVED_KEY] = notes
     _hold_lr_scaled(kernel, precision, used)
     unused = set(precision.overrides) - used
     if unused:

@@ -653,6 +653,29 @@ def output_interval(stage: Stage, kernel: Kernel) -> tuple[Interval, int]:
     return (stage.acc.raw_min, stage.acc.raw_max), stage.acc.frac_bits
 
 
+def sum_interval(stage: Stage, kernel: Kernel) -> tuple[tuple[int, int], int]:
+    """Raw bounds and frac bits of the exact value a ``sum`` or ``mac`` reduction can reach from its operands'
+    formats: its init input (if any) plus every point's term, whatever its accumulator (none yet is fine)."""
+    spec = OPS_TABLE[stage.op]
+    fmts = [kernel.buffers[a.buffer].fmt for a in stage.ins]
+    ivs = [_operand_interval(f, bool(a.guard)) for f, a in zip(fmts, stage.ins, strict=True)]
+    term = _corners(ivs[0], ivs[1]) if stage.op == "mac" else ivs[0]
+    frac = spec.result_frac([f.frac_bits for f in fmts[:spec.arity]])
+    points = int(np.prod([lp.extent for lp in stage.loops if lp.var in stage.reduce], dtype=np.int64))
+    lo, hi = points * min(term[0], 0), points * max(term[1], 0)
+    if len(stage.ins) > spec.arity:  # the init input, aligned to the terms' frac bits
+        init, shift = ivs[spec.arity], frac - fmts[spec.arity].frac_bits
+        lo, hi = lo + _aligned(init[0], shift), hi + _aligned(init[1], shift)
+    return (lo, hi), frac
+
+
+def _aligned(raw: int, shift: int) -> int:
+    """A raw bound at ``shift`` more frac bits (``shift < 0``: fewer, rounded away from zero)."""
+    if shift >= 0:
+        return raw << shift
+    return -((-raw) >> -shift) if raw >= 0 else raw >> -shift
+
+
 def can_overflow(stage: Stage, kernel: Kernel) -> bool:
     """Whether some assignment of ``stage`` to its output format may have a rounded value outside the format's
     range (False: the operands' formats rule it out)."""
@@ -663,4 +686,4 @@ def can_overflow(stage: Stage, kernel: Kernel) -> bool:
 
 
 __all__ = ["Operand", "Space", "Target", "assigner", "can_overflow", "compile_stage", "output_interval",
-           "overflow_counter"]
+           "overflow_counter", "sum_interval"]
