@@ -170,7 +170,13 @@ def compile_design(d: CalibrationDesign, out: Path):
 
     model, inputs, train = d.make()
     # fold_updates=False: the designs as calibrated (their lanes name the unfolded update stages, train_mm_2, ...)
-    return fx2fpga.compile(model, inputs, target=TARGET, train=train, lanes=d.lanes, model_lanes=d.model_lanes,
+    lanes = d.lanes
+    if isinstance(lanes, dict):  # stages a later lowering drops (a repeated stage: lower/cse.py) have no lanes
+        kernel = fx2fpga.compile(model, inputs, target=TARGET, train=train, name=d.name, fold_updates=False,
+                                 until="share memory")
+        lanes = {n: v for n, v in lanes.items() if any(st.name == n for st in kernel.stages())}
+        model, inputs, train = d.make()
+    return fx2fpga.compile(model, inputs, target=TARGET, train=train, lanes=lanes, model_lanes=d.model_lanes,
                            out_dir=out, outputs="rtl", name=d.name, fold_updates=False)
 
 

@@ -254,11 +254,13 @@ def allocate(kernel: Kernel, target, plan_1x1, budget: float, main: str, price_m
              ) -> dict[str, Option]:
     """Give the stages of program ``main`` of the one-lane ``kernel`` (whose plan is ``plan_1x1``) their lanes:
     the greedy allocation within ``budget`` (a share of every resource of ``target``), then trades of lanes
-    between stages (``_Allocation.trade_lanes``); the other programs' stages keep one lane; ``price_muxes``: count
-    the multiplexers between banks and lanes in each move (``MemoryCost``). Returns the ``Option`` chosen per
-    stage name."""
+    between stages (``_Allocation.trade_lanes``); a stage of another program takes the lanes of its twin in
+    ``main`` (``tile.mirror_twin_lanes``: a training kernel's ``infer``), others keep one lane; ``price_muxes``:
+    count the multiplexers between banks and lanes in each move (``MemoryCost``). Returns the ``Option`` chosen
+    per stage name of ``main``."""
     state = greedy(kernel, target, plan_1x1, budget, main, price_muxes)
     state.trade_lanes()
+    tile.mirror_twin_lanes(kernel, main)
     return {n: state.options[n][state.choice[n]] for n in state.stages}
 
 

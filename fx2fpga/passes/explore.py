@@ -155,7 +155,7 @@ def measure(k: Kernel, target, name: str, model_lanes: int, lanes: int, allocati
     usage = max(res.shares(target).values())
     stage_lanes = {st.name: [st.model_lanes, st.lanes] + ([st.lane_var] if st.lanes > 1 else [])
                    + ([st.outer_lanes, st.outer_lane_var] if st.outer_lanes > 1 else [])
-                   for st in k.programs[program].stages if st.total_lanes > 1} if allocation else {}
+                   for st in k.stages() if st.total_lanes > 1} if allocation else {}
     point = DesignPoint(model_lanes, lanes, n, program, cycles, bus, res.lut, res.ff, res.dsp, res.bram36,
                         n * target.clock_mhz * 1e6 / (cycles + bus), usage, usage <= AUTO_BUDGET, allocation=allocation,
                         group_size=model_groups.group_size(k), stage_lanes=stage_lanes)

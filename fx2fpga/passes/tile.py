@@ -162,6 +162,38 @@ def assign_stage_lanes(kernel: Kernel, lanes: dict, group_size: int) -> None:
         set_stage_lanes(st, m, ln, var, outer, outer_var)
 
 
+def _twin_key(kernel: Kernel, st: Stage) -> tuple:
+    """What makes two stages of different programs the same computation: the op, the loop extents, and the
+    parameters and constants they read (an inference's matmul and the training step's forward one)."""
+    shared = tuple(sorted(a.buffer for a in st.ins if kernel.buffers[a.buffer].role in ("param", "const")))
+    return st.op, tuple(lp.extent for lp in st.loops), tuple(st.reduce and [lp.extent for lp in st.loops
+                                                                             if lp.var in st.reduce]), shared
+
+
+def mirror_twin_lanes(kernel: Kernel, main: str) -> None:
+    """Give each stage of the other programs the lanes of its twin in program ``main`` (``_twin_key``, matched in
+    program order), over the loop at the same position: the training kernel's ``infer`` then reads the banks its
+    twins' lanes banked the parameters by, one per lane, instead of selecting among them at run time."""
+    twins: dict[tuple, list[Stage]] = {}
+    for st in kernel.programs[main].stages:
+        twins.setdefault(_twin_key(kernel, st), []).append(st)
+    for name, prog in kernel.programs.items():
+        if name == main:
+            continue
+        taken: dict[tuple, int] = {}
+        for st in prog.stages:
+            key = _twin_key(kernel, st)
+            i = taken.get(key, 0)
+            if i >= len(twins.get(key, [])):
+                continue
+            taken[key] = i + 1
+            twin = twins[key][i]
+            pos = {lp.var: k for k, lp in enumerate(twin.loops)}
+            var = st.loops[pos[twin.lane_var]].var if twin.lane_var else None
+            outer = st.loops[pos[twin.outer_lane_var]].var if twin.outer_lane_var else None
+            set_stage_lanes(st, twin.model_lanes, twin.lanes, var, twin.outer_lanes, outer)
+
+
 def assign_lanes(kernel: Kernel, lanes: int | str | dict, target=None, model_lanes: int | str = 1) -> None:
     """Set ``lanes``/``lane_var`` on every stage: a number per stage, ``"auto"`` (not yet bank-checked) or a
     dict of per-stage lanes (``assign_stage_lanes``, groups of ``model_lanes``); on a stacked kernel also
