@@ -51,6 +51,7 @@ class CalibrationDesign:
     lanes: int | dict  # a request for every stage, or per stage (stage -> [model lanes, lanes])
     about: str
     model_lanes: int = 1  # a list of models: the group size
+    fold_updates: bool = False  # the plain SGD update folded into its gradient (points recorded since session 12)
 
 
 def _seeded(seed: int = 0):
@@ -132,7 +133,8 @@ def _digits_mlps(n: int):
 def _point(key: str, name: str, about: str) -> CalibrationDesign:
     """A design point the explorer chose (benchmarks/calibration_points.json): its lanes per stage and groups."""
     p = POINTS[key]
-    return CalibrationDesign(name, _digits_mlps(p["models"]), p["stage_lanes"], about, model_lanes=p["group_size"])
+    return CalibrationDesign(name, _digits_mlps(p["models"]), p["stage_lanes"], about, model_lanes=p["group_size"],
+                             fold_updates=p.get("fold_updates", False))
 
 
 DESIGNS = [
@@ -161,6 +163,9 @@ DESIGNS = [
            "per stage (the explorer's choice: up to 2 x 8)"),
     _point("digits_mlps30_train_loops", "mlps30_train_loops", "30 digits MLPs stacked, SGD training, groups of 2, "
            "lanes per stage over the loops the explorer chose (up to 2 x 8; the weight update over the rows)"),
+    _point("digits_mlp_train_folded", "mlp_train_folded", "the digits MLP, SGD training with the update folded, "
+           "lanes per stage (the explorer's choice of session 12: up to 2 x 16, 32 multiplier lanes) and its infer "
+           "stages on their twins' lanes"),
 ]
 
 
@@ -169,15 +174,15 @@ def compile_design(d: CalibrationDesign, out: Path):
     import fx2fpga
 
     model, inputs, train = d.make()
-    # fold_updates=False: the designs as calibrated (their lanes name the unfolded update stages, train_mm_2, ...)
+    # fold_updates False for the designs recorded before the fold (their lanes name the unfolded update stages)
     lanes = d.lanes
     if isinstance(lanes, dict):  # stages a later lowering drops (a repeated stage: lower/cse.py) have no lanes
-        kernel = fx2fpga.compile(model, inputs, target=TARGET, train=train, name=d.name, fold_updates=False,
+        kernel = fx2fpga.compile(model, inputs, target=TARGET, train=train, name=d.name, fold_updates=d.fold_updates,
                                  until="share memory")
         lanes = {n: v for n, v in lanes.items() if any(st.name == n for st in kernel.stages())}
         model, inputs, train = d.make()
     return fx2fpga.compile(model, inputs, target=TARGET, train=train, lanes=lanes, model_lanes=d.model_lanes,
-                           out_dir=out, outputs="rtl", name=d.name, fold_updates=False)
+                           out_dir=out, outputs="rtl", name=d.name, fold_updates=d.fold_updates)
 
 
 def synthesize_all(designs, work: Path, log=print) -> dict:

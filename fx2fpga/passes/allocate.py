@@ -14,8 +14,10 @@ within the budget:
   for the pool's new lanes, and a stage of the MAC engine (``emit.mac_engine``) wider than the
   engine for the engine's.
 
-The result is checked by a full plan in ``passes/explore.py`` (memories, banks and the controller
-grow too): over the budget, the allocation is redone with a proportionally smaller budget.
+After the greedy, trades of lanes between two stages where they save cycles and fit (``_Allocation``), and the
+other programs' twins of the stages take their lanes (``tile.mirror_twin_lanes``). The result is checked by a full
+plan in ``passes/explore.py`` (memories, banks and the controller grow too): over the budget, the allocation is
+redone with a proportionally smaller budget.
 """
 
 from __future__ import annotations

@@ -147,6 +147,20 @@ def test_counters_off_generates_no_counter_code(narrow):
     assert on["src/net.cpp"] != off["src/net.cpp"]
 
 
+def test_report_states_the_counters_and_their_cost(narrow, tmp_path):
+    """report.md names each counter and gives the RTL counters' cost as measured with Yosys (50 LUT, 39 FF each)."""
+    _, x, _ = narrow
+    torch.manual_seed(0)
+    design = fx2fpga.compile(Net(), (x,), precision=NARROW, share_memory=False, saturation_counters=True,
+                             out_dir=tmp_path / "p")
+    n = len(counter_buffers(design.kernel))
+    text = (tmp_path / "p" / "report.md").read_text()
+    section = text[text.index("## Saturation counters"):]
+    assert f"{n} counters of 32 bits" in section
+    assert f"in the RTL about {50 * n:,} LUT and {39 * n:,} FF" in section
+    assert all(f"`{b}`" in section for b in counter_buffers(design.kernel))
+
+
 @pytest.mark.slow
 def test_csim_counts_equal_the_emulator(narrow):
     _, x, design = narrow
