@@ -44,9 +44,11 @@ def test_report_synthesizes_with_the_yosys_pip_installs(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "## Synthesis (Yosys, xc7z020clg400-1)" in printed and "| DSP48E1 | 8 | 220 | 3.6% |" in printed
     assert (out / "report.md").read_text() in printed
-    # the calibrated RTL model beside the counts (fx2fpga/passes/resources.py): DSP exact, BRAM by Yosys' rule
+    # the calibrated RTL model beside the counts (fx2fpga/passes/resources.py): DSP exact, BRAM by Yosys' rule: the
+    # sigmoid table of each of the 4 lanes in a RAMB36 (resources.table_mapping: rom_style "block")
+    assert "| BRAM36 | 4 | 140 |" in printed
     line = next(x for x in printed.splitlines() if x.startswith("Calibrated RTL model"))
-    assert "DSP 8, BRAM36 0." in line
+    assert "DSP 8, BRAM36 4." in line
 
 
 def test_sim_detects_a_corrupted_golden_vector(tmp_path, capsys):
