@@ -21,7 +21,7 @@ from ..handoffs import ALIASES_KEY, LOWERING_KEY
 
 def run(kernel: Kernel) -> Kernel:
     """Drop every stage of ``kernel`` whose twin (above) comes earlier in its program (in place)."""
-    kept = {b for p in kernel.programs.values() for b in (*p.inputs, *p.outputs)} | set(kernel.params)
+    kept = kernel.io_buffers() | set(kernel.params)
     facts = kernel.meta.get(LOWERING_KEY)
     for prog in kernel.programs.values():
         _run_program(kernel, prog, kept, facts)

@@ -57,17 +57,9 @@ def run(kernel: Kernel) -> Kernel:
     return kernel
 
 
-def _reads(kernel: Kernel) -> dict[str, int]:
-    reads: dict[str, int] = {}
-    for st in kernel.stages():
-        for a in st.ins:
-            reads[a.buffer] = reads.get(a.buffer, 0) + 1
-    return reads
-
-
 def _folds(kernel: Kernel, prog: Program) -> list[_Fold]:
-    reads = _reads(kernel)
-    kept = {b for p in kernel.programs.values() for b in (*p.inputs, *p.outputs)}
+    reads = kernel.read_counts()
+    kept = kernel.io_buffers()
     producer = {st.out.buffer: st for st in prog.stages}
     out = []
     for u in prog.stages:

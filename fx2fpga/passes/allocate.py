@@ -270,23 +270,20 @@ def greedy(kernel: Kernel, target, plan_1x1, budget: float, main: str, price_mux
     """The greedy part of ``allocate``: the stages of ``kernel`` get its lanes; the state it ends in."""
     costs = resources.load_costs()
     base = resources.rtl_resources(plan_1x1, target)
-    used = {"lut": base.lut, "ff": base.ff, "dsp": base.dsp, "bram36": base.bram36}
-    limit = {r: budget * getattr(target, r) for r in RESOURCES}
-    per_lane = lane_costs(plan_1x1, costs)
     stages = {st.name: st for st in kernel.programs[main].stages}
-    shared = shared_lanes(plan_1x1, costs, stages.values())
-    options = {n: _options(st) for n, st in stages.items()}
-    choice = {n: 0 for n in stages}  # index into options
-    memory = MemoryCost(kernel, costs, price_muxes)
+    state = _Allocation(kernel, target, stages, options={n: _options(st) for n, st in stages.items()},
+                        choice=dict.fromkeys(stages, 0), per_lane=lane_costs(plan_1x1, costs),
+                        shared=shared_lanes(plan_1x1, costs, stages.values()),
+                        memory=MemoryCost(kernel, costs, price_muxes), costs=costs,
+                        used={"lut": base.lut, "ff": base.ff, "dsp": base.dsp, "bram36": base.bram36},
+                        limit={r: budget * getattr(target, r) for r in RESOURCES})
+    options, choice = state.options, state.choice
     frozen: set[str] = set()
-
-    def fits(delta):
-        return all(used[r] + delta[r] <= limit[r] for r in RESOURCES)
 
     def moves(n, js):
         """(gain, resources added, memories after, choice) of moving stage ``n`` to each choice of ``js``."""
-        return [_move(kernel, stages[n], options[n][choice[n]], options[n][j], per_lane[n], shared, target, memory,
-                      costs) + (j,) for j in js]
+        return [_move(kernel, stages[n], options[n][choice[n]], options[n][j], state.per_lane[n], state.shared,
+                      target, state.memory, costs) + (j,) for j in js]
 
     while True:
         best = None
@@ -299,21 +296,15 @@ def greedy(kernel: Kernel, target, plan_1x1, budget: float, main: str, price_mux
         if best is None:
             break
         n, (_, delta, mem, j) = best
-        if not fits(delta):  # the best next choice does not fit: another, or a few further ones may (other
-            nxt = _next(options[n], choice[n])  # banks), else freeze
-            further = list(range(nxt[-1] + 1, len(options[n])))[:ALTERNATIVES]
-            ok = [a for a in moves(n, [k for k in nxt if k != j] + further) if a[0] > 0 and fits(a[1])]
+        if not state.fits(delta):  # the best next choice does not fit: another, or a few further ones may (other
+            ok = [a for a in moves(n, [k for k in state.larger(n) if k != j])  # banks), else freeze
+                  if a[0] > 0 and state.fits(a[1])]
             if not ok:
                 frozen.add(n)
                 continue
             _, delta, mem, j = max(ok, key=lambda a: a[0])
-        used = {r: used[r] + delta[r] for r in RESOURCES}
-        memory.per_buffer.update(mem)
-        choice[n] = j
-        tile.set_stage_lanes(stages[n], *options[n][j])
-        for sh in shared:
-            sh.lanes += sh.growth(stages[n], total(options[n][j]))
-    return _Allocation(kernel, target, stages, options, choice, per_lane, shared, memory, costs, used, limit)
+        state.apply(n, j, delta, mem)
+    return state
 
 
 SWAP_ROUNDS = 40  # trades of lanes between two stages tried after the greedy, at most
@@ -336,6 +327,16 @@ class _Allocation:
     used: dict[str, float]
     limit: dict[str, float]
 
+    def fits(self, *deltas: dict[str, float]) -> bool:
+        """The predicted resources with ``deltas`` added stay within the limit."""
+        for r in RESOURCES:
+            total_r = self.used[r]
+            for d in deltas:
+                total_r += d[r]  # (in this order, as each move would add it)
+            if total_r > self.limit[r]:
+                return False
+        return True
+
     def trade_lanes(self) -> None:
         """Take lanes from one stage and give them to another where that saves cycles and fits. The greedy
         widens the best stage per budget share at each step and stops at the first move nothing fits, so where
@@ -352,17 +353,17 @@ class _Allocation:
         each move one step of its stage's choices; None when none does."""
         best = None
         downs = [d for n in self.stages for d in self._moves(n, _previous(self.options[n], self.choice[n]))]
-        ups = [u for n in self.stages for u in self._moves(n, self._larger(n))]
+        ups = [u for n in self.stages for u in self._moves(n, self.larger(n))]
         for d in downs:
             for u in ups:
                 net = -(u[1] + d[1])  # cycles: the up move's change is negative, the down move's positive
                 if u[0] == d[0] or net <= 0 or (best is not None and net <= best[0]):
                     continue
-                if all(self.used[r] + d[2][r] + u[2][r] <= self.limit[r] for r in RESOURCES):
+                if self.fits(d[2], u[2]):
                     best = (net, d, u)
         return best
 
-    def _larger(self, n: str) -> list[int]:
+    def larger(self, n: str) -> list[int]:
         """The stage's next choices, and a few beyond (``ALTERNATIVES``)."""
         nxt = _next(self.options[n], self.choice[n])
         return nxt + list(range(nxt[-1] + 1, len(self.options[n])))[:ALTERNATIVES] if nxt else []
@@ -378,8 +379,8 @@ class _Allocation:
             out.append((n, stage_cycles(st, *to) - stage_cycles(st, *now), delta, mem, j))
         return out
 
-    def _apply(self, move: tuple) -> None:
-        n, _, delta, mem, j = move
+    def apply(self, n: str, j: int, delta: dict[str, float], mem: dict) -> None:
+        """Move stage ``n`` to its choice ``j``, which adds ``delta`` and leaves its memories costing ``mem``."""
         self.used = {r: self.used[r] + delta[r] for r in RESOURCES}
         self.memory.per_buffer.update(mem)
         self.choice[n] = j
@@ -391,10 +392,10 @@ class _Allocation:
         """Make the trade: the narrower stage first, then the wider one priced again on the memories as they
         are then (two stages may share a buffer); undone when it no longer fits or saves nothing."""
         before = (dict(self.used), dict(self.memory.per_buffer), self.choice[down[0]])
-        self._apply(down)
+        self.apply(down[0], down[4], down[2], down[3])
         (again,) = self._moves(up[0], [up[4]])
-        if again[1] + down[1] < 0 and all(self.used[r] + again[2][r] <= self.limit[r] for r in RESOURCES):
-            self._apply(again)
+        if again[1] + down[1] < 0 and self.fits(again[2]):
+            self.apply(again[0], again[4], again[2], again[3])
             return True
         self.used, self.memory.per_buffer = before[0], before[1]
         self.choice[down[0]] = before[2]

@@ -17,11 +17,8 @@ from fx2fpga_runtime.ir import Kernel, Stage
 
 def run(kernel: Kernel) -> Kernel:
     """Fuse every ``mul`` -> ``sub`` pair of ``kernel``'s programs that computes ``a - b * c`` (in place)."""
-    reads: dict[str, int] = {}
-    for st in kernel.stages():
-        for a in st.ins:
-            reads[a.buffer] = reads.get(a.buffer, 0) + 1
-    kept = {b for p in kernel.programs.values() for b in (*p.inputs, *p.outputs)} | set(kernel.params)
+    reads = kernel.read_counts()
+    kept = kernel.io_buffers() | set(kernel.params)
     for prog in kernel.programs.values():
         out, i = [], 0
         while i < len(prog.stages):

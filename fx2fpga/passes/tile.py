@@ -166,8 +166,8 @@ def _twin_key(kernel: Kernel, st: Stage) -> tuple:
     """What makes two stages of different programs the same computation: the op, the loop extents, and the
     parameters and constants they read (an inference's matmul and the training step's forward one)."""
     shared = tuple(sorted(a.buffer for a in st.ins if kernel.buffers[a.buffer].role in ("param", "const")))
-    return st.op, tuple(lp.extent for lp in st.loops), tuple(st.reduce and [lp.extent for lp in st.loops
-                                                                             if lp.var in st.reduce]), shared
+    reduced = tuple(lp.extent for lp in st.loops if lp.var in st.reduce)
+    return st.op, tuple(lp.extent for lp in st.loops), reduced, shared
 
 
 def mirror_twin_lanes(kernel: Kernel, main: str) -> None:

@@ -428,8 +428,7 @@ def _exact_accumulation(stage: Stage, kernel: Kernel, term_iv: tuple[int, int], 
     if term_frac > acc.frac_bits:
         return None
     s = acc.frac_bits - term_frac
-    lo = init_iv[0] + points * min(term_iv[0] << s, 0)
-    hi = init_iv[1] + points * max(term_iv[1] << s, 0)
+    lo, hi = _partial_sums(init_iv, (term_iv[0] << s, term_iv[1] << s), points)
     if lo < acc.raw_min or hi > acc.raw_max:
         return None
     return lo, hi
@@ -662,11 +661,17 @@ def sum_interval(stage: Stage, kernel: Kernel) -> tuple[tuple[int, int], int]:
     term = _corners(ivs[0], ivs[1]) if stage.op == "mac" else ivs[0]
     frac = spec.result_frac([f.frac_bits for f in fmts[:spec.arity]])
     points = int(np.prod([lp.extent for lp in stage.loops if lp.var in stage.reduce], dtype=np.int64))
-    lo, hi = points * min(term[0], 0), points * max(term[1], 0)
+    init = (0, 0)
     if len(stage.ins) > spec.arity:  # the init input, aligned to the terms' frac bits
-        init, shift = ivs[spec.arity], frac - fmts[spec.arity].frac_bits
-        lo, hi = lo + _aligned(init[0], shift), hi + _aligned(init[1], shift)
-    return (lo, hi), frac
+        iv, shift = ivs[spec.arity], frac - fmts[spec.arity].frac_bits
+        init = (_aligned(iv[0], shift), _aligned(iv[1], shift))
+    return _partial_sums(init, term, points), frac
+
+
+def _partial_sums(init_iv: tuple[int, int], term_iv: tuple[int, int], points: int) -> tuple[int, int]:
+    """Bounds of every partial sum of ``points`` terms within ``term_iv`` added to an initial value in ``init_iv``
+    (all at the same frac bits)."""
+    return init_iv[0] + points * min(term_iv[0], 0), init_iv[1] + points * max(term_iv[1], 0)
 
 
 def _aligned(raw: int, shift: int) -> int:

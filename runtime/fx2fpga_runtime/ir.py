@@ -272,6 +272,18 @@ class Kernel:
         for prog in self.programs.values():
             yield from prog.stages
 
+    def io_buffers(self) -> set[str]:
+        """The buffers some program takes in or gives out (the host reads or writes them)."""
+        return {b for p in self.programs.values() for b in (*p.inputs, *p.outputs)}
+
+    def read_counts(self) -> dict[str, int]:
+        """How many stage inputs, over every program, read each buffer (a buffer no stage reads is absent)."""
+        reads: dict[str, int] = {}
+        for st in self.stages():
+            for a in st.ins:
+                reads[a.buffer] = reads.get(a.buffer, 0) + 1
+        return reads
+
     # ----- serialization (kernel.json inside a project folder) ---------------------------------
     def to_json(self) -> str:
         return json.dumps(_to_plain(self), indent=1, sort_keys=True)
