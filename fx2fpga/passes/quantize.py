@@ -16,6 +16,7 @@ from fx2fpga_runtime.fixed import BOOL, Fixed, FormatError
 from fx2fpga_runtime.interface import MAX_PORT_WIDTH
 from fx2fpga_runtime.ir import Buffer, Kernel, Stage
 from fx2fpga_runtime.ops import NORM_INDEX_BITS, OPS_TABLE, norm_rom_values
+from fx2fpga_runtime.stochastic import SEED_KEY
 
 from ..errors import PrecisionError
 from ..handoffs import DERIVED_KEY, LR_REACH_BITS, LR_SCALED_KEY, UNIFIED_KEY, lowering_facts
@@ -51,6 +52,7 @@ class Precision:
     constant_width: int = 18
     integer_width: int = 16
     range_margin_bits: int = 1
+    sr_seed: int = 0  # the seed of stochastic rounding's generator (formats that round SR; stochastic.py)
     overrides: dict = field(default_factory=dict)
 
     @classmethod
@@ -74,6 +76,10 @@ class Precision:
                     kw[k] = _fmt(kw[k], k)
             if "accumulator" in kw and kw["accumulator"] != "auto":
                 kw["accumulator"] = _fmt(kw["accumulator"], "accumulator")
+                if kw["accumulator"].rounding == "SR":
+                    raise PrecisionError(f"accumulator {kw['accumulator']}: stochastic rounding (SR) applies to "
+                                         "what a stage writes, not to an accumulator's steps; give SR to the "
+                                         "weight, activation or gradient formats")
             kw["overrides"] = {k: _fmt(v, f"override {k}") for k, v in kw.get("overrides", {}).items()}
             return cls(**kw)
         raise PrecisionError(f"precision must be a string like 'fixed<16,6>', a dict or a Precision, got {spec!r}")
@@ -82,7 +88,7 @@ class Precision:
         return {
             "weight": str(self.weight), "activation": str(self.activation), "gradient": str(self.gradient),
             "accumulator": str(self.accumulator), "accumulator_int_bits": self.accumulator_int_bits,
-            "constant_width": self.constant_width, "overrides": {k: str(v) for k, v in sorted(self.overrides.items())},
+            "constant_width": self.constant_width, "sr_seed": self.sr_seed, "overrides": {k: str(v) for k, v in sorted(self.overrides.items())},
         }
 
 
@@ -104,6 +110,8 @@ def run(kernel: Kernel, precision: Precision) -> Kernel:
         if buf.role in ("param", "input", "target", "output") and buf.fmt.width > MAX_PORT_WIDTH:
             raise PrecisionError(f"{buf.name} ({buf.role}) is {buf.fmt}: buffers the host reads or writes "
                                  f"can be at most {MAX_PORT_WIDTH} bits wide")
+    if any(b.fmt.rounding == "SR" for b in kernel.buffers.values()):
+        kernel.meta[SEED_KEY] = int(precision.sr_seed)
     fixed = {b.name for b in kernel.buffers.values() if _override(b, precision, set()) is not None}
     notes = derived_ranges.run(kernel, fixed)
     if notes:

@@ -17,7 +17,7 @@ decided once, at compile time:
   accumulator (``|init| + points * max|term|`` inside its range), so the order of the sequential
   ``acc += term`` does not matter. The product runs in float64 (BLAS) when every partial sum is
   below 2**53 in magnitude (exact), else on int64. Otherwise (rounded or overflowing
-  accumulations) the reference runs;
+  accumulations) the reference runs, as it does for a stage whose output rounds ``SR`` (its random bits);
 - ``max``/``argmax`` reduce over the operand's axes (a guarded-off point reads the accumulator's
   minimum, as in the reference);
 - the output: a plain view when the write is injective and in range, else a scatter through the
@@ -214,6 +214,8 @@ def _round_interval(iv: Interval, shift: int, mode: str) -> Interval:
         return iv[0] << -shift, iv[1] << -shift
     if max(abs(iv[0]), abs(iv[1])) >= 1 << 62:
         return None
+    if mode == "SR":  # anywhere from the floor to the ceiling
+        return iv[0] >> shift, -((-iv[1]) >> shift)
     lo, hi = shift_round(np.array(iv, dtype=np.int64), shift, mode).tolist()  # monotone in the value
     return lo, hi
 
@@ -627,8 +629,8 @@ def compile_stage(stage: Stage, kernel: Kernel, group: int = 0, tally: Tally | N
     """``run(mem)``: ``stage`` (``GROUP_VAR`` = ``group``) specialized once, bit-exact with
     ``emulator.run_stage``; ``None`` where it has no fast path (see the module docstring). ``tally(n)`` hears
     the number of assignments to the output that overflowed in each run, where one can."""
-    if any(lp.extent == 0 for lp in stage.loops):
-        return None
+    if any(lp.extent == 0 for lp in stage.loops) or kernel.buffers[stage.out.buffer].fmt.rounding == "SR":
+        return None  # (stochastic rounding: the reference draws the random bits)
     try:
         if stage.reduce:
             return _reduction(stage, kernel, group, tally)

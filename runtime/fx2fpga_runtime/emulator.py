@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .emu_compile import compile_stage
+from . import stochastic
 from .fixed import Fixed, align, shift_round
-from .ir import GROUP_VAR, Access, Kernel, Stage
+from .ir import GROUP_VAR, MODEL_VAR, Access, Kernel, Stage
 from .ops import OPS_TABLE, OpSpec, aligned_operands, exact_frac
 
 
@@ -39,6 +40,7 @@ class Emulator:
         self._plans: dict[tuple[int, int], StagePlan] = {}  # (id(stage), group) -> its index arrays
         self._compiled: dict[str, list] = {}  # program -> its stages' run(mem) in order (``_stage_fns``)
         self.saturation = {st.out.buffer: 0 for st in kernel.stages()}  # overflowed assignments since the last read
+        self.calls = dict.fromkeys(kernel.programs, 0)  # runs of each program so far: stochastic rounding's ``t``
 
     def read_saturation(self) -> dict[str, int]:
         """The overflowed assignments to each buffer a stage writes since the last read (exact counts), and
@@ -84,6 +86,7 @@ class Emulator:
         mem = self.mem
         for fn in self._stage_fns(program):
             fn(mem)
+        self.calls[program] += 1
         return {name: self.read(name) for name in self.kernel.programs[program].outputs}
 
     def run_steps(self, program: str, inputs: dict[str, np.ndarray], steps: int) -> dict[str, np.ndarray]:
@@ -102,6 +105,7 @@ class Emulator:
                 self._put(name, arr[i])
             for fn in fns:
                 fn(mem)
+            self.calls[program] += 1
             for name, out in outs.items():
                 out[i] = mem[name]
         return outs
@@ -114,18 +118,19 @@ class Emulator:
             prog = self.kernel.programs[program]
             fns = self._compiled[program] = [
                 (compile_stage(stage, self.kernel, group, self._tally(stage.out.buffer)) if self.fast else None)
-                or self._reference(stage, group) for group in range(prog.groups) for stage in prog.stages]
+                or self._reference(stage, group, program) for group in range(prog.groups) for stage in prog.stages]
         return fns
 
-    def _reference(self, stage: Stage, group: int):
+    def _reference(self, stage: Stage, group: int, program: str):
         """``run_stage`` on ``stage`` for ``group``, its index arrays made at its first run."""
         tally = self._tally(stage.out.buffer)
+        calls = self.calls
 
         def run(mem):
             plan = self._plans.get((id(stage), group))
             if plan is None:
                 plan = self._plans[id(stage), group] = StagePlan.of(stage, self.kernel, group)
-            run_stage(stage, self.kernel, mem, plan, tally)
+            run_stage(stage, self.kernel, mem, plan, tally, calls[program])
         return run
 
 
@@ -164,6 +169,7 @@ class StagePlan:
     out_flat: np.ndarray | None  # flat positions written in the output buffer (None: a scalar buffer)
     out_shape: tuple[int, ...]
     n_red: int  # reduction points per output (1 for elementwise stages)
+    points: np.ndarray | None = None  # each assignment's point (stochastic.py), where the output rounds SR
 
     @classmethod
     def of(cls, stage: Stage, kernel: Kernel, group: int = 0) -> StagePlan:
@@ -185,7 +191,22 @@ class StagePlan:
         if stage.out.index:
             index = tuple(i.evaluate(out_grid, out_shape if stage.reduce else shape) for i in stage.out.index)
             out_flat = np.ravel_multi_index(index, kernel.buffers[stage.out.buffer].shape, mode="wrap")
-        return cls(layout, reads, out_flat, out_shape, n_red)
+        points = None
+        if kernel.buffers[stage.out.buffer].fmt.rounding == "SR":
+            points = assignment_points(stage).reshape(out_shape if stage.reduce else shape)
+        return cls(layout, reads, out_flat, out_shape, n_red, points)
+
+
+def assignment_points(stage: Stage) -> np.ndarray:
+    """Each assignment's point (``stochastic.py``), flat in the order of the stage's kept loops: the row-major
+    position over those loops except the model loop."""
+    kept = [lp for lp in stage.loops if lp.var not in stage.reduce]
+    grids = np.meshgrid(*[np.arange(lp.extent, dtype=np.int64) for lp in kept], indexing="ij")
+    p = np.zeros(grids[0].shape if grids else (), dtype=np.int64)
+    for lp, g in zip(kept, grids, strict=True):
+        if lp.var != MODEL_VAR:
+            p = p * lp.extent + g
+    return p.reshape(-1)
 
 
 def _read(access: Access, buf_shape: tuple[int, ...], grid, layout) -> Read:
@@ -237,10 +258,18 @@ def _accumulate(terms: np.ndarray, term_frac: int, init: np.ndarray, acc: Fixed)
     return a
 
 
-def _assign(fmt: Fixed, raw: np.ndarray, frac: int, points: tuple[int, ...], tally) -> np.ndarray:
+def _assign(fmt: Fixed, raw: np.ndarray, frac: int, points: tuple[int, ...], tally,
+            bits: np.ndarray | None = None) -> np.ndarray:
     """``fmt.from_raw(raw, frac)``, telling ``tally`` how many of the assignments (``raw`` broadcast to the
-    shape ``points``) have a rounded value outside ``fmt``'s range (they saturate or wrap)."""
-    rounded = shift_round(raw, frac - fmt.frac_bits, fmt.rounding)
+    shape ``points``) have a rounded value outside ``fmt``'s range (they saturate or wrap). ``bits``: the
+    random bits of an ``SR`` format's assignments (``stochastic.py``)."""
+    shift = frac - fmt.frac_bits
+    if fmt.rounding != "SR":
+        rounded = shift_round(raw, shift, fmt.rounding)
+    elif shift > 0:
+        rounded = stochastic.round_stochastic(np.broadcast_to(raw, points), shift, bits)
+    else:
+        rounded = shift_round(raw, shift, "TRN")  # exact
     if tally is not None:
         full = np.broadcast_to(rounded, points)
         outside = int(np.count_nonzero(full < fmt.raw_min)) + int(np.count_nonzero(full > fmt.raw_max))
@@ -250,9 +279,10 @@ def _assign(fmt: Fixed, raw: np.ndarray, frac: int, points: tuple[int, ...], tal
 
 
 def run_stage(stage: Stage, kernel: Kernel, mem: dict[str, np.ndarray], plan: StagePlan | None = None,
-              tally=None) -> None:
+              tally=None, call: int = 0) -> None:
     """Execute one stage, updating ``mem`` in place (``plan``: its index arrays, when already made;
-    ``tally(n)``: hears how many assignments to the output overflowed)."""
+    ``tally(n)``: hears how many assignments to the output overflowed; ``call``: how many times its program
+    ran before, for stochastic rounding)."""
     plan = plan or StagePlan.of(stage, kernel)
     fmts = [kernel.buffers[a.buffer].fmt for a in stage.ins]
     vals = [_load(r, mem, plan.layout) for r in plan.reads]
@@ -260,7 +290,8 @@ def run_stage(stage: Stage, kernel: Kernel, mem: dict[str, np.ndarray], plan: St
     spec = OPS_TABLE[stage.op]
     if not stage.reduce:
         raw, frac = _elementwise(spec, vals, fmts, stage, kernel)
-        _store(stage, mem, plan, _assign(out_buf.fmt, raw, frac, plan.layout, tally))
+        bits = _random_bits(stage, kernel, plan, call, frac)
+        _store(stage, mem, plan, _assign(out_buf.fmt, raw, frac, plan.layout, tally, bits))
         return
     acc, n_operands = stage.acc, spec.arity
     terms = spec.evaluate(vals[:n_operands], stage, kernel)
@@ -283,7 +314,17 @@ def run_stage(stage: Stage, kernel: Kernel, mem: dict[str, np.ndarray], plan: St
         result_acc = _accumulate(np.broadcast_to(terms, plan.layout), tf, init, acc)
     else:
         raise NotImplementedError(f"emulator: reduction op {stage.op!r} accumulates by {spec.accumulate!r}")
-    _store(stage, mem, plan, _assign(out_buf.fmt, result_acc, acc.frac_bits, plan.out_shape, tally))
+    bits = _random_bits(stage, kernel, plan, call, acc.frac_bits)
+    _store(stage, mem, plan, _assign(out_buf.fmt, result_acc, acc.frac_bits, plan.out_shape, tally, bits))
+
+
+def _random_bits(stage: Stage, kernel: Kernel, plan: StagePlan, call: int, frac: int) -> np.ndarray | None:
+    """The random bits of the stage's assignments in its program's call ``call`` (None: it does not round SR)."""
+    fmt = kernel.buffers[stage.out.buffer].fmt
+    if plan.points is None or frac <= fmt.frac_bits:
+        return None
+    key = stochastic.stage_key(kernel.meta.get(stochastic.SEED_KEY, 0), stage.out.buffer)
+    return stochastic.random_bits(plan.points, stochastic.call_offset(key, call), frac - fmt.frac_bits)
 
 
 def _store(stage: Stage, mem: dict[str, np.ndarray], plan: StagePlan, result: np.ndarray) -> None:

@@ -10,7 +10,8 @@ Supported modes (the ``ap_fixed`` names without the ``AP_`` prefix):
 
 - rounding ``RND`` (round half towards +inf, ``floor(v + 1/2)``), ``TRN`` (towards -inf,
   ``floor(v)``), ``RND_ZERO`` (half towards zero), ``RND_CONV`` (half to even),
-  ``TRN_ZERO`` (towards zero)
+  ``TRN_ZERO`` (towards zero), ``SR`` (stochastic: random bits added before the floor, inside a kernel
+  only, see ``stochastic.py``; conversions on the host, from floats, round ``RND``)
 - overflow ``SAT`` (clip to the range), ``WRAP`` (keep the low ``width`` bits)
 """
 
@@ -23,7 +24,10 @@ from functools import cache
 
 import numpy as np
 
-ROUNDING_MODES = ("RND", "TRN", "RND_ZERO", "RND_CONV", "TRN_ZERO")
+ROUNDING_MODES = ("RND", "TRN", "RND_ZERO", "RND_CONV", "TRN_ZERO")  # ap_fixed's: deterministic
+STOCHASTIC = "SR"
+FORMAT_ROUNDINGS = (*ROUNDING_MODES, STOCHASTIC)  # what a format may name
+HOST_ROUNDING = {"SR": "RND"}  # how a float becomes a raw integer on the host (a stochastic mode needs a stage)
 OVERFLOW_MODES = ("SAT", "WRAP")
 MAX_WIDTH = 62  # raw values and exact products of two operands must fit in int64 arithmetic
 
@@ -52,8 +56,8 @@ class Fixed:
             raise FormatError(f"width {self.width} is outside 1..{MAX_WIDTH}")
         if self.signed and self.width < 2 and self.int_bits < 1:
             raise FormatError("a signed format needs at least one integer bit for the sign")
-        if self.rounding not in ROUNDING_MODES:
-            raise FormatError(f"rounding {self.rounding!r} is not one of {', '.join(ROUNDING_MODES)}")
+        if self.rounding not in FORMAT_ROUNDINGS:
+            raise FormatError(f"rounding {self.rounding!r} is not one of {', '.join(FORMAT_ROUNDINGS)}")
         if self.overflow not in OVERFLOW_MODES:
             raise FormatError(f"overflow {self.overflow!r} is not one of {', '.join(OVERFLOW_MODES)}")
 
@@ -66,7 +70,7 @@ class Fixed:
         hint = (
             "expected 'fixed<WIDTH,INT_BITS>' or 'fixed<WIDTH,INT_BITS,ROUNDING,OVERFLOW>' (or ufixed), "
             f"e.g. 'fixed<16,6>' or 'fixed<16,6,TRN,WRAP>' (width 1..{MAX_WIDTH}; rounding: "
-            f"{', '.join(ROUNDING_MODES)}; overflow: {', '.join(OVERFLOW_MODES)})"
+            f"{', '.join(FORMAT_ROUNDINGS)}; overflow: {', '.join(OVERFLOW_MODES)})"
         )
         m = _SPEC.match(str(spec))
         if not m:
@@ -90,7 +94,8 @@ class Fixed:
     def cpp(self) -> str:
         """The ``ap_fixed`` C++ type of this format."""
         kind = "ap_fixed" if self.signed else "ap_ufixed"
-        return f"{kind}<{self.width},{self.int_bits},AP_{self.rounding},AP_{self.overflow}>"
+        rounding = "TRN" if self.rounding == "SR" else self.rounding  # the kernel adds its random bits first
+        return f"{kind}<{self.width},{self.int_bits},AP_{rounding},AP_{self.overflow}>"
 
     # ----- ranges -----------------------------------------------------------------------------
     @property
@@ -132,7 +137,7 @@ class Fixed:
         # becomes (int64's minimum, then the wrap): no warning, the result is right
         with np.errstate(over="ignore", invalid="ignore"):
             scaled = np.ldexp(x, self.frac_bits)
-            rounded = _round_float(scaled, self.rounding)  # exact integers, possibly beyond int64
+            rounded = _round_float(scaled, HOST_ROUNDING.get(self.rounding, self.rounding))  # exact integers, possibly beyond int64
             if self.overflow == "SAT":
                 rounded = np.clip(rounded, -(2.0**62), 2.0**62)  # beyond every raw range, inside int64
             else:
@@ -194,7 +199,7 @@ def quantizer(fmt: Fixed) -> Callable[[np.ndarray], np.ndarray]:
     if fmt.width > 52:
         return fmt.quantize
     f, lo, hi = fmt.frac_bits, float(fmt.raw_min), float(fmt.raw_max)
-    round_, wrap = _FAST_ROUND[fmt.rounding], fmt.overflow == "WRAP"
+    round_, wrap = _FAST_ROUND[HOST_ROUNDING.get(fmt.rounding, fmt.rounding)], fmt.overflow == "WRAP"
 
     def quantize(values) -> np.ndarray:
         x = np.asarray(values, dtype=np.float64)
@@ -231,6 +236,8 @@ def shift_round(raw, shift: int, mode: str) -> np.ndarray:
         return floor + ((v < 0) & (rem != 0))
     if mode == "RND_ZERO":
         return floor + ((rem > half) | ((rem == half) & (v < 0)))
+    if mode == "SR":
+        raise ValueError("stochastic rounding needs its random bits: fx2fpga_runtime.stochastic.round_stochastic")
     # RND_CONV: half to even
     return floor + ((rem > half) | ((rem == half) & ((floor & 1) == 1)))
 
