@@ -43,7 +43,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from fx2fpga_runtime import interface
+from fx2fpga_runtime import interface, stochastic
 from fx2fpga_runtime.ir import GROUP_VAR, Affine, Guard, Kernel, Stage
 from fx2fpga_runtime.ops import OPS_TABLE
 
@@ -171,6 +171,7 @@ class Port:
     banks: tuple[int, ...] = ()  # the banks it can hit (filled by the enumeration)
     dim_bits: tuple[int, ...] = ()  # per index: bits of its largest value before div/mod (enumerated)
     served: tuple[int, ...] = (0,)  # reads: the lanes whose operand this request's data is
+    point: Affine | None = None  # writes of a stage rounding SR: the lane's point over the counters (stochastic.py)
 
 
 @dataclass
@@ -305,10 +306,12 @@ def _stage_phase(st: Stage, kernel: Kernel, where: str, groups: int = 1, group_c
             guard = _rebase_guards(acc.guard, slots, steps, mine) + lane_guard(mine)
             ports[key] = Port(acc.buffer, index, 0, lane, o, guard=guard, served=(lane,))
         phase.reads += ports.values()
+    point = stochastic.point_affine(st) if stochastic.rounds_stochastic(st, kernel) else None
     for lane, offsets in enumerate(lane_offsets):
         index = tuple(_rebase(ix, slots, steps, offsets, st.reduce) for ix in st.out.index)
         phase.writes.append(Port(st.out.buffer, index, delay, lane, 0, last_only=bool(st.reduce),
-                                 guard=lane_guard(offsets), served=(lane,)))
+                                 guard=lane_guard(offsets), served=(lane,),
+                                 point=None if point is None else _rebase(point, slots, steps, offsets)))
     return phase
 
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .emu_compile import compile_stage
 from . import stochastic
+from .emu_compile import compile_stage
 from .fixed import Fixed, align, shift_round
-from .ir import GROUP_VAR, MODEL_VAR, Access, Kernel, Stage
+from .ir import GROUP_VAR, Access, Kernel, Stage
 from .ops import OPS_TABLE, OpSpec, aligned_operands, exact_frac
 
 
@@ -198,15 +198,12 @@ class StagePlan:
 
 
 def assignment_points(stage: Stage) -> np.ndarray:
-    """Each assignment's point (``stochastic.py``), flat in the order of the stage's kept loops: the row-major
-    position over those loops except the model loop."""
+    """Each assignment's point (``stochastic.point_affine``), flat in the order of the stage's kept loops."""
     kept = [lp for lp in stage.loops if lp.var not in stage.reduce]
     grids = np.meshgrid(*[np.arange(lp.extent, dtype=np.int64) for lp in kept], indexing="ij")
-    p = np.zeros(grids[0].shape if grids else (), dtype=np.int64)
-    for lp, g in zip(kept, grids, strict=True):
-        if lp.var != MODEL_VAR:
-            p = p * lp.extent + g
-    return p.reshape(-1)
+    grid = {lp.var: g for lp, g in zip(kept, grids, strict=True)}
+    shape = tuple(lp.extent for lp in kept)
+    return np.broadcast_to(stochastic.point_affine(stage).evaluate(grid, shape), shape).reshape(-1)
 
 
 def _read(access: Access, buf_shape: tuple[int, ...], grid, layout) -> Read:

@@ -26,6 +26,8 @@ import zlib
 
 import numpy as np
 
+from .ir import MODEL_VAR, Affine, Stage
+
 MASK32 = (1 << 32) - 1
 STEP = 0x9E3779B9  # odd (the golden ratio's 32-bit Weyl constant): t * STEP runs through every residue
 SEED_SPREAD = 0x85EBCA6B  # odd: spreads the seed over the key's bits
@@ -38,6 +40,20 @@ SEED_KEY = "sr_seed"  # kernel.meta: the seed chosen at compile time
 def stage_key(seed: int, buffer: str) -> int:
     """The key of the stage that writes ``buffer`` in a kernel compiled with ``seed``."""
     return (zlib.crc32(buffer.encode()) + (seed * SEED_SPREAD)) & MASK32
+
+
+def point_affine(stage: Stage) -> Affine:
+    """A stage's point over its loop variables: row-major over the kept loops, the model loop left out."""
+    terms, stride = [], 1
+    for lp in reversed([lp for lp in stage.loops if lp.var not in stage.reduce and lp.var != MODEL_VAR]):
+        terms.append((lp.var, stride))
+        stride *= lp.extent
+    return Affine(tuple(reversed(terms)), 0)
+
+
+def rounds_stochastic(stage: Stage, kernel) -> bool:
+    """Whether ``stage``'s output format rounds SR."""
+    return kernel.buffers[stage.out.buffer].fmt.rounding == "SR"
 
 
 def call_offset(key: int, call: int) -> int:

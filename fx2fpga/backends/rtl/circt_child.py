@@ -333,6 +333,8 @@ class _Controller:
             used |= set(ph["reduce"] if port.get("last_only") else ())
             for k in used:
                 need[t][k] = max(need[t][k], (ph["counters"][k] - 1).bit_length() or 1)
+            for k, _ in port["point"]["terms"] if "point" in port else ():
+                need[t - 1][k] = max(need[t - 1][k], (ph["counters"][k] - 1).bit_length() or 1)
         for t in range(max_tap, 0, -1):
             need[t] = [max(a, b) for a, b in zip(need[t], need[t + 1], strict=True)]
         # a phase's setup cycle clears the issues still in flight from the phase before (they are past
@@ -437,6 +439,10 @@ class _Controller:
             if port["last_only"]:
                 conds += [net.eq_const(self.counters_at[t][k], ph["counters"][k] - 1) for k in ph["reduce"]]
             hit, bank_q, addr = self.request(f"wr{w}", port, t, *conds)
+            if "srp" in port:  # the lane's point (plus its stage's key) at its output conversion, a cycle earlier
+                point = port["point"]
+                self.out[port["srp"]] = net.delayed(port["srp"] + "_q",
+                                                    self.affine_at(t - 1)(point["terms"], point["const"], 32), None)
             for b in port["banks"]:
                 wport_cases.setdefault((port["memory"], b), []).append(
                     (self.bank_hit(hit, bank_q, b), addr, port["source"][str(b)]))

@@ -29,9 +29,9 @@ import json
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
-from fx2fpga_runtime import interface, saturation
+from fx2fpga_runtime import interface, saturation, stochastic
 from fx2fpga_runtime.emu_compile import can_overflow
 from fx2fpga_runtime.fixed import Fixed
 from fx2fpga_runtime.ops import NORM_INDEX_BITS, OPS_TABLE, alignment_shifts, exact_frac, mid_format
@@ -220,7 +220,7 @@ def mac_engine(units: list[dict], name: str, pool: dict | None, cvts: _Cvts) -> 
     registers (to the shared multiplier) and converts its initial value (the bias); the engine ORs those
     (0 while a phase is not running), accumulates the shared multiplier's product, and converts the result
     once per distinct output conversion. None with fewer than two such units: nothing to share."""
-    users = [u for u in units if u["op"] == "mac" and u["exact"]]
+    users = [u for u in units if u["op"] == "mac" and u["exact"] and not u["sr"]]  # (SR: each lane its bits)
     if len(users) < 2 or pool is None:
         return None
     width = max(u["acc_width"] for u in users)
@@ -281,13 +281,27 @@ def _unit_view(phase: Phase, pid: int, kernel, name: str, cvts: _Cvts, dsp_kind:
             "ops": ops, "out_width": out_fmt.width, "stage": st,
             "origin": st.origin, "source": st.source}
     if st.reduce:
-        return _reduce_view(view, spec, kernel, cvts)
+        return _with_random_bits(_reduce_view(view, spec, kernel, cvts), cvts)
     if spec.reads_table:
-        return _table_view(view, kernel, cvts, dsp_kind)
+        return _with_random_bits(_table_view(view, kernel, cvts, dsp_kind), cvts)
     if st.op == "msub":
-        return _msub_view(view, kernel, cvts)
+        return _with_random_bits(_msub_view(view, kernel, cvts), cvts)
     if st.op in NORMALIZED_ROOTS:
-        return _normalized_view(view, kernel, cvts, dsp_kind)
+        return _with_random_bits(_normalized_view(view, kernel, cvts, dsp_kind), cvts)
+    return _with_random_bits(_elementwise_view(view, phase, kernel, cvts), cvts)
+
+
+def _with_random_bits(view: dict, cvts: _Cvts) -> dict:
+    """``view`` with ``sr``: the random bits its output conversion adds per lane (stochastic rounding; 0: none)."""
+    c = cvts.used[view["cvt_out"]]
+    view["sr"] = c.shift if c.rounding == "SR" and c.shift > 0 else 0
+    return view
+
+
+def _elementwise_view(view: dict, phase: Phase, kernel, cvts: _Cvts) -> dict:
+    """An elementwise unit: one exact result per lane, converted."""
+    st, ops, spec = view["stage"], view["ops"], OPS_TABLE[view["op"]]
+    out_fmt = kernel.buffers[st.out.buffer].fmt
     view.update(kind="elementwise", latency=sched.unit_latency(st.op))
     spelling = RTL_SPELLING[st.op]
     fr = [o["frac"] for o in ops]
@@ -300,7 +314,8 @@ def _unit_view(phase: Phase, pid: int, kernel, name: str, cvts: _Cvts, dsp_kind:
         names = {f"a{i}": f"a{i}_{lane}" for i in range(len(ops))}
         xs = {f"x{i}": _shl(f"{cast}'(a{i}_{lane})", k) for i, k in enumerate(shifts)}
         exprs.append(spelling.expr.format(rw=rw, l=lane, **names, **xs, **{f"w{i}": x for i, x in enumerate(w)}))
-    view.update(res_width=rw, exprs=exprs, cvt_out=cvts.get(rw, exact_frac(spec, fr, st, kernel), out_fmt, counted))
+    view.update(res_width=rw, exprs=exprs,
+                cvt_out=cvts.get(rw, exact_frac(spec, fr, st, kernel), out_fmt, view["counted"]))
     return view
 
 
@@ -463,6 +478,8 @@ class RtlPlan:
     engine: dict | None  # the shared accumulators of the exact mac units (mac_engine), None without two
     reset_cycles: int
     sat: dict | None = None  # the saturation counters (saturation_view), None without them
+    sr_calls: list[dict] = field(default_factory=list)  # per command with SR stages: its calls * STEP register
+    sr_step: int = stochastic.STEP
 
     @property
     def dsp_blocks(self) -> int:
@@ -489,6 +506,7 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
     counting = saturation.hardware_counters(kernel)
     phases = s.phases()
     pid = {id(p): i + 1 for i, p in enumerate(phases)}
+    command_of = {id(p): c for c, ph in s.commands.items() for p in ph}
     mems = {m.buffer: _memory_view(m) for m in s.memories.values()}
     w = _Wiring(mems)
     for ph in phases:
@@ -496,9 +514,13 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
         counted = counting and ph.kind == "stage" and can_overflow(ph.stage, kernel)
         unit = _unit_view(ph, i, kernel, name, cvts, dsp_kind, counted) if ph.kind == "stage" else None
         w.add_reads(ph, i)
-        w.add_writes(ph, i, counted)
+        key = stochastic.stage_key(kernel.meta.get(stochastic.SEED_KEY, 0), ph.stage.out.buffer) \
+            if unit is not None and unit["sr"] else None
+        w.add_writes(ph, i, counted, key)
         if unit is not None:
             w.add_unit(unit, ph, i)
+            if unit["sr"]:
+                unit["sr_call"] = f"sr_call_{_ident(command_of[id(ph)])}"
         if ph.kind == "pack":
             m = mems[ph.buffer]
             w.packs.append({"index": len(w.packs), "data": w.data_of[i, 0, 0], "width": m["width"],
@@ -533,7 +555,9 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
                    cvts=_used_cvts(w.units, engine, cvts), outputs=outputs,
                    out_sel_bits=out_sel_bits, max_in_width=max_in, muxes=w.muxes, pool=pool, engine=engine,
                    reset_cycles=max([p.write_delay for p in phases] + [sched.PACK_DELAY]) + 4,
-                   sat=saturation_view(kernel, mems) if counting else None)
+                   sat=saturation_view(kernel, mems) if counting else None,
+                   sr_calls=[{"name": f"sr_call_{_ident(c)}", "code": s.codes[c]} for c in s.commands
+                             if any(u["sr"] and u.get("sr_call") == f"sr_call_{_ident(c)}" for u in w.units)])
 
 
 def saturation_view(kernel, mems: dict) -> dict:
@@ -634,9 +658,10 @@ class _Wiring:
         for lane in port.served:
             table[i, port.operand, lane] = signal
 
-    def add_writes(self, ph, i: int, counted: bool = False) -> None:
+    def add_writes(self, ph, i: int, counted: bool = False, key: int | None = None) -> None:
         """The write requests of phase ``i``, each bank's data sources numbered (``counted``: with the lanes'
-        saturation event flags ``p<i>_ovf_<lane>``, else ``1'b0``, in ``ovf_sources``)."""
+        saturation event flags ``p<i>_ovf_<lane>``, else ``1'b0``, in ``ovf_sources``; ``key``: the stage's
+        stochastic rounding key, each lane's point plus the key as ``srp_p<i>_<lane>``)."""
         for port in ph.writes:
             mem = self.mems[port.buffer]
             if ph.kind == "unpack":  # lane l: field l of the input word (interface.py's word packing)
@@ -655,6 +680,10 @@ class _Wiring:
                                 "index": [controller.affine_spec(a) for a in port.index],
                                 "banks": list(port.banks), "tap": port.tap, "last_only": port.last_only,
                                 "source": source, "guard": _guard_spec(port.guard), "dim_bits": list(port.dim_bits)})
+            if key is not None:
+                point = controller.affine_spec(port.point)
+                point["const"] = (point["const"] + key) & stochastic.MASK32
+                self.writes[-1].update(point=point, srp=f"srp_p{i}_{port.lane}")
 
     def add_unit(self, unit: dict, ph, i: int) -> None:
         """Phase ``i``'s datapath unit, its operands' data and guard signals per lane."""
@@ -678,6 +707,7 @@ def _controller_outputs(w: _Wiring, act: dict, out_sel_bits: int) -> list[tuple[
     if out_sel_bits:
         outputs.append(("out_sel", out_sel_bits))
     outputs += [(p, 1) for p in [*w.go.values(), *w.first.values(), *act.values()]]
+    outputs += [(wr["srp"], 32) for wr in w.writes if "srp" in wr]
     for r in w.reads:
         if r["sel"]:
             outputs.append((r["sel"], w.mems[r["memory"]]["bank_bits"]))
@@ -744,6 +774,8 @@ def generate(kernel, version: str, clock_mhz: float = 100.0, dsp_kind: str = "DS
         files[f"rtl/{c['name']}.sv"] = env.get_template("rtl/cvt.sv.j2").render(banner=banner, c=c)
     for prim in ("fx2fpga_mult", "fx2fpga_ram", "fx2fpga_ram_init", "fx2fpga_rom", "fx2fpga_rom2"):
         files[f"rtl/{prim}.sv"] = env.get_template(f"rtl/{prim}.sv.j2").render(banner=banner)
+    if p.sr_calls:
+        files["rtl/fx2fpga_srbits.sv"] = env.get_template("rtl/fx2fpga_srbits.sv.j2").render(banner=banner)
     if p.engine:
         files[f"rtl/{p.engine['module']}.sv"] = env.get_template("rtl/engine.sv.j2").render(banner=banner,
                                                                                             e=p.engine)
