@@ -12,7 +12,7 @@ probability equal to the dropped fraction, so the rounding is unbiased on averag
   call; every group of models of one call shares it);
 - ``key``: the stage's key, from the kernel's seed (``Precision.sr_seed``, chosen at compile time) and the name
   of the buffer the stage writes;
-- ``x = (t * STEP + key + p) mod 2**32``, two rounds of Marsaglia's xorshift32 (13, 17, 5): ``y = mix(x)``;
+- ``x = (t * STEP + key + p) mod 2**32``, three rounds of Marsaglia's xorshift32 (13, 17, 5): ``y = mix(x)``;
 - ``R``: the top ``shift`` bits of ``y`` (``shift <= 32``), or ``y`` followed by ``shift - 32`` zero bits.
 
 ``mix`` is a bijection of 32-bit words, so for a fixed point the numbers repeat after ``2**32`` calls (``t``'s
@@ -32,7 +32,7 @@ MASK32 = (1 << 32) - 1
 STEP = 0x9E3779B9  # odd (the golden ratio's 32-bit Weyl constant): t * STEP runs through every residue
 SEED_SPREAD = 0x85EBCA6B  # odd: spreads the seed over the key's bits
 XORSHIFT = (13, 17, 5)
-ROUNDS = 2
+ROUNDS = 3  # two leave consecutive calls of a point correlated (tests/unit/test_stochastic.py)
 PERIOD = 1 << 32  # calls of a program before a point's numbers repeat
 SEED_KEY = "sr_seed"  # kernel.meta: the seed chosen at compile time
 
@@ -62,7 +62,7 @@ def call_offset(key: int, call: int) -> int:
 
 
 def mix(x: np.ndarray) -> np.ndarray:
-    """Two rounds of xorshift32 on 32-bit words held in int64 (or uint64) arrays."""
+    """``ROUNDS`` rounds of xorshift32 on 32-bit words held in int64 (or uint64) arrays."""
     y = np.asarray(x, dtype=np.uint64) & np.uint64(MASK32)
     a, b, c = (np.uint64(k) for k in XORSHIFT)
     m = np.uint64(MASK32)
@@ -87,5 +87,5 @@ def round_stochastic(raw, shift: int, bits: np.ndarray) -> np.ndarray:
 
 def describe(seed: int) -> str:
     """One line for the report: the generator, its seed and period."""
-    return (f"counter-based: two rounds of xorshift32 {XORSHIFT} of (call * {STEP:#x} + key + point) mod 2**32, "
+    return (f"counter-based: {ROUNDS} rounds of xorshift32 {XORSHIFT} of (call * {STEP:#x} + key + point) mod 2**32, "
             f"key = crc32(output buffer) + seed * {SEED_SPREAD:#x}, seed {seed}; period 2**32 calls per point")

@@ -775,7 +775,8 @@ def generate(kernel, version: str, clock_mhz: float = 100.0, dsp_kind: str = "DS
     for prim in ("fx2fpga_mult", "fx2fpga_ram", "fx2fpga_ram_init", "fx2fpga_rom", "fx2fpga_rom2"):
         files[f"rtl/{prim}.sv"] = env.get_template(f"rtl/{prim}.sv.j2").render(banner=banner)
     if p.sr_calls:
-        files["rtl/fx2fpga_srbits.sv"] = env.get_template("rtl/fx2fpga_srbits.sv.j2").render(banner=banner)
+        files["rtl/fx2fpga_srbits.sv"] = env.get_template("rtl/fx2fpga_srbits.sv.j2").render(
+            banner=banner, rounds=stochastic.ROUNDS)
     if p.engine:
         files[f"rtl/{p.engine['module']}.sv"] = env.get_template("rtl/engine.sv.j2").render(banner=banner,
                                                                                             e=p.engine)
