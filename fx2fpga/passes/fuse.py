@@ -39,7 +39,8 @@ def _fusable(a: Stage, b: Stage, kernel: Kernel, reads: dict, kept: set) -> bool
     """``b`` subtracts ``a``'s product, which nothing else reads, element for element."""
     t = a.out.buffer
     return (a.op == "mul" and b.op == "sub" and not a.reduce and not b.reduce
-            and kernel.buffers[t].role == "temp" and kernel.buffers[t].fmt.rounding != "SR" and t not in kept and reads.get(t) == 1
+            and kernel.buffers[t].role == "temp" and kernel.buffers[t].fmt.rounding != "SR"
+            and t not in kept and reads.get(t) == 1
             and b.ins[1].buffer == t and b.ins[0].buffer != t and a.loops == b.loops
             and b.ins[1].index == a.out.index and not b.ins[1].guard and not a.out.guard
             and all(x.buffer != t for x in a.ins))

@@ -88,7 +88,8 @@ class Precision:
         return {
             "weight": str(self.weight), "activation": str(self.activation), "gradient": str(self.gradient),
             "accumulator": str(self.accumulator), "accumulator_int_bits": self.accumulator_int_bits,
-            "constant_width": self.constant_width, "sr_seed": self.sr_seed, "overrides": {k: str(v) for k, v in sorted(self.overrides.items())},
+            "constant_width": self.constant_width, "sr_seed": self.sr_seed,
+            "overrides": {k: str(v) for k, v in sorted(self.overrides.items())},
         }
 
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .emu_compile import compile_stage
 from . import stochastic
+from .emu_compile import compile_stage
 from .fixed import Fixed, align, shift_round
 from .ir import GROUP_VAR, MODEL_VAR, Access, Kernel, Stage
 from .ops import OPS_TABLE, OpSpec, aligned_operands, exact_frac

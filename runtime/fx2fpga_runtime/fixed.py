@@ -137,7 +137,8 @@ class Fixed:
         # becomes (int64's minimum, then the wrap): no warning, the result is right
         with np.errstate(over="ignore", invalid="ignore"):
             scaled = np.ldexp(x, self.frac_bits)
-            rounded = _round_float(scaled, HOST_ROUNDING.get(self.rounding, self.rounding))  # exact integers, possibly beyond int64
+            # exact integers, possibly beyond int64
+            rounded = _round_float(scaled, HOST_ROUNDING.get(self.rounding, self.rounding))
             if self.overflow == "SAT":
                 rounded = np.clip(rounded, -(2.0**62), 2.0**62)  # beyond every raw range, inside int64
             else:
