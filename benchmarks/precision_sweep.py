@@ -9,8 +9,18 @@
   activation at 2, 4, 6 and 8 bits (each tensor's integer bits fitted to its range, as the default compile
   fits them; accumulators stay exact), against float accuracy.
 
-Rounding is round-to-nearest (``RND``); stochastic rounding (issue 16, item 4) is not built yet, and its column
-is ``null``.
+Each width trains twice, side by side: the swept kind's format rounding to nearest (``RND``, column ``rnd``) and
+the same format rounding stochastically (``fixed<W,I,SR,SAT>``, column ``sr``; docs/quantization.md). SR is given
+to the swept kind only and applies wherever that format is written by a stage, consistently for every kind:
+weights at their update, gradients at every backward stage output (with the SGD update folded into the gradient
+reduction, a weight's gradient is never stored: the weight's own format rounds the update), and activations at
+every forward stage output, in training and at inference alike (a stage's output rounds the same in both
+programs). Host conversions (inputs, parameters written by the host) round to nearest in both columns. SR draws
+its numbers from ``Precision.sr_seed`` (0 here): one seed, one run per point, so a single point can stray (the
+CNN's 5-bit weights with SR, 0.13 between 0.53 at 4 bits and 0.78 at 6). SR moves the weights' and gradients'
+cliffs down by 2-4 bits (the updates, mostly under half an ulp, survive on average) and does not help activations
+(their forward resolution, not a sum of small steps, is what fails). All 60 runs per model take about 30 s (MLP)
+and 70 s (CNN) here.
 
     python benchmarks/precision_sweep.py [--models mlp,cnn] [--steps 300] [--widths 2,3,4,6,8,10,12,16]
 
@@ -33,7 +43,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
-from fx2fpga_runtime.fixed import Fixed  # noqa: E402
+from fx2fpga_runtime.fixed import STOCHASTIC, Fixed  # noqa: E402
 
 import fx2fpga  # noqa: E402
 from fx2fpga.frontend.trace import trace  # noqa: E402
@@ -79,6 +89,18 @@ def _train(model, lr, prepare, data, steps: int, precision) -> float:
     return ex.accuracy(lambda xb: k.infer(prepare(xb)), x_test, y_test)
 
 
+def _train_or_error(start, lr, prepare, data, steps: int, precision) -> tuple[float | None, str | None]:
+    """``_train`` from a copy of ``start``: (accuracy, None), or (None, the error) where the format is refused."""
+    try:
+        return _train(copy.deepcopy(start), lr, prepare, data, steps, precision), None
+    except fx2fpga.errors.Fx2fpgaError as e:
+        return None, f"{type(e).__name__}: {e}"
+
+
+def _show(acc: float | None) -> str:
+    return "-" if acc is None else f"{acc:.3f}"
+
+
 def _ptq(model, prepare, data, bits: int) -> float:
     """Held-out accuracy of the float-trained ``model`` compiled for inference at ``bits`` per weight and
     activation tensor, each with the integer bits its largest value needs (on the example batch)."""
@@ -101,7 +123,8 @@ def run(models: list[str], steps: int, widths: list[int]) -> dict:
     import mlp_digits as ex
 
     data = ex.digits()
-    out = {"steps": steps, "widths": widths, "rounding": "RND", "kinds": KINDS, "models": {}}
+    out = {"steps": steps, "widths": widths, "rounding": {"rnd": "RND", "sr": "SR (the swept kind only)"},
+           "sr_seed": 0, "kinds": KINDS, "models": {}}
     for name in models:
         cls, lr, prepare = _models()[name]
         torch.manual_seed(0)
@@ -113,15 +136,14 @@ def run(models: list[str], steps: int, widths: list[int]) -> dict:
             row["train"][kind] = []
             for w in widths:
                 t0 = time.time()
-                prec = Precision(**{kind: Fixed(w, min(int_bits, w))})
-                try:
-                    acc, err = _train(copy.deepcopy(start), lr, prepare, data, steps, prec), None
-                except fx2fpga.errors.Fx2fpgaError as e:
-                    acc, err = None, f"{type(e).__name__}: {e}"
-                row["train"][kind].append({"width": w, "format": str(Fixed(w, min(int_bits, w))), "rnd": acc,
-                                           "sr": None, "error": err})
-                print(f"  {kind:10s} {w:2d} bits: {acc if acc is None else round(acc, 3)}  "
-                      f"({time.time() - t0:.1f} s)", flush=True)
+                fmt = Fixed(w, min(int_bits, w))
+                rnd, err_rnd = _train_or_error(start, lr, prepare, data, steps, Precision(**{kind: fmt}))
+                sr, err_sr = _train_or_error(start, lr, prepare, data, steps,
+                                             Precision(**{kind: fmt.with_modes(rounding=STOCHASTIC)}))
+                row["train"][kind].append({"width": w, "format": str(fmt), "rnd": rnd, "sr": sr,
+                                           "error": err_rnd or err_sr})
+                print(f"  {kind:10s} {w:2d} bits: RND {_show(rnd)}  SR {_show(sr)}  ({time.time() - t0:.1f} s)",
+                      flush=True)
         trained = copy.deepcopy(start)
         _train(trained, lr, prepare, data, steps, None)
         for bits in PTQ_BITS:
@@ -130,6 +152,11 @@ def run(models: list[str], steps: int, widths: list[int]) -> dict:
         row["ptq"]["float"] = ex.accuracy(lambda xb, m=trained, f=prepare: m(torch.from_numpy(f(xb))).detach().numpy(),
                                           data[2], data[3])
     return out
+
+
+def _column(points: list[dict], key: str) -> list[float]:
+    """One rounding's accuracies (NaN where the format was refused or the column is empty)."""
+    return [np.nan if p.get(key) is None else p[key] for p in points]
 
 
 def plot(result: dict, path: Path) -> None:
@@ -143,12 +170,13 @@ def plot(result: dict, path: Path) -> None:
     for ax, name in zip(axes, models, strict=False):
         row = result["models"][name]
         for kind, points in row["train"].items():
-            ax.plot([p["width"] for p in points], [p["rnd"] if p["rnd"] is not None else np.nan for p in points],
-                    "o-", label=f"{kind} (RND)")
+            widths = [p["width"] for p in points]
+            line, = ax.plot(widths, _column(points, "rnd"), "o-", label=f"{kind} RND")
+            ax.plot(widths, _column(points, "sr"), "s--", color=line.get_color(), mfc="none", label=f"{kind} SR")
         ax.axhline(row["float"], color="k", ls="--", label="float")
         ax.set(title=f"digits {name.upper()}: {result['steps']} training steps", xlabel="bits of one kind",
                ylabel="held-out accuracy", ylim=(0, 1))
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, ncol=2)
     ax = axes[-1]
     for name in models:
         ptq = result["models"][name]["ptq"]
