@@ -111,6 +111,21 @@ def _saturation_section(k) -> list[str]:
     return out + [""]
 
 
+def _stochastic_section(k) -> list[str]:
+    """The buffers that round SR and their generator (none: no section)."""
+    from fx2fpga_runtime import stochastic
+
+    names = [b.name for b in k.buffers.values() if b.fmt.rounding == "SR"]
+    if not names:
+        return []
+    seed = k.meta.get(stochastic.SEED_KEY, 0)
+    return ["## Stochastic rounding", "",
+            f"{len(names)} buffers round SR where a stage writes them (docs/quantization.md): "
+            f"{', '.join(f'`{n}`' for n in names)}.",
+            f"Generator: {stochastic.describe(seed)}. The same bits in emu, csim and rtl; in the RTL one "
+            "`fx2fpga_srbits` (an adder and XORs) per lane of each such stage.", ""]
+
+
 def report_text(design) -> str:
     """The report of a design as Markdown."""
     k, t = design.kernel, design.target
@@ -128,6 +143,7 @@ def report_text(design) -> str:
     out += _models_section(k)
     out += _exploration_section(design)
     out += _saturation_section(k)
+    out += _stochastic_section(k)
     out += ["## Estimated resources (before synthesis)", ""]
     rows = [[f"DSP ({t.dsp_kind})", res.dsp, t.dsp, f"{100 * res.dsp / t.dsp:.1f}%"]]
     rtl_dsp = design.rtl_dsp_blocks()

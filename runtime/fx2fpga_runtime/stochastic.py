@@ -87,5 +87,6 @@ def round_stochastic(raw, shift: int, bits: np.ndarray) -> np.ndarray:
 
 def describe(seed: int) -> str:
     """One line for the report: the generator, its seed and period."""
-    return (f"counter-based: {ROUNDS} rounds of xorshift32 {XORSHIFT} of (call * {STEP:#x} + key + point) mod 2**32, "
-            f"key = crc32(output buffer) + seed * {SEED_SPREAD:#x}, seed {seed}; period 2**32 calls per point")
+    return (f"counter-based, {ROUNDS} rounds of xorshift32 {XORSHIFT} of (call * {STEP:#x} + key + point) mod "
+            f"2**32, key = crc32(output buffer) + seed * {SEED_SPREAD:#x}, seed {seed}; period 2**32 calls of a "
+            "program at each point")

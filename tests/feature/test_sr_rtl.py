@@ -72,3 +72,14 @@ def test_stacked_models_draw_what_they_draw_alone(md):
         alone = _train(_compile(md, SR, models=model, lanes=None), batches)
         for n in alone:
             assert np.array_equal(alone[n], got[n]), n
+
+
+def test_report_states_the_generator_and_its_period(md):
+    design = _compile(md, SR)
+    text = design.report
+    section = text[text.index("## Stochastic rounding"):]
+    section = section[:section.index("\n## ")]
+    sr = sorted(b.name for b in design.kernel.buffers.values() if b.fmt.rounding == "SR")
+    assert sr and all(f"`{n}`" in section for n in sr)
+    assert "seed 3" in section and "period 2**32" in section and "3 rounds of xorshift32" in section
+    assert "## Stochastic rounding" not in _compile(md, None).report

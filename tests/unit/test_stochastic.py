@@ -89,9 +89,6 @@ def test_one_point_rounds_up_with_the_dropped_fraction_over_a_period_s_worth_of_
     assert abs(up - n * f) <= 5 * np.sqrt(n * f * (1 - f)) + 1, (up, n * f)
 
 
-@pytest.mark.xfail(strict=True, reason="two xorshift32 rounds of the Weyl sequence t * STEP + key + p leave a "
-                   "point's bits correlated over calls: the share rounded up over 800 calls strays about 4x a "
-                   "binomial's spread (3 rounds: 1.03x); stochastic.ROUNDS is part of the emu/csim/rtl spec")
 def test_one_point_rounds_up_with_the_dropped_fraction_over_a_training_run_s_calls():
     """Over 800 calls (a training run's steps) a point rounds up at f = 1/2 as independent draws would: the
     z-scores of 300 keys' up-counts spread as a standard normal's (1.5 allows for 300 samples)."""
