@@ -157,3 +157,27 @@ def test_stacked_identical_models_draw_the_same_bits(mlp_example, digits_data, m
     for _, (x, y) in sequence:
         rnd_emu.train_step(x, y)
     assert any(not np.array_equal(first[k], rnd_emu.get_params()[0][k]) for k in first)
+
+
+class Product(nn.Module):
+    def forward(self, x, y):
+        return x * y
+
+
+def test_saturation_counters_count_the_sr_rounded_value():
+    """1.5 * 85/64 is 127.5 output lsbs: rounded up (to 128, past the maximum 127: counted) or down (not counted);
+    truncated or rounded to nearest, none or all of them would count."""
+    x, y = np.full((4, 16), 1.5, np.float32), np.full((4, 16), 85 / 64, np.float32)
+    with pytest.warns(fx2fpga.QuantizationWarning):  # the output saturates, as it should here
+        design = fx2fpga.compile(Product(), (torch.from_numpy(x), torch.from_numpy(y)), target="pynq-z1",
+                                 precision={"activation": "fixed<8,2,SR,SAT>", "range_margin_bits": 0},
+                                 saturation_counters=True)
+    assert rounding_stages(design.kernel) == {"elementwise"}
+    emu, counts = design.load("emu"), []
+    with design.load("csim") as csim:
+        for _ in range(CALLS):
+            assert np.array_equal(emu.infer(x, y), csim.infer(x, y))
+            counted = csim.saturation()
+            assert counted == emu.saturation()
+            counts.append(max(counted.values()))
+    assert all(0 < n < x.size for n in counts)
