@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from fx2fpga_runtime import interface, saturation, stochastic
 from fx2fpga_runtime.emu_compile import output_interval
-from fx2fpga_runtime.fixed import STOCHASTIC, Fixed
+from fx2fpga_runtime.fixed import Fixed
 from fx2fpga_runtime.ir import GROUP_VAR, MODEL_VAR, Access, Affine, Buffer, Kernel, Stage
 from fx2fpga_runtime.ops import NORM_INDEX_BITS, OPS_TABLE, exact_frac, mid_format
 
@@ -214,13 +214,13 @@ def _read(a: Access, kernel: Kernel, fallback: tuple[Fixed, int] | None = None) 
     return f"({a.guard_expr()} ? {t}({a.c_expr()}) : {t}({literal(raw, fmt)}))"
 
 
-def _flat_position(loops) -> str:
-    """C expression of the row-major position over ``loops`` (argmax's index over the reduce loops)."""
+def _flat_position(st: Stage) -> str:
+    """C expression of the row-major position over the reduce loops (argmax's index)."""
     expr, stride = [], 1
-    for lp in reversed(loops):
+    for lp in reversed([lp for lp in st.loops if lp.var in st.reduce]):
         expr.append(lp.var if stride == 1 else f"{stride}*{lp.var}")
         stride *= lp.extent
-    return " + ".join(reversed(expr)) or "0"
+    return " + ".join(reversed(expr))
 
 
 def _zero_vars(acc: Access, names) -> Access:
@@ -302,9 +302,9 @@ def _stochastic(st: Stage, renamed: Stage, kernel: Kernel) -> dict | None:
     """How ``st`` (its loops named as in ``renamed``) rounds its output ``SR``: ``delta``, the C++ of its random
     bits ``R`` at the exact value's lsb, and ``type``, a type that holds the exact value (``sr_t``). None where
     the output does not round SR or its assignments drop no bits."""
-    fmt = kernel.buffers[st.out.buffer].fmt
-    if fmt.rounding != STOCHASTIC:
+    if not stochastic.rounds_stochastic(st, kernel):
         return None
+    fmt = kernel.buffers[st.out.buffer].fmt
     iv, frac = output_interval(st, kernel)
     shift = frac - fmt.frac_bits
     if shift <= 0:
@@ -313,12 +313,13 @@ def _stochastic(st: Stage, renamed: Stage, kernel: Kernel) -> dict | None:
         raise HlsCodegenError(f"stage {st.name}: argmax writes positions; give {st.out.buffer} a format with at least "
                               f"0 fraction bits or a rounding other than SR")
     key = stochastic.stage_key(kernel.meta.get(stochastic.SEED_KEY, 0), st.out.buffer)
-    kept = [new for old, new in zip(st.loops, renamed.loops, strict=True)
-            if old.var not in st.reduce and old.var != MODEL_VAR]
+    names = {old.var: new.var for old, new in zip(st.loops, renamed.loops, strict=True)}
+    point = stochastic.point_affine(st)
+    point = replace(point, terms=tuple((names[v], c) for v, c in point.terms))
     lo, hi = iv if iv is not None else (-(1 << 63), (1 << 63) - 1)  # div: a 64-bit raw result
     width = max(_signed_bits(lo), _signed_bits(hi))
     # R's top min(shift, 32) bits, the random word's top bits, at weights 2**-(fmt.frac_bits + 1) and below
-    delta = f"sr_delta<{min(shift, 32)},{-fmt.frac_bits}>(sr_call + {key:#x}u + ({_flat_position(kept)}))"
+    delta = f"sr_delta<{min(shift, 32)},{-fmt.frac_bits}>(sr_call + {key:#x}u + ({point.c_expr()}))"
     return {"type": f"ap_fixed<{width},{width - frac},AP_TRN,AP_WRAP>", "delta": delta}
 
 
@@ -364,7 +365,7 @@ def _stage_view(st: Stage, kernel: Kernel, func: str, counter: int | None = None
         init = literal(st.acc.raw_min, st.acc)
     else:
         init = "0"
-    position = _flat_position([lp for lp in st.loops if lp.var in st.reduce]) if spec.accumulate == "argmax" else ""
+    position = _flat_position(st) if spec.accumulate == "argmax" else ""
     acc, idx = (f"acc[{lane.var}]", f"acc_idx[{lane.var}]") if lane else ("acc", "acc_idx")
     body = HLS_SPELLING[st.op].format(acc=acc, idx=idx, acc_type=type_name(st.acc), position=position,
                                       **_operands(ins))
