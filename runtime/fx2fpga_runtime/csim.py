@@ -56,7 +56,7 @@ from .toolchain import (
 CXX_FLAGS = ("-O1", "-std=c++14", "-pipe")
 HEADERS_ENV = "FX2FPGA_CSIM_HEADERS"  # auto | fastfixed | ap_types
 FAST, VENDOR = "fastfixed", "ap_types"
-FAST_ROUNDING = ("RND", "TRN", "RND_ZERO", "RND_CONV", "TRN_ZERO")
+FAST_ROUNDING = ("RND", "TRN", "RND_ZERO", "RND_CONV", "TRN_ZERO")  # of the C++ types (SR: TRN, Fixed.cpp_rounding)
 FAST_OVERFLOW = ("SAT", "WRAP")
 FAST_MAX_BITS = 126  # every exact intermediate fits a signed __int128, with a bit to spare
 PCH_HEADER = "ap_types_pch.h"
@@ -110,11 +110,11 @@ def fastfixed_limit(kernel: Kernel) -> str | None:
     """Why the ``fastfixed`` headers cannot run ``kernel`` exactly, or None if they can."""
     for name, buf in kernel.buffers.items():
         fmt = buf.fmt
-        if fmt.rounding not in FAST_ROUNDING or fmt.overflow not in FAST_OVERFLOW or fmt.width > 64:
+        if fmt.cpp_rounding not in FAST_ROUNDING or fmt.overflow not in FAST_OVERFLOW or fmt.width > 64:
             return f"buffer {name} has the format {fmt}"
     for st in kernel.stages():
         formats = _stage_formats(st, kernel)
-        bad = [f for f in formats if f.rounding not in FAST_ROUNDING or f.overflow not in FAST_OVERFLOW]
+        bad = [f for f in formats if f.cpp_rounding not in FAST_ROUNDING or f.overflow not in FAST_OVERFLOW]
         if bad:
             return f"stage {st.name} computes in the format {bad[0]}"
         if exact_bits(formats) > FAST_MAX_BITS:

@@ -91,11 +91,15 @@ class Fixed:
         modes = "" if (self.rounding, self.overflow) == ("RND", "SAT") else f",{self.rounding},{self.overflow}"
         return f"{kind}<{self.width},{self.int_bits}{modes}>"
 
+    @property
+    def cpp_rounding(self) -> str:
+        """The ``ap_fixed`` rounding mode (no ``AP_``): ``SR`` is ``TRN``, the kernel adds its random bits first."""
+        return "TRN" if self.rounding == STOCHASTIC else self.rounding
+
     def cpp(self) -> str:
         """The ``ap_fixed`` C++ type of this format."""
         kind = "ap_fixed" if self.signed else "ap_ufixed"
-        rounding = "TRN" if self.rounding == "SR" else self.rounding  # the kernel adds its random bits first
-        return f"{kind}<{self.width},{self.int_bits},AP_{rounding},AP_{self.overflow}>"
+        return f"{kind}<{self.width},{self.int_bits},AP_{self.cpp_rounding},AP_{self.overflow}>"
 
     # ----- ranges -----------------------------------------------------------------------------
     @property

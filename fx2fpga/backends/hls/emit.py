@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from fx2fpga_runtime import interface, saturation
+from fx2fpga_runtime import interface, saturation, stochastic
 from fx2fpga_runtime.emu_compile import output_interval
 from fx2fpga_runtime.fixed import Fixed
 from fx2fpga_runtime.ir import GROUP_VAR, MODEL_VAR, Access, Affine, Buffer, Kernel, Stage
@@ -85,7 +85,8 @@ HLS_SPELLING = {
 _RESERVED = {
     "acc", "acc_idx", "cmd", "in_words", "in_word", "out_words", "offset", "pos", "raw_bits", "tbl_r", "tbl_i", "tbl_t",
     "tbl_lo", "tbl_hi", "tbl_y", "nd_b", "nd_n", "nd_k", "nd_e", "nd_s", "nd_m", "nd_p", "nd_y", "main",
-    "sat_t", "sat_v", "sat_count", "sat_check", "read_saturation",
+    "sat_t", "sat_v", "sat_count", "sat_check", "read_saturation", "sr_t", "sr_v", "sr_call", "sr_calls", "sr_delta",
+    "SR_STEP",
     "IN_WORDS", "OUT_WORDS",
     "auto", "bool", "break", "case", "char", "const", "continue", "default", "do", "double", "else",
     "enum", "extern", "float", "for", "goto", "if", "int", "long", "register", "return", "short",
@@ -172,6 +173,8 @@ class StageView:
     position: str = ""  # argmax: the flat index of the current reduction point
     body: str = ""  # the op's C++ (HLS_SPELLING): an elementwise loop body, or a reduction's step
     sat: dict | None = None  # its saturation counter (``_saturation_check``), when it has one
+    sr: dict | None = None  # its stochastic rounding (``_stochastic``), when its output rounds SR
+    result: str = ""  # reductions: the value assigned to the output (the accumulator, plus SR's random bits)
 
 
 def _rename_vars(st: Stage, taken) -> Stage:
@@ -283,7 +286,7 @@ def _saturation_check(st: Stage, kernel: Kernel, counter: int) -> dict:
     if width > TABLE_RAW_WIDTH:
         raise HlsCodegenError(f"stage {st.name}: its saturation counter would check {width}-bit values (at most "
                               f"{TABLE_RAW_WIDTH}); compile without saturation_counters")
-    return {"type": f"ap_fixed<{width},{width - fmt.frac_bits},AP_{fmt.rounding},AP_WRAP>",
+    return {"type": f"ap_fixed<{width},{width - fmt.frac_bits},AP_{fmt.cpp_rounding},AP_WRAP>",
             "lo": f"{fmt.raw_min}LL", "hi": f"{fmt.raw_max}LL", "k": counter}
 
 
@@ -293,7 +296,40 @@ def _counted_body(body: str, out: str, sat: dict) -> str:
             f"{out} = sat_v;")
 
 
-def _stage_view(st: Stage, kernel: Kernel, func: str, counter: int | None = None) -> StageView:
+# ----- stochastic rounding (fx2fpga_runtime/stochastic.py) ----------------------------------------------
+
+def _stochastic(st: Stage, renamed: Stage, kernel: Kernel) -> dict | None:
+    """How ``st`` (its loops named as in ``renamed``) rounds its output ``SR``: ``delta``, the C++ of its random
+    bits ``R`` at the exact value's lsb, and ``type``, a type that holds the exact value (``sr_t``). None where
+    the output does not round SR or its assignments drop no bits."""
+    if not stochastic.rounds_stochastic(st, kernel):
+        return None
+    fmt = kernel.buffers[st.out.buffer].fmt
+    iv, frac = output_interval(st, kernel)
+    shift = frac - fmt.frac_bits
+    if shift <= 0:
+        return None
+    if OPS_TABLE[st.op].accumulate == "argmax":
+        raise HlsCodegenError(f"stage {st.name}: argmax writes positions; give {st.out.buffer} a format with at least "
+                              f"0 fraction bits or a rounding other than SR")
+    key = stochastic.stage_key(kernel.meta.get(stochastic.SEED_KEY, 0), st.out.buffer)
+    names = {old.var: new.var for old, new in zip(st.loops, renamed.loops, strict=True)}
+    point = stochastic.point_affine(st)
+    point = replace(point, terms=tuple((names[v], c) for v, c in point.terms))
+    lo, hi = iv if iv is not None else (-(1 << 63), (1 << 63) - 1)  # div: a 64-bit raw result
+    width = max(_signed_bits(lo), _signed_bits(hi))
+    # R's top min(shift, 32) bits, the random word's top bits, at weights 2**-(fmt.frac_bits + 1) and below
+    delta = f"sr_delta<{min(shift, 32)},{-fmt.frac_bits}>(sr_call + {key:#x}u + ({point.c_expr()}))"
+    return {"type": f"ap_fixed<{width},{width - frac},AP_TRN,AP_WRAP>", "delta": delta}
+
+
+def _rounded_body(body: str, out: str, sr: dict) -> str:
+    """An elementwise body that assigns the exact value to ``sr_v`` (``sr_t``), then ``sr_v`` plus the random
+    bits to ``out``: the output's truncation is ``floor((raw + R) / 2**shift)``."""
+    return f"sr_t sr_v;\n{body}\n{out} = sr_v + {sr['delta']};"
+
+
+def _stage_view(st: Stage, kernel: Kernel, func: str, counter: int | None = None, sr: dict | None = None) -> StageView:
     out_fmt = kernel.buffers[st.out.buffer].fmt
     spec = OPS_TABLE[st.op]
     if not st.reduce:
@@ -307,13 +343,15 @@ def _stage_view(st: Stage, kernel: Kernel, func: str, counter: int | None = None
         if "mid" in spec.attrs:
             params["M"] = type_name(mid_format(st))
         sat = None if counter is None else _saturation_check(st, kernel, counter)
-        if sat is None:
-            body = HLS_SPELLING[st.op].format(out=st.out.c_expr(), T=type_name(out_fmt), **_operands(ins), **params)
+        out, T = ("sat_v", "sat_t") if sat else (st.out.c_expr(), type_name(out_fmt))
+        if sr is None:
+            body = HLS_SPELLING[st.op].format(out=out, T=T, **_operands(ins), **params)
         else:
-            body = _counted_body(HLS_SPELLING[st.op].format(out="sat_v", T="sat_t", **_operands(ins), **params),
-                                 st.out.c_expr(), sat)
+            body = _rounded_body(HLS_SPELLING[st.op].format(out="sr_v", T="sr_t", **_operands(ins), **params), out, sr)
+        if sat:
+            body = _counted_body(body, st.out.c_expr(), sat)
         return StageView(func, st, "elementwise", st.out.c_expr(), type_name(out_fmt), ins,
-                         loops + ([lane] if lane else []), body=body + "\n", sat=sat)
+                         loops + ([lane] if lane else []), body=body + "\n", sat=sat, sr=sr)
     keep = [lp for lp in st.loops if lp.var not in st.reduce]
     loops, lane = _lane_loops(st, keep)
     red = [LoopView(f"{lp.var}_loop", lp.var, lp.extent) for lp in st.loops if lp.var in st.reduce]
@@ -331,9 +369,10 @@ def _stage_view(st: Stage, kernel: Kernel, func: str, counter: int | None = None
     acc, idx = (f"acc[{lane.var}]", f"acc_idx[{lane.var}]") if lane else ("acc", "acc_idx")
     body = HLS_SPELLING[st.op].format(acc=acc, idx=idx, acc_type=type_name(st.acc), position=position,
                                       **_operands(ins))
+    result = idx if position else acc if sr is None else f"{acc} + {sr['delta']}"
     view = StageView(func, st, "reduce", _zero_vars(st.out, st.reduce).c_expr(), type_name(out_fmt), ins,
                      loops, red, lane, acc_type=type_name(st.acc), init=init, position=position, body=body + "\n",
-                     sat=None if counter is None else _saturation_check(st, kernel, counter))
+                     sat=None if counter is None else _saturation_check(st, kernel, counter), sr=sr, result=result)
     if lane:  # loop labels are per function: each copy of the lane loop gets its own
         view.lane_init = replace(lane, label=f"{lane.label}_init")
         view.lane_write = replace(lane, label=f"{lane.label}_write")
@@ -397,6 +436,7 @@ def _context(kernel: Kernel, version: str) -> dict:
     types = [{"name": type_name(f), "cpp": f.cpp(), "fmt": str(f)} for f in sorted(formats)]
     counters = _counters(kernel)
     programs, funcs = [], {}  # funcs: C function name -> (the IR stage, its view)
+    sr_programs = 0  # programs with a stage that rounds SR: each has a call counter
     taken = set(kernel.buffers) | {t["name"] for t in types} | {GROUP_VAR}
     for prog in kernel.programs.values():
         views = []
@@ -411,11 +451,16 @@ def _context(kernel: Kernel, version: str) -> dict:
             while func in taken or (func in funcs and funcs[func][0] is not st):
                 func += "_"
             if func not in funcs:
-                funcs[func] = (st, _stage_view(_rename_vars(st, taken), kernel, func, counters.get(st.out.buffer)))
+                renamed = _rename_vars(st, taken)
+                funcs[func] = (st, _stage_view(renamed, kernel, func, counters.get(st.out.buffer),
+                                               _stochastic(st, renamed, kernel)))
             views.append(funcs[func][1])
         size = next((lp.extent for st in prog.stages for lp in st.loops if lp.var == MODEL_VAR), 1)
+        rounds_sr = any(view.sr for view in views)
         programs.append({"name": prog.name, "func": f"run_{prog.name}", "stages": views,
-                         "inputs": prog.inputs, "outputs": prog.outputs, "groups": prog.groups, "group_size": size})
+                         "inputs": prog.inputs, "outputs": prog.outputs, "groups": prog.groups, "group_size": size,
+                         "sr_call": f"sr_calls[{sr_programs}]" if rounds_sr else ""})
+        sr_programs += rounds_sr
     unpacked = sorted({p.buffer for c in commands for p in c.ins}, key=list(kernel.buffers).index)
     packed = sorted({p.buffer for c in commands for p in c.outs}, key=list(kernel.buffers).index)
     in_words, out_words = interface.port_words(kernel)
@@ -433,6 +478,8 @@ def _context(kernel: Kernel, version: str) -> dict:
         "in_words": in_words, "out_words": out_words, "partitions": _partitions(kernel),
         "unpacked": [_unpack_view(kernel, by_name[n]) for n in unpacked], "packed": [by_name[n] for n in packed],
         "saturation": sat,
+        "stochastic": {"programs": sr_programs, "step": f"{stochastic.STEP:#x}", "shifts": stochastic.XORSHIFT,
+                       "rounds": stochastic.ROUNDS} if sr_programs else None,
     }
 
 

@@ -9,7 +9,7 @@
 //   - on construction and assignment from another fixed value, an integer or a double: rounding (the
 //     target's Q), then overflow (its O); +=, -=, *=; comparisons between fixed values and with integers;
 //   - .range(hi, lo) read (into ap_int / ap_uint) and write (from an integer); to_int64, to_uint64,
-//     to_double.
+//     to_double; on ap_uint, <<, >> (the width stays) and ^, ^= (stochastic rounding's hash).
 // A value is stored as its raw two's-complement integer (raw = value * 2**F, F = W - I): a long long up to
 // 64 bits (63 unsigned), an __int128 up to 128. Anything wider does not compile: a static_assert whose
 // message starts with "fastfixed:" says so, and the csim backend then builds with the vendor headers.
@@ -415,6 +415,16 @@ template <int W> struct ap_uint : ff::fixed<W, W, false, AP_TRN, AP_WRAP> {
     FF_INLINE long long to_int64() const { return (long long)Base::raw; }
     FF_INLINE unsigned long long to_uint64() const { return (unsigned long long)Base::raw; }
     FF_INLINE unsigned to_uint() const { return (unsigned)Base::raw; }
+    // Shifts (0 <= s < W; the width stays, like the vendor's) and xor: stochastic rounding's xorshift.
+    FF_INLINE ap_uint operator<<(int s) const { return bits(unsigned_raw(Base::raw) << s); }
+    FF_INLINE ap_uint operator>>(int s) const { return bits(unsigned_raw(Base::raw) >> s); }
+    FF_INLINE ap_uint operator^(const ap_uint &b) const { return bits(unsigned_raw(Base::raw) ^ unsigned_raw(b.raw)); }
+    FF_INLINE ap_uint &operator^=(const ap_uint &b) { return *this = *this ^ b; }
+
+  private:
+    typedef typename Base::raw_type raw_type;
+    typedef typename ff::unsigned_of<raw_type>::type unsigned_raw;
+    static FF_INLINE ap_uint bits(unsigned_raw u) { return Base(ff::raw_tag(), ff::wrap_bits<W, false>(raw_type(u))); }
 };
 
 #undef FF_PUBLIC_MEMBERS
