@@ -300,7 +300,8 @@ def run_stage(stage: Stage, kernel: Kernel, mem: dict[str, np.ndarray], plan: St
             v = np.where(mask, v, acc.raw_min)
         if spec.accumulate == "argmax":  # np.argmax takes the first maximum, as the sequential ``>`` does
             idx = np.argmax(v, axis=-1) if plan.n_red else np.zeros(plan.out_shape, np.int64)
-            _store(stage, mem, plan, _assign(out_buf.fmt, idx, 0, plan.out_shape, tally))
+            bits = _random_bits(stage, kernel, plan, call, 0)
+            _store(stage, mem, plan, _assign(out_buf.fmt, idx, 0, plan.out_shape, tally, bits))
             return
         result_acc = np.maximum(np.full(plan.out_shape, acc.raw_min, dtype=np.int64), v.max(axis=-1))
     elif spec.accumulate == "add":

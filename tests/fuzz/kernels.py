@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from fx2fpga_runtime.fixed import OVERFLOW_MODES, ROUNDING_MODES, Fixed
+from fx2fpga_runtime.fixed import FORMAT_ROUNDINGS, OVERFLOW_MODES, ROUNDING_MODES, Fixed
 from fx2fpga_runtime.ir import Access, Affine, Buffer, Kernel, Loop, Program, Stage
 from fx2fpga_runtime.ops import NORM_INDEX_BITS, OPS_TABLE, norm_rom_values
 from hypothesis import strategies as st
@@ -84,9 +84,11 @@ class Chain:
 # ----- formats ------------------------------------------------------------------------------------------
 
 @st.composite
-def formats(draw, max_width: int = MAX_WIDTH, frac_max: int | None = None, frac_min: int | None = None) -> Fixed:
+def formats(draw, max_width: int = MAX_WIDTH, frac_max: int | None = None, frac_min: int | None = None,
+            roundings: tuple[str, ...] = ROUNDING_MODES) -> Fixed:
     """A format of width 1..max_width, frac bits in ``-4..width + 4`` cut to ``[frac_min, frac_max]`` (where
-    the cut leaves nothing, the bound nearest to the width's range), any sign, rounding and overflow mode."""
+    the cut leaves nothing, the bound nearest to the width's range), any sign, overflow mode and rounding of
+    ``roundings`` (a stage's output may round SR; an accumulator, a product's ``mid`` or an input may not)."""
     width = draw(st.integers(1, max_width))
     signed = draw(st.booleans())
     lo, hi = -FRAC_MARGIN, width + FRAC_MARGIN
@@ -99,7 +101,7 @@ def formats(draw, max_width: int = MAX_WIDTH, frac_max: int | None = None, frac_
     frac = draw(st.integers(lo, hi))
     if signed and width == 1 and frac > 0:
         signed = False  # a signed 1-bit format needs its one bit for the sign
-    rounding = draw(st.sampled_from(ROUNDING_MODES))
+    rounding = draw(st.sampled_from(roundings))
     overflow = draw(st.sampled_from(OVERFLOW_MODES))
     return Fixed(width, width - frac, signed, rounding, overflow)
 
@@ -255,7 +257,8 @@ def elementwise_stage(draw, chain: Chain, head: Tensor, op: str, name: str, last
         exact = exact_result(op, [head.fmt], attrs, chain.buffers)
     axes = union_axes(ins)
     keep = draw(st.booleans())
-    fmt = draw(formats(max_width=PORT_WIDTH if last or keep else MAX_WIDTH, frac_max=assign_frac_max(*exact)))
+    fmt = draw(formats(max_width=PORT_WIDTH if last or keep else MAX_WIDTH, frac_max=assign_frac_max(*exact),
+                       roundings=FORMAT_ROUNDINGS))
     out = chain.add(name, axes, fmt, output_role(last, fmt.width, keep))
     loops = draw(loop_nest(axes, chain))
     accesses = draw(reads(ins, chain))
@@ -292,8 +295,9 @@ def reduction_stage(draw, chain: Chain, head: Tensor, op: str, name: str, last: 
     acc = draw(formats(max_width=acc_w, frac_min=tfrac + acc_w - EXACT_BITS, frac_max=frac_max))
     keep = draw(st.booleans())
     res_bits, res_frac = (8, 0) if op == "argmax" else (acc.width, acc.frac_bits)
-    fmt = draw(formats(max_width=PORT_WIDTH if last or keep else MAX_WIDTH, frac_max=assign_frac_max(res_bits,
-                                                                                                   res_frac)))
+    fmt = draw(formats(max_width=PORT_WIDTH if last or keep else MAX_WIDTH,
+                       frac_max=assign_frac_max(res_bits, res_frac),
+                       roundings=ROUNDING_MODES if op == "argmax" else FORMAT_ROUNDINGS))  # argmax: a position
     out = chain.add(name, out_axes, fmt, output_role(last, fmt.width, keep))
     accesses = draw(reads(ins if init is None else [*ins, init], chain))
     chain.stages.append(Stage(name, op, loops, write(out), accesses, reduce=reduce, acc=acc,

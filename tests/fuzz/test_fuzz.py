@@ -14,7 +14,7 @@ import os
 import numpy as np
 import pytest
 from fx2fpga_runtime.emulator import Emulator
-from fx2fpga_runtime.fixed import OVERFLOW_MODES, ROUNDING_MODES
+from fx2fpga_runtime.fixed import FORMAT_ROUNDINGS, OVERFLOW_MODES
 from fx2fpga_runtime.ops import OPS_TABLE
 
 from fx2fpga.backends.common import check_stage
@@ -38,7 +38,7 @@ def test_generator_covers_ops_modes_and_format_edges(generated):
     cases, kernel = generated
     assert all(n > 0 for n in op_counts(cases).values()), op_counts(cases)
     fmts = [b.fmt for b in kernel.buffers.values()] + [s.acc for s in kernel.stages() if s.acc]
-    assert {f.rounding for f in fmts} == set(ROUNDING_MODES) and {f.overflow for f in fmts} == set(OVERFLOW_MODES)
+    assert {f.rounding for f in fmts} == set(FORMAT_ROUNDINGS) and {f.overflow for f in fmts} == set(OVERFLOW_MODES)
     widths = {f.width for f in fmts}
     assert 1 in widths and max(widths) >= 38 and {True, False} <= {f.signed for f in fmts}
     assert any(f.int_bits < 0 for f in fmts) and any(f.int_bits > f.width for f in fmts)
