@@ -45,9 +45,18 @@ def md():
 
 @pytest.mark.slow
 def test_rtl_rounds_stochastically_as_the_emulator(md):
-    design = _compile(md, SR)
+    """Training steps (the parameters read back after each) and back-to-back inferences (nothing between the
+    calls: the call counter must step at the edge that takes the next command)."""
+    design = _compile(md, {**SR, "activation": "fixed<12,4,SR,SAT>"})
     assert "rtl/fx2fpga_srbits.sv" in design.files()
-    sequence = [("train_step", (xb, yb)) for xb, yb in _batches(md)]
+    batches = _batches(md)
+    emu = design.load("emu")
+    with design.load("rtl") as rtl:
+        for xb, _ in batches[:3]:
+            raw = emu._quantize_inputs("infer", [xb])
+            want, got = emu.call_raw("infer", raw), rtl.call_raw("infer", raw)
+            assert all(np.array_equal(want[n], got[n]) for n in want)
+    sequence = [("train_step", (xb, yb)) for xb, yb in batches]
     sequence.append(("infer", (sequence[0][1][0],)))
     assert_backend_equals_emu(design, "rtl", sequence)
 
