@@ -13,7 +13,7 @@ from fx2fpga_runtime.testbench import VECTORS, vectors_text
 from ..backends.common import template_env
 from ..backends.hls import emit as hls
 from ..backends.rtl import emit as verilog
-from ..passes import estimate
+from ..passes import estimate, placement
 from ..version import __version__
 
 REGISTER_MAP = interface.REGISTER_MAP  # one map for the HLS and the RTL kernel (rtl/<name>_axi.v)
@@ -68,6 +68,9 @@ def manifest(design) -> dict:
         **({"outer_lanes": {s.name: [s.outer_lanes, s.outer_lane_var] for s in k.stages() if s.outer_lanes > 1}}
            if any(s.outer_lanes > 1 for s in k.stages()) else {}),
         "estimated_resources": {"dsp": res.dsp, "bram36": res.bram36, "memory_bits": res.memory_bits},
+        "buffers": [{"buffer": p.buffer, "place": p.place, "role": p.role, "values": p.values, "width": p.width,
+                     "bytes": p.bytes} for p in placement.placements(k)],
+        "placement": placement.totals(k, t),
         "outputs": design.outputs,
         "rtl_cycles": design.rtl_cycles(),
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..passes import estimate
+from ..passes import estimate, placement
 from ..passes.quant_report import report_lines
 
 
@@ -180,12 +180,24 @@ def report_text(design) -> str:
                  f"{estimate.program_cycles(k, c):,}" if c in k.programs else ""] for c, n in rtl.items()]
         out += _table(["command", "cycles", f"us at {t.clock_mhz:g} MHz", "HLS estimate"], rows)
         out += ["", "The RTL runs stages one after the other; `rtl/schedule.md` has every phase.", ""]
-    out += ["## Buffers", ""]
-    rows = [[f"`{b.name}`", "x".join(map(str, b.shape)) or "scalar", b.fmt, b.role, b.kind,
-             f"{b.size * b.fmt.width:,}"] for b in k.buffers.values()]
-    out += _table(["buffer", "shape", "format", "role", "kind", "bits"], rows)
-    out.append("")
+    out += _buffers_section(k, t)
     return "\n".join(out)
+
+
+def _buffers_section(k, t) -> list[str]:
+    """Every buffer with its place (on chip or in DDR), bits and bytes, and the totals against the block RAM."""
+    out = ["## Buffers", ""]
+    rows = [[f"`{b.name}`", "x".join(map(str, b.shape)) or "scalar", b.fmt, b.role, b.kind, p.place,
+             f"{p.bits:,}", f"{p.bytes:,}"] for b, p in zip(k.buffers.values(), placement.placements(k), strict=True)]
+    out += _table(["buffer", "shape", "format", "role", "kind", "place", "bits", "bytes"], rows)
+    tot = placement.totals(k, t)
+    chip, ddr, bram = tot[placement.CHIP], tot[placement.DDR], tot["bram_bytes"]
+    out += ["", f"On chip: {chip['buffers']} buffers, {chip['bytes']:,} bytes ({100 * chip['bytes'] / bram:.1f}% of "
+            f"{t.name}'s {bram:,} bytes of block RAM: {t.bram36} BRAM36 x {placement.BRAM36_BYTES:,}); "
+            f"{chip['bits']:,} bits as stored on chip. In DDR: {ddr['buffers']} buffers, {ddr['bytes']:,} bytes. "
+            "Bytes count whole bytes per value (a DDR copy); bits, the format's width per value; block RAM holds "
+            "the bits in banks of its own shapes (the BRAM36 estimate above).", ""]
+    return out
 
 
 def rtl_model_resources(project_dir: Path):

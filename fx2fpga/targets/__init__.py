@@ -21,6 +21,30 @@ class TargetFileError(Fx2fpgaError, ValueError):
     """A target TOML file is malformed: a field is missing, unknown, or of the wrong type or range."""
 
 
+AXI4_MAX_BURST_BEATS = 256  # an AXI4 INCR burst: AxLEN is 8 bits (AXI3: 4 bits, 16 beats)
+
+
+@dataclass(frozen=True)
+class DdrBus:
+    """The path from the fabric to the board's DDR, as the tiling pass will cost it (the ``[ddr]`` table of a target
+    file; docs/offchip.md): a kernel's AXI master reaches the DDR through one port of ``bytes_per_cycle`` bytes per
+    fabric cycle, in bursts of at most ``port_burst_beats`` beats there (the master may issue up to
+    ``burst_beats``; longer ones are split on the way), the first beat of a read arriving ``read_latency_cycles``
+    after the request; ``mbytes_for_pl`` is what the driver can allocate for the kernel's buffers."""
+
+    port: str  # which port: "S_AXI_HP0"
+    bytes_per_cycle: int  # the port's data width in bytes: one beat per fabric cycle
+    burst_beats: int  # the longest burst the kernel's AXI master issues (AXI4: up to 256)
+    port_burst_beats: int  # the longest burst the port itself takes (Zynq-7000 HP ports are AXI3: 16)
+    read_latency_cycles: int  # fabric cycles from a read request to its first beat
+    mbytes_for_pl: int  # MB of DDR the driver can hand the kernel (contiguous memory)
+    source: str  # where the figures come from (the file's comments say which figure from where)
+
+    def peak_mbytes_per_s(self, clock_mhz: float) -> float:
+        """The port's peak rate at the fabric clock: one beat of ``bytes_per_cycle`` per cycle, in MB/s."""
+        return self.bytes_per_cycle * clock_mhz
+
+
 @dataclass(frozen=True)
 class Target:
     """An FPGA board: its part, fabric clock and resource budget, processor system and toolchain."""
@@ -42,6 +66,7 @@ class Target:
     board_clock_pin: str | None = None  # the package pin of that oscillator
     bus_mbytes_per_s: float | None = None  # host <-> fabric bandwidth the kernel's data crosses (measured)
     bus_source: str | None = None  # where that figure comes from
+    ddr: DdrBus | None = None  # the fabric's path to DDR, for buffers placed off chip (None: the board has none)
 
 
 _REQUIRED_STR = ("name", "description", "part", "family", "dsp_kind", "toolchain")
@@ -55,7 +80,7 @@ def _parse(source: str, text: str) -> Target:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise TargetFileError(f"{source}: not valid TOML: {exc}") from exc
-    known = {f.name for f in fields(Target)}
+    known = {f.name for f in fields(Target)}  # ddr is a table: read by _ddr
     unknown = sorted(set(data) - known)
     if unknown:
         raise TargetFileError(f"{source}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
@@ -85,6 +110,7 @@ def _parse(source: str, text: str) -> Target:
         raise TargetFileError(f"{source}: bus_mbytes_per_s must be a positive number of MB/s, got {bus!r}")
     if data["family"] == "ecp5":
         _check_ecp5(source, data)
+    ddr = _ddr(source, data["ddr"]) if "ddr" in data else None
     return Target(
         name=data["name"],
         description=data["description"],
@@ -103,7 +129,43 @@ def _parse(source: str, text: str) -> Target:
         board_clock_pin=data.get("board_clock_pin"),
         bus_mbytes_per_s=float(bus) if bus is not None else None,
         bus_source=data.get("bus_source"),
+        ddr=ddr,
     )
+
+
+_DDR_INT = ("bytes_per_cycle", "burst_beats", "port_burst_beats", "read_latency_cycles", "mbytes_for_pl")
+
+
+def _ddr(source: str, table) -> DdrBus:
+    """The ``[ddr]`` table of a target file: every field of ``DdrBus``, positive whole numbers where they count,
+    a power-of-two port width, bursts within AXI4's 256 beats and the port's within the master's."""
+    if not isinstance(table, dict):
+        raise TargetFileError(f"{source}: ddr must be a table ([ddr]) with {', '.join(f.name for f in fields(DdrBus))}")
+    known = [f.name for f in fields(DdrBus)]
+    unknown = sorted(set(table) - set(known))
+    missing = [k for k in known if k not in table]
+    if unknown or missing:
+        raise TargetFileError(f"{source}: [ddr] " + "; ".join(
+            ([f"unknown field(s) {', '.join(unknown)}"] if unknown else [])
+            + ([f"missing field(s) {', '.join(missing)}"] if missing else [])) + f"; it takes {', '.join(known)}")
+    for key in ("port", "source"):
+        if not isinstance(table[key], str) or not table[key].strip():
+            raise TargetFileError(f"{source}: [ddr] {key} must be a non-empty string, got {table[key]!r}")
+    for key in _DDR_INT:
+        value = table[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise TargetFileError(f"{source}: [ddr] {key} must be a positive integer, got {value!r}")
+    width = table["bytes_per_cycle"]
+    if width & (width - 1):
+        raise TargetFileError(f"{source}: [ddr] bytes_per_cycle must be a power of two (an AXI data width: 4, 8, "
+                              f"16, ... bytes), got {width}")
+    if table["burst_beats"] > AXI4_MAX_BURST_BEATS:
+        raise TargetFileError(f"{source}: [ddr] burst_beats {table['burst_beats']} is over AXI4's "
+                              f"{AXI4_MAX_BURST_BEATS}-beat limit")
+    if table["port_burst_beats"] > table["burst_beats"]:
+        raise TargetFileError(f"{source}: [ddr] port_burst_beats {table['port_burst_beats']} is over burst_beats "
+                              f"{table['burst_beats']} (the master's bursts are split to the port's, not merged)")
+    return DdrBus(**table)
 
 
 @dataclass(frozen=True)
@@ -175,4 +237,5 @@ def load_target(name: str | Target) -> Target:
     return registry[key]
 
 
-__all__ = ["TOOLCHAINS", "Ecp5Part", "Target", "TargetFileError", "ecp5_part", "list_targets", "load_target"]
+__all__ = ["AXI4_MAX_BURST_BEATS", "TOOLCHAINS", "DdrBus", "Ecp5Part", "Target", "TargetFileError", "ecp5_part",
+           "list_targets", "load_target"]

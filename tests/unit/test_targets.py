@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from fx2fpga.errors import UnknownTargetError
-from fx2fpga.targets import Target, TargetFileError, _parse, list_targets, load_target
+from fx2fpga.targets import DdrBus, Target, TargetFileError, _parse, list_targets, load_target
 
 
 def test_pynq_z1_numbers():
@@ -85,6 +85,67 @@ def test_minimal_toml_parses_with_optional_fields_absent():
 def test_malformed_toml_errors_name_file_and_field(edit, words):
     with pytest.raises(TargetFileError) as info:
         _parse("bad.toml", edit(GOOD))
+    message = str(info.value)
+    assert message.startswith("bad.toml: ")
+    for w in words:
+        assert w in message
+
+
+def test_zynq_boards_carry_the_ddr_path_figures():
+    """The figures the tiling pass costs DDR tiles with (docs/offchip.md), each sourced in the TOML's comments."""
+    for name in ("pynq-z1", "pynq-z2"):
+        t = load_target(name)
+        assert t.ddr is not None
+        ddr = t.ddr
+        assert (ddr.port, ddr.bytes_per_cycle, ddr.burst_beats, ddr.port_burst_beats) == ("S_AXI_HP0", 8, 256, 16)
+        assert (ddr.read_latency_cycles, ddr.mbytes_for_pl) == (40, 128)
+        assert "UG585" in ddr.source and "estimate" in ddr.source  # the latency is an estimate and says so
+        assert ddr.peak_mbytes_per_s(t.clock_mhz) == 800.0  # 64 bits a cycle at 100 MHz
+        assert ddr.peak_mbytes_per_s(t.clock_mhz) > t.bus_mbytes_per_s  # the port's peak is above the DMA measured
+
+
+def test_ulx3s_has_no_ddr_path():
+    assert load_target("ulx3s").ddr is None  # SDR SDRAM on pins, no hard controller: no [ddr] table
+
+
+DDR = """
+[ddr]
+port = "S_AXI_HP0"
+bytes_per_cycle = 8
+burst_beats = 256
+port_burst_beats = 16
+read_latency_cycles = 40
+mbytes_for_pl = 128
+source = "s"
+"""
+
+
+def test_ddr_table_parses_into_a_frozen_record():
+    ddr = _parse("x.toml", GOOD + DDR).ddr
+    assert ddr == DdrBus("S_AXI_HP0", 8, 256, 16, 40, 128, "s")
+    assert _parse("x.toml", GOOD).ddr is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ddr.burst_beats = 16  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "edit,words",
+    [
+        (lambda s: s.replace("bytes_per_cycle = 8", "bytes_per_cycle = 6"), ["bytes_per_cycle", "power of two"]),
+        (lambda s: s.replace("bytes_per_cycle = 8", "bytes_per_cycle = 0"), ["bytes_per_cycle", "positive"]),
+        (lambda s: s.replace("burst_beats = 256", "burst_beats = 512"), ["burst_beats 512", "256"]),
+        (lambda s: s.replace("\nburst_beats = 256", "\nburst_beats = 8"),
+         ["port_burst_beats 16", "over burst_beats 8"]),
+        (lambda s: s.replace("read_latency_cycles = 40", "read_latency_cycles = 4.5"), ["read_latency_cycles"]),
+        (lambda s: s.replace("mbytes_for_pl = 128\n", ""), ["[ddr]", "missing", "mbytes_for_pl"]),
+        (lambda s: s + "width_bits = 64\n", ["[ddr]", "unknown", "width_bits"]),
+        (lambda s: s.replace('source = "s"', 'source = ""'), ["[ddr] source", "non-empty"]),
+        (lambda s: s.replace("[ddr]\n", "ddr = 5\n").split("\nport")[0], ["ddr must be a table"]),
+    ],
+)
+def test_malformed_ddr_table_errors_name_file_and_field(edit, words):
+    with pytest.raises(TargetFileError) as info:
+        _parse("bad.toml", GOOD + edit(DDR))
     message = str(info.value)
     assert message.startswith("bad.toml: ")
     for w in words:
