@@ -416,6 +416,11 @@ class _Controller:
         operand; answers (memory, bank) -> [(hit, address)]."""
         net, out = self.net, self.out
         raddr_cases: dict[tuple[str, int], list] = {}
+        users: dict[str, int] = {}
+        for port in self.spec["reads"]:
+            if port.get("sel"):
+                users[port["sel"]] = users.get(port["sel"], 0) + 1
+        shared: dict[str, list] = {}  # a multiplexer several phases read through: (hit, bank) per request
         for r, port in enumerate(self.spec["reads"]):
             ok = self.guard_ok(port, 0)  # a guarded-off request takes no port
             ok_q = net.delayed(f"rd{r}_ok", net.and_(ok)) if port.get("ok") else None
@@ -424,8 +429,14 @@ class _Controller:
                 raddr_cases.setdefault((port["memory"], b), []).append((self.bank_hit(hit, bank_q, b), addr))
             if port.get("ok"):
                 out[port["ok"]] = self.delay(port["ok"], ok_q, self.tap_operand - self.tap_addr)
-            if port.get("sel"):
-                out[port["sel"]] = self.delay(port["sel"], bank_q, self.tap_operand - 1 - self.tap_addr)
+            sel, cycles = port.get("sel"), self.tap_operand - 1 - self.tap_addr
+            if sel and users[sel] == 1:
+                out[sel] = self.delay(sel, bank_q, cycles)
+            elif sel:
+                shared.setdefault(sel, []).append((self.delay(f"rd{r}_selhit", hit, cycles),
+                                                   self.delay(f"rd{r}_sel", bank_q, cycles)))
+        for sel, cases in shared.items():
+            out[sel] = net.onehot(cases, net.width(cases[0][1]))
         return raddr_cases
 
     def writes(self) -> dict[tuple[str, int], list]:

@@ -627,6 +627,7 @@ class _Wiring:
         self.in_bits = 0  # the input word's bits any unpack phase writes
         self.go: dict[str, str] = {}
         self.first: dict[str, str] = {}
+        self.shared: dict[tuple, list[dict]] = {}  # (buffer, banks) -> the read multiplexers over those banks
         self.data_of: dict[tuple[int, int, int], str] = {}  # (phase id, operand, lane) -> data expression
         self.ok_of: dict[tuple[int, int, int], str] = {}  # (phase id, operand, lane) -> "the guarded read happened"
 
@@ -635,12 +636,11 @@ class _Wiring:
         for r, port in enumerate(ph.reads):
             mem = self.mems[port.buffer]
             mem["read_banks"].update(port.banks)
-            sel = f"rsel_p{i}_r{r}" if len(port.banks) > 1 else None
-            if sel:  # a bank known at run time: a registered multiplexer picks its data
-                self._serve(self.data_of, i, port, f"data_p{i}_r{r}")
-                self.muxes.append({"name": f"data_p{i}_r{r}", "sel": sel, "sel_bits": mem["bank_bits"],
-                                   "width": mem["width"],
-                                   "banks": [(b, f"rdq_{port.buffer}_{b}") for b in port.banks]})
+            sel = None
+            if len(port.banks) > 1:  # a bank known at run time: a registered multiplexer picks its data
+                mux = self._multiplexer(port, i, r)
+                sel = mux["sel"]
+                self._serve(self.data_of, i, port, mux["name"])
             else:  # one bank: its data's second register, shared by every request of that bank
                 self._serve(self.data_of, i, port, f"rdd_{port.buffer}_{port.banks[0]}")
                 mem["direct_banks"].add(port.banks[0])
@@ -651,6 +651,22 @@ class _Wiring:
                                "index": [controller.affine_spec(a) for a in port.index],
                                "banks": list(port.banks), "sel": sel, "ok": ok, "guard": _guard_spec(port.guard),
                                "dim_bits": list(port.dim_bits)})
+
+    def _multiplexer(self, port, i: int, r: int) -> dict:
+        """The registered multiplexer over ``port``'s banks that read ``r`` of phase ``i`` takes: one an earlier
+        phase reads those banks through (phases never overlap; the controller ORs their selects, each 0 while
+        its request does not hit), else a new one."""
+        muxes = self.shared.setdefault((port.buffer, tuple(port.banks)), [])
+        for mux in muxes:
+            if i not in mux["phases"]:
+                mux["phases"].append(i)
+                return mux
+        mem = self.mems[port.buffer]
+        mux = {"name": f"data_p{i}_r{r}", "sel": f"rsel_p{i}_r{r}", "sel_bits": mem["bank_bits"],
+               "width": mem["width"], "banks": [(b, f"rdq_{port.buffer}_{b}") for b in port.banks], "phases": [i]}
+        muxes.append(mux)
+        self.muxes.append(mux)
+        return mux
 
     @staticmethod
     def _serve(table: dict, i: int, port, signal: str) -> None:
@@ -708,8 +724,10 @@ def _controller_outputs(w: _Wiring, act: dict, out_sel_bits: int) -> list[tuple[
         outputs.append(("out_sel", out_sel_bits))
     outputs += [(p, 1) for p in [*w.go.values(), *w.first.values(), *act.values()]]
     outputs += [(wr["srp"], 32) for wr in w.writes if "srp" in wr]
+    sels = set()
     for r in w.reads:
-        if r["sel"]:
+        if r["sel"] and r["sel"] not in sels:
+            sels.add(r["sel"])
             outputs.append((r["sel"], w.mems[r["memory"]]["bank_bits"]))
         if r["ok"]:
             outputs.append((r["ok"], 1))
