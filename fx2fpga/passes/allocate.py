@@ -72,7 +72,7 @@ def lane_costs(plan, costs: dict) -> dict[str, LaneCost]:
         addr_bits = sum(sum(p["dim_bits"]) for p in ports)
         data_bits = sum(o["width"] for o in u["ops"]) + u["out_width"]
         out[u["stage"].name] = LaneCost(
-            lut=adder * lut["adder_bits"] + addr_bits * lut["ctrl_bits"],
+            lut=adder * lut["adder_bits"] + addr_bits * lut["ctrl_bits"] + resources.unit_sr_bits(u) * lut["sr_bits"],
             ff=reg * ff["unit_reg_bits"] + data_bits * ff["mem_reg_bits"],
             dsp=dsp, bram36=bram)
     return out

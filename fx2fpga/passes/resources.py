@@ -30,7 +30,7 @@ from ..errors import Fx2fpgaError
 from . import schedule as sched
 
 COSTS_FILE = "xc7_rtl_costs.json"
-LUT_FEATURES = ("const", "adder_bits", "cvt_bits", "select_bits", "ctrl_bits", "lutram_luts", "rom_bits")
+LUT_FEATURES = ("const", "adder_bits", "cvt_bits", "select_bits", "ctrl_bits", "lutram_luts", "rom_bits", "sr_bits")
 FF_FEATURES = ("const", "unit_reg_bits", "mem_reg_bits", "pool_reg_bits", "ctrl_bits")
 
 
@@ -195,6 +195,11 @@ def _unit_reg_bits(u: dict) -> int:
     return ops + u["res_width"] + u["out_width"]
 
 
+def unit_sr_bits(u: dict) -> int:
+    """One lane's stochastic rounding bits (``fx2fpga_srbits``): its 32-bit adder and the random bits it mixes."""
+    return 32 + u["sr"] if u.get("sr") else 0
+
+
 def _shifter_bits(u: dict) -> int:
     """A division unit's two variable shifts as multiplexers: the divisor's normalization, the product's shift."""
     return u["t"] * u["sw"] + u["pw"] * u["ew"]
@@ -267,10 +272,11 @@ def _ctrl_bits(p) -> float:
 
 def rtl_features(p) -> dict[str, float]:
     """The resource model's features of an ``RtlPlan`` (each a count of bits or LUTs; see the module doc)."""
-    f = dict.fromkeys(("adder_bits", "cvt_bits", "unit_reg_bits", "table_rom_bits", "table_bram36"), 0.0)
+    f = dict.fromkeys(("adder_bits", "cvt_bits", "unit_reg_bits", "table_rom_bits", "table_bram36", "sr_bits"), 0.0)
     f["const"] = 1.0
     for u in p.units:
         lanes = u["lanes"]
+        f["sr_bits"] += lanes * unit_sr_bits(u)
         f["adder_bits"] += lanes * _unit_adder_bits(u)
         f["cvt_bits"] += lanes * _unit_cvt_bits(u)
         f["unit_reg_bits"] += lanes * _unit_reg_bits(u)

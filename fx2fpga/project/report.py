@@ -123,7 +123,9 @@ def _stochastic_section(k) -> list[str]:
             f"{len(names)} buffers round SR where a stage writes them (docs/quantization.md): "
             f"{', '.join(f'`{n}`' for n in names)}.",
             f"Generator: {stochastic.describe(seed)}. The same bits in emu, csim and rtl; in the RTL one "
-            "`fx2fpga_srbits` (an adder and XORs) per lane of each such stage.", ""]
+            "`fx2fpga_srbits` (an adder and XORs) per lane of each such stage, about 2 LUT per bit of its adder "
+            "and random bits (measured with Yosys on the digits MLP at lanes 4: 34 lanes, 3,012 LUT), and those "
+            "stages keep their own accumulators instead of the shared MAC engine's.", ""]
 
 
 def report_text(design) -> str:

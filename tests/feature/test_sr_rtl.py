@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import fx2fpga
+from fx2fpga.passes import resources
 
 from ..conftest import assert_backend_equals_emu, load_example
 
@@ -92,3 +93,15 @@ def test_report_states_the_generator_and_its_period(md):
     assert sr and all(f"`{n}`" in section for n in sr)
     assert "seed 3" in section and "period 2**32" in section and "3 rounds of xorshift32" in section
     assert "## Stochastic rounding" not in _compile(md, None).report
+
+
+def test_resource_model_counts_each_lane_s_random_bits(md):
+    """The model's ``sr_bits``: per SR lane a 32-bit adder plus its random bits, as the top instantiates them."""
+    import re
+
+    design = _compile(md, SR)
+    top = design.files()[f"rtl/{design.name}_top.sv"]
+    widths = [int(w) for w in re.findall(r"fx2fpga_srbits #\(\.SH\((\d+)\)\)", top)]
+    assert widths and resources.rtl_features(design.rtl_plan())["sr_bits"] == sum(32 + w for w in widths)
+    plain = _compile(md, {k: v.replace(",SR,SAT", "") for k, v in SR.items() if k != "sr_seed"})
+    assert resources.rtl_features(plain.rtl_plan())["sr_bits"] == 0
