@@ -88,15 +88,12 @@ def _parse(source: str, text: str) -> Target:
     if missing:
         raise TargetFileError(f"{source}: missing field(s) {', '.join(missing)}")
     for key in _REQUIRED_STR:
-        if not isinstance(data[key], str) or not data[key].strip():
-            raise TargetFileError(f"{source}: {key} must be a non-empty string, got {data[key]!r}")
+        _check_text(source, key, data[key])
     for key in _OPTIONAL_STR:
         if key in data and (not isinstance(data[key], str) or not data[key].strip()):
             raise TargetFileError(f"{source}: {key} must be a non-empty string or left out, got {data[key]!r}")
     for key in _POSITIVE_INT:
-        value = data[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise TargetFileError(f"{source}: {key} must be a positive integer, got {value!r}")
+        _check_count(source, key, data[key])
     clock = data["clock_mhz"]
     if isinstance(clock, bool) or not isinstance(clock, int | float) or not 0 < clock < 10_000:
         raise TargetFileError(f"{source}: clock_mhz must be a number of MHz in (0, 10000), got {clock!r}")
@@ -133,6 +130,18 @@ def _parse(source: str, text: str) -> Target:
     )
 
 
+def _check_text(source: str, key: str, value) -> None:
+    """A target file's ``key`` must be a non-empty string."""
+    if not isinstance(value, str) or not value.strip():
+        raise TargetFileError(f"{source}: {key} must be a non-empty string, got {value!r}")
+
+
+def _check_count(source: str, key: str, value) -> None:
+    """A target file's ``key`` must be a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise TargetFileError(f"{source}: {key} must be a positive integer, got {value!r}")
+
+
 _DDR_INT = ("bytes_per_cycle", "burst_beats", "port_burst_beats", "read_latency_cycles", "mbytes_for_pl")
 
 
@@ -149,12 +158,9 @@ def _ddr(source: str, table) -> DdrBus:
             ([f"unknown field(s) {', '.join(unknown)}"] if unknown else [])
             + ([f"missing field(s) {', '.join(missing)}"] if missing else [])) + f"; it takes {', '.join(known)}")
     for key in ("port", "source"):
-        if not isinstance(table[key], str) or not table[key].strip():
-            raise TargetFileError(f"{source}: [ddr] {key} must be a non-empty string, got {table[key]!r}")
+        _check_text(source, f"[ddr] {key}", table[key])
     for key in _DDR_INT:
-        value = table[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise TargetFileError(f"{source}: [ddr] {key} must be a positive integer, got {value!r}")
+        _check_count(source, f"[ddr] {key}", table[key])
     width = table["bytes_per_cycle"]
     if width & (width - 1):
         raise TargetFileError(f"{source}: [ddr] bytes_per_cycle must be a power of two (an AXI data width: 4, 8, "
