@@ -7,7 +7,12 @@ as kernels written out by hand, so that they stay the same when the generator ch
   ``RND``: the rounding reads the bit at 2**-1, beyond the source's MSB. Only the C simulation on the
   ``ap_types`` headers is affected (``fastfixed``, the default where it covers the formats, and the RTL
   compute it right). Not fixed here (it needs the HLS emitter to widen such a source before the
-  conversion): an ``xfail(strict=True)`` test.
+  conversion): an ``xfail(strict=True)`` test. Fuzz case 194 of the session-14 campaign (seed 0) is one more
+  of these (``fixed<2,-2>`` into ``fixed<7,7,RND_CONV,WRAP>``): fastfixed and the RTL agree with the emulator.
+- ``signed_negative_int_bits_against_unsigned`` (fuzz case 196 of that campaign): the ``ap_types`` headers, and
+  ``fastfixed`` after them, compare an ``ap_fixed`` with negative integer bits against an ``ap_ufixed`` wrongly
+  (``ap_fixed<31,-3>`` -0.04 ``<`` ``ap_ufixed<30,24>`` 0 is false). Fixed: comparisons cast both operands to
+  a signed type that holds them (``hls.emit.common_type``).
 """
 
 from __future__ import annotations
@@ -19,6 +24,19 @@ from fx2fpga_runtime.ir import Access, Buffer, Kernel, Program, Stage
 from fx2fpga_runtime.runner import EmuBackend, KernelRunner
 
 from .harness import run_kernel
+
+
+def compare_kernel(op: str, pairs: list[tuple[str, str]], name: str = "cmp") -> Kernel:
+    """``y = op(a, b)`` on scalars into ``ufixed<1,1>``, one chain per ``(format of a, format of b)``."""
+    buffers, stages = {}, []
+    for n, (fa, fb) in enumerate(pairs):
+        a, b = Buffer(f"c{n}_x0", (), Fixed.parse(fa), "input"), Buffer(f"c{n}_x1", (), Fixed.parse(fb), "input")
+        y = Buffer(f"c{n}_s0", (), Fixed.parse("ufixed<1,1>"), "output")
+        buffers |= {a.name: a, b.name: b, y.name: y}
+        stages.append(Stage(y.name, op, (), Access(y.name, ()), (Access(a.name, ()), Access(b.name, ()))))
+    inputs = [b for b in buffers if "_x" in b]
+    return Kernel(name, buffers, {"infer": Program("infer", inputs, [b for b in buffers if "_s" in b], stages)},
+                  params=[])
 
 
 def copy_kernel(pairs: list[tuple[str, str]], name: str = "reg") -> Kernel:
@@ -59,3 +77,20 @@ def test_all_bits_below_lsb_emulator_values():
     out = KernelRunner(k, EmuBackend(k)).call_raw("infer", {"c0_x0": np.array(1), "c1_x0": np.array(-1),
                                                             "c2_x0": np.array(3)})
     assert [int(out[f"c{n}_s0"]) for n in range(3)] == [0, 0, 1]
+
+
+SIGNED_NEGATIVE_INT_VS_UNSIGNED = [("fixed<31,-3,TRN,WRAP>", "ufixed<30,24,RND_CONV,WRAP>"),
+                                   ("ufixed<30,24>", "fixed<31,-3>"), ("fixed<8,-2>", "ufixed<4,4>")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["csim", "csim-ap_types", "rtl"])
+@pytest.mark.parametrize("op", ["lt", "ge", "eq"])
+def test_signed_negative_int_bits_against_unsigned_compares_like_the_emulator(op, backend, tmp_path):
+    k = compare_kernel(op, SIGNED_NEGATIVE_INT_VS_UNSIGNED)
+    vectors = [{"c0_x0": np.array(-729689102), "c0_x1": np.array(0), "c1_x0": np.array(0), "c1_x1": np.array(-1),
+                "c2_x0": np.array(-1), "c2_x1": np.array(0)}]
+    want = KernelRunner(k, EmuBackend(k)).call_raw("infer", vectors[0])
+    assert [int(want[f"c{n}_s0"]) for n in range(3)] == {"lt": [1, 0, 1], "ge": [0, 1, 0], "eq": [0, 0, 0]}[op]
+    result = run_kernel(k, tmp_path, (backend,), vectors=vectors)
+    assert not result.mismatches, [str(m) for m in result.mismatches]

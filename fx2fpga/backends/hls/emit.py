@@ -72,7 +72,7 @@ HLS_SPELLING = {
     "mul": "{out} = {a0} * {a1};",
     "msub": "{out} = {a0} - {M}({a1} * {a2});",
     "select": "{out} = ({a0} != 0) ? {T}({a1}) : {T}({a2});",
-    **{op: f"{{out}} = ({{a0}} {c} {{a1}}) ? {{T}}(1) : {{T}}(0);" for op, c in COMPARE_OPS.items()},
+    **{op: f"{{out}} = ({{C}}({{a0}}) {c} {{C}}({{a1}})) ? {{T}}(1) : {{T}}(0);" for op, c in COMPARE_OPS.items()},
     "table": _HLS_TABLE,
     "div": _HLS_NORMALIZED,
     "div_sqrt": _HLS_NORMALIZED,
@@ -112,6 +112,14 @@ def type_name(fmt: Fixed) -> str:
 def literal(raw: int, fmt: Fixed) -> str:
     """An exact C++ double literal of the value ``raw / 2**frac_bits`` (shortest round-trip form)."""
     return repr(math.ldexp(float(raw), -fmt.frac_bits))
+
+
+def common_type(fmts: list[Fixed]) -> str:
+    """A signed ``ap_fixed`` that holds every value of ``fmts`` exactly: operands compare in it (ap_types compares
+    ``ap_fixed<31,-3>`` with ``ap_ufixed<30,24>`` wrongly: -0.04 < 0 is false; fuzz case 196)."""
+    frac = max(f.frac_bits for f in fmts)
+    int_bits = max(f.int_bits + (0 if f.signed else 1) for f in fmts)
+    return f"ap_fixed<{max(1, int_bits + frac)},{int_bits}>"
 
 
 def _c_name(text: str) -> str:
@@ -342,6 +350,8 @@ def _stage_view(st: Stage, kernel: Kernel, func: str, counter: int | None = None
             params = _normalized_params(st, kernel)
         if "mid" in spec.attrs:
             params["M"] = type_name(mid_format(st))
+        if st.op in COMPARE_OPS:
+            params["C"] = common_type([kernel.buffers[a.buffer].fmt for a in st.ins])
         sat = None if counter is None else _saturation_check(st, kernel, counter)
         out, T = ("sat_v", "sat_t") if sat else (st.out.c_expr(), type_name(out_fmt))
         if sr is None:
