@@ -70,7 +70,7 @@ HLS_SPELLING = {
     "add": "{out} = {a0} + {a1};",
     "sub": "{out} = {a0} - {a1};",
     "mul": "{out} = {a0} * {a1};",
-    "msub": "{out} = {a0} - {M}({a1} * {a2});",
+    "msub": "{out} = {a0} - {M}({P});",
     "select": "{out} = ({a0} != 0) ? {T}({a1}) : {T}({a2});",
     **{op: f"{{out}} = ({{C}}({{a0}}) {c} {{C}}({{a1}})) ? {{T}}(1) : {{T}}(0);" for op, c in COMPARE_OPS.items()},
     "table": _HLS_TABLE,
@@ -331,10 +331,55 @@ def _stochastic(st: Stage, renamed: Stage, kernel: Kernel) -> dict | None:
     return {"type": f"ap_fixed<{width},{width - frac},AP_TRN,AP_WRAP>", "delta": delta}
 
 
+def _reaching_lsb(st: Stage, kernel: Kernel, fmt: Fixed | None = None) -> str | None:
+    """A type for the value a stage assigns to its output whose bits reach the bit below the output's LSB, where
+    the value's own type may not: the ``ap_types`` headers abort ("Attempting to read bit beyond MSB") when a
+    rounding reads a bit above the source's MSB (docs/fuzzing.md). ``fmt``: the source's format (a reduction's
+    accumulator); else the exact result's range. None where no bit is missing."""
+    out = kernel.buffers[st.out.buffer].fmt
+    if fmt is not None:
+        return reaching_type(_signed_int_bits(fmt), fmt.frac_bits, out)
+    iv, frac = output_interval(st, kernel)
+    if iv is None:
+        return None
+    return reaching_type(max(_signed_bits(iv[0]), _signed_bits(iv[1])) - frac, frac, out)
+
+
+def _signed_int_bits(fmt: Fixed) -> int:
+    """Integer bits of the signed type that holds ``fmt``."""
+    return fmt.int_bits + (0 if fmt.signed else 1)
+
+
+def reaching_type(int_bits: int, frac: int, target: Fixed) -> str | None:
+    """A signed type holding a source (``int_bits``, ``frac``: its signed integer and fraction bits) whose MSB
+    reaches the bit below ``target``'s LSB, where the source drops bits and its own MSB does not reach it (the
+    ``ap_types`` abort, ``_reaching_lsb``); None where no bit is missing."""
+    if frac <= target.frac_bits or int_bits > -target.frac_bits:
+        return None
+    int_bits = 1 - target.frac_bits
+    return f"ap_fixed<{int_bits + frac},{int_bits},AP_TRN,AP_WRAP>"
+
+
 def _rounded_body(body: str, out: str, sr: dict) -> str:
     """An elementwise body that assigns the exact value to ``sr_v`` (``sr_t``), then ``sr_v`` plus the random
     bits to ``out``: the output's truncation is ``floor((raw + R) / 2**shift)``."""
     return f"sr_t sr_v;\n{body}\n{out} = sr_v + {sr['delta']};"
+
+
+def _elementwise_params(st: Stage, kernel: Kernel, ins: list[str]) -> dict:
+    """The numbers and types an elementwise op's spelling prints besides its operands ``ins``."""
+    spec = OPS_TABLE[st.op]
+    params = _table_params(st, kernel) if spec.reads_table else {}
+    if "rom" in spec.attrs:
+        params = _normalized_params(st, kernel)
+    if "mid" in spec.attrs:
+        params["M"] = type_name(mid_format(st))
+        b, c = (kernel.buffers[a.buffer].fmt for a in st.ins[1:3])
+        wide = reaching_type(_signed_int_bits(b) + _signed_int_bits(c), b.frac_bits + c.frac_bits, mid_format(st))
+        params["P"] = f"{wide}({ins[1]} * {ins[2]})" if wide else f"{ins[1]} * {ins[2]}"  # the product
+    if st.op in COMPARE_OPS:
+        params["C"] = common_type([kernel.buffers[a.buffer].fmt for a in st.ins])
+    return params
 
 
 def _stage_view(st: Stage, kernel: Kernel, func: str, counter: int | None = None, sr: dict | None = None) -> StageView:
@@ -345,16 +390,14 @@ def _stage_view(st: Stage, kernel: Kernel, func: str, counter: int | None = None
         if loops:
             loops[-1].pipeline = True  # the innermost loop that is not unrolled
         ins = [_read(a, kernel) for a in st.ins]
-        params = _table_params(st, kernel) if spec.reads_table else {}
-        if "rom" in spec.attrs:
-            params = _normalized_params(st, kernel)
-        if "mid" in spec.attrs:
-            params["M"] = type_name(mid_format(st))
-        if st.op in COMPARE_OPS:
-            params["C"] = common_type([kernel.buffers[a.buffer].fmt for a in st.ins])
+        params = _elementwise_params(st, kernel, ins)
         sat = None if counter is None else _saturation_check(st, kernel, counter)
         out, T = ("sat_v", "sat_t") if sat else (st.out.c_expr(), type_name(out_fmt))
-        if sr is None:
+        wide = None if sr or sat else _reaching_lsb(st, kernel)
+        if wide:  # the exact value in a type reaching the output's LSB, then assigned
+            body = (f"{wide} lsb_v;\n" + HLS_SPELLING[st.op].format(out="lsb_v", T=wide, **_operands(ins), **params)
+                    + f"\n{out} = lsb_v;")
+        elif sr is None:
             body = HLS_SPELLING[st.op].format(out=out, T=T, **_operands(ins), **params)
         else:
             body = _rounded_body(HLS_SPELLING[st.op].format(out="sr_v", T="sr_t", **_operands(ins), **params), out, sr)
@@ -369,6 +412,10 @@ def _stage_view(st: Stage, kernel: Kernel, func: str, counter: int | None = None
     operands = spec.arity
     skip = (st.acc, st.acc.raw_min) if spec.skips_guarded else None  # a guarded-off point is skipped
     ins = [_read(a, kernel, skip) for a in st.ins[:operands]]
+    if spec.acc_init == "minimum":  # max, argmax: the operand is assigned to the accumulator's format
+        a0 = kernel.buffers[st.ins[0].buffer].fmt
+        wide = reaching_type(_signed_int_bits(a0), a0.frac_bits, st.acc)
+        ins[0] = f"{wide}({ins[0]})" if wide else ins[0]
     if len(st.ins) > operands:
         init = _zero_vars(st.ins[operands], st.reduce).c_expr()
     elif spec.acc_init == "minimum":
@@ -379,7 +426,8 @@ def _stage_view(st: Stage, kernel: Kernel, func: str, counter: int | None = None
     acc, idx = (f"acc[{lane.var}]", f"acc_idx[{lane.var}]") if lane else ("acc", "acc_idx")
     body = HLS_SPELLING[st.op].format(acc=acc, idx=idx, acc_type=type_name(st.acc), position=position,
                                       **_operands(ins))
-    result = idx if position else acc if sr is None else f"{acc} + {sr['delta']}"
+    wide = _reaching_lsb(st, kernel, st.acc) if not position and sr is None else None
+    result = idx if position else (f"{wide}({acc})" if wide else acc) if sr is None else f"{acc} + {sr['delta']}"
     view = StageView(func, st, "reduce", _zero_vars(st.out, st.reduce).c_expr(), type_name(out_fmt), ins,
                      loops, red, lane, acc_type=type_name(st.acc), init=init, position=position, body=body + "\n",
                      sat=None if counter is None else _saturation_check(st, kernel, counter), sr=sr, result=result)
