@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from . import stochastic
 from .fixed import Fixed, shift_round
 from .ir import GROUP_VAR, Access, Affine, Kernel, Stage
 from .ops import OPS_TABLE, alignment_shifts, exact_frac, mid_format
@@ -629,7 +630,7 @@ def compile_stage(stage: Stage, kernel: Kernel, group: int = 0, tally: Tally | N
     """``run(mem)``: ``stage`` (``GROUP_VAR`` = ``group``) specialized once, bit-exact with
     ``emulator.run_stage``; ``None`` where it has no fast path (see the module docstring). ``tally(n)`` hears
     the number of assignments to the output that overflowed in each run, where one can."""
-    if any(lp.extent == 0 for lp in stage.loops) or kernel.buffers[stage.out.buffer].fmt.rounding == "SR":
+    if any(lp.extent == 0 for lp in stage.loops) or stochastic.rounds_stochastic(stage, kernel):
         return None  # (stochastic rounding: the reference draws the random bits)
     try:
         if stage.reduce:

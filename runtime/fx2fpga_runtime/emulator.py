@@ -192,7 +192,7 @@ class StagePlan:
             index = tuple(i.evaluate(out_grid, out_shape if stage.reduce else shape) for i in stage.out.index)
             out_flat = np.ravel_multi_index(index, kernel.buffers[stage.out.buffer].shape, mode="wrap")
         points = None
-        if kernel.buffers[stage.out.buffer].fmt.rounding == "SR":
+        if stochastic.rounds_stochastic(stage, kernel):
             points = assignment_points(stage).reshape(out_shape if stage.reduce else shape)
         return cls(layout, reads, out_flat, out_shape, n_red, points)
 

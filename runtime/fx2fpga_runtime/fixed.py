@@ -27,7 +27,6 @@ import numpy as np
 ROUNDING_MODES = ("RND", "TRN", "RND_ZERO", "RND_CONV", "TRN_ZERO")  # ap_fixed's: deterministic
 STOCHASTIC = "SR"
 FORMAT_ROUNDINGS = (*ROUNDING_MODES, STOCHASTIC)  # what a format may name
-HOST_ROUNDING = {"SR": "RND"}  # how a float becomes a raw integer on the host (a stochastic mode needs a stage)
 OVERFLOW_MODES = ("SAT", "WRAP")
 MAX_WIDTH = 62  # raw values and exact products of two operands must fit in int64 arithmetic
 
@@ -92,6 +91,11 @@ class Fixed:
         return f"{kind}<{self.width},{self.int_bits}{modes}>"
 
     @property
+    def host_rounding(self) -> str:
+        """How a float becomes a raw integer on the host: ``SR`` rounds ``RND`` (its random bits need a stage)."""
+        return "RND" if self.rounding == STOCHASTIC else self.rounding
+
+    @property
     def cpp_rounding(self) -> str:
         """The ``ap_fixed`` rounding mode (no ``AP_``): ``SR`` is ``TRN``, the kernel adds its random bits first."""
         return "TRN" if self.rounding == STOCHASTIC else self.rounding
@@ -142,7 +146,7 @@ class Fixed:
         with np.errstate(over="ignore", invalid="ignore"):
             scaled = np.ldexp(x, self.frac_bits)
             # exact integers, possibly beyond int64
-            rounded = _round_float(scaled, HOST_ROUNDING.get(self.rounding, self.rounding))
+            rounded = _round_float(scaled, self.host_rounding)
             if self.overflow == "SAT":
                 rounded = np.clip(rounded, -(2.0**62), 2.0**62)  # beyond every raw range, inside int64
             else:
@@ -204,7 +208,7 @@ def quantizer(fmt: Fixed) -> Callable[[np.ndarray], np.ndarray]:
     if fmt.width > 52:
         return fmt.quantize
     f, lo, hi = fmt.frac_bits, float(fmt.raw_min), float(fmt.raw_max)
-    round_, wrap = _FAST_ROUND[HOST_ROUNDING.get(fmt.rounding, fmt.rounding)], fmt.overflow == "WRAP"
+    round_, wrap = _FAST_ROUND[fmt.host_rounding], fmt.overflow == "WRAP"
 
     def quantize(values) -> np.ndarray:
         x = np.asarray(values, dtype=np.float64)

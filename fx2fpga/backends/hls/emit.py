@@ -118,7 +118,7 @@ def common_type(fmts: list[Fixed]) -> str:
     """A signed ``ap_fixed`` that holds every value of ``fmts`` exactly: operands compare in it (ap_types compares
     ``ap_fixed<31,-3>`` with ``ap_ufixed<30,24>`` wrongly: -0.04 < 0 is false; fuzz case 196)."""
     frac = max(f.frac_bits for f in fmts)
-    int_bits = max(f.int_bits + (0 if f.signed else 1) for f in fmts)
+    int_bits = max(_signed_int_bits(f) for f in fmts)
     return f"ap_fixed<{max(1, int_bits + frac)},{int_bits}>"
 
 
@@ -324,8 +324,7 @@ def _stochastic(st: Stage, renamed: Stage, kernel: Kernel) -> dict | None:
     names = {old.var: new.var for old, new in zip(st.loops, renamed.loops, strict=True)}
     point = stochastic.point_affine(st)
     point = replace(point, terms=tuple((names[v], c) for v, c in point.terms))
-    lo, hi = iv if iv is not None else (-(1 << 63), (1 << 63) - 1)  # div: a 64-bit raw result
-    width = max(_signed_bits(lo), _signed_bits(hi))
+    width = _interval_bits(iv if iv is not None else (-(1 << 63), (1 << 63) - 1))  # div: a 64-bit raw result
     # R's top min(shift, 32) bits, the random word's top bits, at weights 2**-(fmt.frac_bits + 1) and below
     delta = f"sr_delta<{min(shift, 32)},{-fmt.frac_bits}>(sr_call + {key:#x}u + ({point.c_expr()}))"
     return {"type": f"ap_fixed<{width},{width - frac},AP_TRN,AP_WRAP>", "delta": delta}
@@ -342,7 +341,12 @@ def _reaching_lsb(st: Stage, kernel: Kernel, fmt: Fixed | None = None) -> str | 
     iv, frac = output_interval(st, kernel)
     if iv is None:
         return None
-    return reaching_type(max(_signed_bits(iv[0]), _signed_bits(iv[1])) - frac, frac, out)
+    return reaching_type(_interval_bits(iv) - frac, frac, out)
+
+
+def _interval_bits(iv: tuple[int, int]) -> int:
+    """Bits of the smallest two's-complement integer holding every raw value in ``iv``."""
+    return max(_signed_bits(iv[0]), _signed_bits(iv[1]))
 
 
 def _signed_int_bits(fmt: Fixed) -> int:

@@ -281,14 +281,16 @@ def _unit_view(phase: Phase, pid: int, kernel, name: str, cvts: _Cvts, dsp_kind:
             "ops": ops, "out_width": out_fmt.width, "stage": st,
             "origin": st.origin, "source": st.source}
     if st.reduce:
-        return _with_random_bits(_reduce_view(view, spec, kernel, cvts), cvts)
-    if spec.reads_table:
-        return _with_random_bits(_table_view(view, kernel, cvts, dsp_kind), cvts)
-    if st.op == "msub":
-        return _with_random_bits(_msub_view(view, kernel, cvts), cvts)
-    if st.op in NORMALIZED_ROOTS:
-        return _with_random_bits(_normalized_view(view, kernel, cvts, dsp_kind), cvts)
-    return _with_random_bits(_elementwise_view(view, phase, kernel, cvts), cvts)
+        view = _reduce_view(view, spec, kernel, cvts)
+    elif spec.reads_table:
+        view = _table_view(view, kernel, cvts, dsp_kind)
+    elif st.op == "msub":
+        view = _msub_view(view, kernel, cvts)
+    elif st.op in NORMALIZED_ROOTS:
+        view = _normalized_view(view, kernel, cvts, dsp_kind)
+    else:
+        view = _elementwise_view(view, phase, kernel, cvts)
+    return _with_random_bits(view, cvts)
 
 
 def _with_random_bits(view: dict, cvts: _Cvts) -> dict:
@@ -507,6 +509,7 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
     phases = s.phases()
     pid = {id(p): i + 1 for i, p in enumerate(phases)}
     command_of = {id(p): c for c, ph in s.commands.items() for p in ph}
+    sr_commands: list[str] = []  # the commands with a stage rounding SR, in order: each has a call register
     mems = {m.buffer: _memory_view(m) for m in s.memories.values()}
     w = _Wiring(mems)
     for ph in phases:
@@ -520,7 +523,9 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
         if unit is not None:
             w.add_unit(unit, ph, i)
             if unit["sr"]:
-                unit["sr_call"] = f"sr_call_{_ident(command_of[id(ph)])}"
+                command = command_of[id(ph)]
+                unit["sr_call"] = _sr_call(command)
+                sr_commands += [command] if command not in sr_commands else []
         if ph.kind == "pack":
             m = mems[ph.buffer]
             w.packs.append({"index": len(w.packs), "data": w.data_of[i, 0, 0], "width": m["width"],
@@ -556,8 +561,12 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
                    out_sel_bits=out_sel_bits, max_in_width=max_in, muxes=w.muxes, pool=pool, engine=engine,
                    reset_cycles=max([p.write_delay for p in phases] + [sched.PACK_DELAY]) + 4,
                    sat=saturation_view(kernel, mems) if counting else None,
-                   sr_calls=[{"name": f"sr_call_{_ident(c)}", "code": s.codes[c]} for c in s.commands
-                             if any(u["sr"] and u.get("sr_call") == f"sr_call_{_ident(c)}" for u in w.units)])
+                   sr_calls=[{"name": _sr_call(c), "code": s.codes[c]} for c in sr_commands])
+
+
+def _sr_call(command: str) -> str:
+    """The top's register of ``command``'s finished calls times ``stochastic.STEP``."""
+    return f"sr_call_{_ident(command)}"
 
 
 def saturation_view(kernel, mems: dict) -> dict:
