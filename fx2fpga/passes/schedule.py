@@ -14,13 +14,18 @@ order); the lane loop counts its base in steps of ``lanes``. Each memory request
 is a ``Port``: a buffer, an affine index over the counters, and the cycle offset (``tap``) from
 issue at which it happens. Reads are issued at tap 0 (their data reaches the datapath at
 ``OPERAND_TAP``); a phase's writes
-happen ``write_delay`` cycles after issue, when the datapath's pipeline delivers them, and the
-next phase starts once the last write is done, so phases never overlap:
+happen ``write_delay`` cycles after issue, when the datapath's pipeline delivers them. The next
+stage phase's setup comes as soon as nothing forbids it (``overlap.py``: the order of every buffer
+element's reads and writes, one write per bank and cycle), so it issues while the phase before
+drains; issue windows never overlap (the counters are shared):
 
-    cycles(phase) = 1 + iterations + write_delay,    cycles(command) = 1 + sum over its phases
+    cycles(phase) = 1 + iterations + write_delay,    advance(phase) = 1 + iterations + drain,
+    cycles(command) = 1 + sum over its phases of advance
 
-(the phase's 1 is its setup cycle, in which the controller loads the phase's loop limits; the
-command's 1 is the cycle in which the idle FSM accepts the command). Every request is pipelined
+with ``drain`` between 0 and the write delay (more for a phase that waits for every write in flight:
+a command's last, a model group's last stage, transfers). A phase's 1 is its setup cycle, in which
+the controller loads the phase's loop limits; the command's 1 is the cycle in which the idle FSM
+accepts the command. Every request is pipelined
 (``ADDR_TAP``, ``RAM_TAP``, ``OPERAND_TAP`` below) so that no register-to-register path holds
 more than one adder, multiplier or RAM access. These are exact: the Verilator
 model of the generated RTL measures the same numbers.
@@ -49,6 +54,8 @@ from fx2fpga_runtime.ops import OPS_TABLE
 
 from ..backends.common import buffer_banking
 from ..errors import Fx2fpgaError
+from . import overlap
+from .overlap import Requests
 
 SETUP_CYCLES = 1  # a phase's first cycle loads its loop limits into the controller; no issue
 # A request's pipeline, in cycles after its issue (every stage ends in a register, so no path
@@ -190,6 +197,7 @@ class Phase:
     lanes: int = 1
     groups: int = 1  # model groups: the phase runs once per group, the group counter c<group_counter> fixed
     group_counter: int | None = None
+    drain: int | None = None  # cycles from its last issue to the next phase's setup (overlap.py; None: write_delay)
 
     @property
     def iterations(self) -> int:
@@ -197,7 +205,19 @@ class Phase:
 
     @property
     def cycles(self) -> int:
+        """Its own span: the setup, the issues and the drain until its last write."""
         return SETUP_CYCLES + self.iterations + self.write_delay
+
+    @property
+    def drain_cycles(self) -> int:
+        """Cycles after its last issue until the next phase's setup (or the command's end)."""
+        return self.write_delay if self.drain is None else self.drain
+
+    @property
+    def advance(self) -> int:
+        """Cycles from its setup to the next phase's setup: ``cycles`` less the drain the next phase overlaps
+        (or more, when a phase before it is still writing at the end of the command)."""
+        return SETUP_CYCLES + self.iterations + self.drain_cycles
 
 
 @dataclass
@@ -215,7 +235,7 @@ class Schedule:
     def call_cycles(self, command: str) -> int:
         """Clock cycles of one call, from the cycle the command is accepted until idle again (a program of
         model groups runs its stage phases once per group)."""
-        return 1 + sum(p.cycles * p.groups for p in self.commands[command])
+        return 1 + sum(p.advance * p.groups for p in self.commands[command])
 
     def cycles(self) -> dict[str, int]:
         """Clock cycles of one call of each command (``call_cycles``)."""
@@ -403,9 +423,9 @@ def _check_ports(phase: Phase, memories: dict[str, Memory], where: str) -> None:
     _check_bank_clashes(phase, located, grid, n, where)
 
 
-def _locate_port(port: Port, mem: Memory, grid, n: int, where: str):
-    """(bank, address) of ``port`` at each of the ``n`` iterations (-1: no request then); sets
-    ``port.banks`` and ``port.dim_bits``."""
+def request_locations(port: Port, mem: Memory, grid, n: int, where: str):
+    """(bank, address) of ``port`` at each of the ``n`` issues of ``grid`` (-1: no request then), and each
+    index's width in bits (of its largest value before div/mod)."""
     if len(port.index) != len(mem.shape):
         raise ScheduleError(f"{where}: {port.buffer} has shape {mem.shape}, indexed with {len(port.index)} indices")
     mask = guard_mask(port.guard, grid, n)
@@ -421,9 +441,54 @@ def _locate_port(port: Port, mem: Memory, grid, n: int, where: str):
     bank, addr = mem.locate(idx) if idx else (np.zeros(m, dtype=np.int64), np.zeros(m, dtype=np.int64))
     full_bank, full_addr = np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int64)
     full_bank[mask], full_addr[mask] = bank, addr  # -1: no request at that iteration
-    port.banks = tuple(int(b) for b in np.unique(bank)) or (0,)  # (0,): a request that never happens
-    port.dim_bits = tuple(widths)
+    return full_bank, full_addr, tuple(widths)
+
+
+def _locate_port(port: Port, mem: Memory, grid, n: int, where: str):
+    """``request_locations`` of every issue of the phase; sets ``port.banks`` and ``port.dim_bits``."""
+    full_bank, full_addr, widths = request_locations(port, mem, grid, n, where)
+    requested = full_bank[full_bank >= 0]
+    port.banks = tuple(int(b) for b in np.unique(requested)) or (0,)  # (0,): a request that never happens
+    port.dim_bits = widths
     return full_bank, full_addr
+
+
+def _issue_grid(phase: Phase, issues: np.ndarray, group: int) -> list[np.ndarray]:
+    """The counters' values at the given issues (indices in issue order) of one model group's pass."""
+    counts = [c.count for c in phase.counters]
+    grid = [v.astype(np.int64) for v in np.unravel_index(issues, counts)] if counts else []
+    if phase.group_counter is not None:
+        grid += [np.zeros(len(issues), dtype=np.int64)] * (phase.group_counter - len(grid))
+        grid.append(np.full(len(issues), group, dtype=np.int64))
+    return grid
+
+
+def phase_requests(phase: Phase, memories: dict[str, Memory], issues: np.ndarray) -> Requests:
+    """Every request of the given issues of ``phase`` in every model group (``overlap.Requests``: times after the
+    phase's setup; a reduction's write only at its last point; guarded-off requests left out)."""
+    reads: dict[str, list] = {}
+    writes: dict[str, list] = {}
+    n = len(issues)
+    for group in range(phase.groups):
+        grid = _issue_grid(phase, issues, group)
+        last = np.ones(n, dtype=bool)
+        for k in phase.reduce:
+            last &= grid[k] == phase.counters[k].count - 1
+        for port, is_write in [(p, False) for p in phase.reads] + [(p, True) for p in phase.writes]:
+            mem = memories[port.buffer]
+            bank, addr, _ = request_locations(port, mem, grid, n, phase.name)
+            hit = (bank >= 0) & (last if is_write and port.last_only else True)
+            bank = group * mem.banks + bank[hit]
+            key, time = bank * mem.depth + addr[hit], SETUP_CYCLES + issues[hit] + (port.tap if is_write else RAM_TAP)
+            if is_write:
+                writes.setdefault(port.buffer, []).append((key, time, bank))
+            else:
+                reads.setdefault(port.buffer, []).append((key, time))
+    return Requests({b: _joined(v) for b, v in reads.items()}, {b: _joined(v) for b, v in writes.items()})
+
+
+def _joined(parts: list[tuple]) -> tuple:
+    return tuple(np.concatenate(a) for a in zip(*parts, strict=True))
 
 
 def _check_bank_clashes(phase: Phase, located: dict, grid, n: int, where: str) -> None:
@@ -491,4 +556,5 @@ def run(kernel: Kernel) -> Schedule:
             except ScheduleError as e:
                 e.stage = ph.stage  # the tile pass narrows a stage whose lanes clash
                 raise
+        overlap.plan(phases, lambda ph, issues: phase_requests(ph, memories, issues))
     return Schedule(kernel, memories, commands, codes)

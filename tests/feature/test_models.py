@@ -309,22 +309,27 @@ def test_model_groups_of_a_one_stage_program_in_rtl(tmp_path):
 
 @pytest.fixture(scope="module")
 def auto_mlps(mlp_example, tmp_path_factory):
-    """6 MLPs 64-8-10 at lanes="auto": lanes per stage, models side by side in groups (the explorer's choice)."""
+    """6 MLPs 64-8-10: the explorer's fastest fitting per-stage point with models side by side (lanes per stage,
+    model lanes in groups), made again from its ``stage_lanes`` (whether the explorer chooses it over groups of
+    one moves with the cycles: it did until phases overlapped their drains)."""
     out = tmp_path_factory.mktemp("auto") / "mlps_auto"
     models = []
     for seed in range(6):
         torch.manual_seed(seed)
         models.append(mlp_example.DigitsMLP(8))
-    return fx2fpga.compile(models, mlp_example.example_inputs, train=_sgd(mlp_example, lr=0.1), lanes="auto",
-                           out_dir=out)
+    sgd = _sgd(mlp_example, lr=0.1)
+    explored = fx2fpga.compile(models, mlp_example.example_inputs, train=sgd, lanes="auto")
+    side_by_side = [p for p in explored.context.exploration.points
+                    if p.fits and p.allocation.startswith("per stage") and p.group_size > 1]
+    point = max(side_by_side, key=lambda p: p.model_steps_per_s)
+    return fx2fpga.compile(models, mlp_example.example_inputs, train=sgd, lanes=point.stage_lanes,
+                           model_lanes=point.group_size, out_dir=out)
 
 
 def test_auto_lanes_per_stage_in_rtl_equal_emu(auto_mlps, batches):
     """Stages with different lanes and model lanes in one group loop: Verilator equals the emulator word for word
     and its cycles equal the schedule's."""
-    chosen = auto_mlps.context.exploration.chosen
     stages = auto_mlps.kernel.programs["train_step"].stages
-    assert chosen.allocation.startswith("per stage")
     assert len({(s.model_lanes, s.lanes) for s in stages}) > 2  # lanes per stage, not one request for all
     assert any(s.model_lanes > 1 for s in stages)
     (x0, y0), (x1, y1) = batches[:2]

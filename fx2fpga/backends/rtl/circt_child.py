@@ -255,7 +255,8 @@ class _Controller:
         self.phase = phase = inst.results[0]
         self.now = {p: net.eq_const(phase, p) for p in self.phases}
         self.on = {p: net.delayed(f"on_p{p}", self.now[p]) for p in self.phases}
-        self.setup = net.not_(net.cmp("eq", phase, net.delayed("phase_q", phase)))  # a phase's first cycle
+        self.phase_q = net.delayed("phase_q", phase)  # at an issue: the phase issuing (the tag at tap 0)
+        self.setup = net.not_(net.cmp("eq", phase, self.phase_q))  # a phase's first cycle
         if self.again is not None:  # (or the first of the next group's pass, which may be the same phase)
             self.looped = net.wire(1)
             self.setup = net.or_(self.setup, net.delayed("looped_q", self.looped.result))
@@ -276,7 +277,7 @@ class _Controller:
                                 cw)
                  for k in range(m)]
         draining, set_draining = net.reg("draining", 1)
-        dw = max(1, max(ph["write_delay"] for ph in phases.values()).bit_length())
+        dw = max(1, max(ph["drain"] for ph in phases.values()).bit_length())
         dcnt, set_dcnt = net.reg("drain_count", dw)
         self.unpack_ids = [p for p, ph in phases.items() if ph["kind"] == "unpack"]
         self.is_unpack = (net.delayed("unpack_q", net.or_(*[self.now[p] for p in self.unpack_ids]))
@@ -290,8 +291,8 @@ class _Controller:
             set_cnt[k](net.mux(net.and_(issue, *lasts[k + 1:]), stepped, self.cnt[k]))
         last_all = net.and_(issue, *lasts)
         no_delay = net.delayed("no_delay", net.or_(*[self.now[p] for p, ph in phases.items()
-                                                     if ph["write_delay"] == 0]))
-        drain_init = self.per_phase("drain_init", lambda ph: max(0, ph["write_delay"] - 1), dw)
+                                                     if ph["drain"] == 0]))
+        drain_init = self.per_phase("drain_init", lambda ph: max(0, ph["drain"] - 1), dw)
         drained = net.and_(draining, net.eq_const(dcnt, 0))
         self.done = net.or_(net.and_(last_all, no_delay), drained)  # the phase's last cycle
         net.connect(self.done_ph, self.done)
@@ -337,16 +338,21 @@ class _Controller:
                 need[t - 1][k] = max(need[t - 1][k], (ph["counters"][k] - 1).bit_length() or 1)
         for t in range(max_tap, 0, -1):
             need[t] = [max(a, b) for a, b in zip(need[t], need[t + 1], strict=True)]
-        # a phase's setup cycle clears the issues still in flight from the phase before (they are past
-        # its last write, but a later phase's requests at later taps would take them for its own)
-        self.issue_at, self.counters_at = [self.issue], [list(self.cnt)]
+        # each issue in flight carries its phase (``tag_at``): the next phase issues while this one drains
+        # (passes/overlap.py), so a request at tap t answers to the phase that issued t cycles ago
+        self.issue_at, self.counters_at, self.tag_at = [self.issue], [list(self.cnt)], [self.phase_q]
         for t in range(1, max_tap + 1):
-            self.issue_at.append(net.delayed(f"issue_d{t}", net.mux(self.setup, net.const(0, 1), self.issue_at[t - 1])))
+            self.issue_at.append(net.delayed(f"issue_d{t}", self.issue_at[t - 1]))
+            self.tag_at.append(net.delayed(f"phase_d{t}", self.tag_at[t - 1]))
             self.counters_at.append([net.delayed(f"c{k}_d{t}", net.resize(c, need[t][k]), None) if need[t][k] else None
                                      for k, c in enumerate(self.counters_at[t - 1])])
         if self.cgrp is not None:  # the group counter changes only between phases: the same at every tap
             for at in self.counters_at:
                 at += [None] * (self.gc - len(at)) + [self.cgrp]
+
+    def on_at(self, p: int, t: int):
+        """1 where the issue t cycles ago (if any) was phase ``p``'s."""
+        return self.on[p] if t == 0 else self.net.eq_const(self.tag_at[t], p)
 
     def delay(self, name: str, v, cycles: int):
         """``v`` through ``cycles`` registers named ``<name>_d1 ..``."""
@@ -403,7 +409,7 @@ class _Controller:
         """The request's registers at tap t + 1: (hit, bank or None, address), from the counters at tap t."""
         net = self.net
         bank, addr = self.locate(port, t)
-        hit = net.delayed(f"{name}_hit", net.and_(self.issue_at[t], self.on[port["phase"]], *conds))
+        hit = net.delayed(f"{name}_hit", net.and_(self.issue_at[t], self.on_at(port["phase"], t), *conds))
         bank_q = net.delayed(f"{name}_bank", bank, None) if len(port["banks"]) > 1 else None
         return hit, bank_q, net.delayed(f"{name}_addr", addr, None)
 
@@ -482,10 +488,11 @@ class _Controller:
     def stream_control(self) -> None:
         """Datapath (go, act, each reduction's first) and stream (idle, in_ready, out_valid, out_sel) outputs."""
         net, out, spec, on, phases = self.net, self.out, self.spec, self.on, self.phases
+        op = self.tap_operand
         for p, port in spec["go"].items():
-            out[port] = net.delayed(port + "_q", net.and_(self.issue_at[self.tap_operand - 1], on[int(p)]))
-        for p, port in spec.get("act", {}).items():
-            out[port] = on[int(p)]
+            out[port] = net.delayed(port + "_q", net.and_(self.issue_at[op - 1], self.on_at(int(p), op - 1)))
+        for p, port in spec.get("act", {}).items():  # the stage's operands arrive (its pooled multipliers' turn)
+            out[port] = net.delayed(port + "_q", net.and_(self.issue_at[op - 1], self.on_at(int(p), op - 1)))
         # each reduction's own `first` (a shared one would be merged into one register of huge fanout)
         for p, port in spec.get("first", {}).items():
             first = net.and_(on[int(p)], *[net.eq_const(self.cnt[k], 0) for k in phases[int(p)]["reduce"]])
@@ -494,7 +501,8 @@ class _Controller:
         out["in_ready"] = net.and_(self.can_issue, self.is_unpack) if self.unpack_ids else net.const(0, 1)
         packs = [p for p, ph in phases.items() if ph["kind"] == "pack"]
         out["out_valid"] = net.delayed("out_valid_q", net.and_(self.issue_at[self.tap_out - 1],
-                                                               net.or_(*[on[p] for p in packs]))) \
+                                                               net.or_(*[self.on_at(p, self.tap_out - 1)
+                                                                         for p in packs]))) \
             if packs else net.const(0, 1)
         if spec.get("out_sel_bits"):
             sw = spec["out_sel_bits"]

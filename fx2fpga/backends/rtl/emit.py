@@ -191,8 +191,9 @@ POOLED_OPS = tuple(op for op in RTL_OPS if OPS_TABLE[op].multiplies)
 def multiplier_pool(units: list[dict], dsp_kind: str) -> dict | None:
     """One shared multiplier per lane for every ``mac`` and ``mul`` unit of the kernel.
 
-    Phases never overlap, so at most one stage multiplies at a time: each pooled unit zeroes its
-    operands while its phase is not running (``act``) and the top ORs them, sign-extended to the
+    Issue windows never overlap and every pooled unit multiplies its stage-1 operands (the same tap after
+    the issue), so at most one stage multiplies at a time: each pooled unit zeroes its operands except
+    when its stage's operands arrive (``act``) and the top ORs them, sign-extended to the
     widest operands, into the lane's multiplier (split into DSP-sized partial products). The
     DSP blocks of a kernel are then those of one stage's lanes, not of every stage's."""
     users = [u for u in units if u["op"] in POOLED_OPS]
@@ -213,13 +214,15 @@ def multiplier_pool(units: list[dict], dsp_kind: str) -> dict | None:
 def mac_engine(units: list[dict], name: str, pool: dict | None, cvts: _Cvts) -> dict | None:
     """One accumulator per lane for every exact multiply-accumulate unit of the kernel (the MAC engine).
 
-    Phases never overlap, so at most one stage accumulates at a time. A ``mac`` unit whose accumulator never
-    rounds or overflows (``exact``) gives its accumulation to the engine: its value at its own fraction bits
-    is the same number in the engine's wider register, so the sums, and the result converted to the stage's
-    output format, are bit for bit those of the stage's own accumulator. Each such unit keeps its operand
-    registers (to the shared multiplier) and converts its initial value (the bias); the engine ORs those
-    (0 while a phase is not running), accumulates the shared multiplier's product, and converts the result
-    once per distinct output conversion. None with fewer than two such units: nothing to share."""
+    Issue windows never overlap and every user accumulates at the same tap after its issue, so at most one
+    stage accumulates at a time (a phase that overlaps the drain of the one before is past its accumulations).
+    A ``mac`` unit whose accumulator never rounds or overflows (``exact``) gives its accumulation to the
+    engine: its value at its own fraction bits is the same number in the engine's wider register, so the
+    sums, and the result converted to the stage's output format, are bit for bit those of the stage's own
+    accumulator. Each such unit keeps its operand registers (to the shared multiplier) and converts its
+    initial value (the bias); the engine ORs those (0 but in the cycles a stage's operands arrive),
+    accumulates the shared multiplier's product, and converts the result once per distinct output
+    conversion. None with fewer than two such units: nothing to share."""
     users = [u for u in units if u["op"] == "mac" and u["exact"] and not u["sr"]]  # (SR: each lane its bits)
     if len(users) < 2 or pool is None:
         return None
@@ -544,7 +547,7 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
                      for c, ph in s.commands.items()],
         "phases": [{"id": pid[id(p)], "name": _ident(p.name), "kind": p.kind,
                     "counters": _phase_counts(p), "reduce": list(p.reduce),
-                    "write_delay": p.write_delay} for p in phases],
+                    "drain": p.drain_cycles} for p in phases],
         "group_counter": next((p.group_counter for p in phases if p.group_counter is not None), None),
         "memories": {n: {k: m[k] for k in ("banks", "addr_bits", "bank_bits", "factors", "bank_shape", "ports")}
                      for n, m in mems.items()},
@@ -663,8 +666,8 @@ class _Wiring:
 
     def _multiplexer(self, port, i: int, r: int) -> dict:
         """The registered multiplexer over ``port``'s banks that read ``r`` of phase ``i`` takes: one an earlier
-        phase reads those banks through (phases never overlap; the controller ORs their selects, each 0 while
-        its request does not hit), else a new one."""
+        phase reads those banks through (issue windows never overlap and every read selects at the same tap
+        after its issue; the controller ORs their selects, each 0 while its request does not hit), else a new one."""
         muxes = self.shared.setdefault((port.buffer, tuple(port.banks)), [])
         for mux in muxes:
             if i not in mux["phases"]:
@@ -779,6 +782,7 @@ def _schedule_rows(s: Schedule) -> list[dict]:
             "name": p.name, "kind": p.kind, "op": p.stage.op if p.stage else "", "lanes": p.lanes,
             "loops": " x ".join(f"{c.var}:{c.extent}" + (f"/{c.step}" if c.step > 1 else "") for c in p.counters),
             "issues": p.iterations, "delay": p.write_delay, "cycles": p.cycles,
+            "drain": p.drain_cycles, "advance": p.advance,
             "util": f"{sched.mac_utilization(p):.3f}" if p.stage is not None and p.stage.op == "mac" else ""}
             for p in phases]})
     return rows
