@@ -15,6 +15,7 @@ from pathlib import Path
 
 FSM_LOWERING = "builtin.module(convert-fsm-to-sv,canonicalize)"
 LOWERING = "builtin.module(lower-seq-to-sv,canonicalize,hw.module(hw-legalize-modules))"
+MERGE_PREP = "builtin.module(hw.module(cse),canonicalize)"  # merge_registers: equal values become one
 LOWERING_OPTIONS = "locationInfoStyle=none,disallowLocalVariables,disallowPackedArrays"
 CMD_BITS = 8
 ICMP = {"eq": 0, "ne": 1, "ult": 6}
@@ -595,6 +596,35 @@ def _fill_fsm_default(module, fsm_name: str) -> None:
                             c.operands[1] = idle[0]  # the next state: IDLE (its reset value)
 
 
+def merge_registers(module) -> int:
+    """Make registers of one value one register (the requests of several lanes or phases often compute the same
+    address, hit or delayed select): common subexpressions first, then every ``seq.compreg`` whose operands
+    (value, clock, reset) equal an earlier one's gives way to it, until none is left; returns how many went.
+    Yosys merges them too, so the hardware is the same; Verilator does not, and evaluates each every cycle."""
+    from circt.passmanager import PassManager
+
+    merged = 0
+    while True:
+        PassManager.parse(MERGE_PREP).run(module.operation)
+        before = merged
+        for mod in module.body.operations:
+            if mod.operation.name != "hw.module":
+                continue
+            seen: dict[tuple, object] = {}
+            for op in list(mod.regions[0].blocks[0].operations):
+                if op.operation.name != "seq.compreg":
+                    continue
+                key = tuple(op.operation.operands)
+                if key in seen:
+                    op.operation.results[0].replace_all_uses_with(seen[key])
+                    op.operation.erase()
+                    merged += 1
+                else:
+                    seen[key] = op.operation.results[0]
+        if merged == before:
+            return merged
+
+
 def lower(ctx, module, fsm_name: str) -> dict[str, str]:
     """Run the lowering passes and export one SystemVerilog file per module; file name -> text."""
     import circt
@@ -605,6 +635,7 @@ def lower(ctx, module, fsm_name: str) -> dict[str, str]:
         _fill_fsm_default(module, fsm_name)
         if not module.operation.verify():
             raise ControllerError("the controller IR does not verify after the FSM lowering")
+        merge_registers(module)
         PassManager.parse(LOWERING).run(module.operation)
         with tempfile.TemporaryDirectory() as tmp:
             circt.export_split_verilog(module, tmp)
