@@ -114,7 +114,7 @@ class Design:
             from .backends.rtl import emit as verilog
 
             try:
-                ctx.rtl_plan = verilog.plan(self.kernel, self.name, self.target.dsp_kind, self.schedule)
+                ctx.rtl_plan = verilog.plan(self.kernel, self.name, self.target.dsp_kind, self.schedule, self.target)
             except (verilog.RtlCodegenError, verilog.sched.ScheduleError) as e:
                 ctx.rtl_error = str(e)
         return ctx.rtl_plan

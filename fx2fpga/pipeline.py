@@ -246,7 +246,7 @@ def _over_rtl_budget(ctx: CompileContext) -> list[tuple[str, float, float]]:
     from .passes import resources
 
     try:
-        ctx.rtl_plan = verilog.plan(ctx.kernel, ctx.name, ctx.target.dsp_kind, ctx.schedule)
+        ctx.rtl_plan = verilog.plan(ctx.kernel, ctx.name, ctx.target.dsp_kind, ctx.schedule, ctx.target)
     except verilog.RtlCodegenError:
         return []  # the RTL step reports it
     return resources.rtl_resources(ctx.rtl_plan, ctx.target).over_budget(ctx.target)

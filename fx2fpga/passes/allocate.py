@@ -192,7 +192,8 @@ def _ports(st: Stage, acc) -> int:
 
 class MemoryCost:
     """LUT, FF and BRAM36 of the kernel's memories as banked by its current lanes (``buffer_banking``), buffer by
-    buffer: each bank where Yosys maps it (``resources.bank_mapping``), its read and write-data registers, and
+    buffer: each bank where Yosys maps it (``resources.bank_mapping``; under "block", what its banks save in block
+    RAM: ``resources.block_ram_candidate``), its read and write-data registers, and
     the multiplexers between banks and lanes: a read request whose bank is known only at run time gets a
     registered multiplexer over the banks it reaches (``_banks_reached``), a bank written by several requests
     (the host's words included) a multiplexer over them (``rtl.emit``'s ``muxes`` and write ``sources``).
@@ -227,11 +228,14 @@ class MemoryCost:
         for name, spec in buffer_banking(self.kernel, names).items():
             buf = self.kernel.buffers[name]
             depth = math.prod(-(-s_ // f) for s_, f in zip(buf.shape, spec.factors, strict=True))
-            m = resources.bank_mapping(depth, buf.fmt.width, read_only=name not in self.written and buf.role == "const")
+            read_only = name not in self.written and buf.role == "const"
+            m = resources.bank_mapping(depth, buf.fmt.width, read_only)
             select, regs = self._mux_bits(name, spec) if self.muxes else (0.0, 0.0)
             out[name] = {"bram36": spec.banks * m.bram36,
                          "lut": spec.banks * m.luts * lut["lutram_luts"] + select * lut["select_bits"],
-                         "ff": (spec.banks * buf.fmt.width * 2 + regs) * ff["mem_reg_bits"], "dsp": 0.0}
+                         "ff": (spec.banks * buf.fmt.width * 2 + regs) * ff["mem_reg_bits"], "dsp": 0.0,
+                         "block": resources.block_ram_candidate(name, spec.banks, depth, buf.fmt.width, read_only,
+                                                                self.costs)}
         return out
 
     def _mux_bits(self, name: str, spec) -> tuple[float, float]:
@@ -269,7 +273,7 @@ def allocate(kernel: Kernel, target, plan_1x1, budget: float, main: str, price_m
 def greedy(kernel: Kernel, target, plan_1x1, budget: float, main: str, price_muxes: bool = True) -> _Allocation:
     """The greedy part of ``allocate``: the stages of ``kernel`` get its lanes; the state it ends in."""
     costs = resources.load_costs()
-    base = resources.rtl_resources(plan_1x1, target)
+    base = resources.rtl_resources(plan_1x1, target, block_ram=False)  # (``fits`` moves banks to block RAM)
     stages = {st.name: st for st in kernel.programs[main].stages}
     state = _Allocation(kernel, target, stages, options={n: _options(st) for n, st in stages.items()},
                         choice=dict.fromkeys(stages, 0), per_lane=lane_costs(plan_1x1, costs),
@@ -296,9 +300,9 @@ def greedy(kernel: Kernel, target, plan_1x1, budget: float, main: str, price_mux
         if best is None:
             break
         n, (_, delta, mem, j) = best
-        if not state.fits(delta):  # the best next choice does not fit: another, or a few further ones may (other
+        if not state.fits((delta, mem)):  # the best next choice does not fit: another, or a few further ones may (other
             ok = [a for a in moves(n, [k for k in state.larger(n) if k != j])  # banks), else freeze
-                  if a[0] > 0 and state.fits(a[1])]
+                  if a[0] > 0 and state.fits((a[1], a[2]))]
             if not ok:
                 frozen.add(n)
                 continue
@@ -313,7 +317,8 @@ SWAP_ROUNDS = 40  # trades of lanes between two stages tried after the greedy, a
 @dataclass
 class _Allocation:
     """The greedy's outcome, for the trades after it: ``choice`` (index into ``options``) per stage, the predicted
-    resources ``used`` against ``limit``, the memories' costs and the shared lanes as the greedy left them."""
+    resources ``used`` (every bank where Yosys alone puts it; ``relieved``: with idle block RAM taking banks) against
+    ``limit``, the memories' costs and the shared lanes as the greedy left them."""
 
     kernel: Kernel
     target: object
@@ -327,15 +332,23 @@ class _Allocation:
     used: dict[str, float]
     limit: dict[str, float]
 
-    def fits(self, *deltas: dict[str, float]) -> bool:
-        """The predicted resources with ``deltas`` added stay within the limit."""
-        for r in RESOURCES:
-            total_r = self.used[r]
-            for d in deltas:
-                total_r += d[r]  # (in this order, as each move would add it)
-            if total_r > self.limit[r]:
-                return False
-        return True
+    def fits(self, *moves: tuple[dict[str, float], dict]) -> bool:
+        """The predicted resources with the moves made (``relieved``) stay within the limit."""
+        used = self.relieved(*moves)
+        return all(used[r] <= self.limit[r] for r in RESOURCES)
+
+    def relieved(self, *moves: tuple[dict[str, float], dict]) -> dict[str, float]:
+        """The predicted resources with the moves made (each: the resources it adds, the costs of the buffers it
+        touches after it), once idle block RAM has taken the LUT-RAM banks it relieves
+        (``resources.balance_block_ram``, as the plan's ``assign_block_ram`` does)."""
+        used = dict(self.used)
+        buffers = dict(self.memory.per_buffer)
+        for delta, mem in moves:
+            for r in RESOURCES:
+                used[r] += delta[r]  # (in this order, as each move would add it)
+            buffers.update(mem)
+        candidates = [c["block"] for c in buffers.values() if c["block"] is not None]
+        return resources.balance_block_ram(used, candidates, self.target)[1]
 
     def trade_lanes(self) -> None:
         """Take lanes from one stage and give them to another where that saves cycles and fits. The greedy
@@ -359,7 +372,7 @@ class _Allocation:
                 net = -(u[1] + d[1])  # cycles: the up move's change is negative, the down move's positive
                 if u[0] == d[0] or net <= 0 or (best is not None and net <= best[0]):
                     continue
-                if self.fits(d[2], u[2]):
+                if self.fits((d[2], d[3]), (u[2], u[3])):
                     best = (net, d, u)
         return best
 
@@ -394,7 +407,7 @@ class _Allocation:
         before = (dict(self.used), dict(self.memory.per_buffer), self.choice[down[0]])
         self.apply(down[0], down[4], down[2], down[3])
         (again,) = self._moves(up[0], [up[4]])
-        if again[1] + down[1] < 0 and self.fits(again[2]):
+        if again[1] + down[1] < 0 and self.fits((again[2], again[3])):
             self.apply(again[0], again[4], again[2], again[3])
             return True
         self.used, self.memory.per_buffer = before[0], before[1]

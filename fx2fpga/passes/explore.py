@@ -145,7 +145,7 @@ def measure(k: Kernel, target, name: str, model_lanes: int, lanes: int, allocati
 
     try:
         sched = tile.keep_banks_mappable(k)
-        plan = verilog.plan(k, name, target.dsp_kind, sched)
+        plan = verilog.plan(k, name, target.dsp_kind, sched, target)
     except (schedule.ScheduleError, verilog.RtlCodegenError):
         return None, None, None
     res = resources.rtl_resources(plan, target)

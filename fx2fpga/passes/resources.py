@@ -30,7 +30,8 @@ from ..errors import Fx2fpgaError
 from . import schedule as sched
 
 COSTS_FILE = "xc7_rtl_costs.json"
-LUT_FEATURES = ("const", "adder_bits", "cvt_bits", "select_bits", "ctrl_bits", "lutram_luts", "rom_bits", "sr_bits")
+LUT_FEATURES = ("const", "adder_bits", "cvt_bits", "select_bits", "ctrl_bits", "lutram_luts", "block_lutram_luts",
+                "rom_bits", "sr_bits")
 FF_FEATURES = ("const", "unit_reg_bits", "mem_reg_bits", "pool_reg_bits", "ctrl_bits")
 
 
@@ -205,21 +206,26 @@ def _shifter_bits(u: dict) -> int:
     return u["t"] * u["sw"] + u["pw"] * u["ew"]
 
 
-def _memory_features(p) -> dict[str, float]:
-    """Registers, write-source and read multiplexers, LUT-RAM LUTs and block RAM of the plan's memories."""
-    f = dict.fromkeys(("mem_reg_bits", "select_bits", "lutram_luts", "rom_bits", "bram36"), 0.0)
+def _memory_features(p, block_ram: bool = True) -> dict[str, float]:
+    """Registers, write-source and read multiplexers, LUT-RAM LUTs and block RAM of the plan's memories
+    (``block_ram``: with the banks ``assign_block_ram`` moved to block RAM; False: where Yosys alone puts them)."""
+    f = dict.fromkeys(("mem_reg_bits", "select_bits", "lutram_luts", "block_lutram_luts", "rom_bits", "bram36"), 0.0)
     for m in p.memories:
         read = m["banks"] - len(m["unread_banks"])
         f["mem_reg_bits"] += m["width"] * (read + len(m["direct_banks"]))
-        mapping = bank_mapping(m["depth"], m["width"], m["read_only"])
-        f["lutram_luts"] += m["banks"] * mapping.luts
-        f["bram36"] += m["banks"] * mapping.bram36
-        if mapping.kind == "logic" and m["read_only"]:
-            f["rom_bits"] += m["banks"] * max(2, m["depth"]) * m["width"]
-        elif mapping.kind == "logic":  # a tiny RAM in flip-flops
-            f["mem_reg_bits"] += m["banks"] * max(2, m["depth"]) * m["width"]
-        if mapping.kind == "lutram":
-            f["mem_reg_bits"] += m["banks"] * m["width"]  # the read register LUT-RAM does not have
+        block = m.get("block_banks", 0) if block_ram else 0
+        own = bank_mapping(m["depth"], m["width"], m["read_only"])
+        f["block_lutram_luts"] += block * own.luts  # the logic around a LUT-RAM bank that block RAM keeps
+        forced = BankMapping("bram", bram36=bram36_for(max(2, m["depth"]), m["width"]))
+        for mapping, banks in ((own, m["banks"] - block), (forced, block)):
+            f["lutram_luts"] += banks * mapping.luts
+            f["bram36"] += banks * mapping.bram36
+            if mapping.kind == "logic" and m["read_only"]:
+                f["rom_bits"] += banks * max(2, m["depth"]) * m["width"]
+            elif mapping.kind == "logic":  # a tiny RAM in flip-flops
+                f["mem_reg_bits"] += banks * max(2, m["depth"]) * m["width"]
+            if mapping.kind == "lutram":
+                f["mem_reg_bits"] += banks * m["width"]  # the read register LUT-RAM does not have
         if not m["read_only"]:
             f["mem_reg_bits"] += m["banks"] * m["width"]  # the registered write data
             f["select_bits"] += sum(m["width"] * (len(s) - 1) for s in m["sources"])
@@ -270,8 +276,9 @@ def _ctrl_bits(p) -> float:
         len(s.phases())))
 
 
-def rtl_features(p) -> dict[str, float]:
-    """The resource model's features of an ``RtlPlan`` (each a count of bits or LUTs; see the module doc)."""
+def rtl_features(p, block_ram: bool = True) -> dict[str, float]:
+    """The resource model's features of an ``RtlPlan`` (each a count of bits or LUTs; see the module doc;
+    ``block_ram=False``: every bank where Yosys alone puts it, as before ``assign_block_ram``)."""
     f = dict.fromkeys(("adder_bits", "cvt_bits", "unit_reg_bits", "table_rom_bits", "table_bram36", "sr_bits"), 0.0)
     f["const"] = 1.0
     for u in p.units:
@@ -288,7 +295,7 @@ def rtl_features(p) -> dict[str, float]:
             f["adder_bits"] += lanes * u["product"]["width"] * (len(u["product"]["parts"]) - 1)
     sel = sum(u["lanes"] * u["res_width"] for u in p.units if u["op"] in ("relu", "select"))
     sel += sum(u["lanes"] * _shifter_bits(u) for u in p.units if u["kind"] == "normalized")
-    mem = _memory_features(p)
+    mem = _memory_features(p, block_ram)
     pool = _pool_features(p)
     engine = engine_features(p.engine)
     f["adder_bits"] += engine["adder_bits"]
@@ -299,6 +306,7 @@ def rtl_features(p) -> dict[str, float]:
     f["pool_reg_bits"] = pool["pool_reg_bits"]
     f["ctrl_bits"] = _ctrl_bits(p)
     f["lutram_luts"] = mem["lutram_luts"]
+    f["block_lutram_luts"] = mem["block_lutram_luts"]
     f["rom_bits"] = mem["rom_bits"] + f.pop("table_rom_bits")
     f["bram36"] = mem["bram36"] + f.pop("table_bram36")
     f["dsp"] = float(p.dsp_blocks)
@@ -335,10 +343,85 @@ def _plan_of(plan_or_design):
     return plan_or_design
 
 
-def rtl_resources(plan_or_design, target=None) -> PredictedResources:
+def rtl_resources(plan_or_design, target=None, block_ram: bool = True) -> PredictedResources:
     """Predicted Yosys ``synth_xilinx`` resources of the RTL of an ``RtlPlan`` or a ``Design`` (``target``:
-    its family must be xc7, the family the cost file is calibrated for; None: xc7)."""
+    its family must be xc7, the family the cost file is calibrated for; None: xc7; ``block_ram=False``: as if
+    every bank were where Yosys alone puts it, before ``assign_block_ram``)."""
     family = getattr(target, "family", "xc7")
     if family != "xc7":
         raise Fx2fpgaError(f"the RTL resource model is calibrated for xc7 targets only, not {family}")
-    return predict(rtl_features(_plan_of(plan_or_design)), load_costs())
+    return predict(rtl_features(_plan_of(plan_or_design), block_ram), load_costs())
+
+
+# ----- idle block RAM takes LUT-RAM banks ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BlockRamCandidate:
+    """A memory whose banks Yosys would put in LUT-RAM, and what each bank saves and takes in block RAM."""
+
+    name: str
+    banks: int
+    lut: float  # LUTs one bank saves (its LUT-RAM, at the model's cost per LUT-RAM LUT)
+    ff: float  # flip-flops one bank saves (the read register a block RAM has inside)
+    bram36: float  # BRAM36 one bank takes
+
+
+def block_ram_candidate(name: str, banks: int, depth: int, width: int, read_only: bool,
+                        costs: dict) -> BlockRamCandidate | None:
+    """The candidate of a memory of ``banks`` banks of ``depth x width``; None where Yosys does not put it in
+    LUT-RAM (a ROM, a tiny RAM in flip-flops, a bank already in block RAM). A bank moved to block RAM saves its
+    LUT-RAM LUTs at ``lutram_luts``' cost less ``block_lutram_luts``': the logic around it that stays."""
+    mapping = bank_mapping(depth, width, read_only)
+    saved = mapping.luts * (costs["lut"]["lutram_luts"] - costs["lut"]["block_lutram_luts"])
+    if mapping.kind != "lutram" or saved <= 0:
+        return None
+    return BlockRamCandidate(name, banks, saved, width * costs["ff"]["mem_reg_bits"], bram36_for(max(2, depth), width))
+
+
+def balance_block_ram(used: dict[str, float], candidates: list[BlockRamCandidate], target
+                      ) -> tuple[dict[str, int], dict[str, float]]:
+    """Move LUT-RAM banks into block RAM (``ram_style = "block"``) while that lowers the largest share of
+    ``target``'s LUT, FF and BRAM36 that ``used`` takes: the banks that save the most LUTs per BRAM36 first,
+    and none once block RAM is as scarce as logic. So idle block RAM relieves the LUTs where they bind the
+    design (the explorer and the allocator widen stages into what it frees), and a design whose block RAM
+    is the scarcer keeps Yosys' own mapping. Returns (banks moved per memory, ``used`` after the moves)."""
+    lut, ff, bram = used["lut"], used["ff"], used["bram36"]
+    moved: dict[str, int] = {}
+    for c in sorted(candidates, key=lambda c: (-c.lut / c.bram36, c.name)):
+        # the j-th bank moves while (bram + j b) / B < (x - (j - 1) s) / X for x = lut or ff: the most such j
+        k = max(_banks_while_below(bram, c.bram36, target.bram36, lut, c.lut, target.lut),
+                _banks_while_below(bram, c.bram36, target.bram36, ff, c.ff, target.ff))
+        k = min(c.banks, k)
+        lut, ff, bram = lut - k * c.lut, ff - k * c.ff, bram + k * c.bram36
+        if k:
+            moved[c.name] = k
+        if k < c.banks:
+            break
+    return moved, {**used, "lut": lut, "ff": ff, "bram36": bram}
+
+
+def _banks_while_below(rising: float, step_up: float, cap_up: float, falling: float, step_down: float,
+                       cap_down: float) -> int:
+    """The most banks j such that, for every i <= j, (rising + i step_up) / cap_up < (falling - (i - 1)
+    step_down) / cap_down: the share that grows stays below the share that shrinks, as it was before the i-th."""
+    if step_down <= 0:  # (a share that does not shrink is not relieved)
+        return 0
+    room = falling / cap_down + step_down / cap_down - rising / cap_up
+    return max(0, math.ceil(room / (step_up / cap_up + step_down / cap_down)) - 1)
+
+
+def assign_block_ram(p, target) -> None:
+    """Give each memory of the ``RtlPlan`` its ``block_banks``: how many of its banks (the first ones) the RTL
+    asks to be block RAM (``balance_block_ram`` on the plan's predicted resources). The model is calibrated
+    for xc7: on other families every bank stays where Yosys puts it."""
+    for m in p.memories:
+        m["block_banks"] = 0
+    if getattr(target, "family", None) != "xc7":
+        return
+    costs = load_costs()
+    used = predict(rtl_features(p, block_ram=False), costs)
+    candidates = [c for m in p.memories
+                  if (c := block_ram_candidate(m["name"], m["banks"], m["depth"], m["width"], m["read_only"], costs))]
+    moved, _ = balance_block_ram({"lut": used.lut, "ff": used.ff, "bram36": used.bram36}, candidates, target)
+    for m in p.memories:
+        m["block_banks"] = moved.get(m["name"], 0)

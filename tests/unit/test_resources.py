@@ -7,10 +7,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fx2fpga.passes import resources
 from fx2fpga.targets import load_target
@@ -116,3 +119,75 @@ def test_a_bank_deeper_than_one_block_ram_is_block_rams_in_depth():
     assert bram36_for(61440, 24) == 45.0
     assert bank_mapping(61440, 24, read_only=False) == resources.BankMapping("bram", bram36=45.0)
     assert bram36_for(32768, 1) == 1.0 and bram36_for(32769, 1) == 2.0
+
+
+# ----- idle block RAM takes LUT-RAM banks (resources.balance_block_ram, assign_block_ram) -----------------------
+
+def _balance_bank_by_bank(used, candidates, target):
+    """The reference: one bank at a time, best LUTs per BRAM36 first, while the largest share of LUT, FF and
+    BRAM36 falls; stop at the first bank that would not lower it."""
+    lut, ff, bram = used["lut"], used["ff"], used["bram36"]
+    moved = {}
+    for c in sorted(candidates, key=lambda c: (-c.lut / c.bram36, c.name)):
+        for _ in range(c.banks):
+            before = max(lut / target.lut, ff / target.ff, bram / target.bram36)
+            after = max((lut - c.lut) / target.lut, (ff - c.ff) / target.ff, (bram + c.bram36) / target.bram36)
+            if after >= before:
+                return moved, (lut, ff, bram)
+            lut, ff, bram = lut - c.lut, ff - c.ff, bram + c.bram36
+            moved[c.name] = moved.get(c.name, 0) + 1
+    return moved, (lut, ff, bram)
+
+
+candidate_lists = st.lists(
+    st.builds(resources.BlockRamCandidate, name=st.sampled_from("abcdefgh"), banks=st.integers(1, 80),
+              lut=st.floats(1, 200), ff=st.floats(0.5, 60), bram36=st.sampled_from([0.5, 1.0, 1.5])),
+    max_size=6, unique_by=lambda c: c.name)
+
+
+@settings(max_examples=300, deadline=None)
+@given(candidates=candidate_lists, lut=st.floats(0, 70_000), ff=st.floats(0, 120_000), bram=st.floats(0, 150))
+def test_balance_moves_banks_exactly_while_the_largest_share_falls(candidates, lut, ff, bram):
+    """The closed form per memory equals moving one bank at a time while the largest of the LUT, FF and BRAM36
+    shares falls (every bank saves some LUTs and flip-flops: its LUT-RAM and its read register); the totals it
+    returns are those of the moves."""
+    target = load_target("pynq-z1")
+    used = {"lut": lut, "ff": ff, "bram36": bram, "dsp": 7.0}
+    moved, after = resources.balance_block_ram(used, candidates, target)
+    want, totals = _balance_bank_by_bank(used, candidates, target)
+    assert moved == want
+    assert (after["lut"], after["ff"], after["bram36"]) == pytest.approx(totals) and after["dsp"] == 7.0
+    by_name = {c.name: c for c in candidates}
+    assert after["bram36"] == pytest.approx(bram + sum(k * by_name[n].bram36 for n, k in moved.items()))
+
+
+def test_block_banks_in_the_rtl_and_in_the_model():
+    """A Linear(64, 32) + ReLU layer at 8 lanes: its LUT-RAM banks are a larger share of the pynq-z1's LUTs than
+    its block RAM is of the BRAM, so banks move. The top asks for block RAM on exactly those banks (the first
+    ones of their memories), and the model's BRAM36 and LUT change by exactly what they take and save."""
+    import torch
+    from torch import nn
+
+    import fx2fpga
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU())
+    design = fx2fpga.compile(model, (torch.randn(16, 64),), target="pynq-z1", lanes=8, outputs="rtl")
+    p, target = design.rtl_plan(), design.target
+    moved = {m["name"]: m["block_banks"] for m in p.memories if m["block_banks"]}
+    assert moved, "no bank moved"
+    top = design.files()[f"rtl/{design.name}_top.sv"]
+    asked = sorted(re.findall(r"\.BLOCK\(1\)\) mem_(\w+)_(\d+) \(", top))
+    assert asked == sorted((n, str(b)) for n, k in moved.items() for b in range(k))
+    costs = resources.load_costs()
+    with_block, without = resources.rtl_resources(p, target), resources.rtl_resources(p, target, block_ram=False)
+    mems = {m["name"]: m for m in p.memories}
+    own = {n: resources.bank_mapping(mems[n]["depth"], mems[n]["width"], False) for n in moved}
+    assert own and all(m.kind == "lutram" for m in own.values())
+    took = sum(k * resources.bram36_for(max(2, mems[n]["depth"]), mems[n]["width"]) for n, k in moved.items())
+    assert with_block.bram36 == without.bram36 + took
+    saved = sum(k * own[n].luts for n, k in moved.items()) * (costs["lut"]["lutram_luts"]
+                                                              - costs["lut"]["block_lutram_luts"])
+    assert without.lut - with_block.lut == pytest.approx(saved, abs=1)
+    shares = with_block.shares(target)
+    assert shares["bram36"] < max(without.shares(target)["lut"], without.shares(target)["ff"])

@@ -500,8 +500,10 @@ class RtlPlan:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None = None) -> RtlPlan:
-    """The ``RtlPlan`` of ``kernel``, from its ``schedule`` (computed here when not given)."""
+def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None = None, target=None) -> RtlPlan:
+    """The ``RtlPlan`` of ``kernel``, from its ``schedule`` (computed here when not given). ``target``: the
+    board whose idle block RAM takes LUT-RAM banks where logic is the scarcer (``resources.assign_block_ram``);
+    None: every bank where synthesis puts it."""
     _check_mappable(kernel)
     s: Schedule = schedule if schedule is not None else sched.run(kernel)
     for n in [b for c in s.codes for b in sum(interface.command_buffers(kernel, c), [])]:
@@ -559,12 +561,15 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
         read = m.pop("read_banks")
         m["unread_banks"] = [b for b in range(m["banks"]) if b not in read]
         m["direct_banks"] = sorted(m["direct_banks"])
-    return RtlPlan(schedule=s, spec=spec, units=w.units, memories=list(mems.values()), packs=w.packs,
-                   cvts=_used_cvts(w.units, engine, cvts), outputs=outputs,
-                   out_sel_bits=out_sel_bits, max_in_width=max_in, muxes=w.muxes, pool=pool, engine=engine,
-                   reset_cycles=max([p.write_delay for p in phases] + [sched.PACK_DELAY]) + 4,
-                   sat=saturation_view(kernel, mems) if counting else None,
-                   sr_calls=[{"name": _sr_call(c), "code": s.codes[c]} for c in sr_commands])
+    p = RtlPlan(schedule=s, spec=spec, units=w.units, memories=list(mems.values()), packs=w.packs,
+                cvts=_used_cvts(w.units, engine, cvts), outputs=outputs,
+                out_sel_bits=out_sel_bits, max_in_width=max_in, muxes=w.muxes, pool=pool, engine=engine,
+                reset_cycles=max([p.write_delay for p in phases] + [sched.PACK_DELAY]) + 4,
+                sat=saturation_view(kernel, mems) if counting else None,
+                sr_calls=[{"name": _sr_call(c), "code": s.codes[c]} for c in sr_commands])
+    if target is not None:
+        resources.assign_block_ram(p, target)
+    return p
 
 
 def _sr_call(command: str) -> str:
@@ -626,7 +631,7 @@ def _memory_view(m) -> dict:
             "read_only": m.read_only, "factors": list(m.factors), "bank_shape": list(m.bank_shape),
             "sources": [[] for _ in range(m.banks)], "ovf_sources": [[] for _ in range(m.banks)],
             "read_banks": set(), "direct_banks": set(),
-            "mem_depth": max(2, m.depth),
+            "mem_depth": max(2, m.depth), "block_banks": 0,
             "init": m.init is not None or m.read_only}
 
 
