@@ -161,6 +161,8 @@ def _unit_adder_bits(u: dict) -> int:
         return 2 * u["bw"] + u["t"]
     if u["op"] in ("add", "sub", "msub", "neg", "abs", "eq", "ne", "lt", "le", "gt", "ge"):
         return u["res_width"]
+    if u["op"].endswith("_select"):  # the fused comparison's subtraction
+        return u["cast_width"]
     return 0
 
 

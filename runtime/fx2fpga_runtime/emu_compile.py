@@ -316,6 +316,8 @@ def _bounds(op: str, ivs: list[tuple[int, int]], stage: Stage, kernel: Kernel) -
         return min(ivs[1][0], ivs[2][0]), max(ivs[1][1], ivs[2][1])
     if op in ("eq", "ne", "lt", "le", "gt", "ge"):
         return 0, 1
+    if op.endswith("_select"):  # a fused comparison and select: x or y
+        return min(ivs[2][0], ivs[3][0]), max(ivs[2][1], ivs[3][1])
     if op == "table":
         t = kernel.buffers[stage.attrs["table"]].init
         return (min(t), max(t)) if t else None
