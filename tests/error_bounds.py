@@ -46,7 +46,7 @@ import torch
 import torch.fx
 from fx2fpga_runtime.fixed import Fixed
 from fx2fpga_runtime.ir import Access, Kernel, Stage
-from fx2fpga_runtime.ops import COMPARISONS, NORM_INDEX_BITS, OPS_TABLE, exact_frac, mid_format
+from fx2fpga_runtime.ops import COMPARISONS, NORM_INDEX_BITS, OPS_TABLE, decision_name, exact_frac, mid_format
 
 from fx2fpga.handoffs import graph_info, placeholder
 
@@ -454,6 +454,9 @@ def emulator_decisions(kernel: Kernel, gm: torch.fx.GraphModule, mem: dict) -> d
     for b in kernel.buffers.values():
         if b.kind == "bool" and b.name.startswith(prefix) and b.source and b.role == "temp":
             out[b.source] = torch.from_numpy(mem[b.name].astype(bool))
+    for stage, node in kernel.meta.get("fused_decisions", {}).items():  # a comparison fused with its select
+        if stage.startswith(prefix) and decision_name(stage) in mem:
+            out[node] = torch.from_numpy(mem[decision_name(stage)].astype(bool))
     for dropped, twin in kernel.meta.get("aliases", {}).items():  # a repeated comparison: its twin's buffer
         if dropped.startswith(prefix) and twin in kernel.buffers and kernel.buffers[twin].kind == "bool":
             out[dropped[len(prefix):]] = torch.from_numpy(mem[twin].astype(bool))

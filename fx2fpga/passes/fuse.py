@@ -7,7 +7,9 @@
   ``x - 2 pi k`` of ``sin``).
 - **A comparison and the select that reads it**, ``m = a <= b; r = m ? x : y``, becomes ``le_select``
   (``r = a <= b ? x : y``; the same for ``eq`` .. ``ge``): ReLU's backward (``where(h <= 0, 0, g)``) and
-  ``where`` on a comparison. The comparison's 1-bit mask is gone, and one phase with it.
+  ``where`` on a comparison. The comparison's 1-bit mask is gone, and one phase with it; the emulator keeps the
+  decisions under ``ops.decision_name(stage)`` and ``kernel.meta["fused_decisions"]`` names each one's graph
+  node, so the decisions a kernel took stay readable (tests/error_bounds.py follows them).
 
 A pair fuses when the temporary is read by nothing but the second stage, over the same loops and indices, and
 the first stage is right before it. A stochastically rounded temporary does not fuse (its rounding draws).
@@ -34,6 +36,8 @@ def run(kernel: Kernel) -> Kernel:
             fused = _fused(a, b, kernel) if b is not None and _linked(a, b, kernel, reads, kept) else None
             if fused is not None:
                 out.append(fused)
+                if fused.op.endswith("_select") and kernel.buffers[a.out.buffer].source:  # the graph's node
+                    kernel.meta.setdefault("fused_decisions", {})[fused.name] = kernel.buffers[a.out.buffer].source
                 del kernel.buffers[a.out.buffer]
                 i += 2
             else:

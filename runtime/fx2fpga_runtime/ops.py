@@ -166,6 +166,19 @@ def _compare_select(name: str, fn) -> OpSpec:
                   error_rule="compare_select")
 
 
+def fused_decision(op: str, vals: list[np.ndarray]) -> np.ndarray | None:
+    """A fused comparison's outcome (``<cmp>_select`` on its aligned operands), else None: the emulator keeps it
+    in its memory under ``decision_name`` (the hardware does not store it), where tests and users read the
+    decisions a kernel took, as they read the mask buffer before the fusion."""
+    cmp = COMPARISONS.get(op.removesuffix("_select")) if op.endswith("_select") else None
+    return None if cmp is None else cmp(vals[0], vals[1])
+
+
+def decision_name(stage_name: str) -> str:
+    """The emulator memory's key of a fused comparison's outcome, over the stage's loops."""
+    return f"{stage_name}:decision"
+
+
 COMPARISONS = {"eq": np.equal, "ne": np.not_equal, "lt": np.less, "le": np.less_equal, "gt": np.greater,
                "ge": np.greater_equal}
 _ROWS = [
@@ -243,5 +256,6 @@ def exact_frac(spec: OpSpec, fracs: Sequence[int], stage, kernel) -> int:
     return spec.result_frac(fracs)
 
 
-__all__ = ["NORM_INDEX_BITS", "OPS_TABLE", "OpSpec", "aligned_operands", "alignment_shifts", "div_norm_frac",
-           "exact_frac", "mid_format", "norm_rom_values", "op_spec"]
+__all__ = ["COMPARISONS", "NORM_INDEX_BITS", "OPS_TABLE", "OpSpec", "aligned_operands", "alignment_shifts",
+           "decision_name", "div_norm_frac", "exact_frac", "fused_decision", "mid_format", "norm_rom_values",
+           "op_spec"]
