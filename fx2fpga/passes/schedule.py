@@ -370,15 +370,29 @@ def _transfer_phase(kernel: Kernel, name: str, kind: str) -> Phase:
 
 # ----- enumeration: ranges, banks, conflicts ---------------------------------------------------------------
 
-def _grid(phase: Phase) -> list[np.ndarray]:
-    """The counters' values at every issue of the phase (of every group: the group counter at its index)."""
-    axes = [np.arange(c.count, dtype=np.int64) for c in phase.counters]
+def _issue_grid(phase: Phase, issues: np.ndarray, group: int) -> list[np.ndarray]:
+    """The counters' values at the given issues (indices in issue order) of one model group's pass."""
+    counts = [c.count for c in phase.counters]
+    grid = [v.astype(np.int64) for v in np.unravel_index(issues, counts)] if counts else []
     if phase.group_counter is not None:
-        axes += [np.zeros(1, dtype=np.int64)] * (phase.group_counter - len(axes))
-        axes.append(np.arange(phase.groups, dtype=np.int64))
-    if not axes:
-        return []
-    return [g.reshape(-1) for g in np.meshgrid(*axes, indexing="ij")]
+        grid += [np.zeros(len(issues), dtype=np.int64)] * (phase.group_counter - len(grid))
+        grid.append(np.full(len(issues), group, dtype=np.int64))
+    return grid
+
+
+def _grid(phase: Phase) -> list[np.ndarray]:
+    """The counters' values at every issue of the phase, one group's pass after another (the group counter at its
+    index)."""
+    passes = [_issue_grid(phase, np.arange(phase.iterations), g) for g in range(phase.groups)]
+    return [np.concatenate(axis) for axis in zip(*passes, strict=True)]
+
+
+def _last_points(phase: Phase, grid: list[np.ndarray], n: int) -> np.ndarray:
+    """Where every reduced loop is at its last point (a reduction's write), over the grid's ``n`` issues."""
+    last = np.ones(n, dtype=bool)
+    for k in phase.reduce:
+        last &= grid[k] == phase.counters[k].count - 1
+    return last
 
 
 def _affine_values(a: Affine, grid: list[np.ndarray], n: int) -> np.ndarray:
@@ -453,16 +467,6 @@ def _locate_port(port: Port, mem: Memory, grid, n: int, where: str):
     return full_bank, full_addr
 
 
-def _issue_grid(phase: Phase, issues: np.ndarray, group: int) -> list[np.ndarray]:
-    """The counters' values at the given issues (indices in issue order) of one model group's pass."""
-    counts = [c.count for c in phase.counters]
-    grid = [v.astype(np.int64) for v in np.unravel_index(issues, counts)] if counts else []
-    if phase.group_counter is not None:
-        grid += [np.zeros(len(issues), dtype=np.int64)] * (phase.group_counter - len(grid))
-        grid.append(np.full(len(issues), group, dtype=np.int64))
-    return grid
-
-
 def phase_requests(phase: Phase, memories: dict[str, Memory], issues: np.ndarray) -> Requests:
     """Every request of the given issues of ``phase`` in every model group (``overlap.Requests``: times after the
     phase's setup; a reduction's write only at its last point; guarded-off requests left out)."""
@@ -471,9 +475,7 @@ def phase_requests(phase: Phase, memories: dict[str, Memory], issues: np.ndarray
     n = len(issues)
     for group in range(phase.groups):
         grid = _issue_grid(phase, issues, group)
-        last = np.ones(n, dtype=bool)
-        for k in phase.reduce:
-            last &= grid[k] == phase.counters[k].count - 1
+        last = _last_points(phase, grid, n)
         for port, is_write in [(p, False) for p in phase.reads] + [(p, True) for p in phase.writes]:
             mem = memories[port.buffer]
             bank, addr, _ = request_locations(port, mem, grid, n, phase.name)
@@ -493,9 +495,7 @@ def _joined(parts: list[tuple]) -> tuple:
 
 def _check_bank_clashes(phase: Phase, located: dict, grid, n: int, where: str) -> None:
     """Raise when two reads (or two writes) of one buffer need different words of one bank in the same cycle."""
-    last = np.ones(n, dtype=bool)
-    for k in phase.reduce:
-        last &= grid[k] == phase.counters[k].count - 1
+    last = _last_points(phase, grid, n)
     for kind, ports in (("reads", phase.reads), ("writes", phase.writes)):
         for i, p in enumerate(ports):
             for q in ports[i + 1:]:

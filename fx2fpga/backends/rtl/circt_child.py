@@ -490,10 +490,11 @@ class _Controller:
         """Datapath (go, act, each reduction's first) and stream (idle, in_ready, out_valid, out_sel) outputs."""
         net, out, spec, on, phases = self.net, self.out, self.spec, self.on, self.phases
         op = self.tap_operand
-        for p, port in spec["go"].items():
-            out[port] = net.delayed(port + "_q", net.and_(self.issue_at[op - 1], self.on_at(int(p), op - 1)))
-        for p, port in spec.get("act", {}).items():  # the stage's operands arrive (its pooled multipliers' turn)
-            out[port] = net.delayed(port + "_q", net.and_(self.issue_at[op - 1], self.on_at(int(p), op - 1)))
+
+        def arrive(p: int):  # phase p's operands reach its unit next cycle (go; act: its pooled multipliers' turn)
+            return net.and_(self.issue_at[op - 1], self.on_at(p, op - 1))
+        for p, port in [*spec["go"].items(), *spec.get("act", {}).items()]:
+            out[port] = net.delayed(port + "_q", arrive(int(p)))
         # each reduction's own `first` (a shared one would be merged into one register of huge fanout)
         for p, port in spec.get("first", {}).items():
             first = net.and_(on[int(p)], *[net.eq_const(self.cnt[k], 0) for k in phases[int(p)]["reduce"]])
