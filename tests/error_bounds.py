@@ -454,12 +454,17 @@ def emulator_decisions(kernel: Kernel, gm: torch.fx.GraphModule, mem: dict) -> d
     for b in kernel.buffers.values():
         if b.kind == "bool" and b.name.startswith(prefix) and b.source and b.role == "temp":
             out[b.source] = torch.from_numpy(mem[b.name].astype(bool))
-    for stage, node in kernel.meta.get("fused_decisions", {}).items():  # a comparison fused with its select
+    fused = {}  # a comparison fused with its select: its decisions, by the name its mask buffer had
+    for stage, node in kernel.meta.get("fused_decisions", {}).items():
         if stage.startswith(prefix) and decision_name(stage) in mem:
-            out[node] = torch.from_numpy(mem[decision_name(stage)].astype(bool))
+            out[node] = fused[prefix + node] = torch.from_numpy(mem[decision_name(stage)].astype(bool))
     for dropped, twin in kernel.meta.get("aliases", {}).items():  # a repeated comparison: its twin's buffer
-        if dropped.startswith(prefix) and twin in kernel.buffers and kernel.buffers[twin].kind == "bool":
+        if not dropped.startswith(prefix):
+            continue
+        if twin in kernel.buffers and kernel.buffers[twin].kind == "bool":
             out[dropped[len(prefix):]] = torch.from_numpy(mem[twin].astype(bool))
+        elif twin in fused:  # the twin was fused with its select (maximum's backward: eq twice, one fused)
+            out[dropped[len(prefix):]] = fused[twin]
     return out
 
 

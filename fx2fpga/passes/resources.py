@@ -288,7 +288,8 @@ def rtl_features(p) -> dict[str, float]:
             if rom[0].kind == "logic":
                 f["table_rom_bits"] += lanes * rom[1]
             f["adder_bits"] += lanes * u["product"]["width"] * (len(u["product"]["parts"]) - 1)
-    sel = sum(u["lanes"] * u["res_width"] for u in p.units if u["op"] in ("relu", "select"))
+    sel = sum(u["lanes"] * u["res_width"] for u in p.units
+              if u["op"] in ("relu", "select") or u["op"].endswith("_select"))  # a fused comparison's mux too
     sel += sum(u["lanes"] * _shifter_bits(u) for u in p.units if u["kind"] == "normalized")
     mem = _memory_features(p)
     pool = _pool_features(p)

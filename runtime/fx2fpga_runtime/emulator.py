@@ -287,8 +287,8 @@ def run_stage(stage: Stage, kernel: Kernel, mem: dict[str, np.ndarray], plan: St
     spec = OPS_TABLE[stage.op]
     if not stage.reduce:
         raw, frac = _elementwise(spec, vals, fmts, stage, kernel)
-        decided = fused_decision(stage.op, aligned_operands(spec, vals, [f.frac_bits for f in fmts]))
-        if decided is not None:
+        if stage.op.endswith("_select"):  # a fused comparison's outcome, kept for inspection (ops.fused_decision)
+            decided = fused_decision(stage.op, aligned_operands(spec, vals, [f.frac_bits for f in fmts]))
             mem[decision_name(stage.name)] = np.broadcast_to(decided, plan.layout).copy()
         bits = _random_bits(stage, kernel, plan, call, frac)
         _store(stage, mem, plan, _assign(out_buf.fmt, raw, frac, plan.layout, tally, bits))
