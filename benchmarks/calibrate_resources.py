@@ -176,7 +176,7 @@ def compile_design(d: CalibrationDesign, out: Path):
     model, inputs, train = d.make()
     # fold_updates False for the designs recorded before the fold (their lanes name the unfolded update stages)
     lanes = d.lanes
-    if isinstance(lanes, dict):  # stages a later lowering drops (a repeated stage: lower/cse.py) have no lanes
+    if isinstance(lanes, dict):  # stages a later lowering or fusion drops (lower/cse.py, passes/fuse.py) have no lanes
         kernel = fx2fpga.compile(model, inputs, target=TARGET, train=train, name=d.name, fold_updates=d.fold_updates,
                                  until="share memory")
         lanes = {n: v for n, v in lanes.items() if any(st.name == n for st in kernel.stages())}

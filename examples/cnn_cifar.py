@@ -10,9 +10,9 @@ ReLU, MaxPool 2, Flatten, Linear 1024->10; SGD with momentum. The module-level n
 which needs no download.
 
 Every buffer lives on chip today, and this kernel's do not fit: compiling it for the pynq-z1 raises
-``ResourceBudgetError`` ("BRAM36: needs 1,921, pynq-z1 has 140" at the default lanes, by the calibrated RTL
-model; 1,640.5 by the HLS estimate at one lane). Its buffers take 8,294,569 bytes, the activations and their
-gradients 7,889,503 of them, against 645,120 bytes of block RAM (tests/feature/test_cnn_cifar.py). Off-chip
+``ResourceBudgetError`` ("BRAM36: needs 1,893, pynq-z1 has 140" at the default lanes, by the calibrated RTL
+model; 1,613.5 by the HLS estimate at one lane). Its buffers take 7,377,065 bytes, the activations and their
+gradients 6,971,999 of them, against 645,120 bytes of block RAM (tests/feature/test_cnn_cifar.py). Off-chip
 buffers and tiled loops (issue 17, docs/offchip.md) are what will make it compile.
 """
 

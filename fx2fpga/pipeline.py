@@ -338,7 +338,8 @@ PIPELINE = Pipeline([
          "kernel", "Kernel"),
     Step("quantize", _quantize, "fixed-point formats per buffer and accumulator; function tables; SQNR per tensor",
          "kernel", "Kernel"),
-    Step("fuse", _fuse, "a product subtracted as one stage (msub): SGD's p - lr * g, without the lr * g temporary",
+    Step("fuse", _fuse, "a product subtracted as one stage (msub): SGD's p - lr * g, without the lr * g temporary; "
+         "a comparison and the one select reading it (le_select ...: ReLU's backward), without the mask",
          "kernel", "Kernel"),
     Step("share memory", _share_memory, "temporaries with disjoint lifetimes share one array (share_memory=False: off)",
          "kernel", "Kernel"),

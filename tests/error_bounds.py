@@ -46,7 +46,7 @@ import torch
 import torch.fx
 from fx2fpga_runtime.fixed import Fixed
 from fx2fpga_runtime.ir import Access, Kernel, Stage
-from fx2fpga_runtime.ops import NORM_INDEX_BITS, OPS_TABLE, exact_frac, mid_format
+from fx2fpga_runtime.ops import COMPARISONS, NORM_INDEX_BITS, OPS_TABLE, decision_name, exact_frac, mid_format
 
 from fx2fpga.handoffs import graph_info, placeholder
 
@@ -153,6 +153,11 @@ def _compare(stage: Stage, a: list, ea: list, fmts: list[Fixed]) -> np.ndarray:
     return np.zeros(np.broadcast(a[0], a[1]).shape)
 
 
+def _compare_select(stage: Stage, a: list, ea: list, fmts: list[Fixed]) -> np.ndarray:
+    _compare(stage, a[:2], ea[:2], fmts[:2])  # the fused comparison may not flip either
+    return np.where(COMPARISONS[stage.op.removesuffix("_select")](a[0], a[1]), ea[2], ea[3])
+
+
 def _position(stage: Stage, a: list, ea: list, fmts: list[Fixed]) -> np.ndarray:
     raise AssertionError(f"{stage.name}: argmax positions are not modelled")
 
@@ -178,7 +183,7 @@ def normalized_error(root: int, q: int) -> float:
 
 # How input errors propagate through an op, by its row's ``error_rule`` (a table: ``_table``).
 ERROR_RULES = {"lipschitz": _lipschitz, "sum": _sum_rule, "product": _product, "msub": _msub, "select": _select,
-               "compare": _compare, "position": _position, "table": None,
+               "compare": _compare, "compare_select": _compare_select, "position": _position, "table": None,
                "normalized": _normalized}
 
 
@@ -449,9 +454,17 @@ def emulator_decisions(kernel: Kernel, gm: torch.fx.GraphModule, mem: dict) -> d
     for b in kernel.buffers.values():
         if b.kind == "bool" and b.name.startswith(prefix) and b.source and b.role == "temp":
             out[b.source] = torch.from_numpy(mem[b.name].astype(bool))
+    fused = {}  # a comparison fused with its select: its decisions, by the name its mask buffer had
+    for stage, node in kernel.meta.get("fused_decisions", {}).items():
+        if stage.startswith(prefix) and decision_name(stage) in mem:
+            out[node] = fused[prefix + node] = torch.from_numpy(mem[decision_name(stage)].astype(bool))
     for dropped, twin in kernel.meta.get("aliases", {}).items():  # a repeated comparison: its twin's buffer
-        if dropped.startswith(prefix) and twin in kernel.buffers and kernel.buffers[twin].kind == "bool":
+        if not dropped.startswith(prefix):
+            continue
+        if twin in kernel.buffers and kernel.buffers[twin].kind == "bool":
             out[dropped[len(prefix):]] = torch.from_numpy(mem[twin].astype(bool))
+        elif twin in fused:  # the twin was fused with its select (maximum's backward: eq twice, one fused)
+            out[dropped[len(prefix):]] = fused[twin]
     return out
 
 

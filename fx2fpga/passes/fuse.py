@@ -1,11 +1,18 @@
-"""Fusion: a product subtracted, ``a - b * c``, becomes one stage (SGD's weight update ``p - lr * g``).
+"""Fusion: two elementwise stages whose temporary only links them become one stage.
 
-SGD lowers its update to two elementwise stages: ``t = lr * g`` (a ``mul``, whose result is assigned to
-``t``'s format) and ``p = p - t`` (a ``sub``). Each runs over every weight, and ``t`` is a weight-sized
-temporary. When ``t`` is read by nothing but that ``sub``, over the same loops and indices, the two
-become one ``msub`` stage, ``p - [lr * g]``, whose product is assigned to ``t``'s format (``attrs['mid']``)
-before the subtraction: the same values, bit for bit, in one pass and without ``t``. Any such pair fuses
-(also, e.g., the range reduction ``x - 2 pi k`` of ``sin``).
+- **A product subtracted**, ``a - b * c``, becomes ``msub`` (SGD's weight update ``p - lr * g``). SGD lowers its
+  update to two stages: ``t = lr * g`` (a ``mul``, whose result is assigned to ``t``'s format) and ``p = p - t``
+  (a ``sub``). Fused, ``p - [lr * g]`` assigns the product to ``t``'s format (``attrs['mid']``) before the
+  subtraction: the same values, bit for bit, in one pass and without ``t`` (also, e.g., the range reduction
+  ``x - 2 pi k`` of ``sin``).
+- **A comparison and the select that reads it**, ``m = a <= b; r = m ? x : y``, becomes ``le_select``
+  (``r = a <= b ? x : y``; the same for ``eq`` .. ``ge``): ReLU's backward (``where(h <= 0, 0, g)``) and
+  ``where`` on a comparison. The comparison's 1-bit mask is gone, and one phase with it; the emulator keeps the
+  decisions under ``ops.decision_name(stage)`` and ``kernel.meta["fused_decisions"]`` names each one's graph
+  node, so the decisions a kernel took stay readable (tests/error_bounds.py follows them).
+
+A pair fuses when the temporary is read by nothing but the second stage, over the same loops and indices, and
+the first stage is right before it. A stochastically rounded temporary does not fuse (its rounding draws).
 """
 
 from __future__ import annotations
@@ -13,10 +20,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 from fx2fpga_runtime.ir import Kernel, Stage
+from fx2fpga_runtime.ops import COMPARISONS
 
 
 def run(kernel: Kernel) -> Kernel:
-    """Fuse every ``mul`` -> ``sub`` pair of ``kernel``'s programs that computes ``a - b * c`` (in place)."""
+    """Fuse every ``mul`` -> ``sub`` pair computing ``a - b * c`` and every comparison -> ``select`` pair of
+    ``kernel``'s programs (in place)."""
     reads = kernel.read_counts()
     kept = kernel.io_buffers() | set(kernel.params)
     for prog in kernel.programs.values():
@@ -24,8 +33,11 @@ def run(kernel: Kernel) -> Kernel:
         while i < len(prog.stages):
             a = prog.stages[i]
             b = prog.stages[i + 1] if i + 1 < len(prog.stages) else None
-            if b is not None and _fusable(a, b, kernel, reads, kept):
-                out.append(_fused(a, b, kernel))
+            fused = _fused(a, b, kernel) if b is not None and _linked(a, b, kernel, reads, kept) else None
+            if fused is not None:
+                out.append(fused)
+                if fused.op.endswith("_select") and kernel.buffers[a.out.buffer].source:  # the graph's node
+                    kernel.meta.setdefault("fused_decisions", {})[fused.name] = kernel.buffers[a.out.buffer].source
                 del kernel.buffers[a.out.buffer]
                 i += 2
             else:
@@ -35,18 +47,26 @@ def run(kernel: Kernel) -> Kernel:
     return kernel
 
 
-def _fusable(a: Stage, b: Stage, kernel: Kernel, reads: dict, kept: set) -> bool:
-    """``b`` subtracts ``a``'s product, which nothing else reads, element for element."""
+def _linked(a: Stage, b: Stage, kernel: Kernel, reads: dict, kept: set) -> bool:
+    """``a``'s output is a temporary that only ``b`` reads, element for element, as its operand ``slot``."""
     t = a.out.buffer
-    return (a.op == "mul" and b.op == "sub" and not a.reduce and not b.reduce
+    slot = {"sub": 1, "select": 0}.get(b.op)
+    return (slot is not None and not a.reduce and not b.reduce
             and kernel.buffers[t].role == "temp" and kernel.buffers[t].fmt.rounding != "SR"
             and t not in kept and reads.get(t) == 1
-            and b.ins[1].buffer == t and b.ins[0].buffer != t and a.loops == b.loops
-            and b.ins[1].index == a.out.index and not b.ins[1].guard and not a.out.guard
-            and all(x.buffer != t for x in a.ins))
+            and b.ins[slot].buffer == t and all(x.buffer != t for i, x in enumerate(b.ins) if i != slot)
+            and a.loops == b.loops and b.ins[slot].index == a.out.index and not b.ins[slot].guard
+            and not a.out.guard and all(x.buffer != t for x in a.ins))
 
 
-def _fused(a: Stage, b: Stage, kernel: Kernel) -> Stage:
-    return replace(b, op="msub", ins=(b.ins[0], a.ins[0], a.ins[1]),
-                   attrs={"mid": str(kernel.buffers[a.out.buffer].fmt)},
-                   origin=f"{a.origin}; {b.origin}" if a.origin else b.origin, source=b.source or a.source)
+def _fused(a: Stage, b: Stage, kernel: Kernel) -> Stage | None:
+    """The one stage doing ``a`` then ``b`` (None: no such op)."""
+    origin = f"{a.origin}; {b.origin}" if a.origin else b.origin
+    if a.op == "mul" and b.op == "sub":
+        return replace(b, op="msub", ins=(b.ins[0], a.ins[0], a.ins[1]),
+                       attrs={"mid": str(kernel.buffers[a.out.buffer].fmt)}, origin=origin,
+                       source=b.source or a.source)
+    if a.op in COMPARISONS and b.op == "select":
+        return replace(b, op=f"{a.op}_select", ins=(a.ins[0], a.ins[1], b.ins[1], b.ins[2]), origin=origin,
+                       source=b.source or a.source)
+    return None

@@ -21,7 +21,7 @@ from . import stochastic
 from .emu_compile import compile_stage
 from .fixed import Fixed, align, shift_round
 from .ir import GROUP_VAR, Access, Kernel, Stage
-from .ops import OPS_TABLE, OpSpec, aligned_operands, exact_frac
+from .ops import OPS_TABLE, OpSpec, aligned_operands, decision_name, exact_frac, fused_decision
 
 
 class Emulator:
@@ -287,6 +287,9 @@ def run_stage(stage: Stage, kernel: Kernel, mem: dict[str, np.ndarray], plan: St
     spec = OPS_TABLE[stage.op]
     if not stage.reduce:
         raw, frac = _elementwise(spec, vals, fmts, stage, kernel)
+        if stage.op.endswith("_select"):  # a fused comparison's outcome, kept for inspection (ops.fused_decision)
+            decided = fused_decision(stage.op, aligned_operands(spec, vals, [f.frac_bits for f in fmts]))
+            mem[decision_name(stage.name)] = np.broadcast_to(decided, plan.layout).copy()
         bits = _random_bits(stage, kernel, plan, call, frac)
         _store(stage, mem, plan, _assign(out_buf.fmt, raw, frac, plan.layout, tally, bits))
         return

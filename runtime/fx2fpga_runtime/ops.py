@@ -158,6 +158,29 @@ def _compare(name: str, fn) -> OpSpec:
                   lambda a, b: fn(a, b).astype(np.float64), lambda fr: 0, aligned=(0, 1), error_rule="compare")
 
 
+def _compare_select(name: str, fn) -> OpSpec:
+    """``a <name> b ? x : y``: a comparison and the select that reads it, fused (passes/fuse.py)."""
+    return OpSpec(f"{name}_select", 4, f"x if a {name} b else y (a comparison and its select, fused)",
+                  lambda v, st, k: np.where(fn(v[0], v[1]), v[2], v[3]),
+                  lambda a, b, x, y: np.where(fn(a, b), x, y), max, aligned=(0, 1, 2, 3),
+                  error_rule="compare_select")
+
+
+def fused_decision(op: str, vals: list[np.ndarray]) -> np.ndarray | None:
+    """A fused comparison's outcome (``<cmp>_select`` on its aligned operands), else None: the emulator keeps it
+    in its memory under ``decision_name`` (the hardware does not store it), where tests and users read the
+    decisions a kernel took, as they read the mask buffer before the fusion."""
+    cmp = COMPARISONS.get(op.removesuffix("_select")) if op.endswith("_select") else None
+    return None if cmp is None else cmp(vals[0], vals[1])
+
+
+def decision_name(stage_name: str) -> str:
+    """The emulator memory's key of a fused comparison's outcome, over the stage's loops."""
+    return f"{stage_name}:decision"
+
+
+COMPARISONS = {"eq": np.equal, "ne": np.not_equal, "lt": np.less, "le": np.less_equal, "gt": np.greater,
+               "ge": np.greater_equal}
 _ROWS = [
     OpSpec("copy", 1, "a", lambda v, st, k: v[0], lambda a: a, lambda fr: fr[0]),
     OpSpec("neg", 1, "-a", lambda v, st, k: -v[0], lambda a: -a, lambda fr: fr[0]),
@@ -173,8 +196,8 @@ _ROWS = [
     OpSpec("select", 3, "c != 0 ? a : b", lambda v, st, k: np.where(v[0] != 0, v[1], v[2]),
            lambda c, a, b: np.where(c != 0, a, b), lambda fr: max(fr[1], fr[2]), aligned=(1, 2),
            error_rule="select"),
-    _compare("eq", np.equal), _compare("ne", np.not_equal), _compare("lt", np.less),
-    _compare("le", np.less_equal), _compare("gt", np.greater), _compare("ge", np.greater_equal),
+    *(_compare(name, fn) for name, fn in COMPARISONS.items()),
+    *(_compare_select(name, fn) for name, fn in COMPARISONS.items()),
     OpSpec("table", 1, "piecewise-linear function of a (attrs: fn, table, lo, shift; see ir.py)", _table,
            None, None, attrs=("fn", "table", "lo", "shift"), unit_latency=12, estimate_depth=5, error_rule="table"),
     OpSpec("msub", 3, "a - [b * c] (the product assigned to attrs['mid'] first: a fused weight update p - [lr * g])",
@@ -233,5 +256,6 @@ def exact_frac(spec: OpSpec, fracs: Sequence[int], stage, kernel) -> int:
     return spec.result_frac(fracs)
 
 
-__all__ = ["NORM_INDEX_BITS", "OPS_TABLE", "OpSpec", "aligned_operands", "alignment_shifts", "div_norm_frac",
-           "exact_frac", "mid_format", "norm_rom_values", "op_spec"]
+__all__ = ["COMPARISONS", "NORM_INDEX_BITS", "OPS_TABLE", "OpSpec", "aligned_operands", "alignment_shifts",
+           "decision_name", "div_norm_frac", "exact_frac", "fused_decision", "mid_format", "norm_rom_values",
+           "op_spec"]

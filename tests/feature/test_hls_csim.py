@@ -99,6 +99,11 @@ def _zoo_elementwise(bufs: list[Buffer], stages: list[Stage]) -> None:
     ew("o_lt_fx", "lt", F("fixed<4,2>"), (A, P))
     ew("o_sel", "select", F("fixed<7,2,RND,SAT>"), (acc("cond", "i", "j"), A, B), lanes=5, lane_var="j")
     ew("o_sel_cmp", "select", F("fixed<5,2,TRN,WRAP>"), (acc("o_lt", "i", "j"), P, B))
+    # a comparison fused with its select (passes/fuse.py): operands of four formats, one a constant-like column
+    for k, op in enumerate(("eq", "ne", "lt", "le", "gt", "ge")):
+        x, y = (A, acc("u", "j")) if k % 2 else (P, B)
+        ew(f"o_{op}_sel", f"{op}_select", F(("fixed<7,2,RND,SAT>", "fixed<5,1,TRN,WRAP>")[k % 2]),
+           (Q, P, x, y) if op in ("eq", "ne") else (A, B, x, y), lanes=(1, 3)[k % 2], lane_var="j")
     ew("o_tab", "table", F("fixed<8,2,RND,SAT>"), (A,), attrs={"fn": "f", "table": "tbl", "lo": -40, "shift": 3})
     ew("o_tab_w", "table", F("fixed<7,1,TRN,WRAP>"), (A,), attrs={"fn": "g", "table": "tbl", "lo": -100, "shift": 4},
        lanes=3, lane_var="j")

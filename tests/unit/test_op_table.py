@@ -81,7 +81,7 @@ F = Fixed.parse
 def one_stage_kernel(name: str) -> Kernel:
     """Op ``name`` over a 4x6 loop nest (a reduction over the 6), on small formats, in program ``infer``."""
     spec = OPS_TABLE[name]
-    fmts = [F("fixed<8,3>"), F("fixed<7,2>"), F("fixed<6,4>")]
+    fmts = [F("fixed<8,3>"), F("fixed<7,2>"), F("fixed<6,4>"), F("fixed<5,1>")]
     bufs = [Buffer(f"x{k}", (4, 6), fmts[k], "input") for k in range(spec.arity)]
     out_fmt = F("fixed<24,12>") if not spec.accumulate == "argmax" else F("fixed<8,8>")
     out_shape = (4,) if spec.reduction else (4, 6)

@@ -73,6 +73,8 @@ HLS_SPELLING = {
     "msub": "{out} = {a0} - {M}({P});",
     "select": "{out} = ({a0} != 0) ? {T}({a1}) : {T}({a2});",
     **{op: f"{{out}} = ({{C}}({{a0}}) {c} {{C}}({{a1}})) ? {{T}}(1) : {{T}}(0);" for op, c in COMPARE_OPS.items()},
+    **{f"{op}_select": f"{{out}} = ({{C}}({{a0}}) {c} {{C}}({{a1}})) ? {{T}}({{a2}}) : {{T}}({{a3}});"
+       for op, c in COMPARE_OPS.items()},
     "table": _HLS_TABLE,
     "div": _HLS_NORMALIZED,
     "div_sqrt": _HLS_NORMALIZED,
@@ -381,8 +383,8 @@ def _elementwise_params(st: Stage, kernel: Kernel, ins: list[str]) -> dict:
         b, c = (kernel.buffers[a.buffer].fmt for a in st.ins[1:3])
         wide = reaching_type(_signed_int_bits(b) + _signed_int_bits(c), b.frac_bits + c.frac_bits, mid_format(st))
         params["P"] = f"{wide}({ins[1]} * {ins[2]})" if wide else f"{ins[1]} * {ins[2]}"  # the product
-    if st.op in COMPARE_OPS:
-        params["C"] = common_type([kernel.buffers[a.buffer].fmt for a in st.ins])
+    if st.op.removesuffix("_select") in COMPARE_OPS:  # a comparison (fused with its select: its first two)
+        params["C"] = common_type([kernel.buffers[a.buffer].fmt for a in st.ins[:2]])
     return params
 
 

@@ -80,6 +80,10 @@ RTL_SPELLING = {
     "select": RtlSpelling(lambda w, s: max(w[1] + s[1], w[2] + s[2]), "({a0} != '0) ? {x1} : {x2}"),
     **{op: RtlSpelling(lambda w, s: 2, "{{1'b0, {x0} " + c + " {x1}}}", cast=_aligned_sum_width)
        for op, c in COMPARE_OPS.items()},
+    **{f"{op}_select": RtlSpelling(lambda w, s: max(w[2] + s[2], w[3] + s[3]),
+                                   "{rw}'(({x0} " + c + " {x1}) ? {x2} : {x3})",
+                                   cast=lambda w, s: max(a + b for a, b in zip(w, s, strict=True)) + 1)
+       for op, c in COMPARE_OPS.items()},
     "table": RtlSpelling(None),  # a unit of its own: clip, two ROM reads, the interpolation
     "msub": RtlSpelling(None),  # a unit of its own: the shared multiplier, the mid format, the subtraction
     "div": RtlSpelling(None),  # a unit of its own: leading one, normalize, ROM read, product, shift
@@ -319,7 +323,7 @@ def _elementwise_view(view: dict, phase: Phase, kernel, cvts: _Cvts) -> dict:
         names = {f"a{i}": f"a{i}_{lane}" for i in range(len(ops))}
         xs = {f"x{i}": _shl(f"{cast}'(a{i}_{lane})", k) for i, k in enumerate(shifts)}
         exprs.append(spelling.expr.format(rw=rw, l=lane, **names, **xs, **{f"w{i}": x for i, x in enumerate(w)}))
-    view.update(res_width=rw, exprs=exprs,
+    view.update(res_width=rw, cast_width=cast, exprs=exprs,
                 cvt_out=cvts.get(rw, exact_frac(spec, fr, st, kernel), out_fmt, view["counted"]))
     return view
 
