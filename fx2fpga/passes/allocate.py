@@ -23,7 +23,7 @@ redone with a proportionally smaller budget.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fx2fpga_runtime.ir import MODEL_VAR, Kernel, Stage
 from fx2fpga_runtime.ops import OPS_TABLE
@@ -193,7 +193,8 @@ def _ports(st: Stage, acc) -> int:
 class MemoryCost:
     """LUT, FF and BRAM36 of the kernel's memories as banked by its current lanes (``buffer_banking``), buffer by
     buffer: each bank where Yosys maps it (``resources.bank_mapping``; under "block", what its banks save in block
-    RAM: ``resources.block_ram_candidate``), its read and write-data registers, and
+    RAM: ``resources.block_ram_candidate``), its read and write-data registers, its ports' registered addresses
+    (the controller's, ``resources._ctrl_bits``), and
     the multiplexers between banks and lanes: a read request whose bank is known only at run time gets a
     registered multiplexer over the banks it reaches (``_banks_reached``), a bank written by several requests
     (the host's words included) a multiplexer over them (``rtl.emit``'s ``muxes`` and write ``sources``).
@@ -231,9 +232,12 @@ class MemoryCost:
             read_only = name not in self.written and buf.role == "const"
             m = resources.bank_mapping(depth, buf.fmt.width, read_only)
             select, regs = self._mux_bits(name, spec) if self.muxes else (0.0, 0.0)
+            ports = spec.banks * (1 if read_only else 2) * schedule.bits(depth - 1)  # each bank port's address
             out[name] = {"bram36": spec.banks * m.bram36,
-                         "lut": spec.banks * m.luts * lut["lutram_luts"] + select * lut["select_bits"],
-                         "ff": (spec.banks * buf.fmt.width * 2 + regs) * ff["mem_reg_bits"], "dsp": 0.0,
+                         "lut": spec.banks * m.luts * lut["lutram_luts"] + select * lut["select_bits"]
+                         + ports * lut["ctrl_bits"],
+                         "ff": (spec.banks * buf.fmt.width * 2 + regs) * ff["mem_reg_bits"] + ports * ff["ctrl_bits"],
+                         "dsp": 0.0,
                          "block": resources.block_ram_candidate(name, spec.banks, depth, buf.fmt.width, read_only,
                                                                 self.costs)}
         return out
@@ -260,12 +264,13 @@ def allocate(kernel: Kernel, target, plan_1x1, budget: float, main: str, price_m
              ) -> dict[str, Option]:
     """Give the stages of program ``main`` of the one-lane ``kernel`` (whose plan is ``plan_1x1``) their lanes:
     the greedy allocation within ``budget`` (a share of every resource of ``target``), then trades of lanes
-    between stages (``_Allocation.trade_lanes``); a stage of another program takes the lanes of its twin in
-    ``main`` (``tile.mirror_twin_lanes``: a training kernel's ``infer``), others keep one lane; ``price_muxes``:
-    count the multiplexers between banks and lanes in each move (``MemoryCost``). Returns the ``Option`` chosen
-    per stage name of ``main``."""
+    between stages (``_Allocation.trade_lanes``, ``_Allocation.widen_by_narrowing``); a stage of another program
+    takes the lanes of its twin in ``main`` (``tile.mirror_twin_lanes``: a training kernel's ``infer``), others keep
+    one lane; ``price_muxes``: count the multiplexers between banks and lanes in each move (``MemoryCost``).
+    Returns the ``Option`` chosen per stage name of ``main``."""
     state = greedy(kernel, target, plan_1x1, budget, main, price_muxes)
     state.trade_lanes()
+    state.widen_by_narrowing()
     tile.mirror_twin_lanes(kernel, main)
     return {n: state.options[n][state.choice[n]] for n in state.stages}
 
@@ -312,6 +317,8 @@ def greedy(kernel: Kernel, target, plan_1x1, budget: float, main: str, price_mux
 
 
 SWAP_ROUNDS = 40  # trades of lanes between two stages tried after the greedy, at most
+WIDEN_ROUNDS = 4  # one stage widened at the cost of several narrower ones, at most this many times
+WIDEN_TRIED = 2  # ... trying the stages whose next choice saves the most cycles, this many per round
 
 
 @dataclass
@@ -331,6 +338,7 @@ class _Allocation:
     costs: dict
     used: dict[str, float]
     limit: dict[str, float]
+    refused: set = field(default_factory=set)  # trades that did not fit once made (``trade_lanes``)
 
     def fits(self, *moves: tuple[dict[str, float], dict]) -> bool:
         """The predicted resources with the moves made (``relieved``) stay within the limit."""
@@ -355,15 +363,72 @@ class _Allocation:
         widens the best stage per budget share at each step and stops at the first move nothing fits, so where
         it lands depends on its path (docs/architecture.md); a trade undoes one of its earlier moves for a
         move it could not afford. Each round takes the trade that saves the most cycles; the shared
-        multiplier pool and MAC engine keep their lanes (a narrower stage frees only its own)."""
+        multiplier pool and MAC engine keep their lanes (a narrower stage frees only its own). A trade that no
+        longer fits once the wider stage is priced on the memories the narrower one left (they may share a buffer)
+        is refused (``refused``) and the next best taken."""
         for _ in range(SWAP_ROUNDS):
             best = self.best_trade()
-            if best is None or not self._apply_pair(best[1], best[2]):
+            if best is None:
                 return
+            if not self._apply_pair(best[1], best[2]):
+                self.refused.add(_trade_key(best))
+
+    def widen_by_narrowing(self) -> None:
+        """Widen one stage to a next choice that does not fit, and narrow other stages, a step each, the fewest
+        cycles lost per share of the over-budget resources freed first, until it fits; kept where the step
+        takes fewer cycles in all. The greedy spends the budget on many small stages before a big stage's next
+        step (a matmul's 32 -> 64 lanes), and a trade of one step for one step frees too little for it."""
+        for _ in range(WIDEN_ROUNDS):
+            before = self.cycles()
+            ups = sorted((u for n in self.stages for u in self._moves(n, _next(self.options[n], self.choice[n]))
+                          if u[1] < 0),
+                         key=lambda u: (u[1], u[0]))[:WIDEN_TRIED]
+            for up in ups:
+                saved = self._snapshot()
+                self.apply(up[0], up[4], up[2], up[3])
+                while not self.fits() and self._narrow_one(up[0]):
+                    pass
+                if self.fits() and self.cycles() < before:
+                    break
+                self._restore(saved)
+            else:
+                return
+
+    def _narrow_one(self, widened: str) -> bool:
+        """Narrow one stage other than ``widened`` by a step: the step that loses the fewest cycles per share of
+        the resources over the limit it frees. False when no step frees any."""
+        over = [r for r, x in self.relieved().items() if r in self.limit and x > self.limit[r]]
+        best = None
+        for d in (d for n in self.stages if n != widened for d in self._moves(n, _previous(self.options[n],
+                                                                                         self.choice[n]))):
+            freed = sum(max(0.0, -d[2][r]) / getattr(self.target, r) for r in over)
+            if freed > 0 and (best is None or d[1] / freed < best[0]):
+                best = (d[1] / freed, d)
+        if best is None:
+            return False
+        d = best[1]
+        self.apply(d[0], d[4], d[2], d[3])
+        return True
+
+    def cycles(self) -> int:
+        """The stages' exact cycles at their choices (what the allocation minimizes)."""
+        return sum(stage_cycles(st, *self.options[n][self.choice[n]]) for n, st in self.stages.items())
+
+    def _snapshot(self) -> tuple:
+        return (dict(self.used), dict(self.memory.per_buffer), dict(self.choice), [sh.lanes for sh in self.shared])
+
+    def _restore(self, saved: tuple) -> None:
+        self.used, self.memory.per_buffer, choice, lanes = dict(saved[0]), dict(saved[1]), saved[2], saved[3]
+        for n, j in choice.items():
+            if self.choice[n] != j:
+                tile.set_stage_lanes(self.stages[n], *self.options[n][j])
+        self.choice = dict(choice)
+        for sh, n in zip(self.shared, lanes, strict=True):
+            sh.lanes = n
 
     def best_trade(self) -> tuple | None:
         """(cycles saved, the narrower stage's move, the wider one's) of the trade that saves the most and fits,
-        each move one step of its stage's choices; None when none does."""
+        each move one step of its stage's choices, not one ``refused``; None when none does."""
         best = None
         downs = [d for n in self.stages for d in self._moves(n, _previous(self.options[n], self.choice[n]))]
         ups = [u for n in self.stages for u in self._moves(n, self.larger(n))]
@@ -372,7 +437,7 @@ class _Allocation:
                 net = -(u[1] + d[1])  # cycles: the up move's change is negative, the down move's positive
                 if u[0] == d[0] or net <= 0 or (best is not None and net <= best[0]):
                     continue
-                if self.fits((d[2], d[3]), (u[2], u[3])):
+                if _trade_key((net, d, u)) not in self.refused and self.fits((d[2], d[3]), (u[2], u[3])):
                     best = (net, d, u)
         return best
 
@@ -414,6 +479,12 @@ class _Allocation:
         self.choice[down[0]] = before[2]
         tile.set_stage_lanes(self.stages[down[0]], *self.options[down[0]][before[2]])
         return False
+
+
+def _trade_key(trade: tuple) -> tuple:
+    """A trade of ``best_trade`` as (stage, choice) of its narrower and its wider move, from the choices now."""
+    _, d, u = trade
+    return d[0], d[4], u[0], u[4]
 
 
 def _next(opts: list[Option], i: int) -> list[int]:

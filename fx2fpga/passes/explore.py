@@ -211,9 +211,9 @@ def _allocated_point(one: Kernel, base, target, name: str, size: int, share: flo
             break
         if got[0].usage <= share:
             best = got if faster(got, best) else best
+            fits = aim
             if over is None:  # the first aim fits: nothing larger was refused
                 break
-            fits = aim
         else:
             over = aim
         aim = (fits + over) / 2 if fits else aim * share / got[0].usage * RETRY_MARGIN
