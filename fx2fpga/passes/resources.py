@@ -217,7 +217,10 @@ def _memory_features(p, block_ram: bool = True) -> dict[str, float]:
         f["mem_reg_bits"] += m["width"] * (read + len(m["direct_banks"]))
         block = m.get("block_banks", 0) if block_ram else 0
         own = bank_mapping(m["depth"], m["width"], m["read_only"])
-        f["block_lutram_luts"] += block * own.luts  # the logic around a LUT-RAM bank that block RAM keeps
+        # a bank moved to block RAM: in ``lutram_luts`` still (the logic around a LUT-RAM bank, which its fitted cost
+        # carries, stays) and in ``block_lutram_luts`` (whose cost, held at -1, takes its LUT-RAM's own LUTs off)
+        f["lutram_luts"] += block * own.luts
+        f["block_lutram_luts"] += block * own.luts
         forced = BankMapping("bram", bram36=bram36_for(max(2, m["depth"]), m["width"]))
         for mapping, banks in ((own, m["banks"] - block), (forced, block)):
             f["lutram_luts"] += banks * mapping.luts
@@ -373,27 +376,33 @@ def block_ram_candidate(name: str, banks: int, depth: int, width: int, read_only
                         costs: dict) -> BlockRamCandidate | None:
     """The candidate of a memory of ``banks`` banks of ``depth x width``; None where Yosys does not put it in
     LUT-RAM (a ROM, a tiny RAM in flip-flops, a bank already in block RAM). A bank moved to block RAM saves its
-    LUT-RAM LUTs at ``lutram_luts``' cost less ``block_lutram_luts``': the logic around it that stays."""
+    LUT-RAM's own LUTs (``block_lutram_luts``' cost, held at -1: measured) and its read register."""
     mapping = bank_mapping(depth, width, read_only)
-    saved = mapping.luts * (costs["lut"]["lutram_luts"] - costs["lut"]["block_lutram_luts"])
+    saved = -mapping.luts * costs["lut"]["block_lutram_luts"]
     if mapping.kind != "lutram" or saved <= 0:
         return None
     return BlockRamCandidate(name, banks, saved, width * costs["ff"]["mem_reg_bits"], bram36_for(max(2, depth), width))
 
 
+BLOCK_RAM_FROM = 0.5  # idle block RAM takes LUT-RAM banks only while the logic uses more of the target than this
+
+
 def balance_block_ram(used: dict[str, float], candidates: list[BlockRamCandidate], target
                       ) -> tuple[dict[str, int], dict[str, float]]:
     """Move LUT-RAM banks into block RAM (``ram_style = "block"``) while that lowers the largest share of
-    ``target``'s LUT, FF and BRAM36 that ``used`` takes: the banks that save the most LUTs per BRAM36 first,
-    and none once block RAM is as scarce as logic. So idle block RAM relieves the LUTs where they bind the
-    design (the explorer and the allocator widen stages into what it frees), and a design whose block RAM
-    is the scarcer keeps Yosys' own mapping. Returns (banks moved per memory, ``used`` after the moves)."""
+    ``target``'s LUT, FF and BRAM36 that ``used`` takes and that share is above ``BLOCK_RAM_FROM``: the banks that
+    save the most LUTs per BRAM36 first, and none once block RAM is as scarce as logic. So idle block RAM relieves
+    the LUTs where they bind a large design (the explorer and the allocator widen stages into what it frees); a
+    design whose block RAM is the scarcer, or that uses less than half the logic, keeps Yosys' own mapping.
+    Returns (banks moved per memory, ``used`` after the moves)."""
     lut, ff, bram = used["lut"], used["ff"], used["bram36"]
     moved: dict[str, int] = {}
     for c in sorted(candidates, key=lambda c: (-c.lut / c.bram36, c.name)):
-        # the j-th bank moves while (bram + j b) / B < (x - (j - 1) s) / X for x = lut or ff: the most such j
-        k = max(_banks_while_below(bram, c.bram36, target.bram36, lut, c.lut, target.lut),
-                _banks_while_below(bram, c.bram36, target.bram36, ff, c.ff, target.ff))
+        # the j-th bank moves while (bram + j b) / B < (x - (j - 1) s) / X for x = lut or ff, and that share is
+        # still above BLOCK_RAM_FROM: the most such j
+        k = max(min(_banks_while_below(bram, c.bram36, target.bram36, x, step, cap),
+                    _banks_while_below(BLOCK_RAM_FROM * cap, 0.0, cap, x, step, cap))
+                for x, step, cap in ((lut, c.lut, target.lut), (ff, c.ff, target.ff)))
         k = min(c.banks, k)
         lut, ff, bram = lut - k * c.lut, ff - k * c.ff, bram + k * c.bram36
         if k:
