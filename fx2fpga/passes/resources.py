@@ -367,7 +367,7 @@ class BlockRamCandidate:
 
     name: str
     banks: int
-    lut: float  # LUTs one bank saves (its LUT-RAM, at the model's cost per LUT-RAM LUT)
+    lut: float  # LUTs one bank saves (its LUT-RAM's own: ``block_lutram_luts``' cost per LUT-RAM LUT)
     ff: float  # flip-flops one bank saves (the read register a block RAM has inside)
     bram36: float  # BRAM36 one bank takes
 
