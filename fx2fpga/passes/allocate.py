@@ -238,8 +238,7 @@ class MemoryCost:
                          + ports * lut["ctrl_bits"],
                          "ff": (spec.banks * buf.fmt.width * 2 + regs) * ff["mem_reg_bits"] + ports * ff["ctrl_bits"],
                          "dsp": 0.0,
-                         "block": resources.block_ram_candidate(name, spec.banks, depth, buf.fmt.width, read_only,
-                                                                self.costs)}
+                         "block": resources.block_ram_candidate(name, spec.banks, m, depth, buf.fmt.width, self.costs)}
         return out
 
     def _mux_bits(self, name: str, spec) -> tuple[float, float]:
@@ -469,15 +468,13 @@ class _Allocation:
     def _apply_pair(self, down: tuple, up: tuple) -> bool:
         """Make the trade: the narrower stage first, then the wider one priced again on the memories as they
         are then (two stages may share a buffer); undone when it no longer fits or saves nothing."""
-        before = (dict(self.used), dict(self.memory.per_buffer), self.choice[down[0]])
+        saved = self._snapshot()
         self.apply(down[0], down[4], down[2], down[3])
         (again,) = self._moves(up[0], [up[4]])
         if again[1] + down[1] < 0 and self.fits((again[2], again[3])):
             self.apply(again[0], again[4], again[2], again[3])
             return True
-        self.used, self.memory.per_buffer = before[0], before[1]
-        self.choice[down[0]] = before[2]
-        tile.set_stage_lanes(self.stages[down[0]], *self.options[down[0]][before[2]])
+        self._restore(saved)
         return False
 
 

@@ -372,12 +372,12 @@ class BlockRamCandidate:
     bram36: float  # BRAM36 one bank takes
 
 
-def block_ram_candidate(name: str, banks: int, depth: int, width: int, read_only: bool,
+def block_ram_candidate(name: str, banks: int, mapping: BankMapping, depth: int, width: int,
                         costs: dict) -> BlockRamCandidate | None:
-    """The candidate of a memory of ``banks`` banks of ``depth x width``; None where Yosys does not put it in
-    LUT-RAM (a ROM, a tiny RAM in flip-flops, a bank already in block RAM). A bank moved to block RAM saves its
-    LUT-RAM's own LUTs (``block_lutram_luts``' cost, held at -1: measured) and its read register."""
-    mapping = bank_mapping(depth, width, read_only)
+    """The candidate of a memory of ``banks`` banks of ``depth x width`` that Yosys maps as ``mapping``
+    (``bank_mapping``); None where that is not LUT-RAM (a ROM, a tiny RAM in flip-flops, a bank already in block
+    RAM). A bank moved to block RAM saves its LUT-RAM's own LUTs (``block_lutram_luts``' cost, held at -1:
+    measured) and its read register."""
     saved = -mapping.luts * costs["lut"]["block_lutram_luts"]
     if mapping.kind != "lutram" or saved <= 0:
         return None
@@ -433,7 +433,9 @@ def assign_block_ram(p, target) -> None:
     costs = load_costs()
     used = predict(rtl_features(p, block_ram=False), costs)
     candidates = [c for m in p.memories
-                  if (c := block_ram_candidate(m["name"], m["banks"], m["depth"], m["width"], m["read_only"], costs))]
+                  if (c := block_ram_candidate(m["name"], m["banks"], bank_mapping(m["depth"], m["width"],
+                                                                                   m["read_only"]),
+                                               m["depth"], m["width"], costs))]
     moved, _ = balance_block_ram({"lut": used.lut, "ff": used.ff, "bram36": used.bram36}, candidates, target)
     for m in p.memories:
         m["block_banks"] = moved.get(m["name"], 0)

@@ -171,16 +171,13 @@ def test_trades_of_lanes_after_the_greedy(mlp_example):
     one = copy.deepcopy(design.kernel)
     base, _, _ = explore.measure(one, target, "k", 1, 1)
 
-    def cycles(state):
-        return sum(allocate.stage_cycles(st, *state.options[n][state.choice[n]]) for n, st in state.stages.items())
-
     state = allocate.greedy(copy.deepcopy(one), target, base.plan, 0.25, "train_step", price_muxes=False)
     trade = state.best_trade()
     assert trade is not None and trade[0] > 0
-    before = cycles(state)
+    before = state.cycles()
     state.trade_lanes()
     assert state.best_trade() is None
-    assert cycles(state) <= before - trade[0]
+    assert state.cycles() <= before - trade[0]
     assert all(state.relieved()[r] <= state.limit[r] for r in allocate.RESOURCES)
     # allocate is the greedy and the trades: its choices are the traded state's
     k = copy.deepcopy(one)
