@@ -275,13 +275,17 @@ def test_exact_macs_share_one_mac_engine(mlp):
     """The digits MLP's 7 multiply-accumulates (forward, backward with the folded weight updates, inference) never
     overflow their accumulators:
     one engine accumulates for all of them at the widest format, with one output conversion per distinct one,
-    and their units keep no adder."""
+    and their units keep no adder. Stages whose units are the same hardware run on one (``emit.twin_hosts``): the
+    inference's matmuls on their training twins' units."""
+    from fx2fpga.backends.rtl import emit
     from fx2fpga.passes import resources
 
     _, design, _ = mlp
     p = design.rtl_plan()
     macs = [u for u in p.units if u["op"] == "mac"]
-    assert len(macs) == 7 and all(u["engine"] for u in macs)
+    served = {st.name: phase for u in macs for phase, st in emit.unit_stages(u)}
+    assert len(served) == 7 and len(set(served.values())) == 7 and all(u["engine"] for u in macs)
+    assert len(macs) < 7 and {"train_addmm", "train_addmm_1"} <= {st.name for u in macs for _, st in u["guests"]}
     assert p.engine["users"] == macs and p.engine["lanes"] == max(u["lanes"] for u in macs)
     assert p.engine["width"] == max(u["stage"].acc.width for u in macs) == 52  # grad x weight over 10 points
     assert len(p.engine["outs"]) == 3  # to activations (16 bits, 16 fraction bits dropped), to the gradient, to
@@ -289,6 +293,40 @@ def test_exact_macs_share_one_mac_engine(mlp):
     assert all(resources._unit_adder_bits(u) == 0 for u in macs)
     top = (design.out_dir / "rtl" / "digitsmlp_top.sv").read_text()
     assert top.count("digitsmlp_mac_engine eng (") == 1
+
+
+def test_a_guest_runs_on_the_same_hardware_as_its_host(mlp):
+    """Every phase that runs on another's unit (``emit.twin_hosts``) has a unit module, made on its own, with the
+    same text as its host's but for names; no stochastic-rounding or counting unit is shared; the guests of the
+    digits MLP at lanes 4 include the inference's three forward stages and stages of the training step itself."""
+    import re
+
+    from fx2fpga.backends.common import template_env
+    from fx2fpga.backends.rtl import emit
+
+    _, design, _ = mlp
+    k, p = design.kernel, design.rtl_plan()
+    phases = p.schedule.phases()
+    cvts = emit._Cvts()
+    views = {i + 1: emit._unit_view(ph, i + 1, k, k.name, cvts, "DSP48E1") for i, ph in enumerate(phases)
+             if ph.kind == "stage"}
+    hosts = emit.twin_hosts(views)
+    emit.mac_engine(list(views.values()), k.name, emit.multiplier_pool(list(views.values()), "DSP48E1"), cvts)
+    assert hosts == {g: int(u["inst"][1:]) for u in p.units for g, _ in u["guests"]}
+    assert {"infer_addmm", "infer_relu", "infer_output"} <= {views[h]["stage"].name for h in hosts.values()}
+    assert any(views[g]["stage"].name.startswith("train") and views[h]["stage"].name.startswith("train")
+               for g, h in hosts.items())
+    template = template_env().get_template("rtl/unit.sv.j2")
+
+    def hardware(u):
+        for key in ("inputs", "oks"):  # (wired by the plan, not part of the module)
+            u.pop(key, None)
+        text = template.render(banner="", u=u)
+        return re.sub(r"^//.*$", "", text.replace(u["module"], "UNIT"), flags=re.M)
+
+    for g, h in hosts.items():
+        assert not views[h]["sr"] and not views[h]["counted"]
+        assert hardware(dict(views[g])) == hardware(dict(views[h])), (g, h)
 
 
 @slow
@@ -301,6 +339,7 @@ def test_a_mac_that_may_overflow_keeps_its_own_accumulator(tmp_path):
     from torch import nn
 
     import fx2fpga
+    from fx2fpga.backends.rtl import emit
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
@@ -308,12 +347,12 @@ def test_a_mac_that_may_overflow_keeps_its_own_accumulator(tmp_path):
     design = fx2fpga.compile(model, (x,), target="pynq-z1", train=fx2fpga.SGD(F.cross_entropy, y, lr=0.1),
                              precision={"overrides": {"0.weight": "fixed<24,16>"}}, out_dir=tmp_path / "p")
     p = design.rtl_plan()
-    private = sorted(u["stage"].name for u in p.units if u["op"] == "mac" and not u["engine"])
-    assert private == ["infer_addmm", "train_addmm"]
-    assert len(p.engine["users"]) == 5
+    private = sorted(st.name for u in p.units if u["op"] == "mac" and not u["engine"] for _, st in emit.unit_stages(u))
+    assert private == ["infer_addmm", "train_addmm"]  # (one unit: the inference runs on its training twin's)
+    assert len([st for u in p.engine["users"] for st in emit.unit_stages(u)]) == 5
     w = np.random.default_rng(1).uniform(-30000, 30000, (8, 16)).astype(np.float32)
     params = {"0.weight": w}
-    acc = next(u["stage"].acc for u in p.units if u["stage"].name == "train_addmm")
+    acc = next(st.acc for u in p.units for _, st in emit.unit_stages(u) if st.name == "train_addmm")
     xq = np.clip(x.numpy() * 4, -32, 32)  # the activation format's range
     assert np.abs(np.cumsum(xq[:, None, :] * w[None], axis=-1)).max() > acc.max_value  # it saturates
     assert_backend_equals_emu(design, "rtl", [("train_step", (x.numpy() * 4, y.numpy()))] * 2

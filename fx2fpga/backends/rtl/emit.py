@@ -275,6 +275,44 @@ def _operand(fmt: Fixed, index: int) -> dict:
             "frac": fmt.frac_bits, "guarded": False}
 
 
+_UNIT_NAMES = ("module", "inst", "stage", "origin", "source")  # a unit view's fields that name, not build, it
+
+
+def _twin_key(u: dict) -> str | None:
+    """What a unit's hardware is, its names left out: units with one key are copies of one module. None: a
+    unit never shared (its stochastic rounding key and its saturation flags are its stage's own)."""
+    if u["sr"] or u["counted"]:
+        return None
+    st = u["stage"]
+    built = {k: v for k, v in u.items() if k not in _UNIT_NAMES}
+    return json.dumps([built, st.op, list(st.reduce), str(st.acc), sorted(map(str, st.attrs.items()))],
+                      sort_keys=True, default=str)
+
+
+def twin_hosts(views: dict[int, dict]) -> dict[int, int]:
+    """Phases that run on another phase's unit: phase id -> the first phase (in phase order) whose unit is the same
+    hardware (``_twin_key``). Sharing is safe for any two phases: their issue windows never overlap (one
+    command at a time, and a command's phases issue one after another), and a unit is an in-order pipeline of
+    fixed latency, so each result leaves it at its own phase's write tap. A training kernel's ``infer`` runs on
+    the forward units of ``train_step`` (its stages' twins, with the same lanes: ``tile.mirror_twin_lanes``)."""
+    first: dict[str, int] = {}
+    host_of: dict[int, int] = {}
+    for i, u in views.items():
+        key = _twin_key(u)
+        if key is None:
+            continue
+        if key in first:
+            host_of[i] = first[key]
+        else:
+            first[key] = i
+    return host_of
+
+
+def unit_stages(u: dict) -> list[tuple[int, object]]:
+    """(phase id, stage) of every phase a unit runs: its own, then its guests' (``twin_hosts``)."""
+    return [(int(u["inst"][1:]), u["stage"]), *u["guests"]]
+
+
 def _unit_view(phase: Phase, pid: int, kernel, name: str, cvts: _Cvts, dsp_kind: str, counted: bool = False) -> dict:
     """The datapath unit of a stage phase for unit.sv.j2 (``counted``: its output conversion flags saturation
     events, ``ovf_*``)."""
@@ -286,7 +324,7 @@ def _unit_view(phase: Phase, pid: int, kernel, name: str, cvts: _Cvts, dsp_kind:
     view = {"module": f"{name}_p{pid}_{_ident(st.name)}", "inst": f"p{pid}", "op": st.op, "lanes": phase.lanes,
             "pooled": False, "engine": False, "skips_guarded": spec.skips_guarded, "counted": counted,
             "ops": ops, "out_width": out_fmt.width, "stage": st,
-            "origin": st.origin, "source": st.source}
+            "origin": st.origin, "source": st.source, "guests": []}
     if st.reduce:
         view = _reduce_view(view, spec, kernel, cvts)
     elif spec.reads_table:
@@ -521,15 +559,20 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
     sr_commands: list[str] = []  # the commands with a stage rounding SR, in order: each has a call register
     mems = {m.buffer: _memory_view(m) for m in s.memories.values()}
     w = _Wiring(mems)
+    counted = {pid[id(ph)]: counting and can_overflow(ph.stage, kernel) for ph in phases if ph.kind == "stage"}
+    views = {i: _unit_view(ph, i, kernel, name, cvts, dsp_kind, counted[i])
+             for ph in phases if ph.kind == "stage" for i in [pid[id(ph)]]}
+    host_of = twin_hosts(views)
     for ph in phases:
         i = pid[id(ph)]
-        counted = counting and ph.kind == "stage" and can_overflow(ph.stage, kernel)
-        unit = _unit_view(ph, i, kernel, name, cvts, dsp_kind, counted) if ph.kind == "stage" else None
+        unit = views.get(i)
         w.add_reads(ph, i)
         key = stochastic.stage_key(kernel.meta.get(stochastic.SEED_KEY, 0), ph.stage.out.buffer) \
             if unit is not None and unit["sr"] else None
-        w.add_writes(ph, i, counted, key)
-        if unit is not None:
+        w.add_writes(ph, i, counted.get(i, False), key, host_of.get(i, i))
+        if i in host_of:
+            w.add_guest(views[host_of[i]], ph, i)
+        elif unit is not None:
             w.add_unit(unit, ph, i)
             if unit["sr"]:
                 command = command_of[id(ph)]
@@ -541,7 +584,12 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
                             "signed": m["signed"]})
     pool = multiplier_pool(w.units, dsp_kind)
     engine = mac_engine(w.units, name, pool, cvts)
-    act = {u["inst"][1:]: u["act"] for u in w.units if u["pooled"]}
+    act = {u["inst"][1:]: u["act"] for u in w.units if u["pooled"]} | w.acts
+    for u in w.units:  # a pooled unit's operands go to the multipliers in its guests' turns too
+        if u["pooled"] and u["guests"]:
+            act.update({str(g): f"act_p{g}" for g, _ in u["guests"]})
+            u["act"] = " | ".join([u["act"], *(f"act_p{g}" for g, _ in u["guests"])])
+    act = dict(sorted(act.items(), key=lambda kv: int(kv[0])))
     out_sel_bits = bits(len(w.packs) - 1) if len(w.packs) > 1 else 0
     outputs = _controller_outputs(w, act, out_sel_bits)
     spec = {
@@ -651,6 +699,7 @@ class _Wiring:
         self.shared: dict[tuple, list[dict]] = {}  # (buffer, banks) -> the read multiplexers over those banks
         self.data_of: dict[tuple[int, int, int], str] = {}  # (phase id, operand, lane) -> data expression
         self.ok_of: dict[tuple[int, int, int], str] = {}  # (phase id, operand, lane) -> "the guarded read happened"
+        self.acts: dict[str, str] = {}  # a guest phase's "operands arrive" signal where it selects them (add_guest)
 
     def add_reads(self, ph, i: int) -> None:
         """The read requests of phase ``i`` and where their data arrives."""
@@ -695,10 +744,12 @@ class _Wiring:
         for lane in port.served:
             table[i, port.operand, lane] = signal
 
-    def add_writes(self, ph, i: int, counted: bool = False, key: int | None = None) -> None:
+    def add_writes(self, ph, i: int, counted: bool = False, key: int | None = None, unit: int | None = None) -> None:
         """The write requests of phase ``i``, each bank's data sources numbered (``counted``: with the lanes'
         saturation event flags ``p<i>_ovf_<lane>``, else ``1'b0``, in ``ovf_sources``; ``key``: the stage's
-        stochastic rounding key, each lane's point plus the key as ``srp_p<i>_<lane>``)."""
+        stochastic rounding key, each lane's point plus the key as ``srp_p<i>_<lane>``; ``unit``: the phase whose
+        unit computes its results, where not its own: a bank it writes already taking them is not given them twice)."""
+        unit = i if unit is None else unit
         for port in ph.writes:
             mem = self.mems[port.buffer]
             if ph.kind == "unpack":  # lane l: field l of the input word (interface.py's word packing)
@@ -706,10 +757,13 @@ class _Wiring:
                 src = "in_d1" if hi - lo == WORD_BITS else f"in_d1[{hi - 1}:{lo}]"
                 self.in_bits = max(self.in_bits, hi)
             else:
-                src = f"p{i}_out_{port.lane}"
+                src = f"p{unit}_out_{port.lane}"
             ovf = f"p{i}_ovf_{port.lane}" if counted else "1'b0"
             source = {}
             for b in port.banks:
+                if unit != i and src in mem["sources"][b]:  # (a guest's ovf is 1'b0, as its host's: twin_hosts)
+                    source[str(b)] = mem["sources"][b].index(src)
+                    continue
                 mem["sources"][b].append(src)
                 mem["ovf_sources"][b].append(ovf)
                 source[str(b)] = len(mem["sources"][b]) - 1
@@ -736,6 +790,28 @@ class _Wiring:
             self.go[str(i)] = unit["go"] = f"go_p{i}"
             self.first[str(i)] = unit["first"] = f"first_p{i}"
         self.units.append(unit)
+
+    def add_guest(self, host: dict, ph, i: int) -> None:
+        """Phase ``i`` runs on ``host``, an earlier phase's unit of the same hardware (``twin_hosts``): each of its
+        operands that is not the host's own signal reaches the unit in the cycles ``act_p<i>`` says phase ``i``'s
+        operands arrive; its ``go``/``first`` join the host's."""
+        sel = f"act_p{i}"
+        for o, operand in enumerate(host["ops"]):
+            for lane in range(ph.lanes):
+                data = self.data_of.get((i, o, lane), self.data_of.get((i, o, 0)))
+                if data != host["inputs"][o][lane]:
+                    host["inputs"][o][lane] = f"({sel} ? {data} : {host['inputs'][o][lane]})"
+                    self.acts[str(i)] = sel
+                ok = self.ok_of.get((i, o, lane), self.ok_of.get((i, o, 0))) or "1'b1"
+                if ok != host["oks"][o][lane]:
+                    host["oks"][o][lane] = f"({sel} ? {ok} : {host['oks'][o][lane]})"
+                    self.acts[str(i)] = sel
+                    operand["guarded"] = True
+        if host["kind"] == "reduce":
+            self.go[str(i)], self.first[str(i)] = f"go_p{i}", f"first_p{i}"
+            host["go"] += f" | go_p{i}"
+            host["first"] += f" | first_p{i}"
+        host["guests"].append((i, ph.stage))
 
 
 def _controller_outputs(w: _Wiring, act: dict, out_sel_bits: int) -> list[tuple[str, int]]:
