@@ -489,6 +489,7 @@ class RtlPlan:
     sat: dict | None = None  # the saturation counters (saturation_view), None without them
     sr_calls: list[dict] = field(default_factory=list)  # per command with SR stages: its calls * STEP register
     sr_step: int = stochastic.STEP
+    gates: dict | None = None  # the simulation-only clock gates (sim_gates), None: every block on clk
 
     @property
     def dsp_blocks(self) -> int:
@@ -571,9 +572,36 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
                 reset_cycles=max([p.write_delay for p in phases] + [sched.PACK_DELAY]) + 4,
                 sat=saturation_view(kernel, mems) if counting else None,
                 sr_calls=[{"name": _sr_call(c), "code": s.codes[c]} for c in sr_commands])
+    p.gates = sim_gates(p, w, spec["phase_bits"])
     if target is not None:
         resources.assign_block_ram(p, target)
     return p
+
+
+def sim_gates(p: RtlPlan, w: _Wiring, phase_bits: int) -> dict:
+    """The clock gates of the top's simulation-only code (``ifdef VERILATOR``, templates/rtl/top.sv.j2): each
+    datapath unit, memory (its banks, write data, fabric copies and read multiplexers), the shared multipliers
+    and the MAC engine gets a clock that runs only while a phase that uses it runs (``phase_q`` of the
+    controller), ``hold`` cycles after (the reset's drain: longer than any phase's issue-to-write delay,
+    so its pipelines empty and its last writes land) and in reset. Verilator evaluates a block only at its
+    clock's edges, so idle blocks cost nothing; at its edges a gated block computes what it did on ``clk``,
+    and outside them nothing reads it (its writes, operands and results belong to its phases), so results
+    and cycle counts are unchanged. Synthesis sees every block on ``clk``."""
+    uses: dict[str, set[int]] = {}
+    for r in [*w.reads, *w.writes]:
+        uses.setdefault(f"m_{r['memory']}", set()).add(r["phase"])
+    for u in p.units:
+        uses[u["inst"]] = {int(u["inst"][1:])}
+    for shared, blk in (("pool", p.pool), ("eng", p.engine)):
+        if blk is not None:
+            uses[shared] = set().union(*(uses[u["inst"]] for u in blk["users"]))
+    mem_gate = {m["name"]: f"m_{m['name']}" if f"m_{m['name']}" in uses else "" for m in p.memories}
+    for x in p.muxes:
+        x["gate"] = mem_gate[x["memory"]]
+    phases = sorted(set().union(*uses.values()))
+    return {"phase_bits": phase_bits, "hold": p.reset_cycles, "hold_bits": p.reset_cycles.bit_length(),
+            "phases": phases, "gates": [{"name": g, "phases": sorted(ph)} for g, ph in sorted(uses.items())],
+            "memories": mem_gate}
 
 
 def _sr_call(command: str) -> str:
@@ -683,7 +711,7 @@ class _Wiring:
                 mux["phases"].append(i)
                 return mux
         mem = self.mems[port.buffer]
-        mux = {"name": f"data_p{i}_r{r}", "sel": f"rsel_p{i}_r{r}", "sel_bits": mem["bank_bits"],
+        mux = {"name": f"data_p{i}_r{r}", "sel": f"rsel_p{i}_r{r}", "sel_bits": mem["bank_bits"], "memory": port.buffer,
                "width": mem["width"], "banks": [(b, f"rdq_{port.buffer}_{b}") for b in port.banks], "phases": [i]}
         muxes.append(mux)
         self.muxes.append(mux)
