@@ -543,6 +543,8 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
     pool = multiplier_pool(w.units, dsp_kind)
     engine = mac_engine(w.units, name, pool, cvts)
     act = {u["inst"][1:]: u["act"] for u in w.units if u["pooled"]}
+    reset_cycles = max([p.write_delay for p in phases] + [sched.PACK_DELAY]) + 4
+    gates = sim_gates(w, pool, engine, bits(len(phases)), reset_cycles)
     out_sel_bits = bits(len(w.packs) - 1) if len(w.packs) > 1 else 0
     outputs = _controller_outputs(w, act, out_sel_bits)
     spec = {
@@ -560,6 +562,7 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
                      for n, m in mems.items()},
         "reads": w.reads, "writes": w.writes, "go": w.go, "first": w.first, "act": act,
         "out_sel_bits": out_sel_bits, "outputs": outputs,
+        "clocks": {"memories": gates["memories"], "phases": {str(int(u["inst"][1:])): u["inst"] for u in w.units}},
     }
     max_in = w.in_bits
     for m in mems.values():
@@ -569,39 +572,40 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
     p = RtlPlan(schedule=s, spec=spec, units=w.units, memories=list(mems.values()), packs=w.packs,
                 cvts=_used_cvts(w.units, engine, cvts), outputs=outputs,
                 out_sel_bits=out_sel_bits, max_in_width=max_in, muxes=w.muxes, pool=pool, engine=engine,
-                reset_cycles=max([p.write_delay for p in phases] + [sched.PACK_DELAY]) + 4,
+                reset_cycles=reset_cycles, gates=gates,
                 sat=saturation_view(kernel, mems) if counting else None,
                 sr_calls=[{"name": _sr_call(c), "code": s.codes[c]} for c in sr_commands])
-    p.gates = sim_gates(p, w, spec["phase_bits"])
     if target is not None:
         resources.assign_block_ram(p, target)
     return p
 
 
-def sim_gates(p: RtlPlan, w: _Wiring, phase_bits: int) -> dict:
-    """The clock gates of the top's simulation-only code (``ifdef VERILATOR``, templates/rtl/top.sv.j2): each
-    datapath unit, memory (its banks, write data, fabric copies and read multiplexers), the shared multipliers
-    and the MAC engine gets a clock that runs only while a phase that uses it runs (``phase_q`` of the
-    controller), ``hold`` cycles after (the reset's drain: longer than any phase's issue-to-write delay,
-    so its pipelines empty and its last writes land) and in reset. Verilator evaluates a block only at its
-    clock's edges, so idle blocks cost nothing; at its edges a gated block computes what it did on ``clk``,
-    and outside them nothing reads it (its writes, operands and results belong to its phases), so results
-    and cycle counts are unchanged. Synthesis sees every block on ``clk``."""
+def sim_gates(w: _Wiring, pool: dict | None, engine: dict | None, phase_bits: int, hold: int) -> dict:
+    """The blocks' clock gates of the top's simulation-only code (``ifdef VERILATOR``, templates/rtl/top.sv.j2).
+    Each datapath unit (and the controller's go, act and first outputs of its phase), each memory (its banks,
+    write data, fabric copies and read multiplexers, and the controller's requests and ports of that memory),
+    the shared multipliers and the MAC engine get a clock that runs only while a phase that uses them runs
+    (the controller's ``phase_q``), ``hold`` cycles after (the reset's drain: longer than any phase's
+    issue-to-write delay, so their pipelines empty and the last writes land) and in reset. Verilator evaluates
+    a block only at its clock's edges, so idle blocks cost nothing; at its edges a gated block computes what it
+    did on ``clk``, and outside them nothing reads it (its requests, writes, operands and results belong to its
+    phases, and its pipelines hold their idle values), so results and cycle counts are unchanged. Synthesis
+    sees every block on ``clk``."""
     uses: dict[str, set[int]] = {}
     for r in [*w.reads, *w.writes]:
         uses.setdefault(f"m_{r['memory']}", set()).add(r["phase"])
-    for u in p.units:
+    for u in w.units:
         uses[u["inst"]] = {int(u["inst"][1:])}
-    for shared, blk in (("pool", p.pool), ("eng", p.engine)):
+    for shared, blk in (("pool", pool), ("eng", engine)):
         if blk is not None:
             uses[shared] = set().union(*(uses[u["inst"]] for u in blk["users"]))
-    mem_gate = {m["name"]: f"m_{m['name']}" if f"m_{m['name']}" in uses else "" for m in p.memories}
-    for x in p.muxes:
-        x["gate"] = mem_gate[x["memory"]]
-    phases = sorted(set().union(*uses.values()))
-    return {"phase_bits": phase_bits, "hold": p.reset_cycles, "hold_bits": p.reset_cycles.bit_length(),
-            "phases": phases, "gates": [{"name": g, "phases": sorted(ph)} for g, ph in sorted(uses.items())],
-            "memories": mem_gate}
+    memories = {m: f"m_{m}" for m in w.mems if f"m_{m}" in uses}
+    for x in w.muxes:
+        x["gate"] = memories.get(x["memory"], "")
+    return {"phase_bits": phase_bits, "hold": hold, "hold_bits": hold.bit_length(),
+            "phases": sorted(set().union(*uses.values())),
+            "gates": [{"name": g, "phases": sorted(ph)} for g, ph in sorted(uses.items())], "memories": memories,
+            "ctrl": sorted({*memories.values(), *(u["inst"] for u in w.units)})}  # circt_child.gated_clocks
 
 
 def _sr_call(command: str) -> str:
