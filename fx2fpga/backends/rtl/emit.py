@@ -544,7 +544,7 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
     engine = mac_engine(w.units, name, pool, cvts)
     act = {u["inst"][1:]: u["act"] for u in w.units if u["pooled"]}
     reset_cycles = max([p.write_delay for p in phases] + [sched.PACK_DELAY]) + 4
-    gates = sim_gates(w, pool, engine, bits(len(phases)), reset_cycles)
+    gates = sim_gates(w, pool, engine, len(phases), reset_cycles)
     out_sel_bits = bits(len(w.packs) - 1) if len(w.packs) > 1 else 0
     outputs = _controller_outputs(w, act, out_sel_bits)
     spec = {
@@ -562,7 +562,7 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
                      for n, m in mems.items()},
         "reads": w.reads, "writes": w.writes, "go": w.go, "first": w.first, "act": act,
         "out_sel_bits": out_sel_bits, "outputs": outputs,
-        "clocks": {"memories": gates["memories"], "phases": {str(int(u["inst"][1:])): u["inst"] for u in w.units}},
+        "clocks": {"memories": gates["memories"], "phases": {str(int(u["inst"][1:])): u["gate"] for u in w.units}},
     }
     max_in = w.in_bits
     for m in mems.values():
@@ -580,7 +580,7 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
     return p
 
 
-def sim_gates(w: _Wiring, pool: dict | None, engine: dict | None, phase_bits: int, hold: int) -> dict:
+def sim_gates(w: _Wiring, pool: dict | None, engine: dict | None, phase_count: int, hold: int) -> dict:
     """The blocks' clock gates of the top's simulation-only code (``ifdef VERILATOR``, templates/rtl/top.sv.j2).
     Each datapath unit (and the controller's go, act and first outputs of its phase), each memory (its banks,
     write data, fabric copies and read multiplexers, and the controller's requests and ports of that memory),
@@ -594,18 +594,22 @@ def sim_gates(w: _Wiring, pool: dict | None, engine: dict | None, phase_bits: in
     uses: dict[str, set[int]] = {}
     for r in [*w.reads, *w.writes]:
         uses.setdefault(f"m_{r['memory']}", set()).add(r["phase"])
-    for u in w.units:
-        uses[u["inst"]] = {int(u["inst"][1:])}
+    memories = {m: f"m_{m}" for m in w.mems if f"m_{m}" in uses}
+    written = {r["phase"]: memories[r["memory"]] for r in reversed(w.writes)}
+    for u in w.units:  # on the clock of the memory it writes (fewer clocks: each costs Verilator every cycle)
+        i = int(u["inst"][1:])
+        u["gate"] = written.get(i, u["inst"])
+        uses.setdefault(u["gate"], set()).add(i)
     for shared, blk in (("pool", pool), ("eng", engine)):
         if blk is not None:
-            uses[shared] = set().union(*(uses[u["inst"]] for u in blk["users"]))
-    memories = {m: f"m_{m}" for m in w.mems if f"m_{m}" in uses}
+            uses[shared] = {int(u["inst"][1:]) for u in blk["users"]}
     for x in w.muxes:
         x["gate"] = memories.get(x["memory"], "")
-    return {"phase_bits": phase_bits, "hold": hold, "hold_bits": hold.bit_length(),
-            "phases": sorted(set().union(*uses.values())),
-            "gates": [{"name": g, "phases": sorted(ph)} for g, ph in sorted(uses.items())], "memories": memories,
-            "ctrl": sorted({*memories.values(), *(u["inst"] for u in w.units)})}  # circt_child.gated_clocks
+    return {"phase_bits": bits(phase_count), "hold": hold, "hold_bits": hold.bit_length(),
+            "gates": [{"name": g, "phases": sorted(ph), "mask": sum(1 << i for i in ph)}
+                      for g, ph in sorted(uses.items())],
+            "memories": memories, "phase_count": phase_count,
+            "ctrl": sorted({*memories.values(), *(u["gate"] for u in w.units)})}  # circt_child.gated_clocks
 
 
 def _sr_call(command: str) -> str:
