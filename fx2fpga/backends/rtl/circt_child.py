@@ -201,6 +201,13 @@ def _build_fsm(spec, ir, hw, comb, fsm):
     return mach
 
 
+def gated_clocks(spec: dict) -> list[str]:
+    """The controller's clock inputs besides ``clk``: the blocks' clocks (emit.sim_gates) its requests and
+    stream outputs are on (``clk`` itself in synthesis)."""
+    clocks = spec.get("clocks", {})
+    return sorted({*clocks.get("memories", {}).values(), *clocks.get("phases", {}).values()})
+
+
 def build(spec: dict):
     """The controller of ``spec`` as a verified CIRCT module (call inside the child process)."""
     import circt
@@ -217,6 +224,7 @@ def build(spec: dict):
             _build_fsm(spec, ir, hw, comb, fsm)
             inputs = [("clk", seq.ClockType.get()), ("rst", i1), ("cmd_valid", i1),
                       ("cmd", ir.IntegerType.get_signless(CMD_BITS)), ("in_valid", i1)]
+            inputs += [(f"clk_{g}", seq.ClockType.get()) for g in gated_clocks(spec)]
             outputs = [(name, ir.IntegerType.get_signless(w)) for name, w in spec["outputs"]]
 
             def body(mod):
@@ -351,6 +359,13 @@ class _Controller:
             for at in self.counters_at:
                 at += [None] * (self.gc - len(at)) + [self.cgrp]
 
+    def clock_of(self, memory: str | None = None, phase: int | None = None):
+        """The clock of a memory's requests and ports, or of a phase's stream outputs (``clk`` when not gated)."""
+        clocks = self.spec.get("clocks", {})
+        gate = clocks.get("memories", {}).get(memory) if memory is not None else \
+            clocks.get("phases", {}).get(str(phase))
+        return self.args[f"clk_{gate}"] if gate else self.args["clk"]
+
     def on_at(self, p: int, t: int):
         """1 where the issue t cycles ago (if any) was phase ``p``'s."""
         return self.on[p] if t == 0 else self.net.eq_const(self.tag_at[t], p)
@@ -429,6 +444,7 @@ class _Controller:
                 users[port["sel"]] = users.get(port["sel"], 0) + 1
         shared: dict[str, list] = {}  # a multiplexer several phases read through: (hit, bank) per request
         for r, port in enumerate(self.spec["reads"]):
+            net.clk = self.clock_of(memory=port["memory"])
             ok = self.guard_ok(port, 0)  # a guarded-off request takes no port
             ok_q = net.delayed(f"rd{r}_ok", net.and_(ok)) if port.get("ok") else None
             hit, bank_q, addr = self.request(f"rd{r}", port, 0, ok)
@@ -442,6 +458,7 @@ class _Controller:
             elif sel:
                 shared.setdefault(sel, []).append((self.delay(f"rd{r}_selhit", hit, cycles),
                                                    self.delay(f"rd{r}_sel", bank_q, cycles)))
+        net.clk = self.args["clk"]
         for sel, cases in shared.items():
             out[sel] = net.onehot(cases, net.width(cases[0][1]))
         return raddr_cases
@@ -452,6 +469,7 @@ class _Controller:
         net = self.net
         wport_cases: dict[tuple[str, int], list] = {}
         for w, port in enumerate(self.spec["writes"]):
+            net.clk = self.clock_of(memory=port["memory"])
             t, ph = self.compute_tap(port), self.phases[port["phase"]]
             conds = [self.guard_ok(port, t)]
             if port["last_only"]:
@@ -464,6 +482,7 @@ class _Controller:
             for b in port["banks"]:
                 wport_cases.setdefault((port["memory"], b), []).append(
                     (self.bank_hit(hit, bank_q, b), addr, port["source"][str(b)]))
+        net.clk = self.args["clk"]
         return wport_cases
 
     def bank_ports(self, raddr_cases: dict, wport_cases: dict) -> None:
@@ -471,6 +490,7 @@ class _Controller:
         one-hot OR over the requests of that bank, not a priority chain."""
         net, out = self.net, self.out
         for name, mem in self.spec["memories"].items():
+            net.clk = self.clock_of(memory=name)
             aw = mem["addr_bits"]
             for b in range(mem["banks"]):
                 ports = mem["ports"][b]
@@ -485,6 +505,7 @@ class _Controller:
                     if ports.get("wsel"):  # the write data's source, one cycle ahead (the top registers the data)
                         sw = ports["wsel_bits"]
                         out[ports["wsel"]] = net.onehot([(h, net.const(s, sw)) for h, _, s in cases if s], sw)
+        net.clk = self.args["clk"]
 
     def stream_control(self) -> None:
         """Datapath (go, act, each reduction's first) and stream (idle, in_ready, out_valid, out_sel) outputs."""
@@ -494,11 +515,14 @@ class _Controller:
         def arrive(p: int):  # phase p's operands reach its unit next cycle (go; act: its pooled multipliers' turn)
             return net.and_(self.issue_at[op - 1], self.on_at(p, op - 1))
         for p, port in [*spec["go"].items(), *spec.get("act", {}).items()]:
+            net.clk = self.clock_of(phase=int(p))
             out[port] = net.delayed(port + "_q", arrive(int(p)))
         # each reduction's own `first` (a shared one would be merged into one register of huge fanout)
         for p, port in spec.get("first", {}).items():
+            net.clk = self.clock_of(phase=int(p))
             first = net.and_(on[int(p)], *[net.eq_const(self.cnt[k], 0) for k in phases[int(p)]["reduce"]])
             out[port] = self.delay(port, first, self.tap_operand)
+        net.clk = self.args["clk"]
         out["idle"] = net.and_(net.eq_const(self.phase, 0), net.not_(self.args["rst"]))
         out["in_ready"] = net.and_(self.can_issue, self.is_unpack) if self.unpack_ids else net.const(0, 1)
         packs = [p for p, ph in phases.items() if ph["kind"] == "pack"]

@@ -527,6 +527,7 @@ class RtlPlan:
     sat: dict | None = None  # the saturation counters (saturation_view), None without them
     sr_calls: list[dict] = field(default_factory=list)  # per command with SR stages: its calls * STEP register
     sr_step: int = stochastic.STEP
+    gates: dict | None = None  # the simulation-only clock gates (sim_gates), None: every block on clk
 
     @property
     def dsp_blocks(self) -> int:
@@ -584,12 +585,9 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
                             "signed": m["signed"]})
     pool = multiplier_pool(w.units, dsp_kind)
     engine = mac_engine(w.units, name, pool, cvts)
-    act = {u["inst"][1:]: u["act"] for u in w.units if u["pooled"]} | w.acts
-    for u in w.units:  # a pooled unit's operands go to the multipliers in its guests' turns too
-        if u["pooled"] and u["guests"]:
-            act.update({str(g): f"act_p{g}" for g, _ in u["guests"]})
-            u["act"] = " | ".join([u["act"], *(f"act_p{g}" for g, _ in u["guests"])])
-    act = dict(sorted(act.items(), key=lambda kv: int(kv[0])))
+    act = _acts(w)
+    reset_cycles = max([p.write_delay for p in phases] + [sched.PACK_DELAY]) + 4
+    gates = sim_gates(w, pool, engine, len(phases), reset_cycles)
     out_sel_bits = bits(len(w.packs) - 1) if len(w.packs) > 1 else 0
     outputs = _controller_outputs(w, act, out_sel_bits)
     spec = {
@@ -607,6 +605,8 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
                      for n, m in mems.items()},
         "reads": w.reads, "writes": w.writes, "go": w.go, "first": w.first, "act": act,
         "out_sel_bits": out_sel_bits, "outputs": outputs,
+        "clocks": {"memories": gates["memories"],
+                   "phases": {str(i): u["gate"] for u in w.units for i, _ in unit_stages(u)}},
     }
     max_in = w.in_bits
     for m in mems.values():
@@ -616,12 +616,56 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
     p = RtlPlan(schedule=s, spec=spec, units=w.units, memories=list(mems.values()), packs=w.packs,
                 cvts=_used_cvts(w.units, engine, cvts), outputs=outputs,
                 out_sel_bits=out_sel_bits, max_in_width=max_in, muxes=w.muxes, pool=pool, engine=engine,
-                reset_cycles=max([p.write_delay for p in phases] + [sched.PACK_DELAY]) + 4,
+                reset_cycles=reset_cycles, gates=gates,
                 sat=saturation_view(kernel, mems) if counting else None,
                 sr_calls=[{"name": _sr_call(c), "code": s.codes[c]} for c in sr_commands])
     if target is not None:
         resources.assign_block_ram(p, target)
     return p
+
+
+def _acts(w: _Wiring) -> dict[str, str]:
+    """The controller's ``act_p<i>`` outputs by phase id: a pooled unit's phases (its operands go to the shared
+    multipliers this cycle; a host's ``act`` becomes the OR of its own and its guests') and the guests that
+    select their operands by them (``_Wiring.add_guest``)."""
+    act = {u["inst"][1:]: u["act"] for u in w.units if u["pooled"]} | w.acts
+    for u in w.units:
+        if u["pooled"] and u["guests"]:
+            act.update({str(g): f"act_p{g}" for g, _ in u["guests"]})
+            u["act"] = " | ".join([u["act"], *(f"act_p{g}" for g, _ in u["guests"])])
+    return dict(sorted(act.items(), key=lambda kv: int(kv[0])))
+
+
+def sim_gates(w: _Wiring, pool: dict | None, engine: dict | None, phase_count: int, hold: int) -> dict:
+    """The blocks' clock gates of the top's simulation-only code (``ifdef VERILATOR``, templates/rtl/top.sv.j2).
+    Each datapath unit (and the controller's go, act and first outputs of its phase), each memory (its banks,
+    write data, fabric copies and read multiplexers, and the controller's requests and ports of that memory),
+    the shared multipliers and the MAC engine get a clock that runs only while a phase that uses them runs
+    (the controller's ``phase_q``), ``hold`` cycles after (the reset's drain: longer than any phase's
+    issue-to-write delay, so their pipelines empty and the last writes land) and in reset. Verilator evaluates
+    a block only at its clock's edges, so idle blocks cost nothing; at its edges a gated block computes what it
+    did on ``clk``, and outside them nothing reads it (its requests, writes, operands and results belong to its
+    phases, and its pipelines hold their idle values), so results and cycle counts are unchanged. Synthesis
+    sees every block on ``clk``."""
+    uses: dict[str, set[int]] = {}
+    for r in [*w.reads, *w.writes]:
+        uses.setdefault(f"m_{r['memory']}", set()).add(r["phase"])
+    memories = {m: f"m_{m}" for m in w.mems if f"m_{m}" in uses}
+    written = {r["phase"]: memories[r["memory"]] for r in reversed(w.writes)}
+    for u in w.units:  # on the clock of the memory it writes (fewer clocks: each costs Verilator every cycle)
+        i = int(u["inst"][1:])
+        u["gate"] = written.get(i, u["inst"])
+        uses.setdefault(u["gate"], set()).update(g for g, _ in unit_stages(u))  # its guests' phases too
+    for shared, blk in (("pool", pool), ("eng", engine)):
+        if blk is not None:
+            uses[shared] = {g for u in blk["users"] for g, _ in unit_stages(u)}
+    for x in w.muxes:
+        x["gate"] = memories.get(x["memory"], "")
+    return {"phase_bits": bits(phase_count), "hold": hold, "hold_bits": hold.bit_length(),
+            "gates": [{"name": g, "phases": sorted(ph), "mask": sum(1 << i for i in ph)}
+                      for g, ph in sorted(uses.items())],
+            "memories": memories, "phase_count": phase_count,
+            "ctrl": sorted({*memories.values(), *(u["gate"] for u in w.units)})}  # circt_child.gated_clocks
 
 
 def _sr_call(command: str) -> str:
@@ -732,7 +776,7 @@ class _Wiring:
                 mux["phases"].append(i)
                 return mux
         mem = self.mems[port.buffer]
-        mux = {"name": f"data_p{i}_r{r}", "sel": f"rsel_p{i}_r{r}", "sel_bits": mem["bank_bits"],
+        mux = {"name": f"data_p{i}_r{r}", "sel": f"rsel_p{i}_r{r}", "sel_bits": mem["bank_bits"], "memory": port.buffer,
                "width": mem["width"], "banks": [(b, f"rdq_{port.buffer}_{b}") for b in port.banks], "phases": [i]}
         muxes.append(mux)
         self.muxes.append(mux)
