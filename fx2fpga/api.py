@@ -190,7 +190,8 @@ def compile(  # noqa: A001 - the public name the product promises
     string (``"fixed<16,6>"``), a dict of ``Precision`` fields or a ``Precision``. ``lanes`` is the
     number of parallel datapath copies per stage (matmuls, elementwise ops, reductions; by default 4,
     or 2 or 1 where the target's budget needs it, as ``report.md`` says), or
-    ``"auto"`` to widen the slowest stages while the target's budget allows, or a dict of lanes per
+    ``"auto"`` to widen the slowest stages while the target's budget allows (with ``model_lanes`` a number,
+    only in groups of that many models), or a dict of lanes per
     stage, stage name -> ``[model lanes, lanes]`` or ``[model lanes, lanes, lane loop]`` (the
     variable of the loop the lanes run over; by default the stage's longest), as a design point of
     ``fx2fpga explore`` records it (``stage_lanes``, with ``model_lanes=`` its ``group_size``). With

@@ -46,7 +46,15 @@ import torch
 import torch.fx
 from fx2fpga_runtime.fixed import Fixed
 from fx2fpga_runtime.ir import Access, Kernel, Stage
-from fx2fpga_runtime.ops import COMPARISONS, NORM_INDEX_BITS, OPS_TABLE, decision_name, exact_frac, mid_format
+from fx2fpga_runtime.ops import (
+    COMPARISONS,
+    NORM_INDEX_BITS,
+    OPS_TABLE,
+    decision_name,
+    exact_frac,
+    fused_comparison,
+    mid_format,
+)
 
 from fx2fpga.handoffs import graph_info, placeholder
 
@@ -155,7 +163,7 @@ def _compare(stage: Stage, a: list, ea: list, fmts: list[Fixed]) -> np.ndarray:
 
 def _compare_select(stage: Stage, a: list, ea: list, fmts: list[Fixed]) -> np.ndarray:
     _compare(stage, a[:2], ea[:2], fmts[:2])  # the fused comparison may not flip either
-    return np.where(COMPARISONS[stage.op.removesuffix("_select")](a[0], a[1]), ea[2], ea[3])
+    return np.where(COMPARISONS[fused_comparison(stage.op)](a[0], a[1]), ea[2], ea[3])
 
 
 def _position(stage: Stage, a: list, ea: list, fmts: list[Fixed]) -> np.ndarray:

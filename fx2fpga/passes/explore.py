@@ -223,12 +223,20 @@ def _allocated_point(one: Kernel, base, target, name: str, size: int, share: flo
     return best or got
 
 
-def per_stage_points(kernel: Kernel, target, name: str, progress=None):
-    """Per-stage allocations at ``AUTO_BUDGET`` for each group size (a divisor of the model count), then at
-    ``PER_STAGE_BUDGETS`` for the best group size: ``[(DesignPoint, kernel, schedule)]``."""
+def group_sizes(kernel: Kernel, model_lanes) -> list[int]:
+    """The group sizes (models side by side) the per-stage allocation tries: every divisor of the model count
+    for ``"auto"``, else the one ``model_lanes`` makes (rounded down to a divisor, as ``tile.assign_model_lanes``
+    rounds it)."""
     n = model_groups.model_count(kernel)
+    return tile.divisors(n) if model_lanes == "auto" else [tile.lane_count(n, model_lanes)]
+
+
+def per_stage_points(kernel: Kernel, target, name: str, progress=None, model_lanes="auto"):
+    """Per-stage allocations at ``AUTO_BUDGET`` for each group size (``group_sizes``: every divisor of the model
+    count, or the one ``model_lanes`` asks for), then at ``PER_STAGE_BUDGETS`` for the best group size:
+    ``[(DesignPoint, kernel, schedule)]``."""
     out = []
-    for size in tile.divisors(n):
+    for size in group_sizes(kernel, model_lanes):
         if progress:
             progress(f"explore: lanes per stage, groups of {size} model{'s' if size > 1 else ''}")
         got = per_stage_point(kernel, target, name, size, AUTO_BUDGET)
@@ -272,7 +280,7 @@ def explore(kernel: Kernel, target, lanes="auto", model_lanes="auto", name: str 
     if lanes == "auto":
         if progress:
             progress("explore: lanes per stage (greedy on the calibrated model)")
-        for point, k, sched in per_stage_points(kernel, target, name, progress):
+        for point, k, sched in per_stage_points(kernel, target, name, progress, model_lanes):
             result.points.append(point)
             if point.fits and (best[0] is None or point.model_steps_per_s > best[0].model_steps_per_s):
                 best = (point, k, sched)

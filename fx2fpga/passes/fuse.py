@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from fx2fpga_runtime.ir import Kernel, Stage
-from fx2fpga_runtime.ops import COMPARISONS
+from fx2fpga_runtime.ops import COMPARISONS, compare_select_op, is_compare_select
 
 
 def run(kernel: Kernel) -> Kernel:
@@ -36,7 +36,7 @@ def run(kernel: Kernel) -> Kernel:
             fused = _fused(a, b, kernel) if b is not None and _linked(a, b, kernel, reads, kept) else None
             if fused is not None:
                 out.append(fused)
-                if fused.op.endswith("_select") and kernel.buffers[a.out.buffer].source:  # the graph's node
+                if is_compare_select(fused.op) and kernel.buffers[a.out.buffer].source:  # the graph's node
                     kernel.meta.setdefault("fused_decisions", {})[fused.name] = kernel.buffers[a.out.buffer].source
                 del kernel.buffers[a.out.buffer]
                 i += 2
@@ -67,6 +67,6 @@ def _fused(a: Stage, b: Stage, kernel: Kernel) -> Stage | None:
                        attrs={"mid": str(kernel.buffers[a.out.buffer].fmt)}, origin=origin,
                        source=b.source or a.source)
     if a.op in COMPARISONS and b.op == "select":
-        return replace(b, op=f"{a.op}_select", ins=(a.ins[0], a.ins[1], b.ins[1], b.ins[2]), origin=origin,
+        return replace(b, op=compare_select_op(a.op), ins=(a.ins[0], a.ins[1], b.ins[1], b.ins[2]), origin=origin,
                        source=b.source or a.source)
     return None

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources as pkg_resources
 
+from fx2fpga_runtime.ops import is_compare_select
+
 from ..errors import Fx2fpgaError
 from . import schedule as sched
 
@@ -162,7 +164,7 @@ def _unit_adder_bits(u: dict) -> int:
         return 2 * u["bw"] + u["t"]
     if u["op"] in ("add", "sub", "msub", "neg", "abs", "eq", "ne", "lt", "le", "gt", "ge"):
         return u["res_width"]
-    if u["op"].endswith("_select"):  # the fused comparison's subtraction
+    if is_compare_select(u["op"]):  # the fused comparison's subtraction
         return u["cast_width"]
     return 0
 
@@ -299,7 +301,7 @@ def rtl_features(p, block_ram: bool = True) -> dict[str, float]:
                 f["table_rom_bits"] += lanes * rom[1]
             f["adder_bits"] += lanes * u["product"]["width"] * (len(u["product"]["parts"]) - 1)
     sel = sum(u["lanes"] * u["res_width"] for u in p.units
-              if u["op"] in ("relu", "select") or u["op"].endswith("_select"))  # a fused comparison's mux too
+              if u["op"] in ("relu", "select") or is_compare_select(u["op"]))  # a fused comparison's mux too
     sel += sum(u["lanes"] * _shifter_bits(u) for u in p.units if u["kind"] == "normalized")
     mem = _memory_features(p, block_ram)
     pool = _pool_features(p)

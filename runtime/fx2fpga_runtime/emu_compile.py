@@ -35,7 +35,7 @@ from numpy.lib.stride_tricks import as_strided
 from . import stochastic
 from .fixed import Fixed, shift_round
 from .ir import GROUP_VAR, Access, Affine, Kernel, Stage
-from .ops import OPS_TABLE, alignment_shifts, decision_name, exact_frac, fused_decision, mid_format
+from .ops import OPS_TABLE, alignment_shifts, decision_name, exact_frac, fused_decision, is_compare_select, mid_format
 
 Interval = tuple[int, int] | None  # raw bounds [lo, hi] of values (None: unknown)
 Raw = np.ndarray
@@ -316,7 +316,7 @@ def _bounds(op: str, ivs: list[tuple[int, int]], stage: Stage, kernel: Kernel) -
         return min(ivs[1][0], ivs[2][0]), max(ivs[1][1], ivs[2][1])
     if op in ("eq", "ne", "lt", "le", "gt", "ge"):
         return 0, 1
-    if op.endswith("_select"):  # a fused comparison and select: x or y
+    if is_compare_select(op):  # a fused comparison and select: x or y
         return min(ivs[2][0], ivs[3][0]), max(ivs[2][1], ivs[3][1])
     if op == "table":
         t = kernel.buffers[stage.attrs["table"]].init
@@ -393,7 +393,7 @@ def _elementwise(stage: Stage, kernel: Kernel, group: int, tally: Tally | None =
                          overflow_counter(out_fmt, stage.iterations, tally))
     loads = [(op.load, s) if s else (op.load, None) for op, s in zip(ops, shifts, strict=True)]
 
-    decided = decision_name(stage.name) if stage.op.endswith("_select") else None
+    decided = decision_name(stage.name) if is_compare_select(stage.op) else None
 
     def run(mem):
         vals = [load(mem) if s is None else load(mem) << s for load, s in loads]

@@ -21,7 +21,7 @@ from . import stochastic
 from .emu_compile import compile_stage
 from .fixed import Fixed, align, shift_round
 from .ir import GROUP_VAR, Access, Kernel, Stage
-from .ops import OPS_TABLE, OpSpec, aligned_operands, decision_name, exact_frac, fused_decision
+from .ops import OPS_TABLE, OpSpec, aligned_operands, decision_name, exact_frac, fused_decision, is_compare_select
 
 
 class Emulator:
@@ -226,9 +226,11 @@ def _load(read: Read, mem, layout) -> np.ndarray:
 
 
 def _elementwise(spec: OpSpec, vals: list[np.ndarray], fmts: list[Fixed], stage: Stage, kernel: Kernel):
-    """Exact result of an elementwise op as (raw, frac_bits): the op table's evaluation."""
+    """Exact result of an elementwise op as (raw, frac_bits), the op table's evaluation, and the operands
+    it evaluated (aligned)."""
     fr = [f.frac_bits for f in fmts]
-    return spec.evaluate(aligned_operands(spec, vals, fr), stage, kernel), exact_frac(spec, fr, stage, kernel)
+    operands = aligned_operands(spec, vals, fr)
+    return spec.evaluate(operands, stage, kernel), exact_frac(spec, fr, stage, kernel), operands
 
 
 def _accumulate(terms: np.ndarray, term_frac: int, init: np.ndarray, acc: Fixed) -> np.ndarray:
@@ -286,9 +288,9 @@ def run_stage(stage: Stage, kernel: Kernel, mem: dict[str, np.ndarray], plan: St
     out_buf = kernel.buffers[stage.out.buffer]
     spec = OPS_TABLE[stage.op]
     if not stage.reduce:
-        raw, frac = _elementwise(spec, vals, fmts, stage, kernel)
-        if stage.op.endswith("_select"):  # a fused comparison's outcome, kept for inspection (ops.fused_decision)
-            decided = fused_decision(stage.op, aligned_operands(spec, vals, [f.frac_bits for f in fmts]))
+        raw, frac, operands = _elementwise(spec, vals, fmts, stage, kernel)
+        if is_compare_select(stage.op):  # a fused comparison's outcome, kept for inspection (ops.fused_decision)
+            decided = fused_decision(stage.op, operands)
             mem[decision_name(stage.name)] = np.broadcast_to(decided, plan.layout).copy()
         bits = _random_bits(stage, kernel, plan, call, frac)
         _store(stage, mem, plan, _assign(out_buf.fmt, raw, frac, plan.layout, tally, bits))

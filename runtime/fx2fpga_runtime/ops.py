@@ -160,18 +160,34 @@ def _compare(name: str, fn) -> OpSpec:
 
 def _compare_select(name: str, fn) -> OpSpec:
     """``a <name> b ? x : y``: a comparison and the select that reads it, fused (passes/fuse.py)."""
-    return OpSpec(f"{name}_select", 4, f"x if a {name} b else y (a comparison and its select, fused)",
+    return OpSpec(compare_select_op(name), 4, f"x if a {name} b else y (a comparison and its select, fused)",
                   lambda v, st, k: np.where(fn(v[0], v[1]), v[2], v[3]),
                   lambda a, b, x, y: np.where(fn(a, b), x, y), max, aligned=(0, 1, 2, 3),
                   error_rule="compare_select")
+
+
+def compare_select_op(comparison: str) -> str:
+    """The fused op of ``comparison`` (``eq`` .. ``ge``) and the select reading it: ``le`` -> ``le_select``."""
+    return f"{comparison}_select"
+
+
+def is_compare_select(op: str) -> bool:
+    """``op`` is a comparison fused with the select that reads it (``le_select`` ...; passes/fuse.py): the op
+    table's rows whose ``error_rule`` is ``compare_select``."""
+    return op in _FUSED_COMPARISONS
+
+
+def fused_comparison(op: str) -> str | None:
+    """The comparison a fused compare-select op makes (``le`` for ``le_select``), else None."""
+    return _FUSED_COMPARISONS.get(op)
 
 
 def fused_decision(op: str, vals: list[np.ndarray]) -> np.ndarray | None:
     """A fused comparison's outcome (``<cmp>_select`` on its aligned operands), else None: the emulator keeps it
     in its memory under ``decision_name`` (the hardware does not store it), where tests and users read the
     decisions a kernel took, as they read the mask buffer before the fusion."""
-    cmp = COMPARISONS.get(op.removesuffix("_select")) if op.endswith("_select") else None
-    return None if cmp is None else cmp(vals[0], vals[1])
+    cmp = fused_comparison(op)
+    return None if cmp is None else COMPARISONS[cmp](vals[0], vals[1])
 
 
 def decision_name(stage_name: str) -> str:
@@ -221,6 +237,8 @@ _ROWS = [
            reduction=True, accumulate="argmax", acc_init="minimum", unit_latency=4, error_rule="position"),
 ]
 OPS_TABLE: dict[str, OpSpec] = {spec.name: spec for spec in _ROWS}
+_FUSED_COMPARISONS: dict[str, str] = {  # the fused compare-select ops -> their comparisons (``le_select`` -> ``le``)
+    spec.name: spec.name.removesuffix("_select") for spec in _ROWS if spec.error_rule == "compare_select"}
 
 
 def op_spec(name: str) -> OpSpec:

@@ -309,18 +309,20 @@ def test_model_groups_of_a_one_stage_program_in_rtl(tmp_path):
 
 @pytest.fixture(scope="module")
 def auto_mlps(mlp_example, tmp_path_factory):
-    """6 MLPs 64-8-10: the explorer's fastest fitting per-stage point with models side by side (lanes per stage,
-    model lanes in groups), made again from its ``stage_lanes`` (whether the explorer chooses it over groups of
-    one moves with the cycles: it did until phases overlapped their drains)."""
+    """6 MLPs 64-8-10 in groups of 3: the explorer's fastest fitting per-stage point with models side by side
+    (lanes per stage, model lanes in groups), made again from its ``stage_lanes`` (the explorer may choose groups
+    of one over it as the cycles move: it did until phases overlapped their drains). ``model_lanes=3`` explores
+    that group size only (every divisor of 6, as ``model_lanes="auto"`` does, took the suite ~2 more minutes)."""
     out = tmp_path_factory.mktemp("auto") / "mlps_auto"
     models = []
     for seed in range(6):
         torch.manual_seed(seed)
         models.append(mlp_example.DigitsMLP(8))
     sgd = _sgd(mlp_example, lr=0.1)
-    explored = fx2fpga.compile(models, mlp_example.example_inputs, train=sgd, lanes="auto")
+    explored = fx2fpga.compile(models, mlp_example.example_inputs, train=sgd, lanes="auto", model_lanes=3)
     side_by_side = [p for p in explored.context.exploration.points
                     if p.fits and p.allocation.startswith("per stage") and p.group_size > 1]
+    assert {p.group_size for p in side_by_side} == {3}
     point = max(side_by_side, key=lambda p: p.model_steps_per_s)
     return fx2fpga.compile(models, mlp_example.example_inputs, train=sgd, lanes=point.stage_lanes,
                            model_lanes=point.group_size, out_dir=out)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from fx2fpga_runtime.fixed import FORMAT_ROUNDINGS, OVERFLOW_MODES, ROUNDING_MODES, Fixed
 from fx2fpga_runtime.ir import Access, Affine, Buffer, Kernel, Loop, Program, Stage
-from fx2fpga_runtime.ops import COMPARISONS, NORM_INDEX_BITS, OPS_TABLE, norm_rom_values
+from fx2fpga_runtime.ops import COMPARISONS, NORM_INDEX_BITS, OPS_TABLE, is_compare_select, norm_rom_values
 from hypothesis import strategies as st
 
 AXES = ("i", "j", "k")  # the chain's loop variables, by axis
@@ -134,7 +134,7 @@ def exact_result(op: str, fmts: list[Fixed], attrs: dict, buffers: dict[str, Buf
     if op == "select":
         bits = aligned_bits(fmts[1:])
         return (bits, max(fr[1:])) if bits <= EXACT_BITS else None
-    if op.removesuffix("_select") in COMPARISONS:  # a fused comparison and select: all four operands aligned
+    if is_compare_select(op):  # a fused comparison and select: all four operands aligned
         bits = aligned_bits(fmts)
         return (bits, max(fr)) if bits <= EXACT_BITS else None
     if op in ("mul", "mac"):

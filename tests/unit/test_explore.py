@@ -152,6 +152,19 @@ def test_models_side_by_side_are_explored(mlp_example):
     assert {s.model_lanes for s in d.kernel.stages()} == {chosen.model_lanes}
 
 
+def test_model_lanes_given_limit_the_per_stage_group_size():
+    """``lanes="auto"`` with ``model_lanes`` a number: the per-stage allocation runs in groups of that many models
+    only, as the uniform points do (``"auto"``: every divisor of the model count)."""
+    torch.manual_seed(0)
+    models = [torch.nn.Linear(8, 3) for _ in range(4)]
+    d = fx2fpga.compile(models, (torch.randn(2, 8),), lanes="auto", model_lanes=2)
+    points = d.context.exploration.points
+    assert {p.group_size for p in points if p.allocation} == {2}
+    assert {p.model_lanes for p in points if not p.allocation} == {2}
+    assert d.context.exploration.chosen.group_size == 2
+    assert explore.group_sizes(d.kernel, "auto") == [1, 2, 4] and explore.group_sizes(d.kernel, 3) == [2]
+
+
 def test_nothing_fits_is_a_budget_error(mlp_example):
     sgd = fx2fpga.SGD(F.cross_entropy, mlp_example.example_targets, 0.1)
     big = torch.nn.Sequential(torch.nn.Linear(64, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 10))

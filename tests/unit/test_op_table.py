@@ -18,7 +18,15 @@ from fx2fpga_runtime import ir
 from fx2fpga_runtime.emulator import Emulator
 from fx2fpga_runtime.fixed import Fixed
 from fx2fpga_runtime.ir import Access, Affine, Buffer, Kernel, Loop, Program, Stage
-from fx2fpga_runtime.ops import OPS_TABLE, OpSpec, norm_rom_values
+from fx2fpga_runtime.ops import (
+    COMPARISONS,
+    OPS_TABLE,
+    OpSpec,
+    compare_select_op,
+    fused_comparison,
+    is_compare_select,
+    norm_rom_values,
+)
 
 from fx2fpga.backends.hls import emit as hls
 from fx2fpga.backends.rtl import emit as verilog
@@ -58,6 +66,15 @@ def test_a_new_op_only_in_the_table_is_reported_missing():
                      unit_latency=0, estimate_depth=0)
     assert missing({"fake_add": broken}) == ["emulator: fake_add", "hls: fake_add", "rtl: fake_add",
                                              "rtl latency: fake_add", "estimate: fake_add", "error bounds: fake_add"]
+
+
+def test_the_fused_compare_select_ops_are_the_tables_compare_select_rows():
+    fused = {n for n in OPS_TABLE if is_compare_select(n)}
+    assert fused == {"eq_select", "ne_select", "lt_select", "le_select", "gt_select", "ge_select"}
+    assert fused == {n for n, s in OPS_TABLE.items() if s.error_rule == "compare_select"}
+    assert not any(is_compare_select(n) for n in ("select", "le", "msub", "pool_select"))
+    for cmp in COMPARISONS:
+        assert fused_comparison(compare_select_op(cmp)) == cmp and fused_comparison(cmp) is None
 
 
 def test_ir_names_come_from_the_table():

@@ -18,7 +18,7 @@ from fx2fpga_runtime import interface, saturation, stochastic
 from fx2fpga_runtime.emu_compile import output_interval
 from fx2fpga_runtime.fixed import Fixed
 from fx2fpga_runtime.ir import GROUP_VAR, MODEL_VAR, Access, Affine, Buffer, Kernel, Stage
-from fx2fpga_runtime.ops import NORM_INDEX_BITS, OPS_TABLE, exact_frac, mid_format
+from fx2fpga_runtime.ops import NORM_INDEX_BITS, OPS_TABLE, compare_select_op, exact_frac, is_compare_select, mid_format
 
 from fx2fpga.errors import Fx2fpgaError
 from fx2fpga.version import __version__
@@ -73,7 +73,7 @@ HLS_SPELLING = {
     "msub": "{out} = {a0} - {M}({P});",
     "select": "{out} = ({a0} != 0) ? {T}({a1}) : {T}({a2});",
     **{op: f"{{out}} = ({{C}}({{a0}}) {c} {{C}}({{a1}})) ? {{T}}(1) : {{T}}(0);" for op, c in COMPARE_OPS.items()},
-    **{f"{op}_select": f"{{out}} = ({{C}}({{a0}}) {c} {{C}}({{a1}})) ? {{T}}({{a2}}) : {{T}}({{a3}});"
+    **{compare_select_op(op): f"{{out}} = ({{C}}({{a0}}) {c} {{C}}({{a1}})) ? {{T}}({{a2}}) : {{T}}({{a3}});"
        for op, c in COMPARE_OPS.items()},
     "table": _HLS_TABLE,
     "div": _HLS_NORMALIZED,
@@ -383,7 +383,7 @@ def _elementwise_params(st: Stage, kernel: Kernel, ins: list[str]) -> dict:
         b, c = (kernel.buffers[a.buffer].fmt for a in st.ins[1:3])
         wide = reaching_type(_signed_int_bits(b) + _signed_int_bits(c), b.frac_bits + c.frac_bits, mid_format(st))
         params["P"] = f"{wide}({ins[1]} * {ins[2]})" if wide else f"{ins[1]} * {ins[2]}"  # the product
-    if st.op.removesuffix("_select") in COMPARE_OPS:  # a comparison (fused with its select: its first two)
+    if st.op in COMPARE_OPS or is_compare_select(st.op):  # a comparison (fused with its select: its first two)
         params["C"] = common_type([kernel.buffers[a.buffer].fmt for a in st.ins[:2]])
     return params
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, fields
 from fx2fpga_runtime import interface, saturation, stochastic
 from fx2fpga_runtime.emu_compile import can_overflow
 from fx2fpga_runtime.fixed import Fixed
-from fx2fpga_runtime.ops import NORM_INDEX_BITS, OPS_TABLE, alignment_shifts, exact_frac, mid_format
+from fx2fpga_runtime.ops import NORM_INDEX_BITS, OPS_TABLE, alignment_shifts, compare_select_op, exact_frac, mid_format
 
 from ...errors import Fx2fpgaError
 from ...passes import resources
@@ -80,7 +80,7 @@ RTL_SPELLING = {
     "select": RtlSpelling(lambda w, s: max(w[1] + s[1], w[2] + s[2]), "({a0} != '0) ? {x1} : {x2}"),
     **{op: RtlSpelling(lambda w, s: 2, "{{1'b0, {x0} " + c + " {x1}}}", cast=_aligned_sum_width)
        for op, c in COMPARE_OPS.items()},
-    **{f"{op}_select": RtlSpelling(lambda w, s: max(w[2] + s[2], w[3] + s[3]),
+    **{compare_select_op(op): RtlSpelling(lambda w, s: max(w[2] + s[2], w[3] + s[3]),
                                    "{rw}'(({x0} " + c + " {x1}) ? {x2} : {x3})",
                                    cast=lambda w, s: max(a + b for a, b in zip(w, s, strict=True)) + 1)
        for op, c in COMPARE_OPS.items()},
