@@ -151,6 +151,9 @@ class KernelRunner:
             if classes is not None and not _class_indices(a, classes):
                 raise KernelInputError(f"{what}: {name} must hold class indices in 0..{classes - 1} (the kernel "
                                        f"was compiled for {classes} classes), got {_out_of_range(a, classes)}")
+            if classes is not None and buf.fmt.frac_bits == 0 and classes - 1 <= buf.fmt.raw_max:
+                raw[name] = a.astype(np.int64)  # whole numbers in the format's range (checked): their raw values
+                continue
             _check_finite(a, what, f"input {name}")
             if buf.kind == "integer" and np.not_equal(np.floor(a), a).any():
                 raise KernelInputError(f"{what}: input {name} holds integers (indices), got fractions such as "

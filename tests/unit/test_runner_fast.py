@@ -157,6 +157,17 @@ def test_class_index_check_rejects_what_it_rejected(designs):
             k.train_step(x, np.array(y, dtype=np.float64))
 
 
+@pytest.mark.parametrize("dtype", [np.int64, np.float32, np.float64])
+def test_class_targets_take_the_quantizers_raw_values(designs, dtype):
+    """Class targets skip the quantizer once checked (whole numbers in range): the same raw integers, any dtype."""
+    k = designs["one"].load("emu")
+    x, y = np.zeros((BATCH, 8)), np.array([2, 0, 1, 2], dtype=dtype)
+    raw = k._quantize_inputs("train_step", [x, y])
+    name = k.kernel.programs["train_step"].inputs[1]
+    want = quantizer(k.kernel.buffers[name].fmt)(y.astype(np.float64))
+    assert raw[name].dtype == want.dtype and np.array_equal(raw[name], want) and raw[name].tolist() == [2, 0, 1, 2]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("which", ["one", "stacked"])
 def test_train_steps_on_csim_is_a_loop_of_train_step_on_emu(designs, which):
