@@ -179,6 +179,7 @@ class Port:
     dim_bits: tuple[int, ...] = ()  # per index: bits of its largest value before div/mod (enumerated)
     served: tuple[int, ...] = (0,)  # reads: the lanes whose operand this request's data is
     point: Affine | None = None  # writes of a stage rounding SR: the lane's point over the counters (stochastic.py)
+    field: int | None = None  # writes of the input stream: the word's field written (unpack: its lane)
 
 
 @dataclass
@@ -198,6 +199,9 @@ class Phase:
     groups: int = 1  # model groups: the phase runs once per group, the group counter c<group_counter> fixed
     group_counter: int | None = None
     drain: int | None = None  # cycles from its last issue to the next phase's setup (overlap.py; None: write_delay)
+    # a stage fused with an unpack (``fuse_input_stream``): its operands taken from the input word as it arrives,
+    # (operand, lanes served, word field); its issues wait for the stream's words as an unpack's do
+    streamed: tuple[tuple[int, tuple[int, ...], int], ...] = ()
 
     @property
     def iterations(self) -> int:
@@ -335,6 +339,58 @@ def _stage_phase(st: Stage, kernel: Kernel, where: str, groups: int = 1, group_c
     return phase
 
 
+def _index_values(port: Port, grid: list[np.ndarray], n: int) -> list[np.ndarray]:
+    """The element a request names at each of ``n`` issues, one array per index (after div/mod)."""
+    return [_eval(a, grid, n, np.ones(n, dtype=bool))[0] for a in port.index]
+
+
+def _stream_fields(unpack: Phase, stage: Phase) -> list[tuple[Port, int]] | None:
+    """Each read of ``unpack``'s buffer by ``stage`` with the word field it reads at every issue, where ``stage``
+    reads the buffer in the very order the stream brings it (one word per issue, every field read, no guard, one
+    model group); else None."""
+    reads = [p for p in stage.reads if p.buffer == unpack.buffer]
+    if (not reads or stage.groups > 1 or stage.iterations != unpack.iterations or len(reads) != len(unpack.writes)
+            or any(p.guard or p.operand >= streamed_operands(stage.stage) for p in reads)
+            or any(w.guard for w in unpack.writes)):
+        return None
+    n = stage.iterations
+    sg, ug = _grid(stage), _grid(unpack)
+    fields = {w.field: _index_values(w, ug, n) for w in unpack.writes}
+    out: list[tuple[Port, int]] = []
+    for p in reads:
+        mine = _index_values(p, sg, n)
+        field = next((f for f, v in fields.items() if all(np.array_equal(a, b) for a, b in zip(mine, v, strict=True))),
+                     None)
+        if field is None or field in [f for _, f in out]:
+            return None
+        out.append((p, field))
+    return out
+
+
+def fuse_input_stream(phases: list[Phase]) -> list[Phase]:
+    """A command's phases with its first stage fused with an unpack whose buffer it reads in the stream's order:
+    the stage takes those operands from the input word as it arrives (``Phase.streamed``) and writes the word to
+    the buffer as the unpack did (for the stages after it), so the batch's transfer and the first stage overlap.
+    The fused phase takes the unpack's place; unpacks after it follow it (the stage reads none of them), the
+    stream's word order unchanged. Unchanged where no unpack fits (``_stream_fields``)."""
+    stage = next((p for p in phases if p.kind == "stage"), None)
+    unpacks = [p for p in phases if p.kind == "unpack"]
+    if stage is None or phases[len(unpacks)] is not stage:
+        return phases
+    for k, unpack in enumerate(unpacks):
+        later = {u.buffer for u in unpacks[k + 1:]}
+        got = _stream_fields(unpack, stage)
+        if got is None or any(p.buffer in later for p in stage.reads):
+            continue
+        writes = [Port(unpack.buffer, p.index, UNPACK_DELAY, field, field=field) for p, field in got]
+        fused = Phase(stage.name, "stage", stage.counters, stage.write_delay,
+                      reads=[p for p in stage.reads if p.buffer != unpack.buffer], writes=writes + stage.writes,
+                      reduce=stage.reduce, stage=stage.stage, lanes=stage.lanes,
+                      streamed=tuple((p.operand, p.served, field) for p, field in got))
+        return unpacks[:k] + [fused] + unpacks[k + 1:] + phases[len(unpacks) + 1:]
+    return phases
+
+
 def word_packing(kernel: Kernel, banking: dict) -> dict[str, list[int]]:
     """``{buffer: [dim, values per word]}``: each program input that several values fit in one interface word
     and one of whose dims is split into banks takes that many values per word along that dim (as many as fit,
@@ -360,7 +416,7 @@ def _transfer_phase(kernel: Kernel, name: str, kind: str) -> Phase:
         dim, per_word = interface.word_packing(kernel).get(name, (0, 1))
         counters = tuple(Counter(f"d{d}", n, per_word if d == dim else 1) for d, n in enumerate(buf.shape))
         writes = [Port(name, tuple(Affine(((f"c{d}", per_word),), lane) if d == dim else Affine.var(f"c{d}")
-                                   for d in range(len(buf.shape))), UNPACK_DELAY, lane)
+                                   for d in range(len(buf.shape))), UNPACK_DELAY, lane, field=lane)
                   for lane in range(per_word)]  # lane l: field l of the word
         return Phase(f"unpack_{name}", kind, counters, UNPACK_DELAY, writes=writes, buffer=name, lanes=per_word)
     counters = tuple(Counter(f"d{d}", n) for d, n in enumerate(buf.shape))
@@ -535,6 +591,7 @@ def run(kernel: Kernel) -> Schedule:
             prog = kernel.programs[cmd]
             for st in prog.stages:
                 phases.append(_stage_phase(st, kernel, f"stage {st.name!r} of {cmd}", prog.groups, group_counter))
+        phases = fuse_input_stream(phases)
         phases += [_transfer_phase(kernel, b, "pack") for b in outs]
         commands[cmd] = phases or [Phase("nop", "nop", (), 0)]
     used = {p.buffer for ph in commands.values() for ph_ in ph for p in ph_.reads + ph_.writes}

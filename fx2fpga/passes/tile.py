@@ -17,6 +17,8 @@ window read by a transposed index) falls back to fewer lanes, so every kernel st
 
 from __future__ import annotations
 
+import copy
+
 from fx2fpga_runtime.ir import MODEL_VAR, Kernel, Stage
 
 from . import estimate, model_groups, schedule
@@ -192,6 +194,32 @@ def mirror_twin_lanes(kernel: Kernel, main: str) -> None:
             var = st.loops[pos[twin.lane_var]].var if twin.lane_var else None
             outer = st.loops[pos[twin.outer_lane_var]].var if twin.outer_lane_var else None
             set_stage_lanes(st, twin.model_lanes, twin.lanes, var, twin.outer_lanes, outer)
+
+
+def stream_shaped(kernel: Kernel, program: str, word_bits: int) -> Kernel | None:
+    """A copy of ``kernel`` whose ``program``'s first stage has the lanes that read its input in the order the
+    input words bring it (``schedule.fuse_input_stream`` then overlaps the transfer with the stage): as many lanes
+    over the input's laned loop as values fit in a word, and the stage's other kept loop whole over its lanes;
+    its twins mirrored. None where that shape does not apply (model groups, no packed input, other loop nests)."""
+    prog = kernel.programs[program]
+    if prog.groups > 1 or not prog.stages:
+        return None
+    st = prog.stages[0]
+    acc = next((a for a in st.ins if a.buffer in prog.inputs), None)
+    kept = [lp for lp in st.loops if lp.var not in st.reduce]
+    if acc is None or len(kept) != 2:
+        return None
+    per_word = word_bits // kernel.buffers[acc.buffer].fmt.width
+    used = {v for ix in acc.index for v in ix.vars()}
+    packed = [lp for lp in kept if lp.var in used]
+    other = [lp for lp in kept if lp.var not in used]
+    if per_word < 2 or len(packed) != 1 or len(other) != 1 or packed[0].extent % per_word:
+        return None
+    shaped = copy.deepcopy(kernel)
+    first = shaped.programs[program].stages[0]
+    set_stage_lanes(first, first.model_lanes, other[0].extent, other[0].var, per_word, packed[0].var)
+    mirror_twin_lanes(shaped, program)
+    return shaped
 
 
 def assign_lanes(kernel: Kernel, lanes: int | str | dict, target=None, model_lanes: int | str = 1) -> None:

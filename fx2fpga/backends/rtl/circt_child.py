@@ -288,7 +288,8 @@ class _Controller:
         draining, set_draining = net.reg("draining", 1)
         dw = max(1, max(ph["drain"] for ph in phases.values()).bit_length())
         dcnt, set_dcnt = net.reg("drain_count", dw)
-        self.unpack_ids = [p for p, ph in phases.items() if ph["kind"] == "unpack"]
+        # the phases whose issues take input words: unpacks and stages fused with one (schedule.fuse_input_stream)
+        self.unpack_ids = [p for p, ph in phases.items() if ph["kind"] == "unpack" or ph.get("streams")]
         self.is_unpack = (net.delayed("unpack_q", net.or_(*[self.now[p] for p in self.unpack_ids]))
                           if self.unpack_ids else None)
         self.can_issue = can_issue = net.and_(self.running, net.not_(self.setup), net.not_(draining))

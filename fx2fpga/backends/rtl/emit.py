@@ -527,6 +527,7 @@ class RtlPlan:
     sat: dict | None = None  # the saturation counters (saturation_view), None without them
     sr_calls: list[dict] = field(default_factory=list)  # per command with SR stages: its calls * STEP register
     sr_step: int = stochastic.STEP
+    stream_bits: int = 0  # the input word's low bits stages take as operands (Phase.streamed): in_d2 ..
     gates: dict | None = None  # the simulation-only clock gates (sim_gates), None: every block on clk
 
     @property
@@ -568,6 +569,7 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
         i = pid[id(ph)]
         unit = views.get(i)
         w.add_reads(ph, i)
+        w.add_stream(ph, i)
         key = stochastic.stage_key(kernel.meta.get(stochastic.SEED_KEY, 0), ph.stage.out.buffer) \
             if unit is not None and unit["sr"] else None
         w.add_writes(ph, i, counted.get(i, False), key, host_of.get(i, i))
@@ -599,7 +601,7 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
                      for c, ph in s.commands.items()],
         "phases": [{"id": pid[id(p)], "name": _ident(p.name), "kind": p.kind,
                     "counters": _phase_counts(p), "reduce": list(p.reduce),
-                    "drain": p.drain_cycles} for p in phases],
+                    "drain": p.drain_cycles, "streams": bool(p.streamed)} for p in phases],
         "group_counter": next((p.group_counter for p in phases if p.group_counter is not None), None),
         "memories": {n: {k: m[k] for k in ("banks", "addr_bits", "bank_bits", "factors", "bank_shape", "ports")}
                      for n, m in mems.items()},
@@ -616,7 +618,7 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
     p = RtlPlan(schedule=s, spec=spec, units=w.units, memories=list(mems.values()), packs=w.packs,
                 cvts=_used_cvts(w.units, engine, cvts), outputs=outputs,
                 out_sel_bits=out_sel_bits, max_in_width=max_in, muxes=w.muxes, pool=pool, engine=engine,
-                reset_cycles=reset_cycles, gates=gates,
+                reset_cycles=reset_cycles, gates=gates, stream_bits=w.stream_bits,
                 sat=saturation_view(kernel, mems) if counting else None,
                 sr_calls=[{"name": _sr_call(c), "code": s.codes[c]} for c in sr_commands])
     if target is not None:
@@ -743,6 +745,7 @@ class _Wiring:
         self.shared: dict[tuple, list[dict]] = {}  # (buffer, banks) -> the read multiplexers over those banks
         self.data_of: dict[tuple[int, int, int], str] = {}  # (phase id, operand, lane) -> data expression
         self.ok_of: dict[tuple[int, int, int], str] = {}  # (phase id, operand, lane) -> "the guarded read happened"
+        self.stream_bits = 0  # the input word's bits a stage takes as operands (add_stream)
         self.acts: dict[str, str] = {}  # a guest phase's "operands arrive" signal where it selects them (add_guest)
 
     def add_reads(self, ph, i: int) -> None:
@@ -796,13 +799,13 @@ class _Wiring:
         unit = i if unit is None else unit
         for port in ph.writes:
             mem = self.mems[port.buffer]
-            if ph.kind == "unpack":  # lane l: field l of the input word (interface.py's word packing)
-                lo, hi = port.lane * mem["width"], (port.lane + 1) * mem["width"]
+            if port.field is not None:  # field f of the input word (interface.py's word packing)
+                lo, hi = port.field * mem["width"], (port.field + 1) * mem["width"]
                 src = "in_d1" if hi - lo == WORD_BITS else f"in_d1[{hi - 1}:{lo}]"
                 self.in_bits = max(self.in_bits, hi)
             else:
                 src = f"p{unit}_out_{port.lane}"
-            ovf = f"p{i}_ovf_{port.lane}" if counted else "1'b0"
+            ovf = f"p{i}_ovf_{port.lane}" if counted and port.field is None else "1'b0"
             source = {}
             for b in port.banks:
                 if unit != i and src in mem["sources"][b]:  # (a guest's ovf is 1'b0, as its host's: twin_hosts)
@@ -819,6 +822,17 @@ class _Wiring:
                 point = controller.affine_spec(port.point)
                 point["const"] = (point["const"] + key) & stochastic.MASK32
                 self.writes[-1].update(point=point, srp=f"srp_p{i}_{port.lane}")
+
+    def add_stream(self, ph, i: int) -> None:
+        """Phase ``i``'s operands taken from the input stream (``Phase.streamed``): the word's field at the operand
+        tap (``in_d<OPERAND_TAP>``, the arriving word's delay line)."""
+        for operand, served, f in ph.streamed:
+            width = self.mems[ph.stage.ins[operand].buffer]["width"]
+            lo, hi = f * width, (f + 1) * width
+            self.stream_bits = max(self.stream_bits, hi)
+            self.in_bits = max(self.in_bits, hi)
+            for lane in served:
+                self.data_of[i, operand, lane] = f"in_d{sched.OPERAND_TAP}[{hi - 1}:{lo}]"
 
     def add_unit(self, unit: dict, ph, i: int) -> None:
         """Phase ``i``'s datapath unit, its operands' data and guard signals per lane."""
@@ -926,7 +940,8 @@ def generate(kernel, version: str, clock_mhz: float = 100.0, dsp_kind: str = "DS
     p = rtl_plan if rtl_plan is not None else plan(kernel, name, dsp_kind)
     banner = f"// Automatically generated by fx2fpga {version} -- do not edit."
     env = template_env()
-    ctx = {"banner": banner, "name": name, "version": version, "word_bits": WORD_BITS, **p.template_vars()}
+    ctx = {"banner": banner, "name": name, "version": version, "word_bits": WORD_BITS, "operand_tap": sched.OPERAND_TAP,
+           **p.template_vars()}
     files: dict[str, str] = {}
     for path, text in sorted(_controller_files(p.spec).items()):
         files[f"rtl/{path}"] = f"{banner}\n{text}"
