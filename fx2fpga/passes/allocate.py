@@ -153,6 +153,11 @@ def _options(st: Stage) -> list[Option]:
                   key=lambda o: (total(o), -o[0], o[2] or "", -o[1], o[4] or ""))
 
 
+def _same_lanes(a: Option, b: Option) -> bool:
+    """Two choices with the same model lanes and the same lanes over the same loops (either as the outer)."""
+    return a[0] == b[0] and {(a[1], a[2]), (a[3], a[4])} == {(b[1], b[2]), (b[3], b[4])}
+
+
 def _separable(st: Stage, a: str, b: str) -> bool:
     """No index of the stage's accesses (guards included) uses both loop variables: lanes over both reach
     banks of separate dims."""
@@ -263,23 +268,26 @@ def memory_cost(kernel: Kernel, costs: dict) -> dict[str, float]:
     return MemoryCost(kernel, costs).total()
 
 
-def allocate(kernel: Kernel, target, plan_1x1, budget: float, main: str, price_muxes: bool = True
-             ) -> dict[str, Option]:
+def allocate(kernel: Kernel, target, plan_1x1, budget: float, main: str, price_muxes: bool = True,
+             pinned: dict[str, Option] | None = None) -> dict[str, Option]:
     """Give the stages of program ``main`` of the one-lane ``kernel`` (whose plan is ``plan_1x1``) their lanes:
     the greedy allocation within ``budget`` (a share of every resource of ``target``), then trades of lanes
     between stages (``_Allocation.trade_lanes``, ``_Allocation.widen_by_narrowing``); a stage of another program
     takes the lanes of its twin in ``main`` (``tile.mirror_twin_lanes``: a training kernel's ``infer``), others keep
-    one lane; ``price_muxes``: count the multiplexers between banks and lanes in each move (``MemoryCost``).
+    one lane; ``price_muxes``: count the multiplexers between banks and lanes in each move (``MemoryCost``);
+    ``pinned``: stages given these lanes first, which nothing moves after (``tile.stream_lanes``).
     Returns the ``Option`` chosen per stage name of ``main``."""
-    state = greedy(kernel, target, plan_1x1, budget, main, price_muxes)
+    state = greedy(kernel, target, plan_1x1, budget, main, price_muxes, pinned)
     state.trade_lanes()
     state.widen_by_narrowing()
     tile.mirror_twin_lanes(kernel, main)
     return {n: state.options[n][state.choice[n]] for n in state.stages}
 
 
-def greedy(kernel: Kernel, target, plan_1x1, budget: float, main: str, price_muxes: bool = True) -> _Allocation:
-    """The greedy part of ``allocate``: the stages of ``kernel`` get its lanes; the state it ends in."""
+def greedy(kernel: Kernel, target, plan_1x1, budget: float, main: str, price_muxes: bool = True,
+           pinned: dict[str, Option] | None = None) -> _Allocation:
+    """The greedy part of ``allocate``: the stages of ``kernel`` get its lanes (``pinned`` ones theirs, first, and
+    no other choice after); the state it ends in."""
     costs = resources.load_costs()
     base = resources.rtl_resources(plan_1x1, target, block_ram=False)  # (``fits`` moves banks to block RAM)
     stages = {st.name: st for st in kernel.programs[main].stages}
@@ -297,6 +305,13 @@ def greedy(kernel: Kernel, target, plan_1x1, budget: float, main: str, price_mux
         return [_move(kernel, stages[n], options[n][choice[n]], options[n][j], state.per_lane[n], state.shared,
                       target, state.memory, costs) + (j,) for j in js]
 
+    for n, want in (pinned or {}).items():
+        j = next((k for k, o in enumerate(options[n]) if _same_lanes(o, want)), None)
+        if j is None:  # not a choice of the stage's: not pinned
+            continue
+        _, delta, mem, _ = moves(n, [j])[0]
+        state.apply(n, j, delta, mem)
+        options[n], choice[n] = [options[n][j]], 0
     while True:
         best = None
         for n in stages:

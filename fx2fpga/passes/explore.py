@@ -183,11 +183,17 @@ def per_stage_point(kernel: Kernel, target, name: str, size: int, share: float):
     if base is None or base.usage > share:  # one lane everywhere is already over: nothing to allocate
         return None, None, None
     got = [_allocated_point(one, base, target, name, size, share, priced) for priced in (True, False)]
+    # the first stage at the lanes that take the input as its words arrive, the others allocated around it (the
+    # greedy prices stages alone: it does not see the transfer that shape hides, schedule.fuse_input_stream)
+    pinned = tile.stream_lanes(one, main_program(one), interface.MAX_PORT_WIDTH)
+    if pinned:
+        got.append(_allocated_point(one, base, target, name, size, share, True, pinned))
     fitting = [g for g in got if g[0] is not None and g[0].usage <= share]
-    return max(fitting, key=lambda g: g[0].model_steps_per_s) if fitting else got[-1]
+    return max(fitting, key=lambda g: g[0].model_steps_per_s) if fitting else got[1]
 
 
-def _allocated_point(one: Kernel, base, target, name: str, size: int, share: float, price_muxes: bool):
+def _allocated_point(one: Kernel, base, target, name: str, size: int, share: float, price_muxes: bool,
+                     pinned: dict | None = None):
     """``per_stage_point``'s allocation with or without the multiplexers priced: the budget it aims at bisected
     against the full plan, then a few aims below the largest that fits (``AIMS_BELOW``: the greedy's outcome is
     erratic in its aim); the fastest that fits is kept."""
@@ -197,7 +203,7 @@ def _allocated_point(one: Kernel, base, target, name: str, size: int, share: flo
 
     def run(aim):
         k = copy.deepcopy(one)
-        allocate.allocate(k, target, base.plan, aim, program, price_muxes)  # (the kernel keeps the lanes it chose)
+        allocate.allocate(k, target, base.plan, aim, program, price_muxes, pinned)  # (the kernel keeps its lanes)
         most = max(st.total_lanes for st in k.programs[program].stages)
         return measure(k, target, name, max(st.model_lanes for st in k.stages()), most, allocation=label)
 

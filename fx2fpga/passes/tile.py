@@ -17,8 +17,6 @@ window read by a transposed index) falls back to fewer lanes, so every kernel st
 
 from __future__ import annotations
 
-import copy
-
 from fx2fpga_runtime.ir import MODEL_VAR, Kernel, Stage
 
 from . import estimate, model_groups, schedule
@@ -196,11 +194,12 @@ def mirror_twin_lanes(kernel: Kernel, main: str) -> None:
             set_stage_lanes(st, twin.model_lanes, twin.lanes, var, twin.outer_lanes, outer)
 
 
-def stream_shaped(kernel: Kernel, program: str, word_bits: int) -> Kernel | None:
-    """A copy of ``kernel`` whose ``program``'s first stage has the lanes that read its input in the order the
-    input words bring it (``schedule.fuse_input_stream`` then overlaps the transfer with the stage): as many lanes
-    over the input's laned loop as values fit in a word, and the stage's other kept loop whole over its lanes;
-    its twins mirrored. None where that shape does not apply (model groups, no packed input, other loop nests)."""
+def stream_lanes(kernel: Kernel, program: str, word_bits: int) -> dict[str, tuple] | None:
+    """Lanes for ``program``'s first stage that read its input in the order the input words bring it
+    (``schedule.fuse_input_stream`` then overlaps the transfer with the stage): as many lanes over the input's laned
+    loop as values fit in a word, and the stage's other kept loop whole over its lanes. ``{stage: (model lanes,
+    lanes, lane loop, outer lanes, outer loop)}`` for ``allocate.allocate``'s ``pinned``; None where that shape does
+    not apply (model groups, no packed input, other loop nests)."""
     prog = kernel.programs[program]
     if prog.groups > 1 or not prog.stages:
         return None
@@ -215,11 +214,7 @@ def stream_shaped(kernel: Kernel, program: str, word_bits: int) -> Kernel | None
     other = [lp for lp in kept if lp.var not in used]
     if per_word < 2 or len(packed) != 1 or len(other) != 1 or packed[0].extent % per_word:
         return None
-    shaped = copy.deepcopy(kernel)
-    first = shaped.programs[program].stages[0]
-    set_stage_lanes(first, first.model_lanes, other[0].extent, other[0].var, per_word, packed[0].var)
-    mirror_twin_lanes(shaped, program)
-    return shaped
+    return {st.name: (st.model_lanes, other[0].extent, other[0].var, per_word, packed[0].var)}
 
 
 def assign_lanes(kernel: Kernel, lanes: int | str | dict, target=None, model_lanes: int | str = 1) -> None:

@@ -500,3 +500,60 @@ def test_report_of_the_mlp_training_kernel(tmp_path, capsys):
     assert res.dsp == pool["lanes"] * 2 + sum(u["lanes"] * len(u["product"]["parts"]) for u in tables)
     assert res.dsp == verilog.dsp_blocks(kernel, "DSP48E1") == 20
     assert 0 < res.bram36
+
+
+STREAM_LANES = {"train_addmm": (1, 32, "j", 2, "i"), "infer_addmm": (1, 32, "j", 2, "i")}
+
+
+def test_the_first_stage_takes_the_input_as_it_arrives(mlp_example, tmp_path):
+    """The digits MLP with its first matmul at 2 lanes over the batch (an input word's two values) and all 32 over
+    the outputs: it reads ``x`` in the stream's order, so the unpack is fused into it (``schedule.fuse_input_stream``)
+    and the transfer costs no cycles of its own; Verilator equals the emulator word for word, with the schedule's
+    cycles, and the RTL is lint-clean."""
+    import torch
+    import torch.nn.functional as F
+
+    import fx2fpga
+
+    torch.manual_seed(0)
+    train = fx2fpga.SGD(F.cross_entropy, mlp_example.example_targets, lr=0.1)
+    d = fx2fpga.compile(mlp_example.DigitsMLP(), mlp_example.example_inputs, train=train, lanes=STREAM_LANES,
+                        out_dir=tmp_path / "p")
+    s = d.rtl_plan().schedule
+    for cmd, x in (("train_step", "train_x"), ("infer", "infer_x")):
+        phases = s.commands[cmd]
+        fused = phases[0]
+        assert fused.kind == "stage" and fused.streamed and not any(p.buffer == x for p in fused.reads)
+        assert sorted(f for _, _, f in fused.streamed) == [0, 1]
+        assert {p.buffer for p in fused.writes if p.field is not None} == {x}
+        assert not any(p.kind == "unpack" and p.buffer == x for p in phases)
+    with pytest.MonkeyPatch.context() as mp:  # the same lanes without the fusion: the transfer's 512 words cost
+        mp.setattr(schedule, "fuse_input_stream", lambda phases: phases)  # their cycles again
+        unfused = schedule.run(d.kernel)
+    for cmd in ("train_step", "infer"):
+        assert 500 <= unfused.call_cycles(cmd) - s.call_cycles(cmd) <= 520, cmd
+    rng = np.random.default_rng(3)
+    batches = [(rng.normal(size=(16, 64)), rng.integers(0, 10, 16)) for _ in range(2)]
+    seq = [("train_step", b) for b in batches] + [("infer", (batches[1][0],))]
+    assert_backend_equals_emu(d, "rtl", seq,
+                              after_call=lambda cmd, k: k.backend.last_cycles == d.rtl_cycles()[cmd] or
+                              pytest.fail(f"{cmd}: {k.backend.last_cycles} cycles, schedule {d.rtl_cycles()[cmd]}"))
+    assert_lint_clean(d.out_dir / "rtl", f"{d.kernel.name}_top")
+
+
+def test_a_stage_reading_the_input_in_another_order_is_not_fused(mlp_example):
+    """The same matmul at 8 x 8 lanes reads eight rows of ``x`` per issue, not a word's two values: the unpack
+    stays a phase of its own, and its cycles count."""
+    import torch
+    import torch.nn.functional as F
+
+    import fx2fpga
+
+    torch.manual_seed(0)
+    train = fx2fpga.SGD(F.cross_entropy, mlp_example.example_targets, lr=0.1)
+    lanes = {n: (1, 8, "j", 8, "i") for n in STREAM_LANES}
+    k = fx2fpga.compile(mlp_example.DigitsMLP(), mlp_example.example_inputs, train=train, lanes=lanes, until="tile")
+    s = schedule.run(k)
+    phases = s.commands["train_step"]
+    assert [p.kind for p in phases[:3]] == ["unpack", "unpack", "stage"] and not phases[2].streamed
+    assert phases[0].buffer == "train_x" and phases[0].iterations == 512
