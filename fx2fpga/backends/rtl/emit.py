@@ -818,7 +818,7 @@ class _Wiring:
                                 "index": [controller.affine_spec(a) for a in port.index],
                                 "banks": list(port.banks), "tap": port.tap, "last_only": port.last_only,
                                 "source": source, "guard": _guard_spec(port.guard), "dim_bits": list(port.dim_bits)})
-            if key is not None:
+            if key is not None and port.field is None:  # (an input word written is not rounded)
                 point = controller.affine_spec(port.point)
                 point["const"] = (point["const"] + key) & stochastic.MASK32
                 self.writes[-1].update(point=point, srp=f"srp_p{i}_{port.lane}")
