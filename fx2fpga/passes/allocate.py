@@ -29,7 +29,6 @@ from fx2fpga_runtime.ir import MODEL_VAR, Kernel, Stage
 from fx2fpga_runtime.ops import OPS_TABLE
 
 from ..backends.common import buffer_banking
-from ..backends.rtl import emit
 from . import resources, schedule, tile
 
 RESOURCES = ("lut", "ff", "dsp", "bram36")
@@ -70,10 +69,10 @@ def lane_costs(plan, costs: dict) -> dict[str, LaneCost]:
             bram = rom[0].bram36
         reg = resources._unit_reg_bits(u)
         data_bits = sum(o["width"] for o in u["ops"]) + u["out_width"]
-        for phase, st in emit.unit_stages(u):  # a stage running on another's unit is priced as if its own
+        logic = adder * lut["adder_bits"] + resources.unit_sr_bits(u) * lut["sr_bits"]
+        for phase, st in resources.unit_stages(u):  # a stage running on another's unit is priced as if its own
             ports = [r for r in plan.spec["reads"] + plan.spec["writes"] if r["phase"] == phase]
             addr_bits = sum(sum(p["dim_bits"]) for p in ports)
-            logic = adder * lut["adder_bits"] + resources.unit_sr_bits(u) * lut["sr_bits"]
             out[st.name] = LaneCost(
                 lut=logic + addr_bits * lut["ctrl_bits"],
                 ff=reg * ff["unit_reg_bits"] + data_bits * ff["mem_reg_bits"],
@@ -108,7 +107,7 @@ def engine_lane_cost(plan, costs: dict) -> LaneCost:
 def shared_lanes(plan, costs: dict, stages) -> list[SharedLanes]:
     """The multiplier pool (every multiplying stage) and the MAC engine (its users) of a one-lane plan."""
     multiplying = frozenset(st.name for st in stages if OPS_TABLE[st.op].multiplies)
-    users = frozenset(st.name for u in plan.engine["users"] for _, st in emit.unit_stages(u)) if plan.engine \
+    users = frozenset(st.name for u in plan.engine["users"] for _, st in resources.unit_stages(u)) if plan.engine \
         else frozenset()
     return [SharedLanes(pool_lane_cost(plan, costs), multiplying), SharedLanes(engine_lane_cost(plan, costs), users)]
 

@@ -151,6 +151,11 @@ def unit_rom(u: dict) -> tuple[BankMapping, int] | None:
 
 # ----- features of a plan -------------------------------------------------------------------------------------
 
+def unit_stages(u: dict) -> list[tuple[int, object]]:
+    """(phase id, stage) of every phase a unit runs: its own, then its guests' (``emit.twin_hosts``)."""
+    return [(int(u["inst"][1:]), u["stage"]), *u["guests"]]
+
+
 def _unit_adder_bits(u: dict) -> int:
     """One lane's adder/comparator bits: the accumulator's sum or compare, an elementwise op's result, a
     table's clip and interpolation."""

@@ -277,13 +277,12 @@ def test_exact_macs_share_one_mac_engine(mlp):
     one engine accumulates for all of them at the widest format, with one output conversion per distinct one,
     and their units keep no adder. Stages whose units are the same hardware run on one (``emit.twin_hosts``): the
     inference's matmuls on their training twins' units."""
-    from fx2fpga.backends.rtl import emit
     from fx2fpga.passes import resources
 
     _, design, _ = mlp
     p = design.rtl_plan()
     macs = [u for u in p.units if u["op"] == "mac"]
-    served = {st.name: phase for u in macs for phase, st in emit.unit_stages(u)}
+    served = {st.name: phase for u in macs for phase, st in resources.unit_stages(u)}
     assert len(served) == 7 and len(set(served.values())) == 7 and all(u["engine"] for u in macs)
     assert len(macs) < 7 and {"train_addmm", "train_addmm_1"} <= {st.name for u in macs for _, st in u["guests"]}
     assert p.engine["users"] == macs and p.engine["lanes"] == max(u["lanes"] for u in macs)
@@ -339,7 +338,7 @@ def test_a_mac_that_may_overflow_keeps_its_own_accumulator(tmp_path):
     from torch import nn
 
     import fx2fpga
-    from fx2fpga.backends.rtl import emit
+    from fx2fpga.passes import resources
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
@@ -347,12 +346,13 @@ def test_a_mac_that_may_overflow_keeps_its_own_accumulator(tmp_path):
     design = fx2fpga.compile(model, (x,), target="pynq-z1", train=fx2fpga.SGD(F.cross_entropy, y, lr=0.1),
                              precision={"overrides": {"0.weight": "fixed<24,16>"}}, out_dir=tmp_path / "p")
     p = design.rtl_plan()
-    private = sorted(st.name for u in p.units if u["op"] == "mac" and not u["engine"] for _, st in emit.unit_stages(u))
+    private = sorted(st.name for u in p.units if u["op"] == "mac" and not u["engine"]
+                     for _, st in resources.unit_stages(u))
     assert private == ["infer_addmm", "train_addmm"]  # (one unit: the inference runs on its training twin's)
-    assert len([st for u in p.engine["users"] for st in emit.unit_stages(u)]) == 5
+    assert len([st for u in p.engine["users"] for st in resources.unit_stages(u)]) == 5
     w = np.random.default_rng(1).uniform(-30000, 30000, (8, 16)).astype(np.float32)
     params = {"0.weight": w}
-    acc = next(st.acc for u in p.units for _, st in emit.unit_stages(u) if st.name == "train_addmm")
+    acc = next(st.acc for u in p.units for _, st in resources.unit_stages(u) if st.name == "train_addmm")
     xq = np.clip(x.numpy() * 4, -32, 32)  # the activation format's range
     assert np.abs(np.cumsum(xq[:, None, :] * w[None], axis=-1)).max() > acc.max_value  # it saturates
     assert_backend_equals_emu(design, "rtl", [("train_step", (x.numpy() * 4, y.numpy()))] * 2

@@ -202,10 +202,9 @@ def _build_fsm(spec, ir, hw, comb, fsm):
 
 
 def gated_clocks(spec: dict) -> list[str]:
-    """The controller's clock inputs besides ``clk``: the blocks' clocks (emit.sim_gates) its requests and
-    stream outputs are on (``clk`` itself in synthesis)."""
-    clocks = spec.get("clocks", {})
-    return sorted({*clocks.get("memories", {}).values(), *clocks.get("phases", {}).values()})
+    """The controller's clock inputs besides ``clk``: the blocks' clocks (emit.sim_gates' ``ctrl``) its requests
+    and stream outputs are on (``clk`` itself in synthesis)."""
+    return spec.get("clocks", {}).get("ctrl", [])
 
 
 def build(spec: dict):

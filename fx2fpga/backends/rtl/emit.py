@@ -40,6 +40,7 @@ from ...errors import Fx2fpgaError
 from ...passes import resources
 from ...passes import schedule as sched
 from ...passes.estimate import DSP_PORTS, multiplier_pieces
+from ...passes.resources import unit_stages
 from ...passes.schedule import Phase, Schedule, bits
 from ..common import check_stage, command_table, template_env
 from . import controller
@@ -306,11 +307,6 @@ def twin_hosts(views: dict[int, dict]) -> dict[int, int]:
         else:
             first[key] = i
     return host_of
-
-
-def unit_stages(u: dict) -> list[tuple[int, object]]:
-    """(phase id, stage) of every phase a unit runs: its own, then its guests' (``twin_hosts``)."""
-    return [(int(u["inst"][1:]), u["stage"]), *u["guests"]]
 
 
 def _unit_view(phase: Phase, pid: int, kernel, name: str, cvts: _Cvts, dsp_kind: str, counted: bool = False) -> dict:
@@ -607,7 +603,7 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
                      for n, m in mems.items()},
         "reads": w.reads, "writes": w.writes, "go": w.go, "first": w.first, "act": act,
         "out_sel_bits": out_sel_bits, "outputs": outputs,
-        "clocks": {"memories": gates["memories"],
+        "clocks": {"memories": gates["memories"], "ctrl": gates["ctrl"],
                    "phases": {str(i): u["gate"] for u in w.units for i, _ in unit_stages(u)}},
     }
     max_in = w.in_bits
@@ -667,7 +663,7 @@ def sim_gates(w: _Wiring, pool: dict | None, engine: dict | None, phase_count: i
             "gates": [{"name": g, "phases": sorted(ph), "mask": sum(1 << i for i in ph)}
                       for g, ph in sorted(uses.items())],
             "memories": memories, "phase_count": phase_count,
-            "ctrl": sorted({*memories.values(), *(u["gate"] for u in w.units)})}  # circt_child.gated_clocks
+            "ctrl": sorted({*memories.values(), *(u["gate"] for u in w.units)})}  # the controller's clk_<gate> inputs
 
 
 def _sr_call(command: str) -> str:
@@ -800,9 +796,7 @@ class _Wiring:
         for port in ph.writes:
             mem = self.mems[port.buffer]
             if port.field is not None:  # field f of the input word (interface.py's word packing)
-                lo, hi = port.field * mem["width"], (port.field + 1) * mem["width"]
-                src = "in_d1" if hi - lo == WORD_BITS else f"in_d1[{hi - 1}:{lo}]"
-                self.in_bits = max(self.in_bits, hi)
+                src = self._word_field("in_d1", port.field, mem["width"])
             else:
                 src = f"p{unit}_out_{port.lane}"
             ovf = f"p{i}_ovf_{port.lane}" if counted and port.field is None else "1'b0"
@@ -828,19 +822,30 @@ class _Wiring:
         tap (``in_d<OPERAND_TAP>``, the arriving word's delay line)."""
         for operand, served, f in ph.streamed:
             width = self.mems[ph.stage.ins[operand].buffer]["width"]
-            lo, hi = f * width, (f + 1) * width
-            self.stream_bits = max(self.stream_bits, hi)
-            self.in_bits = max(self.in_bits, hi)
+            self.stream_bits = max(self.stream_bits, (f + 1) * width)
             for lane in served:
-                self.data_of[i, operand, lane] = f"in_d{sched.OPERAND_TAP}[{hi - 1}:{lo}]"
+                self.data_of[i, operand, lane] = self._word_field(f"in_d{sched.OPERAND_TAP}", f, width)
+
+    def _word_field(self, word: str, f: int, width: int) -> str:
+        """Field ``f`` of ``width`` bits of the input word ``word`` (a register of its delay line); counts the
+        word's bits in use (``in_bits``)."""
+        lo, hi = f * width, (f + 1) * width
+        self.in_bits = max(self.in_bits, hi)
+        return word if hi - lo == WORD_BITS else f"{word}[{hi - 1}:{lo}]"
+
+    @staticmethod
+    def _lane_signal(table: dict, i: int, o: int, lane: int) -> str | None:
+        """Operand ``o``'s signal on ``lane`` of phase ``i`` in ``data_of``/``ok_of`` (lane 0's where one request
+        serves every lane)."""
+        return table.get((i, o, lane), table.get((i, o, 0)))
 
     def add_unit(self, unit: dict, ph, i: int) -> None:
         """Phase ``i``'s datapath unit, its operands' data and guard signals per lane."""
-        unit["inputs"] = [[self.data_of.get((i, o, lane), self.data_of.get((i, o, 0))) for lane in range(ph.lanes)]
+        unit["inputs"] = [[self._lane_signal(self.data_of, i, o, lane) for lane in range(ph.lanes)]
                           for o in range(len(ph.stage.ins))]
         oks = []
         for o, operand in enumerate(unit["ops"]):
-            lanes_ok = [self.ok_of.get((i, o, lane), self.ok_of.get((i, o, 0))) for lane in range(ph.lanes)]
+            lanes_ok = [self._lane_signal(self.ok_of, i, o, lane) for lane in range(ph.lanes)]
             operand["guarded"] = any(lanes_ok)
             oks.append([x or "1'b1" for x in lanes_ok])
         unit["oks"] = oks
@@ -856,11 +861,11 @@ class _Wiring:
         sel = f"act_p{i}"
         for o, operand in enumerate(host["ops"]):
             for lane in range(ph.lanes):
-                data = self.data_of.get((i, o, lane), self.data_of.get((i, o, 0)))
+                data = self._lane_signal(self.data_of, i, o, lane)
                 if data != host["inputs"][o][lane]:
                     host["inputs"][o][lane] = f"({sel} ? {data} : {host['inputs'][o][lane]})"
                     self.acts[str(i)] = sel
-                ok = self.ok_of.get((i, o, lane), self.ok_of.get((i, o, 0))) or "1'b1"
+                ok = self._lane_signal(self.ok_of, i, o, lane) or "1'b1"
                 if ok != host["oks"][o][lane]:
                     host["oks"][o][lane] = f"({sel} ? {ok} : {host['oks'][o][lane]})"
                     self.acts[str(i)] = sel
