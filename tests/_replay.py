@@ -55,13 +55,23 @@ class _Replay(torch.fx.Interpreter):
         fmt = self.kernel.buffers[name].fmt
         mine = torch.from_numpy(np.asarray(fmt.to_float(self.mem[name]))).reshape(out.shape)
         layer = n.args[0].target if n.target is operator.getitem else n.target
-        if layer in LAYER_OPS:
+        if layer in LAYER_OPS or self._fused_relu(n):
             want = fmt.quantize(out.numpy())
             self.checked[name] = int(want.size)
             diff = np.abs(want - self.mem[name].reshape(want.shape))
             if diff.max() > 0:
                 self.mismatch[name] = int(diff.max())
         return mine  # downstream nodes see what the kernel stored
+
+
+    def _fused_relu(self, n) -> bool:
+        """``n`` is the ReLU of a convolution whose output the kernel never stores (passes/fuse.py computes the
+        ReLU as the convolution's result is written): its buffer holds the layer's result through the ReLU."""
+        src = n.args[0] if n.target in RELUS else None
+        return isinstance(src, torch.fx.Node) and src.target in LAYER_OPS and self._buffer(src) is None
+
+
+RELUS = {aten.relu.default, aten.relu_.default}
 
 
 def replay_layers(kernel: Kernel, gm: torch.fx.GraphModule, args: list, mem: dict) -> _Replay:

@@ -24,8 +24,8 @@ from fx2fpga_runtime.ops import COMPARISONS, compare_select_op, is_compare_selec
 
 
 def run(kernel: Kernel) -> Kernel:
-    """Fuse every ``mul`` -> ``sub`` pair computing ``a - b * c`` and every comparison -> ``select`` pair of
-    ``kernel``'s programs (in place)."""
+    """Fuse every ``mul`` -> ``sub`` pair computing ``a - b * c``, every comparison -> ``select`` pair and every
+    ``mac`` -> ``relu`` pair of ``kernel``'s programs (in place)."""
     reads = kernel.read_counts()
     kept = kernel.io_buffers() | set(kernel.params)
     for prog in kernel.programs.values():
@@ -50,12 +50,13 @@ def run(kernel: Kernel) -> Kernel:
 def _linked(a: Stage, b: Stage, kernel: Kernel, reads: dict, kept: set) -> bool:
     """``a``'s output is a temporary that only ``b`` reads, element for element, as its operand ``slot``."""
     t = a.out.buffer
-    slot = {"sub": 1, "select": 0}.get(b.op)
-    return (slot is not None and not a.reduce and not b.reduce
+    slot = {"sub": 1, "select": 0, "relu": 0}.get(b.op)
+    kept_loops = tuple(lp for lp in a.loops if lp.var not in a.reduce)  # a reduction's output points
+    return (slot is not None and not b.reduce and (a.op == "mac" if b.op == "relu" else not a.reduce)
             and kernel.buffers[t].role == "temp" and kernel.buffers[t].fmt.rounding != "SR"
             and t not in kept and reads.get(t) == 1
             and b.ins[slot].buffer == t and all(x.buffer != t for i, x in enumerate(b.ins) if i != slot)
-            and a.loops == b.loops and b.ins[slot].index == a.out.index and not b.ins[slot].guard
+            and kept_loops == b.loops and b.ins[slot].index == a.out.index and not b.ins[slot].guard
             and not a.out.guard and all(x.buffer != t for x in a.ins))
 
 
@@ -66,6 +67,9 @@ def _fused(a: Stage, b: Stage, kernel: Kernel) -> Stage | None:
         return replace(b, op="msub", ins=(b.ins[0], a.ins[0], a.ins[1]),
                        attrs={"mid": str(kernel.buffers[a.out.buffer].fmt)}, origin=origin,
                        source=b.source or a.source)
+    if a.op == "mac" and b.op == "relu" and not a.attrs and kernel.buffers[b.out.buffer].fmt == kernel.buffers[
+            a.out.buffer].fmt:
+        return replace(a, out=b.out, attrs={"then": "relu"}, origin=origin, source=a.source or b.source)
     if a.op in COMPARISONS and b.op == "select":
         return replace(b, op=compare_select_op(a.op), ins=(a.ins[0], a.ins[1], b.ins[1], b.ins[2]), origin=origin,
                        source=b.source or a.source)

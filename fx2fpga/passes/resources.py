@@ -308,6 +308,8 @@ def rtl_features(p, block_ram: bool = True) -> dict[str, float]:
     sel = sum(u["lanes"] * u["res_width"] for u in p.units
               if u["op"] in ("relu", "select") or is_compare_select(u["op"]))  # a fused comparison's mux too
     sel += sum(u["lanes"] * _shifter_bits(u) for u in p.units if u["kind"] == "normalized")
+    sel += sum(u["lanes"] * u["out_width"] for u in p.units if u["relu"] and not u["engine"])  # a fused ReLU's mux
+    sel += sum(o["lanes"] * o["ow"] for o in (p.engine["outs"] if p.engine else ()) if o["relu"])
     mem = _memory_features(p, block_ram)
     pool = _pool_features(p)
     engine = engine_features(p.engine)

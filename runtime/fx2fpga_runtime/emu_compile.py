@@ -35,7 +35,8 @@ from numpy.lib.stride_tricks import as_strided
 from . import stochastic
 from .fixed import Fixed, shift_round
 from .ir import GROUP_VAR, Access, Affine, Kernel, Stage
-from .ops import OPS_TABLE, alignment_shifts, decision_name, exact_frac, fused_decision, is_compare_select, mid_format
+from .ops import (OPS_TABLE, alignment_shifts, decision_name, exact_frac, fused_decision, is_compare_select, mid_format,
+                  then_relu)
 
 Interval = tuple[int, int] | None  # raw bounds [lo, hi] of values (None: unknown)
 Raw = np.ndarray
@@ -573,6 +574,11 @@ def _add_reduction(stage: Stage, kernel: Kernel, group: int, r: _Reduction, tall
                              overflow_counter(out_fmt, int(np.prod(r.kept.extents, dtype=np.int64)), tally))
     target = r.target
     if stage.op == "mac":
+        if then_relu(stage):
+            to_out = out_assign
+
+            def out_assign(v):
+                return np.maximum(to_out(v), 0)
         bound = max(abs(term_iv[0]), abs(term_iv[1])) * r.points
         product = _matmul_plan(r.ops[0], r.ops[1], r.space, r.keep, r.red, as_float=bound < _EXACT_FLOAT)
         a, b = r.ops

@@ -21,7 +21,8 @@ from . import stochastic
 from .emu_compile import compile_stage
 from .fixed import Fixed, align, shift_round
 from .ir import GROUP_VAR, Access, Kernel, Stage
-from .ops import OPS_TABLE, OpSpec, aligned_operands, decision_name, exact_frac, fused_decision, is_compare_select
+from .ops import (OPS_TABLE, OpSpec, aligned_operands, decision_name, epilogue, exact_frac, fused_decision,
+                  is_compare_select)
 
 
 class Emulator:
@@ -318,7 +319,8 @@ def run_stage(stage: Stage, kernel: Kernel, mem: dict[str, np.ndarray], plan: St
     else:
         raise NotImplementedError(f"emulator: reduction op {stage.op!r} accumulates by {spec.accumulate!r}")
     bits = _random_bits(stage, kernel, plan, call, acc.frac_bits)
-    _store(stage, mem, plan, _assign(out_buf.fmt, result_acc, acc.frac_bits, plan.out_shape, tally, bits))
+    _store(stage, mem, plan, epilogue(stage, _assign(out_buf.fmt, result_acc, acc.frac_bits, plan.out_shape, tally,
+                                                     bits)))
 
 
 def _random_bits(stage: Stage, kernel: Kernel, plan: StagePlan, call: int, frac: int) -> np.ndarray | None:

@@ -152,6 +152,18 @@ def _msub(v: list[np.ndarray], stage, kernel) -> np.ndarray:
     return align(v[0], fr[0], f) - align(t, mid.frac_bits, f)
 
 
+def then_relu(stage) -> bool:
+    """``stage`` is a ``mac`` fused with the ReLU that read it (``attrs['then'] == 'relu'``, passes/fuse.py): its
+    result, assigned to the output's format, goes through ReLU before it is written."""
+    return stage.attrs.get("then") == "relu"
+
+
+def epilogue(stage, raw: np.ndarray) -> np.ndarray:
+    """A stage's assigned result as it is written: through ReLU where ``then_relu`` (the format is the same, so
+    ReLU is exact), else unchanged."""
+    return np.maximum(raw, 0) if then_relu(stage) else raw
+
+
 def _compare(name: str, fn) -> OpSpec:
     return OpSpec(name, 2, f"1 if a {name} b else 0, in the BOOL format",
                   lambda v, st, k: fn(v[0], v[1]).astype(np.int64),
@@ -275,5 +287,5 @@ def exact_frac(spec: OpSpec, fracs: Sequence[int], stage, kernel) -> int:
 
 
 __all__ = ["COMPARISONS", "NORM_INDEX_BITS", "OPS_TABLE", "OpSpec", "aligned_operands", "alignment_shifts",
-           "decision_name", "div_norm_frac", "exact_frac", "fused_decision", "mid_format", "norm_rom_values",
-           "op_spec"]
+           "decision_name", "div_norm_frac", "epilogue", "exact_frac", "fused_decision", "mid_format", "norm_rom_values",
+           "op_spec", "then_relu"]

@@ -287,8 +287,9 @@ def test_exact_macs_share_one_mac_engine(mlp):
     assert len(macs) < 7 and {"train_addmm", "train_addmm_1"} <= {st.name for u in macs for _, st in u["guests"]}
     assert p.engine["users"] == macs and p.engine["lanes"] == max(u["lanes"] for u in macs)
     assert p.engine["width"] == max(u["stage"].acc.width for u in macs) == 52  # grad x weight over 10 points
-    assert len(p.engine["outs"]) == 3  # to activations (16 bits, 16 fraction bits dropped), to the gradient, to
-    # the weights (24 bits, 13 dropped: the folded SGD updates, lower/update_fold.py)
+    assert len(p.engine["outs"]) == 4  # to activations (16 bits, 16 fraction bits dropped), the same through
+    # ReLU (fc1's, fused), to the gradient, to the weights (24 bits, 13 dropped: the folded SGD updates)
+    assert [o["relu"] for o in p.engine["outs"]].count(True) == 1
     assert all(resources._unit_adder_bits(u) == 0 for u in macs)
     top = (design.out_dir / "rtl" / "digitsmlp_top.sv").read_text()
     assert top.count("digitsmlp_mac_engine eng (") == 1
@@ -297,7 +298,7 @@ def test_exact_macs_share_one_mac_engine(mlp):
 def test_a_guest_runs_on_the_same_hardware_as_its_host(mlp):
     """Every phase that runs on another's unit (``emit.twin_hosts``) has a unit module, made on its own, with the
     same text as its host's but for names; no stochastic-rounding or counting unit is shared; the guests of the
-    digits MLP at lanes 4 include the inference's three forward stages and stages of the training step itself."""
+    digits MLP at lanes 4 include the inference's two forward stages and stages of the training step itself."""
     import re
 
     from fx2fpga.backends.common import template_env
@@ -312,7 +313,7 @@ def test_a_guest_runs_on_the_same_hardware_as_its_host(mlp):
     hosts = emit.twin_hosts(views)
     emit.mac_engine(list(views.values()), k.name, emit.multiplier_pool(list(views.values()), "DSP48E1"), cvts)
     assert hosts == {g: int(u["inst"][1:]) for u in p.units for g, _ in u["guests"]}
-    assert {"infer_addmm", "infer_relu", "infer_output"} <= {views[h]["stage"].name for h in hosts.values()}
+    assert {"infer_addmm", "infer_output"} <= {views[h]["stage"].name for h in hosts.values()}
     assert any(views[g]["stage"].name.startswith("train") and views[h]["stage"].name.startswith("train")
                for g, h in hosts.items())
     template = template_env().get_template("rtl/unit.sv.j2")
@@ -389,11 +390,13 @@ def test_mlp_schedule_model_numbers(mlp_train_design):
     assert len(util) >= 5 and min(util.values()) >= 0.98, util
     phases = s.commands["train_step"]
     # a stage phase's successor issues while it drains, where no element's order or write port forbids it
-    # (passes/overlap.py): 21,951 cycles instead of 22,233 one phase after the other (22,080 and 22,371 before
-    # ReLU's backward mask and select became one le_select stage: the mask's phase, 1 + 512 / 4 issues, is gone)
+    # (passes/overlap.py): 21,822 cycles instead of 22,095 one phase after the other (21,951 and 22,233 before fc1's
+    # ReLU was fused into its multiply-accumulate; 22,080 and 22,371 before ReLU's backward mask and select became
+    # one le_select stage: each removed phase took 1 + 512 / 4 issues)
     assert s.call_cycles("train_step") == 1 + sum(p.advance for p in phases) < 1 + sum(p.cycles for p in phases)
     drain = {p.name: p.drain_cycles for p in phases}
-    assert drain["train_relu"] == 0  # addmm's last writes are h's last elements, which relu reads last
+    assert "train_relu" not in drain and drain["train_addmm"] == 0  # fc1 writes h (through its fused ReLU) in
+    # the order fc2 reads it: h's last row last
     assert drain["train_log"] > 0  # sub_1 reads at its first issues what log's last issues write
     for p in phases:
         if p.kind != "stage" or p is phases[-2]:  # transfers, and the last stage before the pack, wait
@@ -404,8 +407,8 @@ def test_mlp_schedule_model_numbers(mlp_train_design):
     assert design.kernel.meta["word_packing"] == {"train_x": [1, 2], "train_y": [0, 2]}
     assert phases[0].name == "unpack_train_x" and phases[0].cycles == 1 + 16 * 64 // 2 + 2 and phases[0].lanes == 2
     delays = {p.stage.op: p.write_delay for p in phases if p.stage is not None}
-    assert {op: delays[op] for op in ("mac", "mul", "table", "sum", "relu")} == \
-        {"mac": 14, "mul": 13, "table": 18, "sum": 10, "relu": 9}
+    assert {op: delays[op] for op in ("mac", "mul", "table", "sum", "le_select")} == \
+        {"mac": 14, "mul": 13, "table": 18, "sum": 10, "le_select": 9}
     assert interface.word_count(design.kernel, design.kernel.programs["train_step"].inputs) == (16 * 64 + 16) // 2
 
 

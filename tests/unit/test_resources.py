@@ -8,6 +8,7 @@ import importlib.util
 import json
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -63,16 +64,19 @@ def test_bank_mapping_follows_yosys_rules():
 
 
 def test_features_of_a_hand_checked_kernel(linear_plan):
-    """Linear(16, 8) + ReLU at one lane: a mac and a relu unit, five one-bank memories; the 128 x 24-bit weight
-    bank in one RAMB18, the others LUT-RAM: bias 8 x 24 (4 RAM32M), input 64 x 16 (6 RAM64M), the matmul's
-    and the output's 32 x 16 (3 RAM32M each): 4 x (4 + 6 + 3 + 3) = 64 LUTs."""
+    """Linear(16, 8) + ReLU at one lane: one mac unit, its ReLU fused into its output conversion (passes/fuse.py),
+    four one-bank memories; the 128 x 24-bit weight bank in one RAMB18, the others LUT-RAM: bias 8 x 24 (4 RAM32M),
+    input 64 x 16 (6 RAM64M), the output's 32 x 16 (3 RAM32M): 4 x (4 + 6 + 3) = 52 LUTs; the ReLU's select, one
+    per output bit."""
     p = linear_plan
-    assert [(u["op"], u["lanes"]) for u in p.units] == [("mac", 1), ("relu", 1)]
+    assert [(u["op"], u["lanes"], u["relu"]) for u in p.units] == [("mac", 1, True)]
     assert sorted((m["name"], m["banks"], m["depth"], m["width"]) for m in p.memories) == [
-        ("b_0_bias", 1, 8, 24), ("b_0_weight", 1, 128, 24), ("infer_addmm", 1, 32, 16),
-        ("infer_input", 1, 64, 16), ("infer_output", 1, 32, 16)]
+        ("b_0_bias", 1, 8, 24), ("b_0_weight", 1, 128, 24), ("infer_input", 1, 64, 16),
+        ("infer_output", 1, 32, 16)]
     f = resources.rtl_features(p)
-    assert f["lutram_luts"] == 64 and f["bram36"] == 0.5 and f["rom_bits"] == 0
+    assert f["lutram_luts"] == 52 and f["bram36"] == 0.5 and f["rom_bits"] == 0
+    unfused = dict(p.units[0], relu=False)
+    assert f["select_bits"] - resources.rtl_features(replace(p, units=[unfused]))["select_bits"] == 16
     assert f["dsp"] == p.dsp_blocks == 1
     assert set(resources.LUT_FEATURES) | set(resources.FF_FEATURES) <= set(f)
 

@@ -18,7 +18,8 @@ from fx2fpga_runtime import interface, saturation, stochastic
 from fx2fpga_runtime.emu_compile import output_interval
 from fx2fpga_runtime.fixed import Fixed
 from fx2fpga_runtime.ir import GROUP_VAR, MODEL_VAR, Access, Affine, Buffer, Kernel, Stage
-from fx2fpga_runtime.ops import NORM_INDEX_BITS, OPS_TABLE, compare_select_op, exact_frac, is_compare_select, mid_format
+from fx2fpga_runtime.ops import (NORM_INDEX_BITS, OPS_TABLE, compare_select_op, exact_frac, is_compare_select, mid_format,
+                                 then_relu)
 
 from fx2fpga.errors import Fx2fpgaError
 from fx2fpga.version import __version__
@@ -185,6 +186,7 @@ class StageView:
     sat: dict | None = None  # its saturation counter (``_saturation_check``), when it has one
     sr: dict | None = None  # its stochastic rounding (``_stochastic``), when its output rounds SR
     result: str = ""  # reductions: the value assigned to the output (the accumulator, plus SR's random bits)
+    relu: bool = False  # a mac fused with the ReLU reading it: the assigned result goes through ReLU (fuse.py)
 
 
 def _rename_vars(st: Stage, taken) -> Stage:
@@ -436,7 +438,8 @@ def _stage_view(st: Stage, kernel: Kernel, func: str, counter: int | None = None
     result = idx if position else (f"{wide}({acc})" if wide else acc) if sr is None else f"{acc} + {sr['delta']}"
     view = StageView(func, st, "reduce", _zero_vars(st.out, st.reduce).c_expr(), type_name(out_fmt), ins,
                      loops, red, lane, acc_type=type_name(st.acc), init=init, position=position, body=body + "\n",
-                     sat=None if counter is None else _saturation_check(st, kernel, counter), sr=sr, result=result)
+                     sat=None if counter is None else _saturation_check(st, kernel, counter), sr=sr, result=result,
+                     relu=then_relu(st))
     if lane:  # loop labels are per function: each copy of the lane loop gets its own
         view.lane_init = replace(lane, label=f"{lane.label}_init")
         view.lane_write = replace(lane, label=f"{lane.label}_write")

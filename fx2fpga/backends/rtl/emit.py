@@ -34,7 +34,8 @@ from dataclasses import dataclass, field, fields
 from fx2fpga_runtime import interface, saturation, stochastic
 from fx2fpga_runtime.emu_compile import can_overflow
 from fx2fpga_runtime.fixed import Fixed
-from fx2fpga_runtime.ops import NORM_INDEX_BITS, OPS_TABLE, alignment_shifts, compare_select_op, exact_frac, mid_format
+from fx2fpga_runtime.ops import (NORM_INDEX_BITS, OPS_TABLE, alignment_shifts, compare_select_op, exact_frac, mid_format,
+                                 then_relu)
 
 from ...errors import Fx2fpgaError
 from ...passes import resources
@@ -129,12 +130,13 @@ class Cvt:
     rounding: str
     sat: bool
     flag: bool = False  # an output `ovf`: the rounded value is outside the output's range (a saturation event)
+    relu: bool = False  # the assigned value goes through ReLU (a mac fused with the ReLU reading it: passes/fuse.py)
 
     @property
     def name(self) -> str:
         sh = f"r{self.shift}" if self.shift >= 0 else f"l{-self.shift}"
         kind = "s" if self.osigned else "u"
-        mode = ("sat" if self.sat else "wrap") + ("_ovf" if self.flag else "")
+        mode = ("sat" if self.sat else "wrap") + ("_ovf" if self.flag else "") + ("_relu" if self.relu else "")
         return f"fx2fpga_cvt_{self.iw}_{sh}_{kind}{self.ow}_{self.rounding.lower()}_{mode}"
 
     def view(self) -> dict:
@@ -161,6 +163,7 @@ class Cvt:
         return {"name": self.name, "iw": self.iw, "xw": xw, "sh": sh, "qw": qw, "ow": ow, "rounding": self.rounding,
                 "over": over, "under": under, "flag": self.flag, "ovf": self._out_of_range(qw),
                 "sat": self.sat and not fits, "fits": fits and self.sat, "osigned": self.osigned,
+                "relu": self.relu and self.osigned,
                 "max_q": _lit(osmax, qw), "min_q": _lit(osmin, qw),
                 "max_o": f"{ow}'h{_hex(osmax, ow)}", "min_o": f"{ow}'h{_hex(osmin, ow)}"}
 
@@ -180,10 +183,11 @@ class _Cvts:
     def __init__(self):
         self.used: dict[str, Cvt] = {}
 
-    def get(self, iw: int, in_frac: int, fmt: Fixed, flag: bool = False) -> str:
+    def get(self, iw: int, in_frac: int, fmt: Fixed, flag: bool = False, relu: bool = False) -> str:
         """The name of the conversion module of a ``iw``-bit value at ``in_frac`` fraction bits to ``fmt``
-        (``flag``: with the saturation event output ``ovf``)."""
-        c = Cvt(iw, in_frac - fmt.frac_bits, fmt.width, fmt.signed, fmt.rounding, fmt.overflow == "SAT", flag)
+        (``flag``: with the saturation event output ``ovf``; ``relu``: the assigned value through ReLU)."""
+        c = Cvt(iw, in_frac - fmt.frac_bits, fmt.width, fmt.signed, fmt.rounding, fmt.overflow == "SAT", flag,
+                relu and fmt.signed)
         self.used[c.name] = c
         return c.name
 
@@ -234,9 +238,9 @@ def mac_engine(units: list[dict], name: str, pool: dict | None, cvts: _Cvts) -> 
     width = max(u["acc_width"] for u in users)
     outs: dict[str, dict] = {}
     for u in users:
-        cvt = cvts.get(width, u["acc_frac"], u["out_fmt"], u["counted"])
+        cvt = cvts.get(width, u["acc_frac"], u["out_fmt"], u["counted"], u["relu"])
         out = outs.setdefault(cvt, {"index": len(outs), "cvt": cvt, "ow": u["out_width"], "lanes": 0,
-                                    "flag": u["counted"]})
+                                    "flag": u["counted"], "relu": u["relu"]})
         out["lanes"] = max(out["lanes"], u["lanes"])
         u.update(engine=True, engine_out=out["index"], engine_width=width)
     return {"module": f"{name}_mac_engine", "lanes": max(u["lanes"] for u in users), "width": width,
@@ -319,7 +323,7 @@ def _unit_view(phase: Phase, pid: int, kernel, name: str, cvts: _Cvts, dsp_kind:
     spec = OPS_TABLE[st.op]
     view = {"module": f"{name}_p{pid}_{_ident(st.name)}", "inst": f"p{pid}", "op": st.op, "lanes": phase.lanes,
             "pooled": False, "engine": False, "skips_guarded": spec.skips_guarded, "counted": counted,
-            "ops": ops, "out_width": out_fmt.width, "stage": st,
+            "relu": then_relu(st), "ops": ops, "out_width": out_fmt.width, "stage": st,
             "origin": st.origin, "source": st.source, "guests": []}
     if st.reduce:
         view = _reduce_view(view, spec, kernel, cvts)
@@ -417,7 +421,7 @@ def _reduce_view(view: dict, spec, kernel, cvts: _Cvts) -> dict:
         view["pos_width"] = bits(points - 1)
         view["cvt_out"] = cvts.get(view["pos_width"] + 1, 0, out_fmt, view["counted"])
     else:
-        view["cvt_out"] = cvts.get(aw, fa, out_fmt, view["counted"])
+        view["cvt_out"] = cvts.get(aw, fa, out_fmt, view["counted"], view["relu"])
     view.update(out_fmt=out_fmt, acc_frac=fa,
                 exact=st.op == "mac" and _never_rounds_or_overflows(view, st))
     return view
