@@ -35,8 +35,16 @@ from numpy.lib.stride_tricks import as_strided
 from . import stochastic
 from .fixed import Fixed, shift_round
 from .ir import GROUP_VAR, Access, Affine, Kernel, Stage
-from .ops import (OPS_TABLE, alignment_shifts, decision_name, exact_frac, fused_decision, is_compare_select, mid_format,
-                  then_relu)
+from .ops import (
+    OPS_TABLE,
+    alignment_shifts,
+    decision_name,
+    exact_frac,
+    fused_decision,
+    is_compare_select,
+    mid_format,
+    then_relu,
+)
 
 Interval = tuple[int, int] | None  # raw bounds [lo, hi] of values (None: unknown)
 Raw = np.ndarray

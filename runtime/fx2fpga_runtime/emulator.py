@@ -21,8 +21,16 @@ from . import stochastic
 from .emu_compile import compile_stage
 from .fixed import Fixed, align, shift_round
 from .ir import GROUP_VAR, Access, Kernel, Stage
-from .ops import (OPS_TABLE, OpSpec, aligned_operands, decision_name, epilogue, exact_frac, fused_decision,
-                  is_compare_select)
+from .ops import (
+    OPS_TABLE,
+    OpSpec,
+    aligned_operands,
+    decision_name,
+    epilogue,
+    exact_frac,
+    fused_decision,
+    is_compare_select,
+)
 
 
 class Emulator:

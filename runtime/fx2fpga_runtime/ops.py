@@ -287,5 +287,5 @@ def exact_frac(spec: OpSpec, fracs: Sequence[int], stage, kernel) -> int:
 
 
 __all__ = ["COMPARISONS", "NORM_INDEX_BITS", "OPS_TABLE", "OpSpec", "aligned_operands", "alignment_shifts",
-           "decision_name", "div_norm_frac", "epilogue", "exact_frac", "fused_decision", "mid_format", "norm_rom_values",
-           "op_spec", "then_relu"]
+           "decision_name", "div_norm_frac", "epilogue", "exact_frac", "fused_decision", "mid_format",
+           "norm_rom_values", "op_spec", "then_relu"]

@@ -175,7 +175,8 @@ def test_nothing_fits_is_a_budget_error(mlp_example):
 def test_trades_of_lanes_after_the_greedy(mlp_example):
     """At 20% of the budget (multiplexers unpriced) the digits MLP's greedy allocation ends where a trade of lanes
     between two stages saves cycles within the budget (1,728 here, with fc1's ReLU fused into its multiply-accumulate;
-    192 before that, 1,792 at 25% before the inference ran on its training twins' units); ``allocate`` makes such trades until none is left, and every one saves."""
+    192 before that, 1,792 at 25% before the inference ran on its training twins' units); ``allocate`` makes such
+    trades until none is left, and every one saves."""
     import copy
 
     sgd = fx2fpga.SGD(F.cross_entropy, mlp_example.example_targets, 0.1)

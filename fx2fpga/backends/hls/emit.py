@@ -18,8 +18,15 @@ from fx2fpga_runtime import interface, saturation, stochastic
 from fx2fpga_runtime.emu_compile import output_interval
 from fx2fpga_runtime.fixed import Fixed
 from fx2fpga_runtime.ir import GROUP_VAR, MODEL_VAR, Access, Affine, Buffer, Kernel, Stage
-from fx2fpga_runtime.ops import (NORM_INDEX_BITS, OPS_TABLE, compare_select_op, exact_frac, is_compare_select, mid_format,
-                                 then_relu)
+from fx2fpga_runtime.ops import (
+    NORM_INDEX_BITS,
+    OPS_TABLE,
+    compare_select_op,
+    exact_frac,
+    is_compare_select,
+    mid_format,
+    then_relu,
+)
 
 from fx2fpga.errors import Fx2fpgaError
 from fx2fpga.version import __version__

@@ -34,8 +34,15 @@ from dataclasses import dataclass, field, fields
 from fx2fpga_runtime import interface, saturation, stochastic
 from fx2fpga_runtime.emu_compile import can_overflow
 from fx2fpga_runtime.fixed import Fixed
-from fx2fpga_runtime.ops import (NORM_INDEX_BITS, OPS_TABLE, alignment_shifts, compare_select_op, exact_frac, mid_format,
-                                 then_relu)
+from fx2fpga_runtime.ops import (
+    NORM_INDEX_BITS,
+    OPS_TABLE,
+    alignment_shifts,
+    compare_select_op,
+    exact_frac,
+    mid_format,
+    then_relu,
+)
 
 from ...errors import Fx2fpgaError
 from ...passes import resources
