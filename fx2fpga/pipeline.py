@@ -206,12 +206,21 @@ def _tile(ctx: CompileContext):
             break
     if over:
         raise ResourceBudgetError(ctx.target.name, over, "Use fewer lanes (lanes=...), narrower formats "
-                                  "(precision=...), a smaller batch, or a larger target (fx2fpga targets).")
+                                  "(precision=...), a smaller batch, or a larger target (fx2fpga targets)."
+                                  + _ddr_hint(over))
     if ctx.lanes is None and lanes != tries[0]:
         ctx.notes.setdefault("tile", []).append(
             f"lanes: {lanes} per stage (the default {tries[0]} is over the {ctx.target.name}'s budget by the HLS "
             f"estimate or the calibrated RTL model)")
     return ctx.kernel
+
+
+def _ddr_hint(over: list) -> str:
+    """The refusal's advice when block RAM is what is over: buffers in DDR (``passes/placement.py``)."""
+    if not any(resource == "BRAM36" for resource, *_ in over):
+        return ""
+    return (" Or place buffers in DDR: outputs='hls' moves the largest there until the block RAM fits, or "
+            "placement={'<buffer>': 'ddr'} forces them (the RTL cannot reach DDR yet).")
 
 
 DEFAULT_LANES = (4, 2, 1)  # compile(lanes=None): 4 lanes per stage, or the most of these that fits the budget
