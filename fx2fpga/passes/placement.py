@@ -160,6 +160,6 @@ def rtl_refusal(kernel: Kernel) -> str | None:
     ddr = kernel.ddr_buffers()
     if not ddr:
         return None
-    more = f" (and {len(ddr) - 1} more: {', '.join(ddr[1:])})" if len(ddr) > 1 else ""
+    more = f" (and {len(ddr) - 1} more: the manifest's buffers list them)" if len(ddr) > 1 else ""
     return (f"buffer {ddr[0]!r}{more} is placed in DDR; the RTL's AXI master for DDR buffers is not built yet "
             "(issue 17): use outputs='hls', or keep the buffers on chip (placement=...)")
