@@ -14,6 +14,7 @@ import re
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from fx2fpga_runtime import make_backend
 from fx2fpga_runtime.errors import KernelCapabilityError
 from fx2fpga_runtime.ir import CHIP, DDR, Kernel
@@ -237,3 +238,20 @@ def test_the_board_driver_refuses_ddr_buffers_for_now(ddr_cnn):
     _, design = ddr_cnn
     with pytest.raises(KernelCapabilityError, match="are placed in DDR, and this driver does not allocate them"):
         make_backend(design.kernel, "pynq", design.out_dir)
+
+
+def test_stacked_models_in_groups_with_ddr_buffers_equal_emu_in_csim(mlp_example, digits_data):
+    """4 digits MLPs on a model axis, 2 at a time (the program loops over groups, parameters indexed by group):
+    every parameter and temporary array in DDR, the per-model learning rates too; csim equals emu over 2 steps."""
+    torch.manual_seed(0)
+    models = [mlp_example.DigitsMLP() for _ in range(4)]
+    design = fx2fpga.compile(models, mlp_example.example_inputs, outputs="hls", lanes=2, model_lanes=2,
+                             train=fx2fpga.SGD(F.cross_entropy, mlp_example.example_targets, lr=0.1),
+                             placement="ddr")
+    k = design.kernel
+    assert [p.groups for p in k.programs.values()] == [2, 2]
+    assert k.buffers["lr"].shape == (4,) and k.buffers["lr"].place == DDR  # one rate per model: an array
+    assert len(k.ddr_buffers()) == 22
+    x_train, y_train, _, _ = digits_data
+    assert_backend_equals_emu(design, "csim", [("train_step", [x_train[16 * s:16 * s + 16],
+                                                               y_train[16 * s:16 * s + 16]]) for s in range(2)])
