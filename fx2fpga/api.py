@@ -170,6 +170,7 @@ def compile(  # noqa: A001 - the public name the product promises
     model_lanes: int | str = "auto",
     saturation_counters: bool = False,
     fold_updates: bool = True,
+    placement: str | dict | None = None,
 ):
     """Compile ``model`` (an ``nn.Module`` or a function of tensors) for ``target``: a ``Design``.
 
@@ -209,10 +210,15 @@ def compile(  # noqa: A001 - the public name the product promises
     ``fold_updates`` (default on) folds plain SGD's update into the reduction that computes the gradient,
     ``p + sum(-lr * a) * b``, with no weight-sized gradient buffer (``lower/update_fold.py``); ``False`` keeps
     the gradient and a separate ``p - lr * g`` stage per parameter.
+    ``placement`` forces where buffers live: ``{"<buffer>": "ddr" | "chip"}`` (a buffer of ``kernel.json``, or a
+    tensor that shares one of its arrays), or ``"ddr"`` for every parameter and temporary array. A buffer in DDR
+    is an ``m_axi`` port of the HLS top function; the RTL cannot map it yet (``outputs="rtl"`` is refused).
+    Without it, a folder of HLS alone (``outputs="hls"``) over the target's block RAM moves its largest arrays
+    to DDR until the estimate fits (``passes/placement.py``); ``report.md`` and ``manifest.json`` list the places.
 
     ``until`` names a step of ``fx2fpga.PIPELINE`` to stop after; ``compile`` then returns that
     step's artifact instead of the ``Design``: ``"trace"`` the torch.fx graphs (a list),
-    ``"lower"``/``"quantize"``/``"share memory"``/``"tile"`` the ``Kernel`` (after ``tile`` with its
+    ``"lower"``/``"quantize"``/``"share memory"``/``"place"``/``"tile"`` the ``Kernel`` (after ``tile`` with its
     lanes), ``"schedule"`` the RTL ``Schedule`` (None if the RTL cannot map the kernel),
     ``"emit HLS"``/``"emit RTL"`` those files (path -> text), ``"write"`` the ``Design``.
     ``backend=`` is the old name of ``outputs=`` (deprecated).
@@ -229,6 +235,7 @@ def compile(  # noqa: A001 - the public name the product promises
     ctx.share_memory = share_memory
     ctx.saturation_counters = saturation_counters
     ctx.fold_updates = fold_updates
+    ctx.placement = placement
     ctx.stack_models, ctx.model_lanes = stack_models, model_lanes
     ctx.out_dir = Path(out_dir) if out_dir is not None else None
     ctx.design = Design(ctx)

@@ -53,6 +53,11 @@ class ModelFileError(Fx2fpgaError):
     """A model.py given to the command line lacks what it must define."""
 
 
+class PlacementError(Fx2fpgaError, ValueError):
+    """A ``placement=`` request that cannot be honoured: an unknown buffer, a buffer that cannot live in DDR, or
+    DDR buffers in a folder whose output cannot reach them yet (the RTL)."""
+
+
 class ResourceBudgetError(Fx2fpgaError):
     """A design needs more of a resource than the target has."""
 

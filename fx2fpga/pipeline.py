@@ -57,9 +57,10 @@ class CompileContext:
     model_lanes: int | str = "auto"  # models computed at once on that axis (a number, or "auto")
     saturation_counters: bool = False  # the generated C++ counts saturations (docs/saturation.md)
     fold_updates: bool = True  # plain SGD's update folded into the gradient's reduction (lower/update_fold.py)
+    placement: Any = None  # places forced by the user: None, "ddr" or {buffer: "chip" | "ddr"} (passes/placement.py)
 
     graphs: list | None = None  # trace: inference, then the training step (a list of models: one list per model)
-    kernel: Kernel | None = None  # lower ... tile: the kernel IR, refined by each step
+    kernel: Kernel | None = None  # lower ... tile: the kernel IR, refined by each step (place: Buffer.place)
     quantization: list | None = None  # quantize: each tensor's SQNR on the example data (passes/quant_report.py)
     exploration: Any = None  # tile, when it explored: every design point (passes/explore.py)
     schedule: Schedule | None = None  # tile's bank check / schedule; None if the RTL cannot map the kernel
@@ -175,6 +176,19 @@ def _share_memory(ctx: CompileContext):
     return ctx.kernel
 
 
+def _place(ctx: CompileContext):
+    from .errors import PlacementError
+    from .passes import placement
+
+    lines = placement.run(ctx.kernel, ctx.placement, ctx.target, automatic=ctx.outputs == "hls")
+    if lines:
+        ctx.notes["place"] = lines
+    refusal = placement.rtl_refusal(ctx.kernel)
+    if refusal and ctx.outputs == "rtl":
+        raise PlacementError(refusal)
+    return ctx.kernel
+
+
 def _tile(ctx: CompileContext):
     from .errors import ResourceBudgetError
     from .passes import model_groups
@@ -192,12 +206,21 @@ def _tile(ctx: CompileContext):
             break
     if over:
         raise ResourceBudgetError(ctx.target.name, over, "Use fewer lanes (lanes=...), narrower formats "
-                                  "(precision=...), a smaller batch, or a larger target (fx2fpga targets).")
+                                  "(precision=...), a smaller batch, or a larger target (fx2fpga targets)."
+                                  + _ddr_hint(over))
     if ctx.lanes is None and lanes != tries[0]:
         ctx.notes.setdefault("tile", []).append(
             f"lanes: {lanes} per stage (the default {tries[0]} is over the {ctx.target.name}'s budget by the HLS "
             f"estimate or the calibrated RTL model)")
     return ctx.kernel
+
+
+def _ddr_hint(over: list) -> str:
+    """The refusal's advice when block RAM is what is over: buffers in DDR (``passes/placement.py``)."""
+    if not any(resource == "BRAM36" for resource, *_ in over):
+        return ""
+    return (" Or place buffers in DDR: outputs='hls' moves the largest there until the block RAM fits, or "
+            "placement={'<buffer>': 'ddr'} forces them (the RTL cannot reach DDR yet).")
 
 
 DEFAULT_LANES = (4, 2, 1)  # compile(lanes=None): 4 lanes per stage, or the most of these that fits the budget
@@ -236,8 +259,9 @@ def _explores(ctx: CompileContext) -> bool:
 
 
 def _rtl_model_applies(ctx: CompileContext) -> bool:
-    """The calibrated RTL resource model judges the design: an xc7 target and a folder with RTL."""
-    return ctx.target.family == "xc7" and ctx.outputs != "hls"
+    """The calibrated RTL resource model judges the design: an xc7 target, a folder with RTL and a kernel the RTL
+    can map as far as its places go (none in DDR: ``placement.rtl_refusal``)."""
+    return ctx.target.family == "xc7" and ctx.outputs != "hls" and not ctx.kernel.ddr_buffers()
 
 
 def _over_rtl_budget(ctx: CompileContext) -> list[tuple[str, float, float]]:
@@ -343,6 +367,8 @@ PIPELINE = Pipeline([
          "kernel", "Kernel"),
     Step("share memory", _share_memory, "temporaries with disjoint lifetimes share one array (share_memory=False: off)",
          "kernel", "Kernel"),
+    Step("place", _place, "each buffer on chip or in DDR: placement= forced; with outputs='hls' over the block "
+         "RAM, the largest arrays in DDR until the estimate fits", "kernel", "Kernel"),
     Step("tile", _tile, "lanes (parallel datapath copies) per stage, kept RTL-bankable; the resource budget",
          "kernel", "Kernel"),
     Step("schedule", _schedule, "the RTL schedule: phases, memory banks, exact cycles (None: the RTL cannot map)",

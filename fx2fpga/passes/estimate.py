@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from fx2fpga_runtime.ir import Kernel, Stage
+from fx2fpga_runtime.ir import DDR, Kernel, Stage
 from fx2fpga_runtime.ops import OPS_TABLE
 
 from ..backends.common import buffer_banking
@@ -67,7 +67,7 @@ def dsp_per_multiplier(width_a: int, width_b: int, kind: str = "DSP48E1") -> int
 class ResourceEstimate:
     dsp: int
     bram36: float  # in BRAM36 units; a bank that fits a BRAM18 counts 0.5
-    memory_bits: int
+    memory_bits: int  # the on-chip buffers' bits
 
     def over_budget(self, target) -> list[tuple[str, int, int]]:
         """(resource, needed, available) for each resource above the target's budget."""
@@ -86,7 +86,8 @@ def buffer_banks(kernel: Kernel) -> dict[str, int]:
 
 
 def resources(kernel: Kernel, target=None) -> ResourceEstimate:
-    """DSP blocks (of the target's ``dsp_kind``; DSP48E1 without a target) and block RAM of ``kernel``."""
+    """DSP blocks (of the target's ``dsp_kind``; DSP48E1 without a target) and block RAM of ``kernel``: its
+    on-chip buffers' (``memory_bits`` too); a buffer placed in DDR takes none."""
     kind = getattr(target, "dsp_kind", "DSP48E1")
     dsp = 0
     for st in kernel.stages():
@@ -102,6 +103,8 @@ def resources(kernel: Kernel, target=None) -> ResourceEstimate:
     banks = buffer_banks(kernel)
     bram18, bits_total = 0, 0
     for name, buf in kernel.buffers.items():
+        if buf.place == DDR:  # in the board's memory, not block RAM (passes/placement.py)
+            continue
         bits = buf.size * buf.fmt.width
         bits_total += bits
         per_bank = bits / banks[name]

@@ -54,7 +54,7 @@ from fx2fpga_runtime.ops import OPS_TABLE
 
 from ..backends.common import buffer_banking
 from ..errors import Fx2fpgaError
-from . import overlap
+from . import overlap, placement
 from .overlap import Requests
 
 SETUP_CYCLES = 1  # a phase's first cycle loads its loop limits into the controller; no issue
@@ -574,6 +574,9 @@ def _check_bank_clashes(phase: Phase, located: dict, grid, n: int, where: str) -
 
 def run(kernel: Kernel) -> Schedule:
     """The schedule of every command of ``kernel`` (raises ``ScheduleError`` when it cannot map)."""
+    refusal = placement.rtl_refusal(kernel)
+    if refusal:  # no load/store phases yet (docs/offchip.md)
+        raise ScheduleError(refusal)
     banking = buffer_banking(kernel)  # the one rule the estimate and the HLS pragmas read too
     kernel.meta.pop("word_packing", None)
     packing = word_packing(kernel, banking)

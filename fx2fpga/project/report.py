@@ -161,7 +161,8 @@ def report_text(design) -> str:
     if rtl_dsp is not None:
         out += ["", "The estimate counts a multiplier per stage and lane (the HLS kernel); the RTL shares one "
                 "per lane between all multiplying stages (their issues never overlap), plus the function tables' own."]
-    out += ["", f"On-chip memory: {res.memory_bits:,} bits in {len(k.buffers)} arrays.", ""]
+    chip = len(k.buffers) - len(k.ddr_buffers())
+    out += ["", f"On-chip memory: {res.memory_bits:,} bits in {chip} arrays.", ""]
     for prog in k.programs.values():
         cycles = estimate.program_cycles(k, prog.name)
         us = cycles / t.clock_mhz

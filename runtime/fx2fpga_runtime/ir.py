@@ -87,6 +87,7 @@ REDUCTION_OPS = tuple(name for name, spec in OPS_TABLE.items() if spec.reduction
 OPS = ELEMENTWISE_OPS + REDUCTION_OPS
 ARITY = {name: spec.arity for name, spec in OPS_TABLE.items()}
 ROLES = ("param", "input", "target", "output", "temp", "const")
+CHIP, DDR = "chip", "ddr"  # where a buffer lives (Buffer.place)
 MODEL_VAR = "mdl"  # the loop over the models of a kernel stacked on a model axis
 GROUP_VAR = "grp"  # the group of models a program's stages run for (Program.groups)
 LR_PARAM = "lr"  # the learning rate register among a training kernel's parameters (KernelRunner.set_lr)
@@ -181,7 +182,9 @@ class Loop:
 
 @dataclass
 class Buffer:
-    """An on-chip array. ``init`` holds the raw values of a ``const`` buffer, row-major."""
+    """An array of the kernel. ``init`` holds the raw values of a ``const`` buffer, row-major. ``place`` says where
+    it lives: ``CHIP`` (block RAM or registers) or ``DDR`` (the board's memory, through an AXI master port); the
+    emulator computes the same either way (``fx2fpga/passes/placement.py`` chooses it)."""
 
     name: str
     shape: tuple[int, ...]
@@ -190,6 +193,7 @@ class Buffer:
     kind: str = "activation"  # activation | weight | gradient | statistic | bool | integer | const
     init: tuple[int, ...] | None = None
     source: str = ""
+    place: str = "chip"  # CHIP or DDR
 
     @property
     def size(self) -> int:
@@ -276,6 +280,10 @@ class Kernel:
         """The buffers some program takes in or gives out (the host reads or writes them)."""
         return {b for p in self.programs.values() for b in (*p.inputs, *p.outputs)}
 
+    def ddr_buffers(self) -> list[str]:
+        """The buffers placed in DDR (``Buffer.place``), in declaration order."""
+        return [n for n, b in self.buffers.items() if b.place == DDR]
+
     def read_counts(self) -> dict[str, int]:
         """How many stage inputs, over every program, read each buffer (a buffer no stage reads is absent)."""
         reads: dict[str, int] = {}
@@ -298,6 +306,9 @@ class Kernel:
 
 def _to_plain(k: Kernel) -> dict:
     d = asdict(k)
+    for buf in d["buffers"].values():
+        if buf["place"] == CHIP:
+            del buf["place"]  # (a kernel wholly on chip: kernel.json unchanged)
     for prog in d["programs"].values():
         if prog["groups"] == 1:
             del prog["groups"]  # (a kernel without model groups: kernel.json unchanged)
@@ -324,7 +335,8 @@ def _access_from(d: dict) -> Access:
 
 def _buffer_from(d: dict) -> Buffer:
     init = None if d["init"] is None else tuple(d["init"])
-    return Buffer(d["name"], tuple(d["shape"]), _fixed_from(d["fmt"]), d["role"], d["kind"], init, d["source"])
+    return Buffer(d["name"], tuple(d["shape"]), _fixed_from(d["fmt"]), d["role"], d["kind"], init, d["source"],
+                  d.get("place", CHIP))
 
 
 def _stage_from(d: dict) -> Stage:
@@ -346,4 +358,5 @@ def _program_from(d: dict) -> Program:
 __all__ = [
     "Access", "Affine", "Buffer", "Fixed", "Guard", "Kernel", "Loop", "Program", "Stage",
     "GROUP_VAR", "MODEL_VAR", "OPS", "ELEMENTWISE_OPS", "REDUCTION_OPS", "ARITY", "ROLES", "replace",
+    "CHIP", "DDR",
 ]

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import interface, saturation
+from .errors import KernelCapabilityError
 from .ir import Kernel
 
 AP_START, AP_DONE = 0x1, 0x2
@@ -27,6 +28,10 @@ class PynqBackend:
 
     def __init__(self, kernel: Kernel, project_dir: Path, bitfile: str | Path | None = None,
                  timeout_s: float = 10.0):
+        if kernel.ddr_buffers():  # (before pynq: the reason holds on any machine)
+            raise KernelCapabilityError(
+                f"{kernel.name}: buffers {', '.join(kernel.ddr_buffers())} are placed in DDR, and this driver does "
+                "not allocate them or pass their addresses yet (issue 17); run it on 'emu' or 'csim'")
         try:
             import pynq
         except ImportError as e:

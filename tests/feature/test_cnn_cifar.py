@@ -1,8 +1,10 @@
-"""The CIFAR-shaped CNN of issue 17 (``examples/cnn_cifar.py``): its float training, and its refusal today.
+"""The CIFAR-shaped CNN of issue 17 (``examples/cnn_cifar.py``): its float training, its buffers against the block
+RAM, and where it compiles now.
 
-BEFORE TILING (issue 17): every buffer lives on chip, and this kernel's buffers are 11x the pynq-z1's block RAM,
-so ``compile`` refuses it with ``ResourceBudgetError``. These tests document that "before"; when DDR placement and
-tiled loops land (docs/offchip.md) the refusal test turns into "it compiles, within the BRAM budget".
+Every buffer on chip, this kernel's buffers are 11x the pynq-z1's block RAM. With ``outputs="hls"`` the "place"
+step moves its largest arrays to DDR (``m_axi`` ports of the HLS top function) until the estimate fits, so it
+compiles (``test_hls_output_places_the_largest_arrays_in_ddr_and_fits_the_block_ram``). A folder with RTL still
+refuses it with ``ResourceBudgetError``: the RTL cannot reach DDR yet, and no loops are tiled yet (docs/offchip.md).
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ def test_float_training_on_digits32_learns():
     assert r["steps"] == 60 and r["accuracy"] > 0.6  # 10 classes: chance is 0.1
 
 
-def test_before_tiling_its_buffers_are_far_over_the_block_ram():
-    """BEFORE TILING: the kernel's buffers, all on chip, against the pynq-z1's 645,120 bytes of block RAM."""
+def test_on_chip_its_buffers_are_far_over_the_block_ram():
+    """The kernel's buffers, all on chip, against the pynq-z1's 645,120 bytes of block RAM."""
     t = load_target("pynq-z1")
     k = fx2fpga.compile(cifar.model, cifar.example_inputs, target=t, train=_sgd(), until="share memory")
     tot = placement.totals(k, t)
@@ -62,14 +64,44 @@ def test_before_tiling_its_buffers_are_far_over_the_block_ram():
     assert estimate.resources(k, t).bram36 == 1640.5 - 27 == 1613.5
 
 
+def test_hls_output_places_the_largest_arrays_in_ddr_and_fits_the_block_ram():
+    """outputs='hls': the "place" step moves 24 arrays (6.8 MB, the largest first) to DDR; the rest, at the default
+    4 lanes, is within the pynq-z1's 140 BRAM36 by the HLS estimate, and the kernel compiles."""
+    t = load_target("pynq-z1")
+    design = fx2fpga.compile(cifar.model, cifar.example_inputs, target=t, train=_sgd(), outputs="hls")
+    k = design.kernel
+    tot = placement.totals(k, t)
+    assert tot["ddr"] == {"buffers": 24, "bytes": 6_817_792, "bits": 54_542_336}
+    assert tot["chip"]["bytes"] == 7_377_065 - 6_817_792 == 559_273  # 87% of the block RAM's bytes
+    ddr = k.ddr_buffers()
+    assert {"mem0", "mem1", "conv3_weight", "momentum_conv3_weight"} <= set(ddr)  # activations, a weight, its momentum
+    assert {"train_x", "fc_weight", "conv1_weight"}.isdisjoint(ddr)  # the input stream and the small weights stay
+    largest = max(placement.placement_bytes(b) for b in k.buffers.values() if b.place == "chip" and b.shape
+                  and b.role not in ("input", "const"))
+    assert largest == 55_296 and all(placement.placement_bytes(k.buffers[n]) >= largest for n in ddr)
+    est = estimate.resources(k, t)
+    assert est.bram36 == 133.5 and est.bram36 <= t.bram36 and est.dsp == 110 <= t.dsp
+    assert {s.lanes for s in k.stages()} >= {4}  # the default lanes fit
+    assert design.schedule is None and "placed in DDR" in str(design.context.schedule_error)
+    assert "placed in DDR to fit the pynq-z1's 140 BRAM36" in " ".join(design.context.notes["place"])
+
+
+def test_with_rtl_in_the_folder_nothing_moves_to_ddr():
+    """The default folder (HLS and RTL): the RTL cannot reach DDR, so the "place" step leaves every buffer on chip
+    and the tile step refuses the design (next test), its advice naming outputs='hls'."""
+    k = fx2fpga.compile(cifar.model, cifar.example_inputs, target="pynq-z1", train=_sgd(), until="place")
+    assert k.ddr_buffers() == [] and estimate.resources(k, load_target("pynq-z1")).bram36 == 1613.5
+
+
 @pytest.mark.skipif(not os.environ.get("FX2FPGA_CIFAR_REFUSAL"),
                     reason="opt-in (~50 s, the tile step's bank check on this kernel): FX2FPGA_CIFAR_REFUSAL=1; "
-                           "test_before_tiling_its_buffers_are_far_over_the_block_ram checks the same numbers")
-def test_before_tiling_compile_is_refused_with_needed_against_available():
-    """BEFORE TILING: the refusal, at one lane per stage (the smallest design; the default tries 4, 2, 1 and
-    reports the calibrated RTL model's 1,893 BRAM36). Turns into a successful compile when tiling lands."""
+                           "test_with_rtl_in_the_folder_nothing_moves_to_ddr checks the same numbers")
+def test_with_rtl_compile_is_refused_with_needed_against_available():
+    """The refusal of a folder with RTL, at one lane per stage (the smallest design; the default tries 4, 2, 1 and
+    reports the calibrated RTL model's 1,893 BRAM36). Turns into a successful compile when the RTL reaches DDR."""
     with pytest.raises(ResourceBudgetError) as info:
         fx2fpga.compile(cifar.model, cifar.example_inputs, target="pynq-z1", train=_sgd(), lanes=1, until="tile")
     assert info.value.target == "pynq-z1"
     assert info.value.over == [("BRAM36", 1613.5, 140)]  # block RAM only: its 28 DSPs fit
     assert "the design does not fit pynq-z1:\n  BRAM36: needs 1,614, pynq-z1 has 140" in str(info.value)
+    assert "outputs='hls' moves the largest there until the block RAM fits" in str(info.value)

@@ -17,7 +17,7 @@ import numpy as np
 from fx2fpga_runtime import interface, saturation, stochastic
 from fx2fpga_runtime.emu_compile import output_interval
 from fx2fpga_runtime.fixed import Fixed
-from fx2fpga_runtime.ir import GROUP_VAR, MODEL_VAR, Access, Affine, Buffer, Kernel, Stage
+from fx2fpga_runtime.ir import DDR, GROUP_VAR, MODEL_VAR, Access, Affine, Buffer, Kernel, Stage
 from fx2fpga_runtime.ops import (
     NORM_INDEX_BITS,
     OPS_TABLE,
@@ -194,6 +194,8 @@ class StageView:
     sr: dict | None = None  # its stochastic rounding (``_stochastic``), when its output rounds SR
     result: str = ""  # reductions: the value assigned to the output (the accumulator, plus SR's random bits)
     relu: bool = False  # a mac fused with the ReLU reading it: the assigned result goes through ReLU (fuse.py)
+    ddr_args: list[str] = field(default_factory=list)  # the DDR buffers it touches: its m_axi arguments
+    ddr_params: list[str] = field(default_factory=list)  # their declarations, as the function's parameters
 
 
 def _rename_vars(st: Stage, taken) -> Stage:
@@ -454,10 +456,12 @@ def _stage_view(st: Stage, kernel: Kernel, func: str, counter: int | None = None
 
 
 def _partitions(kernel: Kernel) -> list[dict]:
-    """ARRAY_PARTITION pragmas: cyclic on every buffer dim the banking rule splits
+    """ARRAY_PARTITION pragmas: cyclic on every dim of an on-chip buffer the banking rule splits
     (``common.buffer_banking``), complete where each element gets its own bank."""
     out = []
     for name, spec in sorted(buffer_banking(kernel).items()):
+        if kernel.buffers[name].place == DDR:  # an m_axi port is one memory: nothing to partition
+            continue
         for dim, factor in spec.partitions():
             size = spec.shape[dim - 1]
             out.append({"buffer": name, "dim": dim, "factor": factor if factor < size else 0})  # 0: complete
@@ -477,7 +481,20 @@ def _buffer_view(buf: Buffer, table: bool = False) -> dict:
     return {"name": buf.name, "type": raw_type if table else type_name(buf.fmt), "fmt": str(buf.fmt), "role": buf.role,
             "dims": "".join(f"[{n}]" for n in buf.shape), "index": "".join(f"[{lp.var}]" for lp in loops),
             "loops": loops, "shape": list(buf.shape), "init": words, "const": buf.role == "const" and words is not None,
-            "source": buf.source, "width": buf.fmt.width, "size": buf.size}
+            "source": buf.source, "width": buf.fmt.width, "size": buf.size, "ddr": buf.place == DDR,
+            "param": _ddr_param(buf)}
+
+
+def _ddr_param(buf: Buffer) -> str:
+    """A DDR buffer as a function parameter: ``fixed_24_8_t conv1_weight[4][1][3][3]`` (a pointer to its rows, read
+    and written with the same indices as the on-chip array)."""
+    return f"{type_name(buf.fmt)} {buf.name}{''.join(f'[{n}]' for n in buf.shape)}"
+
+
+def _ddr_touched(kernel: Kernel, stages: list[Stage]) -> list[str]:
+    """The DDR buffers (``Buffer.place``) that ``stages`` read or write, in declaration order."""
+    touched = {a.buffer for st in stages for a in (st.out, *st.ins)}
+    return [n for n in kernel.ddr_buffers() if n in touched]
 
 
 def _unpack_view(kernel: Kernel, view: dict) -> dict:
@@ -526,14 +543,18 @@ def _context(kernel: Kernel, version: str) -> dict:
                 func += "_"
             if func not in funcs:
                 renamed = _rename_vars(st, taken)
-                funcs[func] = (st, _stage_view(renamed, kernel, func, counters.get(st.out.buffer),
-                                               _stochastic(st, renamed, kernel)))
+                view = _stage_view(renamed, kernel, func, counters.get(st.out.buffer), _stochastic(st, renamed, kernel))
+                view.ddr_args = _ddr_touched(kernel, [st])
+                view.ddr_params = [_ddr_param(kernel.buffers[n]) for n in view.ddr_args]
+                funcs[func] = (st, view)
             views.append(funcs[func][1])
+        ddr_args = _ddr_touched(kernel, [v.stage for v in views])
         size = next((lp.extent for st in prog.stages for lp in st.loops if lp.var == MODEL_VAR), 1)
         rounds_sr = any(view.sr for view in views)
         programs.append({"name": prog.name, "func": f"run_{prog.name}", "stages": views,
                          "inputs": prog.inputs, "outputs": prog.outputs, "groups": prog.groups, "group_size": size,
-                         "sr_call": f"sr_calls[{sr_programs}]" if rounds_sr else ""})
+                         "sr_call": f"sr_calls[{sr_programs}]" if rounds_sr else "", "ddr_args": ddr_args,
+                         "ddr_params": [_ddr_param(kernel.buffers[n]) for n in ddr_args]})
         sr_programs += rounds_sr
     unpacked = sorted({p.buffer for c in commands for p in c.ins}, key=list(kernel.buffers).index)
     packed = sorted({p.buffer for c in commands for p in c.outs}, key=list(kernel.buffers).index)
@@ -544,6 +565,7 @@ def _context(kernel: Kernel, version: str) -> dict:
     tables = {st.attrs["table"] for st in kernel.stages() if OPS_TABLE[st.op].reads_table}
     buffers = [_buffer_view(b, b.name in tables) for b in kernel.buffers.values()]
     by_name = {b["name"]: b for b in buffers}
+    ddr = [{**b, "bundle": f"gmem{k}"} for k, b in enumerate((b for b in buffers if b["ddr"]), 1)]
     return {
         "banner": f"// Automatically generated by fx2fpga {version} -- do not edit.",
         "version": version, "name": kernel.name, "guard": f"{kernel.name.upper()}_H",
@@ -551,7 +573,11 @@ def _context(kernel: Kernel, version: str) -> dict:
         "stages": [view for _, view in funcs.values()],
         "in_words": in_words, "out_words": out_words, "partitions": _partitions(kernel),
         "unpacked": [_unpack_view(kernel, by_name[n]) for n in unpacked], "packed": [by_name[n] for n in packed],
-        "saturation": sat,
+        "saturation": sat, "ddr": ddr, "ddr_names": [b["name"] for b in ddr],
+        "top_params": ",\n    ".join(["int cmd, const int in_words[IN_WORDS], int out_words[OUT_WORDS]",
+                                     *(b["param"] for b in ddr)]),  # a DDR buffer a line
+        "ddr_args": "".join(f", {b['name']}" for b in ddr),  # a harness's call of the top function
+        "run_args": {p["name"]: ", ".join(p["ddr_args"]) for p in programs},
         "stochastic": {"programs": sr_programs, "step": f"{stochastic.STEP:#x}", "shifts": stochastic.XORSHIFT,
                        "rounds": stochastic.ROUNDS} if sr_programs else None,
     }
