@@ -56,7 +56,7 @@ def test_ddr_places_every_parameter_and_temporary_array(ddr_cnn, chip_cnn):
     _, design = ddr_cnn
     k = design.kernel
     ddr = k.ddr_buffers()
-    assert len(ddr) == 37 and ddr[:6] == PARAMS  # the six weight arrays, then the temporaries in declaration order
+    assert len(ddr) == 35 and ddr[:6] == PARAMS  # the six weight arrays, then the temporaries in declaration order
     assert set(ddr) == {n for n, b in k.buffers.items() if b.role in ("param", "temp") and b.shape}
     on_chip = {n: b for n, b in k.buffers.items() if b.place == CHIP}
     assert on_chip["lr"].shape == () and on_chip["train_sum_3"].shape == ()  # scalars stay registers
@@ -75,24 +75,24 @@ def test_manifest_and_report_show_places_and_bytes(ddr_cnn):
     # the weights: fixed<24,8>, 3 bytes a value: 4x1x3x3 + 4 + 8x4x3x3 + 8 + 10x32 + 10 values
     assert sum(rows[p]["bytes"] for p in PARAMS) == (36 + 4 + 288 + 8 + 320 + 10) * 3 == 1_998
     tot = manifest["placement"]
-    assert tot["ddr"] == {"buffers": 37, "bytes": 96_510, "bits": 770_896}
+    assert tot["ddr"] == {"buffers": 35, "bytes": 84_222, "bits": 672_592}
     assert tot["chip"] == {"buffers": 15, "bytes": 9_550, "bits": 76_324}
-    assert tot["chip"]["bytes"] + tot["ddr"]["bytes"] == 106_060  # the on-chip kernel's total (test below)
+    assert tot["chip"]["bytes"] + tot["ddr"]["bytes"] == 93_772  # the on-chip kernel's total (test below)
     assert tot["chip"]["bits"] == manifest["estimated_resources"]["memory_bits"]  # the estimate: on chip only
     report = (design.out_dir / "report.md").read_text()
     assert "| `conv1_weight` | 4x1x3x3 | fixed<24,8> | param | weight | ddr | 864 | 108 |" in report
     assert "| `lr` | scalar | fixed<18,2> | param | hyper | chip | 18 | 3 |" in report
-    assert "In DDR: 37 buffers, 96,510 bytes." in report and "On chip: 15 buffers, 9,550 bytes" in report
+    assert "In DDR: 35 buffers, 84,222 bytes." in report and "On chip: 15 buffers, 9,550 bytes" in report
     assert "On-chip memory: 76,324 bits in 15 arrays." in report
-    assert "placement requested: 37 buffers in DDR (conv1_weight, conv1_bias," in report
+    assert "placement requested: 35 buffers in DDR (conv1_weight, conv1_bias," in report
 
 
 def test_the_estimate_counts_no_block_ram_for_ddr_buffers(ddr_cnn, chip_cnn):
     _, design = ddr_cnn
     t = design.target
     chip, ddr = estimate.resources(chip_cnn.kernel, t), estimate.resources(design.kernel, t)
-    assert placement.totals(chip_cnn.kernel, t)["chip"] == {"buffers": 52, "bytes": 106_060, "bits": 847_220}
-    assert (chip.bram36, chip.memory_bits) == (63.5, 847_220)
+    assert placement.totals(chip_cnn.kernel, t)["chip"] == {"buffers": 50, "bytes": 93_772, "bits": 748_916}
+    assert (chip.bram36, chip.memory_bits) == (59.5, 748_916)
     assert (ddr.bram36, ddr.memory_bits) == (5.5, 76_324)  # the inputs, outputs, small scalars and ROMs
     assert ddr.dsp == chip.dsp == 80  # the arithmetic is the same
 
@@ -161,7 +161,7 @@ def test_both_outputs_write_the_rtl_refusal_into_its_readme(ddr_cnn):
     _, design = ddr_cnn
     assert design.schedule is None and design.rtl_cycles() is None
     readme = (design.out_dir / "rtl" / "README.md").read_text()
-    assert ("buffer 'conv1_weight' (and 36 more: the manifest's buffers list them) is placed in DDR; the RTL's AXI "
+    assert ("buffer 'conv1_weight' (and 34 more: the manifest's buffers list them) is placed in DDR; the RTL's AXI "
             "master for DDR buffers is not built yet (issue 17): use outputs='hls'") in readme
     assert not list((design.out_dir / "rtl").glob("*.sv"))
 
@@ -188,7 +188,7 @@ def test_an_unknown_buffer_is_a_clear_error_naming_the_buffers():
     ({"k_eq": "ddr"}, "buffer 'k_eq' cannot be placed in DDR: it is a constant (a ROM on chip)"),
     ({"conv1_weight": "sram"}, "placement of 'conv1_weight': 'sram' is not a place; the places are chip, ddr"),
     ("everything", "placement must be None, \"ddr\" or a dict buffer -> \"ddr\" | \"chip\", got 'everything'"),
-    ({"train_relu": "ddr", "infer_relu": "chip"}, "placement puts array 'mem1' both on chip and in DDR"),
+    ({"train_relu": "ddr", "infer_relu": "chip"}, "placement puts array 'mem0' both on chip and in DDR"),
 ])
 def test_placements_that_cannot_be_honoured_are_refused(request_, message):
     with pytest.raises(PlacementError, match=re.escape(message)):
@@ -197,8 +197,8 @@ def test_placements_that_cannot_be_honoured_are_refused(request_, message):
 
 def test_a_tensor_sharing_an_array_places_that_array():
     k = _compile(_model(), placement={"train_relu": "ddr", "conv1_weight": "chip"}, until="place")
-    assert k.meta["memory"]["mem1"] == ["infer_relu", "train_relu"]
-    assert k.ddr_buffers() == ["mem1"]
+    assert k.meta["memory"]["mem0"] == ["infer_relu", "train_relu"]
+    assert k.ddr_buffers() == ["mem0"]
 
 
 def test_automatic_placement_moves_the_largest_arrays_until_the_block_ram_fits():
@@ -251,7 +251,7 @@ def test_stacked_models_in_groups_with_ddr_buffers_equal_emu_in_csim(mlp_example
     k = design.kernel
     assert [p.groups for p in k.programs.values()] == [2, 2]
     assert k.buffers["lr"].shape == (4,) and k.buffers["lr"].place == DDR  # one rate per model: an array
-    assert len(k.ddr_buffers()) == 22
+    assert len(k.ddr_buffers()) == 21
     x_train, y_train, _, _ = digits_data
     assert_backend_equals_emu(design, "csim", [("train_step", [x_train[16 * s:16 * s + 16],
                                                                y_train[16 * s:16 * s + 16]]) for s in range(2)])
