@@ -11,7 +11,10 @@ decided once, at compile time:
   so numpy broadcasting replaces the reference's broadcast over the whole nest;
 - assignment to a format: no shift when the frac bits agree, and no overflow clip or wrap when the
   operand formats bound the exact result inside the target's range (``_bounds``: interval
-  arithmetic on raw integers);
+  arithmetic on raw integers); elsewhere one range check per call, which counts the overflows only when
+  some value is outside (``writer``: one reduction where the output rounds by a shift);
+- a ``table`` op whose clipped input takes at most ``LOOKUP_POINTS`` values: one lookup in the op's
+  result at every one of them;
 - ``mac`` is one matrix product, ``sum`` one ``np.sum``, when the accumulation is exact: no term
   is rounded (term frac bits <= accumulator frac bits) and no partial sum can overflow the
   accumulator (``|init| + points * max|term|`` inside its range), so the order of the sequential
@@ -43,6 +46,7 @@ from .ops import (
     fused_decision,
     is_compare_select,
     mid_format,
+    select_by,
     then_relu,
 )
 
@@ -51,8 +55,12 @@ Raw = np.ndarray
 StageFn = Callable[[dict[str, np.ndarray]], None]
 Tally = Callable[[int], None]  # hears how many assignments to a stage's output overflowed (saturation counters)
 
+_min, _max, _sum = np.minimum.reduce, np.maximum.reduce, np.add.reduce  # bound once, for the hot paths
 _EXACT_FLOAT = 1 << 53  # integers of smaller magnitude add exactly in float64, in any order
-SMALL_REDUCTION = 16  # a max over at most this many points: one np.maximum per point
+# a max over at most SMALL_REDUCTION points whose innermost reduced loop has at most SHORT_AXIS (a pooling window):
+# one np.maximum per point
+SMALL_REDUCTION, SHORT_AXIS = 16, 4
+LOOKUP_POINTS = 1 << 16  # a table op whose clipped input takes at most this many values: one lookup per value
 
 
 # ----- loop space: the loops a stage's values range over ---------------------------------------------
@@ -178,7 +186,7 @@ class Target:
         buf_shape = kernel.buffers[access.buffer].shape
         self.space_shape = space.extents
         self.scalar = not access.index
-        self._arr = self._view = None
+        self._arr = self._view = self.view_of = None
         if self.scalar:
             return
         index = tuple(_bind_group(i, group) for i in access.index)
@@ -196,19 +204,32 @@ class Target:
         arr = mem[self.buffer]
         if arr is not self._arr and not arr.flags.c_contiguous:  # written in place through a flat view
             arr = mem[self.buffer] = np.ascontiguousarray(arr)
-        if self.scalar:
-            full = np.broadcast_to(result, self.space_shape)
-            arr[...] = full[(-1,) * full.ndim] if full.size else 0
+        if self.scalar:  # the last point's value (a compiled stage has no empty loop)
+            arr[...] = result[(-1,) * result.ndim] if isinstance(result, np.ndarray) else result
             return
         if self.view_of is None:
             arr.reshape(-1)[self.flat] = np.broadcast_to(result, self.space_shape).copy()
             return
+        self._view_in(arr)[...] = result
+
+    def store_offset(self, mem: dict[str, np.ndarray], result: Raw, offset: int) -> None:
+        """``store(mem, result + offset)``, the addition made as the values are written (a ``view_of`` target)."""
+        arr = mem[self.buffer]
+        if arr is self._arr:  # (the usual case: the view is made)
+            np.add(result, offset, out=self._view)
+            return
+        if not arr.flags.c_contiguous:  # written in place through a flat view
+            arr = mem[self.buffer] = np.ascontiguousarray(arr)
+        np.add(result, offset, out=self._view_in(arr))
+
+    def _view_in(self, arr: np.ndarray) -> np.ndarray:
+        """The written positions of ``arr`` (C-contiguous), as a view over the space, made once per array."""
         if arr is not self._arr:
             offset, strides = self.view_of
             item = arr.itemsize
             self._view = as_strided(arr.reshape(-1)[offset:], self.space_shape, tuple(s * item for s in strides))
             self._arr = arr
-        self._view[...] = result
+        return self._view
 
 
 class _Unsupported(Exception):
@@ -248,9 +269,8 @@ def assigner(fmt: Fixed, frac: int, iv: Interval,
     ``count`` (where ``iv`` does not keep the rounded values inside the format) hears the rounded values
     before their overflow is handled: a saturation counter (``Counter``)."""
     shift = frac - fmt.frac_bits
-    rounded = _round_interval(iv, shift, fmt.rounding)
+    rounded, fits = _rounded_fits(fmt, frac, iv)
     lo, hi = fmt.raw_min, fmt.raw_max
-    fits = rounded is not None and lo <= rounded[0] and rounded[1] <= hi
     if shift > 0:
         scale = _rounder(shift, fmt.rounding, iv)
     elif shift < 0:
@@ -264,7 +284,7 @@ def assigner(fmt: Fixed, frac: int, iv: Interval,
     if count is not None:
         def counted(v):  # the rounding; where some value is outside the format, the count and the overflow mode
             r = scale(v) if scale else v
-            if np.minimum.reduce(r, axis=None) >= lo and np.maximum.reduce(r, axis=None) <= hi:
+            if _min(r, None) >= lo and _max(r, None) <= hi:
                 return r
             count(r)
             return fmt.overflow_raw(r)
@@ -281,6 +301,48 @@ def assigner(fmt: Fixed, frac: int, iv: Interval,
             return np.minimum(np.maximum(r, lo), hi)
         return np.minimum(np.maximum(r, lo, out=r), hi, out=r)
     return sat, bounds
+
+
+def _rounded_fits(fmt: Fixed, frac: int, iv: Interval) -> tuple[Interval, bool]:
+    """Bounds of values within ``iv`` (at ``frac`` bits) rounded to ``fmt``'s frac bits, and whether they keep
+    inside its range."""
+    rounded = _round_interval(iv, frac - fmt.frac_bits, fmt.rounding)
+    return rounded, rounded is not None and fmt.raw_min <= rounded[0] and rounded[1] <= fmt.raw_max
+
+
+def writer(fmt: Fixed, frac: int, iv: Interval, target: Target, count: Callable[[Raw], None] | None = None,
+           relu: bool = False):
+    """``write(mem, v)``: ``target.store(mem, assign(v))``, ``assign`` the ``assigner`` of exact values at ``frac``
+    bits within ``iv`` to a stage's output format ``fmt`` (``count``: its saturation counter; ``relu``: a mac
+    fused with its ReLU, ``ops.then_relu``, stores the assigned values through ReLU).
+
+    Where the assignment is counted and rounds by one shift (RND, TRN), its range check is one reduction instead
+    of two: the shift yields the rounded values less the format's minimum, which read unsigned lie in
+    ``0 .. raw_max - raw_min`` exactly when every value is inside the format, and the store adds the minimum
+    back as it writes (a plain view target)."""
+    assign, _ = assigner(fmt, frac, iv, count)
+    if relu:
+        return lambda mem, v: target.store(mem, np.maximum(assign(v), 0))
+    shift = frac - fmt.frac_bits
+    lo, hi, span = fmt.raw_min, fmt.raw_max, fmt.raw_max - fmt.raw_min
+    if count is not None and shift == 0 and not _rounded_fits(fmt, frac, iv)[1]:
+        def write_checked(mem, v):  # no rounding: the check, inline
+            target.store(mem, v if _min(v, None) >= lo and _max(v, None) <= hi else assign(v))
+        return write_checked
+    if (count is None or target.view_of is None or shift < 0 or fmt.rounding not in ("RND", "TRN")
+            or _rounded_fits(fmt, frac, iv)[1] or iv is None
+            or max(abs(iv[0]), abs(iv[1])) + (1 << shift) + (abs(lo) << shift) >= 1 << 63):
+        return lambda mem, v: target.store(mem, assign(v))
+    # the rounding's shift, less the minimum: floor((v + half - lo * 2**s) / 2**s) = round(v) - lo
+    add, s = np.int64((1 << (shift - 1) if fmt.rounding == "RND" else 0) - (lo << shift)), np.int64(shift)
+
+    def write(mem, v):
+        u = (v + add) >> s
+        if _max(u.view(np.uint64), None) <= span:  # (a value below the minimum is a huge unsigned one)
+            target.store_offset(mem, u, lo)
+        else:  # some value is outside: counted, then saturated or wrapped
+            target.store(mem, assign(v))
+    return write
 
 
 def overflow_counter(fmt: Fixed, points: int, tally: Tally | None) -> Callable[[Raw], None] | None:
@@ -340,12 +402,17 @@ def _operand_interval(fmt: Fixed, guarded: bool) -> tuple[int, int]:
 
 # ----- elementwise stages ----------------------------------------------------------------------------
 
-def _table_eval(stage: Stage, kernel: Kernel) -> Callable[[list[Raw]], Raw]:
-    """``ops._table`` with its table array made once."""
+def _table_eval(stage: Stage, kernel: Kernel, iv: tuple[int, int]) -> Callable[[list[Raw]], Raw]:
+    """``ops._table`` with its table array made once; where the clipped input takes at most ``LOOKUP_POINTS``
+    values, one lookup in ``ops._table``'s result at each of them (``iv``: the input's raw bounds)."""
     table = np.asarray(kernel.buffers[stage.attrs["table"]].init, dtype=np.int64)
     n = table.size - 1
     lo, shift = int(stage.attrs["lo"]), int(stage.attrs["shift"])
     top = lo + (n << shift)
+    if top - lo < LOOKUP_POINTS and max(abs(iv[0]), abs(iv[1]), abs(lo)) < 1 << 61:  # ``v - lo`` cannot overflow
+        full = OPS_TABLE["table"].evaluate([np.arange(lo, top + 1, dtype=np.int64)], stage, kernel)
+        # take's ``clip`` mode clips the positions to 0 .. top - lo: ``np.clip(v, lo, top) - lo``
+        return lambda v: full.take(v[0] - lo, mode="clip")
     step = np.diff(table)
 
     def run(v):
@@ -363,12 +430,15 @@ def _msub_eval(stage: Stage, kernel: Kernel, ivs: list[tuple[int, int]]):
     to_mid, mid_iv = assigner(mid, fr[1] + fr[2], _corners(ivs[1], ivs[2]))
     f = max(fr[0], mid.frac_bits)
     sa, st = np.int64(f - fr[0]), np.int64(f - mid.frac_bits)
+    a = (ivs[0][0] << int(sa), ivs[0][1] << int(sa))
+    t = (mid_iv[0] << int(st), mid_iv[1] << int(st))
+    bounds = a[0] - t[1], a[1] - t[0]
+    if not sa and not st:  # (the usual case: nothing to align)
+        return (lambda v: v[0] - to_mid(v[1] * v[2])), bounds
 
     def run(v):
         return (v[0] << sa) - (to_mid(v[1] * v[2]) << st)
-    a = (ivs[0][0] << int(sa), ivs[0][1] << int(sa))
-    t = (mid_iv[0] << int(st), mid_iv[1] << int(st))
-    return run, (a[0] - t[1], a[1] - t[0])
+    return run, bounds
 
 
 def _elementwise_result(stage: Stage, kernel: Kernel) -> tuple[Callable[[list[Raw]], Raw], Interval, list]:
@@ -383,7 +453,7 @@ def _elementwise_result(stage: Stage, kernel: Kernel) -> tuple[Callable[[list[Ra
     if stage.op == "msub":
         evaluate, iv = _msub_eval(stage, kernel, ivs)
     elif stage.op == "table":
-        evaluate, iv = _table_eval(stage, kernel), _bounds("table", ivs, stage, kernel)
+        evaluate, iv = _table_eval(stage, kernel, ivs[0]), _bounds("table", ivs, stage, kernel)
     else:
         fn = spec.evaluate
         evaluate, iv = (lambda v: fn(v, stage, kernel)), _bounds(stage.op, ivs, stage, kernel)
@@ -398,18 +468,38 @@ def _elementwise(stage: Stage, kernel: Kernel, group: int, tally: Tally | None =
     fr = [kernel.buffers[a.buffer].fmt.frac_bits for a in stage.ins]
     evaluate, iv, shifts = _elementwise_result(stage, kernel)
     out_fmt = kernel.buffers[stage.out.buffer].fmt
-    assign, _ = assigner(out_fmt, exact_frac(spec, fr, stage, kernel), iv,
-                         overflow_counter(out_fmt, stage.iterations, tally))
+    write = writer(out_fmt, exact_frac(spec, fr, stage, kernel), iv, target,
+                   overflow_counter(out_fmt, stage.iterations, tally))
     loads = [(op.load, s) if s else (op.load, None) for op, s in zip(ops, shifts, strict=True)]
+    if is_compare_select(stage.op):
+        return _compare_select(stage, space, loads, write)
+    if not any(shifts):  # (the usual case: nothing to align)
+        plain = [op.load for op in ops]
 
-    decided = decision_name(stage.name) if is_compare_select(stage.op) else None
+        def run_plain(mem):
+            write(mem, evaluate([load(mem) for load in plain]))
+        return run_plain
 
     def run(mem):
         vals = [load(mem) if s is None else load(mem) << s for load, s in loads]
-        target.store(mem, assign(evaluate(vals)))
-        if decided is not None:  # a fused comparison's outcome, kept for inspection (ops.fused_decision)
-            mem[decided] = np.broadcast_to(fused_decision(stage.op, vals), space.extents).copy()
+        write(mem, evaluate(vals))
     return run
+
+
+def _compare_select(stage: Stage, space: Space, loads, write) -> StageFn:
+    """A fused comparison and select: the comparison made once, for the select and for the outcome the memory
+    keeps for inspection under ``decision_name`` (``ops.fused_decision``; a fresh array of the loops' shape is
+    kept as it is)."""
+    decided, op, extents = decision_name(stage.name), stage.op, space.extents
+
+    def run_compare_select(mem):
+        vals = [load(mem) if s is None else load(mem) << s for load, s in loads]
+        decision = fused_decision(op, vals)
+        write(mem, select_by(decision, vals))
+        if not (isinstance(decision, np.ndarray) and decision.shape == extents):
+            decision = np.broadcast_to(decision, extents).copy()
+        mem[decided] = decision
+    return run_compare_select
 
 
 # ----- reductions ------------------------------------------------------------------------------------
@@ -423,12 +513,12 @@ def _kept_space(stage: Stage) -> tuple[Space, list[int], list[int]]:
 
 
 def _init_loader(stage: Stage, kernel: Kernel, space: Space, group: int, n_operands: int):
-    """The init input's values over the kept loops, assigned to the accumulator, and their bounds."""
+    """The init input's values over the kept loops, assigned to the accumulator, and their bounds (None and
+    ``(0, 0)``: no init input, the accumulator starts at 0)."""
     acc = stage.acc
-    kept, _, red = _kept_space(stage)
+    _, _, red = _kept_space(stage)
     if len(stage.ins) <= n_operands:
-        zeros = np.zeros(kept.extents, dtype=np.int64)
-        return (lambda mem: zeros), (0, 0)
+        return None, (0, 0)
     init = Operand(stage.ins[n_operands], kernel, space, group)
     if any(init.shape[ax] != 1 for ax in red):
         raise _Unsupported("the init input varies over the reduction")
@@ -475,19 +565,24 @@ def _matmul_plan(a: Operand, b: Operand, space: Space, keep: list[int], red: lis
     mid_shape = [ext[i] for i in labels] + [1] * (len(keep) - len(labels))
     order = labels + [i for i in keep if i not in labels]
     to_kept = tuple(int(x) for x in np.argsort([keep.index(i) for i in order]))
+    to_kept = None if to_kept == tuple(range(len(to_kept))) else to_kept
     dtype = np.float64 if as_float else np.int64
+    shape_a, shape_b = ((m, k), (k, n)) if nb == 1 else ((nb, m, k), (nb, k, n))  # (one 2-D product: faster)
 
     def product(av: Raw, bv: Raw) -> Raw:
         if a_only:
             av = av.sum(axis=a_only, keepdims=True)
         if b_only:
             bv = bv.sum(axis=b_only, keepdims=True)
-        am = av.transpose(perm_a).reshape(nb, m, k).astype(dtype)
-        bm = bv.transpose(perm_b).reshape(nb, k, n).astype(dtype)
-        p = np.matmul(am, bm)
+        # converted in their own layout, then transposed (often a view: BLAS takes a transposed operand as it is)
+        am = av.astype(dtype, copy=False).transpose(perm_a).reshape(shape_a)
+        bm = bv.astype(dtype, copy=False).transpose(perm_b).reshape(shape_b)
+        p = am.dot(bm) if nb == 1 else np.matmul(am, bm)  # (2-D: ``dot`` has less overhead)
         if as_float:
             p = p.astype(np.int64)
-        p = p.reshape(mid_shape).transpose(to_kept)
+        p = p.reshape(mid_shape)
+        if to_kept is not None:
+            p = p.transpose(to_kept)
         return p * neither if neither != 1 else p
     return product
 
@@ -529,12 +624,12 @@ def _max_reduction(stage: Stage, kernel: Kernel, r: _Reduction, tally: Tally | N
     out_fmt = kernel.buffers[stage.out.buffer].fmt
     count = overflow_counter(out_fmt, int(np.prod(r.kept.extents, dtype=np.int64)), tally)
     if stage.op == "max":
-        out_assign, _ = assigner(out_fmt, acc.frac_bits, (acc.raw_min, acc.raw_max), count)
+        out_write = writer(out_fmt, acc.frac_bits, (acc.raw_min, acc.raw_max), target, count)
         red_axes = tuple(r.red)
-        if op.mask is None and 1 < r.points <= SMALL_REDUCTION:
+        if op.mask is None and 1 < r.points <= SMALL_REDUCTION and r.space.extents[r.red[-1]] <= SHORT_AXIS:
             # a few points (pooling windows): np.maximum over one slice per point beats a reduction over short
-            # strided axes; the assignment to the accumulator, when monotone (rounding, saturation: not a wrap),
-            # may come after the maximum
+            # strided axes (over a longer row, softmax's, the reduction wins); the assignment to the accumulator,
+            # when monotone (rounding, saturation: not a wrap), may come after the maximum
             picks = [tuple(p[r.red.index(ax)] if ax in r.red else slice(None) for ax in range(len(r.space.vars)))
                      for p in np.ndindex(*(r.space.extents[i] for i in r.red))]
             kept_shape = tuple(op.shape[i] for i in keep)
@@ -546,24 +641,24 @@ def _max_reduction(stage: Stage, kernel: Kernel, r: _Reduction, tally: Tally | N
                 for pick in picks[1:]:
                     best = np.maximum(best, v[pick])
                 best = best if after is None else after(best)
-                target.store(mem, out_assign(np.maximum(best, floor).reshape(kept_shape)))
+                out_write(mem, np.maximum(best, floor).reshape(kept_shape))
             return run_small_max
 
         def run_max(mem):  # every value is at least the accumulator's minimum, its initial value
             v = to_acc(op.load(mem))
             if op.mask is not None:
                 v = np.where(op.mask, v, floor)
-            target.store(mem, out_assign(v.max(axis=red_axes).reshape(tuple(v.shape[i] for i in keep))))
+            out_write(mem, _max(v, red_axes).reshape(tuple(v.shape[i] for i in keep)))
         return run_max
     shape, perm, flat_shape = r.space.extents, keep + r.red, r.kept.extents + (r.points,)
-    idx_assign, _ = assigner(out_fmt, 0, (0, r.points - 1), count)
+    idx_write = writer(out_fmt, 0, (0, r.points - 1), target, count)
 
     def run_argmax(mem):  # np.argmax takes the first maximum, as the sequential ``>`` does
         v = to_acc(op.load(mem))
         if op.mask is not None:
             v = np.where(op.mask, v, floor)
         flat = np.broadcast_to(v, shape).transpose(perm).reshape(flat_shape)
-        target.store(mem, idx_assign(np.argmax(flat, axis=-1)))
+        idx_write(mem, np.argmax(flat, axis=-1))
     return run_argmax
 
 
@@ -578,40 +673,39 @@ def _add_reduction(stage: Stage, kernel: Kernel, group: int, r: _Reduction, tall
         raise _Unsupported("the accumulation rounds or may overflow")
     s = np.int64(acc.frac_bits - r.term_frac)
     out_fmt = kernel.buffers[stage.out.buffer].fmt
-    out_assign, _ = assigner(out_fmt, acc.frac_bits, sums,
-                             overflow_counter(out_fmt, int(np.prod(r.kept.extents, dtype=np.int64)), tally))
-    target = r.target
-    if stage.op == "mac":
-        if then_relu(stage):
-            to_out = out_assign
+    out_write = writer(out_fmt, acc.frac_bits, sums, r.target,
+                       overflow_counter(out_fmt, int(np.prod(r.kept.extents, dtype=np.int64)), tally),
+                       relu=then_relu(stage))
 
-            def out_assign(v):
-                return np.maximum(to_out(v), 0)
+    def with_init(mem, t):  # the sum of the terms at the accumulator's frac bits, plus the init value if any
+        t = t << s if s else t
+        return t if load_init is None else load_init(mem) + t
+    if stage.op == "mac":
         bound = max(abs(term_iv[0]), abs(term_iv[1])) * r.points
         product = _matmul_plan(r.ops[0], r.ops[1], r.space, r.keep, r.red, as_float=bound < _EXACT_FLOAT)
         a, b = r.ops
 
         def run_mac(mem):
             p = product(a.load(mem), b.load(mem))
-            target.store(mem, out_assign(load_init(mem) + (p << s if s else p)))
+            out_write(mem, with_init(mem, p))
         return run_mac
     op = r.ops[0]
     if op.mask is not None and op.shape == r.space.extents:
-        return _sparse_sum(op, r, target, load_init, out_assign, s, as_float=max(map(abs, sums)) < _EXACT_FLOAT)
+        return _sparse_sum(op, r, with_init, out_write, as_float=max(map(abs, sums)) < _EXACT_FLOAT)
     own = tuple(i for i in r.red if op.shape[i] != 1)
     times = int(np.prod([r.space.extents[i] for i in r.red if op.shape[i] == 1], dtype=np.int64))
     kept_shape = tuple(op.shape[i] for i in r.keep)
 
     def run_sum(mem):
         v = op.load(mem)
-        t = (v.sum(axis=own) if own else v).reshape(kept_shape)
+        t = (_sum(v, own) if own else v).reshape(kept_shape)
         if times != 1:
             t = t * times
-        target.store(mem, out_assign(load_init(mem) + (t << s if s else t)))
+        out_write(mem, with_init(mem, t))
     return run_sum
 
 
-def _sparse_sum(op: Operand, r: _Reduction, target: Target, load_init, out_assign, s, as_float: bool) -> StageFn:
+def _sparse_sum(op: Operand, r: _Reduction, with_init, out_write, as_float: bool) -> StageFn:
     """An exact ``sum`` of a guarded operand (pooling's backward: a quarter of the window points pass): only the
     points whose guards hold are read, each added to its output; a plain scatter when no two share an output,
     else ``np.bincount`` (float64: exact below 2**53, else int64 ``np.add.at``)."""
@@ -631,8 +725,7 @@ def _sparse_sum(op: Operand, r: _Reduction, target: Target, load_init, out_assig
         else:
             t = np.zeros(n_out, dtype=np.int64)
             np.add.at(t, out, vals)
-        t = t.reshape(r.kept.extents)
-        target.store(mem, out_assign(load_init(mem) + (t << s if s else t)))
+        out_write(mem, with_init(mem, t.reshape(r.kept.extents)))
     return run_sparse_sum
 
 
@@ -714,4 +807,4 @@ def can_overflow(stage: Stage, kernel: Kernel) -> bool:
 
 
 __all__ = ["Operand", "Space", "Target", "assigner", "can_overflow", "compile_stage", "output_interval",
-           "overflow_counter", "sum_interval"]
+           "overflow_counter", "sum_interval", "writer"]

@@ -72,6 +72,10 @@ class Emulator:
         self._check_range(name, arr)
         self._put(name, arr)
 
+    def write_in_range(self, name: str, raw) -> None:
+        """``write`` of raw integers known to lie in the buffer's format (quantized to it): not checked again."""
+        self._put(name, np.asarray(raw, dtype=np.int64).reshape(self.kernel.buffers[name].shape))
+
     def _check_range(self, name: str, arr: np.ndarray) -> None:
         fmt = self.kernel.buffers[name].fmt
         if arr.size and (np.minimum.reduce(arr, axis=None) < fmt.raw_min

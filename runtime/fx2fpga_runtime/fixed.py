@@ -204,21 +204,24 @@ _FAST_ROUND = {"RND": _round_half_up, "TRN": np.floor, "TRN_ZERO": np.trunc, "RN
 def quantizer(fmt: Fixed) -> Callable[[np.ndarray], np.ndarray]:
     """``fmt.quantize`` specialised once for the format: the same raw integers, bit for bit, in fewer numpy
     calls. Arrays holding a value that scales to ``2**52`` or more in magnitude (or a NaN or an infinity) go
-    through ``fmt.quantize`` itself, as do formats wider than 52 bits and empty arrays."""
-    if fmt.width > 52:
+    through ``fmt.quantize`` itself, as do formats wider than 52 bits or with frac bits outside 0..1000, and
+    empty arrays."""
+    f = fmt.frac_bits
+    if fmt.width > 52 or not 0 <= f <= 1000:
         return fmt.quantize
-    f, lo, hi = fmt.frac_bits, float(fmt.raw_min), float(fmt.raw_max)
+    lo, hi = float(fmt.raw_min), float(fmt.raw_max)
+    scale, limit = 2.0**f, _FAST_SCALED / 2.0**f  # powers of two: ``x * scale`` is exact, below 2**52 for |x| < limit
     round_, wrap = _FAST_ROUND[fmt.host_rounding], fmt.overflow == "WRAP"
 
     def quantize(values) -> np.ndarray:
         x = np.asarray(values, dtype=np.float64)
         if not x.size:
             return fmt.quantize(x)
-        with np.errstate(over="ignore"):  # a value scaled past float64 is inf: ``quantize`` takes it below
-            scaled = np.ldexp(x, f)  # exact, as in ``quantize``
-        smin, smax = np.minimum.reduce(scaled, axis=None), np.maximum.reduce(scaled, axis=None)
-        if not (-_FAST_SCALED < smin and smax < _FAST_SCALED):  # (NaN compares false)
+        xmin, xmax = np.minimum.reduce(x, axis=None), np.maximum.reduce(x, axis=None)
+        if not (-limit < xmin and xmax < limit):  # (NaN compares false)
             return fmt.quantize(x)
+        scaled = x * scale  # exact (no overflow below the limit), as ``quantize``'s ldexp
+        smin, smax = xmin * scale, xmax * scale
         if lo <= smin and smax <= hi:
             return round_(scaled).astype(np.int64)
         if wrap:  # the rounded integers are exact: wrapping them equals ``quantize``'s fmod, then wrap

@@ -173,7 +173,7 @@ def _compare(name: str, fn) -> OpSpec:
 def _compare_select(name: str, fn) -> OpSpec:
     """``a <name> b ? x : y``: a comparison and the select that reads it, fused (passes/fuse.py)."""
     return OpSpec(compare_select_op(name), 4, f"x if a {name} b else y (a comparison and its select, fused)",
-                  lambda v, st, k: np.where(fn(v[0], v[1]), v[2], v[3]),
+                  lambda v, st, k: select_by(fn(v[0], v[1]), v),
                   lambda a, b, x, y: np.where(fn(a, b), x, y), max, aligned=(0, 1, 2, 3),
                   error_rule="compare_select")
 
@@ -200,6 +200,11 @@ def fused_decision(op: str, vals: list[np.ndarray]) -> np.ndarray | None:
     decisions a kernel took, as they read the mask buffer before the fusion."""
     cmp = fused_comparison(op)
     return None if cmp is None else COMPARISONS[cmp](vals[0], vals[1])
+
+
+def select_by(decision: np.ndarray, vals: list[np.ndarray]) -> np.ndarray:
+    """A fused compare-select's result from its comparison's outcome (``fused_decision``): x where it holds, else y."""
+    return np.where(decision, vals[2], vals[3])
 
 
 def decision_name(stage_name: str) -> str:
@@ -288,4 +293,4 @@ def exact_frac(spec: OpSpec, fracs: Sequence[int], stage, kernel) -> int:
 
 __all__ = ["COMPARISONS", "NORM_INDEX_BITS", "OPS_TABLE", "OpSpec", "aligned_operands", "alignment_shifts",
            "decision_name", "div_norm_frac", "epilogue", "exact_frac", "fused_decision", "mid_format",
-           "norm_rom_values", "op_spec", "then_relu"]
+           "norm_rom_values", "op_spec", "select_by", "then_relu"]

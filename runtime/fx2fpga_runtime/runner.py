@@ -3,8 +3,9 @@
 A backend has one method, ``call(command, in_words) -> out_words`` (see ``interface.py``),
 so the emulator, the C simulation, the Verilator model and the board all sit behind the
 same float API. A backend may also take raw buffers directly, without the words: ``call_raw(command,
-raw_inputs) -> raw_outputs`` and ``call_steps(command, raw_inputs, steps)`` (the emulator has both;
-the runner uses them where they exist).
+raw_inputs) -> raw_outputs``, ``call_quantized`` (the same, on inputs the runner quantized: their ranges are
+not checked again) and ``call_steps(command, raw_inputs, steps)`` (the emulator has all three; the runner uses
+them where they exist).
 """
 
 from __future__ import annotations
@@ -20,30 +21,43 @@ from .errors import (
     KernelInputError,
     KernelParamError,
 )
-from .fixed import quantizer
+from .fixed import Fixed, FormatError, quantizer
 from .ir import LR_PARAM, Kernel
 
 
 def _real_array(value, what: str, name: str) -> np.ndarray:
-    """``value`` (an array, a list or a torch tensor) as float64, refusing what is not real numbers."""
+    """``value`` (an array, a list or a torch tensor) as float64, or an integer array as it is (the checks and the
+    quantization read it as its float64 values), refusing what is not real numbers."""
     if hasattr(value, "detach"):  # a torch tensor, without importing torch
         value = value.detach().cpu().numpy()
     a = np.asarray(value)
     if a.dtype.kind not in "biuf":
         raise KernelInputError(f"{what}: input {name} must hold real numbers (a float array; integers for indices "
                                f"and class targets), got dtype {a.dtype}")
-    return a.astype(np.float64, copy=False)
+    return a if a.dtype.kind in "iu" else a.astype(np.float64, copy=False)
 
 
 def _check_finite(values: np.ndarray, what: str, label: str) -> None:
     """A ``KernelInputError`` naming the first NaN or Inf of ``values`` (fixed point has neither); ``label``
     says which array (``input x``, ``parameter fc.weight``)."""
+    if values.dtype.kind in "iu" or np.isfinite(values).all():
+        return
     bad = ~np.isfinite(values)
     if bad.any():
         first = tuple(int(i) for i in np.argwhere(bad)[0])
         raise KernelInputError(f"{what}: {label} holds {int(bad.sum())} NaN or Inf value(s), the first "
                                f"{values[first]} at index {first}; fixed-point numbers have neither: replace them "
                                f"(e.g. np.nan_to_num) before the call")
+
+
+def _quantize(fmt: Fixed, values: np.ndarray, what: str, label: str) -> np.ndarray:
+    """``values`` as raw integers of ``fmt`` (``fixed.quantizer``); a NaN or an infinity, which it refuses, named
+    by ``_check_finite``."""
+    try:
+        return quantizer(fmt)(values)
+    except FormatError:
+        _check_finite(values, what, label)
+        raise
 
 
 def _out_of_range(values: np.ndarray, classes: int) -> str:
@@ -58,7 +72,8 @@ def _class_indices(values: np.ndarray, classes: int) -> bool:
     if not values.size:
         return True
     lo, hi = np.minimum.reduce(values, axis=None), np.maximum.reduce(values, axis=None)
-    return bool(0 <= lo and hi < classes) and not np.not_equal(np.floor(values), values).any()
+    whole = values.dtype.kind in "iu" or not np.not_equal(np.floor(values), values).any()
+    return bool(0 <= lo and hi < classes) and whole
 
 
 class EmuBackend:
@@ -77,9 +92,18 @@ class EmuBackend:
 
     def call_raw(self, command: str, raw_inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """``call`` without the round trip through 32-bit words: raw buffers in, raw buffers out."""
+        return self._call(command, raw_inputs, self.emulator.write)
+
+    def call_quantized(self, command: str, raw_inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``call_raw`` on inputs known to lie in their buffers' formats (the runner quantized them): their ranges
+        are not checked again."""
+        return self._call(command, raw_inputs, self.emulator.write_in_range)
+
+    def _call(self, command: str, raw_inputs: dict[str, np.ndarray], write) -> dict[str, np.ndarray]:
+        """``call_raw``, each input written by ``write(name, raw)``."""
         ins, outs = interface.command_buffers(self.kernel, command)
         for name in ins:
-            self.emulator.write(name, raw_inputs[name])
+            write(name, raw_inputs[name])
         if command in self.kernel.programs:
             return self.emulator.run(command)  # (its outputs are ``outs``)
         return {n: self.emulator.read(n) for n in outs}
@@ -129,6 +153,13 @@ class KernelRunner:
                                      f"expected {expected}")
         return interface.unpack(self.kernel, outs, words)
 
+    def _call_quantized(self, command: str, raw_inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``call_raw`` on the inputs ``_quantize_inputs`` made (in their formats): the backend's ``call_quantized``
+        where it has one (it skips their range checks)."""
+        self._require_open()
+        quantized = getattr(self.backend, "call_quantized", None)
+        return quantized(command, raw_inputs) if quantized is not None else self.call_raw(command, raw_inputs)
+
     def _quantize_inputs(self, program: str, arrays, steps: int | None = None) -> dict[str, np.ndarray]:
         """The inputs of ``program`` as raw integers, checked against the shapes it was compiled for
         (``steps``: each array holds ``steps`` of them, stacked on a leading axis, for ``train_steps``)."""
@@ -154,11 +185,12 @@ class KernelRunner:
             if classes is not None and buf.fmt.frac_bits == 0 and classes - 1 <= buf.fmt.raw_max:
                 raw[name] = a.astype(np.int64)  # whole numbers in the format's range (checked): their raw values
                 continue
-            _check_finite(a, what, f"input {name}")
-            if buf.kind == "integer" and np.not_equal(np.floor(a), a).any():
-                raise KernelInputError(f"{what}: input {name} holds integers (indices), got fractions such as "
-                                       f"{a[np.not_equal(np.floor(a), a)].flat[0]}: pass whole numbers")
-            raw[name] = quantizer(buf.fmt)(a)
+            if buf.kind == "integer":
+                _check_finite(a, what, f"input {name}")
+                if np.not_equal(np.floor(a), a).any():
+                    raise KernelInputError(f"{what}: input {name} holds integers (indices), got fractions such as "
+                                           f"{a[np.not_equal(np.floor(a), a)].flat[0]}: pass whole numbers")
+            raw[name] = _quantize(buf.fmt, a, what, f"input {name}")
         return raw
 
     def _to_float(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -197,7 +229,7 @@ class KernelRunner:
         A kernel of N models returns an array ``(N, batch, ...)`` when every model has one output
         of one shape, else a list of N outputs (each an array, or a tuple if several).
         """
-        out = self._to_float(self.call_raw("infer", self._quantize_inputs("infer", inputs)))
+        out = self._to_float(self._call_quantized("infer", self._quantize_inputs("infer", inputs)))
         per_model = [[self._row(out[n], i) for n in names] for i, names in enumerate(self._per_model("infer"))]
         vals = [v[0] if len(v) == 1 else tuple(v) for v in per_model]
         if self.models is None:
@@ -210,7 +242,7 @@ class KernelRunner:
         """One training step on chip (forward, backward, update); returns the loss (a kernel of N
         models: an array of the N losses)."""
         self._require_training()
-        out = self._to_float(self.call_raw("train_step", self._quantize_inputs("train_step", inputs)))
+        out = self._to_float(self._call_quantized("train_step", self._quantize_inputs("train_step", inputs)))
         groups = self._per_model("train_step")
         losses = [float(self._row(out[names[0]], i).reshape(())) for i, names in enumerate(groups)]
         return losses[0] if self.models is None else np.array(losses)

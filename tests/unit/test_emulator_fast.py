@@ -21,7 +21,8 @@ def _v(name: str) -> Affine:
 
 
 def assert_fast_equals_reference(kernel: Kernel, steps: list[tuple[str, dict]]) -> None:
-    """Run the same programs on a fast and a reference emulator; every memory equal after each."""
+    """Run the same programs on a fast and a reference emulator; every memory and saturation count equal after
+    each."""
     fast, ref = Emulator(kernel), Emulator(kernel, fast=False)
     for program, inputs in steps:
         got, want = fast.run(program, inputs), ref.run(program, inputs)
@@ -29,6 +30,7 @@ def assert_fast_equals_reference(kernel: Kernel, steps: list[tuple[str, dict]]) 
             assert np.array_equal(got[name], want[name]), (program, name)
         for name in ref.mem:
             assert np.array_equal(fast.mem[name], ref.mem[name]), (program, name)
+        assert fast.read_saturation() == ref.read_saturation(), program
 
 
 def compiled_count(kernel: Kernel, program: str) -> int:
