@@ -12,21 +12,29 @@ and how many DDR bytes a training step moves.
   per step of each (the median of the steps after the first, which includes the emulator's one-time plans);
 - PyTorch eager on the CPU, one thread, seconds per step of the same model (float), and each simulator's ratio.
 
-    python benchmarks/cifar_ddr.py [--steps 3] -> benchmarks/results/cifar_ddr.json
+Everything runs on one thread: numpy's BLAS too (``THREAD_VARS`` set to 1 unless given), as csim and PyTorch do.
+On 2 cores shared with other jobs the emulator's step took 0.04 s with one BLAS thread and 0.07 to 0.8 s with two.
+
+    python benchmarks/cifar_ddr.py [--steps 5] -> benchmarks/results/cifar_ddr.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+for _var in THREAD_VARS:  # before numpy is imported: its BLAS reads them once
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -39,6 +47,7 @@ from sim_speed import empty_cache  # noqa: E402
 
 import fx2fpga  # noqa: E402
 from fx2fpga.passes import ddr_traffic, estimate, placement  # noqa: E402
+from fx2fpga.project import roofline  # noqa: E402
 
 TOP_BUFFERS = 6  # the DDR buffers with the most traffic listed in the JSON
 
@@ -60,16 +69,19 @@ def compile_design(out: Path):
 
 def traffic_figures(design) -> dict:
     """The training step's DDR bytes (read, written, per buffer: the largest), its lower-bound time at the DDR
-    port's peak and the HLS estimate's cycles, with the placement totals."""
+    port's peak, the HLS estimate's cycles and its MACs per DDR byte (the roofline's x), with the placement
+    totals."""
     k, t = design.kernel, design.target
     step = ddr_traffic.command_traffic(k, "train_step")
     infer = ddr_traffic.command_traffic(k, "infer")
     top = sorted(step.buffers, key=lambda b: -(b.read_bytes + b.write_bytes))[:TOP_BUFFERS]
     cycles = step.min_cycles(t.ddr)
+    macs = roofline.program_macs(k, "train_step")
     return {"ddr_buffers": len(k.ddr_buffers()), "placement": placement.totals(k, t),
             "train_step": {"read_bytes": step.read_bytes, "write_bytes": step.write_bytes, "bytes": step.bytes,
                            "min_cycles_at_ddr_peak": cycles, "min_ms_at_ddr_peak": cycles / t.clock_mhz / 1e3,
                            "hls_estimate_cycles": estimate.program_cycles(k, "train_step"),
+                           "macs": macs, "macs_per_ddr_byte": macs / step.bytes,  # its place on the roofline
                            "largest": {b.buffer: {"read_bytes": b.read_bytes, "write_bytes": b.write_bytes}
                                        for b in top}},
             "infer_bytes": infer.bytes,
@@ -124,7 +136,7 @@ def torch_eager_step_s(data, repeats: int = 5) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--out", type=Path, default=RESULTS / "cifar_ddr.json")
     args = ap.parse_args()
     data = training_batches(args.steps)
@@ -136,7 +148,8 @@ def main() -> None:
         torch_s = torch_eager_step_s(data)
         sims = csim_against_emu(design, data)
     result = {"machine": {"python": platform.python_version(), "torch": torch.__version__,
-                          "processor": platform.processor() or platform.machine()},
+                          "processor": platform.processor() or platform.machine(),
+                          "threads": {v: os.environ[v] for v in THREAD_VARS}},
               "model": "examples/cnn_cifar.py (batch 16, SGD momentum 0.9), digits32 batches",
               "target": "pynq-z1", "compile_s": compile_s, "ddr": traffic, **sims,
               "torch_eager_1_thread_step_s": torch_s,
