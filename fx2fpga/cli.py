@@ -90,7 +90,7 @@ def cmd_compile(args) -> int:
     design = fx2fpga.compile(model, ns["example_inputs"], target=args.target, train=train,
                              precision=args.precision, lanes=args.lanes, name=args.name or path.stem,
                              progress=_progress, outputs=_renamed(args, "backend", "outputs"),
-                             model_lanes=args.model_lanes)
+                             model_lanes=args.model_lanes, placement=args.placement)
     design.write(out_dir)
     _progress(f"wrote {out_dir}/ in {time.perf_counter() - t0:.1f} s")
     print(out_dir)
@@ -214,6 +214,21 @@ def _lanes(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
 
 
+def _placement(text: str) -> str | dict:
+    """``--placement``: ``ddr`` (every parameter and temporary array in DDR) or a JSON object buffer -> place, as
+    ``compile(placement=...)`` takes it; the places themselves are checked by the "place" step."""
+    if text == "ddr":
+        return text
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"expected 'ddr' or a JSON object such as '{{\"conv1_weight\": \"ddr\"}}', "
+                                         f"got {text!r} ({e.msg} at character {e.pos})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected 'ddr' or a JSON object buffer -> \"ddr\" | \"chip\", got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fx2fpga", description="Compile PyTorch models and their training step "
                                 "to fixed-point FPGA kernels.")
@@ -237,6 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what the folder holds: HLS C++ for Vitis (hls), Verilog (rtl), or both (default: both for "
                         "Xilinx boards, rtl for ECP5)")
     c.add_argument("--backend", choices=["hls", "rtl", "both"], help=argparse.SUPPRESS)  # deprecated: --outputs
+    c.add_argument("--placement", type=_placement, default=None,
+                   help="where buffers live: 'ddr' (every parameter and temporary array in DDR) or a JSON object "
+                        "buffer -> place, e.g. '{\"conv1_weight\": \"ddr\"}' (default: on chip, or for "
+                        "--outputs hls the largest arrays in DDR until the block RAM fits; docs/offchip.md)")
     c.set_defaults(func=cmd_compile)
     e = sub.add_parser("explore", help="weigh lane choices (and models side by side) on exact RTL cycles and the "
                        "calibrated resource model: writes the Pareto front as explore.json and explore.png")

@@ -13,7 +13,7 @@ from fx2fpga_runtime.testbench import VECTORS, vectors_text
 from ..backends.common import template_env
 from ..backends.hls import emit as hls
 from ..backends.rtl import emit as verilog
-from ..passes import estimate, placement
+from ..passes import ddr_traffic, estimate, placement
 from ..version import __version__
 
 REGISTER_MAP = interface.REGISTER_MAP  # one map for the HLS and the RTL kernel (rtl/<name>_axi.v)
@@ -71,6 +71,8 @@ def manifest(design) -> dict:
         "buffers": [{"buffer": p.buffer, "place": p.place, "role": p.role, "values": p.values, "width": p.width,
                      "bytes": p.bytes} for p in placement.placements(k)],
         "placement": placement.totals(k, t),
+        **({"ddr_traffic": ddr_traffic.manifest_entry(traffic, t)} if (traffic := ddr_traffic.kernel_traffic(k))
+           else {}),
         "outputs": design.outputs,
         "rtl_cycles": design.rtl_cycles(),
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..passes import estimate, placement
+from ..passes import ddr_traffic, estimate, placement
 from ..passes.quant_report import report_lines
 
 
@@ -200,7 +200,32 @@ def _buffers_section(k, t) -> list[str]:
             f"{chip['bits']:,} bits as stored on chip. In DDR: {ddr['buffers']} buffers, {ddr['bytes']:,} bytes. "
             "Bytes count whole bytes per value (a DDR copy); bits, the format's width per value; block RAM holds "
             "the bits in banks of its own shapes (the BRAM36 estimate above).", ""]
-    return out
+    return out + _ddr_traffic_lines(k, t)
+
+
+def _ddr_traffic_lines(k, t) -> list[str]:
+    """Per command, the DDR bytes one call reads and writes (``passes/ddr_traffic.py``) and the time they take at
+    the target's DDR port: a lower bound of the call (none for a kernel wholly on chip)."""
+    traffic = ddr_traffic.kernel_traffic(k)
+    if not traffic:
+        return []
+    ddr = t.ddr
+    port = (f"{ddr.bytes_per_cycle} bytes a cycle at {t.clock_mhz:g} MHz, {ddr.bytes_per_cycle * t.clock_mhz:,.0f} "
+            f"MB/s ({ddr.port})" if ddr else f"{t.name} has no [ddr] table: no time given")
+    rows = []
+    for c in traffic:
+        cycles = c.min_cycles(ddr) if ddr else None
+        top = max(c.buffers, key=lambda b: (b.read_bytes + b.write_bytes), default=None)
+        rows.append([f"`{c.command}`", f"{c.read_bytes:,}", f"{c.write_bytes:,}", f"{c.bytes:,}",
+                     f"{cycles:,}" if ddr else "-", f"{cycles / t.clock_mhz:,.1f}" if ddr else "-",
+                     f"`{top.buffer}` ({top.read_bytes + top.write_bytes:,})" if top else "-"])
+    out = ["### DDR traffic per call", "",
+           "Every access of a DDR buffer's element, as the HLS C++ makes them today (no tiles, no bursts), is one "
+           f"DDR access of the element's whole bytes; the port's peak is {port}. The cycles are the bytes at that "
+           "peak: a lower bound of the call's time. `manifest.json`'s `ddr_traffic` has the bytes per buffer.", ""]
+    out += _table(["command", "bytes read", "bytes written", "bytes", "cycles at the port's peak (at least)",
+                   f"us at {t.clock_mhz:g} MHz (at least)", "most traffic"], rows)
+    return out + [""]
 
 
 def rtl_model_resources(project_dir: Path):

@@ -149,7 +149,7 @@ class Emulator:
 
 # ----- the index arrays of one stage, computed once ---------------------------------------------
 
-def _guard_mask(access: Access, grid, shape) -> np.ndarray | None:
+def guard_mask(access: Access, grid, shape) -> np.ndarray | None:
     """Where every guard of ``access`` holds (``None``: unguarded)."""
     if not access.guard:
         return None
@@ -223,7 +223,7 @@ def _read(access: Access, buf_shape: tuple[int, ...], grid, layout) -> Read:
     if not access.index:
         return Read(access.buffer, None, None)
     index = [i.evaluate(grid, layout) for i in access.index]
-    mask = _guard_mask(access, grid, layout)
+    mask = guard_mask(access, grid, layout)
     if mask is not None:
         index = [np.where(mask, i, 0) for i in index]
     return Read(access.buffer, np.ravel_multi_index(index, buf_shape, mode="wrap"), mask)

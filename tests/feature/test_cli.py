@@ -106,3 +106,31 @@ def test_outputs_option_chooses_the_folder_contents(tmp_path):
     assert f"| `infer` | {cycles['infer']:,} |" in (tmp_path / "r" / "report.md").read_text()
     with pytest.raises(ValueError, match="hls, rtl, both"):
         fx2fpga.compile(model, (x,), outputs="verilog")
+
+
+def test_placement_option_forces_buffers_into_ddr(tmp_path, capsys):
+    """``--placement`` is ``compile(placement=...)``: 'ddr' for every parameter and temporary array, or a JSON object
+    per buffer; bad JSON, or JSON that is not an object, is an argparse error saying what it expects."""
+    import json
+
+    one, every = tmp_path / "one", tmp_path / "every"
+    assert cli_main(["compile", str(EXAMPLE), "--train", "--outputs", "hls", "-o", str(one),
+                     "--placement", '{"fc1_weight": "ddr"}']) == 0
+    places = {r["buffer"]: r["place"] for r in json.loads((one / "manifest.json").read_text())["buffers"]}
+    assert [b for b, p in places.items() if p == "ddr"] == ["fc1_weight"]
+    assert cli_main(["compile", str(EXAMPLE), "--train", "--outputs", "hls", "-o", str(every),
+                     "--placement", "ddr"]) == 0
+    manifest = json.loads((every / "manifest.json").read_text())
+    ddr = [r["buffer"] for r in manifest["buffers"] if r["place"] == "ddr"]
+    assert "fc1_weight" in ddr and "fc2_bias" in ddr and "lr" not in ddr and len(ddr) > 5
+    assert set(manifest["ddr_traffic"]["train_step"]["buffers"]) <= set(ddr)
+    for bad, why in (("{conv1_weight: ddr}", "Expecting property name enclosed in double quotes at character 1"),
+                     ('["fc1_weight"]', "expected 'ddr' or a JSON object buffer -> \"ddr\" | \"chip\"")):
+        with pytest.raises(SystemExit) as info:
+            cli_main(["compile", str(EXAMPLE), "--placement", bad])
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert "argument --placement: expected 'ddr' or a JSON object" in err and why in err
+    assert cli_main(["compile", str(EXAMPLE), "--outputs", "hls", "-o", str(tmp_path / "x"),
+                     "--placement", '{"fc9_weight": "ddr"}']) == 2  # the "place" step's PlacementError
+    assert "placement names an unknown buffer 'fc9_weight'" in capsys.readouterr().err

@@ -3,19 +3,21 @@ RAM, and where it compiles now.
 
 Every buffer on chip, this kernel's buffers are 11x the pynq-z1's block RAM. With ``outputs="hls"`` the "place"
 step moves its largest arrays to DDR (``m_axi`` ports of the HLS top function) until the estimate fits, so it
-compiles (``test_hls_output_places_the_largest_arrays_in_ddr_and_fits_the_block_ram``). A folder with RTL still
-refuses it with ``ResourceBudgetError``: the RTL cannot reach DDR yet, and no loops are tiled yet (docs/offchip.md).
+compiles (``test_hls_output_places_the_largest_arrays_in_ddr_and_fits_the_block_ram``), and its csim equals the
+emulator over two training steps. A folder with RTL still refuses it with ``ResourceBudgetError``: the RTL cannot
+reach DDR yet, and no loops are tiled yet (docs/offchip.md).
 """
 
 from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 
 import fx2fpga
 from fx2fpga.errors import ResourceBudgetError
-from fx2fpga.passes import estimate, placement
+from fx2fpga.passes import ddr_traffic, estimate, placement
 from fx2fpga.targets import load_target
 from tests.conftest import load_example
 
@@ -69,12 +71,17 @@ def test_on_chip_its_buffers_are_far_over_the_block_ram():
     assert estimate.resources(k, t).bram36 == 1640.5 - 27 - 199.5 == 1414
 
 
-def test_hls_output_places_the_largest_arrays_in_ddr_and_fits_the_block_ram():
+@pytest.fixture(scope="module")
+def hls_design():
+    """The training kernel for the pynq-z1 with outputs='hls' (automatic placement; about 10 s)."""
+    return fx2fpga.compile(cifar.model, cifar.example_inputs, target="pynq-z1", train=_sgd(), outputs="hls")
+
+
+def test_hls_output_places_the_largest_arrays_in_ddr_and_fits_the_block_ram(hls_design):
     """outputs='hls': the "place" step moves 21 arrays (5.9 MB, the largest first) to DDR; the rest, at the default
     4 lanes, is within the pynq-z1's 140 BRAM36 by the HLS estimate, and the kernel compiles."""
-    t = load_target("pynq-z1")
-    design = fx2fpga.compile(cifar.model, cifar.example_inputs, target=t, train=_sgd(), outputs="hls")
-    k = design.kernel
+    design = hls_design
+    t, k = design.target, design.kernel
     tot = placement.totals(k, t)
     assert tot["ddr"] == {"buffers": 21, "bytes": 5_900_288, "bits": 47_202_304}
     assert tot["chip"]["bytes"] == 6_459_561 - 5_900_288 == 559_273  # 87% of the block RAM's bytes
@@ -89,6 +96,38 @@ def test_hls_output_places_the_largest_arrays_in_ddr_and_fits_the_block_ram():
     assert {s.lanes for s in k.stages()} >= {4}  # the default lanes fit
     assert design.schedule is None and "placed in DDR" in str(design.context.schedule_error)
     assert "placed in DDR to fit the pynq-z1's 140 BRAM36" in " ".join(design.context.notes["place"])
+
+
+def test_a_training_step_moves_495_mb_of_ddr_traffic(hls_design):
+    """The untiled HLS kernel reads a DDR buffer's element at every point that uses it (``passes/ddr_traffic.py``):
+    conv3's forward reads its weight (64x32x3x3, 3 bytes a value) once per output pixel of the batch, 16 x 8 x 8
+    times, and its backward dx once per input pixel (16 x 8 x 8 again), 113 MB; one step moves 495 MB, 0.62 s at
+    the pynq-z1's 800 MB/s DDR port: twice the HLS estimate's 0.33 s of compute. Tiling (docs/offchip.md) is what
+    brings it down."""
+    k, t = hls_design.kernel, hls_design.target
+    step = ddr_traffic.command_traffic(k, "train_step")
+    weight = next(b for b in step.buffers if b.buffer == "conv3_weight")
+    assert weight.read_bytes == 2 * 16 * 8 * 8 * (64 * 32 * 9) * 3 + 64 * 32 * 9 * 3 == 113_301_504  # + the update
+    assert weight.write_bytes == 64 * 32 * 9 * 3 == 55_296  # the update writes each value once
+    assert (step.read_bytes, step.write_bytes) == (489_152_512, 5_900_288)
+    assert step.write_bytes == placement.totals(k, t)["ddr"]["bytes"]  # every DDR array written once a step
+    assert step.min_cycles(t.ddr) == 61_881_600 > estimate.program_cycles(k, "train_step") == 33_031_767
+
+
+@pytest.mark.slow
+def test_csim_equals_emu_over_two_training_steps(hls_design):
+    """21 arrays in DDR (``m_axi`` arguments, the csim server's static arrays): two training steps on digits32
+    batches, the losses and every parameter word equal (about 10 s with the csim build: benchmarks/cifar_ddr.py)."""
+    x, y, _, _ = cifar.digits32()
+    emu = hls_design.load("emu")
+    with hls_design.load("csim") as csim:
+        for s in range(2):
+            xb, yb = x[16 * s:16 * s + 16], y[16 * s:16 * s + 16]
+            assert emu.train_step(xb, yb) == csim.train_step(xb, yb)
+            want, got = emu.get_params_raw(), csim.get_params_raw()
+            assert want.keys() == got.keys() and "momentum_conv3_weight" in want
+            assert all(np.array_equal(want[n], got[n]) for n in want)
+    assert not np.array_equal(got["conv3_weight"].reshape(-1), hls_design.kernel.buffers["conv3_weight"].init)
 
 
 def test_with_rtl_in_the_folder_nothing_moves_to_ddr():

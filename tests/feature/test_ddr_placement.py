@@ -255,3 +255,22 @@ def test_stacked_models_in_groups_with_ddr_buffers_equal_emu_in_csim(mlp_example
     x_train, y_train, _, _ = digits_data
     assert_backend_equals_emu(design, "csim", [("train_step", [x_train[16 * s:16 * s + 16],
                                                                y_train[16 * s:16 * s + 16]]) for s in range(2)])
+
+
+def test_ddr_traffic_per_call_counts_padding_and_every_parameter(ddr_cnn):
+    """``manifest.json``'s DDR traffic (``passes/ddr_traffic.py``). By hand, in ``infer``: the second convolution
+    (3x3, padding 1, 4 -> 8 channels on 4x4) reads its pooled input ``mem1`` where the padding guard holds,
+    16 x 8 x 4 x (3 x 4 - 2)^2 = 51,200 times (not 16 x 8 x 4 x 144); the first max pool writes it once per
+    output, 16 x 4 x 4 x 4 = 1,024 times. load_params writes each parameter in DDR once (1,998 bytes)."""
+    _, design = ddr_cnn
+    k = design.kernel
+    traffic = json.loads((design.out_dir / "manifest.json").read_text())["ddr_traffic"]
+    per_value = placement.bytes_per_value(k.buffers["mem1"].fmt.width)
+    assert traffic["infer"]["buffers"]["mem1"] == {"read_bytes": 51_200 * per_value, "write_bytes": 1_024 * per_value}
+    assert traffic["load_params"]["write_bytes"] == traffic["read_params"]["read_bytes"] == 1_998
+    assert traffic["infer"]["buffers"]["conv1_weight"]["read_bytes"] == 16 * 4 * 8 * 8 * 9 * 3  # every point
+    assert (traffic["infer"]["bytes"], traffic["train_step"]["bytes"]) == (506_336, 1_561_548)
+    assert traffic["train_step"]["min_cycles"] == 195_194  # 1,561,548 bytes at 8 a cycle: 1.95 ms at 100 MHz
+    assert traffic["train_step"]["min_cycles"] > estimate.program_cycles(k, "train_step")  # DDR-bound, untiled
+    assert set(traffic["train_step"]["buffers"]) == set(k.ddr_buffers())  # all 35 touched
+    assert "| `train_step` | 1,476,334 | 85,214 | 1,561,548 | 195,194 | 1,951.9 |" in design.report
