@@ -166,6 +166,10 @@ DESIGNS = [
     _point("digits_mlp_train_folded", "mlp_train_folded", "the digits MLP, SGD training with the update folded, "
            "lanes per stage (the explorer's choice of session 12: up to 2 x 16, 32 multiplier lanes) and its infer "
            "stages on their twins' lanes"),
+    _point("digits_mlp_train_s18", "mlp_train_s18", "the digits MLP, SGD training, the explorer's choice of session "
+           "18: ReLU fused into fc1, the input stream into its first stage, twin units shared (up to 32 x 2 lanes)"),
+    _point("digits_mlps30_train_s18", "mlps30_train_s18", "30 digits MLPs stacked, SGD training, the explorer's choice "
+           "of session 18 (groups of 1, up to 32 x 2 lanes)"),
 ]
 
 
