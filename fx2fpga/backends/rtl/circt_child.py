@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 FSM_LOWERING = "builtin.module(convert-fsm-to-sv,canonicalize)"
@@ -366,6 +367,15 @@ class _Controller:
             clocks.get("phases", {}).get(str(phase))
         return self.args[f"clk_{gate}"] if gate else self.args["clk"]
 
+    @contextmanager
+    def clocked(self, memory: str | None = None, phase: int | None = None):
+        """Registers made inside run on ``clock_of(memory, phase)``; on ``clk`` again after."""
+        self.net.clk = self.clock_of(memory=memory, phase=phase)
+        try:
+            yield
+        finally:
+            self.net.clk = self.args["clk"]
+
     def on_at(self, p: int, t: int):
         """1 where the issue t cycles ago (if any) was phase ``p``'s."""
         return self.on[p] if t == 0 else self.net.eq_const(self.tag_at[t], p)
@@ -444,21 +454,20 @@ class _Controller:
                 users[port["sel"]] = users.get(port["sel"], 0) + 1
         shared: dict[str, list] = {}  # a multiplexer several phases read through: (hit, bank) per request
         for r, port in enumerate(self.spec["reads"]):
-            net.clk = self.clock_of(memory=port["memory"])
-            ok = self.guard_ok(port, 0)  # a guarded-off request takes no port
-            ok_q = net.delayed(f"rd{r}_ok", net.and_(ok)) if port.get("ok") else None
-            hit, bank_q, addr = self.request(f"rd{r}", port, 0, ok)
-            for b in port["banks"]:
-                raddr_cases.setdefault((port["memory"], b), []).append((self.bank_hit(hit, bank_q, b), addr))
-            if port.get("ok"):
-                out[port["ok"]] = self.delay(port["ok"], ok_q, self.tap_operand - self.tap_addr)
-            sel, cycles = port.get("sel"), self.tap_operand - 1 - self.tap_addr
-            if sel and users[sel] == 1:
-                out[sel] = self.delay(sel, bank_q, cycles)
-            elif sel:
-                shared.setdefault(sel, []).append((self.delay(f"rd{r}_selhit", hit, cycles),
-                                                   self.delay(f"rd{r}_sel", bank_q, cycles)))
-        net.clk = self.args["clk"]
+            with self.clocked(memory=port["memory"]):
+                ok = self.guard_ok(port, 0)  # a guarded-off request takes no port
+                ok_q = net.delayed(f"rd{r}_ok", net.and_(ok)) if port.get("ok") else None
+                hit, bank_q, addr = self.request(f"rd{r}", port, 0, ok)
+                for b in port["banks"]:
+                    raddr_cases.setdefault((port["memory"], b), []).append((self.bank_hit(hit, bank_q, b), addr))
+                if port.get("ok"):
+                    out[port["ok"]] = self.delay(port["ok"], ok_q, self.tap_operand - self.tap_addr)
+                sel, cycles = port.get("sel"), self.tap_operand - 1 - self.tap_addr
+                if sel and users[sel] == 1:
+                    out[sel] = self.delay(sel, bank_q, cycles)
+                elif sel:
+                    shared.setdefault(sel, []).append((self.delay(f"rd{r}_selhit", hit, cycles),
+                                                       self.delay(f"rd{r}_sel", bank_q, cycles)))
         for sel, cases in shared.items():
             out[sel] = net.onehot(cases, net.width(cases[0][1]))
         return raddr_cases
@@ -469,43 +478,45 @@ class _Controller:
         net = self.net
         wport_cases: dict[tuple[str, int], list] = {}
         for w, port in enumerate(self.spec["writes"]):
-            net.clk = self.clock_of(memory=port["memory"])
-            t, ph = self.compute_tap(port), self.phases[port["phase"]]
-            conds = [self.guard_ok(port, t)]
-            if port["last_only"]:
-                conds += [net.eq_const(self.counters_at[t][k], ph["counters"][k] - 1) for k in ph["reduce"]]
-            hit, bank_q, addr = self.request(f"wr{w}", port, t, *conds)
-            if "srp" in port:  # the lane's point (plus its stage's key) at its output conversion, a cycle earlier
-                point = port["point"]
-                self.out[port["srp"]] = net.delayed(port["srp"] + "_q",
-                                                    self.affine_at(t - 1)(point["terms"], point["const"], 32), None)
-            for b in port["banks"]:
-                wport_cases.setdefault((port["memory"], b), []).append(
-                    (self.bank_hit(hit, bank_q, b), addr, port["source"][str(b)]))
-        net.clk = self.args["clk"]
+            with self.clocked(memory=port["memory"]):
+                t, ph = self.compute_tap(port), self.phases[port["phase"]]
+                conds = [self.guard_ok(port, t)]
+                if port["last_only"]:
+                    conds += [net.eq_const(self.counters_at[t][k], ph["counters"][k] - 1) for k in ph["reduce"]]
+                hit, bank_q, addr = self.request(f"wr{w}", port, t, *conds)
+                if "srp" in port:  # the lane's point (plus its stage's key) at its output conversion, a cycle earlier
+                    point = port["point"]
+                    self.out[port["srp"]] = net.delayed(
+                        port["srp"] + "_q", self.affine_at(t - 1)(point["terms"], point["const"], 32), None)
+                for b in port["banks"]:
+                    wport_cases.setdefault((port["memory"], b), []).append(
+                        (self.bank_hit(hit, bank_q, b), addr, port["source"][str(b)]))
         return wport_cases
 
     def bank_ports(self, raddr_cases: dict, wport_cases: dict) -> None:
         """Each bank's read address, write enable, write address and write data select: a registered
         one-hot OR over the requests of that bank, not a priority chain."""
-        net, out = self.net, self.out
         for name, mem in self.spec["memories"].items():
-            net.clk = self.clock_of(memory=name)
-            aw = mem["addr_bits"]
-            for b in range(mem["banks"]):
-                ports = mem["ports"][b]
-                if ports.get("raddr"):
-                    out[ports["raddr"]] = net.delayed(ports["raddr"] + "_q",
-                                                      net.onehot(raddr_cases.get((name, b), []), aw), None)
-                if ports.get("we"):
-                    cases = wport_cases.get((name, b), [])
-                    out[ports["we"]] = net.delayed(ports["we"] + "_q", net.or_(*[h for h, _, _ in cases]))
-                    out[ports["waddr"]] = net.delayed(ports["waddr"] + "_q",
-                                                      net.onehot([(h, a) for h, a, _ in cases], aw), None)
-                    if ports.get("wsel"):  # the write data's source, one cycle ahead (the top registers the data)
-                        sw = ports["wsel_bits"]
-                        out[ports["wsel"]] = net.onehot([(h, net.const(s, sw)) for h, _, s in cases if s], sw)
-        net.clk = self.args["clk"]
+            with self.clocked(memory=name):
+                self._bank_ports(name, mem, raddr_cases, wport_cases)
+
+    def _bank_ports(self, name: str, mem: dict, raddr_cases: dict, wport_cases: dict) -> None:
+        """``bank_ports`` for the banks of one memory."""
+        net, out = self.net, self.out
+        aw = mem["addr_bits"]
+        for b in range(mem["banks"]):
+            ports = mem["ports"][b]
+            if ports.get("raddr"):
+                out[ports["raddr"]] = net.delayed(ports["raddr"] + "_q",
+                                                  net.onehot(raddr_cases.get((name, b), []), aw), None)
+            if ports.get("we"):
+                cases = wport_cases.get((name, b), [])
+                out[ports["we"]] = net.delayed(ports["we"] + "_q", net.or_(*[h for h, _, _ in cases]))
+                out[ports["waddr"]] = net.delayed(ports["waddr"] + "_q",
+                                                  net.onehot([(h, a) for h, a, _ in cases], aw), None)
+                if ports.get("wsel"):  # the write data's source, one cycle ahead (the top registers the data)
+                    sw = ports["wsel_bits"]
+                    out[ports["wsel"]] = net.onehot([(h, net.const(s, sw)) for h, _, s in cases if s], sw)
 
     def stream_control(self) -> None:
         """Datapath (go, act, each reduction's first) and stream (idle, in_ready, out_valid, out_sel) outputs."""
@@ -515,14 +526,13 @@ class _Controller:
         def arrive(p: int):  # phase p's operands reach its unit next cycle (go; act: its pooled multipliers' turn)
             return net.and_(self.issue_at[op - 1], self.on_at(p, op - 1))
         for p, port in [*spec["go"].items(), *spec.get("act", {}).items()]:
-            net.clk = self.clock_of(phase=int(p))
-            out[port] = net.delayed(port + "_q", arrive(int(p)))
+            with self.clocked(phase=int(p)):
+                out[port] = net.delayed(port + "_q", arrive(int(p)))
         # each reduction's own `first` (a shared one would be merged into one register of huge fanout)
         for p, port in spec.get("first", {}).items():
-            net.clk = self.clock_of(phase=int(p))
-            first = net.and_(on[int(p)], *[net.eq_const(self.cnt[k], 0) for k in phases[int(p)]["reduce"]])
-            out[port] = self.delay(port, first, self.tap_operand)
-        net.clk = self.args["clk"]
+            with self.clocked(phase=int(p)):
+                first = net.and_(on[int(p)], *[net.eq_const(self.cnt[k], 0) for k in phases[int(p)]["reduce"]])
+                out[port] = self.delay(port, first, self.tap_operand)
         out["idle"] = net.and_(net.eq_const(self.phase, 0), net.not_(self.args["rst"]))
         out["in_ready"] = net.and_(self.can_issue, self.is_unpack) if self.unpack_ids else net.const(0, 1)
         packs = [p for p, ph in phases.items() if ph["kind"] == "pack"]
