@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from fx2fpga_runtime import interface
+from fx2fpga_runtime.emu_compile import Space
 from fx2fpga_runtime.emulator import guard_mask
 from fx2fpga_runtime.ir import GROUP_VAR, Access, Kernel, Stage
 from fx2fpga_runtime.ops import OPS_TABLE
@@ -84,11 +85,9 @@ def guarded_points(access: Access, extents: dict[str, int], groups: int) -> int:
     if not access.guard:
         return total
     space = {**extents, GROUP_VAR: groups}
-    used = sorted({v for g in access.guard for v in g.expr.vars()})
+    used = tuple(sorted({v for g in access.guard for v in g.expr.vars()}))
     shape = tuple(space[v] for v in used)
-    grid = {v: np.arange(n, dtype=np.int64).reshape([n if d == i else 1 for d in range(len(used))])
-            for i, (v, n) in enumerate(zip(used, shape, strict=True))}
-    held = int(np.count_nonzero(guard_mask(access, grid, shape)))
+    held = int(np.count_nonzero(guard_mask(access, Space(used, shape).grid(set(used)), shape)))
     return held * total // math.prod(shape)
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -42,6 +43,7 @@ from .ops import (
     OPS_TABLE,
     alignment_shifts,
     decision_name,
+    epilogue,
     exact_frac,
     fused_decision,
     is_compare_select,
@@ -311,26 +313,27 @@ def _rounded_fits(fmt: Fixed, frac: int, iv: Interval) -> tuple[Interval, bool]:
 
 
 def writer(fmt: Fixed, frac: int, iv: Interval, target: Target, count: Callable[[Raw], None] | None = None,
-           relu: bool = False):
+           then: Callable[[Raw], Raw] | None = None):
     """``write(mem, v)``: ``target.store(mem, assign(v))``, ``assign`` the ``assigner`` of exact values at ``frac``
-    bits within ``iv`` to a stage's output format ``fmt`` (``count``: its saturation counter; ``relu``: a mac
-    fused with its ReLU, ``ops.then_relu``, stores the assigned values through ReLU).
+    bits within ``iv`` to a stage's output format ``fmt`` (``count``: its saturation counter; ``then``: what the
+    assigned values go through before the store, ``ops.epilogue``: a mac fused with its ReLU).
 
     Where the assignment is counted and rounds by one shift (RND, TRN), its range check is one reduction instead
     of two: the shift yields the rounded values less the format's minimum, which read unsigned lie in
     ``0 .. raw_max - raw_min`` exactly when every value is inside the format, and the store adds the minimum
     back as it writes (a plain view target)."""
     assign, _ = assigner(fmt, frac, iv, count)
-    if relu:
-        return lambda mem, v: target.store(mem, np.maximum(assign(v), 0))
+    if then is not None:
+        return lambda mem, v: target.store(mem, then(assign(v)))
     shift = frac - fmt.frac_bits
     lo, hi, span = fmt.raw_min, fmt.raw_max, fmt.raw_max - fmt.raw_min
-    if count is not None and shift == 0 and not _rounded_fits(fmt, frac, iv)[1]:
+    fits = _rounded_fits(fmt, frac, iv)[1]
+    if count is not None and shift == 0 and not fits:
         def write_checked(mem, v):  # no rounding: the check, inline
             target.store(mem, v if _min(v, None) >= lo and _max(v, None) <= hi else assign(v))
         return write_checked
     if (count is None or target.view_of is None or shift < 0 or fmt.rounding not in ("RND", "TRN")
-            or _rounded_fits(fmt, frac, iv)[1] or iv is None
+            or fits or iv is None
             or max(abs(iv[0]), abs(iv[1])) + (1 << shift) + (abs(lo) << shift) >= 1 << 63):
         return lambda mem, v: target.store(mem, assign(v))
     # the rounding's shift, less the minimum: floor((v + half - lo * 2**s) / 2**s) = round(v) - lo
@@ -675,7 +678,7 @@ def _add_reduction(stage: Stage, kernel: Kernel, group: int, r: _Reduction, tall
     out_fmt = kernel.buffers[stage.out.buffer].fmt
     out_write = writer(out_fmt, acc.frac_bits, sums, r.target,
                        overflow_counter(out_fmt, int(np.prod(r.kept.extents, dtype=np.int64)), tally),
-                       relu=then_relu(stage))
+                       partial(epilogue, stage) if then_relu(stage) else None)
 
     def with_init(mem, t):  # the sum of the terms at the accumulator's frac bits, plus the init value if any
         t = t << s if s else t

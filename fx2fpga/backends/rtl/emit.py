@@ -137,7 +137,7 @@ class Cvt:
     rounding: str
     sat: bool
     flag: bool = False  # an output `ovf`: the rounded value is outside the output's range (a saturation event)
-    relu: bool = False  # the assigned value goes through ReLU (a mac fused with the ReLU reading it: passes/fuse.py)
+    relu: bool = False  # the (signed) assigned value goes through ReLU (a mac fused with its ReLU: passes/fuse.py)
 
     @property
     def name(self) -> str:
@@ -170,7 +170,7 @@ class Cvt:
         return {"name": self.name, "iw": self.iw, "xw": xw, "sh": sh, "qw": qw, "ow": ow, "rounding": self.rounding,
                 "over": over, "under": under, "flag": self.flag, "ovf": self._out_of_range(qw),
                 "sat": self.sat and not fits, "fits": fits and self.sat, "osigned": self.osigned,
-                "relu": self.relu and self.osigned,
+                "relu": self.relu,
                 "max_q": _lit(osmax, qw), "min_q": _lit(osmin, qw),
                 "max_o": f"{ow}'h{_hex(osmax, ow)}", "min_o": f"{ow}'h{_hex(osmin, ow)}"}
 
