@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from fx2fpga_runtime import interface
 from fx2fpga_runtime.ir import GROUP_VAR, MODEL_VAR, OPS, REDUCTION_OPS, Access, Affine, Buffer, Guard, Kernel, Stage
-from fx2fpga_runtime.ops import OPS_TABLE
+from fx2fpga_runtime.ops import OPS_TABLE, epilogue_inputs, own_inputs
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from ..errors import Fx2fpgaError
@@ -96,9 +96,7 @@ def check_stage(st: Stage, kernel: Kernel, where: str, groups: int = 1) -> None:
         raise KernelCheckError(f"{where}: op {st.op!r} is not one of {', '.join(OPS)}")
     spec = OPS_TABLE[st.op]
     arity = spec.arity
-    allowed = (arity, arity + 1) if spec.init_input else (arity,)
-    if len(st.ins) not in allowed:
-        raise KernelCheckError(f"{where}: {st.op} takes {' or '.join(map(str, allowed))} inputs, got {len(st.ins)}")
+    _check_inputs(st, spec, where)
     extents = {lp.var: lp.extent for lp in st.loops}
     for var in extents:
         if not C_IDENT.match(var):
@@ -109,8 +107,9 @@ def check_stage(st: Stage, kernel: Kernel, where: str, groups: int = 1) -> None:
         raise KernelCheckError(f"{where}: reduce vars {st.reduce} are not all loops of the stage")
     if st.reduce and st.acc is None:
         raise KernelCheckError(f"{where}: a {st.op} reduction needs an accumulator format (stage.acc)")
-    if st.out.guard or (st.reduce and len(st.ins) > arity and st.ins[arity].guard):
-        raise KernelCheckError(f"{where}: only the operands of a stage may be guarded, not its output or init")
+    if st.out.guard or (st.reduce and any(acc.guard for acc in st.ins[arity:])):
+        raise KernelCheckError(f"{where}: only the operands of a stage may be guarded, not its output, init or "
+                               "epilogue inputs")
     _check_lanes(st, extents, where)
     for acc in (st.out, *st.ins):
         if acc.buffer not in kernel.buffers:
@@ -121,6 +120,23 @@ def check_stage(st: Stage, kernel: Kernel, where: str, groups: int = 1) -> None:
         tbl = kernel.buffers.get(st.attrs.get("table", ""))
         if tbl is None or tbl.init is None or len(tbl.shape) != 1 or tbl.size < 2:
             raise KernelCheckError(f"{where}: table needs attrs['table'] naming a 1-D buffer with n+1 >= 2 init values")
+
+
+def _check_inputs(st: Stage, spec, where: str) -> None:
+    """The op's operands, a reduction's optional init input, then its fused epilogue's inputs (a ``mac``'s only:
+    other buffers, read at the result's point)."""
+    arity = spec.arity
+    allowed = (arity, arity + 1) if spec.init_input else (arity,)
+    extra = epilogue_inputs(st)
+    if extra and not (st.op == "mac" and st.reduce):
+        raise KernelCheckError(f"{where}: only a mac takes a fused epilogue ({st.attrs['then']!r})")
+    for acc in st.ins[len(st.ins) - extra:]:
+        if acc.buffer == st.out.buffer or any(v in st.reduce for ix in acc.index for v in ix.vars()):
+            raise KernelCheckError(f"{where}: the epilogue's input {acc.c_expr()} must be another buffer, read at the "
+                                   "result's point (no reduced loop in its index)")
+    if len(st.ins) - extra not in allowed:
+        raise KernelCheckError(f"{where}: {st.op} takes {' or '.join(str(n + extra) for n in allowed)} inputs, got "
+                               f"{len(st.ins)}")
 
 
 def _check_lanes(st: Stage, extents: dict[str, int], where: str) -> None:
@@ -136,7 +152,7 @@ def _check_lanes(st: Stage, extents: dict[str, int], where: str) -> None:
 
 
 def _check_in_place(st: Stage, arity: int, where: str) -> None:
-    for i, acc in enumerate(st.ins):
+    for i, acc in enumerate(own_inputs(st)):
         is_init = st.reduce and i == arity
         if acc.buffer == st.out.buffer and (acc != st.out or (st.reduce and not is_init)):
             raise KernelCheckError(

@@ -187,6 +187,8 @@ def _unit_reg_bits(u: dict) -> int:
     """One lane's pipeline registers: the operands, the term, the accumulator, the aligned initial value, the
     result; a table unit's clip, segment, ROM data and products."""
     ops = sum(o["iw"] for o in u["ops"])
+    if u.get("mask_by") is not None:  # ReLU's backward: its gate's delay to the result
+        ops += u["term_stage"] + 2
     if u["engine"]:  # the operands only: the engine holds the initial value's delay, the sum and the result
         return ops
     if u["kind"] == "reduce":
@@ -310,6 +312,8 @@ def rtl_features(p, block_ram: bool = True) -> dict[str, float]:
     sel += sum(u["lanes"] * _shifter_bits(u) for u in p.units if u["kind"] == "normalized")
     sel += sum(u["lanes"] * u["out_width"] for u in p.units if u["relu"] and not u["engine"])  # a fused ReLU's mux
     sel += sum(o["lanes"] * o["ow"] for o in (p.engine["outs"] if p.engine else ()) if o["relu"])
+    sel += sum(u["lanes"] * (u["out_width"] + u["ops"][u["mask_by"]]["iw"]) for u in p.units
+               if u.get("mask_by") is not None)  # ReLU's backward: the gate's zero test, the result's mask
     mem = _memory_features(p, block_ram)
     pool = _pool_features(p)
     engine = engine_features(p.engine)

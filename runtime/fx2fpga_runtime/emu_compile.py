@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -48,8 +47,10 @@ from .ops import (
     fused_decision,
     is_compare_select,
     mid_format,
+    own_inputs,
     select_by,
     then_relu,
+    then_relu_mask,
 )
 
 Interval = tuple[int, int] | None  # raw bounds [lo, hi] of values (None: unknown)
@@ -313,10 +314,10 @@ def _rounded_fits(fmt: Fixed, frac: int, iv: Interval) -> tuple[Interval, bool]:
 
 
 def writer(fmt: Fixed, frac: int, iv: Interval, target: Target, count: Callable[[Raw], None] | None = None,
-           then: Callable[[Raw], Raw] | None = None):
+           then: Callable[[dict, Raw], Raw] | None = None):
     """``write(mem, v)``: ``target.store(mem, assign(v))``, ``assign`` the ``assigner`` of exact values at ``frac``
-    bits within ``iv`` to a stage's output format ``fmt`` (``count``: its saturation counter; ``then``: what the
-    assigned values go through before the store, ``ops.epilogue``: a mac fused with its ReLU).
+    bits within ``iv`` to a stage's output format ``fmt`` (``count``: its saturation counter; ``then(mem, v)``: what
+    the assigned values go through before the store, ``ops.epilogue``: a mac fused with its ReLU or ReLU's backward).
 
     Where the assignment is counted and rounds by one shift (RND, TRN), its range check is one reduction instead
     of two: the shift yields the rounded values less the format's minimum, which read unsigned lie in
@@ -324,7 +325,7 @@ def writer(fmt: Fixed, frac: int, iv: Interval, target: Target, count: Callable[
     back as it writes (a plain view target)."""
     assign, _ = assigner(fmt, frac, iv, count)
     if then is not None:
-        return lambda mem, v: target.store(mem, then(assign(v)))
+        return lambda mem, v: target.store(mem, then(mem, assign(v)))
     shift = frac - fmt.frac_bits
     lo, hi, span = fmt.raw_min, fmt.raw_max, fmt.raw_max - fmt.raw_min
     fits = _rounded_fits(fmt, frac, iv)[1]
@@ -520,7 +521,7 @@ def _init_loader(stage: Stage, kernel: Kernel, space: Space, group: int, n_opera
     ``(0, 0)``: no init input, the accumulator starts at 0)."""
     acc = stage.acc
     _, _, red = _kept_space(stage)
-    if len(stage.ins) <= n_operands:
+    if len(own_inputs(stage)) <= n_operands:
         return None, (0, 0)
     init = Operand(stage.ins[n_operands], kernel, space, group)
     if any(init.shape[ax] != 1 for ax in red):
@@ -529,6 +530,25 @@ def _init_loader(stage: Stage, kernel: Kernel, space: Space, group: int, n_opera
     assign, iv = assigner(acc, fmt.frac_bits, _operand_interval(fmt, bool(stage.ins[n_operands].guard)))
     kept_shape = tuple(init.shape[i] for i in range(len(space.vars)) if i not in red)
     return (lambda mem: assign(init.load(mem).reshape(kept_shape))), iv
+
+
+def _epilogue_fn(stage: Stage, kernel: Kernel, space: Space, group: int):
+    """``then(mem, v)`` of the stage's output writer: its fused epilogue over the kept loops (``ops.epilogue``; a
+    ReLU-backward's gate read at the result's point, its decisions kept under ``decision_name``), or None."""
+    if then_relu(stage):
+        return lambda mem, v: epilogue(stage, v)
+    if not then_relu_mask(stage):
+        return None
+    _, _, red = _kept_space(stage)
+    gate = Operand(stage.ins[-1], kernel, space, group)
+    kept_shape = tuple(gate.shape[i] for i in range(len(space.vars)) if i not in red)
+    decided = decision_name(stage.name)
+
+    def then(mem, v):
+        g = gate.load(mem).reshape(kept_shape)
+        mem[decided] = np.broadcast_to(g <= 0, v.shape).copy()
+        return epilogue(stage, v, g)
+    return then
 
 
 def _exact_accumulation(stage: Stage, kernel: Kernel, term_iv: tuple[int, int], term_frac: int, points: int,
@@ -678,7 +698,7 @@ def _add_reduction(stage: Stage, kernel: Kernel, group: int, r: _Reduction, tall
     out_fmt = kernel.buffers[stage.out.buffer].fmt
     out_write = writer(out_fmt, acc.frac_bits, sums, r.target,
                        overflow_counter(out_fmt, int(np.prod(r.kept.extents, dtype=np.int64)), tally),
-                       partial(epilogue, stage) if then_relu(stage) else None)
+                       _epilogue_fn(stage, kernel, r.space, group))
 
     def with_init(mem, t):  # the sum of the terms at the accumulator's frac bits, plus the init value if any
         t = t << s if s else t
@@ -781,7 +801,7 @@ def sum_interval(stage: Stage, kernel: Kernel) -> tuple[tuple[int, int], int]:
     frac = spec.result_frac([f.frac_bits for f in fmts[:spec.arity]])
     points = int(np.prod([lp.extent for lp in stage.loops if lp.var in stage.reduce], dtype=np.int64))
     init = (0, 0)
-    if len(stage.ins) > spec.arity:  # the init input, aligned to the terms' frac bits
+    if len(own_inputs(stage)) > spec.arity:  # the init input, aligned to the terms' frac bits
         iv, shift = ivs[spec.arity], frac - fmts[spec.arity].frac_bits
         init = (_aligned(iv[0], shift), _aligned(iv[1], shift))
     return _partial_sums(init, term, points), frac

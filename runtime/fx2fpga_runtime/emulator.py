@@ -30,6 +30,8 @@ from .ops import (
     exact_frac,
     fused_decision,
     is_compare_select,
+    own_inputs,
+    then_relu_mask,
 )
 
 
@@ -323,7 +325,7 @@ def run_stage(stage: Stage, kernel: Kernel, mem: dict[str, np.ndarray], plan: St
             return
         result_acc = np.maximum(np.full(plan.out_shape, acc.raw_min, dtype=np.int64), v.max(axis=-1))
     elif spec.accumulate == "add":
-        if len(stage.ins) > n_operands:  # an init value (e.g. the bias of addmm)
+        if len(own_inputs(stage)) > n_operands:  # an init value (e.g. the bias of addmm)
             init = acc.from_raw(np.broadcast_to(vals[n_operands], plan.layout)[..., 0], fmts[n_operands].frac_bits)
         else:
             init = np.zeros(plan.out_shape, dtype=np.int64)
@@ -331,8 +333,12 @@ def run_stage(stage: Stage, kernel: Kernel, mem: dict[str, np.ndarray], plan: St
     else:
         raise NotImplementedError(f"emulator: reduction op {stage.op!r} accumulates by {spec.accumulate!r}")
     bits = _random_bits(stage, kernel, plan, call, acc.frac_bits)
+    # ReLU's backward fused: its gate, ReLU's output at each result's point
+    gate = np.broadcast_to(vals[-1], plan.layout)[..., 0] if then_relu_mask(stage) else None
+    if gate is not None:  # its decisions, kept for inspection as a fused compare-select's
+        mem[decision_name(stage.name)] = gate <= 0
     _store(stage, mem, plan, epilogue(stage, _assign(out_buf.fmt, result_acc, acc.frac_bits, plan.out_shape, tally,
-                                                     bits)))
+                                                     bits), gate))
 
 
 def _random_bits(stage: Stage, kernel: Kernel, plan: StagePlan, call: int, frac: int) -> np.ndarray | None:

@@ -158,10 +158,35 @@ def then_relu(stage) -> bool:
     return stage.attrs.get("then") == "relu"
 
 
-def epilogue(stage, raw: np.ndarray) -> np.ndarray:
+def then_relu_mask(stage) -> bool:
+    """``stage`` is a ``mac`` fused with ReLU's backward that read it (``attrs['then'] == 'relu_mask'``,
+    passes/fuse.py): its result, assigned to the output's format, is written as 0 where its last input (the
+    gate, ReLU's output at the result's point) is at most 0, else as it is."""
+    return stage.attrs.get("then") == "relu_mask"
+
+
+EPILOGUE_INPUTS = {"relu": 0, "relu_mask": 1}  # a fused epilogue -> the inputs it appends to the stage's own
+
+
+def epilogue_inputs(stage) -> int:
+    """How many of ``stage.ins``, at the end, its fused epilogue reads (the gate of ``relu_mask``), not its op."""
+    return EPILOGUE_INPUTS.get(stage.attrs.get("then"), 0)
+
+
+def own_inputs(stage) -> tuple:
+    """``stage.ins`` without its epilogue's inputs: the op's operands and a reduction's init input."""
+    n = epilogue_inputs(stage)
+    return stage.ins[:len(stage.ins) - n] if n else stage.ins
+
+
+def epilogue(stage, raw: np.ndarray, gate: np.ndarray | None = None) -> np.ndarray:
     """A stage's assigned result as it is written: through ReLU where ``then_relu`` (the format is the same, so
-    ReLU is exact), else unchanged."""
-    return np.maximum(raw, 0) if then_relu(stage) else raw
+    ReLU is exact); 0 where ``then_relu_mask`` and the gate's raw value (``gate``) is at most 0; else unchanged."""
+    if then_relu(stage):
+        return np.maximum(raw, 0)
+    if then_relu_mask(stage):
+        return np.where(gate <= 0, 0, raw)
+    return raw
 
 
 def _compare(name: str, fn) -> OpSpec:
@@ -292,5 +317,5 @@ def exact_frac(spec: OpSpec, fracs: Sequence[int], stage, kernel) -> int:
 
 
 __all__ = ["COMPARISONS", "NORM_INDEX_BITS", "OPS_TABLE", "OpSpec", "aligned_operands", "alignment_shifts",
-           "decision_name", "div_norm_frac", "epilogue", "exact_frac", "fused_decision", "mid_format",
-           "norm_rom_values", "op_spec", "select_by", "then_relu"]
+           "decision_name", "div_norm_frac", "epilogue", "epilogue_inputs", "exact_frac", "fused_decision",
+           "mid_format", "norm_rom_values", "op_spec", "own_inputs", "select_by", "then_relu", "then_relu_mask"]

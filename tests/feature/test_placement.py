@@ -34,11 +34,13 @@ def test_manifest_places_every_buffer_on_chip_with_its_bytes(mlp_train_design):
     assert tot["chip"]["buffers"] == len(k.buffers) and tot["ddr"] == {"buffers": 0, "bytes": 0, "bits": 0}
     assert tot["chip"]["bits"] == manifest["estimated_resources"]["memory_bits"]  # the estimate's count, the same
     assert tot["bram_bytes"] == 140 * 4_608 == 645_120  # pynq-z1: 140 BRAM36 of 36 kbit
-    # 25,288 bytes: the ReLU's backward where(h <= 0, 0, g) is one le_select stage (passes/fuse.py), so its
-    # 16x32 1-bit mask train_le, 512 values of a byte each, is not stored (26,824 bytes with it); and fc1's ReLU is
+    # 23,752 bytes: the ReLU's backward where(h <= 0, 0, g) is one le_select stage (passes/fuse.py), so its
+    # 16x32 1-bit mask train_le, 512 values of a byte each, is not stored (26,824 bytes with it); fc1's ReLU is
     # applied as its multiply-accumulate writes (fuse.py: mac then relu), so its 16x32 pre-activation at 16 bits,
-    # 1,024 bytes, is not stored either
-    assert "train_le" not in rows and tot["chip"]["bytes"] == 26_824 - 16 * 32 - 16 * 32 * 2 == 25_288
+    # 1,024 bytes, is not stored either; and the ReLU's backward is applied as the gradient's multiply-accumulate
+    # writes (mac then relu_mask), so the unmasked 16x32 gradient at 24 bits, 1,536 bytes, is not stored
+    assert "train_le" not in rows and "train_mm" not in rows
+    assert tot["chip"]["bytes"] == 26_824 - 16 * 32 - 16 * 32 * 2 - 16 * 32 * 3 == 23_752
 
 
 def test_report_lists_place_bits_and_bytes_and_the_totals(mlp_train_design):
@@ -47,6 +49,6 @@ def test_report_lists_place_bits_and_bytes_and_the_totals(mlp_train_design):
     section = report[report.index("## Buffers"):]
     assert "| buffer | shape | format | role | kind | place | bits | bytes |" in section
     assert "| `fc1_weight` | 32x64 | fixed<24,8> | param | weight | chip | 49,152 | 6,144 |" in section
-    assert (f"On chip: {len(design.kernel.buffers)} buffers, 25,288 bytes (3.9% of pynq-z1's 645,120 bytes of block "
+    assert (f"On chip: {len(design.kernel.buffers)} buffers, 23,752 bytes (3.7% of pynq-z1's 645,120 bytes of block "
             f"RAM: 140 BRAM36 x 4,608); {estimate.resources(design.kernel).memory_bits:,} bits as stored on chip. "
             "In DDR: 0 buffers, 0 bytes.") in section

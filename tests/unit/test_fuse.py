@@ -24,21 +24,41 @@ def _quantized_mlp():
                            until="quantize")
 
 
-def test_relus_backward_compare_and_select_become_one_stage_with_the_same_numbers():
+def test_relus_backward_compare_select_and_the_mac_before_become_one_stage_with_the_same_numbers():
     before = _quantized_mlp()
     after = fuse.run(copy.deepcopy(before))
-    ops = [st.op for st in after.programs["train_step"].stages]
-    assert "le_select" in ops and "le" not in ops  # where(h <= 0, 0, g): one stage, no mask
-    fused = next(st for st in after.programs["train_step"].stages if st.op == "le_select")
+    stages = after.programs["train_step"].stages
+    ops = [st.op for st in stages]
+    # where(h <= 0, 0, g @ w): the comparison and its select fuse (le_select), which then fuses with the mac
+    # producing g @ w: one stage, no mask, no unmasked gradient
+    assert "le_select" not in ops and "le" not in ops
     compare = next(st for st in before.programs["train_step"].stages if st.op == "le")
-    assert compare.out.buffer not in after.buffers and fused.ins[:2] == compare.ins
+    select = next(st for st in before.programs["train_step"].stages if st.op == "select"
+                  and st.ins[0].buffer == compare.out.buffer)
+    mac = next(st for st in before.programs["train_step"].stages if st.out.buffer == select.ins[2].buffer)
+    fused = next(st for st in stages if st.name == mac.name)
+    assert fused.attrs == {"then": "relu_mask"} and fused.out == select.out
+    assert fused.ins == (*mac.ins, compare.ins[0])  # the gate h, read at the result's point
+    assert compare.out.buffer not in after.buffers and mac.out.buffer not in after.buffers
+    assert mac.name in after.meta["fused_decisions"] and select.name not in after.meta["fused_decisions"]
     # eq's one-hot mask is read by two selects: it stays
     assert "eq" in ops and sum(op == "select" for op in ops) == 2
     assert ops.count("msub") >= 2  # p - lr * g, where the update was not folded into the gradient's reduction
-    relu_macs = [st for st in after.programs["train_step"].stages if st.attrs.get("then") == "relu"]
-    assert len(ops) == (len(before.programs["train_step"].stages) - ops.count("le_select") - ops.count("msub")
-                        - len(relu_macs))
+    relu_macs = [st for st in stages if st.attrs.get("then") in ("relu", "relu_mask")]
+    # each fusion takes a stage: the comparison, the products subtracted, the select and the ReLU into their macs
+    assert len(ops) == len(before.programs["train_step"].stages) - 1 - ops.count("msub") - len(relu_macs)
     _assert_same_numbers(before, after)
+
+
+def test_relus_backward_stays_a_stage_where_its_format_is_not_the_macs():
+    k = _quantized_mlp()
+    compare = next(st for st in k.programs["train_step"].stages if st.op == "le")
+    select = next(st for st in k.programs["train_step"].stages if st.op == "select"
+                  and st.ins[0].buffer == compare.out.buffer)
+    k.buffers[select.out.buffer].fmt = Fixed.parse("fixed<12,4>")
+    stages = fuse.run(copy.deepcopy(k)).programs["train_step"].stages
+    assert [st.op for st in stages].count("le_select") == 1
+    assert not any(st.attrs.get("then") == "relu_mask" for st in stages)
 
 
 def test_a_linear_layer_and_its_relu_become_one_stage_with_the_same_numbers():

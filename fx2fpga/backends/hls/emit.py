@@ -25,7 +25,9 @@ from fx2fpga_runtime.ops import (
     exact_frac,
     is_compare_select,
     mid_format,
+    own_inputs,
     then_relu,
+    then_relu_mask,
 )
 
 from fx2fpga.errors import Fx2fpgaError
@@ -194,6 +196,7 @@ class StageView:
     sr: dict | None = None  # its stochastic rounding (``_stochastic``), when its output rounds SR
     result: str = ""  # reductions: the value assigned to the output (the accumulator, plus SR's random bits)
     relu: bool = False  # a mac fused with the ReLU reading it: the assigned result goes through ReLU (fuse.py)
+    gate: str = ""  # a mac fused with ReLU's backward: C expression of its gate (0 is written where it is <= 0)
     ddr_args: list[str] = field(default_factory=list)  # the DDR buffers it touches: its m_axi arguments
     ddr_params: list[str] = field(default_factory=list)  # their declarations, as the function's parameters
 
@@ -433,7 +436,7 @@ def _stage_view(st: Stage, kernel: Kernel, func: str, counter: int | None = None
         a0 = kernel.buffers[st.ins[0].buffer].fmt
         wide = reaching_type(_signed_int_bits(a0), a0.frac_bits, st.acc)
         ins[0] = f"{wide}({ins[0]})" if wide else ins[0]
-    if len(st.ins) > operands:
+    if len(own_inputs(st)) > operands:
         init = _zero_vars(st.ins[operands], st.reduce).c_expr()
     elif spec.acc_init == "minimum":
         init = literal(st.acc.raw_min, st.acc)
@@ -448,7 +451,7 @@ def _stage_view(st: Stage, kernel: Kernel, func: str, counter: int | None = None
     view = StageView(func, st, "reduce", _zero_vars(st.out, st.reduce).c_expr(), type_name(out_fmt), ins,
                      loops, red, lane, acc_type=type_name(st.acc), init=init, position=position, body=body + "\n",
                      sat=None if counter is None else _saturation_check(st, kernel, counter), sr=sr, result=result,
-                     relu=then_relu(st))
+                     relu=then_relu(st), gate=_read(st.ins[-1], kernel) if then_relu_mask(st) else "")
     if lane:  # loop labels are per function: each copy of the lane loop gets its own
         view.lane_init = replace(lane, label=f"{lane.label}_init")
         view.lane_write = replace(lane, label=f"{lane.label}_write")

@@ -41,7 +41,9 @@ from fx2fpga_runtime.ops import (
     compare_select_op,
     exact_frac,
     mid_format,
+    own_inputs,
     then_relu,
+    then_relu_mask,
 )
 
 from ...errors import Fx2fpgaError
@@ -330,7 +332,8 @@ def _unit_view(phase: Phase, pid: int, kernel, name: str, cvts: _Cvts, dsp_kind:
     spec = OPS_TABLE[st.op]
     view = {"module": f"{name}_p{pid}_{_ident(st.name)}", "inst": f"p{pid}", "op": st.op, "lanes": phase.lanes,
             "pooled": False, "engine": False, "skips_guarded": spec.skips_guarded, "counted": counted,
-            "relu": then_relu(st), "ops": ops, "out_width": out_fmt.width, "stage": st,
+            "relu": then_relu(st), "mask_by": len(st.ins) - 1 if then_relu_mask(st) else None, "ops": ops,
+            "out_width": out_fmt.width, "stage": st,
             "origin": st.origin, "source": st.source, "guests": []}
     if st.reduce:
         view = _reduce_view(view, spec, kernel, cvts)
@@ -418,7 +421,7 @@ def _reduce_view(view: dict, spec, kernel, cvts: _Cvts) -> dict:
         f = max(fa, tf)
         sw = max(aw + f - fa, tw + f - tf) + 1
         view.update(sum_width=sw, shift_acc=f - fa, shift_term=f - tf, cvt_sum=cvts.get(sw, f, acc))
-    if len(st.ins) > n_ops:
+    if len(own_inputs(st)) > n_ops:
         init = ops[n_ops]
         view["cvt_init"] = cvts.get(init["iw"], init["frac"], acc)
     else:
