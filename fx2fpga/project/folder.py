@@ -56,6 +56,7 @@ def manifest(design) -> dict:
         "commands": interface.commands_of(k),
         "port_words": {"in": in_words, "out": out_words, "word_bits": 32},
         "register_map": {n: f"0x{v:02X}" for n, v in REGISTER_MAP.items()},
+        **({"ddr_buffers": ddr} if (ddr := interface.ddr_layout(k)) else {}),  # their m_axi address registers
         "params": [{"buffer": p, "name": k.param_names[p], "shape": list(k.buffers[p].shape),
                     "format": str(k.buffers[p].fmt)} for p in k.params],
         "programs": {p.name: {"inputs": [{"buffer": b, "shape": list(k.buffers[b].shape),
@@ -90,7 +91,7 @@ def _template_vars(design) -> dict:
     return {"version": __version__, "name": k.name, "target": design.target,
             "period_ns": f"{1000.0 / design.target.clock_mhz:g}",
             "programs": [{"name": p.name, "args": ", ".join(p.inputs)} for p in k.programs.values()],
-            "params": _param_list(k), "models": len(k.meta.get("models") or [])}
+            "params": _param_list(k), "models": len(k.meta.get("models") or []), "ddr_bundles": hls.ddr_bundles(k)}
 
 
 def _param_list(k) -> str:

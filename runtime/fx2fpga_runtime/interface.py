@@ -33,9 +33,66 @@ MAX_PORT_WIDTH = 32
 # (``cmd`` and the block-level ``ap_ctrl_hs`` protocol on s_axilite, the two word arrays as m_axi
 # ``offset=slave`` pointers, bundle ``gmem``). The HLS kernel gets it from Vitis HLS, the RTL kernel
 # from ``rtl/<name>_axi.v``; ``manifest.json`` records it and the board driver reads it there.
-REGISTER_MAP = {"ap_ctrl": 0x00, "gie": 0x04, "ier": 0x08, "isr": 0x0C, "cmd": 0x10,
-                "in_words": 0x18, "out_words": 0x24}
-ADDRESS_REGISTERS = ("in_words", "out_words")  # 64-bit byte addresses: low word at the offset, high word at +4
+# Vitis HLS puts the block-level protocol at 0x00-0x0C and the top function's s_axilite arguments after it, in
+# declaration order (``argument_offsets``). A buffer placed in DDR is one more m_axi pointer argument after
+# ``out_words`` (``ddr_registers``).
+CONTROL_REGISTERS = {"ap_ctrl": 0x00, "gie": 0x04, "ier": 0x08, "isr": 0x0C}
+FIRST_ARGUMENT = 0x10
+POINTER_BITS = 64  # an m_axi offset=slave pointer: a 64-bit byte address (Vitis HLS's default m_axi_addr64)
+TOP_ARGUMENTS = (("cmd", 32), ("in_words", POINTER_BITS), ("out_words", POINTER_BITS))  # (name, bits) in order
+
+
+def argument_offsets(bits: list[int] | tuple[int, ...]) -> list[int]:
+    """The s_axilite offsets of the top function's arguments of these widths, in declaration order, as Vitis HLS
+    lays them out: from ``FIRST_ARGUMENT``, each takes one 32-bit data word per 32 bits of its value (a pointer's
+    low word first) and one reserved word for its control protocol, so a 32-bit scalar takes 8 bytes and a 64-bit
+    pointer 0xC (UG1399, "S_AXILITE Offset Option")."""
+    offsets, at = [], FIRST_ARGUMENT
+    for b in bits:
+        offsets.append(at)
+        at += 4 * -(-b // 32) + 4
+    return offsets
+
+
+REGISTER_MAP = {**CONTROL_REGISTERS,
+                **dict(zip((n for n, _ in TOP_ARGUMENTS), argument_offsets([b for _, b in TOP_ARGUMENTS]),
+                           strict=True))}
+ADDRESS_REGISTERS = tuple(n for n, b in TOP_ARGUMENTS if b == POINTER_BITS)  # low word at the offset, high at +4
+
+
+def ddr_registers(kernel: Kernel) -> dict[str, int]:
+    """Each DDR buffer's address register (``kernel.ddr_buffers()``, the top function's m_axi arguments after
+    ``out_words`` in that order): a 64-bit byte address, low word at the offset, high word at +4. Of the kernel as
+    compiled: one read back from ``kernel.json`` lists its buffers by name, so the driver reads the registers from
+    ``manifest.json`` (``ddr_layout``)."""
+    ddr = kernel.ddr_buffers()
+    offsets = argument_offsets([b for _, b in TOP_ARGUMENTS] + [POINTER_BITS] * len(ddr))
+    return dict(zip(ddr, offsets[len(TOP_ARGUMENTS):], strict=True))
+
+
+def ddr_element_bytes(width: int) -> int:
+    """The bytes one ``width``-bit value takes in a DDR buffer: Vitis HLS stores an ``ap_[u]fixed<W,...>`` in the
+    next power of two of whole bytes (UG1391, "Data Layout for Arbitrary Precision Types"), the value in its low
+    ``W`` bits: 1, 2, 4 or 8 bytes for up to 64 bits."""
+    n = 1
+    while n * 8 < width:
+        n *= 2
+    return n
+
+
+def ddr_layout(kernel: Kernel) -> list[dict]:
+    """The DDR buffers as the board driver allocates them, in argument order: ``buffer``, its ``register`` (the
+    low word of its address), the C++ array's ``shape``, element ``type`` (its ``format`` as ``ap_fixed``),
+    ``count`` of values, ``element_bytes``, ``signed`` and ``bytes`` (count x element bytes). Empty for a kernel
+    wholly on chip."""
+    rows = []
+    for name, offset in ddr_registers(kernel).items():
+        buf = kernel.buffers[name]
+        size = ddr_element_bytes(buf.fmt.width)
+        rows.append({"buffer": name, "register": f"0x{offset:02X}", "shape": list(buf.shape),
+                     "format": str(buf.fmt), "type": buf.fmt.cpp(), "count": buf.size, "element_bytes": size,
+                     "signed": buf.fmt.signed, "bytes": buf.size * size})
+    return rows
 
 
 def command_buffers(kernel: Kernel, command: str) -> tuple[list[str], list[str]]:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import sys
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from fx2fpga_runtime import make_backend
-from fx2fpga_runtime.errors import KernelCapabilityError
 from fx2fpga_runtime.ir import CHIP, DDR, Kernel
 
 import fx2fpga
@@ -26,6 +26,7 @@ from fx2fpga.targets import load_target
 from tests.conftest import assert_backend_equals_emu, float_params, load_example
 
 cnn = load_example("cnn_digits")
+BYTES_IN_DDR = 105_864  # the DDR buffers as the driver allocates them (84,222 at ceil(width / 8) bytes a value)
 PARAMS = ["conv1_weight", "conv1_bias", "conv2_weight", "conv2_bias", "fc_weight", "fc_bias"]
 
 
@@ -234,9 +235,18 @@ def test_kernel_json_records_only_the_ddr_places(ddr_cnn):
     assert set(Kernel.from_json(text).ddr_buffers()) == set(design.kernel.ddr_buffers())  # (kernel.json sorts keys)
 
 
-def test_the_board_driver_refuses_ddr_buffers_for_now(ddr_cnn):
+def test_the_manifest_lays_out_the_ddr_buffers_for_the_board_driver(ddr_cnn, monkeypatch):
+    """One m_axi address register per DDR buffer after out_words (0x24), 0xC bytes apart, in declaration order;
+    each value in a power of two of bytes. The driver accepts the kernel (tests/feature/test_pynq_backend.py runs
+    it); off the board it stops at the missing pynq package."""
     _, design = ddr_cnn
-    with pytest.raises(KernelCapabilityError, match="are placed in DDR, and this driver does not allocate them"):
+    rows = json.loads((design.out_dir / "manifest.json").read_text())["ddr_buffers"]
+    assert [r["buffer"] for r in rows] == design.kernel.ddr_buffers()
+    assert [int(r["register"], 16) for r in rows] == [0x30 + 0xC * i for i in range(35)]
+    assert {r["format"]: r["element_bytes"] for r in rows if r["buffer"] in PARAMS} == {"fixed<24,8>": 4}
+    assert sum(r["bytes"] for r in rows) == BYTES_IN_DDR
+    monkeypatch.setitem(sys.modules, "pynq", None)
+    with pytest.raises(ImportError, match="runs on a PYNQ board"):
         make_backend(design.kernel, "pynq", design.out_dir)
 
 
