@@ -1,16 +1,18 @@
 """DDR traffic per call: the bytes each command of a kernel reads from and writes to each of its DDR buffers, as the
 generated HLS C++ (``backends/hls/emit.py``, ``templates/hls/kernel.cpp.j2``) accesses them today, untiled.
 
-Every read or write of one element of a DDR buffer is one DDR access of ``placement.bytes_per_value(width)``
-bytes (no tiles, no bursts, no cache: each is an ``m_axi`` access). Per call of a command:
+Every read or write of one element of a DDR buffer is one DDR access of ``placement.bytes_per_value(width, DDR)``
+bytes, its ``m_axi`` array's element (a power of two of bytes: 4 for a 24-bit value; no tiles, no bursts, no
+cache: each is an ``m_axi`` access). Per call of a command:
 
 - its ``unpack`` writes every value of a DDR buffer it takes from ``in_words`` once (``load_params``: the
   parameters), its ``pack`` reads every value of one it gives to ``out_words`` once (``read_params``);
 - its program runs its stages once per model group (``Program.groups``);
 - an elementwise stage reads each operand and writes its output once per point of its loop nest;
 - a reduction reads each operand at every point of its nest (kept and reduced loops) and writes its output once
-  per point of its kept loops; its init operand (``mac``/``sum``'s optional last input) is read once per kept
-  point, where the C++ starts the accumulator (``acc = init`` before the reduce loops);
+  per point of its kept loops; its init operand (``mac``/``sum``'s optional input after its operands) is read
+  once per kept point, where the C++ starts the accumulator (``acc = init`` before the reduce loops), and so is
+  a fused ReLU backward's gate (``then == "relu_mask"``), where the C++ assigns the result;
 - a guarded read happens only where every guard holds (padding: the C++ reads ``guard ? buf[i] : 0``);
 - lanes change no count: each lane is one point, and a partial last lane group skips the lanes past the extent.
 
@@ -30,7 +32,7 @@ import numpy as np
 from fx2fpga_runtime import interface
 from fx2fpga_runtime.emu_compile import Space
 from fx2fpga_runtime.emulator import guard_mask
-from fx2fpga_runtime.ir import GROUP_VAR, Access, Kernel, Stage
+from fx2fpga_runtime.ir import DDR, GROUP_VAR, Access, Kernel, Stage
 from fx2fpga_runtime.ops import OPS_TABLE
 
 from .placement import bytes_per_value
@@ -116,7 +118,8 @@ def command_traffic(kernel: Kernel, command: str) -> CommandTraffic:
         counts.update(stage_accesses(st, prog.groups))
     for name in outs:
         counts[name, "read"] += kernel.buffers[name].size
-    rows = tuple(BufferTraffic(n, counts[n, "read"], counts[n, "write"], bytes_per_value(kernel.buffers[n].fmt.width))
+    rows = tuple(BufferTraffic(n, counts[n, "read"], counts[n, "write"],
+                               bytes_per_value(kernel.buffers[n].fmt.width, DDR))
                  for n in kernel.ddr_buffers() if counts[n, "read"] or counts[n, "write"])
     return CommandTraffic(command, rows)
 

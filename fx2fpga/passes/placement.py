@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from fx2fpga_runtime.interface import ddr_element_bytes
 from fx2fpga_runtime.ir import CHIP, DDR, Buffer, Kernel
 
 from ..errors import PlacementError
@@ -38,17 +39,19 @@ class Placement:
     values: int
     width: int  # bits per value (its format's width)
     bits: int  # values * width
-    bytes: int  # values * ceil(width / 8)
+    bytes: int  # values * bytes_per_value(width, place)
 
 
-def bytes_per_value(width: int) -> int:
-    """Whole bytes that hold one ``width``-bit value."""
-    return math.ceil(width / 8)
+def bytes_per_value(width: int, place: str = CHIP) -> int:
+    """Bytes one ``width``-bit value takes where it lives: on chip its whole bytes, ceil(width / 8); in DDR the
+    element of its ``m_axi`` array, the next power of two of bytes (``interface.ddr_element_bytes``: an
+    ``ap_fixed<24,...>`` takes 4), which is also what each access moves over the bus."""
+    return ddr_element_bytes(width) if place == DDR else math.ceil(width / 8)
 
 
 def placement_bytes(buf: Buffer) -> int:
-    """The buffer's whole bytes (values x ``bytes_per_value``), as ``placements`` counts them."""
-    return buf.size * bytes_per_value(buf.fmt.width)
+    """The buffer's bytes where it lives (values x ``bytes_per_value``), as ``placements`` counts them."""
+    return buf.size * bytes_per_value(buf.fmt.width, buf.place)
 
 
 def placements(kernel: Kernel) -> list[Placement]:

@@ -15,7 +15,8 @@ from fx2fpga.cli import main as cli_main
 
 @pytest.fixture(scope="module")
 def linear(tmp_path_factory):
-    """Linear(4 -> 3), batch 2, trained with SGD; its weight (3x4, fixed<24,8>: 3 bytes a value) in DDR."""
+    """Linear(4 -> 3), batch 2, trained with SGD; its weight (3x4, fixed<24,8>: 4 bytes a value, its m_axi
+    array's element) in DDR."""
     torch.manual_seed(0)
     x, y = torch.randn(2, 4), torch.tensor([0, 2])
     return fx2fpga.compile(torch.nn.Linear(4, 3), (x,), train=fx2fpga.SGD(F.cross_entropy, y, lr=0.1),
@@ -29,15 +30,15 @@ def test_a_linear_layer_reads_its_ddr_weight_once_per_batch_row(linear):
     manifest = json.loads((linear.out_dir / "manifest.json").read_text())
     traffic = manifest["ddr_traffic"]
     assert sorted(traffic) == ["infer", "load_params", "read_params", "train_step"]  # (the manifest sorts keys)
-    assert traffic["infer"] == {"buffers": {"weight": {"read_bytes": 24 * 3, "write_bytes": 0}},
-                                "read_bytes": 72, "write_bytes": 0, "bytes": 72, "min_cycles": 9}  # 8 bytes a cycle
-    assert traffic["train_step"] == {"buffers": {"weight": {"read_bytes": (24 + 12) * 3, "write_bytes": 12 * 3}},
-                                     "read_bytes": 108, "write_bytes": 36, "bytes": 144, "min_cycles": 18}
-    assert traffic["load_params"]["write_bytes"] == traffic["read_params"]["read_bytes"] == 36
+    assert traffic["infer"] == {"buffers": {"weight": {"read_bytes": 24 * 4, "write_bytes": 0}},
+                                "read_bytes": 96, "write_bytes": 0, "bytes": 96, "min_cycles": 12}  # 8 bytes a cycle
+    assert traffic["train_step"] == {"buffers": {"weight": {"read_bytes": (24 + 12) * 4, "write_bytes": 12 * 4}},
+                                     "read_bytes": 144, "write_bytes": 48, "bytes": 192, "min_cycles": 24}
+    assert traffic["load_params"]["write_bytes"] == traffic["read_params"]["read_bytes"] == 48
     assert traffic["load_params"]["read_bytes"] == traffic["read_params"]["write_bytes"] == 0
     report = (linear.out_dir / "report.md").read_text()
     assert "### DDR traffic per call" in report and "8 bytes a cycle at 100 MHz, 800 MB/s (S_AXI_HP0)" in report
-    assert "| `train_step` | 108 | 36 | 144 | 18 | 0.2 | `weight` (144) |" in report
+    assert "| `train_step` | 144 | 48 | 192 | 24 | 0.2 | `weight` (192) |" in report
 
 
 def test_a_kernel_wholly_on_chip_reports_no_ddr_traffic():
@@ -54,6 +55,6 @@ def test_report_puts_the_programs_against_the_ddr_roof(linear, capsys):
     data = json.loads((linear.out_dir / "reports" / "roofline.json").read_text())
     progs = {p["program"]: p for p in data["programs"]}
     assert data["roofs"]["ddr_bytes_per_s"] == 800e6
-    assert progs["infer"]["ddr_bytes"] == 72 and progs["train_step"]["ddr_bytes"] == 144
-    assert progs["infer"]["ddr_intensity"] == pytest.approx(24 / 72)  # 24 MACs per call
-    assert progs["infer"]["cycles_from"] == "hls estimate"  # 9 cycles of DDR bytes, fewer than the estimate
+    assert progs["infer"]["ddr_bytes"] == 96 and progs["train_step"]["ddr_bytes"] == 192
+    assert progs["infer"]["ddr_intensity"] == pytest.approx(24 / 96)  # 24 MACs per call
+    assert progs["infer"]["cycles_from"] == "hls estimate"  # 12 cycles of DDR bytes, fewer than the estimate

@@ -15,8 +15,8 @@ from fx2fpga.targets import load_target
 
 
 def _matmul_kernel(groups: int = 1, lanes: int = 1) -> Kernel:
-    """out[i, j] = b[j] + sum_k a[i, k] * w[k, j] (a 2x3 input, a 3x4 weight of 24 bits: 3 bytes a value, a bias of
-    4 values at 16 bits: 2 bytes), with ``w`` and ``b`` in DDR."""
+    """out[i, j] = b[j] + sum_k a[i, k] * w[k, j] (a 2x3 input, a 3x4 weight of 24 bits: 4 bytes a value in DDR, its
+    m_axi array's element, a bias of 4 values at 16 bits: 2 bytes), with ``w`` and ``b`` in DDR."""
     i, j, k = (Affine.var(v) for v in "ijk")
     bufs = {"a": Buffer("a", (2, 3), Fixed(16, 6), "input"), "w": Buffer("w", (3, 4), Fixed(24, 8), "param", place=DDR),
             "b": Buffer("b", (4,), Fixed(16, 6), "param", place=DDR),
@@ -30,10 +30,10 @@ def _matmul_kernel(groups: int = 1, lanes: int = 1) -> Kernel:
 def test_a_matmul_reads_its_ddr_weight_at_every_point_and_its_init_once_per_output():
     infer = ddr_traffic.command_traffic(_matmul_kernel(), "infer")
     w, b = infer.buffers
-    assert (w.buffer, w.reads, w.writes, w.read_bytes) == ("w", 2 * 4 * 3, 0, 24 * 3)  # every (i, j, k)
+    assert (w.buffer, w.reads, w.writes, w.read_bytes) == ("w", 2 * 4 * 3, 0, 24 * 4)  # every (i, j, k)
     assert (b.buffer, b.reads, b.read_bytes) == ("b", 2 * 4, 8 * 2)  # acc = b[j] once per (i, j)
-    assert (infer.read_bytes, infer.write_bytes, infer.bytes) == (88, 0, 88)
-    assert infer.min_cycles(load_target("pynq-z1").ddr) == 11  # 88 bytes at 8 bytes a cycle
+    assert (infer.read_bytes, infer.write_bytes, infer.bytes) == (112, 0, 112)
+    assert infer.min_cycles(load_target("pynq-z1").ddr) == 14  # 112 bytes at 8 bytes a cycle
 
 
 def test_lanes_change_no_count_and_model_groups_multiply_it():
@@ -45,7 +45,7 @@ def test_lanes_change_no_count_and_model_groups_multiply_it():
 def test_load_and_read_params_move_each_ddr_value_once():
     traffic = {t.command: t for t in ddr_traffic.kernel_traffic(_matmul_kernel())}
     assert list(traffic) == ["load_params", "read_params", "infer"]  # command-code order
-    assert [(t.buffer, t.writes, t.write_bytes) for t in traffic["load_params"].buffers] == [("w", 12, 36), ("b", 4, 8)]
+    assert [(t.buffer, t.writes, t.write_bytes) for t in traffic["load_params"].buffers] == [("w", 12, 48), ("b", 4, 8)]
     assert [(t.buffer, t.reads, t.writes) for t in traffic["read_params"].buffers] == [("w", 12, 0), ("b", 4, 0)]
 
 
@@ -72,10 +72,10 @@ def test_the_roofline_puts_a_ddr_kernel_against_the_ddr_roof():
     assert roofs.ddr_bytes_per_s == pytest.approx(8 * 100e6) and "S_AXI_HP0" in roofs.ddr_source
     assert roofline.target_roofs(load_target("ulx3s")).ddr_bytes_per_s is None
     p, = roofline.program_points(_matmul_kernel(), {}, t.clock_mhz, t.ddr)
-    assert (p.ddr_bytes, p.cycles_from) == (88, "hls estimate") and p.cycles > 11  # 24 points, one lane
-    assert p.ddr_intensity == pytest.approx(24 / 88)
-    big = dataclasses.replace(t.ddr, bytes_per_cycle=1)  # 88 cycles at a byte a cycle: longer than the estimate
+    assert (p.ddr_bytes, p.cycles_from) == (112, "hls estimate") and p.cycles > 14  # 24 points, one lane
+    assert p.ddr_intensity == pytest.approx(24 / 112)
+    big = dataclasses.replace(t.ddr, bytes_per_cycle=1)  # 112 cycles at a byte a cycle: longer than the estimate
     p, = roofline.program_points(_matmul_kernel(), {}, t.clock_mhz, big)
-    assert (p.cycles, p.cycles_from) == (88, "ddr bytes at the port's peak")
+    assert (p.cycles, p.cycles_from) == (112, "ddr bytes at the port's peak")
     p, = roofline.program_points(_matmul_kernel(), {"infer": 500}, t.clock_mhz, t.ddr)
-    assert (p.cycles, p.cycles_from, p.ddr_bytes) == (500, "rtl", 88)  # RTL cycles, where they exist, win
+    assert (p.cycles, p.cycles_from, p.ddr_bytes) == (500, "rtl", 112)  # RTL cycles, where they exist, win
