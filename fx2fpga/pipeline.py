@@ -363,7 +363,8 @@ PIPELINE = Pipeline([
     Step("quantize", _quantize, "fixed-point formats per buffer and accumulator; function tables; SQNR per tensor",
          "kernel", "Kernel"),
     Step("fuse", _fuse, "a product subtracted as one stage (msub): SGD's p - lr * g, without the lr * g temporary; "
-         "a comparison and the one select reading it (le_select ...: ReLU's backward), without the mask",
+         "a comparison and the one select reading it (le_select ...), without the mask; a matmul and the ReLU, or "
+         "the ReLU's backward, reading it (mac then relu / relu_mask), without the unactivated result",
          "kernel", "Kernel"),
     Step("share memory", _share_memory, "temporaries with disjoint lifetimes share one array (share_memory=False: off)",
          "kernel", "Kernel"),
