@@ -32,9 +32,11 @@ def group_size(kernel: Kernel) -> int:
 
 
 def regroup(kernel: Kernel, size: int) -> Kernel:
-    """Run ``kernel`` (stacked, without groups yet) in groups of ``size`` models, in place."""
+    """Run ``kernel`` (stacked, without groups yet) in groups of ``size`` models, in place; a kernel in groups of
+    ``size`` already is left as it is (the tile step may assign lanes more than once)."""
     n = model_count(kernel)
-    if size == n or n == 1:
+    if size == n or n == 1 or (group_size(kernel) == size and all(p.groups == n // size
+                                                                    for p in kernel.programs.values())):
         return kernel
     if n % size or any(p.groups != 1 for p in kernel.programs.values()):
         raise ValueError(f"groups of {size} models: {n} models must split evenly, and only once")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from fx2fpga_runtime.ir import MODEL_VAR, Kernel, Stage
 
-from . import estimate, model_groups, schedule
+from . import estimate, group_swap, model_groups, schedule
 
 AUTO_BUDGET = 0.8  # share of the target's DSP and BRAM the automatic choice may use
 
@@ -35,7 +35,10 @@ def lane_count(extent: int, requested: int) -> int:
 
 
 def free_loops(stage: Stage) -> list:
-    """The loops lanes may run over: not reduced, longer than one, not the model loop (outermost first)."""
+    """The loops lanes may run over: not reduced, longer than one, not the model loop (outermost first); none for
+    a group swap's copy (``passes/group_swap.py``: one element a cycle over the DDR port)."""
+    if group_swap.is_swap_copy(stage):
+        return []
     return [lp for lp in stage.loops if lp.var not in stage.reduce and lp.extent > 1 and lp.var != MODEL_VAR]
 
 
@@ -51,6 +54,7 @@ def _lane_loop(stage: Stage, requested: int | None = None):
 def choose_lanes(stage: Stage, requested: int) -> None:
     loop = _lane_loop(stage, requested)
     if loop is None or requested <= 1:
+        stage.lanes, stage.lane_var = 1, None  # (an earlier try's lanes do not stay)
         return
     stage.lanes = lane_count(loop.extent, requested)
     stage.lane_var = loop.var if stage.lanes > 1 else None
@@ -102,11 +106,13 @@ def keep_banks_mappable(kernel: Kernel) -> schedule.Schedule:
 
 def assign_model_lanes(kernel: Kernel, model_lanes: int) -> None:
     """Run a stacked kernel's models in groups of ``model_lanes`` (a divisor of the model count; rounded down
-    to one), the models of a group side by side in every stage (``passes/model_groups.py``)."""
+    to one), the models of a group side by side in every stage (``passes/model_groups.py``); the per-model
+    buffers in DDR then go through on-chip tiles of one group (``passes/group_swap.py``)."""
     if not isinstance(model_lanes, int) or model_lanes < 1:
         raise ValueError(f"model_lanes must be a positive integer or 'auto', got {model_lanes!r}")
     size = lane_count(model_groups.model_count(kernel), model_lanes)
     model_groups.regroup(kernel, size)
+    group_swap.run(kernel, size)
     for stage in kernel.stages():
         stage.model_lanes = size if any(lp.var == MODEL_VAR for lp in stage.loops) else 1
 
@@ -165,7 +171,9 @@ def assign_stage_lanes(kernel: Kernel, lanes: dict, group_size: int) -> None:
 def _twin_key(kernel: Kernel, st: Stage) -> tuple:
     """What makes two stages of different programs the same computation: the op, the loop extents, and the
     parameters and constants they read (an inference's matmul and the training step's forward one)."""
-    shared = tuple(sorted(a.buffer for a in st.ins if kernel.buffers[a.buffer].role in ("param", "const")))
+    tiles = set(group_swap.tile_of(kernel).values())  # a parameter's group tile stands for it
+    shared = tuple(sorted(a.buffer for a in st.ins if kernel.buffers[a.buffer].role in ("param", "const")
+                          or a.buffer in tiles))
     reduced = tuple(lp.extent for lp in st.loops if lp.var in st.reduce)
     return st.op, tuple(lp.extent for lp in st.loops), reduced, shared
 

@@ -70,3 +70,14 @@ def test_memory_cost_is_the_plans(stacked):
     tables = sum(u["lanes"] * resources.table_mapping(u["depth"], u["table_width"]).bram36
                  for u in plan.units if u["kind"] == "table")
     assert allocate.memory_cost(k, resources.load_costs())["bram36"] == features["bram36"] - tables
+
+
+def test_lanes_assigned_again_keep_the_groups_and_drop_the_earlier_lanes(stacked):
+    """The tile step retries 4, 2, then 1 lane a stage when over budget: a kernel in groups already stays in them,
+    and one lane a stage means one (not the earlier try's)."""
+    k = copy.deepcopy(stacked)
+    tile.assign_lanes(k, 4, None, 2)
+    assert max(st.lanes for st in k.stages()) > 1
+    tile.assign_lanes(k, 1, None, 2)
+    assert model_groups.group_size(k) == 2 and {p.groups for p in k.programs.values()} == {3}
+    assert {st.lanes for st in k.stages()} == {1}
