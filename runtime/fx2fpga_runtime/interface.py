@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .fixed import Fixed
 from .ir import Kernel
 
 COMMANDS = {"load_params": 1, "read_params": 2, "infer": 3, "train_step": 4,
@@ -71,26 +72,41 @@ def ddr_registers(kernel: Kernel) -> dict[str, int]:
 
 
 def ddr_element_bytes(width: int) -> int:
-    """The bytes one ``width``-bit value takes in a DDR buffer: Vitis HLS stores an ``ap_[u]fixed<W,...>`` in the
-    next power of two of whole bytes (UG1391, "Data Layout for Arbitrary Precision Types"), the value in its low
-    ``W`` bits: 1, 2, 4 or 8 bytes for up to 64 bits."""
+    """The bytes one ``width``-bit value takes in a DDR buffer: the next power of two of whole bytes (as Vitis HLS
+    lays out an ``ap_[u]fixed<W,...>``, UG1391, "Data Layout for Arbitrary Precision Types"), exactly the bits of
+    the C++ array's storage type (``ddr_storage_type``), the value sign-extended (zero-extended unsigned) in them:
+    1, 2, 4 or 8 bytes for up to 64 bits."""
     n = 1
     while n * 8 < width:
         n *= 2
     return n
 
 
+def ddr_storage_type(fmt: Fixed) -> str:
+    """The C++ element type of a DDR buffer of format ``fmt`` (the ``m_axi`` array's, as the HLS C++ declares it): an
+    ``ap_[u]fixed`` of exactly ``8 * ddr_element_bytes(width)`` bits with the format's fraction bits (the extra bits
+    are integer bits), ``AP_TRN``/``AP_WRAP``: it holds every value of ``fmt`` exactly, its raw integer sign-extended
+    (zero-extended unsigned), as the driver's ``int``/``uint`` arrays of ``element_bytes`` hold it. A power of two of
+    bits, so Vitis HLS pads nothing on the interface and can infer bursts (UG1448, "Burst Inference Failure 11");
+    the kernel converts each read to ``fmt``'s own type and each write from it, so rounding and saturation stay
+    ``fmt``'s."""
+    bits = 8 * ddr_element_bytes(fmt.width)
+    kind = "ap_fixed" if fmt.signed else "ap_ufixed"
+    return f"{kind}<{bits},{fmt.int_bits + bits - fmt.width},AP_TRN,AP_WRAP>"
+
+
 def ddr_layout(kernel: Kernel) -> list[dict]:
     """The DDR buffers as the board driver allocates them, in argument order: ``buffer``, its ``register`` (the
-    low word of its address), the C++ array's ``shape``, element ``type`` (its ``format`` as ``ap_fixed``),
-    ``count`` of values, ``element_bytes``, ``signed`` and ``bytes`` (count x element bytes). Empty for a kernel
-    wholly on chip."""
+    low word of its address), the C++ array's ``shape``, element ``type`` (``ddr_storage_type``: the ``format`` in a
+    power of two of bits, ``element_bytes``), ``count`` of values, ``element_bytes``, ``signed`` and ``bytes`` (count
+    x element bytes). Empty for a kernel wholly on chip."""
     rows = []
     for name, offset in ddr_registers(kernel).items():
         buf = kernel.buffers[name]
         size = ddr_element_bytes(buf.fmt.width)
         rows.append({"buffer": name, "register": f"0x{offset:02X}", "shape": list(buf.shape),
-                     "format": str(buf.fmt), "type": buf.fmt.cpp(), "count": buf.size, "element_bytes": size,
+                     "format": str(buf.fmt), "type": ddr_storage_type(buf.fmt), "count": buf.size,
+                     "element_bytes": size,
                      "signed": buf.fmt.signed, "bytes": buf.size * size})
     return rows
 

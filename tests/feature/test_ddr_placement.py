@@ -113,17 +113,54 @@ def test_kernel_cpp_has_an_m_axi_port_and_no_array_per_ddr_buffer(ddr_cnn):
     assert not statics & set(ddr) and {"lr", "train_x", "k_eq"} <= statics  # on chip: still static arrays
     partitioned = set(re.findall(r"ARRAY_PARTITION variable=(\w+)", src))
     assert partitioned and not partitioned & set(ddr)
-    # the top function takes each DDR buffer with its on-chip type and shape, in declaration order
+    # the top function takes each DDR buffer with its storage type (32 bits for a fixed<24,8>: the same fraction
+    # bits) and its on-chip shape, in declaration order
+    assert "typedef ap_fixed<32,16,AP_TRN,AP_WRAP> ddr_fixed_24_8_t;" in header
     top = re.search(r"void digitscnn_top\((.*?)\);", header, re.S).group(1)
-    assert top.split(",\n    ")[1:3] == ["fixed_24_8_t conv1_weight[4][1][3][3]", "fixed_24_8_t conv1_bias[4]"]
+    assert top.split(",\n    ")[1:3] == ["ddr_fixed_24_8_t conv1_weight[4][1][3][3]", "ddr_fixed_24_8_t conv1_bias[4]"]
     assert len(top.split(",\n    ")) == 1 + len(ddr)
     # a stage takes exactly the DDR buffers it touches: the first convolution reads its weight and bias, writes mem0
-    assert ("static void stage_infer_convolution(fixed_24_8_t conv1_weight[4][1][3][3], fixed_24_8_t conv1_bias[4], "
-            "fixed_16_6_t mem0[16][4][8][8]) {") in src
+    assert ("static void stage_infer_convolution(ddr_fixed_24_8_t conv1_weight[4][1][3][3], ddr_fixed_24_8_t "
+            "conv1_bias[4], ddr_fixed_16_6_t mem0[16][4][8][8]) {") in src
     harness = (design.out_dir / "src" / "csim_main.cpp").read_text()
-    assert "static fixed_24_8_t conv1_weight[4][1][3][3] = {" in harness  # with the initial weights
+    assert "static ddr_fixed_24_8_t conv1_weight[4][1][3][3] = {" in harness  # with the initial weights
     assert re.search(r"digitscnn_top\(cmd, in_words, out_words, conv1_weight, conv1_bias, .*, "
                      r"train_step_neg_lr_train_sub_2\);", harness)
+
+
+def _cpp_type_bits(cpp: str, typedefs: dict[str, str]) -> int:
+    """The bits of a C++ element type of the generated header: a typedef's ``ap_[u]fixed<W, ...>``/``ap_[u]int<W>``."""
+    m = re.fullmatch(r"ap_u?(?:fixed|int)<(\d+)(?:,.*)?>", typedefs.get(cpp, cpp))
+    assert m, f"not an ap_ type: {cpp} ({typedefs.get(cpp)})"
+    return int(m.group(1))
+
+
+def test_every_m_axi_array_has_a_power_of_two_bit_element_type(ddr_cnn):
+    """Vitis HLS infers no bursts on an interface type with padding (UG1448, "Burst Inference Failure 11"): every
+    ``m_axi`` argument's element is 8, 16, 32 or 64 bits, exactly the bytes the driver allocates a value, in the
+    header, every function that takes it, the harness and the manifest; no DDR buffer here is a power of two wide."""
+    _, design = ddr_cnn
+    k = design.kernel
+    src_dir = design.out_dir / "src"
+    header, src = (src_dir / f"{k.name}.h").read_text(), (src_dir / f"{k.name}.cpp").read_text()
+    typedefs = {name: cpp for cpp, name in re.findall(r"^typedef (.+?) (\w+);", header, re.M)}
+    ports = re.findall(r"#pragma HLS INTERFACE m_axi port=(\w+) ", src)
+    assert ports[2:] == k.ddr_buffers()
+    top = re.search(rf"void {k.name}_top\((.*?)\);", header, re.S).group(1)
+    params = dict(reversed(re.match(r"(?:const )?(\w+(?:<[^>]*>)?) (\w+)\[", p).groups())
+                  for p in top.split(",\n    ")[1:])
+    assert list(params) == k.ddr_buffers()
+    layout = {row["buffer"]: row for row in json.loads((design.out_dir / "manifest.json").read_text())["ddr_buffers"]}
+    widths = {n: k.buffers[n].fmt.width for n in k.ddr_buffers()}
+    assert {24, 16, 1} <= set(widths.values()) and not {8, 32, 64} & set(widths.values())
+    for name, cpp in params.items():
+        bits = _cpp_type_bits(cpp, typedefs)
+        assert bits in (8, 16, 32, 64) and bits == 8 * layout[name]["element_bytes"] >= widths[name], (name, cpp)
+        assert layout[name]["type"] == typedefs[cpp]  # the manifest names the storage type
+        # every function taking the buffer takes it with that type
+        assert set(re.findall(rf"(\w+) {name}\[", src)) == {cpp}, name
+    harness = (src_dir / "csim_main.cpp").read_text()
+    assert set(re.findall(r"^static (\w+) (\w+)\[", harness, re.M)) == {(t, n) for n, t in params.items()}
 
 
 def test_csim_in_ddr_equals_the_on_chip_emulator_over_two_steps(ddr_cnn, chip_cnn, digits_data):
@@ -286,3 +323,78 @@ def test_ddr_traffic_per_call_counts_padding_and_every_parameter(ddr_cnn):
     assert traffic["train_step"]["min_cycles"] > estimate.program_cycles(k, "train_step")  # DDR-bound, untiled
     assert set(traffic["train_step"]["buffers"]) == set(k.ddr_buffers())  # all 35 touched
     assert "| `train_step` | 1,875,784 | 106,856 | 1,982,640 | 247,830 | 2,478.3 |" in design.report
+
+
+class SquareMLP(torch.nn.Module):
+    """``fc2(relu(fc1(x * x)))``: an elementwise product, a mac fused with its ReLU and, in training, a mac fused with
+    ReLU's backward and the parameters' updates, every one written into a DDR buffer."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = torch.nn.Linear(6, 8), torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x * x)))
+
+
+# 24-bit formats that round (RND, RND_CONV) and saturate: x * x (22 fraction bits of 44) saturates at 2 for |x| > 1.41,
+# fc1's output (its ReLU fused) at 4, the weights at 1 (lr 8)
+SATURATING = {"activation": "fixed<24,2,RND,SAT>", "weight": "fixed<24,1,RND_CONV,SAT>",
+              "gradient": "fixed<24,3,RND,SAT>", "overrides": {"mul": "fixed<24,2,RND,SAT>",
+                                                                "addmm": "fixed<24,3,RND_CONV,SAT>",
+                                                                "relu": "fixed<24,3,RND_CONV,SAT>"}}
+
+
+@pytest.mark.parametrize("counters", [False, True], ids=["plain", "saturation_counters"])
+def test_24_bit_ddr_buffers_round_and_saturate_as_their_own_format_in_csim(tmp_path, counters):
+    """Each DDR buffer is a 32-bit storage type (the format's fraction bits, 8 more integer bits): a write that
+    assigned the value to it directly would neither saturate at the 24-bit format's range nor round as its mode says.
+    Every write converts to the buffer's own type first, so csim equals emu bit for bit over three training steps
+    and an inference, and the values written do saturate and round (the counters count the same in both)."""
+    rng = np.random.default_rng(0)
+    xs = [rng.uniform(-3, 3, size=(4, 6)).astype(np.float32) for _ in range(4)]
+    y = np.array([0, 2, 1, 1])
+    torch.manual_seed(0)
+    with pytest.warns(fx2fpga.QuantizationWarning):
+        design = fx2fpga.compile(SquareMLP(), (torch.from_numpy(xs[0]),),
+                                 train=fx2fpga.SGD(F.cross_entropy, torch.from_numpy(y), lr=8.0), outputs="hls",
+                                 precision=SATURATING, placement="ddr", saturation_counters=counters,
+                                 out_dir=tmp_path / "square")
+    k = design.kernel
+    assert {"mem0", "mem1", "fc1_weight", "fc2_weight"} <= set(k.ddr_buffers())
+    assert [str(k.buffers[n].fmt) for n in ("mem0", "mem1", "fc1_weight")] == [
+        "fixed<24,2>", "fixed<24,3,RND_CONV,SAT>", "fixed<24,1,RND_CONV,SAT>"]
+    src = (design.out_dir / "src" / f"{k.name}.cpp").read_text()
+    assert "ddr_fixed_24_2_t mem0[4][6]" in src
+    if not counters:  # the writes: elementwise, a mac fused with ReLU, one fused with ReLU's backward, an update
+        assert "mem0[i][j] = fixed_24_2_t(infer_x[i][j] * infer_x[i][j]);" in src
+        assert "mem1[i][j] = fixed_24_3_rnd_conv_sat_t((pre_v > 0) ? pre_v : fixed_24_3_rnd_conv_sat_t(0));" in src
+        assert "train_where_2[i][j] = fixed_24_3_t((fixed_24_3_rnd_conv_sat_t(mem1[i][j]) <= 0) ? " in src
+        assert "fc1_weight[i][j] = fixed_24_1_rnd_conv_sat_t(acc[i_lane]);" in src
+    calls = [*(("train_step", [x, y]) for x in xs[:3]), ("infer", [xs[3]])]
+    emu_counts, saturated = [], {}
+    if counters:  # the emulator's counts of each call, from the same start as assert_backend_equals_emu's
+        probe = design.load("emu")
+        for command, arrays in calls:
+            probe.call_raw(command, probe._quantize_inputs(command, arrays))
+            emu_counts.append(probe.saturation())
+
+    def after_call(command, runner):  # csim's counters of the call (then reset) equal the emulator's
+        if counters:
+            got = runner.saturation()
+            assert got == emu_counts.pop(0), command
+            for name, n in got.items():
+                saturated[name] = saturated.get(name, 0) + n
+
+    emu = assert_backend_equals_emu(design, "csim", calls, after_call=after_call)
+    # the last call's x * x in DDR: rounded half up to 22 fraction bits, saturated at the format's range
+    fmt = k.buffers["mem0"].fmt
+    raw = emu._quantize_inputs("infer", [xs[3]])["infer_x"].astype(np.int64)
+    exact = raw * raw  # 44 fraction bits
+    want = np.clip((exact + (1 << 21)) >> 22, fmt.raw_min, fmt.raw_max)
+    assert np.array_equal(emu.backend.emulator.read("mem0"), want)
+    assert (want == fmt.raw_max).any() and (exact % (1 << 22) != 0).all()  # saturated, and every value rounded
+    weight = emu.backend.emulator.read("fc1_weight")
+    assert ((weight == k.buffers["fc1_weight"].fmt.raw_max) | (weight == k.buffers["fc1_weight"].fmt.raw_min)).any()
+    if counters:  # saturated in DDR: x * x, fc1's output after its ReLU, both layers' weights and biases
+        assert all(saturated[n] > 0 for n in ("mem0", "mem1", "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias"))

@@ -116,11 +116,14 @@ def test_the_copies_are_pipelined_loops_over_the_ddr_array(weights_in_ddr):
     k = weights_in_ddr.kernel
     src = (weights_in_ddr.out_dir / "src" / f"{k.name}.cpp").read_text()
     body = re.search(r"static void stage_train_step_load_fc1_weight\((.*?)\) \{\n(.*?)\n\}\n", src, re.S)
-    assert body.group(1) == "fixed_24_8_t fc1_weight[4][32][64]"  # the m_axi argument: the only DDR buffer
+    # the m_axi argument, the only DDR buffer: its storage type, 32 bits (docs/offchip.md)
+    assert body.group(1) == "ddr_fixed_24_8_t fc1_weight[4][32][64]"
     loops = re.findall(r"for \(int (\w+) = 0; \w+ < (\d+); \w+\+\+\)", body.group(2))
     assert loops == [("mdl", "2"), ("i1", "32"), ("i2", "64")]
     assert body.group(2).count("#pragma HLS PIPELINE II=1") == 1 and "UNROLL" not in body.group(2)
-    assert "fc1_weight_tile[mdl][i1][i2] = fc1_weight[2*grp + mdl][i1][i2];" in body.group(2)
+    # each element read converted to the buffer's own type; the store converts before it writes
+    assert "fc1_weight_tile[mdl][i1][i2] = fixed_24_8_t(fc1_weight[2*grp + mdl][i1][i2]);" in body.group(2)
+    assert "fc1_weight[2*grp + mdl][i1][i2] = fixed_24_8_t(fc1_weight_tile[mdl][i1][i2]);" in src
     assert "static fixed_24_8_t fc1_weight_tile[2][32][64];" in src  # the tile: an on-chip array
     run = re.search(r"static void run_train_step\(.*?\) \{\n(.*?)\n\}\n", src, re.S).group(1)
     calls = re.findall(r"(stage_\w+)\(", run)

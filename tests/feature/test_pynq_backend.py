@@ -153,11 +153,14 @@ def test_pynq_backend_allocates_the_ddr_buffers_and_passes_their_addresses(tmp_p
     rows = {r["buffer"]: r for r in _manifest(design)["ddr_buffers"]}
     assert list(rows) == ddr
     assert rows["b_0_weight"] == {"buffer": "b_0_weight", "register": "0x30", "shape": [5, 6], "format": "fixed<24,8>",
-                                  "type": "ap_fixed<24,8,AP_RND,AP_SAT>", "count": 30, "element_bytes": 4,
+                                  "type": "ap_fixed<32,16,AP_TRN,AP_WRAP>", "count": 30, "element_bytes": 4,
                                   "signed": True, "bytes": 120}
     assert rows["b_0_bias"]["register"] == "0x3C" and rows["b_2_weight"]["register"] == "0x48"
     assert {r["format"]: r["element_bytes"] for r in rows.values()} == {
         "fixed<24,8>": 4, "fixed<16,6>": 2, "ufixed<1,1>": 1, "fixed<18,8>": 4, "fixed<24,6>": 4}
+    for r in rows.values():  # the C++ element type: exactly the bytes the driver allocates, of its signedness
+        kind, bits = re.fullmatch(r"(ap_u?fixed)<(\d+),-?\d+,AP_TRN,AP_WRAP>", r["type"]).groups()
+        assert int(bits) == 8 * r["element_bytes"] and (kind == "ap_fixed") == r["signed"], r
     registers = {n: int(r["register"], 16) for n, r in rows.items()}
     memory: dict = {}
     fake = _fake_pynq(k, memory, registers)

@@ -98,7 +98,7 @@ _RESERVED = {
     "acc", "acc_idx", "cmd", "in_words", "in_word", "out_words", "offset", "pos", "raw_bits", "tbl_r", "tbl_i", "tbl_t",
     "tbl_lo", "tbl_hi", "tbl_y", "nd_b", "nd_n", "nd_k", "nd_e", "nd_s", "nd_m", "nd_p", "nd_y", "main",
     "sat_t", "sat_v", "sat_count", "sat_check", "read_saturation", "sr_t", "sr_v", "sr_call", "sr_calls", "sr_delta",
-    "SR_STEP",
+    "SR_STEP", "ddr_v",
     "IN_WORDS", "OUT_WORDS",
     "auto", "bool", "break", "case", "char", "const", "continue", "default", "do", "double", "else",
     "enum", "extern", "float", "for", "goto", "if", "int", "long", "register", "return", "short",
@@ -132,6 +132,12 @@ def common_type(fmts: list[Fixed]) -> str:
     frac = max(f.frac_bits for f in fmts)
     int_bits = max(_signed_int_bits(f) for f in fmts)
     return f"ap_fixed<{max(1, int_bits + frac)},{int_bits}>"
+
+
+def storage_name(fmt: Fixed) -> str:
+    """The typedef of the element type of a DDR buffer of format ``fmt``: ``ddr_fixed_24_8_t``, its value in a power
+    of two of bits (``interface.ddr_storage_type``: ``ap_fixed<32,16,AP_TRN,AP_WRAP>``)."""
+    return f"ddr_{type_name(fmt)}"
 
 
 def _c_name(text: str) -> str:
@@ -195,6 +201,7 @@ class StageView:
     sat: dict | None = None  # its saturation counter (``_saturation_check``), when it has one
     sr: dict | None = None  # its stochastic rounding (``_stochastic``), when its output rounds SR
     result: str = ""  # reductions: the value assigned to the output (the accumulator, plus SR's random bits)
+    out_cast: str = ""  # reductions into a DDR buffer: its own type, the result converted to it before the write
     relu: bool = False  # a mac fused with the ReLU reading it: the assigned result goes through ReLU (fuse.py)
     gate: str = ""  # a mac fused with ReLU's backward: C expression of its gate (0 is written where it is <= 0)
     ddr_args: list[str] = field(default_factory=list)  # the DDR buffers it touches: its m_axi arguments
@@ -229,10 +236,31 @@ def _rename_vars(st: Stage, taken) -> Stage:
                    lane_var=new.get(st.lane_var, st.lane_var))
 
 
+def _load(a: Access, kernel: Kernel) -> str:
+    """C expression of a read of ``a`` (its guard left out): a DDR buffer's element is its storage type
+    (``storage_name``), converted explicitly to the buffer's own type, so every expression reading it has the types
+    it has on chip."""
+    buf = kernel.buffers[a.buffer]
+    return f"{type_name(buf.fmt)}({a.c_expr()})" if buf.place == DDR else a.c_expr()
+
+
+def _stored(body: str, out: str, buf: Buffer) -> str:
+    """``body``, whose last line assigns a value to ``out``, with that value converted to the buffer's own type first
+    where ``buf`` is in DDR: the conversion rounds and saturates as the buffer's format does, then the storage type
+    (wider, the same fraction bits) takes the result exactly. An on-chip buffer's body is returned unchanged."""
+    if buf.place != DDR:
+        return body
+    head, _, last = body.rpartition("\n")
+    if not (last.startswith(f"{out} = ") and last.endswith(";")):
+        raise HlsCodegenError(f"buffer {buf.name}: the write {last!r} does not assign {out}")
+    value = last[len(out) + 3:-1]
+    return f"{head}\n" * bool(head) + f"{out} = {type_name(buf.fmt)}({value});"
+
+
 def _read(a: Access, kernel: Kernel, fallback: tuple[Fixed, int] | None = None) -> str:
     """C expression of an operand; a guarded one reads 0 (or the raw ``fallback``) where its guard fails."""
     if not a.guard:
-        return a.c_expr()
+        return _load(a, kernel)
     fmt, raw = fallback or (kernel.buffers[a.buffer].fmt, 0)
     t = type_name(fmt)
     return f"({a.guard_expr()} ? {t}({a.c_expr()}) : {t}({literal(raw, fmt)}))"
@@ -423,6 +451,7 @@ def _stage_view(st: Stage, kernel: Kernel, func: str, counter: int | None = None
             body = _rounded_body(HLS_SPELLING[st.op].format(out="sr_v", T="sr_t", **_operands(ins), **params), out, sr)
         if sat:
             body = _counted_body(body, st.out.c_expr(), sat)
+        body = _stored(body, st.out.c_expr(), kernel.buffers[st.out.buffer])
         return StageView(func, st, "elementwise", st.out.c_expr(), type_name(out_fmt), ins,
                          loops + ([lane] if lane else []), body=body + "\n", sat=sat, sr=sr)
     keep = [lp for lp in st.loops if lp.var not in st.reduce]
@@ -437,7 +466,7 @@ def _stage_view(st: Stage, kernel: Kernel, func: str, counter: int | None = None
         wide = reaching_type(_signed_int_bits(a0), a0.frac_bits, st.acc)
         ins[0] = f"{wide}({ins[0]})" if wide else ins[0]
     if len(own_inputs(st)) > operands:
-        init = _zero_vars(st.ins[operands], st.reduce).c_expr()
+        init = _load(_zero_vars(st.ins[operands], st.reduce), kernel)
     elif spec.acc_init == "minimum":
         init = literal(st.acc.raw_min, st.acc)
     else:
@@ -451,6 +480,7 @@ def _stage_view(st: Stage, kernel: Kernel, func: str, counter: int | None = None
     view = StageView(func, st, "reduce", _zero_vars(st.out, st.reduce).c_expr(), type_name(out_fmt), ins,
                      loops, red, lane, acc_type=type_name(st.acc), init=init, position=position, body=body + "\n",
                      sat=None if counter is None else _saturation_check(st, kernel, counter), sr=sr, result=result,
+                     out_cast=type_name(out_fmt) if kernel.buffers[st.out.buffer].place == DDR else "",
                      relu=then_relu(st), gate=_read(st.ins[-1], kernel) if then_relu_mask(st) else "")
     if lane:  # loop labels are per function: each copy of the lane loop gets its own
         view.lane_init = replace(lane, label=f"{lane.label}_init")
@@ -481,7 +511,9 @@ def _buffer_view(buf: Buffer, table: bool = False) -> dict:
     if loops:
         loops[-1].pipeline = True
     raw_type = f"ap_{'' if buf.fmt.signed else 'u'}int<{buf.fmt.width}>"
-    return {"name": buf.name, "type": raw_type if table else type_name(buf.fmt), "fmt": str(buf.fmt), "role": buf.role,
+    own = raw_type if table else type_name(buf.fmt)
+    return {"name": buf.name, "type": storage_name(buf.fmt) if buf.place == DDR else own, "value_type": own,
+            "fmt": str(buf.fmt), "role": buf.role,
             "dims": "".join(f"[{n}]" for n in buf.shape), "index": "".join(f"[{lp.var}]" for lp in loops),
             "loops": loops, "shape": list(buf.shape), "init": words, "const": buf.role == "const" and words is not None,
             "source": buf.source, "width": buf.fmt.width, "size": buf.size, "ddr": buf.place == DDR,
@@ -489,9 +521,9 @@ def _buffer_view(buf: Buffer, table: bool = False) -> dict:
 
 
 def _ddr_param(buf: Buffer) -> str:
-    """A DDR buffer as a function parameter: ``fixed_24_8_t conv1_weight[4][1][3][3]`` (a pointer to its rows, read
-    and written with the same indices as the on-chip array)."""
-    return f"{type_name(buf.fmt)} {buf.name}{''.join(f'[{n}]' for n in buf.shape)}"
+    """A DDR buffer as a function parameter: ``ddr_fixed_24_8_t conv1_weight[4][1][3][3]`` (a pointer to its rows,
+    read and written with the same indices as the on-chip array; its element the storage type, ``storage_name``)."""
+    return f"{storage_name(buf.fmt)} {buf.name}{''.join(f'[{n}]' for n in buf.shape)}"
 
 
 def ddr_bundles(kernel: Kernel) -> list[str]:
@@ -534,6 +566,9 @@ def _context(kernel: Kernel, version: str) -> dict:
     formats = {b.fmt for b in kernel.buffers.values()} | {s.acc for s in kernel.stages() if s.acc is not None}
     formats |= {mid_format(s) for s in kernel.stages() if "mid" in s.attrs}
     types = [{"name": type_name(f), "cpp": f.cpp(), "fmt": str(f)} for f in sorted(formats)]
+    types += [{"name": storage_name(f), "cpp": interface.ddr_storage_type(f),
+               "fmt": f"{f} in DDR: {8 * interface.ddr_element_bytes(f.width)} bits, the same fraction bits"}
+              for f in sorted({kernel.buffers[n].fmt for n in kernel.ddr_buffers()})]
     counters = _counters(kernel)
     programs, funcs = [], {}  # funcs: C function name -> (the IR stage, its view)
     sr_programs = 0  # programs with a stage that rounds SR: each has a call counter
