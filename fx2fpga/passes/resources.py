@@ -11,7 +11,8 @@ RTL from its ``RtlPlan`` (``backends/rtl/emit.py``) alone, in milliseconds inste
 - **LUT** and **FF** are a linear model over features of the plan (``rtl_features``): per unit kind the
   datapath's adder, fixed-point conversion and multiplexer bits times lanes, the multiplier pool's operand
   multiplexing, the memories' registers and write-source multiplexers, the controller's counters and
-  address generators, LUT-RAM LUTs, table ROM bits. The coefficients are data:
+  address generators, LUT-RAM LUTs, table ROM bits, and the delay lines Yosys maps to SRL16E shift registers
+  (``srl_bits``). The coefficients are data:
   ``fx2fpga/targets/xc7_rtl_costs.json``, fitted by non-negative least squares to Yosys counts of a set of
   calibration designs (``benchmarks/calibrate_resources.py``, which also states the fit's errors).
 
@@ -33,7 +34,7 @@ from . import schedule as sched
 
 COSTS_FILE = "xc7_rtl_costs.json"
 LUT_FEATURES = ("const", "adder_bits", "cvt_bits", "select_bits", "ctrl_bits", "lutram_luts", "block_lutram_luts",
-                "rom_bits", "sr_bits")
+                "rom_bits", "sr_bits", "srl_bits")
 FF_FEATURES = ("const", "unit_reg_bits", "mem_reg_bits", "pool_reg_bits", "ctrl_bits")
 
 
@@ -290,6 +291,72 @@ def _ctrl_bits(p) -> float:
         len(s.phases())))
 
 
+
+# ----- delay lines Yosys maps to shift-register LUTs (SRL16E) ---------------------------------------------------
+# ``synth_xilinx`` maps a chain of at least 3 registers without reset or enable whose inner registers feed nothing else
+# (``shregmap -minlen 3``) to one SRL16E per bit (up to 16 stages), after merging registers with equal inputs. Each
+# helper below counts the bits of one source of such chains, one SRL LUT per bit; the chains may run across module
+# boundaries (the design is flattened): a memory's read registers, a unit's operand register and its term or initial
+# value's delay form one chain.
+
+def _engine_init_srl_bits(engine: dict | None) -> float:
+    """The MAC engine's initial-value delay line (``init_<l>_s2..sn``, n - 1 >= 2 registers after the operand's):
+    per lane, the bits the initial values of the stages reaching it occupy (the union of [shift, shift + width) of
+    their init operands: the bits below are constant 0, the bits above sign copies, which Yosys merges)."""
+    if engine is None or not engine["has_init"] or engine["term_stage"] < 3:
+        return 0.0
+    inits = [u for u in engine["users"] if "cvt_init" in u]
+    bits = 0
+    for lane in range(engine["lanes"]):
+        spans = [(u["acc_frac"] - u["ops"][u["n_ops"]]["frac"], u["ops"][u["n_ops"]]["iw"]) for u in inits
+                 if u["lanes"] > lane]
+        if spans:
+            bits += max(s + w for s, w in spans) - min(s for s, _ in spans)
+    return float(bits)
+
+
+def _unit_srl_bits(u: dict) -> int:
+    """One lane's delay lines in a unit (``unit.sv.j2``): an accumulating unit's initial value (operand register and
+    its alignment) and its term (a plain operand register, then ``term``: with the read register before it, three);
+    a table's segment base (5 stages) and its ``t`` delay; a multiply-subtract's first operand (6 stages); a
+    division's dividend (5) and shift (7)."""
+    if u["kind"] == "reduce" and not u["engine"]:
+        init = u["ops"][u["n_ops"]]["iw"] if "cvt_init" in u else 0
+        return init + (0 if u["pooled"] else u["term_width"])
+    if u["kind"] == "table":
+        return u["tw"] + u["rw"]
+    if u["kind"] == "msub":
+        return u["ops"][0]["iw"]
+    if u["kind"] == "normalized":
+        return u["ops"][0]["iw"] + u["ew"]
+    return 0
+
+
+def _read_srl_bits(p) -> float:
+    """A LUT-RAM bank read straight into a lane (``rdd_*``): the RAM's read register, its fabric copy ``rdq`` and
+    ``rdd``, three registers, when no bank multiplexer also reads ``rdq`` (a tap breaks the chain)."""
+    muxed = {rd for x in p.muxes for _, rd in x["banks"]}
+    bits = 0
+    for m in p.memories:
+        if bank_mapping(m["depth"], m["width"], m["read_only"]).kind != "lutram":
+            continue
+        bits += m["width"] * sum(1 for b in m["direct_banks"]
+                                 if b >= m.get("block_banks", 0) and f"rdq_{m['name']}_{b}" not in muxed)
+    return float(bits)
+
+
+def _ctrl_srl_bits(p) -> float:
+    """The controller's issue and phase-tag delay lines (``circt_child.delay_line``): one bit and the phase bits.
+    (The read requests' bank-select delays are mostly merged by Yosys, registers of equal inputs: not counted.)"""
+    return float(1 + p.spec["phase_bits"])
+
+
+def srl_bits(p) -> float:
+    """Bits of the plan's delay lines that Yosys maps to SRL16E shift registers, one LUT each (see above)."""
+    return (_engine_init_srl_bits(p.engine) + sum(u["lanes"] * _unit_srl_bits(u) for u in p.units)
+            + _read_srl_bits(p) + _ctrl_srl_bits(p))
+
+
 def rtl_features(p, block_ram: bool = True) -> dict[str, float]:
     """The resource model's features of an ``RtlPlan`` (each a count of bits or LUTs; see the module doc;
     ``block_ram=False``: every bank where Yosys alone puts it, as before ``assign_block_ram``)."""
@@ -328,6 +395,7 @@ def rtl_features(p, block_ram: bool = True) -> dict[str, float]:
     f["block_lutram_luts"] = mem["block_lutram_luts"]
     f["rom_bits"] = mem["rom_bits"] + f.pop("table_rom_bits")
     f["bram36"] = mem["bram36"] + f.pop("table_bram36")
+    f["srl_bits"] = srl_bits(p)
     f["dsp"] = float(p.dsp_blocks)
     return f
 
