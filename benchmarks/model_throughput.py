@@ -16,8 +16,11 @@
 - A GPU figure from ``torch_baseline_gpu.json`` (``benchmarks/torch_baseline.py`` on a lent GPU
   machine: not the same run, so compare its ratios with care).
 
-    python benchmarks/model_throughput.py [--models 1,8,30] [--cnns 30]
+    python benchmarks/model_throughput.py [--models 1,8,30] [--cnns 30] [--cpu-only]
         -> benchmarks/results/model_throughput.{json,png}
+
+``--cpu-only`` keeps the stored FPGA rows (exact RTL cycles and the calibrated model: the same on any machine) and
+measures PyTorch again, for a run whose CPU figures other jobs disturbed (``fpga_date``, ``cpu_date``).
 """
 
 from __future__ import annotations
@@ -229,11 +232,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="1,8,30", help="MLP counts (FPGA kernels and PyTorch)")
     ap.add_argument("--cnns", default="30", help="digits CNN counts (FPGA kernels; '' for none)")
+    ap.add_argument("--cpu-only", action="store_true",
+                    help="keep the FPGA rows of the stored JSON (exact cycles: the same on any machine) and measure "
+                         "PyTorch again, e.g. where other jobs loaded the machine during the full run")
     a = ap.parse_args()
     counts = [int(n) for n in a.models.split(",")]
     threads = sorted({1, os.cpu_count() or 1})
-    fpga_rows = [fpga(1, 4)] + [fpga(n, "auto") for n in counts]
-    fpga_rows += [fpga(int(n), "auto", "cnn") for n in a.cnns.split(",") if n]
+    if a.cpu_only:
+        stored = json.loads((RESULTS / "model_throughput.json").read_text())
+        fpga_rows = stored["fpga"]
+        fpga_date = stored.get("fpga_date", stored["date"])
+    else:
+        fpga_rows = [fpga(1, 4)] + [fpga(n, "auto") for n in counts]
+        fpga_rows += [fpga(int(n), "auto", "cnn") for n in a.cnns.split(",") if n]
+        fpga_date = time.strftime("%Y-%m-%d %H:%M")
     cpu = {"eager": [], "vmap": []}
     for n in counts:
         for th in threads:
@@ -242,7 +254,8 @@ def main() -> None:
     result = {"model": "digits MLP 64-32-10, batch 16, SGD", "fpga": fpga_rows, "torch_cpu": cpu,
               "torch_gpu": gpu_rows(), "machine": {"python": platform.python_version(), "torch": torch.__version__,
                                                    "cpu_threads": os.cpu_count()},
-              "date": time.strftime("%Y-%m-%d")}
+              "date": time.strftime("%Y-%m-%d"), "fpga_date": fpga_date,
+              "cpu_date": time.strftime("%Y-%m-%d %H:%M")}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "model_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, RESULTS / "model_throughput.png")
