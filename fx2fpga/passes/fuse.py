@@ -53,9 +53,9 @@ def _fuse_pairs(prog, kernel: Kernel, reads: dict, kept: set) -> bool:
             i += 1
             continue
         out.append(fused)
-        decisions = kernel.meta.setdefault("fused_decisions", {})
+        decisions = kernel.meta.get("fused_decisions", {})
         if is_compare_select(fused.op) and kernel.buffers[a.out.buffer].source:  # the graph's node
-            decisions[fused.name] = kernel.buffers[a.out.buffer].source
+            kernel.meta.setdefault("fused_decisions", {})[fused.name] = kernel.buffers[a.out.buffer].source
         elif then_relu_mask(fused) and b.name in decisions:  # the select's decisions, now the mac's
             decisions[fused.name] = decisions.pop(b.name)
         del kernel.buffers[a.out.buffer]
