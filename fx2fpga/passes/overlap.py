@@ -106,7 +106,7 @@ def plan(phases: list[Phase], requests: Callable[[Phase, np.ndarray], Requests])
             low = starts[-1] + prev.cycles - prev.write_delay  # after its setup and its last issue
             done = max([starts[-1] + prev.cycles] + [last + 1 for _, last, _ in flight])  # every write done
             s = done
-            if ph.kind == "stage" and prev.kind == "stage":
+            if ph.kind == "stage" and prev.kind == "stage" and not ph.barrier:
                 head = requests(ph, np.arange(min(ph.iterations, done - low)))
                 s, before = low, None
                 while s != before:  # a write clash is not monotone in the offset: until no phase moves it

@@ -283,12 +283,15 @@ def engine_features(engine: dict | None) -> dict[str, float]:
 
 
 def _ctrl_bits(p) -> float:
-    """The controller: loop counters, and each bank port's registered address (the address generators)."""
+    """The controller: loop counters, and each bank port's registered address (the address generators); with a
+    side stream (passes/streams.py) its counters and phase register too, and a done flag per phase waited for."""
     s = p.schedule
     ports = sum(m["banks"] * (1 if m["read_only"] else 2) * m["addr_bits"] for m in p.memories)
     requests = sum(sum(d for d in r["dim_bits"]) for r in p.spec["reads"] + p.spec["writes"])
-    return float(s.counter_count() * s.counter_bits() + ports + requests + len(s.phases()) * sched.bits(
-        len(s.phases())))
+    streams = 2 if any(ph.get("stream") for ph in p.spec["phases"]) else 1
+    flags = len({q for ph in p.spec["phases"] for q in ph.get("waits", [])})
+    return float(streams * s.counter_count() * s.counter_bits() + ports + requests + streams * len(s.phases())
+                 * sched.bits(len(s.phases())) + flags)
 
 
 
@@ -346,9 +349,13 @@ def _read_srl_bits(p) -> float:
 
 
 def _ctrl_srl_bits(p) -> float:
-    """The controller's issue and phase-tag delay lines (``circt_child.delay_line``): one bit and the phase bits.
+    """The controller's issue and phase-tag delay lines (``circt_child.delay_line``): one bit and the phase bits
+    (per stream), and each done flag's delay of its phase's last issue to its last write (passes/streams.py).
     (The read requests' bank-select delays are mostly merged by Yosys, registers of equal inputs: not counted.)"""
-    return float(1 + p.spec["phase_bits"])
+    phases = {ph["id"]: ph for ph in p.spec["phases"]}
+    streams = 2 if any(ph.get("stream") for ph in phases.values()) else 1
+    flags = {q for ph in phases.values() for q in ph.get("waits", [])}
+    return float(streams * (1 + p.spec["phase_bits"]) + sum(phases[q]["write_delay"] for q in flags))
 
 
 def srl_bits(p) -> float:

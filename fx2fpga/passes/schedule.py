@@ -54,7 +54,7 @@ from fx2fpga_runtime.ops import OPS_TABLE
 
 from ..backends.common import buffer_banking
 from ..errors import Fx2fpgaError
-from . import overlap, placement
+from . import overlap, placement, streams
 from .overlap import Requests
 
 SETUP_CYCLES = 1  # a phase's first cycle loads its loop limits into the controller; no issue
@@ -202,6 +202,9 @@ class Phase:
     # a stage fused with an unpack (``fuse_input_stream``): its operands taken from the input word as it arrives,
     # (operand, lanes served, word field); its issues wait for the stream's words as an unpack's do
     streamed: tuple[tuple[int, tuple[int, ...], int], ...] = ()
+    stream: int = 0  # the controller's issue stream: 0 the main one, 1 the side stream (streams.py)
+    wait: int | None = None  # the phase (index in its command) of the other stream whose done flag it waits for
+    barrier: bool = False  # its setup waits for every write in flight (a main phase whose wait may stall it)
 
     @property
     def iterations(self) -> int:
@@ -238,8 +241,9 @@ class Schedule:
 
     def call_cycles(self, command: str) -> int:
         """Clock cycles of one call, from the cycle the command is accepted until idle again (a program of
-        model groups runs its stage phases once per group)."""
-        return 1 + sum(p.advance * p.groups for p in self.commands[command])
+        model groups runs its stage phases once per group; side-stream phases run beside the others:
+        ``streams.command_cycles``)."""
+        return streams.command_cycles(self.commands[command])
 
     def cycles(self) -> dict[str, int]:
         """Clock cycles of one call of each command (``call_cycles``)."""
@@ -572,8 +576,24 @@ def _check_bank_clashes(phase: Phase, located: dict, grid, n: int, where: str) -
 
 # ----- the pass -------------------------------------------------------------------------------------------
 
-def run(kernel: Kernel) -> Schedule:
-    """The schedule of every command of ``kernel`` (raises ``ScheduleError`` when it cannot map)."""
+def _plan_drains(phases: list[Phase], memories: dict[str, Memory], cache: dict) -> None:
+    """Each phase's drain for the streams as assigned: the main stream's from ``overlap.plan``, a side phase's its
+    write delay (the side stream's next phase waits for every write, streams.py). ``cache``: the requests of a
+    phase's head or tail already enumerated (the same for every assignment tried)."""
+    def requests(ph: Phase, issues: np.ndarray) -> Requests:
+        key = (id(ph), int(issues[0]) if len(issues) else 0, len(issues))
+        if key not in cache:
+            cache[key] = phase_requests(ph, memories, issues)
+        return cache[key]
+    for ph in phases:
+        if ph.stream == streams.SIDE:
+            ph.drain = ph.write_delay
+    overlap.plan([ph for ph in phases if ph.stream == streams.MAIN], requests)
+
+
+def run(kernel: Kernel, side: bool = True) -> Schedule:
+    """The schedule of every command of ``kernel`` (raises ``ScheduleError`` when it cannot map); ``side=False``:
+    every phase on the main stream (streams.py), one after another."""
     refusal = placement.rtl_refusal(kernel)
     if refusal:  # no load/store phases yet (docs/offchip.md)
         raise ScheduleError(refusal)
@@ -616,5 +636,7 @@ def run(kernel: Kernel) -> Schedule:
             except ScheduleError as e:
                 e.stage = ph.stage  # the tile pass narrows a stage whose lanes clash
                 raise
-        overlap.plan(phases, lambda ph, issues: phase_requests(ph, memories, issues))
+        cache: dict = {}
+        streams.assign(phases, kernel, lambda phases=phases, cache=cache: _plan_drains(phases, memories, cache),
+                       streams.free_buffers(memories, commands), side)
     return Schedule(kernel, memories, commands, codes)

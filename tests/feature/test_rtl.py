@@ -310,7 +310,8 @@ def test_a_guest_runs_on_the_same_hardware_as_its_host(mlp):
     cvts = emit._Cvts()
     views = {i + 1: emit._unit_view(ph, i + 1, k, k.name, cvts, "DSP48E1") for i, ph in enumerate(phases)
              if ph.kind == "stage"}
-    hosts = emit.twin_hosts(views)
+    pid = {id(ph): i + 1 for i, ph in enumerate(phases)}
+    hosts = emit.twin_hosts(views, emit.concurrent_phases(p.schedule, pid))
     emit.mac_engine(list(views.values()), k.name, emit.multiplier_pool(list(views.values()), "DSP48E1"), cvts)
     assert hosts == {g: int(u["inst"][1:]) for u in p.units for g, _ in u["guests"]}
     assert {"infer_addmm", "infer_output"} <= {views[h]["stage"].name for h in hosts.values()}
@@ -410,7 +411,7 @@ def test_mlp_schedule_model_numbers(mlp_train_design):
     """The 64-32-10 MLP's schedule: every 4-lane matmul keeps >= 0.98 of its MAC lanes busy (the
     15 cycles of setup and pipeline per phase cost fc2 1%: 1,280 issues in 1,295 cycles)."""
     _, design = mlp_train_design
-    s = schedule.run(design.kernel)
+    s = schedule.run(design.kernel, side=False)  # one stream; with the side stream (passes/streams.py) below
     util = {ph.name: schedule.mac_utilization(ph) for ph in s.phases()
             if ph.kind == "stage" and ph.stage.op == "mac" and ph.lanes >= 4}
     assert len(util) >= 5 and min(util.values()) >= 0.98, util
@@ -421,6 +422,10 @@ def test_mlp_schedule_model_numbers(mlp_train_design):
     # fused into its own; 22,080 and 22,371 before ReLU's backward mask and select became one le_select stage:
     # each removed phase took 1 + 512 / 4 issues)
     assert s.call_cycles("train_step") == 1 + sum(p.advance for p in phases) < 1 + sum(p.cycles for p in phases)
+    # the side stream takes eq, where_1, exp_1 and fc1's bias gradient, among others, beside the main phases
+    side = design.schedule.commands["train_step"]
+    assert design.schedule.call_cycles("train_step") == 21_464 < s.call_cycles("train_step") == 21_693
+    assert {"train_where_1", "train_exp_1", "train_update_fc1_bias"} <= {p.name for p in side if p.stream == 1}
     drain = {p.name: p.drain_cycles for p in phases}
     assert "train_relu" not in drain and drain["train_addmm"] == 0  # fc1 writes h (through its fused ReLU) in
     # the order fc2 reads it: h's last row last

@@ -56,9 +56,11 @@ def test_stage_cycles_are_the_schedules(stacked):
             got = allocate.stage_cycles(ph.stage, ph.stage.model_lanes, ph.stage.lanes,
                                         loop.var if loop is not None else None)
             assert got == ph.cycles, ph.name
-    phases = sched.commands["train_step"]  # each phase's own span; a call overlaps their drains (overlap.py)
-    assert sched.call_cycles("train_step") == 1 + sum(p.advance * p.groups for p in phases) \
+    one = schedule.run(k, side=False)  # one stream: each phase's own span, a call overlaps their drains (overlap.py)
+    phases = one.commands["train_step"]
+    assert one.call_cycles("train_step") == 1 + sum(p.advance * p.groups for p in phases) \
         < 1 + sum(p.cycles * p.groups for p in phases)
+    assert sched.call_cycles("train_step") < one.call_cycles("train_step")  # with the side stream (streams.py)
 
 
 def test_memory_cost_is_the_plans(stacked):

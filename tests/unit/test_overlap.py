@@ -73,7 +73,7 @@ def _kernels():
 @pytest.mark.parametrize("name", ["mlp", "groups", "cnn"])
 def test_drains_are_the_earliest_starts_an_exhaustive_search_finds(name):
     design = dict(_kernels())[name]
-    s = schedule.run(design.kernel)
+    s = schedule.run(design.kernel, side=False)  # one stream (the side stream: test_streams.py)
     overlapped = 0
     for cmd, phases in s.commands.items():
         starts = _exhaustive_starts(phases, s.memories)
@@ -90,7 +90,7 @@ def test_drains_are_the_earliest_starts_an_exhaustive_search_finds(name):
 
 def test_a_reader_of_the_last_write_waits_for_it_and_transfers_are_barriers():
     design = dict(_kernels())["mlp"]
-    s = schedule.run(design.kernel)
+    s = schedule.run(design.kernel, side=False)
     phases = s.commands["train_step"]
     waits = 0
     for ph, nxt in zip(phases, phases[1:], strict=False):

@@ -168,7 +168,8 @@ def _build_fsm(spec, ir, hw, comb, fsm):
     cmd_valid, cmd, done = block.arguments[:3]
     again = block.arguments[3] if grouped else None
     back = {c["repeat"]["last"]: c["repeat"]["first"] for c in spec["commands"] if c.get("repeat")}
-    state_of = {ph["id"]: f"P{ph['id']}_{ph['name']}" for ph in spec["phases"]}
+    main = [ph for ph in spec["phases"] if not ph.get("stream")]  # the side stream's phases are not its states
+    state_of = {ph["id"]: f"P{ph['id']}_{ph['name']}" for ph in main}
     nxt = {}
     for c in spec["commands"]:
         ids = c["phases"]
@@ -193,7 +194,7 @@ def _build_fsm(spec, ir, hw, comb, fsm):
             return guard
 
         state("IDLE", 0, [(state_of[c["phases"][0]], starts(c["code"])) for c in spec["commands"]])
-        for ph in spec["phases"]:
+        for ph in main:
             to = state_of[nxt[ph["id"]]] if nxt[ph["id"]] else "IDLE"
             loop = []  # the last stage phase of a program of model groups: back to its first for the next group
             if ph["id"] in back:
@@ -251,6 +252,10 @@ class _Controller:
         self.out: dict[str, object] = {}
         self.repeats = [c["repeat"] for c in spec["commands"] if c.get("repeat")]
         self.gc = spec.get("group_counter")  # the group counter's index among the counters (model groups)
+        self.stream_of = {p: ph.get("stream", 0) for p, ph in self.phases.items()}
+        self.ids = [[p for p in self.phases if self.stream_of[p] == s] for s in (0, 1)]
+        self.side = bool(self.ids[1])  # a second issue stream (passes/streams.py)
+        self.flag_pulses: list = []  # (phase, stream, placeholder of its last issue): connected after the counters
 
     def phase_fsm(self, fsm, ir):
         """The FSM, fed back by ``done``; ``on[p]``: the phase, registered one-hot (valid from its setup cycle on)."""
@@ -262,8 +267,8 @@ class _Controller:
                                 sym_name=ir.StringAttr.get("fsm"), machine=ir.FlatSymbolRefAttr.get(spec["fsm"]),
                                 clock=args["clk"], reset=args["rst"])
         self.phase = phase = inst.results[0]
-        self.now = {p: net.eq_const(phase, p) for p in self.phases}
-        self.on = {p: net.delayed(f"on_p{p}", self.now[p]) for p in self.phases}
+        self.now = {p: net.eq_const(phase, p) for p in self.ids[0]}
+        self.on = {p: net.delayed(f"on_p{p}", self.now[p]) for p in self.ids[0]}
         self.phase_q = net.delayed("phase_q", phase)  # at an issue: the phase issuing (the tag at tap 0)
         self.setup = net.not_(net.cmp("eq", phase, self.phase_q))  # a phase's first cycle
         if self.again is not None:  # (or the first of the next group's pass, which may be the same phase)
@@ -271,44 +276,131 @@ class _Controller:
             self.setup = net.or_(self.setup, net.delayed("looped_q", self.looped.result))
         self.running = net.delayed("running", net.not_(net.eq_const(phase, 0)))
 
-    def per_phase(self, name: str, value_of, width: int):
-        """A register loaded with the phase's constant ``value_of(ph)`` (valid after the setup cycle)."""
+    def per_phase(self, name: str, value_of, width: int, stream: int = 0):
+        """A register loaded with the phase's constant ``value_of(ph)`` (valid after the setup cycle), over the
+        phases of ``stream``."""
         net = self.net
         return net.delayed(name, net.onehot([(self.now[p], net.const(value_of(ph), width))
-                                             for p, ph in self.phases.items() if value_of(ph)], width))
+                                             for p, ph in self.phases.items()
+                                             if self.stream_of[p] == stream and value_of(ph)], width))
 
     def counters(self):
         """Shared counters: every phase counts c0 .. c<m-1> up to its limits (0 for loops it lacks); the
-        issue (stalled by setup, draining and an unpack's missing input) and the drain counter."""
-        net, args, phases, m, cw = self.net, self.args, self.phases, self.m, self.cw
-        self.cnt, set_cnt = zip(*[net.reg(f"c{k}", cw) for k in range(m)], strict=True) if m else ((), ())
-        limit = [self.per_phase(f"limit{k}", lambda ph, k=k: ph["counters"][k] - 1 if k < len(ph["counters"]) else 0,
-                                cw)
-                 for k in range(m)]
-        draining, set_draining = net.reg("draining", 1)
-        dw = max(1, max(ph["drain"] for ph in phases.values()).bit_length())
-        dcnt, set_dcnt = net.reg("drain_count", dw)
+        issue (stalled by setup, draining, an unpack's missing input and a wait for the other stream) and the
+        drain counter. With a side stream (passes/streams.py) its own set: ``s1_c0 ..``, the done flags the
+        streams wait for, and the main stream's last stage phase held until the side stream is idle."""
+        net, phases = self.net, self.phases
         # the phases whose issues take input words: unpacks and stages fused with one (schedule.fuse_input_stream)
         self.unpack_ids = [p for p, ph in phases.items() if ph["kind"] == "unpack" or ph.get("streams")]
         self.is_unpack = (net.delayed("unpack_q", net.or_(*[self.now[p] for p in self.unpack_ids]))
                           if self.unpack_ids else None)
-        self.can_issue = can_issue = net.and_(self.running, net.not_(self.setup), net.not_(draining))
-        self.issue = issue = (net.and_(can_issue, net.or_(net.not_(self.is_unpack), args["in_valid"]))
-                              if self.unpack_ids else can_issue)
-        lasts = [net.cmp("eq", self.cnt[k], limit[k]) for k in range(m)]
-        for k in range(m):
-            stepped = net.mux(lasts[k], net.const(0, cw), net.add(self.cnt[k], net.const(1, cw)))
-            set_cnt[k](net.mux(net.and_(issue, *lasts[k + 1:]), stepped, self.cnt[k]))
-        last_all = net.and_(issue, *lasts)
-        no_delay = net.delayed("no_delay", net.or_(*[self.now[p] for p, ph in phases.items()
-                                                     if ph["drain"] == 0]))
-        drain_init = self.per_phase("drain_init", lambda ph: max(0, ph["drain"] - 1), dw)
-        drained = net.and_(draining, net.eq_const(dcnt, 0))
-        self.done = net.or_(net.and_(last_all, no_delay), drained)  # the phase's last cycle
-        net.connect(self.done_ph, self.done)
-        set_draining(net.mux(draining, net.not_(net.eq_const(dcnt, 0)), net.and_(last_all, net.not_(no_delay))))
-        set_dcnt(net.mux(draining, net.sub(dcnt, net.const(1, dw)), drain_init))
+        if self.side:
+            self.side_fsm()
+            flags = self.flags()
+        self.cnt, self.issue_at, self.last_all = {}, {}, {}
+        for stream in (0, 1) if self.side else (0,):
+            deps = True
+            if self.side and stream == 0:  # a main phase that waits: until its side phase's flag is set
+                deps = net.and_(*[net.or_(net.not_(self.on[p]), flags[ph["waits"][0]])
+                                  for p, ph in phases.items() if self.stream_of[p] == 0 and ph.get("waits")])
+            elif stream == 1:  # a side phase: until every main phase up to its wait has written its last result
+                deps = net.or_(*[net.and_(self.on[p], *[flags[q] for q in ph.get("waits", [])])
+                                 for p, ph in phases.items() if self.stream_of[p] == 1])
+            self._stream_counters(stream, deps)
+        for q, stream, pending in self.flag_pulses:
+            net.connect(pending, net.and_(self.last_all[stream], self.on[q]))
+        self.issue = self.issue_at[0][0]
         self.group_counter()
+
+    def _stream_counters(self, stream: int, deps) -> None:
+        """The counters, issue, drain and done of one stream (``s1_``-prefixed names for the side stream)."""
+        net, args, m, cw = self.net, self.args, self.m, self.cw
+        pre = "s1_" if stream else ""
+        ids = self.ids[stream]
+        cnt, set_cnt = zip(*[net.reg(f"{pre}c{k}", cw) for k in range(m)], strict=True) if m else ((), ())
+        limit = [self.per_phase(f"{pre}limit{k}", lambda ph, k=k: ph["counters"][k] - 1
+                                if k < len(ph["counters"]) else 0, cw, stream)
+                 for k in range(m)]
+        draining, set_draining = net.reg(f"{pre}draining", 1)
+        dw = max(1, max(self.phases[p]["drain"] for p in ids).bit_length())
+        dcnt, set_dcnt = net.reg(f"{pre}drain_count", dw)
+        running, setup = (self.running, self.setup) if stream == 0 else (self.running1, self.setup1)
+        can_issue = net.and_(running, net.not_(setup), net.not_(draining), deps)
+        issue = (net.and_(can_issue, net.or_(net.not_(self.is_unpack), args["in_valid"]))
+                 if stream == 0 and self.unpack_ids else can_issue)
+        if stream == 0:
+            self.can_issue = can_issue
+        lasts = [net.cmp("eq", cnt[k], limit[k]) for k in range(m)]
+        for k in range(m):
+            stepped = net.mux(lasts[k], net.const(0, cw), net.add(cnt[k], net.const(1, cw)))
+            set_cnt[k](net.mux(net.and_(issue, *lasts[k + 1:]), stepped, cnt[k]))
+        last_all = net.and_(issue, *lasts)
+        no_delay = net.delayed(f"{pre}no_delay", net.or_(*[self.now[p] for p in ids if self.phases[p]["drain"] == 0]))
+        drain_init = self.per_phase(f"{pre}drain_init", lambda ph: max(0, ph["drain"] - 1), dw, stream)
+        if stream == 0 and self.side:  # the last stage phase of a pass ends only when the side stream is idle
+            hold = net.and_(net.delayed("ends_q", net.or_(*[self.now[c["last"]] for c in self.spec["commands"]
+                                                            if c.get("side")])),
+                            net.not_(net.eq_const(self.state1, 0)))
+            free = net.not_(hold)
+            drained = net.and_(draining, net.eq_const(dcnt, 0), free)
+            done = net.or_(net.and_(last_all, no_delay, free), drained)
+            set_draining(net.mux(draining, net.not_(drained), net.and_(last_all, net.not_(net.and_(no_delay, free)))))
+            set_dcnt(net.mux(draining, net.mux(net.eq_const(dcnt, 0), dcnt, net.sub(dcnt, net.const(1, dw))),
+                             drain_init))
+        else:
+            drained = net.and_(draining, net.eq_const(dcnt, 0))
+            done = net.or_(net.and_(last_all, no_delay), drained)  # the phase's last cycle
+            set_draining(net.mux(draining, net.not_(net.eq_const(dcnt, 0)), net.and_(last_all, net.not_(no_delay))))
+            set_dcnt(net.mux(draining, net.sub(dcnt, net.const(1, dw)), drain_init))
+        if stream == 0:
+            self.done = done
+            net.connect(self.done_ph, done)
+        else:
+            net.connect(self.done1_ph, done)
+        self.cnt[stream], self.issue_at[stream], self.last_all[stream] = list(cnt), [issue], last_all
+
+    def side_fsm(self) -> None:
+        """The side stream's phase register ``side_q``: from 0 to a command's first side phase when its first main
+        stage phase sets up (each model group's pass), to the next side phase when one is done, 0 after the last."""
+        net, spec = self.net, self.spec
+        pw = self.pw
+        self.state1, set_state1 = net.reg("side_q", pw)
+        self.done1_ph = net.wire(1)
+        idle = net.eq_const(self.state1, 0)
+        cases = []
+        for c in spec["commands"]:
+            if not c.get("side"):
+                continue
+            cases.append((net.and_(idle, self.now[c["first"]], self.setup), net.const(c["side"][0], pw)))
+            for a, b in zip(c["side"], c["side"][1:] + [0], strict=True):
+                cases.append((net.and_(net.eq_const(self.state1, a), self.done1_ph.result), net.const(b, pw)))
+        moves = net.or_(*[cond for cond, _ in cases])
+        set_state1(net.mux(moves, net.onehot(cases, pw), self.state1))
+        self.now.update({p: net.eq_const(self.state1, p) for p in self.ids[1]})
+        self.on.update({p: net.delayed(f"on_p{p}", self.now[p]) for p in self.ids[1]})
+        self.state1_q = net.delayed("side_prev", self.state1)
+        self.setup1 = net.not_(net.cmp("eq", self.state1, self.state1_q))
+        self.running1 = net.delayed("side_running", net.not_(idle))
+
+    def flags(self) -> dict:
+        """Done flags (passes/streams.py): set a cycle after a phase's last write (its last issue delayed by its
+        write delay); cleared while the kernel is idle and, for a program's stage phases, when its first main
+        stage phase sets up (each model group's pass)."""
+        net, spec = self.net, self.spec
+        needed = sorted({q for ph in self.phases.values() for q in ph.get("waits", [])})
+        clear_body = net.or_(*[net.and_(self.now[c["first"]], self.setup) for c in spec["commands"] if c.get("side")])
+        idle = net.eq_const(self.phase, 0)
+        out = {}
+        for q in needed:
+            ph, stream = self.phases[q], self.stream_of[q]
+            flag, set_flag = net.reg(f"flag_p{q}", 1)
+            out[q] = flag
+            pending = net.wire(1)  # its last issue, from the stream's counters (made after the flags)
+            self.flag_pulses.append((q, stream, pending))
+            landed = self.delay(f"flag_p{q}_last", pending.result, ph["write_delay"])
+            clear = net.or_(idle, clear_body) if ph.get("in_body") else idle
+            set_flag(net.or_(landed, net.and_(flag, net.not_(clear))))
+        return out
 
     def group_counter(self):
         """Model groups: the group counter ``cgrp`` (0 in IDLE) counts the passes over a program's stage phases;
@@ -333,32 +425,40 @@ class _Controller:
         return port["tap"] - self.tap_ram
 
     def delay_line(self):
-        """The issue and the counters t cycles after issue; a delayed counter keeps only the bits the
+        """The issue and the counters t cycles after issue, per stream; a delayed counter keeps only the bits the
         write requests computed at that tap (or later) need."""
         net, spec, phases, m = self.net, self.spec, self.phases, self.m
         max_tap = max([self.tap_out, self.tap_operand] + [self.compute_tap(w) for w in spec["writes"]])
-        need = [[0] * max(m, (self.gc or 0) + 1) for _ in range(max_tap + 2)]
-        for port in spec["writes"]:
-            t, ph = self.compute_tap(port), phases[port["phase"]]
-            used = {k for a in port["index"] + port.get("guard", []) for k, _ in a["terms"]}
-            used |= set(ph["reduce"] if port.get("last_only") else ())
-            for k in used:
-                need[t][k] = max(need[t][k], (ph["counters"][k] - 1).bit_length() or 1)
-            for k, _ in port["point"]["terms"] if "point" in port else ():
-                need[t - 1][k] = max(need[t - 1][k], (ph["counters"][k] - 1).bit_length() or 1)
-        for t in range(max_tap, 0, -1):
-            need[t] = [max(a, b) for a, b in zip(need[t], need[t + 1], strict=True)]
-        # each issue in flight carries its phase (``tag_at``): the next phase issues while this one drains
-        # (passes/overlap.py), so a request at tap t answers to the phase that issued t cycles ago
-        self.issue_at, self.counters_at, self.tag_at = [self.issue], [list(self.cnt)], [self.phase_q]
-        for t in range(1, max_tap + 1):
-            self.issue_at.append(net.delayed(f"issue_d{t}", self.issue_at[t - 1]))
-            self.tag_at.append(net.delayed(f"phase_d{t}", self.tag_at[t - 1]))
-            self.counters_at.append([net.delayed(f"c{k}_d{t}", net.resize(c, need[t][k]), None) if need[t][k] else None
-                                     for k, c in enumerate(self.counters_at[t - 1])])
-        if self.cgrp is not None:  # the group counter changes only between phases: the same at every tap
-            for at in self.counters_at:
-                at += [None] * (self.gc - len(at)) + [self.cgrp]
+        self.tag_at, self.counters_at = {}, {}
+        for stream in self.issue_at:
+            pre = "s1_" if stream else ""
+            need = [[0] * max(m, (self.gc or 0) + 1) for _ in range(max_tap + 2)]
+            for port in spec["writes"]:
+                if self.stream_of[port["phase"]] != stream:
+                    continue
+                t, ph = self.compute_tap(port), phases[port["phase"]]
+                used = {k for a in port["index"] + port.get("guard", []) for k, _ in a["terms"]}
+                used |= set(ph["reduce"] if port.get("last_only") else ())
+                for k in used:
+                    need[t][k] = max(need[t][k], (ph["counters"][k] - 1).bit_length() or 1)
+                for k, _ in port["point"]["terms"] if "point" in port else ():
+                    need[t - 1][k] = max(need[t - 1][k], (ph["counters"][k] - 1).bit_length() or 1)
+            for t in range(max_tap, 0, -1):
+                need[t] = [max(a, b) for a, b in zip(need[t], need[t + 1], strict=True)]
+            # each issue in flight carries its phase (``tag_at``): the next phase issues while this one drains
+            # (passes/overlap.py), so a request at tap t answers to the phase that issued t cycles ago
+            issue_at = self.issue_at[stream]
+            tag_at = [self.phase_q if stream == 0 else self.state1_q]
+            counters_at = [list(self.cnt[stream])]
+            for t in range(1, max_tap + 1):
+                issue_at.append(net.delayed(f"{pre}issue_d{t}", issue_at[t - 1]))
+                tag_at.append(net.delayed(f"{pre}phase_d{t}", tag_at[t - 1]))
+                counters_at.append([net.delayed(f"{pre}c{k}_d{t}", net.resize(c, need[t][k]), None)
+                                    if need[t][k] else None for k, c in enumerate(counters_at[t - 1])])
+            if self.cgrp is not None:  # the group counter changes only between phases: the same at every tap
+                for at in counters_at:
+                    at += [None] * (self.gc - len(at)) + [self.cgrp]
+            self.tag_at[stream], self.counters_at[stream] = tag_at, counters_at
 
     def clock_of(self, memory: str | None = None, phase: int | None = None):
         """The clock of a memory's requests and ports, or of a phase's stream outputs (``clk`` when not gated)."""
@@ -377,8 +477,8 @@ class _Controller:
             self.net.clk = self.args["clk"]
 
     def on_at(self, p: int, t: int):
-        """1 where the issue t cycles ago (if any) was phase ``p``'s."""
-        return self.on[p] if t == 0 else self.net.eq_const(self.tag_at[t], p)
+        """1 where the issue t cycles ago (if any) of ``p``'s stream was phase ``p``'s."""
+        return self.on[p] if t == 0 else self.net.eq_const(self.tag_at[self.stream_of[p]][t], p)
 
     def delay(self, name: str, v, cycles: int):
         """``v`` through ``cycles`` registers named ``<name>_d1 ..``."""
@@ -386,9 +486,9 @@ class _Controller:
             v = self.net.delayed(f"{name}_d{t + 1}", v)
         return v
 
-    def affine_at(self, t: int):
-        """``affine(terms, const, w)``: sum(c * counter) + const in w bits from the counters at tap t."""
-        net, counters = self.net, self.counters_at[t]
+    def affine_at(self, t: int, stream: int = 0):
+        """``affine(terms, const, w)``: sum(c * counter) + const in w bits from the stream's counters at tap t."""
+        net, counters = self.net, self.counters_at[stream][t]
 
         def affine(terms, const, w):
             vs = [net.mul_const(net.resize(counters[k], w), c) for k, c in terms]
@@ -407,7 +507,7 @@ class _Controller:
                 continue  # holds everywhere
             # e in two's complement: a negative e reads as a large unsigned number, >= bound
             w = max(abs(lo).bit_length(), hi.bit_length(), g["bound"].bit_length(), g["step"].bit_length()) + 1
-            e = self.affine_at(t)(g["terms"], g["const"], w)
+            e = self.affine_at(t, self.stream_of[port["phase"]])(g["terms"], g["const"], w)
             conds.append(net.cmp("ult", e, net.const(g["bound"], w)))
             step = g["step"]
             if step > 1 and step & (step - 1) == 0:
@@ -422,7 +522,7 @@ class _Controller:
         mem = self.spec["memories"][port["memory"]]
         bw, aw = mem["bank_bits"], mem["addr_bits"]
         bank, addr = net.const(0, bw), net.const(0, aw)
-        affine = self.affine_at(t)
+        affine = self.affine_at(t, self.stream_of[port["phase"]])
         for a, f, rows, w in zip(port["index"], mem["factors"], mem["bank_shape"], port["dim_bits"], strict=True):
             bank, row = _index_dim(net, affine, bank, a, f, rows, w, bw)
             if row is not None:
@@ -435,7 +535,8 @@ class _Controller:
         """The request's registers at tap t + 1: (hit, bank or None, address), from the counters at tap t."""
         net = self.net
         bank, addr = self.locate(port, t)
-        hit = net.delayed(f"{name}_hit", net.and_(self.issue_at[t], self.on_at(port["phase"], t), *conds))
+        issue_at = self.issue_at[self.stream_of[port["phase"]]]
+        hit = net.delayed(f"{name}_hit", net.and_(issue_at[t], self.on_at(port["phase"], t), *conds))
         bank_q = net.delayed(f"{name}_bank", bank, None) if len(port["banks"]) > 1 else None
         return hit, bank_q, net.delayed(f"{name}_addr", addr, None)
 
@@ -480,14 +581,16 @@ class _Controller:
         for w, port in enumerate(self.spec["writes"]):
             with self.clocked(memory=port["memory"]):
                 t, ph = self.compute_tap(port), self.phases[port["phase"]]
+                stream = self.stream_of[port["phase"]]
                 conds = [self.guard_ok(port, t)]
                 if port["last_only"]:
-                    conds += [net.eq_const(self.counters_at[t][k], ph["counters"][k] - 1) for k in ph["reduce"]]
+                    conds += [net.eq_const(self.counters_at[stream][t][k], ph["counters"][k] - 1)
+                              for k in ph["reduce"]]
                 hit, bank_q, addr = self.request(f"wr{w}", port, t, *conds)
                 if "srp" in port:  # the lane's point (plus its stage's key) at its output conversion, a cycle earlier
                     point = port["point"]
                     self.out[port["srp"]] = net.delayed(
-                        port["srp"] + "_q", self.affine_at(t - 1)(point["terms"], point["const"], 32), None)
+                        port["srp"] + "_q", self.affine_at(t - 1, stream)(point["terms"], point["const"], 32), None)
                 for b in port["banks"]:
                     wport_cases.setdefault((port["memory"], b), []).append(
                         (self.bank_hit(hit, bank_q, b), addr, port["source"][str(b)]))
@@ -524,19 +627,20 @@ class _Controller:
         op = self.tap_operand
 
         def arrive(p: int):  # phase p's operands reach its unit next cycle (go; act: its pooled multipliers' turn)
-            return net.and_(self.issue_at[op - 1], self.on_at(p, op - 1))
+            return net.and_(self.issue_at[self.stream_of[p]][op - 1], self.on_at(p, op - 1))
         for p, port in [*spec["go"].items(), *spec.get("act", {}).items()]:
             with self.clocked(phase=int(p)):
                 out[port] = net.delayed(port + "_q", arrive(int(p)))
         # each reduction's own `first` (a shared one would be merged into one register of huge fanout)
         for p, port in spec.get("first", {}).items():
             with self.clocked(phase=int(p)):
-                first = net.and_(on[int(p)], *[net.eq_const(self.cnt[k], 0) for k in phases[int(p)]["reduce"]])
+                cnt = self.cnt[self.stream_of[int(p)]]
+                first = net.and_(on[int(p)], *[net.eq_const(cnt[k], 0) for k in phases[int(p)]["reduce"]])
                 out[port] = self.delay(port, first, self.tap_operand)
         out["idle"] = net.and_(net.eq_const(self.phase, 0), net.not_(self.args["rst"]))
         out["in_ready"] = net.and_(self.can_issue, self.is_unpack) if self.unpack_ids else net.const(0, 1)
         packs = [p for p, ph in phases.items() if ph["kind"] == "pack"]
-        out["out_valid"] = net.delayed("out_valid_q", net.and_(self.issue_at[self.tap_out - 1],
+        out["out_valid"] = net.delayed("out_valid_q", net.and_(self.issue_at[0][self.tap_out - 1],
                                                                net.or_(*[self.on_at(p, self.tap_out - 1)
                                                                          for p in packs]))) \
             if packs else net.const(0, 1)

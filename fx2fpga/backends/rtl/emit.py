@@ -47,7 +47,7 @@ from fx2fpga_runtime.ops import (
 )
 
 from ...errors import Fx2fpgaError
-from ...passes import resources
+from ...passes import resources, streams
 from ...passes import schedule as sched
 from ...passes.estimate import DSP_PORTS, multiplier_pieces
 from ...passes.resources import unit_stages
@@ -303,23 +303,33 @@ def _twin_key(u: dict) -> str | None:
                       sort_keys=True, default=str)
 
 
-def twin_hosts(views: dict[int, dict]) -> dict[int, int]:
+def twin_hosts(views: dict[int, dict], concurrent: set[frozenset[int]] = frozenset()) -> dict[int, int]:
     """Phases that run on another phase's unit: phase id -> the first phase (in phase order) whose unit is the same
-    hardware (``_twin_key``). Sharing is safe for any two phases: their issue windows never overlap (one
-    command at a time, and a command's phases issue one after another), and a unit is an in-order pipeline of
-    fixed latency, so each result leaves it at its own phase's write tap. A training kernel's ``infer`` runs on
-    the forward units of ``train_step`` (its stages' twins, with the same lanes: ``tile.mirror_twin_lanes``)."""
-    first: dict[str, int] = {}
+    hardware (``_twin_key``) and that issues at no time it or the host's other guests do (``concurrent``: pairs of
+    phase ids that may, a side-stream phase and the main phases beside it, ``streams.concurrent``). Sharing is
+    safe for phases whose issue windows never overlap (one command at a time, and a stream's phases issue one after
+    another), as a unit is an in-order pipeline of fixed latency, so each result leaves it at its own phase's write
+    tap. A training kernel's ``infer`` runs on the forward units of ``train_step`` (its stages' twins, with the same
+    lanes: ``tile.mirror_twin_lanes``)."""
+    sharing: dict[str, list[list[int]]] = {}  # key -> groups of phases on one unit, its host first
     host_of: dict[int, int] = {}
     for i, u in views.items():
         key = _twin_key(u)
         if key is None:
             continue
-        if key in first:
-            host_of[i] = first[key]
+        group = next((g for g in sharing.get(key, []) if not any(frozenset((i, j)) in concurrent for j in g)), None)
+        if group is None:
+            sharing.setdefault(key, []).append([i])
         else:
-            first[key] = i
+            host_of[i] = group[0]
+            group.append(i)
     return host_of
+
+
+def concurrent_phases(s: Schedule, pid: dict) -> set[frozenset[int]]:
+    """``streams.concurrent`` of every command, as pairs of phase ids."""
+    return {frozenset(pid[id(phases[k])] for k in pair) for phases in s.commands.values()
+            for pair in streams.concurrent(phases)}
 
 
 def _unit_view(phase: Phase, pid: int, kernel, name: str, cvts: _Cvts, dsp_kind: str, counted: bool = False) -> dict:
@@ -574,7 +584,8 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
     counted = {pid[id(ph)]: counting and can_overflow(ph.stage, kernel) for ph in phases if ph.kind == "stage"}
     views = {i: _unit_view(ph, i, kernel, name, cvts, dsp_kind, counted[i])
              for ph in phases if ph.kind == "stage" for i in [pid[id(ph)]]}
-    host_of = twin_hosts(views)
+    host_of = twin_hosts(views, concurrent_phases(s, pid))
+    side = {pid[id(p)] for p in phases if p.stream == streams.SIDE}
     for ph in phases:
         i = pid[id(ph)]
         unit = views.get(i)
@@ -600,6 +611,7 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
     act = _acts(w)
     reset_cycles = max([p.write_delay for p in phases] + [sched.PACK_DELAY]) + 4
     gates = sim_gates(w, pool, engine, len(phases), reset_cycles)
+    gates["side"] = bool(side)  # the side stream's phase register runs blocks too
     out_sel_bits = bits(len(w.packs) - 1) if len(w.packs) > 1 else 0
     outputs = _controller_outputs(w, act, out_sel_bits)
     spec = {
@@ -607,11 +619,8 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
         "counters": s.counter_count(), "counter_bits": s.counter_bits(),
         "taps": {"addr": sched.ADDR_TAP, "ram": sched.RAM_TAP, "operand": sched.OPERAND_TAP,
                  "out": sched.PACK_DELAY},
-        "commands": [{"code": s.codes[c], "phases": [pid[id(p)] for p in ph], "repeat": _repeat(ph, pid)}
-                     for c, ph in s.commands.items()],
-        "phases": [{"id": pid[id(p)], "name": _ident(p.name), "kind": p.kind,
-                    "counters": _phase_counts(p), "reduce": list(p.reduce),
-                    "drain": p.drain_cycles, "streams": bool(p.streamed)} for p in phases],
+        "commands": [_command_spec(s.codes[c], ph, pid) for c, ph in s.commands.items()],
+        "phases": [_phase_spec(p, pid, s.commands[command_of[id(p)]]) for p in phases],
         "group_counter": next((p.group_counter for p in phases if p.group_counter is not None), None),
         "memories": {n: {k: m[k] for k in ("banks", "addr_bits", "bank_bits", "factors", "bank_shape", "ports")}
                      for n, m in mems.items()},
@@ -702,9 +711,39 @@ def saturation_view(kernel, mems: dict) -> dict:
             "left_bits": bits(len(counters))}
 
 
+def _command_spec(code: int, phases, pid: dict) -> dict:
+    """A command for the controller: its code, its main stream's phases in order (the FSM's states), its model
+    groups' loop; with side phases (passes/streams.py) those in order and its first and last main stage phases
+    (the side stream starts with each pass of the first; the last ends when the side stream is idle)."""
+    spec = {"code": code, "phases": [pid[id(p)] for p in phases if p.stream == streams.MAIN],
+            "repeat": _repeat(phases, pid)}
+    side = [pid[id(p)] for p in phases if p.stream == streams.SIDE]
+    if side:
+        main = [pid[id(p)] for p in phases if p.stream == streams.MAIN and p.kind == "stage"]
+        spec.update(side=side, first=main[0], last=main[-1])
+    return spec
+
+
+def _phase_spec(p, pid: dict, command: list) -> dict:
+    """A phase for the controller: its counts, reduced counters and drain; with side phases in its command its
+    stream, the write delay and the phases whose done flags it waits for (a side phase: every main phase up to
+    its wait; a main phase: its side phase) and whether its flag is cleared with each pass (a program's phase)."""
+    spec = {"id": pid[id(p)], "name": _ident(p.name), "kind": p.kind, "counters": _phase_counts(p),
+            "reduce": list(p.reduce), "drain": p.drain_cycles, "streams": bool(p.streamed)}
+    if streams.has_side(command):
+        main = [k for k, q in enumerate(command) if q.stream == streams.MAIN]
+        stages = [k for k in main if command[k].kind == "stage"]
+        k = command.index(p)
+        waits = [] if p.wait is None else [command[p.wait]] if p.stream == streams.MAIN else \
+            [command[q] for q in main if q <= p.wait]
+        spec.update(stream=p.stream, write_delay=p.write_delay, waits=[pid[id(q)] for q in waits],
+                    in_body=stages[0] <= k <= stages[-1] or p.stream == streams.SIDE)
+    return spec
+
+
 def _repeat(phases, pid: dict) -> dict | None:
     """A command whose program runs in model groups: its first and last stage phases and the group count."""
-    grouped = [p for p in phases if p.group_counter is not None]
+    grouped = [p for p in phases if p.group_counter is not None and p.stream == streams.MAIN]
     if not grouped:
         return None
     return {"first": pid[id(grouped[0])], "last": pid[id(grouped[-1])], "count": grouped[0].groups}
@@ -937,11 +976,21 @@ def _hex_file(values: list[int], width: int) -> str:
     return "".join(f"{_hex(v, width).zfill(digits)}\n" for v in values)
 
 
+def _stream_note(p: Phase, phases: list[Phase]) -> str:
+    """Where a phase of a command with side phases runs (passes/streams.py): the side stream, and what it waits for."""
+    if not streams.has_side(phases):
+        return ""
+    after = f", after `{phases[p.wait].name}`" if p.wait is not None else ""
+    return f"side stream{after}" if p.stream == streams.SIDE else (f"main, waits for `{phases[p.wait].name}`"
+                                                                    if p.wait is not None else "")
+
+
 def _schedule_rows(s: Schedule) -> list[dict]:
     rows = []
     for cmd, phases in s.commands.items():
-        rows.append({"name": cmd, "cycles": s.call_cycles(cmd), "phases": [{
+        rows.append({"name": cmd, "cycles": s.call_cycles(cmd), "side": streams.has_side(phases), "phases": [{
             "name": p.name, "kind": p.kind, "op": p.stage.op if p.stage else "", "lanes": p.lanes,
+            "stream": _stream_note(p, phases),
             "loops": " x ".join(f"{c.var}:{c.extent}" + (f"/{c.step}" if c.step > 1 else "") for c in p.counters),
             "issues": p.iterations, "delay": p.write_delay, "cycles": p.cycles,
             "drain": p.drain_cycles, "advance": p.advance,

@@ -1,0 +1,212 @@
+"""A second issue stream: stage phases that run beside the phases they share nothing with (``Phase.stream`` 1).
+
+Until session 20 a command's phases issued one after another on one set of counters, so the ~20 short
+elementwise and reduction phases of a training step (the softmax chain, the loss, the bias gradients) took
+their cycles on top of the multiply-accumulates. The controller now has a second set of counters, its own
+phase register and issue delay line: the **side stream**. A stage phase goes there when
+
+- it does not multiply (the shared multipliers and the MAC engine serve one phase at a time), is not fused
+  with the input stream and does not round stochastically (its random bits are counted per call);
+- some phase of the main stream can run beside it: its **window**, the main-stream phases after the last one
+  before it that touches (reads or writes) one of its buffers and before the first one after it that does,
+  is not empty. The phases of its window touch none of its memories, so the two streams never meet at a
+  memory port, a bank's write data or a read multiplexer.
+
+It then waits before its first issue until every main-stream phase up to the last one before it that touches
+its buffers has written its last result (``schedule.Phase.wait``: the index of that phase), and the first main-stream
+phase after it that touches its buffers waits for it (and so for every side phase before it: the side stream
+runs its phases one after another, each after the last write of the one before). The waits are flags in
+the controller, set a cycle after a phase's last write lands, so the order holds whatever the input stream's
+pace; a phase that waits starts only after every write of the phase before it in its own stream (no overlap
+of its issues with their drains: a stall could otherwise meet a write at one bank in one cycle). The side
+stream starts with each pass of the program's first main-stream stage phase (each model group's pass) and
+the pass's last stage phase ends only when the side stream is idle.
+
+``command_cycles`` is the exact model of the controller (``backends/rtl/circt_child.py``): the cycles from the
+cycle a command is accepted to the cycle it is idle again, with the input words arriving every cycle.
+Without side phases it is the one-stream formula ``1 + sum of advances``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fx2fpga_runtime import stochastic
+from fx2fpga_runtime.ops import OPS_TABLE
+
+from . import schedule
+
+MAIN, SIDE = 0, 1
+
+
+def buffers_of(ph: schedule.Phase, free: frozenset[str] = frozenset()) -> set[str]:
+    """The buffers (memories) a phase reads or writes, less ``free`` ones (read-only, one word a bank: every
+    request of every phase reads the same word, so two streams may read them at once)."""
+    return {p.buffer for p in ph.reads + ph.writes} - free
+
+
+def free_buffers(memories: dict, commands: dict) -> frozenset[str]:
+    """The memories two streams may read at once: read-only, one word in each bank (a constant's), and every read
+    of them hits one bank it knows at compile time (no read multiplexer, which phases share)."""
+    multi = {p.buffer for phases in commands.values() for ph in phases for p in ph.reads if len(p.banks) > 1}
+    return frozenset(n for n, m in memories.items() if m.read_only and m.depth == 1 and n not in multi)
+
+
+def eligible(ph: schedule.Phase, kernel) -> bool:
+    """Whether a phase may run in the side stream (see the module doc)."""
+    if ph.kind != "stage" or ph.streamed:
+        return False
+    st = ph.stage
+    return not OPS_TABLE[st.op].multiplies and not stochastic.rounds_stochastic(st, kernel)
+
+
+def _touching(phases: list[schedule.Phase], mine: set[str], indices, free: frozenset[str]) -> list[int]:
+    return [j for j in indices if phases[j].stream == MAIN and buffers_of(phases[j], free) & mine]
+
+
+def _set_waits(phases: list[schedule.Phase], free: frozenset[str]) -> None:
+    """Each phase's ``wait`` for the side phases chosen (``stream``): a side phase waits for the main phases up to
+    the last one before it touching its buffers, a main phase for the last side phase before it touching its."""
+    for j, ph in enumerate(phases):
+        mine = buffers_of(ph, free)
+        other = SIDE if ph.stream == MAIN else MAIN
+        touching = [i for i in range(j) if phases[i].stream == other and buffers_of(phases[i], free) & mine]
+        ph.wait = touching[-1] if touching else None
+
+
+def _has_window(phases: list[schedule.Phase], i: int, last_stage: int, free: frozenset[str]) -> bool:
+    """Whether some main-stream stage phase can run beside phase i (see the module doc)."""
+    mine = buffers_of(phases[i], free)
+    before = _touching(phases, mine, range(i), free)
+    after = _touching(phases, mine, range(i + 1, len(phases)), free)
+    p = before[-1] if before else -1
+    c = after[0] if after else last_stage + 1
+    return any(j != i and phases[j].stream == MAIN and phases[j].kind == "stage"
+               for j in range(p + 1, min(c, last_stage + 1)))
+
+
+def _settle(phases: list[schedule.Phase], plan: Callable[[], None]) -> int:
+    """Plan the drains with a main phase a barrier only where its wait may stall it, and the command's cycles: a
+    wait that the model says never blocks (its flag is set by the phase's first issue) leaves the phase
+    overlapping the one before; one that may block makes it a barrier (see the module doc)."""
+    for ph in phases:
+        ph.barrier = False
+    while True:
+        plan()
+        cycles, stalled = timeline(phases)
+        late = [j for j in stalled if not phases[j].barrier]
+        if not late:
+            return cycles
+        for j in late:
+            phases[j].barrier = True
+
+
+def assign(phases: list[schedule.Phase], kernel, plan: Callable[[], None], free: frozenset[str],
+           side: bool = True) -> None:
+    """Move stage phases of one command (its phases in order) to the side stream where that makes the command
+    shorter, and set every phase's ``wait`` and ``barrier`` (see the module doc). ``plan()`` sets the phases'
+    drains for the streams as they are (``overlap.plan`` on the main stream). Greedy: a phase moves when it is
+    eligible, has a window, and the command's cycles fall; a sweep in program order, then one back from the last
+    phase (a move can open another's window). ``free``: ``free_buffers``; ``side=False``: none moves."""
+    stages = [j for j, ph in enumerate(phases) if ph.kind == "stage"]
+    candidates = [j for j in stages if side and eligible(phases[j], kernel)]
+    best = _settle(phases, plan)
+    if not candidates:
+        return
+    for sweep in range(2):
+        moved = False
+        for i in (candidates if sweep == 0 else reversed(candidates)):
+            if phases[i].stream == SIDE or not _has_window(phases, i, stages[-1], free):
+                continue
+            phases[i].stream = SIDE
+            _set_waits(phases, free)
+            cycles = _settle(phases, plan)
+            if cycles < best:
+                best, moved = cycles, True
+            else:
+                phases[i].stream = MAIN
+        _set_waits(phases, free)
+        _settle(phases, plan)
+        if not moved:
+            break
+
+
+def concurrent(phases: list[schedule.Phase]) -> set[frozenset[int]]:
+    """Pairs of phases (indices in the command) that may issue at once: a side phase and each main stage phase
+    after its wait and before the first main phase that waits for it or a later side phase (two side phases never
+    do: the side stream runs one at a time)."""
+    main = [j for j, ph in enumerate(phases) if ph.stream == MAIN and ph.kind == "stage"]
+    out = set()
+    for i, ph in enumerate(phases):
+        if ph.stream != SIDE:
+            continue
+        start = -1 if ph.wait is None else ph.wait
+        end = next((j for j in main if j > i and phases[j].wait is not None and phases[j].wait >= i), len(phases))
+        out |= {frozenset((i, j)) for j in main if start < j < end}
+    return out
+
+
+def has_side(phases: list[schedule.Phase]) -> bool:
+    """Whether a command's phases use the side stream."""
+    return any(ph.stream == SIDE for ph in phases)
+
+
+def flag_delay(ph: schedule.Phase) -> int:
+    """Cycles from a phase's last issue to the first cycle its done flag is set: its last write, a register."""
+    return ph.write_delay + 1
+
+
+def command_cycles(phases: list[schedule.Phase]) -> int:
+    """Exact cycles of one call of a command (see the module doc): from the cycle it is accepted until idle."""
+    return timeline(phases)[0]
+
+
+def timeline(phases: list[schedule.Phase]) -> tuple[int, list[int]]:
+    """``command_cycles`` and the main phases whose wait delays their first issue (in some model group's pass)."""
+    if not has_side(phases):
+        return 1 + sum(ph.advance * ph.groups for ph in phases), []
+    main = [j for j, ph in enumerate(phases) if ph.stream == MAIN]
+    side = [j for j, ph in enumerate(phases) if ph.stream == SIDE]
+    stage_main = [j for j in main if phases[j].kind == "stage"]
+    first, last = stage_main[0], stage_main[-1]
+    groups = phases[first].groups
+    flag: dict[int, int] = {}  # phase index -> the first cycle its done flag is set (this pass)
+    stalled: set[int] = set()
+    setup = 1  # the first phase's setup cycle (the command is accepted in cycle 0)
+
+    def run_main(j: int, setup: int, side_idle: int | None = None) -> int:
+        """Phase j of the main stream from its setup; the next phase's setup."""
+        ph = phases[j]
+        issue = setup + schedule.SETUP_CYCLES
+        if ph.wait is not None and flag[ph.wait] > issue:
+            issue = flag[ph.wait]
+            stalled.add(j)
+        last_issue = issue + ph.iterations - 1
+        flag[j] = last_issue + flag_delay(ph)
+        done = last_issue + ph.drain_cycles
+        if side_idle is not None:
+            done = max(done, side_idle)
+        return done + 1
+
+    for j in main[:main.index(first)]:
+        setup = run_main(j, setup)
+    for _ in range(groups):
+        body = [j for j in main if first <= j <= last]  # (an unpack after a stage fused with the input stream)
+        for j in body + side:
+            flag.pop(j, None)
+        side_setup = side_idle = setup + 1  # the side stream starts with the first stage phase's setup
+        pending = list(side)
+        for j in body:
+            # the side phases before j in program order (all that are left, before the last): their waits are known
+            while pending and (pending[0] < j or j == last):
+                ph = phases[pending[0]]
+                issue = side_setup + schedule.SETUP_CYCLES
+                if ph.wait is not None:
+                    issue = max(issue, max(flag[q] for q in main if q <= ph.wait))
+                last_issue = issue + ph.iterations - 1
+                flag[pending.pop(0)] = last_issue + flag_delay(ph)
+                side_setup = side_idle = last_issue + ph.write_delay + 1
+            setup = run_main(j, setup, side_idle if j == last else None)
+    for j in main[main.index(last) + 1:]:
+        setup = run_main(j, setup)
+    return setup, sorted(stalled)
