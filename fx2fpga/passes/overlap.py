@@ -11,8 +11,10 @@ next phase waited for the last of them; now its setup comes as early as nothing 
 - every phase still writing counts, not only the one just before.
 
 Only a stage phase following a stage phase overlaps. The others are barriers, waiting for every write
-in flight: transfers (their stream handshakes), the last phase of a command, and the last stage phase of a
-model group's pass (the group counter steps after it, and the in-flight requests read it). The schedule
+in flight: transfers (their stream handshakes), the last phase of a command, the last stage phase of a
+model group's pass (the group counter steps after it, and the in-flight requests read it), and a phase whose
+wait for the side stream may stall it (``Phase.barrier``, streams.py). With a side stream this runs on the
+main stream's phases. The schedule
 stays exact: the controller tags every tap of its issue delay line with the phase that issued it
 (``backends/rtl/circt_child.py``), so the requests in flight keep their phase. The other shared parts are
 used at one fixed tap after the issue by every stage that uses them (the pooled multipliers, the MAC

@@ -288,10 +288,11 @@ def _ctrl_bits(p) -> float:
     s = p.schedule
     ports = sum(m["banks"] * (1 if m["read_only"] else 2) * m["addr_bits"] for m in p.memories)
     requests = sum(sum(d for d in r["dim_bits"]) for r in p.spec["reads"] + p.spec["writes"])
-    streams = 2 if any(ph.get("stream") for ph in p.spec["phases"]) else 1
+    side = sum(1 for ph in p.spec["phases"] if ph.get("stream"))
     flags = len({q for ph in p.spec["phases"] for q in ph.get("waits", [])})
-    return float(streams * s.counter_count() * s.counter_bits() + ports + requests + streams * len(s.phases())
-                 * sched.bits(len(s.phases())) + flags)
+    phase_bits = sched.bits(len(s.phases()))
+    return float((2 if side else 1) * s.counter_count() * s.counter_bits() + ports + requests
+                 + (len(s.phases()) + side) * phase_bits + flags)
 
 
 
@@ -350,12 +351,12 @@ def _read_srl_bits(p) -> float:
 
 def _ctrl_srl_bits(p) -> float:
     """The controller's issue and phase-tag delay lines (``circt_child.delay_line``): one bit and the phase bits
-    (per stream), and each done flag's delay of its phase's last issue to its last write (passes/streams.py).
+    (per stream), and each done flag's one-bit delay of its phase's last issue to its last write (streams.py).
     (The read requests' bank-select delays are mostly merged by Yosys, registers of equal inputs: not counted.)"""
     phases = {ph["id"]: ph for ph in p.spec["phases"]}
     streams = 2 if any(ph.get("stream") for ph in phases.values()) else 1
-    flags = {q for ph in phases.values() for q in ph.get("waits", [])}
-    return float(streams * (1 + p.spec["phase_bits"]) + sum(phases[q]["write_delay"] for q in flags))
+    flags = {q for ph in phases.values() for q in ph.get("waits", [])}  # one bit: an SRL16E per 16 stages
+    return float(streams * (1 + p.spec["phase_bits"]) + sum(-(-phases[q]["write_delay"] // 16) for q in flags))
 
 
 def srl_bits(p) -> float:

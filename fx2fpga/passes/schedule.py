@@ -17,7 +17,9 @@ issue at which it happens. Reads are issued at tap 0 (their data reaches the dat
 happen ``write_delay`` cycles after issue, when the datapath's pipeline delivers them. The next
 stage phase's setup comes as soon as nothing forbids it (``overlap.py``: the order of every buffer
 element's reads and writes, one write per bank and cycle), so it issues while the phase before
-drains; issue windows never overlap (the counters are shared):
+drains; issue windows of one stream never overlap (its counters are shared). Elementwise and reduction
+phases that share no memory with the main phases beside them run on a second issue stream
+(``streams.py``), whose model then gives a command's cycles; with one stream:
 
     cycles(phase) = 1 + iterations + write_delay,    advance(phase) = 1 + iterations + drain,
     cycles(command) = 1 + sum over its phases of advance
