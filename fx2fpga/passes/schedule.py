@@ -207,6 +207,7 @@ class Phase:
     stream: int = 0  # the controller's issue stream: 0 the main one, 1 the side stream (streams.py)
     wait: int | None = None  # the phase (index in its command) of the other stream whose done flag it waits for
     barrier: bool = False  # its setup waits for every write in flight (a main phase whose wait may stall it)
+    side_rank: int | None = None  # a side phase's place in the side stream's order (streams.py)
 
     @property
     def iterations(self) -> int:

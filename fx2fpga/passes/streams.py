@@ -65,13 +65,35 @@ def _touching(phases: list[schedule.Phase], mine: set[str], indices, free: froze
 
 
 def _set_waits(phases: list[schedule.Phase], free: frozenset[str]) -> None:
-    """Each phase's ``wait`` for the side phases chosen (``stream``): a side phase waits for the main phases up to
-    the last one before it touching its buffers, a main phase for the last side phase before it touching its."""
+    """Each phase's ``wait`` for the side phases chosen (``stream``) and the side stream's order (``side_rank``):
+    a side phase waits for the main phases up to the last one before it touching its buffers; the side stream
+    runs its phases in the order of their waits (the earliest ready first), a phase after every side phase
+    before it that touches its buffers; a main phase waits for the latest, in that order, of the side phases
+    before it touching its buffers (and so for every side phase before that one: none waits for a main phase
+    after it, so no wait is circular)."""
     for j, ph in enumerate(phases):
-        mine = buffers_of(ph, free)
-        other = SIDE if ph.stream == MAIN else MAIN
-        touching = [i for i in range(j) if phases[i].stream == other and buffers_of(phases[i], free) & mine]
-        ph.wait = touching[-1] if touching else None
+        ph.side_rank = None
+        if ph.stream == SIDE:
+            touching = _touching(phases, buffers_of(ph, free), range(j), free)
+            ph.wait = touching[-1] if touching else None
+    left = [i for i, ph in enumerate(phases) if ph.stream == SIDE]
+    rank = 0
+    while left:
+        ready = [i for i in left if not any(k < i and buffers_of(phases[k], free) & buffers_of(phases[i], free)
+                                            for k in left)]
+        i = min(ready, key=lambda i: (-1 if phases[i].wait is None else phases[i].wait, i))
+        phases[i].side_rank, rank = rank, rank + 1
+        left.remove(i)
+    for j, ph in enumerate(phases):
+        if ph.stream == MAIN:
+            mine = buffers_of(ph, free)
+            touching = [i for i in range(j) if phases[i].stream == SIDE and buffers_of(phases[i], free) & mine]
+            ph.wait = max(touching, key=lambda i: phases[i].side_rank) if touching else None
+
+
+def side_order(phases: list[schedule.Phase]) -> list[int]:
+    """The side phases (indices in the command) in the order the side stream runs them."""
+    return sorted((i for i, ph in enumerate(phases) if ph.stream == SIDE), key=lambda i: phases[i].side_rank)
 
 
 def _has_window(phases: list[schedule.Phase], i: int, last_stage: int, free: frozenset[str]) -> bool:
@@ -133,15 +155,16 @@ def assign(phases: list[schedule.Phase], kernel, plan: Callable[[], None], free:
 
 def concurrent(phases: list[schedule.Phase]) -> set[frozenset[int]]:
     """Pairs of phases (indices in the command) that may issue at once: a side phase and each main stage phase
-    after its wait and before the first main phase that waits for it or a later side phase (two side phases never
-    do: the side stream runs one at a time)."""
+    after its wait and before the first main phase that waits for it or a side phase after it (two side phases
+    never do: the side stream runs one at a time)."""
     main = [j for j, ph in enumerate(phases) if ph.stream == MAIN and ph.kind == "stage"]
     out = set()
     for i, ph in enumerate(phases):
         if ph.stream != SIDE:
             continue
         start = -1 if ph.wait is None else ph.wait
-        end = next((j for j in main if j > i and phases[j].wait is not None and phases[j].wait >= i), len(phases))
+        end = next((j for j in main if j > start and phases[j].wait is not None
+                    and phases[phases[j].wait].side_rank >= ph.side_rank), len(phases))
         out |= {frozenset((i, j)) for j in main if start < j < end}
     return out
 
@@ -166,7 +189,7 @@ def timeline(phases: list[schedule.Phase]) -> tuple[int, list[int]]:
     if not has_side(phases):
         return 1 + sum(ph.advance * ph.groups for ph in phases), []
     main = [j for j, ph in enumerate(phases) if ph.stream == MAIN]
-    side = [j for j, ph in enumerate(phases) if ph.stream == SIDE]
+    side = side_order(phases)
     stage_main = [j for j in main if phases[j].kind == "stage"]
     first, last = stage_main[0], stage_main[-1]
     groups = phases[first].groups
@@ -197,8 +220,8 @@ def timeline(phases: list[schedule.Phase]) -> tuple[int, list[int]]:
         side_setup = side_idle = setup + 1  # the side stream starts with the first stage phase's setup
         pending = list(side)
         for j in body:
-            # the side phases before j in program order (all that are left, before the last): their waits are known
-            while pending and (pending[0] < j or j == last):
+            # the side phases whose waits are before j (all that are left, before the last): their flags are known
+            while pending and (phases[pending[0]].wait is None or phases[pending[0]].wait < j or j == last):
                 ph = phases[pending[0]]
                 issue = side_setup + schedule.SETUP_CYCLES
                 if ph.wait is not None:

@@ -85,8 +85,8 @@ def test_side_phases_keep_the_rules(designs, name):
             assert start < i < consumer
             beside = [j for j in range(start + 1, consumer) if phases[j].stream == streams.MAIN]
             assert beside and not any(_buffers(phases[j], free) & mine for j in beside)
-            if consumer < len(phases):
-                assert phases[consumer].wait is not None and phases[consumer].wait >= i
+            if consumer < len(phases):  # it waits for this side phase or one the side stream runs later
+                assert phases[consumer].wait is not None and phases[phases[consumer].wait].side_rank >= ph.side_rank
 
 
 @pytest.mark.parametrize("name", ["one", "groups"])

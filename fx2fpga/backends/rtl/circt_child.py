@@ -631,11 +631,15 @@ class _Controller:
         for p, port in [*spec["go"].items(), *spec.get("act", {}).items()]:
             with self.clocked(phase=int(p)):
                 out[port] = net.delayed(port + "_q", arrive(int(p)))
-        # each reduction's own `first` (a shared one would be merged into one register of huge fanout)
+        # each reduction's own `first` (a shared one would be merged into one register of huge fanout); with a side
+        # stream only at an issue: a phase waiting for the other stream (counters at 0) must not restart the
+        # accumulator of a unit it shares with a phase issuing meanwhile
         for p, port in spec.get("first", {}).items():
             with self.clocked(phase=int(p)):
-                cnt = self.cnt[self.stream_of[int(p)]]
-                first = net.and_(on[int(p)], *[net.eq_const(cnt[k], 0) for k in phases[int(p)]["reduce"]])
+                stream = self.stream_of[int(p)]
+                cnt = self.cnt[stream]
+                issuing = [self.issue_at[stream][0]] if self.side else []
+                first = net.and_(on[int(p)], *issuing, *[net.eq_const(cnt[k], 0) for k in phases[int(p)]["reduce"]])
                 out[port] = self.delay(port, first, self.tap_operand)
         out["idle"] = net.and_(net.eq_const(self.phase, 0), net.not_(self.args["rst"]))
         out["in_ready"] = net.and_(self.can_issue, self.is_unpack) if self.unpack_ids else net.const(0, 1)

@@ -717,7 +717,7 @@ def _command_spec(code: int, phases, pid: dict) -> dict:
     (the side stream starts with each pass of the first; the last ends when the side stream is idle)."""
     spec = {"code": code, "phases": [pid[id(p)] for p in phases if p.stream == streams.MAIN],
             "repeat": _repeat(phases, pid)}
-    side = [pid[id(p)] for p in phases if p.stream == streams.SIDE]
+    side = [pid[id(phases[i])] for i in streams.side_order(phases)]
     if side:
         main = [pid[id(p)] for p in phases if p.stream == streams.MAIN and p.kind == "stage"]
         spec.update(side=side, first=main[0], last=main[-1])
