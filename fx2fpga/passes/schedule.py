@@ -214,6 +214,11 @@ class Phase:
         return math.prod(c.count for c in self.counters)
 
     @property
+    def setup_cycles(self) -> int:
+        """Cycles from its setup to its first issue when nothing stalls it."""
+        return SETUP_CYCLES
+
+    @property
     def cycles(self) -> int:
         """Its own span: the setup, the issues and the drain until its last write."""
         return SETUP_CYCLES + self.iterations + self.write_delay

@@ -13,7 +13,7 @@ phase register and issue delay line: the **side stream**. A stage phase goes the
   memory port, a bank's write data or a read multiplexer.
 
 It then waits before its first issue until every main-stream phase up to the last one before it that touches
-its buffers has written its last result (``schedule.Phase.wait``: the index of that phase), and the first main-stream
+its buffers has written its last result (``Phase.wait``: the index of that phase), and the first main-stream
 phase after it that touches its buffers waits for it (and so for every side phase before it: the side stream
 runs its phases one after another, each after the last write of the one before). The waits are flags in
 the controller, set a cycle after a phase's last write lands, so the order holds whatever the input stream's
@@ -30,16 +30,18 @@ Without side phases it is the one-stream formula ``1 + sum of advances``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from fx2fpga_runtime import stochastic
 from fx2fpga_runtime.ops import OPS_TABLE
 
-from . import schedule
+if TYPE_CHECKING:
+    from .schedule import Phase
 
 MAIN, SIDE = 0, 1
 
 
-def buffers_of(ph: schedule.Phase, free: frozenset[str] = frozenset()) -> set[str]:
+def buffers_of(ph: Phase, free: frozenset[str] = frozenset()) -> set[str]:
     """The buffers (memories) a phase reads or writes, less ``free`` ones (read-only, one word a bank: every
     request of every phase reads the same word, so two streams may read them at once)."""
     return {p.buffer for p in ph.reads + ph.writes} - free
@@ -52,7 +54,7 @@ def free_buffers(memories: dict, commands: dict) -> frozenset[str]:
     return frozenset(n for n, m in memories.items() if m.read_only and m.depth == 1 and n not in multi)
 
 
-def eligible(ph: schedule.Phase, kernel) -> bool:
+def eligible(ph: Phase, kernel) -> bool:
     """Whether a phase may run in the side stream (see the module doc)."""
     if ph.kind != "stage" or ph.streamed:
         return False
@@ -60,11 +62,11 @@ def eligible(ph: schedule.Phase, kernel) -> bool:
     return not OPS_TABLE[st.op].multiplies and not stochastic.rounds_stochastic(st, kernel)
 
 
-def _touching(phases: list[schedule.Phase], mine: set[str], indices, free: frozenset[str]) -> list[int]:
+def _touching(phases: list[Phase], mine: set[str], indices, free: frozenset[str]) -> list[int]:
     return [j for j in indices if phases[j].stream == MAIN and buffers_of(phases[j], free) & mine]
 
 
-def _set_waits(phases: list[schedule.Phase], free: frozenset[str]) -> None:
+def _set_waits(phases: list[Phase], free: frozenset[str]) -> None:
     """Each phase's ``wait`` for the side phases chosen (``stream``) and the side stream's order (``side_rank``):
     a side phase waits for the main phases up to the last one before it touching its buffers; the side stream
     runs its phases in the order of their waits (the earliest ready first), a phase after every side phase
@@ -91,12 +93,12 @@ def _set_waits(phases: list[schedule.Phase], free: frozenset[str]) -> None:
             ph.wait = max(touching, key=lambda i: phases[i].side_rank) if touching else None
 
 
-def side_order(phases: list[schedule.Phase]) -> list[int]:
+def side_order(phases: list[Phase]) -> list[int]:
     """The side phases (indices in the command) in the order the side stream runs them."""
     return sorted((i for i, ph in enumerate(phases) if ph.stream == SIDE), key=lambda i: phases[i].side_rank)
 
 
-def _has_window(phases: list[schedule.Phase], i: int, last_stage: int, free: frozenset[str]) -> bool:
+def _has_window(phases: list[Phase], i: int, last_stage: int, free: frozenset[str]) -> bool:
     """Whether some main-stream stage phase can run beside phase i (see the module doc)."""
     mine = buffers_of(phases[i], free)
     before = _touching(phases, mine, range(i), free)
@@ -107,7 +109,7 @@ def _has_window(phases: list[schedule.Phase], i: int, last_stage: int, free: fro
                for j in range(p + 1, min(c, last_stage + 1)))
 
 
-def _settle(phases: list[schedule.Phase], plan: Callable[[], None]) -> int:
+def _settle(phases: list[Phase], plan: Callable[[], None]) -> int:
     """Plan the drains with a main phase a barrier only where its wait may stall it, and the command's cycles: a
     wait that the model says never blocks (its flag is set by the phase's first issue) leaves the phase
     overlapping the one before; one that may block makes it a barrier (see the module doc)."""
@@ -123,7 +125,7 @@ def _settle(phases: list[schedule.Phase], plan: Callable[[], None]) -> int:
             phases[j].barrier = True
 
 
-def assign(phases: list[schedule.Phase], kernel, plan: Callable[[], None], free: frozenset[str],
+def assign(phases: list[Phase], kernel, plan: Callable[[], None], free: frozenset[str],
            side: bool = True) -> None:
     """Move stage phases of one command (its phases in order) to the side stream where that makes the command
     shorter, and set every phase's ``wait`` and ``barrier`` (see the module doc). ``plan()`` sets the phases'
@@ -153,7 +155,7 @@ def assign(phases: list[schedule.Phase], kernel, plan: Callable[[], None], free:
             break
 
 
-def concurrent(phases: list[schedule.Phase]) -> set[frozenset[int]]:
+def concurrent(phases: list[Phase]) -> set[frozenset[int]]:
     """Pairs of phases (indices in the command) that may issue at once: a side phase and each main stage phase
     after its wait and before the first main phase that waits for it or a side phase after it (two side phases
     never do: the side stream runs one at a time)."""
@@ -169,22 +171,22 @@ def concurrent(phases: list[schedule.Phase]) -> set[frozenset[int]]:
     return out
 
 
-def has_side(phases: list[schedule.Phase]) -> bool:
+def has_side(phases: list[Phase]) -> bool:
     """Whether a command's phases use the side stream."""
     return any(ph.stream == SIDE for ph in phases)
 
 
-def flag_delay(ph: schedule.Phase) -> int:
+def flag_delay(ph: Phase) -> int:
     """Cycles from a phase's last issue to the first cycle its done flag is set: its last write, a register."""
     return ph.write_delay + 1
 
 
-def command_cycles(phases: list[schedule.Phase]) -> int:
+def command_cycles(phases: list[Phase]) -> int:
     """Exact cycles of one call of a command (see the module doc): from the cycle it is accepted until idle."""
     return timeline(phases)[0]
 
 
-def timeline(phases: list[schedule.Phase]) -> tuple[int, list[int]]:
+def timeline(phases: list[Phase]) -> tuple[int, list[int]]:
     """``command_cycles`` and the main phases whose wait delays their first issue (in some model group's pass)."""
     if not has_side(phases):
         return 1 + sum(ph.advance * ph.groups for ph in phases), []
@@ -200,7 +202,7 @@ def timeline(phases: list[schedule.Phase]) -> tuple[int, list[int]]:
     def run_main(j: int, setup: int, side_idle: int | None = None) -> int:
         """Phase j of the main stream from its setup; the next phase's setup."""
         ph = phases[j]
-        issue = setup + schedule.SETUP_CYCLES
+        issue = setup + ph.setup_cycles
         if ph.wait is not None and flag[ph.wait] > issue:
             issue = flag[ph.wait]
             stalled.add(j)
@@ -223,7 +225,7 @@ def timeline(phases: list[schedule.Phase]) -> tuple[int, list[int]]:
             # the side phases whose waits are before j (all that are left, before the last): their flags are known
             while pending and (phases[pending[0]].wait is None or phases[pending[0]].wait < j or j == last):
                 ph = phases[pending[0]]
-                issue = side_setup + schedule.SETUP_CYCLES
+                issue = side_setup + ph.setup_cycles
                 if ph.wait is not None:
                     issue = max(issue, max(flag[q] for q in main if q <= ph.wait))
                 last_issue = issue + ph.iterations - 1
