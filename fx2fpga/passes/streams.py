@@ -14,13 +14,15 @@ phase register and issue delay line: the **side stream**. A stage phase goes the
 
 It then waits before its first issue until every main-stream phase up to the last one before it that touches
 its buffers has written its last result (``Phase.wait``: the index of that phase), and the first main-stream
-phase after it that touches its buffers waits for it (and so for every side phase before it: the side stream
-runs its phases one after another, each after the last write of the one before). The waits are flags in
-the controller, set a cycle after a phase's last write lands, so the order holds whatever the input stream's
-pace; a phase that waits starts only after every write of the phase before it in its own stream (no overlap
-of its issues with their drains: a stall could otherwise meet a write at one bank in one cycle). The side
-stream starts with each pass of the program's first main-stream stage phase (each model group's pass) and
-the pass's last stage phase ends only when the side stream is idle.
+phase after it that touches its buffers waits for it (and so for every side phase the side stream runs before
+it: it runs its phases one after another, each after the last write of the one before, in the order of their
+waits, ``Phase.side_rank``). The waits are flags in the controller, set a cycle after a phase's last write
+lands, so the order holds whatever the input stream's pace. A main phase whose wait may delay its first issue
+in the model sets up only after every write of the phases before it (``Phase.barrier``: a stalled issue could
+otherwise meet a write at one bank in one cycle); only the input stream stalls, and it delays the main stream
+alone, so a wait the model says never blocks never does. Each side phase sets up after the last write of the
+one before it. The side stream starts with each pass of the program's first main-stream stage phase (each model
+group's pass) and the pass's last stage phase ends only when the side stream is idle.
 
 ``command_cycles`` is the exact model of the controller (``backends/rtl/circt_child.py``): the cycles from the
 cycle a command is accepted to the cycle it is idle again, with the input words arriving every cycle.
