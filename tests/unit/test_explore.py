@@ -175,8 +175,9 @@ def test_nothing_fits_is_a_budget_error(mlp_example):
 def test_trades_of_lanes_after_the_greedy(mlp_example):
     """At 23% of the budget (multiplexers unpriced) the digits MLP's greedy allocation ends where a trade of lanes
     between two stages saves cycles within the budget (432 here, with the side stream's controller priced; 192 at
-    22% on the fit with ``srl_bits`` and ReLU's backward fused into its gradient's multiply-accumulate; 1,728 at 20% before both, with fc1's ReLU fused into its
-    multiply-accumulate; 192 before that, 1,792 at 25% before the inference ran on its training twins' units);
+    22% on the fit with ``srl_bits`` and ReLU's backward fused into its gradient's multiply-accumulate; 1,728 at
+    20% before both, with fc1's ReLU fused into its multiply-accumulate; 192 before that, 1,792 at 25% before the
+    inference ran on its training twins' units);
     ``allocate`` makes such trades until none is left, and every one saves."""
     import copy
 

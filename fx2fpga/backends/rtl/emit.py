@@ -733,7 +733,7 @@ def _phase_spec(p, pid: dict, command: list) -> dict:
     if streams.has_side(command):
         main = [k for k, q in enumerate(command) if q.stream == streams.MAIN]
         stages = [k for k in main if command[k].kind == "stage"]
-        k = command.index(p)
+        k = next(k for k, q in enumerate(command) if q is p)
         waits = [] if p.wait is None else [command[p.wait]] if p.stream == streams.MAIN else \
             [command[q] for q in main if q <= p.wait]
         spec.update(stream=p.stream, write_delay=p.write_delay, waits=[pid[id(q)] for q in waits],
