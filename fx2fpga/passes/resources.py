@@ -282,17 +282,23 @@ def engine_features(engine: dict | None) -> dict[str, float]:
             "select_bits": float(sum(u["lanes"] for u in inits[1:]) * width)}
 
 
+def _side_stream(p) -> tuple[int, list[dict]]:
+    """The plan's side-stream phases (passes/streams.py) and the phases whose done flags some phase waits for."""
+    phases = {ph["id"]: ph for ph in p.spec["phases"]}
+    flagged = sorted({q for ph in phases.values() for q in ph.get("waits", [])})
+    return sum(1 for ph in phases.values() if ph.get("stream")), [phases[q] for q in flagged]
+
+
 def _ctrl_bits(p) -> float:
     """The controller: loop counters, and each bank port's registered address (the address generators); with a
     side stream (passes/streams.py) its counters and phase register too, and a done flag per phase waited for."""
     s = p.schedule
     ports = sum(m["banks"] * (1 if m["read_only"] else 2) * m["addr_bits"] for m in p.memories)
     requests = sum(sum(d for d in r["dim_bits"]) for r in p.spec["reads"] + p.spec["writes"])
-    side = sum(1 for ph in p.spec["phases"] if ph.get("stream"))
-    flags = len({q for ph in p.spec["phases"] for q in ph.get("waits", [])})
+    side, flagged = _side_stream(p)
     phase_bits = sched.bits(len(s.phases()))
     return float((2 if side else 1) * s.counter_count() * s.counter_bits() + ports + requests
-                 + (len(s.phases()) + side) * phase_bits + flags)
+                 + (len(s.phases()) + side) * phase_bits + len(flagged))
 
 
 
@@ -353,10 +359,8 @@ def _ctrl_srl_bits(p) -> float:
     """The controller's issue and phase-tag delay lines (``circt_child.delay_line``): one bit and the phase bits
     (per stream), and each done flag's one-bit delay of its phase's last issue to its last write (streams.py).
     (The read requests' bank-select delays are mostly merged by Yosys, registers of equal inputs: not counted.)"""
-    phases = {ph["id"]: ph for ph in p.spec["phases"]}
-    streams = 2 if any(ph.get("stream") for ph in phases.values()) else 1
-    flags = {q for ph in phases.values() for q in ph.get("waits", [])}  # one bit: an SRL16E per 16 stages
-    return float(streams * (1 + p.spec["phase_bits"]) + sum(-(-phases[q]["write_delay"] // 16) for q in flags))
+    side, flagged = _side_stream(p)  # a flag's delay is one bit: an SRL16E per 16 stages
+    return float((2 if side else 1) * (1 + p.spec["phase_bits"]) + sum(-(-ph["write_delay"] // 16) for ph in flagged))
 
 
 def srl_bits(p) -> float:

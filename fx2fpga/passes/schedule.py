@@ -644,7 +644,9 @@ def run(kernel: Kernel, side: bool = True) -> Schedule:
             except ScheduleError as e:
                 e.stage = ph.stage  # the tile pass narrows a stage whose lanes clash
                 raise
+    free = streams.free_buffers(memories, commands)  # (each read's banks known: after every phase's check)
+    for phases in commands.values():
         cache: dict = {}
         streams.assign(phases, kernel, lambda phases=phases, cache=cache: _plan_drains(phases, memories, cache),
-                       streams.free_buffers(memories, commands), side)
+                       free, side)
     return Schedule(kernel, memories, commands, codes)

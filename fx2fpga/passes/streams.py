@@ -64,8 +64,9 @@ def eligible(ph: Phase, kernel) -> bool:
     return not OPS_TABLE[st.op].multiplies and not stochastic.rounds_stochastic(st, kernel)
 
 
-def _touching(phases: list[Phase], mine: set[str], indices, free: frozenset[str]) -> list[int]:
-    return [j for j in indices if phases[j].stream == MAIN and buffers_of(phases[j], free) & mine]
+def _touching(phases: list[Phase], mine: set[str], indices, free: frozenset[str], stream: int = MAIN) -> list[int]:
+    """The phases of ``stream`` among ``indices`` that read or write one of the buffers ``mine``."""
+    return [j for j in indices if phases[j].stream == stream and buffers_of(phases[j], free) & mine]
 
 
 def _set_waits(phases: list[Phase], free: frozenset[str]) -> None:
@@ -90,8 +91,7 @@ def _set_waits(phases: list[Phase], free: frozenset[str]) -> None:
         left.remove(i)
     for j, ph in enumerate(phases):
         if ph.stream == MAIN:
-            mine = buffers_of(ph, free)
-            touching = [i for i in range(j) if phases[i].stream == SIDE and buffers_of(phases[i], free) & mine]
+            touching = _touching(phases, buffers_of(ph, free), range(j), free, SIDE)
             ph.wait = max(touching, key=lambda i: phases[i].side_rank) if touching else None
 
 

@@ -60,10 +60,6 @@ def test_verilator_equals_the_emulator_and_the_two_stream_model(designs, name):
     assert np.array_equal(np.asarray(emu.infer(X)), np.asarray(rtl.infer(X)))
 
 
-def _buffers(ph, free):
-    return streams.buffers_of(ph, free)
-
-
 @pytest.mark.parametrize("name", ["one", "groups"])
 def test_side_phases_keep_the_rules(designs, name):
     design = designs[name]
@@ -74,17 +70,17 @@ def test_side_phases_keep_the_rules(designs, name):
             if ph.stream == streams.MAIN:
                 if ph.wait is not None:  # it waits for a side phase that touches its buffers
                     assert phases[ph.wait].stream == streams.SIDE
-                    assert _buffers(phases[ph.wait], free) & _buffers(ph, free)
+                    assert streams.buffers_of(phases[ph.wait], free) & streams.buffers_of(ph, free)
                 continue
             assert not OPS_TABLE[ph.stage.op].multiplies and not ph.streamed
-            mine = _buffers(ph, free)
+            mine = streams.buffers_of(ph, free)
             # the main phases from its wait to the first main phase after it touching its buffers touch none
             consumer = next((j for j in range(i + 1, len(phases)) if phases[j].stream == streams.MAIN
-                             and _buffers(phases[j], free) & mine), len(phases))
+                             and streams.buffers_of(phases[j], free) & mine), len(phases))
             start = -1 if ph.wait is None else ph.wait
             assert start < i < consumer
             beside = [j for j in range(start + 1, consumer) if phases[j].stream == streams.MAIN]
-            assert beside and not any(_buffers(phases[j], free) & mine for j in beside)
+            assert beside and not any(streams.buffers_of(phases[j], free) & mine for j in beside)
             if consumer < len(phases):  # it waits for this side phase or one the side stream runs later
                 assert phases[consumer].wait is not None and phases[phases[consumer].wait].side_rank >= ph.side_rank
 

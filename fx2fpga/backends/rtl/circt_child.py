@@ -290,10 +290,6 @@ class _Controller:
         drain counter. With a side stream (passes/streams.py) its own set: ``s1_c0 ..``, the done flags the
         streams wait for, and the main stream's last stage phase held until the side stream is idle."""
         net, phases = self.net, self.phases
-        # the phases whose issues take input words: unpacks and stages fused with one (schedule.fuse_input_stream)
-        self.unpack_ids = [p for p, ph in phases.items() if ph["kind"] == "unpack" or ph.get("streams")]
-        self.is_unpack = (net.delayed("unpack_q", net.or_(*[self.now[p] for p in self.unpack_ids]))
-                          if self.unpack_ids else None)
         if self.side:
             self.side_fsm()
             flags = self.flags()
@@ -324,6 +320,11 @@ class _Controller:
         draining, set_draining = net.reg(f"{pre}draining", 1)
         dw = max(1, max(self.phases[p]["drain"] for p in ids).bit_length())
         dcnt, set_dcnt = net.reg(f"{pre}drain_count", dw)
+        if stream == 0:
+            # the phases whose issues take input words: unpacks and stages fused with one (schedule.fuse_input_stream)
+            self.unpack_ids = [p for p in ids if self.phases[p]["kind"] == "unpack" or self.phases[p].get("streams")]
+            self.is_unpack = (net.delayed("unpack_q", net.or_(*[self.now[p] for p in self.unpack_ids]))
+                              if self.unpack_ids else None)
         running, setup = (self.running, self.setup) if stream == 0 else (self.running1, self.setup1)
         can_issue = net.and_(running, net.not_(setup), net.not_(draining), deps)
         issue = (net.and_(can_issue, net.or_(net.not_(self.is_unpack), args["in_valid"]))
@@ -337,19 +338,18 @@ class _Controller:
         last_all = net.and_(issue, *lasts)
         no_delay = net.delayed(f"{pre}no_delay", net.or_(*[self.now[p] for p in ids if self.phases[p]["drain"] == 0]))
         drain_init = self.per_phase(f"{pre}drain_init", lambda ph: max(0, ph["drain"] - 1), dw, stream)
-        if stream == 0 and self.side:  # the last stage phase of a pass ends only when the side stream is idle
-            hold = net.and_(net.delayed("ends_q", net.or_(*[self.now[c["last"]] for c in self.spec["commands"]
-                                                            if c.get("side")])),
-                            net.not_(net.eq_const(self.state1, 0)))
-            free = net.not_(hold)
-            drained = net.and_(draining, net.eq_const(dcnt, 0), free)
-            done = net.or_(net.and_(last_all, no_delay, free), drained)
-            set_draining(net.mux(draining, net.not_(drained), net.and_(last_all, net.not_(net.and_(no_delay, free)))))
+        free = []  # the main stream's last stage phase of a pass ends only when the side stream is idle
+        if stream == 0 and self.side:
+            ends = net.delayed("ends_q", net.or_(*[self.now[c["last"]] for c in self.spec["commands"]
+                                                   if c.get("side")]))
+            free = [net.not_(net.and_(ends, net.not_(net.eq_const(self.state1, 0))))]
+        drained = net.and_(draining, net.eq_const(dcnt, 0), *free)
+        done = net.or_(net.and_(last_all, no_delay, *free), drained)  # the phase's last cycle
+        if free:  # held: it stays draining, its count at 0
+            set_draining(net.mux(draining, net.not_(drained), net.and_(last_all, net.not_(net.and_(no_delay, *free)))))
             set_dcnt(net.mux(draining, net.mux(net.eq_const(dcnt, 0), dcnt, net.sub(dcnt, net.const(1, dw))),
                              drain_init))
         else:
-            drained = net.and_(draining, net.eq_const(dcnt, 0))
-            done = net.or_(net.and_(last_all, no_delay), drained)  # the phase's last cycle
             set_draining(net.mux(draining, net.not_(net.eq_const(dcnt, 0)), net.and_(last_all, net.not_(no_delay))))
             set_dcnt(net.mux(draining, net.sub(dcnt, net.const(1, dw)), drain_init))
         if stream == 0:

@@ -620,7 +620,7 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
         "taps": {"addr": sched.ADDR_TAP, "ram": sched.RAM_TAP, "operand": sched.OPERAND_TAP,
                  "out": sched.PACK_DELAY},
         "commands": [_command_spec(s.codes[c], ph, pid) for c, ph in s.commands.items()],
-        "phases": [_phase_spec(p, pid, s.commands[command_of[id(p)]]) for p in phases],
+        "phases": [spec for command in s.commands.values() for spec in _phase_specs(command, pid)],
         "group_counter": next((p.group_counter for p in phases if p.group_counter is not None), None),
         "memories": {n: {k: m[k] for k in ("banks", "addr_bits", "bank_bits", "factors", "bank_shape", "ports")}
                      for n, m in mems.items()},
@@ -724,21 +724,22 @@ def _command_spec(code: int, phases, pid: dict) -> dict:
     return spec
 
 
-def _phase_spec(p, pid: dict, command: list) -> dict:
-    """A phase for the controller: its counts, reduced counters and drain; with side phases in its command its
-    stream, the write delay and the phases whose done flags it waits for (a side phase: every main phase up to
-    its wait; a main phase: its side phase) and whether its flag is cleared with each pass (a program's phase)."""
-    spec = {"id": pid[id(p)], "name": _ident(p.name), "kind": p.kind, "counters": _phase_counts(p),
-            "reduce": list(p.reduce), "drain": p.drain_cycles, "streams": bool(p.streamed)}
+def _phase_specs(command: list, pid: dict) -> list[dict]:
+    """The phases of a command for the controller: their counts, reduced counters and drains; with side phases in
+    the command each one's stream, write delay and the phases whose done flags it waits for (a side phase: every
+    main phase up to its wait; a main phase: its side phase) and whether its flag is cleared with each pass (a
+    program's phase)."""
+    specs = [{"id": pid[id(p)], "name": _ident(p.name), "kind": p.kind, "counters": _phase_counts(p),
+              "reduce": list(p.reduce), "drain": p.drain_cycles, "streams": bool(p.streamed)} for p in command]
     if streams.has_side(command):
         main = [k for k, q in enumerate(command) if q.stream == streams.MAIN]
         stages = [k for k in main if command[k].kind == "stage"]
-        k = next(k for k, q in enumerate(command) if q is p)
-        waits = [] if p.wait is None else [command[p.wait]] if p.stream == streams.MAIN else \
-            [command[q] for q in main if q <= p.wait]
-        spec.update(stream=p.stream, write_delay=p.write_delay, waits=[pid[id(q)] for q in waits],
-                    in_body=stages[0] <= k <= stages[-1] or p.stream == streams.SIDE)
-    return spec
+        for k, (p, spec) in enumerate(zip(command, specs, strict=True)):
+            waits = [] if p.wait is None else [command[p.wait]] if p.stream == streams.MAIN else \
+                [command[q] for q in main if q <= p.wait]
+            spec.update(stream=p.stream, write_delay=p.write_delay, waits=[pid[id(q)] for q in waits],
+                        in_body=stages[0] <= k <= stages[-1] or p.stream == streams.SIDE)
+    return specs
 
 
 def _repeat(phases, pid: dict) -> dict | None:
