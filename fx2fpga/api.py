@@ -171,6 +171,7 @@ def compile(  # noqa: A001 - the public name the product promises
     saturation_counters: bool = False,
     fold_updates: bool = True,
     placement: str | dict | None = None,
+    pipeline_groups: int | None = None,
 ):
     """Compile ``model`` (an ``nn.Module`` or a function of tensors) for ``target``: a ``Design``.
 
@@ -215,6 +216,9 @@ def compile(  # noqa: A001 - the public name the product promises
     is an ``m_axi`` port of the HLS top function; the RTL cannot map it yet (``outputs="rtl"`` is refused).
     Without it, a folder of HLS alone (``outputs="hls"``) over the target's block RAM moves its largest arrays
     to DDR until the estimate fits (``passes/placement.py``); ``report.md`` and ``manifest.json`` list the places.
+    ``pipeline_groups`` (with lanes given per stage and ``model_lanes=`` a group size) runs the training step's
+    model groups pipelined, its stages from that index on one pass behind (``passes/pipeline_groups.py``), as a
+    design point of ``fx2fpga explore`` records it (``pipeline_cut``); ``lanes="auto"`` chooses it itself.
 
     ``until`` names a step of ``fx2fpga.PIPELINE`` to stop after; ``compile`` then returns that
     step's artifact instead of the ``Design``: ``"trace"`` the torch.fx graphs (a list),
@@ -236,6 +240,7 @@ def compile(  # noqa: A001 - the public name the product promises
     ctx.saturation_counters = saturation_counters
     ctx.fold_updates = fold_updates
     ctx.placement = placement
+    ctx.pipeline_cut = pipeline_groups
     ctx.stack_models, ctx.model_lanes = stack_models, model_lanes
     ctx.out_dir = Path(out_dir) if out_dir is not None else None
     ctx.design = Design(ctx)

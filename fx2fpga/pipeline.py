@@ -58,6 +58,7 @@ class CompileContext:
     saturation_counters: bool = False  # the generated C++ counts saturations (docs/saturation.md)
     fold_updates: bool = True  # plain SGD's update folded into the gradient's reduction (lower/update_fold.py)
     placement: Any = None  # places forced by the user: None, "ddr" or {buffer: "chip" | "ddr"} (passes/placement.py)
+    pipeline_cut: int | None = None  # the training step's groups pipelined from this stage (passes/pipeline_groups.py)
 
     graphs: list | None = None  # trace: inference, then the training step (a list of models: one list per model)
     kernel: Kernel | None = None  # lower ... tile: the kernel IR, refined by each step (place: Buffer.place)
@@ -231,9 +232,11 @@ def _assign_lanes(ctx: CompileContext, lanes) -> list:
     step's); what is over the target's budget, by the calibrated RTL model for a design point of the explorer
     (lanes per stage), by the HLS estimate and the RTL model for the default (``lanes=None``: the first of
     ``DEFAULT_LANES`` that fits both), else by the HLS estimate."""
-    from .passes import estimate, schedule, tile
+    from .passes import estimate, pipeline_groups, schedule, tile
 
     tile.assign_lanes(ctx.kernel, lanes, ctx.target, 1 if ctx.model_lanes == "auto" else ctx.model_lanes)
+    if ctx.pipeline_cut is not None:
+        ctx.kernel = pipeline_groups.requested(ctx.kernel, ctx.pipeline_cut)
     ctx.schedule, ctx.schedule_error = None, None
     try:
         ctx.schedule = tile.keep_banks_mappable(ctx.kernel)

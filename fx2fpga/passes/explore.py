@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, fields
 from fx2fpga_runtime import interface
 from fx2fpga_runtime.ir import Kernel
 
-from . import allocate, model_groups, resources, schedule, tile
+from . import allocate, model_groups, pipeline_groups, resources, schedule, tile
 
 AUTO_BUDGET = 0.85  # share of each of the target's resources the chosen point may use; the margin covers the
 # LUT model's largest leave-one-out error, 11% since the srl_bits refit (0.8 while it was 20%; docs/rtl.md)
@@ -52,6 +52,8 @@ class DesignPoint:
     fits: bool  # every resource within AUTO_BUDGET of the target's
     allocation: str = ""  # "" for a uniform lane request; "per stage, <budget>" for passes/allocate.py
     group_size: int = 1  # models per group (the program runs once per group)
+    pipeline_cut: int | None = None  # the groups pipelined, the stages from this one a pass behind
+    # (passes/pipeline_groups.py; compile(pipeline_groups=pipeline_cut) makes the point)
     stage_lanes: dict = field(default_factory=dict)  # per-stage points: stage -> [model lanes, lanes, lane loop]
     # of the main program's stages with more than one lane (the loop only with lanes > 1;
     # compile(lanes=stage_lanes, model_lanes=group_size) makes the point)
@@ -68,7 +70,8 @@ class DesignPoint:
     @property
     def label(self) -> str:
         if self.allocation:
-            return self.allocation.replace("per stage, ", "per-stage@").replace(", groups of ", "/g")
+            return (self.allocation.replace("per stage, ", "per-stage@").replace(", groups of ", "/g")
+                    .replace(", pipelined", "/pipelined"))
         return f"{self.model_lanes}x{self.lanes}"
 
 
@@ -159,7 +162,8 @@ def measure(k: Kernel, target, name: str, model_lanes: int, lanes: int, allocati
                    for st in k.stages() if st.total_lanes > 1} if allocation else {}
     point = DesignPoint(model_lanes, lanes, n, program, cycles, bus, res.lut, res.ff, res.dsp, res.bram36,
                         n * target.clock_mhz * 1e6 / (cycles + bus), usage, usage <= AUTO_BUDGET, allocation=allocation,
-                        group_size=model_groups.group_size(k), stage_lanes=stage_lanes)
+                        group_size=model_groups.group_size(k), stage_lanes=stage_lanes,
+                        pipeline_cut=k.meta.get("pipelined", {}).get(program, {}).get("cut"))
     point.plan = plan
     return point, k, sched
 
@@ -184,28 +188,45 @@ def per_stage_point(kernel: Kernel, target, name: str, size: int, share: float):
     base, _, _ = measure(one, target, name, 1, 1)
     if base is None or base.usage > share:  # one lane everywhere is already over: nothing to allocate
         return None, None, None
-    got = [_allocated_point(one, base, target, name, size, share, priced) for priced in (True, False)]
+    # groups pipelined where the program allows (the loss chain of one group beside the next one's forward), and
+    # one allocation of them run one after another to compare (pipelining adds a pass: worth it for many groups)
+    cut = pipeline_cut(one)
+    got = [_allocated_point(one, base, target, name, size, share, priced, cut=cut) for priced in (True, False)]
     # the first stage at the lanes that take the input as its words arrive, the others allocated around it (the
     # greedy prices stages alone: it does not see the transfer that shape hides, schedule.fuse_input_stream)
     pinned = tile.stream_lanes(one, main_program(one), interface.MAX_PORT_WIDTH)
     if pinned:
-        got.append(_allocated_point(one, base, target, name, size, share, True, pinned))
+        got.append(_allocated_point(one, base, target, name, size, share, True, pinned, cut=cut))
+    if cut is not None:
+        got.append(_allocated_point(one, base, target, name, size, share, True))
     fitting = [g for g in got if g[0] is not None and g[0].usage <= share]
     return max(fitting, key=lambda g: g[0].model_steps_per_s) if fitting else got[1]
 
 
+def pipeline_cut(kernel: Kernel) -> int | None:
+    """Where the main program's groups would be pipelined (``passes/pipeline_groups.py``: the lagging part from the
+    end of its first run of multiply-accumulates), or None where they cannot be (fewer than 2 groups, ...)."""
+    program = main_program(kernel)
+    if not pipeline_groups.pipelinable(kernel, program):
+        return None
+    return next(iter(pipeline_groups.cuts(kernel, program)), None)
+
+
 def _allocated_point(one: Kernel, base, target, name: str, size: int, share: float, price_muxes: bool,
-                     pinned: dict | None = None):
+                     pinned: dict | None = None, cut: int | None = None):
     """``per_stage_point``'s allocation with or without the multiplexers priced: the budget it aims at bisected
     against the full plan, then a few aims below the largest that fits (``AIMS_BELOW``: the greedy's outcome is
-    erratic in its aim); the fastest that fits is kept."""
+    erratic in its aim); the fastest that fits is kept. ``cut``: each allocation's groups then pipelined there."""
     program, aim, got, best = main_program(one), share, (None, None, None), None
     fits, over = 0.0, None  # the largest aim whose plan fits, the smallest whose plan is over
-    label = f"per stage, {share:.0%}" + (f", groups of {size}" if size > 1 else "")
+    label = (f"per stage, {share:.0%}" + (f", groups of {size}" if size > 1 else "")
+             + (", pipelined" if cut is not None else ""))
 
     def run(aim):
         k = copy.deepcopy(one)
         allocate.allocate(k, target, base.plan, aim, program, price_muxes, pinned)  # (the kernel keeps its lanes)
+        if cut is not None:
+            k = pipeline_groups.pipeline(k, program, cut)
         most = max(st.total_lanes for st in k.programs[program].stages)
         return measure(k, target, name, max(st.model_lanes for st in k.stages()), most, allocation=label)
 

@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from fx2fpga_runtime import interface, stochastic
-from fx2fpga_runtime.ir import GROUP_VAR, Affine, Guard, Kernel, Stage
+from fx2fpga_runtime.ir import GROUP_VAR, Affine, Guard, Kernel, Stage, stage_lag
 from fx2fpga_runtime.ops import OPS_TABLE
 
 from ..backends.common import buffer_banking
@@ -198,8 +198,11 @@ class Phase:
     stage: Stage | None = None
     buffer: str | None = None  # unpack / pack: the buffer moved
     lanes: int = 1
-    groups: int = 1  # model groups: the phase runs once per group, the group counter c<group_counter> fixed
+    groups: int = 1  # model groups: the phase runs once per pass (a group's), the group counter c<group_counter> fixed
     group_counter: int | None = None
+    # pipelined groups (passes/pipeline_groups.py): the passes the phase lags (its group: the pass less this, its
+    # GROUP_VAR the counter after the group counter for a lag of 1); None for a program not pipelined
+    lag: int | None = None
     drain: int | None = None  # cycles from its last issue to the next phase's setup (overlap.py; None: write_delay)
     # a stage fused with an unpack (``fuse_input_stream``): its operands taken from the input word as it arrives,
     # (operand, lanes served, word field); its issues wait for the stream's words as an unpack's do
@@ -212,6 +215,13 @@ class Phase:
     @property
     def iterations(self) -> int:
         return math.prod(c.count for c in self.counters)
+
+    def group_in(self, pass_: int) -> int:
+        """The group whose indices the phase's requests take in a pass: the pass, less the lag of a pipelined
+        phase (the nearest group in a pass where it has none: its writes are off there, its reads unused)."""
+        if self.lag is None:
+            return pass_
+        return min(max(pass_ - self.lag, 0), self.groups - 2)
 
     @property
     def setup_cycles(self) -> int:
@@ -297,7 +307,8 @@ def streamed_operands(st: Stage) -> int:
     return spec.arity if spec.reduction else len(st.ins)
 
 
-def _stage_phase(st: Stage, kernel: Kernel, where: str, groups: int = 1, group_counter: int = 0) -> Phase:
+def _stage_phase(st: Stage, kernel: Kernel, where: str, groups: int = 1, group_counter: int = 0,
+                 pipelined: bool = False) -> Phase:
     extents = {lp.var: lp.extent for lp in st.loops}
     if st.lanes > 1 and (st.lane_var not in extents or st.lane_var in st.reduce):
         raise ScheduleError(f"{where}: lanes={st.lanes} needs lane_var to be a loop that is not reduced")
@@ -312,10 +323,11 @@ def _stage_phase(st: Stage, kernel: Kernel, where: str, groups: int = 1, group_c
     counters = tuple(Counter(lp.var, lp.extent, steps.get(lp.var, 1)) for lp in order)
     slots = {c.var: k for k, c in enumerate(counters)}
     reduce = tuple(slots[v] for v in st.reduce)
-    slots[GROUP_VAR] = group_counter
+    lag = stage_lag(st) if pipelined else None
+    slots[GROUP_VAR] = group_counter + (lag or 0)
     delay = write_delay(st.op)
     phase = Phase(st.name, "stage", counters, delay, reduce=reduce, stage=st, lanes=lanes, groups=groups,
-                  group_counter=group_counter if groups > 1 else None)
+                  group_counter=group_counter if groups > 1 else None, lag=lag)
     operands = streamed_operands(st)
 
     def lane_guard(offsets: dict[str, int]) -> tuple[Guard, ...]:
@@ -444,7 +456,9 @@ def _issue_grid(phase: Phase, issues: np.ndarray, group: int) -> list[np.ndarray
     grid = [v.astype(np.int64) for v in np.unravel_index(issues, counts)] if counts else []
     if phase.group_counter is not None:
         grid += [np.zeros(len(issues), dtype=np.int64)] * (phase.group_counter - len(grid))
-        grid.append(np.full(len(issues), group, dtype=np.int64))
+        # (a lagging phase's group is the counter after the group counter, as in the controller)
+        values = [group, phase.group_in(group)] if phase.lag else [phase.group_in(group)]
+        grid += [np.full(len(issues), v, dtype=np.int64) for v in values]
     return grid
 
 
@@ -620,8 +634,10 @@ def run(kernel: Kernel, side: bool = True) -> Schedule:
         phases = [_transfer_phase(kernel, b, "unpack") for b in ins]
         if cmd in kernel.programs:
             prog = kernel.programs[cmd]
+            pipelined = prog.passes > prog.groups
             for st in prog.stages:
-                phases.append(_stage_phase(st, kernel, f"stage {st.name!r} of {cmd}", prog.groups, group_counter))
+                phases.append(_stage_phase(st, kernel, f"stage {st.name!r} of {cmd}", prog.passes, group_counter,
+                                           pipelined))
         phases = fuse_input_stream(phases)
         phases += [_transfer_phase(kernel, b, "pack") for b in outs]
         commands[cmd] = phases or [Phase("nop", "nop", (), 0)]

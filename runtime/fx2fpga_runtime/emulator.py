@@ -127,13 +127,14 @@ class Emulator:
 
     def _stage_fns(self, program: str) -> list:
         """Every stage of ``program`` as a ``run(mem)``, in order, made once: the stages once per group of
-        models (``GROUP_VAR`` = group), each its compiled fast path or else the reference ``run_stage``."""
+        models (``GROUP_VAR`` = group; pipelined groups: in the order of ``Program.pass_stages``), each its
+        compiled fast path or else the reference ``run_stage``."""
         fns = self._compiled.get(program)
         if fns is None:
             prog = self.kernel.programs[program]
             fns = self._compiled[program] = [
                 (compile_stage(stage, self.kernel, group, self._tally(stage.out.buffer)) if self.fast else None)
-                or self._reference(stage, group, program) for group in range(prog.groups) for stage in prog.stages]
+                or self._reference(stage, group, program) for _, stage, group in prog.pass_stages()]
         return fns
 
     def _reference(self, stage: Stage, group: int, program: str):

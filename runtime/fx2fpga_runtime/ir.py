@@ -69,6 +69,11 @@ stages ``groups`` times, for the groups of models one after another, with ``GROU
 variable every access may use) bound to 0, 1, ... in turn; the stages' model loop then covers one
 group, so temporaries hold one group's rows while parameters and outputs keep every model's
 (indexed ``GROUP_VAR * group size + MODEL_VAR``).
+
+Pipelined groups (``fx2fpga/passes/pipeline_groups.py``): a stage may lag (``stage.attrs["lag"]`` = 1): the
+program then makes ``groups + 1`` passes over its stages (``Program.passes``), and in pass ``p`` a stage runs
+for group ``p - lag`` (not at all where that is no group), so one pass runs the first stages of group ``p``
+beside the last ones of group ``p - 1``. ``pass_stages`` lists (pass, stage, group) in the order they run.
 """
 
 from __future__ import annotations
@@ -249,6 +254,11 @@ class Stage:
         return n
 
 
+def stage_lag(stage: Stage) -> int:
+    """The passes a stage lags behind the program's first stages (pipelined groups; 0 for most stages)."""
+    return stage.attrs.get("lag", 0)
+
+
 @dataclass
 class Program:
     """An entry point: host writes ``inputs``, the stages run, host reads ``outputs``."""
@@ -258,6 +268,19 @@ class Program:
     outputs: list[str]
     stages: list[Stage]
     groups: int = 1  # the stages run this many times, GROUP_VAR = 0, 1, ... (model groups)
+
+    @property
+    def passes(self) -> int:
+        """Passes over the stages: one per group, and one more per pass the lagging stages trail by."""
+        return self.groups + max((stage_lag(st) for st in self.stages), default=0)
+
+    def pass_stages(self):
+        """``(pass, stage, group)`` of every run of a stage, in the order they run (a lagging stage runs for
+        group ``pass - lag``, and only where that is one of the groups)."""
+        for p in range(self.passes):
+            for st in self.stages:
+                if 0 <= p - stage_lag(st) < self.groups:
+                    yield p, st, p - stage_lag(st)
 
 
 @dataclass
@@ -357,6 +380,6 @@ def _program_from(d: dict) -> Program:
 
 __all__ = [
     "Access", "Affine", "Buffer", "Fixed", "Guard", "Kernel", "Loop", "Program", "Stage",
-    "GROUP_VAR", "MODEL_VAR", "OPS", "ELEMENTWISE_OPS", "REDUCTION_OPS", "ARITY", "ROLES", "replace",
+    "GROUP_VAR", "MODEL_VAR", "stage_lag", "OPS", "ELEMENTWISE_OPS", "REDUCTION_OPS", "ARITY", "ROLES", "replace",
     "CHIP", "DDR",
 ]

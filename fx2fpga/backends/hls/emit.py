@@ -17,7 +17,7 @@ import numpy as np
 from fx2fpga_runtime import interface, saturation, stochastic
 from fx2fpga_runtime.emu_compile import output_interval
 from fx2fpga_runtime.fixed import Fixed
-from fx2fpga_runtime.ir import DDR, GROUP_VAR, MODEL_VAR, Access, Affine, Buffer, Kernel, Stage
+from fx2fpga_runtime.ir import DDR, GROUP_VAR, MODEL_VAR, Access, Affine, Buffer, Kernel, Stage, stage_lag
 from fx2fpga_runtime.ops import (
     NORM_INDEX_BITS,
     OPS_TABLE,
@@ -597,6 +597,7 @@ def _context(kernel: Kernel, version: str) -> dict:
         rounds_sr = any(view.sr for view in views)
         programs.append({"name": prog.name, "func": f"run_{prog.name}", "stages": views,
                          "inputs": prog.inputs, "outputs": prog.outputs, "groups": prog.groups, "group_size": size,
+                         "passes": prog.passes, "lags": [stage_lag(st) for st in prog.stages],
                          "sr_call": f"sr_calls[{sr_programs}]" if rounds_sr else "", "ddr_args": ddr_args,
                          "ddr_params": [_ddr_param(kernel.buffers[n]) for n in ddr_args]})
         sr_programs += rounds_sr

@@ -405,6 +405,7 @@ class _Controller:
     def group_counter(self):
         """Model groups: the group counter ``cgrp`` (0 in IDLE) counts the passes over a program's stage phases;
         ``again`` (to the FSM) sends its last stage phase back to its first until the last group."""
+        self.cgrp_lag = None
         if not self.repeats:
             self.cgrp = None
             return
@@ -419,6 +420,9 @@ class _Controller:
         step = net.mux(again, net.add(cg, net.const(1, gw)), net.const(0, gw))
         set_cg(net.mux(ends, step, net.mux(net.eq_const(self.phase, 0), net.const(0, gw), cg)))
         self.cgrp = cg
+        # pipelined groups: the lagging phases' group, and in which pass each part has a group (writes on)
+        if any(ph.get("lag") for ph in self.phases.values()):
+            self.cgrp_lag = net.add(cg, net.const(-1, gw))
 
     def compute_tap(self, port: dict) -> int:
         """A write's address is computed two registers ahead of its port."""
@@ -432,7 +436,7 @@ class _Controller:
         self.tag_at, self.counters_at = {}, {}
         for stream in self.issue_at:
             pre = "s1_" if stream else ""
-            need = [[0] * max(m, (self.gc or 0) + 1) for _ in range(max_tap + 2)]
+            need = [[0] * max(m, (self.gc or 0) + 2) for _ in range(max_tap + 2)]
             for port in spec["writes"]:
                 if self.stream_of[port["phase"]] != stream:
                     continue
@@ -457,7 +461,7 @@ class _Controller:
                                     if need[t][k] else None for k, c in enumerate(counters_at[t - 1])])
             if self.cgrp is not None:  # the group counter changes only between phases: the same at every tap
                 for at in counters_at:
-                    at += [None] * (self.gc - len(at)) + [self.cgrp]
+                    at += [None] * (self.gc - len(at)) + [self.cgrp] + ([self.cgrp_lag] if self.cgrp_lag else [])
             self.tag_at[stream], self.counters_at[stream] = tag_at, counters_at
 
     def clock_of(self, memory: str | None = None, phase: int | None = None):
@@ -583,6 +587,9 @@ class _Controller:
                 t, ph = self.compute_tap(port), self.phases[port["phase"]]
                 stream = self.stream_of[port["phase"]]
                 conds = [self.guard_ok(port, t)]
+                if ph.get("lag") is not None:  # pipelined groups: no write in the pass the phase has no group
+                    idle_pass = ph["counters"][self.gc] - 1 if ph["lag"] == 0 else 0
+                    conds.append(net.not_(net.eq_const(self.cgrp, idle_pass)))
                 if port["last_only"]:
                     conds += [net.eq_const(self.counters_at[stream][t][k], ph["counters"][k] - 1)
                               for k in ph["reduce"]]

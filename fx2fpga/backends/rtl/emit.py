@@ -730,7 +730,8 @@ def _phase_specs(command: list, pid: dict) -> list[dict]:
     main phase up to its wait; a main phase: its side phase) and whether its flag is cleared with each pass (a
     program's phase)."""
     specs = [{"id": pid[id(p)], "name": _ident(p.name), "kind": p.kind, "counters": _phase_counts(p),
-              "reduce": list(p.reduce), "drain": p.drain_cycles, "streams": bool(p.streamed)} for p in command]
+              "reduce": list(p.reduce), "drain": p.drain_cycles, "streams": bool(p.streamed)}
+             | ({"lag": p.lag} if p.lag is not None else {}) for p in command]
     if streams.has_side(command):
         main = [k for k, q in enumerate(command) if q.stream == streams.MAIN]
         stages = [k for k in main if command[k].kind == "stage"]
@@ -752,10 +753,10 @@ def _repeat(phases, pid: dict) -> dict | None:
 
 def _phase_counts(p) -> list[int]:
     """A phase's counter counts; a phase of model groups also the group counter's (at its index: the counters
-    between count 1, loops the phase does not have)."""
+    between count 1, loops the phase does not have), a lagging one then its group's (the group counter less one)."""
     counts = [c.count for c in p.counters]
     if p.group_counter is not None:
-        counts += [1] * (p.group_counter - len(counts)) + [p.groups]
+        counts += [1] * (p.group_counter - len(counts)) + [p.groups] * (2 if p.lag else 1)
     return counts
 
 

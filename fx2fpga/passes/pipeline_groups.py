@@ -1,0 +1,121 @@
+"""Pipelined model groups: the softmax chain of one group beside the multiply-accumulates of the next.
+
+A program of model groups (``passes/model_groups.py``) runs its stages once per group, one group after another, so
+within a pass every stage waits for the one before: the ~15 short elementwise and reduction stages of a training
+step's loss (the softmax chain) take their cycles between the forward and the backward multiply-accumulates, and
+nothing else can run beside them (session 20's side stream finds no independent stage within one model). Two
+groups are independent, though. Here the stages from a cut on *lag* one pass (``Stage.attrs["lag"] = 1``): the
+program makes ``groups + 1`` passes, and pass ``p`` runs the first stages for group ``p`` and the lagging ones for
+group ``p - 1`` (``Program.pass_stages``; the first and the last pass run one part only). The lagging stages that
+do not multiply and that nothing lagging before them feeds (the chain) go to the front of the pass, so the side
+stream (``passes/streams.py``) runs them beside the next group's forward multiply-accumulates.
+
+Each group still computes what it computes alone: its stages run in the program's order (the first part in pass
+``g``, the lagging part, chain first, in pass ``g + 1``), and a memory that stages of both parts touch is double
+buffered (a leading dim of 2, indexed ``GROUP_VAR % 2``; other programs use copy 0), so two neighbouring groups
+never share a word of it. Parameters and outputs are indexed by the group already; memories only one part touches
+hold one group's values within a pass.
+
+In the RTL the lagging stages read the group counter less one, and a stage's writes are off in the pass where it
+has no group (its requests still issue: each pass has the same exact cycles, so the model is ``groups + 1`` equal
+passes). Not for a kernel whose stages round stochastically (their random bits count every issue), lanes over
+the model loop, or buffers in DDR.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+from fx2fpga_runtime import stochastic
+from fx2fpga_runtime.ir import GROUP_VAR, Access, Affine, Kernel, Stage
+from fx2fpga_runtime.ops import OPS_TABLE
+
+LAG = "lag"  # Stage.attrs key: the passes a stage lags (fx2fpga_runtime.ir.stage_lag)
+PARITY = Affine(((GROUP_VAR, 1),), mod=2)  # the copy of a double-buffered memory a group uses
+
+
+def pipelinable(kernel: Kernel, program: str) -> bool:
+    """Whether ``program`` of ``kernel`` may run its groups pipelined (see the module doc)."""
+    prog = kernel.programs.get(program)
+    if prog is None or prog.groups < 2 or any(k.attrs.get(LAG) for k in prog.stages):
+        return False
+    if kernel.ddr_buffers() or any(st.model_lanes > 1 for st in prog.stages):
+        return False
+    return not any(stochastic.rounds_stochastic(st, kernel) for st in prog.stages)
+
+
+def cuts(kernel: Kernel, program: str) -> list[int]:
+    """Where the lagging part may start: before each stage that does not multiply and follows one that
+    multiply-accumulates (the end of a run of multiply-accumulates: the forward's, for a training step's loss)."""
+    stages = kernel.programs[program].stages
+    return [i for i in range(1, len(stages))
+            if stages[i - 1].op == "mac" and not OPS_TABLE[stages[i].op].multiplies]
+
+
+def _touched(st: Stage) -> tuple[set[str], set[str]]:
+    return {a.buffer for a in st.ins}, {st.out.buffer}
+
+
+def _conflict(a: Stage, b: Stage) -> bool:
+    """Whether two stages' order matters: one writes what the other reads or writes."""
+    ra, wa = _touched(a)
+    rb, wb = _touched(b)
+    return bool(wa & (rb | wb) or wb & ra)
+
+
+def _chain_first(kernel: Kernel, lagging: list[Stage]) -> list[Stage]:
+    """The lagging stages with those that do not multiply (nor round stochastically) and that no other lagging
+    stage before them must precede moved to the front, each keeping its order."""
+    front, rest = [], []
+    for st in lagging:
+        free = not OPS_TABLE[st.op].multiplies and not stochastic.rounds_stochastic(st, kernel)
+        (front if free and not any(_conflict(r, st) for r in rest) else rest).append(st)
+    return front + rest
+
+
+def pipeline(kernel: Kernel, program: str, cut: int) -> Kernel:
+    """A copy of ``kernel`` whose ``program`` runs its groups pipelined, lagging from stage ``cut`` on (see the
+    module doc); ``kernel`` is not changed."""
+    k = copy.deepcopy(kernel)
+    prog = k.programs[program]
+    first, lagging = prog.stages[:cut], prog.stages[cut:]
+    for st in lagging:
+        st.attrs[LAG] = 1
+    chain = _chain_first(k, lagging)
+    ahead = chain[:next((i for i, st in enumerate(chain) if OPS_TABLE[st.op].multiplies), len(chain))]
+    prog.stages = ahead + first + chain[len(ahead):]
+    both = ({b for st in first for b in (st.out.buffer, *(a.buffer for a in st.ins))}
+            & {b for st in lagging for b in (st.out.buffer, *(a.buffer for a in st.ins))})
+    doubled = sorted(b for b in both if k.buffers[b].role == "temp")
+    for name in doubled:
+        buf = k.buffers[name]
+        buf.shape = (2, *buf.shape)
+    for p in k.programs.values():
+        index = PARITY if p is prog else Affine(())
+        for st in p.stages:
+            st.out = _double(st.out, doubled, index)
+            st.ins = tuple(_double(a, doubled, index) for a in st.ins)
+    k.meta["pipelined"] = {program: {"cut": cut, "double_buffered": doubled}}
+    return k
+
+
+def _double(a: Access, doubled: list[str], index: Affine) -> Access:
+    return replace(a, index=(index, *a.index)) if a.buffer in doubled else a
+
+
+def requested(kernel: Kernel, cut: int, program: str = "train_step") -> Kernel:
+    """``pipeline`` at the user's ``cut`` (``compile(pipeline_groups=...)``), or a clear error where it cannot."""
+    if not pipelinable(kernel, program):
+        raise ValueError(f"pipeline_groups: the {program} program must run in 2 groups of models or more "
+                         "(model_lanes= a group size), without lanes over the model loop, stochastic rounding or "
+                         "buffers in DDR")
+    if cut not in cuts(kernel, program):
+        raise ValueError(f"pipeline_groups={cut}: the stages may lag from one of {cuts(kernel, program)} (after a "
+                         "run of multiply-accumulates, before a stage that does not multiply)")
+    return pipeline(kernel, program, cut)
+
+
+def lagging(kernel: Kernel) -> bool:
+    """Whether some program of ``kernel`` runs its groups pipelined."""
+    return any(st.attrs.get(LAG) for st in kernel.stages())

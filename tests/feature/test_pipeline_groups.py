@@ -1,0 +1,126 @@
+"""passes/pipeline_groups.py: a training step's model groups pipelined, the loss chain of one group beside the next
+group's forward. Each model computes what it computes with its groups one after another, bit for bit (emu, csim,
+Verilator); Verilator's cycles equal the model; a pass is shorter than a plain pass by the chain the side stream
+hides; bad requests get a clear error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from fx2fpga_runtime.ir import GROUP_VAR
+from torch import nn
+
+import fx2fpga
+from fx2fpga.passes import pipeline_groups, schedule, streams
+
+pytestmark = pytest.mark.slow
+
+X = torch.randn(6, 16, generator=torch.Generator().manual_seed(1))
+Y = torch.tensor([0, 1, 2, 3, 1, 0])
+LRS = [0.05, 0.1, 0.15, 0.2]
+# the forward's multiply-accumulates longer than the loss chain, which one lane computes
+LANES = {"train_addmm": [1, 8, "j"], "train_addmm_1": [1, 4, "j"], "train_mm": [1, 8, "j"],
+         "train_update_b_0_weight": [1, 8, "i"], "train_update_b_2_weight": [1, 4, "i"]}
+
+
+def _models():
+    out = []
+    for k in range(4):
+        torch.manual_seed(k)
+        out.append(nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)))
+    return out
+
+
+def _compile(cut, outputs="both"):
+    return fx2fpga.compile(_models(), (X,), train=fx2fpga.SGD(F.cross_entropy, Y, lr=LRS), lanes=LANES,
+                           model_lanes=1, pipeline_groups=cut, outputs=outputs)
+
+
+@pytest.fixture(scope="module")
+def designs():
+    """4 MLPs in groups of 1, their groups one after another and pipelined at the end of the forward."""
+    plain = _compile(None)
+    cut = pipeline_groups.cuts(plain.kernel, "train_step")[0]
+    return {"plain": plain, "pipelined": _compile(cut), "cut": cut}
+
+
+def _train(design, backend, steps):
+    runner = design.load(backend)
+    losses = [np.asarray(runner.train_step(X, Y)) for _ in range(steps)]
+    return runner, losses, runner.get_params()
+
+
+def _same_params(a, b) -> bool:
+    return all(np.array_equal(np.asarray(pa[n]), np.asarray(pb[n])) for pa, pb in zip(a, b, strict=True) for n in pa)
+
+
+def test_the_kernel_lags_the_loss_and_the_backward_and_double_buffers_what_both_parts_touch(designs):
+    k, cut = designs["pipelined"].kernel, designs["cut"]
+    prog = k.programs["train_step"]
+    plain = designs["plain"].kernel.programs["train_step"]
+    assert plain.stages[cut - 1].op == "mac" and plain.stages[cut].op != "mac"
+    assert prog.groups == 4 and prog.passes == 5
+    lagging = {st.name for st in prog.stages if st.attrs.get("lag") == 1}
+    assert lagging == {st.name for st in plain.stages[cut:]}
+    # the lagging stages that need no multiplier and nothing lagging before them go first
+    first_lead = next(i for i, st in enumerate(prog.stages) if not st.attrs.get("lag"))
+    assert first_lead > 0 and all(st.op in ("max", "sub", "table", "sum", "eq", "select", "eq_select")
+                                  for st in prog.stages[:first_lead])
+    doubled = k.meta["pipelined"]["train_step"]["double_buffered"]
+    assert doubled
+    for name in doubled:
+        assert k.buffers[name].shape[0] == 2
+        for st in prog.stages:
+            for a in (st.out, *st.ins):
+                if a.buffer == name:
+                    assert a.index[0] == pipeline_groups.PARITY and GROUP_VAR in a.index[0].vars()
+
+
+def test_the_emulator_gives_each_model_what_its_groups_one_after_another_give(designs):
+    _, plain_losses, plain_params = _train(designs["plain"], "emu", 4)
+    _, losses, params = _train(designs["pipelined"], "emu", 4)
+    for a, b in zip(plain_losses, losses, strict=True):
+        assert np.array_equal(a, b)
+    assert _same_params(plain_params, params)
+    assert not np.array_equal(plain_losses[0], plain_losses[-1])  # (the models learn)
+
+
+def test_verilator_equals_the_emulator_and_its_cycles_the_model(designs):
+    design = designs["pipelined"]
+    emu, emu_losses, emu_params = _train(design, "emu", 2)
+    rtl = design.load("rtl")
+    for expected in emu_losses:
+        assert np.array_equal(np.asarray(rtl.train_step(X, Y)), expected)
+        assert rtl.backend.last_cycles == design.schedule.call_cycles("train_step")
+    assert _same_params(emu_params, rtl.get_params())
+    assert np.array_equal(np.asarray(emu.infer(X)), np.asarray(rtl.infer(X)))
+
+
+def test_csim_equals_the_emulator(designs):
+    _, emu_losses, emu_params = _train(designs["pipelined"], "emu", 2)
+    _, losses, params = _train(designs["pipelined"], "csim", 2)
+    for a, b in zip(emu_losses, losses, strict=True):
+        assert np.array_equal(a, b)
+    assert _same_params(emu_params, params)
+
+
+def test_a_pass_hides_the_loss_chain_on_the_side_stream(designs):
+    pipelined, plain = designs["pipelined"].schedule, designs["plain"].schedule
+    phases = pipelined.commands["train_step"]
+    side = {ph.name for ph in phases if ph.stream == streams.SIDE}
+    assert {"train_amax", "train_exp", "train_sum_1"} <= side
+    per_pass = pipelined.call_cycles("train_step") / 5
+    assert per_pass < 0.95 * plain.call_cycles("train_step") / 4
+    # the same program with one stream: as long as its groups one after another, plus a pass
+    one_stream = schedule.run(designs["pipelined"].kernel, side=False).call_cycles("train_step")
+    assert one_stream > pipelined.call_cycles("train_step")
+
+
+def test_bad_requests_are_refused_clearly():
+    with pytest.raises(ValueError, match="may lag from one of"):
+        _compile(1, outputs="rtl")
+    one = nn.Sequential(nn.Linear(16, 4))
+    with pytest.raises(ValueError, match="2 groups of models or more"):
+        fx2fpga.compile(one, (X,), train=fx2fpga.SGD(F.cross_entropy, Y, lr=0.1), lanes=2, pipeline_groups=1)
