@@ -7,8 +7,8 @@ nothing else can run beside them (session 20's side stream finds no independent 
 groups are independent, though. Here the stages from a cut on *lag* one pass (``Stage.attrs["lag"] = 1``): the
 program makes ``groups + 1`` passes, and pass ``p`` runs the first stages for group ``p`` and the lagging ones for
 group ``p - 1`` (``Program.pass_stages``; the first and the last pass run one part only). The lagging stages that
-do not multiply and that nothing lagging before them feeds (the chain) go to the front of the pass, so the side
-stream (``passes/streams.py``) runs them beside the next group's forward multiply-accumulates.
+do not multiply-accumulate and that nothing lagging before them feeds (the chain) go to the front of the pass, so
+the side stream (``passes/streams.py``) runs them beside the next group's forward multiply-accumulates.
 
 Each group still computes what it computes alone: its stages run in the program's order (the first part in pass
 ``g``, the lagging part, chain first, in pass ``g + 1``), and a memory that stages of both parts touch is double
@@ -30,6 +30,8 @@ from dataclasses import replace
 from fx2fpga_runtime import stochastic
 from fx2fpga_runtime.ir import GROUP_VAR, Access, Affine, Kernel, Stage
 from fx2fpga_runtime.ops import OPS_TABLE
+
+from . import streams
 
 LAG = "lag"  # Stage.attrs key: the passes a stage lags (fx2fpga_runtime.ir.stage_lag)
 PARITY = Affine(((GROUP_VAR, 1),), mod=2)  # the copy of a double-buffered memory a group uses
@@ -64,12 +66,15 @@ def _conflict(a: Stage, b: Stage) -> bool:
     return bool(wa & (rb | wb) or wb & ra)
 
 
-def _chain_first(kernel: Kernel, lagging: list[Stage]) -> list[Stage]:
-    """The lagging stages with those that do not multiply (nor round stochastically) and that no other lagging
-    stage before them must precede moved to the front, each keeping its order."""
+def _chain_first(kernel: Kernel, lagging: list[Stage], leading: list[Stage]) -> list[Stage]:
+    """The lagging stages with those that the side stream may run (no multiply-accumulate, no stochastic rounding)
+    and that no other lagging stage before them must precede moved to the front, each keeping its order; not one
+    that writes what a leading stage reads (a parameter's update: the leading stage would wait for it)."""
+    read_ahead = {a.buffer for st in leading for a in st.ins}
     front, rest = [], []
     for st in lagging:
-        free = not OPS_TABLE[st.op].multiplies and not stochastic.rounds_stochastic(st, kernel)
+        free = (not streams.shares_the_engine(st) and not stochastic.rounds_stochastic(st, kernel)
+                and st.out.buffer not in read_ahead)
         (front if free and not any(_conflict(r, st) for r in rest) else rest).append(st)
     return front + rest
 
@@ -82,8 +87,8 @@ def pipeline(kernel: Kernel, program: str, cut: int) -> Kernel:
     first, lagging = prog.stages[:cut], prog.stages[cut:]
     for st in lagging:
         st.attrs[LAG] = 1
-    chain = _chain_first(k, lagging)
-    ahead = chain[:next((i for i, st in enumerate(chain) if OPS_TABLE[st.op].multiplies), len(chain))]
+    chain = _chain_first(k, lagging, first)
+    ahead = chain[:next((i for i, st in enumerate(chain) if streams.shares_the_engine(st)), len(chain))]
     prog.stages = ahead + first + chain[len(ahead):]
     both = ({b for st in first for b in (st.out.buffer, *(a.buffer for a in st.ins))}
             & {b for st in lagging for b in (st.out.buffer, *(a.buffer for a in st.ins))})

@@ -186,7 +186,12 @@ def _unit_cvt_bits(u: dict) -> int:
 
 def _unit_reg_bits(u: dict) -> int:
     """One lane's pipeline registers: the operands, the term, the accumulator, the aligned initial value, the
-    result; a table unit's clip, segment, ROM data and products."""
+    result; a table unit's clip, segment, ROM data and products; a unit's own multiplier (a side-stream phase's:
+    its operands, partial products and product, as the shared ones have)."""
+    if u.get("own_product"):
+        prod = u["pool"]["product"]
+        own = u["ma_width"] + u["mb_width"] + sum(w for _, _, w, _ in prod["parts"]) + prod["width"]
+        return own + _unit_reg_bits(u | {"own_product": False})
     ops = sum(o["iw"] for o in u["ops"])
     if u.get("mask_by") is not None:  # ReLU's backward: its gate's delay to the result
         ops += u["term_stage"] + 2

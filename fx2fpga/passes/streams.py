@@ -5,8 +5,10 @@ elementwise and reduction phases of a training step (the softmax chain, the loss
 their cycles on top of the multiply-accumulates. The controller now has a second set of counters, its own
 phase register and issue delay line: the **side stream**. A stage phase goes there when
 
-- it does not multiply (the shared multipliers and the MAC engine serve one phase at a time), is not fused
-  with the input stream and does not round stochastically (its random bits are counted per call);
+- it does not multiply-accumulate (the MAC engine serves one phase at a time; an elementwise product, ``mul`` or
+  ``msub``, multiplies on its own multipliers there, the shared ones serving the main stream: DSP blocks are the
+  pynq-z1's plentiful part), is not fused with the input stream and does not round stochastically (its random
+  bits are counted per call);
 - some phase of the main stream can run beside it: its **window**, the main-stream phases after the last one
   before it that touches (reads or writes) one of its buffers and before the first one after it that does,
   is not empty. The phases of its window touch none of its memories, so the two streams never meet at a
@@ -61,7 +63,14 @@ def eligible(ph: Phase, kernel) -> bool:
     if ph.kind != "stage" or ph.streamed:
         return False
     st = ph.stage
-    return not OPS_TABLE[st.op].multiplies and not stochastic.rounds_stochastic(st, kernel)
+    return not shares_the_engine(st) and not stochastic.rounds_stochastic(st, kernel)
+
+
+def shares_the_engine(st) -> bool:
+    """A multiply-accumulate: the MAC engine and the shared multipliers serve one of them at a time, on the main
+    stream (an elementwise product on the side stream multiplies on its own multipliers: backends/rtl/emit.py)."""
+    spec = OPS_TABLE[st.op]
+    return spec.multiplies and spec.reduction
 
 
 def _touching(phases: list[Phase], mine: set[str], indices, free: frozenset[str], stream: int = MAIN) -> list[int]:

@@ -29,6 +29,13 @@ def _models_section(k) -> list[str]:
                f"cross the bus once). The programs run in {groups} group{'s' if groups > 1 else ''} of {size} "
                f"model{'s' if size > 1 else ''} (temporaries hold one group), up to {side} side by side in a stage "
                f"(`model_lanes`).")
+        for program, how_piped in k.meta.get("pipelined", {}).items():
+            lagging = [st.name for st in k.programs[program].stages if st.attrs.get("lag")]
+            how += (f" `{program}`'s groups are pipelined (passes/pipeline_groups.py): {len(lagging)} of its stages "
+                    f"(those after the forward's multiply-accumulates, `{lagging[0]}` .. `{lagging[-1]}`) run a pass "
+                    f"behind, for the group before, so its {groups} groups take {k.programs[program].passes} passes "
+                    f"and the loss chain of one group runs beside the next one's forward; double buffered (a copy "
+                    f"per group's parity): {', '.join(f'`{b}`' for b in how_piped['double_buffered']) or 'none'}.")
         formats = "one format per buffer serves every model; buffers whose models would differ alone"
     else:
         how = ("Each program runs the models one after another, on the same inputs (they cross the bus once). "

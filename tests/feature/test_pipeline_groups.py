@@ -64,10 +64,13 @@ def test_the_kernel_lags_the_loss_and_the_backward_and_double_buffers_what_both_
     assert prog.groups == 4 and prog.passes == 5
     lagging = {st.name for st in prog.stages if st.attrs.get("lag") == 1}
     assert lagging == {st.name for st in plain.stages[cut:]}
-    # the lagging stages that need no multiplier and nothing lagging before them go first
+    # the lagging stages the side stream may run (no multiply-accumulate) that nothing lagging before them feeds go
+    # first, the loss's product and the gradient's multiply-subtract too; no parameter's update (the forward reads it)
     first_lead = next(i for i, st in enumerate(prog.stages) if not st.attrs.get("lag"))
-    assert first_lead > 0 and all(st.op in ("max", "sub", "table", "sum", "eq", "select", "eq_select")
-                                  for st in prog.stages[:first_lead])
+    front = prog.stages[:first_lead]
+    assert all(st.op != "mac" and st.attrs.get("lag") == 1 for st in front)
+    assert {"train_amax", "train_loss", "train_sub_2"} <= {st.name for st in front}
+    assert not {st.out.buffer for st in front} & set(k.params)
     doubled = k.meta["pipelined"]["train_step"]["double_buffered"]
     assert doubled
     for name in doubled:
@@ -76,6 +79,16 @@ def test_the_kernel_lags_the_loss_and_the_backward_and_double_buffers_what_both_
             for a in (st.out, *st.ins):
                 if a.buffer == name:
                     assert a.index[0] == pipeline_groups.PARITY and GROUP_VAR in a.index[0].vars()
+
+
+def test_the_report_says_which_stages_lag_and_what_is_double_buffered(designs):
+    from fx2fpga.project import report
+
+    text = "\n".join(report._models_section(designs["pipelined"].kernel))
+    doubled = designs["pipelined"].kernel.meta["pipelined"]["train_step"]["double_buffered"]
+    assert "groups are pipelined" in text and "4 groups take 5 passes" in text
+    assert all(f"`{b}`" in text for b in doubled)
+    assert "pipelined" not in "\n".join(report._models_section(designs["plain"].kernel))
 
 
 def test_the_emulator_gives_each_model_what_its_groups_one_after_another_give(designs):
@@ -110,7 +123,11 @@ def test_a_pass_hides_the_loss_chain_on_the_side_stream(designs):
     pipelined, plain = designs["pipelined"].schedule, designs["plain"].schedule
     phases = pipelined.commands["train_step"]
     side = {ph.name for ph in phases if ph.stream == streams.SIDE}
-    assert {"train_amax", "train_exp", "train_sum_1"} <= side
+    assert {"train_amax", "train_exp", "train_sum_1", "train_sub_2"} <= side
+    # the side stream's multiply-subtract multiplies on its own multipliers; the main stream's share the pool
+    plan = designs["pipelined"].rtl_plan()
+    own = {u["stage"].name for u in plan.units if u["own_product"]}
+    assert "train_sub_2" in own and not own & {u["stage"].name for u in plan.pool["users"]}
     per_pass = pipelined.call_cycles("train_step") / 5
     assert per_pass < 0.95 * plain.call_cycles("train_step") / 4
     # the same program with one stream: as long as its groups one after another, plus a pass

@@ -203,9 +203,10 @@ def test_trades_of_lanes_after_the_greedy(mlp_example):
 
 
 def test_a_stage_widened_at_the_cost_of_several_narrower_ones(mlp_example):
-    """At 31% of the budget (multiplexers unpriced) the digits MLP's greedy and its one-for-one trades leave a stage
-    whose next step does not fit, and no single step of another stage frees enough (5,950 cycles instead of 6,190
-    here, on the fit with ``srl_bits`` and ReLU's backward fused; 6,176 instead of 6,688 at 32% before both, with
+    """At 32% of the budget (multiplexers unpriced) the digits MLP's greedy and its one-for-one trades leave a stage
+    whose next step does not fit, and no single step of another stage frees enough (5,970 cycles instead of 6,178
+    here, with the side stream's products on their own multipliers; 5,950 instead of 6,190 at 31% on the fit with
+    ``srl_bits`` and ReLU's backward fused; 6,176 instead of 6,688 at 32% before both, with
     fc1's ReLU fused into its multiply-accumulate; at 35% before that, 6,030 instead of 6,542).
     ``widen_by_narrowing`` takes the step and narrows several small stages until it fits: fewer cycles, within
     the limit, and the full plan is faster than one lane."""
@@ -217,7 +218,7 @@ def test_a_stage_widened_at_the_cost_of_several_narrower_ones(mlp_example):
     one = copy.deepcopy(design.kernel)
     base, _, _ = explore.measure(one, target, "k", 1, 1)
     k = copy.deepcopy(one)
-    state = allocate.greedy(k, target, base.plan, 0.31, "train_step", price_muxes=False)
+    state = allocate.greedy(k, target, base.plan, 0.32, "train_step", price_muxes=False)
     state.trade_lanes()
     before, choice = state.cycles(), dict(state.choice)
     state.widen_by_narrowing()

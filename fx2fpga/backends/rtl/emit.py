@@ -214,19 +214,35 @@ def multiplier_pool(units: list[dict], dsp_kind: str) -> dict | None:
     when its stage's operands arrive (``act``) and the top ORs them, sign-extended to the
     widest operands, into the lane's multiplier (split into DSP-sized partial products). The
     DSP blocks of a kernel are then those of one stage's lanes, not of every stage's."""
-    users = [u for u in units if u["op"] in POOLED_OPS]
+    for u in units:  # a side-stream phase's unit multiplies alone: the pool serves the main stream
+        if u["op"] in POOLED_OPS and u["side"]:
+            w0, w1 = _multiplied_widths(u)
+            _multiplies(u, None, w0, w1, product_plan(max(w0, w1), min(w0, w1), dsp_kind))
+    users = [u for u in units if u["op"] in POOLED_OPS and not u["side"]]
     if not users:
         return None
-    pairs = [OPS_TABLE[u["op"]].multiplied for u in users]
-    widths = [(u["ops"][i]["iw"], u["ops"][j]["iw"]) for u, (i, j) in zip(users, pairs, strict=True)]
+    widths = [_multiplied_widths(u) for u in users]
     wa, wb = max(max(w) for w in widths), max(min(w) for w in widths)
     pool = {"lanes": max(u["lanes"] for u in users), "wa": wa, "wb": wb, "product": product_plan(wa, wb, dsp_kind),
             "users": users}
-    for u, (i, j), (w0, w1) in zip(users, pairs, widths, strict=True):
-        wide, narrow = (j, i) if w1 > w0 else (i, j)
-        u.update(pooled=True, ma=f"a{wide}", mb=f"a{narrow}", ma_width=max(w0, w1), mb_width=min(w0, w1), pool=pool,
-                 prod_used=w0 + w1, act=f"act_{u['inst']}")  # the product's bits (a mac's term, a mul's result)
+    for u, (w0, w1) in zip(users, widths, strict=True):
+        _multiplies(u, pool, w0, w1, pool["product"])
     return pool
+
+
+def _multiplied_widths(u: dict) -> tuple[int, int]:
+    i, j = OPS_TABLE[u["op"]].multiplied
+    return u["ops"][i]["iw"], u["ops"][j]["iw"]
+
+
+def _multiplies(u: dict, pool: dict | None, w0: int, w1: int, product: dict) -> None:
+    """Set a multiplying unit's operands to the multiplier (the wider first) and its product: the pool's (``pool``),
+    or its own multipliers of the same pipeline (None: ``own_product``, a side-stream phase's unit)."""
+    i, j = OPS_TABLE[u["op"]].multiplied
+    wide, narrow = (j, i) if w1 > w0 else (i, j)
+    u.update(pooled=True, ma=f"a{wide}", mb=f"a{narrow}", ma_width=max(w0, w1), mb_width=min(w0, w1),
+             pool=pool or {"product": product, "lanes": u["lanes"]}, own_product=pool is None,
+             prod_used=w0 + w1, act=f"act_{u['inst']}")  # the product's bits (a mac's term, a mul's result)
 
 
 def mac_engine(units: list[dict], name: str, pool: dict | None, cvts: _Cvts) -> dict | None:
@@ -341,7 +357,8 @@ def _unit_view(phase: Phase, pid: int, kernel, name: str, cvts: _Cvts, dsp_kind:
     ops = [_operand(f, i) for i, f in enumerate(fmts)]
     spec = OPS_TABLE[st.op]
     view = {"module": f"{name}_p{pid}_{_ident(st.name)}", "inst": f"p{pid}", "op": st.op, "lanes": phase.lanes,
-            "pooled": False, "engine": False, "skips_guarded": spec.skips_guarded, "counted": counted,
+            "pooled": False, "own_product": False, "side": phase.stream == streams.SIDE,
+            "engine": False, "skips_guarded": spec.skips_guarded, "counted": counted,
             "relu": then_relu(st), "mask_by": len(st.ins) - 1 if then_relu_mask(st) else None, "ops": ops,
             "out_width": out_fmt.width, "stage": st,
             "origin": st.origin, "source": st.source, "guests": []}
@@ -556,8 +573,9 @@ class RtlPlan:
         partial products, one set per lane, the function tables' interpolation products and the
         divisions' products."""
         shared = self.pool["lanes"] * len(self.pool["product"]["parts"]) if self.pool else 0
-        return shared + sum(u["lanes"] * len(u["product"]["parts"]) for u in self.units
-                            if u["kind"] in ("table", "normalized"))
+        own = sum(u["lanes"] * len(u["pool"]["product"]["parts"]) for u in self.units if u["own_product"])
+        return shared + own + sum(u["lanes"] * len(u["product"]["parts"]) for u in self.units
+                                  if u["kind"] in ("table", "normalized"))
 
     def template_vars(self) -> dict:
         """The fields as template variables (not copied)."""
@@ -649,9 +667,9 @@ def _acts(w: _Wiring) -> dict[str, str]:
     """The controller's ``act_p<i>`` outputs by phase id: a pooled unit's phases (its operands go to the shared
     multipliers this cycle; a host's ``act`` becomes the OR of its own and its guests') and the guests that
     select their operands by them (``_Wiring.add_guest``)."""
-    act = {u["inst"][1:]: u["act"] for u in w.units if u["pooled"]} | w.acts
+    act = {u["inst"][1:]: u["act"] for u in w.units if u["pooled"] and not u["own_product"]} | w.acts
     for u in w.units:
-        if u["pooled"] and u["guests"]:
+        if u["pooled"] and not u["own_product"] and u["guests"]:
             act.update({str(g): f"act_p{g}" for g, _ in u["guests"]})
             u["act"] = " | ".join([u["act"], *(f"act_p{g}" for g, _ in u["guests"])])
     return dict(sorted(act.items(), key=lambda kv: int(kv[0])))
