@@ -222,8 +222,8 @@ def compile(  # noqa: A001 - the public name the product promises
 
     ``until`` names a step of ``fx2fpga.PIPELINE`` to stop after; ``compile`` then returns that
     step's artifact instead of the ``Design``: ``"trace"`` the torch.fx graphs (a list),
-    ``"lower"``/``"quantize"``/``"share memory"``/``"place"``/``"tile"`` the ``Kernel`` (after ``tile`` with its
-    lanes), ``"schedule"`` the RTL ``Schedule`` (None if the RTL cannot map the kernel),
+    ``"lower"``/``"quantize"``/``"share memory"``/``"order"``/``"place"``/``"tile"`` the ``Kernel`` (after
+    ``tile`` with its lanes), ``"schedule"`` the RTL ``Schedule`` (None if the RTL cannot map the kernel),
     ``"emit HLS"``/``"emit RTL"`` those files (path -> text), ``"write"`` the ``Design``.
     ``backend=`` is the old name of ``outputs=`` (deprecated).
     """
@@ -266,7 +266,7 @@ def explore(model, example_inputs, target: str | Target = "pynq-z1", train: SGD 
         raise ValueError(f"explore needs the RTL resource model, calibrated for xc7 targets; {ctx.target.name} is "
                          f"{ctx.target.family}")
     ctx.outputs = "rtl"
-    kernel = run_pipeline(ctx, "share memory")
+    kernel = run_pipeline(ctx, "order")
     result, _, _ = explore_pass.explore(kernel, ctx.target, lanes, model_lanes, ctx.name, progress)
     if out_dir is not None:
         exploration.write(result, out_dir, f"{ctx.name} on {ctx.target.name} at {ctx.target.clock_mhz:g} MHz")

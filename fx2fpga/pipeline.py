@@ -177,6 +177,12 @@ def _share_memory(ctx: CompileContext):
     return ctx.kernel
 
 
+def _order(ctx: CompileContext):
+    from .passes import side_order
+
+    return side_order.run(ctx.kernel)
+
+
 def _place(ctx: CompileContext):
     from .errors import PlacementError
     from .passes import placement
@@ -371,6 +377,9 @@ PIPELINE = Pipeline([
          "kernel", "Kernel"),
     Step("share memory", _share_memory, "temporaries with disjoint lifetimes share one array (share_memory=False: off)",
          "kernel", "Kernel"),
+    Step("order", _order, "stages the side stream may run moved up, a multiply-accumulate pulled in after them: "
+         "each a window of main-stream stages to run beside (the same results: no two stages touching one memory "
+         "swap)", "kernel", "Kernel"),
     Step("place", _place, "each buffer on chip or in DDR: placement= forced; with outputs='hls' over the block "
          "RAM, the largest arrays in DDR until the estimate fits", "kernel", "Kernel"),
     Step("tile", _tile, "lanes (parallel datapath copies) per stage, kept RTL-bankable; the resource budget",

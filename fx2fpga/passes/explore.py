@@ -205,11 +205,11 @@ def per_stage_point(kernel: Kernel, target, name: str, size: int, share: float):
 
 def pipeline_cut(kernel: Kernel) -> int | None:
     """Where the main program's groups would be pipelined (``passes/pipeline_groups.py``: the lagging part from the
-    end of its first run of multiply-accumulates), or None where they cannot be (fewer than 2 groups, ...)."""
+    loss chain on, ``loss_cut``), or None where they cannot be (fewer than 2 groups, ...)."""
     program = main_program(kernel)
     if not pipeline_groups.pipelinable(kernel, program):
         return None
-    return next(iter(pipeline_groups.cuts(kernel, program)), None)
+    return pipeline_groups.loss_cut(kernel, program)
 
 
 def _allocated_point(one: Kernel, base, target, name: str, size: int, share: float, price_muxes: bool,

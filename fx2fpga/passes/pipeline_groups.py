@@ -31,7 +31,7 @@ from fx2fpga_runtime import stochastic
 from fx2fpga_runtime.ir import GROUP_VAR, Access, Affine, Kernel, Stage
 from fx2fpga_runtime.ops import OPS_TABLE
 
-from . import streams
+from . import side_order, streams
 
 LAG = "lag"  # Stage.attrs key: the passes a stage lags (fx2fpga_runtime.ir.stage_lag)
 PARITY = Affine(((GROUP_VAR, 1),), mod=2)  # the copy of a double-buffered memory a group uses
@@ -53,6 +53,18 @@ def cuts(kernel: Kernel, program: str) -> list[int]:
     stages = kernel.programs[program].stages
     return [i for i in range(1, len(stages))
             if stages[i - 1].op == "mac" and not OPS_TABLE[stages[i].op].multiplies]
+
+
+def loss_cut(kernel: Kernel, program: str) -> int | None:
+    """The cut before the longest run of stages that do not multiply-accumulate (by their iterations): a training
+    step's loss chain, after the forward (the order step may have moved a short stage between two of the
+    forward's multiply-accumulates). None without a cut."""
+    stages = kernel.programs[program].stages
+
+    def run_after(i: int) -> int:
+        end = next((j for j in range(i, len(stages)) if streams.shares_the_engine(stages[j])), len(stages))
+        return sum(st.iterations for st in stages[i:end])
+    return max(cuts(kernel, program), key=run_after, default=None)
 
 
 def _touched(st: Stage) -> tuple[set[str], set[str]]:
@@ -89,7 +101,7 @@ def pipeline(kernel: Kernel, program: str, cut: int) -> Kernel:
         st.attrs[LAG] = 1
     chain = _chain_first(k, lagging, first)
     ahead = chain[:next((i for i, st in enumerate(chain) if streams.shares_the_engine(st)), len(chain))]
-    prog.stages = ahead + first + chain[len(ahead):]
+    prog.stages = side_order.ordered(ahead + first + chain[len(ahead):], k)
     both = ({b for st in first for b in (st.out.buffer, *(a.buffer for a in st.ins))}
             & {b for st in lagging for b in (st.out.buffer, *(a.buffer for a in st.ins))})
     doubled = sorted(b for b in both if k.buffers[b].role == "temp")

@@ -210,7 +210,7 @@ def timeline(phases: list[Phase]) -> tuple[int, list[int]]:
     stalled: set[int] = set()
     setup = 1  # the first phase's setup cycle (the command is accepted in cycle 0)
 
-    def run_main(j: int, setup: int, side_idle: int | None = None) -> int:
+    def run_main(j: int, setup: int) -> int:
         """Phase j of the main stream from its setup; the next phase's setup."""
         ph = phases[j]
         issue = setup + ph.setup_cycles
@@ -219,10 +219,22 @@ def timeline(phases: list[Phase]) -> tuple[int, list[int]]:
             stalled.add(j)
         last_issue = issue + ph.iterations - 1
         flag[j] = last_issue + flag_delay(ph)
-        done = last_issue + ph.drain_cycles
-        if side_idle is not None:
-            done = max(done, side_idle)
-        return done + 1
+        return last_issue + ph.drain_cycles + 1
+
+    pending: list[int] = []  # the side phases of this pass not run yet, in the side stream's order
+    side_idle = 0  # the cycle the side stream is free for its next phase (its last write landed)
+
+    def run_side(before: int | None) -> None:
+        """The pending side phases whose waits are before main phase ``before`` (None: all): their flags are known."""
+        nonlocal side_idle
+        while pending and (before is None or phases[pending[0]].wait is None or phases[pending[0]].wait < before):
+            ph = phases[pending[0]]
+            issue = side_idle + ph.setup_cycles
+            if ph.wait is not None:
+                issue = max(issue, max(flag[q] for q in main if q <= ph.wait))
+            last_issue = issue + ph.iterations - 1
+            flag[pending.pop(0)] = last_issue + flag_delay(ph)
+            side_idle = last_issue + ph.write_delay + 1
 
     for j in main[:main.index(first)]:
         setup = run_main(j, setup)
@@ -230,19 +242,16 @@ def timeline(phases: list[Phase]) -> tuple[int, list[int]]:
         body = [j for j in main if first <= j <= last]  # (an unpack after a stage fused with the input stream)
         for j in body + side:
             flag.pop(j, None)
-        side_setup = side_idle = setup + 1  # the side stream starts with the first stage phase's setup
-        pending = list(side)
+        side_idle = setup + 1  # the side stream starts with the first stage phase's setup
+        pending[:] = side
         for j in body:
-            # the side phases whose waits are before j (all that are left, before the last): their flags are known
-            while pending and (phases[pending[0]].wait is None or phases[pending[0]].wait < j or j == last):
-                ph = phases[pending[0]]
-                issue = side_setup + ph.setup_cycles
-                if ph.wait is not None:
-                    issue = max(issue, max(flag[q] for q in main if q <= ph.wait))
-                last_issue = issue + ph.iterations - 1
-                flag[pending.pop(0)] = last_issue + flag_delay(ph)
-                side_setup = side_idle = last_issue + ph.write_delay + 1
-            setup = run_main(j, setup, side_idle if j == last else None)
+            run_side(j)
+            if j == last:  # its issues set its flag, which the side phases left may wait for; it ends when they end
+                after = run_main(j, setup)
+                run_side(None)
+                setup = max(after, side_idle + 1)
+            else:
+                setup = run_main(j, setup)
     for j in main[main.index(last) + 1:]:
         setup = run_main(j, setup)
     return setup, sorted(stalled)

@@ -42,7 +42,7 @@ def _compile(cut, outputs="both"):
 def designs():
     """4 MLPs in groups of 1, their groups one after another and pipelined at the end of the forward."""
     plain = _compile(None)
-    cut = pipeline_groups.cuts(plain.kernel, "train_step")[0]
+    cut = pipeline_groups.loss_cut(plain.kernel, "train_step")
     return {"plain": plain, "pipelined": _compile(cut), "cut": cut}
 
 
@@ -61,6 +61,7 @@ def test_the_kernel_lags_the_loss_and_the_backward_and_double_buffers_what_both_
     prog = k.programs["train_step"]
     plain = designs["plain"].kernel.programs["train_step"]
     assert plain.stages[cut - 1].op == "mac" and plain.stages[cut].op != "mac"
+    assert {"train_addmm", "train_addmm_1"} <= {st.name for st in plain.stages[:cut]}  # the forward leads
     assert prog.groups == 4 and prog.passes == 5
     lagging = {st.name for st in prog.stages if st.attrs.get("lag") == 1}
     assert lagging == {st.name for st in plain.stages[cut:]}
@@ -137,7 +138,7 @@ def test_a_pass_hides_the_loss_chain_on_the_side_stream(designs):
 
 def test_bad_requests_are_refused_clearly():
     with pytest.raises(ValueError, match="may lag from one of"):
-        _compile(1, outputs="rtl")
+        _compile(0, outputs="rtl")
     one = nn.Sequential(nn.Linear(16, 4))
     with pytest.raises(ValueError, match="2 groups of models or more"):
         fx2fpga.compile(one, (X,), train=fx2fpga.SGD(F.cross_entropy, Y, lr=0.1), lanes=2, pipeline_groups=1)

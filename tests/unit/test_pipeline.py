@@ -14,8 +14,8 @@ from torch import nn
 import fx2fpga
 from fx2fpga.passes import schedule
 
-STEPS = ["trace", "lower", "quantize", "fuse", "share memory", "place", "tile", "schedule", "emit HLS", "emit RTL",
-         "write"]
+STEPS = ["trace", "lower", "quantize", "fuse", "share memory", "order", "place", "tile", "schedule", "emit HLS",
+         "emit RTL", "write"]
 
 
 def _model():
@@ -30,13 +30,13 @@ def test_print_pipeline_lists_every_step_with_its_doc():
     assert len(lines) == len(STEPS)
     for i, (line, step) in enumerate(zip(lines, fx2fpga.PIPELINE, strict=True), 1):
         assert line.startswith(f"{i:2d}. {step.name} ") and line.endswith(step.doc) and step.doc
-    assert "11. write" in text and "-> Design" in text and "-> Schedule | None" in text
+    assert "12. write" in text and "-> Design" in text and "-> Schedule | None" in text
     assert repr(fx2fpga.PIPELINE).startswith("Pipeline(['trace', 'lower'")
 
 
 @pytest.mark.parametrize("until, kind", [
     ("trace", list), ("lower", Kernel), ("quantize", Kernel), ("fuse", Kernel), ("share memory", Kernel),
-    ("place", Kernel), ("tile", Kernel),
+    ("order", Kernel), ("place", Kernel), ("tile", Kernel),
     ("schedule", schedule.Schedule), ("emit HLS", dict), ("emit RTL", dict), ("write", fx2fpga.Design),
 ])
 def test_until_returns_the_artifact_of_that_step(until, kind):
@@ -82,13 +82,13 @@ def test_the_schedule_is_computed_once_per_compile_write_and_report(tmp_path, mo
     design = fx2fpga.compile(model, (x,), train=fx2fpga.SGD(F.cross_entropy, torch.tensor([0, 1, 2, 0]), 0.1),
                              name="m", progress=lines.append)
     assert len(calls) == 1  # tile's bank check: its lanes map at once, and its schedule is the one kept
-    assert [line.split()[1] for line in lines] == ["trace", "lower", "quantize", "fuse", "share", "place",
+    assert [line.split()[1] for line in lines] == ["trace", "lower", "quantize", "fuse", "share", "order", "place",
                                                     "tile", "schedule"]
     design.write(tmp_path / "m")
     report = design.report
     cycles, dsp = design.rtl_cycles(), design.rtl_dsp_blocks()
     assert len(calls) == 1  # the RTL emitter, the manifest, the report, rtl_cycles and the DSP count reuse it
-    assert [line.split()[1] for line in lines[8:]] == ["emit", "emit", "write"]
+    assert [line.split()[1] for line in lines[9:]] == ["emit", "emit", "write"]
     assert design.schedule is design.context.schedule and design.rtl_plan().schedule is design.schedule
     assert cycles == {c: design.schedule.call_cycles(c) for c in design.schedule.commands}
     assert f"| `train_step` | {cycles['train_step']:,} |" in report and dsp >= 1
