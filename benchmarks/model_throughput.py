@@ -104,7 +104,7 @@ def fpga(n_models: int, lanes, model: str = "mlp") -> dict | None:
 
     pred = resources.rtl_resources(design, t)
     return {"model": model, "models": n_models, "lanes": lanes, "target": t.name, "clock_mhz": t.clock_mhz,
-            "chosen": chosen.label if chosen else None,
+            "chosen": chosen.label if chosen else None, "pipeline_cut": chosen.pipeline_cut if chosen else None,
             "groups": design.kernel.programs["train_step"].groups, "compile_seconds": round(seconds, 1),
             "cycles_per_step": cycles, "bus_bytes_per_step": bus_bytes, "bus_cycles_per_step": bus_cycles,
             "model_steps_per_s": n_models / step_s, "dsp_blocks": design.rtl_dsp_blocks(),

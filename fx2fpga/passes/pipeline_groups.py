@@ -29,9 +29,8 @@ from dataclasses import replace
 
 from fx2fpga_runtime import stochastic
 from fx2fpga_runtime.ir import GROUP_VAR, Access, Affine, Kernel, Stage
-from fx2fpga_runtime.ops import OPS_TABLE
 
-from . import side_order, streams
+from . import side_order, streams, tile
 
 LAG = "lag"  # Stage.attrs key: the passes a stage lags (fx2fpga_runtime.ir.stage_lag)
 PARITY = Affine(((GROUP_VAR, 1),), mod=2)  # the copy of a double-buffered memory a group uses
@@ -48,23 +47,29 @@ def pipelinable(kernel: Kernel, program: str) -> bool:
 
 
 def cuts(kernel: Kernel, program: str) -> list[int]:
-    """Where the lagging part may start: before each stage that does not multiply and follows one that
-    multiply-accumulates (the end of a run of multiply-accumulates: the forward's, for a training step's loss)."""
+    """Where the lagging part may start: before each stage that is not a multiply-accumulate and follows one (the
+    end of a run of multiply-accumulates: the forward's, for a training step's loss)."""
     stages = kernel.programs[program].stages
     return [i for i in range(1, len(stages))
-            if stages[i - 1].op == "mac" and not OPS_TABLE[stages[i].op].multiplies]
+            if streams.shares_the_engine(stages[i - 1]) and not streams.shares_the_engine(stages[i])]
 
 
 def loss_cut(kernel: Kernel, program: str) -> int | None:
-    """The cut before the longest run of stages that do not multiply-accumulate (by their iterations): a training
-    step's loss chain, after the forward (the order step may have moved a short stage between two of the
-    forward's multiply-accumulates). None without a cut."""
-    stages = kernel.programs[program].stages
+    """The cut right after the forward: after the training step's twin of the inference's last stage (its output
+    layer, ``tile.twin_key``) where that is a cut, else before the longest run of stages that are not
+    multiply-accumulates (by their iterations). None without a cut."""
+    stages, options = kernel.programs[program].stages, cuts(kernel, program)
+    infer = kernel.programs.get("infer")
+    if infer is not None and infer is not kernel.programs[program] and infer.stages:
+        output = tile.twin_key(kernel, infer.stages[-1])
+        after = [i + 1 for i, st in enumerate(stages) if tile.twin_key(kernel, st) == output]
+        if after and after[-1] in options:
+            return after[-1]
 
     def run_after(i: int) -> int:
         end = next((j for j in range(i, len(stages)) if streams.shares_the_engine(stages[j])), len(stages))
         return sum(st.iterations for st in stages[i:end])
-    return max(cuts(kernel, program), key=run_after, default=None)
+    return max(options, key=run_after, default=None)
 
 
 def _touched(st: Stage) -> tuple[set[str], set[str]]:
@@ -129,7 +134,7 @@ def requested(kernel: Kernel, cut: int, program: str = "train_step") -> Kernel:
                          "buffers in DDR")
     if cut not in cuts(kernel, program):
         raise ValueError(f"pipeline_groups={cut}: the stages may lag from one of {cuts(kernel, program)} (after a "
-                         "run of multiply-accumulates, before a stage that does not multiply)")
+                         "run of multiply-accumulates, before a stage that is not one)")
     return pipeline(kernel, program, cut)
 
 

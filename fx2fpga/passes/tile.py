@@ -168,7 +168,7 @@ def assign_stage_lanes(kernel: Kernel, lanes: dict, group_size: int) -> None:
         set_stage_lanes(st, m, ln, var, outer, outer_var)
 
 
-def _twin_key(kernel: Kernel, st: Stage) -> tuple:
+def twin_key(kernel: Kernel, st: Stage) -> tuple:
     """What makes two stages of different programs the same computation: the op, the loop extents, and the
     parameters and constants they read (an inference's matmul and the training step's forward one)."""
     tiles = set(group_swap.tile_of(kernel).values())  # a parameter's group tile stands for it
@@ -179,18 +179,18 @@ def _twin_key(kernel: Kernel, st: Stage) -> tuple:
 
 
 def mirror_twin_lanes(kernel: Kernel, main: str) -> None:
-    """Give each stage of the other programs the lanes of its twin in program ``main`` (``_twin_key``, matched in
+    """Give each stage of the other programs the lanes of its twin in program ``main`` (``twin_key``, matched in
     program order), over the loop at the same position: the training kernel's ``infer`` then reads the banks its
     twins' lanes banked the parameters by, one per lane, instead of selecting among them at run time."""
     twins: dict[tuple, list[Stage]] = {}
     for st in kernel.programs[main].stages:
-        twins.setdefault(_twin_key(kernel, st), []).append(st)
+        twins.setdefault(twin_key(kernel, st), []).append(st)
     for name, prog in kernel.programs.items():
         if name == main:
             continue
         taken: dict[tuple, int] = {}
         for st in prog.stages:
-            key = _twin_key(kernel, st)
+            key = twin_key(kernel, st)
             i = taken.get(key, 0)
             if i >= len(twins.get(key, [])):
                 continue
