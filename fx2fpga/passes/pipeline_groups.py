@@ -28,11 +28,10 @@ import copy
 from dataclasses import replace
 
 from fx2fpga_runtime import stochastic
-from fx2fpga_runtime.ir import GROUP_VAR, Access, Affine, Kernel, Stage
+from fx2fpga_runtime.ir import GROUP_VAR, LAG, Access, Affine, Kernel, Stage
 
 from . import side_order, streams, tile
 
-LAG = "lag"  # Stage.attrs key: the passes a stage lags (fx2fpga_runtime.ir.stage_lag)
 PARITY = Affine(((GROUP_VAR, 1),), mod=2)  # the copy of a double-buffered memory a group uses
 
 
@@ -136,8 +135,3 @@ def requested(kernel: Kernel, cut: int, program: str = "train_step") -> Kernel:
         raise ValueError(f"pipeline_groups={cut}: the stages may lag from one of {cuts(kernel, program)} (after a "
                          "run of multiply-accumulates, before a stage that is not one)")
     return pipeline(kernel, program, cut)
-
-
-def lagging(kernel: Kernel) -> bool:
-    """Whether some program of ``kernel`` runs its groups pipelined."""
-    return any(st.attrs.get(LAG) for st in kernel.stages())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fx2fpga_runtime.ir import stage_lag
+
 from ..passes import ddr_traffic, estimate, placement
 from ..passes.quant_report import report_lines
 
@@ -30,7 +32,7 @@ def _models_section(k) -> list[str]:
                f"model{'s' if size > 1 else ''} (temporaries hold one group), up to {side} side by side in a stage "
                f"(`model_lanes`).")
         for program, how_piped in k.meta.get("pipelined", {}).items():
-            lagging = [st.name for st in k.programs[program].stages if st.attrs.get("lag")]
+            lagging = [st.name for st in k.programs[program].stages if stage_lag(st)]
             how += (f" `{program}`'s groups are pipelined (passes/pipeline_groups.py): {len(lagging)} of its stages "
                     f"(those after the forward's multiply-accumulates, `{lagging[0]}` .. `{lagging[-1]}`) run a pass "
                     f"behind, for the group before, so its {groups} groups take {k.programs[program].passes} passes "

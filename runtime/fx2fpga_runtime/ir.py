@@ -254,9 +254,12 @@ class Stage:
         return n
 
 
+LAG = "lag"  # Stage.attrs key: the passes a stage lags behind (pipelined groups)
+
+
 def stage_lag(stage: Stage) -> int:
     """The passes a stage lags behind the program's first stages (pipelined groups; 0 for most stages)."""
-    return stage.attrs.get("lag", 0)
+    return stage.attrs.get(LAG, 0)
 
 
 @dataclass
@@ -380,6 +383,7 @@ def _program_from(d: dict) -> Program:
 
 __all__ = [
     "Access", "Affine", "Buffer", "Fixed", "Guard", "Kernel", "Loop", "Program", "Stage",
-    "GROUP_VAR", "MODEL_VAR", "stage_lag", "OPS", "ELEMENTWISE_OPS", "REDUCTION_OPS", "ARITY", "ROLES", "replace",
+    "GROUP_VAR", "MODEL_VAR", "LAG", "stage_lag", "OPS", "ELEMENTWISE_OPS", "REDUCTION_OPS", "ARITY", "ROLES",
+    "replace",
     "CHIP", "DDR",
 ]
