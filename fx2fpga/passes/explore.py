@@ -203,11 +203,16 @@ def per_stage_point(kernel: Kernel, target, name: str, size: int, share: float):
     return max(fitting, key=lambda g: g[0].model_steps_per_s) if fitting else got[1]
 
 
+PIPELINED_GROUPS = 4  # the fewest groups the explorer pipelines: the extra pass costs 1/groups of the step, and a
+# pass saves the loss chain's share (15-20% for the digits MLP), so 2 or 3 groups seldom gain and cost exploring time
+
+
 def pipeline_cut(kernel: Kernel) -> int | None:
     """Where the main program's groups would be pipelined (``passes/pipeline_groups.py``: the lagging part from the
-    loss chain on, ``loss_cut``), or None where they cannot be (fewer than 2 groups, ...)."""
+    loss chain on, ``loss_cut``), or None where they are not (fewer than ``PIPELINED_GROUPS`` groups, ...)."""
     program = main_program(kernel)
-    if not pipeline_groups.pipelinable(kernel, program):
+    if (not pipeline_groups.pipelinable(kernel, program)
+            or kernel.programs[program].groups < PIPELINED_GROUPS):
         return None
     return pipeline_groups.loss_cut(kernel, program)
 
