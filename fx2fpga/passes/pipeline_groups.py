@@ -28,7 +28,7 @@ import copy
 from dataclasses import replace
 
 from fx2fpga_runtime import stochastic
-from fx2fpga_runtime.ir import GROUP_VAR, LAG, Access, Affine, Kernel, Stage
+from fx2fpga_runtime.ir import GROUP_VAR, LAG, Access, Affine, Kernel, Stage, stage_lag
 
 from . import side_order, streams, tile
 
@@ -38,7 +38,7 @@ PARITY = Affine(((GROUP_VAR, 1),), mod=2)  # the copy of a double-buffered memor
 def pipelinable(kernel: Kernel, program: str) -> bool:
     """Whether ``program`` of ``kernel`` may run its groups pipelined (see the module doc)."""
     prog = kernel.programs.get(program)
-    if prog is None or prog.groups < 2 or any(k.attrs.get(LAG) for k in prog.stages):
+    if prog is None or prog.groups < 2 or any(stage_lag(st) for st in prog.stages):
         return False
     if kernel.ddr_buffers() or any(st.model_lanes > 1 for st in prog.stages):
         return False
@@ -71,15 +71,9 @@ def loss_cut(kernel: Kernel, program: str) -> int | None:
     return max(options, key=run_after, default=None)
 
 
-def _touched(st: Stage) -> tuple[set[str], set[str]]:
-    return {a.buffer for a in st.ins}, {st.out.buffer}
-
-
-def _conflict(a: Stage, b: Stage) -> bool:
-    """Whether two stages' order matters: one writes what the other reads or writes."""
-    ra, wa = _touched(a)
-    rb, wb = _touched(b)
-    return bool(wa & (rb | wb) or wb & ra)
+def _buffers(stages: list[Stage]) -> set[str]:
+    """The buffers the stages read or write."""
+    return {b for st in stages for b in (st.out.buffer, *(a.buffer for a in st.ins))}
 
 
 def _chain_first(kernel: Kernel, lagging: list[Stage], leading: list[Stage]) -> list[Stage]:
@@ -89,9 +83,8 @@ def _chain_first(kernel: Kernel, lagging: list[Stage], leading: list[Stage]) -> 
     read_ahead = {a.buffer for st in leading for a in st.ins}
     front, rest = [], []
     for st in lagging:
-        free = (not streams.shares_the_engine(st) and not stochastic.rounds_stochastic(st, kernel)
-                and st.out.buffer not in read_ahead)
-        (front if free and not any(_conflict(r, st) for r in rest) else rest).append(st)
+        free = streams.side_runnable(st, kernel) and st.out.buffer not in read_ahead
+        (front if free and not any(side_order.must_follow(st, r) for r in rest) else rest).append(st)
     return front + rest
 
 
@@ -106,9 +99,7 @@ def pipeline(kernel: Kernel, program: str, cut: int) -> Kernel:
     chain = _chain_first(k, lagging, first)
     ahead = chain[:next((i for i, st in enumerate(chain) if streams.shares_the_engine(st)), len(chain))]
     prog.stages = side_order.ordered(ahead + first + chain[len(ahead):], k)
-    both = ({b for st in first for b in (st.out.buffer, *(a.buffer for a in st.ins))}
-            & {b for st in lagging for b in (st.out.buffer, *(a.buffer for a in st.ins))})
-    doubled = sorted(b for b in both if k.buffers[b].role == "temp")
+    doubled = sorted(b for b in _buffers(first) & _buffers(lagging) if k.buffers[b].role == "temp")
     for name in doubled:
         buf = k.buffers[name]
         buf.shape = (2, *buf.shape)

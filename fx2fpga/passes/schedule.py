@@ -218,7 +218,8 @@ class Phase:
 
     def group_in(self, pass_: int) -> int:
         """The group whose indices the phase's requests take in a pass: the pass, less the lag of a pipelined
-        phase (the nearest group in a pass where it has none: its writes are off there, its reads unused)."""
+        phase (the nearest group in a pass where it has none: its writes are off there, its reads unused; lags are
+        of one pass, so the last group is ``groups - 2``)."""
         if self.lag is None:
             return pass_
         return min(max(pass_ - self.lag, 0), self.groups - 2)

@@ -17,7 +17,6 @@ Stages never move above a program's first stage (it may take the input stream as
 
 from __future__ import annotations
 
-from fx2fpga_runtime import stochastic
 from fx2fpga_runtime.ir import Kernel, Stage
 
 from . import streams
@@ -29,23 +28,18 @@ def must_follow(later: Stage, earlier: Stage) -> bool:
     return earlier.out.buffer in reads_l | {later.out.buffer} or later.out.buffer in reads_e
 
 
-def side_runnable(st: Stage, kernel: Kernel) -> bool:
-    """Whether the side stream may run the stage (no multiply-accumulate, no stochastic rounding)."""
-    return not streams.shares_the_engine(st) and not stochastic.rounds_stochastic(st, kernel)
-
-
 def ordered(stages: list[Stage], kernel: Kernel) -> list[Stage]:
     """``stages`` (one program's, in order) hoisted and pulled (see the module doc)."""
     out = list(stages[:1])
     for st in stages[1:]:  # hoist
         at = len(out)
-        if side_runnable(st, kernel):
+        if streams.side_runnable(st, kernel):
             while at > 1 and not must_follow(st, out[at - 1]):
                 at -= 1
         out.insert(at, st)
     i = 1
     while i < len(out) - 1:  # pull
-        if side_runnable(out[i], kernel) and must_follow(out[i + 1], out[i]):
+        if streams.side_runnable(out[i], kernel) and must_follow(out[i + 1], out[i]):
             j = next((j for j in range(i + 2, len(out)) if streams.shares_the_engine(out[j])
                       and not any(must_follow(out[j], out[m]) for m in range(i, j))), None)
             if j is not None:

@@ -60,9 +60,11 @@ def free_buffers(memories: dict, commands: dict) -> frozenset[str]:
 
 def eligible(ph: Phase, kernel) -> bool:
     """Whether a phase may run in the side stream (see the module doc)."""
-    if ph.kind != "stage" or ph.streamed:
-        return False
-    st = ph.stage
+    return ph.kind == "stage" and not ph.streamed and side_runnable(ph.stage, kernel)
+
+
+def side_runnable(st, kernel) -> bool:
+    """Whether the side stream may run the stage: not a multiply-accumulate, not rounding stochastically."""
     return not shares_the_engine(st) and not stochastic.rounds_stochastic(st, kernel)
 
 

@@ -420,7 +420,7 @@ class _Controller:
         step = net.mux(again, net.add(cg, net.const(1, gw)), net.const(0, gw))
         set_cg(net.mux(ends, step, net.mux(net.eq_const(self.phase, 0), net.const(0, gw), cg)))
         self.cgrp = cg
-        # pipelined groups: the lagging phases' group, and in which pass each part has a group (writes on)
+        # pipelined groups: the lagging phases' group (their writes are off in the first pass: ``writes``)
         if any(ph.get("lag") for ph in self.phases.values()):
             self.cgrp_lag = net.add(cg, net.const(-1, gw))
 
