@@ -52,6 +52,7 @@ class CalibrationDesign:
     about: str
     model_lanes: int = 1  # a list of models: the group size
     fold_updates: bool = False  # the plain SGD update folded into its gradient (points recorded since session 12)
+    pipeline_cut: int | None = None  # model groups pipelined at this stage (passes/pipeline_groups.py, session 21)
 
 
 def _seeded(seed: int = 0):
@@ -134,7 +135,7 @@ def _point(key: str, name: str, about: str) -> CalibrationDesign:
     """A design point the explorer chose (benchmarks/calibration_points.json): its lanes per stage and groups."""
     p = POINTS[key]
     return CalibrationDesign(name, _digits_mlps(p["models"]), p["stage_lanes"], about, model_lanes=p["group_size"],
-                             fold_updates=p.get("fold_updates", False))
+                             fold_updates=p.get("fold_updates", False), pipeline_cut=p.get("pipeline_cut"))
 
 
 DESIGNS = [
@@ -170,6 +171,10 @@ DESIGNS = [
            "18: ReLU fused into fc1, the input stream into its first stage, twin units shared (up to 32 x 2 lanes)"),
     _point("digits_mlps30_train_s18", "mlps30_train_s18", "30 digits MLPs stacked, SGD training, the explorer's choice "
            "of session 18 (groups of 1, up to 32 x 2 lanes)"),
+    _point("digits_mlp_train_s21", "mlp_train_s21", "the digits MLP, SGD training, the explorer's choice of session "
+           "21: products on the side stream, the order step (up to 32 x 2 lanes)"),
+    _point("digits_mlps30_train_s21", "mlps30_train_s21", "30 digits MLPs stacked, SGD training, the explorer's choice "
+           "of session 21: groups of 1 pipelined (the loss chain beside the next group's forward; up to 32 x 2 lanes)"),
 ]
 
 
@@ -204,7 +209,8 @@ def _compile(d: CalibrationDesign, out: Path):
         lanes = {n: v for n, v in lanes.items() if any(st.name == n for st in kernel.stages())}
         model, inputs, train = d.make()
     return fx2fpga.compile(model, inputs, target=TARGET, train=train, lanes=lanes, model_lanes=d.model_lanes,
-                           out_dir=out, outputs="rtl", name=d.name, fold_updates=d.fold_updates)
+                           out_dir=out, outputs="rtl", name=d.name, fold_updates=d.fold_updates,
+                           pipeline_groups=d.pipeline_cut)
 
 
 def synthesize_all(designs, work: Path, log=print) -> dict:

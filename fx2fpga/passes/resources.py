@@ -263,15 +263,14 @@ def _pool_features(p) -> dict[str, float]:
     pool = p.pool
     if pool is None:
         return {"pool_select_bits": 0.0, "pool_adder_bits": 0.0, "pool_reg_bits": 0.0}
-    prod = pool["product"]
-    parts = sum(w for _, _, w, _ in prod["parts"])
-    ored = 0
-    for lane in range(pool["lanes"]):
+    ored = adder = regs = 0
+    for lane, lp in enumerate(pool["lane_plans"]):
         reaching = [u["ma_width"] + u["mb_width"] for u in pool["users"] if u["lanes"] > lane]
         ored += sum(reaching[1:])
-    return {"pool_select_bits": float(ored),
-            "pool_adder_bits": float(pool["lanes"] * prod["width"] * (len(prod["parts"]) - 1)),
-            "pool_reg_bits": float(pool["lanes"] * (pool["wa"] + pool["wb"] + parts + prod["width"]))}
+        prod = lp["product"]
+        adder += prod["width"] * (len(prod["parts"]) - 1)
+        regs += lp["wa"] + lp["wb"] + sum(w for _, _, w, _ in prod["parts"]) + pool["product"]["width"]
+    return {"pool_select_bits": float(ored), "pool_adder_bits": float(adder), "pool_reg_bits": float(regs)}
 
 
 def engine_features(engine: dict | None) -> dict[str, float]:

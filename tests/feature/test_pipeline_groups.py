@@ -20,8 +20,9 @@ pytestmark = pytest.mark.slow
 X = torch.randn(6, 16, generator=torch.Generator().manual_seed(1))
 Y = torch.tensor([0, 1, 2, 3, 1, 0])
 LRS = [0.05, 0.1, 0.15, 0.2]
-# the forward's multiply-accumulates longer than the loss chain, which one lane computes
-LANES = {"train_addmm": [1, 8, "j"], "train_addmm_1": [1, 4, "j"], "train_mm": [1, 8, "j"],
+# the forward's multiply-accumulates longer than the loss chain, which one lane computes; the gradient's 24 x 24-bit
+# products (train_mm) on half the lanes of the 24 x 16-bit ones
+LANES = {"train_addmm": [1, 8, "j"], "train_addmm_1": [1, 4, "j"], "train_mm": [1, 4, "j"],
          "train_update_b_0_weight": [1, 8, "i"], "train_update_b_2_weight": [1, 4, "i"]}
 
 
@@ -133,6 +134,21 @@ def test_a_pass_hides_the_loss_chain_on_the_side_stream(designs):
     # the same program with one stream: as long as its groups one after another, plus a pass
     one_stream = schedule.run(designs["pipelined"].kernel, side=False).call_cycles("train_step")
     assert one_stream > pipelined.call_cycles("train_step")
+
+
+def test_a_shared_multiplier_lane_is_as_wide_as_the_stages_reaching_it(designs):
+    """Lanes 0-3 of the pool multiply train_mm's 24 x 24 bits (two DSP48E1 blocks: 25 x 18 each); lanes 4-7 only
+    24 x 16-bit products (one block). Verilator's equality above covers the narrower lanes' results."""
+    plan = designs["pipelined"].rtl_plan()
+    widths = {u["stage"].name: (u["ma_width"], u["mb_width"], u["lanes"]) for u in plan.pool["users"]}
+    assert widths["train_mm"] == (24, 24, 4) and widths["train_addmm"] == (24, 16, 8)
+    assert [len(lp["product"]["parts"]) for lp in plan.pool["lane_plans"]] == [2] * 4 + [1] * 4
+    assert [(lp["wa"], lp["wb"]) for lp in plan.pool["lane_plans"][4:]] == [(24, 16)] * 4
+    own = sum(u["lanes"] * len(u["pool"]["product"]["parts"]) for u in plan.units if u["own_product"])
+    tables = sum(u["lanes"] * len(u["product"]["parts"]) for u in plan.units if u["kind"] in ("table", "normalized"))
+    assert plan.dsp_blocks == 4 * 2 + 4 * 1 + own + tables
+    top = (designs["pipelined"].out_dir / "rtl" / f"{designs['pipelined'].kernel.name}_top.sv").read_text()
+    assert top.count("pool_part_5_m") == 1 and top.count("pool_part_0_m") == 2
 
 
 def test_bad_requests_are_refused_clearly():

@@ -224,10 +224,20 @@ def multiplier_pool(units: list[dict], dsp_kind: str) -> dict | None:
     widths = [_multiplied_widths(u) for u in users]
     wa, wb = max(max(w) for w in widths), max(min(w) for w in widths)
     pool = {"lanes": max(u["lanes"] for u in users), "wa": wa, "wb": wb, "product": product_plan(wa, wb, dsp_kind),
-            "users": users}
+            "users": users, "dsp_kind": dsp_kind}
+    pool["lane_plans"] = [_lane_plan(pool, [w for u, w in zip(users, widths, strict=True) if u["lanes"] > lane])
+                          for lane in range(pool["lanes"])]
     for u, (w0, w1) in zip(users, widths, strict=True):
         _multiplies(u, pool, w0, w1, pool["product"])
     return pool
+
+
+def _lane_plan(pool: dict, widths: list[tuple[int, int]]) -> dict:
+    """One lane's multiplier: as wide as the widest operands of the stages that reach that lane (a lane only
+    narrow stages use takes fewer DSP blocks); its product is sign-extended to the pool's product width."""
+    wa, wb = max(max(w) for w in widths), max(min(w) for w in widths)
+    return {"wa": wa, "wb": wb, "product": pool["product"] if (wa, wb) == (pool["wa"], pool["wb"])
+            else product_plan(wa, wb, pool["dsp_kind"])}
 
 
 def _multiplied_widths(u: dict) -> tuple[int, int]:
@@ -570,9 +580,9 @@ class RtlPlan:
     @property
     def dsp_blocks(self) -> int:
         """DSP blocks the generated RTL instantiates (its ``fx2fpga_mult``s): the shared multipliers'
-        partial products, one set per lane, the function tables' interpolation products and the
-        divisions' products."""
-        shared = self.pool["lanes"] * len(self.pool["product"]["parts"]) if self.pool else 0
+        partial products, one set per lane (as wide as the stages reaching it), the side-stream units' own, the
+        function tables' interpolation products and the divisions' products."""
+        shared = sum(len(lp["product"]["parts"]) for lp in self.pool["lane_plans"]) if self.pool else 0
         own = sum(u["lanes"] * len(u["pool"]["product"]["parts"]) for u in self.units if u["own_product"])
         return shared + own + sum(u["lanes"] * len(u["product"]["parts"]) for u in self.units
                                   if u["kind"] in ("table", "normalized"))
