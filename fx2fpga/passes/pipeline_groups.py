@@ -17,9 +17,9 @@ never share a word of it. Parameters and outputs are indexed by the group alread
 hold one group's values within a pass.
 
 In the RTL the lagging stages read the group counter less one, and a stage's writes are off in the pass where it
-has no group (its requests still issue: each pass has the same exact cycles, so the model is ``groups + 1`` equal
-passes). Not for a kernel whose stages round stochastically (their random bits count every issue), lanes over
-the model loop, or buffers in DDR.
+has no group, where it also idles: one issue, then a barrier (``schedule.Phase.idle_in``; the model runs each pass
+with its own phases' issues, ``streams.timeline``). Not for a kernel whose stages round stochastically (their
+random bits count every issue), lanes over the model loop, or buffers in DDR.
 """
 
 from __future__ import annotations

@@ -211,10 +211,31 @@ class Phase:
     wait: int | None = None  # the phase (index in its command) of the other stream whose done flag it waits for
     barrier: bool = False  # its setup waits for every write in flight (a main phase whose wait may stall it)
     side_rank: int | None = None  # a side phase's place in the side stream's order (streams.py)
+    # a pipelined phase in the pass where it has no group (``idle_in``): one issue (its writes off), then this many
+    # cycles until every write in flight has landed (its command's largest write delay: a barrier); 0: it runs in full
+    idle_drain: int = 0
 
     @property
     def iterations(self) -> int:
         return math.prod(c.count for c in self.counters)
+
+    def idle_in(self, pass_: int) -> bool:
+        """Whether the phase idles in this pass: it has no group there (pipelined groups: a lagging phase in the
+        first pass, a leading one in the last) and a barrier after one issue is shorter than its issues and
+        drain (``idle_drain`` set: ``streams._set_idle_drains``). Its writes are off in that pass either way."""
+        return bool(self.idle_drain) and pass_ == (0 if self.lag else self.groups - 1)
+
+    def issues_in(self, pass_: int) -> int:
+        """Its issues in a pass (``idle_in``: one)."""
+        return 1 if self.idle_in(pass_) else self.iterations
+
+    def drain_in(self, pass_: int) -> int:
+        """``drain_cycles`` in a pass (``idle_in``: ``idle_drain``)."""
+        return self.idle_drain if self.idle_in(pass_) else self.drain_cycles
+
+    def advance_in(self, pass_: int) -> int:
+        """``advance`` in a pass."""
+        return SETUP_CYCLES + self.issues_in(pass_) + self.drain_in(pass_)
 
     def group_in(self, pass_: int) -> int:
         """The group whose indices the phase's requests take in a pass: the pass, less the lag of a pipelined

@@ -28,7 +28,8 @@ group's pass) and the pass's last stage phase ends only when the side stream is 
 
 ``command_cycles`` is the exact model of the controller (``backends/rtl/circt_child.py``): the cycles from the
 cycle a command is accepted to the cycle it is idle again, with the input words arriving every cycle.
-Without side phases it is the one-stream formula ``1 + sum of advances``.
+Without side phases it is the one-stream formula ``1 + sum of advances`` (each pass's: a pipelined phase issues
+once in the pass where it has no group, ``Phase.idle_in``).
 """
 
 from __future__ import annotations
@@ -123,19 +124,31 @@ def _has_window(phases: list[Phase], i: int, last_stage: int, free: frozenset[st
 
 
 def _settle(phases: list[Phase], plan: Callable[[], None]) -> int:
-    """Plan the drains with a main phase a barrier only where its wait may stall it, and the command's cycles: a
-    wait that the model says never blocks (its flag is set by the phase's first issue) leaves the phase
-    overlapping the one before; one that may block makes it a barrier (see the module doc)."""
+    """Plan the drains with a main phase a barrier only where its wait may stall it, and the command's cycles with
+    every pass a full one (the assignment's measure: pipelined groups spend most passes so, and the first and last
+    passes' idle phases, ``Phase.idle_in``, would make the greedy's choices follow them): a wait that the model
+    says never blocks (its flag is set by the phase's first issue) leaves the phase overlapping the one before;
+    one that may block, in any pass, makes it a barrier (see the module doc)."""
     for ph in phases:
         ph.barrier = False
     while True:
         plan()
-        cycles, stalled = timeline(phases)
+        _set_idle_drains(phases)
+        _, stalled = timeline(phases)
         late = [j for j in stalled if not phases[j].barrier]
         if not late:
-            return cycles
+            return timeline(phases, idle=False)[0]
         for j in late:
             phases[j].barrier = True
+
+
+def _set_idle_drains(phases: list[Phase]) -> None:
+    """A pipelined phase's drain in the pass where it has no group (``Phase.idle_drain``): the command's largest
+    write delay, a barrier after its one issue; 0 (it then runs in full) where that would not be shorter."""
+    barrier = max(ph.write_delay for ph in phases)
+    for ph in phases:
+        if ph.lag is not None:
+            ph.idle_drain = barrier if 1 + barrier < ph.iterations + ph.drain_cycles else 0
 
 
 def assign(phases: list[Phase], kernel, plan: Callable[[], None], free: frozenset[str],
@@ -199,61 +212,74 @@ def command_cycles(phases: list[Phase]) -> int:
     return timeline(phases)[0]
 
 
-def timeline(phases: list[Phase]) -> tuple[int, list[int]]:
-    """``command_cycles`` and the main phases whose wait delays their first issue (in some model group's pass)."""
+def timeline(phases: list[Phase], idle: bool = True) -> tuple[int, list[int]]:
+    """``command_cycles`` and the main phases whose wait delays their first issue (in some model group's pass);
+    ``idle=False``: every pipelined phase runs in full in every pass (``_settle``'s measure)."""
     if not has_side(phases):
-        return 1 + sum(ph.advance * ph.groups for ph in phases), []
-    main = [j for j, ph in enumerate(phases) if ph.stream == MAIN]
-    side = side_order(phases)
+        return 1 + sum(ph.advance_in(p if idle else -1) for ph in phases for p in range(ph.groups)), []
+    t = _Timeline(phases, idle)
+    main = t.main
     stage_main = [j for j in main if phases[j].kind == "stage"]
     first, last = stage_main[0], stage_main[-1]
-    groups = phases[first].groups
-    flag: dict[int, int] = {}  # phase index -> the first cycle its done flag is set (this pass)
-    stalled: set[int] = set()
     setup = 1  # the first phase's setup cycle (the command is accepted in cycle 0)
+    for j in main[:main.index(first)]:
+        setup = t.run_main(j, setup)
+    for pass_ in range(phases[first].groups):
+        t.pass_ = pass_ if idle else -1  # (-1: no pass, in which no phase idles)
+        body = [j for j in main if first <= j <= last]  # (an unpack after a stage fused with the input stream)
+        for j in body + t.side:
+            t.flag.pop(j, None)
+        t.side_idle = setup + 1  # the side stream starts with the first stage phase's setup
+        t.pending[:] = t.side
+        for j in body:
+            t.run_side(j)
+            if j == last:  # its issues set its flag, which the side phases left may wait for; it ends when they end
+                after = t.run_main(j, setup)
+                t.run_side(None)
+                setup = max(after, t.side_idle + 1)
+            else:
+                setup = t.run_main(j, setup)
+    for j in main[main.index(last) + 1:]:
+        setup = t.run_main(j, setup)
+    return setup, sorted(t.stalled)
 
-    def run_main(j: int, setup: int) -> int:
+
+class _Timeline:
+    """The state of ``timeline`` as it runs a command's passes: the done flags set so far, the side stream."""
+
+    def __init__(self, phases: list[Phase], idle: bool):
+        self.phases = phases
+        self.main = [j for j, ph in enumerate(phases) if ph.stream == MAIN]
+        self.side = side_order(phases)
+        self.pass_ = 0 if idle else -1
+        self.flag: dict[int, int] = {}  # phase index -> the first cycle its done flag is set (this pass)
+        self.stalled: set[int] = set()
+        self.after_idle = False  # the main phase before idled in its pass: every write had landed at this one's setup
+        self.pending: list[int] = []  # the side phases of this pass not run yet, in the side stream's order
+        self.side_idle = 0  # the cycle the side stream is free for its next phase (its last write landed)
+
+    def run_main(self, j: int, setup: int) -> int:
         """Phase j of the main stream from its setup; the next phase's setup."""
-        ph = phases[j]
+        ph = self.phases[j]
+        idles = ph.idle_in(self.pass_)
         issue = setup + ph.setup_cycles
-        if ph.wait is not None and flag[ph.wait] > issue:
-            issue = flag[ph.wait]
-            stalled.add(j)
-        last_issue = issue + ph.iterations - 1
-        flag[j] = last_issue + flag_delay(ph)
-        return last_issue + ph.drain_cycles + 1
+        if ph.wait is not None and self.flag[ph.wait] > issue:
+            issue = self.flag[ph.wait]
+            if not idles and not self.after_idle:  # (a stall then meets no write: an idle phase writes nothing)
+                self.stalled.add(j)
+        self.after_idle = idles
+        last_issue = issue + ph.issues_in(self.pass_) - 1
+        self.flag[j] = last_issue + flag_delay(ph)
+        return last_issue + ph.drain_in(self.pass_) + 1
 
-    pending: list[int] = []  # the side phases of this pass not run yet, in the side stream's order
-    side_idle = 0  # the cycle the side stream is free for its next phase (its last write landed)
-
-    def run_side(before: int | None) -> None:
+    def run_side(self, before: int | None) -> None:
         """The pending side phases whose waits are before main phase ``before`` (None: all): their flags are known."""
-        nonlocal side_idle
+        phases, pending = self.phases, self.pending
         while pending and (before is None or phases[pending[0]].wait is None or phases[pending[0]].wait < before):
             ph = phases[pending[0]]
-            issue = side_idle + ph.setup_cycles
+            issue = self.side_idle + ph.setup_cycles
             if ph.wait is not None:
-                issue = max(issue, max(flag[q] for q in main if q <= ph.wait))
-            last_issue = issue + ph.iterations - 1
-            flag[pending.pop(0)] = last_issue + flag_delay(ph)
-            side_idle = last_issue + ph.write_delay + 1
-
-    for j in main[:main.index(first)]:
-        setup = run_main(j, setup)
-    for _ in range(groups):
-        body = [j for j in main if first <= j <= last]  # (an unpack after a stage fused with the input stream)
-        for j in body + side:
-            flag.pop(j, None)
-        side_idle = setup + 1  # the side stream starts with the first stage phase's setup
-        pending[:] = side
-        for j in body:
-            run_side(j)
-            if j == last:  # its issues set its flag, which the side phases left may wait for; it ends when they end
-                after = run_main(j, setup)
-                run_side(None)
-                setup = max(after, side_idle + 1)
-            else:
-                setup = run_main(j, setup)
-    for j in main[main.index(last) + 1:]:
-        setup = run_main(j, setup)
-    return setup, sorted(stalled)
+                issue = max(issue, max(self.flag[q] for q in self.main if q <= ph.wait))
+            last_issue = issue + ph.issues_in(self.pass_) - 1
+            self.flag[pending.pop(0)] = last_issue + flag_delay(ph)
+            self.side_idle = last_issue + ph.write_delay + 1

@@ -294,6 +294,7 @@ class _Controller:
             self.side_fsm()
             flags = self.flags()
         self.cnt, self.issue_at, self.last_all = {}, {}, {}
+        self.group_register()
         for stream in (0, 1) if self.side else (0,):
             deps = True
             if self.side and stream == 0:  # a main phase that waits: until its side phase's flag is set
@@ -318,8 +319,12 @@ class _Controller:
                                 if k < len(ph["counters"]) else 0, cw, stream)
                  for k in range(m)]
         draining, set_draining = net.reg(f"{pre}draining", 1)
-        dw = max(1, max(self.phases[p]["drain"] for p in ids).bit_length())
+        dw = max(1, max(max(self.phases[p]["drain"], self.phases[p].get("idle_drain", 0) * (stream == 0))
+                        for p in ids).bit_length())
         dcnt, set_dcnt = net.reg(f"{pre}drain_count", dw)
+        idle = self.idle_pass(stream)
+        if idle is not None:  # a pipelined phase in the pass it has no group: one issue, a barrier's drain
+            limit = [net.mux(idle, net.const(0, cw), lim) for lim in limit]
         if stream == 0:
             # the phases whose issues take input words: unpacks and stages fused with one (schedule.fuse_input_stream)
             self.unpack_ids = [p for p in ids if self.phases[p]["kind"] == "unpack" or self.phases[p].get("streams")]
@@ -338,6 +343,11 @@ class _Controller:
         last_all = net.and_(issue, *lasts)
         no_delay = net.delayed(f"{pre}no_delay", net.or_(*[self.now[p] for p in ids if self.phases[p]["drain"] == 0]))
         drain_init = self.per_phase(f"{pre}drain_init", lambda ph: max(0, ph["drain"] - 1), dw, stream)
+        if idle is not None and stream == 0:  # (a side phase drains its writes anyway: streams.timeline)
+            no_delay = net.and_(no_delay, net.not_(idle))
+            idle_drain = self.per_phase(f"{pre}idle_drain", lambda ph: max(0, ph.get("idle_drain", 0) - 1), dw,
+                                        stream)
+            drain_init = net.mux(idle, idle_drain, drain_init)
         free = []  # the main stream's last stage phase of a pass ends only when the side stream is idle
         if stream == 0 and self.side:
             ends = net.delayed("ends_q", net.or_(*[self.now[c["last"]] for c in self.spec["commands"]
@@ -402,24 +412,42 @@ class _Controller:
             set_flag(net.or_(landed, net.and_(flag, net.not_(clear))))
         return out
 
+    def group_register(self):
+        """Model groups: the group counter's register ``cgrp`` (its next value: ``group_counter``)."""
+        self.cgrp = None
+        if self.repeats:
+            gw = max(1, max(r["count"] - 1 for r in self.repeats).bit_length())
+            self.cgrp, self.set_cgrp = self.net.reg("cgrp", gw)
+
+    def idle_pass(self, stream: int):
+        """Pipelined groups: a register, 1 while the stream's phase idles in this pass (``schedule.Phase.idle_in``:
+        it has no group there, a lagging phase in the first pass, a leading one in the last, and idles), valid after
+        its setup as ``per_phase``'s; None when no phase of the stream idles."""
+        net = self.net
+        cases = [net.and_(self.now[p], net.eq_const(self.cgrp, self.idle_pass_of(ph)))
+                 for p, ph in self.phases.items() if self.stream_of[p] == stream and ph.get("idle_drain")]
+        return net.delayed(f"{'s1_' if stream else ''}idle_pass", net.or_(*cases)) if cases else None
+
+    def idle_pass_of(self, ph: dict) -> int:
+        """The pass in which a pipelined phase has no group."""
+        return ph["counters"][self.gc] - 1 if ph["lag"] == 0 else 0
+
     def group_counter(self):
         """Model groups: the group counter ``cgrp`` (0 in IDLE) counts the passes over a program's stage phases;
         ``again`` (to the FSM) sends its last stage phase back to its first until the last group."""
         self.cgrp_lag = None
         if not self.repeats:
-            self.cgrp = None
             return
         net = self.net
-        gw = max(1, max(r["count"] - 1 for r in self.repeats).bit_length())
-        cg, set_cg = net.reg("cgrp", gw)
+        cg, set_cg = self.cgrp, self.set_cgrp
         more = [net.and_(self.now[r["last"]], net.not_(net.eq_const(cg, r["count"] - 1))) for r in self.repeats]
         again = net.or_(*more)
         net.connect(self.again, again)
         net.connect(self.looped, net.and_(self.done, again))
         ends = net.and_(self.done, net.or_(*[self.now[r["last"]] for r in self.repeats]))
+        gw = net.width(cg)
         step = net.mux(again, net.add(cg, net.const(1, gw)), net.const(0, gw))
         set_cg(net.mux(ends, step, net.mux(net.eq_const(self.phase, 0), net.const(0, gw), cg)))
-        self.cgrp = cg
         # pipelined groups: the lagging phases' group (their writes are off in the first pass: ``writes``)
         if any(ph.get("lag") for ph in self.phases.values()):
             self.cgrp_lag = net.add(cg, net.const(-1, gw))
@@ -588,8 +616,7 @@ class _Controller:
                 stream = self.stream_of[port["phase"]]
                 conds = [self.guard_ok(port, t)]
                 if ph.get("lag") is not None:  # pipelined groups: no write in the pass the phase has no group
-                    idle_pass = ph["counters"][self.gc] - 1 if ph["lag"] == 0 else 0
-                    conds.append(net.not_(net.eq_const(self.cgrp, idle_pass)))
+                    conds.append(net.not_(net.eq_const(self.cgrp, self.idle_pass_of(ph))))
                 if port["last_only"]:
                     conds += [net.eq_const(self.counters_at[stream][t][k], ph["counters"][k] - 1)
                               for k in ph["reduce"]]

@@ -759,7 +759,8 @@ def _phase_specs(command: list, pid: dict) -> list[dict]:
     program's phase)."""
     specs = [{"id": pid[id(p)], "name": _ident(p.name), "kind": p.kind, "counters": _phase_counts(p),
               "reduce": list(p.reduce), "drain": p.drain_cycles, "streams": bool(p.streamed)}
-             | ({"lag": p.lag} if p.lag is not None else {}) for p in command]
+             | ({"lag": p.lag} if p.lag is not None else {}) | ({"idle_drain": p.idle_drain} if p.idle_drain else {})
+             for p in command]
     if streams.has_side(command):
         main = [k for k, q in enumerate(command) if q.stream == streams.MAIN]
         stages = [k for k in main if command[k].kind == "stage"]
@@ -1018,7 +1019,12 @@ def _stream_note(p: Phase, phases: list[Phase]) -> str:
 def _schedule_rows(s: Schedule) -> list[dict]:
     rows = []
     for cmd, phases in s.commands.items():
-        rows.append({"name": cmd, "cycles": s.call_cycles(cmd), "side": streams.has_side(phases), "phases": [{
+        idle = [p for p in phases if p.idle_drain]
+        rows.append({"name": cmd, "cycles": s.call_cycles(cmd), "side": streams.has_side(phases),
+                     "passes": idle[0].groups if idle else 0,
+                     "idle_drain": max((p.idle_drain for p in idle), default=0),
+                     "idle_first": [p.name for p in idle if p.idle_in(0)],
+                     "idle_last": [p.name for p in idle if p.idle_in(p.groups - 1)], "phases": [{
             "name": p.name, "kind": p.kind, "op": p.stage.op if p.stage else "", "lanes": p.lanes,
             "stream": _stream_note(p, phases),
             "loops": " x ".join(f"{c.var}:{c.extent}" + (f"/{c.step}" if c.step > 1 else "") for c in p.counters),
