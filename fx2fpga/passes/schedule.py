@@ -219,11 +219,18 @@ class Phase:
     def iterations(self) -> int:
         return math.prod(c.count for c in self.counters)
 
+    @property
+    def groupless_pass(self) -> int | None:
+        """Pipelined groups: the pass in which the phase has no group (a lagging phase's first, a leading one's
+        last; its writes are off there); None for a phase not pipelined."""
+        if self.lag is None:
+            return None
+        return 0 if self.lag else self.groups - 1
+
     def idle_in(self, pass_: int) -> bool:
-        """Whether the phase idles in this pass: it has no group there (pipelined groups: a lagging phase in the
-        first pass, a leading one in the last) and a barrier after one issue is shorter than its issues and
-        drain (``idle_drain`` set: ``streams._set_idle_drains``). Its writes are off in that pass either way."""
-        return bool(self.idle_drain) and pass_ == (0 if self.lag else self.groups - 1)
+        """Whether the phase idles in this pass: its ``groupless_pass``, where a barrier after one issue is shorter
+        than its issues and drain (``idle_drain`` set: ``streams._set_idle_drains``)."""
+        return bool(self.idle_drain) and pass_ == self.groupless_pass
 
     def issues_in(self, pass_: int) -> int:
         """Its issues in a pass (``idle_in``: one)."""

@@ -424,13 +424,9 @@ class _Controller:
         it has no group there, a lagging phase in the first pass, a leading one in the last, and idles), valid after
         its setup as ``per_phase``'s; None when no phase of the stream idles."""
         net = self.net
-        cases = [net.and_(self.now[p], net.eq_const(self.cgrp, self.idle_pass_of(ph)))
+        cases = [net.and_(self.now[p], net.eq_const(self.cgrp, ph["groupless_pass"]))
                  for p, ph in self.phases.items() if self.stream_of[p] == stream and ph.get("idle_drain")]
         return net.delayed(f"{'s1_' if stream else ''}idle_pass", net.or_(*cases)) if cases else None
-
-    def idle_pass_of(self, ph: dict) -> int:
-        """The pass in which a pipelined phase has no group."""
-        return ph["counters"][self.gc] - 1 if ph["lag"] == 0 else 0
 
     def group_counter(self):
         """Model groups: the group counter ``cgrp`` (0 in IDLE) counts the passes over a program's stage phases;
@@ -616,7 +612,7 @@ class _Controller:
                 stream = self.stream_of[port["phase"]]
                 conds = [self.guard_ok(port, t)]
                 if ph.get("lag") is not None:  # pipelined groups: no write in the pass the phase has no group
-                    conds.append(net.not_(net.eq_const(self.cgrp, self.idle_pass_of(ph))))
+                    conds.append(net.not_(net.eq_const(self.cgrp, ph["groupless_pass"])))
                 if port["last_only"]:
                     conds += [net.eq_const(self.counters_at[stream][t][k], ph["counters"][k] - 1)
                               for k in ph["reduce"]]

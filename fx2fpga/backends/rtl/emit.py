@@ -759,7 +759,8 @@ def _phase_specs(command: list, pid: dict) -> list[dict]:
     program's phase)."""
     specs = [{"id": pid[id(p)], "name": _ident(p.name), "kind": p.kind, "counters": _phase_counts(p),
               "reduce": list(p.reduce), "drain": p.drain_cycles, "streams": bool(p.streamed)}
-             | ({"lag": p.lag} if p.lag is not None else {}) | ({"idle_drain": p.idle_drain} if p.idle_drain else {})
+             | ({"lag": p.lag, "groupless_pass": p.groupless_pass} if p.lag is not None else {})
+             | ({"idle_drain": p.idle_drain} if p.idle_drain else {})
              for p in command]
     if streams.has_side(command):
         main = [k for k, q in enumerate(command) if q.stream == streams.MAIN]
