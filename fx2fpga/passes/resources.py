@@ -268,22 +268,28 @@ def _pool_features(p) -> dict[str, float]:
         reaching = [u["ma_width"] + u["mb_width"] for u in pool["users"] if u["lanes"] > lane]
         ored += sum(reaching[1:])
         prod = lp["product"]
+        if lp["dsp_acc"]:  # fx2fpga_mac: one operand register in the fabric, the rest in the DSP block
+            regs += 2 * (lp["wa"] + lp["wb"])
+            continue
         adder += prod["width"] * (len(prod["parts"]) - 1)
         regs += lp["wa"] + lp["wb"] + sum(w for _, _, w, _ in prod["parts"]) + pool["product"]["width"]
     return {"pool_select_bits": float(ored), "pool_adder_bits": float(adder), "pool_reg_bits": float(regs)}
 
 
 def engine_features(engine: dict | None) -> dict[str, float]:
-    """The MAC engine (``emit.mac_engine``) per lane: its accumulator's adder, the initial values' OR and
-    delay, the output conversions and their registers."""
+    """The MAC engine (``emit.mac_engine``) per lane, at the lane's width: its accumulator's adder and register (none
+    where the lane accumulates in its DSP block), the initial values' OR and delay, the output conversions and their
+    registers."""
     if engine is None:
         return {"adder_bits": 0.0, "cvt_bits": 0.0, "unit_reg_bits": 0.0, "select_bits": 0.0}
-    lanes, width, n = engine["lanes"], engine["width"], engine["term_stage"]
+    n = engine["term_stage"]
     outs = sum(o["lanes"] * o["ow"] for o in engine["outs"])
     inits = [u for u in engine["users"] if "cvt_init" in u]
-    return {"adder_bits": float(lanes * width), "cvt_bits": float(outs),
-            "unit_reg_bits": float(lanes * (width + (width * (n - 1) if inits else 0)) + outs),
-            "select_bits": float(sum(u["lanes"] for u in inits[1:]) * width)}
+    acc = sum(w for w, dsp in zip(engine["lane_widths"], engine["dsp_acc"], strict=True) if not dsp)
+    ored = sum(w * max(0, sum(u["lanes"] > lane for u in inits) - 1) for lane, w in enumerate(engine["lane_widths"]))
+    delay = sum(engine["lane_widths"]) * (n - 1) if inits else 0
+    return {"adder_bits": float(acc), "cvt_bits": float(outs), "unit_reg_bits": float(acc + delay + outs),
+            "select_bits": float(ored)}
 
 
 def _side_stream(p) -> tuple[int, list[dict]]:

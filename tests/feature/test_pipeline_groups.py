@@ -158,7 +158,9 @@ def test_the_first_and_last_passes_idle_the_phases_without_a_group(designs):
 
 def test_a_shared_multiplier_lane_is_as_wide_as_the_stages_reaching_it(designs):
     """Lanes 0-7 of the pool multiply train_mm's 24 x 24 bits (two DSP48E1 blocks: 25 x 18 each); lanes 8-15 only
-    the first layer's weight gradient's 24 x 16 bits (one block). Verilator's equality above covers them."""
+    the first layer's weight gradient's 24 x 16 bits (one block), so they multiply and accumulate in that block
+    (``fx2fpga_mac``: the MAC engine's sum in its P register, at most 48 bits). Verilator's equality above covers
+    them."""
     plan = designs["pipelined"].rtl_plan()
     widths = {u["stage"].name: (u["ma_width"], u["mb_width"], u["lanes"]) for u in plan.pool["users"]}
     assert widths["train_mm"] == (24, 24, 8) and widths["train_update_b_0_weight"] == (24, 16, 16)
@@ -167,8 +169,12 @@ def test_a_shared_multiplier_lane_is_as_wide_as_the_stages_reaching_it(designs):
     own = sum(u["lanes"] * len(u["pool"]["product"]["parts"]) for u in plan.units if u["own_product"])
     tables = sum(u["lanes"] * len(u["product"]["parts"]) for u in plan.units if u["kind"] in ("table", "normalized"))
     assert plan.dsp_blocks == 8 * 2 + 8 * 1 + own + tables
-    top = (designs["pipelined"].out_dir / "rtl" / f"{designs['pipelined'].kernel.name}_top.sv").read_text()
-    assert top.count("pool_part_9_m") == 1 and top.count("pool_part_0_m") == 2
+    rtl, name = designs["pipelined"].out_dir / "rtl", designs["pipelined"].kernel.name
+    top, engine = (rtl / f"{name}_top.sv").read_text(), (rtl / f"{name}_mac_engine.sv").read_text()
+    assert [lp["dsp_acc"] for lp in plan.pool["lane_plans"]] == plan.engine["dsp_acc"] == [False] * 8 + [True] * 8
+    assert max(plan.engine["lane_widths"][8:]) <= 48 < plan.engine["lane_widths"][0]
+    assert top.count("pool_part_9_m") == 0 and top.count("pool_part_0_m") == 2
+    assert engine.count("fx2fpga_mac #(") == 8 and "mac_8 (" in engine and "mac_7 (" not in engine
 
 
 def test_bad_requests_are_refused_clearly():

@@ -12,7 +12,8 @@
 - ``fx2fpga_ram*.sv``/``fx2fpga_rom*.sv``: memories written for block-RAM inference, one per
   buffer bank, initialized from ``mem/*.hex`` (``$readmemh``, paths relative to ``rtl/``);
 - ``fx2fpga_mult.sv``: one DSP-block-sized partial product with its registers, a hierarchy level
-  synthesis keeps (so no two blocks share an operand register);
+  synthesis keeps (so no two blocks share an operand register); ``fx2fpga_mac.sv``: a MAC engine lane
+  multiplying and accumulating in one DSP block;
 - ``<name>_top.sv``: the word-stream top the Verilator harness (``sim_main.cpp``) drives;
 - ``files.f``: the sources in compile order.
 
@@ -195,10 +196,15 @@ class _Cvts:
     def get(self, iw: int, in_frac: int, fmt: Fixed, flag: bool = False, relu: bool = False) -> str:
         """The name of the conversion module of a ``iw``-bit value at ``in_frac`` fraction bits to ``fmt``
         (``flag``: with the saturation event output ``ovf``; ``relu``: the assigned value through ReLU)."""
-        c = Cvt(iw, in_frac - fmt.frac_bits, fmt.width, fmt.signed, fmt.rounding, fmt.overflow == "SAT", flag,
-                relu and fmt.signed)
+        c = self.make(iw, in_frac, fmt, flag, relu)
         self.used[c.name] = c
         return c.name
+
+    @staticmethod
+    def make(iw: int, in_frac: int, fmt: Fixed, flag: bool = False, relu: bool = False) -> Cvt:
+        """``get``'s conversion, not recorded as used."""
+        return Cvt(iw, in_frac - fmt.frac_bits, fmt.width, fmt.signed, fmt.rounding, fmt.overflow == "SAT", flag,
+                   relu and fmt.signed)
 
 
 # ----- datapath units ----------------------------------------------------------------------------------------
@@ -237,7 +243,7 @@ def _lane_plan(pool: dict, widths: list[tuple[int, int]]) -> dict:
     narrow stages use takes fewer DSP blocks); its product is sign-extended to the pool's product width."""
     wa, wb = max(max(w) for w in widths), max(min(w) for w in widths)
     return {"wa": wa, "wb": wb, "product": pool["product"] if (wa, wb) == (pool["wa"], pool["wb"])
-            else product_plan(wa, wb, pool["dsp_kind"])}
+            else product_plan(wa, wb, pool["dsp_kind"]), "dsp_acc": False}
 
 
 def _multiplied_widths(u: dict) -> tuple[int, int]:
@@ -271,22 +277,44 @@ def mac_engine(units: list[dict], name: str, pool: dict | None, cvts: _Cvts) -> 
     if len(users) < 2 or pool is None:
         return None
     width = max(u["acc_width"] for u in users)
+    lanes = max(u["lanes"] for u in users)
+    lane_widths = [max(u["acc_width"] for u in users if u["lanes"] > lane) for lane in range(lanes)]
     outs: dict[str, dict] = {}
     for u in users:
-        cvt = cvts.get(width, u["acc_frac"], u["out_fmt"], u["counted"], u["relu"])
-        out = outs.setdefault(cvt, {"index": len(outs), "cvt": cvt, "ow": u["out_width"], "lanes": 0,
-                                    "flag": u["counted"], "relu": u["relu"]})
+        convert = (u["acc_frac"], u["out_fmt"], u["counted"], u["relu"])
+        out = outs.setdefault(cvts.make(width, *convert).name, {
+            "index": len(outs), "ow": u["out_width"], "lanes": 0, "flag": u["counted"], "relu": u["relu"],
+            "convert": convert})
         out["lanes"] = max(out["lanes"], u["lanes"])
-        u.update(engine=True, engine_out=out["index"], engine_width=width)
-    return {"module": f"{name}_mac_engine", "lanes": max(u["lanes"] for u in users), "width": width,
+        u.update(engine=True, engine_out=out["index"])
+    for u in users:
+        u["engine_widths"] = lane_widths[:u["lanes"]]  # its initial value, per lane, at the engine lane's width
+    for out in outs.values():  # each lane converts from its own width
+        out["cvts"] = [cvts.get(lane_widths[lane], *out["convert"]) for lane in range(out["lanes"])]
+    for lane, lp in enumerate(pool["lane_plans"][:lanes]):
+        lp["dsp_acc"] = _accumulates_in_dsp(pool, users, lane, lane_widths[lane])
+    return {"module": f"{name}_mac_engine", "lanes": lanes, "width": width, "lane_widths": lane_widths,
+            "dsp_acc": [lp["dsp_acc"] for lp in pool["lane_plans"][:lanes]],
             "term_stage": users[0]["term_stage"], "prod_width": pool["product"]["width"],
             "has_init": any("cvt_init" in u for u in users), "outs": list(outs.values()), "users": users}
+
+
+DSP_ACC_BITS = {"DSP48E1": 48}  # the accumulator (P register) of a target's DSP block, where it has one
+
+
+def _accumulates_in_dsp(pool: dict, users: list[dict], lane: int, width: int) -> bool:
+    """Whether a MAC engine lane multiplies and accumulates in one DSP block (``fx2fpga_mac``): its multiplier is
+    one block with an accumulator at least ``width`` bits wide, and only engine users reach it (another pooled
+    stage needs the bare product)."""
+    lp = pool["lane_plans"][lane]
+    return (len(lp["product"]["parts"]) == 1 and width <= DSP_ACC_BITS.get(pool["dsp_kind"], 0)
+            and all(any(u is e for e in users) for u in pool["users"] if u["lanes"] > lane))
 
 
 def _used_cvts(units: list[dict], engine: dict | None, cvts: _Cvts) -> list[dict]:
     """The conversion modules the units and the engine instantiate (an engine user's own accumulator and
     result conversions are not generated)."""
-    names = {c["cvt"] for c in engine["outs"]} if engine else set()
+    names = {c for o in engine["outs"] for c in o["cvts"]} if engine else set()
     for u in units:
         keys = ("cvt_init",) if u.get("engine") else ("cvt_init", "cvt_term", "cvt_sum", "cvt_out", "cvt_mid")
         names |= {u[k] for k in keys if k in u}
@@ -1052,14 +1080,14 @@ def generate(kernel, version: str, clock_mhz: float = 100.0, dsp_kind: str = "DS
         files[f"rtl/{path}"] = f"{banner}\n{text}"
     for c in p.cvts:
         files[f"rtl/{c['name']}.sv"] = env.get_template("rtl/cvt.sv.j2").render(banner=banner, c=c)
-    for prim in ("fx2fpga_mult", "fx2fpga_ram", "fx2fpga_ram_init", "fx2fpga_rom", "fx2fpga_rom2"):
+    for prim in ("fx2fpga_mult", "fx2fpga_mac", "fx2fpga_ram", "fx2fpga_ram_init", "fx2fpga_rom", "fx2fpga_rom2"):
         files[f"rtl/{prim}.sv"] = env.get_template(f"rtl/{prim}.sv.j2").render(banner=banner)
     if p.sr_calls:
         files["rtl/fx2fpga_srbits.sv"] = env.get_template("rtl/fx2fpga_srbits.sv.j2").render(
             banner=banner, rounds=stochastic.ROUNDS)
     if p.engine:
-        files[f"rtl/{p.engine['module']}.sv"] = env.get_template("rtl/engine.sv.j2").render(banner=banner,
-                                                                                            e=p.engine)
+        files[f"rtl/{p.engine['module']}.sv"] = env.get_template("rtl/engine.sv.j2").render(
+            banner=banner, e=p.engine, pool=p.pool)
     for u in p.units:
         files[f"rtl/{u['module']}.sv"] = env.get_template("rtl/unit.sv.j2").render(banner=banner, u=u)
         if u["kind"] in ("table", "normalized"):
