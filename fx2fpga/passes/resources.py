@@ -69,19 +69,24 @@ class BankMapping:
     bram36: float = 0.0
 
 
-def _bram_width(depth: int, full: int) -> int:
-    """The widest port of a block RAM of ``full`` bits (18 or 36 kb, with the SDP mode's doubled width) that
-    holds ``depth`` words: 36 bits for 512 words of a RAMB18, 18 for 1024, 9 for 2048, ..."""
-    words = 512  # at the widest (simple dual-port) port: 512 words of 36 (RAMB18) or 72 (RAMB36) bits
-    width = 36 * full // (18 * 1024)
+def _bram_width(depth: int, full: int, dual_port: bool = False) -> int:
+    """The widest port of a block RAM of ``full`` bits (18 or 36 kb, with the SDP mode's doubled width unless
+    ``dual_port``: two ports that both write) that holds ``depth`` words: 36 bits for 512 words of a RAMB18, 18 for
+    1024, 9 for 2048, ..."""
+    words = 1024 if dual_port else 512  # at the widest port: 512 words of 36 (RAMB18, SDP) or 72 (RAMB36) bits
+    width = (18 if dual_port else 36) * full // (18 * 1024)
     while depth > words and width > 1:
         words, width = words * 2, {72: 36, 36: 18, 18: 9, 9: 4, 4: 2, 2: 1}[width]
     return width if depth <= words else 0
 
 
-def bram36_for(depth: int, width: int) -> float:
-    """BRAM36 of one ``depth x width`` bank in block RAM: RAMB18s (0.5 each) or RAMB36s, the cheaper."""
-    w18, w36 = _bram_width(depth, 18 * 1024), _bram_width(depth, 36 * 1024)
+TDP_PORT_BITS = 36  # the widest port of a true dual-port block RAM (a RAMB36 as 1K x 36)
+
+
+def bram36_for(depth: int, width: int, dual_port: bool = False) -> float:
+    """BRAM36 of one ``depth x width`` bank in block RAM: RAMB18s (0.5 each) or RAMB36s, the cheaper
+    (``dual_port``: both ports write, so no SDP mode)."""
+    w18, w36 = _bram_width(depth, 18 * 1024, dual_port), _bram_width(depth, 36 * 1024, dual_port)
     n18 = math.ceil(width / w18) if w18 else math.inf
     n36 = math.ceil(width / w36) * math.ceil(depth / (32 * 1024)) if w36 else math.inf
     if not (w18 or w36):  # deeper than one block RAM holds: blocks side by side and stacked in depth
@@ -238,6 +243,8 @@ def _memory_features(p, block_ram: bool = True) -> dict[str, float]:
         f["block_lutram_luts"] += block * own.luts
         forced = BankMapping("bram", bram36=bram36_for(max(2, m["depth"]), m["width"]))
         for mapping, banks in ((own, m["banks"] - block), (forced, block)):
+            if m.get("load_port") is not None:  # (block RAM, emit._load_through_second_port: no extra blocks)
+                mapping = BankMapping("bram", bram36=bram36_for(max(2, m["depth"]), m["width"], dual_port=True))
             f["lutram_luts"] += banks * mapping.luts
             f["bram36"] += banks * mapping.bram36
             if mapping.kind == "logic" and m["read_only"]:
@@ -246,7 +253,9 @@ def _memory_features(p, block_ram: bool = True) -> dict[str, float]:
                 f["mem_reg_bits"] += banks * max(2, m["depth"]) * m["width"]
             if mapping.kind == "lutram":
                 f["mem_reg_bits"] += banks * m["width"]  # the read register LUT-RAM does not have
-        if not m["read_only"]:
+        if m.get("load_port") is not None:  # the registered write data of both ports, no select
+            f["mem_reg_bits"] += 2 * m["banks"] * m["width"]
+        elif not m["read_only"]:
             f["mem_reg_bits"] += m["banks"] * m["width"]  # the registered write data
             f["select_bits"] += sum(m["width"] * (len(s) - 1) for s in m["sources"])
     for x in p.muxes:

@@ -621,9 +621,9 @@ class _Controller:
                     point = port["point"]
                     self.out[port["srp"]] = net.delayed(
                         port["srp"] + "_q", self.affine_at(t - 1, stream)(point["terms"], point["const"], 32), None)
-                for b in port["banks"]:
-                    wport_cases.setdefault((port["memory"], b), []).append(
-                        (self.bank_hit(hit, bank_q, b), addr, port["source"][str(b)]))
+                for b in port["banks"]:  # (the second port's: "b", the memory and bank)
+                    wport_cases.setdefault(("b", port["memory"], b) if port.get("port_b") else (port["memory"], b),
+                                           []).append((self.bank_hit(hit, bank_q, b), addr, port["source"][str(b)]))
         return wport_cases
 
     def bank_ports(self, raddr_cases: dict, wport_cases: dict) -> None:
@@ -639,9 +639,13 @@ class _Controller:
         aw = mem["addr_bits"]
         for b in range(mem["banks"]):
             ports = mem["ports"][b]
+            second = wport_cases.get(("b", name, b), [])  # writes on the read port (emit._load_through_second_port)
             if ports.get("raddr"):
-                out[ports["raddr"]] = net.delayed(ports["raddr"] + "_q",
-                                                  net.onehot(raddr_cases.get((name, b), []), aw), None)
+                out[ports["raddr"]] = net.delayed(
+                    ports["raddr"] + "_q", net.onehot(raddr_cases.get((name, b), []) + [(h, a) for h, a, _ in second],
+                                                      aw), None)
+            if ports.get("we_b"):
+                out[ports["we_b"]] = net.delayed(ports["we_b"] + "_q", net.or_(*[h for h, _, _ in second]))
             if ports.get("we"):
                 cases = wport_cases.get((name, b), [])
                 out[ports["we"]] = net.delayed(ports["we"] + "_q", net.or_(*[h for h, _, _ in cases]))

@@ -669,7 +669,7 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
     gates = sim_gates(w, pool, engine, len(phases), reset_cycles)
     gates["side"] = bool(side)  # the side stream's phase register runs blocks too
     out_sel_bits = bits(len(w.packs) - 1) if len(w.packs) > 1 else 0
-    outputs = _controller_outputs(w, act, out_sel_bits)
+    outputs = _controller_outputs(w, act, out_sel_bits, {pid[id(p)]: c for c, ph in s.commands.items() for p in ph})
     spec = {
         "name": f"{name}_ctrl", "fsm": f"{name}_fsm", "phase_bits": bits(len(phases)),
         "counters": s.counter_count(), "counter_bits": s.counter_bits(),
@@ -699,6 +699,31 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
     if target is not None:
         resources.assign_block_ram(p, target)
     return p
+
+
+def _load_through_second_port(w: _Wiring, command_of: dict[int, str]) -> None:
+    """Memories whose banks take the input stream on a second port (``m["load_port"]``: the stream's source index
+    per bank): initialized (parameters), in block RAM (``resources.bank_mapping``; a port of a true dual-port block
+    as wide, in no more blocks), every
+    bank written from the input stream and from one datapath source, by commands of which those that write the
+    stream read nothing of the memory. The stream's writes then use the read port's address (``port_b`` writes),
+    so the bank needs no write-data, address or enable select (Yosys: 35 LUT and 35 FF a 960 x 24 bank)."""
+    reading = {(r["memory"], command_of[r["phase"]]) for r in w.reads}
+    for m in w.mems.values():
+        m["load_port"] = None
+        streamed = [wr for wr in w.writes if wr["memory"] == m["name"] and wr.get("stream")]
+        mapping = resources.bank_mapping(m["mem_depth"], m["width"], False)
+        if (m["read_only"] or not m["init"] or not streamed or m["width"] > resources.TDP_PORT_BITS
+                or mapping.kind != "bram"
+                or resources.bram36_for(m["mem_depth"], m["width"], dual_port=True) > mapping.bram36
+                or any((m["name"], command_of[wr["phase"]]) in reading for wr in streamed)):
+            continue
+        stream = [[k for k, src in enumerate(srcs) if src.startswith("in_d")] for srcs in m["sources"]]
+        if any(len(srcs) != 2 or len(k) != 1 for srcs, k in zip(m["sources"], stream, strict=True)):
+            continue
+        m["load_port"] = [k[0] for k in stream]
+        for wr in streamed:
+            wr["port_b"] = True
 
 
 def _acts(w: _Wiring) -> dict[str, str]:
@@ -921,7 +946,7 @@ class _Wiring:
                 mem["sources"][b].append(src)
                 mem["ovf_sources"][b].append(ovf)
                 source[str(b)] = len(mem["sources"][b]) - 1
-            self.writes.append({"phase": i, "memory": port.buffer,
+            self.writes.append({"phase": i, "memory": port.buffer, "stream": port.field is not None,
                                 "index": [controller.affine_spec(a) for a in port.index],
                                 "banks": list(port.banks), "tap": port.tap, "last_only": port.last_only,
                                 "source": source, "guard": _guard_spec(port.guard), "dim_bits": list(port.dim_bits)})
@@ -990,8 +1015,10 @@ class _Wiring:
         host["guests"].append((i, ph.stage))
 
 
-def _controller_outputs(w: _Wiring, act: dict, out_sel_bits: int) -> list[tuple[str, int]]:
-    """The controller's output ports (name, width); fills in each memory bank's port names."""
+def _controller_outputs(w: _Wiring, act: dict, out_sel_bits: int, command_of: dict[int, str]) -> list[tuple[str, int]]:
+    """The controller's output ports (name, width); fills in each memory bank's port names (``command_of``: each
+    phase id's command; ``_load_through_second_port``)."""
+    _load_through_second_port(w, command_of)
     outputs: list[tuple[str, int]] = [("idle", 1), ("in_ready", 1), ("out_valid", 1), ("unused_bits", 1)]
     if out_sel_bits:
         outputs.append(("out_sel", out_sel_bits))
@@ -1012,7 +1039,10 @@ def _controller_outputs(w: _Wiring, act: dict, out_sel_bits: int) -> list[tuple[
             if not m["read_only"]:
                 ports.update(we=f"we_{m['name']}_{b}", waddr=f"waddr_{m['name']}_{b}")
                 outputs += [(ports["we"], 1), (ports["waddr"], m["addr_bits"])]
-                if len(m["sources"][b]) > 1:
+                if m["load_port"] is not None:  # the stream on the second port, at the read address
+                    ports.update(we_b=f"web_{m['name']}_{b}")
+                    outputs.append((ports["we_b"], 1))
+                elif len(m["sources"][b]) > 1:
                     ports.update(wsel=f"wsel_{m['name']}_{b}", wsel_bits=bits(len(m["sources"][b]) - 1))
                     outputs.append((ports["wsel"], ports["wsel_bits"]))
             m["ports"].append(ports)
@@ -1080,7 +1110,8 @@ def generate(kernel, version: str, clock_mhz: float = 100.0, dsp_kind: str = "DS
         files[f"rtl/{path}"] = f"{banner}\n{text}"
     for c in p.cvts:
         files[f"rtl/{c['name']}.sv"] = env.get_template("rtl/cvt.sv.j2").render(banner=banner, c=c)
-    for prim in ("fx2fpga_mult", "fx2fpga_mac", "fx2fpga_ram", "fx2fpga_ram_init", "fx2fpga_rom", "fx2fpga_rom2"):
+    for prim in ("fx2fpga_mult", "fx2fpga_mac", "fx2fpga_ram", "fx2fpga_ram_init", "fx2fpga_ram_tdp", "fx2fpga_rom",
+                 "fx2fpga_rom2"):
         files[f"rtl/{prim}.sv"] = env.get_template(f"rtl/{prim}.sv.j2").render(banner=banner)
     if p.sr_calls:
         files["rtl/fx2fpga_srbits.sv"] = env.get_template("rtl/fx2fpga_srbits.sv.j2").render(
