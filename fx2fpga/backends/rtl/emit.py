@@ -1110,7 +1110,8 @@ def generate(kernel, version: str, clock_mhz: float = 100.0, dsp_kind: str = "DS
         files[f"rtl/{path}"] = f"{banner}\n{text}"
     for c in p.cvts:
         files[f"rtl/{c['name']}.sv"] = env.get_template("rtl/cvt.sv.j2").render(banner=banner, c=c)
-    for prim in ("fx2fpga_mult", "fx2fpga_mac", "fx2fpga_ram", "fx2fpga_ram_init", "fx2fpga_ram_tdp", "fx2fpga_rom",
+    dual_port = ("fx2fpga_ram_tdp",) if any(m["load_port"] is not None for m in p.memories) else ()
+    for prim in ("fx2fpga_mult", "fx2fpga_mac", "fx2fpga_ram", "fx2fpga_ram_init", *dual_port, "fx2fpga_rom",
                  "fx2fpga_rom2"):
         files[f"rtl/{prim}.sv"] = env.get_template(f"rtl/{prim}.sv.j2").render(banner=banner)
     if p.sr_calls:
