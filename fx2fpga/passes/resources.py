@@ -236,15 +236,16 @@ def _memory_features(p, block_ram: bool = True) -> dict[str, float]:
         read = m["banks"] - len(m["unread_banks"])
         f["mem_reg_bits"] += m["width"] * (read + len(m["direct_banks"]))
         block = m.get("block_banks", 0) if block_ram else 0
-        own = bank_mapping(m["depth"], m["width"], m["read_only"])
+        if m.get("load_port") is not None:  # block RAM in true dual-port shapes (emit._load_through_second_port)
+            own = BankMapping("bram", bram36=bram36_for(max(2, m["depth"]), m["width"], dual_port=True))
+        else:
+            own = bank_mapping(m["depth"], m["width"], m["read_only"])
         # a bank moved to block RAM: in ``lutram_luts`` still (the logic around a LUT-RAM bank, which its fitted cost
         # carries, stays) and in ``block_lutram_luts`` (whose cost, held at -1, takes its LUT-RAM's own LUTs off)
         f["lutram_luts"] += block * own.luts
         f["block_lutram_luts"] += block * own.luts
         forced = BankMapping("bram", bram36=bram36_for(max(2, m["depth"]), m["width"]))
         for mapping, banks in ((own, m["banks"] - block), (forced, block)):
-            if m.get("load_port") is not None:  # (block RAM, emit._load_through_second_port: no extra blocks)
-                mapping = BankMapping("bram", bram36=bram36_for(max(2, m["depth"]), m["width"], dual_port=True))
             f["lutram_luts"] += banks * mapping.luts
             f["bram36"] += banks * mapping.bram36
             if mapping.kind == "logic" and m["read_only"]:
@@ -273,11 +274,12 @@ def _pool_features(p) -> dict[str, float]:
     if pool is None:
         return {"pool_select_bits": 0.0, "pool_adder_bits": 0.0, "pool_reg_bits": 0.0}
     ored = adder = regs = 0
+    in_dsp = p.engine["dsp_acc"] if p.engine else []  # lanes multiplying and accumulating in fx2fpga_mac
     for lane, lp in enumerate(pool["lane_plans"]):
         reaching = [u["ma_width"] + u["mb_width"] for u in pool["users"] if u["lanes"] > lane]
         ored += sum(reaching[1:])
         prod = lp["product"]
-        if lp["dsp_acc"]:  # fx2fpga_mac: one operand register in the fabric, the rest in the DSP block
+        if lane < len(in_dsp) and in_dsp[lane]:  # one operand register in the fabric, the rest in the DSP block
             regs += 2 * (lp["wa"] + lp["wb"])
             continue
         adder += prod["width"] * (len(prod["parts"]) - 1)

@@ -243,7 +243,7 @@ def _lane_plan(pool: dict, widths: list[tuple[int, int]]) -> dict:
     narrow stages use takes fewer DSP blocks); its product is sign-extended to the pool's product width."""
     wa, wb = max(max(w) for w in widths), max(min(w) for w in widths)
     return {"wa": wa, "wb": wb, "product": pool["product"] if (wa, wb) == (pool["wa"], pool["wb"])
-            else product_plan(wa, wb, pool["dsp_kind"]), "dsp_acc": False}
+            else product_plan(wa, wb, pool["dsp_kind"])}
 
 
 def _multiplied_widths(u: dict) -> tuple[int, int]:
@@ -286,15 +286,12 @@ def mac_engine(units: list[dict], name: str, pool: dict | None, cvts: _Cvts) -> 
             "index": len(outs), "ow": u["out_width"], "lanes": 0, "flag": u["counted"], "relu": u["relu"],
             "convert": convert})
         out["lanes"] = max(out["lanes"], u["lanes"])
-        u.update(engine=True, engine_out=out["index"])
-    for u in users:
-        u["engine_widths"] = lane_widths[:u["lanes"]]  # its initial value, per lane, at the engine lane's width
+        u.update(engine=True, engine_out=out["index"],
+                 engine_widths=lane_widths[:u["lanes"]])  # its initial value, per lane, at the lane's width
     for out in outs.values():  # each lane converts from its own width
         out["cvts"] = [cvts.get(lane_widths[lane], *out["convert"]) for lane in range(out["lanes"])]
-    for lane, lp in enumerate(pool["lane_plans"][:lanes]):
-        lp["dsp_acc"] = _accumulates_in_dsp(pool, users, lane, lane_widths[lane])
     return {"module": f"{name}_mac_engine", "lanes": lanes, "width": width, "lane_widths": lane_widths,
-            "dsp_acc": [lp["dsp_acc"] for lp in pool["lane_plans"][:lanes]],
+            "dsp_acc": [_accumulates_in_dsp(pool, users, lane, lane_widths[lane]) for lane in range(lanes)],
             "term_stage": users[0]["term_stage"], "prod_width": pool["product"]["width"],
             "has_init": any("cvt_init" in u for u in users), "outs": list(outs.values()), "users": users}
 
