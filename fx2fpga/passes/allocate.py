@@ -243,7 +243,8 @@ class MemoryCost:
             read_only = name not in self.written and buf.role == "const"
             m = resources.bank_mapping(depth, buf.fmt.width, read_only)
             select, regs = self._mux_bits(name, spec) if self.muxes else (0.0, 0.0)
-            ports = spec.banks * (1 if read_only else 2) * schedule.bits(depth - 1)  # each bank port's address
+            # the banks' one read address (emit._share_read_addresses, as most memories), each bank's write address
+            ports = (1 + (0 if read_only else spec.banks)) * schedule.bits(depth - 1)
             out[name] = {"bram36": spec.banks * m.bram36,
                          "lut": spec.banks * m.luts * lut["lutram_luts"] + select * lut["select_bits"]
                          + ports * lut["ctrl_bits"],

@@ -314,13 +314,21 @@ def _ctrl_bits(p) -> float:
     """The controller: loop counters, and each bank port's registered address (the address generators); with a
     side stream (passes/streams.py) its counters and phase register too, and a done flag per phase waited for."""
     s = p.schedule
-    ports = sum(m["banks"] * (1 if m["read_only"] else 2) * m["addr_bits"] for m in p.memories)
+    ports = sum((_read_address_registers(p, m) + (0 if m["read_only"] else m["banks"])) * m["addr_bits"]
+                for m in p.memories)
     requests = sum(sum(d for d in r["dim_bits"]) for r in p.spec["reads"] + p.spec["writes"])
     side, flagged = _side_stream(p)
     phase_bits = sched.bits(len(s.phases()))
     return float((2 if side else 1) * s.counter_count() * s.counter_bits() + ports + requests
                  + (len(s.phases()) + side) * phase_bits + len(flagged))
 
+
+def _read_address_registers(p, m: dict) -> int:
+    """A memory's read-address registers: one its banks share where every request that sets them may go to every
+    bank (``emit._share_read_addresses``), else one a bank."""
+    reqs = [r for r in p.spec["reads"] if r["memory"] == m["name"]]
+    reqs += [w for w in p.spec["writes"] if w["memory"] == m["name"] and w.get("port_b")]
+    return 1 if reqs and all(r.get("any_bank") for r in reqs) else m["banks"]
 
 
 # ----- delay lines Yosys maps to shift-register LUTs (SRL16E) ---------------------------------------------------

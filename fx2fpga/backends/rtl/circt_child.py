@@ -587,8 +587,7 @@ class _Controller:
                 ok = self.guard_ok(port, 0)  # a guarded-off request takes no port
                 ok_q = net.delayed(f"rd{r}_ok", net.and_(ok)) if port.get("ok") else None
                 hit, bank_q, addr = self.request(f"rd{r}", port, 0, ok)
-                for b in port["banks"]:
-                    raddr_cases.setdefault((port["memory"], b), []).append((self.bank_hit(hit, bank_q, b), addr))
+                self.read_address(raddr_cases, port, hit, bank_q, addr)
                 if port.get("ok"):
                     out[port["ok"]] = self.delay(port["ok"], ok_q, self.tap_operand - self.tap_addr)
                 sel, cycles = port.get("sel"), self.tap_operand - 1 - self.tap_addr
@@ -601,9 +600,21 @@ class _Controller:
             out[sel] = net.onehot(cases, net.width(cases[0][1]))
         return raddr_cases
 
-    def writes(self) -> dict[tuple[str, int], list]:
+    def read_address(self, cases: dict, port: dict, hit, bank_q, addr) -> None:
+        """Add a request to its banks' read-address cases: (memory, bank) -> [(hit, address)]; one marked
+        ``any_bank`` (emit._share_read_addresses) joins its phase's case for every bank, keyed (memory, None),
+        (memory, phase): the OR of their hits, their one address."""
+        if port.get("any_bank"):
+            shared = cases.setdefault((port["memory"], None), {})
+            shared.setdefault(port["phase"], []).append((hit, addr))
+            return
+        for b in port["banks"]:
+            cases.setdefault((port["memory"], b), []).append((self.bank_hit(hit, bank_q, b), addr))
+
+    def writes(self, raddr_cases: dict) -> dict[tuple[str, int], list]:
         """Write requests: registers at tap - 1 (from the counters at tap - 2), bank ports at the tap;
-        answers (memory, bank) -> [(hit, address, data source)]."""
+        answers (memory, bank) -> [(hit, address, data source)]; a write on the second port adds its address to
+        ``raddr_cases`` (``reads``)."""
         net = self.net
         wport_cases: dict[tuple[str, int], list] = {}
         for w, port in enumerate(self.spec["writes"]):
@@ -624,6 +635,8 @@ class _Controller:
                 for b in port["banks"]:  # (the second port's: "b", the memory and bank)
                     wport_cases.setdefault(("b", port["memory"], b) if port.get("port_b") else (port["memory"], b),
                                            []).append((self.bank_hit(hit, bank_q, b), addr, port["source"][str(b)]))
+                if port.get("port_b"):  # at the read port's address
+                    self.read_address(raddr_cases, port, hit, bank_q, addr)
         return wport_cases
 
     def bank_ports(self, raddr_cases: dict, wport_cases: dict) -> None:
@@ -637,13 +650,13 @@ class _Controller:
         """``bank_ports`` for the banks of one memory."""
         net, out = self.net, self.out
         aw = mem["addr_bits"]
+        shared = [(net.or_(*[h for h, _ in reqs]), reqs[0][1]) for reqs in raddr_cases.get((name, None), {}).values()]
         for b in range(mem["banks"]):
             ports = mem["ports"][b]
             second = wport_cases.get(("b", name, b), [])  # writes on the read port (emit._load_through_second_port)
             if ports.get("raddr"):
                 out[ports["raddr"]] = net.delayed(
-                    ports["raddr"] + "_q", net.onehot(raddr_cases.get((name, b), []) + [(h, a) for h, a, _ in second],
-                                                      aw), None)
+                    ports["raddr"] + "_q", net.onehot(raddr_cases.get((name, b), []) + shared, aw), None)
             if ports.get("we_b"):
                 out[ports["we_b"]] = net.delayed(ports["we_b"] + "_q", net.or_(*[h for h, _, _ in second]))
             if ports.get("we"):
@@ -738,7 +751,7 @@ def _body(spec: dict, net: _Net, args: dict, fsm, ir) -> dict:
     c.counters()
     c.delay_line()
     raddr_cases = c.reads()
-    wport_cases = c.writes()
+    wport_cases = c.writes(raddr_cases)
     c.bank_ports(raddr_cases, wport_cases)
     c.stream_control()
     return c.outputs()

@@ -723,6 +723,41 @@ def _load_through_second_port(w: _Wiring, command_of: dict[int, str]) -> None:
             wr["port_b"] = True
 
 
+def _share_read_addresses(w: _Wiring) -> None:
+    """Mark the read-address requests (reads, and ``port_b`` writes) whose address may go to every bank of their
+    memory (``"any_bank"``): those of a phase whose every such request on that memory of several banks has one row
+    (and tap). A bank's read address then needs no bank condition: a bank the phase does not touch reads (or, on
+    its second port, is not written at) an address nobody uses, and no two phases send such requests to one memory
+    in one cycle (reads issue at one tap, one phase a stream at a time, the streams share no memory; a loading
+    phase writes alone). Every bank of a memory whose requests are all marked then gets the same address, one
+    register (Yosys merges the banks' equal ones)."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for req in [*w.reads, *(wr for wr in w.writes if wr.get("port_b"))]:
+        groups.setdefault((req["memory"], req["phase"]), []).append(req)
+    for (memory, _), reqs in groups.items():
+        m = w.mems[memory]
+        if m["banks"] < 2:
+            continue
+        rows = {(req.get("tap"), _row_key(req, m["factors"], m["bank_shape"])) for req in reqs}
+        for req in reqs:
+            req["any_bank"] = len(rows) == 1
+
+
+def _row_key(req: dict, factors: list[int], bank_shape: list[int]) -> tuple:
+    """What a request's row within its bank depends on (``circt_child.locate``): per index dim, for a dim cut
+    evenly into the banks its coefficients and constant divided by the bank factor, else the dim as it is; equal
+    keys in one phase mean one address."""
+    key = []
+    for a, f, rows, w in zip(req["index"], factors, bank_shape, req["dim_bits"], strict=True):
+        if rows <= 1:
+            key.append(None)
+        elif a["div"] == 1 and not a["mod"] and all(c % f == 0 for _, c in a["terms"]):
+            key.append((tuple((k, c // f) for k, c in a["terms"]), a["const"] // f))
+        else:
+            key.append((tuple(map(tuple, a["terms"])), a["const"], a["div"], a["mod"], w))
+    return tuple(key)
+
+
 def _acts(w: _Wiring) -> dict[str, str]:
     """The controller's ``act_p<i>`` outputs by phase id: a pooled unit's phases (its operands go to the shared
     multipliers this cycle; a host's ``act`` becomes the OR of its own and its guests') and the guests that
@@ -1016,6 +1051,7 @@ def _controller_outputs(w: _Wiring, act: dict, out_sel_bits: int, command_of: di
     """The controller's output ports (name, width); fills in each memory bank's port names (``command_of``: each
     phase id's command; ``_load_through_second_port``)."""
     _load_through_second_port(w, command_of)
+    _share_read_addresses(w)
     outputs: list[tuple[str, int]] = [("idle", 1), ("in_ready", 1), ("out_valid", 1), ("unused_bits", 1)]
     if out_sel_bits:
         outputs.append(("out_sel", out_sel_bits))
