@@ -611,6 +611,12 @@ class _Controller:
         for b in port["banks"]:
             cases.setdefault((port["memory"], b), []).append((self.bank_hit(hit, bank_q, b), addr))
 
+    def phase_case(self, reqs: list) -> tuple:
+        """One phase's requests of one address (``any_bank``) as one case: the OR of their hits, the first's
+        address; the others' addresses (equal, or computed from other constants to the same row) are unused."""
+        self.net.dropped.extend(a for _, a in reqs[1:])
+        return self.net.or_(*[h for h, _ in reqs]), reqs[0][1]
+
     def writes(self, raddr_cases: dict) -> dict[tuple[str, int], list]:
         """Write requests: registers at tap - 1 (from the counters at tap - 2), bank ports at the tap;
         answers (memory, bank) -> [(hit, address, data source)]; a write on the second port adds its address to
@@ -632,9 +638,13 @@ class _Controller:
                     point = port["point"]
                     self.out[port["srp"]] = net.delayed(
                         port["srp"] + "_q", self.affine_at(t - 1, stream)(point["terms"], point["const"], 32), None)
-                for b in port["banks"]:  # (the second port's: "b", the memory and bank)
+                shared = port.get("any_bank") and not port.get("port_b")  # its phase's one write address
+                for b in port["banks"]:  # (the second port's: "b", the memory and bank; None: the address shared)
                     wport_cases.setdefault(("b", port["memory"], b) if port.get("port_b") else (port["memory"], b),
-                                           []).append((self.bank_hit(hit, bank_q, b), addr, port["source"][str(b)]))
+                                           []).append((self.bank_hit(hit, bank_q, b), None if shared else addr,
+                                                       port["source"][str(b)]))
+                if shared:
+                    wport_cases.setdefault((port["memory"], None), {}).setdefault(port["phase"], []).append((hit, addr))
                 if port.get("port_b"):  # at the read port's address
                     self.read_address(raddr_cases, port, hit, bank_q, addr)
         return wport_cases
@@ -650,7 +660,8 @@ class _Controller:
         """``bank_ports`` for the banks of one memory."""
         net, out = self.net, self.out
         aw = mem["addr_bits"]
-        shared = [(net.or_(*[h for h, _ in reqs]), reqs[0][1]) for reqs in raddr_cases.get((name, None), {}).values()]
+        shared = [self.phase_case(reqs) for reqs in raddr_cases.get((name, None), {}).values()]
+        shared_w = [self.phase_case(reqs) for reqs in wport_cases.get((name, None), {}).values()]
         for b in range(mem["banks"]):
             ports = mem["ports"][b]
             second = wport_cases.get(("b", name, b), [])  # writes on the read port (emit._load_through_second_port)
@@ -663,7 +674,8 @@ class _Controller:
                 cases = wport_cases.get((name, b), [])
                 out[ports["we"]] = net.delayed(ports["we"] + "_q", net.or_(*[h for h, _, _ in cases]))
                 out[ports["waddr"]] = net.delayed(ports["waddr"] + "_q",
-                                                  net.onehot([(h, a) for h, a, _ in cases], aw), None)
+                                                  net.onehot([(h, a) for h, a, _ in cases if a is not None]
+                                                             + shared_w, aw), None)
                 if ports.get("wsel"):  # the write data's source, one cycle ahead (the top registers the data)
                     sw = ports["wsel_bits"]
                     out[ports["wsel"]] = net.onehot([(h, net.const(s, sw)) for h, _, s in cases if s], sw)

@@ -666,7 +666,8 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
     gates = sim_gates(w, pool, engine, len(phases), reset_cycles)
     gates["side"] = bool(side)  # the side stream's phase register runs blocks too
     out_sel_bits = bits(len(w.packs) - 1) if len(w.packs) > 1 else 0
-    outputs = _controller_outputs(w, act, out_sel_bits, {pid[id(p)]: c for c, ph in s.commands.items() for p in ph})
+    outputs = _controller_outputs(w, act, out_sel_bits, {pid[id(p)]: c for c, ph in s.commands.items() for p in ph},
+                                  _writes_apart(s))
     spec = {
         "name": f"{name}_ctrl", "fsm": f"{name}_fsm", "phase_bits": bits(len(phases)),
         "counters": s.counter_count(), "counter_bits": s.counter_bits(),
@@ -743,16 +744,64 @@ def _share_read_addresses(w: _Wiring) -> None:
             req["any_bank"] = len(rows) == 1
 
 
+def _share_write_addresses(w: _Wiring, apart: set[str]) -> None:
+    """Mark the write requests (on the first port) whose address may go to every bank of their memory
+    (``"any_bank"``, as ``_share_read_addresses``): on a memory of several banks whose writes by two phases never
+    land in one cycle (``apart``: the write enables keep their bank condition, and a bank not written ignores its
+    address), each phase writing it from one tap at one row."""
+    rows: dict[str, dict[int, set]] = {}
+    for wr in w.writes:
+        if not wr.get("port_b"):
+            m = w.mems[wr["memory"]]
+            key = (wr["tap"], _row_key(wr, m["factors"], m["bank_shape"]))
+            rows.setdefault(wr["memory"], {}).setdefault(wr["phase"], set()).add(key)
+    for wr in w.writes:
+        if not wr.get("port_b") and w.mems[wr["memory"]]["banks"] > 1:
+            wr["any_bank"] = wr["memory"] in apart and all(len(k) == 1 for k in rows[wr["memory"]].values())
+
+
+def _writes_apart(s: sched.Schedule) -> set[str]:
+    """The memories whose writes by two phases never land in one cycle. On the main stream a phase B after a phase A
+    sets up at least ``drain`` cycles after A's last issue plus the shortest advance of each phase between them, so
+    B's first write lands after A's last one where A's latest write tap less B's earliest falls short of that gap;
+    the program's passes repeat its stage phases (two passes are checked, the wrap-around included). The side
+    stream's phases wait for every write of the phases before them that share a memory (passes/streams.py)."""
+    clash: set[str] = set()
+    for phases in s.commands.values():
+        main = [ph for ph in phases if ph.stream == streams.MAIN]
+        body = [k for k, ph in enumerate(main) if ph.kind == "stage"]
+        seq = main
+        if body and main[body[0]].groups > 1:
+            first, last = body[0], body[-1]
+            seq = main[:first] + main[first:last + 1] * 2 + main[last + 1:]
+        shortest = [min(ph.advance_in(p) for p in range(ph.groups)) for ph in seq]
+        for i, a in enumerate(seq):
+            gap = 1 + sched.SETUP_CYCLES + a.drain_cycles
+            for j in range(i + 1, len(seq)):
+                b = seq[j]
+                for port in a.writes:
+                    late = [q.tap for q in b.writes if q.buffer == port.buffer]
+                    if late and port.tap - min(late) >= gap:
+                        clash.add(port.buffer)
+                gap += shortest[j]
+    return {m for phases in s.commands.values() for ph in phases for m in (q.buffer for q in ph.writes)} - clash
+
+
 def _row_key(req: dict, factors: list[int], bank_shape: list[int]) -> tuple:
     """What a request's row within its bank depends on (``circt_child.locate``): per index dim, for a dim cut
-    evenly into the banks its coefficients and constant divided by the bank factor, else the dim as it is; equal
-    keys in one phase mean one address."""
+    evenly into the banks its coefficients and constant divided by the bank factor; for a plain sum over ``f``
+    banks, ``floor((T + c) / f)`` with ``T`` a multiple of ``g``, the gcd of ``f`` and its coefficients, the same
+    for every constant ``c`` of one quotient by ``f`` and one quotient of its remainder by ``g``; else the dim as it
+    is. Equal keys in one phase mean one address."""
     key = []
     for a, f, rows, w in zip(req["index"], factors, bank_shape, req["dim_bits"], strict=True):
         if rows <= 1:
             key.append(None)
         elif a["div"] == 1 and not a["mod"] and all(c % f == 0 for _, c in a["terms"]):
             key.append((tuple((k, c // f) for k, c in a["terms"]), a["const"] // f))
+        elif a["div"] == 1 and not a["mod"] and a["const"] >= 0:
+            g = math.gcd(f, *(c for _, c in a["terms"]))
+            key.append((tuple(map(tuple, a["terms"])), a["const"] // f, a["const"] % f // g, w))
         else:
             key.append((tuple(map(tuple, a["terms"])), a["const"], a["div"], a["mod"], w))
     return tuple(key)
@@ -1047,11 +1096,14 @@ class _Wiring:
         host["guests"].append((i, ph.stage))
 
 
-def _controller_outputs(w: _Wiring, act: dict, out_sel_bits: int, command_of: dict[int, str]) -> list[tuple[str, int]]:
+def _controller_outputs(w: _Wiring, act: dict, out_sel_bits: int, command_of: dict[int, str],
+                        apart: set[str]) -> list[tuple[str, int]]:
     """The controller's output ports (name, width); fills in each memory bank's port names (``command_of``: each
-    phase id's command; ``_load_through_second_port``)."""
+    phase id's command; ``_load_through_second_port``) and marks the requests whose address every bank may take
+    (``apart``: the memories whose writes by two phases never land in one cycle, ``_writes_apart``)."""
     _load_through_second_port(w, command_of)
     _share_read_addresses(w)
+    _share_write_addresses(w, apart)
     outputs: list[tuple[str, int]] = [("idle", 1), ("in_ready", 1), ("out_valid", 1), ("unused_bits", 1)]
     if out_sel_bits:
         outputs.append(("out_sel", out_sel_bits))
