@@ -244,6 +244,7 @@ class MemoryCost:
             m = resources.bank_mapping(depth, buf.fmt.width, read_only)
             select, regs = self._mux_bits(name, spec) if self.muxes else (0.0, 0.0)
             # the banks' one read address (emit._share_read_addresses, as most memories), each bank's write address
+            # (most memories share that one too, emit._share_write_addresses: not priced here yet)
             ports = (1 + (0 if read_only else spec.banks)) * schedule.bits(depth - 1)
             out[name] = {"bram36": spec.banks * m.bram36,
                          "lut": spec.banks * m.luts * lut["lutram_luts"] + select * lut["select_bits"]
