@@ -230,10 +230,12 @@ def _allocated_point(one: Kernel, base, target, name: str, size: int, share: flo
     def run(aim):
         k = copy.deepcopy(one)
         allocate.allocate(k, target, base.plan, aim, program, price_muxes, pinned)  # (the kernel keeps its lanes)
-        if cut is not None:
+        pipelined = cut is not None and pipeline_groups.pipelinable(k, program)  # (not with lanes over models)
+        if pipelined:
             k = pipeline_groups.pipeline(k, program, cut)
         most = max(st.total_lanes for st in k.programs[program].stages)
-        return measure(k, target, name, max(st.model_lanes for st in k.stages()), most, allocation=label)
+        return measure(k, target, name, max(st.model_lanes for st in k.stages()), most,
+                       allocation=label if pipelined or cut is None else label.replace(", pipelined", ""))
 
     def faster(got, best):
         return got[0] is not None and got[0].usage <= share and (
