@@ -169,8 +169,9 @@ def test_nothing_fits_is_a_budget_error(mlp_example):
 
 
 def test_trades_of_lanes_after_the_greedy(mlp_example):
-    """At 23% of the budget (multiplexers unpriced) the digits MLP's greedy allocation ends where a trade of lanes
-    between two stages saves cycles within the budget (432 here, with the side stream's controller priced; 192 at
+    """At 22% of the budget (multiplexers unpriced) the digits MLP's greedy allocation ends where a trade of lanes
+    between two stages saves cycles within the budget (432 here, on the session-24 fit; 432 at 23% with the side
+    stream's controller priced; 192 at
     22% on the fit with ``srl_bits`` and ReLU's backward fused into its gradient's multiply-accumulate; 1,728 at
     20% before both, with fc1's ReLU fused into its multiply-accumulate; 192 before that, 1,792 at 25% before the
     inference ran on its training twins' units);
@@ -183,7 +184,7 @@ def test_trades_of_lanes_after_the_greedy(mlp_example):
     one = copy.deepcopy(design.kernel)
     base, _, _ = explore.measure(one, target, "k", 1, 1)
 
-    state = allocate.greedy(copy.deepcopy(one), target, base.plan, 0.23, "train_step", price_muxes=False)
+    state = allocate.greedy(copy.deepcopy(one), target, base.plan, 0.22, "train_step", price_muxes=False)
     trade = state.best_trade()
     assert trade is not None and trade[0] > 0
     before = state.cycles()
@@ -194,7 +195,7 @@ def test_trades_of_lanes_after_the_greedy(mlp_example):
     # allocate is the greedy, the trades and the widening: its choices are that state's
     state.widen_by_narrowing()
     k = copy.deepcopy(one)
-    assert allocate.allocate(k, target, base.plan, 0.23, "train_step", price_muxes=False) == {
+    assert allocate.allocate(k, target, base.plan, 0.22, "train_step", price_muxes=False) == {
         n: state.options[n][state.choice[n]] for n in state.stages}
 
 
