@@ -224,8 +224,7 @@ def _allocated_point(one: Kernel, base, target, name: str, size: int, share: flo
     erratic in its aim); the fastest that fits is kept. ``cut``: each allocation's groups then pipelined there."""
     program, aim, got, best = main_program(one), share, (None, None, None), None
     fits, over = 0.0, None  # the largest aim whose plan fits, the smallest whose plan is over
-    label = (f"per stage, {share:.0%}" + (f", groups of {size}" if size > 1 else "")
-             + (", pipelined" if cut is not None else ""))
+    label = f"per stage, {share:.0%}" + (f", groups of {size}" if size > 1 else "")
 
     def run(aim):
         k = copy.deepcopy(one)
@@ -235,7 +234,7 @@ def _allocated_point(one: Kernel, base, target, name: str, size: int, share: flo
             k = pipeline_groups.pipeline(k, program, cut)
         most = max(st.total_lanes for st in k.programs[program].stages)
         return measure(k, target, name, max(st.model_lanes for st in k.stages()), most,
-                       allocation=label if pipelined or cut is None else label.replace(", pipelined", ""))
+                       allocation=label + (", pipelined" if pipelined else ""))
 
     def faster(got, best):
         return got[0] is not None and got[0].usage <= share and (

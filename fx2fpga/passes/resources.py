@@ -314,7 +314,9 @@ def _ctrl_bits(p) -> float:
     """The controller: loop counters, and each bank port's registered address (the address generators); with a
     side stream (passes/streams.py) its counters and phase register too, and a done flag per phase waited for."""
     s = p.schedule
-    ports = sum(_address_registers(p, m) * m["addr_bits"] for m in p.memories)
+    reads, writes = _by_memory(p.spec["reads"]), _by_memory(p.spec["writes"])
+    ports = sum(_address_registers(m, reads.get(m["name"], []), writes.get(m["name"], [])) * m["addr_bits"]
+                for m in p.memories)
     requests = sum(sum(d for d in r["dim_bits"]) for r in p.spec["reads"] + p.spec["writes"])
     side, flagged = _side_stream(p)
     phase_bits = sched.bits(len(s.phases()))
@@ -322,11 +324,19 @@ def _ctrl_bits(p) -> float:
                  + (len(s.phases()) + side) * phase_bits + len(flagged))
 
 
-def _address_registers(p, m: dict) -> int:
-    """A memory's read- and write-address registers: for each port, one its banks share where every request that
-    sets it may go to every bank (``emit._share_read_addresses``, ``emit._share_write_addresses``), else one a bank."""
-    writes = [w for w in p.spec["writes"] if w["memory"] == m["name"]]
-    reads = [r for r in p.spec["reads"] if r["memory"] == m["name"]] + [w for w in writes if w.get("port_b")]
+def _by_memory(requests: list[dict]) -> dict[str, list[dict]]:
+    """The controller's requests by the memory they address."""
+    out: dict[str, list[dict]] = {}
+    for r in requests:
+        out.setdefault(r["memory"], []).append(r)
+    return out
+
+
+def _address_registers(m: dict, reads: list[dict], writes: list[dict]) -> int:
+    """A memory's read- and write-address registers (``reads``, ``writes``: its requests): for each port, one its
+    banks share where every request that sets it may go to every bank (``emit._share_read_addresses``,
+    ``emit._share_write_addresses``), else one a bank."""
+    reads = reads + [w for w in writes if w.get("port_b")]
     ports = [reads] if m["read_only"] else [reads, [w for w in writes if not w.get("port_b")]]
     return sum(1 if reqs and all(r.get("any_bank") for r in reqs) else m["banks"] for reqs in ports)
 

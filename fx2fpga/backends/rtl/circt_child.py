@@ -605,11 +605,16 @@ class _Controller:
         ``any_bank`` (emit._share_read_addresses) joins its phase's case for every bank, keyed (memory, None),
         (memory, phase): the OR of their hits, their one address."""
         if port.get("any_bank"):
-            shared = cases.setdefault((port["memory"], None), {})
-            shared.setdefault(port["phase"], []).append((hit, addr))
+            self.share_address(cases, port, hit, addr)
             return
         for b in port["banks"]:
             cases.setdefault((port["memory"], b), []).append((self.bank_hit(hit, bank_q, b), addr))
+
+    @staticmethod
+    def share_address(cases: dict, port: dict, hit, addr) -> None:
+        """A request marked ``any_bank`` into its phase's case for every bank of its memory: cases[(memory, None)]
+        maps each phase to its requests' (hit, address)."""
+        cases.setdefault((port["memory"], None), {}).setdefault(port["phase"], []).append((hit, addr))
 
     def phase_case(self, reqs: list) -> tuple:
         """One phase's requests of one address (``any_bank``) as one case: the OR of their hits, the first's
@@ -644,7 +649,7 @@ class _Controller:
                                            []).append((self.bank_hit(hit, bank_q, b), None if shared else addr,
                                                        port["source"][str(b)]))
                 if shared:
-                    wport_cases.setdefault((port["memory"], None), {}).setdefault(port["phase"], []).append((hit, addr))
+                    self.share_address(wport_cases, port, hit, addr)
                 if port.get("port_b"):  # at the read port's address
                     self.read_address(raddr_cases, port, hit, bank_q, addr)
         return wport_cases

@@ -732,16 +732,11 @@ def _share_read_addresses(w: _Wiring) -> None:
     in one cycle (reads issue at one tap, one phase a stream at a time, the streams share no memory; a loading
     phase writes alone). Every bank of a memory whose requests are all marked then gets the same address, one
     register (Yosys merges the banks' equal ones)."""
-    groups: dict[tuple[str, int], list[dict]] = {}
-    for req in [*w.reads, *(wr for wr in w.writes if wr.get("port_b"))]:
-        groups.setdefault((req["memory"], req["phase"]), []).append(req)
-    for (memory, _), reqs in groups.items():
-        m = w.mems[memory]
-        if m["banks"] < 2:
-            continue
-        rows = {(req.get("tap"), _row_key(req, m["factors"], m["bank_shape"])) for req in reqs}
-        for req in reqs:
-            req["any_bank"] = len(rows) == 1
+    reqs = [*w.reads, *(wr for wr in w.writes if wr.get("port_b"))]
+    rows = _rows_by_phase(w, reqs)
+    for req in reqs:
+        if w.mems[req["memory"]]["banks"] > 1:
+            req["any_bank"] = len(rows[req["memory"]][req["phase"]]) == 1
 
 
 def _share_write_addresses(w: _Wiring, apart: set[str]) -> None:
@@ -749,15 +744,21 @@ def _share_write_addresses(w: _Wiring, apart: set[str]) -> None:
     (``"any_bank"``, as ``_share_read_addresses``): on a memory of several banks whose writes by two phases never
     land in one cycle (``apart``: the write enables keep their bank condition, and a bank not written ignores its
     address), each phase writing it from one tap at one row."""
-    rows: dict[str, dict[int, set]] = {}
-    for wr in w.writes:
-        if not wr.get("port_b"):
-            m = w.mems[wr["memory"]]
-            key = (wr["tap"], _row_key(wr, m["factors"], m["bank_shape"]))
-            rows.setdefault(wr["memory"], {}).setdefault(wr["phase"], set()).add(key)
-    for wr in w.writes:
-        if not wr.get("port_b") and w.mems[wr["memory"]]["banks"] > 1:
+    writes = [wr for wr in w.writes if not wr.get("port_b")]
+    rows = _rows_by_phase(w, writes)
+    for wr in writes:
+        if w.mems[wr["memory"]]["banks"] > 1:
             wr["any_bank"] = wr["memory"] in apart and all(len(k) == 1 for k in rows[wr["memory"]].values())
+
+
+def _rows_by_phase(w: _Wiring, reqs: list[dict]) -> dict[str, dict[int, set]]:
+    """memory -> phase -> the (tap, ``_row_key``) pairs of ``reqs`` there: one pair, one address."""
+    rows: dict[str, dict[int, set]] = {}
+    for req in reqs:
+        m = w.mems[req["memory"]]
+        key = (req.get("tap"), _row_key(req, m["factors"], m["bank_shape"]))
+        rows.setdefault(req["memory"], {}).setdefault(req["phase"], set()).add(key)
+    return rows
 
 
 def _writes_apart(s: sched.Schedule) -> set[str]:
