@@ -171,6 +171,7 @@ def measure(k: Kernel, target, name: str, model_lanes: int, lanes: int, allocati
 PER_STAGE_BUDGETS = (0.2, 0.4, 0.6)  # further budgets the per-stage allocation is run for (besides AUTO_BUDGET)
 PLAN_RETRIES = 6  # allocations redone with a smaller budget while the full plan is over the share
 RETRY_MARGIN = 0.98  # ... each aiming that much below the proportional budget (the greedy lands close to its aim)
+FULL_ENOUGH = 0.97  # a first aim whose plan uses less than this share of the budget is followed by a higher one
 AIMS_BELOW = (0.985, 0.97, 0.955)  # after the bisection: the largest fitting aim times these, tried too
 
 
@@ -217,11 +218,21 @@ def pipeline_cut(kernel: Kernel) -> int | None:
     return pipeline_groups.loss_cut(kernel, program)
 
 
+def pipelined_if_allowed(kernel: Kernel, program: str, cut: int | None) -> tuple[Kernel, bool]:
+    """``kernel`` with the groups of ``program`` pipelined at ``cut`` where the kernel as allocated allows it
+    (``pipeline_groups.pipelinable``: an allocation may give stages lanes over models, which it refuses), and
+    whether it did. The explorer checks the allocated kernel, not the one-lane one it found the cut on."""
+    if cut is None or not pipeline_groups.pipelinable(kernel, program):
+        return kernel, False
+    return pipeline_groups.pipeline(kernel, program, cut), True
+
+
 def _allocated_point(one: Kernel, base, target, name: str, size: int, share: float, price_muxes: bool,
                      pinned: dict | None = None, cut: int | None = None):
-    """``per_stage_point``'s allocation with or without the multiplexers priced: the budget it aims at bisected
-    against the full plan, then a few aims below the largest that fits (``AIMS_BELOW``: the greedy's outcome is
-    erratic in its aim); the fastest that fits is kept. ``cut``: each allocation's groups then pipelined there."""
+    """``per_stage_point``'s allocation with or without the multiplexers priced: the budget it aims at raised
+    while the full plan leaves room (``FULL_ENOUGH``), bisected once a plan is over, then a few aims below the
+    largest that fits (``AIMS_BELOW``: the greedy's outcome is erratic in its aim); the fastest that fits is kept.
+    ``cut``: each allocation's groups then pipelined there."""
     program, aim, got, best = main_program(one), share, (None, None, None), None
     fits, over = 0.0, None  # the largest aim whose plan fits, the smallest whose plan is over
     label = f"per stage, {share:.0%}" + (f", groups of {size}" if size > 1 else "")
@@ -229,9 +240,7 @@ def _allocated_point(one: Kernel, base, target, name: str, size: int, share: flo
     def run(aim):
         k = copy.deepcopy(one)
         allocate.allocate(k, target, base.plan, aim, program, price_muxes, pinned)  # (the kernel keeps its lanes)
-        pipelined = cut is not None and pipeline_groups.pipelinable(k, program)  # (not with lanes over models)
-        if pipelined:
-            k = pipeline_groups.pipeline(k, program, cut)
+        k, pipelined = pipelined_if_allowed(k, program, cut)
         most = max(st.total_lanes for st in k.programs[program].stages)
         return measure(k, target, name, max(st.model_lanes for st in k.stages()), most,
                        allocation=label + (", pipelined" if pipelined else ""))
@@ -241,14 +250,18 @@ def _allocated_point(one: Kernel, base, target, name: str, size: int, share: flo
             best is None or got[0].model_steps_per_s > best[0].model_steps_per_s)
 
     for _ in range(PLAN_RETRIES):
-        got = run(aim)
+        before, got = got, run(aim)
         if got[0] is None:
             break
         if got[0].usage <= share:
             best = got if faster(got, best) else best
             fits = aim
-            if over is None:  # the first aim fits: nothing larger was refused
-                break
+            if over is None:  # nothing larger refused yet: aim higher while the plan leaves room (the greedy's
+                # sums over-predict it) and a higher aim still buys lanes
+                if got[0].usage >= share * FULL_ENOUGH or (before[0] and got[0].usage <= before[0].usage):
+                    break
+                aim *= share / got[0].usage
+                continue
         else:
             over = aim
         aim = (fits + over) / 2 if fits else aim * share / got[0].usage * RETRY_MARGIN

@@ -3,6 +3,7 @@ that fits; the Pareto front."""
 
 from __future__ import annotations
 
+import copy
 import re
 
 import numpy as np
@@ -276,3 +277,24 @@ def test_block_ram_takes_lut_ram_banks_at_the_chosen_point(auto_mlp):
     assert without.lut - with_block.lut == pytest.approx(saved, abs=1)
     shares, before = with_block.shares(target), without.shares(target)
     assert shares["bram36"] < max(before["lut"], before["ff"]) and max(before["lut"], before["ff"]) > 0.5
+
+
+def test_the_explorer_pipelines_only_an_allocation_without_lanes_over_models():
+    """The cut is found on the one-lane kernel, but the allocation may then give a stage lanes over models, which
+    ``compile(pipeline_groups=)`` refuses (session 24: the explorer had pipelined such a 30-MLP point, a kernel
+    no backend had run): the allocated kernel is checked again."""
+    torch.manual_seed(0)
+    models = [torch.nn.Linear(8, 3) for _ in range(8)]
+    d = fx2fpga.compile(models, (torch.randn(2, 8),), lanes=1, model_lanes=2, outputs="hls",
+                        train=fx2fpga.SGD(F.cross_entropy, torch.tensor([0, 2]), 0.1))
+    kernel, program = d.kernel, explore.main_program(d.kernel)
+    assert kernel.programs[program].groups == 4
+    for st in kernel.stages():  # an allocation of one lane everywhere, in groups of two
+        tile.set_stage_lanes(st, 1, 1)
+    cut = explore.pipeline_cut(kernel)
+    assert cut is not None
+    pipelined, did = explore.pipelined_if_allowed(copy.deepcopy(kernel), program, cut)
+    assert did and pipelined.meta["pipelined"][program]["cut"] == cut
+    tile.set_stage_lanes(kernel.programs[program].stages[cut], 2, 1)  # a lagging stage on both models of a group
+    same, did = explore.pipelined_if_allowed(kernel, program, cut)
+    assert not did and same is kernel and "pipelined" not in kernel.meta
