@@ -298,7 +298,7 @@ def engine_features(engine: dict | None) -> dict[str, float]:
     inits = [u for u in engine["users"] if "cvt_init" in u]
     acc = sum(w for w, dsp in zip(engine["lane_widths"], engine["dsp_acc"], strict=True) if not dsp)
     ored = sum(w * max(0, sum(u["lanes"] > lane for u in inits) - 1) for lane, w in enumerate(engine["lane_widths"]))
-    delay = sum(engine["lane_widths"]) * (n - 1) if inits else 0
+    delay = sum(engine["lane_widths"]) * (1 if engine["hold_init"] else n - 1) if inits else 0
     return {"adder_bits": float(acc), "cvt_bits": float(outs), "unit_reg_bits": float(acc + delay + outs),
             "select_bits": float(ored)}
 
@@ -352,8 +352,8 @@ def _engine_init_srl_bits(engine: dict | None) -> float:
     """The MAC engine's initial-value delay line (``init_<l>_s2..sn``, n - 1 >= 2 registers after the operand's):
     per lane, the bits the initial values of the stages reaching it occupy (the union of [shift, shift + width) of
     their init operands: the bits below are constant 0, the bits above sign copies, which Yosys merges)."""
-    if engine is None or not engine["has_init"] or engine["term_stage"] < 3:
-        return 0.0
+    if engine is None or not engine["has_init"] or engine["term_stage"] < 3 or engine["hold_init"]:
+        return 0.0  # (held: one register a lane, emit.mac_engine)
     inits = [u for u in engine["users"] if "cvt_init" in u]
     bits = 0
     for lane in range(engine["lanes"]):

@@ -293,6 +293,39 @@ def test_exact_macs_share_one_mac_engine(mlp):
     assert all(resources._unit_adder_bits(u) == 0 for u in macs)
     top = (design.out_dir / "rtl" / "digitsmlp_top.sv").read_text()
     assert top.count("digitsmlp_mac_engine eng (") == 1
+    # every reduction takes 10 points or more (the engine's product stage less one: 5): each lane holds the bias
+    # or parameter it starts from in one register instead of a delay line (shift-register LUTs)
+    assert p.engine["hold_init"] and min(u["points"] for u in macs) == 10 and p.engine["term_stage"] == 6
+    engine = (design.out_dir / "rtl" / "digitsmlp_mac_engine.sv").read_text()
+    assert "init_0_h <= init_0;" in engine and "init_0_s2" not in engine
+    assert resources._engine_init_srl_bits(p.engine) == 0
+
+
+@slow
+def test_short_reductions_keep_the_initial_values_delay_line(tmp_path):
+    """A reduction of fewer points than the engine's product stage less one would load the next initial value
+    before its own first product: a net of 4 -> 6 -> 3 trained on batches of 2 (the weight gradients sum 2
+    points) keeps the delay line, and Verilator equals the emulator over two steps."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    import fx2fpga
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    x, y = torch.randn(2, 4), torch.tensor([0, 2])
+    design = fx2fpga.compile(model, (x,), train=fx2fpga.SGD(F.cross_entropy, y, 0.1), lanes=2, outputs="rtl",
+                             out_dir=tmp_path / "short")
+    engine = design.rtl_plan().engine
+    assert engine["has_init"] and not engine["hold_init"]
+    assert min(u["points"] for u in engine["users"]) == 2 < engine["term_stage"] - 1
+    rtl = next((tmp_path / "short" / "rtl").glob("*_mac_engine.sv")).read_text()
+    assert "init_0_s2 <= init_0;" in rtl and "init_0_h" not in rtl
+    rng = np.random.default_rng(1)
+    assert_backend_equals_emu(design, "rtl", [("train_step", [x.numpy(), y.numpy()]),
+                                              ("train_step", [rng.normal(0, 1, (2, 4)), np.array([1, 1])]),
+                                              ("infer", [x.numpy()])])
 
 
 def test_a_guest_runs_on_the_same_hardware_as_its_host(mlp):

@@ -272,7 +272,10 @@ def mac_engine(units: list[dict], name: str, pool: dict | None, cvts: _Cvts) -> 
     accumulator. Each such unit keeps its operand registers (to the shared multiplier) and converts its
     initial value (the bias); the engine ORs those (0 but in the cycles a stage's operands arrive),
     accumulates the shared multiplier's product, and converts the result once per distinct output
-    conversion. None with fewer than two such units: nothing to share."""
+    conversion. The initial value arrives with the first operands (stage 1) and is added with the first product
+    (stage ``n``): where every reduction takes at least ``n - 1`` issues, the next one's initial value comes after
+    that, so one register loaded at the first operands holds it (``hold_init``) instead of a delay line of
+    ``n - 1`` (a LUT per bit as shift registers). None with fewer than two such units: nothing to share."""
     users = [u for u in units if u["op"] == "mac" and u["exact"] and not u["sr"]]  # (SR: each lane its bits)
     if len(users) < 2 or pool is None:
         return None
@@ -290,10 +293,12 @@ def mac_engine(units: list[dict], name: str, pool: dict | None, cvts: _Cvts) -> 
                  engine_widths=lane_widths[:u["lanes"]])  # its initial value, per lane, at the lane's width
     for out in outs.values():  # each lane converts from its own width
         out["cvts"] = [cvts.get(lane_widths[lane], *out["convert"]) for lane in range(out["lanes"])]
+    n = users[0]["term_stage"]
     return {"module": f"{name}_mac_engine", "lanes": lanes, "width": width, "lane_widths": lane_widths,
             "dsp_acc": [_accumulates_in_dsp(pool, users, lane, lane_widths[lane]) for lane in range(lanes)],
-            "term_stage": users[0]["term_stage"], "prod_width": pool["product"]["width"],
-            "has_init": any("cvt_init" in u for u in users), "outs": list(outs.values()), "users": users}
+            "term_stage": n, "prod_width": pool["product"]["width"],
+            "has_init": any("cvt_init" in u for u in users), "outs": list(outs.values()), "users": users,
+            "hold_init": min(u["points"] for u in users) >= n - 1}
 
 
 DSP_ACC_BITS = {"DSP48E1": 48}  # the accumulator (P register) of a target's DSP block, where it has one
@@ -466,7 +471,8 @@ def _reduce_view(view: dict, spec, kernel, cvts: _Cvts) -> dict:
     out_fmt = kernel.buffers[st.out.buffer].fmt
     acc = st.acc
     view.update(kind="reduce", latency=sched.unit_latency(st.op), accumulate=spec.accumulate,
-                term_stage=sched.unit_latency(st.op) - 2)  # the accumulator, then the result
+                term_stage=sched.unit_latency(st.op) - 2,  # the accumulator, then the result
+                points=reduction_points(st))  # issues per result (the fewest of the phases on the unit)
     n_ops = sched.streamed_operands(st)
     view["n_ops"] = n_ops
     aw, fa = _iw(acc), acc.frac_bits  # the accumulator as a signed number
@@ -489,14 +495,19 @@ def _reduce_view(view: dict, spec, kernel, cvts: _Cvts) -> dict:
     else:
         view["init_value"] = _lit(acc.raw_min if spec.acc_init == "minimum" else 0, aw)
     if spec.accumulate == "argmax":  # the output is the position, an integer
-        points = math.prod(lp.extent for lp in st.loops if lp.var in st.reduce)
-        view["pos_width"] = bits(points - 1)
+        view["pos_width"] = bits(view["points"] - 1)
         view["cvt_out"] = cvts.get(view["pos_width"] + 1, 0, out_fmt, view["counted"])
     else:
         view["cvt_out"] = cvts.get(aw, fa, out_fmt, view["counted"], view["relu"])
     view.update(out_fmt=out_fmt, acc_frac=fa,
                 exact=st.op == "mac" and _never_rounds_or_overflows(view, st))
     return view
+
+
+def reduction_points(st) -> int:
+    """The points of a stage's reduction: its issues per result (the reduced loops are innermost and have no
+    lanes)."""
+    return math.prod(lp.extent for lp in st.loops if lp.var in st.reduce)
 
 
 def _raw_magnitude(operand: dict) -> int:
@@ -512,8 +523,7 @@ def _never_rounds_or_overflows(view: dict, st) -> bool:
     if not acc.signed or view["shift_acc"] or view["shift_term"]:
         return False
     ops = view["ops"]
-    points = math.prod(lp.extent for lp in st.loops if lp.var in st.reduce)
-    bound = points * _raw_magnitude(ops[0]) * _raw_magnitude(ops[1])
+    bound = view["points"] * _raw_magnitude(ops[0]) * _raw_magnitude(ops[1])
     if "cvt_init" in view:
         init = ops[view["n_ops"]]
         shift = acc.frac_bits - init["frac"]
@@ -1091,6 +1101,7 @@ class _Wiring:
                     self.acts[str(i)] = sel
                     operand["guarded"] = True
         if host["kind"] == "reduce":
+            host["points"] = min(host["points"], reduction_points(ph.stage))
             self.go[str(i)], self.first[str(i)] = f"go_p{i}", f"first_p{i}"
             host["go"] += f" | go_p{i}"
             host["first"] += f" | first_p{i}"
