@@ -68,7 +68,8 @@ def main() -> None:
     row["fits"] = all(row["yosys"][k] <= row["budget"][k] for k in ("lut", "ff", "dsp", "bram36"))
     path = RESULTS / "resource_model_check.json"
     rows = json.loads(path.read_text())["checks"] if path.is_file() else []
-    rows = [r for r in rows if (r["design"], r["cycles"]) != (row["design"], row["cycles"])] + [row]  # (reruns)
+    same = ("design", "cycles", "yosys")  # a rerun of the same RTL; a changed RTL at the same cycles is a new row
+    rows = [r for r in rows if any(r.get(k) != row[k] for k in same)] + [row]
     RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"about": __doc__.splitlines()[0], "checks": rows}, indent=1) + "\n")
     print(json.dumps(row, indent=1))
