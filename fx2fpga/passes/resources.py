@@ -247,13 +247,15 @@ def _memory_features(p, block_ram: bool = True) -> dict[str, float]:
         forced = BankMapping("bram", bram36=bram36_for(max(2, m["depth"]), m["width"]))
         for mapping, banks in ((own, m["banks"] - block), (forced, block)):
             f["lutram_luts"] += banks * mapping.luts
-            f["bram36"] += banks * mapping.bram36
+            f["bram36"] += 0.0 if m.get("side_by_side") else banks * mapping.bram36
             if mapping.kind == "logic" and m["read_only"]:
                 f["rom_bits"] += banks * max(2, m["depth"]) * m["width"]
             elif mapping.kind == "logic":  # a tiny RAM in flip-flops
                 f["mem_reg_bits"] += banks * max(2, m["depth"]) * m["width"]
             if mapping.kind == "lutram":
                 f["mem_reg_bits"] += banks * m["width"]  # the read register LUT-RAM does not have
+        if m.get("side_by_side"):  # one RAM of the banks side by side (emit._banks_side_by_side)
+            f["bram36"] += bank_mapping(m["depth"], m["banks"] * m["width"], False).bram36
         if m.get("load_port") is not None:  # the registered write data of both ports, no select
             f["mem_reg_bits"] += 2 * m["banks"] * m["width"]
         elif not m["read_only"]:
@@ -564,7 +566,7 @@ def assign_block_ram(p, target) -> None:
         return
     costs = load_costs()
     used = predict(rtl_features(p, block_ram=False), costs)
-    candidates = [c for m in p.memories
+    candidates = [c for m in p.memories if not m.get("side_by_side")
                   if (c := block_ram_candidate(m["name"], m["banks"], bank_mapping(m["depth"], m["width"],
                                                                                    m["read_only"]),
                                                m["depth"], m["width"], costs))]

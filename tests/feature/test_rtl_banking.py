@@ -19,6 +19,7 @@ from torch import nn
 import fx2fpga
 
 from ..conftest import assert_backend_equals_emu
+from .test_rtl import assert_lint_clean
 
 DIVIDE_BY_ZERO = re.compile(r"[/%] \d+'h0\b")  # `x / 1'h0`, `x % 2'h0` in the generated SystemVerilog
 
@@ -57,3 +58,28 @@ def test_rtl_equals_emu_over_training_steps(grouped_conv_training):
     rng = np.random.default_rng(1)
     x2, y2 = rng.normal(0, 1, x.shape), rng.normal(0, 1, y.shape)
     assert_backend_equals_emu(design, "rtl", [("train_step", [x, y]), ("train_step", [x2, y2]), ("infer", [x])])
+
+
+@pytest.mark.slow
+def test_banks_written_together_are_one_ram_side_by_side(tmp_path):
+    """A 64-wide layer on a batch of 64 at 16 lanes writes all 16 banks of its output (256 x 16 bits each, a
+    RAMB18 apiece) in every issue, at one address: the banks are one RAM of 256 x 256 bits (4 BRAM36 instead of 8),
+    each bank a slice of its word; Verilator equals the emulator. The weights, which the host loads one word at a
+    time, keep a RAM per bank."""
+    from fx2fpga.passes import resources
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 8)
+    design = fx2fpga.compile(nn.Linear(8, 64), (x,), lanes=16, outputs="rtl", out_dir=tmp_path / "wide")
+    mems = {m["name"]: m for m in design.rtl_plan().memories}
+    out = mems["infer_output"]
+    assert out["side_by_side"] and (out["banks"], out["depth"], out["width"]) == (16, 256, 16)
+    assert not mems["weight"]["side_by_side"]
+    assert resources.bank_mapping(256, 16, False).bram36 * 16 == 8.0
+    assert resources.bank_mapping(256, 16 * 16, False).bram36 == 4.0
+    top = (tmp_path / "wide" / "rtl" / "linear_top.sv").read_text()
+    assert "fx2fpga_ram #(.W(256), .DEPTH(256), .AW(8)) mem_infer_output (" in top
+    assert "mem_infer_output_0 (" not in top and "mem_weight_0 (" in top
+    assert_lint_clean(tmp_path / "wide" / "rtl", "linear_top")  # (the other banks' ports sunk)
+    rng = np.random.default_rng(0)
+    assert_backend_equals_emu(design, "rtl", [("infer", [x.numpy()]), ("infer", [rng.normal(0, 2, (64, 8))])])

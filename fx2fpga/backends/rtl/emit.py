@@ -749,6 +749,32 @@ def _share_read_addresses(w: _Wiring) -> None:
             req["any_bank"] = len(rows[req["memory"]][req["phase"]]) == 1
 
 
+def _banks_side_by_side(w: _Wiring, m: dict) -> bool:
+    """Whether the banks of memory ``m`` are one RAM, side by side in its word (``banks x width`` bits): every
+    phase writing it writes every bank at once (one request a bank, each to one bank known at compile time, from
+    one tap, without a guard), so the banks' write enables are equal; its reads and writes each have one address
+    for all banks (``any_bank``); nothing but the datapath writes it (no host words, no initial values); and block
+    RAM holds the wide word in fewer blocks than the banks one by one (the inference's output of 30 MLPs: 32
+    banks of 150 x 16 bits, 16 BRAM36 in RAMB18s, one RAM of 150 x 512 bits in 7.5)."""
+    if m["read_only"] or m["init"] or m["banks"] < 2 or m["load_port"] is not None:
+        return False
+    writes = [wr for wr in w.writes if wr["memory"] == m["name"]]
+    if not writes or any(wr["stream"] or len(wr["banks"]) != 1 or wr["guard"] or not wr.get("any_bank")
+                         for wr in writes):
+        return False
+    if not all(r.get("any_bank") for r in w.reads if r["memory"] == m["name"]):
+        return False
+    by_phase: dict[int, list[dict]] = {}
+    for wr in writes:
+        by_phase.setdefault(wr["phase"], []).append(wr)
+    if any(sorted(wr["banks"][0] for wr in ws) != list(range(m["banks"])) or len({wr["tap"] for wr in ws}) != 1
+           or len({wr["last_only"] for wr in ws}) != 1 for ws in by_phase.values()):
+        return False
+    one = resources.bank_mapping(m["mem_depth"], m["width"], False)
+    wide = resources.bank_mapping(m["mem_depth"], m["width"] * m["banks"], False)
+    return one.kind == wide.kind == "bram" and wide.bram36 < m["banks"] * one.bram36
+
+
 def _share_write_addresses(w: _Wiring, apart: set[str]) -> None:
     """Mark the write requests (on the first port) whose address may go to every bank of their memory
     (``"any_bank"``, as ``_share_read_addresses``): on a memory of several banks whose writes by two phases never
@@ -1116,6 +1142,8 @@ def _controller_outputs(w: _Wiring, act: dict, out_sel_bits: int, command_of: di
     _load_through_second_port(w, command_of)
     _share_read_addresses(w)
     _share_write_addresses(w, apart)
+    for m in w.mems.values():
+        m["side_by_side"] = _banks_side_by_side(w, m)
     outputs: list[tuple[str, int]] = [("idle", 1), ("in_ready", 1), ("out_valid", 1), ("unused_bits", 1)]
     if out_sel_bits:
         outputs.append(("out_sel", out_sel_bits))
