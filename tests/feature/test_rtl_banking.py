@@ -78,7 +78,7 @@ def test_banks_written_together_are_one_ram_side_by_side(tmp_path):
     assert resources.bank_mapping(256, 16, False).bram36 * 16 == 8.0
     assert resources.bank_mapping(256, 16 * 16, False).bram36 == 4.0
     top = (tmp_path / "wide" / "rtl" / "linear_top.sv").read_text()
-    assert "fx2fpga_ram #(.W(256), .DEPTH(256), .AW(8)) mem_infer_output (" in top
+    assert "fx2fpga_ram #(.W(256), .DEPTH(256), .AW(8)) sbs_mem_infer_output (" in top
     assert "mem_infer_output_0 (" not in top and "mem_weight_0 (" in top
     assert_lint_clean(tmp_path / "wide" / "rtl", "linear_top")  # (the other banks' ports sunk)
     rng = np.random.default_rng(0)

@@ -1137,8 +1137,9 @@ class _Wiring:
 def _controller_outputs(w: _Wiring, act: dict, out_sel_bits: int, command_of: dict[int, str],
                         apart: set[str]) -> list[tuple[str, int]]:
     """The controller's output ports (name, width); fills in each memory bank's port names (``command_of``: each
-    phase id's command; ``_load_through_second_port``) and marks the requests whose address every bank may take
-    (``apart``: the memories whose writes by two phases never land in one cycle, ``_writes_apart``)."""
+    phase id's command; ``_load_through_second_port``), marks the requests whose address every bank may take
+    (``apart``: the memories whose writes by two phases never land in one cycle, ``_writes_apart``) and the
+    memories whose banks are one RAM side by side (``_banks_side_by_side``)."""
     _load_through_second_port(w, command_of)
     _share_read_addresses(w)
     _share_write_addresses(w, apart)
