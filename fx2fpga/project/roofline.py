@@ -88,9 +88,8 @@ def _onchip_bytes(kernel: Kernel, program: str) -> int:
     bits = 0
     prog = kernel.programs[program]
     for st in prog.stages:
-        reduced = math.prod(lp.extent for lp in st.loops if lp.var in st.reduce)
         bits += st.iterations * sum(kernel.buffers[a.buffer].fmt.width for a in st.ins)
-        bits += st.iterations // max(1, reduced) * kernel.buffers[st.out.buffer].fmt.width
+        bits += st.iterations // st.reduction_points * kernel.buffers[st.out.buffer].fmt.width
     return prog.groups * bits // 8
 
 

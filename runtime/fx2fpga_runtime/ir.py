@@ -253,6 +253,15 @@ class Stage:
             n *= lp.extent
         return n
 
+    @property
+    def reduction_points(self) -> int:
+        """The points of each result's reduction: the extents of the reduced loops multiplied (1 without any)."""
+        n = 1
+        for lp in self.loops:
+            if lp.var in self.reduce:
+                n *= lp.extent
+        return n
+
 
 LAG = "lag"  # Stage.attrs key: the passes a stage lags behind (pipelined groups)
 

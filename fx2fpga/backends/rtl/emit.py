@@ -470,9 +470,11 @@ def _reduce_view(view: dict, spec, kernel, cvts: _Cvts) -> dict:
     st, ops = view["stage"], view["ops"]
     out_fmt = kernel.buffers[st.out.buffer].fmt
     acc = st.acc
+    # points: issues per result (the reduced loops are innermost, without lanes); the fewest of the phases on the
+    # unit once its guests join (_Wiring.add_guest)
     view.update(kind="reduce", latency=sched.unit_latency(st.op), accumulate=spec.accumulate,
                 term_stage=sched.unit_latency(st.op) - 2,  # the accumulator, then the result
-                points=reduction_points(st))  # issues per result (the fewest of the phases on the unit)
+                points=st.reduction_points)
     n_ops = sched.streamed_operands(st)
     view["n_ops"] = n_ops
     aw, fa = _iw(acc), acc.frac_bits  # the accumulator as a signed number
@@ -502,12 +504,6 @@ def _reduce_view(view: dict, spec, kernel, cvts: _Cvts) -> dict:
     view.update(out_fmt=out_fmt, acc_frac=fa,
                 exact=st.op == "mac" and _never_rounds_or_overflows(view, st))
     return view
-
-
-def reduction_points(st) -> int:
-    """The points of a stage's reduction: its issues per result (the reduced loops are innermost and have no
-    lanes)."""
-    return math.prod(lp.extent for lp in st.loops if lp.var in st.reduce)
 
 
 def _raw_magnitude(operand: dict) -> int:
@@ -1127,7 +1123,7 @@ class _Wiring:
                     self.acts[str(i)] = sel
                     operand["guarded"] = True
         if host["kind"] == "reduce":
-            host["points"] = min(host["points"], reduction_points(ph.stage))
+            host["points"] = min(host["points"], ph.stage.reduction_points)
             self.go[str(i)], self.first[str(i)] = f"go_p{i}", f"first_p{i}"
             host["go"] += f" | go_p{i}"
             host["first"] += f" | first_p{i}"
