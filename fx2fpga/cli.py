@@ -107,11 +107,11 @@ def cmd_explore(args) -> int:
                              lanes=args.lanes, model_lanes=args.model_lanes, out_dir=out_dir, name=path.stem,
                              progress=_progress)
     print(f"{'model lanes x lanes':>19s} {'cycles':>9s} {'bus':>6s} {'model-steps/s':>14s} {'LUT':>8s} {'FF':>8s} "
-          f"{'DSP':>5s} {'BRAM36':>7s} {'budget':>7s}")
+          f"{'DSP':>5s} {'BRAM36':>7s} {'budget':>7s} {'allowed':>7s}")
     for p in result.points:
         mark = " chosen" if p.chosen else (" front" if p.pareto else "")
         print(f"{p.label:>19s} {p.cycles:9,d} {p.bus_cycles:6,d} {p.model_steps_per_s:14,.0f} {p.lut:8,d} {p.ff:8,d} "
-              f"{p.dsp:5d} {p.bram36:7g} {p.usage:7.0%}{mark}")
+              f"{p.dsp:5d} {p.bram36:7g} {p.usage:7.0%} {p.load:7.0%}{mark}")
     if result.skipped:
         skipped = ", ".join(f"{m}x{ln}" for m, ln in result.skipped)
         print(f"not evaluated (more lanes than a point over 100% of the LUTs, FFs or DSPs): {skipped}")

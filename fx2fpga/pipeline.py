@@ -287,7 +287,7 @@ def _over_rtl_budget(ctx: CompileContext) -> list[tuple[str, float, float]]:
 
 def _tile_by_exploring(ctx: CompileContext):
     from .errors import ResourceBudgetError
-    from .passes import explore
+    from .passes import explore, resources
 
     lanes = DEFAULT_LANES[0] if ctx.lanes is None else ctx.lanes  # models side by side explored at 4 lanes
     result, kernel, sched = explore.explore(ctx.kernel, ctx.target, lanes, ctx.model_lanes, ctx.name,
@@ -296,11 +296,12 @@ def _tile_by_exploring(ctx: CompileContext):
     if kernel is None:
         if not result.points:
             raise ResourceBudgetError(ctx.target.name, [], "No lane choice maps to the RTL.")
-        least = min(result.points, key=lambda p: p.usage)
-        over = least.resources.over_budget(ctx.target, explore.AUTO_BUDGET)
-        raise ResourceBudgetError(ctx.target.name, over, f"No design point fits {explore.AUTO_BUDGET:.0%} of the "
-                                  f"budget (the smallest, {least.label} lanes, is shown). Use narrower formats "
-                                  "(precision=...), a smaller batch, fewer models, or a larger target.")
+        least = min(result.points, key=lambda p: p.load)
+        over = least.resources.over_allowance(ctx.target)
+        raise ResourceBudgetError(ctx.target.name, over, f"No design point fits the explorer's allowance "
+                                  f"({resources.allowance_text()}: the model's margin; the smallest point, "
+                                  f"{least.label} lanes, is shown). Use narrower formats (precision=...), a smaller "
+                                  "batch, fewer models, or a larger target.")
     ctx.kernel, ctx.schedule = kernel, sched
     return ctx.kernel
 

@@ -277,7 +277,8 @@ def memory_cost(kernel: Kernel, costs: dict) -> dict[str, float]:
 def allocate(kernel: Kernel, target, plan_1x1, budget: float, main: str, price_muxes: bool = True,
              pinned: dict[str, Option] | None = None) -> dict[str, Option]:
     """Give the stages of program ``main`` of the one-lane ``kernel`` (whose plan is ``plan_1x1``) their lanes:
-    the greedy allocation within ``budget`` (a share of every resource of ``target``), then trades of lanes
+    the greedy allocation within ``budget`` (a share of each resource's allowance on ``target``,
+    ``resources.allowance``), then trades of lanes
     between stages (``_Allocation.trade_lanes``, ``_Allocation.widen_by_narrowing``); a stage of another program
     takes the lanes of its twin in ``main`` (``tile.mirror_twin_lanes``: a training kernel's ``infer``), others keep
     one lane; ``price_muxes``: count the multiplexers between banks and lanes in each move (``MemoryCost``);
@@ -302,7 +303,7 @@ def greedy(kernel: Kernel, target, plan_1x1, budget: float, main: str, price_mux
                         shared=shared_lanes(plan_1x1, costs, stages.values()),
                         memory=MemoryCost(kernel, costs, price_muxes), costs=costs,
                         used={"lut": base.lut, "ff": base.ff, "dsp": base.dsp, "bram36": base.bram36},
-                        limit={r: budget * getattr(target, r) for r in RESOURCES})
+                        limit={r: budget * cap for r, cap in resources.allowance(target).items()})
     options, choice = state.options, state.choice
     frozen: set[str] = set()
 

@@ -11,8 +11,9 @@ program (``train_step``, else ``infer``) costing its exact RTL cycles plus what 
 (``bus_cycles``: the output words' write-back, the AXI wrapper's start and finish, and any wait for input
 words where the target's measured bus rate, ``bus_mbytes_per_s``, is below a word per cycle).
 
-``lanes="auto"`` keeps the fastest point whose every resource is within ``AUTO_BUDGET`` of the
-target's (a margin for the model's error; docs/rtl.md, "Resource model"); ``fx2fpga explore``
+``lanes="auto"`` keeps the fastest point whose every resource is within its allowance on the target
+(``resources.ALLOWED_SHARE``: a margin for the model's error on LUT and FF, none on the exact DSP count, the
+block RAM's error on block RAM; docs/rtl.md, "Resource model"); ``fx2fpga explore``
 writes every point, the Pareto front (resources against model-steps/s) and the chosen one as
 JSON and a PNG.
 """
@@ -28,8 +29,8 @@ from fx2fpga_runtime.ir import Kernel
 
 from . import allocate, model_groups, pipeline_groups, resources, schedule, tile
 
-AUTO_BUDGET = 0.85  # share of each of the target's resources the chosen point may use; the margin covers the
-# LUT model's largest leave-one-out error, 11% since the srl_bits refit (0.8 while it was 20%; docs/rtl.md)
+AUTO_BUDGET = 1.0  # share of each resource's allowance (resources.ALLOWED_SHARE) the chosen point may use (until
+# session 26: 0.85 of each resource itself, the LUT model's margin on the exact DSP and block RAM counts too)
 LANE_REQUESTS = (1, 2, 4, 8, 16, 32)  # the per-stage lane requests tried
 
 
@@ -49,7 +50,8 @@ class DesignPoint:
     bram36: float
     model_steps_per_s: float
     usage: float  # the largest share of any of the target's resources it uses
-    fits: bool  # every resource within AUTO_BUDGET of the target's
+    load: float  # the largest share of any resource's allowance it uses (resources.allowance)
+    fits: bool  # every resource within AUTO_BUDGET of its allowance
     allocation: str = ""  # "" for a uniform lane request; "per stage, <budget>" for passes/allocate.py
     group_size: int = 1  # models per group (the program runs once per group)
     pipeline_cut: int | None = None  # the groups pipelined, the stages from this one a pass behind
@@ -57,7 +59,7 @@ class DesignPoint:
     stage_lanes: dict = field(default_factory=dict)  # per-stage points: stage -> [model lanes, lanes, lane loop]
     # of the main program's stages with more than one lane (the loop only with lanes > 1;
     # compile(lanes=stage_lanes, model_lanes=group_size) makes the point)
-    pareto: bool = False  # no other point is as fast with as small a share of the budget
+    pareto: bool = False  # no other point is as fast with as small a load
     chosen: bool = False
 
     plan: object = field(default=None, repr=False, compare=False)  # its RtlPlan (not in the JSON)
@@ -156,12 +158,13 @@ def measure(k: Kernel, target, name: str, model_lanes: int, lanes: int, allocati
     program = main_program(k)
     cycles, bus = sched.call_cycles(program), bus_cycles(k, program, target)
     n = model_groups.model_count(k)
-    usage = max(res.shares(target).values())
+    usage, load = max(res.shares(target).values()), res.load(target)
     stage_lanes = {st.name: [st.model_lanes, st.lanes] + ([st.lane_var] if st.lanes > 1 else [])
                    + ([st.outer_lanes, st.outer_lane_var] if st.outer_lanes > 1 else [])
                    for st in k.stages() if st.total_lanes > 1} if allocation else {}
     point = DesignPoint(model_lanes, lanes, n, program, cycles, bus, res.lut, res.ff, res.dsp, res.bram36,
-                        n * target.clock_mhz * 1e6 / (cycles + bus), usage, usage <= AUTO_BUDGET, allocation=allocation,
+                        n * target.clock_mhz * 1e6 / (cycles + bus), usage, load, load <= AUTO_BUDGET,
+                        allocation=allocation,
                         group_size=model_groups.group_size(k), stage_lanes=stage_lanes,
                         pipeline_cut=k.meta.get("pipelined", {}).get(program, {}).get("cut"))
     point.plan = plan
@@ -187,7 +190,7 @@ def per_stage_point(kernel: Kernel, target, name: str, size: int, share: float):
     one = copy.deepcopy(kernel)
     tile.assign_stage_lanes(one, {}, size)  # groups of ``size``, one lane everywhere
     base, _, _ = measure(one, target, name, 1, 1)
-    if base is None or base.usage > share:  # one lane everywhere is already over: nothing to allocate
+    if base is None or base.load > share:  # one lane everywhere is already over: nothing to allocate
         return None, None, None
     # groups pipelined where the program allows (the loss chain of one group beside the next one's forward), and
     # one allocation of them run one after another to compare (pipelining adds a pass: worth it for many groups)
@@ -200,7 +203,7 @@ def per_stage_point(kernel: Kernel, target, name: str, size: int, share: float):
         got.append(_allocated_point(one, base, target, name, size, share, True, pinned, cut=cut))
     if cut is not None:
         got.append(_allocated_point(one, base, target, name, size, share, True))
-    fitting = [g for g in got if g[0] is not None and g[0].usage <= share]
+    fitting = [g for g in got if g[0] is not None and g[0].load <= share]
     return max(fitting, key=lambda g: g[0].model_steps_per_s) if fitting else got[1]
 
 
@@ -246,25 +249,25 @@ def _allocated_point(one: Kernel, base, target, name: str, size: int, share: flo
                        allocation=label + (", pipelined" if pipelined else ""))
 
     def faster(got, best):
-        return got[0] is not None and got[0].usage <= share and (
+        return got[0] is not None and got[0].load <= share and (
             best is None or got[0].model_steps_per_s > best[0].model_steps_per_s)
 
     for _ in range(PLAN_RETRIES):
         before, got = got, run(aim)
         if got[0] is None:
             break
-        if got[0].usage <= share:
+        if got[0].load <= share:
             best = got if faster(got, best) else best
             fits = aim
             if over is None:  # nothing larger refused yet: aim higher while the plan leaves room (the greedy's
                 # sums over-predict it) and a higher aim still buys lanes
-                if got[0].usage >= share * FULL_ENOUGH or (before[0] and got[0].usage <= before[0].usage):
+                if got[0].load >= share * FULL_ENOUGH or (before[0] and got[0].load <= before[0].load):
                     break
-                aim *= share / got[0].usage
+                aim *= share / got[0].load
                 continue
         else:
             over = aim
-        aim = (fits + over) / 2 if fits else aim * share / got[0].usage * RETRY_MARGIN
+        aim = (fits + over) / 2 if fits else aim * share / got[0].load * RETRY_MARGIN
     for below in AIMS_BELOW if fits else ():
         again = run(fits * below)
         best = again if faster(again, best) else best
@@ -315,7 +318,7 @@ def explore(kernel: Kernel, target, lanes="auto", model_lanes="auto", name: str 
         point, k, sched = evaluate(kernel, target, m, ln, name)
         if progress:
             progress(f"explore {i + 1}/{len(todo)}: {m} model lanes x {ln} lanes"
-                     + (f": {point.model_steps_per_s:,.0f} model-steps/s, {point.usage:.0%} of the budget"
+                     + (f": {point.model_steps_per_s:,.0f} model-steps/s, {point.load:.0%} of the allowance"
                         if point else ": does not map"))
         if point is None:
             continue
@@ -339,8 +342,8 @@ def explore(kernel: Kernel, target, lanes="auto", model_lanes="auto", name: str 
 
 
 def _mark_pareto(points: list[DesignPoint]) -> None:
-    """A point is on the front when no other is at least as fast with at most its share of the budget (the
-    largest share of any resource), and better in one of the two."""
+    """A point is on the front when no other is at least as fast with at most its load (the largest share of a
+    resource's allowance), and better in one of the two."""
     for p in points:
-        p.pareto = not any(q.model_steps_per_s >= p.model_steps_per_s and q.usage <= p.usage
-                           and (q.model_steps_per_s, q.usage) != (p.model_steps_per_s, p.usage) for q in points)
+        p.pareto = not any(q.model_steps_per_s >= p.model_steps_per_s and q.load <= p.load
+                           and (q.model_steps_per_s, q.load) != (p.model_steps_per_s, p.load) for q in points)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from fx2fpga_runtime.ir import stage_lag
 
-from ..passes import ddr_traffic, estimate, placement
+from ..passes import ddr_traffic, estimate, placement, resources
 from ..passes.quant_report import report_lines
 
 
@@ -65,13 +65,14 @@ def _exploration_section(design) -> list[str]:
     t = design.target
     out = ["## Design points", "",
            f"`lanes`/`model_lanes` chosen on exact RTL cycles and the RTL resource model calibrated against Yosys: "
-           f"the fastest point within {result.budget:.0%} of every resource of {t.name}. Model-steps/s count one "
-           f"call of the main program plus its bus transfer at {t.clock_mhz:g} MHz.", ""]
+           f"the fastest point within the allowance of every resource of {t.name} ({resources.allowance_text()}: "
+           f"the model's margin; \"of allowance\", the largest share of one). Model-steps/s count one call of the "
+           f"main program plus its bus transfer at {t.clock_mhz:g} MHz.", ""]
     rows = [[p.label, f"{p.cycles:,}", f"{p.bus_cycles:,}", f"{p.model_steps_per_s:,.0f}",
-             f"{p.lut:,}", f"{p.ff:,}", p.dsp, f"{p.bram36:g}", f"{p.usage:.0%}",
+             f"{p.lut:,}", f"{p.ff:,}", p.dsp, f"{p.bram36:g}", f"{p.usage:.0%}", f"{p.load:.0%}",
              "**chosen**" if p.chosen else ("front" if p.pareto else "")] for p in result.points]
     out += _table(["point (model lanes x lanes, or per stage)", "cycles", "bus cycles", "model-steps/s", "LUT", "FF",
-                   "DSP", "BRAM36", "of budget", ""], rows)
+                   "DSP", "BRAM36", "of budget", "of allowance", ""], rows)
     return out + [""]
 
 

@@ -127,15 +127,16 @@ def test_a_bank_deeper_than_one_block_ram_is_block_rams_in_depth():
 # ----- idle block RAM takes LUT-RAM banks (resources.balance_block_ram, assign_block_ram) -----------------------
 
 def _balance_bank_by_bank(used, candidates, target):
-    """The reference: one bank at a time, best LUTs per BRAM36 first, while the largest share of LUT, FF and
-    BRAM36 falls and the logic's share is above BLOCK_RAM_FROM; stop at the first bank that would not lower it."""
+    """The reference: one bank at a time, best LUTs per BRAM36 first, while the largest share of the LUT, FF and
+    BRAM36 allowances falls and the logic's share is above BLOCK_RAM_FROM; stop at the first bank that would not lower it."""
     lut, ff, bram = used["lut"], used["ff"], used["bram36"]
+    cap = resources.allowance(target)
     moved = {}
     for c in sorted(candidates, key=lambda c: (-c.lut / c.bram36, c.name)):
         for _ in range(c.banks):
-            before = max(lut / target.lut, ff / target.ff, bram / target.bram36)
-            after = max((lut - c.lut) / target.lut, (ff - c.ff) / target.ff, (bram + c.bram36) / target.bram36)
-            if after >= before or max(lut / target.lut, ff / target.ff) <= resources.BLOCK_RAM_FROM:
+            before = max(lut / cap["lut"], ff / cap["ff"], bram / cap["bram36"])
+            after = max((lut - c.lut) / cap["lut"], (ff - c.ff) / cap["ff"], (bram + c.bram36) / cap["bram36"])
+            if after >= before or max(lut / cap["lut"], ff / cap["ff"]) <= resources.BLOCK_RAM_FROM:
                 return moved, (lut, ff, bram)
             lut, ff, bram = lut - c.lut, ff - c.ff, bram + c.bram36
             moved[c.name] = moved.get(c.name, 0) + 1
@@ -152,7 +153,7 @@ candidate_lists = st.lists(
 @given(candidates=candidate_lists, lut=st.floats(0, 70_000), ff=st.floats(0, 120_000), bram=st.floats(0, 150))
 def test_balance_moves_banks_exactly_while_the_largest_share_falls(candidates, lut, ff, bram):
     """The closed form per memory equals moving one bank at a time while the largest of the LUT, FF and BRAM36
-    shares falls and the logic's is above half the target's (every bank saves some LUTs and flip-flops: its
+    allowances' shares falls and the logic's is above half its allowance (every bank saves some LUTs and flip-flops: its
     LUT-RAM and its read register); the totals it returns are those of the moves."""
     target = load_target("pynq-z1")
     used = {"lut": lut, "ff": ff, "bram36": bram, "dsp": 7.0}
