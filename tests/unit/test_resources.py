@@ -128,7 +128,8 @@ def test_a_bank_deeper_than_one_block_ram_is_block_rams_in_depth():
 
 def _balance_bank_by_bank(used, candidates, target):
     """The reference: one bank at a time, best LUTs per BRAM36 first, while the largest share of the LUT, FF and
-    BRAM36 allowances falls and the logic's share is above BLOCK_RAM_FROM; stop at the first bank that would not lower it."""
+    BRAM36 allowances falls and the logic's share is above BLOCK_RAM_FROM; stop at the first bank that would not
+    lower it."""
     lut, ff, bram = used["lut"], used["ff"], used["bram36"]
     cap = resources.allowance(target)
     moved = {}
@@ -153,8 +154,8 @@ candidate_lists = st.lists(
 @given(candidates=candidate_lists, lut=st.floats(0, 70_000), ff=st.floats(0, 120_000), bram=st.floats(0, 150))
 def test_balance_moves_banks_exactly_while_the_largest_share_falls(candidates, lut, ff, bram):
     """The closed form per memory equals moving one bank at a time while the largest of the LUT, FF and BRAM36
-    allowances' shares falls and the logic's is above half its allowance (every bank saves some LUTs and flip-flops: its
-    LUT-RAM and its read register); the totals it returns are those of the moves."""
+    allowances' shares falls and the logic's is above half its allowance (every bank saves some LUTs and
+    flip-flops: its LUT-RAM and its read register); the totals it returns are those of the moves."""
     target = load_target("pynq-z1")
     used = {"lut": lut, "ff": ff, "bram36": bram, "dsp": 7.0}
     moved, after = resources.balance_block_ram(used, candidates, target)
