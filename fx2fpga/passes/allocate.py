@@ -23,7 +23,9 @@ redone with a proportionally smaller budget.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 
 from fx2fpga_runtime.ir import MODEL_VAR, Kernel, Stage
 from fx2fpga_runtime.ops import OPS_TABLE
@@ -67,6 +69,8 @@ def lane_costs(plan, costs: dict) -> dict[str, LaneCost]:
             adder += u["product"]["width"] * (len(u["product"]["parts"]) - 1)
             dsp = len(u["product"]["parts"])
             bram = rom[0].bram36
+        elif u.get("own_product"):  # a side-stream product on its own multipliers (not the pool's)
+            dsp = len(u["pool"]["product"]["parts"])
         reg = resources._unit_reg_bits(u)
         data_bits = sum(o["width"] for o in u["ops"]) + u["out_width"]
         logic = adder * lut["adder_bits"] + resources.unit_sr_bits(u) * lut["sr_bits"]
@@ -82,16 +86,71 @@ def lane_costs(plan, costs: dict) -> dict[str, LaneCost]:
 
 @dataclass
 class SharedLanes:
-    """Lanes several stages share (the multiplier pool, the MAC engine): a stage wider than ``lanes`` pays
-    ``cost`` for each new one."""
+    """Lanes several stages share (the MAC engine): a stage wider than ``lanes`` pays ``cost`` for each new one."""
 
     cost: LaneCost
     stages: frozenset[str]
     lanes: int = 1
 
-    def growth(self, st: Stage, total: int) -> int:
-        """The new shared lanes ``st`` at ``total`` lanes needs."""
-        return max(0, total - self.lanes) if st.name in self.stages else 0
+    def added(self, st: Stage, total: int) -> dict[str, float]:
+        """The resources the new shared lanes of ``st`` at ``total`` lanes add."""
+        grow = max(0, total - self.lanes) if st.name in self.stages else 0
+        return {r: grow * getattr(self.cost, r) for r in RESOURCES}
+
+    def take(self, st: Stage, total: int) -> None:
+        """``st`` now has ``total`` lanes."""
+        if st.name in self.stages:
+            self.lanes = max(self.lanes, total)
+
+    def state(self) -> int:
+        return self.lanes
+
+    def restore(self, state: int) -> None:
+        self.lanes = state
+
+
+@dataclass
+class PoolLanes:
+    """The shared multipliers (``emit.multiplier_pool``) priced lane by lane: lane ``l`` multiplies as wide as the
+    widest operands of the pooled stages with more than ``l`` lanes (``emit._lane_plan``), so a lane only narrow
+    stages reach takes fewer DSP blocks (24 x 16 bits: one DSP48E1; 24 x 24: two). Until session 26 every new
+    lane was priced at the widest stage's multiplier, and the 30 MLPs' fc1 forward and weight update (24 x 16)
+    could not widen past the 64 lanes where fc2's backward (24 x 24) reached."""
+
+    widths: dict[str, tuple[int, int]]  # pooled stage -> its (wider, narrower) operand bits
+    parts: Callable[[int, int], list]  # (wa, wb) -> the DSP-sized partial products (emit.product_plan's parts)
+    ff_per_bit: float
+    by_lane: bool = True  # False: every lane at the widest stage's multiplier (an upper bound; see allocate)
+    lanes: dict[str, int] = field(default_factory=dict)  # pooled stage -> its lanes now (1 where not given)
+
+    def cost(self, lanes: dict[str, int]) -> dict[str, float]:
+        """DSP blocks and registers (operands, partial products, product) of the pool for the stages at ``lanes``."""
+        dsp = ff = 0.0
+        for lane in range(max((lanes.get(n, 1) for n in self.widths), default=0)):
+            ws = [w for n, w in self.widths.items() if lanes.get(n, 1) > lane or not self.by_lane]
+            wa, wb = max(w[0] for w in ws), max(w[1] for w in ws)
+            parts = self.parts(wa, wb)
+            dsp += len(parts)
+            ff += 2 * (wa + wb) + sum(p[2] for p in parts)
+        return {"lut": 0.0, "ff": ff * self.ff_per_bit, "dsp": dsp, "bram36": 0.0}
+
+    def added(self, st: Stage, total: int) -> dict[str, float]:
+        """What ``st`` at ``total`` lanes adds to the pool: lanes widened for it, and new ones."""
+        if st.name not in self.widths:
+            return dict.fromkeys(RESOURCES, 0.0)
+        now, after = self.cost(self.lanes), self.cost({**self.lanes, st.name: total})
+        return {r: after[r] - now[r] for r in RESOURCES}
+
+    def take(self, st: Stage, total: int) -> None:
+        """``st`` now has ``total`` lanes."""
+        if st.name in self.widths:
+            self.lanes[st.name] = total
+
+    def state(self) -> dict[str, int]:
+        return dict(self.lanes)
+
+    def restore(self, state: dict[str, int]) -> None:
+        self.lanes = dict(state)
 
 
 def engine_lane_cost(plan, costs: dict) -> LaneCost:
@@ -104,27 +163,19 @@ def engine_lane_cost(plan, costs: dict) -> LaneCost:
     return LaneCost(lut=lut, ff=costs["ff"].get("unit_reg_bits", 0.0) * f["unit_reg_bits"] / lanes, dsp=0, bram36=0)
 
 
-def shared_lanes(plan, costs: dict, stages) -> list[SharedLanes]:
-    """The multiplier pool (every multiplying stage) and the MAC engine (its users) of a one-lane plan."""
-    multiplying = frozenset(st.name for st in stages if OPS_TABLE[st.op].multiplies)
+def shared_lanes(plan, costs: dict, pool_by_lane: bool = True) -> list:
+    """The multiplier pool (``PoolLanes``: the main stream's multiplying stages; ``pool_by_lane``: its lanes priced
+    each at its own width) and the MAC engine (its users) of a one-lane plan."""
+    from ..backends.rtl import emit  # (the backend imports the passes, not the reverse, at load)
+
     users = frozenset(st.name for u in plan.engine["users"] for _, st in resources.unit_stages(u)) if plan.engine \
         else frozenset()
-    return [SharedLanes(pool_lane_cost(plan, costs), multiplying), SharedLanes(engine_lane_cost(plan, costs), users)]
-
-
-def pool_lane_cost(plan, costs: dict) -> LaneCost:
-    """One more lane of the shared multiplier pool: its DSP blocks and registers (the partial products' sum is in
-    the DSP blocks' cascade: ``resources._pool_features``), at the widest stage's multiplier. A lane only narrower
-    stages reach takes fewer DSP blocks (``emit._lane_plan``), so this is an upper bound; pricing each stage's
-    lanes at its own width (levels of shared lanes) made the digits MLP's chosen point 6% slower (1,989 cycles
-    against 1,873), the greedy then widening the narrow stages first."""
-    pool = plan.pool
-    if pool is None:
-        return LaneCost(0, 0, 0, 0)
-    prod = pool["product"]
-    parts = sum(w for _, _, w, _ in prod["parts"])
-    return LaneCost(lut=0.0, ff=costs["ff"]["pool_reg_bits"] * (pool["wa"] + pool["wb"] + parts + prod["width"]),
-                    dsp=len(prod["parts"]), bram36=0.0)
+    kind = plan.pool["dsp_kind"] if plan.pool else "DSP48E1"
+    widths = {st.name: (u["ma_width"], u["mb_width"]) for u in (plan.pool["users"] if plan.pool else ())
+              for _, st in resources.unit_stages(u)}
+    pool = PoolLanes(widths, cache(lambda wa, wb: emit.product_plan(wa, wb, kind)["parts"]),
+                     costs["ff"]["pool_reg_bits"], pool_by_lane)
+    return [pool, SharedLanes(engine_lane_cost(plan, costs), users)]
 
 
 # (model lanes, lanes, the loop the lanes run over: None for one lane, outer lanes, their loop: None for one)
@@ -274,8 +325,46 @@ def memory_cost(kernel: Kernel, costs: dict) -> dict[str, float]:
     return MemoryCost(kernel, costs).total()
 
 
+def weight_pair(kernel: Kernel, main: str) -> tuple[Stage, Stage] | None:
+    """The multiply-accumulate stages of program ``main`` that read and that write its largest parameter written by
+    one (a layer's forward and its weight update), or None."""
+    mac = [st for st in kernel.programs[main].stages if OPS_TABLE[st.op].multiplies and OPS_TABLE[st.op].reduction]
+    pairs = [(r, w) for p in sorted(kernel.params, key=lambda p: -math.prod(kernel.buffers[p].shape))
+             for w in mac if w.out.buffer == p for r in mac if r is not w and any(a.buffer == p for a in r.ins)]
+    return pairs[0] if pairs else None
+
+
+def aligned_pair(kernel: Kernel, target, main: str, width: int) -> dict[str, Option] | None:
+    """A seed for the allocation (``allocate``'s ``pinned``): the stages of program ``main`` that read and that write
+    its largest parameter (``weight_pair``: a layer's forward and its weight update), each at ``width``
+    lanes in all, over the loops that bank the parameter the cheapest (``MemoryCost``: its banks, multiplexers and
+    addresses), which is where the two agree (the forward's lanes along a dim the update banks too). Each alone
+    pays for the MAC engine's new lanes and saves only its own cycles, so the greedy does not widen them past the
+    engine; and it prices each on the banking the other left, so it seldom gives them one layout (the 30 MLPs'
+    fc1 forward at 16 out x 8 batch and its update at 8 in x 16 out, the weight banked 16 x 8: 39,213 cycles
+    against the greedy's 42,926, session 26). None without such a pair or a choice of ``width`` lanes for both."""
+    pair = weight_pair(kernel, main)
+    if pair is None:
+        return None
+    read, write = pair
+    name = write.out.buffer
+    memory = MemoryCost(kernel, resources.load_costs())
+    saved = [(st, st.model_lanes, st.lanes, st.lane_var, st.outer_lanes, st.outer_lane_var) for st in (read, write)]
+    best = None
+    for a in (o for o in _options(read) if total(o) == width and o[0] == 1):
+        for b in (o for o in _options(write) if total(o) == width and o[0] == 1):
+            tile.set_stage_lanes(read, *a)
+            tile.set_stage_lanes(write, *b)
+            cost = memory._costs([name])[name]
+            share = cost["bram36"] / target.bram36 + cost["lut"] / target.lut
+            best = (share, a, b) if best is None or share < best[0] else best
+    for st, *lanes in saved:
+        tile.set_stage_lanes(st, *lanes)
+    return None if best is None else {read.name: best[1], write.name: best[2]}
+
+
 def allocate(kernel: Kernel, target, plan_1x1, budget: float, main: str, price_muxes: bool = True,
-             pinned: dict[str, Option] | None = None) -> dict[str, Option]:
+             pinned: dict[str, Option] | None = None, pool_by_lane: bool = False) -> dict[str, Option]:
     """Give the stages of program ``main`` of the one-lane ``kernel`` (whose plan is ``plan_1x1``) their lanes:
     the greedy allocation within ``budget`` (a share of each resource's allowance on ``target``,
     ``resources.allowance``), then trades of lanes
@@ -284,7 +373,7 @@ def allocate(kernel: Kernel, target, plan_1x1, budget: float, main: str, price_m
     one lane; ``price_muxes``: count the multiplexers between banks and lanes in each move (``MemoryCost``);
     ``pinned``: stages given these lanes first, which nothing moves after (``tile.stream_lanes``).
     Returns the ``Option`` chosen per stage name of ``main``."""
-    state = greedy(kernel, target, plan_1x1, budget, main, price_muxes, pinned)
+    state = greedy(kernel, target, plan_1x1, budget, main, price_muxes, pinned, pool_by_lane)
     state.trade_lanes()
     state.widen_by_narrowing()
     tile.mirror_twin_lanes(kernel, main)
@@ -292,7 +381,7 @@ def allocate(kernel: Kernel, target, plan_1x1, budget: float, main: str, price_m
 
 
 def greedy(kernel: Kernel, target, plan_1x1, budget: float, main: str, price_muxes: bool = True,
-           pinned: dict[str, Option] | None = None) -> _Allocation:
+           pinned: dict[str, Option] | None = None, pool_by_lane: bool = False) -> _Allocation:
     """The greedy part of ``allocate``: the stages of ``kernel`` get its lanes (``pinned`` ones theirs, first, and
     no other choice after); the state it ends in."""
     costs = resources.load_costs()
@@ -300,7 +389,7 @@ def greedy(kernel: Kernel, target, plan_1x1, budget: float, main: str, price_mux
     stages = {st.name: st for st in kernel.programs[main].stages}
     state = _Allocation(kernel, target, stages, options={n: _options(st) for n, st in stages.items()},
                         choice=dict.fromkeys(stages, 0), per_lane=lane_costs(plan_1x1, costs),
-                        shared=shared_lanes(plan_1x1, costs, stages.values()),
+                        shared=shared_lanes(plan_1x1, costs, pool_by_lane),
                         memory=MemoryCost(kernel, costs, price_muxes), costs=costs,
                         used={"lut": base.lut, "ff": base.ff, "dsp": base.dsp, "bram36": base.bram36},
                         limit={r: budget * cap for r, cap in resources.allowance(target).items()})
@@ -358,7 +447,7 @@ class _Allocation:
     options: dict[str, list[Option]]
     choice: dict[str, int]
     per_lane: dict[str, LaneCost]
-    shared: list[SharedLanes]
+    shared: list  # PoolLanes, SharedLanes
     memory: MemoryCost
     costs: dict
     used: dict[str, float]
@@ -440,16 +529,16 @@ class _Allocation:
         return sum(stage_cycles(st, *self.options[n][self.choice[n]]) for n, st in self.stages.items())
 
     def _snapshot(self) -> tuple:
-        return (dict(self.used), dict(self.memory.per_buffer), dict(self.choice), [sh.lanes for sh in self.shared])
+        return (dict(self.used), dict(self.memory.per_buffer), dict(self.choice), [sh.state() for sh in self.shared])
 
     def _restore(self, saved: tuple) -> None:
         self.used, self.memory.per_buffer, choice, lanes = dict(saved[0]), dict(saved[1]), saved[2], saved[3]
         for n, j in choice.items():
             if self.choice[n] != j:
                 tile.set_stage_lanes(self.stages[n], *self.options[n][j])
-        self.choice = dict(choice)
-        for sh, n in zip(self.shared, lanes, strict=True):
-            sh.lanes = n
+        self.choice.update(choice)  # (in place: the greedy holds the dict)
+        for sh, state in zip(self.shared, lanes, strict=True):
+            sh.restore(state)
 
     def best_trade(self) -> tuple | None:
         """(cycles saved, the narrower stage's move, the wider one's) of the trade that saves the most and fits,
@@ -489,7 +578,7 @@ class _Allocation:
         self.choice[n] = j
         tile.set_stage_lanes(self.stages[n], *self.options[n][j])
         for sh in self.shared:
-            sh.lanes += sh.growth(self.stages[n], total(self.options[n][j]))
+            sh.take(self.stages[n], total(self.options[n][j]))
 
     def _apply_pair(self, down: tuple, up: tuple) -> bool:
         """Make the trade: the narrower stage first, then the wider one priced again on the memories as they
@@ -525,7 +614,7 @@ def _previous(opts: list[Option], i: int) -> list[int]:
     return [j for j in smaller if total(opts[j]) == total(opts[smaller[-1]])] if smaller else []
 
 
-def _move(kernel, st: Stage, now: Option, to: Option, cost: LaneCost, shared: list[SharedLanes], target,
+def _move(kernel, st: Stage, now: Option, to: Option, cost: LaneCost, shared: list, target,
           memory: MemoryCost, costs):
     """(cycles saved per share of the budget spent, resources added, the costs of the buffers it touches after)
     of moving ``st`` from choice ``now`` to ``to`` (its memories re-banked: tried on the stage, then undone)."""
@@ -533,7 +622,8 @@ def _move(kernel, st: Stage, now: Option, to: Option, cost: LaneCost, shared: li
     extra = total(to) - total(now)
     delta = {r: extra * getattr(cost, r) for r in RESOURCES}
     for sh in shared:
-        delta = {r: delta[r] + sh.growth(st, total(to)) * getattr(sh.cost, r) for r in RESOURCES}
+        added = sh.added(st, total(to))
+        delta = {r: delta[r] + added[r] for r in RESOURCES}
     tile.set_stage_lanes(st, *to)
     mem = memory.after(st)
     tile.set_stage_lanes(st, *now)

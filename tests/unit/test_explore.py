@@ -304,3 +304,45 @@ def test_the_explorer_pipelines_only_an_allocation_without_lanes_over_models():
     tile.set_stage_lanes(kernel.programs[program].stages[cut], 2, 1)  # a lagging stage on both models of a group
     same, did = explore.pipelined_if_allowed(kernel, program, cut)
     assert not did and same is kernel and "pipelined" not in kernel.meta
+
+
+def test_pool_lanes_are_priced_at_the_widest_stage_reaching_each():
+    """The shared multipliers lane by lane (allocate.PoolLanes, as emit._lane_plan builds them): a 24 x 24-bit stage
+    on 2 lanes and a 24 x 16-bit one on 4 take two DSP48E1 on the first two lanes and one on the other two; priced
+    at the widest everywhere (before session 26, and the greedy's other pricing), eight."""
+    from fx2fpga.backends.rtl import emit
+
+    parts = lambda wa, wb: emit.product_plan(wa, wb, "DSP48E1")["parts"]  # noqa: E731
+    assert (len(parts(24, 24)), len(parts(24, 16))) == (2, 1)
+    st = lambda name: type("S", (), {"name": name})()  # noqa: E731
+    pool = allocate.PoolLanes({"bwd": (24, 24), "fwd": (24, 16)}, parts, 1.0, lanes={"bwd": 2})
+    assert pool.added(st("fwd"), 4)["dsp"] == 2 + 2 - 2  # lanes 2 and 3 new, one block each (lane 0-1 are bwd's)
+    pool.take(st("fwd"), 4)
+    assert pool.cost(pool.lanes)["dsp"] == 6 and pool.added(st("bwd"), 4)["dsp"] == 2  # bwd widens lanes 2, 3
+    assert allocate.PoolLanes(pool.widths, parts, 1.0, by_lane=False).cost(pool.lanes)["dsp"] == 8
+    assert pool.added(st("other"), 64) == dict.fromkeys(allocate.RESOURCES, 0.0)  # not pooled: nothing
+
+
+def test_the_largest_weights_forward_and_update_seeded_alike(mlp_example):
+    """allocate.aligned_pair: fc1's forward (reads the weight) and its update (writes it) at 128 lanes each, over
+    loops that agree on the weight: the forward's lanes bank it along a dim the update banks it too (the forward
+    reduces over the other), so the pair's banks are the update's alone, 128, one a lane."""
+    from fx2fpga.backends.common import buffer_banking
+
+    sgd = fx2fpga.SGD(F.cross_entropy, mlp_example.example_targets, 0.1)
+    design = fx2fpga.compile(mlp_example.model, mlp_example.example_inputs, train=sgd, lanes=1)
+    k = copy.deepcopy(design.kernel)
+    seed = allocate.aligned_pair(k, design.target, "train_step", 128)
+    assert set(seed) == {"train_addmm", "train_update_fc1_weight"}
+    assert all(allocate.total(o) == 128 and o[0] == 1 for o in seed.values())
+    stages = {st.name: st for st in k.stages()}
+    alone = []
+    for name, option in seed.items():
+        tile.set_stage_lanes(stages[name], *option)
+        alone.append(buffer_banking(k, ["fc1_weight"])["fc1_weight"].factors)
+        tile.set_stage_lanes(stages[name], 1, 1)
+    for name, option in seed.items():
+        tile.set_stage_lanes(stages[name], *option)
+    both = buffer_banking(k, ["fc1_weight"])["fc1_weight"].factors
+    assert all(b % a == 0 for a, b in zip(*alone, strict=True)) and both == alone[1] and np.prod(both) == 128
+    assert allocate.aligned_pair(k, design.target, "train_step", 3) is None  # no choice of 3 lanes in all for both
