@@ -186,8 +186,9 @@ def per_stage_point(kernel: Kernel, target, name: str, size: int, share: float):
     (the full plan grows faster than the per-lane sums, and not smoothly). The greedy runs twice, with the
     multiplexers between banks and lanes priced in each move and without (its choices differ, and neither is
     always faster); a third pins the first stage at the shape that takes the input as it arrives
-    (``tile.stream_lanes``). ``(DesignPoint, kernel, schedule)`` of the fastest allocation that fits (else the
-    unpriced one), or Nones."""
+    (``tile.stream_lanes``); the last pins the largest weight's forward and update at twice the lanes the best of
+    those gave them (``allocate.aligned_pair``). ``(DesignPoint, kernel, schedule)`` of the fastest allocation that
+    fits (else the unpriced one), or Nones."""
     one = copy.deepcopy(kernel)
     tile.assign_stage_lanes(one, {}, size)  # groups of ``size``, one lane everywhere
     base, _, _ = measure(one, target, name, 1, 1)
