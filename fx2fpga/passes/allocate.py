@@ -33,7 +33,7 @@ from fx2fpga_runtime.ops import OPS_TABLE
 from ..backends.common import buffer_banking
 from . import resources, schedule, tile
 
-RESOURCES = ("lut", "ff", "dsp", "bram36")
+RESOURCES = resources.RESOURCES
 ALTERNATIVES = 4  # further choices of a stage tried when its next one does not fit
 
 
@@ -113,14 +113,15 @@ class SharedLanes:
 class PoolLanes:
     """The shared multipliers (``emit.multiplier_pool``) priced lane by lane: lane ``l`` multiplies as wide as the
     widest operands of the pooled stages with more than ``l`` lanes (``emit._lane_plan``), so a lane only narrow
-    stages reach takes fewer DSP blocks (24 x 16 bits: one DSP48E1; 24 x 24: two). Until session 26 every new
-    lane was priced at the widest stage's multiplier, and the 30 MLPs' fc1 forward and weight update (24 x 16)
-    could not widen past the 64 lanes where fc2's backward (24 x 24) reached."""
+    stages reach takes fewer DSP blocks (24 x 16 bits: one DSP48E1; 24 x 24: two). With ``by_lane`` False every
+    lane is priced at the widest stage's multiplier (an upper bound, the greedy's pricing but in the seeded
+    allocation: priced so, the 30 MLPs' fc1 forward and weight update, 24 x 16 bits, cannot widen past the 64 lanes
+    fc2's backward, 24 x 24, reaches)."""
 
     widths: dict[str, tuple[int, int]]  # pooled stage -> its (wider, narrower) operand bits
     parts: Callable[[int, int], list]  # (wa, wb) -> the DSP-sized partial products (emit.product_plan's parts)
     ff_per_bit: float
-    by_lane: bool = True  # False: every lane at the widest stage's multiplier (an upper bound; see allocate)
+    by_lane: bool = True  # False: every lane at the widest stage's multiplier
     lanes: dict[str, int] = field(default_factory=dict)  # pooled stage -> its lanes now (1 where not given)
 
     def cost(self, lanes: dict[str, int]) -> dict[str, float]:
@@ -163,7 +164,7 @@ def engine_lane_cost(plan, costs: dict) -> LaneCost:
     return LaneCost(lut=lut, ff=costs["ff"].get("unit_reg_bits", 0.0) * f["unit_reg_bits"] / lanes, dsp=0, bram36=0)
 
 
-def shared_lanes(plan, costs: dict, pool_by_lane: bool = True) -> list:
+def shared_lanes(plan, costs: dict, pool_by_lane: bool) -> list:
     """The multiplier pool (``PoolLanes``: the main stream's multiplying stages; ``pool_by_lane``: its lanes priced
     each at its own width) and the MAC engine (its users) of a one-lane plan."""
     from ..backends.rtl import emit  # (the backend imports the passes, not the reverse, at load)
@@ -341,8 +342,9 @@ def aligned_pair(kernel: Kernel, target, main: str, width: int) -> dict[str, Opt
     addresses), which is where the two agree (the forward's lanes along a dim the update banks too). Each alone
     pays for the MAC engine's new lanes and saves only its own cycles, so the greedy does not widen them past the
     engine; and it prices each on the banking the other left, so it seldom gives them one layout (the 30 MLPs'
-    fc1 forward at 16 out x 8 batch and its update at 8 in x 16 out, the weight banked 16 x 8: 39,213 cycles
-    against the greedy's 42,926, session 26). None without such a pair or a choice of ``width`` lanes for both."""
+    fc1 forward at 32 out x 4 batch and its update at 4 in x 32 out, the weight banked 32 x 4: the explorer's
+    39,408 cycles against the greedy's 42,926, session 26). None without such a pair or a choice of ``width`` lanes
+    for both."""
     pair = weight_pair(kernel, main)
     if pair is None:
         return None
