@@ -171,10 +171,25 @@ def _share_memory(ctx: CompileContext):
     from .passes import memory
 
     if ctx.share_memory:
-        ctx.kernel = memory.run(ctx.kernel)
+        ctx.kernel = memory.run(ctx.kernel, _pipelinable_cuts(ctx.kernel))
     if ctx.saturation_counters:
         ctx.kernel.meta["saturation_counters"] = True
     return ctx.kernel
+
+
+def _pipelinable_cuts(kernel) -> dict[str, int]:
+    """Where the main program of a kernel of several models would lag its groups if they run pipelined
+    (``pipeline_groups.loss_cut``; the explorer and ``pipeline_groups=`` decide later whether they do): {} for one
+    model, a program without a cut, or stages rounding stochastically (never pipelined)."""
+    from fx2fpga_runtime import stochastic
+
+    from .passes import explore, model_groups, pipeline_groups
+
+    program = explore.main_program(kernel)
+    cut = pipeline_groups.loss_cut(kernel, program) if model_groups.model_count(kernel) > 1 else None
+    if cut is None or any(stochastic.rounds_stochastic(st, kernel) for st in kernel.programs[program].stages):
+        return {}
+    return {program: cut}
 
 
 def _order(ctx: CompileContext):

@@ -124,34 +124,44 @@ class PoolLanes:
     by_lane: bool = True  # False: every lane at the widest stage's multiplier
     lanes: dict[str, int] = field(default_factory=dict)  # pooled stage -> its lanes now (1 where not given)
 
+    _now: dict | None = None  # ``cost(lanes)``, kept until the lanes change
+
     def cost(self, lanes: dict[str, int]) -> dict[str, float]:
-        """DSP blocks and registers (operands, partial products, product) of the pool for the stages at ``lanes``."""
+        """DSP blocks and registers (operands, partial products, product) of the pool for the stages at ``lanes``.
+        Lanes ``[a, b)`` between two stages' lane counts are reached by the same stages, so each such run of lanes
+        is priced once (the greedy prices every move: lane by lane, half the explorer's time in session 26)."""
+        counts = {n: lanes.get(n, 1) for n in self.widths}
         dsp = ff = 0.0
-        for lane in range(max((lanes.get(n, 1) for n in self.widths), default=0)):
-            ws = [w for n, w in self.widths.items() if lanes.get(n, 1) > lane or not self.by_lane]
+        start = 0
+        for end in sorted(set(counts.values())):
+            ws = [w for n, w in self.widths.items() if counts[n] >= end or not self.by_lane]
             wa, wb = max(w[0] for w in ws), max(w[1] for w in ws)
             parts = self.parts(wa, wb)
-            dsp += len(parts)
-            ff += 2 * (wa + wb) + sum(p[2] for p in parts)
+            dsp += (end - start) * len(parts)
+            ff += (end - start) * (2 * (wa + wb) + sum(p[2] for p in parts))
+            start = end
         return {"lut": 0.0, "ff": ff * self.ff_per_bit, "dsp": dsp, "bram36": 0.0}
 
     def added(self, st: Stage, total: int) -> dict[str, float]:
         """What ``st`` at ``total`` lanes adds to the pool: lanes widened for it, and new ones."""
         if st.name not in self.widths:
             return dict.fromkeys(RESOURCES, 0.0)
-        now, after = self.cost(self.lanes), self.cost({**self.lanes, st.name: total})
-        return {r: after[r] - now[r] for r in RESOURCES}
+        if self._now is None:
+            self._now = self.cost(self.lanes)
+        after = self.cost({**self.lanes, st.name: total})
+        return {r: after[r] - self._now[r] for r in RESOURCES}
 
     def take(self, st: Stage, total: int) -> None:
         """``st`` now has ``total`` lanes."""
         if st.name in self.widths:
             self.lanes[st.name] = total
+            self._now = None
 
     def state(self) -> dict[str, int]:
         return dict(self.lanes)
 
     def restore(self, state: dict[str, int]) -> None:
-        self.lanes = dict(state)
+        self.lanes, self._now = dict(state), None
 
 
 def engine_lane_cost(plan, costs: dict) -> LaneCost:
@@ -276,6 +286,7 @@ class MemoryCost:
         used = set(self.accesses) | self.from_host | {b for p in kernel.programs.values() for b in p.outputs}
         tables = {st.attrs[k] for st in kernel.stages() for k in ("table", "rom") if k in st.attrs}  # units' ROMs
         self.names = sorted(used - tables)
+        self._known: dict[tuple, dict[str, float]] = {}  # (buffer, its stages' lane loops) -> its costs
         self.per_buffer = self._costs(self.names)
 
     def total(self) -> dict[str, float]:
@@ -287,6 +298,15 @@ class MemoryCost:
         return self._costs(sorted({a.buffer for a in (st.out, *st.ins)} & set(self.per_buffer)))
 
     def _costs(self, names: list[str]) -> dict[str, dict[str, float]]:
+        """The costs of buffers ``names`` at the lanes their stages have now (kept per buffer and those lanes: the
+        greedy prices the same few layouts of a buffer over and over)."""
+        keys = {name: tuple(st.lane_loops() for st, _, _ in self.accesses.get(name, ())) for name in names}
+        missing = [name for name in names if (name, keys[name]) not in self._known]
+        for name, cost in (self._priced(missing) if missing else {}).items():
+            self._known[name, keys[name]] = cost
+        return {name: self._known[name, keys[name]] for name in names}
+
+    def _priced(self, names: list[str]) -> dict[str, dict[str, float]]:
         lut, ff = self.costs["lut"], self.costs["ff"]
         out = {}
         for name, spec in buffer_banking(self.kernel, names).items():

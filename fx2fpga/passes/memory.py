@@ -6,6 +6,13 @@ temps of different programs may always share. Buffers share only with an identic
 and format (the same C++ array type). Assignment is greedy in stage order (interval
 colouring), deterministic. Arrays holding two tensors or more are named ``mem<k>`` (a tensor
 alone keeps its name); ``kernel.meta["memory"]`` records which tensors each shared one holds.
+
+A program whose model groups may run pipelined (``passes/pipeline_groups.py``: the stages from a cut on lag one
+group) runs its two parts at once, for neighbouring groups. There temps share only within one part: a temp of the
+leading part and one of the lagging part, or a temp that crosses the cut (the logits) and any other, would be one
+memory both parts touch, which the side stream may not run beside the other part's stages (``passes/streams.py``).
+Session 27: sharing the 30-MLP step's logits with the softmax chain's temps kept that chain on the main stream,
+39,408 cycles; kept apart, 36,131 at the same resources.
 """
 
 from __future__ import annotations
@@ -30,18 +37,30 @@ def _live_ranges(kernel: Kernel) -> list[tuple[str, str, int, int]]:
     return [(p, b, lo, hi) for b, (p, lo, hi) in ranges.items()]
 
 
-def run(kernel: Kernel) -> Kernel:
-    """Merge temp buffers with disjoint lifetimes, renaming them in every stage."""
-    slots: list[dict] = []  # {"name", "shape", "fmt", "program", "free_after", "holds"}
+def _part(cut: int | None, first: int, last: int) -> str:
+    """Which part of a program a temp living over stages ``first..last`` belongs to: ``lead`` (before ``cut``),
+    ``lag`` (from it on), ``both`` (across it); ``lead`` for a program without a cut."""
+    if cut is None or last < cut:
+        return "lead"
+    return "lag" if first >= cut else "both"
+
+
+def run(kernel: Kernel, cuts: dict[str, int] | None = None) -> Kernel:
+    """Merge temp buffers with disjoint lifetimes, renaming them in every stage. ``cuts``: program -> the stage
+    where its lagging part would start if its groups run pipelined (temps then share within one part only)."""
+    cuts = cuts or {}
+    slots: list[dict] = []  # {"name", "shape", "fmt", "program", "part", "free_after", "holds"}
     rename: dict[str, str] = {}
     for prog, buf_name, first, last in _live_ranges(kernel):
         buf = kernel.buffers[buf_name]
+        part = _part(cuts.get(prog), first, last)
         slot = next((s for s in slots if s["shape"] == buf.shape and s["fmt"] == buf.fmt
-                     and (s["program"] != prog or s["free_after"] < first)), None)
+                     and (s["program"] != prog or (s["free_after"] < first and s["part"] == part != "both"))),
+                    None)
         if slot is None:
             slot = {"shape": buf.shape, "fmt": buf.fmt, "holds": []}
             slots.append(slot)
-        slot.update(program=prog, free_after=last)
+        slot.update(program=prog, part=part, free_after=last)
         slot["holds"].append(buf_name)
     slots = [s for s in slots if len(s["holds"]) > 1]  # a tensor alone in its array keeps its name
     for k, slot in enumerate(slots):

@@ -14,17 +14,17 @@ phase register and issue delay line: the **side stream**. A stage phase goes the
   is not empty. The phases of its window touch none of its memories, so the two streams never meet at a
   memory port, a bank's write data or a read multiplexer.
 
-It then waits before its first issue until every main-stream phase up to the last one before it that touches
-its buffers has written its last result (``Phase.wait``: the index of that phase), and the first main-stream
-phase after it that touches its buffers waits for it (and so for every side phase the side stream runs before
-it: it runs its phases one after another, each after the last write of the one before, in the order of their
-waits, ``Phase.side_rank``). The waits are flags in the controller, set a cycle after a phase's last write
-lands, so the order holds whatever the input stream's pace. A main phase whose wait may delay its first issue
+It then waits before its first issue until every main-stream phase up to the last one before it that touches its
+buffers has written its last result (``Phase.wait``: the index of that phase), and the first main-stream phase after
+it that touches its buffers waits for it (and so for every side phase the side stream runs before it: it runs its
+phases one after another, each after the last write of the one before, the one a main phase needs first among those
+ready, ``Phase.side_rank``, ``_set_waits``). The waits are flags in the controller, set a cycle after a phase's last
+write lands, so the order holds whatever the input stream's pace. A main phase whose wait may delay its first issue
 in the model sets up only after every write of the phases before it (``Phase.barrier``: a stalled issue could
-otherwise meet a write at one bank in one cycle); only the input stream stalls, and it delays the main stream
-alone, so a wait the model says never blocks never does. Each side phase sets up after the last write of the
-one before it. The side stream starts with each pass of the program's first main-stream stage phase (each model
-group's pass) and the pass's last stage phase ends only when the side stream is idle.
+otherwise meet a write at one bank in one cycle); only the input stream stalls, and it delays the main stream alone,
+so a wait the model says never blocks never does. Each side phase sets up after the last write of the one before it.
+The side stream starts with each pass of the program's first main-stream stage phase (each model group's pass) and
+the pass's last stage phase ends only when the side stream is idle.
 
 ``command_cycles`` is the exact model of the controller (``backends/rtl/circt_child.py``): the cycles from the
 cycle a command is accepted to the cycle it is idle again, with the input words arriving every cycle.
@@ -84,27 +84,53 @@ def _touching(phases: list[Phase], mine: set[str], indices, free: frozenset[str]
 def _set_waits(phases: list[Phase], free: frozenset[str]) -> None:
     """Each phase's ``wait`` for the side phases chosen (``stream``) and the side stream's order (``side_rank``):
     a side phase waits for the main phases up to the last one before it touching its buffers; the side stream
-    runs its phases in the order of their waits (the earliest ready first), a phase after every side phase
-    before it that touches its buffers; a main phase waits for the latest, in that order, of the side phases
-    before it touching its buffers (and so for every side phase before that one: none waits for a main phase
-    after it, so no wait is circular)."""
+    runs, of the phases ready, the one due first (``_due``), then the earliest ready, a phase after every side
+    phase before it that writes a buffer it touches or touches one it writes (two reads commute); a main phase
+    waits for the latest, in that order, of the side phases before it touching its buffers (and so for every side
+    phase before that one; no wait is circular: a side phase waiting for a main phase is due after it, and every
+    side phase that main phase waits for is due no later than it)."""
     for j, ph in enumerate(phases):
         ph.side_rank = None
         if ph.stream == SIDE:
             touching = _touching(phases, buffers_of(ph, free), range(j), free)
             ph.wait = touching[-1] if touching else None
     left = [i for i, ph in enumerate(phases) if ph.stream == SIDE]
+    due = _due(phases, free)
     rank = 0
     while left:
-        ready = [i for i in left if not any(k < i and buffers_of(phases[k], free) & buffers_of(phases[i], free)
-                                            for k in left)]
-        i = min(ready, key=lambda i: (-1 if phases[i].wait is None else phases[i].wait, i))
+        ready = [i for i in left if not any(k < i and _hazard(phases[k], phases[i], free) for k in left)]
+        i = min(ready, key=lambda i: (due[i], -1 if phases[i].wait is None else phases[i].wait, i))
         phases[i].side_rank, rank = rank, rank + 1
         left.remove(i)
     for j, ph in enumerate(phases):
         if ph.stream == MAIN:
             touching = _touching(phases, buffers_of(ph, free), range(j), free, SIDE)
             ph.wait = max(touching, key=lambda i: phases[i].side_rank) if touching else None
+
+
+def _hazard(earlier: Phase, later: Phase, free: frozenset[str]) -> bool:
+    """Whether ``later`` must stay after ``earlier`` in one stream: one writes a buffer the other touches."""
+    def writes(ph):
+        return {p.buffer for p in ph.writes} - free
+    return bool(writes(earlier) & buffers_of(later, free) or writes(later) & buffers_of(earlier, free))
+
+
+def _due(phases: list[Phase], free: frozenset[str]) -> dict[int, int]:
+    """Each side phase's deadline: the first main-stream phase after it that touches its buffers or waits, through
+    side phases after it that must follow it (``_hazard``), for it (the loss's own sum, which only the output
+    reads, is due at the end; the softmax chain before the backward's first product). The side stream runs, of the
+    phases ready, the one due first (session 27: the loss after the gradient's chain, which then fits beside the
+    next group's forward)."""
+    due: dict[int, int] = {}
+    for i in reversed(range(len(phases))):
+        if phases[i].stream != SIDE:
+            continue
+        mine = buffers_of(phases[i], free)
+        later = _touching(phases, mine, range(i + 1, len(phases)), free)
+        side = [due[k] for k in range(i + 1, len(phases))
+                if phases[k].stream == SIDE and _hazard(phases[i], phases[k], free)]
+        due[i] = min([*later[:1], *side], default=len(phases))
+    return due
 
 
 def side_order(phases: list[Phase]) -> list[int]:

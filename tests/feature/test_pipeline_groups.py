@@ -136,9 +136,30 @@ def test_a_pass_hides_the_loss_chain_on_the_side_stream(designs):
     assert one_stream > pipelined.call_cycles("train_step")
 
 
+def test_the_side_stream_runs_the_gradients_chain_before_the_losss_own_stages(designs):
+    """Of the phases ready, the side stream runs the one a main phase needs first (``streams._due``): the softmax
+    chain up to the gradient of the logits and its -lr scaling, which the backward's first product (train_mm) waits
+    for, then the bias gradient and the hidden layer's scaling, and the loss's own gather and sums (only the loss
+    output reads them) last: train_mm does not wait for them."""
+    phases = designs["pipelined"].schedule.commands["train_step"]
+    order = [phases[i].name for i in streams.side_order(phases)]
+    mm = next(ph for ph in phases if ph.name == "train_mm")
+    waited = phases[mm.wait].name
+    assert waited in {"train_sub_2", "train_step_neg_lr_train_sub_2"}
+    loss_own = {"train_where", "train_sum_2", "train_sum_3", "train_loss"}
+    assert min(order.index(n) for n in loss_own) > order.index(waited)
+    assert order.index("train_step_neg_lr_train_where_2") < min(order.index(n) for n in loss_own)
+    # the ranks follow the deadlines among the phases ready: no phase runs before one due earlier that it could follow
+    due = streams._due(phases, streams.free_buffers(designs["pipelined"].schedule.memories,
+                                                    designs["pipelined"].schedule.commands))
+    ranked = streams.side_order(phases)
+    assert [due[i] for i in ranked if phases[i].wait is None] == sorted(due[i] for i in ranked
+                                                                          if phases[i].wait is None)
+
+
 def test_the_first_and_last_passes_idle_the_phases_without_a_group(designs):
     """In the first pass the lagging phases have no group, in the last the leading ones: each issues once (its writes
-    off) and drains as a barrier, so the 5 passes take 6,595 - 5,883 = 712 cycles less than 5 full passes (Verilator's
+    off) and drains as a barrier, so the 5 passes take 6,595 - 5,830 = 765 cycles less than 5 full passes (Verilator's
     cycles equal the model: above). A phase too short to gain runs in full (train_sum_3, train_loss)."""
     phases = designs["pipelined"].schedule.commands["train_step"]
     lagging = [ph for ph in phases if ph.lag == 1]

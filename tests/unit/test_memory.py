@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import torch
 import torch.nn.functional as F
 from fx2fpga_runtime.runner import EmuBackend, KernelRunner
 
@@ -41,3 +42,33 @@ def test_shared_temps_give_identical_results_and_less_memory(mlp_example, digits
         assert np.array_equal(a.infer(x_test[:16]), b.infer(x_test[:16]))
     for k, v in a.get_params_raw().items():
         assert np.array_equal(v, b.get_params_raw()[k])
+
+
+def test_a_kernel_of_several_models_shares_temps_within_one_part_of_its_pipelinable_step():
+    """The lagging part of a pipelined step (the loss and the backward) runs beside the next group's forward: a temp
+    of one part never shares an array with one of the other, and the logits, which cross the cut, with none."""
+    from torch import nn
+
+    from fx2fpga.passes import pipeline_groups
+
+    x, y = torch.randn(6, 16, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 3, 1, 0])
+    models = [nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)) for _ in range(4)]
+    sgd = fx2fpga.SGD(F.cross_entropy, y, lr=0.1)
+    separate = fx2fpga.compile(models, (x,), train=sgd, share_memory=False, outputs="hls").kernel
+    cut = pipeline_groups.loss_cut(separate, "train_step")
+    stages = separate.programs["train_step"].stages
+
+    def part(tensor):
+        uses = [i for i, st in enumerate(stages) if tensor in (st.out.buffer, *(a.buffer for a in st.ins))]
+        return "lead" if max(uses) < cut else "lag" if min(uses) >= cut else "both"
+
+    shared = fx2fpga.compile(models, (x,), train=sgd, outputs="hls").kernel.meta["memory"]
+    assert shared == memory.run(copy.deepcopy(separate), {"train_step": cut}).meta["memory"]
+    train = {name: [t for t in holds if t.startswith("train_")] for name, holds in shared.items()}
+    assert any(len(holds) > 1 for holds in train.values())  # temps still share, within a part
+    logits = stages[cut - 1].out.buffer
+    assert part(logits) == "both" and not any(logits in holds for holds in shared.values())
+    for holds in train.values():  # (one train temp beside inference's: programs never run at once)
+        assert len(holds) < 2 or {part(t) for t in holds} in ({"lead"}, {"lag"})
+    # without the cut the logits share an array with the softmax chain's temps
+    assert any(logits in holds for holds in memory.run(copy.deepcopy(separate)).meta["memory"].values())
