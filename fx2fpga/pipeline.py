@@ -171,22 +171,27 @@ def _share_memory(ctx: CompileContext):
     from .passes import memory
 
     if ctx.share_memory:
-        ctx.kernel = memory.run(ctx.kernel, _pipelinable_cuts(ctx.kernel))
+        ctx.kernel = memory.run(ctx.kernel, _pipelinable_cuts(ctx))
     if ctx.saturation_counters:
         ctx.kernel.meta["saturation_counters"] = True
     return ctx.kernel
 
 
-def _pipelinable_cuts(kernel) -> dict[str, int]:
+def _pipelinable_cuts(ctx: CompileContext) -> dict[str, int]:
     """Where the main program of a kernel of several models would lag its groups if they run pipelined
     (``pipeline_groups.loss_cut``; the explorer and ``pipeline_groups=`` decide later whether they do): {} for one
-    model, a program without a cut, or stages rounding stochastically (never pipelined)."""
+    model, a program without a cut or stages rounding stochastically, and where no group runs pipelined beside
+    another (the HLS C++ alone; a buffer forced to DDR)."""
     from fx2fpga_runtime import stochastic
 
     from .passes import explore, model_groups, pipeline_groups
 
+    kernel, forced = ctx.kernel, ctx.placement
+    ddr = forced == "ddr" or (isinstance(forced, dict) and "ddr" in forced.values())
+    if ctx.outputs == "hls" or ddr or model_groups.model_count(kernel) < 2:
+        return {}
     program = explore.main_program(kernel)
-    cut = pipeline_groups.loss_cut(kernel, program) if model_groups.model_count(kernel) > 1 else None
+    cut = pipeline_groups.loss_cut(kernel, program)
     if cut is None or any(stochastic.rounds_stochastic(st, kernel) for st in kernel.programs[program].stages):
         return {}
     return {program: cut}
