@@ -157,6 +157,22 @@ def test_the_side_stream_runs_the_gradients_chain_before_the_losss_own_stages(de
                                                                           if phases[i].wait is None)
 
 
+def test_the_side_streams_assignment_keeps_the_shorter_of_its_two_orders(designs):
+    """``streams.assign`` runs its greedy with the side stream in deadline order and in the waits' order and keeps
+    the shorter command (every pass full: the greedy's measure), the deadline order on a tie."""
+    import copy
+
+    s = copy.deepcopy(designs["pipelined"].schedule)
+    phases, cache = s.commands["train_step"], {}
+    free = streams.free_buffers(s.memories, s.commands)
+    candidates = [j for j, ph in enumerate(phases) if ph.kind == "stage" and streams.eligible(ph, s.kernel)]
+    cycles = {order: streams._greedy(phases, lambda: schedule._plan_drains(phases, s.memories, cache), free,
+                                     candidates, order) for order in streams.ORDERS}
+    chosen = designs["pipelined"].schedule.commands["train_step"]
+    assert streams.timeline(chosen, idle=False)[0] == min(cycles.values())  # (the greedy's measure: full passes)
+    assert cycles["deadline"] < cycles["waits"]  # (here the deadline order is the shorter)
+
+
 def test_the_first_and_last_passes_idle_the_phases_without_a_group(designs):
     """In the first pass the lagging phases have no group, in the last the leading ones: each issues once (its writes
     off) and drains as a barrier, so the 5 passes take 6,595 - 5,830 = 765 cycles less than 5 full passes (Verilator's
