@@ -170,7 +170,9 @@ def test_the_side_streams_assignment_keeps_the_shorter_of_its_two_orders(designs
                                      candidates, order) for order in streams.ORDERS}
     chosen = designs["pipelined"].schedule.commands["train_step"]
     assert streams.timeline(chosen, idle=False)[0] == min(cycles.values())  # (the greedy's measure: full passes)
-    assert cycles["deadline"] < cycles["waits"]  # (here the deadline order is the shorter)
+    # here a tie (6,595 cycles, every pass full): the deadline order is kept, the phases as its greedy left them
+    assert cycles["deadline"] == cycles["waits"]
+    assert [ph.side_rank for ph in chosen] == [ph.side_rank for ph in phases]  # (the copy's last greedy: deadline)
 
 
 def test_the_first_and_last_passes_idle_the_phases_without_a_group(designs):
