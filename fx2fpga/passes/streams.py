@@ -85,11 +85,11 @@ def _set_waits(phases: list[Phase], free: frozenset[str], order: str = "deadline
     """Each phase's ``wait`` for the side phases chosen (``stream``) and the side stream's order (``side_rank``):
     a side phase waits for the main phases up to the last one before it touching its buffers; the side stream
     runs, of the phases ready, the one due first (``_due``; ``order`` "waits": not looked at), then the one whose
-    wait ends first, a phase after every side
-    phase before it that writes a buffer it touches or touches one it writes (two reads commute); a main phase
-    waits for the latest, in that order, of the side phases before it touching its buffers (and so for every side
-    phase before that one; no wait is circular: a side phase waiting for a main phase is due after it, and every
-    side phase that main phase waits for is due no later than it)."""
+    wait ends first; a phase is ready after every side phase before it that writes a buffer it touches or touches
+    one it writes (two reads commute); a main phase waits for the latest, in that order, of the side phases before
+    it touching its buffers (and so for every side phase before that one). No wait is circular: in deadline order
+    a side phase waiting for a main phase is due after it, and every side phase that main phase waits for is due
+    no later than it; in the waits' order none waits for a main phase after one that waits for it."""
     for j, ph in enumerate(phases):
         ph.side_rank = None
         if ph.stream == SIDE:
