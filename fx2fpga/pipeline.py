@@ -179,11 +179,9 @@ def _share_memory(ctx: CompileContext):
 
 def _pipelinable_cuts(ctx: CompileContext) -> dict[str, int]:
     """Where the main program of a kernel of several models would lag its groups if they run pipelined
-    (``pipeline_groups.loss_cut``; the explorer and ``pipeline_groups=`` decide later whether they do): {} for one
-    model, a program without a cut or stages rounding stochastically, and where no group runs pipelined beside
-    another (the HLS C++ alone; a buffer forced to DDR)."""
-    from fx2fpga_runtime import stochastic
-
+    (``pipeline_groups.prospective_cut``; the explorer and ``pipeline_groups=`` decide later whether they do): {}
+    for one model, a program without such a cut, and where no group runs pipelined beside another (the HLS C++
+    alone; a buffer forced to DDR)."""
     from .passes import explore, model_groups, pipeline_groups
 
     kernel, forced = ctx.kernel, ctx.placement
@@ -191,10 +189,8 @@ def _pipelinable_cuts(ctx: CompileContext) -> dict[str, int]:
     if ctx.outputs == "hls" or ddr or model_groups.model_count(kernel) < 2:
         return {}
     program = explore.main_program(kernel)
-    cut = pipeline_groups.loss_cut(kernel, program)
-    if cut is None or any(stochastic.rounds_stochastic(st, kernel) for st in kernel.programs[program].stages):
-        return {}
-    return {program: cut}
+    cut = pipeline_groups.prospective_cut(kernel, program)
+    return {} if cut is None else {program: cut}
 
 
 def _order(ctx: CompileContext):

@@ -124,7 +124,7 @@ class PoolLanes:
     by_lane: bool = True  # False: every lane at the widest stage's multiplier
     lanes: dict[str, int] = field(default_factory=dict)  # pooled stage -> its lanes now (1 where not given)
 
-    _now: dict | None = None  # ``cost(lanes)``, kept until the lanes change
+    _now: dict | None = field(default=None, init=False, repr=False, compare=False)  # ``cost(lanes)`` until they change
 
     def cost(self, lanes: dict[str, int]) -> dict[str, float]:
         """DSP blocks and registers (operands, partial products, product) of the pool for the stages at ``lanes``.

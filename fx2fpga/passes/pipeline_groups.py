@@ -42,7 +42,19 @@ def pipelinable(kernel: Kernel, program: str) -> bool:
         return False
     if kernel.ddr_buffers() or any(st.model_lanes > 1 for st in prog.stages):
         return False
-    return not any(stochastic.rounds_stochastic(st, kernel) for st in prog.stages)
+    return not _rounds_stochastic(kernel, program)
+
+
+def _rounds_stochastic(kernel: Kernel, program: str) -> bool:
+    """Whether a stage of ``program`` rounds stochastically (its random bits count every issue: never pipelined)."""
+    return any(stochastic.rounds_stochastic(st, kernel) for st in kernel.programs[program].stages)
+
+
+def prospective_cut(kernel: Kernel, program: str) -> int | None:
+    """Where ``program``'s groups would lag if they run pipelined, decided before its groups and lanes are
+    (``loss_cut``; the memory sharing step keeps the two parts apart): None where they never may (stages rounding
+    stochastically)."""
+    return None if _rounds_stochastic(kernel, program) else loss_cut(kernel, program)
 
 
 def cuts(kernel: Kernel, program: str) -> list[int]:

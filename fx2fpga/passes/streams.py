@@ -81,7 +81,7 @@ def _touching(phases: list[Phase], mine: set[str], indices, free: frozenset[str]
     return [j for j in indices if phases[j].stream == stream and buffers_of(phases[j], free) & mine]
 
 
-def _set_waits(phases: list[Phase], free: frozenset[str], order: str = "deadline") -> None:
+def _set_waits(phases: list[Phase], free: frozenset[str], order: str) -> None:
     """Each phase's ``wait`` for the side phases chosen (``stream``) and the side stream's order (``side_rank``):
     a side phase waits for the main phases up to the last one before it touching its buffers; the side stream
     runs, of the phases ready, the one due first (``_due``; ``order`` "waits": not looked at), then the one whose
