@@ -20,6 +20,7 @@ from fx2fpga_runtime.ops import OPS_TABLE, epilogue_inputs, own_inputs
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from ..errors import Fx2fpgaError
+from . import drains
 
 C_IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")  # loop variables, buffer and kernel names
 
@@ -250,20 +251,39 @@ def lane_span(st: Stage, index: Affine, var: str | None = None, lanes: int | Non
     return lanes * (coeff if index.div == 1 and not index.mod else 1)
 
 
-def buffer_banking(kernel: Kernel, names=None) -> dict[str, BankSpec]:
+def buffer_banking(kernel: Kernel, names=None, serial_drains: bool = True) -> dict[str, BankSpec]:
     """The banking of every buffer (or of those ``names``): along each dim a lane variable indexes (the model
     loop's included), the least common multiple of the spans the stages' lanes cover there (``lane_span``), at
-    most the dim's size."""
+    most the dim's size. With ``serial_drains`` (the RTL's rule) a reduction whose lanes write over several cycles
+    (``drains.write_slots`` under the banking of the other accesses) does not bank its output; the HLS pragmas
+    pass False."""
     names = kernel.buffers if names is None else names
-    factors = {name: [1] * len(kernel.buffers[name].shape) for name in names}
+    accesses: dict[str, list[tuple[Stage, Access, bool]]] = {name: [] for name in names}
     for st in kernel.stages():
+        for k, acc in enumerate((st.out, *st.ins)):
+            if acc.buffer in accesses:
+                accesses[acc.buffer].append((st, acc, k == 0))
+    out = {}
+    for name in names:
+        shape = tuple(kernel.buffers[name].shape)
+        held = [st for st, _, is_out in accesses[name] if is_out and serial_drains and drains.serializable(st, kernel)]
+        while True:
+            factors = _lane_factors(shape, [(st, acc) for st, acc, is_out in accesses[name]
+                                            if not (is_out and st in held)])
+            over = [st for st in held if drains.write_slots(st, kernel, factors) is None]
+            if not over:
+                break
+            held = [st for st in held if st not in over]  # (more banks: the others' slots only fall)
+        out[name] = BankSpec(name, shape, factors)
+    return out
+
+
+def _lane_factors(shape: tuple[int, ...], accesses: list[tuple[Stage, Access]]) -> tuple[int, ...]:
+    """``buffer_banking``'s factors of one buffer from the accesses that bank it."""
+    f = [1] * len(shape)
+    for st, acc in accesses:
         for var, lanes in st.lane_loops():
-            for acc in (st.out, *st.ins):
-                if acc.buffer not in factors:
-                    continue
-                for d, ix in enumerate(acc.index):
-                    if var in ix.vars():
-                        size = kernel.buffers[acc.buffer].shape[d]
-                        f = factors[acc.buffer]
-                        f[d] = min(size, math.lcm(f[d], lane_span(st, ix, var, lanes)))
-    return {name: BankSpec(name, tuple(kernel.buffers[name].shape), tuple(factors[name])) for name in names}
+            for d, ix in enumerate(acc.index):
+                if var in ix.vars():
+                    f[d] = min(shape[d], math.lcm(f[d], lane_span(st, ix, var, lanes)))
+    return tuple(f)

@@ -49,7 +49,8 @@ class LaneCost:
 
 def stage_cycles(st: Stage, model_lanes: int, lanes: int, lane_var: str | None, outer_lanes: int = 1,
                  outer_lane_var: str | None = None) -> int:
-    """Exact cycles of the stage's phase at those lanes: setup, one issue per lane group, the drain."""
+    """Cycles of the stage's phase at those lanes: setup, one issue per lane group, the drain (exact but for a
+    serialized drain's slots, ``backends/drains.py``: a few cycles, mostly overlapped by the next phase)."""
     steps = {MODEL_VAR: model_lanes, lane_var: lanes, outer_lane_var: outer_lanes}
     n = 1
     for lp in st.loops:

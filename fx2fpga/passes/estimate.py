@@ -80,9 +80,10 @@ class ResourceEstimate:
 
 
 def buffer_banks(kernel: Kernel) -> dict[str, int]:
-    """How many banks each buffer is split into (``backends.common.buffer_banking``, the rule the
-    HLS pragmas and the RTL memories follow): the product of its dims' cyclic factors."""
-    return {name: spec.banks for name, spec in buffer_banking(kernel).items()}
+    """How many banks each buffer is split into (``backends.common.buffer_banking``): the product of its dims'
+    cyclic factors, as the HLS pragmas split it (every lane's write its own bank; the RTL may write a reduction's
+    lanes over several cycles into fewer, ``backends/drains.py``, and prices its memories in ``resources``)."""
+    return {name: spec.banks for name, spec in buffer_banking(kernel, serial_drains=False).items()}
 
 
 def resources(kernel: Kernel, target=None) -> ResourceEstimate:

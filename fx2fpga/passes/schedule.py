@@ -54,6 +54,7 @@ from fx2fpga_runtime import interface, stochastic
 from fx2fpga_runtime.ir import GROUP_VAR, Affine, Guard, Kernel, Stage, stage_lag
 from fx2fpga_runtime.ops import OPS_TABLE
 
+from ..backends import drains
 from ..backends.common import buffer_banking
 from ..errors import Fx2fpgaError
 from . import overlap, placement, streams
@@ -337,7 +338,9 @@ def streamed_operands(st: Stage) -> int:
 
 
 def _stage_phase(st: Stage, kernel: Kernel, where: str, groups: int = 1, group_counter: int = 0,
-                 pipelined: bool = False) -> Phase:
+                 pipelined: bool = False, drain_slots: tuple[int, ...] | None = None) -> Phase:
+    """A stage's phase: its counters and each lane's requests (``drain_slots``: each lane's write a serialized drain's
+    slot cycles after the stage's write delay, ``backends/drains.py``; None: every lane at the write delay)."""
     extents = {lp.var: lp.extent for lp in st.loops}
     if st.lanes > 1 and (st.lane_var not in extents or st.lane_var in st.reduce):
         raise ScheduleError(f"{where}: lanes={st.lanes} needs lane_var to be a loop that is not reduced")
@@ -355,7 +358,8 @@ def _stage_phase(st: Stage, kernel: Kernel, where: str, groups: int = 1, group_c
     lag = stage_lag(st) if pipelined else None
     slots[GROUP_VAR] = group_counter + (lag or 0)
     delay = write_delay(st.op)
-    phase = Phase(st.name, "stage", counters, delay, reduce=reduce, stage=st, lanes=lanes, groups=groups,
+    drain_slots = drain_slots or (0,) * len(lane_offsets)
+    phase = Phase(st.name, "stage", counters, delay + max(drain_slots), reduce=reduce, stage=st, lanes=lanes, groups=groups,
                   group_counter=group_counter if groups > 1 else None, lag=lag)
     operands = streamed_operands(st)
 
@@ -386,7 +390,7 @@ def _stage_phase(st: Stage, kernel: Kernel, where: str, groups: int = 1, group_c
     point = stochastic.point_affine(st) if stochastic.rounds_stochastic(st, kernel) else None
     for lane, offsets in enumerate(lane_offsets):
         index = tuple(_rebase(ix, slots, steps, offsets, st.reduce) for ix in st.out.index)
-        phase.writes.append(Port(st.out.buffer, index, delay, lane, 0, last_only=bool(st.reduce),
+        phase.writes.append(Port(st.out.buffer, index, delay + drain_slots[lane], lane, 0, last_only=bool(st.reduce),
                                  guard=lane_guard(offsets), served=(lane,),
                                  point=None if point is None else _rebase(point, slots, steps, offsets)))
     return phase
@@ -613,6 +617,8 @@ def _check_bank_clashes(phase: Phase, located: dict, grid, n: int, where: str) -
                 if p.buffer != q.buffer:
                     continue
                 (b1, a1), (b2, a2) = located[id(p)], located[id(q)]
+                if kind == "writes" and p.tap != q.tap:
+                    continue  # a serialized drain's slots: other cycles (backends/drains.py)
                 clash = (b1 == b2) & (b1 >= 0) & ((a1 != a2) if kind == "reads" else True)
                 if kind == "writes" and p.last_only:
                     clash &= last
@@ -665,8 +671,9 @@ def run(kernel: Kernel, side: bool = True) -> Schedule:
             prog = kernel.programs[cmd]
             pipelined = prog.passes > prog.groups
             for st in prog.stages:
+                slots = drains.write_slots(st, kernel, banking[st.out.buffer].factors)
                 phases.append(_stage_phase(st, kernel, f"stage {st.name!r} of {cmd}", prog.passes, group_counter,
-                                           pipelined))
+                                           pipelined, slots))
         phases = fuse_input_stream(phases)
         phases += [_transfer_phase(kernel, b, "pack") for b in outs]
         commands[cmd] = phases or [Phase("nop", "nop", (), 0)]

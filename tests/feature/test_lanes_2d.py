@@ -17,6 +17,7 @@ from torch import nn
 
 import fx2fpga
 from fx2fpga.backends.common import buffer_banking
+from fx2fpga.passes import schedule as sched
 
 from ..conftest import assert_backend_equals_emu
 
@@ -51,8 +52,12 @@ def test_stages_take_lanes_in_two_loops(two_dim_mlp):
         reads.setdefault(port.buffer, []).append(len(port.served))
     assert sorted(reads[fwd.ins[0].buffer]) == [2, 2, 2, 2]
     assert sorted(reads[fwd.ins[1].buffer]) == [4, 4]
-    # the output is banked in both dims
-    assert buffer_banking(design.kernel)[fwd.out.buffer].factors == (4, 2)
+    # the output is banked for its readers (4 rows), not for this stage's 4 x 2 lanes: the drain writes the two
+    # columns of each row in turn (backends/drains.py), lane (j, i) = 4 j + i in slot j
+    assert buffer_banking(design.kernel)[fwd.out.buffer].factors == (4, 1)
+    assert buffer_banking(design.kernel, serial_drains=False)[fwd.out.buffer].factors == (4, 2)
+    assert [(w.lane, w.tap - sched.write_delay(fwd.op)) for w in phase.writes] == [(k, k // 4) for k in range(8)]
+    assert phase.write_delay == sched.write_delay(fwd.op) + 1
 
 
 def test_kernel_json_keeps_the_second_lane_loop(two_dim_mlp):

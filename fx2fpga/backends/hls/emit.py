@@ -492,7 +492,7 @@ def _partitions(kernel: Kernel) -> list[dict]:
     """ARRAY_PARTITION pragmas: cyclic on every dim of an on-chip buffer the banking rule splits
     (``common.buffer_banking``), complete where each element gets its own bank."""
     out = []
-    for name, spec in sorted(buffer_banking(kernel).items()):
+    for name, spec in sorted(buffer_banking(kernel, serial_drains=False).items()):
         if kernel.buffers[name].place == DDR:  # an m_axi port is one memory: nothing to partition
             continue
         for dim, factor in spec.partitions():

@@ -684,7 +684,7 @@ def plan(kernel, name: str, dsp_kind: str = "DSP48E1", schedule: Schedule | None
         "group_counter": next((p.group_counter for p in phases if p.group_counter is not None), None),
         "memories": {n: {k: m[k] for k in ("banks", "addr_bits", "bank_bits", "factors", "bank_shape", "ports")}
                      for n, m in mems.items()},
-        "reads": w.reads, "writes": w.writes, "go": w.go, "first": w.first, "act": act,
+        "reads": w.reads, "writes": w.writes, "go": w.go, "first": w.first, "last": w.last, "act": act,
         "out_sel_bits": out_sel_bits, "outputs": outputs,
         "clocks": {"memories": gates["memories"], "ctrl": gates["ctrl"],
                    "phases": {str(i): u["gate"] for u in w.units for i, _ in unit_stages(u)}},
@@ -990,6 +990,7 @@ class _Wiring:
         self.in_bits = 0  # the input word's bits any unpack phase writes
         self.go: dict[str, str] = {}
         self.first: dict[str, str] = {}
+        self.last: dict[str, str] = {}  # each reduction's last point (its unit's result registers take the result)
         self.shared: dict[tuple, list[dict]] = {}  # (buffer, banks) -> the read multiplexers over those banks
         self.data_of: dict[tuple[int, int, int], str] = {}  # (phase id, operand, lane) -> data expression
         self.ok_of: dict[tuple[int, int, int], str] = {}  # (phase id, operand, lane) -> "the guarded read happened"
@@ -1104,6 +1105,7 @@ class _Wiring:
         if unit["kind"] == "reduce":
             self.go[str(i)] = unit["go"] = f"go_p{i}"
             self.first[str(i)] = unit["first"] = f"first_p{i}"
+            self.last[str(i)] = unit["last"] = f"last_p{i}"
         self.units.append(unit)
 
     def add_guest(self, host: dict, ph, i: int) -> None:
@@ -1124,9 +1126,10 @@ class _Wiring:
                     operand["guarded"] = True
         if host["kind"] == "reduce":
             host["points"] = min(host["points"], ph.stage.reduction_points)
-            self.go[str(i)], self.first[str(i)] = f"go_p{i}", f"first_p{i}"
+            self.go[str(i)], self.first[str(i)], self.last[str(i)] = f"go_p{i}", f"first_p{i}", f"last_p{i}"
             host["go"] += f" | go_p{i}"
             host["first"] += f" | first_p{i}"
+            host["last"] += f" | last_p{i}"
         host["guests"].append((i, ph.stage))
 
 
@@ -1144,7 +1147,7 @@ def _controller_outputs(w: _Wiring, act: dict, out_sel_bits: int, command_of: di
     outputs: list[tuple[str, int]] = [("idle", 1), ("in_ready", 1), ("out_valid", 1), ("unused_bits", 1)]
     if out_sel_bits:
         outputs.append(("out_sel", out_sel_bits))
-    outputs += [(p, 1) for p in [*w.go.values(), *w.first.values(), *act.values()]]
+    outputs += [(p, 1) for p in [*w.go.values(), *w.first.values(), *w.last.values(), *act.values()]]
     outputs += [(wr["srp"], 32) for wr in w.writes if "srp" in wr]
     sels = set()
     for r in w.reads:

@@ -1,0 +1,70 @@
+"""Serialized drains: a reduction's lanes write their results over several cycles, one bank at a time.
+
+A reduction of ``K`` points on ``L`` lanes has every lane's result at its last point. Written in that one cycle,
+the ``L`` results need ``L`` banks of the output buffer, however few its readers need (the 30 digits MLPs' hidden
+activations: 128 banks of 8 words for a forward at 128 lanes, which its readers read 32 at a time). Instead each
+lane's result waits in its unit's result register, which takes a value only at a reduction's last point
+(``templates/rtl/engine.sv.j2``, ``unit.sv.j2``), and is written in the lane's *slot*: ``slot`` cycles after the
+stage's write tap. Lanes whose results fall in one bank take distinct slots, so the output is banked for the
+other accesses alone (``common.buffer_banking``).
+
+Exact because:
+
+- a lane's bank is the same at every issue: with cyclic banks and a plain affine index (no ``/`` or ``%`` on a lane
+  variable) two lanes' elements differ by a constant, their banks by that constant modulo the factors, whatever
+  the counters; so one slot per lane serves every issue (``lane_slots``);
+- a held result is written before the register takes the next one: slots are fewer than the reduction's points
+  (the next last point is that many issues later) and than those of every reduction of its op (``slot_limit``):
+  a phase sharing the unit (or the MAC engine's result registers) issues after this one's last issue, and
+  captures its first result at least its own points later.
+
+A reduction rounding stochastically keeps one write cycle (its random bits are drawn for the point that cycle
+converts). The HLS backend keeps the lanes' banks: its pipelined loop writes every lane in the last point's
+iteration, and fewer banks would raise that loop's initiation interval.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from fx2fpga_runtime import stochastic
+from fx2fpga_runtime.ir import Kernel, Stage
+
+
+def serializable(st: Stage, kernel: Kernel) -> bool:
+    """Whether the stage's results may be written over several cycles: a reduction of two points or more, not
+    rounding stochastically, its output index plain (no ``/`` or ``%``) in every lane variable."""
+    if not st.reduce or st.reduction_points < 2 or stochastic.rounds_stochastic(st, kernel):
+        return False
+    lane_vars = {var for var, _ in st.lane_loops()}
+    return not any(ix.div != 1 or ix.mod for ix in st.out.index if lane_vars & set(ix.vars()))
+
+
+def slot_limit(st: Stage, kernel: Kernel) -> int:
+    """The most slots the stage's drain may take: the fewest points of any reduction of its op (its own included),
+    as any of them may run on the same unit and take its result registers next."""
+    return min(s.reduction_points for s in kernel.stages() if s.op == st.op and s.reduce)
+
+
+def lane_slots(st: Stage, factors: tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """Each lane's slot (lanes in ``Stage.lane_loops`` order, row-major) when its output is banked by ``factors``:
+    its rank among the earlier lanes whose element falls in the same bank."""
+    steps = dict(st.lane_loops())
+    taken: dict[tuple[int, ...], int] = {}
+    slots = []
+    for combo in itertools.product(*map(range, steps.values())):
+        offsets = dict(zip(steps, combo, strict=True))
+        bank = tuple(sum(c * offsets.get(v, 0) for v, c in ix.terms) % f
+                     for ix, f in zip(st.out.index, factors, strict=True))
+        slots.append(taken.get(bank, 0))
+        taken[bank] = slots[-1] + 1
+    return tuple(slots)
+
+
+def write_slots(st: Stage, kernel: Kernel, factors) -> tuple[int, ...] | None:
+    """The lanes' slots of a stage whose drain is serialized under its output's banking ``factors``; None where its
+    results are written at once (not ``serializable``, or more slots than ``slot_limit``)."""
+    if not serializable(st, kernel):
+        return None
+    slots = lane_slots(st, factors)
+    return slots if max(slots, default=0) < slot_limit(st, kernel) else None

@@ -1,0 +1,96 @@
+"""Serialized drains (backends/drains.py): a reduction's lanes write their results over several cycles, so its output
+is banked for its readers only; the RTL stays bit for bit the emulator's and its cycles the schedule's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fx2fpga
+from fx2fpga.backends import drains
+from fx2fpga.backends.common import buffer_banking
+from fx2fpga.passes import schedule as sched
+
+from ..conftest import assert_backend_equals_emu
+
+# the backward product (on the MAC engine, masked by ReLU's gate), the softmax's max (a max unit) and its sum (a
+# sum unit) at two lanes each, read by one-lane stages: each writes its two lanes in two cycles
+LANES = {"train_mm": [1, 2, "j"], "train_amax": [1, 2, "i"], "train_sum_1": [1, 2, "i"]}
+SERIAL = ("train_mm", "train_amax", "train_sum_1")
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
+    x, y = torch.randn(4, 8), torch.randint(0, 3, (4,))
+    design = fx2fpga.compile(model, (x,), train=fx2fpga.SGD(F.cross_entropy, y, lr=0.1), lanes=LANES)
+    return design, x.numpy(), y.numpy()
+
+
+def _phases(design) -> dict:
+    return {ph.name: ph for ph in design.schedule.commands["train_step"] if ph.kind == "stage"}
+
+
+def test_two_lanes_write_one_bank_in_turn(mlp):
+    design, _, _ = mlp
+    phases = _phases(design)
+    for name in SERIAL:
+        ph = phases[name]
+        delay = sched.write_delay(ph.stage.op)
+        assert ph.lanes == 2 and ph.stage.reduction_points == 3
+        assert sorted(w.tap - delay for w in ph.writes) == [0, 1]  # lane 0 in slot 0, lane 1 a cycle later
+        assert ph.write_delay == delay + 1
+        # one bank: the readers take one element a cycle; the HLS pragmas keep the lanes' two
+        assert buffer_banking(design.kernel)[ph.stage.out.buffer].factors == (1, 1)
+        assert buffer_banking(design.kernel, serial_drains=False)[ph.stage.out.buffer].factors != (1, 1)
+    # every other stage writes in its write delay
+    for name, ph in phases.items():
+        if name not in SERIAL:
+            assert ph.write_delay == sched.write_delay(ph.stage.op), name
+
+
+def test_slots_stay_under_every_reduction_of_the_op():
+    """A drain takes fewer slots than the points of any reduction of its op (one may share its unit next):
+    the backward product at 6 lanes, read by one lane, would need 6 slots of its 3 points, so it banks its output
+    by its own lanes and writes at once."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
+    x, y = torch.randn(4, 8), torch.randint(0, 3, (4,))
+    design = fx2fpga.compile(model, (x,), train=fx2fpga.SGD(F.cross_entropy, y, lr=0.1),
+                             lanes={"train_mm": [1, 2, "i", 3, "j"]}, until="schedule")
+    mm = next(ph for ph in design.commands["train_step"] if ph.name == "train_mm")
+    assert drains.slot_limit(mm.stage, design.kernel) == 3
+    assert drains.write_slots(mm.stage, design.kernel, (1, 1)) is None  # 6 slots wanted
+    assert design.memories[mm.stage.out.buffer].factors == (2, 3)
+    assert mm.write_delay == sched.write_delay("mac")
+
+
+def test_lane_slots_follow_the_banks():
+    """Lanes (j, i) = 4 j + i over out[i, j]: banked 4 x 1 the four i-lanes of one j hit four banks (slot j);
+    banked 2 x 1, lanes i and i + 2 share a bank."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
+    x, y = torch.randn(4, 8), torch.randint(0, 3, (4,))
+    design = fx2fpga.compile(model, (x,), train=fx2fpga.SGD(F.cross_entropy, y, lr=0.1),
+                             lanes={"train_addmm": [1, 4, "i", 2, "j"]}, until="tile")
+    fwd = next(st for st in design.stages() if st.name == "train_addmm")
+    assert fwd.lane_loops() == (("j", 2), ("i", 4))
+    assert drains.lane_slots(fwd, (4, 1)) == (0, 0, 0, 0, 1, 1, 1, 1)
+    assert drains.lane_slots(fwd, (2, 1)) == (0, 0, 1, 1, 2, 2, 3, 3)
+    assert drains.lane_slots(fwd, (4, 2)) == (0,) * 8
+
+
+@pytest.mark.slow
+def test_rtl_equals_emu_with_serialized_drains(mlp):
+    design, x, y = mlp
+    emu = assert_backend_equals_emu(design, "rtl", [("train_step", [x, y])] * 2 + [("infer", [x])])
+    assert np.isfinite(emu.train_step(x, y))
+    with design.load("rtl") as rtl:
+        rtl.train_step(x, y)
+        assert rtl.backend.last_cycles == design.rtl_cycles()["train_step"]
+    top = "\n".join(t for p, t in design.files().items() if p.endswith(".sv"))
+    assert ".last(" in top and "if (last_d[" in top  # the result registers hold from a reduction's last point
