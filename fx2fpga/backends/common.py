@@ -255,8 +255,8 @@ def buffer_banking(kernel: Kernel, names=None, serial_drains: bool = True) -> di
     """The banking of every buffer (or of those ``names``): along each dim a lane variable indexes (the model
     loop's included), the least common multiple of the spans the stages' lanes cover there (``lane_span``), at
     most the dim's size. With ``serial_drains`` (the RTL's rule) a reduction whose lanes write over several cycles
-    (``drains.write_slots`` under the banking of the other accesses) does not bank its output; the HLS pragmas
-    pass False."""
+    (``drains.write_slots`` under the banking of the other accesses) does not bank its output (nor a fused
+    update its initial value, read in the same slots); the HLS pragmas pass False."""
     names = kernel.buffers if names is None else names
     accesses: dict[str, list[tuple[Stage, Access, bool]]] = {name: [] for name in names}
     for st in kernel.stages():
@@ -269,7 +269,7 @@ def buffer_banking(kernel: Kernel, names=None, serial_drains: bool = True) -> di
         held = [st for st, _, is_out in accesses[name] if is_out and serial_drains and drains.serializable(st, kernel)]
         while True:
             factors = _lane_factors(shape, [(st, acc) for st, acc, is_out in accesses[name]
-                                            if not (is_out and st in held)])
+                                            if st not in held or not (is_out or acc is drains.own_init(st))])
             over = [st for st in held if drains.write_slots(st, kernel, factors) is None]
             if not over:
                 break

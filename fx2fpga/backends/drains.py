@@ -18,6 +18,13 @@ Exact because:
   a phase sharing the unit (or the MAC engine's result registers) issues after this one's last issue, and
   captures its first result at least its own points later.
 
+A fused update (``p - lr * g``: a reduction whose initial value is its own output element) reads that value at
+the first point in every lane, which would bank the output for all lanes again; its lanes read it in their slots
+instead (``own_init``: the read guarded to the lane's point ``slot`` of the reduction). The unit's initial-value
+register ORs what arrives from the first point on (a lane's read is 0 at the other points), and the first product
+meets it ``unit_latency - 3`` points in: so the slots stay below that (``init_slot_limit``), and every reduction of
+the op takes at least as many points (the register is not reloaded before it is used).
+
 A reduction rounding stochastically keeps one write cycle (its random bits are drawn for the point that cycle
 converts). The HLS backend keeps the lanes' banks: its pipelined loop writes every lane in the last point's
 iteration, and fewer banks would raise that loop's initiation interval.
@@ -28,7 +35,8 @@ from __future__ import annotations
 import itertools
 
 from fx2fpga_runtime import stochastic
-from fx2fpga_runtime.ir import Kernel, Stage
+from fx2fpga_runtime.ir import Access, Kernel, Stage
+from fx2fpga_runtime.ops import OPS_TABLE
 
 
 def serializable(st: Stage, kernel: Kernel) -> bool:
@@ -44,6 +52,21 @@ def slot_limit(st: Stage, kernel: Kernel) -> int:
     """The most slots the stage's drain may take: the fewest points of any reduction of its op (its own included),
     as any of them may run on the same unit and take its result registers next."""
     return min(s.reduction_points for s in kernel.stages() if s.op == st.op and s.reduce)
+
+
+def own_init(st: Stage) -> Access | None:
+    """The stage's initial value where it is its own output element (a fused update), else None."""
+    spec = OPS_TABLE[st.op]
+    if not spec.reduction:
+        return None
+    return next((a for a in st.ins[spec.arity:] if a.buffer == st.out.buffer and a.index == st.out.index), None)
+
+
+def init_slot_limit(st: Stage, kernel: Kernel) -> int:
+    """The most slots a fused update's initial values may take: they meet the first product ``unit_latency - 3``
+    points after it issued; 1 (no serializing) where a reduction of the op is shorter than that."""
+    reach = OPS_TABLE[st.op].unit_latency - 3
+    return reach if slot_limit(st, kernel) >= reach else 1
 
 
 def lane_slots(st: Stage, factors: tuple[int, ...] | list[int]) -> tuple[int, ...]:
@@ -63,8 +86,12 @@ def lane_slots(st: Stage, factors: tuple[int, ...] | list[int]) -> tuple[int, ..
 
 def write_slots(st: Stage, kernel: Kernel, factors) -> tuple[int, ...] | None:
     """The lanes' slots of a stage whose drain is serialized under its output's banking ``factors``; None where its
-    results are written at once (not ``serializable``, or more slots than ``slot_limit``)."""
+    results are written at once (not ``serializable``, or more slots than ``slot_limit``, or for a fused update
+    than ``init_slot_limit``)."""
     if not serializable(st, kernel):
         return None
     slots = lane_slots(st, factors)
-    return slots if max(slots, default=0) < slot_limit(st, kernel) else None
+    limit = slot_limit(st, kernel)
+    if own_init(st) is not None:
+        limit = min(limit, init_slot_limit(st, kernel))
+    return slots if max(slots, default=0) < limit else None

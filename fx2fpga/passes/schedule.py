@@ -215,6 +215,7 @@ class Phase:
     # a pipelined phase in the pass where it has no group (``idle_in``): one issue (its writes off), then this many
     # cycles until every write in flight has landed (its command's largest write delay: a barrier); 0: it runs in full
     idle_drain: int = 0
+    serial_init: bool = False  # a fused update reading its initial values in its lanes' slots (backends/drains.py)
 
     @property
     def iterations(self) -> int:
@@ -362,6 +363,13 @@ def _stage_phase(st: Stage, kernel: Kernel, where: str, groups: int = 1, group_c
     phase = Phase(st.name, "stage", counters, delay + max(drain_slots), reduce=reduce, stage=st, lanes=lanes, groups=groups,
                   group_counter=group_counter if groups > 1 else None, lag=lag)
     operands = streamed_operands(st)
+    own_init = drains.own_init(st) if max(drain_slots) else None
+    phase.serial_init = own_init is not None
+    # the point of a reduction, row-major over its counters (the last ones: one issue after another)
+    at_point, stride = [], 1
+    for k in reversed(reduce):
+        at_point.append((f"c{k}", stride))
+        stride *= counters[k].count
 
     def lane_guard(offsets: dict[str, int]) -> tuple[Guard, ...]:
         """Lanes past a lane loop's end in its last, partial group: no request."""
@@ -385,6 +393,8 @@ def _stage_phase(st: Stage, kernel: Kernel, where: str, groups: int = 1, group_c
             mine = {v: (offsets[v] if v in varying else 0) for v in steps}
             index = tuple(_rebase(ix, slots, steps, mine, drop) for ix in acc.index)
             guard = _rebase_guards(acc.guard, slots, steps, mine) + lane_guard(mine)
+            if acc is own_init:  # a fused update's initial value: read at the lane's slot, its output's bank free
+                guard += (Guard(Affine(tuple(reversed(at_point)), -drain_slots[lane]), 1),)
             ports[key] = Port(acc.buffer, index, 0, lane, o, guard=guard, served=(lane,))
         phase.reads += ports.values()
     point = stochastic.point_affine(st) if stochastic.rounds_stochastic(st, kernel) else None
@@ -432,7 +442,7 @@ def fuse_input_stream(phases: list[Phase]) -> list[Phase]:
     stream's word order unchanged. Unchanged where no unpack fits (``_stream_fields``)."""
     stage = next((p for p in phases if p.kind == "stage"), None)
     unpacks = [p for p in phases if p.kind == "unpack"]
-    if stage is None or phases[len(unpacks)] is not stage:
+    if stage is None or phases[len(unpacks)] is not stage or stage.serial_init:  # (its issues must not stall)
         return phases
     for k, unpack in enumerate(unpacks):
         later = {u.buffer for u in unpacks[k + 1:]}

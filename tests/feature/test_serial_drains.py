@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fx2fpga_runtime.fixed import Fixed
+from fx2fpga_runtime.ir import Access, Affine, Buffer, Kernel, Loop, Program, Stage
 from torch import nn
 
 import fx2fpga
@@ -15,6 +17,7 @@ from fx2fpga.backends.common import buffer_banking
 from fx2fpga.passes import schedule as sched
 
 from ..conftest import assert_backend_equals_emu
+from ..fuzz.harness import run_kernel
 
 # the backward product (on the MAC engine, masked by ReLU's gate), the softmax's max (a max unit) and its sum (a
 # sum unit) at two lanes each, read by one-lane stages: each writes its two lanes in two cycles
@@ -94,3 +97,70 @@ def test_rtl_equals_emu_with_serialized_drains(mlp):
         assert rtl.backend.last_cycles == design.rtl_cycles()["train_step"]
     top = "\n".join(t for p, t in design.files().items() if p.endswith(".sv"))
     assert ".last(" in top and "if (last_d[" in top  # the result registers hold from a reduction's last point
+
+
+def _accumulating_kernel() -> Kernel:
+    """``s[i, j] += sum_k x[k, i] * w[k, j]`` at 4 lanes over ``j`` (the kernel's only multiply-accumulate: its own
+    unit, no MAC engine), then ``y = s`` at one lane: ``s`` has one bank, so the update reads and writes its 4
+    lanes in 4 slots."""
+    fmt = Fixed.parse("fixed<16,6>")
+    i, j, k = Affine.var("i"), Affine.var("j"), Affine.var("k")
+    buffers = {"x": Buffer("x", (8, 4), fmt, "input"), "w": Buffer("w", (8, 4), fmt, "input"),
+               "s": Buffer("s", (4, 4), Fixed.parse("fixed<24,10>"), "param"),
+               "y": Buffer("y", (4, 4), Fixed.parse("fixed<24,10>"), "output")}
+    update = Stage("update", "mac", (Loop("i", 4), Loop("j", 4), Loop("k", 8)), Access("s", (i, j)),
+                   (Access("x", (k, i)), Access("w", (k, j)), Access("s", (i, j))), reduce=("k",),
+                   acc=Fixed.parse("fixed<40,14>"), lanes=4, lane_var="j")
+    copy = Stage("copy", "copy", (Loop("i", 4), Loop("j", 4)), Access("y", (i, j)), (Access("s", (i, j)),))
+    return Kernel("serial_init", buffers, {"infer": Program("infer", ["x", "w"], ["y"], [update, copy])}, ["s"])
+
+
+def test_a_fused_update_reads_its_initial_values_in_the_slots():
+    k = _accumulating_kernel()
+    phase = next(ph for ph in sched.run(k).commands["infer"] if ph.name == "update")
+    assert phase.serial_init and buffer_banking(k)["s"].factors == (1, 1)
+    delay = sched.write_delay("mac")
+    assert [w.tap - delay for w in phase.writes] == [0, 1, 2, 3]
+    init_reads = [r for r in phase.reads if r.operand == 2]
+    assert len(init_reads) == 4  # each lane's read guarded to the point of its slot
+    assert [r.guard[-1].expr.const for r in init_reads] == [0, -1, -2, -3]
+
+
+@pytest.mark.slow
+def test_rtl_of_an_own_unit_with_serialized_initial_values(tmp_path):
+    """Three calls (``s`` carried from one to the next): Verilator equals the emulator word for word, its cycles the
+    schedule's."""
+    result = run_kernel(_accumulating_kernel(), tmp_path, backends=("rtl",), calls=3)
+    assert result.mismatches == []
+
+
+@pytest.fixture(scope="module")
+def fused_update_mlp():
+    """The first layer's update (its SGD step folded into the gradient's reduction over the batch of 8) at 2 x 4
+    lanes; its weight read by the forward at 2 lanes over its rows: banked 2 x 1, so the update reads and writes
+    each bank's 4 lanes in 4 slots, on the MAC engine."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 5))
+    x, y = torch.randn(8, 8), torch.randint(0, 5, (8,))
+    design = fx2fpga.compile(model, (x,), train=fx2fpga.SGD(F.cross_entropy, y, lr=0.1),
+                             lanes={"train_addmm": [1, 2, "j"], "train_update_b_0_weight": [1, 2, "i", 4, "j"]})
+    return design, x.numpy(), y.numpy()
+
+
+def test_the_weight_is_banked_for_its_forward(fused_update_mlp):
+    design, _, _ = fused_update_mlp
+    update = _phases(design)["train_update_b_0_weight"]
+    assert update.serial_init and update.lanes == 8
+    assert design.schedule.memories["b_0_weight"].factors == (2, 1)  # the lanes' own: (2, 4)
+    assert sorted(w.tap - sched.write_delay("mac") for w in update.writes) == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+@pytest.mark.slow
+def test_rtl_equals_emu_with_serialized_initial_values_on_the_engine(fused_update_mlp):
+    design, x, y = fused_update_mlp
+    assert_backend_equals_emu(design, "rtl", [("train_step", [x, y])] * 3 + [("infer", [x])])
+    with design.load("rtl") as rtl:
+        rtl.train_step(x, y)
+        assert rtl.backend.last_cycles == design.rtl_cycles()["train_step"]
+    engine = next(t for p, t in design.files().items() if p.endswith("_mac_engine.sv"))
+    assert "(init_0_h | init_0)" in engine  # the held initial value ORs the lanes' reads

@@ -275,7 +275,9 @@ def mac_engine(units: list[dict], name: str, pool: dict | None, cvts: _Cvts) -> 
     conversion. The initial value arrives with the first operands (stage 1) and is added with the first product
     (stage ``n``): where every reduction takes at least ``n - 1`` issues, the next one's initial value comes after
     that, so one register loaded at the first operands holds it (``hold_init``) instead of a delay line of
-    ``n - 1`` (a LUT per bit as shift registers). None with fewer than two such units: nothing to share."""
+    ``n - 1`` (a LUT per bit as shift registers); with a user reading its initial values in its lanes' slots
+    (``serial_init``, backends/drains.py) that register ORs what arrives from the first operands on. None with
+    fewer than two such units: nothing to share."""
     users = [u for u in units if u["op"] == "mac" and u["exact"] and not u["sr"]]  # (SR: each lane its bits)
     if len(users) < 2 or pool is None:
         return None
@@ -294,11 +296,15 @@ def mac_engine(units: list[dict], name: str, pool: dict | None, cvts: _Cvts) -> 
     for out in outs.values():  # each lane converts from its own width
         out["cvts"] = [cvts.get(lane_widths[lane], *out["convert"]) for lane in range(out["lanes"])]
     n = users[0]["term_stage"]
+    hold_init = min(u["points"] for u in users) >= n - 1
+    serial_init = any(u["serial_init"] for u in users)
+    if serial_init and not hold_init:  # (drains.init_slot_limit allows no slots then)
+        raise AssertionError("a serialized initial value needs the engine's held initial value")
     return {"module": f"{name}_mac_engine", "lanes": lanes, "width": width, "lane_widths": lane_widths,
             "dsp_acc": [_accumulates_in_dsp(pool, users, lane, lane_widths[lane]) for lane in range(lanes)],
             "term_stage": n, "prod_width": pool["product"]["width"],
             "has_init": any("cvt_init" in u for u in users), "outs": list(outs.values()), "users": users,
-            "hold_init": min(u["points"] for u in users) >= n - 1}
+            "hold_init": hold_init, "serial_init": serial_init}
 
 
 DSP_ACC_BITS = {"DSP48E1": 48}  # the accumulator (P register) of a target's DSP block, where it has one
@@ -400,7 +406,7 @@ def _unit_view(phase: Phase, pid: int, kernel, name: str, cvts: _Cvts, dsp_kind:
             "pooled": False, "own_product": False, "side": phase.stream == streams.SIDE,
             "engine": False, "skips_guarded": spec.skips_guarded, "counted": counted,
             "relu": then_relu(st), "mask_by": len(st.ins) - 1 if then_relu_mask(st) else None, "ops": ops,
-            "out_width": out_fmt.width, "stage": st,
+            "out_width": out_fmt.width, "stage": st, "serial_init": phase.serial_init,
             "origin": st.origin, "source": st.source, "guests": []}
     if st.reduce:
         view = _reduce_view(view, spec, kernel, cvts)
