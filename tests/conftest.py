@@ -39,6 +39,15 @@ def assert_backend_equals_emu(design, backend: str, sequence, params=None, after
     return emu
 
 
+def exact_cycles(design):
+    """An ``after_call`` for ``assert_backend_equals_emu`` on "rtl": each call took the cycles the schedule says."""
+    cycles = design.rtl_cycles()
+
+    def check(command, runner):
+        assert runner.backend.last_cycles == cycles[command], command
+    return check
+
+
 def load_example(name: str):
     """Import examples/<name>.py as a module."""
     spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")

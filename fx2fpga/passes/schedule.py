@@ -360,8 +360,8 @@ def _stage_phase(st: Stage, kernel: Kernel, where: str, groups: int = 1, group_c
     slots[GROUP_VAR] = group_counter + (lag or 0)
     delay = write_delay(st.op)
     drain_slots = drain_slots or (0,) * len(lane_offsets)
-    phase = Phase(st.name, "stage", counters, delay + max(drain_slots), reduce=reduce, stage=st, lanes=lanes, groups=groups,
-                  group_counter=group_counter if groups > 1 else None, lag=lag)
+    phase = Phase(st.name, "stage", counters, delay + max(drain_slots), reduce=reduce, stage=st, lanes=lanes,
+                  groups=groups, group_counter=group_counter if groups > 1 else None, lag=lag)
     operands = streamed_operands(st)
     own_init = drains.own_init(st) if max(drain_slots) else None
     phase.serial_init = own_init is not None
