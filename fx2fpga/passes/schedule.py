@@ -222,6 +222,13 @@ class Phase:
         return math.prod(c.count for c in self.counters)
 
     @property
+    def late_writes(self) -> int:
+        """How many cycles its last writes land after its first ones: a serialized drain's slots less one
+        (backends/drains.py); 0 where every lane writes at once."""
+        taps = [w.tap for w in self.writes if w.field is None]  # (not an input stream's words)
+        return max(taps) - min(taps) if taps else 0
+
+    @property
     def groupless_pass(self) -> int | None:
         """Pipelined groups: the pass in which the phase has no group (a lagging phase's first, a leading one's
         last; its writes are off there); None for a phase not pipelined."""

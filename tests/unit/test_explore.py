@@ -110,7 +110,8 @@ def test_matmuls_take_lanes_in_two_loops(auto_mlp):
         assert fx2fpga_ops.OPS_TABLE[st.op].multiplies
         assert (st.lanes, st.lane_var, st.outer_lanes, st.outer_lane_var) == (ln, var, outer, outer_var)
         assert var != outer_var and phases[name].lanes == m * ln * outer
-        assert phases[name].cycles == allocate.stage_cycles(st, m, ln, var, outer, outer_var)
+        # (the allocation leaves a serialized drain's slots out: backends/drains.py)
+        assert phases[name].cycles == allocate.stage_cycles(st, m, ln, var, outer, outer_var) + phases[name].late_writes
 
 
 def test_pareto_front(auto_mlp):
@@ -326,7 +327,9 @@ def test_pool_lanes_are_priced_at_the_widest_stage_reaching_each():
 def test_the_largest_weights_forward_and_update_seeded_alike(mlp_example):
     """allocate.aligned_pair: fc1's forward (reads the weight) and its update (writes it) at 128 lanes each, over
     loops that agree on the weight: the forward's lanes bank it along a dim the update banks it too (the forward
-    reduces over the other), so the pair's banks are the update's alone, 128, one a lane."""
+    reduces over the other). The update alone banks it by its 128 lanes (into the forward's one bank its drain would
+    take more slots than its reduction has points); beside the forward its drain is serialized (backends/drains.py):
+    the pair's banks are the forward's, 32, each written and read by 4 of the update's lanes in turn."""
     from fx2fpga.backends.common import buffer_banking
 
     sgd = fx2fpga.SGD(F.cross_entropy, mlp_example.example_targets, 0.1)
@@ -336,13 +339,14 @@ def test_the_largest_weights_forward_and_update_seeded_alike(mlp_example):
     assert set(seed) == {"train_addmm", "train_update_fc1_weight"}
     assert all(allocate.total(o) == 128 and o[0] == 1 for o in seed.values())
     stages = {st.name: st for st in k.stages()}
-    alone = []
+    alone = {}
     for name, option in seed.items():
         tile.set_stage_lanes(stages[name], *option)
-        alone.append(buffer_banking(k, ["fc1_weight"])["fc1_weight"].factors)
+        alone[name] = buffer_banking(k, ["fc1_weight"])["fc1_weight"].factors
         tile.set_stage_lanes(stages[name], 1, 1)
     for name, option in seed.items():
         tile.set_stage_lanes(stages[name], *option)
     both = buffer_banking(k, ["fc1_weight"])["fc1_weight"].factors
-    assert all(b % a == 0 for a, b in zip(*alone, strict=True)) and both == alone[1] and np.prod(both) == 128
+    assert alone == {"train_addmm": (32, 1), "train_update_fc1_weight": (32, 4)} and both == (32, 1)
+    assert buffer_banking(k, ["fc1_weight"], serial_drains=False)["fc1_weight"].factors == (32, 4)
     assert allocate.aligned_pair(k, design.target, "train_step", 3) is None  # no choice of 3 lanes in all for both

@@ -55,7 +55,7 @@ def test_stage_cycles_are_the_schedules(stacked):
             loop = tile._lane_loop(ph.stage)
             got = allocate.stage_cycles(ph.stage, ph.stage.model_lanes, ph.stage.lanes,
                                         loop.var if loop is not None else None)
-            assert got == ph.cycles, ph.name
+            assert got + ph.late_writes == ph.cycles, ph.name  # (the allocation leaves a drain's slots out)
     one = schedule.run(k, side=False)  # one stream: each phase's own span, a call overlaps their drains (overlap.py)
     phases = one.commands["train_step"]
     assert one.call_cycles("train_step") == 1 + sum(p.advance * p.groups for p in phases) \
