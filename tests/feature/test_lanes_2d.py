@@ -58,6 +58,13 @@ def test_stages_take_lanes_in_two_loops(two_dim_mlp):
     assert buffer_banking(design.kernel, serial_drains=False)[fwd.out.buffer].factors == (4, 2)
     assert [(w.lane, w.tap - sched.write_delay(fwd.op)) for w in phase.writes] == [(k, k // 4) for k in range(8)]
     assert phase.write_delay == sched.write_delay(fwd.op) + 1
+    # one row per slot: the banks share one write address per tap (the two taps never write in one cycle)
+    by_phase = {}
+    for w in design.rtl_plan().spec["writes"]:
+        if w["memory"] == fwd.out.buffer:
+            by_phase.setdefault(w["phase"], []).append(w)
+    (serial,) = [ws for ws in by_phase.values() if len({w["tap"] for w in ws}) == 2]
+    assert len(serial) == 8 and all(w["any_bank"] for w in serial)
 
 
 def test_kernel_json_keeps_the_second_lane_loop(two_dim_mlp):

@@ -611,10 +611,11 @@ class _Controller:
             cases.setdefault((port["memory"], b), []).append((self.bank_hit(hit, bank_q, b), addr))
 
     @staticmethod
-    def share_address(cases: dict, port: dict, hit, addr) -> None:
-        """A request marked ``any_bank`` into its phase's case for every bank of its memory: cases[(memory, None)]
-        maps each phase to its requests' (hit, address)."""
-        cases.setdefault((port["memory"], None), {}).setdefault(port["phase"], []).append((hit, addr))
+    def share_address(cases: dict, port: dict, hit, addr, case=None) -> None:
+        """A request marked ``any_bank`` into its phase's case (or ``case``) for every bank of its memory:
+        cases[(memory, None)] maps each case to its requests' (hit, address)."""
+        key = port["phase"] if case is None else case
+        cases.setdefault((port["memory"], None), {}).setdefault(key, []).append((hit, addr))
 
     def phase_case(self, reqs: list) -> tuple:
         """One phase's requests of one address (``any_bank``) as one case: the OR of their hits, the first's
@@ -648,8 +649,8 @@ class _Controller:
                     wport_cases.setdefault(("b", port["memory"], b) if port.get("port_b") else (port["memory"], b),
                                            []).append((self.bank_hit(hit, bank_q, b), None if shared else addr,
                                                        port["source"][str(b)]))
-                if shared:
-                    self.share_address(wport_cases, port, hit, addr)
+                if shared:  # (one case per tap: a serialized drain's taps never write in one cycle)
+                    self.share_address(wport_cases, port, hit, addr, (port["phase"], port["tap"]))
                 if port.get("port_b"):  # at the read port's address
                     self.read_address(raddr_cases, port, hit, bank_q, addr)
         return wport_cases

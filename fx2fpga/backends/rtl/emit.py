@@ -781,12 +781,16 @@ def _share_write_addresses(w: _Wiring, apart: set[str]) -> None:
     """Mark the write requests (on the first port) whose address may go to every bank of their memory
     (``"any_bank"``, as ``_share_read_addresses``): on a memory of several banks whose writes by two phases never
     land in one cycle (``apart``: the write enables keep their bank condition, and a bank not written ignores its
-    address), each phase writing it from one tap at one row."""
+    address), each phase writing it at one row from each of its taps. A phase writes from several taps only in a
+    serialized drain (backends/drains.py), whose taps never write in one cycle (its slots are fewer than its
+    reduction's points, and a reduction writes only at its last point): the controller keeps one address per
+    phase and tap (``circt_child.writes``), a bank takes the one that writes."""
     writes = [wr for wr in w.writes if not wr.get("port_b")]
     rows = _rows_by_phase(w, writes)
     for wr in writes:
         if w.mems[wr["memory"]]["banks"] > 1:
-            wr["any_bank"] = wr["memory"] in apart and all(len(k) == 1 for k in rows[wr["memory"]].values())
+            wr["any_bank"] = wr["memory"] in apart and all(len(k) == len({tap for tap, _ in k})
+                                                           for k in rows[wr["memory"]].values())
 
 
 def _rows_by_phase(w: _Wiring, reqs: list[dict]) -> dict[str, dict[int, set]]:
