@@ -48,6 +48,20 @@ def exact_cycles(design):
     return check
 
 
+def small_mlp(lanes, sizes=(8, 6, 3), batch: int = 4, **options):
+    """A ReLU MLP of ``sizes`` compiled with its SGD step (cross-entropy, lr 0.1) on a random batch (seeded: the same
+    every call) at ``lanes``: ``(design, x, y)``, the batch as numpy arrays."""
+    import fx2fpga
+
+    torch.manual_seed(0)
+    layers = [m for a, b in zip(sizes, sizes[1:], strict=False) for m in (torch.nn.Linear(a, b), torch.nn.ReLU())]
+    layers = layers[:-1]  # (no ReLU after the last layer)
+    x, y = torch.randn(batch, sizes[0]), torch.randint(0, sizes[-1], (batch,))
+    design = fx2fpga.compile(torch.nn.Sequential(*layers), (x,), train=fx2fpga.SGD(F.cross_entropy, y, lr=0.1),
+                             lanes=lanes, **options)
+    return design, x.numpy(), y.numpy()
+
+
 def load_example(name: str):
     """Import examples/<name>.py as a module."""
     spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")

@@ -19,7 +19,7 @@ import fx2fpga
 from fx2fpga.backends.common import buffer_banking
 from fx2fpga.passes import schedule as sched
 
-from ..conftest import assert_backend_equals_emu
+from ..conftest import assert_backend_equals_emu, small_mlp
 
 # the forward and the weight update (its gradient, 6 x 8 over the batch, folded in) of the first layer in two loops;
 # the second layer's forward in one
@@ -29,11 +29,7 @@ LANES = {"train_addmm": [1, 4, "i", 2, "j"], "train_update_b_0_weight": [1, 2, "
 
 @pytest.fixture(scope="module")
 def two_dim_mlp():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
-    x, y = torch.randn(4, 8), torch.randint(0, 3, (4,))
-    design = fx2fpga.compile(model, (x,), train=fx2fpga.SGD(F.cross_entropy, y, lr=0.1), lanes=LANES)
-    return design, x.numpy(), y.numpy()
+    return small_mlp(LANES)
 
 
 def test_stages_take_lanes_in_two_loops(two_dim_mlp):

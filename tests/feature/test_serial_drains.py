@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 from fx2fpga_runtime.fixed import Fixed
 from fx2fpga_runtime.ir import Access, Affine, Buffer, Kernel, Loop, Program, Stage
-from torch import nn
 
-import fx2fpga
 from fx2fpga.backends import drains
 from fx2fpga.backends.common import buffer_banking
 from fx2fpga.passes import schedule as sched
 
-from ..conftest import assert_backend_equals_emu, exact_cycles
+from ..conftest import assert_backend_equals_emu, exact_cycles, small_mlp
 from ..fuzz.harness import run_kernel
 
 # the backward product (on the MAC engine, masked by ReLU's gate), the softmax's max (a max unit) and its sum (a
@@ -27,11 +23,7 @@ SERIAL = ("train_mm", "train_amax", "train_sum_1")
 
 @pytest.fixture(scope="module")
 def mlp():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
-    x, y = torch.randn(4, 8), torch.randint(0, 3, (4,))
-    design = fx2fpga.compile(model, (x,), train=fx2fpga.SGD(F.cross_entropy, y, lr=0.1), lanes=LANES)
-    return design, x.numpy(), y.numpy()
+    return small_mlp(LANES)
 
 
 def _phases(design) -> dict:
@@ -60,11 +52,7 @@ def test_slots_stay_under_every_reduction_of_the_op():
     """A drain takes fewer slots than the points of any reduction of its op (one may share its unit next):
     the backward product at 6 lanes, read by one lane, would need 6 slots of its 3 points, so it banks its output
     by its own lanes and writes at once."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
-    x, y = torch.randn(4, 8), torch.randint(0, 3, (4,))
-    design = fx2fpga.compile(model, (x,), train=fx2fpga.SGD(F.cross_entropy, y, lr=0.1),
-                             lanes={"train_mm": [1, 2, "i", 3, "j"]}, until="schedule")
+    design, _, _ = small_mlp({"train_mm": [1, 2, "i", 3, "j"]}, until="schedule")
     mm = next(ph for ph in design.commands["train_step"] if ph.name == "train_mm")
     assert drains.slot_limit(mm.stage, design.kernel) == 3
     assert drains.write_slots(mm.stage, design.kernel, (1, 1)) is None  # 6 slots wanted
@@ -75,11 +63,7 @@ def test_slots_stay_under_every_reduction_of_the_op():
 def test_lane_slots_follow_the_banks():
     """Lanes (j, i) = 4 j + i over out[i, j]: banked 4 x 1 the four i-lanes of one j hit four banks (slot j);
     banked 2 x 1, lanes i and i + 2 share a bank."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
-    x, y = torch.randn(4, 8), torch.randint(0, 3, (4,))
-    design = fx2fpga.compile(model, (x,), train=fx2fpga.SGD(F.cross_entropy, y, lr=0.1),
-                             lanes={"train_addmm": [1, 4, "i", 2, "j"]}, until="tile")
+    design, _, _ = small_mlp({"train_addmm": [1, 4, "i", 2, "j"]}, until="tile")
     fwd = next(st for st in design.stages() if st.name == "train_addmm")
     assert fwd.lane_loops() == (("j", 2), ("i", 4))
     assert drains.lane_slots(fwd, (4, 1)) == (0, 0, 0, 0, 1, 1, 1, 1)
@@ -137,12 +121,8 @@ def fused_update_mlp():
     """The first layer's update (its SGD step folded into the gradient's reduction over the batch of 8) at 2 x 4
     lanes; its weight read by the forward at 2 lanes over its rows: banked 2 x 1, so the update reads and writes
     each bank's 4 lanes in 4 slots, on the MAC engine."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 5))
-    x, y = torch.randn(8, 8), torch.randint(0, 5, (8,))
-    design = fx2fpga.compile(model, (x,), train=fx2fpga.SGD(F.cross_entropy, y, lr=0.1),
-                             lanes={"train_addmm": [1, 2, "j"], "train_update_b_0_weight": [1, 2, "i", 4, "j"]})
-    return design, x.numpy(), y.numpy()
+    return small_mlp({"train_addmm": [1, 2, "j"], "train_update_b_0_weight": [1, 2, "i", 4, "j"]}, sizes=(8, 6, 5),
+                     batch=8)
 
 
 def test_the_weight_is_banked_for_its_forward(fused_update_mlp):
