@@ -264,13 +264,14 @@ def buffer_banking(kernel: Kernel, names=None, serial_drains: bool = True) -> di
             if acc.buffer in accesses:
                 accesses[acc.buffer].append((st, acc, k == 0))
     out = {}
+    fewest = drains.fewest_points(kernel)
     for name in names:
         shape = tuple(kernel.buffers[name].shape)
         held = [st for st, _, is_out in accesses[name] if is_out and serial_drains and drains.serializable(st, kernel)]
         while True:
             factors = _lane_factors(shape, [(st, acc) for st, acc, is_out in accesses[name]
                                             if st not in held or not (is_out or acc is drains.own_init(st))])
-            over = [st for st in held if drains.write_slots(st, kernel, factors) is None]
+            over = [st for st in held if drains.write_slots(st, kernel, factors, fewest) is None]
             if not over:
                 break
             held = [st for st in held if st not in over]  # (more banks: the others' slots only fall)

@@ -32,10 +32,11 @@ iteration, and fewer banks would raise that loop's initiation interval.
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 from fx2fpga_runtime import stochastic
-from fx2fpga_runtime.ir import Access, Kernel, Stage
+from fx2fpga_runtime.ir import Access, Affine, Kernel, Stage
 from fx2fpga_runtime.ops import OPS_TABLE
 
 
@@ -48,10 +49,20 @@ def serializable(st: Stage, kernel: Kernel) -> bool:
     return not any(ix.div != 1 or ix.mod for ix in st.out.index if lane_vars & set(ix.vars()))
 
 
-def slot_limit(st: Stage, kernel: Kernel) -> int:
+def fewest_points(kernel: Kernel) -> dict[str, int]:
+    """The fewest points of any reduction of each op in the kernel."""
+    out: dict[str, int] = {}
+    for s in kernel.stages():
+        if s.reduce:
+            out[s.op] = min(out.get(s.op, s.reduction_points), s.reduction_points)
+    return out
+
+
+def slot_limit(st: Stage, kernel: Kernel, fewest: dict[str, int] | None = None) -> int:
     """The most slots the stage's drain may take: the fewest points of any reduction of its op (its own included),
-    as any of them may run on the same unit and take its result registers next."""
-    return min(s.reduction_points for s in kernel.stages() if s.op == st.op and s.reduce)
+    as any of them may run on the same unit and take its result registers next (``fewest``: ``fewest_points`` of
+    the kernel, where the caller has it)."""
+    return (fewest or fewest_points(kernel))[st.op]
 
 
 def own_init(st: Stage) -> Access | None:
@@ -62,36 +73,43 @@ def own_init(st: Stage) -> Access | None:
     return next((a for a in st.ins[spec.arity:] if a.buffer == st.out.buffer and a.index == st.out.index), None)
 
 
-def init_slot_limit(st: Stage, kernel: Kernel) -> int:
+def init_slot_limit(st: Stage, kernel: Kernel, fewest: dict[str, int] | None = None) -> int:
     """The most slots a fused update's initial values may take: they meet the first product ``unit_latency - 3``
     points after it issued; 1 (no serializing) where a reduction of the op is shorter than that."""
     reach = OPS_TABLE[st.op].unit_latency - 3
-    return reach if slot_limit(st, kernel) >= reach else 1
+    return reach if slot_limit(st, kernel, fewest) >= reach else 1
 
 
 def lane_slots(st: Stage, factors: tuple[int, ...] | list[int]) -> tuple[int, ...]:
     """Each lane's slot (lanes in ``Stage.lane_loops`` order, row-major) when its output is banked by ``factors``:
     its rank among the earlier lanes whose element falls in the same bank."""
-    steps = dict(st.lane_loops())
+    return _lane_slots(st.lane_loops(), st.out.index, tuple(factors))
+
+
+@functools.lru_cache(maxsize=4096)  # (the explorer prices the same few layouts over and over)
+def _lane_slots(lane_loops: tuple[tuple[str, int], ...], index: tuple[Affine, ...],
+                factors: tuple[int, ...]) -> tuple[int, ...]:
+    steps = dict(lane_loops)
     taken: dict[tuple[int, ...], int] = {}
     slots = []
     for combo in itertools.product(*map(range, steps.values())):
         offsets = dict(zip(steps, combo, strict=True))
         bank = tuple(sum(c * offsets.get(v, 0) for v, c in ix.terms) % f
-                     for ix, f in zip(st.out.index, factors, strict=True))
+                     for ix, f in zip(index, factors, strict=True))
         slots.append(taken.get(bank, 0))
         taken[bank] = slots[-1] + 1
     return tuple(slots)
 
 
-def write_slots(st: Stage, kernel: Kernel, factors) -> tuple[int, ...] | None:
+def write_slots(st: Stage, kernel: Kernel, factors, fewest: dict[str, int] | None = None) -> tuple[int, ...] | None:
     """The lanes' slots of a stage whose drain is serialized under its output's banking ``factors``; None where its
     results are written at once (not ``serializable``, or more slots than ``slot_limit``, or for a fused update
-    than ``init_slot_limit``)."""
+    than ``init_slot_limit``; ``fewest``: ``fewest_points`` of the kernel, where the caller has it)."""
     if not serializable(st, kernel):
         return None
+    fewest = fewest or fewest_points(kernel)
     slots = lane_slots(st, factors)
-    limit = slot_limit(st, kernel)
+    limit = slot_limit(st, kernel, fewest)
     if own_init(st) is not None:
-        limit = min(limit, init_slot_limit(st, kernel))
+        limit = min(limit, init_slot_limit(st, kernel, fewest))
     return slots if max(slots, default=0) < limit else None
