@@ -271,7 +271,7 @@ def buffer_banking(kernel: Kernel, names=None, serial_drains: bool = True) -> di
         while True:
             factors = _lane_factors(shape, [(st, acc) for st, acc, is_out in accesses[name]
                                             if st not in held or not (is_out or acc is drains.own_init(st))])
-            over = [st for st in held if drains.write_slots(st, kernel, factors, fewest) is None]
+            over = [st for st in held if drains.fitting_slots(st, kernel, factors, fewest) is None]
             if not over:
                 break
             held = [st for st in held if st not in over]  # (more banks: the others' slots only fall)

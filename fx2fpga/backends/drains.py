@@ -105,8 +105,11 @@ def write_slots(st: Stage, kernel: Kernel, factors, fewest: dict[str, int] | Non
     """The lanes' slots of a stage whose drain is serialized under its output's banking ``factors``; None where its
     results are written at once (not ``serializable``, or more slots than ``slot_limit``, or for a fused update
     than ``init_slot_limit``; ``fewest``: ``fewest_points`` of the kernel, where the caller has it)."""
-    if not serializable(st, kernel):
-        return None
+    return fitting_slots(st, kernel, factors, fewest) if serializable(st, kernel) else None
+
+
+def fitting_slots(st: Stage, kernel: Kernel, factors, fewest: dict[str, int] | None = None) -> tuple[int, ...] | None:
+    """``write_slots`` of a stage known to be ``serializable``."""
     fewest = fewest or fewest_points(kernel)
     slots = lane_slots(st, factors)
     limit = slot_limit(st, kernel, fewest)

@@ -372,11 +372,7 @@ def _stage_phase(st: Stage, kernel: Kernel, where: str, groups: int = 1, group_c
     operands = streamed_operands(st)
     own_init = drains.own_init(st) if max(drain_slots) else None
     phase.serial_init = own_init is not None
-    # the point of a reduction, row-major over its counters (the last ones: one issue after another)
-    at_point, stride = [], 1
-    for k in reversed(reduce):
-        at_point.append((f"c{k}", stride))
-        stride *= counters[k].count
+    at_point = _reduction_point(counters, reduce) if own_init is not None else None
 
     def lane_guard(offsets: dict[str, int]) -> tuple[Guard, ...]:
         """Lanes past a lane loop's end in its last, partial group: no request."""
@@ -401,7 +397,7 @@ def _stage_phase(st: Stage, kernel: Kernel, where: str, groups: int = 1, group_c
             index = tuple(_rebase(ix, slots, steps, mine, drop) for ix in acc.index)
             guard = _rebase_guards(acc.guard, slots, steps, mine) + lane_guard(mine)
             if acc is own_init:  # a fused update's initial value: read at the lane's slot, its output's bank free
-                guard += (Guard(Affine(tuple(reversed(at_point)), -drain_slots[lane]), 1),)
+                guard += (Guard(Affine(at_point.terms, -drain_slots[lane]), 1),)
             ports[key] = Port(acc.buffer, index, 0, lane, o, guard=guard, served=(lane,))
         phase.reads += ports.values()
     point = stochastic.point_affine(st) if stochastic.rounds_stochastic(st, kernel) else None
@@ -411,6 +407,16 @@ def _stage_phase(st: Stage, kernel: Kernel, where: str, groups: int = 1, group_c
                                  guard=lane_guard(offsets), served=(lane,),
                                  point=None if point is None else _rebase(point, slots, steps, offsets)))
     return phase
+
+
+def _reduction_point(counters: tuple[Counter, ...], reduce: tuple[int, ...]) -> Affine:
+    """The point of a reduction over the phase's counters, row-major over its reduced ones (the last counters:
+    its points issue one after another)."""
+    terms, stride = [], 1
+    for k in reversed(reduce):
+        terms.append((f"c{k}", stride))
+        stride *= counters[k].count
+    return Affine(tuple(reversed(terms)), 0)
 
 
 def _index_values(port: Port, grid: list[np.ndarray], n: int) -> list[np.ndarray]:
@@ -677,6 +683,7 @@ def run(kernel: Kernel, side: bool = True) -> Schedule:
     if packing:  # (a kernel without: kernel.json unchanged)
         kernel.meta["word_packing"] = packing
     codes = interface.commands_of(kernel)
+    fewest = drains.fewest_points(kernel)  # (each reduction's drain slots: drains.slot_limit)
     # the group counter (model groups) follows the shared counters: as many as the longest loop nest
     group_counter = max([len(st.loops) for st in kernel.stages()] + [len(b.shape) for b in kernel.buffers.values()]
                         + [1])
@@ -688,7 +695,7 @@ def run(kernel: Kernel, side: bool = True) -> Schedule:
             prog = kernel.programs[cmd]
             pipelined = prog.passes > prog.groups
             for st in prog.stages:
-                slots = drains.write_slots(st, kernel, banking[st.out.buffer].factors)
+                slots = drains.write_slots(st, kernel, banking[st.out.buffer].factors, fewest)
                 phases.append(_stage_phase(st, kernel, f"stage {st.name!r} of {cmd}", prog.passes, group_counter,
                                            pipelined, slots))
         phases = fuse_input_stream(phases)

@@ -698,23 +698,17 @@ class _Controller:
                 out[port] = net.delayed(port + "_q", arrive(int(p)))
         # each reduction's own `first` (a shared one would be merged into one register of huge fanout); with a side
         # stream only at an issue: a phase waiting for the other stream (counters at 0) must not restart the
-        # accumulator of a unit it shares with a phase issuing meanwhile
-        for p, port in spec.get("first", {}).items():
-            with self.clocked(phase=int(p)):
-                stream = self.stream_of[int(p)]
-                cnt = self.cnt[stream]
-                issuing = [self.issue_at[stream][0]] if self.side else []
-                first = net.and_(on[int(p)], *issuing, *[net.eq_const(cnt[k], 0) for k in phases[int(p)]["reduce"]])
-                out[port] = self.delay(port, first, self.tap_operand)
-        # each reduction's last point, at an issue (the counters rest at their ends while the phase drains): its
-        # unit's result registers take the result then and hold it for a serialized drain (backends/drains.py)
-        for p, port in spec.get("last", {}).items():
-            with self.clocked(phase=int(p)):
-                stream = self.stream_of[int(p)]
-                cnt, counts = self.cnt[stream], phases[int(p)]["counters"]
-                last = net.and_(on[int(p)], self.issue_at[stream][0],
-                                *[net.eq_const(cnt[k], counts[k] - 1) for k in phases[int(p)]["reduce"]])
-                out[port] = self.delay(port, last, self.tap_operand)
+        # accumulator of a unit it shares with a phase issuing meanwhile. Its `last` always at an issue (the counters
+        # rest at their ends while the phase drains): its unit's result registers take the result then and hold it
+        # for a serialized drain (backends/drains.py)
+        for which, at_end in (("first", False), ("last", True)):
+            for p, port in spec.get(which, {}).items():
+                with self.clocked(phase=int(p)):
+                    stream, ph = self.stream_of[int(p)], phases[int(p)]
+                    issuing = [self.issue_at[stream][0]] if self.side or at_end else []
+                    point = [net.eq_const(self.cnt[stream][k], ph["counters"][k] - 1 if at_end else 0)
+                             for k in ph["reduce"]]
+                    out[port] = self.delay(port, net.and_(on[int(p)], *issuing, *point), self.tap_operand)
         out["idle"] = net.and_(net.eq_const(self.phase, 0), net.not_(self.args["rst"]))
         out["in_ready"] = net.and_(self.can_issue, self.is_unpack) if self.unpack_ids else net.const(0, 1)
         packs = [p for p, ph in phases.items() if ph["kind"] == "pack"]

@@ -304,7 +304,8 @@ def mac_engine(units: list[dict], name: str, pool: dict | None, cvts: _Cvts) -> 
             "dsp_acc": [_accumulates_in_dsp(pool, users, lane, lane_widths[lane]) for lane in range(lanes)],
             "term_stage": n, "prod_width": pool["product"]["width"],
             "has_init": any("cvt_init" in u for u in users), "outs": list(outs.values()), "users": users,
-            "hold_init": hold_init, "serial_init": serial_init}
+            "hold_init": hold_init, "serial_init": serial_init,
+            "masked": any(u["mask_by"] is not None for u in users)}  # a user holds ReLU's gate with its result (cap)
 
 
 DSP_ACC_BITS = {"DSP48E1": 48}  # the accumulator (P register) of a target's DSP block, where it has one
