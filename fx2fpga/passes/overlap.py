@@ -13,8 +13,10 @@ next phase waited for the last of them; now its setup comes as early as nothing 
 Only a stage phase following a stage phase overlaps. The others are barriers, waiting for every write
 in flight: transfers (their stream handshakes), the last phase of a command, the last stage phase of a
 model group's pass (the group counter steps after it, and the in-flight requests read it), and a phase whose
-wait for the side stream may stall it (``Phase.barrier``, streams.py). With a side stream this runs on the
-main stream's phases. The schedule
+wait for the side stream may stall it (``Phase.barrier``, streams.py). With a side stream this runs on each
+stream's phases, the side stream's in the order it runs them and *delayable* (session 29: a side phase's wait
+for a main phase may delay it past its planned setup, so its setup must be clear of a write clash at every later
+offset too; an element's order only loosens then). The schedule
 stays exact: the controller tags every tap of its issue delay line with the phase that issued it
 (``backends/rtl/circt_child.py``), so the requests in flight keep their phase. The other shared parts are
 used at one fixed tap after the issue by every stage that uses them (the pooled multipliers, the MAC
@@ -78,9 +80,10 @@ def _write_clash(earlier: Requests, later: Requests, d: int) -> bool:
     return False
 
 
-def _earliest(tail: Requests, head: Requests, low: int, high: int) -> int:
+def _earliest(tail: Requests, head: Requests, low: int, high: int, delayable: bool = False) -> int:
     """The least offset in ``low .. high`` of the head's phase setup after the tail's at which neither
-    an element's order nor a write port says no (``high``: every write of the tail is done)."""
+    an element's order nor a write port says no (``high``: every write of the tail is done); ``delayable``: nor at
+    any later offset (an element's order only loosens as the head comes later)."""
     d = low
     for buf, (keys, times, _) in tail.writes.items():
         if buf in head.reads:
@@ -90,14 +93,18 @@ def _earliest(tail: Requests, head: Requests, low: int, high: int) -> int:
     for buf, (keys, times) in tail.reads.items():
         if buf in head.writes:
             d = max(d, _order_bound((keys, times), head.writes[buf][:2]))
+    if delayable:  # clear of a clash at every later offset too (a wait may delay the head's first issue)
+        d = max([d] + [x + 1 for x in range(d, high) if _write_clash(tail, head, x)])
     while d < high and _write_clash(tail, head, d):
         d += 1
     return min(d, high)
 
 
-def plan(phases: list[Phase], requests: Callable[[Phase, np.ndarray], Requests]) -> None:
-    """Set ``drain`` of each phase of one command (its phases in order); ``requests(phase, issues)``: the
-    requests of those issues of the phase (``schedule.phase_requests``)."""
+def plan(phases: list[Phase], requests: Callable[[Phase, np.ndarray], Requests], delayable: bool = False) -> None:
+    """Set ``drain`` of each phase of one command (its phases in order; or of one stream's phases in the order it
+    runs them); ``requests(phase, issues)``: the requests of those issues of the phase
+    (``schedule.phase_requests``); ``delayable``: a phase may set up later than planned (the side stream's, whose
+    wait for a main phase may delay it), so each setup is clear of a write clash at every later offset too."""
     starts: list[int] = []
     flight: list[tuple[int, int, Requests]] = []  # stage phases still writing: (setup, last write, tail)
     for j, ph in enumerate(phases):
@@ -115,7 +122,7 @@ def plan(phases: list[Phase], requests: Callable[[Phase, np.ndarray], Requests])
                     before = s
                     for start, last, tail in flight:
                         if last >= s:
-                            s = max(s, start + _earliest(tail, head, s - start, last + 1 - start))
+                            s = max(s, start + _earliest(tail, head, s - start, last + 1 - start, delayable))
             prev.drain = s - low
             starts.append(s)
         flight = [f for f in flight if f[1] >= starts[-1]]

@@ -657,18 +657,18 @@ def _check_bank_clashes(phase: Phase, located: dict, grid, n: int, where: str) -
 # ----- the pass -------------------------------------------------------------------------------------------
 
 def _plan_drains(phases: list[Phase], memories: dict[str, Memory], cache: dict) -> None:
-    """Each phase's drain for the streams as assigned: the main stream's from ``overlap.plan``, a side phase's its
-    write delay (the side stream's next phase waits for every write, streams.py). ``cache``: the requests of a
-    phase's head or tail already enumerated (the same for every assignment tried)."""
+    """Each phase's drain for the streams as assigned, from ``overlap.plan`` on each stream's phases in the order it
+    runs them (the side stream's ``delayable``: a wait may delay a side phase past its planned setup, streams.py).
+    ``cache``: the requests of a phase's head or tail already enumerated (the same for every assignment tried)."""
     def requests(ph: Phase, issues: np.ndarray) -> Requests:
         key = (id(ph), int(issues[0]) if len(issues) else 0, len(issues))
         if key not in cache:
             cache[key] = phase_requests(ph, memories, issues)
         return cache[key]
-    for ph in phases:
-        if ph.stream == streams.SIDE:
-            ph.drain = ph.write_delay
     overlap.plan([ph for ph in phases if ph.stream == streams.MAIN], requests)
+    side = sorted((ph for ph in phases if ph.stream == streams.SIDE), key=lambda ph: ph.side_rank)
+    if side:
+        overlap.plan(side, requests, delayable=True)
 
 
 def run(kernel: Kernel, side: bool = True) -> Schedule:

@@ -22,7 +22,9 @@ ready, ``Phase.side_rank``, ``_set_waits``). The waits are flags in the controll
 write lands, so the order holds whatever the input stream's pace. A main phase whose wait may delay its first issue
 in the model sets up only after every write of the phases before it (``Phase.barrier``: a stalled issue could
 otherwise meet a write at one bank in one cycle); only the input stream stalls, and it delays the main stream alone,
-so a wait the model says never blocks never does. Each side phase sets up after the last write of the one before it.
+so a wait the model says never blocks never does. Side phases overlap as main ones do (``overlap.plan`` on the side
+stream's order, ``delayable``: safe at any later setup, since a wait may delay a side phase's first issue), the last
+draining every write.
 The side stream starts with each pass of the program's first main-stream stage phase (each model group's pass) and
 the pass's last stage phase ends only when the side stream is idle.
 
@@ -329,4 +331,4 @@ class _Timeline:
                 issue = max(issue, max(self.flag[q] for q in self.main if q <= ph.wait))
             last_issue = issue + ph.issues_in(self.pass_) - 1
             self.flag[pending.pop(0)] = last_issue + flag_delay(ph)
-            self.side_idle = last_issue + ph.write_delay + 1
+            self.side_idle = last_issue + ph.drain_in(self.pass_) + 1

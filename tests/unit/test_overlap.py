@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fx2fpga
-from fx2fpga.passes import overlap, schedule
+from fx2fpga.passes import overlap, schedule, streams
 
 
 def _all_requests(ph, memories):
@@ -35,8 +35,9 @@ def _fits(earlier, later, d: int) -> bool:
     return not overlap._write_clash(earlier, later, d)
 
 
-def _exhaustive_starts(phases, memories) -> list[int]:
-    """Each phase's setup cycle by the rules of passes/overlap.py, searched over every request."""
+def _exhaustive_starts(phases, memories, delayable: bool = False) -> list[int]:
+    """Each phase's setup cycle by the rules of passes/overlap.py, searched over every request (``delayable``: the
+    rules hold at every later setup too, up to the last write in flight: a side phase's wait may delay it)."""
     starts, done_at = [], []
     reqs = [_all_requests(ph, memories) if ph.kind == "stage" else None for ph in phases]
     for j, ph in enumerate(phases):
@@ -49,8 +50,9 @@ def _exhaustive_starts(phases, memories) -> list[int]:
             s = done
             if ph.kind == "stage" and prev.kind == "stage":
                 s = next(c for c in range(low, done + 1)
-                         if all(_fits(reqs[i], reqs[j], c - starts[i]) for i in range(j) if reqs[i] is not None
-                                and starts[i] + phases[i].cycles > c))
+                         if all(_fits(reqs[i], reqs[j], t - starts[i])
+                                for t in range(c, done + 1 if delayable else c + 1)
+                                for i in range(j) if reqs[i] is not None and starts[i] + phases[i].cycles > t))
             starts.append(s)
         done_at.append(starts[-1] + ph.cycles)
     return starts
@@ -104,3 +106,21 @@ def test_a_reader_of_the_last_write_waits_for_it_and_transfers_are_barriers():
             assert ph.drain_cycles == ph.write_delay - schedule.RAM_TAP - 1, ph.name
             waits += 1
     assert waits >= 1
+
+
+@pytest.mark.parametrize("name", ["mlp", "groups"])
+def test_side_stream_drains_are_the_earliest_starts_that_stay_safe_after_a_wait(name):
+    """The side stream overlaps its phases too (session 29): each side phase sets up, in the side stream's order, as
+    early as the rules allow at that offset and at every later one (its wait for a main phase may delay its first
+    issue past the planned setup, and a write clash is not monotone in the offset); the last one drains every write
+    (the pass ends when the side stream is idle)."""
+    design = dict(_kernels())[name]
+    phases = design.schedule.commands["train_step"]
+    side = [phases[i] for i in streams.side_order(phases)]
+    assert len(side) >= 4
+    starts = _exhaustive_starts(side, design.schedule.memories, delayable=True)
+    for j, ph in enumerate(side[:-1]):
+        assert ph.drain == starts[j + 1] - starts[j] - 1 - ph.iterations, ph.name
+    ends = [st + p.cycles for st, p in zip(starts, side, strict=True)]
+    assert starts[-1] + side[-1].advance == max(ends)
+    assert sum(ph.drain_cycles < ph.write_delay for ph in side[:-1]) >= 2  # it gains at all

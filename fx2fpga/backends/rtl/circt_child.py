@@ -319,8 +319,7 @@ class _Controller:
                                 if k < len(ph["counters"]) else 0, cw, stream)
                  for k in range(m)]
         draining, set_draining = net.reg(f"{pre}draining", 1)
-        dw = max(1, max(max(self.phases[p]["drain"], self.phases[p].get("idle_drain", 0) * (stream == 0))
-                        for p in ids).bit_length())
+        dw = max(1, max(max(self.phases[p]["drain"], self.phases[p].get("idle_drain", 0)) for p in ids).bit_length())
         dcnt, set_dcnt = net.reg(f"{pre}drain_count", dw)
         idle = self.idle_pass(stream)
         if idle is not None:  # a pipelined phase in the pass it has no group: one issue, a barrier's drain
@@ -343,7 +342,7 @@ class _Controller:
         last_all = net.and_(issue, *lasts)
         no_delay = net.delayed(f"{pre}no_delay", net.or_(*[self.now[p] for p in ids if self.phases[p]["drain"] == 0]))
         drain_init = self.per_phase(f"{pre}drain_init", lambda ph: max(0, ph["drain"] - 1), dw, stream)
-        if idle is not None and stream == 0:  # (a side phase drains its writes anyway: streams.timeline)
+        if idle is not None:
             no_delay = net.and_(no_delay, net.not_(idle))
             idle_drain = self.per_phase(f"{pre}idle_drain", lambda ph: max(0, ph.get("idle_drain", 0) - 1), dw,
                                         stream)
