@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, fields
 from fx2fpga_runtime import interface
 from fx2fpga_runtime.ir import Kernel
 
-from . import allocate, model_groups, pipeline_groups, resources, schedule, tile
+from . import allocate, model_groups, pipeline_groups, refine, resources, schedule, tile
 
 AUTO_BUDGET = 1.0  # share of each resource's allowance (resources.ALLOWED_SHARE) the chosen point may use (until
 # session 26: 0.85 of each resource itself, the LUT model's margin on the exact DSP and block RAM counts too)
@@ -73,7 +73,7 @@ class DesignPoint:
     def label(self) -> str:
         if self.allocation:
             return (self.allocation.replace("per stage, ", "per-stage@").replace(", groups of ", "/g")
-                    .replace(", pipelined", "/pipelined"))
+                    .replace(", pipelined", "/pipelined").replace(", refined", "/refined"))
         return f"{self.model_lanes}x{self.lanes}"
 
 
@@ -257,9 +257,7 @@ def _allocated_point(one: Kernel, base, target, name: str, size: int, share: flo
         allocate.allocate(k, target, base.plan, aim, program, price_muxes, pinned,  # (the kernel keeps its lanes)
                           pool_by_lane)
         k, pipelined = pipelined_if_allowed(k, program, cut)
-        most = max(st.total_lanes for st in k.programs[program].stages)
-        return measure(k, target, name, max(st.model_lanes for st in k.stages()), most,
-                       allocation=label + (", pipelined" if pipelined else ""))
+        return _measure_allocated(k, target, name, label + (", pipelined" if pipelined else ""))
 
     def faster(got, best):
         return got[0] is not None and got[0].load <= share and (
@@ -287,6 +285,13 @@ def _allocated_point(one: Kernel, base, target, name: str, size: int, share: flo
     return best or got
 
 
+def _measure_allocated(k: Kernel, target, name: str, allocation: str):
+    """``measure`` of a kernel with lanes per stage (its most lanes and model lanes as the point's)."""
+    program = main_program(k)
+    most = max(st.total_lanes for st in k.programs[program].stages)
+    return measure(k, target, name, max(st.model_lanes for st in k.stages()), most, allocation=allocation)
+
+
 def group_sizes(kernel: Kernel, model_lanes) -> list[int]:
     """The group sizes (models side by side) the per-stage allocation tries: every divisor of the model count
     for ``"auto"``, else the one ``model_lanes`` makes (rounded down to a divisor, as ``tile.assign_model_lanes``
@@ -310,6 +315,13 @@ def per_stage_points(kernel: Kernel, target, name: str, progress=None, model_lan
     if fitting:
         best = max(fitting, key=lambda g: g[0].model_steps_per_s)
         size = model_groups.group_size(best[1])
+        if progress:
+            progress("explore: the fastest point refined on the exact schedule")
+        label = best[0].allocation + ", refined"
+        got = refine.refine(best, main_program(best[1]), target, AUTO_BUDGET,
+                            lambda k: _measure_allocated(k, target, name, label))
+        if got is not best:
+            out.append(got)
         for share in PER_STAGE_BUDGETS:
             got = per_stage_point(kernel, target, name, size, share)
             if got[0] is not None:
