@@ -11,6 +11,8 @@ program (``train_step``, else ``infer``) costing its exact RTL cycles plus what 
 (``bus_cycles``: the output words' write-back, the AXI wrapper's start and finish, and any wait for input
 words where the target's measured bus rate, ``bus_mbytes_per_s``, is below a word per cycle).
 
+The per-stage points come from the greedy allocation (``passes/allocate.py``); the fastest of them that fits is
+then refined on the exact schedule (``passes/refine.py``: narrower side-stream stages paying for a wider main one).
 ``lanes="auto"`` keeps the fastest point whose every resource is within its allowance on the target
 (``resources.ALLOWED_SHARE``: a margin for the model's error on LUT and FF, none on the exact DSP count, the
 block RAM's error on block RAM; docs/rtl.md, "Resource model"); ``fx2fpga explore``
