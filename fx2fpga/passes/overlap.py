@@ -95,8 +95,9 @@ def _earliest(tail: Requests, head: Requests, low: int, high: int, delayable: bo
             d = max(d, _order_bound((keys, times), head.writes[buf][:2]))
     if delayable:  # clear of a clash at every later offset too (a wait may delay the head's first issue)
         d = max([d] + [x + 1 for x in range(d, high) if _write_clash(tail, head, x)])
-    while d < high and _write_clash(tail, head, d):
-        d += 1
+    else:
+        while d < high and _write_clash(tail, head, d):
+            d += 1
     return min(d, high)
 
 

@@ -118,21 +118,22 @@ class _Search:
         """Measure each side stage at half its lanes: keep a pure gain at once, offer the rest."""
         offers = []
         for ph in sorted(self.phases(streams.SIDE), key=lambda ph: -ph.lanes):
-            st = self.stages().get(ph.stage.name)
-            for option in (trims(st) if st is not None and st.total_lanes > 1 else [])[:1]:
-                if self.left <= 0:
-                    return offers
-                got = self.evaluate({st.name: option})
-                if got[0] is None:
-                    continue
-                now, new = _values(self.point), _values(got[0])
-                freed = {r: now[r] - new[r] for r in RESOURCES}
-                added = got[0].cycles - self.point.cycles
-                if added <= 0 and min(freed.values()) >= 0 and max(freed.values()) > 0 and self.fits(got[0]):
-                    self.keep(got)
-                    offers = [o for o in offers if o.stage != st.name]
-                else:
-                    offers.append(_Offer(st.name, option, added, freed))
+            options = trims(self.stages()[ph.stage.name])  # (none for a stage at one lane)
+            if not options:
+                continue
+            if self.left <= 0:
+                return offers
+            got = self.evaluate({ph.stage.name: options[0]})
+            if got[0] is None:
+                continue
+            now, new = _values(self.point), _values(got[0])
+            freed = {r: now[r] - new[r] for r in RESOURCES}
+            added = got[0].cycles - self.point.cycles
+            if added <= 0 and min(freed.values()) >= 0 and max(freed.values()) > 0 and self.fits(got[0]):
+                self.keep(got)
+                offers = [o for o in offers if o.stage != ph.stage.name]
+            else:
+                offers.append(_Offer(ph.stage.name, options[0], added, freed))
         return offers
 
     def pay_for(self, over: dict[str, float], offers: list[_Offer], taken: list[_Offer]) -> list[_Offer]:
@@ -165,21 +166,17 @@ class _Search:
                     tried.append((got, {st.name: option}))
         for got, changes in sorted(tried, key=lambda t: t[0][0].cycles):
             taken: list[_Offer] = []
-            for _ in range(PAYMENTS):
+            for payment in range(PAYMENTS + 1):
                 if self.fits(got[0]):
                     self.keep(got)
                     return True
-                more = self.pay_for(self.over(got[0]), offers, taken)
+                more = self.pay_for(self.over(got[0]), offers, taken) if payment < PAYMENTS else []
                 if not more or self.left <= 0:
                     break
                 taken += more
                 got = self.evaluate({**changes, **{o.stage: o.option for o in taken}})
                 if got[0] is None or got[0].cycles >= self.point.cycles:
                     break
-            else:
-                if self.fits(got[0]):
-                    self.keep(got)
-                    return True
         return False
 
 
