@@ -49,6 +49,11 @@ def test_trims_halve_a_stage_on_its_loops_and_widenings_stay_within_twice():
     assert (1, 8, "j", 1, None) in wider
     assert all(4 < o[0] * o[1] * o[3] <= 8 and "j" in {o[2], o[4]} for o in wider)
     assert refine.trims(stages["train_log"]) == []  # one lane: nothing to halve
+    # the nearest shapes first: halving one loop's lanes re-banks less than moving them all to another loop
+    assert refine.reshaping((1, 4, "j", 8, "i"), (1, 8, "j", 8, "i")) == 1
+    assert refine.reshaping((1, 32, "j", 1, None), (1, 8, "j", 8, "i")) == 5
+    assert [refine.reshaping(o, refine.option_of(mm)) for o in wider] == sorted(
+        refine.reshaping(o, refine.option_of(mm)) for o in wider)
 
 
 def test_a_wider_main_stage_is_paid_for_by_narrower_side_stages():
