@@ -116,17 +116,18 @@ AXI_CALL_CYCLES = 9
 def bus_cycles(kernel: Kernel, program: str, target) -> int:
     """Clock cycles the bus adds to one call of ``program`` beyond the core's exact cycles (0 without a bus).
 
-    Through ``<name>_axi`` the core's unpack phases take the input words as the bus delivers them (one per
-    cycle), so the bus adds only what it cannot hide: the wait where it delivers the input words slower than
-    one per cycle (the target's ``bus_mbytes_per_s``), the write-back of the output words after the core (one
-    per cycle) and the wrapper's start and finish (``AXI_CALL_CYCLES``)."""
+    Through ``<name>_axi`` the core's unpack phases take the input words as the bus delivers them (a word, or a
+    packed unit of two, per cycle), so the bus adds only what it cannot hide: the wait where it delivers the
+    input words slower than the core takes them (the target's ``bus_mbytes_per_s``), the write-back of the output
+    words after the core (two a beat, a beat per cycle) and the wrapper's start and finish (``AXI_CALL_CYCLES``)."""
     rate = getattr(target, "bus_mbytes_per_s", None)
     if not rate:
         return 0
     ins, outs = interface.command_buffers(kernel, program)
     in_words, out_words = interface.word_count(kernel, ins), interface.word_count(kernel, outs)
-    delivery = math.ceil(4 * in_words / (rate * 1e6) * target.clock_mhz * 1e6)
-    return max(0, delivery - in_words) + out_words + AXI_CALL_CYCLES
+    taking = sum(interface.buffer_words(kernel, b) // interface.unit_words(kernel, b) for b in ins)
+    delivery = math.ceil(round(4 * in_words * target.clock_mhz / rate, 9))  # (rounded: 260.00000000000003 is 260)
+    return max(0, delivery - taking) + -(-out_words // 2) + AXI_CALL_CYCLES
 
 
 def candidates(kernel: Kernel, lanes, model_lanes) -> list[tuple[int, int]]:
@@ -200,11 +201,13 @@ def per_stage_point(kernel: Kernel, target, name: str, size: int, share: float):
     # one allocation of them run one after another to compare (pipelining adds a pass: worth it for many groups)
     cut = pipeline_cut(one)
     got = [_allocated_point(one, base, target, name, size, share, priced, cut=cut) for priced in (True, False)]
-    # the first stage at the lanes that take the input as its words arrive, the others allocated around it (the
-    # greedy prices stages alone: it does not see the transfer that shape hides, schedule.fuse_input_stream)
-    pinned = tile.stream_lanes(one, main_program(one), interface.MAX_PORT_WIDTH)
-    if pinned:
-        got.append(_allocated_point(one, base, target, name, size, share, True, pinned, cut=cut))
+    # the first stage at the lanes that take the input as its units arrive (two words a cycle, or one), the others
+    # allocated around it (the greedy prices stages alone: it does not see the transfer that shape hides,
+    # schedule.fuse_input_stream)
+    for bits in (interface.MAX_UNIT_BITS, interface.MAX_PORT_WIDTH):
+        pinned = tile.stream_lanes(one, main_program(one), bits)
+        if pinned:
+            got.append(_allocated_point(one, base, target, name, size, share, True, pinned, cut=cut))
     if cut is not None:
         got.append(_allocated_point(one, base, target, name, size, share, True))
     # seeded with the largest parameter's forward and update at twice the lanes the best of those gave them, on

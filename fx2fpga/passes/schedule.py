@@ -3,7 +3,7 @@
 A kernel command (``load_params``, ``read_params``, ``infer``, ``train_step``) runs as a
 sequence of **phases** under one controller FSM:
 
-- ``unpack``: one input word per cycle from the host stream into a buffer (row-major);
+- ``unpack``: one input word (or a packed unit of two) per cycle from the host stream into a buffer (row-major);
 - ``stage``: one stage of the program, one loop-body issue per cycle (``lanes`` outputs at once);
 - ``pack``: one word per cycle from a buffer to the host stream;
 - ``nop``: a single idle cycle for a command that moves nothing.
@@ -208,6 +208,7 @@ class Phase:
     # a stage fused with an unpack (``fuse_input_stream``): its operands taken from the input word as it arrives,
     # (operand, lanes served, word field); its issues wait for the stream's words as an unpack's do
     streamed: tuple[tuple[int, tuple[int, ...], int], ...] = ()
+    in_words: int = 1  # an unpack (or a stage fused with one): the input words an issue takes (a packed unit's)
     stream: int = 0  # the controller's issue stream: 0 the main one, 1 the side stream (streams.py)
     wait: int | None = None  # the phase (index in its command) of the other stream whose done flag it waits for
     barrier: bool = False  # its setup waits for every write in flight (a main phase whose wait may stall it)
@@ -466,20 +467,20 @@ def fuse_input_stream(phases: list[Phase]) -> list[Phase]:
         fused = Phase(stage.name, "stage", stage.counters, stage.write_delay,
                       reads=[p for p in stage.reads if p.buffer != unpack.buffer], writes=writes + stage.writes,
                       reduce=stage.reduce, stage=stage.stage, lanes=stage.lanes,
-                      streamed=tuple((p.operand, p.served, field) for p, field in got))
+                      streamed=tuple((p.operand, p.served, field) for p, field in got), in_words=unpack.in_words)
         return unpacks[:k] + [fused] + unpacks[k + 1:] + phases[len(unpacks) + 1:]
     return phases
 
 
 def word_packing(kernel: Kernel, banking: dict) -> dict[str, list[int]]:
-    """``{buffer: [dim, values per word]}``: each program input that several values fit in one interface word
-    and one of whose dims is split into banks takes that many values per word along that dim (as many as fit,
-    dividing the dim and its banks: they land in different banks, one cycle per word; see
-    ``interface.py``). The dim allowing the most, the outermost of equals."""
+    """``{buffer: [dim, values per word]}``: each program input that several values fit in one packed unit (up
+    to two interface words: the RTL's bus beat) and one of whose dims is split into banks takes that many values
+    per unit along that dim (as many as fit, dividing the dim and its banks: they land in different banks, one
+    cycle per unit; see ``interface.py``). The dim allowing the most, the outermost of equals."""
     out = {}
     for name in sorted({b for p in kernel.programs.values() for b in p.inputs} - set(kernel.params)):
         buf = kernel.buffers[name]
-        fit = interface.MAX_PORT_WIDTH // buf.fmt.width
+        fit = interface.MAX_UNIT_BITS // buf.fmt.width if buf.fmt.width <= interface.MAX_PORT_WIDTH // 2 else 0
         best = [0, 1]
         for d, (n, banks) in enumerate(zip(buf.shape, banking[name].factors, strict=True)):
             per_word = max(k for k in range(1, fit + 1) if banks % k == 0 and n % k == 0) if fit else 1
@@ -498,7 +499,8 @@ def _transfer_phase(kernel: Kernel, name: str, kind: str) -> Phase:
         writes = [Port(name, tuple(Affine(((f"c{d}", per_word),), lane) if d == dim else Affine.var(f"c{d}")
                                    for d in range(len(buf.shape))), UNPACK_DELAY, lane, field=lane)
                   for lane in range(per_word)]  # lane l: field l of the word
-        return Phase(f"unpack_{name}", kind, counters, UNPACK_DELAY, writes=writes, buffer=name, lanes=per_word)
+        return Phase(f"unpack_{name}", kind, counters, UNPACK_DELAY, writes=writes, buffer=name, lanes=per_word,
+                     in_words=interface.unit_words(kernel, name))
     counters = tuple(Counter(f"d{d}", n) for d, n in enumerate(buf.shape))
     index = tuple(Affine.var(f"c{d}") for d in range(len(buf.shape)))
     return Phase(f"pack_{name}", kind, counters, PACK_DELAY, reads=[Port(name, index, 0)], buffer=name)

@@ -8,10 +8,12 @@ Each raw fixed-point value travels as one sign-extended (or zero-extended, for u
 formats) 32-bit word, buffers row-major, one after the other, except where the kernel packs a
 buffer (``kernel.meta["word_packing"]``, ``{buffer: [dim, values per word]}``, chosen by the
 schedule: a program input of at most 16 bits whose dim ``dim`` is split into banks): then one
-word carries that many consecutive values along ``dim``, value ``l`` in bits ``l*w ..
-(l+1)*w - 1`` (``w`` its width, each field two's complement), the words in row-major order of
-the buffer with ``dim`` counted in steps of that many. The kernel writes them into as many banks
-in one cycle, and the bus carries half (or a quarter) of the bytes.
+*unit* carries that many consecutive values along ``dim``, value ``l`` in bits ``l*w ..
+(l+1)*w - 1`` (``w`` its width, each field two's complement), the units in row-major order of
+the buffer with ``dim`` counted in steps of that many. A unit is one word, or two (low word first)
+where its values need more than 32 bits (at most ``MAX_UNIT_BITS``: the 64-bit beat of the RTL
+kernel's bus, which takes a unit a cycle). The kernel writes a unit into as many banks in one
+cycle, and the bus carries half (or a quarter) of the bytes.
 
 - ``load_params``: in = every parameter buffer in ``kernel.params`` order; out = nothing
 - ``read_params``: in = nothing; out = every parameter buffer in ``kernel.params`` order
@@ -29,6 +31,7 @@ from .ir import Kernel
 COMMANDS = {"load_params": 1, "read_params": 2, "infer": 3, "train_step": 4,
             "read_saturation": 5}  # read_saturation: only kernels compiled with saturation counters (saturation.py)
 MAX_PORT_WIDTH = 32
+MAX_UNIT_BITS = 2 * MAX_PORT_WIDTH  # a packed unit: at most two words (word_packing)
 
 # The kernel's AXI4-Lite registers (byte offsets): the Vitis HLS s_axilite layout of ``<name>_top``
 # (``cmd`` and the block-level ``ap_ctrl_hs`` protocol on s_axilite, the two word arrays as m_axi
@@ -131,10 +134,16 @@ def word_packing(kernel: Kernel) -> dict[str, tuple[int, int]]:
     return {name: (int(d), int(n)) for name, (d, n) in kernel.meta.get("word_packing", {}).items()}
 
 
+def unit_words(kernel: Kernel, name: str) -> int:
+    """The words one packed unit of buffer ``name`` takes: two where its values need more than one word."""
+    per_word = word_packing(kernel).get(name, (0, 1))[1]
+    return -(-per_word * kernel.buffers[name].fmt.width // MAX_PORT_WIDTH) if per_word > 1 else 1
+
+
 def buffer_words(kernel: Kernel, name: str) -> int:
     """The words buffer ``name`` takes on the interface."""
     per_word = word_packing(kernel).get(name, (0, 1))[1]
-    return kernel.buffers[name].size // per_word
+    return kernel.buffers[name].size // per_word * unit_words(kernel, name)
 
 
 def word_count(kernel: Kernel, names: list[str]) -> int:
@@ -165,7 +174,11 @@ def pack(kernel: Kernel, names: list[str], raw: dict[str, np.ndarray]) -> np.nda
             dim, per_word = packing[n]
             split, axis = _fields_last(buf.shape, dim, per_word)
             fields = np.moveaxis(values.reshape(split) & ((1 << buf.fmt.width) - 1), axis, -1)
-            values = (fields << (buf.fmt.width * np.arange(per_word, dtype=np.int64))).sum(axis=-1)
+            units = (fields.astype(np.uint64) << (buf.fmt.width * np.arange(per_word, dtype=np.uint64))).sum(
+                axis=-1, dtype=np.uint64).reshape(-1)
+            n_words = unit_words(kernel, n)
+            values = np.stack([(units >> np.uint64(32 * k)) & np.uint64(0xFFFFFFFF) for k in range(n_words)],
+                              axis=-1).astype(np.int64)  # (a unit's words, low first)
         parts.append(values.reshape(-1))
     words = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
     return words.astype(np.int32)  # unsigned 32-bit formats and packed words wrap here; unpack masks them back
@@ -184,8 +197,10 @@ def unpack(kernel: Kernel, names: list[str], words: np.ndarray) -> dict[str, np.
         if n in packing:
             dim, per_word = packing[n]
             split, axis = _fields_last(buf.shape, dim, per_word)
-            shifts = buf.fmt.width * np.arange(per_word, dtype=np.int64)
-            fields = ((chunk & 0xFFFFFFFF)[:, None] >> shifts) & ((1 << buf.fmt.width) - 1)
+            shifts = buf.fmt.width * np.arange(per_word, dtype=np.uint64)
+            words = (chunk & 0xFFFFFFFF).astype(np.uint64).reshape(-1, unit_words(kernel, n))
+            units = sum(words[:, k] << np.uint64(32 * k) for k in range(words.shape[1]))
+            fields = ((units[:, None] >> shifts) & np.uint64((1 << buf.fmt.width) - 1)).astype(np.int64)
             grid = (*split[:axis], *split[axis + 1:], per_word)
             chunk = np.moveaxis(fields.reshape(grid), -1, axis).reshape(-1)
             if buf.fmt.signed:

@@ -38,8 +38,8 @@ class Stats:
     """Counters of the simulation since it started."""
 
     cycles: int
-    words_read: int  # m_axi_gmem read beats
-    words_written: int  # m_axi_gmem write beats
+    beats_read: int  # m_axi_gmem read beats (two words each)
+    beats_written: int  # m_axi_gmem write beats
     bursts_read: int
     bursts_written: int
 
@@ -176,10 +176,12 @@ def pynq_module(project_dir: str | Path, seed: int = 0, gap: int = 16, first_add
 
     ``Overlay(bitfile)`` starts an ``AxiSimulation`` (the bit file is not read) whose ``<name>_top_0``
     attribute is the kernel's ``MMIO``, as on the board; ``allocate(shape, dtype)`` gives
-    ``SimBuffer``s in its DDR at ``first_address``, ``first_address + spacing``, ... (word-aligned;
-    not page-aligned if you choose so, to exercise the 4 KiB page splits). ``module.simulation``
-    is the running simulation.
+    ``SimBuffer``s in its DDR at ``first_address``, ``first_address + spacing``, ... (8-byte aligned,
+    as the kernel's 64-bit beats need; not page-aligned if you choose so, to exercise the 4 KiB page
+    splits). ``module.simulation`` is the running simulation.
     """
+    if first_address % 8 or spacing % 8:
+        raise ValueError("the kernel reads and writes 8-byte beats: first_address and spacing must be multiples of 8")
     mod = types.ModuleType("pynq")
     mod.simulation = None
     next_address = [first_address]

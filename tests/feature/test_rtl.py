@@ -459,9 +459,10 @@ def test_mlp_schedule_model_numbers(mlp_train_design):
     assert s.call_cycles("train_step") == 1 + sum(p.advance for p in phases) < 1 + sum(p.cycles for p in phases)
     # the side stream takes eq, where_1, the loss and fc1's scaled gradient and bias gradient, among others, beside
     # the main phases (the order step put them before stages they can run beside: 21,464 cycles before it)
-    # (21,127 before fc1's update, the last phase, wrote its 4 lanes over 4 cycles: backends/drains.py)
+    # (21,127 before fc1's update, the last phase, wrote its 4 lanes over 4 cycles: backends/drains.py; 21,130 and
+    # 21,700 before the input came in units of two words: x's unpack 515 -> 259 cycles)
     side = design.schedule.commands["train_step"]
-    assert design.schedule.call_cycles("train_step") == 21_130 < s.call_cycles("train_step") == 21_700
+    assert design.schedule.call_cycles("train_step") == 20_870 < s.call_cycles("train_step") == 21_440
     assert {"train_where_1", "train_loss", "train_step_neg_lr_train_where_2", "train_update_fc1_bias"} <= {
         p.name for p in side if p.stream == 1}
     drain = {p.name: p.drain_cycles for p in phases}
@@ -472,10 +473,11 @@ def test_mlp_schedule_model_numbers(mlp_train_design):
         if p.kind != "stage" or p is phases[-2]:  # transfers, and the last stage before the pack, wait
             assert drain[p.name] == p.write_delay, p.name
         assert p.advance == 1 + p.iterations + drain[p.name]
-    # one setup cycle, one input word per cycle (two 16-bit inputs in each: the lanes bank x's columns and the
-    # targets), two cycles to the registered write port
-    assert design.kernel.meta["word_packing"] == {"train_x": [1, 2], "train_y": [0, 2]}
-    assert phases[0].name == "unpack_train_x" and phases[0].cycles == 1 + 16 * 64 // 2 + 2 and phases[0].lanes == 2
+    # one setup cycle, one input unit per cycle (four 16-bit inputs in two words: the 4 lanes bank x's columns, and
+    # the targets), two cycles to the registered write port
+    assert design.kernel.meta["word_packing"] == {"train_x": [1, 4], "train_y": [0, 4]}
+    assert phases[0].name == "unpack_train_x" and phases[0].cycles == 1 + 16 * 64 // 4 + 2 and phases[0].lanes == 4
+    assert phases[0].in_words == phases[1].in_words == 2
     delays = {p.stage.op: p.write_delay for p in phases if p.stage is not None and len({w.tap for w in p.writes}) == 1}
     serial = {p.name: p.write_delay - delays[p.stage.op] for p in phases if len({w.tap for w in p.writes}) > 1}
     assert serial == {"train_sum_2": 3, "train_update_fc1_weight": 3}  # 4 lanes into one bank: slots 0-3
@@ -618,8 +620,8 @@ def test_the_first_stage_takes_the_input_as_it_arrives(mlp_example, tmp_path):
 
 
 def test_a_stage_reading_the_input_in_another_order_is_not_fused(mlp_example):
-    """The same matmul at 8 x 8 lanes reads eight rows of ``x`` per issue, not a word's two values: the unpack
-    stays a phase of its own, and its cycles count."""
+    """The same matmul at 8 x 8 lanes reads eight rows of ``x`` per issue, not a unit's four values: the unpack
+    stays a phase of its own (a unit of two words an issue), and its cycles count."""
     import torch
     import torch.nn.functional as F
 
@@ -632,4 +634,4 @@ def test_a_stage_reading_the_input_in_another_order_is_not_fused(mlp_example):
     s = schedule.run(k)
     phases = s.commands["train_step"]
     assert [p.kind for p in phases[:3]] == ["unpack", "unpack", "stage"] and not phases[2].streamed
-    assert phases[0].buffer == "train_x" and phases[0].iterations == 512
+    assert phases[0].buffer == "train_x" and phases[0].iterations == 256 and phases[0].in_words == 2

@@ -123,8 +123,8 @@ def test_pynq_driver_on_the_rtl_kernel_equals_the_emulator(project, digits_data,
     out, design = project
     k = design.kernel
     x_train, y_train, x_test, _ = digits_data
-    # random READY lines and latencies; buffers above 4 GiB, 31 words before a 4 KiB page ends
-    pynq = rtl_axi.pynq_module(out, seed=1, first_address=0x1_2345_6F84, spacing=0x2_0000)
+    # random READY lines and latencies; buffers above 4 GiB, 15 beats (30 words) before a 4 KiB page ends
+    pynq = rtl_axi.pynq_module(out, seed=1, first_address=0x1_2345_6F88, spacing=0x2_0000)
     monkeypatch.setitem(sys.modules, "pynq", pynq)
     (tmp_path / "stand-in.bit").write_bytes(b"")
     board = KernelRunner(k, PynqBackend(k, out, bitfile=tmp_path / "stand-in.bit"))
@@ -136,7 +136,7 @@ def test_pynq_driver_on_the_rtl_kernel_equals_the_emulator(project, digits_data,
         before = sim.stats()
         result = getattr(runner, method)(*args)
         after = sim.stats()
-        traffic.append((after.words_read - before.words_read, after.words_written - before.words_written))
+        traffic.append((after.beats_read - before.beats_read, after.beats_written - before.beats_written))
         return result
 
     init = init_params(k)
@@ -151,8 +151,9 @@ def test_pynq_driver_on_the_rtl_kernel_equals_the_emulator(project, digits_data,
         if k.buffers[p].kind != "hyper":  # (the learning rate register is read only)
             assert not np.array_equal(after[p], init[p])  # the step moved every parameter
     assert np.array_equal(call(board, "infer", x_test[16:32]), emu.infer(x_test[16:32]))
-    # the kernel read exactly the command's input words and wrote exactly its output words
-    assert traffic == [tuple(interface.word_count(k, b) for b in interface.command_buffers(k, c))
+    # the kernel read exactly the beats of the command's input words and wrote exactly those of its output words
+    # (two words a beat: an odd count's last beat half used)
+    assert traffic == [tuple(-(-interface.word_count(k, b) // 2) for b in interface.command_buffers(k, c))
                        for c in ("load_params", "infer", "train_step", "read_params", "infer")]
     board.close()
     sim.close()
@@ -179,7 +180,7 @@ def test_axi_registers_behave_as_the_hls_kernels(project):
     assert sim.read(REGS["ap_ctrl"]) == AP_DONE | AP_IDLE | AP_READY
     assert sim.read(REGS["ap_ctrl"]) == AP_IDLE
     after = sim.stats()
-    assert (after.words_read, after.words_written) == (before.words_read, before.words_written)
+    assert (after.beats_read, after.beats_written) == (before.beats_read, before.beats_written)
     # auto_restart (bit 7) keeps ap_start set from call to call until it is written 0
     sim.write(REGS["ap_ctrl"], 0x80 | AP_START)
     sim.tick(20)
@@ -192,8 +193,9 @@ def test_axi_registers_behave_as_the_hls_kernels(project):
 
 @slow
 def test_axi_calls_cost_the_core_cycles_plus_the_output_words(project):
-    """Start to interrupt, ideal memory: the core's exact cycles plus one cycle per output word plus at most
-    ``explore.AXI_CALL_CYCLES``: what the explorer and the throughput benchmark add to the core's cycles."""
+    """Start to interrupt, ideal memory: the core's exact cycles plus one cycle per beat of output words (two
+    words a beat) plus at most ``explore.AXI_CALL_CYCLES``: what the explorer and the throughput benchmark add to
+    the core's cycles."""
     out, design = project
     k = design.kernel
     sim = rtl_axi.AxiSimulation(out, seed=0, gap=0)
@@ -204,7 +206,7 @@ def test_axi_calls_cost_the_core_cycles_plus_the_output_words(project):
     rng = np.random.default_rng(0)
     for cmd, code in interface.commands_of(k).items():
         ins, outs = interface.command_buffers(k, cmd)
-        n_out = interface.word_count(k, outs)
+        n_out = -(-interface.word_count(k, outs) // 2)  # beats
         raw = {b: rng.integers(-100, 100, size=k.buffers[b].shape) for b in ins}
         sim.poke(buf_in, interface.pack(k, ins, raw))
         sim.start(code, buf_in, buf_out)

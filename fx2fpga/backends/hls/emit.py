@@ -539,8 +539,9 @@ def _ddr_touched(kernel: Kernel, stages: list[Stage]) -> list[str]:
 
 
 def _unpack_view(kernel: Kernel, view: dict) -> dict:
-    """A buffer the host sends, as its unpack function reads it: one word per loop body, which carries the
-    values ``fields`` (``interface.py``'s word packing: along ``dim``, ``per_word`` values of ``width`` bits)."""
+    """A buffer the host sends, as its unpack function reads it: one unit per loop body (``unit_words`` words, low
+    first), which carries the values ``fields`` (``interface.py``'s word packing: along ``dim``, ``per_word``
+    values of ``width`` bits)."""
     dim, per_word = interface.word_packing(kernel).get(view["name"], (0, 1))
     if per_word == 1:
         return view
@@ -549,7 +550,9 @@ def _unpack_view(kernel: Kernel, view: dict) -> dict:
     fields = [{"index": "".join(f"[{lp.var} + {lane}]" if d == dim and lane else f"[{lp.var}]"
                                 for d, lp in enumerate(loops)),
                "lo": lane * width, "mask": hex((1 << width) - 1)} for lane in range(per_word)]
-    return {**view, "loops": loops, "fields": fields, "words": view["size"] // per_word}
+    unit = interface.unit_words(kernel, view["name"])
+    return {**view, "loops": loops, "fields": fields, "unit_words": unit,
+            "words": view["size"] // per_word * unit}
 
 
 def _context(kernel: Kernel, version: str) -> dict:

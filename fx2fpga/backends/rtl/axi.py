@@ -3,8 +3,9 @@
 ``<name>_axi`` (``templates/rtl/axi_top.v.j2``) wraps the word-stream core ``<name>_top`` in the
 interface Vitis HLS gives ``<name>_top(int cmd, const int *in_words, int *out_words)``: an
 AXI4-Lite slave ``s_axi_control`` with the register map of ``interface.REGISTER_MAP`` (the one
-``manifest.json`` records), an AXI4 master ``m_axi_gmem`` that reads the command's input words
-from ``in_words`` and writes its output words to ``out_words``, and ``interrupt``. So the board
+``manifest.json`` records), an AXI4 master ``m_axi_gmem`` (64-bit beats, two words each: the
+width of the Zynq HP port it sits on) that reads the command's input words from ``in_words`` and
+writes its output words to ``out_words``, and ``interrupt``. So the board
 driver (``fx2fpga_runtime.pynq_backend``) drives either kernel unchanged.
 
 It is a Verilog-2005 file, not SystemVerilog: Vivado's block-design module references (used by
@@ -25,6 +26,7 @@ from ..common import command_table, template_env
 
 WORD_BITS = interface.MAX_PORT_WIDTH
 BURST_WORDS = 16  # m_axi_gmem bursts: at most 16 beats (AXI3-compatible, like Vitis HLS' default)
+BEAT_BITS = 64  # m_axi_gmem's data: two words a beat (the Zynq HP ports' width, UG585 5.3)
 
 # (direction seen from the kernel, width, AXI signal) of each interface; the ports are <interface>_<signal>
 LITE_SIGNALS = [
@@ -37,12 +39,12 @@ LITE_SIGNALS = [
 GMEM_SIGNALS = [
     ("output", 64, "AWADDR"), ("output", 8, "AWLEN"), ("output", 3, "AWSIZE"), ("output", 2, "AWBURST"),
     ("output", 4, "AWCACHE"), ("output", 3, "AWPROT"), ("output", 1, "AWVALID"), ("input", 1, "AWREADY"),
-    ("output", 32, "WDATA"), ("output", 4, "WSTRB"), ("output", 1, "WLAST"), ("output", 1, "WVALID"),
-    ("input", 1, "WREADY"),
+    ("output", BEAT_BITS, "WDATA"), ("output", BEAT_BITS // 8, "WSTRB"), ("output", 1, "WLAST"),
+    ("output", 1, "WVALID"), ("input", 1, "WREADY"),
     ("input", 2, "BRESP"), ("input", 1, "BVALID"), ("output", 1, "BREADY"),
     ("output", 64, "ARADDR"), ("output", 8, "ARLEN"), ("output", 3, "ARSIZE"), ("output", 2, "ARBURST"),
     ("output", 4, "ARCACHE"), ("output", 3, "ARPROT"), ("output", 1, "ARVALID"), ("input", 1, "ARREADY"),
-    ("input", 32, "RDATA"), ("input", 2, "RRESP"), ("input", 1, "RLAST"), ("input", 1, "RVALID"),
+    ("input", BEAT_BITS, "RDATA"), ("input", 2, "RRESP"), ("input", 1, "RLAST"), ("input", 1, "RVALID"),
     ("output", 1, "RREADY"),
 ]
 
@@ -90,7 +92,8 @@ def generate(kernel, codes: dict[str, int], banner: str) -> dict[str, str]:
         "reg": dict(interface.REGISTER_MAP), "commands": commands,
         "aw_mask": (1 << aw) - 1,
         "cw": max(12, (most + 1).bit_length()),  # word counters: >= 11 bits for the 4 KiB page arithmetic
-        "out_depth": out_depth, "out_mem_depth": max(2, out_depth), "out_aw": max(1, (out_depth - 1).bit_length()),
+        "out_depth": out_depth, "out_aw": max(2, (out_depth - 1).bit_length()),
+        "out_beats": max(2, -(-out_depth // 2)), "out_baw": max(2, (out_depth - 1).bit_length()) - 1,
         "burst": BURST_WORDS,
         "lite_ports": _ports("s_axi_control", LITE_SIGNALS, aw), "gmem_ports": _ports("m_axi_gmem", GMEM_SIGNALS, aw),
     }

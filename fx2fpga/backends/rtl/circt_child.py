@@ -209,6 +209,11 @@ def gated_clocks(spec: dict) -> list[str]:
     return spec.get("clocks", {}).get("ctrl", [])
 
 
+def takes_pairs(spec: dict) -> bool:
+    """Whether some phase of ``spec`` takes a unit of two input words an issue (the controller's ``in_valid2``)."""
+    return any(ph.get("in_words", 1) == 2 for ph in spec["phases"])
+
+
 def build(spec: dict):
     """The controller of ``spec`` as a verified CIRCT module (call inside the child process)."""
     import circt
@@ -225,6 +230,7 @@ def build(spec: dict):
             _build_fsm(spec, ir, hw, comb, fsm)
             inputs = [("clk", seq.ClockType.get()), ("rst", i1), ("cmd_valid", i1),
                       ("cmd", ir.IntegerType.get_signless(CMD_BITS)), ("in_valid", i1)]
+            inputs += [("in_valid2", i1)] if takes_pairs(spec) else []
             inputs += [(f"clk_{g}", seq.ClockType.get()) for g in gated_clocks(spec)]
             outputs = [(name, ir.IntegerType.get_signless(w)) for name, w in spec["outputs"]]
 
@@ -309,9 +315,24 @@ class _Controller:
         self.issue = self.issue_at[0][0]
         self.group_counter()
 
+    def _input_issue(self, ids: list[int], can_issue):
+        """The main stream's issue: ``can_issue``, and for a phase taking input words the word there (both words of
+        a packed unit for a phase taking units of two: interface.py's word packing)."""
+        net, args = self.net, self.args
+        # the phases whose issues take input words: unpacks and stages fused with one (schedule.fuse_input_stream)
+        self.unpack_ids = [p for p in ids if self.phases[p]["kind"] == "unpack" or self.phases[p].get("streams")]
+        pairs = [p for p in self.unpack_ids if self.phases[p]["in_words"] == 2]
+        self.is_unpack = (net.delayed("unpack_q", net.or_(*[self.now[p] for p in self.unpack_ids]))
+                          if self.unpack_ids else None)
+        self.is_pair = net.delayed("pair_q", net.or_(*[self.now[p] for p in pairs])) if pairs else None
+        self.can_issue = can_issue
+        issue = net.and_(can_issue, net.or_(net.not_(self.is_unpack), args["in_valid"])) if self.unpack_ids \
+            else can_issue
+        return net.and_(issue, net.or_(net.not_(self.is_pair), args["in_valid2"])) if pairs else issue
+
     def _stream_counters(self, stream: int, deps) -> None:
         """The counters, issue, drain and done of one stream (``s1_``-prefixed names for the side stream)."""
-        net, args, m, cw = self.net, self.args, self.m, self.cw
+        net, m, cw = self.net, self.m, self.cw
         pre = "s1_" if stream else ""
         ids = self.ids[stream]
         cnt, set_cnt = zip(*[net.reg(f"{pre}c{k}", cw) for k in range(m)], strict=True) if m else ((), ())
@@ -324,17 +345,9 @@ class _Controller:
         idle = self.idle_pass(stream)
         if idle is not None:  # a pipelined phase in the pass it has no group: one issue, a barrier's drain
             limit = [net.mux(idle, net.const(0, cw), lim) for lim in limit]
-        if stream == 0:
-            # the phases whose issues take input words: unpacks and stages fused with one (schedule.fuse_input_stream)
-            self.unpack_ids = [p for p in ids if self.phases[p]["kind"] == "unpack" or self.phases[p].get("streams")]
-            self.is_unpack = (net.delayed("unpack_q", net.or_(*[self.now[p] for p in self.unpack_ids]))
-                              if self.unpack_ids else None)
         running, setup = (self.running, self.setup) if stream == 0 else (self.running1, self.setup1)
         can_issue = net.and_(running, net.not_(setup), net.not_(draining), deps)
-        issue = (net.and_(can_issue, net.or_(net.not_(self.is_unpack), args["in_valid"]))
-                 if stream == 0 and self.unpack_ids else can_issue)
-        if stream == 0:
-            self.can_issue = can_issue
+        issue = self._input_issue(ids, can_issue) if stream == 0 else can_issue
         lasts = [net.cmp("eq", cnt[k], limit[k]) for k in range(m)]
         for k in range(m):
             stepped = net.mux(lasts[k], net.const(0, cw), net.add(cnt[k], net.const(1, cw)))
@@ -710,6 +723,7 @@ class _Controller:
                     out[port] = self.delay(port, net.and_(on[int(p)], *issuing, *point), self.tap_operand)
         out["idle"] = net.and_(net.eq_const(self.phase, 0), net.not_(self.args["rst"]))
         out["in_ready"] = net.and_(self.can_issue, self.is_unpack) if self.unpack_ids else net.const(0, 1)
+        out["in_two"] = self.is_pair if self.is_pair is not None else net.const(0, 1)
         packs = [p for p, ph in phases.items() if ph["kind"] == "pack"]
         out["out_valid"] = net.delayed("out_valid_q", net.and_(self.issue_at[0][self.tap_out - 1],
                                                                net.or_(*[self.on_at(p, self.tap_out - 1)
