@@ -216,3 +216,47 @@ def test_axi_calls_cost_the_core_cycles_plus_the_output_words(project):
         sim.write(REGS["isr"], 1)  # toggle on write: clears it, and the interrupt falls
         assert sim.read(REGS["isr"]) == 0 and not sim.read(REGS["ap_ctrl"]) & IRQ_BIT
     sim.close()
+
+
+class _OddThenPaired(nn.Module):
+    """Two inputs: ``x`` (3 x 3, one value a word: 9 words), then ``z`` (3 x 8, banked 4 ways along its rows by
+    ReLU's lanes: units of four 16-bit values in two words), so ``z``'s units start at an odd word."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(8, 4)
+
+    def forward(self, x, z):
+        return self.a(x) + self.b(torch.relu(z))
+
+
+@slow
+def test_units_of_two_words_after_an_odd_count_through_the_driver(tmp_path, monkeypatch):
+    """The AXI wrapper's input queue hands the core a unit of two words wherever it starts in the beats: an odd
+    count of single words first, then units; random READY lines and latencies, buffers that cross a 4 KiB page.
+    The board driver on the RTL kernel equals the emulator, and each call reads exactly its words' beats."""
+    torch.manual_seed(0)
+    model = _OddThenPaired()
+    out = tmp_path / "p"
+    design = fx2fpga.compile(model, (torch.randn(3, 3), torch.randn(3, 8)), lanes={"infer_relu": [1, 4, "j"]},
+                             out_dir=out)
+    k = design.kernel
+    phases = design.schedule.commands["infer"]
+    assert k.meta["word_packing"] == {"infer_z": [1, 4]}
+    assert [(p.name, p.in_words, p.iterations) for p in phases[:2]] == [("unpack_infer_x", 1, 9),
+                                                                       ("unpack_infer_z", 2, 6)]
+    pynq = rtl_axi.pynq_module(out, seed=1, first_address=0x1_0000_0FD8, spacing=0x1_0000)  # 5 beats to a page end
+    monkeypatch.setitem(sys.modules, "pynq", pynq)
+    (tmp_path / "stand-in.bit").write_bytes(b"")
+    board = KernelRunner(k, PynqBackend(k, out, bitfile=tmp_path / "stand-in.bit"))
+    emu = KernelRunner(k, EmuBackend(k))
+    board.set_params_raw(emu.get_params_raw())
+    rng = np.random.default_rng(2)
+    for _ in range(3):
+        x, z = rng.normal(size=(3, 3)), rng.normal(size=(3, 8))
+        before = pynq.simulation.stats()
+        assert np.array_equal(np.asarray(board.infer(x, z)), np.asarray(emu.infer(x, z)))
+        after = pynq.simulation.stats()
+        assert after.beats_read - before.beats_read == -(-(9 + 12) // 2)
+    board.close()
+    pynq.simulation.close()
