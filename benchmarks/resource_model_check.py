@@ -5,7 +5,9 @@ digits MLPs (one kernel; N=1: the model alone) for the pynq-z1, predicts LUT/FF/
 ``fx2fpga.passes.resources.rtl_resources`` and synthesizes the RTL with Yosys ``synth_xilinx`` (system
 Yosys, else yowasp: about 5 minutes per design on one core), then appends the comparison to
 ``benchmarks/results/resource_model_check.json``. With ``--lanes auto`` the design is the point the
-explorer chooses, so the check says whether the chosen point fits when synthesized.
+explorer chooses, so the check says whether the chosen point fits when synthesized; ``--point
+explore_<n>_mlps.json`` takes the chosen point of an exploration written before (its stage lanes, model groups
+and pipeline cut: the same design, without exploring again).
 """
 
 from __future__ import annotations
@@ -40,23 +42,31 @@ def main() -> None:
     ap.add_argument("--models", type=int, default=4)
     ap.add_argument("--model-lanes", type=_lanes, default=2)
     ap.add_argument("--lanes", type=_lanes, default=4)
+    ap.add_argument("--point", type=Path, help="an exploration's JSON: synthesize its chosen point")
     a = ap.parse_args()
+    lanes, model_lanes, cut, label = a.lanes, a.model_lanes, None, None
+    if a.point:
+        chosen = next(p for p in json.loads(a.point.read_text())["points"] if p.get("chosen"))
+        lanes, model_lanes, cut = chosen["stage_lanes"], chosen["group_size"], chosen["pipeline_cut"]
+        label = f"{chosen['label']} of {a.point.name}"
     models = []
     for seed in range(a.models):
         torch.manual_seed(seed)
         models.append(ex.DigitsMLP())
     with tempfile.TemporaryDirectory() as tmp:
         design = fx2fpga.compile(models if a.models > 1 else models[0], ex.example_inputs,
-                                 train=fx2fpga.SGD(F.cross_entropy, ex.example_targets, lr=0.1), lanes=a.lanes,
-                                 model_lanes=a.model_lanes, outputs="rtl", out_dir=Path(tmp) / "k")
+                                 train=fx2fpga.SGD(F.cross_entropy, ex.example_targets, lr=0.1), lanes=lanes,
+                                 model_lanes=model_lanes, pipeline_groups=cut, outputs="rtl",
+                                 out_dir=Path(tmp) / "k")
         t = design.target
         predicted = resources.rtl_resources(design, t)
         chosen = design.context.exploration.chosen if design.context.exploration else None
+        label = chosen.label if chosen else label
         t0 = time.time()
         measured = synthesize(Path(tmp) / "k", t.family, f"{design.name}_top", log=print)
         seconds = time.time() - t0
-    row = {"design": f"{a.models} digits MLPs, model_lanes {a.model_lanes}, lanes {a.lanes}"
-                     + (f" (chosen: {chosen.label})" if chosen else ""),
+    row = {"design": f"{a.models} digits MLPs, model_lanes {a.model_lanes}, lanes {'point' if a.point else a.lanes}"
+                     + (f" (chosen: {label})" if label else ""),
            "cycles": design.rtl_cycles(), "yosys_seconds": round(seconds),
            "predicted": {"lut": predicted.lut, "ff": predicted.ff, "dsp": predicted.dsp, "bram36": predicted.bram36},
            "yosys": {"lut": measured.lut, "lut_logic": measured.lut_logic, "lut_ram": measured.lut_ram,
