@@ -101,7 +101,8 @@ def test_zynq_boards_carry_the_ddr_path_figures():
         assert (ddr.read_latency_cycles, ddr.mbytes_for_pl) == (40, 128)
         assert "UG585" in ddr.source and "estimate" in ddr.source  # the latency is an estimate and says so
         assert ddr.peak_mbytes_per_s(t.clock_mhz) == 800.0  # 64 bits a cycle at 100 MHz
-        assert ddr.peak_mbytes_per_s(t.clock_mhz) > t.bus_mbytes_per_s  # the port's peak is above the DMA measured
+        # the kernel's own bus reaches the host's words through the same port, at its peak (not measured)
+        assert ddr.peak_mbytes_per_s(t.clock_mhz) == t.bus_mbytes_per_s and "not measured" in t.bus_source
 
 
 def test_ulx3s_has_no_ddr_path():
