@@ -65,7 +65,7 @@ def main() -> None:
         t0 = time.time()
         measured = synthesize(Path(tmp) / "k", t.family, f"{design.name}_top", log=print)
         seconds = time.time() - t0
-    row = {"design": f"{a.models} digits MLPs, model_lanes {a.model_lanes}, lanes {'point' if a.point else a.lanes}"
+    row = {"design": f"{a.models} digits MLPs, model_lanes {model_lanes}, lanes {'per stage' if a.point else lanes}"
                      + (f" (chosen: {label})" if label else ""),
            "cycles": design.rtl_cycles(), "yosys_seconds": round(seconds),
            "predicted": {"lut": predicted.lut, "ff": predicted.ff, "dsp": predicted.dsp, "bram36": predicted.bram36},
