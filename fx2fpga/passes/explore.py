@@ -8,11 +8,12 @@ not from the HLS-style multiplier-per-stage estimate (the RTL shares its multipl
 
 Its speed is model throughput: models trained (or run) per second, one call of the kernel's main
 program (``train_step``, else ``infer``) costing its exact RTL cycles plus what the bus adds to them
-(``bus_cycles``: the output words' write-back, the AXI wrapper's start and finish, and any wait for input
-words where the target's measured bus rate, ``bus_mbytes_per_s``, is below a word per cycle).
+(``bus_cycles``: the output words' write-back, two a beat, the AXI wrapper's start and finish, and any wait for
+input words where the target's bus rate, ``bus_mbytes_per_s``, is below what the core takes: a word, or a packed
+unit of two, a cycle).
 
 The per-stage points come from the greedy allocation (``passes/allocate.py``); the fastest of them that fits is
-then refined on the exact schedule (``passes/refine.py``: narrower side-stream stages paying for a wider main one).
+then refined on the exact schedule (``passes/refine.py``: narrower stages paying for a wider main-stream one).
 ``lanes="auto"`` keeps the fastest point whose every resource is within its allowance on the target
 (``resources.ALLOWED_SHARE``: a margin for the model's error on LUT and FF, none on the exact DSP count, the
 block RAM's error on block RAM; docs/rtl.md, "Resource model"); ``fx2fpga explore``
@@ -201,13 +202,13 @@ def per_stage_point(kernel: Kernel, target, name: str, size: int, share: float):
     # one allocation of them run one after another to compare (pipelining adds a pass: worth it for many groups)
     cut = pipeline_cut(one)
     got = [_allocated_point(one, base, target, name, size, share, priced, cut=cut) for priced in (True, False)]
-    # the first stage at the lanes that take the input as its units arrive (two words a cycle, or one), the others
-    # allocated around it (the greedy prices stages alone: it does not see the transfer that shape hides,
-    # schedule.fuse_input_stream)
-    for bits in (interface.MAX_UNIT_BITS, interface.MAX_PORT_WIDTH):
-        pinned = tile.stream_lanes(one, main_program(one), bits)
-        if pinned:
-            got.append(_allocated_point(one, base, target, name, size, share, True, pinned, cut=cut))
+    # the first stage at the lanes that take the input as its units arrive (two words a cycle where that shape
+    # applies, else one), the others allocated around it (the greedy prices stages alone: it does not see the
+    # transfer that shape hides, schedule.fuse_input_stream)
+    pinned = next(filter(None, (tile.stream_lanes(one, main_program(one), bits)
+                                for bits in (interface.MAX_UNIT_BITS, interface.MAX_PORT_WIDTH))), None)
+    if pinned:
+        got.append(_allocated_point(one, base, target, name, size, share, True, pinned, cut=cut))
     if cut is not None:
         got.append(_allocated_point(one, base, target, name, size, share, True))
     # seeded with the largest parameter's forward and update at twice the lanes the best of those gave them, on
