@@ -11,8 +11,8 @@ This pass measures instead, each move scheduled exactly and planned in full (``e
   has, the nearest shape: ``reshaping``) is measured once; one that is no slower and uses less of something and
   more of nothing is kept at once, the others are kept as offers (their cycles and resources against the
   point's). A main stage's trim costs cycles where a side stage's are hidden, but can free what the side's cannot:
-  the one MLP, whose fc2 input gradient (24-bit by 24-bit products, two DSP blocks a lane) at half its 64 lanes
-  pays for fc1's weight gradient at 128;
+  the one MLP with a 32-bit bus (session 30), whose fc2 input gradient (24-bit by 24-bit products, two DSP blocks
+  a lane) at half its 64 lanes paid for fc1's weight gradient at 128;
 - *widenings*: each of the slowest main-stream stages at its next lane choices on its loops (up to twice the
   lanes, the shapes nearest its own) is measured; one that fits and is faster is kept; one over the allowance is
   paid for with the offers (not its own) that free what it is over by at the fewest cycles (assumed additive, then
