@@ -172,7 +172,7 @@ class _Search:
             return sum(min(o.freed[r], need) / self.allowed[r] for r, need in left.items() if need > 0) / (
                 max(o.cycles, 0) + 1)
         while any(need > 0 for need in left.values()):
-            useful = [o for o in offers if o not in taken and o not in chosen and o.stage not in widened
+            useful = [o for o in offers if o not in taken and o not in chosen and o.stage != widened
                       and value(o) > 0]
             if not useful:
                 break
